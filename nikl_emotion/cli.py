@@ -1,0 +1,40 @@
+"""Shared command-line plumbing: one-line `error: ...` messages and exit codes."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+from nikl_emotion.errors import PipelineError
+
+
+def quiet_libraries() -> None:
+    """Keep the console for the pipeline's own messages; warnings still show."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_warning()
+    transformers.utils.logging.set_verbosity_warning()
+    transformers.utils.logging.disable_progress_bar()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+
+def entry_point(main: Callable[[list[str]], int | None]) -> Callable[[], None]:
+    """Run `main(argv)`; a `PipelineError` becomes `error: ...` on stderr and exit code 1."""
+
+    @functools.wraps(main)
+    def run() -> None:
+        try:
+            code = main(sys.argv[1:])
+        except PipelineError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(1)
+        sys.exit(code or 0)
+
+    return run

@@ -1,0 +1,181 @@
+"""Run configuration: `HfArgumentParser` dataclasses, filled from a YAML file and then command-line overrides.
+
+A YAML file is turned into `--key value` tokens placed before the command-line ones, so both go through the same
+parser (same types, same checks) and the command line wins.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+
+import yaml
+from transformers import HfArgumentParser, TrainingArguments
+
+from nikl_emotion.backbone import is_offline, parse_offline_spec
+from nikl_emotion.encoding import INPUT_FORMATS
+from nikl_emotion.errors import PipelineError
+from nikl_emotion.losses import LOSSES
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(
+        default="offline:bert-tiny",
+        metadata={"help": "Hub name (e.g. beomi/KcELECTRA-base-v2022), local checkpoint, or offline:<bert|electra>-<tiny|mini|small>."},
+    )
+    offline_vocab_size: int = field(default=8000, metadata={"help": "WordPiece vocabulary size of an offline backbone."})
+
+
+@dataclass
+class DataArguments:
+    train_files: list[str] = field(default_factory=list, metadata={"help": "One or more labelled jsonl files (e.g. train and dev)."})
+    test_file: str | None = field(default=None, metadata={"help": "Unlabelled jsonl to predict with every fold."})
+    remove_others: bool = field(default=True, metadata={"help": "Remove the &others& placeholder."})
+    remove_placeholders: bool = field(default=False, metadata={"help": "Remove every &name1&-style placeholder."})
+    cleanse: bool = field(default=True, metadata={"help": "KcBERT symbol cleansing (keeps Hangul, ASCII, some punctuation; drops URLs, emoji; squeezes repeats)."})
+    remove_emoji: bool = field(default=False, metadata={"help": "Remove emoji (implied by cleanse)."})
+    input_format: str = field(default="pair", metadata={"help": "How the target is shown to the model: pair, marker or prompt."})
+    max_seq_length: int = field(default=200, metadata={"help": "Truncate encodings to this many tokens."})
+
+
+@dataclass
+class KFoldArguments:
+    num_folds: int = field(default=5, metadata={"help": "Number of stratified folds."})
+    fold: int | None = field(default=None, metadata={"help": "Run only this fold (0-based); the run is summarised once all folds exist."})
+    early_stopping_patience: int = field(default=3, metadata={"help": "Epochs without a better validation micro-F1 before stopping; 0 disables."})
+    loss: str = field(default="bce", metadata={"help": "Training loss: " + ", ".join(LOSSES)})
+    threshold: float = field(default=0.5, metadata={"help": "Probability at or above which a label is predicted."})
+    fallback_top_label: bool = field(default=True, metadata={"help": "An empty prediction takes the top-scoring label."})
+    vote_rule: str = field(default="majority", metadata={"help": "Hard-vote rule over folds: majority or reference."})
+    vote_tie: str = field(default="positive", metadata={"help": "Majority vote with half the votes: positive or negative."})
+
+
+ARGUMENT_CLASSES = (ModelArguments, DataArguments, KFoldArguments, TrainingArguments)
+
+# Defaults this pipeline needs from TrainingArguments; a YAML file or the command line can still change them.
+TRAINING_DEFAULTS: dict[str, object] = {
+    "output_dir": "outputs/run",
+    "eval_strategy": "epoch",
+    "save_strategy": "epoch",
+    "logging_strategy": "epoch",
+    "load_best_model_at_end": True,
+    "metric_for_best_model": "micro_f1",
+    "greater_is_better": True,
+    "save_total_limit": 1,
+    "report_to": "none",
+    "train_sampling_strategy": "group_by_length",
+    "save_only_model": False,
+}
+
+
+def _tokens(mapping: dict, source: str) -> list[str]:
+    tokens: list[str] = []
+    for key, value in mapping.items():
+        if value is None or (isinstance(value, (list, tuple)) and not value):
+            continue  # unset: the parser's default applies
+        tokens.append(f"--{key}")
+        if isinstance(value, (list, tuple)):
+            tokens += [str(v) for v in value]
+        elif isinstance(value, bool):
+            tokens.append("true" if value else "false")
+        elif isinstance(value, dict):
+            raise PipelineError(f"{source}: {key}: nested mappings are not supported; use flat keys")
+        else:
+            tokens.append(str(value))
+    return tokens
+
+
+def load_yaml(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle) or {}
+    except OSError as exc:
+        raise PipelineError(f"{path}: cannot read config: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise PipelineError(f"{path}: invalid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise PipelineError(f"{path}: a config must be a mapping of keys to values")
+    return data
+
+
+def _parser() -> HfArgumentParser:
+    parser = HfArgumentParser(ARGUMENT_CLASSES)
+
+    def error(message: str):
+        raise PipelineError(message)
+
+    parser.error = error  # one-line errors instead of argparse's usage dump
+    return parser
+
+
+def parse_config(argv: list[str]) -> tuple[ModelArguments, DataArguments, KFoldArguments, TrainingArguments]:
+    """`[CONFIG.yaml] [--key value ...]` -> validated argument dataclasses."""
+    yaml_tokens: list[str] = []
+    if argv and argv[0].endswith((".yaml", ".yml")):
+        yaml_tokens = _tokens(load_yaml(argv[0]), argv[0])
+        argv = argv[1:]
+    tokens = _tokens(TRAINING_DEFAULTS, "defaults") + yaml_tokens + list(argv)
+    try:
+        model_args, data_args, kfold_args, training_args = _parser().parse_args_into_dataclasses(args=tokens)
+    except PipelineError:
+        raise
+    except (ValueError, TypeError) as exc:  # TrainingArguments' own checks
+        raise PipelineError(str(exc).strip().splitlines()[0]) from None
+    validate(model_args, data_args, kfold_args, training_args)
+    return model_args, data_args, kfold_args, training_args
+
+
+def validate(model_args: ModelArguments, data_args: DataArguments, kfold_args: KFoldArguments, training_args: TrainingArguments) -> None:
+    """Fail before any work starts, with a message naming the key."""
+    if is_offline(model_args.model_name_or_path):
+        try:
+            parse_offline_spec(model_args.model_name_or_path)
+        except ValueError as exc:
+            raise PipelineError(f"model_name_or_path: {exc}") from None
+    if not data_args.train_files:
+        raise PipelineError("train_files: give at least one labelled jsonl file")
+    for path in [*data_args.train_files, *([data_args.test_file] if data_args.test_file else [])]:
+        if not os.path.isfile(path):
+            raise PipelineError(f"{path}: file not found")
+    if data_args.input_format not in INPUT_FORMATS:
+        raise PipelineError(f"input_format: {data_args.input_format!r} is not one of {', '.join(INPUT_FORMATS)}")
+    if data_args.max_seq_length < 8:
+        raise PipelineError(f"max_seq_length: must be at least 8, got {data_args.max_seq_length}")
+    if kfold_args.num_folds < 2:
+        raise PipelineError(f"num_folds: must be at least 2, got {kfold_args.num_folds}")
+    if kfold_args.fold is not None and not 0 <= kfold_args.fold < kfold_args.num_folds:
+        raise PipelineError(f"fold: must be in [0, {kfold_args.num_folds - 1}], got {kfold_args.fold}")
+    if kfold_args.early_stopping_patience < 0:
+        raise PipelineError("early_stopping_patience: must be >= 0")
+    if kfold_args.loss not in LOSSES:
+        raise PipelineError(f"loss: {kfold_args.loss!r} is not one of {', '.join(LOSSES)}")
+    if not 0.0 < kfold_args.threshold < 1.0:
+        raise PipelineError(f"threshold: must be in (0, 1), got {kfold_args.threshold}")
+    if kfold_args.vote_rule not in ("majority", "reference"):
+        raise PipelineError(f"vote_rule: {kfold_args.vote_rule!r} is not majority or reference")
+    if kfold_args.vote_tie not in ("positive", "negative"):
+        raise PipelineError(f"vote_tie: {kfold_args.vote_tie!r} is not positive or negative")
+    if training_args.label_smoothing_factor:
+        raise PipelineError(
+            "label_smoothing_factor: the Trainer's smoothing is for single-label cross-entropy and would be ignored "
+            "by a multi-label loss; it is not supported"
+        )
+    if training_args.eval_strategy == "no" or training_args.eval_strategy != training_args.save_strategy:
+        raise PipelineError("eval_strategy and save_strategy must be the same (epoch or steps): the best checkpoint is chosen on validation micro-F1")
+    if training_args.metric_for_best_model not in ("micro_f1", "eval_micro_f1", "macro_f1", "eval_macro_f1", "loss", "eval_loss"):
+        raise PipelineError(f"metric_for_best_model: {training_args.metric_for_best_model!r} is not micro_f1, macro_f1 or loss")
+
+
+def resolved_config(model_args, data_args, kfold_args, training_args) -> dict:
+    """A flat mapping that, saved as YAML, reproduces the run: all pipeline keys and every non-default Trainer key."""
+    config: dict = {}
+    for args in (model_args, data_args, kfold_args):
+        config.update(dataclasses.asdict(args))
+    defaults = TrainingArguments(output_dir=training_args.output_dir).to_dict()
+    init_fields = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+    for key, value in training_args.to_dict().items():
+        if key in init_fields and (value != defaults.get(key) or key in TRAINING_DEFAULTS):
+            config[key] = value
+    return config

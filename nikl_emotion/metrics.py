@@ -1,0 +1,52 @@
+"""The official metric (micro-F1 over the N×8 binary matrix) and the decision rule from probabilities."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import f1_score, precision_recall_fscore_support
+
+from nikl_emotion.labels import LABELS, NUM_LABELS
+
+
+def decide(probs: np.ndarray, threshold: float | np.ndarray = 0.5, fallback: bool = True) -> np.ndarray:
+    """Labels at or above the threshold; a row left empty takes its top-scoring label (every gold row has one)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    decisions = probs >= np.asarray(threshold)
+    if fallback and len(probs):
+        empty = ~decisions.any(axis=1)
+        decisions[np.flatnonzero(empty), probs[empty].argmax(axis=1)] = True
+    return decisions
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    logits = np.asarray(logits, dtype=np.float64)
+    return 0.5 * (1.0 + np.tanh(0.5 * logits))  # overflow-free logistic
+
+
+def score(gold: np.ndarray, pred: np.ndarray) -> dict:
+    """micro-F1 (the official figure), macro-F1 and per-label precision/recall/F1/support."""
+    gold = np.asarray(gold).astype(int)
+    pred = np.asarray(pred).astype(int)
+    if gold.shape != pred.shape or gold.ndim != 2 or gold.shape[1] != NUM_LABELS:
+        raise ValueError(f"gold and pred must both be (N, {NUM_LABELS}); got {gold.shape} and {pred.shape}")
+    precision, recall, f1, support = precision_recall_fscore_support(gold, pred, average=None, zero_division=0)
+    return {
+        "micro_f1": float(f1_score(gold, pred, average="micro", zero_division=0)),
+        "macro_f1": float(f1_score(gold, pred, average="macro", zero_division=0)),
+        "num_rows": int(gold.shape[0]),
+        "per_label": {
+            label: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+            for label, p, r, f, s in zip(LABELS, precision, recall, f1, support)
+        },
+    }
+
+
+def format_table(named_scores: dict[str, dict]) -> str:
+    """A plain-text table: one row per named score (e.g. each fold and OOF), micro/macro and per-label F1."""
+    header = ["", "micro_f1", "macro_f1", *LABELS]
+    rows = [header]
+    for name, result in named_scores.items():
+        rows.append([name, f"{result['micro_f1']:.4f}", f"{result['macro_f1']:.4f}"]
+                    + [f"{result['per_label'][label]['f1']:.4f}" for label in LABELS])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "\n".join("  ".join(cell.rjust(width) for cell, width in zip(row, widths)) for row in rows)

@@ -1,0 +1,73 @@
+"""Rows -> model inputs: cleaning and target-aware tokenization, both as cached batched `map`s.
+
+The settings are saved beside every checkpoint (`preprocessing.json`) so inference encodes text exactly as the
+model saw it in training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+
+from datasets import Dataset
+from transformers import PreTrainedTokenizerBase
+
+from nikl_emotion.cleaning import CleaningOptions, clean_batch
+from nikl_emotion.encoding import INPUT_FORMATS, tokenize_batch
+from nikl_emotion.errors import PipelineError
+from nikl_emotion.fileio import write_json_atomic
+from nikl_emotion.labels import LABELS
+
+PREPROCESSING_FILE = "preprocessing.json"
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    cleaning: CleaningOptions
+    input_format: str = "pair"
+    max_seq_length: int = 200
+
+    @classmethod
+    def from_data_args(cls, data_args) -> "Preprocessing":
+        cleaning = CleaningOptions(
+            remove_others=data_args.remove_others,
+            remove_placeholders=data_args.remove_placeholders,
+            cleanse=data_args.cleanse,
+            remove_emoji=data_args.remove_emoji,
+        )
+        return cls(cleaning=cleaning, input_format=data_args.input_format, max_seq_length=data_args.max_seq_length)
+
+    def save(self, folder: str) -> None:
+        write_json_atomic(os.path.join(folder, PREPROCESSING_FILE), {**dataclasses.asdict(self), "labels": list(LABELS)})
+
+    @classmethod
+    def load(cls, folder: str) -> "Preprocessing":
+        path = os.path.join(folder, PREPROCESSING_FILE)
+        try:
+            with open(path, encoding="utf-8") as handle:
+                data = json.load(handle)
+        except (OSError, json.JSONDecodeError) as exc:
+            raise PipelineError(f"{path}: cannot read the checkpoint's preprocessing settings ({exc})") from None
+        if data.get("labels") != list(LABELS):
+            raise PipelineError(f"{path}: labels {data.get('labels')} differ from this pipeline's {list(LABELS)}")
+        if data.get("input_format") not in INPUT_FORMATS:
+            raise PipelineError(f"{path}: unknown input_format {data.get('input_format')!r}")
+        return cls(CleaningOptions(**data["cleaning"]), data["input_format"], int(data["max_seq_length"]))
+
+
+def clean(rows: Dataset, preprocessing: Preprocessing) -> Dataset:
+    if not preprocessing.cleaning.any:
+        return rows
+    return rows.map(clean_batch, batched=True, fn_kwargs={"options": preprocessing.cleaning}, desc="cleaning")
+
+
+def encode(cleaned: Dataset, tokenizer: PreTrainedTokenizerBase, preprocessing: Preprocessing) -> Dataset:
+    """Adds input_ids, attention_mask (token_type_ids where the tokenizer makes them) and length; no padding."""
+    return cleaned.map(
+        tokenize_batch,
+        batched=True,
+        fn_kwargs={"tokenizer": tokenizer, "input_format": preprocessing.input_format, "max_length": preprocessing.max_seq_length},
+        desc="tokenizing",
+    )

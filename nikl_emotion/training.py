@@ -1,0 +1,245 @@
+"""K-fold training with the Hugging Face Trainer: per fold the best checkpoint, validation and test probabilities;
+then out-of-fold scores, a summary and a hard-voted submission."""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import os
+import shutil
+
+import numpy as np
+import torch
+import yaml
+from accelerate import PartialState
+from datasets import Dataset
+from transformers import DataCollatorWithPadding, EarlyStoppingCallback, EvalPrediction, Trainer, TrainingArguments, set_seed
+
+from nikl_emotion.backbone import build_offline_backbone, is_offline, load_model, load_tokenizer
+from nikl_emotion.config import DataArguments, KFoldArguments, ModelArguments, resolved_config
+from nikl_emotion.data import load_jsonl, load_jsonl_files
+from nikl_emotion.fileio import read_probs, write_json_atomic, write_probs, write_submission, write_text_atomic
+from nikl_emotion.folds import make_folds
+from nikl_emotion.losses import MultiLabelLoss, build_loss
+from nikl_emotion.metrics import decide, format_table, score, sigmoid
+from nikl_emotion.prediction import predict_probs
+from nikl_emotion.preprocessing import Preprocessing, clean, encode
+from nikl_emotion.voting import hard_vote
+
+TRAINER_COLUMNS = ("input_ids", "attention_mask", "token_type_ids", "labels", "length")
+
+
+class EmotionTrainer(Trainer):
+    """Trainer whose loss comes from `losses.py`, reduced here so that gradient accumulation and multi-process runs
+    give the same gradients as one big batch.
+
+    `loss_fn` must return the element-wise (N, C) loss (`reduction="none"`); `loss_reduction` is "mean" (over all
+    label elements of the optimizer step's batch) or "sum".
+    """
+
+    def __init__(self, *args, loss_fn: MultiLabelLoss, loss_reduction: str = "mean", **kwargs):
+        super().__init__(*args, **kwargs)
+        if loss_fn.reduction != "none":
+            raise ValueError("EmotionTrainer reduces the loss itself: build loss_fn with reduction='none'")
+        if loss_reduction not in ("mean", "sum"):
+            raise ValueError(f"loss_reduction must be mean or sum, got {loss_reduction!r}")
+        self.loss_fn = loss_fn
+        self.loss_reduction = loss_reduction
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        elementwise = self.loss_fn(outputs.logits.float(), labels.float())
+        # DDP averages gradients over processes; a loss normalised over the global batch is scaled back up
+        processes = self.accelerator.num_processes if model.training else 1
+        if self.loss_reduction == "sum":
+            loss = elementwise.sum() * processes
+            self.loss_is_scaled_for_ga = True  # a sum over micro-batches is already the step's sum
+        elif num_items_in_batch is not None and model.training:
+            # label elements over all micro-batches of this optimizer step (and all processes, see below)
+            loss = elementwise.sum() / num_items_in_batch * processes
+            self.loss_is_scaled_for_ga = True
+        else:
+            loss = elementwise.mean()
+            self.loss_is_scaled_for_ga = False  # Trainer divides by the accumulation steps
+        return (loss, outputs) if return_outputs else loss
+
+    def _get_num_items_in_batch(self, batch_samples, device):
+        # count label elements even when the model's forward takes no loss kwargs
+        if not batch_samples or "labels" not in batch_samples[0]:
+            return None
+        count = sum(batch["labels"].numel() for batch in batch_samples)
+        count = torch.tensor(count, device=device)
+        if self.args.world_size > 1:
+            count = self.accelerator.gather(count).sum()
+        return count
+
+
+def make_compute_metrics(threshold: float, fallback: bool):
+    def compute_metrics(prediction: EvalPrediction) -> dict:
+        decisions = decide(sigmoid(prediction.predictions), threshold, fallback)
+        result = score(prediction.label_ids > 0.5, decisions)
+        return {"micro_f1": result["micro_f1"], "macro_f1": result["macro_f1"]}
+
+    return compute_metrics
+
+
+def fold_dir(output_dir: str, fold: int) -> str:
+    return os.path.join(output_dir, f"fold_{fold}")
+
+
+def prepare_backbone(model_args: ModelArguments, texts: list[str], output_dir: str, seed: int) -> str:
+    """The path to load the backbone from; an offline backbone is built once per run from the training texts."""
+    if not is_offline(model_args.model_name_or_path):
+        return model_args.model_name_or_path
+    path = os.path.join(output_dir, "backbone")
+    spec = {"model_name_or_path": model_args.model_name_or_path, "vocab_size": model_args.offline_vocab_size, "seed": seed}
+    marker = os.path.join(path, "backbone.json")
+    state = PartialState()
+    with state.main_process_first():
+        existing = None
+        if os.path.exists(marker):
+            with open(marker, encoding="utf-8") as handle:
+                existing = json.load(handle)
+        if existing != spec and state.is_main_process:
+            shutil.rmtree(path, ignore_errors=True)
+            build_offline_backbone(texts, path, model_args.model_name_or_path, model_args.offline_vocab_size, seed)
+            write_json_atomic(marker, spec)
+    return path
+
+
+def train_fold(
+    fold: int,
+    train_index: np.ndarray,
+    val_index: np.ndarray,
+    encoded: Dataset,
+    encoded_test: Dataset | None,
+    backbone: str,
+    preprocessing: Preprocessing,
+    kfold_args: KFoldArguments,
+    training_args: TrainingArguments,
+) -> dict:
+    out = fold_dir(training_args.output_dir, fold)
+    set_seed(training_args.seed)
+    tokenizer = load_tokenizer(backbone, with_markers=preprocessing.input_format == "marker")
+    model = load_model(backbone, tokenizer)
+    columns = [c for c in TRAINER_COLUMNS if c in encoded.column_names]
+    fold_args = dataclasses.replace(training_args, output_dir=os.path.join(out, "checkpoints"))
+    trainer = EmotionTrainer(
+        model=model,
+        args=fold_args,
+        train_dataset=encoded.select(train_index).select_columns(columns),
+        eval_dataset=encoded.select(val_index).select_columns(columns),
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if torch.cuda.is_available() else None),
+        compute_metrics=make_compute_metrics(kfold_args.threshold, kfold_args.fallback_top_label),
+        callbacks=[EarlyStoppingCallback(kfold_args.early_stopping_patience)] if kfold_args.early_stopping_patience else [],
+        loss_fn=build_loss(kfold_args.loss, reduction="none"),
+    )
+    trainer.train()
+    result: dict = {}
+    if trainer.is_world_process_zero():
+        best = os.path.join(out, "best")
+        trainer.save_model(best)
+        preprocessing.save(best)
+        val_rows = encoded.select(val_index)
+        batch_size = training_args.per_device_eval_batch_size
+        val_probs = predict_probs(trainer.model, tokenizer, val_rows, batch_size)
+        write_probs(os.path.join(out, "val_probs.jsonl"), val_rows["id"], val_probs)
+        if encoded_test is not None:
+            test_probs = predict_probs(trainer.model, tokenizer, encoded_test, batch_size)
+            write_probs(os.path.join(out, "test_probs.jsonl"), encoded_test["id"], test_probs)
+        result = score(np.asarray(val_rows["labels"]), decide(val_probs, kfold_args.threshold, kfold_args.fallback_top_label))
+        result.update(
+            fold=fold,
+            best_checkpoint=trainer.state.best_model_checkpoint and os.path.basename(trainer.state.best_model_checkpoint),
+            best_metric=trainer.state.best_metric,
+            epochs_run=trainer.state.epoch,
+            train_rows=int(len(train_index)),
+        )
+        write_json_atomic(os.path.join(out, "metrics.json"), result)
+        shutil.rmtree(os.path.join(out, "checkpoints"), ignore_errors=True)  # the best one is kept in best/
+    trainer.accelerator.wait_for_everyone()
+    del trainer, model
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return result
+
+
+def summarize(output_dir: str, train_rows: Dataset, test_rows: Dataset | None, num_folds: int, kfold_args: KFoldArguments) -> dict | None:
+    """OOF probabilities, summary.json and (with a test file) the hard-voted submission; None until all folds exist."""
+    metric_paths = [os.path.join(fold_dir(output_dir, k), "metrics.json") for k in range(num_folds)]
+    if not all(os.path.exists(p) for p in metric_paths):
+        return None
+    folds = []
+    for path in metric_paths:
+        with open(path, encoding="utf-8") as handle:
+            folds.append(json.load(handle))
+    ids = train_rows["id"]
+    position = {row_id: i for i, row_id in enumerate(ids)}
+    oof = np.full((len(ids), len(folds[0]["per_label"])), np.nan)
+    for k in range(num_folds):
+        fold_ids, probs = read_probs(os.path.join(fold_dir(output_dir, k), "val_probs.jsonl"))
+        oof[[position[i] for i in fold_ids]] = probs
+    if np.isnan(oof).any():
+        raise RuntimeError("out-of-fold predictions do not cover every training row; were the folds run with different data?")
+    write_probs(os.path.join(output_dir, "oof.jsonl"), ids, oof)
+    gold = np.asarray(train_rows["labels"])
+    summary = {
+        "folds": folds,
+        "oof": score(gold, decide(oof, kfold_args.threshold, kfold_args.fallback_top_label)),
+    }
+    if test_rows is not None:
+        decisions, probs = [], []
+        for k in range(num_folds):
+            test_ids, fold_probs = read_probs(os.path.join(fold_dir(output_dir, k), "test_probs.jsonl"))
+            if test_ids != test_rows["id"]:
+                raise RuntimeError(f"fold {k}'s test predictions are for other rows than {len(test_rows)} test rows")
+            probs.append(fold_probs)
+            decisions.append(decide(fold_probs, kfold_args.threshold, kfold_args.fallback_top_label))
+        mean_probs = np.mean(probs, axis=0)
+        voted = hard_vote(decisions, kfold_args.vote_rule, kfold_args.vote_tie, kfold_args.fallback_top_label, mean_probs)
+        write_probs(os.path.join(output_dir, "test_probs_mean.jsonl"), test_rows["id"], mean_probs)
+        write_submission(
+            os.path.join(output_dir, "submission.jsonl"), test_rows["id"], [json.loads(s) for s in test_rows["input_json"]], voted
+        )
+        summary["submission"] = {"file": "submission.jsonl", "rows": len(test_rows), "strategy": f"hard/{kfold_args.vote_rule}"}
+    with open(os.path.join(output_dir, "config.yaml"), encoding="utf-8") as handle:
+        summary["config"] = yaml.safe_load(handle)
+    write_json_atomic(os.path.join(output_dir, "summary.json"), summary)
+    return summary
+
+
+def run_training(model_args: ModelArguments, data_args: DataArguments, kfold_args: KFoldArguments, training_args: TrainingArguments) -> dict | None:
+    """The whole K-fold job (or one fold with `fold`); returns the summary once every fold is done."""
+    state = PartialState()
+    output_dir = training_args.output_dir
+    if state.is_main_process:
+        os.makedirs(output_dir, exist_ok=True)
+        config = resolved_config(model_args, data_args, kfold_args, training_args)
+        write_text_atomic(os.path.join(output_dir, "config.yaml"), yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
+    preprocessing = Preprocessing.from_data_args(data_args)
+    train_rows = load_jsonl_files(data_args.train_files, "required")
+    test_rows = load_jsonl(data_args.test_file, "optional") if data_args.test_file else None
+    cleaned = clean(train_rows, preprocessing)
+    backbone = prepare_backbone(model_args, cleaned["text"], output_dir, training_args.seed)
+    tokenizer = load_tokenizer(backbone, with_markers=preprocessing.input_format == "marker")
+    encoded = encode(cleaned, tokenizer, preprocessing)
+    encoded_test = encode(clean(test_rows, preprocessing), tokenizer, preprocessing) if test_rows is not None else None
+    folds = make_folds(np.asarray(train_rows["labels"]), kfold_args.num_folds, training_args.seed)
+    selected = range(kfold_args.num_folds) if kfold_args.fold is None else [kfold_args.fold]
+    for k in selected:
+        train_index, val_index = folds[k]
+        train_fold(k, train_index, val_index, encoded, encoded_test, backbone, preprocessing, kfold_args, training_args)
+    if not state.is_main_process:
+        return None
+    summary = summarize(output_dir, train_rows, test_rows, kfold_args.num_folds, kfold_args)
+    if summary is None:
+        print(f"fold {kfold_args.fold} done; the run is summarised when all {kfold_args.num_folds} folds are in {output_dir}")
+        return None
+    table = {f"fold_{f['fold']}": f for f in summary["folds"]}
+    table["oof"] = summary["oof"]
+    print(format_table(table))
+    return summary
