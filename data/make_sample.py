@@ -40,6 +40,8 @@ def make_row(rng: random.Random, prefix: str, index: int, labelled: bool) -> dic
         target_obj = {"form": None, "begin": None, "end": None}
     else:
         target_obj = {"form": target, "begin": begin, "end": begin + len(target)}
+    if rng.random() < 0.1:
+        emotions.append(rng.choice(LABELS))  # annotation noise: real data is never perfectly consistent
     output = {label: "True" if label in emotions else "False" for label in LABELS} if labelled else ""
     return {"id": f"sample-{prefix}-{index:05d}", "input": {"form": text, "target": target_obj}, "output": output}
 

@@ -27,7 +27,7 @@ URL_PATTERN = re.compile(
     r"https?:\/\/(www\.)?[-a-zA-Z0-9@:%._\+~#=]{1,256}\.[a-zA-Z0-9()]{1,6}\b([-a-zA-Z0-9()@:%_\+.~#?&//=]*)"
 )
 REPEAT_PATTERN = re.compile(r"(\w)\1{2,}")  # soynlp.normalizer.repeat_normalize, num_repeats=2
-MULTI_SPACE_PATTERN = re.compile(r"\s{2,}")
+MULTI_SPACE_PATTERN = re.compile(r"\s{2,}|[^\S ]")  # soynlp's `\s+ -> " "`, without no-op edits
 EDGE_SPACE_PATTERN = re.compile(r"^\s+|\s+$")
 
 

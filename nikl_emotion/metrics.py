@@ -50,3 +50,23 @@ def format_table(named_scores: dict[str, dict]) -> str:
                     + [f"{result['per_label'][label]['f1']:.4f}" for label in LABELS])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     return "\n".join("  ".join(cell.rjust(width) for cell, width in zip(row, widths)) for row in rows)
+
+
+def score_files(gold_path: str, pred_path: str) -> dict:
+    """The official scoring: rows matched by id, both files NIKL jsonl with labels; every id on both sides."""
+    from nikl_emotion.data import load_jsonl
+    from nikl_emotion.errors import PipelineError
+
+    gold = load_jsonl(gold_path, "required")
+    pred = load_jsonl(pred_path, "required")
+    gold_ids, pred_ids = gold["id"], pred["id"]
+    position = {row_id: i for i, row_id in enumerate(pred_ids)}
+    missing = next((row_id for row_id in gold_ids if row_id not in position), None)
+    if missing is not None:
+        raise PipelineError(f"{pred_path}: no prediction for id {missing!r} of {gold_path}")
+    if len(pred_ids) != len(gold_ids):
+        gold_set = set(gold_ids)
+        extra = next(row_id for row_id in pred_ids if row_id not in gold_set)
+        raise PipelineError(f"{pred_path}: id {extra!r} is not in {gold_path}")
+    order = [position[row_id] for row_id in gold_ids]
+    return score(np.asarray(gold["labels"]), np.asarray(pred["labels"])[order])

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from datasets import Dataset
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
-from nikl_emotion.metrics import sigmoid
+from nikl_emotion.backbone import load_tokenizer
+from nikl_emotion.data import load_jsonl
+from nikl_emotion.errors import PipelineError
+from nikl_emotion.fileio import write_probs, write_submission
+from nikl_emotion.labels import ID2LABEL
+from nikl_emotion.metrics import decide, sigmoid
+from nikl_emotion.preprocessing import Preprocessing, clean, encode
+from nikl_emotion.voting import hard_vote
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -40,3 +51,59 @@ def predict_probs(
             logits[index] = model(**batch).logits.float().cpu().numpy()
     model.train(was_training)
     return sigmoid(logits)
+
+
+def load_checkpoint(path: str):
+    """(model, tokenizer, preprocessing) from a `best/` folder written by train.py; refuses other label sets."""
+    if not os.path.isdir(path):
+        raise PipelineError(f"{path}: checkpoint folder not found")
+    preprocessing = Preprocessing.load(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path)
+    labels = {int(k): v for k, v in model.config.id2label.items()}
+    if labels != ID2LABEL:
+        raise PipelineError(f"{path}: the checkpoint's labels {labels} differ from this pipeline's {ID2LABEL}")
+    tokenizer = load_tokenizer(path)
+    return model, tokenizer, preprocessing
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def predict_file(
+    checkpoints: Sequence[str],
+    input_path: str,
+    output_path: str,
+    probs_path: str | None = None,
+    batch_size: int = 128,
+    threshold: float = 0.5,
+    fallback: bool = True,
+    strategy: str = "hard",
+    device: str | None = None,
+) -> np.ndarray:
+    """Predict `input_path` with one or more checkpoints and write the submission (and probabilities).
+
+    Several checkpoints are combined by `strategy`: `hard` (majority vote of each checkpoint's decisions, see
+    `voting.hard_vote`) or `soft` (mean probability, then the threshold). The probability file holds the mean.
+    Returns the decisions.
+    """
+    if strategy not in ("hard", "soft"):
+        raise PipelineError(f"strategy: {strategy!r} is not hard or soft")
+    rows = load_jsonl(input_path, "optional")
+    target_device = torch.device(device) if device else default_device()
+    all_probs = []
+    for path in checkpoints:
+        model, tokenizer, preprocessing = load_checkpoint(path)
+        model.to(target_device)
+        encoded = encode(clean(rows, preprocessing), tokenizer, preprocessing)
+        all_probs.append(predict_probs(model, tokenizer, encoded, batch_size, target_device))
+        del model
+    mean_probs = np.mean(all_probs, axis=0)
+    if strategy == "soft" or len(all_probs) == 1:
+        decisions = decide(mean_probs, threshold, fallback)
+    else:
+        decisions = hard_vote([decide(p, threshold, fallback) for p in all_probs], fallback=fallback, mean_probs=mean_probs)
+    if probs_path:
+        write_probs(probs_path, rows["id"], mean_probs)
+    write_submission(output_path, rows["id"], [json.loads(s) for s in rows["input_json"]], decisions)
+    return decisions

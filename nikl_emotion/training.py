@@ -19,13 +19,13 @@ from transformers import DataCollatorWithPadding, EarlyStoppingCallback, EvalPre
 from nikl_emotion.backbone import build_offline_backbone, is_offline, load_model, load_tokenizer
 from nikl_emotion.config import DataArguments, KFoldArguments, ModelArguments, resolved_config
 from nikl_emotion.data import load_jsonl, load_jsonl_files
-from nikl_emotion.fileio import read_probs, write_json_atomic, write_probs, write_submission, write_text_atomic
+from nikl_emotion.fileio import read_probs, write_json_atomic, write_probs, write_text_atomic
 from nikl_emotion.folds import make_folds
 from nikl_emotion.losses import MultiLabelLoss, build_loss
 from nikl_emotion.metrics import decide, format_table, score, sigmoid
 from nikl_emotion.prediction import predict_probs
 from nikl_emotion.preprocessing import Preprocessing, clean, encode
-from nikl_emotion.voting import hard_vote
+from nikl_emotion.voting import ensemble_files
 
 TRAINER_COLUMNS = ("input_ids", "attention_mask", "token_type_ids", "labels", "length")
 
@@ -168,7 +168,7 @@ def train_fold(
     return result
 
 
-def summarize(output_dir: str, train_rows: Dataset, test_rows: Dataset | None, num_folds: int, kfold_args: KFoldArguments) -> dict | None:
+def summarize(output_dir: str, train_rows: Dataset, test_path: str | None, num_folds: int, kfold_args: KFoldArguments) -> dict | None:
     """OOF probabilities, summary.json and (with a test file) the hard-voted submission; None until all folds exist."""
     metric_paths = [os.path.join(fold_dir(output_dir, k), "metrics.json") for k in range(num_folds)]
     if not all(os.path.exists(p) for p in metric_paths):
@@ -191,21 +191,18 @@ def summarize(output_dir: str, train_rows: Dataset, test_rows: Dataset | None, n
         "folds": folds,
         "oof": score(gold, decide(oof, kfold_args.threshold, kfold_args.fallback_top_label)),
     }
-    if test_rows is not None:
-        decisions, probs = [], []
-        for k in range(num_folds):
-            test_ids, fold_probs = read_probs(os.path.join(fold_dir(output_dir, k), "test_probs.jsonl"))
-            if test_ids != test_rows["id"]:
-                raise RuntimeError(f"fold {k}'s test predictions are for other rows than {len(test_rows)} test rows")
-            probs.append(fold_probs)
-            decisions.append(decide(fold_probs, kfold_args.threshold, kfold_args.fallback_top_label))
-        mean_probs = np.mean(probs, axis=0)
-        voted = hard_vote(decisions, kfold_args.vote_rule, kfold_args.vote_tie, kfold_args.fallback_top_label, mean_probs)
-        write_probs(os.path.join(output_dir, "test_probs_mean.jsonl"), test_rows["id"], mean_probs)
-        write_submission(
-            os.path.join(output_dir, "submission.jsonl"), test_rows["id"], [json.loads(s) for s in test_rows["input_json"]], voted
+    if test_path is not None:
+        voted = ensemble_files(
+            [os.path.join(fold_dir(output_dir, k), "test_probs.jsonl") for k in range(num_folds)],
+            os.path.join(output_dir, "submission.jsonl"),
+            strategy="hard",
+            rule=kfold_args.vote_rule,
+            tie=kfold_args.vote_tie,
+            threshold=kfold_args.threshold,
+            fallback=kfold_args.fallback_top_label,
+            reference_path=test_path,
         )
-        summary["submission"] = {"file": "submission.jsonl", "rows": len(test_rows), "strategy": f"hard/{kfold_args.vote_rule}"}
+        summary["submission"] = {"file": "submission.jsonl", "rows": int(len(voted)), "strategy": f"hard/{kfold_args.vote_rule}"}
     with open(os.path.join(output_dir, "config.yaml"), encoding="utf-8") as handle:
         summary["config"] = yaml.safe_load(handle)
     write_json_atomic(os.path.join(output_dir, "summary.json"), summary)
@@ -216,13 +213,14 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, kfold_arg
     """The whole K-fold job (or one fold with `fold`); returns the summary once every fold is done."""
     state = PartialState()
     output_dir = training_args.output_dir
+    # validate every input before anything is written
+    train_rows = load_jsonl_files(data_args.train_files, "required")
+    test_rows = load_jsonl(data_args.test_file, "optional") if data_args.test_file else None
     if state.is_main_process:
         os.makedirs(output_dir, exist_ok=True)
         config = resolved_config(model_args, data_args, kfold_args, training_args)
         write_text_atomic(os.path.join(output_dir, "config.yaml"), yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
     preprocessing = Preprocessing.from_data_args(data_args)
-    train_rows = load_jsonl_files(data_args.train_files, "required")
-    test_rows = load_jsonl(data_args.test_file, "optional") if data_args.test_file else None
     cleaned = clean(train_rows, preprocessing)
     backbone = prepare_backbone(model_args, cleaned["text"], output_dir, training_args.seed)
     tokenizer = load_tokenizer(backbone, with_markers=preprocessing.input_format == "marker")
@@ -235,7 +233,7 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, kfold_arg
         train_fold(k, train_index, val_index, encoded, encoded_test, backbone, preprocessing, kfold_args, training_args)
     if not state.is_main_process:
         return None
-    summary = summarize(output_dir, train_rows, test_rows, kfold_args.num_folds, kfold_args)
+    summary = summarize(output_dir, train_rows, data_args.test_file, kfold_args.num_folds, kfold_args)
     if summary is None:
         print(f"fold {kfold_args.fold} done; the run is summarised when all {kfold_args.num_folds} folds are in {output_dir}")
         return None

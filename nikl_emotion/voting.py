@@ -14,10 +14,17 @@ first in label order.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+
+from nikl_emotion.data import load_jsonl
+from nikl_emotion.errors import PipelineError, RowError
+from nikl_emotion.fileio import iter_json_lines, read_probs, write_submission
+from nikl_emotion.metrics import decide
 
 VoteRule = Literal["majority", "reference"]
 TieRule = Literal["positive", "negative"]
@@ -57,3 +64,76 @@ def hard_vote(
                 key += np.asarray(mean_probs, dtype=np.float64)[empty] * 0.5  # < 1 vote, so votes still dominate
             voted[empty, key.argmax(axis=1)] = True
     return voted
+
+
+@dataclass
+class VoteInput:
+    """One model's predictions: a probability file (decisions derived by threshold) or a submission file."""
+
+    path: str
+    ids: list[str]
+    decisions: np.ndarray
+    probs: np.ndarray | None = None
+    inputs: list[dict] | None = None
+
+
+def _first_object(path: str) -> dict:
+    for _, obj in iter_json_lines(path):
+        if not isinstance(obj, dict):
+            raise RowError(path, None, "row", "expected JSON objects")
+        return obj
+    raise RowError(path, None, "file", "no rows")
+
+
+def load_vote_input(path: str, threshold: float = 0.5, fallback: bool = True) -> VoteInput:
+    if "probs" in _first_object(path):
+        ids, probs = read_probs(path)
+        return VoteInput(path, ids, decide(probs, threshold, fallback), probs=probs)
+    rows = load_jsonl(path, "required")
+    return VoteInput(path, rows["id"], np.asarray(rows["labels"]) > 0.5, inputs=[json.loads(s) for s in rows["input_json"]])
+
+
+def check_same_ids(inputs: Sequence[VoteInput]) -> None:
+    """Every input must list the same ids in the same order; name the first place they differ."""
+    first = inputs[0]
+    for other in inputs[1:]:
+        for position, (a, b) in enumerate(zip(first.ids, other.ids)):
+            if a != b:
+                raise PipelineError(f"{other.path}: row {position + 1} has id {b!r} where {first.path} has {a!r}")
+        if len(first.ids) != len(other.ids):
+            raise PipelineError(f"{other.path}: {len(other.ids)} rows, but {first.path} has {len(first.ids)}")
+
+
+def ensemble_files(
+    paths: Sequence[str],
+    output_path: str,
+    strategy: str = "hard",
+    rule: VoteRule = "majority",
+    tie: TieRule = "positive",
+    threshold: float = 0.5,
+    fallback: bool = True,
+    reference_path: str | None = None,
+) -> np.ndarray:
+    """Combine prediction files into one submission; `reference_path` (the input jsonl) supplies `input` when
+    every file is a probability file."""
+    inputs = [load_vote_input(path, threshold, fallback) for path in paths]
+    check_same_ids(inputs)
+    probs = [item.probs for item in inputs if item.probs is not None]
+    mean_probs = np.mean(probs, axis=0) if len(probs) == len(inputs) else None
+    if strategy == "hard":
+        decisions = hard_vote([item.decisions for item in inputs], rule, tie, fallback, mean_probs)
+    elif strategy == "soft":
+        if mean_probs is None:
+            raise PipelineError("soft voting needs probability files for every input (submission files hold no probabilities)")
+        decisions = decide(mean_probs, threshold, fallback)
+    else:
+        raise PipelineError(f"strategy: {strategy!r} is not hard or soft")
+    row_inputs = next((item.inputs for item in inputs if item.inputs is not None), None)
+    if reference_path is not None:
+        reference = load_jsonl(reference_path, "optional")
+        check_same_ids([VoteInput(reference_path, reference["id"], np.empty(0)), inputs[0]])
+        row_inputs = [json.loads(s) for s in reference["input_json"]]
+    if row_inputs is None:
+        raise PipelineError("all inputs are probability files: give --reference INPUT.jsonl to copy each row's input from")
+    write_submission(output_path, inputs[0].ids, row_inputs, decisions)
+    return decisions

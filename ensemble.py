@@ -1,0 +1,41 @@
+"""Combine fold (or model) predictions into one submission.
+
+python ensemble.py --inputs OUT/fold_*/test_probs.jsonl --reference test.jsonl --output submission.jsonl
+python ensemble.py --inputs sub_a.jsonl sub_b.jsonl sub_c.jsonl --output submission.jsonl --rule reference
+
+Inputs are probability files (from train.py/inference.py) or submission files; all must list the same ids in the
+same order. Hard voting: per label, on when more than half the inputs vote for it; a tie (exactly half) follows
+--tie (positive by default). --rule reference applies the reference pipeline's rule instead.
+"""
+
+import argparse
+
+from nikl_emotion.cli import entry_point, quiet_libraries
+from nikl_emotion.errors import PipelineError
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--inputs", nargs="+", required=True, help="probability or submission jsonl files")
+    parser.add_argument("--output", required=True, help="submission jsonl to write")
+    parser.add_argument("--strategy", choices=["hard", "soft"], default="hard", help="hard: vote decisions; soft: mean probability")
+    parser.add_argument("--rule", choices=["majority", "reference"], default="majority", help="hard-vote rule")
+    parser.add_argument("--tie", choices=["positive", "negative"], default="positive", help="majority rule: a label with exactly half the votes")
+    parser.add_argument("--threshold", type=float, default=0.5, help="probability -> decision threshold")
+    parser.add_argument("--no_fallback", action="store_true", help="allow rows with no label")
+    parser.add_argument("--reference", help="the predicted input jsonl; needed when every input is a probability file")
+    args = parser.parse_args(argv)
+    if not 0.0 < args.threshold < 1.0:
+        raise PipelineError(f"--threshold must be in (0, 1), got {args.threshold}")
+    quiet_libraries()
+    from nikl_emotion.voting import ensemble_files
+
+    decisions = ensemble_files(
+        args.inputs, args.output, args.strategy, args.rule, args.tie, args.threshold, not args.no_fallback, args.reference
+    )
+    print(f"wrote {len(decisions)} rows voted from {len(args.inputs)} inputs to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    entry_point(main)()

@@ -1,0 +1,58 @@
+"""The offline backbone: Korean-safe tokenizer, and save/load like any hub checkpoint."""
+
+import unicodedata
+
+import pytest
+import torch
+
+from conftest import SAMPLE_TRAIN
+from nikl_emotion.backbone import build_offline_backbone, load_model, load_tokenizer, parse_offline_spec
+from nikl_emotion.data import load_jsonl
+from nikl_emotion.encoding import MARKER_TOKENS
+
+HANGUL = ["오늘 공연 너무 좋았다ㅋㅋ", "엄마 생각하면 눈물이 난다 ㅠㅠ", "힝 뷁 똠얌꿍", "&name1& 진짜 최고!!"]
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory):
+    texts = load_jsonl(SAMPLE_TRAIN)["text"]
+    return build_offline_backbone(texts, str(tmp_path_factory.mktemp("bb")), "offline:bert-tiny", vocab_size=1000)
+
+
+def test_tokenizer_round_trip_keeps_hangul_ids(backbone):
+    tokenizer = load_tokenizer(backbone)
+    reloaded_dir = backbone + "_copy"
+    tokenizer.save_pretrained(reloaded_dir)
+    reloaded = load_tokenizer(reloaded_dir)
+    for text in HANGUL:
+        assert reloaded(text)["input_ids"] == tokenizer(text)["input_ids"]
+        tokens = tokenizer.tokenize(text)
+        # no NFD: syllables stay syllables, never jamo sequences
+        assert all(unicodedata.normalize("NFC", t) == t for t in tokens)
+        assert "공연" in "".join(tokenizer.tokenize("오늘 공연")).replace("##", "")
+        assert tokenizer.unk_token_id not in tokenizer("오늘 공연 너무 좋아서 행복해")["input_ids"]
+
+
+def test_marker_tokens_are_single_tokens(backbone):
+    tokenizer = load_tokenizer(backbone, with_markers=True)
+    for marker in MARKER_TOKENS:
+        assert tokenizer.tokenize(f"가 {marker} 나") [1] == marker
+
+
+def test_model_saves_and_loads_with_task_labels(backbone, tmp_path):
+    tokenizer = load_tokenizer(backbone)
+    model = load_model(backbone, tokenizer)
+    assert model.config.problem_type == "multi_label_classification"
+    assert model.config.id2label[0] == "joy" and model.config.id2label[7] == "sadness"
+    model.save_pretrained(tmp_path / "m")
+    again = load_model(str(tmp_path / "m"), tokenizer)
+    batch = tokenizer(HANGUL, padding=True, return_tensors="pt")
+    model.eval(), again.eval()
+    with torch.no_grad():
+        assert torch.allclose(model(**batch).logits, again(**batch).logits)
+
+
+def test_bad_offline_spec_is_explained():
+    assert parse_offline_spec("offline:electra-small") == ("electra", "small")
+    with pytest.raises(ValueError, match="offline:bert-tiny"):
+        parse_offline_spec("offline:gpt-huge")

@@ -1,0 +1,78 @@
+"""Hard voting: hand-computed outputs, tie rules, the reference's rule, and refusing mismatched files."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import LABELS, nikl_row, run_cli, write_jsonl
+from nikl_emotion.errors import PipelineError
+from nikl_emotion.fileio import write_probs
+from nikl_emotion.voting import ensemble_files, hard_vote
+
+
+def rows(*labels_per_row):
+    out = np.zeros((len(labels_per_row), 8), dtype=bool)
+    for i, labels in enumerate(labels_per_row):
+        for label in labels:
+            out[i, LABELS.index(label)] = True
+    return out
+
+
+def test_majority_of_three():
+    a = rows(["joy"], ["fear"], ["anger", "disgust"])
+    b = rows(["joy", "trust"], ["fear"], ["anger"])
+    c = rows(["trust"], ["sadness"], ["disgust"])
+    assert (hard_vote([a, b, c]) == rows(["joy", "trust"], ["fear"], ["anger", "disgust"])).all()
+
+
+def test_ties_with_even_models_follow_the_tie_rule():
+    a = rows(["joy"], ["fear"])
+    b = rows(["trust"], ["fear"])
+    assert (hard_vote([a, b], tie="positive") == rows(["joy", "trust"], ["fear"])).all()
+    # negative: row 0 has no majority label -> fallback picks among the most-voted, first in label order
+    assert (hard_vote([a, b], tie="negative") == rows(["joy"], ["fear"])).all()
+    # ... or the higher mean probability when known
+    probs = np.zeros((2, 8))
+    probs[0, LABELS.index("trust")] = 0.9
+    assert (hard_vote([a, b], tie="negative", mean_probs=probs) == rows(["trust"], ["fear"])).all()
+    assert not hard_vote([a, b], tie="negative", fallback=False)[0].any()
+
+
+def test_reference_rule():
+    # up to 3 models: the most-voted label(s) of each row
+    a, b, c = rows(["joy", "fear"]), rows(["joy"]), rows(["fear", "anger"])
+    assert (hard_vote([a, b, c], rule="reference") == rows(["joy", "fear"])).all()
+    # more than 3: votes >= n/2
+    four = [rows(["joy"]), rows(["joy", "fear"]), rows(["fear"]), rows(["anger"])]
+    assert (hard_vote(four, rule="reference") == rows(["joy", "fear"])).all()
+
+
+def test_mismatched_ids_are_refused_naming_the_first(tmp_path):
+    write_probs(tmp_path / "a.jsonl", ["x", "y", "z"], np.full((3, 8), 0.1))
+    write_probs(tmp_path / "b.jsonl", ["x", "z", "y"], np.full((3, 8), 0.1))
+    with pytest.raises(PipelineError, match=r"b\.jsonl: row 2 has id 'z' where .*a\.jsonl has 'y'"):
+        ensemble_files([str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")], str(tmp_path / "out.jsonl"))
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_ensemble_cli_votes_submission_files(tmp_path):
+    files = [
+        write_jsonl(tmp_path / f"s{i}.jsonl", [nikl_row("a", labels=labels_a), nikl_row("b", target=None, labels=labels_b)])
+        for i, (labels_a, labels_b) in enumerate([(("joy",), ("fear",)), (("joy", "trust"), ("anger",)), (("trust",), ("fear",))])
+    ]
+    out = tmp_path / "voted.jsonl"
+    run_cli("ensemble.py", "--inputs", *files, "--output", out)
+    voted = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [r["id"] for r in voted] == ["a", "b"]
+    assert [k for k, v in voted[0]["output"].items() if v == "True"] == ["joy", "trust"]
+    assert [k for k, v in voted[1]["output"].items() if v == "True"] == ["fear"]
+    assert voted[1]["input"] == nikl_row("b", target=None)["input"]
+
+
+def test_ensemble_cli_error_is_one_line_and_no_output(tmp_path):
+    write_probs(tmp_path / "a.jsonl", ["x"], np.full((1, 8), 0.1))
+    result = run_cli("ensemble.py", "--inputs", tmp_path / "a.jsonl", "--output", tmp_path / "o.jsonl", check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: all inputs are probability files")
+    assert not (tmp_path / "o.jsonl").exists()
