@@ -22,7 +22,7 @@ from nikl_emotion.losses import LOSSES
 @dataclass
 class ModelArguments:
     model_name_or_path: str = field(
-        default="offline:bert-tiny",
+        default="offline:electra-tiny",
         metadata={"help": "Hub name (e.g. beomi/KcELECTRA-base-v2022), local checkpoint, or offline:<bert|electra>-<tiny|mini|small>."},
     )
     offline_vocab_size: int = field(default=8000, metadata={"help": "WordPiece vocabulary size of an offline backbone."})

@@ -76,6 +76,14 @@ class EmotionTrainer(Trainer):
         return count
 
 
+class LengthAwareCollator(DataCollatorWithPadding):
+    """Pads per batch and drops the `length` column, which stays in the dataset for the length-grouped sampler
+    (Trainer would otherwise strip it and recount every row's length in Python)."""
+
+    def __call__(self, features: list[dict]) -> dict:
+        return super().__call__([{k: v for k, v in f.items() if k != "length"} for f in features])
+
+
 def make_compute_metrics(threshold: float, fallback: bool):
     def compute_metrics(prediction: EvalPrediction) -> dict:
         decisions = decide(sigmoid(prediction.predictions), threshold, fallback)
@@ -125,14 +133,14 @@ def train_fold(
     tokenizer = load_tokenizer(backbone, with_markers=preprocessing.input_format == "marker")
     model = load_model(backbone, tokenizer)
     columns = [c for c in TRAINER_COLUMNS if c in encoded.column_names]
-    fold_args = dataclasses.replace(training_args, output_dir=os.path.join(out, "checkpoints"))
+    fold_args = dataclasses.replace(training_args, output_dir=os.path.join(out, "checkpoints"), remove_unused_columns=False)
     trainer = EmotionTrainer(
         model=model,
         args=fold_args,
         train_dataset=encoded.select(train_index).select_columns(columns),
         eval_dataset=encoded.select(val_index).select_columns(columns),
         processing_class=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if torch.cuda.is_available() else None),
+        data_collator=LengthAwareCollator(tokenizer, pad_to_multiple_of=8 if torch.cuda.is_available() else None),
         compute_metrics=make_compute_metrics(kfold_args.threshold, kfold_args.fallback_top_label),
         callbacks=[EarlyStoppingCallback(kfold_args.early_stopping_patience)] if kfold_args.early_stopping_patience else [],
         loss_fn=build_loss(kfold_args.loss, reduction="none"),

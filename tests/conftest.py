@@ -54,6 +54,6 @@ def tiny_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run") / "out"
     run_cli(
         "train.py", ROOT / "configs" / "quickstart.yaml",
-        "--output_dir", out, "--num_folds", "2", "--num_train_epochs", "15", "--early_stopping_patience", "0",
+        "--output_dir", out, "--num_folds", "2", "--num_train_epochs", "30", "--early_stopping_patience", "0",
     )
     return out

@@ -1,0 +1,59 @@
+"""Configuration: YAML + command-line overrides through HfArgumentParser, validated early with clear messages."""
+
+import pytest
+import yaml
+
+from conftest import ROOT, SAMPLE_TRAIN
+from nikl_emotion.config import parse_config, resolved_config
+from nikl_emotion.errors import PipelineError
+
+QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
+
+
+def test_yaml_then_command_line_wins(tmp_path):
+    model, data, kfold, training = parse_config([QUICKSTART, "--num_folds", "4", "--input_format", "marker",
+                                                 "--output_dir", str(tmp_path), "--cleanse", "false", "--seed", "7"])
+    assert kfold.num_folds == 4 and data.input_format == "marker" and data.cleanse is False
+    assert training.output_dir == str(tmp_path) and training.seed == 7
+    assert data.train_files == ["data/sample_train.jsonl"]  # from the YAML
+    assert training.eval_strategy == "epoch" and training.load_best_model_at_end and training.metric_for_best_model == "micro_f1"
+
+
+def test_train_files_take_several_values():
+    _, data, _, _ = parse_config([QUICKSTART, "--train_files", str(SAMPLE_TRAIN), str(ROOT / "data" / "sample_dev.jsonl")])
+    assert len(data.train_files) == 2
+
+
+def test_resolved_config_reloads_to_the_same_run(tmp_path):
+    args = parse_config([QUICKSTART, "--num_folds", "4", "--learning_rate", "3e-4"])
+    saved = tmp_path / "config.yaml"
+    saved.write_text(yaml.safe_dump(resolved_config(*args), allow_unicode=True), encoding="utf-8")
+    again = parse_config([str(saved)])
+    assert resolved_config(*again) == resolved_config(*args)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (["--input_format", "sandwich"], "input_format: 'sandwich' is not one of pair, marker, prompt"),
+        (["--fold", "5"], "fold: must be in [0, 2]"),
+        (["--num_folds", "1"], "num_folds: must be at least 2"),
+        (["--loss", "hinge"], "loss: 'hinge' is not one of"),
+        (["--model_name_or_path", "offline:gpt-huge"], "model_name_or_path: unknown offline backbone"),
+        (["--label_smoothing_factor", "0.1"], "label_smoothing_factor"),
+        (["--train_files", "missing.jsonl"], "missing.jsonl: file not found"),
+        (["--no_such_key", "1"], "no_such_key"),
+        (["--num_folds", "many"], "num_folds"),
+    ],
+)
+def test_bad_values_are_named(override, message):
+    with pytest.raises(PipelineError, match=None) as caught:
+        parse_config([QUICKSTART, *override])
+    assert message in str(caught.value)
+
+
+def test_bad_yaml_names_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("num_folds: [1, 2\n", encoding="utf-8")
+    with pytest.raises(PipelineError, match="bad.yaml: invalid YAML"):
+        parse_config([str(bad)])

@@ -1,0 +1,85 @@
+"""train -> inference -> ensemble -> score on the tiny offline model, through the command-line entry points."""
+
+import json
+
+import numpy as np
+import yaml
+
+from conftest import LABELS, ROOT, SAMPLE_DEV, SAMPLE_TEST, SAMPLE_TRAIN, run_cli
+from nikl_emotion.data import load_jsonl
+from nikl_emotion.fileio import read_probs
+from nikl_emotion.metrics import score
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_training_run_writes_every_promised_file(tiny_run):
+    config = yaml.safe_load((tiny_run / "config.yaml").read_text(encoding="utf-8"))
+    assert config["num_folds"] == 2 and config["model_name_or_path"] == "offline:electra-tiny"
+    summary = json.loads((tiny_run / "summary.json").read_text(encoding="utf-8"))
+    assert [f["fold"] for f in summary["folds"]] == [0, 1]
+    assert set(summary["oof"]) >= {"micro_f1", "macro_f1", "per_label"}
+    assert summary["config"]["num_folds"] == 2
+    train_ids = load_jsonl(SAMPLE_TRAIN)["id"]
+    oof_ids, oof = read_probs(tiny_run / "oof.jsonl")
+    assert oof_ids == train_ids and oof.shape == (len(train_ids), 8)
+    for k in range(2):
+        best = tiny_run / f"fold_{k}" / "best"
+        assert (best / "config.json").exists() and (best / "tokenizer.json").exists() and (best / "preprocessing.json").exists()
+        assert not (tiny_run / f"fold_{k}" / "checkpoints").exists()  # pruned: only best/ is kept
+    submission = read_jsonl(tiny_run / "submission.jsonl")
+    test_rows = read_jsonl(SAMPLE_TEST)
+    assert [r["id"] for r in submission] == [r["id"] for r in test_rows]
+    assert [r["input"] for r in submission] == [r["input"] for r in test_rows]
+    assert all(list(r["output"]) == LABELS and set(r["output"].values()) <= {"True", "False"} for r in submission)
+    assert all("True" in r["output"].values() for r in submission)  # empty-prediction fallback
+
+
+def test_oof_scores_are_the_scores_of_the_oof_file(tiny_run):
+    summary = json.loads((tiny_run / "summary.json").read_text(encoding="utf-8"))
+    _, oof = read_probs(tiny_run / "oof.jsonl")
+    from nikl_emotion.metrics import decide
+
+    gold = np.asarray(load_jsonl(SAMPLE_TRAIN)["labels"])
+    assert abs(score(gold, decide(oof))["micro_f1"] - summary["oof"]["micro_f1"]) < 1e-4
+
+
+def test_inference_ensemble_and_score(tiny_run, tmp_path):
+    checkpoints = [tiny_run / "fold_0" / "best", tiny_run / "fold_1" / "best"]
+    dev_sub, dev_probs = tmp_path / "dev_sub.jsonl", tmp_path / "dev_probs.jsonl"
+    run_cli("inference.py", "--checkpoint", *checkpoints, "--input", SAMPLE_DEV, "--output", dev_sub, "--probs", dev_probs)
+    result = run_cli("score.py", SAMPLE_DEV, dev_sub, "--json")
+    dev_f1 = json.loads(result.stdout.strip().splitlines()[-1])["micro_f1"]
+    # learning happened: far above always predicting the most frequent label
+    gold = np.asarray(load_jsonl(SAMPLE_DEV)["labels"])
+    majority = np.zeros_like(gold)
+    majority[:, gold.sum(axis=0).argmax()] = 1
+    assert dev_f1 > score(gold, majority)["micro_f1"] + 0.3
+
+    # per-fold inference, then ensemble.py, equals train.py's own vote of the same folds on the test file
+    fold_probs = []
+    for k, checkpoint in enumerate(checkpoints):
+        fold_probs.append(tmp_path / f"test_probs_{k}.jsonl")
+        run_cli("inference.py", "--checkpoint", checkpoint, "--input", SAMPLE_TEST, "--output", tmp_path / f"t{k}.jsonl",
+                "--probs", fold_probs[-1])
+        ids, probs = read_probs(fold_probs[-1])
+        _, from_training = read_probs(tiny_run / f"fold_{k}" / "test_probs.jsonl")
+        np.testing.assert_allclose(probs, from_training, atol=1e-5)
+    voted = tmp_path / "voted.jsonl"
+    run_cli("ensemble.py", "--inputs", *fold_probs, "--reference", SAMPLE_TEST, "--output", voted)
+    assert voted.read_bytes() == (tiny_run / "submission.jsonl").read_bytes()
+
+
+def test_single_fold_with_marker_format(tmp_path):
+    """`--fold` runs one fold and waits for the others before summarising; marker tokens reach inference."""
+    out = tmp_path / "out"
+    result = run_cli("train.py", ROOT / "configs" / "quickstart.yaml", "--output_dir", out, "--num_folds", "3", "--fold", "1",
+                     "--num_train_epochs", "2", "--input_format", "marker")
+    assert "summarised when all 3 folds" in result.stdout
+    assert (out / "fold_1" / "best").exists() and not (out / "fold_0").exists() and not (out / "summary.json").exists()
+    pre = json.loads((out / "fold_1" / "best" / "preprocessing.json").read_text(encoding="utf-8"))
+    assert pre["input_format"] == "marker" and pre["labels"] == LABELS
+    run_cli("inference.py", "--checkpoint", out / "fold_1" / "best", "--input", SAMPLE_TEST, "--output", tmp_path / "s.jsonl")
+    assert len(read_jsonl(tmp_path / "s.jsonl")) == len(read_jsonl(SAMPLE_TEST))

@@ -1,0 +1,71 @@
+"""The Trainer subclass: its loss is correct under gradient accumulation."""
+
+import numpy as np
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification, TrainingArguments
+
+from conftest import SAMPLE_TRAIN
+from nikl_emotion.backbone import classification_config_kwargs, train_wordpiece_tokenizer
+from nikl_emotion.data import load_jsonl
+from nikl_emotion.losses import build_loss
+from nikl_emotion.preprocessing import Preprocessing, clean, encode
+from nikl_emotion.cleaning import CleaningOptions
+from nikl_emotion.training import TRAINER_COLUMNS, EmotionTrainer, LengthAwareCollator
+
+
+@pytest.fixture(scope="module")
+def setup():
+    rows = load_jsonl(SAMPLE_TRAIN).select(range(8))
+    tokenizer = train_wordpiece_tokenizer(load_jsonl(SAMPLE_TRAIN)["text"], vocab_size=500)
+    pre = Preprocessing(CleaningOptions())
+    encoded = encode(clean(rows, pre), tokenizer, pre)
+    encoded = encoded.select_columns([c for c in TRAINER_COLUMNS if c in encoded.column_names])
+    assert len(set(encoded["length"])) > 1  # unequal lengths: padding differs between the two set-ups
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                        **classification_config_kwargs())
+    torch.manual_seed(0)
+    initial = BertForSequenceClassification(config).state_dict()
+    return tokenizer, encoded, config, initial
+
+
+def one_step(setup, tmp_path, batch_size, accumulation, reduction):
+    tokenizer, encoded, config, initial = setup
+    model = BertForSequenceClassification(config)
+    model.load_state_dict(initial)
+    args = TrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=batch_size, gradient_accumulation_steps=accumulation,
+        max_steps=1, learning_rate=1.0, optim="sgd", weight_decay=0.0, lr_scheduler_type="constant", max_grad_norm=0,
+        train_sampling_strategy="sequential", report_to="none", use_cpu=True, save_strategy="no",
+        remove_unused_columns=False, disable_tqdm=True,
+    )
+    trainer = EmotionTrainer(model=model, args=args, train_dataset=encoded, processing_class=tokenizer,
+                             data_collator=LengthAwareCollator(tokenizer), loss_fn=build_loss("bce", reduction="none"),
+                             loss_reduction=reduction)
+    trainer.train()
+    # SGD with lr 1: the parameter change is exactly minus the gradient
+    return {name: initial[name] - value for name, value in model.state_dict().items() if value.dtype.is_floating_point}
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_accumulating_two_batches_of_four_equals_one_batch_of_eight(setup, tmp_path, reduction):
+    full = one_step(setup, tmp_path / "a", batch_size=8, accumulation=1, reduction=reduction)
+    accumulated = one_step(setup, tmp_path / "b", batch_size=4, accumulation=2, reduction=reduction)
+    assert max(full[n].abs().max().item() for n in full) > 1e-4  # the step moved the weights
+    for name in full:
+        torch.testing.assert_close(accumulated[name], full[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_mean_loss_step_equals_the_bce_gradient_of_the_whole_batch(setup, tmp_path):
+    """Independent reference: the gradient of torch's BCEWithLogitsLoss(mean) over all 8 rows."""
+    tokenizer, encoded, config, initial = setup
+    model = BertForSequenceClassification(config)
+    model.load_state_dict(initial)
+    batch = LengthAwareCollator(tokenizer)([encoded[i] for i in range(8)])
+    labels = batch.pop("labels")
+    loss = torch.nn.BCEWithLogitsLoss()(model(**batch).logits, labels.float())
+    loss.backward()
+    step = one_step(setup, tmp_path, batch_size=4, accumulation=2, reduction="mean")
+    weight = "classifier.weight"
+    torch.testing.assert_close(step[weight], dict(model.named_parameters())[weight].grad, rtol=1e-4, atol=1e-6)
