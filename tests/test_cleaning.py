@@ -9,7 +9,7 @@ import pytest
 from nikl_emotion.cleaning import CleaningOptions, clean_batch, clean_text
 
 # The reference recipe, written out literally (KcBERT's `clean` with soynlp's `repeat_normalize`).
-_KC_PATTERN = re.compile(f"[^ .,?!/@$%~％·∼()\x00-\x7Fㄱ-ㅣ가-힣]+")
+_KC_PATTERN = re.compile("[^ .,?!/@$%~％·∼()\x00-\x7Fㄱ-ㅣ가-힣]+")
 _KC_URL = re.compile(
     r"https?:\/\/(www\.)?[-a-zA-Z0-9@:%._\+~#=]{1,256}\.[a-zA-Z0-9()]{1,6}\b([-a-zA-Z0-9()@:%_\+.~#?&//=]*)"
 )

@@ -1,7 +1,6 @@
 """Target-aware encodings: pair, marker and prompt; null targets encode the text alone; no padding in map."""
 
 import pytest
-from datasets import Dataset
 
 from conftest import SAMPLE_TRAIN
 from nikl_emotion.backbone import load_tokenizer, train_wordpiece_tokenizer

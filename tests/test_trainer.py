@@ -1,6 +1,5 @@
 """The Trainer subclass: its loss is correct under gradient accumulation."""
 
-import numpy as np
 import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification, TrainingArguments
