@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import hashlib
 import json
 import os
 import shutil
@@ -102,7 +103,9 @@ def prepare_backbone(model_args: ModelArguments, texts: list[str], output_dir: s
     if not is_offline(model_args.model_name_or_path):
         return model_args.model_name_or_path
     path = os.path.join(output_dir, "backbone")
-    spec = {"model_name_or_path": model_args.model_name_or_path, "vocab_size": model_args.offline_vocab_size, "seed": seed}
+    texts_digest = hashlib.sha256("\n".join(texts).encode("utf-8")).hexdigest()  # other data -> other vocabulary
+    spec = {"model_name_or_path": model_args.model_name_or_path, "vocab_size": model_args.offline_vocab_size, "seed": seed,
+            "texts_sha256": texts_digest}
     marker = os.path.join(path, "backbone.json")
     state = PartialState()
     with state.main_process_first():
