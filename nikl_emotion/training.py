@@ -224,19 +224,23 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, kfold_arg
     """The whole K-fold job (or one fold with `fold`); returns the summary once every fold is done."""
     state = PartialState()
     output_dir = training_args.output_dir
-    # validate every input before anything is written
-    train_rows = load_jsonl_files(data_args.train_files, "required")
-    test_rows = load_jsonl(data_args.test_file, "optional") if data_args.test_file else None
+    preprocessing = Preprocessing.from_data_args(data_args)
+    # the main process fills the datasets cache first; the other ranks then read it
+    with training_args.main_process_first(desc="loading and cleaning"):
+        # every input is validated before anything is written
+        train_rows = load_jsonl_files(data_args.train_files, "required")
+        test_rows = load_jsonl(data_args.test_file, "optional") if data_args.test_file else None
+        cleaned = clean(train_rows, preprocessing)
+        cleaned_test = clean(test_rows, preprocessing) if test_rows is not None else None
     if state.is_main_process:
         os.makedirs(output_dir, exist_ok=True)
         config = resolved_config(model_args, data_args, kfold_args, training_args)
         write_text_atomic(os.path.join(output_dir, "config.yaml"), yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
-    preprocessing = Preprocessing.from_data_args(data_args)
-    cleaned = clean(train_rows, preprocessing)
     backbone = prepare_backbone(model_args, cleaned["text"], output_dir, training_args.seed)
-    tokenizer = load_tokenizer(backbone, with_markers=preprocessing.input_format == "marker")
-    encoded = encode(cleaned, tokenizer, preprocessing)
-    encoded_test = encode(clean(test_rows, preprocessing), tokenizer, preprocessing) if test_rows is not None else None
+    with training_args.main_process_first(desc="tokenizing"):
+        tokenizer = load_tokenizer(backbone, with_markers=preprocessing.input_format == "marker")
+        encoded = encode(cleaned, tokenizer, preprocessing)
+        encoded_test = encode(cleaned_test, tokenizer, preprocessing) if cleaned_test is not None else None
     folds = make_folds(np.asarray(train_rows["labels"]), kfold_args.num_folds, training_args.seed)
     selected = range(kfold_args.num_folds) if kfold_args.fold is None else [kfold_args.fold]
     for k in selected:
