@@ -5,6 +5,7 @@ import json
 import evaluate
 import numpy as np
 import pytest
+from sklearn.metrics import f1_score
 
 from conftest import LABELS, ROOT, nikl_row, run_cli, write_jsonl
 from nikl_emotion.errors import PipelineError
@@ -26,6 +27,7 @@ def test_scores_equal_the_formula_on_random_matrices():
         pred = (rng.random((n, 8)) < rng.uniform(0.05, 0.5)).astype(int)
         result = score(gold, pred)
         assert result["micro_f1"] == pytest.approx(micro_f1_by_hand(gold, pred))
+        assert result["micro_f1"] == pytest.approx(f1_score(gold, pred, average="micro", zero_division=0))
         per_label = [micro_f1_by_hand(gold[:, j], pred[:, j]) if (gold[:, j].sum() + pred[:, j].sum()) else 0.0 for j in range(8)]
         assert result["macro_f1"] == pytest.approx(np.mean(per_label))
         assert [result["per_label"][label]["f1"] for label in LABELS] == pytest.approx(per_label)
