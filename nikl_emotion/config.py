@@ -16,6 +16,7 @@ from transformers import HfArgumentParser, TrainingArguments
 from nikl_emotion.backbone import is_offline, parse_offline_spec
 from nikl_emotion.encoding import INPUT_FORMATS
 from nikl_emotion.errors import PipelineError
+from nikl_emotion.labels import NUM_LABELS
 from nikl_emotion.losses import LOSSES
 
 
@@ -45,14 +46,42 @@ class KFoldArguments:
     num_folds: int = field(default=5, metadata={"help": "Number of stratified folds."})
     fold: int | None = field(default=None, metadata={"help": "Run only this fold (0-based); the run is summarised once all folds exist."})
     early_stopping_patience: int = field(default=3, metadata={"help": "Epochs without a better validation micro-F1 before stopping; 0 disables."})
-    loss: str = field(default="bce", metadata={"help": "Training loss: " + ", ".join(LOSSES)})
     threshold: float = field(default=0.5, metadata={"help": "Probability at or above which a label is predicted."})
     fallback_top_label: bool = field(default=True, metadata={"help": "An empty prediction takes the top-scoring label."})
     vote_rule: str = field(default="majority", metadata={"help": "Hard-vote rule over folds: majority or reference."})
     vote_tie: str = field(default="positive", metadata={"help": "Majority vote with half the votes: positive or negative."})
 
 
-ARGUMENT_CLASSES = (ModelArguments, DataArguments, KFoldArguments, TrainingArguments)
+@dataclass
+class LossArguments:
+    loss: str = field(default="bce", metadata={"help": "Training loss: bce, focal (torchvision) or asl (Alibaba-MIIL)."})
+    loss_reduction: str = field(default="mean", metadata={"help": "mean over all label elements of a step's batch, or sum (the reference's Focal)."})
+    label_smoothing: float = field(default=0.0, metadata={"help": "Multi-label smoothing: targets become y(1-e) + e/2."})
+    pos_weight: str = field(default="none", metadata={"help": "BCE positive-class weight per label: none, auto (negatives/positives in the fold's training split) or 8 comma-separated numbers."})
+    focal_alpha: float = field(default=0.25, metadata={"help": "Focal alpha; negative turns the alpha weighting off."})
+    focal_gamma: float = field(default=2.0, metadata={"help": "Focal gamma (>= 0)."})
+    asl_gamma_neg: float = field(default=4.0, metadata={"help": "ASL focusing for negatives (>= 0)."})
+    asl_gamma_pos: float = field(default=1.0, metadata={"help": "ASL focusing for positives (>= 0)."})
+    asl_clip: float = field(default=0.05, metadata={"help": "ASL probability margin for negatives, in [0, 1)."})
+    asl_eps: float = field(default=1e-8, metadata={"help": "ASL log clamp, in (0, 1)."})
+    asl_disable_torch_grad_focal_loss: bool = field(default=False, metadata={"help": "ASL: no gradient through the focusing weight."})
+
+    def parsed_pos_weight(self) -> str | list[float] | None:
+        """None, "auto", or the 8 weights."""
+        if self.pos_weight in ("none", "", None):
+            return None
+        if self.pos_weight == "auto":
+            return "auto"
+        try:
+            weights = [float(part) for part in str(self.pos_weight).split(",")]
+        except ValueError:
+            weights = []
+        if len(weights) != NUM_LABELS or any(w <= 0 for w in weights):
+            raise PipelineError(f"pos_weight: expected none, auto or {NUM_LABELS} positive comma-separated numbers, got {self.pos_weight!r}")
+        return weights
+
+
+ARGUMENT_CLASSES = (ModelArguments, DataArguments, KFoldArguments, LossArguments, TrainingArguments)
 
 # Defaults this pipeline needs from TrainingArguments; a YAML file or the command line can still change them.
 TRAINING_DEFAULTS: dict[str, object] = {
@@ -110,7 +139,7 @@ def _parser() -> HfArgumentParser:
     return parser
 
 
-def parse_config(argv: list[str]) -> tuple[ModelArguments, DataArguments, KFoldArguments, TrainingArguments]:
+def parse_config(argv: list[str]) -> tuple[ModelArguments, DataArguments, KFoldArguments, LossArguments, TrainingArguments]:
     """`[CONFIG.yaml] [--key value ...]` -> validated argument dataclasses."""
     yaml_tokens: list[str] = []
     if argv and argv[0].endswith((".yaml", ".yml")):
@@ -118,16 +147,19 @@ def parse_config(argv: list[str]) -> tuple[ModelArguments, DataArguments, KFoldA
         argv = argv[1:]
     tokens = _tokens(TRAINING_DEFAULTS, "defaults") + yaml_tokens + list(argv)
     try:
-        model_args, data_args, kfold_args, training_args = _parser().parse_args_into_dataclasses(args=tokens)
+        model_args, data_args, kfold_args, loss_args, training_args = _parser().parse_args_into_dataclasses(args=tokens)
     except PipelineError:
         raise
     except (ValueError, TypeError) as exc:  # TrainingArguments' own checks
         raise PipelineError(str(exc).strip().splitlines()[0]) from None
-    validate(model_args, data_args, kfold_args, training_args)
-    return model_args, data_args, kfold_args, training_args
+    validate(model_args, data_args, kfold_args, loss_args, training_args)
+    return model_args, data_args, kfold_args, loss_args, training_args
 
 
-def validate(model_args: ModelArguments, data_args: DataArguments, kfold_args: KFoldArguments, training_args: TrainingArguments) -> None:
+def validate(
+    model_args: ModelArguments, data_args: DataArguments, kfold_args: KFoldArguments, loss_args: LossArguments,
+    training_args: TrainingArguments,
+) -> None:
     """Fail before any work starts, with a message naming the key."""
     if is_offline(model_args.model_name_or_path):
         try:
@@ -149,8 +181,7 @@ def validate(model_args: ModelArguments, data_args: DataArguments, kfold_args: K
         raise PipelineError(f"fold: must be in [0, {kfold_args.num_folds - 1}], got {kfold_args.fold}")
     if kfold_args.early_stopping_patience < 0:
         raise PipelineError("early_stopping_patience: must be >= 0")
-    if kfold_args.loss not in LOSSES:
-        raise PipelineError(f"loss: {kfold_args.loss!r} is not one of {', '.join(LOSSES)}")
+    validate_loss(loss_args)
     if not 0.0 < kfold_args.threshold < 1.0:
         raise PipelineError(f"threshold: must be in (0, 1), got {kfold_args.threshold}")
     if kfold_args.vote_rule not in ("majority", "reference"):
@@ -160,7 +191,7 @@ def validate(model_args: ModelArguments, data_args: DataArguments, kfold_args: K
     if training_args.label_smoothing_factor:
         raise PipelineError(
             "label_smoothing_factor: the Trainer's smoothing is for single-label cross-entropy and would be ignored "
-            "by a multi-label loss; it is not supported"
+            "by a multi-label loss; use label_smoothing instead"
         )
     if training_args.eval_strategy == "no" or training_args.eval_strategy != training_args.save_strategy:
         raise PipelineError("eval_strategy and save_strategy must be the same (epoch or steps): the best checkpoint is chosen on validation micro-F1")
@@ -168,10 +199,31 @@ def validate(model_args: ModelArguments, data_args: DataArguments, kfold_args: K
         raise PipelineError(f"metric_for_best_model: {training_args.metric_for_best_model!r} is not micro_f1, macro_f1 or loss")
 
 
-def resolved_config(model_args, data_args, kfold_args, training_args) -> dict:
+def validate_loss(loss_args: LossArguments) -> None:
+    if loss_args.loss not in LOSSES:
+        raise PipelineError(f"loss: {loss_args.loss!r} is not one of {', '.join(LOSSES)}")
+    if loss_args.loss_reduction not in ("mean", "sum"):
+        raise PipelineError(f"loss_reduction: {loss_args.loss_reduction!r} is not mean or sum")
+    if not 0.0 <= loss_args.label_smoothing < 1.0:
+        raise PipelineError(f"label_smoothing: must be in [0, 1), got {loss_args.label_smoothing}")
+    if loss_args.parsed_pos_weight() is not None and loss_args.loss != "bce":
+        raise PipelineError(f"pos_weight: only the bce loss takes a positive-class weight (loss is {loss_args.loss})")
+    for key in ("focal_gamma", "asl_gamma_neg", "asl_gamma_pos"):
+        if getattr(loss_args, key) < 0:
+            raise PipelineError(f"{key}: must be >= 0, got {getattr(loss_args, key)}")
+    if loss_args.focal_alpha > 1:
+        raise PipelineError(f"focal_alpha: must be <= 1 (negative turns it off), got {loss_args.focal_alpha}")
+    if not 0.0 <= loss_args.asl_clip < 1.0:
+        raise PipelineError(f"asl_clip: must be in [0, 1), got {loss_args.asl_clip}")
+    if not 0.0 < loss_args.asl_eps < 1.0:
+        raise PipelineError(f"asl_eps: must be in (0, 1), got {loss_args.asl_eps}")
+
+
+def resolved_config(*args_list) -> dict:
     """A flat mapping that, saved as YAML, reproduces the run: all pipeline keys and every non-default Trainer key."""
+    *pipeline_args, training_args = args_list
     config: dict = {}
-    for args in (model_args, data_args, kfold_args):
+    for args in pipeline_args:
         config.update(dataclasses.asdict(args))
     defaults = TrainingArguments(output_dir=training_args.output_dir).to_dict()
     init_fields = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}

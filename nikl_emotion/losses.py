@@ -1,12 +1,21 @@
-"""Multi-label losses on logits and float multi-hot targets.
+"""Multi-label losses on logits and float multi-hot targets, exactly as their references define them.
 
-Each loss takes `reduction` in {"none", "mean", "sum"}: "none" returns the (N, C) element-wise loss, "mean"
-averages over all N×C elements (as `torch.nn.BCEWithLogitsLoss`), "sum" adds them. `label_smoothing` ε replaces
-the targets by y(1−ε) + ε/2 before the formula.
+- `BCELoss`: binary cross-entropy on logits (`torch.nn.BCEWithLogitsLoss`), optional `pos_weight` per label.
+- `FocalLoss`: torchvision's `sigmoid_focal_loss`: BCE·(1−p_t)^γ, weighted by α_t = α·y + (1−α)(1−y); α < 0
+  turns the weighting off. Defaults α=0.25, γ=2.
+- `AsymmetricLoss`: Alibaba-MIIL's `AsymmetricLoss` (Ridnik et al., 2021): the negative probability is shifted,
+  xs_neg = min(1−p+clip, 1); loss = −[y·log(max(p, eps)) + (1−y)·log(max(xs_neg, eps))]·(1−p_t)^(γ+·y + γ−·(1−y))
+  with p_t = p·y + xs_neg·(1−y). Defaults γ−=4, γ+=1, clip=0.05, eps=1e-8.
+
+Each takes `reduction` in {"none", "mean", "sum"}: "none" returns the (N, C) element-wise loss (positive values),
+"mean" averages over all N×C elements (as `BCEWithLogitsLoss`), "sum" adds them (torchvision's and Alibaba-MIIL's
+own default for ASL is "sum", the reference pipeline's Focal used "sum"). `label_smoothing` ε replaces the targets
+by y' = y(1−ε) + ε/2 before the formula, wherever y appears.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
@@ -58,7 +67,78 @@ class BCELoss(MultiLabelLoss):
         return reduce_loss(loss, self.reduction)
 
 
-LOSSES: dict[str, type[MultiLabelLoss]] = {"bce": BCELoss}
+class FocalLoss(MultiLabelLoss):
+    """torchvision.ops.sigmoid_focal_loss as a module."""
+
+    def __init__(self, alpha: float = 0.25, gamma: float = 2.0, reduction: str = "mean", label_smoothing: float = 0.0):
+        super().__init__(reduction, label_smoothing)
+        if gamma < 0:
+            raise ValueError(f"gamma must be >= 0, got {gamma}")
+        if alpha > 1:
+            raise ValueError(f"alpha must be <= 1 (negative turns the weighting off), got {alpha}")
+        self.alpha = alpha
+        self.gamma = gamma
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        targets = smooth_targets(targets.to(logits.dtype), self.label_smoothing)
+        p = torch.sigmoid(logits)
+        ce_loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+        p_t = p * targets + (1 - p) * (1 - targets)
+        loss = ce_loss * ((1 - p_t) ** self.gamma)
+        if self.alpha >= 0:
+            alpha_t = self.alpha * targets + (1 - self.alpha) * (1 - targets)
+            loss = alpha_t * loss
+        return reduce_loss(loss, self.reduction)
+
+
+class AsymmetricLoss(MultiLabelLoss):
+    """Alibaba-MIIL's AsymmetricLoss as a module.
+
+    `disable_torch_grad_focal_loss=True` computes the focusing weight without gradient, as the reference's option
+    does, but scoped with `torch.no_grad()`: the reference toggles grad mode globally and would turn gradients back
+    on inside the Trainer's evaluation.
+    """
+
+    def __init__(
+        self,
+        gamma_neg: float = 4.0,
+        gamma_pos: float = 1.0,
+        clip: float = 0.05,
+        eps: float = 1e-8,
+        disable_torch_grad_focal_loss: bool = False,
+        reduction: str = "mean",
+        label_smoothing: float = 0.0,
+    ):
+        super().__init__(reduction, label_smoothing)
+        if gamma_neg < 0 or gamma_pos < 0:
+            raise ValueError(f"gamma_neg and gamma_pos must be >= 0, got {gamma_neg} and {gamma_pos}")
+        if clip is not None and not 0 <= clip < 1:
+            raise ValueError(f"clip must be in [0, 1), got {clip}")
+        if not 0 < eps < 1:
+            raise ValueError(f"eps must be in (0, 1), got {eps}")
+        self.gamma_neg = gamma_neg
+        self.gamma_pos = gamma_pos
+        self.clip = clip
+        self.eps = eps
+        self.disable_torch_grad_focal_loss = disable_torch_grad_focal_loss
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        y = smooth_targets(targets.to(logits.dtype), self.label_smoothing)
+        xs_pos = torch.sigmoid(logits)
+        xs_neg = 1 - xs_pos
+        if self.clip is not None and self.clip > 0:
+            xs_neg = (xs_neg + self.clip).clamp(max=1)  # probability shifting
+        loss = y * torch.log(xs_pos.clamp(min=self.eps)) + (1 - y) * torch.log(xs_neg.clamp(min=self.eps))
+        if self.gamma_neg > 0 or self.gamma_pos > 0:
+            with torch.no_grad() if self.disable_torch_grad_focal_loss else contextlib.nullcontext():
+                pt = xs_pos * y + xs_neg * (1 - y)
+                one_sided_gamma = self.gamma_pos * y + self.gamma_neg * (1 - y)
+                one_sided_w = torch.pow(1 - pt, one_sided_gamma)
+            loss = loss * one_sided_w
+        return reduce_loss(-loss, self.reduction)
+
+
+LOSSES: dict[str, type[MultiLabelLoss]] = {"bce": BCELoss, "focal": FocalLoss, "asl": AsymmetricLoss}
 
 
 def build_loss(name: str, **kwargs) -> MultiLabelLoss:

@@ -18,7 +18,7 @@ from datasets import Dataset
 from transformers import DataCollatorWithPadding, EarlyStoppingCallback, EvalPrediction, Trainer, TrainingArguments, set_seed
 
 from nikl_emotion.backbone import build_offline_backbone, is_offline, load_model, load_tokenizer
-from nikl_emotion.config import DataArguments, KFoldArguments, ModelArguments, resolved_config
+from nikl_emotion.config import DataArguments, KFoldArguments, LossArguments, ModelArguments, resolved_config
 from nikl_emotion.data import load_jsonl, load_jsonl_files
 from nikl_emotion.fileio import read_probs, write_json_atomic, write_probs, write_text_atomic
 from nikl_emotion.folds import make_folds
@@ -94,6 +94,25 @@ def make_compute_metrics(threshold: float, fallback: bool):
     return compute_metrics
 
 
+def make_loss(loss_args: LossArguments, train_labels: np.ndarray) -> MultiLabelLoss:
+    """The configured loss, element-wise (the Trainer reduces it); `pos_weight: auto` is computed from the labels of
+    the fold's training split only, so the validation rows never shape the loss."""
+    common = {"reduction": "none", "label_smoothing": loss_args.label_smoothing}
+    if loss_args.loss == "bce":
+        pos_weight = loss_args.parsed_pos_weight()
+        if pos_weight == "auto":
+            positives = np.asarray(train_labels).sum(axis=0)
+            negatives = len(train_labels) - positives
+            pos_weight = np.where(positives > 0, negatives / np.maximum(positives, 1), 1.0).tolist()
+        return build_loss("bce", pos_weight=pos_weight, **common)
+    if loss_args.loss == "focal":
+        return build_loss("focal", alpha=loss_args.focal_alpha, gamma=loss_args.focal_gamma, **common)
+    return build_loss(
+        "asl", gamma_neg=loss_args.asl_gamma_neg, gamma_pos=loss_args.asl_gamma_pos, clip=loss_args.asl_clip,
+        eps=loss_args.asl_eps, disable_torch_grad_focal_loss=loss_args.asl_disable_torch_grad_focal_loss, **common,
+    )
+
+
 def fold_dir(output_dir: str, fold: int) -> str:
     return os.path.join(output_dir, f"fold_{fold}")
 
@@ -129,6 +148,7 @@ def train_fold(
     backbone: str,
     preprocessing: Preprocessing,
     kfold_args: KFoldArguments,
+    loss_args: LossArguments,
     training_args: TrainingArguments,
 ) -> dict:
     out = fold_dir(training_args.output_dir, fold)
@@ -146,7 +166,8 @@ def train_fold(
         data_collator=LengthAwareCollator(tokenizer, pad_to_multiple_of=8 if torch.cuda.is_available() else None),
         compute_metrics=make_compute_metrics(kfold_args.threshold, kfold_args.fallback_top_label),
         callbacks=[EarlyStoppingCallback(kfold_args.early_stopping_patience)] if kfold_args.early_stopping_patience else [],
-        loss_fn=build_loss(kfold_args.loss, reduction="none"),
+        loss_fn=make_loss(loss_args, np.asarray(encoded.select(train_index)["labels"])),
+        loss_reduction=loss_args.loss_reduction,
     )
     trainer.train()
     result: dict = {}
@@ -220,7 +241,10 @@ def summarize(output_dir: str, train_rows: Dataset, test_path: str | None, num_f
     return summary
 
 
-def run_training(model_args: ModelArguments, data_args: DataArguments, kfold_args: KFoldArguments, training_args: TrainingArguments) -> dict | None:
+def run_training(
+    model_args: ModelArguments, data_args: DataArguments, kfold_args: KFoldArguments, loss_args: LossArguments,
+    training_args: TrainingArguments,
+) -> dict | None:
     """The whole K-fold job (or one fold with `fold`); returns the summary once every fold is done."""
     state = PartialState()
     output_dir = training_args.output_dir
@@ -234,7 +258,7 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, kfold_arg
         cleaned_test = clean(test_rows, preprocessing) if test_rows is not None else None
     if state.is_main_process:
         os.makedirs(output_dir, exist_ok=True)
-        config = resolved_config(model_args, data_args, kfold_args, training_args)
+        config = resolved_config(model_args, data_args, kfold_args, loss_args, training_args)
         write_text_atomic(os.path.join(output_dir, "config.yaml"), yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
     backbone = prepare_backbone(model_args, cleaned["text"], output_dir, training_args.seed)
     with training_args.main_process_first(desc="tokenizing"):
@@ -245,7 +269,7 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, kfold_arg
     selected = range(kfold_args.num_folds) if kfold_args.fold is None else [kfold_args.fold]
     for k in selected:
         train_index, val_index = folds[k]
-        train_fold(k, train_index, val_index, encoded, encoded_test, backbone, preprocessing, kfold_args, training_args)
+        train_fold(k, train_index, val_index, encoded, encoded_test, backbone, preprocessing, kfold_args, loss_args, training_args)
     if not state.is_main_process:
         return None
     summary = summarize(output_dir, train_rows, data_args.test_file, kfold_args.num_folds, kfold_args)

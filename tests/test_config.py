@@ -11,7 +11,7 @@ QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
 
 
 def test_yaml_then_command_line_wins(tmp_path):
-    model, data, kfold, training = parse_config([QUICKSTART, "--num_folds", "4", "--input_format", "marker",
+    model, data, kfold, loss, training = parse_config([QUICKSTART, "--num_folds", "4", "--input_format", "marker",
                                                  "--output_dir", str(tmp_path), "--cleanse", "false", "--seed", "7"])
     assert kfold.num_folds == 4 and data.input_format == "marker" and data.cleanse is False
     assert training.output_dir == str(tmp_path) and training.seed == 7
@@ -20,7 +20,7 @@ def test_yaml_then_command_line_wins(tmp_path):
 
 
 def test_train_files_take_several_values():
-    _, data, _, _ = parse_config([QUICKSTART, "--train_files", str(SAMPLE_TRAIN), str(ROOT / "data" / "sample_dev.jsonl")])
+    _, data, _, _, _ = parse_config([QUICKSTART, "--train_files", str(SAMPLE_TRAIN), str(ROOT / "data" / "sample_dev.jsonl")])
     assert len(data.train_files) == 2
 
 
@@ -40,7 +40,14 @@ def test_resolved_config_reloads_to_the_same_run(tmp_path):
         (["--num_folds", "1"], "num_folds: must be at least 2"),
         (["--loss", "hinge"], "loss: 'hinge' is not one of"),
         (["--model_name_or_path", "offline:gpt-huge"], "model_name_or_path: unknown offline backbone"),
-        (["--label_smoothing_factor", "0.1"], "label_smoothing_factor"),
+        (["--label_smoothing_factor", "0.1"], "label_smoothing_factor: the Trainer's smoothing"),
+        (["--loss", "focal", "--focal_gamma", "-1"], "focal_gamma: must be >= 0"),
+        (["--loss", "asl", "--asl_gamma_neg", "-0.5"], "asl_gamma_neg: must be >= 0"),
+        (["--asl_clip", "1.2"], "asl_clip: must be in [0, 1)"),
+        (["--label_smoothing", "1.0"], "label_smoothing: must be in [0, 1)"),
+        (["--loss_reduction", "avg"], "loss_reduction: 'avg' is not mean or sum"),
+        (["--pos_weight", "1,2"], "pos_weight: expected none, auto or 8"),
+        (["--loss", "focal", "--pos_weight", "auto"], "pos_weight: only the bce loss"),
         (["--train_files", "missing.jsonl"], "missing.jsonl: file not found"),
         (["--no_such_key", "1"], "no_such_key"),
         (["--num_folds", "many"], "num_folds"),

@@ -1,5 +1,6 @@
 """The Trainer subclass: its loss is correct under gradient accumulation."""
 
+import numpy as np
 import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification, TrainingArguments
@@ -29,7 +30,16 @@ def setup():
     return tokenizer, encoded, config, initial
 
 
-def one_step(setup, tmp_path, batch_size, accumulation, reduction):
+LOSS_CASES = {
+    "bce": lambda: build_loss("bce", reduction="none"),
+    "bce-pos_weight-smoothing": lambda: build_loss("bce", reduction="none", label_smoothing=0.1, pos_weight=[2.0] * 8),
+    "focal": lambda: build_loss("focal", reduction="none"),
+    "asl": lambda: build_loss("asl", reduction="none"),
+    "asl-no-grad-focus-smoothing": lambda: build_loss("asl", reduction="none", disable_torch_grad_focal_loss=True, label_smoothing=0.1),
+}
+
+
+def one_step(setup, tmp_path, batch_size, accumulation, reduction, loss="bce"):
     tokenizer, encoded, config, initial = setup
     model = BertForSequenceClassification(config)
     model.load_state_dict(initial)
@@ -40,17 +50,18 @@ def one_step(setup, tmp_path, batch_size, accumulation, reduction):
         remove_unused_columns=False, disable_tqdm=True,
     )
     trainer = EmotionTrainer(model=model, args=args, train_dataset=encoded, processing_class=tokenizer,
-                             data_collator=LengthAwareCollator(tokenizer), loss_fn=build_loss("bce", reduction="none"),
+                             data_collator=LengthAwareCollator(tokenizer), loss_fn=LOSS_CASES[loss](),
                              loss_reduction=reduction)
     trainer.train()
     # SGD with lr 1: the parameter change is exactly minus the gradient
     return {name: initial[name] - value for name, value in model.state_dict().items() if value.dtype.is_floating_point}
 
 
+@pytest.mark.parametrize("loss", sorted(LOSS_CASES))
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_accumulating_two_batches_of_four_equals_one_batch_of_eight(setup, tmp_path, reduction):
-    full = one_step(setup, tmp_path / "a", batch_size=8, accumulation=1, reduction=reduction)
-    accumulated = one_step(setup, tmp_path / "b", batch_size=4, accumulation=2, reduction=reduction)
+def test_accumulating_two_batches_of_four_equals_one_batch_of_eight(setup, tmp_path, reduction, loss):
+    full = one_step(setup, tmp_path / "a", batch_size=8, accumulation=1, reduction=reduction, loss=loss)
+    accumulated = one_step(setup, tmp_path / "b", batch_size=4, accumulation=2, reduction=reduction, loss=loss)
     assert max(full[n].abs().max().item() for n in full) > 1e-4  # the step moved the weights
     for name in full:
         torch.testing.assert_close(accumulated[name], full[name], rtol=1e-4, atol=1e-6, msg=name)
@@ -68,3 +79,34 @@ def test_mean_loss_step_equals_the_bce_gradient_of_the_whole_batch(setup, tmp_pa
     step = one_step(setup, tmp_path, batch_size=4, accumulation=2, reduction="mean")
     weight = "classifier.weight"
     torch.testing.assert_close(step[weight], dict(model.named_parameters())[weight].grad, rtol=1e-4, atol=1e-6)
+
+
+def test_evaluation_after_an_asl_step_runs_without_gradients(setup, tmp_path):
+    tokenizer, encoded, config, initial = setup
+    model = BertForSequenceClassification(config)
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=1, report_to="none",
+                             use_cpu=True, save_strategy="no", remove_unused_columns=False, disable_tqdm=True)
+    loss_fn = build_loss("asl", reduction="none", disable_torch_grad_focal_loss=True)
+    trainer = EmotionTrainer(model=model, args=args, train_dataset=encoded, eval_dataset=encoded, processing_class=tokenizer,
+                             data_collator=LengthAwareCollator(tokenizer), loss_fn=loss_fn)
+    trainer.train()
+    assert torch.is_grad_enabled()
+    metrics = trainer.evaluate()
+    assert np.isfinite(metrics["eval_loss"])
+    batch = LengthAwareCollator(tokenizer)([encoded[i] for i in range(4)])
+    with torch.no_grad():
+        loss = trainer.compute_loss(model, batch)
+        assert not torch.is_grad_enabled()
+    assert not loss.requires_grad and torch.is_grad_enabled()
+
+
+def test_auto_pos_weight_comes_from_the_training_split_only():
+    from nikl_emotion.config import LossArguments
+    from nikl_emotion.training import make_loss
+
+    labels = np.zeros((10, 8))
+    labels[:2, 0] = 1  # 2 positives, 8 negatives -> 4
+    labels[:5, 1] = 1  # 5 / 5 -> 1; labels 2..7 have no positive -> 1
+    loss = make_loss(LossArguments(loss="bce", pos_weight="auto"), labels)
+    assert loss.pos_weight.tolist() == [4.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+    assert make_loss(LossArguments(loss="bce"), labels).pos_weight is None
