@@ -3,9 +3,15 @@
 python ensemble.py --inputs OUT/fold_*/test_probs.jsonl --reference test.jsonl --output submission.jsonl
 python ensemble.py --inputs sub_a.jsonl sub_b.jsonl sub_c.jsonl --output submission.jsonl --rule reference
 
+python ensemble.py --inputs OUT/fold_*/test_probs.jsonl --reference test.jsonl --output submission.jsonl \
+    --strategy soft --thresholds OUT/thresholds.json
+
 Inputs are probability files (from train.py/inference.py) or submission files; all must list the same ids in the
 same order. Hard voting: per label, on when more than half the inputs vote for it; a tie (exactly half) follows
---tie (positive by default). --rule reference applies the reference pipeline's rule instead.
+--tie (positive by default). --rule reference applies the reference pipeline's rule instead, --min_votes K a fixed
+bar of K votes. --weights gives each input that many votes (and its share of the soft mean). Soft voting: mean
+probability, then the threshold(s). Probabilities become decisions at --threshold, or at the per-label thresholds
+of a thresholds.json (fitted by train.py on out-of-fold predictions).
 """
 
 import argparse
@@ -22,16 +28,22 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rule", choices=["majority", "reference"], default="majority", help="hard-vote rule")
     parser.add_argument("--tie", choices=["positive", "negative"], default="positive", help="majority rule: a label with exactly half the votes")
     parser.add_argument("--threshold", type=float, default=0.5, help="probability -> decision threshold")
+    parser.add_argument("--thresholds", help="thresholds.json with one threshold per label (overrides --threshold)")
+    parser.add_argument("--weights", type=float, nargs="+", help="one positive weight per input")
+    parser.add_argument("--min_votes", type=float, help="hard: a label needs at least this many (weighted) votes")
     parser.add_argument("--no_fallback", action="store_true", help="allow rows with no label")
     parser.add_argument("--reference", help="the predicted input jsonl; needed when every input is a probability file")
     args = parser.parse_args(argv)
     if not 0.0 < args.threshold < 1.0:
         raise PipelineError(f"--threshold must be in (0, 1), got {args.threshold}")
     quiet_libraries()
+    from nikl_emotion.thresholds import load_thresholds
     from nikl_emotion.voting import ensemble_files
 
+    threshold = load_thresholds(args.thresholds) if args.thresholds else args.threshold
     decisions = ensemble_files(
-        args.inputs, args.output, args.strategy, args.rule, args.tie, args.threshold, not args.no_fallback, args.reference
+        args.inputs, args.output, args.strategy, args.rule, args.tie, threshold, not args.no_fallback, args.reference,
+        args.weights, args.min_votes,
     )
     print(f"wrote {len(decisions)} rows voted from {len(args.inputs)} inputs to {args.output}")
     return 0

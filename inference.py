@@ -17,6 +17,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--probs", help="also write the (mean) probabilities here")
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--threshold", type=float, default=0.5)
+    parser.add_argument("--thresholds", help="thresholds.json with one threshold per label (overrides --threshold)")
     parser.add_argument("--no_fallback", action="store_true", help="allow rows with no label")
     parser.add_argument("--strategy", choices=["hard", "soft"], default="hard", help="how several checkpoints combine")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
@@ -25,9 +26,11 @@ def main(argv: list[str]) -> int:
         raise PipelineError(f"--threshold must be in (0, 1), got {args.threshold}")
     quiet_libraries()
     from nikl_emotion.prediction import predict_file
+    from nikl_emotion.thresholds import load_thresholds
 
+    threshold = load_thresholds(args.thresholds) if args.thresholds else args.threshold
     decisions = predict_file(
-        args.checkpoint, args.input, args.output, args.probs, args.batch_size, args.threshold,
+        args.checkpoint, args.input, args.output, args.probs, args.batch_size, threshold,
         not args.no_fallback, args.strategy, args.device,
     )
     print(f"wrote {len(decisions)} rows to {args.output}")

@@ -35,6 +35,9 @@ def entry_point(main: Callable[[list[str]], int | None]) -> Callable[[], None]:
         except PipelineError as exc:
             print(f"error: {exc}", file=sys.stderr)
             sys.exit(1)
+        except BrokenPipeError:  # e.g. `score.py ... | head -1`: the reader left, nothing went wrong
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(0)
         sys.exit(code or 0)
 
     return run

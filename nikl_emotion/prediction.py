@@ -76,7 +76,7 @@ def predict_file(
     output_path: str,
     probs_path: str | None = None,
     batch_size: int = 128,
-    threshold: float = 0.5,
+    threshold: float | np.ndarray = 0.5,
     fallback: bool = True,
     strategy: str = "hard",
     device: str | None = None,

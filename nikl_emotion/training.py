@@ -20,13 +20,13 @@ from transformers import DataCollatorWithPadding, EarlyStoppingCallback, EvalPre
 from nikl_emotion.backbone import build_offline_backbone, is_offline, load_model, load_tokenizer
 from nikl_emotion.config import DataArguments, KFoldArguments, LossArguments, ModelArguments, resolved_config
 from nikl_emotion.data import load_jsonl, load_jsonl_files
-from nikl_emotion.fileio import read_probs, write_json_atomic, write_probs, write_text_atomic
+from nikl_emotion.fileio import write_json_atomic, write_probs, write_text_atomic
 from nikl_emotion.folds import make_folds
 from nikl_emotion.losses import MultiLabelLoss, build_loss
 from nikl_emotion.metrics import decide, format_table, score, sigmoid
 from nikl_emotion.prediction import predict_probs
 from nikl_emotion.preprocessing import Preprocessing, clean, encode
-from nikl_emotion.voting import ensemble_files
+from nikl_emotion.summary import fold_dir, summarize
 
 TRAINER_COLUMNS = ("input_ids", "attention_mask", "token_type_ids", "labels", "length")
 
@@ -113,10 +113,6 @@ def make_loss(loss_args: LossArguments, train_labels: np.ndarray) -> MultiLabelL
     )
 
 
-def fold_dir(output_dir: str, fold: int) -> str:
-    return os.path.join(output_dir, f"fold_{fold}")
-
-
 def prepare_backbone(model_args: ModelArguments, texts: list[str], output_dir: str, seed: int) -> str:
     """The path to load the backbone from; an offline backbone is built once per run from the training texts."""
     if not is_offline(model_args.model_name_or_path):
@@ -200,47 +196,6 @@ def train_fold(
     return result
 
 
-def summarize(output_dir: str, train_rows: Dataset, test_path: str | None, num_folds: int, kfold_args: KFoldArguments) -> dict | None:
-    """OOF probabilities, summary.json and (with a test file) the hard-voted submission; None until all folds exist."""
-    metric_paths = [os.path.join(fold_dir(output_dir, k), "metrics.json") for k in range(num_folds)]
-    if not all(os.path.exists(p) for p in metric_paths):
-        return None
-    folds = []
-    for path in metric_paths:
-        with open(path, encoding="utf-8") as handle:
-            folds.append(json.load(handle))
-    ids = train_rows["id"]
-    position = {row_id: i for i, row_id in enumerate(ids)}
-    oof = np.full((len(ids), len(folds[0]["per_label"])), np.nan)
-    for k in range(num_folds):
-        fold_ids, probs = read_probs(os.path.join(fold_dir(output_dir, k), "val_probs.jsonl"))
-        oof[[position[i] for i in fold_ids]] = probs
-    if np.isnan(oof).any():
-        raise RuntimeError("out-of-fold predictions do not cover every training row; were the folds run with different data?")
-    write_probs(os.path.join(output_dir, "oof.jsonl"), ids, oof)
-    gold = np.asarray(train_rows["labels"])
-    summary = {
-        "folds": folds,
-        "oof": score(gold, decide(oof, kfold_args.threshold, kfold_args.fallback_top_label)),
-    }
-    if test_path is not None:
-        voted = ensemble_files(
-            [os.path.join(fold_dir(output_dir, k), "test_probs.jsonl") for k in range(num_folds)],
-            os.path.join(output_dir, "submission.jsonl"),
-            strategy="hard",
-            rule=kfold_args.vote_rule,
-            tie=kfold_args.vote_tie,
-            threshold=kfold_args.threshold,
-            fallback=kfold_args.fallback_top_label,
-            reference_path=test_path,
-        )
-        summary["submission"] = {"file": "submission.jsonl", "rows": int(len(voted)), "strategy": f"hard/{kfold_args.vote_rule}"}
-    with open(os.path.join(output_dir, "config.yaml"), encoding="utf-8") as handle:
-        summary["config"] = yaml.safe_load(handle)
-    write_json_atomic(os.path.join(output_dir, "summary.json"), summary)
-    return summary
-
-
 def run_training(
     model_args: ModelArguments, data_args: DataArguments, kfold_args: KFoldArguments, loss_args: LossArguments,
     training_args: TrainingArguments,
@@ -279,4 +234,7 @@ def run_training(
     table = {f"fold_{f['fold']}": f for f in summary["folds"]}
     table["oof"] = summary["oof"]
     print(format_table(table))
+    gain = summary["thresholds"]
+    print(f"OOF micro-F1 at {gain['default_threshold']}: {gain['micro_f1_at_default']:.4f}; with per-label thresholds fitted on "
+          f"the other folds: {gain['micro_f1_tuned_nested']:.4f} (thresholds.json holds the ones fitted on all OOF rows)")
     return summary

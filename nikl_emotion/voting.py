@@ -1,4 +1,4 @@
-"""Hard voting of several models' decisions into one.
+"""Voting several models' predictions into one: hard (decisions) or soft (mean probability, then thresholds).
 
 Rules (`rule`):
 - `majority` (default): a label is on when more than half the models vote for it. With an even number of
@@ -36,33 +36,42 @@ def hard_vote(
     tie: TieRule = "positive",
     fallback: bool = True,
     mean_probs: np.ndarray | None = None,
+    weights: Sequence[float] | None = None,
+    min_votes: float | None = None,
 ) -> np.ndarray:
+    """Vote (N, 8) boolean decisions of several models into one. `weights` (one per model, default 1) make each
+    model count that many votes against half the total weight; `min_votes` replaces the rule by a fixed bar."""
     if not decisions:
         raise ValueError("hard voting needs at least one model")
-    stacked = np.stack([np.asarray(d, dtype=bool) for d in decisions])
-    num_models = stacked.shape[0]
-    votes = stacked.sum(axis=0)
-    if rule == "majority":
-        voted = 2 * votes > num_models
+    stacked = np.stack([np.asarray(d, dtype=bool) for d in decisions]).astype(np.float64)
+    weights = np.ones(len(stacked)) if weights is None else np.asarray(weights, dtype=np.float64)
+    if weights.shape != (len(stacked),) or (weights <= 0).any():
+        raise ValueError(f"weights: expected {len(stacked)} positive numbers, got {weights.tolist()}")
+    votes = np.tensordot(weights, stacked, axes=1)
+    half = weights.sum() / 2
+    is_half = np.isclose(votes, half)
+    if min_votes is not None:
+        voted = (votes >= min_votes) | np.isclose(votes, min_votes)
+    elif rule == "majority":
+        voted = (votes > half) & ~is_half
         if tie == "positive":
-            voted |= 2 * votes == num_models
+            voted |= is_half
         elif tie != "negative":
             raise ValueError(f"unknown tie rule {tie!r}; choose positive or negative")
     elif rule == "reference":
-        if num_models <= 3:
-            voted = (votes == votes.max(axis=1, keepdims=True)) & (votes > 0)
+        if len(stacked) <= 3:
+            voted = np.isclose(votes, votes.max(axis=1, keepdims=True)) & (votes > 0)
         else:
-            voted = 2 * votes >= num_models
+            voted = (votes > half) | is_half
     else:
         raise ValueError(f"unknown vote rule {rule!r}; choose majority or reference")
     if fallback:
         empty = np.flatnonzero(~voted.any(axis=1))
         if len(empty):
-            # most votes first; mean probability breaks ties among them; argmax takes the first label otherwise
-            key = votes[empty].astype(np.float64)
-            if mean_probs is not None:
-                key += np.asarray(mean_probs, dtype=np.float64)[empty] * 0.5  # < 1 vote, so votes still dominate
-            voted[empty, key.argmax(axis=1)] = True
+            # the most-voted labels; among them the highest mean probability, else the first in label order
+            most = np.isclose(votes[empty], votes[empty].max(axis=1, keepdims=True))
+            tiebreak = np.zeros(most.shape) if mean_probs is None else np.asarray(mean_probs, dtype=np.float64)[empty]
+            voted[empty, np.where(most, tiebreak, -np.inf).argmax(axis=1)] = True
     return voted
 
 
@@ -85,7 +94,7 @@ def _first_object(path: str) -> dict:
     raise RowError(path, None, "file", "no rows")
 
 
-def load_vote_input(path: str, threshold: float = 0.5, fallback: bool = True) -> VoteInput:
+def load_vote_input(path: str, threshold: float | np.ndarray = 0.5, fallback: bool = True) -> VoteInput:
     if "probs" in _first_object(path):
         ids, probs = read_probs(path)
         return VoteInput(path, ids, decide(probs, threshold, fallback), probs=probs)
@@ -110,18 +119,25 @@ def ensemble_files(
     strategy: str = "hard",
     rule: VoteRule = "majority",
     tie: TieRule = "positive",
-    threshold: float = 0.5,
+    threshold: float | np.ndarray = 0.5,
     fallback: bool = True,
     reference_path: str | None = None,
+    weights: Sequence[float] | None = None,
+    min_votes: float | None = None,
 ) -> np.ndarray:
     """Combine prediction files into one submission; `reference_path` (the input jsonl) supplies `input` when
-    every file is a probability file."""
+    every file is a probability file. `threshold` may be one number or one per label (e.g. OOF-fitted)."""
+    if weights is not None and len(weights) != len(paths):
+        raise PipelineError(f"weights: {len(weights)} given for {len(paths)} inputs")
     inputs = [load_vote_input(path, threshold, fallback) for path in paths]
     check_same_ids(inputs)
     probs = [item.probs for item in inputs if item.probs is not None]
-    mean_probs = np.mean(probs, axis=0) if len(probs) == len(inputs) else None
+    mean_probs = np.average(probs, axis=0, weights=weights) if len(probs) == len(inputs) else None
     if strategy == "hard":
-        decisions = hard_vote([item.decisions for item in inputs], rule, tie, fallback, mean_probs)
+        try:
+            decisions = hard_vote([item.decisions for item in inputs], rule, tie, fallback, mean_probs, weights, min_votes)
+        except ValueError as exc:
+            raise PipelineError(str(exc)) from None
     elif strategy == "soft":
         if mean_probs is None:
             raise PipelineError("soft voting needs probability files for every input (submission files hold no probabilities)")

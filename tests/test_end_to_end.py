@@ -83,3 +83,44 @@ def test_single_fold_with_marker_format(tmp_path):
     assert pre["input_format"] == "marker" and pre["labels"] == LABELS
     run_cli("inference.py", "--checkpoint", out / "fold_1" / "best", "--input", SAMPLE_TEST, "--output", tmp_path / "s.jsonl")
     assert len(read_jsonl(tmp_path / "s.jsonl")) == len(read_jsonl(SAMPLE_TEST))
+
+
+def test_thresholds_and_report_are_written(tiny_run, tmp_path):
+    from PIL import Image
+
+    from nikl_emotion.report import PLOTS
+    from nikl_emotion.thresholds import load_thresholds
+
+    summary = json.loads((tiny_run / "summary.json").read_text(encoding="utf-8"))
+    gain = summary["thresholds"]
+    assert 0 <= gain["micro_f1_at_default"] <= 1 and 0 <= gain["micro_f1_tuned_nested"] <= 1
+    assert abs(gain["micro_f1_at_default"] - summary["oof"]["micro_f1"]) < 1e-9
+    thresholds = load_thresholds(str(tiny_run / "thresholds.json"))
+    assert thresholds.shape == (8,)
+    report = (tiny_run / "report.md").read_text(encoding="utf-8")
+    for name in PLOTS:
+        assert f"]({name})" in report
+        with Image.open(tiny_run / name) as image:
+            assert image.format == "PNG" and image.size[0] > 300
+            image.verify()
+    assert "fold 0" in report and "fold 1" in report and "Thresholds" in report
+
+    # inference with the fitted thresholds
+    out = tmp_path / "dev.jsonl"
+    run_cli("inference.py", "--checkpoint", tiny_run / "fold_0" / "best", "--input", SAMPLE_DEV, "--output", out,
+            "--thresholds", tiny_run / "thresholds.json")
+    assert len(read_jsonl(out)) == len(read_jsonl(SAMPLE_DEV))
+
+
+def test_report_command_rebuilds_a_finished_run(tiny_run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_run, copy)
+    for name in ("report.md", "thresholds.json", "summary.json", "submission.jsonl", "oof.jsonl"):
+        (copy / name).unlink()
+    result = run_cli("report.py", copy)
+    assert "wrote" in result.stdout
+    assert (copy / "report.md").exists() and (copy / "thresholds.json").exists()
+    assert (copy / "submission.jsonl").read_bytes() == (tiny_run / "submission.jsonl").read_bytes()
+    assert json.loads((copy / "summary.json").read_text())["oof"] == json.loads((tiny_run / "summary.json").read_text())["oof"]

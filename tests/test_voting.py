@@ -76,3 +76,33 @@ def test_ensemble_cli_error_is_one_line_and_no_output(tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("error: all inputs are probability files")
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_weights_and_min_votes():
+    a, b, c = rows(["joy"], ["fear"]), rows(["trust"], ["fear"]), rows(["trust"], ["anger"])
+    # weights 3, 1, 1: model a alone is more than half of 5
+    assert (hard_vote([a, b, c], weights=[3, 1, 1]) == rows(["joy"], ["fear"])).all()
+    # a fixed bar of 1 vote: the union
+    assert (hard_vote([a, b, c], min_votes=1) == rows(["joy", "trust"], ["fear", "anger"])).all()
+    assert (hard_vote([a, b, c], min_votes=3, fallback=False) == rows([], [])).all()
+
+
+def test_soft_vote_with_weights_and_per_label_thresholds(tmp_path):
+    p1 = np.zeros((2, 8))
+    p2 = np.zeros((2, 8))
+    p1[0, 0], p2[0, 0] = 0.9, 0.3  # mean 0.6, weighted (1:3) 0.45
+    p1[1, 5], p2[1, 5] = 0.2, 0.3  # fear: mean 0.25 - on only with a fear threshold of 0.2
+    write_probs(tmp_path / "a.jsonl", ["x", "y"], p1)
+    write_probs(tmp_path / "b.jsonl", ["x", "y"], p2)
+    write_jsonl(tmp_path / "ref.jsonl", [nikl_row("x"), nikl_row("y")])
+    paths = [str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")]
+    thresholds = np.full(8, 0.5)
+    thresholds[5] = 0.2
+    out = str(tmp_path / "o.jsonl")
+    soft = ensemble_files(paths, out, "soft", threshold=thresholds, reference_path=str(tmp_path / "ref.jsonl"))
+    assert (soft == rows(["joy"], ["fear"])).all()
+    weighted = ensemble_files(paths, out, "soft", threshold=0.5, reference_path=str(tmp_path / "ref.jsonl"), weights=[1, 3])
+    # joy 0.45 < 0.5 -> empty -> fallback to the top label, joy; row y: fear 0.275 < 0.5 -> fallback fear
+    assert (weighted == rows(["joy"], ["fear"])).all()
+    no_fallback = ensemble_files(paths, out, "soft", threshold=0.5, fallback=False, reference_path=str(tmp_path / "ref.jsonl"), weights=[1, 3])
+    assert not no_fallback.any()

@@ -1,0 +1,92 @@
+"""The end of a K-fold run: out-of-fold probabilities, fitted thresholds, summary.json, the voted submission and
+the report, all rebuilt from the folds' files (so `report.py OUT` can redo it for a finished run)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import yaml
+from datasets import Dataset
+
+from nikl_emotion.config import KFoldArguments
+from nikl_emotion.fileio import read_probs, write_json_atomic, write_probs
+from nikl_emotion.metrics import decide, score
+from nikl_emotion.report import write_report
+from nikl_emotion.thresholds import fit_global_threshold, fit_thresholds, nested_gain, save_thresholds, thresholds_path
+from nikl_emotion.voting import ensemble_files
+
+
+def fold_dir(output_dir: str, fold: int) -> str:
+    return os.path.join(output_dir, f"fold_{fold}")
+
+
+def summarize(output_dir: str, train_rows: Dataset, test_path: str | None, num_folds: int, kfold_args: KFoldArguments) -> dict | None:
+    """OOF probabilities, summary.json and (with a test file) the hard-voted submission; None until all folds exist."""
+    metric_paths = [os.path.join(fold_dir(output_dir, k), "metrics.json") for k in range(num_folds)]
+    if not all(os.path.exists(p) for p in metric_paths):
+        return None
+    folds = []
+    for path in metric_paths:
+        with open(path, encoding="utf-8") as handle:
+            folds.append(json.load(handle))
+    ids = train_rows["id"]
+    position = {row_id: i for i, row_id in enumerate(ids)}
+    oof = np.full((len(ids), len(folds[0]["per_label"])), np.nan)
+    fold_of_row = np.full(len(ids), -1)
+    for k in range(num_folds):
+        fold_ids, probs = read_probs(os.path.join(fold_dir(output_dir, k), "val_probs.jsonl"))
+        rows = [position[i] for i in fold_ids]
+        oof[rows] = probs
+        fold_of_row[rows] = k
+    if np.isnan(oof).any():
+        raise RuntimeError("out-of-fold predictions do not cover every training row; were the folds run with different data?")
+    write_probs(os.path.join(output_dir, "oof.jsonl"), ids, oof)
+    gold = np.asarray(train_rows["labels"])
+    fallback = kfold_args.fallback_top_label
+    per_label = fit_thresholds(oof, gold, fallback=fallback)
+    evaluation = nested_gain(oof, gold, fold_of_row, fallback, default=kfold_args.threshold)
+    save_thresholds(thresholds_path(output_dir), per_label, fit_global_threshold(oof, gold, fallback=fallback), evaluation)
+    summary = {
+        "folds": folds,
+        "oof": score(gold, decide(oof, kfold_args.threshold, fallback)),
+        "thresholds": {"file": "thresholds.json", **evaluation},
+    }
+    if test_path is not None:
+        voted = ensemble_files(
+            [os.path.join(fold_dir(output_dir, k), "test_probs.jsonl") for k in range(num_folds)],
+            os.path.join(output_dir, "submission.jsonl"),
+            strategy="hard",
+            rule=kfold_args.vote_rule,
+            tie=kfold_args.vote_tie,
+            threshold=kfold_args.threshold,
+            fallback=kfold_args.fallback_top_label,
+            reference_path=test_path,
+        )
+        summary["submission"] = {"file": "submission.jsonl", "rows": int(len(voted)), "strategy": f"hard/{kfold_args.vote_rule}"}
+    with open(os.path.join(output_dir, "config.yaml"), encoding="utf-8") as handle:
+        summary["config"] = yaml.safe_load(handle)
+    write_json_atomic(os.path.join(output_dir, "summary.json"), summary)
+    write_report(output_dir, gold, oof, summary, per_label, kfold_args.threshold, fallback)
+    return summary
+
+
+def rebuild_run(output_dir: str) -> dict:
+    """Summarise a finished run again from its config.yaml and fold files (thresholds, submission, report)."""
+    import dataclasses
+
+    from nikl_emotion.data import load_jsonl_files
+    from nikl_emotion.errors import PipelineError
+
+    try:
+        with open(os.path.join(output_dir, "config.yaml"), encoding="utf-8") as handle:
+            config = yaml.safe_load(handle)
+    except OSError as exc:
+        raise PipelineError(f"{output_dir}: not a training run ({exc.strerror}: config.yaml)") from None
+    kfold_args = KFoldArguments(**{f.name: config[f.name] for f in dataclasses.fields(KFoldArguments) if f.name in config})
+    rows = load_jsonl_files(config["train_files"], "required")
+    summary = summarize(output_dir, rows, config.get("test_file"), kfold_args.num_folds, kfold_args)
+    if summary is None:
+        raise PipelineError(f"{output_dir}: not every fold has finished (fold_K/metrics.json missing)")
+    return summary

@@ -1,0 +1,34 @@
+"""Rebuild the end of a finished training run from its fold files: OOF probabilities, thresholds.json,
+summary.json, the voted submission, and OUT/report.md with its PNG plots.
+
+python report.py OUT
+"""
+
+import argparse
+
+from nikl_emotion.cli import entry_point, quiet_libraries
+from nikl_emotion.errors import PipelineError
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("output_dir", help="a train.py output folder with summary.json")
+    args = parser.parse_args(argv)
+    quiet_libraries()
+    import os
+
+    from nikl_emotion.summary import rebuild_run
+
+    try:
+        summary = rebuild_run(args.output_dir)
+    except (OSError, KeyError, ValueError) as exc:
+        raise PipelineError(f"{args.output_dir}: cannot build the report ({exc})") from None
+    gain = summary["thresholds"]
+    print(f"OOF micro-F1 at {gain['default_threshold']}: {gain['micro_f1_at_default']:.4f}; "
+          f"with thresholds fitted on the other folds: {gain['micro_f1_tuned_nested']:.4f}")
+    print(f"wrote {os.path.join(args.output_dir, 'report.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    entry_point(main)()
