@@ -16,8 +16,7 @@ of a thresholds.json (fitted by train.py on out-of-fold predictions).
 
 import argparse
 
-from nikl_emotion.cli import entry_point, quiet_libraries
-from nikl_emotion.errors import PipelineError
+from nikl_emotion.cli import add_decision_arguments, decision_threshold, entry_point, quiet_libraries
 
 
 def main(argv: list[str]) -> int:
@@ -27,20 +26,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--strategy", choices=["hard", "soft"], default="hard", help="hard: vote decisions; soft: mean probability")
     parser.add_argument("--rule", choices=["majority", "reference"], default="majority", help="hard-vote rule")
     parser.add_argument("--tie", choices=["positive", "negative"], default="positive", help="majority rule: a label with exactly half the votes")
-    parser.add_argument("--threshold", type=float, default=0.5, help="probability -> decision threshold")
-    parser.add_argument("--thresholds", help="thresholds.json with one threshold per label (overrides --threshold)")
     parser.add_argument("--weights", type=float, nargs="+", help="one positive weight per input")
     parser.add_argument("--min_votes", type=float, help="hard: a label needs at least this many (weighted) votes")
-    parser.add_argument("--no_fallback", action="store_true", help="allow rows with no label")
+    add_decision_arguments(parser)
     parser.add_argument("--reference", help="the predicted input jsonl; needed when every input is a probability file")
     args = parser.parse_args(argv)
-    if not 0.0 < args.threshold < 1.0:
-        raise PipelineError(f"--threshold must be in (0, 1), got {args.threshold}")
+    threshold = decision_threshold(args)
     quiet_libraries()
-    from nikl_emotion.thresholds import load_thresholds
     from nikl_emotion.voting import ensemble_files
 
-    threshold = load_thresholds(args.thresholds) if args.thresholds else args.threshold
     decisions = ensemble_files(
         args.inputs, args.output, args.strategy, args.rule, args.tie, threshold, not args.no_fallback, args.reference,
         args.weights, args.min_votes,

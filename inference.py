@@ -5,8 +5,7 @@ python inference.py --checkpoint OUT/fold_0/best [OUT/fold_1/best ...] --input t
 
 import argparse
 
-from nikl_emotion.cli import entry_point, quiet_libraries
-from nikl_emotion.errors import PipelineError
+from nikl_emotion.cli import add_decision_arguments, decision_threshold, entry_point, quiet_libraries
 
 
 def main(argv: list[str]) -> int:
@@ -16,19 +15,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--output", required=True, help="submission jsonl to write")
     parser.add_argument("--probs", help="also write the (mean) probabilities here")
     parser.add_argument("--batch_size", type=int, default=128)
-    parser.add_argument("--threshold", type=float, default=0.5)
-    parser.add_argument("--thresholds", help="thresholds.json with one threshold per label (overrides --threshold)")
-    parser.add_argument("--no_fallback", action="store_true", help="allow rows with no label")
+    add_decision_arguments(parser)
     parser.add_argument("--strategy", choices=["hard", "soft"], default="hard", help="how several checkpoints combine")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     args = parser.parse_args(argv)
-    if not 0.0 < args.threshold < 1.0:
-        raise PipelineError(f"--threshold must be in (0, 1), got {args.threshold}")
+    threshold = decision_threshold(args)
     quiet_libraries()
     from nikl_emotion.prediction import predict_file
-    from nikl_emotion.thresholds import load_thresholds
 
-    threshold = load_thresholds(args.thresholds) if args.thresholds else args.threshold
     decisions = predict_file(
         args.checkpoint, args.input, args.output, args.probs, args.batch_size, threshold,
         not args.no_fallback, args.strategy, args.device,

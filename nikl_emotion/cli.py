@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import functools
 import logging
 import os
@@ -41,3 +42,21 @@ def entry_point(main: Callable[[list[str]], int | None]) -> Callable[[], None]:
         sys.exit(code or 0)
 
     return run
+
+
+def add_decision_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that turn probabilities into labels, shared by inference.py and ensemble.py."""
+    parser.add_argument("--threshold", type=float, default=0.5, help="probability at or above which a label is on")
+    parser.add_argument("--thresholds", help="thresholds.json with one threshold per label (overrides --threshold)")
+    parser.add_argument("--no_fallback", action="store_true", help="allow rows with no label")
+
+
+def decision_threshold(args: argparse.Namespace):
+    """The validated threshold: one number, or the 8 per-label values of `--thresholds`."""
+    if args.thresholds:
+        from nikl_emotion.thresholds import load_thresholds
+
+        return load_thresholds(args.thresholds)
+    if not 0.0 < args.threshold < 1.0:
+        raise PipelineError(f"--threshold must be in (0, 1), got {args.threshold}")
+    return args.threshold

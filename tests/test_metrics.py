@@ -10,6 +10,7 @@ from sklearn.metrics import f1_score
 from conftest import LABELS, ROOT, nikl_row, run_cli, write_jsonl
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.metrics import decide, score, score_files
+from nikl_emotion.thresholds import micro_f1 as threshold_search_micro_f1
 
 
 def micro_f1_by_hand(gold, pred):
@@ -28,6 +29,7 @@ def test_scores_equal_the_formula_on_random_matrices():
         result = score(gold, pred)
         assert result["micro_f1"] == pytest.approx(micro_f1_by_hand(gold, pred))
         assert result["micro_f1"] == pytest.approx(f1_score(gold, pred, average="micro", zero_division=0))
+        assert threshold_search_micro_f1(gold.astype(bool), pred.astype(bool)) == pytest.approx(result["micro_f1"])
         per_label = [micro_f1_by_hand(gold[:, j], pred[:, j]) if (gold[:, j].sum() + pred[:, j].sum()) else 0.0 for j in range(8)]
         assert result["macro_f1"] == pytest.approx(np.mean(per_label))
         assert [result["per_label"][label]["f1"] for label in LABELS] == pytest.approx(per_label)
