@@ -45,6 +45,7 @@ class DataArguments:
 class KFoldArguments:
     num_folds: int = field(default=5, metadata={"help": "Number of stratified folds."})
     fold: int | None = field(default=None, metadata={"help": "Run only this fold (0-based); the run is summarised once all folds exist."})
+    overwrite: bool = field(default=False, metadata={"help": "Start again in an output_dir that holds a run (its files are deleted)."})
     early_stopping_patience: int = field(default=3, metadata={"help": "Epochs without a better validation micro-F1 before stopping; 0 disables."})
     threshold: float = field(default=0.5, metadata={"help": "Probability at or above which a label is predicted."})
     fallback_top_label: bool = field(default=True, metadata={"help": "An empty prediction takes the top-scoring label."})
@@ -231,3 +232,18 @@ def resolved_config(*args_list) -> dict:
         if key in init_fields and (value != defaults.get(key) or key in TRAINING_DEFAULTS):
             config[key] = value
     return config
+
+
+# Keys that do not change a run's results: an existing output_dir may be resumed with other values for them.
+RESUMABLE_KEYS = frozenset({
+    "fold", "overwrite", "output_dir", "disable_tqdm", "dataloader_num_workers", "per_device_eval_batch_size",
+    "report_to", "logging_strategy", "logging_steps", "resume_from_checkpoint",
+})
+
+
+def config_difference(old: dict, new: dict) -> str | None:
+    """The first result-affecting key whose value differs between two resolved configs, as `key: old -> new`."""
+    for key in sorted(set(old) | set(new)):
+        if key not in RESUMABLE_KEYS and old.get(key) != new.get(key):
+            return f"{key}: {old.get(key, '(default)')!r} -> {new.get(key, '(default)')!r}"
+    return None

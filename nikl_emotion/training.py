@@ -8,6 +8,7 @@ import gc
 import hashlib
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -18,7 +19,8 @@ from datasets import Dataset
 from transformers import DataCollatorWithPadding, EarlyStoppingCallback, EvalPrediction, Trainer, TrainingArguments, set_seed
 
 from nikl_emotion.backbone import build_offline_backbone, is_offline, load_model, load_tokenizer
-from nikl_emotion.config import DataArguments, KFoldArguments, LossArguments, ModelArguments, resolved_config
+from nikl_emotion.config import DataArguments, KFoldArguments, LossArguments, ModelArguments, config_difference, resolved_config
+from nikl_emotion.errors import PipelineError
 from nikl_emotion.data import load_jsonl, load_jsonl_files
 from nikl_emotion.fileio import write_json_atomic, write_probs, write_text_atomic
 from nikl_emotion.folds import make_folds
@@ -29,6 +31,53 @@ from nikl_emotion.preprocessing import Preprocessing, clean, encode
 from nikl_emotion.summary import fold_dir, summarize
 
 TRAINER_COLUMNS = ("input_ids", "attention_mask", "token_type_ids", "labels", "length")
+DONE_FILE = "done.json"  # written last in a fold: the fold is complete only when it exists
+RUN_FILES = ("backbone", "oof.jsonl", "summary.json", "thresholds.json", "submission.jsonl", "report.md", "config.yaml")
+
+
+def last_complete_checkpoint(folder: str) -> str | None:
+    """The newest checkpoint that was written to the end (its trainer_state.json is saved last); newer, partial
+    ones (a kill during saving) are deleted so the Trainer does not trip over them."""
+    if not os.path.isdir(folder):
+        return None
+    steps = sorted(
+        (int(name.split("-")[-1]), name) for name in os.listdir(folder) if re.fullmatch(r"checkpoint-\d+", name)
+    )
+    for _, name in reversed(steps):
+        path = os.path.join(folder, name)
+        if os.path.exists(os.path.join(path, "trainer_state.json")):
+            return path
+        shutil.rmtree(path, ignore_errors=True)
+    return None
+
+
+def fold_is_done(output_dir: str, fold: int) -> bool:
+    path = os.path.join(fold_dir(output_dir, fold), DONE_FILE)
+    if not os.path.exists(path):
+        return False
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle).get("fold") == fold
+
+
+def prepare_output_dir(output_dir: str, config: dict, overwrite: bool) -> None:
+    """Refuse to mix two configurations in one output_dir; `overwrite` deletes the old run's files first."""
+    existing = os.path.join(output_dir, "config.yaml")
+    if os.path.exists(existing):
+        with open(existing, encoding="utf-8") as handle:
+            old = yaml.safe_load(handle) or {}
+        difference = config_difference(old, config)
+        if overwrite:
+            for name in os.listdir(output_dir):
+                if name in RUN_FILES or re.fullmatch(r"fold_\d+", name) or name.endswith(".png"):
+                    path = os.path.join(output_dir, name)
+                    shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
+        elif difference is not None:
+            raise PipelineError(
+                f"{output_dir} holds a run with another configuration ({difference}); "
+                "use another output_dir, or --overwrite true to delete it and start again"
+            )
+    os.makedirs(output_dir, exist_ok=True)
+    write_text_atomic(existing, yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
 
 
 class EmotionTrainer(Trainer):
@@ -165,7 +214,14 @@ def train_fold(
         loss_fn=make_loss(loss_args, np.asarray(encoded.select(train_index)["labels"])),
         loss_reduction=loss_args.loss_reduction,
     )
-    trainer.train()
+    checkpoints = os.path.join(out, "checkpoints")
+    if trainer.is_world_process_zero():
+        last_complete_checkpoint(checkpoints)  # prunes a checkpoint a kill left half-written
+    trainer.accelerator.wait_for_everyone()
+    resume = last_complete_checkpoint(checkpoints)
+    if resume and trainer.is_world_process_zero():
+        print(f"fold {fold}: resuming from {os.path.basename(resume)}")
+    trainer.train(resume_from_checkpoint=resume)
     result: dict = {}
     if trainer.is_world_process_zero():
         best = os.path.join(out, "best")
@@ -187,7 +243,8 @@ def train_fold(
             train_rows=int(len(train_index)),
         )
         write_json_atomic(os.path.join(out, "metrics.json"), result)
-        shutil.rmtree(os.path.join(out, "checkpoints"), ignore_errors=True)  # the best one is kept in best/
+        write_json_atomic(os.path.join(out, DONE_FILE), {"fold": fold})
+        shutil.rmtree(checkpoints, ignore_errors=True)  # the best one is kept in best/
     trainer.accelerator.wait_for_everyone()
     del trainer, model
     gc.collect()
@@ -212,9 +269,8 @@ def run_training(
         cleaned = clean(train_rows, preprocessing)
         cleaned_test = clean(test_rows, preprocessing) if test_rows is not None else None
     if state.is_main_process:
-        os.makedirs(output_dir, exist_ok=True)
-        config = resolved_config(model_args, data_args, kfold_args, loss_args, training_args)
-        write_text_atomic(os.path.join(output_dir, "config.yaml"), yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
+        prepare_output_dir(output_dir, resolved_config(model_args, data_args, kfold_args, loss_args, training_args), kfold_args.overwrite)
+    state.wait_for_everyone()
     backbone = prepare_backbone(model_args, cleaned["text"], output_dir, training_args.seed)
     with training_args.main_process_first(desc="tokenizing"):
         tokenizer = load_tokenizer(backbone, with_markers=preprocessing.input_format == "marker")
@@ -223,6 +279,9 @@ def run_training(
     folds = make_folds(np.asarray(train_rows["labels"]), kfold_args.num_folds, training_args.seed)
     selected = range(kfold_args.num_folds) if kfold_args.fold is None else [kfold_args.fold]
     for k in selected:
+        if fold_is_done(output_dir, k):
+            print(f"fold {k}: already complete ({DONE_FILE}); skipped")
+            continue
         train_index, val_index = folds[k]
         train_fold(k, train_index, val_index, encoded, encoded_test, backbone, preprocessing, kfold_args, loss_args, training_args)
     if not state.is_main_process:
