@@ -13,6 +13,7 @@ from typing import Literal
 
 import datasets
 from datasets import Dataset, Features, Sequence, Value
+from datasets.exceptions import DatasetGenerationError
 
 from nikl_emotion.errors import RowError
 from nikl_emotion.fileio import iter_json_lines
@@ -95,6 +96,8 @@ def _parse_target(target: object, text: str, path: str, line: int) -> tuple[str 
     for key, value in (("begin", begin), ("end", end)):
         if not isinstance(value, int) or isinstance(value, bool):
             raise RowError(path, line, f"input.target.{key}", f"not an integer: {json.dumps(value, ensure_ascii=False)}")
+    if begin > end:
+        raise RowError(path, line, "input.target", f"begin {begin} is after end {end}")
     if not 0 <= begin <= end <= len(text):
         raise RowError(path, line, "input.target", f"span [{begin}, {end}) outside the text (length {len(text)})")
     if text[begin:end] != form:
@@ -156,9 +159,8 @@ def load_jsonl(path: str | os.PathLike, label_mode: LabelMode = "required") -> D
         raise RowError(path, None, "file", "not found")
     try:
         raw = datasets.load_dataset("text", data_files=path, split="train")
-    except UnicodeDecodeError:
-        # re-read in Python to name the line
-        for _ in iter_json_lines(path):
+    except (UnicodeDecodeError, DatasetGenerationError):
+        for _ in iter_json_lines(path):  # re-read in Python: names the line that is not UTF-8
             pass
         raise
     rows = raw.map(

@@ -77,24 +77,27 @@ def write_probs(path: str | os.PathLike, ids: Sequence[str], probs: np.ndarray) 
 
 
 def iter_json_lines(path: str | os.PathLike) -> Iterator[tuple[int, object]]:
-    """Yield (line number, parsed object) for each non-blank line; invalid JSON names its line."""
+    """Yield (line number, parsed object) for each non-blank line; bad JSON or bytes that are not UTF-8 name
+    their line. A UTF-8 BOM and CRLF line ends are accepted."""
     path = os.fspath(path)
     try:
-        handle = open(path, encoding="utf-8-sig")
+        handle = open(path, "rb")  # bytes, decoded line by line, so a decoding error knows its line
     except OSError as exc:
         raise RowError(path, None, "file", f"cannot open: {exc.strerror}") from None
     with handle:
-        line_no = 0
-        try:
-            for line_no, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    yield line_no, json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise RowError(path, line_no, "json", f"invalid JSON ({exc.msg} at column {exc.colno})") from None
-        except UnicodeDecodeError:
-            raise RowError(path, line_no + 1, "encoding", "not valid UTF-8") from None
+        for line_no, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise RowError(path, line_no, "encoding", "not valid UTF-8") from None
+            if line_no == 1:
+                line = line.removeprefix("\ufeff")
+            if not line.strip():
+                continue
+            try:
+                yield line_no, json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise RowError(path, line_no, "json", f"invalid JSON ({exc.msg} at column {exc.colno})") from None
 
 
 def read_probs(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Sequence
 
@@ -21,6 +22,7 @@ from nikl_emotion.preprocessing import Preprocessing, clean, encode
 from nikl_emotion.voting import hard_vote
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+logger = logging.getLogger(__name__)
 
 
 def predict_probs(
@@ -90,6 +92,9 @@ def predict_file(
     if strategy not in ("hard", "soft"):
         raise PipelineError(f"strategy: {strategy!r} is not hard or soft")
     rows = load_jsonl(input_path, "optional")
+    labelled = sum(labels is not None for labels in rows["labels"])
+    if labelled:
+        logger.info("%s: %d rows carry labels; prediction ignores them (score.py compares them)", input_path, labelled)
     target_device = torch.device(device) if device else default_device()
     all_probs = []
     for path in checkpoints:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from dataclasses import dataclass
 
+import numpy as np
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
@@ -21,6 +23,7 @@ from nikl_emotion.fileio import write_json_atomic
 from nikl_emotion.labels import LABELS
 
 PREPROCESSING_FILE = "preprocessing.json"
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -58,16 +61,25 @@ class Preprocessing:
 
 
 def clean(rows: Dataset, preprocessing: Preprocessing) -> Dataset:
+    """Cleaned rows; a text that cleaning empties (e.g. only emoji) is kept, encoded as the target alone or empty."""
     if not preprocessing.cleaning.any:
         return rows
-    return rows.map(clean_batch, batched=True, fn_kwargs={"options": preprocessing.cleaning}, desc="cleaning")
+    cleaned = rows.map(clean_batch, batched=True, fn_kwargs={"options": preprocessing.cleaning}, desc="cleaning")
+    empty = sum(1 for text in cleaned["text"] if not text)
+    if empty:
+        logger.info("cleaning left %d of %d texts empty; they are kept and encoded without text", empty, len(cleaned))
+    return cleaned
 
 
 def encode(cleaned: Dataset, tokenizer: PreTrainedTokenizerBase, preprocessing: Preprocessing) -> Dataset:
     """Adds input_ids, attention_mask (token_type_ids where the tokenizer makes them) and length; no padding."""
-    return cleaned.map(
+    encoded = cleaned.map(
         tokenize_batch,
         batched=True,
         fn_kwargs={"tokenizer": tokenizer, "input_format": preprocessing.input_format, "max_length": preprocessing.max_seq_length},
         desc="tokenizing",
     )
+    at_limit = int((np.asarray(encoded["length"]) >= preprocessing.max_seq_length).sum())
+    if at_limit:
+        logger.info("%d of %d rows reach max_seq_length %d and are truncated", at_limit, len(encoded), preprocessing.max_seq_length)
+    return encoded

@@ -49,6 +49,12 @@ BAD_ROWS = {
     "target out of range": (json.dumps(nikl_row(target=("공연", 30, 32))), "input.target", "outside the text"),
     "half-null target": (json.dumps({**nikl_row(), "input": {"form": "글", "target": {"form": None, "begin": 0, "end": None}}}), "input.target", "all null"),
     "empty output in train": (json.dumps({**nikl_row(), "output": ""}), "output", "no labels"),
+    "number as form": (json.dumps({**nikl_row(), "input": {"form": 42, "target": None}}), "input.form", "not a non-empty string"),
+    "list as target": (json.dumps({**nikl_row(), "input": {"form": "글", "target": ["글", 0, 1]}}), "input.target", "expected an object"),
+    "begin after end": (json.dumps(nikl_row(target=("", 5, 3))), "input.target", "begin 5 is after end 3"),
+    "number as id": (json.dumps({**nikl_row(), "id": 7}), "id", "not a non-empty string"),
+    "missing output": (json.dumps({k: v for k, v in nikl_row().items() if k != "output"}), "output", "missing"),
+    "row not an object": ("[1, 2]", "row", "expected a JSON object"),
 }
 
 
@@ -96,3 +102,55 @@ def test_bad_training_file_exits_with_one_line_and_writes_nothing(tmp_path):
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert error_lines == [f"error: {bad}:2: input.target: form '공연' does not match the text at [0, 2): '오늘'"]
     assert not out.exists()
+
+
+def test_non_utf8_bytes_name_the_line(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    good = json.dumps(nikl_row("a"), ensure_ascii=False).encode("utf-8")
+    path.write_bytes(good + b"\n" + json.dumps(nikl_row("b")).encode("utf-8").replace(b"\\uc624", b"\xbf\xf6") + b"\n")
+    with pytest.raises(RowError, match=r"latin1\.jsonl:2: encoding: not valid UTF-8"):
+        load_jsonl(path)
+
+
+def test_a_huge_line_is_accepted(tmp_path):
+    form = "아주 긴 글 " * 150_000  # ~1 MB of text in one row
+    path = write_jsonl(tmp_path / "huge.jsonl", [nikl_row("a"), nikl_row("b", form=form, target=("아주", 0, 2))])
+    rows = load_jsonl(path)
+    assert len(rows[1]["text"]) == len(form)
+
+
+def test_a_test_file_with_labels_is_accepted_for_prediction(tmp_path):
+    rows = load_jsonl(write_jsonl(tmp_path / "t.jsonl", [nikl_row("a"), {**nikl_row("b"), "output": ""}]), "optional")
+    assert rows["labels"][0] is not None and rows["labels"][1] is None
+
+
+ENTRY_POINT_BAD_INPUTS = {
+    "invalid json": ['{"id": "x", "input": '],
+    "misaligned target": [json.dumps(nikl_row("b", target=("공연", 0, 2)), ensure_ascii=False)],
+}
+
+
+def _entry_point_command(name, bad, tmp_path):
+    out = tmp_path / "out.jsonl"
+    good = write_jsonl(tmp_path / "good.jsonl", [nikl_row("a"), nikl_row("b")])
+    if name == "train":
+        return ["train.py", ROOT / "configs" / "quickstart.yaml", "--train_files", bad, "--output_dir", tmp_path / "run"], tmp_path / "run"
+    if name == "inference":
+        return ["inference.py", "--checkpoint", tmp_path / "no-checkpoint-needed", "--input", bad, "--output", out], out
+    if name == "ensemble":
+        return ["ensemble.py", "--inputs", good, bad, "--output", out], out
+    return ["score.py", good, bad], None
+
+
+@pytest.mark.parametrize("kind", sorted(ENTRY_POINT_BAD_INPUTS))
+@pytest.mark.parametrize("entry_point", ["train", "inference", "ensemble", "score"])
+def test_every_entry_point_refuses_bad_input_with_one_line(tmp_path, entry_point, kind):
+    bad = write_jsonl(tmp_path / "bad.jsonl", [nikl_row("a")], raw_lines=ENTRY_POINT_BAD_INPUTS[kind])
+    command, output = _entry_point_command(entry_point, bad, tmp_path)
+    result = run_cli(*command, check=False)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {bad}:2: "), result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    if output is not None:
+        assert not output.exists()
