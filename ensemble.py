@@ -29,6 +29,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--weights", type=float, nargs="+", help="one positive weight per input")
     parser.add_argument("--min_votes", type=float, help="hard: a label needs at least this many (weighted) votes")
     add_decision_arguments(parser)
+    parser.add_argument("--align_by_id", action="store_true", help="accept inputs with the same ids in another order")
     parser.add_argument("--reference", help="the predicted input jsonl; needed when every input is a probability file")
     args = parser.parse_args(argv)
     threshold = decision_threshold(args)
@@ -37,7 +38,7 @@ def main(argv: list[str]) -> int:
 
     decisions = ensemble_files(
         args.inputs, args.output, args.strategy, args.rule, args.tie, threshold, not args.no_fallback, args.reference,
-        args.weights, args.min_votes,
+        args.weights, args.min_votes, args.align_by_id,
     )
     print(f"wrote {len(decisions)} rows voted from {len(args.inputs)} inputs to {args.output}")
     return 0

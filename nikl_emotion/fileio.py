@@ -105,6 +105,7 @@ def read_probs(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
     path = os.fspath(path)
     ids: list[str] = []
     rows: list[list[float]] = []
+    first_line: dict[str, int] = {}
     for line_no, obj in iter_json_lines(path):
         if not isinstance(obj, dict) or not isinstance(obj.get("id"), str):
             raise RowError(path, line_no, "id", "missing or not a string")
@@ -114,6 +115,9 @@ def read_probs(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
         values = list(probs.values())
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v <= 1.0 for v in values):
             raise RowError(path, line_no, "probs", "values must be numbers in [0, 1]")
+        if obj["id"] in first_line:
+            raise RowError(path, line_no, "id", f"duplicate id {obj['id']!r} (first at line {first_line[obj['id']]})")
+        first_line[obj["id"]] = line_no
         ids.append(obj["id"])
         rows.append(values)
     if not ids:

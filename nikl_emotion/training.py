@@ -224,9 +224,13 @@ def train_fold(
     trainer.train(resume_from_checkpoint=resume)
     result: dict = {}
     if trainer.is_world_process_zero():
-        best = os.path.join(out, "best")
-        trainer.save_model(best)
-        preprocessing.save(best)
+        # written beside, then renamed: a kill never leaves a half-written best/
+        best, staging = os.path.join(out, "best"), os.path.join(out, "best.partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        trainer.save_model(staging)
+        preprocessing.save(staging)
+        shutil.rmtree(best, ignore_errors=True)
+        os.replace(staging, best)
         val_rows = encoded.select(val_index)
         batch_size = training_args.per_device_eval_batch_size
         val_probs = predict_probs(trainer.model, tokenizer, val_rows, batch_size)

@@ -102,6 +102,23 @@ def load_vote_input(path: str, threshold: float | np.ndarray = 0.5, fallback: bo
     return VoteInput(path, rows["id"], np.asarray(rows["labels"]) > 0.5, inputs=[json.loads(s) for s in rows["input_json"]])
 
 
+def align_by_id(inputs: Sequence[VoteInput]) -> None:
+    """Reorder every input to the first one's row order; they must hold the same set of ids."""
+    order = inputs[0].ids
+    for item in inputs[1:]:
+        position = {row_id: i for i, row_id in enumerate(item.ids)}
+        missing = next((row_id for row_id in order if row_id not in position), None)
+        if missing is not None or len(item.ids) != len(order):
+            extra = next((row_id for row_id in item.ids if row_id not in set(order)), None)
+            what = f"has no row for id {missing!r}" if missing is not None else f"has id {extra!r} that {inputs[0].path} lacks"
+            raise PipelineError(f"{item.path}: {what}")
+        index = np.array([position[row_id] for row_id in order])
+        item.ids = list(order)
+        item.decisions = item.decisions[index]
+        item.probs = None if item.probs is None else item.probs[index]
+        item.inputs = None if item.inputs is None else [item.inputs[i] for i in index]
+
+
 def check_same_ids(inputs: Sequence[VoteInput]) -> None:
     """Every input must list the same ids in the same order; name the first place they differ."""
     first = inputs[0]
@@ -124,12 +141,17 @@ def ensemble_files(
     reference_path: str | None = None,
     weights: Sequence[float] | None = None,
     min_votes: float | None = None,
+    align: bool = False,
 ) -> np.ndarray:
-    """Combine prediction files into one submission; `reference_path` (the input jsonl) supplies `input` when
+    """Combine prediction files into one submission (`align`: reorder the inputs by id first); `reference_path` (the input jsonl) supplies `input` when
     every file is a probability file. `threshold` may be one number or one per label (e.g. OOF-fitted)."""
     if weights is not None and len(weights) != len(paths):
         raise PipelineError(f"weights: {len(weights)} given for {len(paths)} inputs")
     inputs = [load_vote_input(path, threshold, fallback) for path in paths]
+    reference = load_jsonl(reference_path, "optional") if reference_path is not None else None
+    if align:  # to the reference's order when there is one, else the first input's
+        anchor = [VoteInput(reference_path, reference["id"], np.zeros((len(reference), 0)))] if reference is not None else []
+        align_by_id([*anchor, *inputs])
     check_same_ids(inputs)
     probs = [item.probs for item in inputs if item.probs is not None]
     mean_probs = np.average(probs, axis=0, weights=weights) if len(probs) == len(inputs) else None
@@ -145,8 +167,7 @@ def ensemble_files(
     else:
         raise PipelineError(f"strategy: {strategy!r} is not hard or soft")
     row_inputs = next((item.inputs for item in inputs if item.inputs is not None), None)
-    if reference_path is not None:
-        reference = load_jsonl(reference_path, "optional")
+    if reference is not None:
         check_same_ids([VoteInput(reference_path, reference["id"], np.empty(0)), inputs[0]])
         row_inputs = [json.loads(s) for s in reference["input_json"]]
     if row_inputs is None:

@@ -45,3 +45,10 @@ def test_truncation_keeps_the_target(tokenizer):
     ids = out["input_ids"][0]
     assert len(ids) == 32
     assert tokenizer.convert_tokens_to_ids("공연") in ids or "공연" in tokenizer.decode(ids)
+
+
+@pytest.mark.parametrize("input_format", ["pair", "marker", "prompt"])
+def test_text_emptied_by_cleaning_still_encodes(tokenizer, input_format):
+    batch = {"text": ["", ""], "target": ["😀", None], "target_begin": [0, None], "target_end": [0, None]}
+    out = tokenize_batch(batch, tokenizer, input_format, max_length=16)
+    assert all(length >= 2 for length in out["length"])  # at least [CLS] [SEP]

@@ -124,3 +124,19 @@ def test_report_command_rebuilds_a_finished_run(tiny_run, tmp_path):
     assert (copy / "report.md").exists() and (copy / "thresholds.json").exists()
     assert (copy / "submission.jsonl").read_bytes() == (tiny_run / "submission.jsonl").read_bytes()
     assert json.loads((copy / "summary.json").read_text())["oof"] == json.loads((tiny_run / "summary.json").read_text())["oof"]
+
+
+def test_inference_refuses_a_checkpoint_with_other_labels(tiny_run, tmp_path):
+    import shutil
+
+    checkpoint = tmp_path / "best"
+    shutil.copytree(tiny_run / "fold_0" / "best", checkpoint)
+    config = json.loads((checkpoint / "config.json").read_text())
+    config["id2label"] = {str(i): label for i, label in enumerate(reversed(LABELS))}
+    config["label2id"] = {label: i for i, label in enumerate(reversed(LABELS))}
+    (checkpoint / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "s.jsonl"
+    result = run_cli("inference.py", "--checkpoint", checkpoint, "--input", SAMPLE_TEST, "--output", out, check=False)
+    assert result.returncode == 1 and "labels" in result.stderr.splitlines()[-1] and "differ" in result.stderr
+    assert not out.exists()
+    assert not (tiny_run / "fold_0" / "best.partial").exists()

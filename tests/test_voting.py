@@ -106,3 +106,29 @@ def test_soft_vote_with_weights_and_per_label_thresholds(tmp_path):
     assert (weighted == rows(["joy"], ["fear"])).all()
     no_fallback = ensemble_files(paths, out, "soft", threshold=0.5, fallback=False, reference_path=str(tmp_path / "ref.jsonl"), weights=[1, 3])
     assert not no_fallback.any()
+
+
+def test_align_by_id_reorders_and_still_refuses_other_ids(tmp_path):
+    probs = np.zeros((3, 8))
+    probs[:, 0] = [0.9, 0.1, 0.2]
+    probs[:, 5] = [0.1, 0.8, 0.7]
+    write_probs(tmp_path / "a.jsonl", ["x", "y", "z"], probs)
+    write_probs(tmp_path / "b.jsonl", ["z", "x", "y"], probs[[2, 0, 1]])
+    write_jsonl(tmp_path / "ref.jsonl", [nikl_row("y"), nikl_row("z"), nikl_row("x")])
+    paths = [str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")]
+    out = tmp_path / "o.jsonl"
+    decisions = ensemble_files(paths, str(out), reference_path=str(tmp_path / "ref.jsonl"), align=True)
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["y", "z", "x"]
+    assert (decisions == rows(["fear"], ["fear"], ["joy"])).all()
+    write_probs(tmp_path / "c.jsonl", ["x", "y", "w"], probs)
+    with pytest.raises(PipelineError, match=r"c\.jsonl: has no row for id 'z'"):
+        ensemble_files([paths[0], str(tmp_path / "c.jsonl")], str(out), reference_path=str(tmp_path / "ref.jsonl"), align=True)
+
+
+def test_duplicate_ids_in_a_probability_file_are_refused(tmp_path):
+    from nikl_emotion.errors import RowError
+
+    path = tmp_path / "p.jsonl"
+    write_probs(path, ["x", "y", "x"], np.full((3, 8), 0.1))
+    with pytest.raises(RowError, match=r"p\.jsonl:3: id: duplicate id 'x' \(first at line 1\)"):
+        ensemble_files([str(path)], str(tmp_path / "o.jsonl"), reference_path=None)
