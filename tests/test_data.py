@@ -154,3 +154,21 @@ def test_every_entry_point_refuses_bad_input_with_one_line(tmp_path, entry_point
     assert "Traceback" not in result.stderr
     if output is not None:
         assert not output.exists()
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_ROWS))
+def test_every_bad_row_kind_stops_ensemble_with_no_output(tmp_path, kind, capsys, monkeypatch):
+    """The whole corpus through a writing entry point (in-process, for speed): exit 1, one line, no file."""
+    import ensemble
+
+    line, field, _ = BAD_ROWS[kind]
+    good = write_jsonl(tmp_path / "good.jsonl", [nikl_row("ok1"), nikl_row("ok2"), nikl_row("ok3")])
+    bad = write_jsonl(tmp_path / "bad.jsonl", [nikl_row("ok1"), nikl_row("ok2")], raw_lines=[line])
+    out = tmp_path / "voted.jsonl"
+    monkeypatch.setattr("sys.argv", ["ensemble.py", "--inputs", str(good), str(bad), "--output", str(out)])
+    with pytest.raises(SystemExit) as exited:
+        ensemble.entry_point(ensemble.main)()
+    assert exited.value.code == 1
+    errors = [l for l in capsys.readouterr().err.splitlines() if l.startswith("error: ")]
+    assert errors and errors[0].startswith(f"error: {bad}:3: {field}: ")
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl", "good.jsonl"]
