@@ -1,0 +1,35 @@
+"""`accelerate launch` with 2 CPU processes (gloo): same folds on every rank, files written once, complete and ordered."""
+
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import ROOT, SAMPLE_TEST, SAMPLE_TRAIN
+from nikl_emotion.data import load_jsonl
+from nikl_emotion.fileio import read_probs
+
+
+@pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate CLI not on PATH")
+def test_two_process_cpu_run_writes_complete_ordered_outputs(tmp_path):
+    out = tmp_path / "ddp"
+    result = subprocess.run(
+        ["accelerate", "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+         "--dynamo_backend", "no", "train.py", str(ROOT / "configs" / "quickstart.yaml"), "--output_dir", str(out),
+         "--num_folds", "2", "--num_train_epochs", "2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert [f["fold"] for f in summary["folds"]] == [0, 1]
+    ids, probs = read_probs(out / "oof.jsonl")
+    assert ids == load_jsonl(SAMPLE_TRAIN)["id"] and probs.shape == (len(ids), 8)
+    for k in range(2):
+        fold_ids, _ = read_probs(out / f"fold_{k}" / "test_probs.jsonl")
+        assert fold_ids == load_jsonl(SAMPLE_TEST, "optional")["id"]
+    submission = [json.loads(line) for line in (out / "submission.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [r["id"] for r in submission] == load_jsonl(SAMPLE_TEST, "optional")["id"]
+    assert not list(out.rglob("*.tmp")) and not list(out.rglob("best.partial"))
+    # each fold was trained once, by both ranks together: one table, printed by the main process only
+    assert result.stdout.count("   oof ") == 1
