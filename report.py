@@ -18,14 +18,13 @@ def main(argv: list[str]) -> int:
     import os
 
     from nikl_emotion.summary import rebuild_run
+    from nikl_emotion.thresholds import describe_gain
 
     try:
         summary = rebuild_run(args.output_dir)
     except (OSError, KeyError, ValueError) as exc:
         raise PipelineError(f"{args.output_dir}: cannot build the report ({exc})") from None
-    gain = summary["thresholds"]
-    print(f"OOF micro-F1 at {gain['default_threshold']}: {gain['micro_f1_at_default']:.4f}; "
-          f"with thresholds fitted on the other folds: {gain['micro_f1_tuned_nested']:.4f}")
+    print(describe_gain(summary["thresholds"]))
     print(f"wrote {os.path.join(args.output_dir, 'report.md')}")
     return 0
 

@@ -45,9 +45,10 @@ def summarize(output_dir: str, train_rows: Dataset, test_path: str | None, num_f
     write_probs(os.path.join(output_dir, "oof.jsonl"), ids, oof)
     gold = np.asarray(train_rows["labels"])
     fallback = kfold_args.fallback_top_label
-    per_label = fit_thresholds(oof, gold, fallback=fallback)
+    global_threshold = fit_global_threshold(oof, gold, fallback=fallback)
+    per_label = fit_thresholds(oof, gold, fallback=fallback, start=global_threshold)
     evaluation = nested_gain(oof, gold, fold_of_row, fallback, default=kfold_args.threshold)
-    save_thresholds(thresholds_path(output_dir), per_label, fit_global_threshold(oof, gold, fallback=fallback), evaluation)
+    save_thresholds(thresholds_path(output_dir), per_label, global_threshold, evaluation)
     summary = {
         "folds": folds,
         "oof": score(gold, decide(oof, kfold_args.threshold, fallback)),
@@ -61,7 +62,7 @@ def summarize(output_dir: str, train_rows: Dataset, test_path: str | None, num_f
             rule=kfold_args.vote_rule,
             tie=kfold_args.vote_tie,
             threshold=kfold_args.threshold,
-            fallback=kfold_args.fallback_top_label,
+            fallback=fallback,
             reference_path=test_path,
         )
         summary["submission"] = {"file": "submission.jsonl", "rows": int(len(voted)), "strategy": f"hard/{kfold_args.vote_rule}"}

@@ -29,6 +29,7 @@ from nikl_emotion.metrics import decide, format_table, score, sigmoid
 from nikl_emotion.prediction import predict_probs
 from nikl_emotion.preprocessing import Preprocessing, clean, encode
 from nikl_emotion.summary import fold_dir, summarize
+from nikl_emotion.thresholds import describe_gain
 
 TRAINER_COLUMNS = ("input_ids", "attention_mask", "token_type_ids", "labels", "length")
 DONE_FILE = "done.json"  # written last in a fold: the fold is complete only when it exists
@@ -201,17 +202,18 @@ def train_fold(
     tokenizer = load_tokenizer(backbone, with_markers=preprocessing.input_format == "marker")
     model = load_model(backbone, tokenizer)
     columns = [c for c in TRAINER_COLUMNS if c in encoded.column_names]
+    train_rows, val_rows = encoded.select(train_index), encoded.select(val_index)
     fold_args = dataclasses.replace(training_args, output_dir=os.path.join(out, "checkpoints"), remove_unused_columns=False)
     trainer = EmotionTrainer(
         model=model,
         args=fold_args,
-        train_dataset=encoded.select(train_index).select_columns(columns),
-        eval_dataset=encoded.select(val_index).select_columns(columns),
+        train_dataset=train_rows.select_columns(columns),
+        eval_dataset=val_rows.select_columns(columns),
         processing_class=tokenizer,
         data_collator=LengthAwareCollator(tokenizer, pad_to_multiple_of=8 if torch.cuda.is_available() else None),
         compute_metrics=make_compute_metrics(kfold_args.threshold, kfold_args.fallback_top_label),
         callbacks=[EarlyStoppingCallback(kfold_args.early_stopping_patience)] if kfold_args.early_stopping_patience else [],
-        loss_fn=make_loss(loss_args, np.asarray(encoded.select(train_index)["labels"])),
+        loss_fn=make_loss(loss_args, np.asarray(train_rows["labels"])),
         loss_reduction=loss_args.loss_reduction,
     )
     checkpoints = os.path.join(out, "checkpoints")
@@ -231,7 +233,6 @@ def train_fold(
         preprocessing.save(staging)
         shutil.rmtree(best, ignore_errors=True)
         os.replace(staging, best)
-        val_rows = encoded.select(val_index)
         batch_size = training_args.per_device_eval_batch_size
         val_probs = predict_probs(trainer.model, tokenizer, val_rows, batch_size)
         write_probs(os.path.join(out, "val_probs.jsonl"), val_rows["id"], val_probs)
@@ -297,7 +298,5 @@ def run_training(
     table = {f"fold_{f['fold']}": f for f in summary["folds"]}
     table["oof"] = summary["oof"]
     print(format_table(table))
-    gain = summary["thresholds"]
-    print(f"OOF micro-F1 at {gain['default_threshold']}: {gain['micro_f1_at_default']:.4f}; with per-label thresholds fitted on "
-          f"the other folds: {gain['micro_f1_tuned_nested']:.4f} (thresholds.json holds the ones fitted on all OOF rows)")
+    print(describe_gain(summary["thresholds"]))
     return summary
