@@ -11,7 +11,10 @@ import json
 import os
 from typing import Literal
 
+from collections.abc import Iterator
+
 import datasets
+import pyarrow as pa
 from datasets import Dataset, Features, Sequence, Value
 from datasets.exceptions import DatasetGenerationError
 
@@ -178,8 +181,23 @@ def load_jsonl(path: str | os.PathLike, label_mode: LabelMode = "required") -> D
     return rows
 
 
+def iter_column(rows: Dataset, name: str, chunk_size: int = 4096) -> Iterator:
+    """One column's values in row order, read in chunks: large files never become one Python list."""
+    for batch in rows.select_columns([name]).iter(batch_size=chunk_size):
+        yield from batch[name]
+
+
+def iter_inputs(rows: Dataset) -> Iterator[dict]:
+    """Each row's original `input` object (what a submission copies), streamed."""
+    return (json.loads(text) for text in iter_column(rows, "input_json"))
+
+
 def check_unique_ids(parts: list[Dataset], paths: list[str]) -> None:
     """Ids must be unique across all files of one run: they key predictions, votes and scores."""
+    columns = [part.with_format("arrow")["id"] for part in parts]
+    total = sum(len(column) for column in columns)
+    if len(pa.chunked_array([c for column in columns for c in column.chunks], pa.string()).unique()) == total:
+        return  # the common case, counted in Arrow; only a file with a duplicate is walked in Python to name it
     seen: dict[str, tuple[str, int]] = {}
     for rows, path in zip(parts, paths):
         for row_id, line in zip(rows["id"], rows["line"]):

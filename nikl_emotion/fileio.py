@@ -55,24 +55,25 @@ def output_dict(decisions: Sequence[bool]) -> dict[str, str]:
     return {label: "True" if bool(flag) else "False" for label, flag in zip(LABELS, decisions, strict=True)}
 
 
-def write_submission(path: str | os.PathLike, ids: Sequence[str], inputs: Sequence[dict], decisions: np.ndarray) -> None:
-    """Write the official submission format: same `id` and `input` as the input file, `output` filled in."""
-    if not (len(ids) == len(inputs) == len(decisions)):
-        raise ValueError("ids, inputs and decisions must have the same length")
+def write_submission(path: str | os.PathLike, ids: Iterable[str], inputs: Iterable[dict], decisions: np.ndarray) -> None:
+    """Write the official submission format: same `id` and `input` as the input file, `output` filled in.
+
+    `ids` and `inputs` may be streams (e.g. read from a dataset in chunks); a length mismatch raises before the file
+    appears."""
     write_jsonl_atomic(
         path,
-        ({"id": i, "input": inp, "output": output_dict(row)} for i, inp, row in zip(ids, inputs, decisions)),
+        ({"id": i, "input": inp, "output": output_dict(row)} for i, inp, row in zip(ids, inputs, decisions, strict=True)),
     )
 
 
-def write_probs(path: str | os.PathLike, ids: Sequence[str], probs: np.ndarray) -> None:
+def write_probs(path: str | os.PathLike, ids: Iterable[str], probs: np.ndarray) -> None:
     """Probability file: one `{"id": ..., "probs": {label: p, ...}}` per row, labels in fixed order."""
     probs = np.asarray(probs, dtype=np.float64)
-    if probs.shape != (len(ids), NUM_LABELS):
-        raise ValueError(f"probs must have shape ({len(ids)}, {NUM_LABELS}), got {probs.shape}")
+    if probs.ndim != 2 or probs.shape[1] != NUM_LABELS:
+        raise ValueError(f"probs must have shape (rows, {NUM_LABELS}), got {probs.shape}")
     write_jsonl_atomic(
         path,
-        ({"id": i, "probs": {label: round(float(p), 7) for label, p in zip(LABELS, row)}} for i, row in zip(ids, probs)),
+        ({"id": i, "probs": {label: round(float(p), 7) for label, p in zip(LABELS, row)}} for i, row in zip(ids, probs, strict=True)),
     )
 
 

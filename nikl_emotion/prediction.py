@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -13,7 +12,7 @@ from datasets import Dataset
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
 from nikl_emotion.backbone import load_tokenizer
-from nikl_emotion.data import load_jsonl
+from nikl_emotion.data import iter_column, iter_inputs, load_jsonl
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.fileio import write_probs, write_submission
 from nikl_emotion.labels import ID2LABEL
@@ -38,7 +37,7 @@ def predict_probs(
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     columns = [name for name in MODEL_INPUTS if name in encoded.column_names]
-    lengths = np.asarray(encoded["length"])
+    lengths = np.asarray(encoded.with_format("numpy")["length"])
     order = np.argsort(-lengths, kind="stable")  # longest first: an out-of-memory shows up at once
     pad_multiple = 8 if device.type == "cuda" else None  # tensor-core friendly shapes on GPU
     rows = encoded.select_columns(columns)
@@ -92,7 +91,7 @@ def predict_file(
     if strategy not in ("hard", "soft"):
         raise PipelineError(f"strategy: {strategy!r} is not hard or soft")
     rows = load_jsonl(input_path, "optional")
-    labelled = sum(labels is not None for labels in rows["labels"])
+    labelled = len(rows) - rows.with_format("arrow")["labels"].null_count
     if labelled:
         logger.info("%s: %d rows carry labels; prediction ignores them (score.py compares them)", input_path, labelled)
     target_device = torch.device(device) if device else default_device()
@@ -109,6 +108,6 @@ def predict_file(
     else:
         decisions = hard_vote([decide(p, threshold, fallback) for p in all_probs], fallback=fallback, mean_probs=mean_probs)
     if probs_path:
-        write_probs(probs_path, rows["id"], mean_probs)
-    write_submission(output_path, rows["id"], [json.loads(s) for s in rows["input_json"]], decisions)
+        write_probs(probs_path, iter_column(rows, "id"), mean_probs)
+    write_submission(output_path, iter_column(rows, "id"), iter_inputs(rows), decisions)
     return decisions

@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow.compute as pc
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
@@ -65,7 +66,7 @@ def clean(rows: Dataset, preprocessing: Preprocessing) -> Dataset:
     if not preprocessing.cleaning.any:
         return rows
     cleaned = rows.map(clean_batch, batched=True, fn_kwargs={"options": preprocessing.cleaning}, desc="cleaning")
-    empty = sum(1 for text in cleaned["text"] if not text)
+    empty = pc.sum(pc.equal(pc.utf8_length(cleaned.with_format("arrow")["text"]), 0)).as_py() or 0
     if empty:
         logger.info("cleaning left %d of %d texts empty; they are kept and encoded without text", empty, len(cleaned))
     return cleaned
@@ -79,7 +80,7 @@ def encode(cleaned: Dataset, tokenizer: PreTrainedTokenizerBase, preprocessing: 
         fn_kwargs={"tokenizer": tokenizer, "input_format": preprocessing.input_format, "max_length": preprocessing.max_seq_length},
         desc="tokenizing",
     )
-    at_limit = int((np.asarray(encoded["length"]) >= preprocessing.max_seq_length).sum())
+    at_limit = int((np.asarray(encoded.with_format("numpy")["length"]) >= preprocessing.max_seq_length).sum())
     if at_limit:
         logger.info("%d of %d rows reach max_seq_length %d and are truncated", at_limit, len(encoded), preprocessing.max_seq_length)
     return encoded

@@ -14,6 +14,7 @@ import shutil
 import numpy as np
 import torch
 import yaml
+from torch.utils.data import SequentialSampler
 from accelerate import PartialState
 from datasets import Dataset
 from transformers import DataCollatorWithPadding, EarlyStoppingCallback, EvalPrediction, Trainer, TrainingArguments, set_seed
@@ -21,17 +22,17 @@ from transformers import DataCollatorWithPadding, EarlyStoppingCallback, EvalPre
 from nikl_emotion.backbone import build_offline_backbone, is_offline, load_model, load_tokenizer
 from nikl_emotion.config import DataArguments, KFoldArguments, LossArguments, ModelArguments, config_difference, resolved_config
 from nikl_emotion.errors import PipelineError
-from nikl_emotion.data import load_jsonl, load_jsonl_files
+from nikl_emotion.data import iter_column, load_jsonl, load_jsonl_files
 from nikl_emotion.fileio import write_json_atomic, write_probs, write_text_atomic
 from nikl_emotion.folds import make_folds
 from nikl_emotion.losses import MultiLabelLoss, build_loss
 from nikl_emotion.metrics import decide, format_table, score, sigmoid
-from nikl_emotion.prediction import predict_probs
 from nikl_emotion.preprocessing import Preprocessing, clean, encode
 from nikl_emotion.summary import fold_dir, summarize
 from nikl_emotion.thresholds import describe_gain
 
-TRAINER_COLUMNS = ("input_ids", "attention_mask", "token_type_ids", "labels", "length")
+MODEL_INPUT_COLUMNS = ("input_ids", "attention_mask", "token_type_ids", "length")  # `length` feeds the sampler only
+TRAINER_COLUMNS = (*MODEL_INPUT_COLUMNS, "labels")
 DONE_FILE = "done.json"  # written last in a fold: the fold is complete only when it exists
 RUN_FILES = ("backbone", "oof.jsonl", "summary.json", "thresholds.json", "submission.jsonl", "report.md", "config.yaml")
 
@@ -116,6 +117,11 @@ class EmotionTrainer(Trainer):
             self.loss_is_scaled_for_ga = False  # Trainer divides by the accumulation steps
         return (loss, outputs) if return_outputs else loss
 
+    def _get_eval_sampler(self, eval_dataset):
+        # evaluation and prediction datasets arrive sorted by length (`predict_in_order`): keep that order, so each
+        # batch pads little; with several processes accelerate shards the batches and gathers them back in order
+        return SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None
+
     def _get_num_items_in_batch(self, batch_samples, device):
         # count label elements even when the model's forward takes no loss kwargs
         if not batch_samples or "labels" not in batch_samples[0]:
@@ -133,6 +139,23 @@ class LengthAwareCollator(DataCollatorWithPadding):
 
     def __call__(self, features: list[dict]) -> dict:
         return super().__call__([{k: v for k, v in f.items() if k != "length"} for f in features])
+
+
+def length_order(rows: Dataset) -> np.ndarray:
+    """Row indices, longest first (an out-of-memory shows at the first batch); stable, so ties keep file order."""
+    return np.argsort(-np.asarray(rows.with_format("numpy")["length"]), kind="stable")
+
+
+def predict_in_order(trainer: Trainer, rows: Dataset) -> np.ndarray:
+    """Sigmoid probabilities in `rows`' order, from batches sorted by length. Every process must call this: under
+    `accelerate launch` each takes its share of batches and Trainer gathers them, dropping the padding rows that
+    even out the last step."""
+    order = length_order(rows)
+    inputs = [c for c in MODEL_INPUT_COLUMNS if c in rows.column_names]
+    logits = trainer.predict(rows.select(order).select_columns(inputs)).predictions
+    probs = np.empty((len(rows), logits.shape[1]), dtype=np.float32)
+    probs[order] = sigmoid(logits)
+    return probs
 
 
 def make_compute_metrics(threshold: float, fallback: bool):
@@ -208,7 +231,7 @@ def train_fold(
         model=model,
         args=fold_args,
         train_dataset=train_rows.select_columns(columns),
-        eval_dataset=val_rows.select_columns(columns),
+        eval_dataset=val_rows.select(length_order(val_rows)).select_columns(columns),
         processing_class=tokenizer,
         data_collator=LengthAwareCollator(tokenizer, pad_to_multiple_of=8 if torch.cuda.is_available() else None),
         compute_metrics=make_compute_metrics(kfold_args.threshold, kfold_args.fallback_top_label),
@@ -224,6 +247,9 @@ def train_fold(
     if resume and trainer.is_world_process_zero():
         print(f"fold {fold}: resuming from {os.path.basename(resume)}")
     trainer.train(resume_from_checkpoint=resume)
+    # every rank predicts its share; the main process writes
+    val_probs = predict_in_order(trainer, val_rows)
+    test_probs = predict_in_order(trainer, encoded_test) if encoded_test is not None else None
     result: dict = {}
     if trainer.is_world_process_zero():
         # written beside, then renamed: a kill never leaves a half-written best/
@@ -233,12 +259,9 @@ def train_fold(
         preprocessing.save(staging)
         shutil.rmtree(best, ignore_errors=True)
         os.replace(staging, best)
-        batch_size = training_args.per_device_eval_batch_size
-        val_probs = predict_probs(trainer.model, tokenizer, val_rows, batch_size)
-        write_probs(os.path.join(out, "val_probs.jsonl"), val_rows["id"], val_probs)
-        if encoded_test is not None:
-            test_probs = predict_probs(trainer.model, tokenizer, encoded_test, batch_size)
-            write_probs(os.path.join(out, "test_probs.jsonl"), encoded_test["id"], test_probs)
+        write_probs(os.path.join(out, "val_probs.jsonl"), iter_column(val_rows, "id"), val_probs)
+        if test_probs is not None:
+            write_probs(os.path.join(out, "test_probs.jsonl"), iter_column(encoded_test, "id"), test_probs)
         result = score(np.asarray(val_rows["labels"]), decide(val_probs, kfold_args.threshold, kfold_args.fallback_top_label))
         result.update(
             fold=fold,

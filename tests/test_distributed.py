@@ -4,11 +4,13 @@ import json
 import shutil
 import subprocess
 
+import numpy as np
 import pytest
 
 from conftest import ROOT, SAMPLE_TEST, SAMPLE_TRAIN
 from nikl_emotion.data import load_jsonl
 from nikl_emotion.fileio import read_probs
+from nikl_emotion.prediction import predict_file
 
 
 @pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate CLI not on PATH")
@@ -17,7 +19,9 @@ def test_two_process_cpu_run_writes_complete_ordered_outputs(tmp_path):
     result = subprocess.run(
         ["accelerate", "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
          "--dynamo_backend", "no", "train.py", str(ROOT / "configs" / "quickstart.yaml"), "--output_dir", str(out),
-         "--num_folds", "2", "--num_train_epochs", "2"],
+         "--num_folds", "2", "--num_train_epochs", "2",
+         # 100 test rows in batches of 16 over 2 ranks: the last step is padded with repeated rows
+         "--per_device_eval_batch_size", "16"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -30,6 +34,13 @@ def test_two_process_cpu_run_writes_complete_ordered_outputs(tmp_path):
         assert fold_ids == load_jsonl(SAMPLE_TEST, "optional")["id"]
     submission = [json.loads(line) for line in (out / "submission.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [r["id"] for r in submission] == load_jsonl(SAMPLE_TEST, "optional")["id"]
+    # rows were sharded over both ranks and gathered back: the same probabilities as one process predicting with
+    # the saved checkpoint, in file order, without the rows that pad the last step
+    predict_file([str(out / "fold_0" / "best")], str(SAMPLE_TEST), str(tmp_path / "single.jsonl"), str(tmp_path / "single_probs.jsonl"), device="cpu")
+    single_ids, single_probs = read_probs(tmp_path / "single_probs.jsonl")
+    gathered_ids, gathered_probs = read_probs(out / "fold_0" / "test_probs.jsonl")
+    assert gathered_ids == single_ids
+    np.testing.assert_allclose(gathered_probs, single_probs, atol=1e-5)
     assert not list(out.rglob("*.tmp")) and not list(out.rglob("best.partial"))
     # each fold was trained once, by both ranks together: one table, printed by the main process only
     assert result.stdout.count("   oof ") == 1
