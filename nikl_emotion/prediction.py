@@ -12,6 +12,7 @@ from datasets import Dataset
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
 from nikl_emotion.backbone import load_tokenizer
+from nikl_emotion.batching import column_array, pad_table
 from nikl_emotion.data import iter_column, iter_inputs, load_jsonl
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.fileio import write_probs, write_submission
@@ -37,17 +38,17 @@ def predict_probs(
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     columns = [name for name in MODEL_INPUTS if name in encoded.column_names]
-    lengths = np.asarray(encoded.with_format("numpy")["length"])
+    lengths = column_array(encoded, "length")
     order = np.argsort(-lengths, kind="stable")  # longest first: an out-of-memory shows up at once
     pad_multiple = 8 if device.type == "cuda" else None  # tensor-core friendly shapes on GPU
-    rows = encoded.select_columns(columns)
+    arrow_rows = encoded.select_columns(columns).with_format("arrow")  # one Arrow `take` per batch
     logits = np.empty((len(encoded), model.config.num_labels), dtype=np.float32)
     was_training = model.training
     model.eval()
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             index = order[start : start + batch_size]
-            batch = tokenizer.pad(rows[index.tolist()], pad_to_multiple_of=pad_multiple, return_tensors="pt")
+            batch = pad_table(arrow_rows[index.tolist()], columns, tokenizer.pad_token_id, pad_multiple)
             batch = {key: value.to(device) for key, value in batch.items()}
             logits[index] = model(**batch).logits.float().cpu().numpy()
     model.train(was_training)

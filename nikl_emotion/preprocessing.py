@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
+from nikl_emotion.batching import column_array
 from nikl_emotion.cleaning import CleaningOptions, clean_batch
 from nikl_emotion.encoding import INPUT_FORMATS, tokenize_batch
 from nikl_emotion.errors import PipelineError
@@ -80,7 +81,7 @@ def encode(cleaned: Dataset, tokenizer: PreTrainedTokenizerBase, preprocessing: 
         fn_kwargs={"tokenizer": tokenizer, "input_format": preprocessing.input_format, "max_length": preprocessing.max_seq_length},
         desc="tokenizing",
     )
-    at_limit = int((np.asarray(encoded.with_format("numpy")["length"]) >= preprocessing.max_seq_length).sum())
+    at_limit = int((column_array(encoded, "length") >= preprocessing.max_seq_length).sum())
     if at_limit:
         logger.info("%d of %d rows reach max_seq_length %d and are truncated", at_limit, len(encoded), preprocessing.max_seq_length)
     return encoded

@@ -17,8 +17,10 @@ import yaml
 from torch.utils.data import SequentialSampler
 from accelerate import PartialState
 from datasets import Dataset
-from transformers import DataCollatorWithPadding, EarlyStoppingCallback, EvalPrediction, Trainer, TrainingArguments, set_seed
+from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers import EarlyStoppingCallback, EvalPrediction, Trainer, TrainingArguments, set_seed
 
+from nikl_emotion.batching import PaddingCollator, column_array
 from nikl_emotion.backbone import build_offline_backbone, is_offline, load_model, load_tokenizer
 from nikl_emotion.config import DataArguments, KFoldArguments, LossArguments, ModelArguments, config_difference, resolved_config
 from nikl_emotion.errors import PipelineError
@@ -117,6 +119,17 @@ class EmotionTrainer(Trainer):
             self.loss_is_scaled_for_ga = False  # Trainer divides by the accumulation steps
         return (loss, outputs) if return_outputs else loss
 
+    def _get_train_sampler(self, train_dataset=None):
+        train_dataset = self.train_dataset if train_dataset is None else train_dataset
+        if self.args.train_sampling_strategy != "group_by_length" or "length" not in getattr(train_dataset, "column_names", ()):
+            return super()._get_train_sampler(train_dataset)
+        # Trainer would hand the sampler `dataset["length"]`, a lazy column in datasets 5 that reads one row per
+        # lookup (a quarter of a tiny model's epoch); a plain list costs nothing
+        return LengthGroupedSampler(
+            self.args.train_batch_size * self.args.gradient_accumulation_steps,
+            lengths=column_array(train_dataset, "length").tolist(),
+        )
+
     def _get_eval_sampler(self, eval_dataset):
         # evaluation and prediction datasets arrive sorted by length (`predict_in_order`): keep that order, so each
         # batch pads little; with several processes accelerate shards the batches and gathers them back in order
@@ -133,17 +146,9 @@ class EmotionTrainer(Trainer):
         return count
 
 
-class LengthAwareCollator(DataCollatorWithPadding):
-    """Pads per batch and drops the `length` column, which stays in the dataset for the length-grouped sampler
-    (Trainer would otherwise strip it and recount every row's length in Python)."""
-
-    def __call__(self, features: list[dict]) -> dict:
-        return super().__call__([{k: v for k, v in f.items() if k != "length"} for f in features])
-
-
 def length_order(rows: Dataset) -> np.ndarray:
     """Row indices, longest first (an out-of-memory shows at the first batch); stable, so ties keep file order."""
-    return np.argsort(-np.asarray(rows.with_format("numpy")["length"]), kind="stable")
+    return np.argsort(-column_array(rows, "length"), kind="stable")
 
 
 def predict_in_order(trainer: Trainer, rows: Dataset) -> np.ndarray:
@@ -233,7 +238,7 @@ def train_fold(
         train_dataset=train_rows.select_columns(columns),
         eval_dataset=val_rows.select(length_order(val_rows)).select_columns(columns),
         processing_class=tokenizer,
-        data_collator=LengthAwareCollator(tokenizer, pad_to_multiple_of=8 if torch.cuda.is_available() else None),
+        data_collator=PaddingCollator(tokenizer, pad_to_multiple_of=8 if torch.cuda.is_available() else None),
         compute_metrics=make_compute_metrics(kfold_args.threshold, kfold_args.fallback_top_label),
         callbacks=[EarlyStoppingCallback(kfold_args.early_stopping_patience)] if kfold_args.early_stopping_patience else [],
         loss_fn=make_loss(loss_args, np.asarray(train_rows["labels"])),

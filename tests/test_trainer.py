@@ -11,7 +11,8 @@ from nikl_emotion.data import load_jsonl
 from nikl_emotion.losses import build_loss
 from nikl_emotion.preprocessing import Preprocessing, clean, encode
 from nikl_emotion.cleaning import CleaningOptions
-from nikl_emotion.training import TRAINER_COLUMNS, EmotionTrainer, LengthAwareCollator
+from nikl_emotion.batching import PaddingCollator
+from nikl_emotion.training import TRAINER_COLUMNS, EmotionTrainer
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +51,7 @@ def one_step(setup, tmp_path, batch_size, accumulation, reduction, loss="bce"):
         remove_unused_columns=False, disable_tqdm=True,
     )
     trainer = EmotionTrainer(model=model, args=args, train_dataset=encoded, processing_class=tokenizer,
-                             data_collator=LengthAwareCollator(tokenizer), loss_fn=LOSS_CASES[loss](),
+                             data_collator=PaddingCollator(tokenizer), loss_fn=LOSS_CASES[loss](),
                              loss_reduction=reduction)
     trainer.train()
     # SGD with lr 1: the parameter change is exactly minus the gradient
@@ -72,7 +73,7 @@ def test_mean_loss_step_equals_the_bce_gradient_of_the_whole_batch(setup, tmp_pa
     tokenizer, encoded, config, initial = setup
     model = BertForSequenceClassification(config)
     model.load_state_dict(initial)
-    batch = LengthAwareCollator(tokenizer)([encoded[i] for i in range(8)])
+    batch = PaddingCollator(tokenizer)([encoded[i] for i in range(8)])
     labels = batch.pop("labels")
     loss = torch.nn.BCEWithLogitsLoss()(model(**batch).logits, labels.float())
     loss.backward()
@@ -88,12 +89,12 @@ def test_evaluation_after_an_asl_step_runs_without_gradients(setup, tmp_path):
                              use_cpu=True, save_strategy="no", remove_unused_columns=False, disable_tqdm=True)
     loss_fn = build_loss("asl", reduction="none", disable_torch_grad_focal_loss=True)
     trainer = EmotionTrainer(model=model, args=args, train_dataset=encoded, eval_dataset=encoded, processing_class=tokenizer,
-                             data_collator=LengthAwareCollator(tokenizer), loss_fn=loss_fn)
+                             data_collator=PaddingCollator(tokenizer), loss_fn=loss_fn)
     trainer.train()
     assert torch.is_grad_enabled()
     metrics = trainer.evaluate()
     assert np.isfinite(metrics["eval_loss"])
-    batch = LengthAwareCollator(tokenizer)([encoded[i] for i in range(4)])
+    batch = PaddingCollator(tokenizer)([encoded[i] for i in range(4)])
     with torch.no_grad():
         loss = trainer.compute_loss(model, batch)
         assert not torch.is_grad_enabled()
