@@ -84,25 +84,30 @@ def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int = 8000, max_
     )
 
 
-def build_offline_backbone(
-    texts: Iterable[str], output_dir: str, model_name_or_path: str, vocab_size: int = 8000, seed: int = 42
-) -> str:
-    """Train the tokenizer, create the small encoder, save both to `output_dir`; returns `output_dir`."""
-    import torch  # deferred: only needed here and at model load
-
+def offline_config(model_name_or_path: str, tokenizer: PreTrainedTokenizerBase):
+    """The BERT/ELECTRA config of an offline backbone (`offline:electra-tiny`, ...) sized for `tokenizer`."""
     arch, size = parse_offline_spec(model_name_or_path)
-    tokenizer = train_wordpiece_tokenizer(texts, vocab_size=vocab_size)
     config_cls = BertConfig if arch == "bert" else ElectraConfig
     dims = dict(OFFLINE_SIZES[size])
     if arch == "electra":
         dims["embedding_size"] = dims["hidden_size"]
-    config = config_cls(
+    return config_cls(
         vocab_size=len(tokenizer),
         max_position_embeddings=tokenizer.model_max_length,
         pad_token_id=tokenizer.pad_token_id,
         **dims,
         **classification_config_kwargs(),
     )
+
+
+def build_offline_backbone(
+    texts: Iterable[str], output_dir: str, model_name_or_path: str, vocab_size: int = 8000, seed: int = 42
+) -> str:
+    """Train the tokenizer, create the small encoder, save both to `output_dir`; returns `output_dir`."""
+    import torch  # deferred: only needed here and at model load
+
+    tokenizer = train_wordpiece_tokenizer(texts, vocab_size=vocab_size)
+    config = offline_config(model_name_or_path, tokenizer)
     torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_config(config)
     os.makedirs(output_dir, exist_ok=True)

@@ -44,6 +44,28 @@ def entry_point(main: Callable[[list[str]], int | None]) -> Callable[[], None]:
     return run
 
 
+def pop_option(argv: list[str], names: tuple[str, ...]) -> int | None:
+    """Remove `NAME N` (or `NAME=N`) from argv and return N; None when absent. For options the config parser
+    does not know (they are not run settings)."""
+    for position, token in enumerate(argv):
+        name, equals, inline = token.partition("=")
+        if name not in names:
+            continue
+        if equals:
+            value, width = inline, 1
+        elif position + 1 < len(argv):
+            value, width = argv[position + 1], 2
+        else:
+            raise PipelineError(f"{name} needs a number")
+        try:
+            number = int(value)
+        except ValueError:
+            raise PipelineError(f"{name}: expected a whole number, got {value!r}") from None
+        del argv[position : position + width]
+        return number
+    return None
+
+
 def add_decision_arguments(parser: argparse.ArgumentParser) -> None:
     """The options that turn probabilities into labels, shared by inference.py and ensemble.py."""
     parser.add_argument("--threshold", type=float, default=0.5, help="probability at or above which a label is on")

@@ -30,15 +30,21 @@ class ModelArguments:
 
 
 @dataclass
-class DataArguments:
-    train_files: list[str] = field(default_factory=list, metadata={"help": "One or more labelled jsonl files (e.g. train and dev)."})
-    test_file: str | None = field(default=None, metadata={"help": "Unlabelled jsonl to predict with every fold."})
+class PreprocessingArguments:
+    """Cleaning and encoding: shared by fine-tuning and post-training, saved with every checkpoint."""
+
     remove_others: bool = field(default=True, metadata={"help": "Remove the &others& placeholder."})
     remove_placeholders: bool = field(default=False, metadata={"help": "Remove every &name1&-style placeholder."})
     cleanse: bool = field(default=True, metadata={"help": "KcBERT symbol cleansing (keeps Hangul, ASCII, some punctuation; drops URLs, emoji; squeezes repeats)."})
     remove_emoji: bool = field(default=False, metadata={"help": "Remove emoji (implied by cleanse)."})
     input_format: str = field(default="pair", metadata={"help": "How the target is shown to the model: pair, marker or prompt."})
     max_seq_length: int = field(default=200, metadata={"help": "Truncate encodings to this many tokens."})
+
+
+@dataclass
+class DataArguments(PreprocessingArguments):
+    train_files: list[str] = field(default_factory=list, metadata={"help": "One or more labelled jsonl files (e.g. train and dev)."})
+    test_file: str | None = field(default=None, metadata={"help": "Unlabelled jsonl to predict with every fold."})
 
 
 @dataclass
@@ -100,7 +106,7 @@ TRAINING_DEFAULTS: dict[str, object] = {
 }
 
 
-def _tokens(mapping: dict, source: str) -> list[str]:
+def yaml_tokens(mapping: dict, source: str) -> list[str]:
     tokens: list[str] = []
     for key, value in mapping.items():
         if value is None or (isinstance(value, (list, tuple)) and not value):
@@ -142,11 +148,11 @@ def _parser() -> HfArgumentParser:
 
 def parse_config(argv: list[str]) -> tuple[ModelArguments, DataArguments, KFoldArguments, LossArguments, TrainingArguments]:
     """`[CONFIG.yaml] [--key value ...]` -> validated argument dataclasses."""
-    yaml_tokens: list[str] = []
+    file_tokens: list[str] = []
     if argv and argv[0].endswith((".yaml", ".yml")):
-        yaml_tokens = _tokens(load_yaml(argv[0]), argv[0])
+        file_tokens = yaml_tokens(load_yaml(argv[0]), argv[0])
         argv = argv[1:]
-    tokens = _tokens(TRAINING_DEFAULTS, "defaults") + yaml_tokens + list(argv)
+    tokens = yaml_tokens(TRAINING_DEFAULTS, "defaults") + file_tokens + list(argv)
     try:
         model_args, data_args, kfold_args, loss_args, training_args = _parser().parse_args_into_dataclasses(args=tokens)
     except PipelineError:
@@ -172,10 +178,7 @@ def validate(
     for path in [*data_args.train_files, *([data_args.test_file] if data_args.test_file else [])]:
         if not os.path.isfile(path):
             raise PipelineError(f"{path}: file not found")
-    if data_args.input_format not in INPUT_FORMATS:
-        raise PipelineError(f"input_format: {data_args.input_format!r} is not one of {', '.join(INPUT_FORMATS)}")
-    if data_args.max_seq_length < 8:
-        raise PipelineError(f"max_seq_length: must be at least 8, got {data_args.max_seq_length}")
+    validate_preprocessing(data_args)
     if kfold_args.num_folds < 2:
         raise PipelineError(f"num_folds: must be at least 2, got {kfold_args.num_folds}")
     if kfold_args.fold is not None and not 0 <= kfold_args.fold < kfold_args.num_folds:
@@ -198,6 +201,13 @@ def validate(
         raise PipelineError("eval_strategy and save_strategy must be the same (epoch or steps): the best checkpoint is chosen on validation micro-F1")
     if training_args.metric_for_best_model not in ("micro_f1", "eval_micro_f1", "macro_f1", "eval_macro_f1", "loss", "eval_loss"):
         raise PipelineError(f"metric_for_best_model: {training_args.metric_for_best_model!r} is not micro_f1, macro_f1 or loss")
+
+
+def validate_preprocessing(args: PreprocessingArguments) -> None:
+    if args.input_format not in INPUT_FORMATS:
+        raise PipelineError(f"input_format: {args.input_format!r} is not one of {', '.join(INPUT_FORMATS)}")
+    if args.max_seq_length < 8:
+        raise PipelineError(f"max_seq_length: must be at least 8, got {args.max_seq_length}")
 
 
 def validate_loss(loss_args: LossArguments) -> None:

@@ -37,8 +37,11 @@ def segments(text: str, target: str | None, begin: int | None, end: int | None, 
     raise ValueError(f"unknown input_format {input_format!r}; choose one of {', '.join(INPUT_FORMATS)}")
 
 
-def tokenize_batch(batch: dict, tokenizer: PreTrainedTokenizerBase, input_format: InputFormat, max_length: int) -> dict:
-    """`datasets.map(batched=True)` function: input ids (unpadded), their `length`, and nothing else."""
+def tokenize_batch(
+    batch: dict, tokenizer: PreTrainedTokenizerBase, input_format: InputFormat, max_length: int, **tokenizer_kwargs
+) -> dict:
+    """`datasets.map(batched=True)` function: input ids (unpadded), their `length` (and what `tokenizer_kwargs` ask
+    for, e.g. offsets)."""
     pairs = [
         segments(text, target, begin, end, input_format)
         for text, target, begin, end in zip(batch["text"], batch["target"], batch["target_begin"], batch["target_end"])
@@ -53,7 +56,7 @@ def tokenize_batch(batch: dict, tokenizer: PreTrainedTokenizerBase, input_format
         first = [pairs[i][0] for i in indices]
         second = [pairs[i][1] for i in indices] if is_pair else None
         # longest_first trims the longer segment (the text) first and never fails on a short one
-        part = tokenizer(first, second, truncation="longest_first", max_length=max_length)
+        part = tokenizer(first, second, truncation="longest_first", max_length=max_length, **tokenizer_kwargs)
         for key, values in part.items():
             column = encoded.setdefault(key, [None] * len(pairs))
             for i, value in zip(indices, values):

@@ -1,0 +1,260 @@
+"""Domain-adaptive post-training: continue masked-LM training of a backbone on the task's own unlabelled text.
+
+Any jsonl in the task format works (train, dev, test; labels are ignored). Rows are cleaned and encoded exactly as
+fine-tuning will see them (same cleaning options, same text/target input format), so the encoder adapts to the
+inputs it is later classified on. For the offline backbone this is its pretraining: a tokenizer trained on the same
+texts, a randomly initialised encoder, then MLM. The result is saved with `save_pretrained` (model, tokenizer,
+`preprocessing.json`, `post_train.json`) and `train.py --model_name_or_path DIR` fine-tunes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import shutil
+from dataclasses import dataclass, field
+
+import torch
+import yaml
+from accelerate import PartialState
+from datasets import Dataset
+from transformers import (
+    AutoModelForMaskedLM,
+    DataCollatorForLanguageModeling,
+    HfArgumentParser,
+    Trainer,
+    TrainingArguments,
+    set_seed,
+)
+
+from nikl_emotion.backbone import is_offline, load_tokenizer, offline_config, parse_offline_spec, train_wordpiece_tokenizer
+from nikl_emotion.config import (
+    ModelArguments,
+    PreprocessingArguments,
+    config_difference,
+    load_yaml,
+    resolved_config,
+    yaml_tokens,
+    validate_preprocessing,
+)
+from nikl_emotion.data import load_jsonl_files
+from nikl_emotion.encoding import add_marker_tokens, tokenize_batch
+from nikl_emotion.errors import PipelineError
+from nikl_emotion.fileio import write_json_atomic, write_text_atomic
+from nikl_emotion.preprocessing import Preprocessing, clean
+from nikl_emotion.training import last_complete_checkpoint
+
+POST_TRAIN_FILE = "post_train.json"
+
+
+@dataclass
+class PostTrainDataArguments(PreprocessingArguments):
+    train_files: list[str] = field(default_factory=list, metadata={"help": "jsonl files whose texts are learned (train, dev, test: labels are ignored)."})
+    validation_fraction: float = field(default=0.02, metadata={"help": "Share of rows held out to report the MLM loss before and after."})
+
+
+@dataclass
+class MLMArguments:
+    mlm_probability: float = field(default=0.15, metadata={"help": "Share of tokens selected for prediction."})
+    whole_word_mask: bool = field(default=False, metadata={"help": "Mask all WordPiece pieces of a word together."})
+    overwrite: bool = field(default=False, metadata={"help": "Start again in an output_dir that holds another post-training run."})
+
+
+POST_TRAIN_DEFAULTS: dict[str, object] = {
+    "output_dir": "outputs/post-train",
+    "num_train_epochs": 3,
+    "learning_rate": 5e-4,
+    "weight_decay": 0.01,
+    "warmup_steps": 0.06,
+    "per_device_train_batch_size": 64,
+    "per_device_eval_batch_size": 128,
+    "eval_strategy": "epoch",
+    "save_strategy": "epoch",
+    "logging_strategy": "epoch",
+    "save_total_limit": 1,
+    "report_to": "none",
+    "train_sampling_strategy": "group_by_length",
+}
+
+
+def parse_post_train_config(argv: list[str]) -> tuple[ModelArguments, PostTrainDataArguments, MLMArguments, TrainingArguments]:
+    tokens = yaml_tokens(POST_TRAIN_DEFAULTS, "defaults")
+    if argv and argv[0].endswith((".yaml", ".yml")):
+        tokens += yaml_tokens(load_yaml(argv[0]), argv[0])
+        argv = argv[1:]
+    parser = HfArgumentParser((ModelArguments, PostTrainDataArguments, MLMArguments, TrainingArguments))
+
+    def error(message: str):
+        raise PipelineError(message)
+
+    parser.error = error
+    try:
+        model_args, data_args, mlm_args, training_args = parser.parse_args_into_dataclasses(args=tokens + list(argv))
+    except (ValueError, TypeError) as exc:
+        raise PipelineError(str(exc).strip().splitlines()[0]) from None
+    if is_offline(model_args.model_name_or_path):
+        try:
+            parse_offline_spec(model_args.model_name_or_path)
+        except ValueError as exc:
+            raise PipelineError(f"model_name_or_path: {exc}") from None
+    if not data_args.train_files:
+        raise PipelineError("train_files: give at least one jsonl file to learn from")
+    for path in data_args.train_files:
+        if not os.path.isfile(path):
+            raise PipelineError(f"{path}: file not found")
+    validate_preprocessing(data_args)
+    if not 0.0 <= data_args.validation_fraction < 0.5:
+        raise PipelineError(f"validation_fraction: must be in [0, 0.5), got {data_args.validation_fraction}")
+    if not 0.0 < mlm_args.mlm_probability < 1.0:
+        raise PipelineError(f"mlm_probability: must be in (0, 1), got {mlm_args.mlm_probability}")
+    if data_args.validation_fraction == 0 and training_args.eval_strategy != "no":
+        raise PipelineError("validation_fraction 0 leaves nothing to evaluate: set eval_strategy: no as well")
+    return model_args, data_args, mlm_args, training_args
+
+
+def mlm_model_and_tokenizer(model_args: ModelArguments, texts: list[str], with_markers: bool, seed: int):
+    """A masked-LM model and its tokenizer: from a hub name or folder, or a new offline backbone built on `texts`."""
+    if is_offline(model_args.model_name_or_path):
+        tokenizer = train_wordpiece_tokenizer(texts, vocab_size=model_args.offline_vocab_size)
+        config = offline_config(model_args.model_name_or_path, tokenizer)
+        torch.manual_seed(seed)
+        model = AutoModelForMaskedLM.from_config(config)
+    else:
+        tokenizer = load_tokenizer(model_args.model_name_or_path, with_markers=with_markers)
+        model = AutoModelForMaskedLM.from_pretrained(model_args.model_name_or_path)
+    if with_markers:
+        add_marker_tokens(tokenizer)
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    return model, tokenizer
+
+
+def mlm_encode(cleaned: Dataset, tokenizer, preprocessing: Preprocessing, offsets: bool) -> Dataset:
+    """Rows encoded as fine-tuning encodes them (text and target), with `length`; offsets for whole-word masking."""
+
+    def encode_batch(batch):
+        encoded = tokenize_batch(batch, tokenizer, preprocessing.input_format, preprocessing.max_seq_length, return_offsets_mapping=offsets)
+        return encoded
+
+    keep = ["input_ids", "attention_mask", "token_type_ids", "length", "offset_mapping"]
+    encoded = cleaned.map(encode_batch, batched=True, desc="tokenizing for MLM")
+    return encoded.select_columns([c for c in keep if c in encoded.column_names])
+
+
+class MLMCollator(DataCollatorForLanguageModeling):
+    """Drops `length` (kept in the dataset for the length-grouped sampler) and pads `offset_mapping` (whole-word
+    masking), which the tokenizer's `pad` leaves ragged, to the batch width before masking."""
+
+    def __call__(self, features, return_tensors=None):
+        features = [{k: v for k, v in f.items() if k != "length"} for f in features]
+        if "offset_mapping" in features[0]:
+            width = max(len(f["input_ids"]) for f in features)
+            if self.pad_to_multiple_of:
+                width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
+            features = [{**f, "offset_mapping": list(f["offset_mapping"]) + [[0, 0]] * (width - len(f["offset_mapping"]))} for f in features]
+        return super().__call__(features, return_tensors)
+
+
+def prepare_post_train_dir(output_dir: str, config: dict, overwrite: bool) -> None:
+    existing = os.path.join(output_dir, "config.yaml")
+    if os.path.exists(existing):
+        with open(existing, encoding="utf-8") as handle:
+            old = yaml.safe_load(handle) or {}
+        difference = config_difference(old, config)
+        if overwrite:
+            shutil.rmtree(output_dir)
+        elif difference is not None:
+            raise PipelineError(
+                f"{output_dir} holds a post-training run with another configuration ({difference}); "
+                "use another output_dir, or --overwrite true to delete it and start again"
+            )
+    os.makedirs(output_dir, exist_ok=True)
+    write_text_atomic(existing, yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
+
+
+def run_post_training(
+    model_args: ModelArguments, data_args: PostTrainDataArguments, mlm_args: MLMArguments, training_args: TrainingArguments
+) -> dict | None:
+    state = PartialState()
+    output_dir = training_args.output_dir
+    preprocessing = Preprocessing.from_data_args(data_args)
+    with training_args.main_process_first(desc="loading and cleaning"):
+        rows = load_jsonl_files(data_args.train_files, "optional")
+        cleaned = clean(rows, preprocessing)
+    config = resolved_config(model_args, data_args, mlm_args, training_args)
+    if state.is_main_process:
+        prepare_post_train_dir(output_dir, config, mlm_args.overwrite)
+    state.wait_for_everyone()
+    done = os.path.join(output_dir, POST_TRAIN_FILE)
+    if os.path.exists(done):  # written last: this configuration has been post-trained already
+        with open(done, encoding="utf-8") as handle:
+            summary = json.load(handle)
+        if state.is_main_process:
+            print(f"post-training: {output_dir} is complete ({POST_TRAIN_FILE}); nothing to do")
+        return summary
+    set_seed(training_args.seed)
+    texts = [t for t in cleaned["text"] if t]
+    model, tokenizer = mlm_model_and_tokenizer(model_args, texts, preprocessing.input_format == "marker", training_args.seed)
+    with training_args.main_process_first(desc="tokenizing"):
+        encoded = mlm_encode(cleaned, tokenizer, preprocessing, offsets=mlm_args.whole_word_mask)
+    encoded = encoded.filter(lambda n: n > 2, input_columns="length", desc="dropping empty rows")  # only [CLS] [SEP]
+    if data_args.validation_fraction > 0:
+        split = encoded.train_test_split(test_size=data_args.validation_fraction, seed=training_args.seed)
+        train_rows, eval_rows = split["train"], split["test"]
+    else:
+        train_rows, eval_rows = encoded, None
+    args = dataclasses.replace(training_args, output_dir=os.path.join(output_dir, "checkpoints"), remove_unused_columns=False)
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_rows,
+        eval_dataset=eval_rows,
+        processing_class=tokenizer,
+        data_collator=MLMCollator(
+            tokenizer, mlm_probability=mlm_args.mlm_probability, whole_word_mask=mlm_args.whole_word_mask,
+            pad_to_multiple_of=8 if torch.cuda.is_available() else None, seed=training_args.seed,
+        ),
+    )
+    checkpoints = args.output_dir
+    if trainer.is_world_process_zero():
+        last_complete_checkpoint(checkpoints)  # prunes a half-written checkpoint
+    trainer.accelerator.wait_for_everyone()
+    resume = last_complete_checkpoint(checkpoints)
+    before_file = os.path.join(output_dir, "eval_loss_before.json")  # survives a resume
+    before = None
+    if eval_rows is not None and resume is None:
+        before = trainer.evaluate()["eval_loss"]
+        if trainer.is_world_process_zero():
+            write_json_atomic(before_file, {"eval_loss": before})
+    elif os.path.exists(before_file):
+        with open(before_file, encoding="utf-8") as handle:
+            before = json.load(handle)["eval_loss"]
+    if resume and trainer.is_world_process_zero():
+        print(f"post-training: resuming from {os.path.basename(resume)}")
+    trainer.train(resume_from_checkpoint=resume)
+    after = trainer.evaluate()["eval_loss"] if eval_rows is not None else None
+    if not trainer.is_world_process_zero():
+        return None
+    trainer.save_model(output_dir)  # model + tokenizer, loadable with from_pretrained
+    preprocessing.save(output_dir)
+    summary = {
+        "base_model": model_args.model_name_or_path,
+        "files": list(data_args.train_files),
+        "train_rows": len(train_rows),
+        "eval_rows": 0 if eval_rows is None else len(eval_rows),
+        "steps": trainer.state.global_step,
+        "eval_loss_before": before,
+        "eval_loss_after": after,
+        "perplexity_after": None if after is None else math.exp(min(after, 50)),
+    }
+    write_json_atomic(os.path.join(output_dir, POST_TRAIN_FILE), summary)
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(before_file)
+    print(f"post-trained {model_args.model_name_or_path} on {len(train_rows)} rows, {summary['steps']} steps; "
+          f"held-out MLM loss {before if before is None else round(before, 4)} -> {after if after is None else round(after, 4)}; "
+          f"saved to {output_dir}")
+    return summary

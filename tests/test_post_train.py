@@ -1,0 +1,94 @@
+"""post_train.py (MLM on unlabelled task text) and train.py --hp-search, on the tiny offline model."""
+
+import csv
+import json
+
+import pytest
+import yaml
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from conftest import ROOT, SAMPLE_DEV, SAMPLE_TEST, SAMPLE_TRAIN, run_cli
+from nikl_emotion.cli import pop_option
+from nikl_emotion.errors import PipelineError
+
+CONFIG = ROOT / "configs" / "post_train-quickstart.yaml"
+
+
+@pytest.fixture(scope="module")
+def post_trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("post") / "mlm"
+    result = run_cli("post_train.py", CONFIG, "--output_dir", out, "--max_steps", "60", "--eval_strategy", "no",
+                     "--save_strategy", "steps", "--save_steps", "30")
+    return out, result
+
+
+def test_post_training_lowers_held_out_mlm_loss_and_saves_a_loadable_checkpoint(post_trained):
+    out, result = post_trained
+    summary = json.loads((out / "post_train.json").read_text(encoding="utf-8"))
+    assert summary["steps"] == 60
+    # random init predicts ~uniformly over the vocabulary: ln(vocab) ~ 7; 60 steps must get well below that
+    assert summary["eval_loss_after"] < summary["eval_loss_before"] - 0.5, summary
+    assert summary["eval_rows"] > 0 and summary["train_rows"] > 500
+    assert summary["files"] == [str(p.relative_to(ROOT)) for p in (SAMPLE_TRAIN, SAMPLE_DEV, SAMPLE_TEST)]
+    assert not (out / "checkpoints").exists()
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForSequenceClassification.from_pretrained(out, num_labels=8)
+    assert model.config.vocab_size == len(tokenizer)
+    assert json.loads((out / "preprocessing.json").read_text(encoding="utf-8"))["input_format"] == "pair"
+    assert "held-out MLM loss" in result.stdout
+
+
+def test_a_finished_post_training_is_not_repeated_and_a_changed_one_is_refused(post_trained):
+    out, _ = post_trained
+    again = run_cli("post_train.py", CONFIG, "--output_dir", out, "--max_steps", "60", "--eval_strategy", "no",
+                    "--save_strategy", "steps", "--save_steps", "30")
+    assert "nothing to do" in again.stdout
+    changed = run_cli("post_train.py", CONFIG, "--output_dir", out, "--max_steps", "60", "--eval_strategy", "no",
+                      "--save_strategy", "steps", "--save_steps", "30", "--mlm_probability", "0.3", check=False)
+    assert changed.returncode == 1 and "mlm_probability" in changed.stderr and changed.stderr.count("\n") == 1
+
+
+def test_train_py_fine_tunes_the_post_trained_checkpoint(post_trained, tmp_path):
+    out, _ = post_trained
+    run_dir = tmp_path / "fine"
+    run_cli("train.py", ROOT / "configs" / "quickstart.yaml", "--model_name_or_path", out, "--output_dir", run_dir,
+            "--num_folds", "2", "--fold", "0", "--num_train_epochs", "2")
+    metrics = json.loads((run_dir / "fold_0" / "metrics.json").read_text(encoding="utf-8"))
+    assert 0.0 <= metrics["micro_f1"] <= 1.0
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    assert saved["model_name_or_path"] == str(out)
+    assert not (run_dir / "backbone").exists()  # the post-trained tokenizer is used as it is
+
+
+def test_whole_word_masking_runs(tmp_path):
+    out = tmp_path / "wwm"
+    run_cli("post_train.py", CONFIG, "--output_dir", out, "--max_steps", "4", "--whole_word_mask", "true",
+            "--eval_strategy", "no", "--validation_fraction", "0.1")
+    assert json.loads((out / "post_train.json").read_text(encoding="utf-8"))["steps"] == 4
+
+
+def test_hp_search_runs_trials_and_writes_its_table(tmp_path):
+    out = tmp_path / "hp"
+    result = run_cli("train.py", ROOT / "configs" / "quickstart.yaml", "--hp-search", "2", "--output_dir", out,
+                     "--num_train_epochs", "2", "--num_folds", "2")
+    with open(out / "hp_search.csv", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["trial"] for r in rows] == ["0", "1"]
+    assert all(r["state"] == "COMPLETE" and 0.0 <= float(r["micro_f1"]) <= 1.0 for r in rows)
+    assert {"learning_rate", "weight_decay", "per_device_train_batch_size", "num_train_epochs", "warmup_steps",
+            "label_smoothing", "pos_weight"} <= set(rows[0])
+    assert rows[0]["learning_rate"] != rows[1]["learning_rate"]
+    best = yaml.safe_load((out / "hp_search_best.yaml").read_text(encoding="utf-8"))
+    assert best["learning_rate"] in {float(r["learning_rate"]) for r in rows}
+    assert "hp search: 2 trials" in result.stdout
+    assert not (out / "hp_search_trials").exists() or not list((out / "hp_search_trials").glob("checkpoint-*"))
+
+
+def test_pop_option_takes_the_trial_count_out_of_argv():
+    argv = ["c.yaml", "--hp-search", "3", "--fold", "1"]
+    assert pop_option(argv, ("--hp-search",)) == 3 and argv == ["c.yaml", "--fold", "1"]
+    argv = ["--hp-search=2"]
+    assert pop_option(argv, ("--hp-search",)) == 2 and argv == []
+    assert pop_option(["--fold", "1"], ("--hp-search",)) is None
+    with pytest.raises(PipelineError, match="whole number"):
+        pop_option(["--hp-search", "many"], ("--hp-search",))
