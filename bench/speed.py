@@ -12,7 +12,8 @@ same batch size, learning rate, seed and cleaning, through the same Trainer; bot
 Each measurement runs in its own process (so its peak RSS is its own); (a) and (b) alternate, `--repeats`
 pairs, and the table shows medians and the median of the paired ratios b/a. It also measures peak RSS of
 `inference.py` on `--big_rows` rows (the test file repeated, ids made unique) and the process RSS after each of
-three folds of `train_fold`. `--write` puts the table into BENCHMARKS.md between the speed markers.
+five folds of `train_fold`. `--write` puts the results into BENCHMARKS.md between the speed and memory markers
+(`--repeats 0` measures memory only and leaves the speed block as it is).
 
 Reads ../shared/data/nikluge-ea-2023 (or $NIKL_DATA); exits with a message when the data is not there.
 """
@@ -36,7 +37,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 DEFAULT_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data", "nikluge-ea-2023")
 REFERENCE_MAX_LENGTH = 200
-MARKERS = ("<!-- speed:begin -->", "<!-- speed:end -->")
+SPEED_MARKERS = ("<!-- speed:begin -->", "<!-- speed:end -->")
+MEMORY_MARKERS = ("<!-- memory:begin -->", "<!-- memory:end -->")
+FOLDS = 5
 
 
 def peak_rss_mb() -> float:
@@ -149,7 +152,7 @@ def worker_predict(work: str, recipe: str, rows: int, batch_size: int) -> dict:
 
 
 def worker_folds(work: str, rows: int, batch_size: int) -> dict:
-    """Process RSS after each of three folds of `train_fold` (one epoch each): the loop must not keep old folds."""
+    """Process RSS after each of five folds of `train_fold` (one epoch each): the loop must not keep old folds."""
     import gc
 
     import numpy as np
@@ -166,7 +169,7 @@ def worker_folds(work: str, rows: int, batch_size: int) -> dict:
     args.output_dir = os.path.join(work, "folds")
     folds = make_folds(np.asarray(encoded["labels"]), 5, 42)
     after = []
-    for k in range(3):
+    for k in range(FOLDS):
         train_fold(k, *folds[k], encoded, encoded_test, os.path.join(work, "backbone"), preprocessing,
                    KFoldArguments(early_stopping_patience=0), LossArguments(), args)
         gc.collect()
@@ -248,7 +251,7 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), Python {platform.python_version()}"
 
 
-def table(results: dict, args) -> str:
+def speed_table(results: dict, args) -> str:
     def median(recipe, kind, key="per_s"):
         return statistics.median(r[key] for r in results[kind][recipe])
 
@@ -267,27 +270,32 @@ def table(results: dict, args) -> str:
             f"{median('pipeline', kind):,.0f} {unit} | **{statistics.median(ratios):.1f}x** ({runs}) | "
             f"{median('reference', kind, 'peak_rss_mb'):,.0f} / {median('pipeline', kind, 'peak_rss_mb'):,.0f} MB |"
         )
+    return "\n".join(lines)
+
+
+def memory_text(results: dict, args) -> str:
+    lines = [f"Machine: {machine()}."]
     big = results.get("big")
     if big:
         lines += ["", f"`inference.py` on {big['rows']:,} rows (test.jsonl repeated): peak RSS {big['peak_rss_mb']:,.0f} MB, "
                   f"{big['rows'] / big['seconds']:,.0f} rows/s end to end (loading, cleaning, tokenizing, writing included)."]
     folds = results.get("folds")
     if folds:
-        lines += ["", f"Process RSS after each of three `train_fold` calls (1 epoch each): "
+        lines += ["", f"Process RSS after each of {FOLDS} `train_fold` calls ({args.rows} rows, 1 epoch each): "
                   f"{' / '.join(str(v) for v in folds['rss_after_fold_mb'])} MB."]
     return "\n".join(lines)
 
 
-def write_benchmarks(text: str, command: str) -> None:
+def write_block(markers: tuple[str, str], title: str, text: str, command: str) -> None:
     path = os.path.join(ROOT, "BENCHMARKS.md")
     with open(path, encoding="utf-8") as handle:
         content = handle.read()
-    block = f"{MARKERS[0]}\n`{command}`\n\n{text}\n{MARKERS[1]}"
-    pattern = re.compile(re.escape(MARKERS[0]) + ".*?" + re.escape(MARKERS[1]), re.S)
+    block = f"{markers[0]}\n`{command}`\n\n{text}\n{markers[1]}"
+    pattern = re.compile(re.escape(markers[0]) + ".*?" + re.escape(markers[1]), re.S)
     if pattern.search(content):
         content = pattern.sub(lambda _: block, content)
     else:
-        content = content.rstrip() + "\n\n## Speed: reference recipe vs this pipeline\n\n" + block + "\n"
+        content = content.rstrip() + f"\n\n## {title}\n\n" + block + "\n"
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(content)
 
@@ -337,11 +345,17 @@ def main() -> None:
         if not args.no_folds:
             results["folds"] = run_worker("folds", work, *common)
             print(f"RSS after folds: {results['folds']['rss_after_fold_mb']}", flush=True)
-    text = table(results, args)
-    print(text)
-    if args.write:
-        command = "python bench/speed.py " + " ".join(sys.argv[1:])
-        write_benchmarks(text, command.strip())
+    command = ("python bench/speed.py " + " ".join(sys.argv[1:])).strip()
+    if args.repeats:
+        text = speed_table(results, args)
+        print(text)
+        if args.write:
+            write_block(SPEED_MARKERS, "Speed: reference recipe vs this pipeline", text, command)
+    if "big" in results or "folds" in results:
+        text = memory_text(results, args)
+        print(text)
+        if args.write:
+            write_block(MEMORY_MARKERS, "Memory: 100k-row inference, RSS across folds", text, command)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ then out-of-fold scores, a summary and a hard-voted submission."""
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import gc
 import hashlib
@@ -280,10 +281,20 @@ def train_fold(
         shutil.rmtree(checkpoints, ignore_errors=True)  # the best one is kept in best/
     trainer.accelerator.wait_for_everyone()
     del trainer, model
+    release_memory()
+    return result
+
+
+def release_memory() -> None:
+    """Between folds: drop the fold's objects and hand freed heap back to the OS. Without `malloc_trim`, glibc keeps
+    the freed pages of one fold's tensors in its arenas and the process grows by ~100 MB a fold before levelling."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    return result
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        pass
 
 
 def run_training(

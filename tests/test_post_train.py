@@ -92,3 +92,37 @@ def test_pop_option_takes_the_trial_count_out_of_argv():
     assert pop_option(["--fold", "1"], ("--hp-search",)) is None
     with pytest.raises(PipelineError, match="whole number"):
         pop_option(["--hp-search", "many"], ("--hp-search",))
+
+
+@pytest.mark.parametrize("arch", ["electra", "bert"])
+def test_masked_positions_head_gives_the_models_own_mlm_loss_and_gradients(arch):
+    """Independent reference: the loss HF's *ForMaskedLM computes over every position."""
+    import torch
+    from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling
+
+    from nikl_emotion.backbone import offline_config, train_wordpiece_tokenizer
+    from nikl_emotion.data import load_jsonl
+    from nikl_emotion.post_training import use_masked_positions_head
+
+    texts = load_jsonl(SAMPLE_TRAIN)["text"]
+    tokenizer = train_wordpiece_tokenizer(texts, vocab_size=400)
+    config = offline_config(f"offline:{arch}-tiny", tokenizer)
+    config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.0
+    torch.manual_seed(0)
+    full = AutoModelForMaskedLM.from_config(config)
+    sparse = AutoModelForMaskedLM.from_config(config)
+    sparse.load_state_dict(full.state_dict())
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.3, seed=0)
+    batch = collator([tokenizer(t) for t in texts[:16]])
+    expected = full(**batch).loss
+    expected.backward()
+    assert use_masked_positions_head(sparse)
+    got = sparse(**batch).loss
+    got.backward()
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    for (name, a), (_, b) in zip(full.named_parameters(), sparse.named_parameters()):
+        if a.grad is not None:
+            torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
+    # with the step's token count given (gradient accumulation), the loss is the sum over that count
+    count = int((batch["labels"] != -100).sum())
+    torch.testing.assert_close(sparse(**batch, num_items_in_batch=2 * count).loss, expected.detach() / 2, rtol=1e-5, atol=1e-6)
