@@ -46,7 +46,7 @@ from nikl_emotion.encoding import add_marker_tokens, tokenize_batch
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.fileio import write_json_atomic, write_text_atomic
 from nikl_emotion.preprocessing import Preprocessing, clean
-from nikl_emotion.training import last_complete_checkpoint
+from nikl_emotion.training import LengthListSamplerMixin, last_complete_checkpoint
 
 POST_TRAIN_FILE = "post_train.json"
 
@@ -116,10 +116,19 @@ def parse_post_train_config(argv: list[str]) -> tuple[ModelArguments, PostTrainD
     return model_args, data_args, mlm_args, training_args
 
 
-def mlm_model_and_tokenizer(model_args: ModelArguments, texts: list[str], with_markers: bool, seed: int):
-    """A masked-LM model and its tokenizer: from a hub name or folder, or a new offline backbone built on `texts`."""
+def mlm_model_and_tokenizer(model_args: ModelArguments, texts: list[str], with_markers: bool, seed: int, output_dir: str):
+    """A masked-LM model and its tokenizer: from a hub name or folder, or a new offline backbone built on `texts`.
+    An offline tokenizer is saved to `output_dir` at once, so a resumed run (and every other process) uses the very
+    vocabulary the checkpoints were trained with instead of training it again."""
     if is_offline(model_args.model_name_or_path):
-        tokenizer = train_wordpiece_tokenizer(texts, vocab_size=model_args.offline_vocab_size)
+        state = PartialState()
+        with state.main_process_first():
+            if os.path.exists(os.path.join(output_dir, "tokenizer.json")):
+                tokenizer = load_tokenizer(output_dir)
+            else:
+                tokenizer = train_wordpiece_tokenizer(texts, vocab_size=model_args.offline_vocab_size)
+                if state.is_main_process:
+                    tokenizer.save_pretrained(output_dir)
         config = offline_config(model_args.model_name_or_path, tokenizer)
         torch.manual_seed(seed)
         model = AutoModelForMaskedLM.from_config(config)
@@ -201,6 +210,10 @@ class MLMCollator(DataCollatorForLanguageModeling):
         return super().__call__(features, return_tensors)
 
 
+class PostTrainer(LengthListSamplerMixin, Trainer):
+    pass
+
+
 def prepare_post_train_dir(output_dir: str, config: dict, overwrite: bool) -> None:
     existing = os.path.join(output_dir, "config.yaml")
     if os.path.exists(existing):
@@ -240,10 +253,13 @@ def run_post_training(
         return summary
     set_seed(training_args.seed)
     texts = [t for t in cleaned["text"] if t]
-    model, tokenizer = mlm_model_and_tokenizer(model_args, texts, preprocessing.input_format == "marker", training_args.seed)
+    model, tokenizer = mlm_model_and_tokenizer(
+        model_args, texts, preprocessing.input_format == "marker", training_args.seed, output_dir
+    )
     with training_args.main_process_first(desc="tokenizing"):
         encoded = mlm_encode(cleaned, tokenizer, preprocessing, offsets=mlm_args.whole_word_mask)
-    encoded = encoded.filter(lambda n: n > 2, input_columns="length", desc="dropping empty rows")  # only [CLS] [SEP]
+    # a row cleaned to nothing encodes as [CLS] [SEP]: nothing to learn from
+    encoded = encoded.filter(lambda lengths: [n > 2 for n in lengths], input_columns="length", batched=True, desc="dropping empty rows")
     if data_args.validation_fraction > 0:
         split = encoded.train_test_split(test_size=data_args.validation_fraction, seed=training_args.seed)
         train_rows, eval_rows = split["train"], split["test"]
@@ -253,7 +269,7 @@ def run_post_training(
         training_args, output_dir=os.path.join(output_dir, "checkpoints"), remove_unused_columns=False, prediction_loss_only=True
     )
     use_masked_positions_head(model)
-    trainer = Trainer(
+    trainer = PostTrainer(
         model=model,
         args=args,
         train_dataset=train_rows,

@@ -85,7 +85,22 @@ def prepare_output_dir(output_dir: str, config: dict, overwrite: bool) -> None:
     write_text_atomic(existing, yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
 
 
-class EmotionTrainer(Trainer):
+class LengthListSamplerMixin:
+    """Feeds the length-grouped sampler a plain list of lengths. Trainer would hand it `dataset["length"]`, a lazy
+    column in datasets 5 that reads one row per lookup: a quarter of a tiny model's epoch, three quarters of an
+    MLM epoch."""
+
+    def _get_train_sampler(self, train_dataset=None):
+        train_dataset = self.train_dataset if train_dataset is None else train_dataset
+        if self.args.train_sampling_strategy != "group_by_length" or "length" not in getattr(train_dataset, "column_names", ()):
+            return super()._get_train_sampler(train_dataset)
+        return LengthGroupedSampler(
+            self.args.train_batch_size * self.args.gradient_accumulation_steps,
+            lengths=column_array(train_dataset, "length").tolist(),
+        )
+
+
+class EmotionTrainer(LengthListSamplerMixin, Trainer):
     """Trainer whose loss comes from `losses.py`, reduced here so that gradient accumulation and multi-process runs
     give the same gradients as one big batch.
 
@@ -119,17 +134,6 @@ class EmotionTrainer(Trainer):
             loss = elementwise.mean()
             self.loss_is_scaled_for_ga = False  # Trainer divides by the accumulation steps
         return (loss, outputs) if return_outputs else loss
-
-    def _get_train_sampler(self, train_dataset=None):
-        train_dataset = self.train_dataset if train_dataset is None else train_dataset
-        if self.args.train_sampling_strategy != "group_by_length" or "length" not in getattr(train_dataset, "column_names", ()):
-            return super()._get_train_sampler(train_dataset)
-        # Trainer would hand the sampler `dataset["length"]`, a lazy column in datasets 5 that reads one row per
-        # lookup (a quarter of a tiny model's epoch); a plain list costs nothing
-        return LengthGroupedSampler(
-            self.args.train_batch_size * self.args.gradient_accumulation_steps,
-            lengths=column_array(train_dataset, "length").tolist(),
-        )
 
     def _get_eval_sampler(self, eval_dataset):
         # evaluation and prediction datasets arrive sorted by length (`predict_in_order`): keep that order, so each
