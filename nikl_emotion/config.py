@@ -179,6 +179,7 @@ def validate(
         if not os.path.isfile(path):
             raise PipelineError(f"{path}: file not found")
     validate_preprocessing(data_args)
+    validate_reporting(training_args)
     if kfold_args.num_folds < 2:
         raise PipelineError(f"num_folds: must be at least 2, got {kfold_args.num_folds}")
     if kfold_args.fold is not None and not 0 <= kfold_args.fold < kfold_args.num_folds:
@@ -201,6 +202,14 @@ def validate(
         raise PipelineError("eval_strategy and save_strategy must be the same (epoch or steps): the best checkpoint is chosen on validation micro-F1")
     if training_args.metric_for_best_model not in ("micro_f1", "eval_micro_f1", "macro_f1", "eval_macro_f1", "loss", "eval_loss"):
         raise PipelineError(f"metric_for_best_model: {training_args.metric_for_best_model!r} is not micro_f1, macro_f1 or loss")
+
+
+def validate_reporting(training_args: TrainingArguments) -> None:
+    """`report_to: tensorboard` needs the optional tensorboard package: say so before any work starts."""
+    from transformers.integrations import is_tensorboard_available
+
+    if "tensorboard" in (training_args.report_to or []) and not is_tensorboard_available():
+        raise PipelineError("report_to: tensorboard needs the tensorboard package: pip install tensorboard")
 
 
 def validate_preprocessing(args: PreprocessingArguments) -> None:

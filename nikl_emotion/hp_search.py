@@ -187,7 +187,8 @@ def run_hp_search(
     storage = f"sqlite:///{os.path.abspath(os.path.join(output_dir, STUDY_FILE))}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     best = trainer.hyperparameter_search(
-        hp_space=lambda trial: suggest(trial, training_args, loss_args),
+        # the Trainer sets the TrainingArguments keys; SearchTrainer reads the loss keys from trial.params
+        hp_space=lambda trial: {k: v for k, v in suggest(trial, training_args, loss_args).items() if k not in LOSS_KEYS},
         compute_objective=trainer.objective_of,
         n_trials=n_trials,
         direction="maximize",

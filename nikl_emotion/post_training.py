@@ -40,13 +40,14 @@ from nikl_emotion.config import (
     resolved_config,
     yaml_tokens,
     validate_preprocessing,
+    validate_reporting,
 )
 from nikl_emotion.data import load_jsonl_files
 from nikl_emotion.encoding import add_marker_tokens, tokenize_batch
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.fileio import write_json_atomic, write_text_atomic
 from nikl_emotion.preprocessing import Preprocessing, clean
-from nikl_emotion.training import LengthListSamplerMixin, last_complete_checkpoint
+from nikl_emotion.training import LengthListSamplerMixin, keep_tensorboard_logs, last_complete_checkpoint
 
 POST_TRAIN_FILE = "post_train.json"
 
@@ -107,6 +108,7 @@ def parse_post_train_config(argv: list[str]) -> tuple[ModelArguments, PostTrainD
         if not os.path.isfile(path):
             raise PipelineError(f"{path}: file not found")
     validate_preprocessing(data_args)
+    validate_reporting(training_args)
     if not 0.0 <= data_args.validation_fraction < 0.5:
         raise PipelineError(f"validation_fraction: must be in [0, 0.5), got {data_args.validation_fraction}")
     if not 0.0 < mlm_args.mlm_probability < 1.0:
@@ -280,6 +282,7 @@ def run_post_training(
             pad_to_multiple_of=8 if torch.cuda.is_available() else None, seed=training_args.seed,
         ),
     )
+    keep_tensorboard_logs(trainer, output_dir)
     checkpoints = args.output_dir
     if trainer.is_world_process_zero():
         last_complete_checkpoint(checkpoints)  # prunes a half-written checkpoint

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 from datasets import Dataset
+from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
 from nikl_emotion.backbone import load_tokenizer
 from nikl_emotion.batching import column_array, pad_table
 from nikl_emotion.data import iter_column, iter_inputs, load_jsonl
 from nikl_emotion.errors import PipelineError
+from nikl_emotion.export import is_onnx_export, load_onnx_export
 from nikl_emotion.fileio import write_probs, write_submission
-from nikl_emotion.labels import ID2LABEL
+from nikl_emotion.labels import ID2LABEL, NUM_LABELS
 from nikl_emotion.metrics import decide, sigmoid
 from nikl_emotion.preprocessing import Preprocessing, clean, encode
 from nikl_emotion.voting import hard_vote
@@ -25,12 +27,41 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 logger = logging.getLogger(__name__)
 
 
+def predict_sorted(
+    run_batch: Callable[[dict[str, torch.Tensor]], np.ndarray],
+    encoded: Dataset,
+    columns: list[str],
+    pad_token_id: int,
+    batch_size: int = 128,
+    pad_to_multiple_of: int | None = None,
+    progress: bool = True,
+) -> np.ndarray:
+    """Logits of `run_batch` (padded batch -> (rows, labels) array) for every row of `encoded`, in its order.
+
+    Batches are cut from the rows sorted by length, longest first (little padding; an out-of-memory shows at once),
+    padded with numpy from Arrow, and the results are put back in the dataset's order. A progress bar with ETA goes
+    to stderr when `progress`.
+    """
+    order = np.argsort(-column_array(encoded, "length"), kind="stable")
+    arrow_rows = encoded.select_columns(columns).with_format("arrow")  # one Arrow `take` per batch
+    logits: np.ndarray | None = None
+    starts = range(0, len(order), batch_size)
+    for start in tqdm(starts, desc="predicting", unit="batch", disable=not progress, leave=False):
+        index = order[start : start + batch_size]
+        out = run_batch(pad_table(arrow_rows[index.tolist()], columns, pad_token_id, pad_to_multiple_of))
+        if logits is None:
+            logits = np.empty((len(encoded), out.shape[1]), dtype=np.float32)
+        logits[index] = out
+    return logits if logits is not None else np.empty((0, NUM_LABELS), dtype=np.float32)
+
+
 def predict_probs(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     encoded: Dataset,
     batch_size: int = 128,
     device: torch.device | str | None = None,
+    progress: bool = True,
 ) -> np.ndarray:
     """Sigmoid probabilities, shape (len(encoded), 8), in the dataset's order.
 
@@ -38,19 +69,15 @@ def predict_probs(
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     columns = [name for name in MODEL_INPUTS if name in encoded.column_names]
-    lengths = column_array(encoded, "length")
-    order = np.argsort(-lengths, kind="stable")  # longest first: an out-of-memory shows up at once
-    pad_multiple = 8 if device.type == "cuda" else None  # tensor-core friendly shapes on GPU
-    arrow_rows = encoded.select_columns(columns).with_format("arrow")  # one Arrow `take` per batch
-    logits = np.empty((len(encoded), model.config.num_labels), dtype=np.float32)
+
+    def run_batch(batch: dict[str, torch.Tensor]) -> np.ndarray:
+        return model(**{key: value.to(device) for key, value in batch.items()}).logits.float().cpu().numpy()
+
     was_training = model.training
     model.eval()
     with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            index = order[start : start + batch_size]
-            batch = pad_table(arrow_rows[index.tolist()], columns, tokenizer.pad_token_id, pad_multiple)
-            batch = {key: value.to(device) for key, value in batch.items()}
-            logits[index] = model(**batch).logits.float().cpu().numpy()
+        pad_multiple = 8 if device.type == "cuda" else None  # tensor-core friendly shapes on GPU
+        logits = predict_sorted(run_batch, encoded, columns, tokenizer.pad_token_id, batch_size, pad_multiple, progress)
     model.train(was_training)
     return sigmoid(logits)
 
@@ -85,7 +112,7 @@ def predict_file(
 ) -> np.ndarray:
     """Predict `input_path` with one or more checkpoints and write the submission (and probabilities).
 
-    Several checkpoints are combined by `strategy`: `hard` (majority vote of each checkpoint's decisions, see
+    A checkpoint is a `best/` folder or an `export.py` (ONNX) folder. Several are combined by `strategy`: `hard` (majority vote of each checkpoint's decisions, see
     `voting.hard_vote`) or `soft` (mean probability, then the threshold). The probability file holds the mean.
     Returns the decisions.
     """
@@ -98,6 +125,12 @@ def predict_file(
     target_device = torch.device(device) if device else default_device()
     all_probs = []
     for path in checkpoints:
+        if is_onnx_export(path):  # an export.py folder: onnxruntime on CPU, same batching
+            classifier, tokenizer, preprocessing = load_onnx_export(path)
+            encoded = encode(clean(rows, preprocessing), tokenizer, preprocessing)
+            columns = [name for name in classifier.input_names if name in encoded.column_names]
+            all_probs.append(sigmoid(predict_sorted(classifier, encoded, columns, tokenizer.pad_token_id, batch_size)))
+            continue
         model, tokenizer, preprocessing = load_checkpoint(path)
         model.to(target_device)
         encoded = encode(clean(rows, preprocessing), tokenizer, preprocessing)

@@ -12,7 +12,9 @@ from datasets import Dataset
 
 from nikl_emotion.config import KFoldArguments
 from nikl_emotion.fileio import read_probs, write_json_atomic, write_probs
+from nikl_emotion.labels import LABELS
 from nikl_emotion.metrics import decide, score
+from nikl_emotion.model_card import write_model_card
 from nikl_emotion.report import write_report
 from nikl_emotion.thresholds import fit_global_threshold, fit_thresholds, nested_gain, save_thresholds, thresholds_path
 from nikl_emotion.voting import ensemble_files
@@ -69,6 +71,11 @@ def summarize(output_dir: str, train_rows: Dataset, test_path: str | None, num_f
     with open(os.path.join(output_dir, "config.yaml"), encoding="utf-8") as handle:
         summary["config"] = yaml.safe_load(handle)
     write_json_atomic(os.path.join(output_dir, "summary.json"), summary)
+    thresholds = {"per_label": dict(zip(LABELS, map(float, per_label))), "global": float(global_threshold)}
+    for fold in folds:  # each fold's card gains the run's out-of-fold score and fitted thresholds
+        best = os.path.join(fold_dir(output_dir, fold["fold"]), "best")
+        if os.path.isdir(best):
+            write_model_card(best, summary["config"], fold["fold"], fold, summary["oof"], thresholds)
     write_report(output_dir, gold, oof, summary, per_label, kfold_args.threshold, fallback)
     return summary
 

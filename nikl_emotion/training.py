@@ -18,6 +18,7 @@ import yaml
 from torch.utils.data import SequentialSampler
 from accelerate import PartialState
 from datasets import Dataset
+from transformers.integrations import TensorBoardCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers import EarlyStoppingCallback, EvalPrediction, Trainer, TrainingArguments, set_seed
 
@@ -30,6 +31,7 @@ from nikl_emotion.fileio import write_json_atomic, write_probs, write_text_atomi
 from nikl_emotion.folds import make_folds
 from nikl_emotion.losses import MultiLabelLoss, build_loss
 from nikl_emotion.metrics import decide, format_table, score, sigmoid
+from nikl_emotion.model_card import write_model_card
 from nikl_emotion.preprocessing import Preprocessing, clean, encode
 from nikl_emotion.summary import fold_dir, summarize
 from nikl_emotion.thresholds import describe_gain
@@ -38,6 +40,14 @@ MODEL_INPUT_COLUMNS = ("input_ids", "attention_mask", "token_type_ids", "length"
 TRAINER_COLUMNS = (*MODEL_INPUT_COLUMNS, "labels")
 DONE_FILE = "done.json"  # written last in a fold: the fold is complete only when it exists
 RUN_FILES = ("backbone", "oof.jsonl", "summary.json", "thresholds.json", "submission.jsonl", "report.md", "config.yaml")
+
+
+def keep_tensorboard_logs(trainer: Trainer, folder: str) -> None:
+    """TensorBoard logs into `folder`/runs instead of the checkpoints folder, which is deleted when the run ends
+    (`TENSORBOARD_LOGGING_DIR`, when set, still wins)."""
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, TensorBoardCallback) and callback.logging_dir is None:
+            callback.logging_dir = os.path.join(folder, "runs")
 
 
 def last_complete_checkpoint(folder: str) -> str | None:
@@ -62,6 +72,15 @@ def fold_is_done(output_dir: str, fold: int) -> bool:
         return False
     with open(path, encoding="utf-8") as handle:
         return json.load(handle).get("fold") == fold
+
+
+def run_config(output_dir: str) -> dict:
+    """The run's resolved configuration, as `prepare_output_dir` saved it ({} when train_fold runs on its own)."""
+    path = os.path.join(output_dir, "config.yaml")
+    if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as handle:
+        return yaml.safe_load(handle) or {}
 
 
 def prepare_output_dir(output_dir: str, config: dict, overwrite: bool) -> None:
@@ -249,6 +268,7 @@ def train_fold(
         loss_fn=make_loss(loss_args, np.asarray(train_rows["labels"])),
         loss_reduction=loss_args.loss_reduction,
     )
+    keep_tensorboard_logs(trainer, out)
     checkpoints = os.path.join(out, "checkpoints")
     if trainer.is_world_process_zero():
         last_complete_checkpoint(checkpoints)  # prunes a checkpoint a kill left half-written
@@ -262,17 +282,18 @@ def train_fold(
     test_probs = predict_in_order(trainer, encoded_test) if encoded_test is not None else None
     result: dict = {}
     if trainer.is_world_process_zero():
+        result = score(np.asarray(val_rows["labels"]), decide(val_probs, kfold_args.threshold, kfold_args.fallback_top_label))
         # written beside, then renamed: a kill never leaves a half-written best/
         best, staging = os.path.join(out, "best"), os.path.join(out, "best.partial")
         shutil.rmtree(staging, ignore_errors=True)
         trainer.save_model(staging)
         preprocessing.save(staging)
+        write_model_card(staging, run_config(training_args.output_dir), fold, result)
         shutil.rmtree(best, ignore_errors=True)
         os.replace(staging, best)
         write_probs(os.path.join(out, "val_probs.jsonl"), iter_column(val_rows, "id"), val_probs)
         if test_probs is not None:
             write_probs(os.path.join(out, "test_probs.jsonl"), iter_column(encoded_test, "id"), test_probs)
-        result = score(np.asarray(val_rows["labels"]), decide(val_probs, kfold_args.threshold, kfold_args.fallback_top_label))
         result.update(
             fold=fold,
             best_checkpoint=trainer.state.best_model_checkpoint and os.path.basename(trainer.state.best_model_checkpoint),

@@ -1,0 +1,102 @@
+"""ONNX export of a checkpoint (optionally int8, dynamically quantized) and CPU inference with onnxruntime.
+
+An export folder holds `model.onnx` plus what prediction needs besides the weights: the tokenizer,
+`config.json` (labels), `preprocessing.json` (cleaning and input format) and `export.json`. `inference.py
+--checkpoint EXPORT_DIR` predicts with it exactly as with the PyTorch checkpoint (same cleaning, same sorted
+batches, same output files). `onnx` and `onnxruntime` are needed for this module only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import torch
+from transformers import AutoConfig
+
+from nikl_emotion.backbone import load_tokenizer
+from nikl_emotion.errors import PipelineError
+from nikl_emotion.fileio import write_json_atomic
+from nikl_emotion.labels import ID2LABEL
+from nikl_emotion.preprocessing import Preprocessing
+
+ONNX_FILE = "model.onnx"
+EXPORT_FILE = "export.json"
+OPSET = 17
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def is_onnx_export(folder: str) -> bool:
+    return os.path.isfile(os.path.join(folder, ONNX_FILE))
+
+
+def _require(module: str):
+    try:
+        return __import__(module)
+    except ImportError:
+        raise PipelineError(f"ONNX export and inference need {module}: pip install onnx onnxruntime") from None
+
+
+def export_checkpoint(checkpoint: str, output_dir: str, int8: bool = False, opset: int = OPSET) -> dict:
+    """Export `checkpoint` (a `best/` folder) to `output_dir`; with `int8`, the saved model is the dynamically
+    quantized one (int8 weights of the linear layers, activations quantized at run time)."""
+    from nikl_emotion.prediction import load_checkpoint
+
+    _require("onnx")
+    ort = _require("onnxruntime")
+    model, tokenizer, preprocessing = load_checkpoint(checkpoint)
+    model.eval()
+    sample = tokenizer(["오늘 공연 너무 좋았다", "정말"], ["공연", "날씨"], padding=True, return_tensors="pt")
+    names = [name for name in INPUT_NAMES if name in sample]
+    staging = output_dir.rstrip("/") + ".partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(staging)
+    fp32_path = os.path.join(staging, "model.fp32.onnx" if int8 else ONNX_FILE)
+    axes = {name: {0: "batch", 1: "sequence"} for name in names} | {"logits": {0: "batch"}}
+    with torch.inference_mode():
+        # the TorchScript exporter: dynamic batch and length axes, no onnxscript needed
+        torch.onnx.export(model, tuple(sample[name] for name in names), fp32_path, input_names=names,
+                          output_names=["logits"], dynamic_axes=axes, opset_version=opset, dynamo=False)
+    if int8:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(fp32_path, os.path.join(staging, ONNX_FILE), weight_type=QuantType.QInt8)
+        os.remove(fp32_path)
+    tokenizer.save_pretrained(staging)
+    model.config.save_pretrained(staging)
+    preprocessing.save(staging)
+    info = {"source": os.path.abspath(checkpoint), "int8": int8, "opset": opset, "inputs": names,
+            "torch": torch.__version__, "onnxruntime": ort.__version__}
+    write_json_atomic(os.path.join(staging, EXPORT_FILE), info)
+    shutil.rmtree(output_dir, ignore_errors=True)
+    os.replace(staging, output_dir)  # the folder appears complete or not at all
+    return info
+
+
+class OnnxClassifier:
+    """An export folder's model as a batch -> logits callable (onnxruntime, CPU)."""
+
+    def __init__(self, folder: str, threads: int | None = None):
+        ort = _require("onnxruntime")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(os.path.join(folder, ONNX_FILE), options, providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def __call__(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
+        feeds = {name: batch[name].numpy() for name in self.input_names}
+        return self.session.run(["logits"], feeds)[0]
+
+
+def load_onnx_export(folder: str):
+    """(classifier, tokenizer, preprocessing) of an export folder; refuses other label sets, like load_checkpoint."""
+    preprocessing = Preprocessing.load(folder)
+    labels = {int(k): v for k, v in AutoConfig.from_pretrained(folder).id2label.items()}
+    if labels != ID2LABEL:
+        raise PipelineError(f"{folder}: the export's labels {labels} differ from this pipeline's {ID2LABEL}")
+    with open(os.path.join(folder, EXPORT_FILE), encoding="utf-8") as handle:
+        json.load(handle)  # present and readable: the folder was written whole
+    return OnnxClassifier(folder), load_tokenizer(folder), preprocessing
