@@ -34,7 +34,6 @@ def main() -> None:
         sys.exit(f"{args.checkpoint}: no checkpoint (train one first, e.g. bash bench/offline_recipe.sh)")
 
     import numpy as np
-    import torch
 
     from bench.speed import machine, write_block
     from nikl_emotion.data import load_jsonl

@@ -136,31 +136,46 @@ def load_yaml(path: str) -> dict:
     return data
 
 
-def _parser() -> HfArgumentParser:
-    parser = HfArgumentParser(ARGUMENT_CLASSES)
+def parse_arguments(argv: list[str], classes: tuple, defaults: dict) -> tuple:
+    """`[CONFIG.yaml] [--key value ...]` -> the dataclasses of `classes`: `defaults`, then the YAML file, then the
+    command line, all through one HfArgumentParser whose errors are one-line `PipelineError`s."""
+    file_tokens: list[str] = []
+    if argv and argv[0].endswith((".yaml", ".yml")):
+        file_tokens = yaml_tokens(load_yaml(argv[0]), argv[0])
+        argv = argv[1:]
+    parser = HfArgumentParser(classes)
 
     def error(message: str):
         raise PipelineError(message)
 
     parser.error = error  # one-line errors instead of argparse's usage dump
-    return parser
-
-
-def parse_config(argv: list[str]) -> tuple[ModelArguments, DataArguments, KFoldArguments, LossArguments, TrainingArguments]:
-    """`[CONFIG.yaml] [--key value ...]` -> validated argument dataclasses."""
-    file_tokens: list[str] = []
-    if argv and argv[0].endswith((".yaml", ".yml")):
-        file_tokens = yaml_tokens(load_yaml(argv[0]), argv[0])
-        argv = argv[1:]
-    tokens = yaml_tokens(TRAINING_DEFAULTS, "defaults") + file_tokens + list(argv)
     try:
-        model_args, data_args, kfold_args, loss_args, training_args = _parser().parse_args_into_dataclasses(args=tokens)
+        return tuple(parser.parse_args_into_dataclasses(args=yaml_tokens(defaults, "defaults") + file_tokens + list(argv)))
     except PipelineError:
         raise
     except (ValueError, TypeError) as exc:  # TrainingArguments' own checks
         raise PipelineError(str(exc).strip().splitlines()[0]) from None
+
+
+def parse_config(argv: list[str]) -> tuple[ModelArguments, DataArguments, KFoldArguments, LossArguments, TrainingArguments]:
+    """`[CONFIG.yaml] [--key value ...]` -> validated argument dataclasses."""
+    model_args, data_args, kfold_args, loss_args, training_args = parse_arguments(argv, ARGUMENT_CLASSES, TRAINING_DEFAULTS)
     validate(model_args, data_args, kfold_args, loss_args, training_args)
     return model_args, data_args, kfold_args, loss_args, training_args
+
+
+def validate_model_and_files(model_args: ModelArguments, paths: list[str], what: str) -> None:
+    """A known offline backbone spec and input files that exist; `what` names the files in the empty-list message."""
+    if is_offline(model_args.model_name_or_path):
+        try:
+            parse_offline_spec(model_args.model_name_or_path)
+        except ValueError as exc:
+            raise PipelineError(f"model_name_or_path: {exc}") from None
+    if not paths:
+        raise PipelineError(f"train_files: give at least one {what}")
+    for path in paths:
+        if not os.path.isfile(path):
+            raise PipelineError(f"{path}: file not found")
 
 
 def validate(
@@ -168,16 +183,9 @@ def validate(
     training_args: TrainingArguments,
 ) -> None:
     """Fail before any work starts, with a message naming the key."""
-    if is_offline(model_args.model_name_or_path):
-        try:
-            parse_offline_spec(model_args.model_name_or_path)
-        except ValueError as exc:
-            raise PipelineError(f"model_name_or_path: {exc}") from None
-    if not data_args.train_files:
-        raise PipelineError("train_files: give at least one labelled jsonl file")
-    for path in [*data_args.train_files, *([data_args.test_file] if data_args.test_file else [])]:
-        if not os.path.isfile(path):
-            raise PipelineError(f"{path}: file not found")
+    validate_model_and_files(model_args, data_args.train_files, "labelled jsonl file")
+    if data_args.test_file and not os.path.isfile(data_args.test_file):
+        raise PipelineError(f"{data_args.test_file}: file not found")
     validate_preprocessing(data_args)
     validate_reporting(training_args)
     if kfold_args.num_folds < 2:

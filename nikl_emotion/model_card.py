@@ -83,7 +83,7 @@ def model_card(config: dict, fold: int, validation: dict, run: dict | None = Non
         "",
         "```python",
         "from transformers import pipeline",
-        f'classifier = pipeline("text-classification", model="PATH/TO/THIS/FOLDER", top_k=None, function_to_apply="sigmoid")',
+        'classifier = pipeline("text-classification", model="PATH/TO/THIS/FOLDER", top_k=None, function_to_apply="sigmoid")',
         _input_example(config.get("input_format", "pair")),
         "```",
         "",

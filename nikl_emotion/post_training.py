@@ -18,36 +18,33 @@ import shutil
 from dataclasses import dataclass, field
 
 import torch
-import yaml
 from accelerate import PartialState
 from datasets import Dataset
 from transformers.modeling_outputs import MaskedLMOutput
 from transformers import (
     AutoModelForMaskedLM,
     DataCollatorForLanguageModeling,
-    HfArgumentParser,
     Trainer,
     TrainingArguments,
     set_seed,
 )
 
-from nikl_emotion.backbone import is_offline, load_tokenizer, offline_config, parse_offline_spec, train_wordpiece_tokenizer
+from nikl_emotion.backbone import is_offline, load_tokenizer, offline_config, train_wordpiece_tokenizer
 from nikl_emotion.config import (
     ModelArguments,
     PreprocessingArguments,
-    config_difference,
-    load_yaml,
+    parse_arguments,
     resolved_config,
-    yaml_tokens,
+    validate_model_and_files,
     validate_preprocessing,
     validate_reporting,
 )
 from nikl_emotion.data import load_jsonl_files
 from nikl_emotion.encoding import add_marker_tokens, tokenize_batch
 from nikl_emotion.errors import PipelineError
-from nikl_emotion.fileio import write_json_atomic, write_text_atomic
+from nikl_emotion.fileio import write_json_atomic
 from nikl_emotion.preprocessing import Preprocessing, clean
-from nikl_emotion.training import LengthListSamplerMixin, keep_tensorboard_logs, last_complete_checkpoint
+from nikl_emotion.training import LengthListSamplerMixin, keep_tensorboard_logs, last_complete_checkpoint, prepare_output_dir
 
 POST_TRAIN_FILE = "post_train.json"
 
@@ -83,30 +80,10 @@ POST_TRAIN_DEFAULTS: dict[str, object] = {
 
 
 def parse_post_train_config(argv: list[str]) -> tuple[ModelArguments, PostTrainDataArguments, MLMArguments, TrainingArguments]:
-    tokens = yaml_tokens(POST_TRAIN_DEFAULTS, "defaults")
-    if argv and argv[0].endswith((".yaml", ".yml")):
-        tokens += yaml_tokens(load_yaml(argv[0]), argv[0])
-        argv = argv[1:]
-    parser = HfArgumentParser((ModelArguments, PostTrainDataArguments, MLMArguments, TrainingArguments))
-
-    def error(message: str):
-        raise PipelineError(message)
-
-    parser.error = error
-    try:
-        model_args, data_args, mlm_args, training_args = parser.parse_args_into_dataclasses(args=tokens + list(argv))
-    except (ValueError, TypeError) as exc:
-        raise PipelineError(str(exc).strip().splitlines()[0]) from None
-    if is_offline(model_args.model_name_or_path):
-        try:
-            parse_offline_spec(model_args.model_name_or_path)
-        except ValueError as exc:
-            raise PipelineError(f"model_name_or_path: {exc}") from None
-    if not data_args.train_files:
-        raise PipelineError("train_files: give at least one jsonl file to learn from")
-    for path in data_args.train_files:
-        if not os.path.isfile(path):
-            raise PipelineError(f"{path}: file not found")
+    model_args, data_args, mlm_args, training_args = parse_arguments(
+        argv, (ModelArguments, PostTrainDataArguments, MLMArguments, TrainingArguments), POST_TRAIN_DEFAULTS
+    )
+    validate_model_and_files(model_args, data_args.train_files, "jsonl file to learn from")
     validate_preprocessing(data_args)
     validate_reporting(training_args)
     if not 0.0 <= data_args.validation_fraction < 0.5:
@@ -216,23 +193,6 @@ class PostTrainer(LengthListSamplerMixin, Trainer):
     pass
 
 
-def prepare_post_train_dir(output_dir: str, config: dict, overwrite: bool) -> None:
-    existing = os.path.join(output_dir, "config.yaml")
-    if os.path.exists(existing):
-        with open(existing, encoding="utf-8") as handle:
-            old = yaml.safe_load(handle) or {}
-        difference = config_difference(old, config)
-        if overwrite:
-            shutil.rmtree(output_dir)
-        elif difference is not None:
-            raise PipelineError(
-                f"{output_dir} holds a post-training run with another configuration ({difference}); "
-                "use another output_dir, or --overwrite true to delete it and start again"
-            )
-    os.makedirs(output_dir, exist_ok=True)
-    write_text_atomic(existing, yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
-
-
 def run_post_training(
     model_args: ModelArguments, data_args: PostTrainDataArguments, mlm_args: MLMArguments, training_args: TrainingArguments
 ) -> dict | None:
@@ -244,7 +204,8 @@ def run_post_training(
         cleaned = clean(rows, preprocessing)
     config = resolved_config(model_args, data_args, mlm_args, training_args)
     if state.is_main_process:
-        prepare_post_train_dir(output_dir, config, mlm_args.overwrite)
+        # post-training owns its whole folder: --overwrite empties it
+        prepare_output_dir(output_dir, config, mlm_args.overwrite, is_run_file=lambda name: True, kind="a post-training run")
     state.wait_for_everyone()
     done = os.path.join(output_dir, POST_TRAIN_FILE)
     if os.path.exists(done):  # written last: this configuration has been post-trained already

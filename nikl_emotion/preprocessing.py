@@ -12,7 +12,6 @@ import logging
 import os
 from dataclasses import dataclass
 
-import numpy as np
 import pyarrow.compute as pc
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase

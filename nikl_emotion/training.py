@@ -83,8 +83,15 @@ def run_config(output_dir: str) -> dict:
         return yaml.safe_load(handle) or {}
 
 
-def prepare_output_dir(output_dir: str, config: dict, overwrite: bool) -> None:
-    """Refuse to mix two configurations in one output_dir; `overwrite` deletes the old run's files first."""
+def is_training_run_file(name: str) -> bool:
+    return name in RUN_FILES or re.fullmatch(r"fold_\d+", name) is not None or name.endswith(".png")
+
+
+def prepare_output_dir(
+    output_dir: str, config: dict, overwrite: bool, is_run_file=is_training_run_file, kind: str = "a run"
+) -> None:
+    """Refuse to mix two configurations in one output_dir; `overwrite` deletes the old run's files first (the
+    names `is_run_file` accepts)."""
     existing = os.path.join(output_dir, "config.yaml")
     if os.path.exists(existing):
         with open(existing, encoding="utf-8") as handle:
@@ -92,12 +99,12 @@ def prepare_output_dir(output_dir: str, config: dict, overwrite: bool) -> None:
         difference = config_difference(old, config)
         if overwrite:
             for name in os.listdir(output_dir):
-                if name in RUN_FILES or re.fullmatch(r"fold_\d+", name) or name.endswith(".png"):
+                if is_run_file(name):
                     path = os.path.join(output_dir, name)
                     shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
         elif difference is not None:
             raise PipelineError(
-                f"{output_dir} holds a run with another configuration ({difference}); "
+                f"{output_dir} holds {kind} with another configuration ({difference}); "
                 "use another output_dir, or --overwrite true to delete it and start again"
             )
     os.makedirs(output_dir, exist_ok=True)
