@@ -10,12 +10,23 @@ import pyarrow as pa
 import torch
 from datasets import Dataset
 
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")  # token-id columns a classifier takes
 PAD_VALUES = {"input_ids": None, "attention_mask": 0, "token_type_ids": 0}  # None: the tokenizer's pad id
 
 
 def column_array(rows: Dataset, name: str) -> np.ndarray:
     """A scalar column as numpy, in the dataset's (possibly selected/reordered) row order, without Python lists."""
     return rows.with_format("arrow")[name].to_numpy()
+
+
+def length_order(rows: Dataset) -> np.ndarray:
+    """Row indices, longest first (an out-of-memory shows at the first batch); stable, so ties keep file order."""
+    return np.argsort(-column_array(rows, "length"), kind="stable")
+
+
+def pad_value(name: str, pad_token_id: int) -> int:
+    value = PAD_VALUES.get(name, 0)
+    return pad_token_id if value is None else value
 
 
 def padded_width(lengths: np.ndarray, pad_to_multiple_of: int | None = None) -> int:
@@ -49,8 +60,7 @@ def pad_table(
     width = padded_width(np.diff(table.column(columns[0]).combine_chunks().offsets.to_numpy()), pad_to_multiple_of)
     batch = {}
     for name in columns:
-        pad_value = PAD_VALUES.get(name, 0)
-        batch[name] = torch.from_numpy(_padded(table.column(name), width, pad_token_id if pad_value is None else pad_value))
+        batch[name] = torch.from_numpy(_padded(table.column(name), width, pad_value(name, pad_token_id)))
     return batch
 
 
@@ -66,10 +76,9 @@ class PaddingCollator:
         lengths = np.fromiter((len(f["input_ids"]) for f in features), dtype=np.int64, count=len(features))
         width = padded_width(lengths, self.pad_to_multiple_of)
         batch = {}
-        for name in (n for n in PAD_VALUES if n in features[0]):
+        for name in (n for n in MODEL_INPUTS if n in features[0]):
             values = np.fromiter(itertools.chain.from_iterable(f[name] for f in features), dtype=np.int64, count=int(lengths.sum()))
-            pad_value = self.pad_token_id if PAD_VALUES[name] is None else PAD_VALUES[name]
-            batch[name] = torch.from_numpy(fill_padded(values, lengths, width, pad_value))
+            batch[name] = torch.from_numpy(fill_padded(values, lengths, width, pad_value(name, self.pad_token_id)))
         if "labels" in features[0]:
             batch["labels"] = torch.tensor(np.asarray([f["labels"] for f in features], dtype=np.float32))
         return batch

@@ -17,6 +17,7 @@ import torch
 from transformers import AutoConfig
 
 from nikl_emotion.backbone import load_tokenizer
+from nikl_emotion.batching import MODEL_INPUTS
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.fileio import write_json_atomic
 from nikl_emotion.labels import ID2LABEL
@@ -25,7 +26,6 @@ from nikl_emotion.preprocessing import Preprocessing
 ONNX_FILE = "model.onnx"
 EXPORT_FILE = "export.json"
 OPSET = 17
-INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def is_onnx_export(folder: str) -> bool:
@@ -49,7 +49,7 @@ def export_checkpoint(checkpoint: str, output_dir: str, int8: bool = False, opse
     model, tokenizer, preprocessing = load_checkpoint(checkpoint)
     model.eval()
     sample = tokenizer(["오늘 공연 너무 좋았다", "정말"], ["공연", "날씨"], padding=True, return_tensors="pt")
-    names = [name for name in INPUT_NAMES if name in sample]
+    names = [name for name in MODEL_INPUTS if name in sample]
     staging = output_dir.rstrip("/") + ".partial"
     shutil.rmtree(staging, ignore_errors=True)
     os.makedirs(staging)

@@ -30,24 +30,16 @@ import os
 import numpy as np
 import yaml
 from accelerate import PartialState
-from transformers import EarlyStoppingCallback, TrainingArguments
+from transformers import TrainingArguments
 
-from nikl_emotion.backbone import load_model, load_tokenizer
-from nikl_emotion.batching import PaddingCollator
+from nikl_emotion.backbone import load_model
 from nikl_emotion.config import DataArguments, KFoldArguments, LossArguments, ModelArguments, resolved_config
 from nikl_emotion.data import load_jsonl_files
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.fileio import write_text_atomic
 from nikl_emotion.folds import make_folds
-from nikl_emotion.preprocessing import Preprocessing, clean, encode
-from nikl_emotion.training import (
-    TRAINER_COLUMNS,
-    EmotionTrainer,
-    length_order,
-    make_compute_metrics,
-    make_loss,
-    prepare_backbone,
-)
+from nikl_emotion.preprocessing import Preprocessing, clean
+from nikl_emotion.training import EmotionTrainer, backbone_and_encodings, fold_trainer_inputs, make_loss
 
 TRIALS_FILE = "hp_search.csv"
 BEST_FILE = "hp_search_best.yaml"
@@ -156,33 +148,21 @@ def run_hp_search(
         config = resolved_config(model_args, data_args, kfold_args, loss_args, training_args)
         write_text_atomic(os.path.join(output_dir, "hp_search_config.yaml"), yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
     state.wait_for_everyone()
-    backbone = prepare_backbone(model_args, cleaned["text"], output_dir, training_args.seed)
-    tokenizer = load_tokenizer(backbone, with_markers=preprocessing.input_format == "marker")
-    with training_args.main_process_first(desc="tokenizing"):
-        encoded = encode(cleaned, tokenizer, preprocessing)
+    backbone, tokenizer, encoded, _ = backbone_and_encodings(model_args, preprocessing, training_args, cleaned)
     train_index, val_index = make_folds(np.asarray(train_rows["labels"]), kfold_args.num_folds, training_args.seed)[fold]
-    columns = [c for c in TRAINER_COLUMNS if c in encoded.column_names]
     train_split, val_split = encoded.select(train_index), encoded.select(val_index)
     # trials are scored, not kept: no checkpoints, no best-model reload
     args = dataclasses.replace(
         training_args, output_dir=os.path.join(output_dir, "hp_search_trials"), save_strategy="no",
         load_best_model_at_end=False, remove_unused_columns=False,
     )
-    train_labels = np.asarray(train_split["labels"])
     trainer = SearchTrainer(
         model=None,
         model_init=lambda trial=None: load_model(backbone, tokenizer),
         args=args,
-        train_dataset=train_split.select_columns(columns),
-        eval_dataset=val_split.select(length_order(val_split)).select_columns(columns),
-        processing_class=tokenizer,
-        data_collator=PaddingCollator(tokenizer),
-        compute_metrics=make_compute_metrics(kfold_args.threshold, kfold_args.fallback_top_label),
-        callbacks=[EarlyStoppingCallback(kfold_args.early_stopping_patience)] if kfold_args.early_stopping_patience else [],
-        loss_fn=make_loss(loss_args, train_labels),
-        loss_reduction=loss_args.loss_reduction,
+        **fold_trainer_inputs(train_split, val_split, tokenizer, kfold_args, loss_args),
         loss_args=loss_args,
-        train_labels=train_labels,
+        train_labels=np.asarray(train_split["labels"]),
     )
     storage = f"sqlite:///{os.path.abspath(os.path.join(output_dir, STUDY_FILE))}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -17,6 +17,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from accelerate import PartialState
 from datasets import Dataset
@@ -29,6 +30,7 @@ from transformers import (
     set_seed,
 )
 
+from nikl_emotion.batching import padded_width
 from nikl_emotion.backbone import is_offline, load_tokenizer, offline_config, train_wordpiece_tokenizer
 from nikl_emotion.config import (
     ModelArguments,
@@ -182,9 +184,7 @@ class MLMCollator(DataCollatorForLanguageModeling):
     def __call__(self, features, return_tensors=None):
         features = [{k: v for k, v in f.items() if k != "length"} for f in features]
         if "offset_mapping" in features[0]:
-            width = max(len(f["input_ids"]) for f in features)
-            if self.pad_to_multiple_of:
-                width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
+            width = padded_width(np.array([len(f["input_ids"]) for f in features]), self.pad_to_multiple_of)
             features = [{**f, "offset_mapping": list(f["offset_mapping"]) + [[0, 0]] * (width - len(f["offset_mapping"]))} for f in features]
         return super().__call__(features, return_tensors)
 

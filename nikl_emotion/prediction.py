@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
 from nikl_emotion.backbone import load_tokenizer
-from nikl_emotion.batching import column_array, pad_table
+from nikl_emotion.batching import MODEL_INPUTS, length_order, pad_table
 from nikl_emotion.data import iter_column, iter_inputs, load_jsonl
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.export import is_onnx_export, load_onnx_export
@@ -23,7 +23,6 @@ from nikl_emotion.metrics import decide, sigmoid
 from nikl_emotion.preprocessing import Preprocessing, clean, encode
 from nikl_emotion.voting import hard_vote
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 logger = logging.getLogger(__name__)
 
 
@@ -42,7 +41,7 @@ def predict_sorted(
     padded with numpy from Arrow, and the results are put back in the dataset's order. A progress bar with ETA goes
     to stderr when `progress`.
     """
-    order = np.argsort(-column_array(encoded, "length"), kind="stable")
+    order = length_order(encoded)
     arrow_rows = encoded.select_columns(columns).with_format("arrow")  # one Arrow `take` per batch
     logits: np.ndarray | None = None
     starts = range(0, len(order), batch_size)

@@ -22,7 +22,7 @@ from transformers.integrations import TensorBoardCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers import EarlyStoppingCallback, EvalPrediction, Trainer, TrainingArguments, set_seed
 
-from nikl_emotion.batching import PaddingCollator, column_array
+from nikl_emotion.batching import MODEL_INPUTS, PaddingCollator, column_array, length_order
 from nikl_emotion.backbone import build_offline_backbone, is_offline, load_model, load_tokenizer
 from nikl_emotion.config import DataArguments, KFoldArguments, LossArguments, ModelArguments, config_difference, resolved_config
 from nikl_emotion.errors import PipelineError
@@ -36,7 +36,7 @@ from nikl_emotion.preprocessing import Preprocessing, clean, encode
 from nikl_emotion.summary import fold_dir, summarize
 from nikl_emotion.thresholds import describe_gain
 
-MODEL_INPUT_COLUMNS = ("input_ids", "attention_mask", "token_type_ids", "length")  # `length` feeds the sampler only
+MODEL_INPUT_COLUMNS = (*MODEL_INPUTS, "length")  # `length` feeds the sampler only
 TRAINER_COLUMNS = (*MODEL_INPUT_COLUMNS, "labels")
 DONE_FILE = "done.json"  # written last in a fold: the fold is complete only when it exists
 RUN_FILES = ("backbone", "oof.jsonl", "summary.json", "thresholds.json", "submission.jsonl", "report.md", "config.yaml")
@@ -177,11 +177,6 @@ class EmotionTrainer(LengthListSamplerMixin, Trainer):
         return count
 
 
-def length_order(rows: Dataset) -> np.ndarray:
-    """Row indices, longest first (an out-of-memory shows at the first batch); stable, so ties keep file order."""
-    return np.argsort(-column_array(rows, "length"), kind="stable")
-
-
 def predict_in_order(trainer: Trainer, rows: Dataset) -> np.ndarray:
     """Sigmoid probabilities in `rows`' order, from batches sorted by length. Every process must call this: under
     `accelerate launch` each takes its share of batches and Trainer gathers them, dropping the padding rows that
@@ -192,6 +187,36 @@ def predict_in_order(trainer: Trainer, rows: Dataset) -> np.ndarray:
     probs = np.empty((len(rows), logits.shape[1]), dtype=np.float32)
     probs[order] = sigmoid(logits)
     return probs
+
+
+def fold_trainer_inputs(
+    train_rows: Dataset, val_rows: Dataset, tokenizer, kfold_args: KFoldArguments, loss_args: LossArguments
+) -> dict:
+    """EmotionTrainer's data, collator, metric, early stopping and loss for one fold (train_fold and the HP search)."""
+    columns = [c for c in TRAINER_COLUMNS if c in train_rows.column_names]
+    return {
+        "train_dataset": train_rows.select_columns(columns),
+        "eval_dataset": val_rows.select(length_order(val_rows)).select_columns(columns),
+        "processing_class": tokenizer,
+        "data_collator": PaddingCollator(tokenizer, pad_to_multiple_of=8 if torch.cuda.is_available() else None),
+        "compute_metrics": make_compute_metrics(kfold_args.threshold, kfold_args.fallback_top_label),
+        "callbacks": [EarlyStoppingCallback(kfold_args.early_stopping_patience)] if kfold_args.early_stopping_patience else [],
+        "loss_fn": make_loss(loss_args, np.asarray(train_rows["labels"])),
+        "loss_reduction": loss_args.loss_reduction,
+    }
+
+
+def backbone_and_encodings(
+    model_args: ModelArguments, preprocessing: Preprocessing, training_args: TrainingArguments, cleaned: Dataset,
+    cleaned_test: Dataset | None = None,
+):
+    """(backbone path, tokenizer, encoded rows, encoded test rows or None); the main process fills the cache first."""
+    backbone = prepare_backbone(model_args, cleaned["text"], training_args.output_dir, training_args.seed)
+    with training_args.main_process_first(desc="tokenizing"):
+        tokenizer = load_tokenizer(backbone, with_markers=preprocessing.input_format == "marker")
+        encoded = encode(cleaned, tokenizer, preprocessing)
+        encoded_test = encode(cleaned_test, tokenizer, preprocessing) if cleaned_test is not None else None
+    return backbone, tokenizer, encoded, encoded_test
 
 
 def make_compute_metrics(threshold: float, fallback: bool):
@@ -260,20 +285,10 @@ def train_fold(
     set_seed(training_args.seed)
     tokenizer = load_tokenizer(backbone, with_markers=preprocessing.input_format == "marker")
     model = load_model(backbone, tokenizer)
-    columns = [c for c in TRAINER_COLUMNS if c in encoded.column_names]
     train_rows, val_rows = encoded.select(train_index), encoded.select(val_index)
     fold_args = dataclasses.replace(training_args, output_dir=os.path.join(out, "checkpoints"), remove_unused_columns=False)
     trainer = EmotionTrainer(
-        model=model,
-        args=fold_args,
-        train_dataset=train_rows.select_columns(columns),
-        eval_dataset=val_rows.select(length_order(val_rows)).select_columns(columns),
-        processing_class=tokenizer,
-        data_collator=PaddingCollator(tokenizer, pad_to_multiple_of=8 if torch.cuda.is_available() else None),
-        compute_metrics=make_compute_metrics(kfold_args.threshold, kfold_args.fallback_top_label),
-        callbacks=[EarlyStoppingCallback(kfold_args.early_stopping_patience)] if kfold_args.early_stopping_patience else [],
-        loss_fn=make_loss(loss_args, np.asarray(train_rows["labels"])),
-        loss_reduction=loss_args.loss_reduction,
+        model=model, args=fold_args, **fold_trainer_inputs(train_rows, val_rows, tokenizer, kfold_args, loss_args)
     )
     keep_tensorboard_logs(trainer, out)
     checkpoints = os.path.join(out, "checkpoints")
@@ -347,11 +362,7 @@ def run_training(
     if state.is_main_process:
         prepare_output_dir(output_dir, resolved_config(model_args, data_args, kfold_args, loss_args, training_args), kfold_args.overwrite)
     state.wait_for_everyone()
-    backbone = prepare_backbone(model_args, cleaned["text"], output_dir, training_args.seed)
-    with training_args.main_process_first(desc="tokenizing"):
-        tokenizer = load_tokenizer(backbone, with_markers=preprocessing.input_format == "marker")
-        encoded = encode(cleaned, tokenizer, preprocessing)
-        encoded_test = encode(cleaned_test, tokenizer, preprocessing) if cleaned_test is not None else None
+    backbone, _, encoded, encoded_test = backbone_and_encodings(model_args, preprocessing, training_args, cleaned, cleaned_test)
     folds = make_folds(np.asarray(train_rows["labels"]), kfold_args.num_folds, training_args.seed)
     selected = range(kfold_args.num_folds) if kfold_args.fold is None else [kfold_args.fold]
     for k in selected:
