@@ -61,6 +61,33 @@ class Preprocessing:
         return cls(CleaningOptions(**data["cleaning"]), data["input_format"], int(data["max_seq_length"]))
 
 
+def preprocessing_differences(backbone: str, preprocessing: Preprocessing) -> list[str]:
+    """Settings in which `preprocessing` differs from the one a post-trained backbone folder learned its text with
+    (its `preprocessing.json`); empty for a folder without one (a hub model, the offline backbone)."""
+    if not os.path.isfile(os.path.join(backbone, PREPROCESSING_FILE)):
+        return []
+    learned = Preprocessing.load(backbone)
+    differences = [
+        f"{key}: {getattr(learned.cleaning, key)} there, {getattr(preprocessing.cleaning, key)} here"
+        for key in (field.name for field in dataclasses.fields(CleaningOptions))
+        if getattr(learned.cleaning, key) != getattr(preprocessing.cleaning, key)
+    ]
+    if learned.input_format != preprocessing.input_format:
+        differences.append(f"input_format: {learned.input_format} there, {preprocessing.input_format} here")
+    return differences
+
+
+def warn_if_preprocessing_differs(backbone: str, preprocessing: Preprocessing) -> None:
+    """A post-trained encoder (and its tokenizer) learned the text in one form; fine-tuning it on another still runs
+    but throws part of the post-training away, so say which keys differ."""
+    differences = preprocessing_differences(backbone, preprocessing)
+    if differences:
+        logger.warning(
+            "%s was post-trained on text prepared differently (%s); set the same cleaning keys and input_format as "
+            "its post-training config unless this is deliberate", backbone, "; ".join(differences),
+        )
+
+
 def clean(rows: Dataset, preprocessing: Preprocessing) -> Dataset:
     """Cleaned rows; a text that cleaning empties (e.g. only emoji) is kept, encoded as the target alone or empty."""
     if not preprocessing.cleaning.any:

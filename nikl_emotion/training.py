@@ -32,7 +32,7 @@ from nikl_emotion.folds import make_folds
 from nikl_emotion.losses import MultiLabelLoss, build_loss
 from nikl_emotion.metrics import decide, format_table, score, sigmoid
 from nikl_emotion.model_card import write_model_card
-from nikl_emotion.preprocessing import Preprocessing, clean, encode
+from nikl_emotion.preprocessing import Preprocessing, clean, encode, warn_if_preprocessing_differs
 from nikl_emotion.summary import fold_dir, summarize
 from nikl_emotion.thresholds import describe_gain
 
@@ -212,6 +212,8 @@ def backbone_and_encodings(
 ):
     """(backbone path, tokenizer, encoded rows, encoded test rows or None); the main process fills the cache first."""
     backbone = prepare_backbone(model_args, cleaned["text"], training_args.output_dir, training_args.seed)
+    if training_args.process_index == 0:
+        warn_if_preprocessing_differs(backbone, preprocessing)
     with training_args.main_process_first(desc="tokenizing"):
         tokenizer = load_tokenizer(backbone, with_markers=preprocessing.input_format == "marker")
         encoded = encode(cleaned, tokenizer, preprocessing)

@@ -64,3 +64,42 @@ def test_bad_yaml_names_the_file(tmp_path):
     bad.write_text("num_folds: [1, 2\n", encoding="utf-8")
     with pytest.raises(PipelineError, match="bad.yaml: invalid YAML"):
         parse_config([str(bad)])
+
+
+TRAIN_CONFIGS = ["quickstart", "nikl-offline", "offline-cpu", "kcelectra-base"]
+POST_TRAIN_CONFIGS = ["post_train-quickstart", "post_train-offline", "post_train-kcelectra"]
+# (post-training config, the fine-tuning config that starts from its output)
+RECIPES = [("post_train-offline", "offline-cpu"), ("post_train-kcelectra", "kcelectra-base"), ("post_train-quickstart", "quickstart")]
+SAMPLE_FILES = ["--train_files", str(SAMPLE_TRAIN), "--test_file", str(ROOT / "data" / "sample_test.jsonl")]
+
+
+def parse_bundled(name: str):
+    """A bundled config parsed and validated as its script would, with the sample files in place of the NIKL paths."""
+    from nikl_emotion.post_training import parse_post_train_config
+
+    import torch
+
+    path = str(ROOT / "configs" / f"{name}.yaml")
+    # the GPU configs ask for bf16, which TrainingArguments refuses on a machine without a GPU
+    no_gpu = [] if torch.cuda.is_available() else ["--bf16", "false", "--fp16", "false"]
+    if name.startswith("post_train"):
+        return parse_post_train_config([path, "--train_files", str(SAMPLE_TRAIN), *no_gpu])
+    return parse_config([path, *SAMPLE_FILES, *no_gpu])
+
+
+def test_every_bundled_config_is_covered():
+    bundled = {path.stem for path in (ROOT / "configs").glob("*.yaml")} - {"accelerate-multigpu"}
+    assert bundled == set(TRAIN_CONFIGS) | set(POST_TRAIN_CONFIGS)
+
+
+@pytest.mark.parametrize("name", TRAIN_CONFIGS + POST_TRAIN_CONFIGS)
+def test_bundled_configs_parse_and_validate(name):
+    parse_bundled(name)  # a misspelt key or a bad value raises PipelineError
+
+
+@pytest.mark.parametrize("post_train, fine_tune", RECIPES)
+def test_recipe_stages_prepare_text_the_same_way(post_train, fine_tune):
+    from nikl_emotion.preprocessing import Preprocessing
+
+    learned = Preprocessing.from_data_args(parse_bundled(post_train)[1])
+    assert Preprocessing.from_data_args(parse_bundled(fine_tune)[1]) == learned

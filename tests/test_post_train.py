@@ -1,6 +1,7 @@
 """post_train.py (MLM on unlabelled task text) and train.py --hp-search, on the tiny offline model."""
 
 import csv
+import dataclasses
 import json
 
 import pytest
@@ -51,13 +52,31 @@ def test_a_finished_post_training_is_not_repeated_and_a_changed_one_is_refused(p
 def test_train_py_fine_tunes_the_post_trained_checkpoint(post_trained, tmp_path):
     out, _ = post_trained
     run_dir = tmp_path / "fine"
-    run_cli("train.py", ROOT / "configs" / "quickstart.yaml", "--model_name_or_path", out, "--output_dir", run_dir,
-            "--num_folds", "2", "--fold", "0", "--num_train_epochs", "2")
+    result = run_cli("train.py", ROOT / "configs" / "quickstart.yaml", "--model_name_or_path", out, "--output_dir", run_dir,
+                     "--num_folds", "2", "--fold", "0", "--num_train_epochs", "2")
+    assert "prepared differently" not in result.stdout + result.stderr  # same cleaning as the post-training config
     metrics = json.loads((run_dir / "fold_0" / "metrics.json").read_text(encoding="utf-8"))
     assert 0.0 <= metrics["micro_f1"] <= 1.0
     saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
     assert saved["model_name_or_path"] == str(out)
     assert not (run_dir / "backbone").exists()  # the post-trained tokenizer is used as it is
+
+
+def test_fine_tuning_with_other_cleaning_than_post_training_names_the_keys(post_trained, tmp_path, caplog):
+    from nikl_emotion.cleaning import CleaningOptions
+    from nikl_emotion.preprocessing import Preprocessing, preprocessing_differences, warn_if_preprocessing_differs
+
+    out, _ = post_trained
+    learned = Preprocessing.load(str(out))
+    assert preprocessing_differences(str(out), learned) == []
+    assert preprocessing_differences(str(tmp_path), learned) == []  # no preprocessing.json: a hub or offline model
+    other = Preprocessing(CleaningOptions(**{**dataclasses.asdict(learned.cleaning), "cleanse": not learned.cleaning.cleanse}),
+                          input_format="marker", max_seq_length=learned.max_seq_length)
+    differences = preprocessing_differences(str(out), other)
+    assert len(differences) == 2 and differences[0].startswith("cleanse:") and differences[1].startswith("input_format: pair")
+    with caplog.at_level("WARNING", logger="nikl_emotion.preprocessing"):
+        warn_if_preprocessing_differs(str(out), other)
+    assert "cleanse" in caplog.text and "input_format" in caplog.text
 
 
 def test_whole_word_masking_runs(tmp_path):
