@@ -1,11 +1,14 @@
 """Configuration: YAML + command-line overrides through HfArgumentParser, validated early with clear messages."""
 
 import pytest
+import torch
 import yaml
 
 from conftest import ROOT, SAMPLE_TRAIN
 from nikl_emotion.config import parse_config, resolved_config
 from nikl_emotion.errors import PipelineError
+from nikl_emotion.post_training import parse_post_train_config
+from nikl_emotion.preprocessing import Preprocessing
 
 QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
 
@@ -75,10 +78,6 @@ SAMPLE_FILES = ["--train_files", str(SAMPLE_TRAIN), "--test_file", str(ROOT / "d
 
 def parse_bundled(name: str):
     """A bundled config parsed and validated as its script would, with the sample files in place of the NIKL paths."""
-    from nikl_emotion.post_training import parse_post_train_config
-
-    import torch
-
     path = str(ROOT / "configs" / f"{name}.yaml")
     # the GPU configs ask for bf16, which TrainingArguments refuses on a machine without a GPU
     no_gpu = [] if torch.cuda.is_available() else ["--bf16", "false", "--fp16", "false"]
@@ -99,7 +98,5 @@ def test_bundled_configs_parse_and_validate(name):
 
 @pytest.mark.parametrize("post_train, fine_tune", RECIPES)
 def test_recipe_stages_prepare_text_the_same_way(post_train, fine_tune):
-    from nikl_emotion.preprocessing import Preprocessing
-
     learned = Preprocessing.from_data_args(parse_bundled(post_train)[1])
     assert Preprocessing.from_data_args(parse_bundled(fine_tune)[1]) == learned
