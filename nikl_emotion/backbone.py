@@ -8,8 +8,11 @@ hub model. It exists so the whole pipeline runs with no internet; its scores are
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable
+
+import yaml
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import (
@@ -18,15 +21,21 @@ from transformers import (
     AutoTokenizer,
     BertConfig,
     ElectraConfig,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
 )
 
-from nikl_emotion.encoding import MARKER_TOKENS, add_marker_tokens
+from nikl_emotion.encoding import MARKER_TOKENS, add_marker_tokens, hangul_fix, model_input_names, splits_hangul
+from nikl_emotion.errors import PipelineError
 from nikl_emotion.labels import ID2LABEL, LABEL2ID, NUM_LABELS
 
+logger = logging.getLogger(__name__)
+
 OFFLINE_PREFIX = "offline:"
+POST_TRAIN_FILE = "post_train.json"  # written last by post_train.py: the folder is complete only when it exists
+RUN_CONFIG_FILE = "config.yaml"  # written first by train.py and post_train.py
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 OFFLINE_SIZES: dict[str, dict[str, int]] = {
     "tiny": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128},
@@ -38,6 +47,35 @@ OFFLINE_ARCHS = ("bert", "electra")
 
 def is_offline(model_name_or_path: str) -> bool:
     return model_name_or_path.startswith(OFFLINE_PREFIX)
+
+
+def is_post_training_folder(path: str) -> bool:
+    """Whether `path` is (or was started as) a post_train.py output folder: its resolved config has MLM keys."""
+    config_path = os.path.join(path, RUN_CONFIG_FILE)
+    if not os.path.isfile(config_path):
+        return False
+    try:
+        with open(config_path, encoding="utf-8") as handle:
+            config = yaml.safe_load(handle)
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(config, dict) and "mlm_probability" in config
+
+
+def check_model_folder(path: str) -> None:
+    """A local `model_name_or_path` must be a finished model folder. A post-training run stopped before its end
+    (no `post_train.json`, written last) holds checkpoints and a tokenizer but no usable model, and would fail
+    later with an unrelated loading error. Hub names (no such folder) pass."""
+    if not os.path.isdir(path):
+        return
+    if is_post_training_folder(path) and not os.path.isfile(os.path.join(path, POST_TRAIN_FILE)):
+        raise PipelineError(
+            f"model_name_or_path: {path} is an unfinished post-training run (no {POST_TRAIN_FILE}, which is written "
+            "last): run post_train.py with its config again to finish it (it resumes), then fine-tune from it"
+        )
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        hint = " (a train.py run folder? its checkpoints are OUT/fold_K/best)" if os.path.isfile(os.path.join(path, RUN_CONFIG_FILE)) else ""
+        raise PipelineError(f"model_name_or_path: {path} has no config.json: not a Hugging Face model folder{hint}")
 
 
 def parse_offline_spec(model_name_or_path: str) -> tuple[str, str]:
@@ -125,11 +163,90 @@ def classification_config_kwargs() -> dict:
     }
 
 
-def load_tokenizer(model_name_or_path: str, with_markers: bool = False) -> PreTrainedTokenizerBase:
+def load_tokenizer(model_name_or_path: str, with_markers: bool = False, fix_hangul: bool = True) -> PreTrainedTokenizerBase:
+    """The checkpoint's tokenizer, fitted to its model (the config beside it) and to Korean text: no segment ids for a model without an embedding for them, and (`fix_hangul`, for a backbone about
+    to be trained) Hangul kept as syllables where the vocabulary spells it so (see `tokenizer_settings`). The
+    settings are load-time arguments, so `save_pretrained` writes them into every checkpoint and `pipeline()` loads
+    the same tokenizer. A fine-tuned checkpoint is loaded with `fix_hangul=False`: it must see text as it was
+    trained on it."""
     tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
+    settings = tokenizer_settings(tokenizer, model_config(model_name_or_path), fix_hangul)
+    if settings:
+        tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, **settings)
+        _log_settings(model_name_or_path, settings, tokenizer)
     if with_markers:
         add_marker_tokens(tokenizer)
     return tokenizer
+
+
+def model_config(model_name_or_path: str) -> PretrainedConfig | None:
+    """The model config beside a tokenizer; None for a folder that holds a tokenizer only (an offline
+    post-training run saves its tokenizer first and its model at the end)."""
+    try:
+        return AutoConfig.from_pretrained(model_name_or_path)
+    except (OSError, ValueError):
+        return None
+
+
+def tokenizer_settings(
+    tokenizer: PreTrainedTokenizerBase, config: PretrainedConfig | None, fix_hangul: bool = True
+) -> dict:
+    """Load-time tokenizer arguments that make `tokenizer` fit its model and Korean text ({} for most)."""
+    settings: dict = dict(hangul_fix(tokenizer)) if fix_hangul else {}
+    names = None if config is None else model_input_names(tokenizer, config)
+    if names is not None:
+        settings["model_input_names"] = names
+    return settings
+
+
+# models whose position ids start after the padding index (RoBERTa's scheme): pad_token_id + 1 positions unusable
+POSITION_OFFSET_MODEL_TYPES = frozenset({"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text"})
+
+
+def max_model_tokens(config: PretrainedConfig, tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """The longest encoding the model can embed (KcBERT: 300, klue/roberta and XLM-R: 512), from its position
+    embeddings and the tokenizer's `model_max_length` where that is a real limit; None when neither says."""
+    limits = []
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions:
+        offset = (config.pad_token_id or 0) + 1 if config.model_type in POSITION_OFFSET_MODEL_TYPES else 0
+        limits.append(positions - offset)
+    if tokenizer.model_max_length and tokenizer.model_max_length < 1_000_000:  # unset: a huge sentinel
+        limits.append(int(tokenizer.model_max_length))
+    return min(limits) if limits else None
+
+
+def check_max_seq_length(max_seq_length: int, model_name_or_path: str, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Refuse a `max_seq_length` beyond the model's positions before training (it would crash in the first long
+    batch)."""
+    limit = max_model_tokens(AutoConfig.from_pretrained(model_name_or_path), tokenizer)
+    if limit is not None and max_seq_length > limit:
+        raise PipelineError(f"max_seq_length: {max_seq_length} is more than the {limit} tokens {model_name_or_path} "
+                            f"can embed; set max_seq_length to {limit} or less")
+
+
+_LOGGED: set[tuple[str, str]] = set()
+
+
+def _log_settings(model_name_or_path: str, settings: dict, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Say once per process what was changed (a K-fold run loads the same tokenizer once per fold)."""
+    messages = []
+    if "model_input_names" in settings:
+        messages.append(("info", f"{model_name_or_path}: the model has one token type embedding; token_type_ids are "
+                                 "not passed to it (the tokenizer would mark the second segment with 1)"))
+    fix = {key: value for key, value in settings.items() if key != "model_input_names"}
+    if fix and splits_hangul(tokenizer):
+        messages.append(("warning", f"{model_name_or_path}: its tokenizer splits Hangul syllables into jamo (NFD) and "
+                                    f"loading it with {fix} did not stop that; expect many unknown tokens"))
+    elif fix:
+        messages.append(("warning", f"{model_name_or_path}: its tokenizer_config leaves lower-casing/accent stripping "
+                                    "on, which splits Hangul syllables into jamo (NFD) that its vocabulary does not "
+                                    f"hold, so nearly every Korean word would be unknown; loaded with {fix} instead "
+                                    "(saved with every checkpoint)"))
+    for level, message in messages:
+        if (model_name_or_path, message) not in _LOGGED:
+            _LOGGED.add((model_name_or_path, message))
+            getattr(logger, level)(message)
 
 
 def load_model(model_name_or_path: str, tokenizer: PreTrainedTokenizerBase | None = None) -> PreTrainedModel:

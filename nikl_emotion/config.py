@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
-from nikl_emotion.backbone import is_offline, parse_offline_spec
+from nikl_emotion.backbone import check_model_folder, is_offline, parse_offline_spec
 from nikl_emotion.encoding import INPUT_FORMATS
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.labels import NUM_LABELS
@@ -171,6 +171,8 @@ def validate_model_and_files(model_args: ModelArguments, paths: list[str], what:
             parse_offline_spec(model_args.model_name_or_path)
         except ValueError as exc:
             raise PipelineError(f"model_name_or_path: {exc}") from None
+    else:
+        check_model_folder(model_args.model_name_or_path)
     if not paths:
         raise PipelineError(f"train_files: give at least one {what}")
     for path in paths:

@@ -1,10 +1,15 @@
-"""Target-aware input encodings, tokenized in a batched `map` without padding (padding happens per batch)."""
+"""Target-aware input encodings, tokenized in a batched `map` without padding (padding happens per batch), and the
+checks that a hub tokenizer fits its model and Korean text: segment ids only where the model has an embedding for
+them, Hangul kept as syllables, and the unknown-token rate of what was encoded."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from transformers import PreTrainedTokenizerBase
+import pyarrow as pa
+import pyarrow.compute as pc
+from datasets import Dataset
+from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 InputFormat = Literal["pair", "marker", "prompt"]
 INPUT_FORMATS: tuple[str, ...] = ("pair", "marker", "prompt")
@@ -13,6 +18,97 @@ TARGET_START = "[TGT]"
 TARGET_END = "[/TGT]"
 MARKER_TOKENS: tuple[str, str] = (TARGET_START, TARGET_END)
 PROMPT_TEMPLATE = "{target}에 대해 어떤 감정이 드러나나요?"
+
+
+HANGUL_PROBE = "한국어 감정 분석"
+MAX_UNKNOWN_RATE = 0.05  # a Korean encoder's own tokenizer leaves well under 1% of NIKL tokens unknown
+
+
+def uses_segment_ids(config: PretrainedConfig) -> bool:
+    """Whether the model has an embedding for the second segment's token type id (1). BERT and ELECTRA have two;
+    RoBERTa-family models (klue/roberta, XLM-R) have one, yet klue/roberta's BERT tokenizer emits 1 for the second
+    segment: fed to the model that is an index error (a device-side assert on a GPU)."""
+    return (getattr(config, "type_vocab_size", None) or 0) >= 2
+
+
+def model_input_names(tokenizer: PreTrainedTokenizerBase, config: PretrainedConfig) -> list[str] | None:
+    """The tokenizer's model inputs for this model: without `token_type_ids` when the model cannot take them (None
+    when nothing changes). Set on the tokenizer and saved with it, so every later encoding (training, inference,
+    ONNX export, `pipeline()` on a saved checkpoint) agrees."""
+    names = list(tokenizer.model_input_names)
+    if "token_type_ids" in names and not uses_segment_ids(config):
+        return [name for name in names if name != "token_type_ids"]
+    return None
+
+
+def _is_syllable(char: str) -> bool:
+    return "\uac00" <= char <= "\ud7a3"
+
+
+def _is_conjoining_jamo(char: str) -> bool:
+    return "\u1100" <= char <= "\u11ff"
+
+
+def splits_hangul(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """True when the tokenizer's normalizer turns Hangul syllables into conjoining jamo: the lowercase/strip-accents
+    path of BERT's normalizer goes through NFD, which is what a `BertTokenizer` does when its tokenizer_config
+    leaves out `do_lower_case: false`."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    normalizer = getattr(backend, "normalizer", None)
+    if normalizer is None:
+        return False
+    return any(_is_conjoining_jamo(char) for char in normalizer.normalize_str(HANGUL_PROBE))
+
+
+def vocabulary_holds_syllables(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether the vocabulary spells Hangul as syllables (every Korean encoder's) rather than as jamo (an NFD
+    vocabulary such as multilingual BERT uncased, for which splitting is right)."""
+    syllables = jamo = 0
+    for token in tokenizer.get_vocab():
+        syllables += any(_is_syllable(char) for char in token)
+        jamo += any(_is_conjoining_jamo(char) for char in token)
+    return syllables > jamo
+
+
+def vocabulary_is_cased(tokenizer: PreTrainedTokenizerBase) -> bool:
+    return any(any("A" <= char <= "Z" for char in token) for token in tokenizer.get_vocab() if not token.startswith("["))
+
+
+def hangul_fix(tokenizer: PreTrainedTokenizerBase) -> dict[str, bool]:
+    """Tokenizer settings that stop a syllable vocabulary's normalizer from splitting Hangul into jamo (every
+    syllable would become the unknown token); {} when nothing needs fixing. Lower-casing stays unless the
+    vocabulary is cased."""
+    if not splits_hangul(tokenizer) or not vocabulary_holds_syllables(tokenizer):
+        return {}
+    fix = {"strip_accents": False}
+    if vocabulary_is_cased(tokenizer):
+        fix["do_lower_case"] = False
+    return fix
+
+
+def unknown_token_rate(encoded: Dataset, tokenizer: PreTrainedTokenizerBase) -> tuple[float, int]:
+    """(share of the unknown token among the non-special tokens of `encoded`, number of those tokens); counted in
+    Arrow, without Python lists."""
+    if tokenizer.unk_token_id is None or len(encoded) == 0:
+        return 0.0, 0
+    ids = pc.list_flatten(encoded.with_format("arrow")["input_ids"])
+    special = pa.array(sorted(set(tokenizer.all_special_ids) - {tokenizer.unk_token_id}), type=ids.type)
+    tokens = len(ids) - (pc.sum(pc.is_in(ids, value_set=special)).as_py() or 0)
+    unknown = pc.sum(pc.equal(ids, tokenizer.unk_token_id)).as_py() or 0
+    return unknown / max(tokens, 1), tokens
+
+
+def unknown_rate_message(rate: float, tokens: int, tokenizer: PreTrainedTokenizerBase) -> str:
+    """What a high unknown-token rate means, with its likely cause."""
+    name = tokenizer.name_or_path or "the tokenizer"
+    message = (f"{rate:.1%} of the {tokens} tokens encoded with {name} are its unknown token {tokenizer.unk_token} "
+               f"(limit {MAX_UNKNOWN_RATE:.0%}): the model would see little of the text. ")
+    if splits_hangul(tokenizer):
+        return message + ("Likely cause: its normalizer splits Hangul syllables into jamo (NFD through lower-casing "
+                          "or accent stripping); set do_lower_case: false and strip_accents: false in its "
+                          "tokenizer_config.json")
+    return message + ("Likely cause: its vocabulary does not cover this text (not a Korean model?), or cleaning "
+                      "keeps characters it never saw; check model_name_or_path and the cleaning keys")
 
 
 def add_marker_tokens(tokenizer: PreTrainedTokenizerBase) -> int:

@@ -13,11 +13,13 @@ import os
 import shutil
 
 import numpy as np
+import pyarrow as pa
 import torch
 from transformers import AutoConfig
 
 from nikl_emotion.backbone import load_tokenizer
-from nikl_emotion.batching import MODEL_INPUTS
+from nikl_emotion.batching import MODEL_INPUTS, pad_table
+from nikl_emotion.encoding import tokenize_batch
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.fileio import write_json_atomic
 from nikl_emotion.labels import ID2LABEL
@@ -26,6 +28,9 @@ from nikl_emotion.preprocessing import Preprocessing
 ONNX_FILE = "model.onnx"
 EXPORT_FILE = "export.json"
 OPSET = 17
+# traced rows (cleaned-text columns, as tokenize_batch takes them): one with a target, one without
+TRACE_ROWS = {"text": ["오늘 공연 너무 좋았다", "정말 최고"], "target": ["공연", None], "target_begin": [3, None],
+              "target_end": [5, None]}
 
 
 def is_onnx_export(folder: str) -> bool:
@@ -39,6 +44,14 @@ def _require(module: str):
         raise PipelineError(f"ONNX export and inference need {module}: pip install onnx onnxruntime") from None
 
 
+def trace_sample(tokenizer, preprocessing: Preprocessing) -> dict[str, torch.Tensor]:
+    """A padded batch in the checkpoint's own format (its input format, its tokenizer's model inputs: no
+    token_type_ids for a model without segment embeddings), one row with a target and one without."""
+    encoded = tokenize_batch(TRACE_ROWS, tokenizer, preprocessing.input_format, preprocessing.max_seq_length)
+    names = [name for name in MODEL_INPUTS if name in encoded]
+    return pad_table(pa.table({name: encoded[name] for name in names}), names, tokenizer.pad_token_id)
+
+
 def export_checkpoint(checkpoint: str, output_dir: str, int8: bool = False, opset: int = OPSET) -> dict:
     """Export `checkpoint` (a `best/` folder) to `output_dir`; with `int8`, the saved model is the dynamically
     quantized one (int8 weights of the linear layers, activations quantized at run time)."""
@@ -48,8 +61,8 @@ def export_checkpoint(checkpoint: str, output_dir: str, int8: bool = False, opse
     ort = _require("onnxruntime")
     model, tokenizer, preprocessing = load_checkpoint(checkpoint)
     model.eval()
-    sample = tokenizer(["오늘 공연 너무 좋았다", "정말"], ["공연", "날씨"], padding=True, return_tensors="pt")
-    names = [name for name in MODEL_INPUTS if name in sample]
+    sample = trace_sample(tokenizer, preprocessing)
+    names = list(sample)
     staging = output_dir.rstrip("/") + ".partial"
     shutil.rmtree(staging, ignore_errors=True)
     os.makedirs(staging)
@@ -99,4 +112,4 @@ def load_onnx_export(folder: str):
         raise PipelineError(f"{folder}: the export's labels {labels} differ from this pipeline's {ID2LABEL}")
     with open(os.path.join(folder, EXPORT_FILE), encoding="utf-8") as handle:
         json.load(handle)  # present and readable: the folder was written whole
-    return OnnxClassifier(folder), load_tokenizer(folder), preprocessing
+    return OnnxClassifier(folder), load_tokenizer(folder, fix_hangul=False), preprocessing

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import math
 import os
 import shutil
@@ -24,6 +25,8 @@ from datasets import Dataset
 from transformers.modeling_outputs import MaskedLMOutput
 from transformers import (
     AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+    PreTrainedModel,
     DataCollatorForLanguageModeling,
     Trainer,
     TrainingArguments,
@@ -31,7 +34,7 @@ from transformers import (
 )
 
 from nikl_emotion.batching import padded_width
-from nikl_emotion.backbone import is_offline, load_tokenizer, offline_config, train_wordpiece_tokenizer
+from nikl_emotion.backbone import POST_TRAIN_FILE, check_max_seq_length, is_offline, load_tokenizer, offline_config, train_wordpiece_tokenizer
 from nikl_emotion.config import (
     ModelArguments,
     PreprocessingArguments,
@@ -45,10 +48,10 @@ from nikl_emotion.data import load_jsonl_files
 from nikl_emotion.encoding import add_marker_tokens, tokenize_batch
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.fileio import write_json_atomic
-from nikl_emotion.preprocessing import Preprocessing, clean
+from nikl_emotion.preprocessing import Preprocessing, check_unknown_rate, clean
 from nikl_emotion.training import LengthListSamplerMixin, keep_tensorboard_logs, last_complete_checkpoint, prepare_output_dir
 
-POST_TRAIN_FILE = "post_train.json"
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -97,10 +100,13 @@ def parse_post_train_config(argv: list[str]) -> tuple[ModelArguments, PostTrainD
     return model_args, data_args, mlm_args, training_args
 
 
-def mlm_model_and_tokenizer(model_args: ModelArguments, texts: list[str], with_markers: bool, seed: int, output_dir: str):
+def mlm_model_and_tokenizer(
+    model_args: ModelArguments, texts: list[str], preprocessing: Preprocessing, seed: int, output_dir: str
+):
     """A masked-LM model and its tokenizer: from a hub name or folder, or a new offline backbone built on `texts`.
     An offline tokenizer is saved to `output_dir` at once, so a resumed run (and every other process) uses the very
     vocabulary the checkpoints were trained with instead of training it again."""
+    with_markers = preprocessing.input_format == "marker"
     if is_offline(model_args.model_name_or_path):
         state = PartialState()
         with state.main_process_first():
@@ -113,14 +119,45 @@ def mlm_model_and_tokenizer(model_args: ModelArguments, texts: list[str], with_m
         config = offline_config(model_args.model_name_or_path, tokenizer)
         torch.manual_seed(seed)
         model = AutoModelForMaskedLM.from_config(config)
+        keep_classifier_modules(model, None)
     else:
         tokenizer = load_tokenizer(model_args.model_name_or_path, with_markers=with_markers)
+        check_max_seq_length(preprocessing.max_seq_length, model_args.model_name_or_path, tokenizer)
         model = AutoModelForMaskedLM.from_pretrained(model_args.model_name_or_path)
+        keep_classifier_modules(model, model_args.model_name_or_path)
     if with_markers:
         add_marker_tokens(tokenizer)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
     return model, tokenizer
+
+
+def keep_classifier_modules(model: PreTrainedModel, source: str | None) -> list[str]:
+    """Give a masked-LM model the encoder modules its masked-LM class leaves out but the classifier uses (BERT's
+    pooler: `BertForMaskedLM` has none, `BertForSequenceClassification` reads it), taken from `source`'s
+    checkpoint (freshly initialised for a new backbone, `source=None`) and frozen: the MLM loss never reaches them.
+    `save_pretrained` then writes them, so fine-tuning the post-trained folder loads every pretrained weight
+    instead of silently re-initialising them. Returns the module names added."""
+    base = model.base_model
+    with torch.device("meta"):
+        classifier = AutoModelForSequenceClassification.from_config(model.config)
+    missing = [name for name, _ in classifier.base_model.named_children() if getattr(base, name, None) is None]
+    if not missing:
+        return []
+    if source is None:
+        classifier, absent = AutoModelForSequenceClassification.from_config(model.config), set(missing)
+    else:
+        classifier, info = AutoModelForSequenceClassification.from_pretrained(source, output_loading_info=True)
+        absent = {key.split(".")[1] for key in info["missing_keys"] if key.startswith(f"{model.base_model_prefix}.")}
+    for name in missing:
+        setattr(base, name, getattr(classifier.base_model, name).requires_grad_(False))
+    kept = [name for name in missing if name not in absent]
+    if kept:
+        logger.info("post-training keeps %s's pretrained %s (frozen) for the classifier", source, ", ".join(kept))
+    if absent & set(missing):
+        logger.info("post-training saves a newly initialised %s for the classifier (none in %s)",
+                    ", ".join(sorted(absent & set(missing))), source or "a new backbone")
+    return missing
 
 
 def masked_lm_head(model) -> torch.nn.Module | None:
@@ -174,6 +211,7 @@ def mlm_encode(cleaned: Dataset, tokenizer, preprocessing: Preprocessing, offset
 
     keep = ["input_ids", "attention_mask", "token_type_ids", "length", "offset_mapping"]
     encoded = cleaned.map(encode_batch, batched=True, desc="tokenizing for MLM")
+    check_unknown_rate(encoded, tokenizer)
     return encoded.select_columns([c for c in keep if c in encoded.column_names])
 
 
@@ -216,9 +254,7 @@ def run_post_training(
         return summary
     set_seed(training_args.seed)
     texts = [t for t in cleaned["text"] if t]
-    model, tokenizer = mlm_model_and_tokenizer(
-        model_args, texts, preprocessing.input_format == "marker", training_args.seed, output_dir
-    )
+    model, tokenizer = mlm_model_and_tokenizer(model_args, texts, preprocessing, training_args.seed, output_dir)
     with training_args.main_process_first(desc="tokenizing"):
         encoded = mlm_encode(cleaned, tokenizer, preprocessing, offsets=mlm_args.whole_word_mask)
     # a row cleaned to nothing encodes as [CLS] [SEP]: nothing to learn from

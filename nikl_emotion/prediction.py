@@ -90,7 +90,7 @@ def load_checkpoint(path: str):
     labels = {int(k): v for k, v in model.config.id2label.items()}
     if labels != ID2LABEL:
         raise PipelineError(f"{path}: the checkpoint's labels {labels} differ from this pipeline's {ID2LABEL}")
-    tokenizer = load_tokenizer(path)
+    tokenizer = load_tokenizer(path, fix_hangul=False)  # exactly as in training
     return model, tokenizer, preprocessing
 
 
@@ -126,13 +126,13 @@ def predict_file(
     for path in checkpoints:
         if is_onnx_export(path):  # an export.py folder: onnxruntime on CPU, same batching
             classifier, tokenizer, preprocessing = load_onnx_export(path)
-            encoded = encode(clean(rows, preprocessing), tokenizer, preprocessing)
+            encoded = encode(clean(rows, preprocessing), tokenizer, preprocessing, on_unknown="warn")
             columns = [name for name in classifier.input_names if name in encoded.column_names]
             all_probs.append(sigmoid(predict_sorted(classifier, encoded, columns, tokenizer.pad_token_id, batch_size)))
             continue
         model, tokenizer, preprocessing = load_checkpoint(path)
         model.to(target_device)
-        encoded = encode(clean(rows, preprocessing), tokenizer, preprocessing)
+        encoded = encode(clean(rows, preprocessing), tokenizer, preprocessing, on_unknown="warn")
         all_probs.append(predict_probs(model, tokenizer, encoded, batch_size, target_device))
         del model
     mean_probs = np.mean(all_probs, axis=0)

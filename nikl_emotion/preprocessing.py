@@ -18,7 +18,7 @@ from transformers import PreTrainedTokenizerBase
 
 from nikl_emotion.batching import column_array
 from nikl_emotion.cleaning import CleaningOptions, clean_batch
-from nikl_emotion.encoding import INPUT_FORMATS, tokenize_batch
+from nikl_emotion.encoding import INPUT_FORMATS, MAX_UNKNOWN_RATE, tokenize_batch, unknown_rate_message, unknown_token_rate
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.fileio import write_json_atomic
 from nikl_emotion.labels import LABELS
@@ -99,15 +99,33 @@ def clean(rows: Dataset, preprocessing: Preprocessing) -> Dataset:
     return cleaned
 
 
-def encode(cleaned: Dataset, tokenizer: PreTrainedTokenizerBase, preprocessing: Preprocessing) -> Dataset:
-    """Adds input_ids, attention_mask (token_type_ids where the tokenizer makes them) and length; no padding."""
+def encode(
+    cleaned: Dataset, tokenizer: PreTrainedTokenizerBase, preprocessing: Preprocessing, on_unknown: str = "error"
+) -> Dataset:
+    """Adds input_ids, attention_mask (token_type_ids where the tokenizer makes them) and length; no padding.
+    More than `MAX_UNKNOWN_RATE` unknown tokens stops with the rate and its likely cause (`on_unknown="error"`,
+    for training) or logs them (`"warn"`, for inference)."""
     encoded = cleaned.map(
         tokenize_batch,
         batched=True,
         fn_kwargs={"tokenizer": tokenizer, "input_format": preprocessing.input_format, "max_length": preprocessing.max_seq_length},
         desc="tokenizing",
     )
+    check_unknown_rate(encoded, tokenizer, on_unknown)
     at_limit = int((column_array(encoded, "length") >= preprocessing.max_seq_length).sum())
     if at_limit:
         logger.info("%d of %d rows reach max_seq_length %d and are truncated", at_limit, len(encoded), preprocessing.max_seq_length)
     return encoded
+
+
+def check_unknown_rate(encoded: Dataset, tokenizer: PreTrainedTokenizerBase, on_unknown: str = "error") -> float:
+    """The unknown-token rate of `encoded`; above `MAX_UNKNOWN_RATE` an error (`on_unknown="error"`) or a warning."""
+    rate, tokens = unknown_token_rate(encoded, tokenizer)
+    if rate > MAX_UNKNOWN_RATE:
+        message = unknown_rate_message(rate, tokens, tokenizer)
+        if on_unknown == "error":
+            raise PipelineError(message)
+        logger.warning(message)
+    elif rate > 0:
+        logger.info("%.2f%% of %d tokens are the unknown token %s", 100 * rate, tokens, tokenizer.unk_token)
+    return rate

@@ -23,7 +23,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers import EarlyStoppingCallback, EvalPrediction, Trainer, TrainingArguments, set_seed
 
 from nikl_emotion.batching import MODEL_INPUTS, PaddingCollator, column_array, length_order
-from nikl_emotion.backbone import build_offline_backbone, is_offline, load_model, load_tokenizer
+from nikl_emotion.backbone import build_offline_backbone, check_max_seq_length, is_offline, load_model, load_tokenizer
 from nikl_emotion.config import DataArguments, KFoldArguments, LossArguments, ModelArguments, config_difference, resolved_config
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.data import iter_column, load_jsonl, load_jsonl_files
@@ -216,6 +216,7 @@ def backbone_and_encodings(
         warn_if_preprocessing_differs(backbone, preprocessing)
     with training_args.main_process_first(desc="tokenizing"):
         tokenizer = load_tokenizer(backbone, with_markers=preprocessing.input_format == "marker")
+        check_max_seq_length(preprocessing.max_seq_length, backbone, tokenizer)
         encoded = encode(cleaned, tokenizer, preprocessing)
         encoded_test = encode(cleaned_test, tokenizer, preprocessing) if cleaned_test is not None else None
     return backbone, tokenizer, encoded, encoded_test
