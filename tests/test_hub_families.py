@@ -119,7 +119,7 @@ def test_post_training_keeps_every_weight_the_classifier_uses(families, family, 
     run_post_training(*parse_post_train_config([
         str(ROOT / "configs" / "post_train-quickstart.yaml"), "--model_name_or_path", str(families[family]),
         "--output_dir", str(out), "--max_steps", "3", "--eval_strategy", "no", "--validation_fraction", "0",
-        "--disable_tqdm", "true",
+        "--disable_tqdm", "true", "--whole_word_mask", "true",  # word offsets of WordPiece and SentencePiece alike
     ]))
     assert (out / "post_train.json").exists()
     model, info = AutoModelForSequenceClassification.from_pretrained(out, num_labels=8, output_loading_info=True)
