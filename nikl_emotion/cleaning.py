@@ -4,7 +4,8 @@ Every step is a set of non-overlapping substitutions (regex matches or emoji spa
 `_substitute` rewrites the text and maps the target's offsets through the same edits, so the span is recomputed
 rather than left pointing at the old offsets.
 
-The symbol cleansing is the KcBERT/KcELECTRA recipe the reference pipeline used: keep Hangul, jamo, ASCII and
+Any cleaning first composes the text to NFC (decomposed Hangul would otherwise be erased as symbols). The symbol
+cleansing is the KcBERT/KcELECTRA recipe the reference pipeline used: keep Hangul, jamo, ASCII and
 ` .,?!/@$%~％·∼()`; drop emoji and URLs; collapse a character repeated 3+ times to 2 (soynlp's `repeat_normalize`,
 whose regex is reproduced here); squeeze spaces.
 """
@@ -12,6 +13,7 @@ whose regex is reproduced here); squeeze spaces.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -79,12 +81,34 @@ def _substitute(text: str, span: Span | None, edits: list[Edit]) -> tuple[str, S
     return "".join(pieces), span
 
 
+def _is_non_starter(char: str) -> bool:
+    # combining marks, and the vowel/final jamo that NFC composes onto a preceding initial jamo
+    return unicodedata.combining(char) != 0 or "\u1160" <= char <= "\u11ff"
+
+
+def _nfc_edits(text: str) -> list[Edit]:
+    """NFC composition as span-preserving edits, one per character cluster that changes. NFD-normalised Hangul
+    (macOS file names, some exports) is a run of conjoining jamo that the symbol cleansing would erase whole."""
+    if unicodedata.is_normalized("NFC", text):
+        return []
+    edits, start = [], 0
+    while start < len(text):
+        end = start + 1
+        while end < len(text) and _is_non_starter(text[end]):
+            end += 1
+        composed = unicodedata.normalize("NFC", text[start:end])
+        if composed != text[start:end]:
+            edits.append((start, end, composed))
+        start = end
+    return edits
+
+
 def _regex_step(pattern: re.Pattern, replacement: str):
     return lambda text: _regex_edits(pattern, text, replacement)
 
 
 def _steps(options: CleaningOptions) -> list:
-    steps = []
+    steps = [_nfc_edits] if options.any else []
     if options.remove_placeholders:
         steps.append(_regex_step(PLACEHOLDER_PATTERN, ""))
     elif options.remove_others:

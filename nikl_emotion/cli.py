@@ -6,6 +6,7 @@ import argparse
 import functools
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 
@@ -31,6 +32,8 @@ def entry_point(main: Callable[[list[str]], int | None]) -> Callable[[], None]:
 
     @functools.wraps(main)
     def run() -> None:
+        # SIGTERM (a scheduler's stop, `kill`) unwinds like Ctrl-C, so half-written temporaries are removed
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
         try:
             code = main(sys.argv[1:])
         except PipelineError as exc:
@@ -39,6 +42,8 @@ def entry_point(main: Callable[[list[str]], int | None]) -> Callable[[], None]:
         except BrokenPipeError:  # e.g. `score.py ... | head -1`: the reader left, nothing went wrong
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(0)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
         sys.exit(code or 0)
 
     return run

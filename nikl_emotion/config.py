@@ -7,6 +7,7 @@ parser (same types, same checks) and the command line wins.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 from dataclasses import dataclass, field
 
@@ -112,14 +113,14 @@ def yaml_tokens(mapping: dict, source: str) -> list[str]:
         if value is None or (isinstance(value, (list, tuple)) and not value):
             continue  # unset: the parser's default applies
         tokens.append(f"--{key}")
-        if isinstance(value, (list, tuple)):
-            tokens += [str(v) for v in value]
-        elif isinstance(value, bool):
-            tokens.append("true" if value else "false")
-        elif isinstance(value, dict):
+        if isinstance(value, dict):
             raise PipelineError(f"{source}: {key}: nested mappings are not supported; use flat keys")
-        else:
-            tokens.append(str(value))
+        values = list(value) if isinstance(value, (list, tuple)) else [value]
+        for item in values:
+            # checked before anything is turned into text: aliases can nest lists exponentially ("billion laughs")
+            if isinstance(item, (list, tuple, dict)):
+                raise PipelineError(f"{source}: {key}: expected a value or a list of values, not nested lists")
+            tokens.append(("true" if item else "false") if isinstance(item, bool) else str(item))
     return tokens
 
 
@@ -140,21 +141,41 @@ def parse_arguments(argv: list[str], classes: tuple, defaults: dict) -> tuple:
     """`[CONFIG.yaml] [--key value ...]` -> the dataclasses of `classes`: `defaults`, then the YAML file, then the
     command line, all through one HfArgumentParser whose errors are one-line `PipelineError`s."""
     file_tokens: list[str] = []
+    config_path = None
     if argv and argv[0].endswith((".yaml", ".yml")):
-        file_tokens = yaml_tokens(load_yaml(argv[0]), argv[0])
+        config_path = argv[0]
+        file_tokens = yaml_tokens(load_yaml(config_path), config_path)
         argv = argv[1:]
-    parser = HfArgumentParser(classes)
+    parser = HfArgumentParser(classes, allow_abbrev=False)  # `over: true` must not mean `overwrite: true`
 
     def error(message: str):
         raise PipelineError(message)
 
     parser.error = error  # one-line errors instead of argparse's usage dump
     try:
-        return tuple(parser.parse_args_into_dataclasses(args=yaml_tokens(defaults, "defaults") + file_tokens + list(argv)))
+        *parsed, unknown = parser.parse_args_into_dataclasses(
+            args=yaml_tokens(defaults, "defaults") + file_tokens + list(argv), return_remaining_strings=True
+        )
     except PipelineError:
         raise
     except (ValueError, TypeError) as exc:  # TrainingArguments' own checks
         raise PipelineError(str(exc).strip().splitlines()[0]) from None
+    if unknown:
+        raise PipelineError(unknown_keys_message(unknown, parser, file_tokens, config_path))
+    return tuple(parsed)
+
+
+def unknown_keys_message(unknown: list[str], parser: HfArgumentParser, file_tokens: list[str], config_path: str | None) -> str:
+    """Name the first unknown key, where it came from, and the closest known key (abbreviations are not accepted)."""
+    key = next((token for token in unknown if token.startswith("--")), None)
+    if key is None:
+        return f"unexpected argument {unknown[0]!r} (keys are given as --key value)"
+    known = [option[2:] for option in parser._option_string_actions if option.startswith("--")]
+    close = difflib.get_close_matches(key.lstrip("-"), known, n=1, cutoff=0.5)
+    close = close or [name for name in known if name.startswith(key.lstrip("-"))][:1]
+    where = config_path if config_path and key in file_tokens else "command line"
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return f"{where}: unknown key {key.lstrip('-')!r}{hint}"
 
 
 def parse_config(argv: list[str]) -> tuple[ModelArguments, DataArguments, KFoldArguments, LossArguments, TrainingArguments]:
@@ -186,10 +207,12 @@ def validate(
 ) -> None:
     """Fail before any work starts, with a message naming the key."""
     validate_model_and_files(model_args, data_args.train_files, "labelled jsonl file")
-    if data_args.test_file and not os.path.isfile(data_args.test_file):
-        raise PipelineError(f"{data_args.test_file}: file not found")
+    if data_args.test_file is not None and not os.path.isfile(data_args.test_file):
+        raise PipelineError(f"test_file: {data_args.test_file!r}: file not found")
     validate_preprocessing(data_args)
     validate_reporting(training_args)
+    validate_training_values(training_args)
+    check_inputs_outside_run(training_args.output_dir, [*data_args.train_files, *filter(None, [data_args.test_file])])
     if kfold_args.num_folds < 2:
         raise PipelineError(f"num_folds: must be at least 2, got {kfold_args.num_folds}")
     if kfold_args.fold is not None and not 0 <= kfold_args.fold < kfold_args.num_folds:
@@ -212,6 +235,38 @@ def validate(
         raise PipelineError("eval_strategy and save_strategy must be the same (epoch or steps): the best checkpoint is chosen on validation micro-F1")
     if training_args.metric_for_best_model not in ("micro_f1", "eval_micro_f1", "macro_f1", "eval_macro_f1", "loss", "eval_loss"):
         raise PipelineError(f"metric_for_best_model: {training_args.metric_for_best_model!r} is not micro_f1, macro_f1 or loss")
+
+
+def validate_training_values(training_args: TrainingArguments) -> None:
+    """Values TrainingArguments accepts but that fail (or silently do nothing) once training has started."""
+    checks = [
+        ("seed", training_args.seed >= 0, "must be >= 0"),
+        ("learning_rate", training_args.learning_rate > 0, "must be > 0"),
+        ("per_device_train_batch_size", training_args.per_device_train_batch_size >= 1, "must be at least 1"),
+        ("per_device_eval_batch_size", training_args.per_device_eval_batch_size >= 1, "must be at least 1"),
+        ("gradient_accumulation_steps", training_args.gradient_accumulation_steps >= 1, "must be at least 1"),
+        ("num_train_epochs", training_args.num_train_epochs > 0 or training_args.max_steps > 0,
+         "must be > 0 (or set max_steps)"),
+        ("weight_decay", training_args.weight_decay >= 0, "must be >= 0"),
+    ]
+    for key, ok, message in checks:
+        if not ok:
+            raise PipelineError(f"{key}: {message}, got {getattr(training_args, key)}")
+
+
+def check_inputs_outside_run(output_dir: str, paths: list[str]) -> None:
+    """An input file must not be one of the files the run writes or `--overwrite` deletes (OUT/submission.jsonl,
+    OUT/fold_K/...): it would be replaced by the run's own output."""
+    from nikl_emotion.training import is_training_run_file  # training imports this module
+
+    run = os.path.realpath(output_dir)
+    for path in paths:
+        relative = os.path.relpath(os.path.realpath(path), run)
+        if relative.startswith(os.pardir) or os.path.isabs(relative):
+            continue
+        if is_training_run_file(relative.split(os.sep)[0]):
+            raise PipelineError(f"{path}: this input lies where the run in {output_dir} writes its own files; "
+                                "move it or use another output_dir")
 
 
 def validate_reporting(training_args: TrainingArguments) -> None:

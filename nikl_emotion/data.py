@@ -7,11 +7,11 @@ rows (`output: ""`) load side by side without Arrow type errors.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from typing import Literal
-
 from collections.abc import Iterator
+from typing import Literal
 
 import datasets
 import pyarrow as pa
@@ -19,7 +19,7 @@ from datasets import Dataset, Features, Sequence, Value
 from datasets.exceptions import DatasetGenerationError
 
 from nikl_emotion.errors import RowError
-from nikl_emotion.fileio import iter_json_lines
+from nikl_emotion.fileio import check_text, parse_json_line
 from nikl_emotion.labels import LABELS, NUM_LABELS
 
 LabelMode = Literal["required", "optional"]
@@ -142,13 +142,35 @@ def _parse_batch(batch: dict, indices: list[int], path: str, label_mode: LabelMo
         raw = raw.removeprefix("\ufeff") if index == 0 else raw
         if not raw.strip():
             continue  # blank lines are harmless (editors add them at the end)
-        try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise RowError(path, line, "json", f"invalid JSON ({exc.msg} at column {exc.colno})") from None
-        for name, value in parse_row(obj, path, line, label_mode).items():
+        row = parse_row(parse_json_line(raw, path, line), path, line, label_mode)
+        for field, value in (("id", row["id"]), ("input", row["input_json"])):
+            check_text(value, path, line, field)
+        for name, value in row.items():
             columns[name].append(value)
     return columns
+
+
+RAW_FEATURES = Features({"text": Value("string")})
+
+
+def file_digest(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _file_lines(path: str, digest: str) -> Iterator[dict]:
+    """`Dataset.from_generator` source: one row per line, split on "\\n" only (a bare CR inside a line is part of
+    it, as for every other reader of the file), decoded line by line so bytes that are not UTF-8 name their line.
+    `digest` is unused here: it keys the cache on the file's content."""
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                yield {"text": raw.decode("utf-8")}
+            except UnicodeDecodeError:
+                raise RowError(path, number, "encoding", "not valid UTF-8") from None
 
 
 def load_jsonl(path: str | os.PathLike, label_mode: LabelMode = "required") -> Dataset:
@@ -161,10 +183,12 @@ def load_jsonl(path: str | os.PathLike, label_mode: LabelMode = "required") -> D
     if not os.path.isfile(path):
         raise RowError(path, None, "file", "not found")
     try:
-        raw = datasets.load_dataset("text", data_files=path, split="train")
-    except (UnicodeDecodeError, DatasetGenerationError):
-        for _ in iter_json_lines(path):  # re-read in Python: names the line that is not UTF-8
-            pass
+        # keyed on the file's bytes: datasets' own text loader keys its cache on path and modification time, so a
+        # file rewritten with its old mtime (cp -p, rsync -a, tar) would be read from the cache
+        raw = Dataset.from_generator(_file_lines, features=RAW_FEATURES, gen_kwargs={"path": path, "digest": file_digest(path)})
+    except DatasetGenerationError as exc:
+        if isinstance(exc.__cause__, RowError):
+            raise exc.__cause__ from None
         raise
     rows = raw.map(
         _parse_batch,

@@ -120,6 +120,26 @@ def add_marker_tokens(tokenizer: PreTrainedTokenizerBase) -> int:
     return tokenizer.add_special_tokens({"additional_special_tokens": list(MARKER_TOKENS)}, replace_extra_special_tokens=False)
 
 
+CHARS_PER_TOKEN_BOUND = 64  # far more than any real text needs: bounds the work (and memory) on a giant row
+
+
+def marked_text(text: str, begin: int, end: int) -> str:
+    return f"{text[:begin]}{TARGET_START} {text[begin:end]} {TARGET_END}{text[end:]}"
+
+
+def bounded(text: str, target: str | None, begin: int | None, end: int | None, input_format: InputFormat, limit: int):
+    """The row cut to at most `limit` characters before tokenizing (truncation would drop the rest anyway): the
+    start of the text, or for `marker` a window around the target, whose span moves with it."""
+    if target is not None and len(target) > limit:
+        target = target[:limit]
+    if len(text) <= limit:
+        return text, target, begin, end
+    if input_format != "marker" or begin is None:
+        return text[:limit], target, begin, end
+    start = begin if end - begin >= limit else max(0, min(begin - (limit - (end - begin)) // 2, len(text) - limit))
+    return text[start : start + limit], target, begin - start, min(end, start + limit) - start
+
+
 def segments(text: str, target: str | None, begin: int | None, end: int | None, input_format: InputFormat) -> tuple[str, str | None]:
     """The (segment A, segment B) a row is encoded as; a null target gives the text alone."""
     if target is None:
@@ -127,7 +147,7 @@ def segments(text: str, target: str | None, begin: int | None, end: int | None, 
     if input_format == "pair":
         return text, target
     if input_format == "marker":
-        return f"{text[:begin]}{TARGET_START} {text[begin:end]} {TARGET_END}{text[end:]}", None
+        return marked_text(text, begin, end), None
     if input_format == "prompt":
         return PROMPT_TEMPLATE.format(target=target), text
     raise ValueError(f"unknown input_format {input_format!r}; choose one of {', '.join(INPUT_FORMATS)}")
@@ -138,10 +158,11 @@ def tokenize_batch(
 ) -> dict:
     """`datasets.map(batched=True)` function: input ids (unpadded), their `length` (and what `tokenizer_kwargs` ask
     for, e.g. offsets)."""
-    pairs = [
-        segments(text, target, begin, end, input_format)
+    rows = [
+        bounded(text, target, begin, end, input_format, max_length * CHARS_PER_TOKEN_BOUND)
         for text, target, begin, end in zip(batch["text"], batch["target"], batch["target_begin"], batch["target_end"])
     ]
+    pairs = [segments(*row, input_format) for row in rows]
     # The tokenizer takes either all pairs or all singles: encode the two groups apart and put rows back in order.
     with_b = [i for i, (_, b) in enumerate(pairs) if b is not None]
     without_b = [i for i, (_, b) in enumerate(pairs) if b is None]
@@ -157,5 +178,29 @@ def tokenize_batch(
             column = encoded.setdefault(key, [None] * len(pairs))
             for i, value in zip(indices, values):
                 column[i] = value
+    if input_format == "marker":
+        end_id = tokenizer.convert_tokens_to_ids(TARGET_END)
+        for i, (text, target, begin, end) in enumerate(rows):
+            if target is not None and end_id not in encoded["input_ids"][i]:  # truncation cut the target off
+                window = target_window(marked_text(text, begin, end), tokenizer, max_length)
+                for key, value in tokenizer(window, truncation=True, max_length=max_length, **tokenizer_kwargs).items():
+                    encoded[key][i] = value
     encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
     return encoded
+
+
+def target_window(marked: str, tokenizer: PreTrainedTokenizerBase, max_length: int) -> str:
+    """The part of a marked text that fits `max_length` tokens with both markers in it: the target with as much
+    context on each side as fits (more on the side that has it), cut at token boundaries. Truncating from the
+    end instead would drop a late target's markers, and the model would not know what it is asked about."""
+    full = tokenizer(marked, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = full["input_ids"], full["offset_mapping"]
+    start_id, end_id = tokenizer.convert_tokens_to_ids([TARGET_START, TARGET_END])
+    first, last = ids.index(start_id), len(ids) - 1 - ids[::-1].index(end_id)
+    budget = max(1, max_length - tokenizer.num_special_tokens_to_add(pair=False) - 2)  # 2: slack for a cut word
+    if last - first + 1 >= budget:
+        left = first
+    else:
+        left = min(max(0, first - (budget - (last - first + 1)) // 2), max(0, len(ids) - budget))
+    right = min(len(ids), left + budget)
+    return marked[offsets[left][0] : offsets[right - 1][1]]

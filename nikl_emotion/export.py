@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import numpy as np
 import pyarrow as pa
@@ -21,7 +20,7 @@ from nikl_emotion.backbone import load_tokenizer
 from nikl_emotion.batching import MODEL_INPUTS, pad_table
 from nikl_emotion.encoding import tokenize_batch
 from nikl_emotion.errors import PipelineError
-from nikl_emotion.fileio import write_json_atomic
+from nikl_emotion.fileio import atomic_folder, check_writable_location, write_json_atomic
 from nikl_emotion.labels import ID2LABEL
 from nikl_emotion.preprocessing import Preprocessing
 
@@ -57,15 +56,34 @@ def export_checkpoint(checkpoint: str, output_dir: str, int8: bool = False, opse
     quantized one (int8 weights of the linear layers, activations quantized at run time)."""
     from nikl_emotion.prediction import load_checkpoint
 
+    check_export_target(checkpoint, output_dir)
     _require("onnx")
     ort = _require("onnxruntime")
     model, tokenizer, preprocessing = load_checkpoint(checkpoint)
     model.eval()
+    with atomic_folder(output_dir) as staging:  # the folder appears complete or not at all
+        return _export(model, tokenizer, preprocessing, checkpoint, staging, int8, opset, ort)
+
+
+def check_export_target(checkpoint: str, output_dir: str) -> None:
+    """`output_dir` may be new, empty, or a previous export (it holds export.json) that does not contain the
+    checkpoint: `export.py` replaces only what it wrote itself, never a run folder or the current directory."""
+    if not output_dir:
+        raise PipelineError("--output: empty path")
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise PipelineError(f"{output_dir}: --output exists and is not a folder")
+    check_writable_location(output_dir.rstrip(os.sep) or output_dir, "--output")
+    target, source = os.path.realpath(output_dir), os.path.realpath(checkpoint)
+    if source == target or source.startswith(target.rstrip(os.sep) + os.sep):
+        raise PipelineError(f"{output_dir}: --output holds the checkpoint {checkpoint}; export to another folder")
+    if os.path.isdir(output_dir) and os.listdir(output_dir) and not os.path.isfile(os.path.join(output_dir, EXPORT_FILE)):
+        raise PipelineError(f"{output_dir}: --output is a folder that holds other files (not a previous export, no "
+                            f"{EXPORT_FILE}); export.py replaces only its own exports: give a new or empty folder")
+
+
+def _export(model, tokenizer, preprocessing: Preprocessing, checkpoint: str, staging: str, int8: bool, opset: int, ort) -> dict:
     sample = trace_sample(tokenizer, preprocessing)
     names = list(sample)
-    staging = output_dir.rstrip("/") + ".partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    os.makedirs(staging)
     fp32_path = os.path.join(staging, "model.fp32.onnx" if int8 else ONNX_FILE)
     axes = {name: {0: "batch", 1: "sequence"} for name in names} | {"logits": {0: "batch"}}
     with torch.inference_mode():
@@ -83,8 +101,6 @@ def export_checkpoint(checkpoint: str, output_dir: str, int8: bool = False, opse
     info = {"source": os.path.abspath(checkpoint), "int8": int8, "opset": opset, "inputs": names,
             "torch": torch.__version__, "onnxruntime": ort.__version__}
     write_json_atomic(os.path.join(staging, EXPORT_FILE), info)
-    shutil.rmtree(output_dir, ignore_errors=True)
-    os.replace(staging, output_dir)  # the folder appears complete or not at all
     return info
 
 
@@ -106,10 +122,19 @@ class OnnxClassifier:
 
 def load_onnx_export(folder: str):
     """(classifier, tokenizer, preprocessing) of an export folder; refuses other label sets, like load_checkpoint."""
+    from nikl_emotion.prediction import check_tokenizer_files, first_line
+
     preprocessing = Preprocessing.load(folder)
-    labels = {int(k): v for k, v in AutoConfig.from_pretrained(folder).id2label.items()}
+    check_tokenizer_files(folder)
+    try:
+        labels = {int(k): v for k, v in AutoConfig.from_pretrained(folder).id2label.items()}
+        with open(os.path.join(folder, EXPORT_FILE), encoding="utf-8") as handle:
+            json.load(handle)  # present and readable: the folder was written whole
+        classifier, tokenizer = OnnxClassifier(folder), load_tokenizer(folder, fix_hangul=False)
+    except PipelineError:
+        raise
+    except Exception as exc:  # a damaged export: bad config.json, truncated model.onnx
+        raise PipelineError(f"{folder}: cannot load the export ({type(exc).__name__}: {first_line(exc)})") from None
     if labels != ID2LABEL:
         raise PipelineError(f"{folder}: the export's labels {labels} differ from this pipeline's {ID2LABEL}")
-    with open(os.path.join(folder, EXPORT_FILE), encoding="utf-8") as handle:
-        json.load(handle)  # present and readable: the folder was written whole
-    return OnnxClassifier(folder), load_tokenizer(folder, fix_hangul=False), preprocessing
+    return classifier, tokenizer, preprocessing

@@ -59,6 +59,8 @@ def score_files(gold_path: str, pred_path: str) -> dict:
 
     gold = load_jsonl(gold_path, "required")
     pred = load_jsonl(pred_path, "required")
+    for path in (gold_path, pred_path):
+        check_official_outputs(path)
     gold_ids, pred_ids = gold["id"], pred["id"]
     position = {row_id: i for i, row_id in enumerate(pred_ids)}
     missing = next((row_id for row_id in gold_ids if row_id not in position), None)
@@ -70,3 +72,26 @@ def score_files(gold_path: str, pred_path: str) -> dict:
         raise PipelineError(f"{pred_path}: id {extra!r} is not in {gold_path}")
     order = [position[row_id] for row_id in gold_ids]
     return score(np.asarray(gold["labels"]), np.asarray(pred["labels"])[order])
+
+
+OFFICIAL_VALUES = {"True": True, "true": True, "False": False, "false": False}
+
+
+def check_official_outputs(path: str) -> None:
+    """The official scorer reads each row's `output.values()` by position and counts only "True"/"true" as
+    positive. A file it would read differently from this pipeline (labels in another order; 1/0, JSON booleans,
+    "TRUE") is refused, naming line and field, rather than given a score the official scorer would not print."""
+    from nikl_emotion.errors import RowError
+    from nikl_emotion.fileio import iter_json_lines
+
+    for line, obj in iter_json_lines(path):
+        output = obj.get("output") if isinstance(obj, dict) else None
+        if not isinstance(output, dict):
+            continue  # load_jsonl has named it already
+        if list(output) != list(LABELS):
+            raise RowError(path, line, "output", f"labels in another order ({', '.join(map(str, output))}); the official "
+                                                 f"scorer reads them by position: write {', '.join(LABELS)}")
+        for label, value in output.items():
+            if not isinstance(value, str) or value not in OFFICIAL_VALUES:
+                raise RowError(path, line, f"output.{label}", f"{value!r}: the official scorer counts only \"True\"/"
+                                                              "\"true\" as positive; write \"True\" or \"False\"")

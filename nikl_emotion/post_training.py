@@ -49,7 +49,14 @@ from nikl_emotion.encoding import add_marker_tokens, tokenize_batch
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.fileio import write_json_atomic
 from nikl_emotion.preprocessing import Preprocessing, check_unknown_rate, clean
-from nikl_emotion.training import LengthListSamplerMixin, keep_tensorboard_logs, last_complete_checkpoint, prepare_output_dir
+from nikl_emotion.locking import exclusive
+from nikl_emotion.training import (
+    LengthListSamplerMixin,
+    input_digests,
+    keep_tensorboard_logs,
+    last_complete_checkpoint,
+    prepare_output_dir,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -241,10 +248,25 @@ def run_post_training(
         rows = load_jsonl_files(data_args.train_files, "optional")
         cleaned = clean(rows, preprocessing)
     config = resolved_config(model_args, data_args, mlm_args, training_args)
-    if state.is_main_process:
-        # post-training owns its whole folder: --overwrite empties it
-        prepare_output_dir(output_dir, config, mlm_args.overwrite, is_run_file=lambda name: True, kind="a post-training run")
-    state.wait_for_everyone()
+    with contextlib.ExitStack() as held:
+        if state.is_main_process:
+            # one post-training per folder at a time; it owns its whole folder: --overwrite empties it (hidden lock
+            # files aside)
+            held.enter_context(exclusive(os.path.join(output_dir, ".post_train.lock"), output_dir))
+            prepare_output_dir(output_dir, config, mlm_args.overwrite, is_run_file=lambda name: not name.endswith(".lock"),
+                               kind="a post-training run", has_results=post_training_has_results,
+                               inputs=input_digests(data_args.train_files))
+        state.wait_for_everyone()
+        return _post_train(model_args, data_args, mlm_args, training_args, cleaned, preprocessing, state)
+
+
+def post_training_has_results(output_dir: str) -> bool:
+    """Checkpoints or a saved model: what a changed configuration must not silently replace."""
+    return any(os.path.exists(os.path.join(output_dir, name)) for name in ("checkpoints", "config.json", POST_TRAIN_FILE))
+
+
+def _post_train(model_args, data_args, mlm_args, training_args, cleaned, preprocessing, state) -> dict | None:
+    output_dir = training_args.output_dir
     done = os.path.join(output_dir, POST_TRAIN_FILE)
     if os.path.exists(done):  # written last: this configuration has been post-trained already
         with open(done, encoding="utf-8") as handle:

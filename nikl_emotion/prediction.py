@@ -17,13 +17,14 @@ from nikl_emotion.batching import MODEL_INPUTS, length_order, pad_table
 from nikl_emotion.data import iter_column, iter_inputs, load_jsonl
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.export import is_onnx_export, load_onnx_export
-from nikl_emotion.fileio import write_probs, write_submission
+from nikl_emotion.fileio import check_distinct_paths, check_output_path, write_probs, write_submission
 from nikl_emotion.labels import ID2LABEL, NUM_LABELS
 from nikl_emotion.metrics import decide, sigmoid
 from nikl_emotion.preprocessing import Preprocessing, clean, encode
 from nikl_emotion.voting import hard_vote
 
 logger = logging.getLogger(__name__)
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "sentencepiece.bpe.model", "spiece.model", "tokenizer.model", "vocab.json")
 
 
 def predict_sorted(
@@ -86,16 +87,47 @@ def load_checkpoint(path: str):
     if not os.path.isdir(path):
         raise PipelineError(f"{path}: checkpoint folder not found")
     preprocessing = Preprocessing.load(path)
-    model = AutoModelForSequenceClassification.from_pretrained(path)
+    check_tokenizer_files(path)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(path)
+        tokenizer = load_tokenizer(path, fix_hangul=False)  # exactly as in training
+    except Exception as exc:  # a damaged folder: bad config.json, truncated weights, unreadable tokenizer
+        raise PipelineError(f"{path}: cannot load the checkpoint ({type(exc).__name__}: {first_line(exc)})") from None
     labels = {int(k): v for k, v in model.config.id2label.items()}
     if labels != ID2LABEL:
         raise PipelineError(f"{path}: the checkpoint's labels {labels} differ from this pipeline's {ID2LABEL}")
-    tokenizer = load_tokenizer(path, fix_hangul=False)  # exactly as in training
     return model, tokenizer, preprocessing
+
+
+def first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0][:300]
+
+
+def check_tokenizer_files(path: str) -> None:
+    """Without its tokenizer files a folder still "loads" a tokenizer of special tokens only, and every word of
+    every row becomes the unknown token: refuse it instead."""
+    if not any(os.path.isfile(os.path.join(path, name)) for name in TOKENIZER_FILES):
+        raise PipelineError(f"{path}: no tokenizer files (one of {', '.join(TOKENIZER_FILES)}); copy the tokenizer "
+                            "that was saved with the checkpoint into the folder")
 
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """`--device` as a torch device that exists here (cuda without a GPU is refused before any work)."""
+    if not name:
+        return default_device()
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise PipelineError(f"--device: {name!r} is not a device (cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise PipelineError(f"--device: {name} is not available here (GPUs visible: {torch.cuda.device_count()})")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise PipelineError(f"--device: {name!r}: use cpu or cuda")
+    return device
 
 
 def predict_file(
@@ -117,11 +149,17 @@ def predict_file(
     """
     if strategy not in ("hard", "soft"):
         raise PipelineError(f"strategy: {strategy!r} is not hard or soft")
+    if batch_size < 1:
+        raise PipelineError(f"--batch_size: must be at least 1, got {batch_size}")
+    check_distinct_paths({"--input": input_path}, {"--output": output_path, "--probs": probs_path})
+    for option, path in (("--output", output_path), ("--probs", probs_path)):
+        if path is not None:
+            check_output_path(path, option)
+    target_device = resolve_device(device)
     rows = load_jsonl(input_path, "optional")
     labelled = len(rows) - rows.with_format("arrow")["labels"].null_count
     if labelled:
         logger.info("%s: %d rows carry labels; prediction ignores them (score.py compares them)", input_path, labelled)
-    target_device = torch.device(device) if device else default_device()
     all_probs = []
     for path in checkpoints:
         if is_onnx_export(path):  # an export.py folder: onnxruntime on CPU, same batching

@@ -54,11 +54,22 @@ class Preprocessing:
                 data = json.load(handle)
         except (OSError, json.JSONDecodeError) as exc:
             raise PipelineError(f"{path}: cannot read the checkpoint's preprocessing settings ({exc})") from None
+        if not isinstance(data, dict):
+            raise PipelineError(f"{path}: expected a JSON object")
         if data.get("labels") != list(LABELS):
             raise PipelineError(f"{path}: labels {data.get('labels')} differ from this pipeline's {list(LABELS)}")
         if data.get("input_format") not in INPUT_FORMATS:
             raise PipelineError(f"{path}: unknown input_format {data.get('input_format')!r}")
-        return cls(CleaningOptions(**data["cleaning"]), data["input_format"], int(data["max_seq_length"]))
+        cleaning, keys = data.get("cleaning"), [field.name for field in dataclasses.fields(CleaningOptions)]
+        if not isinstance(cleaning, dict) or sorted(cleaning) != sorted(keys):
+            raise PipelineError(f"{path}: cleaning: expected the keys {', '.join(keys)}")
+        for key in keys:  # a string "false" would read as true
+            if not isinstance(cleaning[key], bool):
+                raise PipelineError(f"{path}: cleaning.{key}: expected true or false, got {cleaning[key]!r}")
+        length = data.get("max_seq_length")
+        if isinstance(length, bool) or not isinstance(length, int) or length < 8:
+            raise PipelineError(f"{path}: max_seq_length: expected a whole number >= 8, got {length!r}")
+        return cls(CleaningOptions(**cleaning), data["input_format"], length)
 
 
 def preprocessing_differences(backbone: str, preprocessing: Preprocessing) -> list[str]:

@@ -11,6 +11,7 @@ import yaml
 from datasets import Dataset
 
 from nikl_emotion.config import KFoldArguments
+from nikl_emotion.errors import PipelineError
 from nikl_emotion.fileio import read_probs, write_json_atomic, write_probs
 from nikl_emotion.labels import LABELS
 from nikl_emotion.metrics import decide, score
@@ -37,13 +38,18 @@ def summarize(output_dir: str, train_rows: Dataset, test_path: str | None, num_f
     position = {row_id: i for i, row_id in enumerate(ids)}
     oof = np.full((len(ids), len(folds[0]["per_label"])), np.nan)
     fold_of_row = np.full(len(ids), -1)
+    changed = "the training files changed since the folds were trained: use the original files, or --overwrite true"
     for k in range(num_folds):
-        fold_ids, probs = read_probs(os.path.join(fold_dir(output_dir, k), "val_probs.jsonl"))
+        path = os.path.join(fold_dir(output_dir, k), "val_probs.jsonl")
+        fold_ids, probs = read_probs(path)
+        unknown = next((i for i in fold_ids if i not in position), None)
+        if unknown is not None:
+            raise PipelineError(f"{path}: id {unknown!r} is not in the training files; {changed}")
         rows = [position[i] for i in fold_ids]
         oof[rows] = probs
         fold_of_row[rows] = k
     if np.isnan(oof).any():
-        raise RuntimeError("out-of-fold predictions do not cover every training row; were the folds run with different data?")
+        raise PipelineError(f"{output_dir}: the folds' validation rows do not cover every training row; {changed}")
     write_probs(os.path.join(output_dir, "oof.jsonl"), ids, oof)
     gold = np.asarray(train_rows["labels"])
     fallback = kfold_args.fallback_top_label
@@ -85,7 +91,6 @@ def rebuild_run(output_dir: str) -> dict:
     import dataclasses
 
     from nikl_emotion.data import load_jsonl_files
-    from nikl_emotion.errors import PipelineError
 
     try:
         with open(os.path.join(output_dir, "config.yaml"), encoding="utf-8") as handle:
@@ -93,6 +98,12 @@ def rebuild_run(output_dir: str) -> dict:
     except OSError as exc:
         raise PipelineError(f"{output_dir}: not a training run ({exc.strerror}: config.yaml)") from None
     kfold_args = KFoldArguments(**{f.name: config[f.name] for f in dataclasses.fields(KFoldArguments) if f.name in config})
+    from nikl_emotion.training import INPUTS_FILE, input_digests, inputs_difference, read_json_mapping
+
+    recorded = read_json_mapping(os.path.join(output_dir, INPUTS_FILE))
+    difference = inputs_difference(recorded, input_digests([p for p in recorded if os.path.isfile(p)]))
+    if difference is not None:
+        raise PipelineError(f"{output_dir}: {difference}; the report would mix two versions of the data")
     rows = load_jsonl_files(config["train_files"], "required")
     summary = summarize(output_dir, rows, config.get("test_file"), kfold_args.num_folds, kfold_args)
     if summary is None:

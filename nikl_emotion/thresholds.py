@@ -104,20 +104,26 @@ def load_thresholds(path: str, which: str = "per_label") -> np.ndarray:
     try:
         with open(path, encoding="utf-8") as handle:
             data = json.load(handle)
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise PipelineError(f"{path}: cannot read thresholds ({exc})") from None
+    if not isinstance(data, dict):
+        raise PipelineError(f"{path}: expected a JSON object with per_label (and global) thresholds")
     if which == "global":
         value = data.get("global")
-        if not isinstance(value, (int, float)) or not 0 < value < 1:
+        if not _is_threshold(value):
             raise PipelineError(f"{path}: global: expected a number in (0, 1)")
         return np.full(NUM_LABELS, float(value))
     per_label = data.get("per_label")
     if not isinstance(per_label, dict) or list(per_label) != list(LABELS):
         raise PipelineError(f"{path}: per_label: expected the keys {', '.join(LABELS)} in order")
-    values = np.array([per_label[label] for label in LABELS], dtype=np.float64)
-    if not ((values > 0) & (values < 1)).all():
-        raise PipelineError(f"{path}: per_label: thresholds must be in (0, 1)")
-    return values
+    bad = next((label for label in LABELS if not _is_threshold(per_label[label])), None)
+    if bad is not None:
+        raise PipelineError(f"{path}: per_label.{bad}: thresholds must be in (0, 1), got {per_label[bad]!r}")
+    return np.array([per_label[label] for label in LABELS], dtype=np.float64)
+
+
+def _is_threshold(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1
 
 
 def thresholds_path(output_dir: str) -> str:

@@ -3,6 +3,7 @@ then out-of-fold scores, a summary and a hard-voted submission."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import gc
@@ -23,12 +24,13 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers import EarlyStoppingCallback, EvalPrediction, Trainer, TrainingArguments, set_seed
 
 from nikl_emotion.batching import MODEL_INPUTS, PaddingCollator, column_array, length_order
-from nikl_emotion.backbone import build_offline_backbone, check_max_seq_length, is_offline, load_model, load_tokenizer
+from nikl_emotion.backbone import RUN_CONFIG_FILE, build_offline_backbone, check_max_seq_length, is_offline, load_model, load_tokenizer
 from nikl_emotion.config import DataArguments, KFoldArguments, LossArguments, ModelArguments, config_difference, resolved_config
 from nikl_emotion.errors import PipelineError
-from nikl_emotion.data import iter_column, load_jsonl, load_jsonl_files
+from nikl_emotion.data import file_digest, iter_column, load_jsonl, load_jsonl_files
 from nikl_emotion.fileio import write_json_atomic, write_probs, write_text_atomic
 from nikl_emotion.folds import make_folds
+from nikl_emotion.locking import exclusive, exclusive_all
 from nikl_emotion.losses import MultiLabelLoss, build_loss
 from nikl_emotion.metrics import decide, format_table, score, sigmoid
 from nikl_emotion.model_card import write_model_card
@@ -39,7 +41,8 @@ from nikl_emotion.thresholds import describe_gain
 MODEL_INPUT_COLUMNS = (*MODEL_INPUTS, "length")  # `length` feeds the sampler only
 TRAINER_COLUMNS = (*MODEL_INPUT_COLUMNS, "labels")
 DONE_FILE = "done.json"  # written last in a fold: the fold is complete only when it exists
-RUN_FILES = ("backbone", "oof.jsonl", "summary.json", "thresholds.json", "submission.jsonl", "report.md", "config.yaml")
+INPUTS_FILE = "inputs.json"  # sha256 of each input file: results are refused against changed data
+RUN_FILES = ("backbone", "oof.jsonl", "summary.json", "thresholds.json", "submission.jsonl", "report.md", "config.yaml", INPUTS_FILE)
 
 
 def keep_tensorboard_logs(trainer: Trainer, folder: str) -> None:
@@ -87,17 +90,35 @@ def is_training_run_file(name: str) -> bool:
     return name in RUN_FILES or re.fullmatch(r"fold_\d+", name) is not None or name.endswith(".png")
 
 
+def training_has_results(output_dir: str) -> bool:
+    """Whether a training run folder holds anything a fold produced (a fold_K folder)."""
+    return any(re.fullmatch(r"fold_\d+", name) for name in os.listdir(output_dir))
+
+
+def inputs_difference(old: dict, new: dict) -> str | None:
+    """The first input file whose content differs between two `inputs.json` records ({path: sha256})."""
+    for path in sorted(set(old) | set(new)):
+        if path in old and path in new and old[path] != new[path]:
+            return f"{path} changed since this run's folds were trained (its content differs)"
+    return None
+
+
 def prepare_output_dir(
-    output_dir: str, config: dict, overwrite: bool, is_run_file=is_training_run_file, kind: str = "a run"
+    output_dir: str, config: dict, overwrite: bool, is_run_file=is_training_run_file, kind: str = "a run",
+    has_results=training_has_results, inputs: dict[str, str] | None = None,
 ) -> None:
-    """Refuse to mix two configurations in one output_dir; `overwrite` deletes the old run's files first (the
-    names `is_run_file` accepts)."""
-    existing = os.path.join(output_dir, "config.yaml")
+    """Refuse to mix two configurations (or two versions of an input file) in one output_dir that holds results;
+    `overwrite` deletes the old run's files first (the names `is_run_file` accepts). A folder whose earlier run
+    stopped before producing results (a crash on a bad value, a kill during set-up) is simply taken over, so the
+    corrected command is not refused."""
+    existing = os.path.join(output_dir, RUN_CONFIG_FILE)
+    inputs_file = os.path.join(output_dir, INPUTS_FILE)
     if os.path.exists(existing):
-        with open(existing, encoding="utf-8") as handle:
-            old = yaml.safe_load(handle) or {}
-        difference = config_difference(old, config)
-        if overwrite:
+        old = read_yaml_mapping(existing)
+        old_inputs = read_json_mapping(inputs_file)
+        difference = config_difference(old, config) or inputs_difference(old_inputs, inputs or {})
+        results = has_results(output_dir)
+        if overwrite or (difference is not None and not results):
             for name in os.listdir(output_dir):
                 if is_run_file(name):
                     path = os.path.join(output_dir, name)
@@ -109,6 +130,37 @@ def prepare_output_dir(
             )
     os.makedirs(output_dir, exist_ok=True)
     write_text_atomic(existing, yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
+    if inputs is not None:
+        write_json_atomic(inputs_file, inputs)
+
+
+def read_yaml_mapping(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle)
+    except (OSError, yaml.YAMLError) as exc:
+        raise PipelineError(f"{path}: cannot read ({exc})") from None
+    return data if isinstance(data, dict) else {}
+
+
+def read_json_mapping(path: str) -> dict:
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise PipelineError(f"{path}: cannot read ({exc})") from None
+    return data if isinstance(data, dict) else {}
+
+
+def setup_lock(output_dir: str) -> str:
+    return os.path.join(output_dir, ".setup.lock")
+
+
+def input_digests(paths: list[str]) -> dict[str, str]:
+    """{path: sha256 of its bytes}: what a run's results were computed from."""
+    return {path: file_digest(path) for path in paths}
 
 
 class LengthListSamplerMixin:
@@ -362,21 +414,38 @@ def run_training(
         test_rows = load_jsonl(data_args.test_file, "optional") if data_args.test_file else None
         cleaned = clean(train_rows, preprocessing)
         cleaned_test = clean(test_rows, preprocessing) if test_rows is not None else None
-    if state.is_main_process:
-        prepare_output_dir(output_dir, resolved_config(model_args, data_args, kfold_args, loss_args, training_args), kfold_args.overwrite)
-    state.wait_for_everyone()
-    backbone, _, encoded, encoded_test = backbone_and_encodings(model_args, preprocessing, training_args, cleaned, cleaned_test)
-    folds = make_folds(np.asarray(train_rows["labels"]), kfold_args.num_folds, training_args.seed)
+    if kfold_args.num_folds > len(train_rows):
+        raise PipelineError(f"num_folds: {kfold_args.num_folds} folds need at least as many rows; "
+                            f"{', '.join(data_args.train_files)} hold {len(train_rows)}")
     selected = range(kfold_args.num_folds) if kfold_args.fold is None else [kfold_args.fold]
-    for k in selected:
-        if fold_is_done(output_dir, k):
-            print(f"fold {k}: already complete ({DONE_FILE}); skipped")
-            continue
-        train_index, val_index = folds[k]
-        train_fold(k, train_index, val_index, encoded, encoded_test, backbone, preprocessing, kfold_args, loss_args, training_args)
-    if not state.is_main_process:
-        return None
-    summary = summarize(output_dir, train_rows, data_args.test_file, kfold_args.num_folds, kfold_args)
+    with contextlib.ExitStack() as held:
+        if state.is_main_process:
+            # this process's folds stay locked while it runs: a second copy of the run (or of the fold) is refused
+            # at once, while `--fold 0` and `--fold 1` side by side share the folder
+            held.enter_context(exclusive_all([(os.path.join(output_dir, f".fold_{k}.lock"), f"{output_dir} fold {k}")
+                                              for k in selected]))
+        # set-up (config, offline backbone) one process at a time; the other ranks of this job only meet barriers
+        with exclusive(setup_lock(output_dir), output_dir, wait=True) if state.is_main_process else contextlib.nullcontext():
+            if state.is_main_process:
+                inputs = input_digests([*data_args.train_files, *([data_args.test_file] if data_args.test_file else [])])
+                prepare_output_dir(output_dir, resolved_config(model_args, data_args, kfold_args, loss_args, training_args),
+                                   kfold_args.overwrite, inputs=inputs)
+            state.wait_for_everyone()
+            backbone, _, encoded, encoded_test = backbone_and_encodings(model_args, preprocessing, training_args, cleaned, cleaned_test)
+            if state.is_main_process:  # from here on the folder holds this run's results (see training_has_results)
+                for k in selected:
+                    os.makedirs(fold_dir(output_dir, k), exist_ok=True)
+        folds = make_folds(np.asarray(train_rows["labels"]), kfold_args.num_folds, training_args.seed)
+        for k in selected:
+            if fold_is_done(output_dir, k):
+                print(f"fold {k}: already complete ({DONE_FILE}); skipped")
+                continue
+            train_index, val_index = folds[k]
+            train_fold(k, train_index, val_index, encoded, encoded_test, backbone, preprocessing, kfold_args, loss_args, training_args)
+        if not state.is_main_process:
+            return None
+        with exclusive(setup_lock(output_dir), output_dir, wait=True):
+            summary = summarize(output_dir, train_rows, data_args.test_file, kfold_args.num_folds, kfold_args)
     if summary is None:
         print(f"fold {kfold_args.fold} done; the run is summarised when all {kfold_args.num_folds} folds are in {output_dir}")
         return None

@@ -4,11 +4,13 @@ Rules (`rule`):
 - `majority` (default): a label is on when more than half the models vote for it. With an even number of
   models a label with exactly half the votes is a tie, settled by `tie`: `positive` (on, the default, as the
   reference's `votes >= n/2`) or `negative` (off).
-- `reference`: the reference pipeline's rule. Up to 3 models: per row, the label(s) with the most votes
-  (all of them if several share the maximum); more than 3 models: labels with votes >= n/2.
+- `reference`: the reference pipeline's rule, reproduced exactly (unweighted; no fallback of this project's).
+  Up to 3 models: per row, the label(s) with the most votes (all of them if several share the maximum), and joy
+  alone when no model votes for anything; more than 3 models: labels with votes >= n/2, a row where none reaches
+  n/2 staying empty.
 
-A row left with no label (possible under `majority`) falls back, unless disabled, to the label(s) with the most
-votes, and among those to the one with the highest mean probability when probabilities are known, else the
+A row left with no label under `majority` or `min_votes` falls back, unless disabled, to the label(s) with the
+most votes, and among those to the one with the highest mean probability when probabilities are known, else the
 first in label order.
 """
 
@@ -23,7 +25,7 @@ import numpy as np
 
 from nikl_emotion.data import load_jsonl
 from nikl_emotion.errors import PipelineError, RowError
-from nikl_emotion.fileio import iter_json_lines, read_probs, write_submission
+from nikl_emotion.fileio import check_distinct_paths, check_output_path, iter_json_lines, read_probs, write_submission
 from nikl_emotion.metrics import decide
 
 VoteRule = Literal["majority", "reference"]
@@ -44,12 +46,15 @@ def hard_vote(
     if not decisions:
         raise ValueError("hard voting needs at least one model")
     stacked = np.stack([np.asarray(d, dtype=bool) for d in decisions]).astype(np.float64)
+    check_vote_options(len(stacked), weights, min_votes)
     weights = np.ones(len(stacked)) if weights is None else np.asarray(weights, dtype=np.float64)
-    if weights.shape != (len(stacked),) or (weights <= 0).any():
-        raise ValueError(f"weights: expected {len(stacked)} positive numbers, got {weights.tolist()}")
     votes = np.tensordot(weights, stacked, axes=1)
     half = weights.sum() / 2
     is_half = np.isclose(votes, half)
+    if rule == "reference" and min_votes is None:
+        if weights is not None and not np.allclose(weights, 1.0):
+            raise PipelineError("the reference vote rule counts every model once: it takes no weights")
+        return reference_vote(stacked.astype(bool))
     if min_votes is not None:
         voted = (votes >= min_votes) | np.isclose(votes, min_votes)
     elif rule == "majority":
@@ -58,11 +63,6 @@ def hard_vote(
             voted |= is_half
         elif tie != "negative":
             raise ValueError(f"unknown tie rule {tie!r}; choose positive or negative")
-    elif rule == "reference":
-        if len(stacked) <= 3:
-            voted = np.isclose(votes, votes.max(axis=1, keepdims=True)) & (votes > 0)
-        else:
-            voted = (votes > half) | is_half
     else:
         raise ValueError(f"unknown vote rule {rule!r}; choose majority or reference")
     if fallback:
@@ -72,6 +72,33 @@ def hard_vote(
             most = np.isclose(votes[empty], votes[empty].max(axis=1, keepdims=True))
             tiebreak = np.zeros(most.shape) if mean_probs is None else np.asarray(mean_probs, dtype=np.float64)[empty]
             voted[empty, np.where(most, tiebreak, -np.inf).argmax(axis=1)] = True
+    return voted
+
+
+def check_vote_options(models: int, weights: Sequence[float] | None = None, min_votes: float | None = None) -> None:
+    """Weights: one finite positive number per model (nan or a negative weight would silently turn every vote
+    into nonsense); min_votes: finite, above 0 and reachable (at most the total weight)."""
+    total = float(models)
+    if weights is not None:
+        values = np.asarray(weights, dtype=np.float64)
+        if values.shape != (models,) or not (np.isfinite(values) & (values > 0)).all():
+            raise PipelineError(f"weights: expected {models} finite positive numbers, got {list(weights)}")
+        total = float(values.sum())
+    if min_votes is not None and not (np.isfinite(min_votes) and 0 < min_votes <= total):
+        raise PipelineError(f"min_votes: must be a number in (0, {total:g}] (the total weight of {models} models), got {min_votes}")
+
+
+def reference_vote(decisions: np.ndarray) -> np.ndarray:
+    """The reference pipeline's hard vote over (models, N, 8) decisions, exactly: with up to 3 models each row
+    takes the label(s) with the most votes, or joy alone when no model voted for anything; with more, the labels
+    with at least n/2 votes, and a row where none reaches n/2 stays empty."""
+    models = len(decisions)
+    votes = decisions.sum(axis=0)
+    if models > 3:
+        return votes * 2 >= models
+    most = votes.max(axis=1, keepdims=True)
+    voted = (votes == most) & (most > 0)
+    voted[most[:, 0] == 0, 0] = True  # joy: label 0
     return voted
 
 
@@ -145,8 +172,10 @@ def ensemble_files(
 ) -> np.ndarray:
     """Combine prediction files into one submission (`align`: reorder the inputs by id first); `reference_path` (the input jsonl) supplies `input` when
     every file is a probability file. `threshold` may be one number or one per label (e.g. OOF-fitted)."""
-    if weights is not None and len(weights) != len(paths):
-        raise PipelineError(f"weights: {len(weights)} given for {len(paths)} inputs")
+    check_vote_options(len(paths), weights, min_votes)
+    check_distinct_paths({**{f"--inputs {path}": path for path in paths}, "--reference": reference_path},
+                         {"--output": output_path})
+    check_output_path(output_path, "--output")
     inputs = [load_vote_input(path, threshold, fallback) for path in paths]
     reference = load_jsonl(reference_path, "optional") if reference_path is not None else None
     if align:  # to the reference's order when there is one, else the first input's
@@ -156,10 +185,7 @@ def ensemble_files(
     probs = [item.probs for item in inputs if item.probs is not None]
     mean_probs = np.average(probs, axis=0, weights=weights) if len(probs) == len(inputs) else None
     if strategy == "hard":
-        try:
-            decisions = hard_vote([item.decisions for item in inputs], rule, tie, fallback, mean_probs, weights, min_votes)
-        except ValueError as exc:
-            raise PipelineError(str(exc)) from None
+        decisions = hard_vote([item.decisions for item in inputs], rule, tie, fallback, mean_probs, weights, min_votes)
     elif strategy == "soft":
         if mean_probs is None:
             raise PipelineError("soft voting needs probability files for every input (submission files hold no probabilities)")
