@@ -98,9 +98,9 @@ def rebuild_run(output_dir: str) -> dict:
     except OSError as exc:
         raise PipelineError(f"{output_dir}: not a training run ({exc.strerror}: config.yaml)") from None
     kfold_args = KFoldArguments(**{f.name: config[f.name] for f in dataclasses.fields(KFoldArguments) if f.name in config})
-    from nikl_emotion.training import INPUTS_FILE, input_digests, inputs_difference, read_json_mapping
+    from nikl_emotion.training import INPUTS_FILE, input_digests, inputs_difference, read_mapping
 
-    recorded = read_json_mapping(os.path.join(output_dir, INPUTS_FILE))
+    recorded = read_mapping(os.path.join(output_dir, INPUTS_FILE))
     difference = inputs_difference(recorded, input_digests([p for p in recorded if os.path.isfile(p)]))
     if difference is not None:
         raise PipelineError(f"{output_dir}: {difference}; the report would mix two versions of the data")

@@ -79,11 +79,7 @@ def fold_is_done(output_dir: str, fold: int) -> bool:
 
 def run_config(output_dir: str) -> dict:
     """The run's resolved configuration, as `prepare_output_dir` saved it ({} when train_fold runs on its own)."""
-    path = os.path.join(output_dir, "config.yaml")
-    if not os.path.exists(path):
-        return {}
-    with open(path, encoding="utf-8") as handle:
-        return yaml.safe_load(handle) or {}
+    return read_mapping(os.path.join(output_dir, RUN_CONFIG_FILE))
 
 
 def is_training_run_file(name: str) -> bool:
@@ -114,8 +110,7 @@ def prepare_output_dir(
     existing = os.path.join(output_dir, RUN_CONFIG_FILE)
     inputs_file = os.path.join(output_dir, INPUTS_FILE)
     if os.path.exists(existing):
-        old = read_yaml_mapping(existing)
-        old_inputs = read_json_mapping(inputs_file)
+        old, old_inputs = read_mapping(existing), read_mapping(inputs_file)
         difference = config_difference(old, config) or inputs_difference(old_inputs, inputs or {})
         results = has_results(output_dir)
         if overwrite or (difference is not None and not results):
@@ -134,22 +129,14 @@ def prepare_output_dir(
         write_json_atomic(inputs_file, inputs)
 
 
-def read_yaml_mapping(path: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
-    except (OSError, yaml.YAMLError) as exc:
-        raise PipelineError(f"{path}: cannot read ({exc})") from None
-    return data if isinstance(data, dict) else {}
-
-
-def read_json_mapping(path: str) -> dict:
+def read_mapping(path: str) -> dict:
+    """The mapping in a YAML or JSON file (config.yaml, inputs.json); {} when the file is absent."""
     if not os.path.exists(path):
         return {}
     try:
         with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except (OSError, json.JSONDecodeError) as exc:
+            data = yaml.safe_load(handle)  # JSON objects are YAML too
+    except (OSError, yaml.YAMLError) as exc:
         raise PipelineError(f"{path}: cannot read ({exc})") from None
     return data if isinstance(data, dict) else {}
 
