@@ -1,48 +1,10 @@
 """Combine fold (or model) predictions into one submission.
 
-python ensemble.py --inputs OUT/fold_*/test_probs.jsonl --reference test.jsonl --output submission.jsonl
-python ensemble.py --inputs sub_a.jsonl sub_b.jsonl sub_c.jsonl --output submission.jsonl --rule reference
+A thin wrapper kept for the commands users script against: the command is `nikl_emotion.commands.ensemble`, also run
+as `nikl-emotion ensemble` or `python -m nikl_emotion ensemble`."""
 
-python ensemble.py --inputs OUT/fold_*/test_probs.jsonl --reference test.jsonl --output submission.jsonl \
-    --strategy soft --thresholds OUT/thresholds.json
-
-Inputs are probability files (from train.py/inference.py) or submission files; all must list the same ids in the
-same order. Hard voting: per label, on when more than half the inputs vote for it; a tie (exactly half) follows
---tie (positive by default). --rule reference applies the reference pipeline's rule instead, --min_votes K a fixed
-bar of K votes. --weights gives each input that many votes (and its share of the soft mean). Soft voting: mean
-probability, then the threshold(s). Probabilities become decisions at --threshold, or at the per-label thresholds
-of a thresholds.json (fitted by train.py on out-of-fold predictions).
-"""
-
-import argparse
-
-from nikl_emotion.cli import add_decision_arguments, decision_threshold, entry_point, quiet_libraries
-
-
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--inputs", nargs="+", required=True, help="probability or submission jsonl files")
-    parser.add_argument("--output", required=True, help="submission jsonl to write")
-    parser.add_argument("--strategy", choices=["hard", "soft"], default="hard", help="hard: vote decisions; soft: mean probability")
-    parser.add_argument("--rule", choices=["majority", "reference"], default="majority", help="hard-vote rule")
-    parser.add_argument("--tie", choices=["positive", "negative"], default="positive", help="majority rule: a label with exactly half the votes")
-    parser.add_argument("--weights", type=float, nargs="+", help="one positive weight per input")
-    parser.add_argument("--min_votes", type=float, help="hard: a label needs at least this many (weighted) votes")
-    add_decision_arguments(parser)
-    parser.add_argument("--align_by_id", action="store_true", help="accept inputs with the same ids in another order")
-    parser.add_argument("--reference", help="the predicted input jsonl; needed when every input is a probability file")
-    args = parser.parse_args(argv)
-    threshold = decision_threshold(args)
-    quiet_libraries()
-    from nikl_emotion.voting import ensemble_files
-
-    decisions = ensemble_files(
-        args.inputs, args.output, args.strategy, args.rule, args.tie, threshold, not args.no_fallback, args.reference,
-        args.weights, args.min_votes, args.align_by_id,
-    )
-    print(f"wrote {len(decisions)} rows voted from {len(args.inputs)} inputs to {args.output}")
-    return 0
-
+from nikl_emotion.cli import entry_point
+from nikl_emotion.commands.ensemble import main
 
 if __name__ == "__main__":
     entry_point(main)()

@@ -1,27 +1,10 @@
 """Export a checkpoint to ONNX (optionally int8) for fast CPU inference with onnxruntime.
 
-python export.py --checkpoint OUT/fold_0/best --output OUT/fold_0/onnx [--int8]
-then: python inference.py --checkpoint OUT/fold_0/onnx --input test.jsonl --output submission.jsonl
-"""
+A thin wrapper kept for the commands users script against: the command is `nikl_emotion.commands.export`, also run
+as `nikl-emotion export` or `python -m nikl_emotion export`."""
 
-import argparse
-
-from nikl_emotion.cli import entry_point, quiet_libraries
-
-
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="a best/ folder written by train.py")
-    parser.add_argument("--output", required=True, help="folder to write (replaced if it exists)")
-    parser.add_argument("--int8", action="store_true", help="dynamically quantize the linear layers to int8")
-    args = parser.parse_args(argv)
-    quiet_libraries()
-    from nikl_emotion.export import export_checkpoint
-
-    info = export_checkpoint(args.checkpoint, args.output, args.int8)
-    print(f"exported {args.checkpoint} to {args.output} ({'int8' if info['int8'] else 'fp32'}, opset {info['opset']})")
-    return 0
-
+from nikl_emotion.cli import entry_point
+from nikl_emotion.commands.export import main
 
 if __name__ == "__main__":
     entry_point(main)()

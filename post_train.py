@@ -1,17 +1,10 @@
-"""Masked-LM post-training on the task's unlabelled text: `python post_train.py configs/post_train-offline.yaml
-[--output_dir DIR] [--max_steps N] [--key value ...]` (or under `accelerate launch`). DIR is then a model path for
-train.py."""
+"""Masked-LM post-training on the task's unlabelled text: `python post_train.py configs/post_train-offline.yaml.
 
-from nikl_emotion.cli import entry_point, quiet_libraries
+A thin wrapper kept for the commands users script against: the command is `nikl_emotion.commands.post_train`, also run
+as `nikl-emotion post_train` or `python -m nikl_emotion post_train`."""
 
-
-def main(argv: list[str]) -> int:
-    quiet_libraries()
-    from nikl_emotion.post_training import parse_post_train_config, run_post_training
-
-    run_post_training(*parse_post_train_config(argv))
-    return 0
-
+from nikl_emotion.cli import entry_point
+from nikl_emotion.commands.post_train import main
 
 if __name__ == "__main__":
     entry_point(main)()

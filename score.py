@@ -1,39 +1,10 @@
 """Score a submission against gold labels with the official metric (micro-F1 over the N×8 matrix).
 
-python score.py GOLD.jsonl PRED.jsonl [--per-label] [--json]
-"""
+A thin wrapper kept for the commands users script against: the command is `nikl_emotion.commands.score`, also run
+as `nikl-emotion score` or `python -m nikl_emotion score`."""
 
-import argparse
-import json
-
-from nikl_emotion.cli import entry_point, quiet_libraries
-
-
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("gold", help="jsonl with gold labels")
-    parser.add_argument("pred", help="submission jsonl (rows matched by id)")
-    parser.add_argument("--per-label", action="store_true", help="also print precision, recall and support per label")
-    parser.add_argument("--json", action="store_true", help="print the full result as one JSON line (last line)")
-    args = parser.parse_args(argv)
-    quiet_libraries()
-    from nikl_emotion.labels import LABELS
-    from nikl_emotion.metrics import score_files
-
-    result = score_files(args.gold, args.pred)
-    print(f"rows {result['num_rows']}  micro_f1 {result['micro_f1']:.4f}  macro_f1 {result['macro_f1']:.4f}")
-    per_label = result["per_label"]
-    if args.per_label:
-        print(f"{'label':>12}  {'precision':>9}  {'recall':>9}  {'f1':>9}  {'support':>7}")
-        for label in LABELS:
-            m = per_label[label]
-            print(f"{label:>12}  {m['precision']:9.4f}  {m['recall']:9.4f}  {m['f1']:9.4f}  {m['support']:7d}")
-    else:
-        print("  ".join(f"{label} {per_label[label]['f1']:.4f}" for label in LABELS))
-    if args.json:
-        print(json.dumps(result, ensure_ascii=False))
-    return 0
-
+from nikl_emotion.cli import entry_point
+from nikl_emotion.commands.score import main
 
 if __name__ == "__main__":
     entry_point(main)()

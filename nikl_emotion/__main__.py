@@ -1,15 +1,17 @@
-"""`python -m nikl_emotion COMMAND [...]`: one entry point that lists and runs the pipeline's commands.
+"""`nikl-emotion COMMAND [...]` (the console script) or `python -m nikl_emotion COMMAND [...]`: one entry point that
+lists and runs the pipeline's commands.
 
-Each command is the top-level script of the same name (`train` runs `train.py`), so both spellings behave alike.
+Each command is `nikl_emotion.commands.COMMAND.main`, which the top-level script of the same name (`train.py`) also
+runs, so every spelling behaves alike.
 """
 
 from __future__ import annotations
 
-import os
-import runpy
+import importlib
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from nikl_emotion.cli import entry_point
+
 COMMANDS: dict[str, str] = {
     "train": "K-fold fine-tuning (or --hp-search N): train.py CONFIG.yaml [--key value ...]",
     "post_train": "masked-LM post-training on task text: post_train.py CONFIG.yaml [--key value ...]",
@@ -23,7 +25,8 @@ COMMANDS: dict[str, str] = {
 
 def usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = ["usage: python -m nikl_emotion COMMAND [arguments]   (COMMAND --help for its options)", "", "commands:"]
+    lines = ["usage: nikl-emotion COMMAND [arguments]   (or python -m nikl_emotion; COMMAND --help for its options)",
+             "", "commands:"]
     lines += [f"  {name:<{width}}  {text}" for name, text in COMMANDS.items()]
     return "\n".join(lines)
 
@@ -36,12 +39,16 @@ def main(argv: list[str]) -> int:
     if command not in COMMANDS:
         print(f"error: unknown command {argv[0]!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    script = os.path.join(ROOT, f"{command}.py")
-    sys.argv = [script, *argv[1:]]
-    sys.path.insert(0, ROOT)
-    runpy.run_path(script, run_name="__main__")  # the script exits with its own status
+    module = importlib.import_module(f"nikl_emotion.commands.{command}")
+    sys.argv = [f"nikl-emotion {command}", *argv[1:]]
+    entry_point(module.main)()  # exits with the command's own status
     return 0
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The `nikl-emotion` console script."""
     sys.exit(main(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,13 @@
+"""Masked-LM post-training on the task's unlabelled text: `python post_train.py configs/post_train-offline.yaml
+[--output_dir DIR] [--max_steps N] [--key value ...]` (or under `accelerate launch`). DIR is then a model path for
+train.py."""
+
+from nikl_emotion.cli import quiet_libraries
+
+
+def main(argv: list[str]) -> int:
+    quiet_libraries()
+    from nikl_emotion.post_training import parse_post_train_config, run_post_training
+
+    run_post_training(*parse_post_train_config(argv))
+    return 0

@@ -1,0 +1,29 @@
+"""Rebuild the end of a finished training run from its fold files: OOF probabilities, thresholds.json,
+summary.json, the voted submission, and OUT/report.md with its PNG plots.
+
+python report.py OUT
+"""
+
+import argparse
+
+from nikl_emotion.cli import quiet_libraries
+from nikl_emotion.errors import PipelineError
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("output_dir", help="a train.py output folder with summary.json")
+    args = parser.parse_args(argv)
+    quiet_libraries()
+    import os
+
+    from nikl_emotion.summary import rebuild_run
+    from nikl_emotion.thresholds import describe_gain
+
+    try:
+        summary = rebuild_run(args.output_dir)
+    except (OSError, KeyError, ValueError) as exc:
+        raise PipelineError(f"{args.output_dir}: cannot build the report ({exc})") from None
+    print(describe_gain(summary["thresholds"]))
+    print(f"wrote {os.path.join(args.output_dir, 'report.md')}")
+    return 0

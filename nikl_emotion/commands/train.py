@@ -1,0 +1,23 @@
+"""K-fold training: `python train.py CONFIG.yaml [--key value ...]` (or under `accelerate launch`).
+
+`python train.py CONFIG.yaml --hp-search N [--fold K] [...]` runs N Optuna trials on fold K instead and writes
+OUT/hp_search.csv (see nikl_emotion/hp_search.py for the search space)."""
+
+from nikl_emotion.cli import pop_option, quiet_libraries
+
+
+def main(argv: list[str]) -> int:
+    quiet_libraries()
+    from nikl_emotion.config import parse_config
+
+    trials = pop_option(argv, ("--hp-search", "--hp_search"))
+    arguments = parse_config(argv)
+    if trials is None:
+        from nikl_emotion.training import run_training
+
+        run_training(*arguments)
+    else:
+        from nikl_emotion.hp_search import run_hp_search
+
+        run_hp_search(trials, *arguments)
+    return 0
