@@ -160,7 +160,7 @@ def worker_folds(work: str, rows: int, batch_size: int) -> dict:
     from nikl_emotion.config import KFoldArguments, LossArguments
     from nikl_emotion.folds import make_folds
     from nikl_emotion.preprocessing import encode
-    from nikl_emotion.training import train_fold
+    from nikl_emotion.training import FoldData, train_fold
 
     train, test, tokenizer, preprocessing = _setup(work, rows)
     encoded, encoded_test = encode(train, tokenizer, preprocessing), encode(test, tokenizer, preprocessing)
@@ -170,8 +170,8 @@ def worker_folds(work: str, rows: int, batch_size: int) -> dict:
     folds = make_folds(np.asarray(encoded["labels"]), 5, 42)
     after = []
     for k in range(FOLDS):
-        train_fold(k, *folds[k], encoded, encoded_test, os.path.join(work, "backbone"), preprocessing,
-                   KFoldArguments(early_stopping_patience=0), LossArguments(), args)
+        data = FoldData(k, *folds[k], encoded, encoded_test, os.path.join(work, "backbone"), preprocessing)
+        train_fold(data, KFoldArguments(early_stopping_patience=0), LossArguments(), args)
         gc.collect()
         after.append(round(current_rss_mb()))
     return {"rss_after_fold_mb": after}

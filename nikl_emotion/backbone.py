@@ -30,12 +30,12 @@ from transformers import (
 from nikl_emotion.encoding import MARKER_TOKENS, add_marker_tokens, hangul_fix, model_input_names, splits_hangul
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.labels import ID2LABEL, LABEL2ID, NUM_LABELS
+from nikl_emotion.run_folder import CONFIG_FILE
 
 logger = logging.getLogger(__name__)
 
 OFFLINE_PREFIX = "offline:"
 POST_TRAIN_FILE = "post_train.json"  # written last by post_train.py: the folder is complete only when it exists
-RUN_CONFIG_FILE = "config.yaml"  # written first by train.py and post_train.py
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 OFFLINE_SIZES: dict[str, dict[str, int]] = {
     "tiny": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128},
@@ -51,7 +51,7 @@ def is_offline(model_name_or_path: str) -> bool:
 
 def is_post_training_folder(path: str) -> bool:
     """Whether `path` is (or was started as) a post_train.py output folder: its resolved config has MLM keys."""
-    config_path = os.path.join(path, RUN_CONFIG_FILE)
+    config_path = os.path.join(path, CONFIG_FILE)
     if not os.path.isfile(config_path):
         return False
     try:
@@ -74,7 +74,7 @@ def check_model_folder(path: str) -> None:
             "last): run post_train.py with its config again to finish it (it resumes), then fine-tune from it"
         )
     if not os.path.isfile(os.path.join(path, "config.json")):
-        hint = " (a train.py run folder? its checkpoints are OUT/fold_K/best)" if os.path.isfile(os.path.join(path, RUN_CONFIG_FILE)) else ""
+        hint = " (a train.py run folder? its checkpoints are OUT/fold_K/best)" if os.path.isfile(os.path.join(path, CONFIG_FILE)) else ""
         raise PipelineError(f"model_name_or_path: {path} has no config.json: not a Hugging Face model folder{hint}")
 
 

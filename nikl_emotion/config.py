@@ -257,14 +257,14 @@ def validate_training_values(training_args: TrainingArguments) -> None:
 def check_inputs_outside_run(output_dir: str, paths: list[str]) -> None:
     """An input file must not be one of the files the run writes or `--overwrite` deletes (OUT/submission.jsonl,
     OUT/fold_K/...): it would be replaced by the run's own output."""
-    from nikl_emotion.training import is_training_run_file  # training imports this module
+    from nikl_emotion.run_folder import is_run_file
 
     run = os.path.realpath(output_dir)
     for path in paths:
         relative = os.path.relpath(os.path.realpath(path), run)
         if relative.startswith(os.pardir) or os.path.isabs(relative):
             continue
-        if is_training_run_file(relative.split(os.sep)[0]):
+        if is_run_file(relative.split(os.sep)[0]):
             raise PipelineError(f"{path}: this input lies where the run in {output_dir} writes its own files; "
                                 "move it or use another output_dir")
 

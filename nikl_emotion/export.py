@@ -62,7 +62,7 @@ def export_checkpoint(checkpoint: str, output_dir: str, int8: bool = False, opse
     model, tokenizer, preprocessing = load_checkpoint(checkpoint)
     model.eval()
     with atomic_folder(output_dir) as staging:  # the folder appears complete or not at all
-        return _export(model, tokenizer, preprocessing, checkpoint, staging, int8, opset, ort)
+        return _export(model, tokenizer, preprocessing, staging, source=checkpoint, int8=int8, opset=opset, ort=ort)
 
 
 def check_export_target(checkpoint: str, output_dir: str) -> None:
@@ -81,7 +81,7 @@ def check_export_target(checkpoint: str, output_dir: str) -> None:
                             f"{EXPORT_FILE}); export.py replaces only its own exports: give a new or empty folder")
 
 
-def _export(model, tokenizer, preprocessing: Preprocessing, checkpoint: str, staging: str, int8: bool, opset: int, ort) -> dict:
+def _export(model, tokenizer, preprocessing: Preprocessing, staging: str, *, source: str, int8: bool, opset: int, ort) -> dict:
     sample = trace_sample(tokenizer, preprocessing)
     names = list(sample)
     fp32_path = os.path.join(staging, "model.fp32.onnx" if int8 else ONNX_FILE)
@@ -98,7 +98,7 @@ def _export(model, tokenizer, preprocessing: Preprocessing, checkpoint: str, sta
     tokenizer.save_pretrained(staging)
     model.config.save_pretrained(staging)
     preprocessing.save(staging)
-    info = {"source": os.path.abspath(checkpoint), "int8": int8, "opset": opset, "inputs": names,
+    info = {"source": os.path.abspath(source), "int8": int8, "opset": opset, "inputs": names,
             "torch": torch.__version__, "onnxruntime": ort.__version__}
     write_json_atomic(os.path.join(staging, EXPORT_FILE), info)
     return info

@@ -50,13 +50,8 @@ from nikl_emotion.errors import PipelineError
 from nikl_emotion.fileio import write_json_atomic
 from nikl_emotion.preprocessing import Preprocessing, check_unknown_rate, clean
 from nikl_emotion.locking import exclusive
-from nikl_emotion.training import (
-    LengthListSamplerMixin,
-    input_digests,
-    keep_tensorboard_logs,
-    last_complete_checkpoint,
-    prepare_output_dir,
-)
+from nikl_emotion.run_folder import input_digests, last_complete_checkpoint, prepare_output_dir
+from nikl_emotion.training import LengthListSamplerMixin, keep_tensorboard_logs
 
 logger = logging.getLogger(__name__)
 

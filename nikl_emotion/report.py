@@ -21,7 +21,7 @@ from nikl_emotion.labels import LABELS, NUM_LABELS  # noqa: E402
 from nikl_emotion.metrics import decide, score  # noqa: E402
 from nikl_emotion.thresholds import DEFAULT_GRID  # noqa: E402
 
-PLOTS = ("per_label_f1.png", "threshold_curves.png", "label_counts.png", "label_totals.png")
+from nikl_emotion.run_folder import PLOTS, RunFolder  # noqa: E402, F401  (PLOTS re-exported)
 
 
 def _save(fig, path: str) -> None:
@@ -114,10 +114,11 @@ def write_report(output_dir: str, gold: np.ndarray, oof: np.ndarray, summary: di
     at_default = decide(oof, threshold, fallback)
     tuned = decide(oof, thresholds, fallback)
     predictions = {f"predicted at {threshold}": at_default, "predicted, fitted thresholds": tuned}
-    plot_per_label_f1(summary["folds"], summary["oof"], os.path.join(output_dir, PLOTS[0]))
-    plot_threshold_curves(oof, gold, thresholds, os.path.join(output_dir, PLOTS[1]))
-    plot_label_counts(gold, predictions, os.path.join(output_dir, PLOTS[2]))
-    plot_label_totals(gold, predictions, os.path.join(output_dir, PLOTS[3]))
+    run = RunFolder(output_dir)
+    plot_per_label_f1(summary["folds"], summary["oof"], run.plot(0))
+    plot_threshold_curves(oof, gold, thresholds, run.plot(1))
+    plot_label_counts(gold, predictions, run.plot(2))
+    plot_label_totals(gold, predictions, run.plot(3))
 
     config = summary.get("config", {})
     oof_score = score(gold, at_default)
@@ -174,6 +175,6 @@ def write_report(output_dir: str, gold: np.ndarray, oof: np.ndarray, summary: di
         "![positives per label](label_totals.png)",
         "",
     ]
-    path = os.path.join(output_dir, "report.md")
+    path = RunFolder(output_dir).report
     write_text_atomic(path, "\n".join(lines))
     return path

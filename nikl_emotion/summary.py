@@ -7,7 +7,6 @@ import json
 import os
 
 import numpy as np
-import yaml
 from datasets import Dataset
 
 from nikl_emotion.config import KFoldArguments
@@ -17,17 +16,15 @@ from nikl_emotion.labels import LABELS
 from nikl_emotion.metrics import decide, score
 from nikl_emotion.model_card import write_model_card
 from nikl_emotion.report import write_report
-from nikl_emotion.thresholds import fit_global_threshold, fit_thresholds, nested_gain, save_thresholds, thresholds_path
+from nikl_emotion.run_folder import RunFolder, input_digests, inputs_difference, read_mapping
+from nikl_emotion.thresholds import fit_global_threshold, fit_thresholds, nested_gain, save_thresholds
 from nikl_emotion.voting import ensemble_files
-
-
-def fold_dir(output_dir: str, fold: int) -> str:
-    return os.path.join(output_dir, f"fold_{fold}")
 
 
 def summarize(output_dir: str, train_rows: Dataset, test_path: str | None, num_folds: int, kfold_args: KFoldArguments) -> dict | None:
     """OOF probabilities, summary.json and (with a test file) the hard-voted submission; None until all folds exist."""
-    metric_paths = [os.path.join(fold_dir(output_dir, k), "metrics.json") for k in range(num_folds)]
+    run = RunFolder(output_dir)
+    metric_paths = [run.fold(k).metrics for k in range(num_folds)]
     if not all(os.path.exists(p) for p in metric_paths):
         return None
     folds = []
@@ -40,7 +37,7 @@ def summarize(output_dir: str, train_rows: Dataset, test_path: str | None, num_f
     fold_of_row = np.full(len(ids), -1)
     changed = "the training files changed since the folds were trained: use the original files, or --overwrite true"
     for k in range(num_folds):
-        path = os.path.join(fold_dir(output_dir, k), "val_probs.jsonl")
+        path = run.fold(k).val_probs
         fold_ids, probs = read_probs(path)
         unknown = next((i for i in fold_ids if i not in position), None)
         if unknown is not None:
@@ -50,22 +47,22 @@ def summarize(output_dir: str, train_rows: Dataset, test_path: str | None, num_f
         fold_of_row[rows] = k
     if np.isnan(oof).any():
         raise PipelineError(f"{output_dir}: the folds' validation rows do not cover every training row; {changed}")
-    write_probs(os.path.join(output_dir, "oof.jsonl"), ids, oof)
+    write_probs(run.oof, ids, oof)
     gold = np.asarray(train_rows["labels"])
     fallback = kfold_args.fallback_top_label
     global_threshold = fit_global_threshold(oof, gold, fallback=fallback)
     per_label = fit_thresholds(oof, gold, fallback=fallback, start=global_threshold)
     evaluation = nested_gain(oof, gold, fold_of_row, fallback, default=kfold_args.threshold)
-    save_thresholds(thresholds_path(output_dir), per_label, global_threshold, evaluation)
+    save_thresholds(run.thresholds, per_label, global_threshold, evaluation)
     summary = {
         "folds": folds,
         "oof": score(gold, decide(oof, kfold_args.threshold, fallback)),
-        "thresholds": {"file": "thresholds.json", **evaluation},
+        "thresholds": {"file": os.path.basename(run.thresholds), **evaluation},
     }
     if test_path is not None:
         voted = ensemble_files(
-            [os.path.join(fold_dir(output_dir, k), "test_probs.jsonl") for k in range(num_folds)],
-            os.path.join(output_dir, "submission.jsonl"),
+            [run.fold(k).test_probs for k in range(num_folds)],
+            run.submission,
             strategy="hard",
             rule=kfold_args.vote_rule,
             tie=kfold_args.vote_tie,
@@ -73,13 +70,12 @@ def summarize(output_dir: str, train_rows: Dataset, test_path: str | None, num_f
             fallback=fallback,
             reference_path=test_path,
         )
-        summary["submission"] = {"file": "submission.jsonl", "rows": int(len(voted)), "strategy": f"hard/{kfold_args.vote_rule}"}
-    with open(os.path.join(output_dir, "config.yaml"), encoding="utf-8") as handle:
-        summary["config"] = yaml.safe_load(handle)
-    write_json_atomic(os.path.join(output_dir, "summary.json"), summary)
+        summary["submission"] = {"file": os.path.basename(run.submission), "rows": int(len(voted)), "strategy": f"hard/{kfold_args.vote_rule}"}
+    summary["config"] = read_mapping(run.config)
+    write_json_atomic(run.summary, summary)
     thresholds = {"per_label": dict(zip(LABELS, map(float, per_label))), "global": float(global_threshold)}
     for fold in folds:  # each fold's card gains the run's out-of-fold score and fitted thresholds
-        best = os.path.join(fold_dir(output_dir, fold["fold"]), "best")
+        best = run.fold(fold["fold"]).best
         if os.path.isdir(best):
             write_model_card(best, summary["config"], fold["fold"], fold, summary["oof"], thresholds)
     write_report(output_dir, gold, oof, summary, per_label, kfold_args.threshold, fallback)
@@ -92,15 +88,12 @@ def rebuild_run(output_dir: str) -> dict:
 
     from nikl_emotion.data import load_jsonl_files
 
-    try:
-        with open(os.path.join(output_dir, "config.yaml"), encoding="utf-8") as handle:
-            config = yaml.safe_load(handle)
-    except OSError as exc:
-        raise PipelineError(f"{output_dir}: not a training run ({exc.strerror}: config.yaml)") from None
+    run = RunFolder(output_dir)
+    config = read_mapping(run.config)
+    if not config:
+        raise PipelineError(f"{output_dir}: not a training run (no {os.path.basename(run.config)})")
     kfold_args = KFoldArguments(**{f.name: config[f.name] for f in dataclasses.fields(KFoldArguments) if f.name in config})
-    from nikl_emotion.training import INPUTS_FILE, input_digests, inputs_difference, read_mapping
-
-    recorded = read_mapping(os.path.join(output_dir, INPUTS_FILE))
+    recorded = read_mapping(run.inputs)
     difference = inputs_difference(recorded, input_digests([p for p in recorded if os.path.isfile(p)]))
     if difference is not None:
         raise PipelineError(f"{output_dir}: {difference}; the report would mix two versions of the data")

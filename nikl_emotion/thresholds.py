@@ -9,7 +9,6 @@ fitted on the other folds' OOF rows and applied to that fold's OOF rows (`nested
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 
@@ -125,6 +124,3 @@ def load_thresholds(path: str, which: str = "per_label") -> np.ndarray:
 def _is_threshold(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1
 
-
-def thresholds_path(output_dir: str) -> str:
-    return os.path.join(output_dir, "thresholds.json")

@@ -6,16 +6,15 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+from dataclasses import dataclass
 import gc
 import hashlib
 import json
 import os
-import re
 import shutil
 
 import numpy as np
 import torch
-import yaml
 from torch.utils.data import SequentialSampler
 from accelerate import PartialState
 from datasets import Dataset
@@ -24,25 +23,31 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers import EarlyStoppingCallback, EvalPrediction, Trainer, TrainingArguments, set_seed
 
 from nikl_emotion.batching import MODEL_INPUTS, PaddingCollator, column_array, length_order
-from nikl_emotion.backbone import RUN_CONFIG_FILE, build_offline_backbone, check_max_seq_length, is_offline, load_model, load_tokenizer
-from nikl_emotion.config import DataArguments, KFoldArguments, LossArguments, ModelArguments, config_difference, resolved_config
+from nikl_emotion.backbone import build_offline_backbone, check_max_seq_length, is_offline, load_model, load_tokenizer
+from nikl_emotion.config import DataArguments, KFoldArguments, LossArguments, ModelArguments, resolved_config
 from nikl_emotion.errors import PipelineError
-from nikl_emotion.data import file_digest, iter_column, load_jsonl, load_jsonl_files
-from nikl_emotion.fileio import write_json_atomic, write_probs, write_text_atomic
+from nikl_emotion.data import iter_column, load_jsonl, load_jsonl_files
+from nikl_emotion.fileio import write_json_atomic, write_probs
 from nikl_emotion.folds import make_folds
 from nikl_emotion.locking import exclusive, exclusive_all
 from nikl_emotion.losses import MultiLabelLoss, build_loss
 from nikl_emotion.metrics import decide, format_table, score, sigmoid
 from nikl_emotion.model_card import write_model_card
 from nikl_emotion.preprocessing import Preprocessing, clean, encode, warn_if_preprocessing_differs
-from nikl_emotion.summary import fold_dir, summarize
+from nikl_emotion.run_folder import (
+    DONE_FILE,
+    FoldFolder,
+    RunFolder,
+    input_digests,
+    last_complete_checkpoint,
+    prepare_output_dir,
+    read_mapping,
+)
+from nikl_emotion.summary import summarize
 from nikl_emotion.thresholds import describe_gain
 
 MODEL_INPUT_COLUMNS = (*MODEL_INPUTS, "length")  # `length` feeds the sampler only
 TRAINER_COLUMNS = (*MODEL_INPUT_COLUMNS, "labels")
-DONE_FILE = "done.json"  # written last in a fold: the fold is complete only when it exists
-INPUTS_FILE = "inputs.json"  # sha256 of each input file: results are refused against changed data
-RUN_FILES = ("backbone", "oof.jsonl", "summary.json", "thresholds.json", "submission.jsonl", "report.md", "config.yaml", INPUTS_FILE)
 
 
 def keep_tensorboard_logs(trainer: Trainer, folder: str) -> None:
@@ -51,103 +56,6 @@ def keep_tensorboard_logs(trainer: Trainer, folder: str) -> None:
     for callback in trainer.callback_handler.callbacks:
         if isinstance(callback, TensorBoardCallback) and callback.logging_dir is None:
             callback.logging_dir = os.path.join(folder, "runs")
-
-
-def last_complete_checkpoint(folder: str) -> str | None:
-    """The newest checkpoint that was written to the end (its trainer_state.json is saved last); newer, partial
-    ones (a kill during saving) are deleted so the Trainer does not trip over them."""
-    if not os.path.isdir(folder):
-        return None
-    steps = sorted(
-        (int(name.split("-")[-1]), name) for name in os.listdir(folder) if re.fullmatch(r"checkpoint-\d+", name)
-    )
-    for _, name in reversed(steps):
-        path = os.path.join(folder, name)
-        if os.path.exists(os.path.join(path, "trainer_state.json")):
-            return path
-        shutil.rmtree(path, ignore_errors=True)
-    return None
-
-
-def fold_is_done(output_dir: str, fold: int) -> bool:
-    path = os.path.join(fold_dir(output_dir, fold), DONE_FILE)
-    if not os.path.exists(path):
-        return False
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle).get("fold") == fold
-
-
-def run_config(output_dir: str) -> dict:
-    """The run's resolved configuration, as `prepare_output_dir` saved it ({} when train_fold runs on its own)."""
-    return read_mapping(os.path.join(output_dir, RUN_CONFIG_FILE))
-
-
-def is_training_run_file(name: str) -> bool:
-    return name in RUN_FILES or re.fullmatch(r"fold_\d+", name) is not None or name.endswith(".png")
-
-
-def training_has_results(output_dir: str) -> bool:
-    """Whether a training run folder holds anything a fold produced (a fold_K folder)."""
-    return any(re.fullmatch(r"fold_\d+", name) for name in os.listdir(output_dir))
-
-
-def inputs_difference(old: dict, new: dict) -> str | None:
-    """The first input file whose content differs between two `inputs.json` records ({path: sha256})."""
-    for path in sorted(set(old) | set(new)):
-        if path in old and path in new and old[path] != new[path]:
-            return f"{path} changed since this run's folds were trained (its content differs)"
-    return None
-
-
-def prepare_output_dir(
-    output_dir: str, config: dict, overwrite: bool, is_run_file=is_training_run_file, kind: str = "a run",
-    has_results=training_has_results, inputs: dict[str, str] | None = None,
-) -> None:
-    """Refuse to mix two configurations (or two versions of an input file) in one output_dir that holds results;
-    `overwrite` deletes the old run's files first (the names `is_run_file` accepts). A folder whose earlier run
-    stopped before producing results (a crash on a bad value, a kill during set-up) is simply taken over, so the
-    corrected command is not refused."""
-    existing = os.path.join(output_dir, RUN_CONFIG_FILE)
-    inputs_file = os.path.join(output_dir, INPUTS_FILE)
-    if os.path.exists(existing):
-        old, old_inputs = read_mapping(existing), read_mapping(inputs_file)
-        difference = config_difference(old, config) or inputs_difference(old_inputs, inputs or {})
-        results = has_results(output_dir)
-        if overwrite or (difference is not None and not results):
-            for name in os.listdir(output_dir):
-                if is_run_file(name):
-                    path = os.path.join(output_dir, name)
-                    shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
-        elif difference is not None:
-            raise PipelineError(
-                f"{output_dir} holds {kind} with another configuration ({difference}); "
-                "use another output_dir, or --overwrite true to delete it and start again"
-            )
-    os.makedirs(output_dir, exist_ok=True)
-    write_text_atomic(existing, yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
-    if inputs is not None:
-        write_json_atomic(inputs_file, inputs)
-
-
-def read_mapping(path: str) -> dict:
-    """The mapping in a YAML or JSON file (config.yaml, inputs.json); {} when the file is absent."""
-    if not os.path.exists(path):
-        return {}
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)  # JSON objects are YAML too
-    except (OSError, yaml.YAMLError) as exc:
-        raise PipelineError(f"{path}: cannot read ({exc})") from None
-    return data if isinstance(data, dict) else {}
-
-
-def setup_lock(output_dir: str) -> str:
-    return os.path.join(output_dir, ".setup.lock")
-
-
-def input_digests(paths: list[str]) -> dict[str, str]:
-    """{path: sha256 of its bytes}: what a run's results were computed from."""
-    return {path: file_digest(path) for path in paths}
 
 
 class LengthListSamplerMixin:
@@ -293,7 +201,7 @@ def prepare_backbone(model_args: ModelArguments, texts: list[str], output_dir: s
     """The path to load the backbone from; an offline backbone is built once per run from the training texts."""
     if not is_offline(model_args.model_name_or_path):
         return model_args.model_name_or_path
-    path = os.path.join(output_dir, "backbone")
+    path = RunFolder(output_dir).backbone
     texts_digest = hashlib.sha256("\n".join(texts).encode("utf-8")).hexdigest()  # other data -> other vocabulary
     spec = {"model_name_or_path": model_args.model_name_or_path, "vocab_size": model_args.offline_vocab_size, "seed": seed,
             "texts_sha256": texts_digest}
@@ -311,67 +219,101 @@ def prepare_backbone(model_args: ModelArguments, texts: list[str], output_dir: s
     return path
 
 
-def train_fold(
-    fold: int,
-    train_index: np.ndarray,
-    val_index: np.ndarray,
-    encoded: Dataset,
-    encoded_test: Dataset | None,
-    backbone: str,
-    preprocessing: Preprocessing,
-    kfold_args: KFoldArguments,
-    loss_args: LossArguments,
-    training_args: TrainingArguments,
-) -> dict:
-    out = fold_dir(training_args.output_dir, fold)
+@dataclass
+class FoldData:
+    """One fold's inputs: its training and validation rows (indices into `encoded`), the encoded test rows, the
+    backbone to start from and how text was prepared."""
+
+    fold: int
+    train_index: np.ndarray
+    val_index: np.ndarray
+    encoded: Dataset
+    encoded_test: Dataset | None
+    backbone: str
+    preprocessing: Preprocessing
+
+
+def train_fold(data: FoldData, kfold_args: KFoldArguments, loss_args: LossArguments, training_args: TrainingArguments) -> dict:
+    """Train one fold (resuming an interrupted one), predict its validation and test rows in order, and write its
+    files, `done.json` last. Every rank calls this; the main process writes."""
+    folder = RunFolder(training_args.output_dir).fold(data.fold)
     set_seed(training_args.seed)
-    tokenizer = load_tokenizer(backbone, with_markers=preprocessing.input_format == "marker")
-    model = load_model(backbone, tokenizer)
-    train_rows, val_rows = encoded.select(train_index), encoded.select(val_index)
-    fold_args = dataclasses.replace(training_args, output_dir=os.path.join(out, "checkpoints"), remove_unused_columns=False)
+    train_rows, val_rows = data.encoded.select(data.train_index), data.encoded.select(data.val_index)
+    trainer = fold_trainer(data, folder, train_rows, val_rows, kfold_args, loss_args, training_args)
+    train_resuming(trainer, folder, data.fold)
+    val_probs = predict_in_order(trainer, val_rows)  # every rank predicts its share
+    test_probs = predict_in_order(trainer, data.encoded_test) if data.encoded_test is not None else None
+    result: dict = {}
+    if trainer.is_world_process_zero():
+        gold = np.asarray(val_rows["labels"])
+        result = score(gold, decide(val_probs, kfold_args.threshold, kfold_args.fallback_top_label))
+        save_best(trainer, folder, data.preprocessing, run_config(training_args.output_dir), data.fold, result)
+        result.update(fold_state(trainer, data))
+        write_fold_outputs(folder, val_rows, val_probs, data.encoded_test, test_probs, result)
+    trainer.accelerator.wait_for_everyone()
+    del trainer
+    release_memory()
+    return result
+
+
+def fold_trainer(data: FoldData, folder: FoldFolder, train_rows: Dataset, val_rows: Dataset, kfold_args: KFoldArguments,
+                 loss_args: LossArguments, training_args: TrainingArguments) -> EmotionTrainer:
+    """The fold's EmotionTrainer: a fresh classifier from the backbone, checkpoints in the fold's folder."""
+    tokenizer = load_tokenizer(data.backbone, with_markers=data.preprocessing.input_format == "marker")
+    model = load_model(data.backbone, tokenizer)
+    fold_args = dataclasses.replace(training_args, output_dir=folder.checkpoints, remove_unused_columns=False)
     trainer = EmotionTrainer(
         model=model, args=fold_args, **fold_trainer_inputs(train_rows, val_rows, tokenizer, kfold_args, loss_args)
     )
-    keep_tensorboard_logs(trainer, out)
-    checkpoints = os.path.join(out, "checkpoints")
+    keep_tensorboard_logs(trainer, folder.root)
+    return trainer
+
+
+def train_resuming(trainer: EmotionTrainer, folder: FoldFolder, fold: int) -> None:
+    """Train, resuming from the last fully written checkpoint of an interrupted fold (a half-written one is
+    pruned first, by the main process)."""
     if trainer.is_world_process_zero():
-        last_complete_checkpoint(checkpoints)  # prunes a checkpoint a kill left half-written
+        last_complete_checkpoint(folder.checkpoints)
     trainer.accelerator.wait_for_everyone()
-    resume = last_complete_checkpoint(checkpoints)
+    resume = last_complete_checkpoint(folder.checkpoints)
     if resume and trainer.is_world_process_zero():
         print(f"fold {fold}: resuming from {os.path.basename(resume)}")
     trainer.train(resume_from_checkpoint=resume)
-    # every rank predicts its share; the main process writes
-    val_probs = predict_in_order(trainer, val_rows)
-    test_probs = predict_in_order(trainer, encoded_test) if encoded_test is not None else None
-    result: dict = {}
-    if trainer.is_world_process_zero():
-        result = score(np.asarray(val_rows["labels"]), decide(val_probs, kfold_args.threshold, kfold_args.fallback_top_label))
-        # written beside, then renamed: a kill never leaves a half-written best/
-        best, staging = os.path.join(out, "best"), os.path.join(out, "best.partial")
-        shutil.rmtree(staging, ignore_errors=True)
-        trainer.save_model(staging)
-        preprocessing.save(staging)
-        write_model_card(staging, run_config(training_args.output_dir), fold, result)
-        shutil.rmtree(best, ignore_errors=True)
-        os.replace(staging, best)
-        write_probs(os.path.join(out, "val_probs.jsonl"), iter_column(val_rows, "id"), val_probs)
-        if test_probs is not None:
-            write_probs(os.path.join(out, "test_probs.jsonl"), iter_column(encoded_test, "id"), test_probs)
-        result.update(
-            fold=fold,
-            best_checkpoint=trainer.state.best_model_checkpoint and os.path.basename(trainer.state.best_model_checkpoint),
-            best_metric=trainer.state.best_metric,
-            epochs_run=trainer.state.epoch,
-            train_rows=int(len(train_index)),
-        )
-        write_json_atomic(os.path.join(out, "metrics.json"), result)
-        write_json_atomic(os.path.join(out, DONE_FILE), {"fold": fold})
-        shutil.rmtree(checkpoints, ignore_errors=True)  # the best one is kept in best/
-    trainer.accelerator.wait_for_everyone()
-    del trainer, model
-    release_memory()
-    return result
+
+
+def save_best(trainer: EmotionTrainer, folder: FoldFolder, preprocessing: Preprocessing, config: dict, fold: int,
+              result: dict) -> None:
+    """The best checkpoint with its preprocessing settings and model card, written beside and then renamed: a kill
+    never leaves a half-written best/."""
+    shutil.rmtree(folder.best_staging, ignore_errors=True)
+    trainer.save_model(folder.best_staging)
+    preprocessing.save(folder.best_staging)
+    write_model_card(folder.best_staging, config, fold, result)
+    shutil.rmtree(folder.best, ignore_errors=True)
+    os.replace(folder.best_staging, folder.best)
+
+
+def fold_state(trainer: EmotionTrainer, data: FoldData) -> dict:
+    best = trainer.state.best_model_checkpoint
+    return {"fold": data.fold, "best_checkpoint": best and os.path.basename(best), "best_metric": trainer.state.best_metric,
+            "epochs_run": trainer.state.epoch, "train_rows": int(len(data.train_index))}
+
+
+def write_fold_outputs(folder: FoldFolder, val_rows: Dataset, val_probs: np.ndarray, test_rows: Dataset | None,
+                       test_probs: np.ndarray | None, result: dict) -> None:
+    """Probability files and metrics, then `done.json` (the fold is complete only once it exists); the Trainer's
+    checkpoints go (the best one is in best/)."""
+    write_probs(folder.val_probs, iter_column(val_rows, "id"), val_probs)
+    if test_probs is not None:
+        write_probs(folder.test_probs, iter_column(test_rows, "id"), test_probs)
+    write_json_atomic(folder.metrics, result)
+    write_json_atomic(folder.done, {"fold": result["fold"]})
+    shutil.rmtree(folder.checkpoints, ignore_errors=True)
+
+
+def run_config(output_dir: str) -> dict:
+    """The run's resolved configuration, as `prepare_output_dir` saved it ({} when train_fold runs on its own)."""
+    return read_mapping(RunFolder(output_dir).config)
 
 
 def release_memory() -> None:
@@ -405,33 +347,33 @@ def run_training(
         raise PipelineError(f"num_folds: {kfold_args.num_folds} folds need at least as many rows; "
                             f"{', '.join(data_args.train_files)} hold {len(train_rows)}")
     selected = range(kfold_args.num_folds) if kfold_args.fold is None else [kfold_args.fold]
+    run = RunFolder(output_dir)
     with contextlib.ExitStack() as held:
         if state.is_main_process:
             # this process's folds stay locked while it runs: a second copy of the run (or of the fold) is refused
             # at once, while `--fold 0` and `--fold 1` side by side share the folder
-            held.enter_context(exclusive_all([(os.path.join(output_dir, f".fold_{k}.lock"), f"{output_dir} fold {k}")
-                                              for k in selected]))
+            held.enter_context(exclusive_all([(run.fold_lock(k), f"{output_dir} fold {k}") for k in selected]))
         # set-up (config, offline backbone) one process at a time; the other ranks of this job only meet barriers
-        with exclusive(setup_lock(output_dir), output_dir, wait=True) if state.is_main_process else contextlib.nullcontext():
+        with exclusive(run.setup_lock, output_dir, wait=True) if state.is_main_process else contextlib.nullcontext():
             if state.is_main_process:
                 inputs = input_digests([*data_args.train_files, *([data_args.test_file] if data_args.test_file else [])])
                 prepare_output_dir(output_dir, resolved_config(model_args, data_args, kfold_args, loss_args, training_args),
                                    kfold_args.overwrite, inputs=inputs)
             state.wait_for_everyone()
             backbone, _, encoded, encoded_test = backbone_and_encodings(model_args, preprocessing, training_args, cleaned, cleaned_test)
-            if state.is_main_process:  # from here on the folder holds this run's results (see training_has_results)
+            if state.is_main_process:  # from here on the folder holds this run's results (RunFolder.has_results)
                 for k in selected:
-                    os.makedirs(fold_dir(output_dir, k), exist_ok=True)
+                    os.makedirs(run.fold(k).root, exist_ok=True)
         folds = make_folds(np.asarray(train_rows["labels"]), kfold_args.num_folds, training_args.seed)
         for k in selected:
-            if fold_is_done(output_dir, k):
+            if run.fold(k).is_done(k):
                 print(f"fold {k}: already complete ({DONE_FILE}); skipped")
                 continue
-            train_index, val_index = folds[k]
-            train_fold(k, train_index, val_index, encoded, encoded_test, backbone, preprocessing, kfold_args, loss_args, training_args)
+            data = FoldData(k, *folds[k], encoded, encoded_test, backbone, preprocessing)
+            train_fold(data, kfold_args, loss_args, training_args)
         if not state.is_main_process:
             return None
-        with exclusive(setup_lock(output_dir), output_dir, wait=True):
+        with exclusive(run.setup_lock, output_dir, wait=True):
             summary = summarize(output_dir, train_rows, data_args.test_file, kfold_args.num_folds, kfold_args)
     if summary is None:
         print(f"fold {kfold_args.fold} done; the run is summarised when all {kfold_args.num_folds} folds are in {output_dir}")

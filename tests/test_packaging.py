@@ -3,7 +3,6 @@ scripts: they are thin wrappers over the package, never the other way round."""
 
 import os
 import subprocess
-import sys
 import venv
 
 import pytest

@@ -1,0 +1,166 @@
+"""The layout of a training run's `output_dir`, in one place: every path under it (run files, fold files,
+checkpoints, plots), the list `--overwrite` deletes (derived from the same names), preparing the folder for a run
+and pruning half-written checkpoints. No other module spells a run file's name.
+
+```
+OUT/config.yaml  inputs.json  backbone/  oof.jsonl  summary.json  thresholds.json  submission.jsonl  report.md  *.png
+OUT/fold_K/best/  checkpoints/  runs/  val_probs.jsonl  test_probs.jsonl  metrics.json  done.json
+OUT/.fold_K.lock  .setup.lock      (flock files; never deleted, see locking.py)
+```
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from dataclasses import dataclass
+
+import yaml
+
+from nikl_emotion.data import file_digest
+from nikl_emotion.errors import PipelineError
+from nikl_emotion.fileio import write_json_atomic, write_text_atomic
+
+CONFIG_FILE = "config.yaml"  # written first (the resolved configuration)
+INPUTS_FILE = "inputs.json"  # sha256 of each input file: results are refused against changed data
+BACKBONE_DIR = "backbone"
+OOF_FILE = "oof.jsonl"
+SUMMARY_FILE = "summary.json"
+THRESHOLDS_FILE = "thresholds.json"
+SUBMISSION_FILE = "submission.jsonl"
+REPORT_FILE = "report.md"
+PLOTS = ("per_label_f1.png", "threshold_curves.png", "label_counts.png", "label_totals.png")
+RUN_FILES = (CONFIG_FILE, INPUTS_FILE, BACKBONE_DIR, OOF_FILE, SUMMARY_FILE, THRESHOLDS_FILE, SUBMISSION_FILE,
+             REPORT_FILE, *PLOTS)
+FOLD_PATTERN = re.compile(r"fold_(\d+)")
+DONE_FILE = "done.json"  # written last in a fold: the fold is complete only when it exists
+
+
+def is_run_file(name: str) -> bool:
+    """A top-level name a training run writes (and `--overwrite` deletes)."""
+    return name in RUN_FILES or FOLD_PATTERN.fullmatch(name) is not None
+
+
+@dataclass(frozen=True)
+class FoldFolder:
+    root: str
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.root, name)
+
+    best = property(lambda self: self._path("best"))
+    best_staging = property(lambda self: self._path("best.partial"))  # written, then renamed to best/
+    checkpoints = property(lambda self: self._path("checkpoints"))  # the Trainer's; deleted when the fold ends
+    runs = property(lambda self: self._path("runs"))  # TensorBoard logs, kept
+    val_probs = property(lambda self: self._path("val_probs.jsonl"))
+    test_probs = property(lambda self: self._path("test_probs.jsonl"))
+    metrics = property(lambda self: self._path("metrics.json"))
+    done = property(lambda self: self._path(DONE_FILE))
+
+    def is_done(self, fold: int) -> bool:
+        return read_mapping(self.done).get("fold") == fold
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    root: str
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.root, name)
+
+    config = property(lambda self: self._path(CONFIG_FILE))
+    inputs = property(lambda self: self._path(INPUTS_FILE))
+    backbone = property(lambda self: self._path(BACKBONE_DIR))
+    oof = property(lambda self: self._path(OOF_FILE))
+    summary = property(lambda self: self._path(SUMMARY_FILE))
+    thresholds = property(lambda self: self._path(THRESHOLDS_FILE))
+    submission = property(lambda self: self._path(SUBMISSION_FILE))
+    report = property(lambda self: self._path(REPORT_FILE))
+    setup_lock = property(lambda self: self._path(".setup.lock"))
+
+    def plot(self, index: int) -> str:
+        return self._path(PLOTS[index])
+
+    def fold(self, k: int) -> FoldFolder:
+        return FoldFolder(self._path(f"fold_{k}"))
+
+    def fold_lock(self, k: int) -> str:
+        return self._path(f".fold_{k}.lock")
+
+    def has_results(self) -> bool:
+        """Whether anything a fold produced is here (a fold_K folder): what a changed configuration must not mix
+        with."""
+        return os.path.isdir(self.root) and any(FOLD_PATTERN.fullmatch(name) for name in os.listdir(self.root))
+
+
+def read_mapping(path: str) -> dict:
+    """The mapping in a YAML or JSON file (config.yaml, inputs.json, done.json); {} when the file is absent."""
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle)  # JSON objects are YAML too
+    except (OSError, yaml.YAMLError) as exc:
+        raise PipelineError(f"{path}: cannot read ({exc})") from None
+    return data if isinstance(data, dict) else {}
+
+
+def input_digests(paths: list[str]) -> dict[str, str]:
+    """{path: sha256 of its bytes}: what a run's results were computed from."""
+    return {path: file_digest(path) for path in paths}
+
+
+def inputs_difference(old: dict, new: dict) -> str | None:
+    """The first input file whose content differs between two `inputs.json` records ({path: sha256})."""
+    for path in sorted(set(old) | set(new)):
+        if path in old and path in new and old[path] != new[path]:
+            return f"{path} changed since this run's folds were trained (its content differs)"
+    return None
+
+
+def prepare_output_dir(
+    output_dir: str, config: dict, overwrite: bool, *, is_run_file=is_run_file, kind: str = "a run",
+    has_results=lambda folder: RunFolder(folder).has_results(), inputs: dict[str, str] | None = None,
+) -> None:
+    """Refuse to mix two configurations (or two versions of an input file) in one output_dir that holds results;
+    `overwrite` deletes the old run's files first (the names `is_run_file` accepts). A folder whose earlier run
+    stopped before producing results (a crash on a bad value, a kill during set-up) is simply taken over, so the
+    corrected command is not refused."""
+    from nikl_emotion.config import config_difference  # config imports backbone, which imports this module
+
+    existing = os.path.join(output_dir, CONFIG_FILE)
+    inputs_file = os.path.join(output_dir, INPUTS_FILE)
+    if os.path.exists(existing):
+        old, old_inputs = read_mapping(existing), read_mapping(inputs_file)
+        difference = config_difference(old, config) or inputs_difference(old_inputs, inputs or {})
+        if overwrite or (difference is not None and not has_results(output_dir)):
+            for name in os.listdir(output_dir):
+                if is_run_file(name):
+                    path = os.path.join(output_dir, name)
+                    shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
+        elif difference is not None:
+            raise PipelineError(
+                f"{output_dir} holds {kind} with another configuration ({difference}); "
+                "use another output_dir, or --overwrite true to delete it and start again"
+            )
+    os.makedirs(output_dir, exist_ok=True)
+    write_text_atomic(existing, yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
+    if inputs is not None:
+        write_json_atomic(inputs_file, inputs)
+
+
+def last_complete_checkpoint(folder: str) -> str | None:
+    """The newest checkpoint that was written to the end (its trainer_state.json is saved last); newer, partial
+    ones (a kill during saving) are deleted so the Trainer does not trip over them."""
+    if not os.path.isdir(folder):
+        return None
+    steps = sorted(
+        (int(name.split("-")[-1]), name) for name in os.listdir(folder) if re.fullmatch(r"checkpoint-\d+", name)
+    )
+    for _, name in reversed(steps):
+        path = os.path.join(folder, name)
+        if os.path.exists(os.path.join(path, "trainer_state.json")):
+            return path
+        shutil.rmtree(path, ignore_errors=True)
+    return None
