@@ -29,6 +29,15 @@ class ModelArguments:
     )
     offline_vocab_size: int = field(default=8000, metadata={"help": "WordPiece vocabulary size of an offline backbone."})
 
+    def __post_init__(self):
+        if is_offline(self.model_name_or_path):
+            try:
+                parse_offline_spec(self.model_name_or_path)
+            except ValueError as exc:
+                raise PipelineError(f"model_name_or_path: {exc}") from None
+        else:
+            check_model_folder(self.model_name_or_path)
+
 
 @dataclass
 class PreprocessingArguments:
@@ -41,11 +50,20 @@ class PreprocessingArguments:
     input_format: str = field(default="pair", metadata={"help": "How the target is shown to the model: pair, marker or prompt."})
     max_seq_length: int = field(default=200, metadata={"help": "Truncate encodings to this many tokens."})
 
+    def __post_init__(self):
+        validate_preprocessing(self)
+
 
 @dataclass
 class DataArguments(PreprocessingArguments):
     train_files: list[str] = field(default_factory=list, metadata={"help": "One or more labelled jsonl files (e.g. train and dev)."})
     test_file: str | None = field(default=None, metadata={"help": "Unlabelled jsonl to predict with every fold."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_input_files(self.train_files, "labelled jsonl file")
+        if self.test_file is not None and not os.path.isfile(self.test_file):
+            raise PipelineError(f"test_file: {self.test_file!r}: file not found")
 
 
 @dataclass
@@ -58,6 +76,20 @@ class KFoldArguments:
     fallback_top_label: bool = field(default=True, metadata={"help": "An empty prediction takes the top-scoring label."})
     vote_rule: str = field(default="majority", metadata={"help": "Hard-vote rule over folds: majority or reference."})
     vote_tie: str = field(default="positive", metadata={"help": "Majority vote with half the votes: positive or negative."})
+
+    def __post_init__(self):
+        if self.num_folds < 2:
+            raise PipelineError(f"num_folds: must be at least 2, got {self.num_folds}")
+        if self.fold is not None and not 0 <= self.fold < self.num_folds:
+            raise PipelineError(f"fold: must be in [0, {self.num_folds - 1}], got {self.fold}")
+        if self.early_stopping_patience < 0:
+            raise PipelineError("early_stopping_patience: must be >= 0")
+        if not 0.0 < self.threshold < 1.0:
+            raise PipelineError(f"threshold: must be in (0, 1), got {self.threshold}")
+        if self.vote_rule not in ("majority", "reference"):
+            raise PipelineError(f"vote_rule: {self.vote_rule!r} is not majority or reference")
+        if self.vote_tie not in ("positive", "negative"):
+            raise PipelineError(f"vote_tie: {self.vote_tie!r} is not positive or negative")
 
 
 @dataclass
@@ -73,6 +105,9 @@ class LossArguments:
     asl_clip: float = field(default=0.05, metadata={"help": "ASL probability margin for negatives, in [0, 1)."})
     asl_eps: float = field(default=1e-8, metadata={"help": "ASL log clamp, in (0, 1)."})
     asl_disable_torch_grad_focal_loss: bool = field(default=False, metadata={"help": "ASL: no gradient through the focusing weight."})
+
+    def __post_init__(self):
+        validate_loss(self)
 
     def parsed_pos_weight(self) -> str | list[float] | None:
         """None, "auto", or the 8 weights."""
@@ -185,15 +220,8 @@ def parse_config(argv: list[str]) -> tuple[ModelArguments, DataArguments, KFoldA
     return model_args, data_args, kfold_args, loss_args, training_args
 
 
-def validate_model_and_files(model_args: ModelArguments, paths: list[str], what: str) -> None:
-    """A known offline backbone spec and input files that exist; `what` names the files in the empty-list message."""
-    if is_offline(model_args.model_name_or_path):
-        try:
-            parse_offline_spec(model_args.model_name_or_path)
-        except ValueError as exc:
-            raise PipelineError(f"model_name_or_path: {exc}") from None
-    else:
-        check_model_folder(model_args.model_name_or_path)
+def check_input_files(paths: list[str], what: str) -> None:
+    """At least one input file, each of them present; `what` names the files in the empty-list message."""
     if not paths:
         raise PipelineError(f"train_files: give at least one {what}")
     for path in paths:
@@ -205,27 +233,11 @@ def validate(
     model_args: ModelArguments, data_args: DataArguments, kfold_args: KFoldArguments, loss_args: LossArguments,
     training_args: TrainingArguments,
 ) -> None:
-    """Fail before any work starts, with a message naming the key."""
-    validate_model_and_files(model_args, data_args.train_files, "labelled jsonl file")
-    if data_args.test_file is not None and not os.path.isfile(data_args.test_file):
-        raise PipelineError(f"test_file: {data_args.test_file!r}: file not found")
-    validate_preprocessing(data_args)
+    """What no single dataclass can check alone (each validates itself in `__post_init__`): the Trainer's settings
+    and how they meet the pipeline's. Fails before any work starts, with a message naming the key."""
     validate_reporting(training_args)
     validate_training_values(training_args)
     check_inputs_outside_run(training_args.output_dir, [*data_args.train_files, *filter(None, [data_args.test_file])])
-    if kfold_args.num_folds < 2:
-        raise PipelineError(f"num_folds: must be at least 2, got {kfold_args.num_folds}")
-    if kfold_args.fold is not None and not 0 <= kfold_args.fold < kfold_args.num_folds:
-        raise PipelineError(f"fold: must be in [0, {kfold_args.num_folds - 1}], got {kfold_args.fold}")
-    if kfold_args.early_stopping_patience < 0:
-        raise PipelineError("early_stopping_patience: must be >= 0")
-    validate_loss(loss_args)
-    if not 0.0 < kfold_args.threshold < 1.0:
-        raise PipelineError(f"threshold: must be in (0, 1), got {kfold_args.threshold}")
-    if kfold_args.vote_rule not in ("majority", "reference"):
-        raise PipelineError(f"vote_rule: {kfold_args.vote_rule!r} is not majority or reference")
-    if kfold_args.vote_tie not in ("positive", "negative"):
-        raise PipelineError(f"vote_tie: {kfold_args.vote_tie!r} is not positive or negative")
     if training_args.label_smoothing_factor:
         raise PipelineError(
             "label_smoothing_factor: the Trainer's smoothing is for single-label cross-entropy and would be ignored "

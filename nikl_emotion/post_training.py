@@ -40,8 +40,7 @@ from nikl_emotion.config import (
     PreprocessingArguments,
     parse_arguments,
     resolved_config,
-    validate_model_and_files,
-    validate_preprocessing,
+    check_input_files,
     validate_reporting,
 )
 from nikl_emotion.data import load_jsonl_files
@@ -61,12 +60,22 @@ class PostTrainDataArguments(PreprocessingArguments):
     train_files: list[str] = field(default_factory=list, metadata={"help": "jsonl files whose texts are learned (train, dev, test: labels are ignored)."})
     validation_fraction: float = field(default=0.02, metadata={"help": "Share of rows held out to report the MLM loss before and after."})
 
+    def __post_init__(self):
+        super().__post_init__()
+        check_input_files(self.train_files, "jsonl file to learn from")
+        if not 0.0 <= self.validation_fraction < 0.5:
+            raise PipelineError(f"validation_fraction: must be in [0, 0.5), got {self.validation_fraction}")
+
 
 @dataclass
 class MLMArguments:
     mlm_probability: float = field(default=0.15, metadata={"help": "Share of tokens selected for prediction."})
     whole_word_mask: bool = field(default=False, metadata={"help": "Mask all WordPiece pieces of a word together."})
     overwrite: bool = field(default=False, metadata={"help": "Start again in an output_dir that holds another post-training run."})
+
+    def __post_init__(self):
+        if not 0.0 < self.mlm_probability < 1.0:
+            raise PipelineError(f"mlm_probability: must be in (0, 1), got {self.mlm_probability}")
 
 
 POST_TRAIN_DEFAULTS: dict[str, object] = {
@@ -90,13 +99,7 @@ def parse_post_train_config(argv: list[str]) -> tuple[ModelArguments, PostTrainD
     model_args, data_args, mlm_args, training_args = parse_arguments(
         argv, (ModelArguments, PostTrainDataArguments, MLMArguments, TrainingArguments), POST_TRAIN_DEFAULTS
     )
-    validate_model_and_files(model_args, data_args.train_files, "jsonl file to learn from")
-    validate_preprocessing(data_args)
     validate_reporting(training_args)
-    if not 0.0 <= data_args.validation_fraction < 0.5:
-        raise PipelineError(f"validation_fraction: must be in [0, 0.5), got {data_args.validation_fraction}")
-    if not 0.0 < mlm_args.mlm_probability < 1.0:
-        raise PipelineError(f"mlm_probability: must be in (0, 1), got {mlm_args.mlm_probability}")
     if data_args.validation_fraction == 0 and training_args.eval_strategy != "no":
         raise PipelineError("validation_fraction 0 leaves nothing to evaluate: set eval_strategy: no as well")
     return model_args, data_args, mlm_args, training_args

@@ -100,3 +100,30 @@ def test_bundled_configs_parse_and_validate(name):
 def test_recipe_stages_prepare_text_the_same_way(post_train, fine_tune):
     learned = Preprocessing.from_data_args(parse_bundled(post_train)[1])
     assert Preprocessing.from_data_args(parse_bundled(fine_tune)[1]) == learned
+
+
+def test_every_config_dataclass_validates_itself_however_it_is_built(tmp_path):
+    """Objects built without the parser (dataclasses.replace in the HP search, KFoldArguments(**config) in
+    report.py) are checked too: each dataclass validates itself in __post_init__."""
+    import dataclasses
+
+    from nikl_emotion.config import DataArguments, KFoldArguments, LossArguments, ModelArguments
+    from nikl_emotion.post_training import MLMArguments, PostTrainDataArguments
+
+    cases = [
+        (lambda: KFoldArguments(num_folds=1), "num_folds: must be at least 2"),
+        (lambda: KFoldArguments(num_folds=3, fold=3), r"fold: must be in \[0, 2\]"),
+        (lambda: KFoldArguments(threshold=1.5), r"threshold: must be in \(0, 1\)"),
+        (lambda: dataclasses.replace(LossArguments(loss="focal"), focal_gamma=-1.0), "focal_gamma: must be >= 0"),
+        (lambda: LossArguments(loss="hinge"), "loss: 'hinge' is not one of"),
+        (lambda: ModelArguments(model_name_or_path="offline:gpt-huge"), "model_name_or_path: unknown offline backbone"),
+        (lambda: DataArguments(train_files=[str(tmp_path / "missing.jsonl")]), "missing.jsonl: file not found"),
+        (lambda: DataArguments(train_files=[], input_format="pair"), "train_files: give at least one"),
+        (lambda: DataArguments(train_files=[str(SAMPLE_TRAIN)], input_format="xml"), "input_format: 'xml' is not one of"),
+        (lambda: PostTrainDataArguments(train_files=[str(SAMPLE_TRAIN)], validation_fraction=0.7), "validation_fraction"),
+        (lambda: MLMArguments(mlm_probability=1.5), "mlm_probability: must be in"),
+    ]
+    for build, message in cases:
+        with pytest.raises(PipelineError, match=message):
+            build()
+    assert KFoldArguments(early_stopping_patience=0).num_folds == 5  # valid ones build as before
