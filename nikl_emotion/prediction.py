@@ -19,9 +19,9 @@ from nikl_emotion.errors import PipelineError
 from nikl_emotion.export import is_onnx_export, load_onnx_export
 from nikl_emotion.fileio import check_distinct_paths, check_output_path, write_probs, write_submission
 from nikl_emotion.labels import ID2LABEL, NUM_LABELS
-from nikl_emotion.metrics import decide, sigmoid
+from nikl_emotion.metrics import sigmoid
 from nikl_emotion.preprocessing import Preprocessing, clean, encode
-from nikl_emotion.voting import hard_vote
+from nikl_emotion.voting import DecisionRule
 
 logger = logging.getLogger(__name__)
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "sentencepiece.bpe.model", "spiece.model", "tokenizer.model", "vocab.json")
@@ -103,6 +103,27 @@ def first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [""])[0][:300]
 
 
+def _as_threshold(threshold: float | np.ndarray) -> float | tuple[float, ...]:
+    values = np.asarray(threshold, dtype=np.float64)
+    return float(values) if values.ndim == 0 else tuple(float(v) for v in values)
+
+
+def run_checkpoints(run_dir: str) -> tuple[list[str], DecisionRule]:
+    """A finished run's fold checkpoints and the decision rule its `submission.jsonl` was made with."""
+    from nikl_emotion.run_folder import RunFolder, read_mapping
+
+    run = RunFolder(run_dir)
+    config = read_mapping(run.config)
+    if not config or not os.path.isfile(run.decision):
+        raise PipelineError(f"{run_dir}: not a finished train.py run (needs {os.path.basename(run.config)} and "
+                            f"{os.path.basename(run.decision)}, written when every fold is done)")
+    folds = [run.fold(k).best for k in range(int(config.get("num_folds", 0)))]
+    missing = next((path for path in folds if not os.path.isdir(path)), None)
+    if missing is not None:
+        raise PipelineError(f"{missing}: checkpoint folder not found")
+    return folds, DecisionRule.load(run.decision)
+
+
 def check_tokenizer_files(path: str) -> None:
     """Without its tokenizer files a folder still "loads" a tokenizer of special tokens only, and every word of
     every row becomes the unknown token: refuse it instead."""
@@ -140,15 +161,16 @@ def predict_file(
     fallback: bool = True,
     strategy: str = "hard",
     device: str | None = None,
+    rule: DecisionRule | None = None,
 ) -> np.ndarray:
     """Predict `input_path` with one or more checkpoints and write the submission (and probabilities).
 
     A checkpoint is a `best/` folder or an `export.py` (ONNX) folder. Several are combined by `strategy`: `hard` (majority vote of each checkpoint's decisions, see
-    `voting.hard_vote`) or `soft` (mean probability, then the threshold). The probability file holds the mean.
-    Returns the decisions.
+    `voting.hard_vote`) or `soft` (mean probability, then the threshold). `rule` (e.g. a run's saved
+    `DecisionRule`) replaces `threshold`, `fallback` and `strategy` and also carries the vote rule. The probability
+    file holds the mean. Returns the decisions.
     """
-    if strategy not in ("hard", "soft"):
-        raise PipelineError(f"strategy: {strategy!r} is not hard or soft")
+    rule = rule or DecisionRule(strategy=strategy, threshold=_as_threshold(threshold), fallback=fallback)
     if batch_size < 1:
         raise PipelineError(f"--batch_size: must be at least 1, got {batch_size}")
     check_distinct_paths({"--input": input_path}, {"--output": output_path, "--probs": probs_path})
@@ -173,11 +195,8 @@ def predict_file(
         encoded = encode(clean(rows, preprocessing), tokenizer, preprocessing, on_unknown="warn")
         all_probs.append(predict_probs(model, tokenizer, encoded, batch_size, target_device))
         del model
-    mean_probs = np.mean(all_probs, axis=0)
-    if strategy == "soft" or len(all_probs) == 1:
-        decisions = decide(mean_probs, threshold, fallback)
-    else:
-        decisions = hard_vote([decide(p, threshold, fallback) for p in all_probs], fallback=fallback, mean_probs=mean_probs)
+    decisions = rule.apply(all_probs)
+    mean_probs = np.average(np.stack(all_probs), axis=0, weights=rule.weights)
     if probs_path:
         write_probs(probs_path, iter_column(rows, "id"), mean_probs)
     write_submission(output_path, iter_column(rows, "id"), iter_inputs(rows), decisions)

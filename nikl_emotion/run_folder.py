@@ -3,7 +3,8 @@ checkpoints, plots), the list `--overwrite` deletes (derived from the same names
 and pruning half-written checkpoints. No other module spells a run file's name.
 
 ```
-OUT/config.yaml  inputs.json  backbone/  oof.jsonl  summary.json  thresholds.json  submission.jsonl  report.md  *.png
+OUT/config.yaml  inputs.json  backbone/  oof.jsonl  summary.json  thresholds.json  submission.jsonl  decision.json
+OUT/report.md  *.png
 OUT/fold_K/best/  checkpoints/  runs/  val_probs.jsonl  test_probs.jsonl  metrics.json  done.json
 OUT/.fold_K.lock  .setup.lock      (flock files; never deleted, see locking.py)
 ```
@@ -30,9 +31,10 @@ SUMMARY_FILE = "summary.json"
 THRESHOLDS_FILE = "thresholds.json"
 SUBMISSION_FILE = "submission.jsonl"
 REPORT_FILE = "report.md"
+DECISION_FILE = "decision.json"  # the DecisionRule submission.jsonl was made with
 PLOTS = ("per_label_f1.png", "threshold_curves.png", "label_counts.png", "label_totals.png")
 RUN_FILES = (CONFIG_FILE, INPUTS_FILE, BACKBONE_DIR, OOF_FILE, SUMMARY_FILE, THRESHOLDS_FILE, SUBMISSION_FILE,
-             REPORT_FILE, *PLOTS)
+             DECISION_FILE, REPORT_FILE, *PLOTS)
 FOLD_PATTERN = re.compile(r"fold_(\d+)")
 DONE_FILE = "done.json"  # written last in a fold: the fold is complete only when it exists
 
@@ -77,6 +79,7 @@ class RunFolder:
     thresholds = property(lambda self: self._path(THRESHOLDS_FILE))
     submission = property(lambda self: self._path(SUBMISSION_FILE))
     report = property(lambda self: self._path(REPORT_FILE))
+    decision = property(lambda self: self._path(DECISION_FILE))
     setup_lock = property(lambda self: self._path(".setup.lock"))
 
     def plot(self, index: int) -> str:

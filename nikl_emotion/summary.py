@@ -18,7 +18,7 @@ from nikl_emotion.model_card import write_model_card
 from nikl_emotion.report import write_report
 from nikl_emotion.run_folder import RunFolder, input_digests, inputs_difference, read_mapping
 from nikl_emotion.thresholds import fit_global_threshold, fit_thresholds, nested_gain, save_thresholds
-from nikl_emotion.voting import ensemble_files
+from nikl_emotion.voting import DecisionRule, ensemble_files
 
 
 def summarize(output_dir: str, train_rows: Dataset, test_path: str | None, num_folds: int, kfold_args: KFoldArguments) -> dict | None:
@@ -59,15 +59,18 @@ def summarize(output_dir: str, train_rows: Dataset, test_path: str | None, num_f
         "oof": score(gold, decide(oof, kfold_args.threshold, fallback)),
         "thresholds": {"file": os.path.basename(run.thresholds), **evaluation},
     }
+    # the rule submission.jsonl is made with, saved so inference.py --run OUT decides the same way anywhere
+    decision = DecisionRule("hard", kfold_args.threshold, fallback, kfold_args.vote_rule, kfold_args.vote_tie)
+    decision.save(run.decision)
     if test_path is not None:
         voted = ensemble_files(
             [run.fold(k).test_probs for k in range(num_folds)],
             run.submission,
-            strategy="hard",
-            rule=kfold_args.vote_rule,
-            tie=kfold_args.vote_tie,
-            threshold=kfold_args.threshold,
-            fallback=fallback,
+            strategy=decision.strategy,
+            rule=decision.vote_rule,
+            tie=decision.vote_tie,
+            threshold=decision.threshold,
+            fallback=decision.fallback,
             reference_path=test_path,
         )
         summary["submission"] = {"file": os.path.basename(run.submission), "rows": int(len(voted)), "strategy": f"hard/{kfold_args.vote_rule}"}

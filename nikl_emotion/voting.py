@@ -16,6 +16,7 @@ first in label order.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ import numpy as np
 
 from nikl_emotion.data import load_jsonl
 from nikl_emotion.errors import PipelineError, RowError
-from nikl_emotion.fileio import check_distinct_paths, check_output_path, iter_json_lines, read_probs, write_submission
+from nikl_emotion.fileio import check_distinct_paths, check_output_path, iter_json_lines, read_probs, write_json_atomic, write_submission
 from nikl_emotion.metrics import decide
 
 VoteRule = Literal["majority", "reference"]
@@ -100,6 +101,68 @@ def reference_vote(decisions: np.ndarray) -> np.ndarray:
     voted = (votes == most) & (most > 0)
     voted[most[:, 0] == 0, 0] = True  # joy: label 0
     return voted
+
+
+@dataclass(frozen=True)
+class DecisionRule:
+    """How one or several models' probabilities become labels, validated once here and saved with a run
+    (`OUT/decision.json`), so `inference.py --run OUT` decides exactly as the run's `submission.jsonl` did.
+
+    `strategy`: `hard` (each model's decisions at `threshold`, then voted by `vote_rule`/`vote_tie`, or at least
+    `min_votes`) or `soft` (the weighted mean probability at `threshold`). `threshold` is one number or 8 per-label
+    values; `fallback` gives an empty row its top label (the reference vote rule has its own)."""
+
+    strategy: str = "hard"
+    threshold: float | tuple[float, ...] = 0.5
+    fallback: bool = True
+    vote_rule: str = "majority"
+    vote_tie: str = "positive"
+    min_votes: float | None = None
+    weights: tuple[float, ...] | None = None
+
+    def __post_init__(self):
+        if self.strategy not in ("hard", "soft"):
+            raise PipelineError(f"strategy: {self.strategy!r} is not hard or soft")
+        values = np.atleast_1d(np.asarray(self.threshold, dtype=np.float64))
+        if values.shape not in ((1,), (8,)) or not ((values > 0) & (values < 1)).all():
+            raise PipelineError(f"threshold: expected one number or 8 numbers in (0, 1), got {self.threshold}")
+        if self.vote_rule not in ("majority", "reference"):
+            raise PipelineError(f"vote_rule: {self.vote_rule!r} is not majority or reference")
+        if self.vote_tie not in ("positive", "negative"):
+            raise PipelineError(f"vote_tie: {self.vote_tie!r} is not positive or negative")
+        if self.weights is not None:
+            check_vote_options(len(self.weights), self.weights, self.min_votes)
+        elif self.min_votes is not None and not (np.isfinite(self.min_votes) and self.min_votes > 0):
+            raise PipelineError(f"min_votes: must be a positive number, got {self.min_votes}")
+
+    def apply(self, probs: Sequence[np.ndarray]) -> np.ndarray:
+        """The decisions for the models' (N, 8) probabilities."""
+        check_vote_options(len(probs), self.weights, self.min_votes)
+        threshold = np.asarray(self.threshold, dtype=np.float64)
+        mean_probs = np.average(np.stack(probs), axis=0, weights=self.weights)
+        if self.strategy == "soft" or len(probs) == 1:
+            return decide(mean_probs, threshold, self.fallback)
+        decisions = [decide(p, threshold, self.fallback) for p in probs]
+        return hard_vote(decisions, self.vote_rule, self.vote_tie, self.fallback, mean_probs, self.weights, self.min_votes)
+
+    def save(self, path: str) -> None:
+        write_json_atomic(path, {field.name: getattr(self, field.name) for field in dataclasses.fields(self)})
+
+    @classmethod
+    def load(cls, path: str) -> "DecisionRule":
+        try:
+            with open(path, encoding="utf-8") as handle:
+                data = json.load(handle)
+        except (OSError, ValueError) as exc:
+            raise PipelineError(f"{path}: cannot read the run's decision rule ({exc})") from None
+        names = [field.name for field in dataclasses.fields(cls)]
+        if not isinstance(data, dict) or sorted(data) != sorted(names):
+            raise PipelineError(f"{path}: expected the keys {', '.join(names)}")
+        tuples = {key: tuple(data[key]) for key in ("threshold", "weights") if isinstance(data[key], list)}
+        try:
+            return cls(**{**data, **tuples})
+        except PipelineError as exc:
+            raise PipelineError(f"{path}: {exc}") from None
 
 
 @dataclass

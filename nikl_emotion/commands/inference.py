@@ -1,6 +1,7 @@
 """Predict a jsonl file with one or more checkpoints and write an official-format submission.
 
 python inference.py --checkpoint OUT/fold_0/best [OUT/fold_1/best ...] --input test.jsonl --output submission.jsonl [--probs probs.jsonl]
+python inference.py --run OUT --input test.jsonl --output submission.jsonl   (a run's folds and its decision rule)
 """
 
 import argparse
@@ -10,22 +11,28 @@ from nikl_emotion.cli import add_decision_arguments, decision_threshold, quiet_l
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", nargs="+", required=True, help="checkpoint folder(s), e.g. OUT/fold_*/best")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", nargs="+", help="checkpoint folder(s), e.g. OUT/fold_*/best")
+    source.add_argument("--run", help="a finished train.py output folder: its fold checkpoints, voted with the rule "
+                                      "its submission.jsonl was made with (OUT/decision.json)")
     parser.add_argument("--input", required=True, help="NIKL jsonl to predict (output may be \"\")")
     parser.add_argument("--output", required=True, help="submission jsonl to write")
     parser.add_argument("--probs", help="also write the (mean) probabilities here")
     parser.add_argument("--batch_size", type=int, default=128)
     add_decision_arguments(parser)
-    parser.add_argument("--strategy", choices=["hard", "soft"], default="hard", help="how several checkpoints combine")
+    parser.add_argument("--strategy", choices=["hard", "soft"], help="how several checkpoints combine (default hard)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     args = parser.parse_args(argv)
+    if args.run and (args.strategy or args.thresholds or args.no_fallback or args.threshold != 0.5):
+        parser.error("--run takes the run's own decision rule: drop --strategy, --threshold(s) and --no_fallback")
     threshold = decision_threshold(args)
     quiet_libraries()
-    from nikl_emotion.prediction import predict_file
+    from nikl_emotion.prediction import predict_file, run_checkpoints
 
+    checkpoints, rule = run_checkpoints(args.run) if args.run else (args.checkpoint, None)
     decisions = predict_file(
-        args.checkpoint, args.input, args.output, args.probs, args.batch_size, threshold,
-        not args.no_fallback, args.strategy, args.device,
+        checkpoints, args.input, args.output, args.probs, args.batch_size, threshold,
+        not args.no_fallback, args.strategy or "hard", args.device, rule=rule,
     )
     print(f"wrote {len(decisions)} rows to {args.output}")
     return 0

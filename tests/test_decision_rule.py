@@ -1,0 +1,73 @@
+"""One decision rule, saved with the run: `inference.py --run OUT` re-decides the run's folds exactly as its
+submission.jsonl was made, for the majority and the reference vote."""
+
+import importlib
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, SAMPLE_TEST
+from nikl_emotion.errors import PipelineError
+from nikl_emotion.voting import DecisionRule, hard_vote
+
+
+def run_inference(capsys, monkeypatch, *args) -> int:
+    module = importlib.import_module("inference")
+    monkeypatch.setattr("sys.argv", ["inference.py", *map(str, args)])
+    with pytest.raises(SystemExit) as exited:
+        module.entry_point(module.main)()
+    capsys.readouterr()
+    return exited.value.code
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    from nikl_emotion.config import parse_config
+    from nikl_emotion.training import run_training
+
+    out = tmp_path_factory.mktemp("ref") / "out"
+    run_training(*parse_config([str(ROOT / "configs" / "quickstart.yaml"), "--output_dir", str(out), "--num_folds", "3",
+                                "--num_train_epochs", "3", "--vote_rule", "reference", "--disable_tqdm", "true"]))
+    return out
+
+
+@pytest.mark.parametrize("which", ["majority", "reference"])
+def test_inference_over_a_run_writes_its_submission_byte_for_byte(tiny_run, reference_run, tmp_path, capsys,
+                                                                  monkeypatch, which):
+    run = tiny_run if which == "majority" else reference_run
+    assert DecisionRule.load(str(run / "decision.json")).vote_rule == which
+    out = tmp_path / "again.jsonl"
+    assert run_inference(capsys, monkeypatch, "--run", run, "--input", SAMPLE_TEST, "--output", out, "--device", "cpu") == 0
+    assert out.read_bytes() == (run / "submission.jsonl").read_bytes()
+
+
+def test_run_takes_its_own_rule_only(tiny_run, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "x.jsonl"
+    assert run_inference(capsys, monkeypatch, "--run", tiny_run, "--threshold", "0.3", "--input", SAMPLE_TEST,
+                         "--output", out) == 2
+    assert run_inference(capsys, monkeypatch, "--run", tmp_path, "--input", SAMPLE_TEST, "--output", out) == 1
+    assert not out.exists()
+
+
+def test_the_rule_validates_itself_and_round_trips(tmp_path):
+    rule = DecisionRule("hard", tuple(np.linspace(0.2, 0.9, 8)), True, "reference", "negative")
+    rule.save(str(tmp_path / "d.json"))
+    assert DecisionRule.load(str(tmp_path / "d.json")) == rule
+    for bad, message in (({"strategy": "mean"}, "strategy"), ({"threshold": 1.0}, "threshold"),
+                         ({"threshold": (0.5, 0.5)}, "threshold"), ({"vote_rule": "plurality"}, "vote_rule"),
+                         ({"weights": (1.0, float("nan"))}, "weights"), ({"min_votes": -1.0}, "min_votes")):
+        with pytest.raises(PipelineError, match=message):
+            DecisionRule(**bad)
+
+
+def test_the_rule_applies_the_vote_rule_it_names():
+    rng = np.random.default_rng(0)
+    probs = [rng.random((200, 8)) ** 3 for _ in range(3)]  # sparse decisions: the two rules disagree on many rows
+    decisions = [p >= 0.5 for p in probs]
+    fell_back = [d | (~d.any(axis=1, keepdims=True) & (p == p.max(axis=1, keepdims=True))) for d, p in zip(decisions, probs)]
+    results = {}
+    for rule_name in ("majority", "reference"):
+        results[rule_name] = DecisionRule(vote_rule=rule_name).apply(probs)
+        expected = hard_vote(fell_back, rule_name, mean_probs=np.mean(probs, axis=0))
+        np.testing.assert_array_equal(results[rule_name], expected)
+    assert (results["majority"] != results["reference"]).any(axis=1).sum() > 10
