@@ -299,7 +299,7 @@ def _post_train(model_args, data_args, mlm_args, training_args, cleaned, preproc
             pad_to_multiple_of=8 if torch.cuda.is_available() else None, seed=training_args.seed,
         ),
     )
-    keep_tensorboard_logs(trainer, output_dir)
+    keep_tensorboard_logs(trainer, os.path.join(output_dir, "runs"))
     checkpoints = args.output_dir
     if trainer.is_world_process_zero():
         last_complete_checkpoint(checkpoints)  # prunes a half-written checkpoint

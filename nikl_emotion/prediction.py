@@ -196,7 +196,7 @@ def predict_file(
         all_probs.append(predict_probs(model, tokenizer, encoded, batch_size, target_device))
         del model
     decisions = rule.apply(all_probs)
-    mean_probs = np.average(np.stack(all_probs), axis=0, weights=rule.weights)
+    mean_probs = rule.mean(all_probs)
     if probs_path:
         write_probs(probs_path, iter_column(rows, "id"), mean_probs)
     write_submission(output_path, iter_column(rows, "id"), iter_inputs(rows), decisions)

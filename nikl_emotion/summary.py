@@ -73,7 +73,7 @@ def summarize(output_dir: str, train_rows: Dataset, test_path: str | None, num_f
             fallback=decision.fallback,
             reference_path=test_path,
         )
-        summary["submission"] = {"file": os.path.basename(run.submission), "rows": int(len(voted)), "strategy": f"hard/{kfold_args.vote_rule}"}
+        summary["submission"] = {"file": os.path.basename(run.submission), "rows": int(len(voted)), "strategy": f"{decision.strategy}/{decision.vote_rule}"}
     summary["config"] = read_mapping(run.config)
     write_json_atomic(run.summary, summary)
     thresholds = {"per_label": dict(zip(LABELS, map(float, per_label))), "global": float(global_threshold)}

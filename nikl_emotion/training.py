@@ -50,12 +50,12 @@ MODEL_INPUT_COLUMNS = (*MODEL_INPUTS, "length")  # `length` feeds the sampler on
 TRAINER_COLUMNS = (*MODEL_INPUT_COLUMNS, "labels")
 
 
-def keep_tensorboard_logs(trainer: Trainer, folder: str) -> None:
-    """TensorBoard logs into `folder`/runs instead of the checkpoints folder, which is deleted when the run ends
+def keep_tensorboard_logs(trainer: Trainer, logging_dir: str) -> None:
+    """TensorBoard logs into `logging_dir` instead of the checkpoints folder, which is deleted when the run ends
     (`TENSORBOARD_LOGGING_DIR`, when set, still wins)."""
     for callback in trainer.callback_handler.callbacks:
         if isinstance(callback, TensorBoardCallback) and callback.logging_dir is None:
-            callback.logging_dir = os.path.join(folder, "runs")
+            callback.logging_dir = logging_dir
 
 
 class LengthListSamplerMixin:
@@ -265,7 +265,7 @@ def fold_trainer(data: FoldData, folder: FoldFolder, train_rows: Dataset, val_ro
     trainer = EmotionTrainer(
         model=model, args=fold_args, **fold_trainer_inputs(train_rows, val_rows, tokenizer, kfold_args, loss_args)
     )
-    keep_tensorboard_logs(trainer, folder.root)
+    keep_tensorboard_logs(trainer, folder.runs)
     return trainer
 
 

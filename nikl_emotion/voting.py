@@ -53,7 +53,7 @@ def hard_vote(
     half = weights.sum() / 2
     is_half = np.isclose(votes, half)
     if rule == "reference" and min_votes is None:
-        if weights is not None and not np.allclose(weights, 1.0):
+        if not np.allclose(weights, 1.0):
             raise PipelineError("the reference vote rule counts every model once: it takes no weights")
         return reference_vote(stacked.astype(bool))
     if min_votes is not None:
@@ -139,11 +139,15 @@ class DecisionRule:
         """The decisions for the models' (N, 8) probabilities."""
         check_vote_options(len(probs), self.weights, self.min_votes)
         threshold = np.asarray(self.threshold, dtype=np.float64)
-        mean_probs = np.average(np.stack(probs), axis=0, weights=self.weights)
+        mean_probs = self.mean(probs)
         if self.strategy == "soft" or len(probs) == 1:
             return decide(mean_probs, threshold, self.fallback)
         decisions = [decide(p, threshold, self.fallback) for p in probs]
         return hard_vote(decisions, self.vote_rule, self.vote_tie, self.fallback, mean_probs, self.weights, self.min_votes)
+
+    def mean(self, probs: Sequence[np.ndarray]) -> np.ndarray:
+        """The models' (weighted) mean probability: the soft vote's input and the hard vote's tie-break."""
+        return np.average(np.stack(probs), axis=0, weights=self.weights)
 
     def save(self, path: str) -> None:
         write_json_atomic(path, {field.name: getattr(self, field.name) for field in dataclasses.fields(self)})
