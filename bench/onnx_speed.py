@@ -37,25 +37,22 @@ def main() -> None:
 
     from bench.speed import machine, write_block
     from nikl_emotion.data import load_jsonl
-    from nikl_emotion.export import export_checkpoint, load_onnx_export
-    from nikl_emotion.metrics import decide, score, sigmoid
-    from nikl_emotion.prediction import load_checkpoint, predict_probs, predict_sorted
-    from nikl_emotion.preprocessing import clean, encode
+    from nikl_emotion.classifier import EmotionClassifier
+    from nikl_emotion.export import export_checkpoint
+    from nikl_emotion.metrics import decide, score
 
     rows = load_jsonl(dev)
     gold = np.asarray(rows["labels"])
-    model, tokenizer, preprocessing = load_checkpoint(args.checkpoint)
-    encoded = encode(clean(rows, preprocessing), tokenizer, preprocessing)
+    pytorch = EmotionClassifier.from_pretrained(args.checkpoint, device="cpu")
+    encoded = pytorch.encode(rows)
     results = {}
     with tempfile.TemporaryDirectory() as work:
-        runners = {"PyTorch (fp32, inference_mode)": lambda: predict_probs(model, tokenizer, encoded, args.batch_size, "cpu", progress=False)}
+        runners = {"PyTorch (fp32, inference_mode)": lambda: pytorch.predict_encoded(encoded, batch_size=args.batch_size)}
         for name, int8 in (("ONNX Runtime (fp32)", False), ("ONNX Runtime (int8, dynamic)", True)):
             folder = os.path.join(work, "int8" if int8 else "fp32")
             export_checkpoint(args.checkpoint, folder, int8=int8)
-            classifier, onnx_tokenizer, _ = load_onnx_export(folder)
-            columns = [c for c in classifier.input_names if c in encoded.column_names]
-            runners[name] = (lambda c=classifier, cols=columns: sigmoid(
-                predict_sorted(c, encoded, cols, onnx_tokenizer.pad_token_id, args.batch_size, progress=False)))
+            onnx = EmotionClassifier.from_pretrained(folder)
+            runners[name] = lambda c=onnx: c.predict_encoded(encoded, batch_size=args.batch_size)
         reference = None
         for name, run in runners.items():
             run()  # warm-up: first-call allocations and graph optimisation are not throughput

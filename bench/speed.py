@@ -128,7 +128,7 @@ def worker_predict(work: str, recipe: str, rows: int, batch_size: int) -> dict:
     import torch
 
     from nikl_emotion.backbone import load_model
-    from nikl_emotion.prediction import predict_probs
+    from nikl_emotion.classifier import EmotionClassifier
     from nikl_emotion.preprocessing import encode
 
     _, test, tokenizer, preprocessing = _setup(work, rows)
@@ -145,7 +145,7 @@ def worker_predict(work: str, recipe: str, rows: int, batch_size: int) -> dict:
     else:
         encoded = encode(test, tokenizer, preprocessing)
         start = time.perf_counter()
-        probs = predict_probs(model, tokenizer, encoded, batch_size)
+        probs = EmotionClassifier.from_model(model, tokenizer, preprocessing).predict_encoded(encoded, batch_size=batch_size)
         seconds = time.perf_counter() - start
     assert probs.shape == (len(test), 8) and np.isfinite(probs).all()
     return {"rows": len(test), "seconds": seconds, "per_s": len(test) / seconds, "peak_rss_mb": peak_rss_mb()}

@@ -2,4 +2,13 @@
 
 from nikl_emotion.labels import ID2LABEL, LABEL2ID, LABELS, NUM_LABELS
 
-__all__ = ["LABELS", "NUM_LABELS", "ID2LABEL", "LABEL2ID"]
+__all__ = ["LABELS", "NUM_LABELS", "ID2LABEL", "LABEL2ID", "EmotionClassifier"]
+
+
+def __getattr__(name: str):
+    # imported on first use: `import nikl_emotion` for the labels must not pull in torch and transformers
+    if name == "EmotionClassifier":
+        from nikl_emotion.classifier import EmotionClassifier
+
+        return EmotionClassifier
+    raise AttributeError(f"module 'nikl_emotion' has no attribute {name!r}")

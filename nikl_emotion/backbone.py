@@ -30,12 +30,11 @@ from transformers import (
 from nikl_emotion.encoding import MARKER_TOKENS, add_marker_tokens, hangul_fix, model_input_names, splits_hangul
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.labels import ID2LABEL, LABEL2ID, NUM_LABELS
-from nikl_emotion.run_folder import CONFIG_FILE
+from nikl_emotion.run_folder import CONFIG_FILE, POST_TRAIN_FILE
 
 logger = logging.getLogger(__name__)
 
 OFFLINE_PREFIX = "offline:"
-POST_TRAIN_FILE = "post_train.json"  # written last by post_train.py: the folder is complete only when it exists
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 OFFLINE_SIZES: dict[str, dict[str, int]] = {
     "tiny": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128},

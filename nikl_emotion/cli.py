@@ -78,6 +78,31 @@ def add_decision_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no_fallback", action="store_true", help="allow rows with no label")
 
 
+def decision_rule(args: argparse.Namespace, strategy: str = "hard"):
+    """The `DecisionRule` the command-line options describe (vote options where the command has them)."""
+    from nikl_emotion.voting import DecisionRule
+
+    return DecisionRule(
+        strategy=getattr(args, "strategy", None) or strategy,
+        threshold=decision_threshold(args),
+        fallback=not args.no_fallback,
+        vote_rule=getattr(args, "rule", None) or "majority",
+        vote_tie=getattr(args, "tie", None) or "positive",
+        min_votes=getattr(args, "min_votes", None),
+        weights=getattr(args, "weights", None),
+    )
+
+
+def decision_options_given(args: argparse.Namespace) -> list[str]:
+    """The decision options set away from their defaults (refused beside a saved rule, which replaces them)."""
+    given = {"--strategy": getattr(args, "strategy", None) not in (None, "hard"),
+             "--threshold": args.threshold != 0.5, "--thresholds": bool(args.thresholds), "--no_fallback": args.no_fallback,
+             "--rule": getattr(args, "rule", None) not in (None, "majority"),
+             "--tie": getattr(args, "tie", None) not in (None, "positive"),
+             "--weights": getattr(args, "weights", None) is not None, "--min_votes": getattr(args, "min_votes", None) is not None}
+    return [name for name, is_set in given.items() if is_set]
+
+
 def decision_threshold(args: argparse.Namespace):
     """The validated threshold: one number, or the 8 per-label values of `--thresholds`."""
     if args.thresholds:

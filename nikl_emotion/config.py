@@ -18,7 +18,8 @@ from nikl_emotion.backbone import check_model_folder, is_offline, parse_offline_
 from nikl_emotion.encoding import INPUT_FORMATS
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.labels import NUM_LABELS
-from nikl_emotion.losses import LOSSES
+from nikl_emotion.losses import LOSSES, LossParameterError, build_loss
+from nikl_emotion.run_folder import is_run_file
 
 
 @dataclass
@@ -269,8 +270,6 @@ def validate_training_values(training_args: TrainingArguments) -> None:
 def check_inputs_outside_run(output_dir: str, paths: list[str]) -> None:
     """An input file must not be one of the files the run writes or `--overwrite` deletes (OUT/submission.jsonl,
     OUT/fold_K/...): it would be replaced by the run's own output."""
-    from nikl_emotion.run_folder import is_run_file
-
     run = os.path.realpath(output_dir)
     for path in paths:
         relative = os.path.relpath(os.path.realpath(path), run)
@@ -301,19 +300,23 @@ def validate_loss(loss_args: LossArguments) -> None:
         raise PipelineError(f"loss: {loss_args.loss!r} is not one of {', '.join(LOSSES)}")
     if loss_args.loss_reduction not in ("mean", "sum"):
         raise PipelineError(f"loss_reduction: {loss_args.loss_reduction!r} is not mean or sum")
-    if not 0.0 <= loss_args.label_smoothing < 1.0:
-        raise PipelineError(f"label_smoothing: must be in [0, 1), got {loss_args.label_smoothing}")
     if loss_args.parsed_pos_weight() is not None and loss_args.loss != "bce":
         raise PipelineError(f"pos_weight: only the bce loss takes a positive-class weight (loss is {loss_args.loss})")
-    for key in ("focal_gamma", "asl_gamma_neg", "asl_gamma_pos"):
-        if getattr(loss_args, key) < 0:
-            raise PipelineError(f"{key}: must be >= 0, got {getattr(loss_args, key)}")
-    if loss_args.focal_alpha > 1:
-        raise PipelineError(f"focal_alpha: must be <= 1 (negative turns it off), got {loss_args.focal_alpha}")
-    if not 0.0 <= loss_args.asl_clip < 1.0:
-        raise PipelineError(f"asl_clip: must be in [0, 1), got {loss_args.asl_clip}")
-    if not 0.0 < loss_args.asl_eps < 1.0:
-        raise PipelineError(f"asl_eps: must be in (0, 1), got {loss_args.asl_eps}")
+    # every loss's keys are checked (a wrong value should not wait for the day that loss is chosen), by the loss
+    # classes themselves; the message names the config key
+    for loss, keys in LOSS_KEYS.items():
+        try:
+            build_loss(loss, **{parameter: getattr(loss_args, key) for parameter, key in keys.items()})
+        except LossParameterError as exc:
+            raise PipelineError(f"{keys.get(exc.parameter, exc.parameter)}: {exc.requirement}, got {exc.value}") from None
+
+
+# each loss class's parameters and the LossArguments keys that set them
+LOSS_KEYS = {
+    "bce": {"label_smoothing": "label_smoothing"},
+    "focal": {"alpha": "focal_alpha", "gamma": "focal_gamma"},
+    "asl": {"gamma_neg": "asl_gamma_neg", "gamma_pos": "asl_gamma_pos", "clip": "asl_clip", "eps": "asl_eps"},
+}
 
 
 def resolved_config(*args_list) -> dict:
@@ -328,18 +331,3 @@ def resolved_config(*args_list) -> dict:
         if key in init_fields and (value != defaults.get(key) or key in TRAINING_DEFAULTS):
             config[key] = value
     return config
-
-
-# Keys that do not change a run's results: an existing output_dir may be resumed with other values for them.
-RESUMABLE_KEYS = frozenset({
-    "fold", "overwrite", "output_dir", "disable_tqdm", "dataloader_num_workers", "per_device_eval_batch_size",
-    "report_to", "logging_strategy", "logging_steps", "resume_from_checkpoint",
-})
-
-
-def config_difference(old: dict, new: dict) -> str | None:
-    """The first result-affecting key whose value differs between two resolved configs, as `key: old -> new`."""
-    for key in sorted(set(old) | set(new)):
-        if key not in RESUMABLE_KEYS and old.get(key) != new.get(key):
-            return f"{key}: {old.get(key, '(default)')!r} -> {new.get(key, '(default)')!r}"
-    return None

@@ -205,6 +205,24 @@ def load_jsonl(path: str | os.PathLike, label_mode: LabelMode = "required") -> D
     return rows
 
 
+def rows_from_records(records: list, source: str = "<rows>") -> Dataset:
+    """Rows given in memory, validated like a file's lines (errors name `source` and the 1-based position): task rows
+    as dicts (`{"id", "input": {"form", "target"}}`, `output` optional) or plain texts, which get ids "1", "2", ...
+    and no target."""
+    columns: dict[str, list] = {name: [] for name in ROW_FEATURES}
+    for position, record in enumerate(records, start=1):
+        if isinstance(record, str):
+            record = {"id": str(position), "input": {"form": record, "target": None}}
+        row = parse_row(record, source, position, "optional")
+        for name, value in row.items():
+            columns[name].append(value)
+    if not columns["id"]:
+        raise RowError(source, None, "rows", "no rows")
+    rows = Dataset.from_dict(columns, features=ROW_FEATURES)
+    check_unique_ids([rows], [source])
+    return rows
+
+
 def iter_column(rows: Dataset, name: str, chunk_size: int = 4096) -> Iterator:
     """One column's values in row order, read in chunks: large files never become one Python list."""
     for batch in rows.select_columns([name]).iter(batch_size=chunk_size):

@@ -1,46 +1,30 @@
 """ONNX export of a checkpoint (optionally int8, dynamically quantized) and CPU inference with onnxruntime.
 
 An export folder holds `model.onnx` plus what prediction needs besides the weights: the tokenizer,
-`config.json` (labels), `preprocessing.json` (cleaning and input format) and `export.json`. `inference.py
---checkpoint EXPORT_DIR` predicts with it exactly as with the PyTorch checkpoint (same cleaning, same sorted
-batches, same output files). `onnx` and `onnxruntime` are needed for this module only.
+`config.json` (labels), `preprocessing.json` (cleaning and input format) and `export.json`.
+`EmotionClassifier.from_pretrained(EXPORT_DIR)` (and so `inference.py --checkpoint EXPORT_DIR`) predicts with it
+exactly as with the PyTorch checkpoint (same cleaning, same sorted batches, same output files). `onnx` and
+`onnxruntime` are needed for ONNX only.
 """
 
 from __future__ import annotations
 
-import json
 import os
 
-import numpy as np
 import pyarrow as pa
 import torch
-from transformers import AutoConfig
 
-from nikl_emotion.backbone import load_tokenizer
 from nikl_emotion.batching import MODEL_INPUTS, pad_table
+from nikl_emotion.classifier import EXPORT_FILE, ONNX_FILE, EmotionClassifier, is_onnx_export, require
 from nikl_emotion.encoding import tokenize_batch
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.fileio import atomic_folder, check_writable_location, write_json_atomic
-from nikl_emotion.labels import ID2LABEL
 from nikl_emotion.preprocessing import Preprocessing
 
-ONNX_FILE = "model.onnx"
-EXPORT_FILE = "export.json"
 OPSET = 17
 # traced rows (cleaned-text columns, as tokenize_batch takes them): one with a target, one without
 TRACE_ROWS = {"text": ["오늘 공연 너무 좋았다", "정말 최고"], "target": ["공연", None], "target_begin": [3, None],
               "target_end": [5, None]}
-
-
-def is_onnx_export(folder: str) -> bool:
-    return os.path.isfile(os.path.join(folder, ONNX_FILE))
-
-
-def _require(module: str):
-    try:
-        return __import__(module)
-    except ImportError:
-        raise PipelineError(f"ONNX export and inference need {module}: pip install onnx onnxruntime") from None
 
 
 def trace_sample(tokenizer, preprocessing: Preprocessing) -> dict[str, torch.Tensor]:
@@ -54,15 +38,15 @@ def trace_sample(tokenizer, preprocessing: Preprocessing) -> dict[str, torch.Ten
 def export_checkpoint(checkpoint: str, output_dir: str, int8: bool = False, opset: int = OPSET) -> dict:
     """Export `checkpoint` (a `best/` folder) to `output_dir`; with `int8`, the saved model is the dynamically
     quantized one (int8 weights of the linear layers, activations quantized at run time)."""
-    from nikl_emotion.prediction import load_checkpoint
-
     check_export_target(checkpoint, output_dir)
-    _require("onnx")
-    ort = _require("onnxruntime")
-    model, tokenizer, preprocessing = load_checkpoint(checkpoint)
-    model.eval()
+    require("onnx")
+    ort = require("onnxruntime")
+    if is_onnx_export(checkpoint):
+        raise PipelineError(f"{checkpoint}: already an ONNX export; export the best/ folder it was made from")
+    classifier = EmotionClassifier.from_pretrained(checkpoint, device="cpu")
+    classifier.model.eval()
     with atomic_folder(output_dir) as staging:  # the folder appears complete or not at all
-        return _export(model, tokenizer, preprocessing, staging, source=checkpoint, int8=int8, opset=opset, ort=ort)
+        return _export(classifier, staging, source=checkpoint, int8=int8, opset=opset, ort=ort)
 
 
 def check_export_target(checkpoint: str, output_dir: str) -> None:
@@ -81,7 +65,8 @@ def check_export_target(checkpoint: str, output_dir: str) -> None:
                             f"{EXPORT_FILE}); export.py replaces only its own exports: give a new or empty folder")
 
 
-def _export(model, tokenizer, preprocessing: Preprocessing, staging: str, *, source: str, int8: bool, opset: int, ort) -> dict:
+def _export(classifier: EmotionClassifier, staging: str, *, source: str, int8: bool, opset: int, ort) -> dict:
+    model, tokenizer, preprocessing = classifier.model, classifier.tokenizer, classifier.preprocessing
     sample = trace_sample(tokenizer, preprocessing)
     names = list(sample)
     fp32_path = os.path.join(staging, "model.fp32.onnx" if int8 else ONNX_FILE)
@@ -102,39 +87,3 @@ def _export(model, tokenizer, preprocessing: Preprocessing, staging: str, *, sou
             "torch": torch.__version__, "onnxruntime": ort.__version__}
     write_json_atomic(os.path.join(staging, EXPORT_FILE), info)
     return info
-
-
-class OnnxClassifier:
-    """An export folder's model as a batch -> logits callable (onnxruntime, CPU)."""
-
-    def __init__(self, folder: str, threads: int | None = None):
-        ort = _require("onnxruntime")
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(os.path.join(folder, ONNX_FILE), options, providers=["CPUExecutionProvider"])
-        self.input_names = [i.name for i in self.session.get_inputs()]
-
-    def __call__(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
-        feeds = {name: batch[name].numpy() for name in self.input_names}
-        return self.session.run(["logits"], feeds)[0]
-
-
-def load_onnx_export(folder: str):
-    """(classifier, tokenizer, preprocessing) of an export folder; refuses other label sets, like load_checkpoint."""
-    from nikl_emotion.prediction import check_tokenizer_files, first_line
-
-    preprocessing = Preprocessing.load(folder)
-    check_tokenizer_files(folder)
-    try:
-        labels = {int(k): v for k, v in AutoConfig.from_pretrained(folder).id2label.items()}
-        with open(os.path.join(folder, EXPORT_FILE), encoding="utf-8") as handle:
-            json.load(handle)  # present and readable: the folder was written whole
-        classifier, tokenizer = OnnxClassifier(folder), load_tokenizer(folder, fix_hangul=False)
-    except PipelineError:
-        raise
-    except Exception as exc:  # a damaged export: bad config.json, truncated model.onnx
-        raise PipelineError(f"{folder}: cannot load the export ({type(exc).__name__}: {first_line(exc)})") from None
-    if labels != ID2LABEL:
-        raise PipelineError(f"{folder}: the export's labels {labels} differ from this pipeline's {ID2LABEL}")
-    return classifier, tokenizer, preprocessing

@@ -25,6 +25,19 @@ from torch import nn
 REDUCTIONS = ("none", "mean", "sum")
 
 
+class LossParameterError(ValueError):
+    """A loss parameter out of its range. `parameter` names it, so a config can name its own key for it."""
+
+    def __init__(self, parameter: str, requirement: str, value, message: str | None = None):
+        self.parameter, self.requirement, self.value = parameter, requirement, value
+        super().__init__(message or f"{parameter} {requirement}, got {value}")
+
+
+def check_parameter(ok: bool, parameter: str, requirement: str, value, message: str | None = None) -> None:
+    if not ok:
+        raise LossParameterError(parameter, requirement, value, message)
+
+
 def smooth_targets(targets: torch.Tensor, label_smoothing: float) -> torch.Tensor:
     """Multi-label smoothing: each binary target moves ε/2 towards the other class."""
     if label_smoothing == 0:
@@ -45,10 +58,8 @@ class MultiLabelLoss(nn.Module):
 
     def __init__(self, reduction: str = "mean", label_smoothing: float = 0.0):
         super().__init__()
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        check_parameter(reduction in REDUCTIONS, "reduction", f"must be one of {', '.join(REDUCTIONS)}", repr(reduction))
+        check_parameter(0.0 <= label_smoothing < 1.0, "label_smoothing", "must be in [0, 1)", label_smoothing)
         self.reduction = reduction
         self.label_smoothing = label_smoothing
 
@@ -72,10 +83,8 @@ class FocalLoss(MultiLabelLoss):
 
     def __init__(self, alpha: float = 0.25, gamma: float = 2.0, reduction: str = "mean", label_smoothing: float = 0.0):
         super().__init__(reduction, label_smoothing)
-        if gamma < 0:
-            raise ValueError(f"gamma must be >= 0, got {gamma}")
-        if alpha > 1:
-            raise ValueError(f"alpha must be <= 1 (negative turns the weighting off), got {alpha}")
+        check_parameter(gamma >= 0, "gamma", "must be >= 0", gamma)
+        check_parameter(alpha <= 1, "alpha", "must be <= 1 (negative turns the weighting off)", alpha)
         self.alpha = alpha
         self.gamma = gamma
 
@@ -106,16 +115,16 @@ class AsymmetricLoss(MultiLabelLoss):
         clip: float = 0.05,
         eps: float = 1e-8,
         disable_torch_grad_focal_loss: bool = False,
+        *,
         reduction: str = "mean",
         label_smoothing: float = 0.0,
     ):
         super().__init__(reduction, label_smoothing)
-        if gamma_neg < 0 or gamma_pos < 0:
-            raise ValueError(f"gamma_neg and gamma_pos must be >= 0, got {gamma_neg} and {gamma_pos}")
-        if clip is not None and not 0 <= clip < 1:
-            raise ValueError(f"clip must be in [0, 1), got {clip}")
-        if not 0 < eps < 1:
-            raise ValueError(f"eps must be in (0, 1), got {eps}")
+        for name, gamma in (("gamma_neg", gamma_neg), ("gamma_pos", gamma_pos)):
+            check_parameter(gamma >= 0, name, "must be >= 0", gamma,
+                            f"gamma_neg and gamma_pos must be >= 0, got {gamma_neg} and {gamma_pos}")
+        check_parameter(clip is None or 0 <= clip < 1, "clip", "must be in [0, 1)", clip)
+        check_parameter(0 < eps < 1, "eps", "must be in (0, 1)", eps)
         self.gamma_neg = gamma_neg
         self.gamma_pos = gamma_pos
         self.clip = clip

@@ -39,8 +39,13 @@ def _input_example(input_format: str) -> str:
 def model_card(config: dict, fold: int, validation: dict, run: dict | None = None, thresholds: dict | None = None) -> str:
     """Markdown with a Hugging Face metadata header. `validation` is the fold's score (metrics.score); `run` the
     run's OOF score and `thresholds` thresholds.json, once the whole K-fold run is summarised."""
-    base = config.get("model_name_or_path", "?")
-    lines = [
+    sections = (_header(config, fold), _training_section(config, fold), _scores_section(fold, validation, run, thresholds),
+                _usage_section(config), LIMITS, _config_section(config))
+    return "\n\n".join("\n".join(section) for section in sections) + "\n"
+
+
+def _header(config: dict, fold: int) -> list[str]:
+    return [
         "---",
         "language: ko",
         "library_name: transformers",
@@ -51,18 +56,25 @@ def model_card(config: dict, fold: int, validation: dict, run: dict | None = Non
         f"# NIKL 2023 emotion analysis: fold {fold} of {config.get('num_folds', '?')}",
         "",
         f"Target-aware multi-label emotion classifier (8 Plutchik emotions: {', '.join(LABELS)}) fine-tuned from "
-        f"`{base}` by the nikl-emotion pipeline (Hugging Face Trainer, {config.get('loss', 'bce')} loss). "
-        "Each label is an independent sigmoid; the pipeline predicts a label at probability "
-        f"≥ {config.get('threshold', 0.5)} and gives a row with none its top label.",
-        "",
+        f"`{config.get('model_name_or_path', '?')}` by the nikl-emotion pipeline (Hugging Face Trainer, "
+        f"{config.get('loss', 'bce')} loss). Each label is an independent sigmoid; the pipeline predicts a label at "
+        f"probability ≥ {config.get('threshold', 0.5)} and gives a row with none its top label.",
+    ]
+
+
+def _training_section(config: dict, fold: int) -> list[str]:
+    lines = [
         "## Training data and settings",
         "",
         f"- data files: {', '.join(f'`{p}`' for p in config.get('train_files', [])) or '?'}; this checkpoint trained on "
         f"folds other than {fold} and was selected on fold {fold} (validation micro-F1).",
     ]
-    lines += [f"- {key}: `{config[key]}`" for key in CARD_KEYS if key in config and key not in ("model_name_or_path", "train_files")]
-    lines += [
-        "",
+    return lines + [f"- {key}: `{config[key]}`" for key in CARD_KEYS
+                    if key in config and key not in ("model_name_or_path", "train_files")]
+
+
+def _scores_section(fold: int, validation: dict, run: dict | None, thresholds: dict | None) -> list[str]:
+    lines = [
         "## Scores",
         "",
         f"Validation (fold {fold}, {validation['num_rows']} rows): micro-F1 **{validation['micro_f1']:.4f}**, "
@@ -77,9 +89,23 @@ def model_card(config: dict, fold: int, validation: dict, run: dict | None = Non
         per_label = ", ".join(f"{label} {value:.2f}" for label, value in thresholds["per_label"].items())
         lines += ["", f"Per-label thresholds fitted on the out-of-fold probabilities (`thresholds.json` of the run): "
                       f"{per_label}; one global threshold: {thresholds['global']:.2f}."]
-    lines += [
-        "",
+    return lines
+
+
+def _usage_section(config: dict) -> list[str]:
+    return [
         "## How to use",
+        "",
+        "With the nikl-emotion package, which cleans and encodes text exactly as in training (`preprocessing.json` in "
+        "this folder):",
+        "",
+        "```python",
+        "from nikl_emotion import EmotionClassifier",
+        'classifier = EmotionClassifier.from_pretrained("PATH/TO/THIS/FOLDER")',
+        'probs = classifier.predict_proba("test.jsonl")  # (rows, 8); also task rows as dicts, or plain texts',
+        "```",
+        "",
+        "With transformers alone:",
         "",
         "```python",
         "from transformers import pipeline",
@@ -87,27 +113,26 @@ def model_card(config: dict, fold: int, validation: dict, run: dict | None = Non
         _input_example(config.get("input_format", "pair")),
         "```",
         "",
-        "The pipeline's `inference.py` applies the same cleaning as training (`preprocessing.json` in this folder: "
-        f"remove `&others&` {config.get('remove_others')}, symbol cleansing {config.get('cleanse')}) and encodes the "
-        f"target as `{config.get('input_format', 'pair')}`; called directly, clean the text the same way first.",
-        "",
-        "## Intended use and limits",
-        "",
-        "- Korean social-media style sentences with a target span, as in the NIKL 2023 emotion analysis task; scores "
-        "above are on held-out rows of the same distribution and will be lower on other domains.",
-        "- Rare labels (fear, disgust, surprise in NIKL) are predicted far less reliably than joy or anticipation; "
-        "check the per-label table before relying on one label.",
-        "- Multi-label: probabilities do not sum to 1. One fold's model; the run's fold vote is usually better.",
-        "- Trained on data under the NIKL corpus licence: check its terms before redistributing this model.",
-        "",
-        "## Full configuration",
-        "",
-        "```yaml",
-        yaml.safe_dump(config, allow_unicode=True, sort_keys=False).rstrip(),
-        "```",
-        "",
+        "The pipeline's `inference.py` applies the same cleaning as training (remove `&others&` "
+        f"{config.get('remove_others')}, symbol cleansing {config.get('cleanse')}) and encodes the target as "
+        f"`{config.get('input_format', 'pair')}`; called through `pipeline()`, clean the text the same way first.",
     ]
-    return "\n".join(lines)
+
+
+LIMITS = [
+    "## Intended use and limits",
+    "",
+    "- Korean social-media style sentences with a target span, as in the NIKL 2023 emotion analysis task; scores "
+    "above are on held-out rows of the same distribution and will be lower on other domains.",
+    "- Rare labels (fear, disgust, surprise in NIKL) are predicted far less reliably than joy or anticipation; "
+    "check the per-label table before relying on one label.",
+    "- Multi-label: probabilities do not sum to 1. One fold's model; the run's fold vote is usually better.",
+    "- Trained on data under the NIKL corpus licence: check its terms before redistributing this model.",
+]
+
+
+def _config_section(config: dict) -> list[str]:
+    return ["## Full configuration", "", "```yaml", yaml.safe_dump(config, allow_unicode=True, sort_keys=False).rstrip(), "```"]
 
 
 def write_model_card(folder: str, config: dict, fold: int, validation: dict, run: dict | None = None,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -34,7 +33,7 @@ from transformers import (
 )
 
 from nikl_emotion.batching import padded_width
-from nikl_emotion.backbone import POST_TRAIN_FILE, check_max_seq_length, is_offline, load_tokenizer, offline_config, train_wordpiece_tokenizer
+from nikl_emotion.backbone import check_max_seq_length, is_offline, load_tokenizer, offline_config, train_wordpiece_tokenizer
 from nikl_emotion.config import (
     ModelArguments,
     PreprocessingArguments,
@@ -49,7 +48,7 @@ from nikl_emotion.errors import PipelineError
 from nikl_emotion.fileio import write_json_atomic
 from nikl_emotion.preprocessing import Preprocessing, check_unknown_rate, clean
 from nikl_emotion.locking import exclusive
-from nikl_emotion.run_folder import input_digests, last_complete_checkpoint, prepare_output_dir
+from nikl_emotion.run_folder import PostTrainFolder, input_digests, last_complete_checkpoint, prepare_output_dir, read_mapping
 from nikl_emotion.training import LengthListSamplerMixin, keep_tensorboard_logs
 
 logger = logging.getLogger(__name__)
@@ -239,105 +238,106 @@ class PostTrainer(LengthListSamplerMixin, Trainer):
 def run_post_training(
     model_args: ModelArguments, data_args: PostTrainDataArguments, mlm_args: MLMArguments, training_args: TrainingArguments
 ) -> dict | None:
+    """Post-train the encoder on the files' text and save it to `output_dir`; returns the summary (None on the
+    other processes of `accelerate launch`)."""
     state = PartialState()
-    output_dir = training_args.output_dir
+    folder = PostTrainFolder(training_args.output_dir)
     preprocessing = Preprocessing.from_data_args(data_args)
     with training_args.main_process_first(desc="loading and cleaning"):
         rows = load_jsonl_files(data_args.train_files, "optional")
         cleaned = clean(rows, preprocessing)
     config = resolved_config(model_args, data_args, mlm_args, training_args)
     with contextlib.ExitStack() as held:
-        if state.is_main_process:
-            # one post-training per folder at a time; it owns its whole folder: --overwrite empties it (hidden lock
-            # files aside)
-            held.enter_context(exclusive(os.path.join(output_dir, ".post_train.lock"), output_dir))
-            prepare_output_dir(output_dir, config, mlm_args.overwrite, is_run_file=lambda name: not name.endswith(".lock"),
-                               kind="a post-training run", has_results=post_training_has_results,
+        if state.is_main_process:  # one post-training per folder at a time
+            held.enter_context(exclusive(folder.lock, folder.root))
+            prepare_output_dir(folder.root, config, mlm_args.overwrite, is_run_file=folder.is_run_file,
+                               kind="a post-training run", has_results=lambda _: folder.has_results(),
                                inputs=input_digests(data_args.train_files))
         state.wait_for_everyone()
-        return _post_train(model_args, data_args, mlm_args, training_args, cleaned, preprocessing, state)
-
-
-def post_training_has_results(output_dir: str) -> bool:
-    """Checkpoints or a saved model: what a changed configuration must not silently replace."""
-    return any(os.path.exists(os.path.join(output_dir, name)) for name in ("checkpoints", "config.json", POST_TRAIN_FILE))
-
-
-def _post_train(model_args, data_args, mlm_args, training_args, cleaned, preprocessing, state) -> dict | None:
-    output_dir = training_args.output_dir
-    done = os.path.join(output_dir, POST_TRAIN_FILE)
-    if os.path.exists(done):  # written last: this configuration has been post-trained already
-        with open(done, encoding="utf-8") as handle:
-            summary = json.load(handle)
-        if state.is_main_process:
-            print(f"post-training: {output_dir} is complete ({POST_TRAIN_FILE}); nothing to do")
+        if folder.is_finished():  # post_train.json is written last: this configuration is post-trained already
+            if state.is_main_process:
+                print(f"post-training: {folder.root} is complete ({os.path.basename(folder.summary)}); nothing to do")
+            return read_mapping(folder.summary)
+        set_seed(training_args.seed)
+        model, tokenizer = mlm_model_and_tokenizer(model_args, [t for t in cleaned["text"] if t], preprocessing,
+                                                   training_args.seed, folder.root)
+        train_rows, eval_rows = post_training_rows(cleaned, tokenizer, preprocessing, data_args, mlm_args, training_args)
+        trainer = post_trainer(model, tokenizer, train_rows, eval_rows, mlm_args, training_args)
+        before, after = train_with_eval_losses(trainer, folder, has_eval=eval_rows is not None)
+        if not trainer.is_world_process_zero():
+            return None
+        summary = {
+            "base_model": model_args.model_name_or_path,
+            "files": list(data_args.train_files),
+            "train_rows": len(train_rows),
+            "eval_rows": 0 if eval_rows is None else len(eval_rows),
+            "steps": trainer.state.global_step,
+            "eval_loss_before": before,
+            "eval_loss_after": after,
+            "perplexity_after": None if after is None else math.exp(min(after, 50)),
+        }
+        save_post_trained(folder, model, tokenizer, preprocessing, summary)
         return summary
-    set_seed(training_args.seed)
-    texts = [t for t in cleaned["text"] if t]
-    model, tokenizer = mlm_model_and_tokenizer(model_args, texts, preprocessing, training_args.seed, output_dir)
+
+
+def post_training_rows(cleaned: Dataset, tokenizer, preprocessing: Preprocessing, data_args: PostTrainDataArguments,
+                       mlm_args: MLMArguments, training_args: TrainingArguments) -> tuple[Dataset, Dataset | None]:
+    """(training rows, held-out rows or None): encoded as fine-tuning encodes them, rows cleaned to nothing
+    dropped, `validation_fraction` held out to measure the MLM loss before and after."""
     with training_args.main_process_first(desc="tokenizing"):
         encoded = mlm_encode(cleaned, tokenizer, preprocessing, offsets=mlm_args.whole_word_mask)
     # a row cleaned to nothing encodes as [CLS] [SEP]: nothing to learn from
-    encoded = encoded.filter(lambda lengths: [n > 2 for n in lengths], input_columns="length", batched=True, desc="dropping empty rows")
-    if data_args.validation_fraction > 0:
-        split = encoded.train_test_split(test_size=data_args.validation_fraction, seed=training_args.seed)
-        train_rows, eval_rows = split["train"], split["test"]
-    else:
-        train_rows, eval_rows = encoded, None
-    args = dataclasses.replace(
-        training_args, output_dir=os.path.join(output_dir, "checkpoints"), remove_unused_columns=False, prediction_loss_only=True
-    )
+    encoded = encoded.filter(lambda lengths: [n > 2 for n in lengths], input_columns="length", batched=True,
+                             desc="dropping empty rows")
+    if data_args.validation_fraction <= 0:
+        return encoded, None
+    split = encoded.train_test_split(test_size=data_args.validation_fraction, seed=training_args.seed)
+    return split["train"], split["test"]
+
+
+def post_trainer(model, tokenizer, train_rows: Dataset, eval_rows: Dataset | None, mlm_args: MLMArguments,
+                 training_args: TrainingArguments) -> PostTrainer:
+    """The MLM Trainer: checkpoints in OUT/checkpoints, logs in OUT/runs, the vocabulary head on masked positions."""
+    folder = PostTrainFolder(training_args.output_dir)
+    args = dataclasses.replace(training_args, output_dir=folder.checkpoints, remove_unused_columns=False,
+                               prediction_loss_only=True)
     use_masked_positions_head(model)
-    trainer = PostTrainer(
-        model=model,
-        args=args,
-        train_dataset=train_rows,
-        eval_dataset=eval_rows,
-        processing_class=tokenizer,
-        data_collator=MLMCollator(
-            tokenizer, mlm_probability=mlm_args.mlm_probability, whole_word_mask=mlm_args.whole_word_mask,
-            pad_to_multiple_of=8 if torch.cuda.is_available() else None, seed=training_args.seed,
-        ),
-    )
-    keep_tensorboard_logs(trainer, os.path.join(output_dir, "runs"))
-    checkpoints = args.output_dir
+    collator = MLMCollator(tokenizer, mlm_probability=mlm_args.mlm_probability, whole_word_mask=mlm_args.whole_word_mask,
+                           pad_to_multiple_of=8 if torch.cuda.is_available() else None, seed=training_args.seed)
+    trainer = PostTrainer(model=model, args=args, train_dataset=train_rows, eval_dataset=eval_rows,
+                          processing_class=tokenizer, data_collator=collator)
+    keep_tensorboard_logs(trainer, folder.runs)
+    return trainer
+
+
+def train_with_eval_losses(trainer: PostTrainer, folder: PostTrainFolder, has_eval: bool) -> tuple[float | None, float | None]:
+    """Train (resuming from the last complete checkpoint); the held-out MLM loss before and after. The loss before
+    is measured once, at the start, and kept on disk so a resumed run still reports it."""
     if trainer.is_world_process_zero():
-        last_complete_checkpoint(checkpoints)  # prunes a half-written checkpoint
+        last_complete_checkpoint(folder.checkpoints)  # prunes a half-written checkpoint
     trainer.accelerator.wait_for_everyone()
-    resume = last_complete_checkpoint(checkpoints)
-    before_file = os.path.join(output_dir, "eval_loss_before.json")  # survives a resume
-    before = None
-    if eval_rows is not None and resume is None:
+    resume = last_complete_checkpoint(folder.checkpoints)
+    before = read_mapping(folder.eval_loss_before).get("eval_loss")
+    if has_eval and resume is None:
         before = trainer.evaluate()["eval_loss"]
         if trainer.is_world_process_zero():
-            write_json_atomic(before_file, {"eval_loss": before})
-    elif os.path.exists(before_file):
-        with open(before_file, encoding="utf-8") as handle:
-            before = json.load(handle)["eval_loss"]
+            write_json_atomic(folder.eval_loss_before, {"eval_loss": before})
     if resume and trainer.is_world_process_zero():
         print(f"post-training: resuming from {os.path.basename(resume)}")
     trainer.train(resume_from_checkpoint=resume)
-    after = trainer.evaluate()["eval_loss"] if eval_rows is not None else None
-    if not trainer.is_world_process_zero():
-        return None
-    model.save_pretrained(output_dir)  # the inner model, so the folder loads with from_pretrained
-    tokenizer.save_pretrained(output_dir)
-    preprocessing.save(output_dir)
-    summary = {
-        "base_model": model_args.model_name_or_path,
-        "files": list(data_args.train_files),
-        "train_rows": len(train_rows),
-        "eval_rows": 0 if eval_rows is None else len(eval_rows),
-        "steps": trainer.state.global_step,
-        "eval_loss_before": before,
-        "eval_loss_after": after,
-        "perplexity_after": None if after is None else math.exp(min(after, 50)),
-    }
-    write_json_atomic(os.path.join(output_dir, POST_TRAIN_FILE), summary)
-    shutil.rmtree(checkpoints, ignore_errors=True)
+    return before, trainer.evaluate()["eval_loss"] if has_eval else None
+
+
+def save_post_trained(folder: PostTrainFolder, model, tokenizer, preprocessing: Preprocessing, summary: dict) -> None:
+    """The model folder train.py loads, `post_train.json` last; the Trainer's checkpoints go."""
+    model.save_pretrained(folder.root)  # the inner model, so the folder loads with from_pretrained
+    tokenizer.save_pretrained(folder.root)
+    preprocessing.save(folder.root)
+    write_json_atomic(folder.summary, summary)
+    shutil.rmtree(folder.checkpoints, ignore_errors=True)
     with contextlib.suppress(FileNotFoundError):
-        os.remove(before_file)
-    print(f"post-trained {model_args.model_name_or_path} on {len(train_rows)} rows, {summary['steps']} steps; "
+        os.remove(folder.eval_loss_before)
+    before, after = summary["eval_loss_before"], summary["eval_loss_after"]
+    print(f"post-trained {summary['base_model']} on {summary['train_rows']} rows, {summary['steps']} steps; "
           f"held-out MLM loss {before if before is None else round(before, 4)} -> {after if after is None else round(after, 4)}; "
-          f"saved to {output_dir}")
-    return summary
+          f"saved to {folder.root}")

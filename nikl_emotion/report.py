@@ -21,7 +21,7 @@ from nikl_emotion.labels import LABELS, NUM_LABELS  # noqa: E402
 from nikl_emotion.metrics import decide, score  # noqa: E402
 from nikl_emotion.thresholds import DEFAULT_GRID  # noqa: E402
 
-from nikl_emotion.run_folder import PLOTS, RunFolder  # noqa: E402, F401  (PLOTS re-exported)
+from nikl_emotion.run_folder import PLOTS, RunFolder, plot_file  # noqa: E402, F401  (PLOTS re-exported)
 
 
 def _save(fig, path: str) -> None:
@@ -108,28 +108,38 @@ def _f1_row(name: str, result: dict) -> str:
     return f"| {name} | " + " | ".join(cells) + " |"
 
 
-def write_report(output_dir: str, gold: np.ndarray, oof: np.ndarray, summary: dict, thresholds: np.ndarray, threshold: float = 0.5, fallback: bool = True) -> str:
-    """Write report.md and the plots into `output_dir`; returns the report's path."""
+def write_report(output_dir: str, summary: dict, *, gold: np.ndarray, oof: np.ndarray, thresholds: np.ndarray,
+                 threshold: float = 0.5, fallback: bool = True) -> str:
+    """Write report.md and the plots into `output_dir`; returns the report's path. `oof` holds the out-of-fold
+    probabilities, `thresholds` the per-label ones fitted on them, `threshold` the run's default."""
     gold = np.asarray(gold).astype(bool)
     at_default = decide(oof, threshold, fallback)
     tuned = decide(oof, thresholds, fallback)
     predictions = {f"predicted at {threshold}": at_default, "predicted, fitted thresholds": tuned}
     run = RunFolder(output_dir)
-    plot_per_label_f1(summary["folds"], summary["oof"], run.plot(0))
-    plot_threshold_curves(oof, gold, thresholds, run.plot(1))
-    plot_label_counts(gold, predictions, run.plot(2))
-    plot_label_totals(gold, predictions, run.plot(3))
-
+    plot_per_label_f1(summary["folds"], summary["oof"], run.plot("per_label_f1"))
+    plot_threshold_curves(oof, gold, thresholds, run.plot("threshold_curves"))
+    plot_label_counts(gold, predictions, run.plot("label_counts"))
+    plot_label_totals(gold, predictions, run.plot("label_totals"))
     config = summary.get("config", {})
-    oof_score = score(gold, at_default)
-    tuned_score = score(gold, tuned)
-    gain = summary.get("thresholds", {})
-    lines = [
-        f"# Run report: {os.path.basename(os.path.abspath(output_dir))}",
-        "",
-        f"Model `{config.get('model_name_or_path')}`, input `{config.get('input_format')}`, loss `{config.get('loss')}`, "
-        f"{len(summary['folds'])} folds, {len(gold)} training rows.",
-        "",
+    sections = [
+        [f"# Run report: {os.path.basename(os.path.abspath(output_dir))}", "",
+         f"Model `{config.get('model_name_or_path')}`, input `{config.get('input_format')}`, loss `{config.get('loss')}`, "
+         f"{len(summary['folds'])} folds, {len(gold)} training rows."],
+        _folds_section(summary, score(gold, at_default), score(gold, tuned), threshold),
+        _thresholds_section(summary.get("thresholds", {}), gold, at_default, tuned, thresholds, threshold),
+        _predictions_section(gold, predictions),
+    ]
+    write_text_atomic(run.report, "\n\n".join("\n".join(section) for section in sections) + "\n")
+    return run.report
+
+
+def _image(title: str, name: str) -> str:
+    return f"![{title}]({plot_file(name)})"
+
+
+def _folds_section(summary: dict, oof_score: dict, tuned_score: dict, threshold: float) -> list[str]:
+    return [
         "## Folds (validation split of each fold; OOF = all rows, each predicted by the fold that did not train on it)",
         "",
         "| | micro-F1 | macro-F1 | " + " | ".join(LABELS) + " |",
@@ -138,43 +148,49 @@ def write_report(output_dir: str, gold: np.ndarray, oof: np.ndarray, summary: di
         _f1_row(f"OOF at {threshold}", oof_score),
         _f1_row("OOF, fitted thresholds (in-sample)", tuned_score),
         "",
-        "Best epoch per fold: " + ", ".join(f"fold {f['fold']}: {f.get('best_checkpoint')} of {f.get('epochs_run')} epochs" for f in summary["folds"]),
+        "Best epoch per fold: " + ", ".join(f"fold {f['fold']}: {f.get('best_checkpoint')} of {f.get('epochs_run')} epochs"
+                                            for f in summary["folds"]),
         "",
-        "![per-label F1](per_label_f1.png)",
-        "",
+        _image("per-label F1", "per_label_f1"),
+    ]
+
+
+def _thresholds_section(gain: dict, gold: np.ndarray, at_default: np.ndarray, tuned: np.ndarray, thresholds: np.ndarray,
+                        threshold: float) -> list[str]:
+    oof_score, per_label = score(gold, at_default), score(gold, tuned)["per_label"]
+    return [
         "## Thresholds",
         "",
-        f"OOF micro-F1 at {threshold}: **{gain.get('micro_f1_at_default', oof_score['micro_f1']):.4f}**; with per-label thresholds "
-        f"fitted on the other folds' OOF rows and applied to each held-out fold: **{gain.get('micro_f1_tuned_nested', float('nan')):.4f}** "
-        "(the honest estimate of the gain; `thresholds.json` holds the thresholds fitted on all OOF rows).",
+        f"OOF micro-F1 at {threshold}: **{gain.get('micro_f1_at_default', oof_score['micro_f1']):.4f}**; with per-label "
+        f"thresholds fitted on the other folds' OOF rows and applied to each held-out fold: "
+        f"**{gain.get('micro_f1_tuned_nested', float('nan')):.4f}** (the honest estimate of the gain; `thresholds.json` "
+        "holds the thresholds fitted on all OOF rows).",
         "",
         "| label | threshold | precision | recall | F1 | support | predicted |",
         "|---|---|---|---|---|---|---|",
         *[
-            f"| {label} | {thresholds[j]:.2f} | {tuned_score['per_label'][label]['precision']:.3f} | "
-            f"{tuned_score['per_label'][label]['recall']:.3f} | {tuned_score['per_label'][label]['f1']:.3f} | "
-            f"{int(gold[:, j].sum())} | {int(tuned[:, j].sum())} |"
+            f"| {label} | {thresholds[j]:.2f} | {per_label[label]['precision']:.3f} | {per_label[label]['recall']:.3f} | "
+            f"{per_label[label]['f1']:.3f} | {int(gold[:, j].sum())} | {int(tuned[:, j].sum())} |"
             for j, label in enumerate(LABELS)
         ],
         "",
-        "![threshold curves](threshold_curves.png)",
-        "",
+        _image("threshold curves", "threshold_curves"),
+    ]
+
+
+def _predictions_section(gold: np.ndarray, predictions: dict[str, np.ndarray]) -> list[str]:
+    def share(matrix: np.ndarray, count: int) -> str:  # rows with `count` labels (3 = three or more)
+        return f"{np.mean(np.minimum(matrix.sum(axis=1), 3) == count):.3f}"
+
+    return [
         "## Predictions vs gold",
         "",
         "| labels per row | " + " | ".join(["gold", *predictions]) + " |",
         "|---|" + "---|" * (len(predictions) + 1),
-        *[
-            f"| {b}{'+' if b == 3 else ''} | "
-            + " | ".join(f"{np.mean(np.minimum(m.sum(axis=1), 3) == b):.3f}" for m in [gold, *predictions.values()])
-            + " |"
-            for b in range(4)
-        ],
+        *[f"| {b}{'+' if b == 3 else ''} | " + " | ".join(share(m, b) for m in [gold, *predictions.values()]) + " |"
+          for b in range(4)],
         "",
-        "![labels per row](label_counts.png)",
+        _image("labels per row", "label_counts"),
         "",
-        "![positives per label](label_totals.png)",
-        "",
+        _image("positives per label", "label_totals"),
     ]
-    path = RunFolder(output_dir).report
-    write_text_atomic(path, "\n".join(lines))
-    return path

@@ -12,6 +12,7 @@ OUT/.fold_K.lock  .setup.lock      (flock files; never deleted, see locking.py)
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -32,11 +33,22 @@ THRESHOLDS_FILE = "thresholds.json"
 SUBMISSION_FILE = "submission.jsonl"
 REPORT_FILE = "report.md"
 DECISION_FILE = "decision.json"  # the DecisionRule submission.jsonl was made with
-PLOTS = ("per_label_f1.png", "threshold_curves.png", "label_counts.png", "label_totals.png")
+PLOT_NAMES = ("per_label_f1", "threshold_curves", "label_counts", "label_totals")  # report.md shows each as NAME.png
+
+
+def plot_file(name: str) -> str:
+    """The file name of one of the report's plots (`PLOT_NAMES`), as report.md links it."""
+    if name not in PLOT_NAMES:
+        raise ValueError(f"unknown plot {name!r}; one of {', '.join(PLOT_NAMES)}")
+    return f"{name}.png"
+
+
+PLOTS = tuple(plot_file(name) for name in PLOT_NAMES)
 RUN_FILES = (CONFIG_FILE, INPUTS_FILE, BACKBONE_DIR, OOF_FILE, SUMMARY_FILE, THRESHOLDS_FILE, SUBMISSION_FILE,
              DECISION_FILE, REPORT_FILE, *PLOTS)
 FOLD_PATTERN = re.compile(r"fold_(\d+)")
 DONE_FILE = "done.json"  # written last in a fold: the fold is complete only when it exists
+POST_TRAIN_FILE = "post_train.json"  # written last by post_train.py: the folder is complete only when it exists
 
 
 def is_run_file(name: str) -> bool:
@@ -82,8 +94,9 @@ class RunFolder:
     decision = property(lambda self: self._path(DECISION_FILE))
     setup_lock = property(lambda self: self._path(".setup.lock"))
 
-    def plot(self, index: int) -> str:
-        return self._path(PLOTS[index])
+    def plot(self, name: str) -> str:
+        """The path of one of the report's plots (`PLOT_NAMES`)."""
+        return self._path(plot_file(name))
 
     def fold(self, k: int) -> FoldFolder:
         return FoldFolder(self._path(f"fold_{k}"))
@@ -97,14 +110,44 @@ class RunFolder:
         return os.path.isdir(self.root) and any(FOLD_PATTERN.fullmatch(name) for name in os.listdir(self.root))
 
 
+@dataclass(frozen=True)
+class PostTrainFolder:
+    """A post_train.py output folder: when finished, a model folder (config.json, weights, tokenizer,
+    preprocessing.json) that train.py fine-tunes, plus its summary `post_train.json`, written last."""
+
+    root: str
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.root, name)
+
+    summary = property(lambda self: self._path(POST_TRAIN_FILE))
+    checkpoints = property(lambda self: self._path("checkpoints"))  # the Trainer's; deleted once the model is saved
+    runs = property(lambda self: self._path("runs"))  # TensorBoard logs, kept
+    eval_loss_before = property(lambda self: self._path("eval_loss_before.json"))  # survives a resume
+    lock = property(lambda self: self._path(".post_train.lock"))
+
+    def is_finished(self) -> bool:
+        return os.path.isfile(self.summary)
+
+    def has_results(self) -> bool:
+        """Checkpoints or a saved model: what a changed configuration must not silently replace."""
+        return any(os.path.exists(path) for path in (self.checkpoints, self._path("config.json"), self.summary))
+
+    @staticmethod
+    def is_run_file(name: str) -> bool:
+        """The run owns its whole folder: `--overwrite` empties it, the hidden lock files aside."""
+        return not name.endswith(".lock")
+
+
 def read_mapping(path: str) -> dict:
     """The mapping in a YAML or JSON file (config.yaml, inputs.json, done.json); {} when the file is absent."""
     if not os.path.exists(path):
         return {}
     try:
         with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)  # JSON objects are YAML too
-    except (OSError, yaml.YAMLError) as exc:
+            # JSON read as JSON: YAML 1.1 would take a number such as 1e-05 for a string
+            data = json.load(handle) if path.endswith(".json") else yaml.safe_load(handle)
+    except (OSError, ValueError, yaml.YAMLError) as exc:
         raise PipelineError(f"{path}: cannot read ({exc})") from None
     return data if isinstance(data, dict) else {}
 
@@ -122,6 +165,21 @@ def inputs_difference(old: dict, new: dict) -> str | None:
     return None
 
 
+# Keys that do not change a run's results: an existing output_dir may be resumed with other values for them.
+RESUMABLE_KEYS = frozenset({
+    "fold", "overwrite", "output_dir", "disable_tqdm", "dataloader_num_workers", "per_device_eval_batch_size",
+    "report_to", "logging_strategy", "logging_steps", "resume_from_checkpoint",
+})
+
+
+def config_difference(old: dict, new: dict) -> str | None:
+    """The first result-affecting key whose value differs between two resolved configs, as `key: old -> new`."""
+    for key in sorted(set(old) | set(new)):
+        if key not in RESUMABLE_KEYS and old.get(key) != new.get(key):
+            return f"{key}: {old.get(key, '(default)')!r} -> {new.get(key, '(default)')!r}"
+    return None
+
+
 def prepare_output_dir(
     output_dir: str, config: dict, overwrite: bool, *, is_run_file=is_run_file, kind: str = "a run",
     has_results=lambda folder: RunFolder(folder).has_results(), inputs: dict[str, str] | None = None,
@@ -130,8 +188,6 @@ def prepare_output_dir(
     `overwrite` deletes the old run's files first (the names `is_run_file` accepts). A folder whose earlier run
     stopped before producing results (a crash on a bad value, a kill during set-up) is simply taken over, so the
     corrected command is not refused."""
-    from nikl_emotion.config import config_difference  # config imports backbone, which imports this module
-
     existing = os.path.join(output_dir, CONFIG_FILE)
     inputs_file = os.path.join(output_dir, INPUTS_FILE)
     if os.path.exists(existing):

@@ -63,16 +63,8 @@ def summarize(output_dir: str, train_rows: Dataset, test_path: str | None, num_f
     decision = DecisionRule("hard", kfold_args.threshold, fallback, kfold_args.vote_rule, kfold_args.vote_tie)
     decision.save(run.decision)
     if test_path is not None:
-        voted = ensemble_files(
-            [run.fold(k).test_probs for k in range(num_folds)],
-            run.submission,
-            strategy=decision.strategy,
-            rule=decision.vote_rule,
-            tie=decision.vote_tie,
-            threshold=decision.threshold,
-            fallback=decision.fallback,
-            reference_path=test_path,
-        )
+        voted = ensemble_files([run.fold(k).test_probs for k in range(num_folds)], run.submission, decision,
+                               reference_path=test_path)
         summary["submission"] = {"file": os.path.basename(run.submission), "rows": int(len(voted)), "strategy": f"{decision.strategy}/{decision.vote_rule}"}
     summary["config"] = read_mapping(run.config)
     write_json_atomic(run.summary, summary)
@@ -81,7 +73,7 @@ def summarize(output_dir: str, train_rows: Dataset, test_path: str | None, num_f
         best = run.fold(fold["fold"]).best
         if os.path.isdir(best):
             write_model_card(best, summary["config"], fold["fold"], fold, summary["oof"], thresholds)
-    write_report(output_dir, gold, oof, summary, per_label, kfold_args.threshold, fallback)
+    write_report(output_dir, summary, gold=gold, oof=oof, thresholds=per_label, threshold=kfold_args.threshold, fallback=fallback)
     return summary
 
 

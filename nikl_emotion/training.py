@@ -24,6 +24,7 @@ from transformers import EarlyStoppingCallback, EvalPrediction, Trainer, Trainin
 
 from nikl_emotion.batching import MODEL_INPUTS, PaddingCollator, column_array, length_order
 from nikl_emotion.backbone import build_offline_backbone, check_max_seq_length, is_offline, load_model, load_tokenizer
+from nikl_emotion.classifier import EmotionClassifier
 from nikl_emotion.config import DataArguments, KFoldArguments, LossArguments, ModelArguments, resolved_config
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.data import iter_column, load_jsonl, load_jsonl_files
@@ -109,8 +110,8 @@ class EmotionTrainer(LengthListSamplerMixin, Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def _get_eval_sampler(self, eval_dataset):
-        # evaluation and prediction datasets arrive sorted by length (`predict_in_order`): keep that order, so each
-        # batch pads little; with several processes accelerate shards the batches and gathers them back in order
+        # the evaluation dataset arrives sorted by length (`fold_trainer_inputs`): keep that order, so each batch
+        # pads little; with several processes accelerate shards the batches and gathers them back in order
         return SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None
 
     def _get_num_items_in_batch(self, batch_samples, device):
@@ -124,16 +125,17 @@ class EmotionTrainer(LengthListSamplerMixin, Trainer):
         return count
 
 
-def predict_in_order(trainer: Trainer, rows: Dataset) -> np.ndarray:
-    """Sigmoid probabilities in `rows`' order, from batches sorted by length. Every process must call this: under
-    `accelerate launch` each takes its share of batches and Trainer gathers them, dropping the padding rows that
-    even out the last step."""
-    order = length_order(rows)
-    inputs = [c for c in MODEL_INPUT_COLUMNS if c in rows.column_names]
-    logits = trainer.predict(rows.select(order).select_columns(inputs)).predictions
-    probs = np.empty((len(rows), logits.shape[1]), dtype=np.float32)
-    probs[order] = sigmoid(logits)
-    return probs
+def predict_in_order(trainer: Trainer, preprocessing: Preprocessing, rows: Dataset) -> np.ndarray:
+    """Sigmoid probabilities in `rows`' order from the model in memory, through the same `EmotionClassifier` that
+    inference.py builds from the saved best/. Every process must call this: under `accelerate launch` each runs its
+    share of the length-sorted batches and the shares are summed (each row is predicted exactly once)."""
+    classifier = EmotionClassifier.from_model(trainer.model, trainer.processing_class, preprocessing, trainer.args.device)
+    state = trainer.accelerator.state
+    logits = classifier.predict_logits(rows, batch_size=trainer.args.per_device_eval_batch_size,
+                                       part=state.process_index, parts=state.num_processes)
+    if state.num_processes > 1:
+        logits = trainer.accelerator.reduce(torch.from_numpy(logits).to(trainer.args.device), "sum").cpu().numpy()
+    return sigmoid(logits)
 
 
 def fold_trainer_inputs(
@@ -232,17 +234,25 @@ class FoldData:
     backbone: str
     preprocessing: Preprocessing
 
+    @property
+    def train_rows(self) -> Dataset:
+        return self.encoded.select(self.train_index)
+
+    @property
+    def val_rows(self) -> Dataset:
+        return self.encoded.select(self.val_index)
+
 
 def train_fold(data: FoldData, kfold_args: KFoldArguments, loss_args: LossArguments, training_args: TrainingArguments) -> dict:
     """Train one fold (resuming an interrupted one), predict its validation and test rows in order, and write its
     files, `done.json` last. Every rank calls this; the main process writes."""
     folder = RunFolder(training_args.output_dir).fold(data.fold)
     set_seed(training_args.seed)
-    train_rows, val_rows = data.encoded.select(data.train_index), data.encoded.select(data.val_index)
-    trainer = fold_trainer(data, folder, train_rows, val_rows, kfold_args, loss_args, training_args)
+    val_rows = data.val_rows
+    trainer = fold_trainer(data, kfold_args, loss_args, training_args)
     train_resuming(trainer, folder, data.fold)
-    val_probs = predict_in_order(trainer, val_rows)  # every rank predicts its share
-    test_probs = predict_in_order(trainer, data.encoded_test) if data.encoded_test is not None else None
+    val_probs = predict_in_order(trainer, data.preprocessing, val_rows)  # every rank predicts its share
+    test_probs = predict_in_order(trainer, data.preprocessing, data.encoded_test) if data.encoded_test is not None else None
     result: dict = {}
     if trainer.is_world_process_zero():
         gold = np.asarray(val_rows["labels"])
@@ -256,14 +266,15 @@ def train_fold(data: FoldData, kfold_args: KFoldArguments, loss_args: LossArgume
     return result
 
 
-def fold_trainer(data: FoldData, folder: FoldFolder, train_rows: Dataset, val_rows: Dataset, kfold_args: KFoldArguments,
-                 loss_args: LossArguments, training_args: TrainingArguments) -> EmotionTrainer:
+def fold_trainer(data: FoldData, kfold_args: KFoldArguments, loss_args: LossArguments,
+                 training_args: TrainingArguments) -> EmotionTrainer:
     """The fold's EmotionTrainer: a fresh classifier from the backbone, checkpoints in the fold's folder."""
+    folder = RunFolder(training_args.output_dir).fold(data.fold)
     tokenizer = load_tokenizer(data.backbone, with_markers=data.preprocessing.input_format == "marker")
     model = load_model(data.backbone, tokenizer)
     fold_args = dataclasses.replace(training_args, output_dir=folder.checkpoints, remove_unused_columns=False)
     trainer = EmotionTrainer(
-        model=model, args=fold_args, **fold_trainer_inputs(train_rows, val_rows, tokenizer, kfold_args, loss_args)
+        model=model, args=fold_args, **fold_trainer_inputs(data.train_rows, data.val_rows, tokenizer, kfold_args, loss_args)
     )
     keep_tensorboard_logs(trainer, folder.runs)
     return trainer

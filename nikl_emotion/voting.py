@@ -36,6 +36,7 @@ TieRule = Literal["positive", "negative"]
 def hard_vote(
     decisions: Sequence[np.ndarray],
     rule: VoteRule = "majority",
+    *,
     tie: TieRule = "positive",
     fallback: bool = True,
     mean_probs: np.ndarray | None = None,
@@ -126,24 +127,41 @@ class DecisionRule:
         values = np.atleast_1d(np.asarray(self.threshold, dtype=np.float64))
         if values.shape not in ((1,), (8,)) or not ((values > 0) & (values < 1)).all():
             raise PipelineError(f"threshold: expected one number or 8 numbers in (0, 1), got {self.threshold}")
+        # one number or a tuple, whatever was given (a numpy array, a list): the rule is hashable and saves as JSON
+        object.__setattr__(self, "threshold", float(values[0]) if np.ndim(self.threshold) == 0 else tuple(map(float, values)))
         if self.vote_rule not in ("majority", "reference"):
             raise PipelineError(f"vote_rule: {self.vote_rule!r} is not majority or reference")
         if self.vote_tie not in ("positive", "negative"):
             raise PipelineError(f"vote_tie: {self.vote_tie!r} is not positive or negative")
         if self.weights is not None:
+            object.__setattr__(self, "weights", tuple(map(float, self.weights)))
             check_vote_options(len(self.weights), self.weights, self.min_votes)
+            if self.vote_rule == "reference" and self.min_votes is None and self.strategy == "hard" and not np.allclose(self.weights, 1.0):
+                raise PipelineError("the reference vote rule counts every model once: it takes no weights")
         elif self.min_votes is not None and not (np.isfinite(self.min_votes) and self.min_votes > 0):
-            raise PipelineError(f"min_votes: must be a positive number, got {self.min_votes}")
+            # its upper bound, the total weight, is checked once the number of models is known (check_models)
+            raise PipelineError(f"min_votes: must be a number in (0, the number of models], got {self.min_votes}")
+
+    def check_models(self, models: int) -> None:
+        """The rule's weights and min_votes must fit this many models."""
+        check_vote_options(models, self.weights, self.min_votes)
 
     def apply(self, probs: Sequence[np.ndarray]) -> np.ndarray:
-        """The decisions for the models' (N, 8) probabilities."""
-        check_vote_options(len(probs), self.weights, self.min_votes)
-        threshold = np.asarray(self.threshold, dtype=np.float64)
+        """The decisions for the models' (N, 8) probabilities (one model: its own decisions)."""
+        self.check_models(len(probs))
         mean_probs = self.mean(probs)
         if self.strategy == "soft" or len(probs) == 1:
-            return decide(mean_probs, threshold, self.fallback)
-        decisions = [decide(p, threshold, self.fallback) for p in probs]
-        return hard_vote(decisions, self.vote_rule, self.vote_tie, self.fallback, mean_probs, self.weights, self.min_votes)
+            return self.decide(mean_probs)
+        return self.vote([self.decide(p) for p in probs], mean_probs)
+
+    def decide(self, probs: np.ndarray) -> np.ndarray:
+        """One model's (or the mean's) decisions: the threshold(s), then the empty-row fallback."""
+        return decide(probs, np.asarray(self.threshold, dtype=np.float64), self.fallback)
+
+    def vote(self, decisions: Sequence[np.ndarray], mean_probs: np.ndarray | None = None) -> np.ndarray:
+        """The hard vote of the models' decisions (`mean_probs`, when known, breaks the fallback's ties)."""
+        return hard_vote(decisions, self.vote_rule, tie=self.vote_tie, fallback=self.fallback, mean_probs=mean_probs,
+                         weights=self.weights, min_votes=self.min_votes)
 
     def mean(self, probs: Sequence[np.ndarray]) -> np.ndarray:
         """The models' (weighted) mean probability: the soft vote's input and the hard vote's tie-break."""
@@ -188,10 +206,11 @@ def _first_object(path: str) -> dict:
     raise RowError(path, None, "file", "no rows")
 
 
-def load_vote_input(path: str, threshold: float | np.ndarray = 0.5, fallback: bool = True) -> VoteInput:
+def load_vote_input(path: str, rule: DecisionRule) -> VoteInput:
+    """A probability file (decided by `rule`'s thresholds) or a submission file (its decisions)."""
     if "probs" in _first_object(path):
         ids, probs = read_probs(path)
-        return VoteInput(path, ids, decide(probs, threshold, fallback), probs=probs)
+        return VoteInput(path, ids, rule.decide(probs), probs=probs)
     rows = load_jsonl(path, "required")
     return VoteInput(path, rows["id"], np.asarray(rows["labels"]) > 0.5, inputs=[json.loads(s) for s in rows["input_json"]])
 
@@ -227,38 +246,26 @@ def check_same_ids(inputs: Sequence[VoteInput]) -> None:
 def ensemble_files(
     paths: Sequence[str],
     output_path: str,
-    strategy: str = "hard",
-    rule: VoteRule = "majority",
-    tie: TieRule = "positive",
-    threshold: float | np.ndarray = 0.5,
-    fallback: bool = True,
+    rule: DecisionRule | None = None,
+    *,
     reference_path: str | None = None,
-    weights: Sequence[float] | None = None,
-    min_votes: float | None = None,
     align: bool = False,
 ) -> np.ndarray:
-    """Combine prediction files into one submission (`align`: reorder the inputs by id first); `reference_path` (the input jsonl) supplies `input` when
-    every file is a probability file. `threshold` may be one number or one per label (e.g. OOF-fitted)."""
-    check_vote_options(len(paths), weights, min_votes)
+    """Combine prediction files into one submission by `rule` (default: hard majority vote at 0.5 with the
+    fallback). `reference_path` (the input jsonl) supplies each row's `input` when every file is a probability file;
+    `align` reorders the inputs by id first (to the reference's order when there is one, else the first input's)."""
+    rule = rule or DecisionRule()
+    rule.check_models(len(paths))
     check_distinct_paths({**{f"--inputs {path}": path for path in paths}, "--reference": reference_path},
                          {"--output": output_path})
     check_output_path(output_path, "--output")
-    inputs = [load_vote_input(path, threshold, fallback) for path in paths]
+    inputs = [load_vote_input(path, rule) for path in paths]
     reference = load_jsonl(reference_path, "optional") if reference_path is not None else None
-    if align:  # to the reference's order when there is one, else the first input's
+    if align:
         anchor = [VoteInput(reference_path, reference["id"], np.zeros((len(reference), 0)))] if reference is not None else []
         align_by_id([*anchor, *inputs])
     check_same_ids(inputs)
-    probs = [item.probs for item in inputs if item.probs is not None]
-    mean_probs = np.average(probs, axis=0, weights=weights) if len(probs) == len(inputs) else None
-    if strategy == "hard":
-        decisions = hard_vote([item.decisions for item in inputs], rule, tie, fallback, mean_probs, weights, min_votes)
-    elif strategy == "soft":
-        if mean_probs is None:
-            raise PipelineError("soft voting needs probability files for every input (submission files hold no probabilities)")
-        decisions = decide(mean_probs, threshold, fallback)
-    else:
-        raise PipelineError(f"strategy: {strategy!r} is not hard or soft")
+    decisions = _combine(inputs, rule)
     row_inputs = next((item.inputs for item in inputs if item.inputs is not None), None)
     if reference is not None:
         check_same_ids([VoteInput(reference_path, reference["id"], np.empty(0)), inputs[0]])
@@ -267,3 +274,14 @@ def ensemble_files(
         raise PipelineError("all inputs are probability files: give --reference INPUT.jsonl to copy each row's input from")
     write_submission(output_path, inputs[0].ids, row_inputs, decisions)
     return decisions
+
+
+def _combine(inputs: Sequence[VoteInput], rule: DecisionRule) -> np.ndarray:
+    """Files' decisions voted (hard), or their mean probability decided (soft, probability files only)."""
+    probs = [item.probs for item in inputs if item.probs is not None]
+    mean_probs = rule.mean(probs) if len(probs) == len(inputs) else None
+    if rule.strategy == "hard":
+        return rule.vote([item.decisions for item in inputs], mean_probs)
+    if mean_probs is None:
+        raise PipelineError("soft voting needs probability files for every input (submission files hold no probabilities)")
+    return rule.decide(mean_probs)

@@ -11,9 +11,9 @@ from nikl_emotion.errors import PipelineError
 from nikl_emotion.voting import DecisionRule, hard_vote
 
 
-def run_inference(capsys, monkeypatch, *args) -> int:
-    module = importlib.import_module("inference")
-    monkeypatch.setattr("sys.argv", ["inference.py", *map(str, args)])
+def run_inference(capsys, monkeypatch, *args, script: str = "inference") -> int:
+    module = importlib.import_module(script)
+    monkeypatch.setattr("sys.argv", [f"{script}.py", *map(str, args)])
     with pytest.raises(SystemExit) as exited:
         module.entry_point(module.main)()
     capsys.readouterr()
@@ -39,6 +39,14 @@ def test_inference_over_a_run_writes_its_submission_byte_for_byte(tiny_run, refe
     out = tmp_path / "again.jsonl"
     assert run_inference(capsys, monkeypatch, "--run", run, "--input", SAMPLE_TEST, "--output", out, "--device", "cpu") == 0
     assert out.read_bytes() == (run / "submission.jsonl").read_bytes()
+    # ensemble.py votes the fold files by the same saved rule
+    voted = tmp_path / "voted.jsonl"
+    folds = sorted(str(p) for p in run.glob("fold_*/test_probs.jsonl"))
+    assert run_inference(capsys, monkeypatch, "--inputs", *folds, "--reference", SAMPLE_TEST, "--output", voted,
+                         "--decision", run / "decision.json", script="ensemble") == 0
+    assert voted.read_bytes() == (run / "submission.jsonl").read_bytes()
+    assert run_inference(capsys, monkeypatch, "--inputs", *folds, "--reference", SAMPLE_TEST, "--output", voted,
+                         "--decision", run / "decision.json", "--rule", "reference", script="ensemble") == 2
 
 
 def test_run_takes_its_own_rule_only(tiny_run, tmp_path, capsys, monkeypatch):

@@ -36,7 +36,8 @@ def test_two_process_cpu_run_writes_complete_ordered_outputs(tmp_path):
     assert [r["id"] for r in submission] == load_jsonl(SAMPLE_TEST, "optional")["id"]
     # rows were sharded over both ranks and gathered back: the same probabilities as one process predicting with
     # the saved checkpoint, in file order, without the rows that pad the last step
-    predict_file([str(out / "fold_0" / "best")], str(SAMPLE_TEST), str(tmp_path / "single.jsonl"), str(tmp_path / "single_probs.jsonl"), device="cpu")
+    predict_file([str(out / "fold_0" / "best")], str(SAMPLE_TEST), str(tmp_path / "single.jsonl"),
+                 probs_path=str(tmp_path / "single_probs.jsonl"), device="cpu")
     single_ids, single_probs = read_probs(tmp_path / "single_probs.jsonl")
     gathered_ids, gathered_probs = read_probs(out / "fold_0" / "test_probs.jsonl")
     assert gathered_ids == single_ids

@@ -16,21 +16,21 @@ from nikl_emotion.labels import LABELS
 def test_pipeline_loads_a_checkpoint_and_scores_the_eight_emotions(tiny_run):
     from transformers import pipeline
 
-    from nikl_emotion.prediction import load_checkpoint, predict_probs
-    from nikl_emotion.preprocessing import clean, encode
+    from nikl_emotion import EmotionClassifier
+    from nikl_emotion.preprocessing import clean
 
     best = tiny_run / "fold_0" / "best"
     classifier = pipeline("text-classification", model=str(best), top_k=None, function_to_apply="sigmoid", device="cpu")
     rows = load_jsonl(SAMPLE_DEV).select(range(3))
-    model, tokenizer, preprocessing = load_checkpoint(str(best))
-    cleaned = clean(rows, preprocessing)
-    expected = predict_probs(model, tokenizer, encode(cleaned, tokenizer, preprocessing), progress=False)
+    ours = EmotionClassifier.from_pretrained(best, device="cpu")
+    cleaned = clean(rows, ours.preprocessing)
+    expected = ours.predict_proba(rows)
     for i, row in enumerate(cleaned):
         scored = classifier({"text": row["text"], "text_pair": row["target"]})
         assert sorted(item["label"] for item in scored) == sorted(LABELS)
         by_label = {item["label"]: item["score"] for item in scored}
         np.testing.assert_allclose([by_label[label] for label in LABELS], expected[i], atol=1e-5)
-    assert [model.config.id2label[i] for i in range(8)] == list(LABELS)
+    assert [ours.model.config.id2label[i] for i in range(8)] == list(LABELS)
 
 
 def test_every_checkpoint_carries_a_model_card_naming_its_config_and_scores(tiny_run):

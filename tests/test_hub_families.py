@@ -15,6 +15,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 from conftest import ROOT, SAMPLE_DEV, SAMPLE_TRAIN, run_cli
 from hub_families import FAMILIES, build_family, build_kcelectra
 from nikl_emotion.backbone import load_tokenizer
+from nikl_emotion.classifier import EmotionClassifier
 from nikl_emotion.config import parse_config
 from nikl_emotion.data import load_jsonl
 from nikl_emotion.encoding import PROMPT_TEMPLATE, TARGET_END, TARGET_START
@@ -22,8 +23,8 @@ from nikl_emotion.errors import PipelineError
 from nikl_emotion.fileio import read_probs
 from nikl_emotion.labels import LABELS
 from nikl_emotion.post_training import parse_post_train_config, run_post_training
-from nikl_emotion.prediction import load_checkpoint, predict_file, predict_probs
-from nikl_emotion.preprocessing import clean, encode
+from nikl_emotion.prediction import predict_file
+from nikl_emotion.preprocessing import clean
 from nikl_emotion.training import run_training
 
 QUICK = ["--num_folds", "2", "--fold", "0", "--num_train_epochs", "1", "--per_device_train_batch_size", "16",
@@ -69,17 +70,19 @@ def test_every_input_format_trains_and_pipeline_scores_like_inference(trained, f
         best = trained[family, input_format]
         metrics = json.loads((best.parent / "metrics.json").read_text(encoding="utf-8"))
         assert 0.0 <= metrics["micro_f1"] <= 1.0
-        model, tokenizer, preprocessing = load_checkpoint(str(best))
+        classifier = EmotionClassifier.from_pretrained(best, device="cpu")
+        tokenizer = classifier.tokenizer
         # segment ids reach the model only when it has an embedding for them, and the saved tokenizer says so
         assert ("token_type_ids" in tokenizer.model_input_names) is SEGMENTS[family]
         saved = AutoTokenizer.from_pretrained(best)
         assert ("token_type_ids" in saved("오늘 공연", "공연")) is SEGMENTS[family]
-        rows = clean(load_jsonl(SAMPLE_DEV).select(range(12)), preprocessing)
+        raw = load_jsonl(SAMPLE_DEV).select(range(12))
+        rows = clean(raw, classifier.preprocessing)
         assert any(row["target"] is None for row in rows) and any(row["target"] for row in rows)
-        expected = predict_probs(model, tokenizer, encode(rows, tokenizer, preprocessing), progress=False)
-        classifier = pipeline("text-classification", model=str(best), top_k=None, function_to_apply="sigmoid", device="cpu")
+        expected = classifier.predict_proba(raw)
+        hf_pipeline = pipeline("text-classification", model=str(best), top_k=None, function_to_apply="sigmoid", device="cpu")
         for i, row in enumerate(rows):
-            result = classifier(pipeline_input(row, input_format))
+            result = hf_pipeline(pipeline_input(row, input_format))
             result = result[0] if isinstance(result[0], list) else result  # a plain string comes back nested
             scored = {item["label"]: item["score"] for item in result}
             np.testing.assert_allclose([scored[label] for label in LABELS], expected[i], atol=1e-5,
@@ -95,8 +98,8 @@ def test_onnx_export_traces_the_checkpoints_own_inputs(trained, family, tmp_path
     run_cli("export.py", "--checkpoint", best, "--output", tmp_path / "onnx")
     inputs = [i.name for i in onnx.load(str(tmp_path / "onnx" / "model.onnx")).graph.input]
     assert ("token_type_ids" in inputs) is SEGMENTS[family]
-    predict_file([str(best)], str(SAMPLE_DEV), str(tmp_path / "t.jsonl"), str(tmp_path / "t_probs.jsonl"), device="cpu")
-    predict_file([str(tmp_path / "onnx")], str(SAMPLE_DEV), str(tmp_path / "o.jsonl"), str(tmp_path / "o_probs.jsonl"))
+    predict_file([str(best)], str(SAMPLE_DEV), str(tmp_path / "t.jsonl"), probs_path=str(tmp_path / "t_probs.jsonl"), device="cpu")
+    predict_file([str(tmp_path / "onnx")], str(SAMPLE_DEV), str(tmp_path / "o.jsonl"), probs_path=str(tmp_path / "o_probs.jsonl"))
     torch_ids, torch_probs = read_probs(tmp_path / "t_probs.jsonl")
     onnx_ids, onnx_probs = read_probs(tmp_path / "o_probs.jsonl")
     assert onnx_ids == torch_ids and np.abs(onnx_probs - torch_probs).max() <= 1e-5

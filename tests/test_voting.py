@@ -8,7 +8,7 @@ import pytest
 from conftest import LABELS, nikl_row, run_cli, write_jsonl
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.fileio import write_probs
-from nikl_emotion.voting import ensemble_files, hard_vote
+from nikl_emotion.voting import DecisionRule, ensemble_files, hard_vote
 
 
 def rows(*labels_per_row):
@@ -99,12 +99,13 @@ def test_soft_vote_with_weights_and_per_label_thresholds(tmp_path):
     thresholds = np.full(8, 0.5)
     thresholds[5] = 0.2
     out = str(tmp_path / "o.jsonl")
-    soft = ensemble_files(paths, out, "soft", threshold=thresholds, reference_path=str(tmp_path / "ref.jsonl"))
+    soft = ensemble_files(paths, out, DecisionRule("soft", thresholds), reference_path=str(tmp_path / "ref.jsonl"))
     assert (soft == rows(["joy"], ["fear"])).all()
-    weighted = ensemble_files(paths, out, "soft", threshold=0.5, reference_path=str(tmp_path / "ref.jsonl"), weights=[1, 3])
+    weighted = ensemble_files(paths, out, DecisionRule("soft", 0.5, weights=(1, 3)), reference_path=str(tmp_path / "ref.jsonl"))
     # joy 0.45 < 0.5 -> empty -> fallback to the top label, joy; row y: fear 0.275 < 0.5 -> fallback fear
     assert (weighted == rows(["joy"], ["fear"])).all()
-    no_fallback = ensemble_files(paths, out, "soft", threshold=0.5, fallback=False, reference_path=str(tmp_path / "ref.jsonl"), weights=[1, 3])
+    no_fallback = ensemble_files(paths, out, DecisionRule("soft", 0.5, fallback=False, weights=(1, 3)),
+                                 reference_path=str(tmp_path / "ref.jsonl"))
     assert not no_fallback.any()
 
 

@@ -11,12 +11,13 @@ same order. Hard voting: per label, on when more than half the inputs vote for i
 --tie (positive by default). --rule reference applies the reference pipeline's rule instead, --min_votes K a fixed
 bar of K votes. --weights gives each input that many votes (and its share of the soft mean). Soft voting: mean
 probability, then the threshold(s). Probabilities become decisions at --threshold, or at the per-label thresholds
-of a thresholds.json (fitted by train.py on out-of-fold predictions).
+of a thresholds.json (fitted by train.py on out-of-fold predictions). --decision OUT/decision.json takes a run's
+saved rule (the one its submission.jsonl was made with) instead of these options.
 """
 
 import argparse
 
-from nikl_emotion.cli import add_decision_arguments, decision_threshold, quiet_libraries
+from nikl_emotion.cli import add_decision_arguments, decision_options_given, decision_rule, quiet_libraries
 
 
 def main(argv: list[str]) -> int:
@@ -29,16 +30,16 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--weights", type=float, nargs="+", help="one positive weight per input")
     parser.add_argument("--min_votes", type=float, help="hard: a label needs at least this many (weighted) votes")
     add_decision_arguments(parser)
+    parser.add_argument("--decision", help="a run's decision.json: vote by the rule saved with it (replaces the options above)")
     parser.add_argument("--align_by_id", action="store_true", help="accept inputs with the same ids in another order")
     parser.add_argument("--reference", help="the predicted input jsonl; needed when every input is a probability file")
     args = parser.parse_args(argv)
-    threshold = decision_threshold(args)
-    quiet_libraries()
-    from nikl_emotion.voting import ensemble_files
+    if args.decision and decision_options_given(args):
+        parser.error(f"--decision replaces {', '.join(decision_options_given(args))}: give one or the other")
+    from nikl_emotion.voting import DecisionRule, ensemble_files
 
-    decisions = ensemble_files(
-        args.inputs, args.output, args.strategy, args.rule, args.tie, threshold, not args.no_fallback, args.reference,
-        args.weights, args.min_votes, args.align_by_id,
-    )
+    rule = DecisionRule.load(args.decision) if args.decision else decision_rule(args)
+    quiet_libraries()
+    decisions = ensemble_files(args.inputs, args.output, rule, reference_path=args.reference, align=args.align_by_id)
     print(f"wrote {len(decisions)} rows voted from {len(args.inputs)} inputs to {args.output}")
     return 0

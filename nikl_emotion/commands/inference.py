@@ -6,7 +6,7 @@ python inference.py --run OUT --input test.jsonl --output submission.jsonl   (a 
 
 import argparse
 
-from nikl_emotion.cli import add_decision_arguments, decision_threshold, quiet_libraries
+from nikl_emotion.cli import add_decision_arguments, decision_options_given, decision_rule, quiet_libraries
 
 
 def main(argv: list[str]) -> int:
@@ -23,16 +23,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--strategy", choices=["hard", "soft"], help="how several checkpoints combine (default hard)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     args = parser.parse_args(argv)
-    if args.run and (args.strategy or args.thresholds or args.no_fallback or args.threshold != 0.5):
+    if args.run and (args.strategy or decision_options_given(args)):
         parser.error("--run takes the run's own decision rule: drop --strategy, --threshold(s) and --no_fallback")
-    threshold = decision_threshold(args)
+    rule = None if args.run else decision_rule(args)
     quiet_libraries()
     from nikl_emotion.prediction import predict_file, run_checkpoints
 
-    checkpoints, rule = run_checkpoints(args.run) if args.run else (args.checkpoint, None)
-    decisions = predict_file(
-        checkpoints, args.input, args.output, args.probs, args.batch_size, threshold,
-        not args.no_fallback, args.strategy or "hard", args.device, rule=rule,
-    )
+    checkpoints, rule = run_checkpoints(args.run) if args.run else (args.checkpoint, rule)
+    decisions = predict_file(checkpoints, args.input, args.output, probs_path=args.probs, rule=rule,
+                             batch_size=args.batch_size, device=args.device)
     print(f"wrote {len(decisions)} rows to {args.output}")
     return 0
