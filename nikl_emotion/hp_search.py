@@ -39,11 +39,9 @@ from nikl_emotion.errors import PipelineError
 from nikl_emotion.fileio import write_text_atomic
 from nikl_emotion.folds import make_folds
 from nikl_emotion.preprocessing import Preprocessing, clean
+from nikl_emotion.run_folder import RunFolder
 from nikl_emotion.training import EmotionTrainer, backbone_and_encodings, fold_trainer_inputs, make_loss
 
-TRIALS_FILE = "hp_search.csv"
-BEST_FILE = "hp_search_best.yaml"
-STUDY_FILE = "hp_search.db"
 BATCH_SIZES = (16, 32, 64, 128)
 LOSS_KEYS = {f.name for f in dataclasses.fields(LossArguments)}
 
@@ -118,12 +116,13 @@ def write_trials(output_dir: str, study) -> None:
     writer = csv.DictWriter(buffer, fieldnames=columns)
     writer.writeheader()
     writer.writerows(rows)
-    write_text_atomic(os.path.join(output_dir, TRIALS_FILE), buffer.getvalue())
+    run = RunFolder(output_dir)
+    write_text_atomic(run.hp_table, buffer.getvalue())
     complete = [t for t in study.trials if t.value is not None]
     if complete:
         best = max(complete, key=lambda t: t.value)
         header = f"# hp_search trial {best.number}: validation micro-F1 {best.value:.4f}\n"
-        write_text_atomic(os.path.join(output_dir, BEST_FILE), header + yaml.safe_dump(dict(best.params), sort_keys=False))
+        write_text_atomic(run.hp_best, header + yaml.safe_dump(dict(best.params), sort_keys=False))
 
 
 def run_hp_search(
@@ -138,6 +137,7 @@ def run_hp_search(
         raise PipelineError(f"--hp-search: the number of trials must be at least 1, got {n_trials}")
     state = PartialState()
     output_dir = training_args.output_dir
+    run = RunFolder(output_dir)
     fold = kfold_args.fold or 0
     preprocessing = Preprocessing.from_data_args(data_args)
     with training_args.main_process_first(desc="loading and cleaning"):
@@ -146,14 +146,14 @@ def run_hp_search(
     if state.is_main_process:
         os.makedirs(output_dir, exist_ok=True)
         config = resolved_config(model_args, data_args, kfold_args, loss_args, training_args)
-        write_text_atomic(os.path.join(output_dir, "hp_search_config.yaml"), yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
+        write_text_atomic(run.hp_config, yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
     state.wait_for_everyone()
     backbone, tokenizer, encoded, _ = backbone_and_encodings(model_args, preprocessing, training_args, cleaned)
     train_index, val_index = make_folds(np.asarray(train_rows["labels"]), kfold_args.num_folds, training_args.seed)[fold]
     train_split, val_split = encoded.select(train_index), encoded.select(val_index)
     # trials are scored, not kept: no checkpoints, no best-model reload
     args = dataclasses.replace(
-        training_args, output_dir=os.path.join(output_dir, "hp_search_trials"), save_strategy="no",
+        training_args, output_dir=run.hp_trials, save_strategy="no",
         load_best_model_at_end=False, remove_unused_columns=False,
     )
     trainer = SearchTrainer(
@@ -164,7 +164,7 @@ def run_hp_search(
         loss_args=loss_args,
         train_labels=np.asarray(train_split["labels"]),
     )
-    storage = f"sqlite:///{os.path.abspath(os.path.join(output_dir, STUDY_FILE))}"
+    storage = f"sqlite:///{os.path.abspath(run.hp_study)}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     best = trainer.hyperparameter_search(
         # the Trainer sets the TrainingArguments keys; SearchTrainer reads the loss keys from trial.params
@@ -183,5 +183,5 @@ def run_hp_search(
     study = optuna.load_study(study_name="hp_search", storage=storage)
     write_trials(output_dir, study)
     print(f"hp search: {len(study.trials)} trials on fold {fold}; best validation micro-F1 {best.objective:.4f} "
-          f"(trial {best.run_id}): {best.hyperparameters}; table in {os.path.join(output_dir, TRIALS_FILE)}")
+          f"(trial {best.run_id}): {best.hyperparameters}; table in {run.hp_table}")
     return {"best_trial": int(best.run_id), "micro_f1": best.objective, "params": best.hyperparameters}

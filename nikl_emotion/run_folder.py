@@ -46,6 +46,8 @@ def plot_file(name: str) -> str:
 PLOTS = tuple(plot_file(name) for name in PLOT_NAMES)
 RUN_FILES = (CONFIG_FILE, INPUTS_FILE, BACKBONE_DIR, OOF_FILE, SUMMARY_FILE, THRESHOLDS_FILE, SUBMISSION_FILE,
              DECISION_FILE, REPORT_FILE, *PLOTS)
+# what train.py --hp-search writes; not run files: --overwrite keeps them, as the study accumulates over commands
+HP_SEARCH_FILES = ("hp_search_config.yaml", "hp_search_trials", "hp_search.db", "hp_search.csv", "hp_search_best.yaml")
 FOLD_PATTERN = re.compile(r"fold_(\d+)")
 DONE_FILE = "done.json"  # written last in a fold: the fold is complete only when it exists
 POST_TRAIN_FILE = "post_train.json"  # written last by post_train.py: the folder is complete only when it exists
@@ -93,6 +95,13 @@ class RunFolder:
     report = property(lambda self: self._path(REPORT_FILE))
     decision = property(lambda self: self._path(DECISION_FILE))
     setup_lock = property(lambda self: self._path(".setup.lock"))
+    backbone_spec = property(lambda self: os.path.join(self.backbone, "backbone.json"))  # what the backbone was built from
+    # train.py --hp-search N (HP_SEARCH_FILES, kept by --overwrite: the study accumulates over commands)
+    hp_config = property(lambda self: self._path(HP_SEARCH_FILES[0]))
+    hp_trials = property(lambda self: self._path(HP_SEARCH_FILES[1]))  # the Trainer's output_dir (no checkpoints)
+    hp_study = property(lambda self: self._path(HP_SEARCH_FILES[2]))  # the Optuna study (SQLite)
+    hp_table = property(lambda self: self._path(HP_SEARCH_FILES[3]))  # one row per trial
+    hp_best = property(lambda self: self._path(HP_SEARCH_FILES[4]))  # the best trial's values
 
     def plot(self, name: str) -> str:
         """The path of one of the report's plots (`PLOT_NAMES`)."""

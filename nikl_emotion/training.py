@@ -207,7 +207,7 @@ def prepare_backbone(model_args: ModelArguments, texts: list[str], output_dir: s
     texts_digest = hashlib.sha256("\n".join(texts).encode("utf-8")).hexdigest()  # other data -> other vocabulary
     spec = {"model_name_or_path": model_args.model_name_or_path, "vocab_size": model_args.offline_vocab_size, "seed": seed,
             "texts_sha256": texts_digest}
-    marker = os.path.join(path, "backbone.json")
+    marker = RunFolder(output_dir).backbone_spec
     state = PartialState()
     with state.main_process_first():
         existing = None
