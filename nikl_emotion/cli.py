@@ -104,11 +104,9 @@ def decision_options_given(args: argparse.Namespace) -> list[str]:
 
 
 def decision_threshold(args: argparse.Namespace):
-    """The validated threshold: one number, or the 8 per-label values of `--thresholds`."""
+    """The threshold: one number, or the 8 per-label values of a `--thresholds` file (read and checked here)."""
     if args.thresholds:
         from nikl_emotion.thresholds import load_thresholds
 
         return load_thresholds(args.thresholds)
-    if not 0.0 < args.threshold < 1.0:
-        raise PipelineError(f"--threshold must be in (0, 1), got {args.threshold}")
-    return args.threshold
+    return args.threshold  # its range is checked by DecisionRule
