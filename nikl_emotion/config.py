@@ -20,6 +20,7 @@ from nikl_emotion.errors import PipelineError
 from nikl_emotion.labels import NUM_LABELS
 from nikl_emotion.losses import LOSSES, LossParameterError, build_loss
 from nikl_emotion.run_folder import is_run_file
+from nikl_emotion.voting import DecisionRule
 
 
 @dataclass
@@ -77,6 +78,9 @@ class KFoldArguments:
     fallback_top_label: bool = field(default=True, metadata={"help": "An empty prediction takes the top-scoring label."})
     vote_rule: str = field(default="majority", metadata={"help": "Hard-vote rule over folds: majority or reference."})
     vote_tie: str = field(default="positive", metadata={"help": "Majority vote with half the votes: positive or negative."})
+    decision: str = field(default="auto", metadata={"help": "How submission.jsonl is decided: auto (the candidate rule "
+                          "with the best nested out-of-fold micro-F1: hard/soft vote, threshold or per-label OOF "
+                          "thresholds) or fixed (hard vote at threshold by vote_rule)."})
 
     def __post_init__(self):
         if self.num_folds < 2:
@@ -85,12 +89,13 @@ class KFoldArguments:
             raise PipelineError(f"fold: must be in [0, {self.num_folds - 1}], got {self.fold}")
         if self.early_stopping_patience < 0:
             raise PipelineError("early_stopping_patience: must be >= 0")
-        if not 0.0 < self.threshold < 1.0:
-            raise PipelineError(f"threshold: must be in (0, 1), got {self.threshold}")
-        if self.vote_rule not in ("majority", "reference"):
-            raise PipelineError(f"vote_rule: {self.vote_rule!r} is not majority or reference")
-        if self.vote_tie not in ("positive", "negative"):
-            raise PipelineError(f"vote_tie: {self.vote_tie!r} is not positive or negative")
+        if self.decision not in ("auto", "fixed"):
+            raise PipelineError(f"decision: {self.decision!r} is not auto or fixed")
+        self.fixed_rule()  # threshold, vote_rule and vote_tie are checked where they are used, by DecisionRule
+
+    def fixed_rule(self) -> DecisionRule:
+        """The rule `decision: fixed` decides with: the folds' hard vote at `threshold` by `vote_rule`."""
+        return DecisionRule("hard", self.threshold, self.fallback_top_label, self.vote_rule, self.vote_tie)
 
 
 @dataclass

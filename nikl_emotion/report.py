@@ -128,6 +128,7 @@ def write_report(output_dir: str, summary: dict, *, gold: np.ndarray, oof: np.nd
          f"{len(summary['folds'])} folds, {len(gold)} training rows."],
         _folds_section(summary, score(gold, at_default), score(gold, tuned), threshold),
         _thresholds_section(summary.get("thresholds", {}), gold, at_default, tuned, thresholds, threshold),
+        *([_decision_section(summary["decision"])] if "decision" in summary else []),
         _predictions_section(gold, predictions),
     ]
     write_text_atomic(run.report, "\n\n".join("\n".join(section) for section in sections) + "\n")
@@ -175,6 +176,23 @@ def _thresholds_section(gain: dict, gold: np.ndarray, at_default: np.ndarray, tu
         ],
         "",
         _image("threshold curves", "threshold_curves"),
+    ]
+
+
+def _decision_section(decision: dict) -> list[str]:
+    """The candidate decision rules with their nested OOF scores, and the one submission.jsonl was made with."""
+    rows = [f"| {'**' + c['name'] + '**' if c['name'] == decision['chosen'] else c['name']} | {c['description']} | "
+            f"{c['micro_f1']:.4f} | {c['macro_f1']:.4f} | {c['gain']:+.4f} ± {c['gain_se']:.4f} |"
+            for c in decision["candidates"]]
+    return [
+        "## Decision rule (how the folds' probabilities become submission.jsonl)",
+        "",
+        f"`decision: {decision['mode']}` → **{decision['chosen']}** (saved as `decision.json`; `inference.py --run` and "
+        f"`ensemble.py --decision` reuse it). Scores: {decision['estimate']}.",
+        "",
+        f"| rule | what | nested OOF micro-F1 | macro-F1 | gain over {decision['candidates'][0]['name']} ± s.e. |",
+        "|---|---|---|---|---|",
+        *rows,
     ]
 
 

@@ -178,6 +178,7 @@ def inputs_difference(old: dict, new: dict) -> str | None:
 RESUMABLE_KEYS = frozenset({
     "fold", "overwrite", "output_dir", "disable_tqdm", "dataloader_num_workers", "per_device_eval_batch_size",
     "report_to", "logging_strategy", "logging_steps", "resume_from_checkpoint",
+    "decision",  # chooses how the finished folds are combined, after training: no fold depends on it
 })
 
 

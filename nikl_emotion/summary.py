@@ -17,8 +17,9 @@ from nikl_emotion.metrics import decide, score
 from nikl_emotion.model_card import write_model_card
 from nikl_emotion.report import write_report
 from nikl_emotion.run_folder import RunFolder, input_digests, inputs_difference, read_mapping
-from nikl_emotion.thresholds import fit_global_threshold, fit_thresholds, nested_gain, save_thresholds
-from nikl_emotion.voting import DecisionRule, ensemble_files
+from nikl_emotion.decision import choose_rule
+from nikl_emotion.thresholds import fit_global_threshold, fit_thresholds, nested_gain, nested_thresholds, save_thresholds
+from nikl_emotion.voting import ensemble_files
 
 
 def summarize(output_dir: str, train_rows: Dataset, test_path: str | None, num_folds: int, kfold_args: KFoldArguments) -> dict | None:
@@ -52,20 +53,23 @@ def summarize(output_dir: str, train_rows: Dataset, test_path: str | None, num_f
     fallback = kfold_args.fallback_top_label
     global_threshold = fit_global_threshold(oof, gold, fallback=fallback)
     per_label = fit_thresholds(oof, gold, fallback=fallback, start=global_threshold)
-    evaluation = nested_gain(oof, gold, fold_of_row, fallback, default=kfold_args.threshold)
+    fitted = nested_thresholds(oof, gold, fold_of_row, fallback)  # per fold, on the other folds' rows
+    evaluation = nested_gain(oof, gold, fold_of_row, fallback, default=kfold_args.threshold, fitted=fitted)
     save_thresholds(run.thresholds, per_label, global_threshold, evaluation)
+    # the rule submission.jsonl is made with (decision: auto chooses it on nested OOF scores), saved so
+    # inference.py --run OUT and ensemble.py --decision decide the same way anywhere
+    decision, choice = choose_rule(oof, gold, fold_of_row, fitted, per_label, kfold_args)
+    decision.save(run.decision)
     summary = {
         "folds": folds,
         "oof": score(gold, decide(oof, kfold_args.threshold, fallback)),
         "thresholds": {"file": os.path.basename(run.thresholds), **evaluation},
+        "decision": {"file": os.path.basename(run.decision), **choice},
     }
-    # the rule submission.jsonl is made with, saved so inference.py --run OUT decides the same way anywhere
-    decision = DecisionRule("hard", kfold_args.threshold, fallback, kfold_args.vote_rule, kfold_args.vote_tie)
-    decision.save(run.decision)
     if test_path is not None:
         voted = ensemble_files([run.fold(k).test_probs for k in range(num_folds)], run.submission, decision,
                                reference_path=test_path)
-        summary["submission"] = {"file": os.path.basename(run.submission), "rows": int(len(voted)), "strategy": f"{decision.strategy}/{decision.vote_rule}"}
+        summary["submission"] = {"file": os.path.basename(run.submission), "rows": int(len(voted)), "rule": choice["chosen"]}
     summary["config"] = read_mapping(run.config)
     write_json_atomic(run.summary, summary)
     thresholds = {"per_label": dict(zip(LABELS, map(float, per_label))), "global": float(global_threshold)}
@@ -87,7 +91,9 @@ def rebuild_run(output_dir: str) -> dict:
     config = read_mapping(run.config)
     if not config:
         raise PipelineError(f"{output_dir}: not a training run (no {os.path.basename(run.config)})")
-    kfold_args = KFoldArguments(**{f.name: config[f.name] for f in dataclasses.fields(KFoldArguments) if f.name in config})
+    # a run from before `decision` existed was submitted with the fixed rule: rebuild it the same way
+    kfold_args = KFoldArguments(**{"decision": "fixed", **{f.name: config[f.name] for f in dataclasses.fields(KFoldArguments)
+                                                            if f.name in config}})
     recorded = read_mapping(run.inputs)
     difference = inputs_difference(recorded, input_digests([p for p in recorded if os.path.isfile(p)]))
     if difference is not None:

@@ -61,14 +61,28 @@ def fit_thresholds(
     return thresholds
 
 
-def nested_gain(probs: np.ndarray, gold: np.ndarray, fold_of_row: np.ndarray, fallback: bool = True, default: float = 0.5) -> dict:
-    """micro-F1 of the OOF rows at `default` vs with thresholds fitted on the other folds only."""
+def nested_thresholds(probs: np.ndarray, gold: np.ndarray, fold_of_row: np.ndarray, fallback: bool = True) -> dict[int, np.ndarray]:
+    """{fold: per-label thresholds fitted on the other folds' OOF rows only}: what decides that fold's rows in
+    every nested estimate."""
     probs = np.asarray(probs, dtype=np.float64)
     gold = np.asarray(gold).astype(bool)
-    tuned = np.zeros_like(gold)
+    fitted = {}
     for fold in np.unique(fold_of_row):
+        others = fold_of_row != fold
+        fitted[int(fold)] = fit_thresholds(probs[others], gold[others], fallback=fallback)
+    return fitted
+
+
+def nested_gain(probs: np.ndarray, gold: np.ndarray, fold_of_row: np.ndarray, fallback: bool = True, default: float = 0.5,
+                fitted: dict[int, np.ndarray] | None = None) -> dict:
+    """micro-F1 of the OOF rows at `default` vs with thresholds fitted on the other folds only (`fitted`, from
+    `nested_thresholds`, when already computed)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    gold = np.asarray(gold).astype(bool)
+    fitted = fitted if fitted is not None else nested_thresholds(probs, gold, fold_of_row, fallback)
+    tuned = np.zeros_like(gold)
+    for fold, thresholds in fitted.items():
         held_out = fold_of_row == fold
-        thresholds = fit_thresholds(probs[~held_out], gold[~held_out], fallback=fallback)
         tuned[held_out] = decide(probs[held_out], thresholds, fallback)
     return {
         "micro_f1_at_default": micro_f1(gold, decide(probs, default, fallback)),

@@ -45,6 +45,7 @@ from nikl_emotion.run_folder import (
     read_mapping,
 )
 from nikl_emotion.summary import summarize
+from nikl_emotion.decision import describe_choice
 from nikl_emotion.thresholds import describe_gain
 
 MODEL_INPUT_COLUMNS = (*MODEL_INPUTS, "length")  # `length` feeds the sampler only
@@ -393,4 +394,5 @@ def run_training(
     table["oof"] = summary["oof"]
     print(format_table(table))
     print(describe_gain(summary["thresholds"]))
+    print(describe_choice(summary["decision"]))
     return summary

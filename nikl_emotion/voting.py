@@ -125,6 +125,8 @@ class DecisionRule:
         if self.strategy not in ("hard", "soft"):
             raise PipelineError(f"strategy: {self.strategy!r} is not hard or soft")
         values = np.atleast_1d(np.asarray(self.threshold, dtype=np.float64))
+        if np.ndim(self.threshold) == 0 and not 0 < values[0] < 1:
+            raise PipelineError(f"threshold: must be in (0, 1), got {self.threshold}")
         if values.shape not in ((1,), (8,)) or not ((values > 0) & (values < 1)).all():
             raise PipelineError(f"threshold: expected one number or 8 numbers in (0, 1), got {self.threshold}")
         # one number or a tuple, whatever was given (a numpy array, a list): the rule is hashable and saves as JSON
@@ -167,8 +169,13 @@ class DecisionRule:
         """The models' (weighted) mean probability: the soft vote's input and the hard vote's tie-break."""
         return np.average(np.stack(probs), axis=0, weights=self.weights)
 
+    def as_dict(self) -> dict:
+        """The rule as JSON-ready values (what decision.json holds)."""
+        values = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in values.items()}
+
     def save(self, path: str) -> None:
-        write_json_atomic(path, {field.name: getattr(self, field.name) for field in dataclasses.fields(self)})
+        write_json_atomic(path, self.as_dict())
 
     @classmethod
     def load(cls, path: str) -> "DecisionRule":

@@ -27,7 +27,8 @@ def reference_run(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("ref") / "out"
     run_training(*parse_config([str(ROOT / "configs" / "quickstart.yaml"), "--output_dir", str(out), "--num_folds", "3",
-                                "--num_train_epochs", "3", "--vote_rule", "reference", "--disable_tqdm", "true"]))
+                                "--num_train_epochs", "3", "--vote_rule", "reference", "--decision", "fixed",
+                                "--disable_tqdm", "true"]))
     return out
 
 

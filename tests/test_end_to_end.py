@@ -68,7 +68,8 @@ def test_inference_ensemble_and_score(tiny_run, tmp_path):
         _, from_training = read_probs(tiny_run / f"fold_{k}" / "test_probs.jsonl")
         np.testing.assert_allclose(probs, from_training, atol=1e-5)
     voted = tmp_path / "voted.jsonl"
-    run_cli("ensemble.py", "--inputs", *fold_probs, "--reference", SAMPLE_TEST, "--output", voted)
+    run_cli("ensemble.py", "--inputs", *fold_probs, "--reference", SAMPLE_TEST, "--output", voted,
+            "--decision", tiny_run / "decision.json")
     assert voted.read_bytes() == (tiny_run / "submission.jsonl").read_bytes()
 
 
