@@ -1,13 +1,16 @@
 """Choosing how a run's fold probabilities become labels (`decision: auto`), on nested out-of-fold scores.
 
 Candidates, in the order ties are settled (the run's fixed rule first, then fewer fitted values, then the rule that
-applies fitted thresholds once, to the mean, before the one that applies them per model and votes):
+uses fitted thresholds on the kind of probabilities they were fitted on before the one that does not):
 
 - `hard` (or `reference` when `vote_rule: reference` is configured): the folds' decisions at `threshold`, voted;
   this is the rule `decision: fixed` always uses;
 - `soft`: the folds' mean probability at `threshold`;
-- `soft_tuned`: the mean probability at per-label thresholds fitted on the out-of-fold probabilities;
-- `hard_tuned`: each fold's decisions at those thresholds, voted;
+- `hard_tuned`: each fold's decisions at per-label thresholds fitted on the out-of-fold probabilities, voted; the
+  thresholds were fitted on single models' probabilities and are applied to single models' probabilities;
+- `soft_tuned`: the folds' mean probability at those thresholds; a mean of K models is less extreme than one
+  model's probability, so thresholds fitted on the latter may sit in the wrong place for it (measured on NIKL dev:
+  BENCHMARKS.md);
 - `hard` besides `reference` when the reference rule is configured.
 
 Each candidate is scored on the OOF rows, each fold's rows decided by the rule as fitted on the other folds only
@@ -55,8 +58,8 @@ def candidates(threshold: float, fallback: bool, vote_rule: str, vote_tie: str) 
         if vote_rule == "reference" else [majority]
     listed += [
         Candidate("soft", f"soft vote (mean probability) at {threshold}", soft, tuned=False),
-        Candidate("soft_tuned", "soft vote at per-label OOF thresholds", soft, tuned=True),
         Candidate("hard_tuned", "hard vote (majority) at per-label OOF thresholds", hard("majority"), tuned=True),
+        Candidate("soft_tuned", "soft vote at per-label OOF thresholds", soft, tuned=True),
     ]
     return listed + ([majority] if vote_rule == "reference" else [])
 

@@ -39,14 +39,14 @@ def test_auto_chooses_the_rule_that_predicts_the_squashed_label_and_records_ever
     probs, gold, fold_of_row = oof_fixture()
     rule, record = choose(probs, gold, fold_of_row)
     by_name = {c["name"]: c for c in record["candidates"]}
-    assert [c["name"] for c in record["candidates"]] == ["hard", "soft", "soft_tuned", "hard_tuned"]
-    assert record["chosen"] == "soft_tuned" and record["mode"] == "auto"
-    assert by_name["soft_tuned"]["micro_f1"] > by_name["hard"]["micro_f1"] + 0.02
-    assert record["gain_over_fixed"] == pytest.approx(by_name["soft_tuned"]["micro_f1"] - by_name["hard"]["micro_f1"])
-    # the submitted rule: the soft vote at thresholds fitted on all OOF rows, which do predict sadness
-    assert rule.strategy == "soft" and len(rule.threshold) == 8 and rule.threshold[SADNESS] < 0.5
-    assert rule.as_dict() == by_name["soft_tuned"]["rule"]
-    assert "auto → soft_tuned" in describe_choice(record) and "over hard" in describe_choice(record)
+    assert [c["name"] for c in record["candidates"]] == ["hard", "soft", "hard_tuned", "soft_tuned"]
+    assert record["chosen"] == "hard_tuned" and record["mode"] == "auto"
+    assert by_name["hard_tuned"]["micro_f1"] > by_name["hard"]["micro_f1"] + 0.02
+    assert record["gain_over_fixed"] == pytest.approx(by_name["hard_tuned"]["micro_f1"] - by_name["hard"]["micro_f1"])
+    # the submitted rule: each fold at thresholds fitted on all OOF rows, which do predict sadness, then the vote
+    assert rule.strategy == "hard" and len(rule.threshold) == 8 and rule.threshold[SADNESS] < 0.5
+    assert rule.as_dict() == by_name["hard_tuned"]["rule"]
+    assert "auto → hard_tuned" in describe_choice(record) and "over hard" in describe_choice(record)
 
 
 def test_nested_scores_match_an_independent_computation():
@@ -80,16 +80,16 @@ def test_a_tie_keeps_the_simpler_rule():
 def test_fixed_keeps_the_configured_rule_and_says_what_auto_would_do():
     probs, gold, fold_of_row = oof_fixture()
     rule, record = choose(probs, gold, fold_of_row, decision="fixed", threshold=0.4, vote_tie="negative")
-    assert record["chosen"] == "hard" and record["best_by_nested_oof"] == "soft_tuned"
+    assert record["chosen"] == "hard" and record["best_by_nested_oof"] == "hard_tuned"
     assert rule == DecisionRule("hard", 0.4, True, "majority", "negative") == KFoldArguments(
         threshold=0.4, vote_tie="negative").fixed_rule()
-    assert "auto would choose soft_tuned" in describe_choice(record)
+    assert "auto would choose hard_tuned" in describe_choice(record)
 
 
 def test_the_configured_reference_rule_is_a_candidate_and_the_fixed_one():
     probs, gold, fold_of_row = oof_fixture(squash_sadness=False)
     rule, record = choose(probs, gold, fold_of_row, vote_rule="reference", decision="fixed")
-    assert [c["name"] for c in record["candidates"]] == ["reference", "soft", "soft_tuned", "hard_tuned", "hard"]
+    assert [c["name"] for c in record["candidates"]] == ["reference", "soft", "hard_tuned", "soft_tuned", "hard"]
     assert rule.vote_rule == "reference"
     with pytest.raises(PipelineError, match="decision: 'sometimes' is not auto or fixed"):
         KFoldArguments(decision="sometimes")
@@ -119,7 +119,7 @@ def test_a_gain_within_resampling_noise_keeps_the_fixed_rule():
     gold[order[:30], SADNESS], probs[order[:30], SADNESS] = True, 0.45
     probs[order[30:57], SADNESS] = 0.46
     _, record = choose(probs, gold, np.arange(rows) % 3)
-    tuned = next(c for c in record["candidates"] if c["name"] == "soft_tuned")
+    tuned = next(c for c in record["candidates"] if c["name"] == "hard_tuned")
     assert 0 < tuned["gain"] < tuned["gain_se"]  # better on these rows, by less than resampling moves it
     assert record["chosen"] == "hard" and record["gain_over_fixed"] == 0.0
 
