@@ -7,7 +7,8 @@
 
 A classifier owns what prediction needs besides the weights: the tokenizer exactly as trained, the checkpoint's
 preprocessing settings (cleaning, input format, max length) and the label check. Its backend turns one padded batch
-into logits: `TorchBackend` (a PyTorch model on a device, no autograd) or `OnnxBackend` (onnxruntime on CPU).
+into logits: `TorchBackend` (a PyTorch model on a device, no autograd) or `OnnxBackend` (onnxruntime on CPU); the
+n-gram member's `NgramBackend` reads the cleaned text instead.
 Rows are predicted in batches sorted by length (little padding) and returned in their own order.
 """
 
@@ -31,6 +32,7 @@ from nikl_emotion.data import load_jsonl, rows_from_records
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.labels import ID2LABEL, NUM_LABELS
 from nikl_emotion.metrics import decide, sigmoid
+from nikl_emotion.ngram import NgramBackend, NgramClassifier, is_ngram_folder
 from nikl_emotion.preprocessing import Preprocessing, clean, encode
 
 logger = logging.getLogger(__name__)
@@ -108,6 +110,8 @@ class EmotionClassifier:
         if not os.path.isdir(folder):
             raise PipelineError(f"{folder}: checkpoint folder not found")
         preprocessing = Preprocessing.load(folder)
+        if is_ngram_folder(folder):  # the n-gram member (ngram:tfidf): reads cleaned text, no tokenizer
+            return cls(NgramBackend(NgramClassifier.load(folder)), None, preprocessing, source=folder)
         check_tokenizer_files(folder)
         onnx = is_onnx_export(folder)
         kind = "export" if onnx else "checkpoint"
@@ -144,8 +148,15 @@ class EmotionClassifier:
     def is_onnx(self) -> bool:
         return isinstance(self.backend, OnnxBackend)
 
+    @property
+    def reads_text(self) -> bool:
+        """Whether the backend takes cleaned text (the n-gram member) rather than token batches."""
+        return getattr(self.backend, "reads_text", False)
+
     def encode(self, rows: Rows, on_unknown: str = "warn") -> Dataset:
         """Rows cleaned and tokenized as in training: `encode(clean(rows))` with this checkpoint's settings."""
+        if self.reads_text:
+            raise PipelineError(f"{self.source}: an n-gram model reads text, not tokens: use predict_proba")
         return encode(clean(as_rows(rows), self.preprocessing), self.tokenizer, self.preprocessing, on_unknown=on_unknown)
 
     def predict_proba(self, rows: Rows, *, batch_size: int = 128, progress: bool = False) -> np.ndarray:
@@ -153,6 +164,8 @@ class EmotionClassifier:
 
         `rows`: a NIKL jsonl path, a dataset from `data.load_jsonl`, task rows as dicts (`{"id", "input": {"form",
         "target"}}`) or plain texts (no target)."""
+        if self.reads_text:
+            return self.backend.predict_rows(clean(as_rows(rows), self.preprocessing))
         return self.predict_encoded(self.encode(rows), batch_size=batch_size, progress=progress)
 
     def predict(self, rows: Rows, *, threshold: float | Sequence[float] = 0.5, fallback: bool = True,

@@ -19,6 +19,7 @@ from nikl_emotion.encoding import INPUT_FORMATS
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.labels import NUM_LABELS
 from nikl_emotion.losses import LOSSES, LossParameterError, build_loss
+from nikl_emotion.ngram import check_ngram_spec, is_ngram
 from nikl_emotion.run_folder import is_run_file
 from nikl_emotion.voting import DecisionRule
 
@@ -27,12 +28,15 @@ from nikl_emotion.voting import DecisionRule
 class ModelArguments:
     model_name_or_path: str = field(
         default="offline:electra-tiny",
-        metadata={"help": "Hub name (e.g. beomi/KcELECTRA-base-v2022), local checkpoint, or offline:<bert|electra>-<tiny|mini|small>."},
+        metadata={"help": "Hub name (e.g. beomi/KcELECTRA-base-v2022), local checkpoint, offline:<bert|electra>-<tiny|mini|small>, "
+                          "or ngram:tfidf (char n-gram TF-IDF + logistic regression, no encoder)."},
     )
     offline_vocab_size: int = field(default=8000, metadata={"help": "WordPiece vocabulary size of an offline backbone."})
 
     def __post_init__(self):
-        if is_offline(self.model_name_or_path):
+        if is_ngram(self.model_name_or_path):
+            check_ngram_spec(self.model_name_or_path)
+        elif is_offline(self.model_name_or_path):
             try:
                 parse_offline_spec(self.model_name_or_path)
             except ValueError as exc:

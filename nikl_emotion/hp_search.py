@@ -39,6 +39,7 @@ from nikl_emotion.errors import PipelineError
 from nikl_emotion.fileio import write_text_atomic
 from nikl_emotion.folds import make_folds
 from nikl_emotion.preprocessing import Preprocessing, clean
+from nikl_emotion.ngram import is_ngram
 from nikl_emotion.run_folder import RunFolder
 from nikl_emotion.training import EmotionTrainer, backbone_and_encodings, fold_trainer_inputs, make_loss
 
@@ -133,6 +134,8 @@ def run_hp_search(
         import optuna
     except ImportError:
         raise PipelineError("--hp-search needs optuna: pip install optuna") from None
+    if is_ngram(model_args.model_name_or_path):
+        raise PipelineError(f"--hp-search tunes the Trainer's settings of an encoder; {model_args.model_name_or_path} has none")
     if n_trials < 1:
         raise PipelineError(f"--hp-search: the number of trials must be at least 1, got {n_trials}")
     state = PartialState()

@@ -48,6 +48,7 @@ from nikl_emotion.errors import PipelineError
 from nikl_emotion.fileio import write_json_atomic
 from nikl_emotion.preprocessing import Preprocessing, check_unknown_rate, clean
 from nikl_emotion.locking import exclusive
+from nikl_emotion.ngram import is_ngram
 from nikl_emotion.run_folder import PostTrainFolder, input_digests, last_complete_checkpoint, prepare_output_dir, read_mapping
 from nikl_emotion.training import LengthListSamplerMixin, keep_tensorboard_logs
 
@@ -240,6 +241,8 @@ def run_post_training(
 ) -> dict | None:
     """Post-train the encoder on the files' text and save it to `output_dir`; returns the summary (None on the
     other processes of `accelerate launch`)."""
+    if is_ngram(model_args.model_name_or_path):
+        raise PipelineError(f"model_name_or_path: post-training trains an encoder; {model_args.model_name_or_path} is not one")
     state = PartialState()
     folder = PostTrainFolder(training_args.output_dir)
     preprocessing = Preprocessing.from_data_args(data_args)

@@ -75,7 +75,7 @@ def summarize(output_dir: str, train_rows: Dataset, test_path: str | None, num_f
     thresholds = {"per_label": dict(zip(LABELS, map(float, per_label))), "global": float(global_threshold)}
     for fold in folds:  # each fold's card gains the run's out-of-fold score and fitted thresholds
         best = run.fold(fold["fold"]).best
-        if os.path.isdir(best):
+        if os.path.isfile(os.path.join(best, "config.json")):  # a Hugging Face model (not the n-gram member)
             write_model_card(best, summary["config"], fold["fold"], fold, summary["oof"], thresholds)
     write_report(output_dir, summary, gold=gold, oof=oof, thresholds=per_label, threshold=kfold_args.threshold, fallback=fallback)
     return summary

@@ -34,6 +34,7 @@ from nikl_emotion.locking import exclusive, exclusive_all
 from nikl_emotion.losses import MultiLabelLoss, build_loss
 from nikl_emotion.metrics import decide, format_table, score, sigmoid
 from nikl_emotion.model_card import write_model_card
+from nikl_emotion.ngram import is_ngram, train_ngram
 from nikl_emotion.preprocessing import Preprocessing, clean, encode, warn_if_preprocessing_differs
 from nikl_emotion.run_folder import (
     DONE_FILE,
@@ -247,6 +248,8 @@ class FoldData:
 def train_fold(data: FoldData, kfold_args: KFoldArguments, loss_args: LossArguments, training_args: TrainingArguments) -> dict:
     """Train one fold (resuming an interrupted one), predict its validation and test rows in order, and write its
     files, `done.json` last. Every rank calls this; the main process writes."""
+    if is_ngram(data.backbone):
+        return train_ngram_fold(data, kfold_args, training_args)
     folder = RunFolder(training_args.output_dir).fold(data.fold)
     set_seed(training_args.seed)
     val_rows = data.val_rows
@@ -264,6 +267,28 @@ def train_fold(data: FoldData, kfold_args: KFoldArguments, loss_args: LossArgume
     trainer.accelerator.wait_for_everyone()
     del trainer
     release_memory()
+    return result
+
+
+def train_ngram_fold(data: FoldData, kfold_args: KFoldArguments, training_args: TrainingArguments) -> dict:
+    """The n-gram member's fold: fit on the fold's cleaned training rows, predict its validation and test rows, and
+    write the same files as an encoder's fold (best/ holds the fitted model)."""
+    folder = RunFolder(training_args.output_dir).fold(data.fold)
+    model, seconds = train_ngram(data.train_rows, training_args.seed)
+    val_rows = data.val_rows
+    val_probs = model.predict_proba(val_rows)
+    test_probs = model.predict_proba(data.encoded_test) if data.encoded_test is not None else None
+    result = score(np.asarray(val_rows["labels"]), decide(val_probs, kfold_args.threshold, kfold_args.fallback_top_label))
+    shutil.rmtree(folder.best_staging, ignore_errors=True)
+    model.save(folder.best_staging)
+    data.preprocessing.save(folder.best_staging)
+    shutil.rmtree(folder.best, ignore_errors=True)
+    os.replace(folder.best_staging, folder.best)
+    result.update({"fold": data.fold, "best_checkpoint": None, "best_metric": result["micro_f1"], "epochs_run": None,
+                   "train_rows": int(len(data.train_index)), "train_seconds": round(seconds, 1)})
+    write_fold_outputs(folder, val_rows, val_probs, data.encoded_test, test_probs, result)
+    print(f"fold {data.fold}: n-gram model fitted on {len(data.train_index)} rows in {seconds:.1f} s; "
+          f"validation micro-F1 {result['micro_f1']:.4f}")
     return result
 
 
@@ -358,6 +383,8 @@ def run_training(
     if kfold_args.num_folds > len(train_rows):
         raise PipelineError(f"num_folds: {kfold_args.num_folds} folds need at least as many rows; "
                             f"{', '.join(data_args.train_files)} hold {len(train_rows)}")
+    if is_ngram(model_args.model_name_or_path) and state.num_processes > 1:
+        raise PipelineError(f"{model_args.model_name_or_path} fits on one process: run python train.py, not accelerate launch")
     selected = range(kfold_args.num_folds) if kfold_args.fold is None else [kfold_args.fold]
     run = RunFolder(output_dir)
     with contextlib.ExitStack() as held:
@@ -372,7 +399,11 @@ def run_training(
                 prepare_output_dir(output_dir, resolved_config(model_args, data_args, kfold_args, loss_args, training_args),
                                    kfold_args.overwrite, inputs=inputs)
             state.wait_for_everyone()
-            backbone, _, encoded, encoded_test = backbone_and_encodings(model_args, preprocessing, training_args, cleaned, cleaned_test)
+            if is_ngram(model_args.model_name_or_path):  # reads the cleaned text itself: no backbone, no tokens
+                backbone, encoded, encoded_test = model_args.model_name_or_path, cleaned, cleaned_test
+            else:
+                backbone, _, encoded, encoded_test = backbone_and_encodings(model_args, preprocessing, training_args,
+                                                                            cleaned, cleaned_test)
             if state.is_main_process:  # from here on the folder holds this run's results (RunFolder.has_results)
                 for k in selected:
                     os.makedirs(run.fold(k).root, exist_ok=True)

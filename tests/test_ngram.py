@@ -1,0 +1,80 @@
+"""The n-gram member (`ngram:tfidf`) goes through the same fold loop and artifact layer as an encoder."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, SAMPLE_DEV, SAMPLE_TEST, SAMPLE_TRAIN, nikl_row, run_cli, write_jsonl
+from nikl_emotion import EmotionClassifier
+from nikl_emotion.config import parse_config
+from nikl_emotion.data import load_jsonl
+from nikl_emotion.errors import PipelineError
+from nikl_emotion.fileio import read_probs
+from nikl_emotion.metrics import decide, score
+from nikl_emotion.ngram import NgramClassifier
+
+
+@pytest.fixture(scope="module")
+def ngram_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ngram") / "out"
+    result = run_cli("train.py", ROOT / "configs" / "quickstart.yaml", "--model_name_or_path", "ngram:tfidf",
+                     "--output_dir", out)
+    return out, result.stdout
+
+
+def test_an_ngram_run_writes_a_normal_run_folder(ngram_run):
+    out, log = ngram_run
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert [f["fold"] for f in summary["folds"]] == [0, 1, 2] and "n-gram model fitted" in log
+    for name in ("oof.jsonl", "thresholds.json", "decision.json", "report.md", "submission.jsonl", "config.yaml"):
+        assert (out / name).exists(), name
+    ids, oof = read_probs(out / "oof.jsonl")
+    rows = load_jsonl(SAMPLE_TRAIN)
+    assert ids == rows["id"] and ((oof >= 0) & (oof <= 1)).all()
+    gold = np.asarray(rows["labels"])
+    majority = np.zeros_like(gold)
+    majority[:, gold.sum(axis=0).argmax()] = 1
+    assert summary["oof"]["micro_f1"] > score(gold, majority)["micro_f1"] + 0.1  # it learned from the text
+    best = out / "fold_0" / "best"
+    assert (best / "ngram.joblib").exists() and (best / "preprocessing.json").exists()
+    assert not (best / "README.md").exists()  # the Hugging Face model card is for encoders
+
+
+def test_the_classifier_and_inference_read_an_ngram_checkpoint(ngram_run, tmp_path):
+    out, _ = ngram_run
+    classifier = EmotionClassifier.from_pretrained(out / "fold_1" / "best")
+    assert classifier.reads_text and classifier.tokenizer is None
+    _, written = read_probs(out / "fold_1" / "test_probs.jsonl")
+    np.testing.assert_allclose(classifier.predict_proba(SAMPLE_TEST), written, atol=1e-6)
+    assert classifier.predict(["정말 최고였다", "너무 슬프다"]).shape == (2, 8)
+    with pytest.raises(PipelineError, match="reads text, not tokens"):
+        classifier.encode(SAMPLE_TEST)
+    rebuilt = tmp_path / "again.jsonl"
+    run_cli("inference.py", "--run", out, "--input", SAMPLE_TEST, "--output", rebuilt)
+    assert rebuilt.read_bytes() == (out / "submission.jsonl").read_bytes()
+
+
+def test_a_label_with_one_class_gets_its_constant_rate(tmp_path):
+    rows = [nikl_row(f"r{i}", form=text, target=None, labels=labels) for i, (text, labels) in enumerate(
+        [("오늘 공연 너무 좋았다", ("joy",)), ("정말 화가 난다", ("anger",)), ("공연 최고 좋았다", ("joy",)),
+         ("진짜 화난다 짜증", ("anger",))] * 3)]
+    train = load_jsonl(write_jsonl(tmp_path / "t.jsonl", rows))
+    model = NgramClassifier().fit(train)
+    probs = model.predict_proba(load_jsonl(SAMPLE_DEV).select(range(5)))
+    assert probs.shape == (5, 8) and (probs[:, 2] == 0.0).all()  # trust never occurs: probability 0, no regression
+    np.testing.assert_array_equal(decide(model.predict_proba(train)).argmax(axis=1)[:4], [0, 6, 0, 6])
+
+
+def test_commands_that_need_an_encoder_refuse_it(tmp_path):
+    config = [str(ROOT / "configs" / "quickstart.yaml"), "--model_name_or_path", "ngram:tfidf", "--output_dir",
+              str(tmp_path / "o")]
+    from nikl_emotion.hp_search import run_hp_search
+
+    with pytest.raises(PipelineError, match="hp-search tunes the Trainer's settings"):
+        run_hp_search(2, *parse_config(config))
+    with pytest.raises(PipelineError, match="unknown n-gram model 'ngram:bm25'"):
+        parse_config([*config, "--model_name_or_path", "ngram:bm25"])
+    refused = run_cli("post_train.py", ROOT / "configs" / "post_train-offline.yaml", "--model_name_or_path", "ngram:tfidf",
+                      "--output_dir", tmp_path / "p", "--train_files", SAMPLE_TRAIN, check=False)
+    assert refused.returncode == 1 and "post-training trains an encoder" in refused.stderr
