@@ -13,6 +13,13 @@ bar of K votes. --weights gives each input that many votes (and its share of the
 probability, then the threshold(s). Probabilities become decisions at --threshold, or at the per-label thresholds
 of a thresholds.json (fitted by train.py on out-of-fold predictions). --decision OUT/decision.json takes a run's
 saved rule (the one its submission.jsonl was made with) instead of these options.
+
+python ensemble.py --runs OUT_A OUT_B --strategy stack --output submission.jsonl [--probs probs.jsonl]
+
+Stacking: finished train.py runs of the same training files, folds and test file; per label a logistic regression
+on the runs' logits, fitted on their out-of-fold probabilities only (its nested OOF score is printed beside each
+run's), applied to each fold's test probabilities; the folds' stacked probabilities are then voted (--threshold,
+hard by default).
 """
 
 import argparse
@@ -22,9 +29,13 @@ from nikl_emotion.cli import add_decision_arguments, decision_options_given, dec
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--inputs", nargs="+", required=True, help="probability or submission jsonl files")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--inputs", nargs="+", help="probability or submission jsonl files")
+    source.add_argument("--runs", nargs="+", help="finished train.py runs to stack (with --strategy stack)")
+    parser.add_argument("--probs", help="--strategy stack: also write the stacked probabilities (mean of the folds)")
     parser.add_argument("--output", required=True, help="submission jsonl to write")
-    parser.add_argument("--strategy", choices=["hard", "soft"], default="hard", help="hard: vote decisions; soft: mean probability")
+    parser.add_argument("--strategy", choices=["hard", "soft", "stack"], default="hard",
+                        help="hard: vote decisions; soft: mean probability; stack: a stacker over --runs")
     parser.add_argument("--rule", choices=["majority", "reference"], default="majority", help="hard-vote rule")
     parser.add_argument("--tie", choices=["positive", "negative"], default="positive", help="majority rule: a label with exactly half the votes")
     parser.add_argument("--weights", type=float, nargs="+", help="one positive weight per input")
@@ -34,6 +45,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--align_by_id", action="store_true", help="accept inputs with the same ids in another order")
     parser.add_argument("--reference", help="the predicted input jsonl; needed when every input is a probability file")
     args = parser.parse_args(argv)
+    if (args.strategy == "stack") != bool(args.runs):
+        parser.error("--runs goes with --strategy stack, and --strategy stack with --runs")
+    if args.runs and (args.weights or args.min_votes or args.decision or args.reference or args.align_by_id):
+        parser.error("--strategy stack fits its own weights and takes the runs' test file: drop --weights, "
+                     "--min_votes, --decision, --reference and --align_by_id")
+    if args.probs and not args.runs:
+        parser.error("--probs goes with --strategy stack")
+    if args.runs:
+        return stack(args)
     if args.decision and decision_options_given(args):
         parser.error(f"--decision replaces {', '.join(decision_options_given(args))}: give one or the other")
     from nikl_emotion.voting import DecisionRule, ensemble_files
@@ -42,4 +62,17 @@ def main(argv: list[str]) -> int:
     quiet_libraries()
     decisions = ensemble_files(args.inputs, args.output, rule, reference_path=args.reference, align=args.align_by_id)
     print(f"wrote {len(decisions)} rows voted from {len(args.inputs)} inputs to {args.output}")
+    return 0
+
+
+def stack(args) -> int:
+    from nikl_emotion.stacking import stack_files
+
+    args.strategy = "hard"  # the folds' stacked probabilities are decided at --threshold(s) and voted
+    rule = decision_rule(args)
+    quiet_libraries()
+    result = stack_files(args.runs, args.output, rule, args.probs)
+    for name, scored in result["scores"].items():
+        print(f"OOF micro-F1 {scored['micro_f1']:.4f}  macro-F1 {scored['macro_f1']:.4f}  {name}")
+    print(f"wrote {len(result['decisions'])} rows stacked from {len(args.runs)} runs to {args.output}")
     return 0
