@@ -15,6 +15,7 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
 from nikl_emotion.backbone import check_model_folder, is_offline, parse_offline_spec
+from nikl_emotion.decision import DECISION_MODES
 from nikl_emotion.encoding import INPUT_FORMATS
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.labels import NUM_LABELS
@@ -93,7 +94,7 @@ class KFoldArguments:
             raise PipelineError(f"fold: must be in [0, {self.num_folds - 1}], got {self.fold}")
         if self.early_stopping_patience < 0:
             raise PipelineError("early_stopping_patience: must be >= 0")
-        if self.decision not in ("auto", "fixed"):
+        if self.decision not in DECISION_MODES:
             raise PipelineError(f"decision: {self.decision!r} is not auto or fixed")
         self.fixed_rule()  # threshold, vote_rule and vote_tie are checked where they are used, by DecisionRule
 
