@@ -1,7 +1,8 @@
 """The classical member: character n-gram TF-IDF + one logistic regression per label (scikit-learn).
 
 `model_name_or_path: ngram:tfidf` trains it through the same fold loop as an encoder (same folds, same cleaning,
-same fold files, OOF, thresholds, decision rule, report and submission), in about a minute on NIKL on 2 CPU cores. It
+same fold files, OOF, thresholds, decision rule, report and submission), in about two minutes on NIKL on 2 CPU
+cores (BENCHMARKS.md). It
 is target-aware the simple way: the target's own character n-grams are a second feature block beside the text's.
 Its `best/` folder holds `ngram.joblib` and `ngram.json` (what it is, the labels) with `preprocessing.json`;
 `EmotionClassifier.from_pretrained` loads it like any checkpoint. A joblib file is a pickle: load only folders you
@@ -42,6 +43,22 @@ def is_ngram_folder(folder: str) -> bool:
     return os.path.isfile(os.path.join(folder, MODEL_FILE))
 
 
+def fit_label(features, positive: np.ndarray, c: float, seed: int = 0, solver: str = "liblinear"):
+    """A logistic regression for one label, or the label's constant rate when the rows hold one class only (a
+    regression cannot be fitted on one class). liblinear suits the n-gram member's sparse features; lbfgs (which
+    leaves the intercept unpenalised) the stacker's few dense ones."""
+    from sklearn.linear_model import LogisticRegression
+
+    if positive.all() or not positive.any():
+        return float(positive.mean())
+    return LogisticRegression(C=c, solver=solver, max_iter=1000, random_state=seed).fit(features, positive)
+
+
+def label_probability(model, features) -> np.ndarray:
+    """`fit_label`'s model applied to `features`: the positive class's probability per row."""
+    return np.full(features.shape[0], model) if isinstance(model, float) else model.predict_proba(features)[:, 1]
+
+
 class NgramClassifier:
     """TF-IDF over the text's character 1-4-grams (within word boundaries) and over the target's 1-3-grams, then an
     L2 logistic regression per label. A label absent (or always present) in the training rows gets its constant
@@ -78,20 +95,13 @@ class NgramClassifier:
     def fit(self, rows: Dataset) -> "NgramClassifier":
         """Fit on cleaned rows (`text`, `target`, `labels`)."""
         from joblib import Parallel, delayed
-        from sklearn.linear_model import LogisticRegression
 
         features = self._features(rows, fit=True)
         features.sort_indices()  # the workers get it read-only (memory-mapped): nothing may sort it in place there
         labels = np.asarray(rows["labels"]) > 0.5
-
-        def fit_label(j: int):
-            if labels[:, j].all() or not labels[:, j].any():
-                return float(labels[:, j].mean())
-            return LogisticRegression(C=self.c, solver="liblinear", max_iter=1000, random_state=self.seed).fit(
-                features, labels[:, j])
-
         # liblinear holds the GIL: one process per core for the 8 independent regressions
-        self.models = Parallel(n_jobs=min(NUM_LABELS, os.cpu_count() or 1))(delayed(fit_label)(j) for j in range(NUM_LABELS))
+        self.models = Parallel(n_jobs=min(NUM_LABELS, os.cpu_count() or 1))(
+            delayed(fit_label)(features, labels[:, j], self.c, self.seed) for j in range(NUM_LABELS))
         return self
 
     def predict_proba(self, rows: Dataset) -> np.ndarray:
@@ -99,8 +109,7 @@ class NgramClassifier:
         if len(rows) == 0:
             return np.empty((0, NUM_LABELS))
         features = self._features(rows)
-        return np.stack([np.full(features.shape[0], model) if isinstance(model, float)
-                         else model.predict_proba(features)[:, 1] for model in self.models], axis=1)
+        return np.stack([label_probability(model, features) for model in self.models], axis=1)
 
     def save(self, folder: str) -> None:
         import joblib

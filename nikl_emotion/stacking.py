@@ -18,6 +18,7 @@ from nikl_emotion.errors import PipelineError
 from nikl_emotion.fileio import read_probs
 from nikl_emotion.labels import NUM_LABELS
 from nikl_emotion.metrics import decide, score
+from nikl_emotion.ngram import fit_label, label_probability
 from nikl_emotion.run_folder import RunFolder, read_mapping
 
 EPS = 1e-6
@@ -35,19 +36,19 @@ class RunMember:
     fold_test: list[np.ndarray]
 
     @classmethod
-    def load(cls, run_dir: str) -> "RunMember":
+    def load(cls, run_dir: str, ids: list[str]) -> "RunMember":
+        """The run's fold files, its OOF rows in the order of `ids` (the training rows)."""
+        from nikl_emotion.summary import fold_predictions
+
         run = RunFolder(run_dir)
         config = read_mapping(run.config)
         if not config or not os.path.isfile(run.oof):
             raise PipelineError(f"{run_dir}: not a finished train.py run (needs {os.path.basename(run.config)} and "
                                 f"{os.path.basename(run.oof)})")
-        ids, oof = read_probs(run.oof)
-        position = {row_id: i for i, row_id in enumerate(ids)}
-        fold_of_row = np.full(len(ids), -1)
+        num_folds = int(config.get("num_folds", 0))
+        oof, fold_of_row = fold_predictions(run_dir, ids, num_folds, changed="stack runs of the same training files")
         fold_test, test_ids = [], None
-        for k in range(int(config.get("num_folds", 0))):
-            fold_ids, _ = read_probs(run.fold(k).val_probs)
-            fold_of_row[[position[i] for i in fold_ids]] = k
+        for k in range(num_folds):
             if not os.path.isfile(run.fold(k).test_probs):
                 raise PipelineError(f"{run_dir}: fold {k} has no test probabilities (the run had no test_file)")
             ids_k, probs_k = read_probs(run.fold(k).test_probs)
@@ -55,7 +56,7 @@ class RunMember:
                 raise PipelineError(f"{run.fold(k).test_probs}: other test rows than fold 0's")
             test_ids = ids_k
             fold_test.append(probs_k)
-        return cls(run_dir, ids, oof, fold_of_row, test_ids or [], fold_test)
+        return cls(run_dir, list(ids), oof, fold_of_row, test_ids or [], fold_test)
 
 
 def check_same_folds(members: list[RunMember]) -> None:
@@ -76,27 +77,18 @@ def logits(probs: np.ndarray) -> np.ndarray:
     return np.log(clipped / (1 - clipped))
 
 
+def label_logits(features: list[np.ndarray], label: int) -> np.ndarray:
+    """(rows, members): each member's logit for `label`, the stacker's input for that label."""
+    return np.stack([logits(member[:, label]) for member in features], axis=1)
+
+
 def fit_stacker(features: list[np.ndarray], gold: np.ndarray) -> list:
     """Per label, a logistic regression on the members' logits for it (a constant for a one-class label)."""
-    from sklearn.linear_model import LogisticRegression
-
-    models = []
-    for j in range(NUM_LABELS):
-        x = np.stack([logits(member[:, j]) for member in features], axis=1)
-        y = gold[:, j]
-        models.append(float(y.mean()) if y.all() or not y.any() else LogisticRegression(C=1.0).fit(x, y))
-    return models
+    return [fit_label(label_logits(features, j), gold[:, j], c=1.0, solver="lbfgs") for j in range(NUM_LABELS)]
 
 
 def apply_stacker(models: list, features: list[np.ndarray]) -> np.ndarray:
-    rows = len(features[0])
-    columns = []
-    for j, model in enumerate(models):
-        if isinstance(model, float):
-            columns.append(np.full(rows, model))
-        else:
-            columns.append(model.predict_proba(np.stack([logits(member[:, j]) for member in features], axis=1))[:, 1])
-    return np.stack(columns, axis=1)
+    return np.stack([label_probability(model, label_logits(features, j)) for j, model in enumerate(models)], axis=1)
 
 
 def stack_runs(members: list[RunMember], gold: np.ndarray, threshold: float = 0.5, fallback: bool = True) -> dict:
@@ -131,12 +123,11 @@ def stack_files(run_dirs: list[str], output_path: str, rule, probs_path: str | N
     for option, path in (("--output", output_path), ("--probs", probs_path)):
         if path is not None:
             check_output_path(path, option)
-    members = [RunMember.load(path) for path in run_dirs]
     config = read_mapping(RunFolder(run_dirs[0]).config)
+    if not config.get("train_files"):
+        raise PipelineError(f"{run_dirs[0]}: not a finished train.py run (no {os.path.basename(RunFolder('').config)})")
     train = load_jsonl_files(config["train_files"], "required")
-    if train["id"] != members[0].ids:
-        raise PipelineError(f"{run_dirs[0]}: its training files {config['train_files']} no longer hold the rows of "
-                            "its oof.jsonl")
+    members = [RunMember.load(path, train["id"]) for path in run_dirs]
     test_file = config.get("test_file")
     if not test_file or not os.path.isfile(test_file):
         raise PipelineError(f"{run_dirs[0]}: its test_file {test_file!r} is needed for the submission's inputs")

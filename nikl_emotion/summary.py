@@ -12,7 +12,7 @@ from datasets import Dataset
 from nikl_emotion.config import KFoldArguments
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.fileio import read_probs, write_json_atomic, write_probs
-from nikl_emotion.labels import LABELS
+from nikl_emotion.labels import LABELS, NUM_LABELS
 from nikl_emotion.metrics import decide, score
 from nikl_emotion.model_card import write_model_card
 from nikl_emotion.report import write_report
@@ -33,21 +33,7 @@ def summarize(output_dir: str, train_rows: Dataset, test_path: str | None, num_f
         with open(path, encoding="utf-8") as handle:
             folds.append(json.load(handle))
     ids = train_rows["id"]
-    position = {row_id: i for i, row_id in enumerate(ids)}
-    oof = np.full((len(ids), len(folds[0]["per_label"])), np.nan)
-    fold_of_row = np.full(len(ids), -1)
-    changed = "the training files changed since the folds were trained: use the original files, or --overwrite true"
-    for k in range(num_folds):
-        path = run.fold(k).val_probs
-        fold_ids, probs = read_probs(path)
-        unknown = next((i for i in fold_ids if i not in position), None)
-        if unknown is not None:
-            raise PipelineError(f"{path}: id {unknown!r} is not in the training files; {changed}")
-        rows = [position[i] for i in fold_ids]
-        oof[rows] = probs
-        fold_of_row[rows] = k
-    if np.isnan(oof).any():
-        raise PipelineError(f"{output_dir}: the folds' validation rows do not cover every training row; {changed}")
+    oof, fold_of_row = fold_predictions(output_dir, ids, num_folds)
     write_probs(run.oof, ids, oof)
     gold = np.asarray(train_rows["labels"])
     fallback = kfold_args.fallback_top_label
@@ -79,6 +65,31 @@ def summarize(output_dir: str, train_rows: Dataset, test_path: str | None, num_f
             write_model_card(best, summary["config"], fold["fold"], fold, summary["oof"], thresholds)
     write_report(output_dir, summary, gold=gold, oof=oof, thresholds=per_label, threshold=kfold_args.threshold, fallback=fallback)
     return summary
+
+
+CHANGED_TRAINING_FILES = "the training files changed since the folds were trained: use the original files, or --overwrite true"
+
+
+def fold_predictions(output_dir: str, ids: list[str], num_folds: int, changed: str = CHANGED_TRAINING_FILES
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(out-of-fold probabilities in `ids`' order, each row's fold), read from the folds' validation files; refuses
+    folds whose rows are not exactly the training rows (`changed`: what to tell the user then)."""
+    run = RunFolder(output_dir)
+    position = {row_id: i for i, row_id in enumerate(ids)}
+    oof = np.full((len(ids), NUM_LABELS), np.nan)
+    fold_of_row = np.full(len(ids), -1)
+    for k in range(num_folds):
+        path = run.fold(k).val_probs
+        fold_ids, probs = read_probs(path)
+        unknown = next((i for i in fold_ids if i not in position), None)
+        if unknown is not None:
+            raise PipelineError(f"{path}: id {unknown!r} is not in the training files; {changed}")
+        rows = [position[i] for i in fold_ids]
+        oof[rows] = probs
+        fold_of_row[rows] = k
+    if np.isnan(oof).any():
+        raise PipelineError(f"{output_dir}: the folds' validation rows do not cover every training row; {changed}")
+    return oof, fold_of_row
 
 
 def rebuild_run(output_dir: str) -> dict:

@@ -34,8 +34,9 @@ def test_stack_writes_a_submission_fitted_on_oof_only(tiny_run, ngram_two_folds,
 
 
 def test_the_nested_stack_never_sees_the_rows_it_scores(tiny_run, ngram_two_folds):
-    members = [RunMember.load(str(tiny_run)), RunMember.load(str(ngram_two_folds))]
-    gold = np.asarray(load_jsonl(SAMPLE_TRAIN)["labels"]) > 0.5
+    train = load_jsonl(SAMPLE_TRAIN)
+    members = [RunMember.load(str(tiny_run), train["id"]), RunMember.load(str(ngram_two_folds), train["id"])]
+    gold = np.asarray(train["labels"]) > 0.5
     result = stack_runs(members, gold)
     fold_of_row = members[0].fold_of_row
     for k in (0, 1):  # refit by hand on the other fold only: the same held-out probabilities
@@ -57,4 +58,4 @@ def test_runs_of_other_folds_or_options_are_refused(tiny_run, tmp_path):
         args = ["--runs", tiny_run, three_folds, "--strategy", "stack", "--output", tmp_path / "s.jsonl", *extra]
         assert run_cli("ensemble.py", *args, check=False).returncode == 2
     with pytest.raises(PipelineError, match="not a finished train.py run"):
-        RunMember.load(str(tmp_path / "nowhere"))
+        RunMember.load(str(tmp_path / "nowhere"), ["r1"])
