@@ -111,6 +111,16 @@ def stack_runs(members: list[RunMember], gold: np.ndarray, threshold: float = 0.
     return {"nested_oof": nested, "fold_test": fold_test, "scores": scores, "weights": weights}
 
 
+def check_outside_runs(path: str, option: str, run_dirs: list[str]) -> None:
+    """An output inside a run being stacked would replace one of the files read from it (a fold's probabilities,
+    its submission): refuse it before anything is read or written."""
+    target = os.path.realpath(path)
+    for run_dir in run_dirs:
+        run = os.path.realpath(run_dir)
+        if os.path.commonpath([target, run]) == run:
+            raise PipelineError(f"{path}: {option} lies inside {run_dir}, a run that --runs reads: write it elsewhere")
+
+
 def stack_files(run_dirs: list[str], output_path: str, rule, probs_path: str | None = None) -> dict:
     """Stack finished runs into a submission for their test file: fitted on OOF only, each fold's stacked test
     probabilities decided and voted by `rule` (a `DecisionRule`). Returns `stack_runs`' result plus the decisions."""
@@ -123,6 +133,7 @@ def stack_files(run_dirs: list[str], output_path: str, rule, probs_path: str | N
     for option, path in (("--output", output_path), ("--probs", probs_path)):
         if path is not None:
             check_output_path(path, option)
+            check_outside_runs(path, option, run_dirs)
     config = read_mapping(RunFolder(run_dirs[0]).config)
     if not config.get("train_files"):
         raise PipelineError(f"{run_dirs[0]}: not a finished train.py run (no {os.path.basename(RunFolder('').config)})")

@@ -54,6 +54,12 @@ def test_runs_of_other_folds_or_options_are_refused(tiny_run, tmp_path):
                       tmp_path / "s.jsonl", check=False)
     assert refused.returncode == 1 and "its folds differ" in refused.stderr
     assert not (tmp_path / "s.jsonl").exists()
+    # an output inside a stacked run would replace that run's own files
+    fold_file = three_folds / "fold_0" / "val_probs.jsonl"
+    before = fold_file.read_bytes()
+    refused = run_cli("ensemble.py", "--runs", tiny_run, three_folds, "--strategy", "stack", "--output", fold_file,
+                      check=False)
+    assert refused.returncode == 1 and "lies inside" in refused.stderr and fold_file.read_bytes() == before
     for extra in (["--weights", "1", "2"], ["--strategy", "hard"]):
         args = ["--runs", tiny_run, three_folds, "--strategy", "stack", "--output", tmp_path / "s.jsonl", *extra]
         assert run_cli("ensemble.py", *args, check=False).returncode == 2
