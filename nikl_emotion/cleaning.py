@@ -1,7 +1,7 @@
 """Text cleaning that keeps the target span aligned.
 
 Every step is a set of non-overlapping substitutions (regex matches or emoji spans). Applying them through
-`_substitute` rewrites the text and maps the target's offsets through the same edits, so the span is recomputed
+`substitute` rewrites the text and maps the target's offsets through the same edits, so the span is recomputed
 rather than left pointing at the old offsets.
 
 Any cleaning first composes the text to NFC (decomposed Hangul would otherwise be erased as symbols). The symbol
@@ -67,7 +67,7 @@ def _map_offset(offset: int, edits: Iterable[Edit], is_end: bool) -> int:
     return offset + shift
 
 
-def _substitute(text: str, span: Span | None, edits: list[Edit]) -> tuple[str, Span | None]:
+def substitute(text: str, span: Span | None, edits: list[Edit]) -> tuple[str, Span | None]:
     if not edits:
         return text, span
     pieces, cursor = [], 0
@@ -135,7 +135,7 @@ def clean_text(text: str, span: Span | None, options: CleaningOptions) -> tuple[
     target (e.g. a target made of emoji); callers then keep the target's position with no characters.
     """
     for step in _steps(options):
-        text, span = _substitute(text, span, step(text))
+        text, span = substitute(text, span, step(text))
     if span is not None:
         begin, end = span
         while begin < end and text[begin].isspace():

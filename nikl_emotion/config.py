@@ -20,7 +20,9 @@ from nikl_emotion.encoding import INPUT_FORMATS
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.labels import NUM_LABELS
 from nikl_emotion.losses import LOSSES, LossParameterError, build_loss
+from nikl_emotion.morphemes import PRETOKENIZERS, kiwi
 from nikl_emotion.ngram import check_ngram_spec, is_ngram
+from nikl_emotion.preprocessing import check_pretokenizer
 from nikl_emotion.run_folder import is_run_file
 from nikl_emotion.voting import DecisionRule
 
@@ -56,6 +58,9 @@ class PreprocessingArguments:
     remove_emoji: bool = field(default=False, metadata={"help": "Remove emoji (implied by cleanse)."})
     input_format: str = field(default="pair", metadata={"help": "How the target is shown to the model: pair, marker or prompt."})
     max_seq_length: int = field(default=200, metadata={"help": "Truncate encodings to this many tokens."})
+    offline_pretokenizer: str = field(default="none", metadata={"help": "none, or kiwi: split words at morpheme "
+                                      "boundaries (kiwipiepy) before an offline backbone's subword tokenizer; a "
+                                      "folder post-trained with it needs the same."})
 
     def __post_init__(self):
         validate_preprocessing(self)
@@ -249,6 +254,7 @@ def validate(
     validate_reporting(training_args)
     validate_training_values(training_args)
     check_inputs_outside_run(training_args.output_dir, [*data_args.train_files, *filter(None, [data_args.test_file])])
+    check_pretokenizer(model_args.model_name_or_path, data_args.offline_pretokenizer)
     if training_args.label_smoothing_factor:
         raise PipelineError(
             "label_smoothing_factor: the Trainer's smoothing is for single-label cross-entropy and would be ignored "
@@ -303,6 +309,10 @@ def validate_preprocessing(args: PreprocessingArguments) -> None:
         raise PipelineError(f"input_format: {args.input_format!r} is not one of {', '.join(INPUT_FORMATS)}")
     if args.max_seq_length < 8:
         raise PipelineError(f"max_seq_length: must be at least 8, got {args.max_seq_length}")
+    if args.offline_pretokenizer not in PRETOKENIZERS:
+        raise PipelineError(f"offline_pretokenizer: {args.offline_pretokenizer!r} is not one of {', '.join(PRETOKENIZERS)}")
+    if args.offline_pretokenizer == "kiwi":
+        kiwi()  # a missing kiwipiepy stops the run before any work, with the pip command
 
 
 def validate_loss(loss_args: LossArguments) -> None:

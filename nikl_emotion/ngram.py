@@ -60,13 +60,14 @@ def label_probability(model, features) -> np.ndarray:
 
 
 class NgramClassifier:
-    """TF-IDF over the text's character 1-4-grams (within word boundaries) and over the target's 1-3-grams, then an
+    """TF-IDF over the text's character 1-4-grams (within word boundaries), over its morpheme 1-2-grams (`form/TAG`
+    from kiwipiepy, `morphemes`) and over the target's character 1-3-grams, then an
     L2 logistic regression per label. A label absent (or always present) in the training rows gets its constant
     rate instead of a regression, which cannot be fitted on one class."""
 
-    def __init__(self, c: float = 4.0, max_features: int = 300_000, seed: int = 42):
-        self.c, self.max_features, self.seed = c, max_features, seed
-        self.text_features = self.target_features = None
+    def __init__(self, c: float = 4.0, max_features: int = 300_000, seed: int = 42, morphemes: bool = True):
+        self.c, self.max_features, self.seed, self.morphemes = c, max_features, seed, morphemes
+        self.text_features = self.target_features = self.morpheme_features = None
         self.models: list = []
 
     @staticmethod
@@ -86,8 +87,15 @@ class NgramClassifier:
             # data without targets (all null, e.g. KOTE) has no target block
             self.target_features = TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 3), sublinear_tf=True,
                                                    dtype=np.float32) if any(targets) else None
+            self.morpheme_features = TfidfVectorizer(analyzer="word", token_pattern=r"\S+", lowercase=False,
+                                                     ngram_range=(1, 2), min_df=2, sublinear_tf=True,
+                                                     max_features=self.max_features, dtype=np.float32) if self.morphemes else None
         transform = "fit_transform" if fit else "transform"
         blocks = [getattr(self.text_features, transform)(texts)]
+        if getattr(self, "morpheme_features", None) is not None:  # models saved before the morpheme block have none
+            from nikl_emotion.morphemes import morpheme_strings
+
+            blocks.append(getattr(self.morpheme_features, transform)(morpheme_strings(texts)))
         if self.target_features is not None:
             blocks.append(getattr(self.target_features, transform)(targets))
         return hstack(blocks).tocsr()

@@ -46,7 +46,7 @@ from nikl_emotion.data import load_jsonl_files
 from nikl_emotion.encoding import add_marker_tokens, tokenize_batch
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.fileio import write_json_atomic
-from nikl_emotion.preprocessing import Preprocessing, check_unknown_rate, clean
+from nikl_emotion.preprocessing import Preprocessing, check_pretokenizer, check_unknown_rate, clean
 from nikl_emotion.locking import exclusive
 from nikl_emotion.ngram import is_ngram
 from nikl_emotion.run_folder import PostTrainFolder, input_digests, last_complete_checkpoint, prepare_output_dir, read_mapping
@@ -100,6 +100,7 @@ def parse_post_train_config(argv: list[str]) -> tuple[ModelArguments, PostTrainD
         argv, (ModelArguments, PostTrainDataArguments, MLMArguments, TrainingArguments), POST_TRAIN_DEFAULTS
     )
     validate_reporting(training_args)
+    check_pretokenizer(model_args.model_name_or_path, data_args.offline_pretokenizer)
     if data_args.validation_fraction == 0 and training_args.eval_strategy != "no":
         raise PipelineError("validation_fraction 0 leaves nothing to evaluate: set eval_strategy: no as well")
     return model_args, data_args, mlm_args, training_args

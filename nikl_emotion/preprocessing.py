@@ -22,6 +22,7 @@ from nikl_emotion.encoding import INPUT_FORMATS, MAX_UNKNOWN_RATE, tokenize_batc
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.fileio import write_json_atomic
 from nikl_emotion.labels import LABELS
+from nikl_emotion.morphemes import PRETOKENIZERS, segment_batch
 
 PREPROCESSING_FILE = "preprocessing.json"
 logger = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ class Preprocessing:
     cleaning: CleaningOptions
     input_format: str = "pair"
     max_seq_length: int = 200
+    pretokenizer: str = "none"  # "kiwi": morpheme boundaries become spaces before the subword tokenizer
 
     @classmethod
     def from_data_args(cls, data_args) -> "Preprocessing":
@@ -41,7 +43,8 @@ class Preprocessing:
             cleanse=data_args.cleanse,
             remove_emoji=data_args.remove_emoji,
         )
-        return cls(cleaning=cleaning, input_format=data_args.input_format, max_seq_length=data_args.max_seq_length)
+        return cls(cleaning=cleaning, input_format=data_args.input_format, max_seq_length=data_args.max_seq_length,
+                   pretokenizer=data_args.offline_pretokenizer)
 
     def save(self, folder: str) -> None:
         write_json_atomic(os.path.join(folder, PREPROCESSING_FILE), {**dataclasses.asdict(self), "labels": list(LABELS)})
@@ -69,7 +72,10 @@ class Preprocessing:
         length = data.get("max_seq_length")
         if isinstance(length, bool) or not isinstance(length, int) or length < 8:
             raise PipelineError(f"{path}: max_seq_length: expected a whole number >= 8, got {length!r}")
-        return cls(CleaningOptions(**cleaning), data["input_format"], length)
+        pretokenizer = data.get("pretokenizer", "none")  # checkpoints saved before the key existed: none
+        if pretokenizer not in PRETOKENIZERS:
+            raise PipelineError(f"{path}: unknown pretokenizer {pretokenizer!r}")
+        return cls(CleaningOptions(**cleaning), data["input_format"], length, pretokenizer)
 
 
 def preprocessing_differences(backbone: str, preprocessing: Preprocessing) -> list[str]:
@@ -88,6 +94,25 @@ def preprocessing_differences(backbone: str, preprocessing: Preprocessing) -> li
     return differences
 
 
+def check_pretokenizer(backbone: str, pretokenizer: str) -> None:
+    """The pre-tokenizer must be the one the backbone's tokenizer was trained with: a vocabulary learned on
+    morpheme-segmented text sees other pieces in unsegmented text, and the reverse. Morpheme segmentation exists for
+    the offline backbones (whose tokenizer is trained here) and the folders post-trained from them; a hub
+    tokenizer never learned segmented text."""
+    from nikl_emotion.backbone import is_offline
+    from nikl_emotion.ngram import is_ngram
+
+    if is_offline(backbone) or is_ngram(backbone):
+        return
+    learned = Preprocessing.load(backbone).pretokenizer if os.path.isfile(os.path.join(backbone, PREPROCESSING_FILE)) else "none"
+    if learned != pretokenizer:
+        where = (f"{backbone} was post-trained with offline_pretokenizer: {learned}" if learned != "none"
+                 else f"{backbone}'s tokenizer was not trained on morpheme-segmented text (offline_pretokenizer "
+                      "applies to offline:* backbones and the folders post-trained from them)")
+        raise PipelineError(f"offline_pretokenizer: {pretokenizer} does not fit the backbone: {where}; set "
+                            f"offline_pretokenizer: {learned}")
+
+
 def warn_if_preprocessing_differs(backbone: str, preprocessing: Preprocessing) -> None:
     """A post-trained encoder (and its tokenizer) learned the text in one form; fine-tuning it on another still runs
     but throws part of the post-training away, so say which keys differ."""
@@ -100,7 +125,12 @@ def warn_if_preprocessing_differs(backbone: str, preprocessing: Preprocessing) -
 
 
 def clean(rows: Dataset, preprocessing: Preprocessing) -> Dataset:
-    """Cleaned rows; a text that cleaning empties (e.g. only emoji) is kept, encoded as the target alone or empty."""
+    """Cleaned rows (then segmented into morphemes with `pretokenizer: kiwi`); a text that cleaning empties (e.g.
+    only emoji) is kept, encoded as the target alone or empty."""
+    if preprocessing.pretokenizer == "kiwi":
+        rows = rows if not preprocessing.cleaning.any else clean(rows, dataclasses.replace(preprocessing, pretokenizer="none"))
+        # one analyser process-wide with its own threads: datasets' multiprocessing would load one per worker
+        return rows.map(segment_batch, batched=True, batch_size=4096, desc="morpheme segmentation")
     if not preprocessing.cleaning.any:
         return rows
     cleaned = rows.map(clean_batch, batched=True, fn_kwargs={"options": preprocessing.cleaning}, desc="cleaning")

@@ -182,10 +182,16 @@ RESUMABLE_KEYS = frozenset({
 })
 
 
+# keys added after runs were first written, with the value that reproduces what those runs did: a config.yaml
+# without one of them is that value, so an older run still resumes, summarises and rebuilds
+ADDED_KEY_DEFAULTS: dict[str, object] = {"offline_pretokenizer": "none", "time_budget_minutes": None, "objective": "mlm"}
+
+
 def config_difference(old: dict, new: dict) -> str | None:
     """The first result-affecting key whose value differs between two resolved configs, as `key: old -> new`."""
     for key in sorted(set(old) | set(new)):
-        if key not in RESUMABLE_KEYS and old.get(key) != new.get(key):
+        default = ADDED_KEY_DEFAULTS.get(key)
+        if key not in RESUMABLE_KEYS and old.get(key, default) != new.get(key, default):
             return f"{key}: {old.get(key, '(default)')!r} -> {new.get(key, '(default)')!r}"
     return None
 

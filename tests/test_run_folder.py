@@ -56,3 +56,12 @@ def test_post_training_folder_owns_its_paths(tmp_path):
     os.makedirs(folder.checkpoints)
     assert folder.has_results()
     assert isinstance(RunFolder(str(tmp_path)).fold(0), FoldFolder)
+
+
+def test_a_key_added_later_reads_as_its_neutral_value_in_an_older_run():
+    from nikl_emotion.run_folder import config_difference
+
+    old = {"model_name_or_path": "offline:electra-tiny", "max_seq_length": 200}  # written before the key existed
+    assert config_difference(old, {**old, "offline_pretokenizer": "none"}) is None
+    assert config_difference(old, {**old, "offline_pretokenizer": "kiwi"}) == "offline_pretokenizer: '(default)' -> 'kiwi'"
+    assert config_difference(old, {**old, "max_seq_length": 128}) == "max_seq_length: 200 -> 128"
