@@ -15,7 +15,9 @@ import logging
 import math
 import os
 import shutil
+import time
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -23,7 +25,9 @@ from accelerate import PartialState
 from datasets import Dataset
 from transformers.modeling_outputs import MaskedLMOutput
 from transformers import (
+    AutoConfig,
     AutoModelForMaskedLM,
+    ElectraForPreTraining,
     AutoModelForSequenceClassification,
     PreTrainedModel,
     DataCollatorForLanguageModeling,
@@ -33,7 +37,9 @@ from transformers import (
 )
 
 from nikl_emotion.batching import padded_width
-from nikl_emotion.backbone import check_max_seq_length, is_offline, load_tokenizer, offline_config, train_wordpiece_tokenizer
+from nikl_emotion.backbone import (
+    check_max_seq_length, is_offline, load_tokenizer, offline_config, parse_offline_spec, train_wordpiece_tokenizer,
+)
 from nikl_emotion.config import (
     ModelArguments,
     PreprocessingArguments,
@@ -49,6 +55,8 @@ from nikl_emotion.fileio import write_json_atomic
 from nikl_emotion.preprocessing import Preprocessing, check_pretokenizer, check_unknown_rate, clean
 from nikl_emotion.locking import exclusive
 from nikl_emotion.ngram import is_ngram
+from nikl_emotion.rtd import ReplacedTokenDetection, check_rtd_backbone
+from nikl_emotion.time_budget import describe, measure_step_seconds, plan_steps
 from nikl_emotion.run_folder import PostTrainFolder, input_digests, last_complete_checkpoint, prepare_output_dir, read_mapping
 from nikl_emotion.training import LengthListSamplerMixin, keep_tensorboard_logs
 
@@ -67,15 +75,34 @@ class PostTrainDataArguments(PreprocessingArguments):
             raise PipelineError(f"validation_fraction: must be in [0, 0.5), got {self.validation_fraction}")
 
 
+OBJECTIVES: tuple[str, ...] = ("mlm", "rtd")
+
+
 @dataclass
 class MLMArguments:
+    objective: str = field(default="mlm", metadata={"help": "mlm (masked-LM) or rtd (ELECTRA replaced-token detection: "
+                           "a small generator fills the masked tokens, the encoder learns to spot them; ELECTRA backbones)."})
     mlm_probability: float = field(default=0.15, metadata={"help": "Share of tokens selected for prediction."})
     whole_word_mask: bool = field(default=False, metadata={"help": "Mask all WordPiece pieces of a word together."})
+    rtd_generator_size: float = field(default=0.25, metadata={"help": "rtd: the generator's width as a share of the "
+                                      "discriminator's (the paper: 1/4 to 1/2)."})
+    rtd_discriminator_weight: float = field(default=50.0, metadata={"help": "rtd: weight of the discriminator's loss "
+                                            "beside the generator's (the paper: 50)."})
+    time_budget_minutes: float | None = field(default=None, metadata={"help": "Size the training to this many minutes "
+                                              "of this machine (measured on the first steps) instead of num_train_epochs."})
     overwrite: bool = field(default=False, metadata={"help": "Start again in an output_dir that holds another post-training run."})
 
     def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise PipelineError(f"objective: {self.objective!r} is not one of {', '.join(OBJECTIVES)}")
         if not 0.0 < self.mlm_probability < 1.0:
             raise PipelineError(f"mlm_probability: must be in (0, 1), got {self.mlm_probability}")
+        if not 0.0 < self.rtd_generator_size <= 1.0:
+            raise PipelineError(f"rtd_generator_size: must be in (0, 1], got {self.rtd_generator_size}")
+        if self.rtd_discriminator_weight <= 0:
+            raise PipelineError(f"rtd_discriminator_weight: must be > 0, got {self.rtd_discriminator_weight}")
+        if self.time_budget_minutes is not None and self.time_budget_minutes <= 0:
+            raise PipelineError(f"time_budget_minutes: must be > 0 minutes, got {self.time_budget_minutes}")
 
 
 POST_TRAIN_DEFAULTS: dict[str, object] = {
@@ -101,15 +128,20 @@ def parse_post_train_config(argv: list[str]) -> tuple[ModelArguments, PostTrainD
     )
     validate_reporting(training_args)
     check_pretokenizer(model_args.model_name_or_path, data_args.offline_pretokenizer)
+    if mlm_args.objective == "rtd" and is_offline(model_args.model_name_or_path):  # before the tokenizer is trained
+        arch, _ = parse_offline_spec(model_args.model_name_or_path)
+        check_rtd_backbone(SimpleNamespace(model_type=arch), model_args.model_name_or_path)
     if data_args.validation_fraction == 0 and training_args.eval_strategy != "no":
         raise PipelineError("validation_fraction 0 leaves nothing to evaluate: set eval_strategy: no as well")
     return model_args, data_args, mlm_args, training_args
 
 
 def mlm_model_and_tokenizer(
-    model_args: ModelArguments, texts: list[str], preprocessing: Preprocessing, seed: int, output_dir: str
+    model_args: ModelArguments, texts: list[str], preprocessing: Preprocessing, seed: int, output_dir: str,
+    objective: str = "mlm",
 ):
-    """A masked-LM model and its tokenizer: from a hub name or folder, or a new offline backbone built on `texts`.
+    """A masked-LM model (`objective: rtd`: an ELECTRA discriminator) and its tokenizer: from a hub name or folder,
+    or a new offline backbone built on `texts`.
     An offline tokenizer is saved to `output_dir` at once, so a resumed run (and every other process) uses the very
     vocabulary the checkpoints were trained with instead of training it again."""
     with_markers = preprocessing.input_format == "marker"
@@ -123,13 +155,19 @@ def mlm_model_and_tokenizer(
                 if state.is_main_process:
                     tokenizer.save_pretrained(output_dir)
         config = offline_config(model_args.model_name_or_path, tokenizer)
+        if objective == "rtd":
+            check_rtd_backbone(config, model_args.model_name_or_path)
         torch.manual_seed(seed)
-        model = AutoModelForMaskedLM.from_config(config)
+        model = ElectraForPreTraining(config) if objective == "rtd" else AutoModelForMaskedLM.from_config(config)
         keep_classifier_modules(model, None)
     else:
         tokenizer = load_tokenizer(model_args.model_name_or_path, with_markers=with_markers)
         check_max_seq_length(preprocessing.max_seq_length, model_args.model_name_or_path, tokenizer)
-        model = AutoModelForMaskedLM.from_pretrained(model_args.model_name_or_path)
+        if objective == "rtd":
+            check_rtd_backbone(AutoConfig.from_pretrained(model_args.model_name_or_path), model_args.model_name_or_path)
+            model = ElectraForPreTraining.from_pretrained(model_args.model_name_or_path)
+        else:
+            model = AutoModelForMaskedLM.from_pretrained(model_args.model_name_or_path)
         keep_classifier_modules(model, model_args.model_name_or_path)
     if with_markers:
         add_marker_tokens(tokenizer)
@@ -244,6 +282,7 @@ def run_post_training(
     other processes of `accelerate launch`)."""
     if is_ngram(model_args.model_name_or_path):
         raise PipelineError(f"model_name_or_path: post-training trains an encoder; {model_args.model_name_or_path} is not one")
+    started = time.monotonic()
     state = PartialState()
     folder = PostTrainFolder(training_args.output_dir)
     preprocessing = Preprocessing.from_data_args(data_args)
@@ -264,22 +303,32 @@ def run_post_training(
             return read_mapping(folder.summary)
         set_seed(training_args.seed)
         model, tokenizer = mlm_model_and_tokenizer(model_args, [t for t in cleaned["text"] if t], preprocessing,
-                                                   training_args.seed, folder.root)
+                                                   training_args.seed, folder.root, mlm_args.objective)
         train_rows, eval_rows = post_training_rows(cleaned, tokenizer, preprocessing, data_args, mlm_args, training_args)
+        plan = None
+        if mlm_args.time_budget_minutes is not None:
+            plan = budget_plan(model, tokenizer, train_rows, eval_rows, mlm_args, training_args, folder, started)
+            training_args = dataclasses.replace(training_args, max_steps=plan["max_steps"])
+            set_seed(training_args.seed)  # the measured steps drew random numbers: the run starts as it would without
         trainer = post_trainer(model, tokenizer, train_rows, eval_rows, mlm_args, training_args)
         before, after = train_with_eval_losses(trainer, folder, has_eval=eval_rows is not None)
         if not trainer.is_world_process_zero():
             return None
         summary = {
             "base_model": model_args.model_name_or_path,
+            "objective": mlm_args.objective,
             "files": list(data_args.train_files),
             "train_rows": len(train_rows),
             "eval_rows": 0 if eval_rows is None else len(eval_rows),
             "steps": trainer.state.global_step,
             "eval_loss_before": before,
             "eval_loss_after": after,
-            "perplexity_after": None if after is None else math.exp(min(after, 50)),
+            # the RTD loss mixes the generator's cross-entropy with the weighted discriminator loss: no perplexity
+            "perplexity_after": None if after is None or mlm_args.objective != "mlm" else math.exp(min(after, 50)),
+            "seconds": round(time.monotonic() - started, 1),
         }
+        if plan is not None:
+            summary["time_budget"] = plan
         save_post_trained(folder, model, tokenizer, preprocessing, summary)
         return summary
 
@@ -299,13 +348,38 @@ def post_training_rows(cleaned: Dataset, tokenizer, preprocessing: Preprocessing
     return split["train"], split["test"]
 
 
+def budget_plan(model, tokenizer, train_rows: Dataset, eval_rows: Dataset | None, mlm_args: MLMArguments,
+                training_args: TrainingArguments, folder: PostTrainFolder, started: float) -> dict:
+    """The steps that fit `time_budget_minutes` on this machine, measured on a few real steps; a resumed run reads
+    the plan it started with (its schedule must not change)."""
+    plan = read_mapping(folder.time_budget)
+    if plan.get("time_budget_minutes") != mlm_args.time_budget_minutes:
+        probe = post_trainer(model, tokenizer, train_rows, eval_rows, mlm_args, training_args)
+        step_seconds = measure_step_seconds(probe)
+        steps_per_epoch = max(1, len(probe.get_train_dataloader()) // training_args.gradient_accumulation_steps)
+        # a held-out pass: forward only (~1/3 of a training step's work per row)
+        eval_seconds = (0 if eval_rows is None else len(eval_rows)) * step_seconds / training_args.train_batch_size / 3
+        plan = plan_steps(mlm_args.time_budget_minutes, time.monotonic() - started, step_seconds, steps_per_epoch,
+                          eval_seconds)
+        if probe.is_world_process_zero():
+            write_json_atomic(folder.time_budget, plan)
+        del probe
+    if PartialState().is_main_process:
+        print(f"post-training: {describe(plan)}")
+    return plan
+
+
 def post_trainer(model, tokenizer, train_rows: Dataset, eval_rows: Dataset | None, mlm_args: MLMArguments,
                  training_args: TrainingArguments) -> PostTrainer:
-    """The MLM Trainer: checkpoints in OUT/checkpoints, logs in OUT/runs, the vocabulary head on masked positions."""
+    """The post-training Trainer: checkpoints in OUT/checkpoints, logs in OUT/runs; MLM with the vocabulary head on
+    masked positions, or RTD (generator + the discriminator `model`)."""
     folder = PostTrainFolder(training_args.output_dir)
     args = dataclasses.replace(training_args, output_dir=folder.checkpoints, remove_unused_columns=False,
                                prediction_loss_only=True)
-    use_masked_positions_head(model)
+    if mlm_args.objective == "rtd":
+        model = ReplacedTokenDetection(model, mlm_args.rtd_generator_size, mlm_args.rtd_discriminator_weight)
+    else:
+        use_masked_positions_head(model)
     collator = MLMCollator(tokenizer, mlm_probability=mlm_args.mlm_probability, whole_word_mask=mlm_args.whole_word_mask,
                            pad_to_multiple_of=8 if torch.cuda.is_available() else None, seed=training_args.seed)
     trainer = PostTrainer(model=model, args=args, train_dataset=train_rows, eval_dataset=eval_rows,
@@ -339,9 +413,12 @@ def save_post_trained(folder: PostTrainFolder, model, tokenizer, preprocessing: 
     preprocessing.save(folder.root)
     write_json_atomic(folder.summary, summary)
     shutil.rmtree(folder.checkpoints, ignore_errors=True)
-    with contextlib.suppress(FileNotFoundError):
-        os.remove(folder.eval_loss_before)
+    for leftover in (folder.eval_loss_before, folder.time_budget):  # their content is in the summary
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(leftover)
     before, after = summary["eval_loss_before"], summary["eval_loss_after"]
-    print(f"post-trained {summary['base_model']} on {summary['train_rows']} rows, {summary['steps']} steps; "
-          f"held-out MLM loss {before if before is None else round(before, 4)} -> {after if after is None else round(after, 4)}; "
+    budget = summary.get("time_budget")
+    took = f" in {summary['seconds'] / 60:.1f} min" + (f" of a {budget['time_budget_minutes']:g}-minute budget" if budget else "")
+    print(f"post-trained {summary['base_model']} ({summary['objective']}) on {summary['train_rows']} rows, "
+          f"{summary['steps']} steps{took}; held-out {summary['objective'].upper()} loss {before if before is None else round(before, 4)} -> {after if after is None else round(after, 4)}; "
           f"saved to {folder.root}")

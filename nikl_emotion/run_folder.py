@@ -133,6 +133,7 @@ class PostTrainFolder:
     checkpoints = property(lambda self: self._path("checkpoints"))  # the Trainer's; deleted once the model is saved
     runs = property(lambda self: self._path("runs"))  # TensorBoard logs, kept
     eval_loss_before = property(lambda self: self._path("eval_loss_before.json"))  # survives a resume
+    time_budget = property(lambda self: self._path("time_budget.json"))  # the steps planned: a resume keeps them
     lock = property(lambda self: self._path(".post_train.lock"))
 
     def is_finished(self) -> bool:
@@ -184,7 +185,8 @@ RESUMABLE_KEYS = frozenset({
 
 # keys added after runs were first written, with the value that reproduces what those runs did: a config.yaml
 # without one of them is that value, so an older run still resumes, summarises and rebuilds
-ADDED_KEY_DEFAULTS: dict[str, object] = {"offline_pretokenizer": "none", "time_budget_minutes": None, "objective": "mlm"}
+ADDED_KEY_DEFAULTS: dict[str, object] = {"offline_pretokenizer": "none", "time_budget_minutes": None, "objective": "mlm",
+                                         "rtd_generator_size": 0.25, "rtd_discriminator_weight": 50.0}
 
 
 def config_difference(old: dict, new: dict) -> str | None:

@@ -1,0 +1,81 @@
+"""A time budget for post-training that holds on any machine: measure this machine's optimizer steps, then size
+the training (and its learning-rate schedule) to the minutes left.
+
+Two 2-core machines differ by 2x (80 vs 150 s per MLM epoch of the offline recipe), so a fixed `num_train_epochs`
+either wastes a fast machine or overruns on a slow one. `time_budget_minutes` replaces it: a few real steps
+(data loading, forward, backward, optimizer; the learning rate 0, so the weights do not move) give the seconds per
+step, and `max_steps` is what fits in the budget after the time already spent (loading, the tokenizer) and the
+held-out evaluations. The plan is kept in the output folder, so a resumed run keeps its schedule.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+CALIBRATION_STEPS = 12  # measured steps, after
+CALIBRATION_WARMUP = 3  # unmeasured ones (the first batch is the longest; allocator and thread-pool warm-up)
+SAFETY = 0.95  # share of the remaining time planned for; the rest absorbs noise and the final save
+
+
+def measure_step_seconds(trainer, steps: int = CALIBRATION_STEPS, warmup: int = CALIBRATION_WARMUP) -> float:
+    """Seconds per optimizer step of `trainer`'s model on its own training batches (the slowest process's, under
+    `accelerate launch`). The optimizer runs with learning rate 0 and no weight decay: the step costs what a real
+    one does and changes no weight."""
+    model = trainer.model
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.0, weight_decay=0.0)
+    batches = iter(trainer.get_train_dataloader())
+    marks = []
+    for step in range(warmup + steps):
+        try:
+            batch = trainer._prepare_inputs(next(batches))
+        except StopIteration:
+            break
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        if step >= warmup - 1:
+            marks.append(time.perf_counter())
+    optimizer.zero_grad(set_to_none=True)
+    if len(marks) < 2:  # fewer batches than the warm-up: time what there is
+        raise ValueError("too few training batches to measure a step")
+    seconds = (marks[-1] - marks[0]) / (len(marks) - 1)
+    gathered = trainer.accelerator.gather(torch.tensor([seconds], device=trainer.accelerator.device))
+    return float(gathered.max())
+
+
+def plan_steps(budget_minutes: float, spent_seconds: float, step_seconds: float, steps_per_epoch: int,
+               evaluation_seconds: float = 0.0) -> dict:
+    """How many optimizer steps fit: the budget less what is spent, at `step_seconds` each, with one held-out
+    evaluation (`evaluation_seconds`) per epoch begun. At least one step."""
+    available = budget_minutes * 60 * SAFETY - spent_seconds
+    steps = max(1, int(available / step_seconds))
+    for _ in range(3):  # the evaluations depend on the epochs begun, which depend on the steps
+        evaluations = math.ceil(steps / max(steps_per_epoch, 1))
+        steps = max(1, int((available - evaluations * evaluation_seconds) / step_seconds))
+    return {
+        "time_budget_minutes": budget_minutes,
+        "spent_before_training_seconds": round(spent_seconds, 1),
+        "seconds_per_step": round(step_seconds, 4),
+        "steps_per_epoch": steps_per_epoch,
+        "evaluation_seconds": round(evaluation_seconds, 1),
+        "max_steps": steps,
+        "epochs": round(steps / max(steps_per_epoch, 1), 2),
+        "planned_seconds": round(steps * step_seconds + math.ceil(steps / max(steps_per_epoch, 1)) * evaluation_seconds, 1),
+    }
+
+
+def describe(plan: dict) -> str:
+    return (f"time budget {plan['time_budget_minutes']:g} min: {plan['spent_before_training_seconds']:.0f} s spent "
+            f"before training; {plan['seconds_per_step']:.3f} s per optimizer step measured on this machine; "
+            f"{plan['max_steps']} steps = {plan['epochs']:g} epochs of {plan['steps_per_epoch']} steps (the learning "
+            f"rate schedule spans them; num_train_epochs is not used), ~{plan['planned_seconds'] / 60:.1f} min with "
+            "the held-out evaluations")
