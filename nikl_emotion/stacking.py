@@ -4,7 +4,11 @@ Per label, a logistic regression on the runs' logits for that label (a weight pe
 runs' out-of-fold probabilities only. Its own score is estimated the same way: each fold's OOF rows are stacked by a
 regression fitted on the other folds' rows (`nested` figures). For the test file the final regression (fitted on all
 OOF rows) is applied to each fold's test probabilities — single models' probabilities, like the OOF ones it was
-fitted on — and the folds' stacked probabilities are then decided and voted by the given `DecisionRule`.
+fitted on — and the folds' stacked probabilities are then decided and voted by the given `DecisionRule`, or (with
+`choose`) by the rule `decision.choose_rule` picks on the stack's nested OOF probabilities, as `decision: auto` does
+for a run. The thresholds that choice fits for a fold's rows come from the other folds' stacked rows, whose stackers
+saw that fold's member probabilities (not its labels' use in the stacker of its own rows): a second-order optimism
+the estimate carries.
 """
 
 from __future__ import annotations
@@ -121,9 +125,25 @@ def check_outside_runs(path: str, option: str, run_dirs: list[str]) -> None:
             raise PipelineError(f"{path}: {option} lies inside {run_dir}, a run that --runs reads: write it elsewhere")
 
 
-def stack_files(run_dirs: list[str], output_path: str, rule, probs_path: str | None = None) -> dict:
+def choose_stack_rule(result: dict, gold: np.ndarray, fold_of_row: np.ndarray, rule) -> tuple:
+    """(the rule chosen on the stack's nested OOF probabilities, its record), `rule` being the fixed candidate."""
+    from types import SimpleNamespace
+
+    from nikl_emotion.decision import choose_rule
+    from nikl_emotion.thresholds import fit_thresholds, nested_thresholds
+
+    nested, gold = result["nested_oof"], np.asarray(gold).astype(bool)
+    settings = SimpleNamespace(threshold=rule.threshold, fallback_top_label=rule.fallback, vote_rule=rule.vote_rule,
+                               vote_tie=rule.vote_tie, decision="auto")
+    return choose_rule(nested, gold, fold_of_row, nested_thresholds(nested, gold, fold_of_row, rule.fallback),
+                       fit_thresholds(nested, gold, fallback=rule.fallback), settings)
+
+
+def stack_files(run_dirs: list[str], output_path: str, rule, probs_path: str | None = None, choose: bool = False) -> dict:
     """Stack finished runs into a submission for their test file: fitted on OOF only, each fold's stacked test
-    probabilities decided and voted by `rule` (a `DecisionRule`). Returns `stack_runs`' result plus the decisions."""
+    probabilities decided and voted by `rule` (a `DecisionRule`), or with `choose` by the rule chosen on the
+    stack's nested OOF (`rule` is then the fixed candidate; `result["decision"]` holds the record). Returns
+    `stack_runs`' result plus the decisions."""
     from nikl_emotion.data import iter_inputs, load_jsonl, load_jsonl_files
     from nikl_emotion.fileio import check_distinct_paths, check_output_path, write_probs, write_submission
 
@@ -147,6 +167,9 @@ def stack_files(run_dirs: list[str], output_path: str, rule, probs_path: str | N
         raise PipelineError(f"{test_file}: its rows differ from the runs' test probabilities")
     result = stack_runs(members, np.asarray(train["labels"]), rule.threshold if np.ndim(rule.threshold) == 0 else 0.5,
                         rule.fallback)
+    if choose:
+        rule, result["decision"] = choose_stack_rule(result, np.asarray(train["labels"]), members[0].fold_of_row, rule)
+    result["rule"] = rule
     result["decisions"] = rule.apply(result["fold_test"])
     if probs_path:
         write_probs(probs_path, test["id"], rule.mean(result["fold_test"]))

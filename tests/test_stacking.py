@@ -33,6 +33,32 @@ def test_stack_writes_a_submission_fitted_on_oof_only(tiny_run, ngram_two_folds,
     assert ids == [r["id"] for r in submission] and ((stacked >= 0) & (stacked <= 1)).all()
 
 
+def test_the_stacks_rule_is_chosen_on_its_nested_oof_and_fixed_votes_at_the_threshold(tiny_run, ngram_two_folds, tmp_path):
+    from nikl_emotion.stacking import choose_stack_rule
+    from nikl_emotion.voting import DecisionRule
+
+    train = load_jsonl(SAMPLE_TRAIN)
+    members = [RunMember.load(str(tiny_run), train["id"]), RunMember.load(str(ngram_two_folds), train["id"])]
+    gold = np.asarray(train["labels"]) > 0.5
+    result = stack_runs(members, gold)
+    chosen, record = choose_stack_rule(result, gold, members[0].fold_of_row, DecisionRule("hard", 0.5))
+    assert record["candidates"][0]["name"] == "hard" and record["chosen"] in ("hard", "soft", "hard_tuned", "soft_tuned")
+    auto, fixed = tmp_path / "auto.jsonl", tmp_path / "fixed.jsonl"
+    log = run_cli("ensemble.py", "--runs", tiny_run, ngram_two_folds, "--strategy", "stack", "--output", auto).stdout
+    assert f"decision: auto → {record['chosen']}" in log
+    run_cli("ensemble.py", "--runs", tiny_run, ngram_two_folds, "--strategy", "stack", "--output", fixed,
+            "--stack_decision", "fixed", "--threshold", "0.3")
+    ids = load_jsonl(SAMPLE_TEST, "optional")["id"]
+    for path, rule in ((auto, chosen), (fixed, DecisionRule("hard", 0.3))):
+        rows = [json.loads(line)["output"] for line in path.read_text(encoding="utf-8").splitlines()]
+        expected = rule.apply(result["fold_test"])
+        assert [[row[label] == "True" for label in row] for row in rows] == expected.tolist(), path.name
+    assert len(ids) == len(rows)
+    refused = run_cli("ensemble.py", "--runs", tiny_run, ngram_two_folds, "--strategy", "stack", "--output", fixed,
+                      "--thresholds", tiny_run / "thresholds.json", check=False)
+    assert refused.returncode != 0 and "--stack_decision fixed" in refused.stderr
+
+
 def test_the_nested_stack_never_sees_the_rows_it_scores(tiny_run, ngram_two_folds):
     train = load_jsonl(SAMPLE_TRAIN)
     members = [RunMember.load(str(tiny_run), train["id"]), RunMember.load(str(ngram_two_folds), train["id"])]

@@ -18,13 +18,16 @@ python ensemble.py --runs OUT_A OUT_B --strategy stack --output submission.jsonl
 
 Stacking: finished train.py runs of the same training files, folds and test file; per label a logistic regression
 on the runs' logits, fitted on their out-of-fold probabilities only (its nested OOF score is printed beside each
-run's), applied to each fold's test probabilities; the folds' stacked probabilities are then voted (--threshold,
-hard by default).
+run's), applied to each fold's test probabilities; the folds' stacked probabilities are then decided by the rule
+chosen on the stack's nested OOF (--stack_decision auto, the default: hard or soft vote, at --threshold or at
+per-label thresholds fitted on the stacked OOF rows) or voted at --threshold(s) (--stack_decision fixed).
 """
 
 import argparse
 
 from nikl_emotion.cli import add_decision_arguments, decision_options_given, decision_rule, quiet_libraries
+from nikl_emotion.decision import describe_choice
+from nikl_emotion.errors import PipelineError
 
 
 def main(argv: list[str]) -> int:
@@ -33,6 +36,9 @@ def main(argv: list[str]) -> int:
     source.add_argument("--inputs", nargs="+", help="probability or submission jsonl files")
     source.add_argument("--runs", nargs="+", help="finished train.py runs to stack (with --strategy stack)")
     parser.add_argument("--probs", help="--strategy stack: also write the stacked probabilities (mean of the folds)")
+    parser.add_argument("--stack_decision", choices=["auto", "fixed"], default="auto",
+                        help="--strategy stack: auto chooses hard/soft vote and OOF-fitted thresholds on the stack's "
+                             "nested OOF (as train.py's decision: auto); fixed votes at --threshold(s)")
     parser.add_argument("--output", required=True, help="submission jsonl to write")
     parser.add_argument("--strategy", choices=["hard", "soft", "stack"], default="hard",
                         help="hard: vote decisions; soft: mean probability; stack: a stacker over --runs")
@@ -71,8 +77,13 @@ def stack(args) -> int:
     args.strategy = "hard"  # the folds' stacked probabilities are decided at --threshold(s) and voted
     rule = decision_rule(args)
     quiet_libraries()
-    result = stack_files(args.runs, args.output, rule, args.probs)
+    if args.stack_decision == "auto" and args.thresholds:
+        raise PipelineError("--thresholds: the stack fits its own with --stack_decision auto; add --stack_decision "
+                            "fixed to vote at these")
+    result = stack_files(args.runs, args.output, rule, args.probs, choose=args.stack_decision == "auto")
     for name, scored in result["scores"].items():
         print(f"OOF micro-F1 {scored['micro_f1']:.4f}  macro-F1 {scored['macro_f1']:.4f}  {name}")
+    if "decision" in result:
+        print(describe_choice(result["decision"]))
     print(f"wrote {len(result['decisions'])} rows stacked from {len(args.runs)} runs to {args.output}")
     return 0
