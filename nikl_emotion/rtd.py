@@ -42,6 +42,13 @@ def check_rtd_backbone(config: PretrainedConfig, name: str) -> None:
                             "(use objective: mlm, or an ELECTRA backbone such as offline:electra-mini)")
 
 
+def sample_tokens(logits: torch.Tensor) -> torch.Tensor:
+    """One token per row drawn from softmax(`logits`), by the Gumbel-max trick as in ELECTRA; an empty batch (no
+    masked position in it) gives an empty result."""
+    uniform = torch.rand_like(logits).clamp_(1e-9, 1 - 1e-9)
+    return (logits - torch.log(-torch.log(uniform))).argmax(-1)
+
+
 class ReplacedTokenDetection(torch.nn.Module):
     """Generator + discriminator trained together; `discriminator` is the model saved at the end."""
 
@@ -76,7 +83,7 @@ class ReplacedTokenDetection(torch.nn.Module):
         with torch.no_grad():
             original = torch.where(selected, labels, input_ids)
             corrupted = original.clone()
-            corrupted[selected] = torch.distributions.Categorical(logits=logits).sample()
+            corrupted[selected] = sample_tokens(logits)
             replaced = (corrupted != original).float()  # a sample equal to the original counts as original
         scores = self.discriminator(input_ids=corrupted, **inputs).logits
         attended = attention_mask.bool() if attention_mask is not None else torch.ones_like(selected)

@@ -9,7 +9,8 @@ from transformers import AutoModelForSequenceClassification, ElectraForPreTraini
 
 from conftest import ROOT, run_cli
 from nikl_emotion.backbone import offline_config, train_wordpiece_tokenizer
-from nikl_emotion.rtd import ReplacedTokenDetection, generator_config
+from nikl_emotion import rtd
+from nikl_emotion.rtd import ReplacedTokenDetection, generator_config, sample_tokens
 from nikl_emotion.time_budget import SAFETY, plan_steps
 
 
@@ -49,7 +50,7 @@ def test_the_rtd_loss_matches_the_papers_formula(discriminator_config, monkeypat
     model = ReplacedTokenDetection(ElectraForPreTraining(discriminator_config), discriminator_weight=50.0).eval()
     masked, attention, labels = batch(discriminator_config.vocab_size)
     # the generator's most likely token instead of a sample, so the reference can reproduce the corruption
-    monkeypatch.setattr(torch.distributions.Categorical, "sample", lambda self: self.logits.argmax(-1))
+    monkeypatch.setattr(rtd, "sample_tokens", lambda logits: logits.argmax(-1))
     loss = model(masked, attention_mask=attention, labels=labels).loss
 
     # reference: the generator's MLM over the full vocabulary (output layer = the shared token embeddings),
@@ -65,6 +66,23 @@ def test_the_rtd_loss_matches_the_papers_formula(discriminator_config, monkeypat
     replaced = (corrupted != original).long()
     discriminator_loss = model.discriminator(corrupted, attention_mask=attention, labels=replaced).loss
     torch.testing.assert_close(loss, generator_loss + 50.0 * discriminator_loss, rtol=1e-5, atol=1e-5)
+
+
+def test_a_batch_without_masked_tokens_does_not_stop_training(discriminator_config):
+    model = ReplacedTokenDetection(ElectraForPreTraining(discriminator_config))
+    masked, attention, labels = batch(discriminator_config.vocab_size)
+    nothing = torch.full_like(labels, -100)  # a last, short batch can draw no masked position at all
+    loss = model(masked, attention_mask=attention, labels=nothing).loss
+    loss.backward()  # it crashed here once, 1,331 steps into a NIKL run
+    # weighted by its share (none) of the step's masked tokens: it adds nothing, as it adds no generator loss
+    assert torch.isfinite(loss) and loss == 0
+
+
+def test_tokens_are_sampled_from_the_generators_distribution():
+    torch.manual_seed(0)
+    logits = torch.log(torch.tensor([[0.7, 0.2, 0.1]])).expand(20000, 3)
+    counts = torch.bincount(sample_tokens(logits), minlength=3) / 20000
+    torch.testing.assert_close(counts, torch.tensor([0.7, 0.2, 0.1]), atol=0.015, rtol=0)
 
 
 def test_both_losses_train_the_shared_embeddings(discriminator_config):
