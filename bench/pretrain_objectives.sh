@@ -11,7 +11,7 @@ DATA=${NIKL_DATA:-../shared/data/nikluge-ea-2023}
 [ -f "$DATA/train.jsonl" ] || { echo "skipped: NIKL data not found in $DATA (set NIKL_DATA)"; exit 0; }
 MINUTES=${1:-12}; shift || true
 TAG=${TAG:-}
-for objective in mlm rtd; do
+for objective in ${OBJECTIVES:-mlm rtd}; do
   pt=outputs/pt-$objective$TAG-${MINUTES}min ft=outputs/ft-$objective$TAG-${MINUTES}min
   start=$(date +%s)
   python post_train.py configs/post_train-offline.yaml --objective "$objective" --time_budget_minutes "$MINUTES" \

@@ -230,7 +230,9 @@ def masked_positions_forward(model: torch.nn.Module, head: torch.nn.Module):
         loss = torch.nn.functional.cross_entropy(logits, labels[selected], reduction="sum")
         # normalised by the masked tokens of the whole optimizer step when the Trainer counts them (gradient
         # accumulation, several processes), else by this batch's
-        count = num_items_in_batch if num_items_in_batch is not None else selected.sum().clamp(min=1)
+        # at least 1: a step can draw no masked position (an epoch's last batch of one short row), and 0/0 would
+        # make every weight NaN
+        count = torch.as_tensor(selected.sum() if num_items_in_batch is None else num_items_in_batch).clamp(min=1)
         return MaskedLMOutput(loss=loss / count)
 
     return forward

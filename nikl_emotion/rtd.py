@@ -78,7 +78,7 @@ class ReplacedTokenDetection(torch.nn.Module):
         logits = self.generator_logits(self.generator(input_ids=input_ids, **inputs).last_hidden_state[selected])
         # normalised by the masked tokens of the whole optimizer step when the Trainer counts them (gradient
         # accumulation, several processes), else by this batch's
-        count = num_items_in_batch if num_items_in_batch is not None else selected.sum().clamp(min=1)
+        count = torch.as_tensor(selected.sum() if num_items_in_batch is None else num_items_in_batch).clamp(min=1)
         generator_loss = F.cross_entropy(logits, labels[selected], reduction="sum") / count
         with torch.no_grad():
             original = torch.where(selected, labels, input_ids)

@@ -145,3 +145,21 @@ def test_masked_positions_head_gives_the_models_own_mlm_loss_and_gradients(arch)
     # with the step's token count given (gradient accumulation), the loss is the sum over that count
     count = int((batch["labels"] != -100).sum())
     torch.testing.assert_close(sparse(**batch, num_items_in_batch=2 * count).loss, expected.detach() / 2, rtol=1e-5, atol=1e-6)
+
+
+def test_a_step_without_masked_tokens_leaves_the_weights_finite():
+    """An epoch's last batch can be one short row with no masked position: the Trainer then counts 0 masked
+    tokens for the step, and 0/0 would turn every weight NaN."""
+    from transformers import ElectraForMaskedLM
+
+    from nikl_emotion.backbone import offline_config, train_wordpiece_tokenizer
+    from nikl_emotion.post_training import use_masked_positions_head
+
+    tokenizer = train_wordpiece_tokenizer(["오늘 공연 너무 좋았다"] * 30, vocab_size=100)
+    model = ElectraForMaskedLM(offline_config("offline:electra-tiny", tokenizer))
+    use_masked_positions_head(model)
+    ids = torch.tensor([[2, 10, 11, 3]])
+    loss = model(ids, attention_mask=torch.ones_like(ids), labels=torch.full_like(ids, -100),
+                 num_items_in_batch=torch.tensor(0)).loss
+    loss.backward()
+    assert loss == 0 and all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
