@@ -150,6 +150,7 @@ def test_masked_positions_head_gives_the_models_own_mlm_loss_and_gradients(arch)
 def test_a_step_without_masked_tokens_leaves_the_weights_finite():
     """An epoch's last batch can be one short row with no masked position: the Trainer then counts 0 masked
     tokens for the step, and 0/0 would turn every weight NaN."""
+    import torch
     from transformers import ElectraForMaskedLM
 
     from nikl_emotion.backbone import offline_config, train_wordpiece_tokenizer
