@@ -94,10 +94,3 @@ class ReplacedTokenDetection(torch.nn.Module):
         loss = generator_loss + self.discriminator_weight * discriminator_loss * share
         return MaskedLMOutput(loss=loss)
 
-
-def new_discriminator(config: PretrainedConfig) -> ElectraForPreTraining:
-    return ElectraForPreTraining(config)
-
-
-def load_discriminator(path: str) -> ElectraForPreTraining:
-    return ElectraForPreTraining.from_pretrained(path)
