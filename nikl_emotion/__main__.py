@@ -14,6 +14,7 @@ from nikl_emotion.cli import entry_point
 
 COMMANDS: dict[str, str] = {
     "train": "K-fold fine-tuning (or --hp-search N): train.py CONFIG.yaml [--key value ...]",
+    "distill": "one student from a finished run's soft targets: distill.py CONFIG --teacher_run OUT --output_dir DIR",
     "post_train": "masked-LM post-training on task text: post_train.py CONFIG.yaml [--key value ...]",
     "inference": "predict a jsonl with one or more checkpoints: inference.py --checkpoint DIR.. --input --output",
     "ensemble": "vote probability or submission files: ensemble.py --inputs FILE.. --output FILE",

@@ -22,6 +22,8 @@ from nikl_emotion.labels import NUM_LABELS
 from nikl_emotion.losses import LOSSES, LossParameterError, build_loss
 from nikl_emotion.morphemes import PRETOKENIZERS, kiwi
 from nikl_emotion.ngram import check_ngram_spec, is_ngram
+from nikl_emotion.pseudo_labels import check_pseudo_label_run
+from nikl_emotion.techniques import ADVERSARIAL_METHODS
 from nikl_emotion.preprocessing import check_pretokenizer
 from nikl_emotion.run_folder import is_run_file
 from nikl_emotion.voting import DecisionRule
@@ -56,7 +58,7 @@ class PreprocessingArguments:
     remove_placeholders: bool = field(default=False, metadata={"help": "Remove every &name1&-style placeholder."})
     cleanse: bool = field(default=True, metadata={"help": "KcBERT symbol cleansing (keeps Hangul, ASCII, some punctuation; drops URLs, emoji; squeezes repeats)."})
     remove_emoji: bool = field(default=False, metadata={"help": "Remove emoji (implied by cleanse)."})
-    input_format: str = field(default="pair", metadata={"help": "How the target is shown to the model: pair, marker or prompt."})
+    input_format: str = field(default="pair", metadata={"help": "How the target is shown to the model: pair, marker or prompt; text ignores it (the reference's input)."})
     max_seq_length: int = field(default=200, metadata={"help": "Truncate encodings to this many tokens."})
     offline_pretokenizer: str = field(default="none", metadata={"help": "none, or kiwi: split words at morpheme "
                                       "boundaries (kiwipiepy) before an offline backbone's subword tokenizer; a "
@@ -140,7 +142,44 @@ class LossArguments:
         return weights
 
 
-ARGUMENT_CLASSES = (ModelArguments, DataArguments, KFoldArguments, LossArguments, TrainingArguments)
+@dataclass
+class TechniqueArguments:
+    """Fine-tuning techniques beyond the reference recipe; each is off at its default (see techniques.py)."""
+
+    layerwise_lr_decay: float = field(default=1.0, metadata={"help": "Layer-wise learning-rate decay: the head "
+                                      "learns at learning_rate, each encoder layer below at the rate above x decay, "
+                                      "the embeddings last; 1.0 = off."})
+    ema_decay: float = field(default=0.0, metadata={"help": "Exponential moving average of the weights (e.g. 0.999): "
+                             "the average is what is evaluated and saved; 0 = off."})
+    swa_epochs: int = field(default=0, metadata={"help": "Stochastic weight averaging over the last N epochs' end "
+                            "weights: the average is what is evaluated and saved; 0 = off."})
+    rdrop_alpha: float = field(default=0.0, metadata={"help": "R-Drop: two dropout passes per row, mean loss plus "
+                               "alpha x their symmetric Bernoulli KL per label; 0 = off."})
+    multi_sample_dropout: int = field(default=1, metadata={"help": "Multi-sample dropout: the head's logits averaged "
+                                      "over N dropout masks in training; 1 = off."})
+    adversarial: str = field(default="none", metadata={"help": "Adversarial training each step: none, fgm (word "
+                             "embeddings moved along their gradient) or awp (every weight matrix, relative to its norm)."})
+    adversarial_epsilon: float | None = field(default=None, metadata={"help": "Size of the adversarial step: fgm, "
+                                              "the L2 norm of the embedding perturbation (default 1.0); awp, its norm "
+                                              "relative to each weight's (default 0.005)."})
+    pseudo_label_run: str | None = field(default=None, metadata={"help": "A finished run (same training files, folds "
+                                         "and seed) whose fold K's confident test predictions become extra training "
+                                         "rows of this run's fold K."})
+    pseudo_label_threshold: float = field(default=0.9, metadata={"help": "A test row is pseudo-labelled when every "
+                                          "label's probability is >= this or <= 1 - this (and one label is positive)."})
+
+    def __post_init__(self):
+        validate_techniques(self)
+
+    def active(self) -> list[str]:
+        """The keys set away from their off value."""
+        off = {f.name: f.default for f in dataclasses.fields(self)}
+        return [key for key in ("layerwise_lr_decay", "ema_decay", "swa_epochs", "rdrop_alpha", "multi_sample_dropout",
+                                "adversarial", "pseudo_label_run") if getattr(self, key) != off[key]]
+
+
+ARGUMENT_CLASSES = (ModelArguments, DataArguments, KFoldArguments, LossArguments, TechniqueArguments,
+                    TrainingArguments)
 
 # Defaults this pipeline needs from TrainingArguments; a YAML file or the command line can still change them.
 TRAINING_DEFAULTS: dict[str, object] = {
@@ -229,11 +268,12 @@ def unknown_keys_message(unknown: list[str], parser: HfArgumentParser, file_toke
     return f"{where}: unknown key {key.lstrip('-')!r}{hint}"
 
 
-def parse_config(argv: list[str]) -> tuple[ModelArguments, DataArguments, KFoldArguments, LossArguments, TrainingArguments]:
+def parse_config(argv: list[str]) -> tuple[ModelArguments, DataArguments, KFoldArguments, LossArguments,
+                                           TechniqueArguments, TrainingArguments]:
     """`[CONFIG.yaml] [--key value ...]` -> validated argument dataclasses."""
-    model_args, data_args, kfold_args, loss_args, training_args = parse_arguments(argv, ARGUMENT_CLASSES, TRAINING_DEFAULTS)
-    validate(model_args, data_args, kfold_args, loss_args, training_args)
-    return model_args, data_args, kfold_args, loss_args, training_args
+    arguments = parse_arguments(argv, ARGUMENT_CLASSES, TRAINING_DEFAULTS)
+    validate(*arguments)
+    return arguments
 
 
 def check_input_files(paths: list[str], what: str) -> None:
@@ -247,7 +287,7 @@ def check_input_files(paths: list[str], what: str) -> None:
 
 def validate(
     model_args: ModelArguments, data_args: DataArguments, kfold_args: KFoldArguments, loss_args: LossArguments,
-    training_args: TrainingArguments,
+    technique_args: TechniqueArguments, training_args: TrainingArguments,
 ) -> None:
     """What no single dataclass can check alone (each validates itself in `__post_init__`): the Trainer's settings
     and how they meet the pipeline's. Fails before any work starts, with a message naming the key."""
@@ -255,6 +295,7 @@ def validate(
     validate_training_values(training_args)
     check_inputs_outside_run(training_args.output_dir, [*data_args.train_files, *filter(None, [data_args.test_file])])
     check_pretokenizer(model_args.model_name_or_path, data_args.offline_pretokenizer)
+    validate_techniques_with(technique_args, model_args, training_args)
     if training_args.label_smoothing_factor:
         raise PipelineError(
             "label_smoothing_factor: the Trainer's smoothing is for single-label cross-entropy and would be ignored "
@@ -329,6 +370,41 @@ def validate_loss(loss_args: LossArguments) -> None:
             build_loss(loss, **{parameter: getattr(loss_args, key) for parameter, key in keys.items()})
         except LossParameterError as exc:
             raise PipelineError(f"{keys.get(exc.parameter, exc.parameter)}: {exc.requirement}, got {exc.value}") from None
+
+
+def validate_techniques(args: TechniqueArguments) -> None:
+    checks = [
+        ("layerwise_lr_decay", 0 < args.layerwise_lr_decay <= 1, "must be in (0, 1] (1 = off)"),
+        ("ema_decay", 0 <= args.ema_decay < 1, "must be in [0, 1) (0 = off)"),
+        ("swa_epochs", args.swa_epochs >= 0, "must be >= 0 (0 = off)"),
+        ("rdrop_alpha", args.rdrop_alpha >= 0, "must be >= 0 (0 = off)"),
+        ("multi_sample_dropout", args.multi_sample_dropout >= 1, "must be at least 1 (1 = off)"),
+        ("adversarial", args.adversarial in ADVERSARIAL_METHODS, f"must be one of {', '.join(ADVERSARIAL_METHODS)}"),
+        ("adversarial_epsilon", args.adversarial_epsilon is None or args.adversarial_epsilon > 0, "must be > 0"),
+        ("pseudo_label_threshold", 0.5 < args.pseudo_label_threshold < 1, "must be in (0.5, 1)"),
+    ]
+    for key, ok, message in checks:
+        if not ok:
+            raise PipelineError(f"{key}: {message}, got {getattr(args, key)!r}")
+    if args.adversarial_epsilon is not None and args.adversarial == "none":
+        raise PipelineError("adversarial_epsilon: set adversarial (fgm or awp) too; alone it does nothing")
+    if args.pseudo_label_run is not None:
+        check_pseudo_label_run(args.pseudo_label_run)
+
+
+def validate_techniques_with(args: TechniqueArguments, model_args: ModelArguments, training_args: TrainingArguments) -> None:
+    """What the techniques need from the rest of the configuration."""
+    if is_ngram(model_args.model_name_or_path):
+        trainer_only = [key for key in args.active() if key != "pseudo_label_run"]
+        if trainer_only:
+            raise PipelineError(f"{trainer_only[0]}: a fine-tuning technique of encoders; "
+                                f"{model_args.model_name_or_path} has no encoder to apply it to")
+    epochs = training_args.num_train_epochs if training_args.max_steps <= 0 else None
+    if args.swa_epochs and epochs is not None and args.swa_epochs > epochs:
+        raise PipelineError(f"swa_epochs: averages the last {args.swa_epochs} epochs of {epochs:g}; "
+                            "it must not exceed num_train_epochs")
+    if args.pseudo_label_run is not None and os.path.realpath(args.pseudo_label_run) == os.path.realpath(training_args.output_dir):
+        raise PipelineError("pseudo_label_run: must be another run than this one (output_dir)")
 
 
 # each loss class's parameters and the LossArguments keys that set them

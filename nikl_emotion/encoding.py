@@ -11,8 +11,9 @@ import pyarrow.compute as pc
 from datasets import Dataset
 from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
-InputFormat = Literal["pair", "marker", "prompt"]
-INPUT_FORMATS: tuple[str, ...] = ("pair", "marker", "prompt")
+InputFormat = Literal["pair", "marker", "prompt", "text"]
+# text: the target is ignored (the reference pipeline's input; its to-do list names the target as unused)
+INPUT_FORMATS: tuple[str, ...] = ("pair", "marker", "prompt", "text")
 
 TARGET_START = "[TGT]"
 TARGET_END = "[/TGT]"
@@ -141,8 +142,8 @@ def bounded(text: str, target: str | None, begin: int | None, end: int | None, i
 
 
 def segments(text: str, target: str | None, begin: int | None, end: int | None, input_format: InputFormat) -> tuple[str, str | None]:
-    """The (segment A, segment B) a row is encoded as; a null target gives the text alone."""
-    if target is None:
+    """The (segment A, segment B) a row is encoded as; a null target (or `text`) gives the text alone."""
+    if target is None or input_format == "text":
         return text, None
     if input_format == "pair":
         return text, target

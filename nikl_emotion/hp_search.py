@@ -32,8 +32,9 @@ import yaml
 from accelerate import PartialState
 from transformers import TrainingArguments
 
-from nikl_emotion.backbone import load_model
-from nikl_emotion.config import DataArguments, KFoldArguments, LossArguments, ModelArguments, resolved_config
+from nikl_emotion.config import (
+    DataArguments, KFoldArguments, LossArguments, ModelArguments, TechniqueArguments, resolved_config,
+)
 from nikl_emotion.data import load_jsonl_files
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.fileio import write_text_atomic
@@ -41,7 +42,7 @@ from nikl_emotion.folds import make_folds
 from nikl_emotion.preprocessing import Preprocessing, clean
 from nikl_emotion.ngram import is_ngram
 from nikl_emotion.run_folder import RunFolder
-from nikl_emotion.training import EmotionTrainer, backbone_and_encodings, fold_trainer_inputs, make_loss
+from nikl_emotion.training import EmotionTrainer, backbone_and_encodings, fold_trainer_inputs, load_classifier, make_loss
 
 BATCH_SIZES = (16, 32, 64, 128)
 LOSS_KEYS = {f.name for f in dataclasses.fields(LossArguments)}
@@ -128,7 +129,7 @@ def write_trials(output_dir: str, study) -> None:
 
 def run_hp_search(
     n_trials: int, model_args: ModelArguments, data_args: DataArguments, kfold_args: KFoldArguments,
-    loss_args: LossArguments, training_args: TrainingArguments,
+    loss_args: LossArguments, technique_args: TechniqueArguments, training_args: TrainingArguments,
 ) -> dict | None:
     try:
         import optuna
@@ -136,6 +137,8 @@ def run_hp_search(
         raise PipelineError("--hp-search needs optuna: pip install optuna") from None
     if is_ngram(model_args.model_name_or_path):
         raise PipelineError(f"--hp-search tunes the Trainer's settings of an encoder; {model_args.model_name_or_path} has none")
+    if technique_args.pseudo_label_run is not None:
+        raise PipelineError("--hp-search tunes on fold 0's training split alone; run it without pseudo_label_run")
     if n_trials < 1:
         raise PipelineError(f"--hp-search: the number of trials must be at least 1, got {n_trials}")
     state = PartialState()
@@ -148,7 +151,7 @@ def run_hp_search(
         cleaned = clean(train_rows, preprocessing)
     if state.is_main_process:
         os.makedirs(output_dir, exist_ok=True)
-        config = resolved_config(model_args, data_args, kfold_args, loss_args, training_args)
+        config = resolved_config(model_args, data_args, kfold_args, loss_args, technique_args, training_args)
         write_text_atomic(run.hp_config, yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
     state.wait_for_everyone()
     backbone, tokenizer, encoded, _ = backbone_and_encodings(model_args, preprocessing, training_args, cleaned)
@@ -161,9 +164,9 @@ def run_hp_search(
     )
     trainer = SearchTrainer(
         model=None,
-        model_init=lambda trial=None: load_model(backbone, tokenizer),
+        model_init=lambda trial=None: load_classifier(backbone, tokenizer, technique_args),
         args=args,
-        **fold_trainer_inputs(train_split, val_split, tokenizer, kfold_args, loss_args),
+        **fold_trainer_inputs(train_split, val_split, tokenizer, kfold_args, loss_args, technique_args),
         loss_args=loss_args,
         train_labels=np.asarray(train_split["labels"]),
     )

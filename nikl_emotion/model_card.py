@@ -29,6 +29,8 @@ def _input_example(input_format: str) -> str:
     if input_format == "pair":
         return ('classifier({"text": "오늘 공연 너무 좋았다", "text_pair": "공연"})  '
                 "# (cleaned text, target form); a null target: the text alone")
+    if input_format == "text":
+        return 'classifier("오늘 공연 너무 좋았다")  # the cleaned text alone (this model was not shown the target)'
     if input_format == "marker":
         return (f'classifier("오늘 {TARGET_START} 공연 {TARGET_END} 너무 좋았다")  '
                 "# the target span wrapped in markers; a null target: the text alone")

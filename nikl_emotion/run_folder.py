@@ -186,7 +186,11 @@ RESUMABLE_KEYS = frozenset({
 # keys added after runs were first written, with the value that reproduces what those runs did: a config.yaml
 # without one of them is that value, so an older run still resumes, summarises and rebuilds
 ADDED_KEY_DEFAULTS: dict[str, object] = {"offline_pretokenizer": "none", "time_budget_minutes": None, "objective": "mlm",
-                                         "rtd_generator_size": 0.25, "rtd_discriminator_weight": 50.0}
+                                         "rtd_generator_size": 0.25, "rtd_discriminator_weight": 50.0,
+                                         # the fine-tuning techniques (TechniqueArguments), off
+                                         "layerwise_lr_decay": 1.0, "ema_decay": 0.0, "swa_epochs": 0, "rdrop_alpha": 0.0,
+                                         "multi_sample_dropout": 1, "adversarial": "none", "adversarial_epsilon": None,
+                                         "pseudo_label_run": None, "pseudo_label_threshold": 0.9}
 
 
 def config_difference(old: dict, new: dict) -> str | None:
@@ -227,9 +231,10 @@ def prepare_output_dir(
         write_json_atomic(inputs_file, inputs)
 
 
-def last_complete_checkpoint(folder: str) -> str | None:
-    """The newest checkpoint that was written to the end (its trainer_state.json is saved last); newer, partial
-    ones (a kill during saving) are deleted so the Trainer does not trip over them."""
+def last_complete_checkpoint(folder: str, required: tuple[str, ...] = ()) -> str | None:
+    """The newest checkpoint that was written to the end (its trainer_state.json is saved last, then the `required`
+    files written after the Trainer's); newer, partial ones (a kill during saving) are deleted so the Trainer does
+    not trip over them."""
     if not os.path.isdir(folder):
         return None
     steps = sorted(
@@ -237,7 +242,7 @@ def last_complete_checkpoint(folder: str) -> str | None:
     )
     for _, name in reversed(steps):
         path = os.path.join(folder, name)
-        if os.path.exists(os.path.join(path, "trainer_state.json")):
+        if all(os.path.exists(os.path.join(path, name)) for name in ("trainer_state.json", *required)):
             return path
         shutil.rmtree(path, ignore_errors=True)
     return None

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import SequentialSampler
 from accelerate import PartialState
-from datasets import Dataset
+from datasets import Dataset, concatenate_datasets
 from transformers.integrations import TensorBoardCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers import EarlyStoppingCallback, EvalPrediction, Trainer, TrainingArguments, set_seed
@@ -25,7 +25,10 @@ from transformers import EarlyStoppingCallback, EvalPrediction, Trainer, Trainin
 from nikl_emotion.batching import MODEL_INPUTS, PaddingCollator, column_array, length_order
 from nikl_emotion.backbone import build_offline_backbone, check_max_seq_length, is_offline, load_model, load_tokenizer
 from nikl_emotion.classifier import EmotionClassifier
-from nikl_emotion.config import DataArguments, KFoldArguments, LossArguments, ModelArguments, resolved_config
+from nikl_emotion.averaging import STATE_FILE as AVERAGING_FILE, WeightAveraging, weight_averaging
+from nikl_emotion.config import (
+    DataArguments, KFoldArguments, LossArguments, ModelArguments, TechniqueArguments, resolved_config,
+)
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.data import iter_column, load_jsonl, load_jsonl_files
 from nikl_emotion.fileio import write_json_atomic, write_probs
@@ -36,6 +39,7 @@ from nikl_emotion.metrics import decide, format_table, score, sigmoid
 from nikl_emotion.model_card import write_model_card
 from nikl_emotion.ngram import is_ngram, train_ngram
 from nikl_emotion.preprocessing import Preprocessing, clean, encode, warn_if_preprocessing_differs
+from nikl_emotion.pseudo_labels import PseudoLabels, fold_pseudo_labels, teacher_test_file
 from nikl_emotion.run_folder import (
     DONE_FILE,
     FoldFolder,
@@ -48,6 +52,7 @@ from nikl_emotion.run_folder import (
 from nikl_emotion.summary import summarize
 from nikl_emotion.decision import describe_choice
 from nikl_emotion.thresholds import describe_gain
+from nikl_emotion.techniques import Adversary, enable_multi_sample_dropout, layerwise_parameter_groups, rdrop_divergence, repeat_batch
 
 MODEL_INPUT_COLUMNS = (*MODEL_INPUTS, "length")  # `length` feeds the sampler only
 TRAINER_COLUMNS = (*MODEL_INPUT_COLUMNS, "labels")
@@ -81,10 +86,12 @@ class EmotionTrainer(LengthListSamplerMixin, Trainer):
     give the same gradients as one big batch.
 
     `loss_fn` must return the element-wise (N, C) loss (`reduction="none"`); `loss_reduction` is "mean" (over all
-    label elements of the optimizer step's batch) or "sum".
+    label elements of the optimizer step's batch) or "sum". The techniques of techniques.py that act inside a step
+    come in as `rdrop_alpha`, `layerwise_lr_decay` and `adversary`.
     """
 
-    def __init__(self, *args, loss_fn: MultiLabelLoss, loss_reduction: str = "mean", **kwargs):
+    def __init__(self, *args, loss_fn: MultiLabelLoss, loss_reduction: str = "mean", rdrop_alpha: float = 0.0,
+                 layerwise_lr_decay: float = 1.0, adversary: Adversary | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         if loss_fn.reduction != "none":
             raise ValueError("EmotionTrainer reduces the loss itself: build loss_fn with reduction='none'")
@@ -92,11 +99,44 @@ class EmotionTrainer(LengthListSamplerMixin, Trainer):
             raise ValueError(f"loss_reduction must be mean or sum, got {loss_reduction!r}")
         self.loss_fn = loss_fn
         self.loss_reduction = loss_reduction
+        self.rdrop_alpha = rdrop_alpha
+        self.layerwise_lr_decay = layerwise_lr_decay
+        self.adversary = adversary
+
+    def create_optimizer(self, model=None):
+        if self.layerwise_lr_decay == 1.0 or self.optimizer is not None:
+            return super().create_optimizer(model)
+        opt_model = self.model if model is None else model
+        groups = layerwise_parameter_groups(opt_model, self.args.learning_rate, self.layerwise_lr_decay,
+                                            self.args.weight_decay, self.get_decay_parameter_names(opt_model))
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        optimizer_kwargs = {k: v for k, v in optimizer_kwargs.items() if k not in ("params", "model")}
+        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)  # each group's own lr wins over the kwargs' one
+        return self.optimizer
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if self.adversary is None:
+            return super().training_step(model, inputs, num_items_in_batch)
+        # the clean pass's backward leaves the gradients the attack follows; the perturbed pass's loss is scaled
+        # exactly like it (same training_step) and its gradients add to them; the weights come back before the step
+        loss = super().training_step(model, dict(inputs), num_items_in_batch)
+        if self.adversary.attack(self.model):
+            try:
+                super().training_step(model, dict(inputs), num_items_in_batch)
+            finally:
+                self.adversary.restore()
+        return loss
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels")
-        outputs = model(**inputs)
-        elementwise = self.loss_fn(outputs.logits.float(), labels.float())
+        if self.rdrop_alpha and model.training:
+            outputs = model(**repeat_batch(inputs))
+            first, second = outputs.logits.float().chunk(2)
+            elementwise = (0.5 * (self.loss_fn(first, labels.float()) + self.loss_fn(second, labels.float()))
+                           + self.rdrop_alpha * rdrop_divergence(first, second))
+        else:
+            outputs = model(**inputs)
+            elementwise = self.loss_fn(outputs.logits.float(), labels.float())
         # DDP averages gradients over processes; a loss normalised over the global batch is scaled back up
         processes = self.accelerator.num_processes if model.training else 1
         if self.loss_reduction == "sum":
@@ -141,20 +181,38 @@ def predict_in_order(trainer: Trainer, preprocessing: Preprocessing, rows: Datas
 
 
 def fold_trainer_inputs(
-    train_rows: Dataset, val_rows: Dataset, tokenizer, kfold_args: KFoldArguments, loss_args: LossArguments
+    train_rows: Dataset, val_rows: Dataset, tokenizer, kfold_args: KFoldArguments, loss_args: LossArguments,
+    technique_args: TechniqueArguments | None = None,
 ) -> dict:
-    """EmotionTrainer's data, collator, metric, early stopping and loss for one fold (train_fold and the HP search)."""
+    """EmotionTrainer's data, collator, metric, early stopping, loss and techniques for one fold (train_fold and the
+    HP search)."""
     columns = [c for c in TRAINER_COLUMNS if c in train_rows.column_names]
+    techniques = technique_args or TechniqueArguments()
+    callbacks = [EarlyStoppingCallback(kfold_args.early_stopping_patience)] if kfold_args.early_stopping_patience else []
+    averaging = weight_averaging(techniques.ema_decay, techniques.swa_epochs)
+    if averaging is not None:
+        callbacks.append(averaging)
     return {
         "train_dataset": train_rows.select_columns(columns),
         "eval_dataset": val_rows.select(length_order(val_rows)).select_columns(columns),
         "processing_class": tokenizer,
         "data_collator": PaddingCollator(tokenizer, pad_to_multiple_of=8 if torch.cuda.is_available() else None),
         "compute_metrics": make_compute_metrics(kfold_args.threshold, kfold_args.fallback_top_label),
-        "callbacks": [EarlyStoppingCallback(kfold_args.early_stopping_patience)] if kfold_args.early_stopping_patience else [],
+        "callbacks": callbacks,
         "loss_fn": make_loss(loss_args, np.asarray(train_rows["labels"])),
         "loss_reduction": loss_args.loss_reduction,
+        "rdrop_alpha": techniques.rdrop_alpha,
+        "layerwise_lr_decay": techniques.layerwise_lr_decay,
+        "adversary": None if techniques.adversarial == "none" else Adversary(techniques.adversarial, techniques.adversarial_epsilon),
     }
+
+
+def load_classifier(backbone: str, tokenizer, technique_args: TechniqueArguments | None = None):
+    """A fresh classifier from the backbone, with the techniques that change its forward pass (multi-sample dropout)."""
+    model = load_model(backbone, tokenizer)
+    if technique_args is not None:
+        enable_multi_sample_dropout(model, technique_args.multi_sample_dropout)
+    return model
 
 
 def backbone_and_encodings(
@@ -235,25 +293,31 @@ class FoldData:
     encoded_test: Dataset | None
     backbone: str
     preprocessing: Preprocessing
+    extra_train_rows: Dataset | None = None  # pseudo-labelled rows, training only (pseudo_labels.py)
 
     @property
     def train_rows(self) -> Dataset:
-        return self.encoded.select(self.train_index)
+        rows = self.encoded.select(self.train_index)
+        if self.extra_train_rows is None or len(self.extra_train_rows) == 0:
+            return rows
+        return concatenate_datasets([rows, self.extra_train_rows.select_columns(rows.column_names).cast(rows.features)])
 
     @property
     def val_rows(self) -> Dataset:
         return self.encoded.select(self.val_index)
 
 
-def train_fold(data: FoldData, kfold_args: KFoldArguments, loss_args: LossArguments, training_args: TrainingArguments) -> dict:
+def train_fold(data: FoldData, kfold_args: KFoldArguments, loss_args: LossArguments, training_args: TrainingArguments,
+               technique_args: TechniqueArguments | None = None, folder: FoldFolder | None = None) -> dict:
     """Train one fold (resuming an interrupted one), predict its validation and test rows in order, and write its
-    files, `done.json` last. Every rank calls this; the main process writes."""
+    files, `done.json` last, into `folder` (default: the run's fold_K). Every rank calls this; the main process
+    writes."""
     if is_ngram(data.backbone):
         return train_ngram_fold(data, kfold_args, training_args)
-    folder = RunFolder(training_args.output_dir).fold(data.fold)
+    folder = folder or RunFolder(training_args.output_dir).fold(data.fold)
     set_seed(training_args.seed)
     val_rows = data.val_rows
-    trainer = fold_trainer(data, kfold_args, loss_args, training_args)
+    trainer = fold_trainer(data, kfold_args, loss_args, training_args, technique_args, folder)
     train_resuming(trainer, folder, data.fold)
     val_probs = predict_in_order(trainer, data.preprocessing, val_rows)  # every rank predicts its share
     test_probs = predict_in_order(trainer, data.preprocessing, data.encoded_test) if data.encoded_test is not None else None
@@ -285,7 +349,8 @@ def train_ngram_fold(data: FoldData, kfold_args: KFoldArguments, training_args: 
     shutil.rmtree(folder.best, ignore_errors=True)
     os.replace(folder.best_staging, folder.best)
     result.update({"fold": data.fold, "best_checkpoint": None, "best_metric": result["micro_f1"], "epochs_run": None,
-                   "train_rows": int(len(data.train_index)), "train_seconds": round(seconds, 1)})
+                   "train_rows": int(len(data.train_index)), "train_seconds": round(seconds, 1),
+                   "pseudo_label_rows": pseudo_label_rows(data)})
     write_fold_outputs(folder, val_rows, val_probs, data.encoded_test, test_probs, result)
     print(f"fold {data.fold}: n-gram model fitted on {len(data.train_index)} rows in {seconds:.1f} s; "
           f"validation micro-F1 {result['micro_f1']:.4f}")
@@ -293,14 +358,16 @@ def train_ngram_fold(data: FoldData, kfold_args: KFoldArguments, training_args: 
 
 
 def fold_trainer(data: FoldData, kfold_args: KFoldArguments, loss_args: LossArguments,
-                 training_args: TrainingArguments) -> EmotionTrainer:
+                 training_args: TrainingArguments, technique_args: TechniqueArguments | None = None,
+                 folder: FoldFolder | None = None) -> EmotionTrainer:
     """The fold's EmotionTrainer: a fresh classifier from the backbone, checkpoints in the fold's folder."""
-    folder = RunFolder(training_args.output_dir).fold(data.fold)
+    folder = folder or RunFolder(training_args.output_dir).fold(data.fold)
     tokenizer = load_tokenizer(data.backbone, with_markers=data.preprocessing.input_format == "marker")
-    model = load_model(data.backbone, tokenizer)
+    model = load_classifier(data.backbone, tokenizer, technique_args)
     fold_args = dataclasses.replace(training_args, output_dir=folder.checkpoints, remove_unused_columns=False)
     trainer = EmotionTrainer(
-        model=model, args=fold_args, **fold_trainer_inputs(data.train_rows, data.val_rows, tokenizer, kfold_args, loss_args)
+        model=model, args=fold_args,
+        **fold_trainer_inputs(data.train_rows, data.val_rows, tokenizer, kfold_args, loss_args, technique_args),
     )
     keep_tensorboard_logs(trainer, folder.runs)
     return trainer
@@ -309,10 +376,12 @@ def fold_trainer(data: FoldData, kfold_args: KFoldArguments, loss_args: LossArgu
 def train_resuming(trainer: EmotionTrainer, folder: FoldFolder, fold: int) -> None:
     """Train, resuming from the last fully written checkpoint of an interrupted fold (a half-written one is
     pruned first, by the main process)."""
+    # a run with weight averaging needs the raw weights too, written after the Trainer's files
+    required = (AVERAGING_FILE,) if any(isinstance(c, WeightAveraging) for c in trainer.callback_handler.callbacks) else ()
     if trainer.is_world_process_zero():
-        last_complete_checkpoint(folder.checkpoints)
+        last_complete_checkpoint(folder.checkpoints, required)
     trainer.accelerator.wait_for_everyone()
-    resume = last_complete_checkpoint(folder.checkpoints)
+    resume = last_complete_checkpoint(folder.checkpoints, required)
     if resume and trainer.is_world_process_zero():
         print(f"fold {fold}: resuming from {os.path.basename(resume)}")
     trainer.train(resume_from_checkpoint=resume)
@@ -333,7 +402,12 @@ def save_best(trainer: EmotionTrainer, folder: FoldFolder, preprocessing: Prepro
 def fold_state(trainer: EmotionTrainer, data: FoldData) -> dict:
     best = trainer.state.best_model_checkpoint
     return {"fold": data.fold, "best_checkpoint": best and os.path.basename(best), "best_metric": trainer.state.best_metric,
-            "epochs_run": trainer.state.epoch, "train_rows": int(len(data.train_index))}
+            "epochs_run": trainer.state.epoch, "train_rows": int(len(data.train_index)),
+            "pseudo_label_rows": pseudo_label_rows(data)}
+
+
+def pseudo_label_rows(data: FoldData) -> int:
+    return 0 if data.extra_train_rows is None else len(data.extra_train_rows)
 
 
 def write_fold_outputs(folder: FoldFolder, val_rows: Dataset, val_probs: np.ndarray, test_rows: Dataset | None,
@@ -365,9 +439,41 @@ def release_memory() -> None:
         pass
 
 
+def pseudo_label_datasets(technique_args: TechniqueArguments, sets: list[PseudoLabels] | None, preprocessing: Preprocessing,
+                          tokenizer, training_args: TrainingArguments) -> list[Dataset] | None:
+    """Per fold, the pseudo-labelled test rows of `pseudo_label_run` (`sets`: its fold K's confident predictions),
+    cleaned and encoded like the training rows, labels attached; None when the key is unset."""
+    if sets is None:
+        return None
+    run_dir = technique_args.pseudo_label_run
+    with training_args.main_process_first(desc="pseudo-labelled rows"):
+        pool = clean(load_jsonl(teacher_test_file(run_dir), "optional"), preprocessing)
+        if tokenizer is not None:
+            pool = encode(pool, tokenizer, preprocessing)
+    position = {row_id: i for i, row_id in enumerate(iter_column(pool, "id"))}
+    datasets = []
+    for k, labelled in enumerate(sets):
+        datasets.append(with_labels(pool, position, labelled))
+        if training_args.process_index == 0:
+            print(f"fold {k}: {len(labelled.ids)} pseudo-labelled rows from {run_dir} (every label's probability "
+                  f">= {technique_args.pseudo_label_threshold:g} or <= {1 - technique_args.pseudo_label_threshold:g})")
+    return datasets
+
+
+def with_labels(pool: Dataset, position: dict[str, int], labelled: PseudoLabels) -> Dataset:
+    """The rows of `pool` named by `labelled.ids`, their `labels` column set to the pseudo-labels."""
+    missing = [row_id for row_id in labelled.ids if row_id not in position]
+    if missing:
+        raise PipelineError(f"pseudo_label_run: id {missing[0]!r} of its test predictions is not in its test file")
+    rows = pool.select([position[row_id] for row_id in labelled.ids])
+    features = rows.features.copy()
+    rows = rows.remove_columns("labels")
+    return rows.add_column("labels", labelled.labels.tolist(), feature=features["labels"])
+
+
 def run_training(
     model_args: ModelArguments, data_args: DataArguments, kfold_args: KFoldArguments, loss_args: LossArguments,
-    training_args: TrainingArguments,
+    technique_args: TechniqueArguments, training_args: TrainingArguments,
 ) -> dict | None:
     """The whole K-fold job (or one fold with `fold`); returns the summary once every fold is done."""
     state = PartialState()
@@ -385,6 +491,11 @@ def run_training(
                             f"{', '.join(data_args.train_files)} hold {len(train_rows)}")
     if is_ngram(model_args.model_name_or_path) and state.num_processes > 1:
         raise PipelineError(f"{model_args.model_name_or_path} fits on one process: run python train.py, not accelerate launch")
+    folds = make_folds(np.asarray(train_rows["labels"]), kfold_args.num_folds, training_args.seed)
+    pseudo_sets = None  # checked before anything is written: a run with other folds would leak validation labels
+    if technique_args.pseudo_label_run is not None:
+        pseudo_sets = fold_pseudo_labels(technique_args.pseudo_label_run, list(iter_column(train_rows, "id")), folds,
+                                         technique_args.pseudo_label_threshold)
     selected = range(kfold_args.num_folds) if kfold_args.fold is None else [kfold_args.fold]
     run = RunFolder(output_dir)
     with contextlib.ExitStack() as held:
@@ -396,24 +507,24 @@ def run_training(
         with exclusive(run.setup_lock, output_dir, wait=True) if state.is_main_process else contextlib.nullcontext():
             if state.is_main_process:
                 inputs = input_digests([*data_args.train_files, *([data_args.test_file] if data_args.test_file else [])])
-                prepare_output_dir(output_dir, resolved_config(model_args, data_args, kfold_args, loss_args, training_args),
-                                   kfold_args.overwrite, inputs=inputs)
+                config = resolved_config(model_args, data_args, kfold_args, loss_args, technique_args, training_args)
+                prepare_output_dir(output_dir, config, kfold_args.overwrite, inputs=inputs)
             state.wait_for_everyone()
             if is_ngram(model_args.model_name_or_path):  # reads the cleaned text itself: no backbone, no tokens
-                backbone, encoded, encoded_test = model_args.model_name_or_path, cleaned, cleaned_test
+                backbone, tokenizer, encoded, encoded_test = model_args.model_name_or_path, None, cleaned, cleaned_test
             else:
-                backbone, _, encoded, encoded_test = backbone_and_encodings(model_args, preprocessing, training_args,
-                                                                            cleaned, cleaned_test)
+                backbone, tokenizer, encoded, encoded_test = backbone_and_encodings(model_args, preprocessing,
+                                                                                    training_args, cleaned, cleaned_test)
             if state.is_main_process:  # from here on the folder holds this run's results (RunFolder.has_results)
                 for k in selected:
                     os.makedirs(run.fold(k).root, exist_ok=True)
-        folds = make_folds(np.asarray(train_rows["labels"]), kfold_args.num_folds, training_args.seed)
+        pseudo = pseudo_label_datasets(technique_args, pseudo_sets, preprocessing, tokenizer, training_args)
         for k in selected:
             if run.fold(k).is_done(k):
                 print(f"fold {k}: already complete ({DONE_FILE}); skipped")
                 continue
-            data = FoldData(k, *folds[k], encoded, encoded_test, backbone, preprocessing)
-            train_fold(data, kfold_args, loss_args, training_args)
+            data = FoldData(k, *folds[k], encoded, encoded_test, backbone, preprocessing, pseudo[k] if pseudo else None)
+            train_fold(data, kfold_args, loss_args, training_args, technique_args)
         if not state.is_main_process:
             return None
         with exclusive(run.setup_lock, output_dir, wait=True):

@@ -14,8 +14,8 @@ QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
 
 
 def test_yaml_then_command_line_wins(tmp_path):
-    model, data, kfold, loss, training = parse_config([QUICKSTART, "--num_folds", "4", "--input_format", "marker",
-                                                 "--output_dir", str(tmp_path), "--cleanse", "false", "--seed", "7"])
+    model, data, kfold, loss, _, training = parse_config([QUICKSTART, "--num_folds", "4", "--input_format", "marker",
+                                                          "--output_dir", str(tmp_path), "--cleanse", "false", "--seed", "7"])
     assert kfold.num_folds == 4 and data.input_format == "marker" and data.cleanse is False
     assert training.output_dir == str(tmp_path) and training.seed == 7
     assert data.train_files == ["data/sample_train.jsonl"]  # from the YAML
@@ -23,7 +23,7 @@ def test_yaml_then_command_line_wins(tmp_path):
 
 
 def test_train_files_take_several_values():
-    _, data, _, _, _ = parse_config([QUICKSTART, "--train_files", str(SAMPLE_TRAIN), str(ROOT / "data" / "sample_dev.jsonl")])
+    _, data, _, _, _, _ = parse_config([QUICKSTART, "--train_files", str(SAMPLE_TRAIN), str(ROOT / "data" / "sample_dev.jsonl")])
     assert len(data.train_files) == 2
 
 
@@ -54,6 +54,18 @@ def test_resolved_config_reloads_to_the_same_run(tmp_path):
         (["--train_files", "missing.jsonl"], "missing.jsonl: file not found"),
         (["--no_such_key", "1"], "no_such_key"),
         (["--num_folds", "many"], "num_folds"),
+        (["--layerwise_lr_decay", "0"], "layerwise_lr_decay: must be in (0, 1]"),
+        (["--ema_decay", "1.0"], "ema_decay: must be in [0, 1)"),
+        (["--swa_epochs", "-1"], "swa_epochs: must be >= 0"),
+        (["--swa_epochs", "50"], "swa_epochs: averages the last 50 epochs of 40"),
+        (["--rdrop_alpha", "-1"], "rdrop_alpha: must be >= 0"),
+        (["--multi_sample_dropout", "0"], "multi_sample_dropout: must be at least 1"),
+        (["--adversarial", "pgd"], "adversarial: must be one of none, fgm, awp"),
+        (["--adversarial_epsilon", "0.5"], "adversarial_epsilon: set adversarial"),
+        (["--adversarial", "fgm", "--adversarial_epsilon", "0"], "adversarial_epsilon: must be > 0"),
+        (["--pseudo_label_threshold", "0.5"], "pseudo_label_threshold: must be in (0.5, 1)"),
+        (["--pseudo_label_run", "no/such/run"], "pseudo_label_run: no/such/run is not a finished train.py run"),
+        (["--model_name_or_path", "ngram:tfidf", "--ema_decay", "0.99"], "ema_decay: a fine-tuning technique of encoders"),
     ],
 )
 def test_bad_values_are_named(override, message):
@@ -69,7 +81,7 @@ def test_bad_yaml_names_the_file(tmp_path):
         parse_config([str(bad)])
 
 
-TRAIN_CONFIGS = ["quickstart", "nikl-offline", "offline-cpu", "kcelectra-base"]
+TRAIN_CONFIGS = ["quickstart", "nikl-offline", "offline-cpu", "kcelectra-base", "reference-recipe"]
 POST_TRAIN_CONFIGS = ["post_train-quickstart", "post_train-offline", "post_train-kcelectra"]
 # (post-training config, the fine-tuning config that starts from its output)
 RECIPES = [("post_train-offline", "offline-cpu"), ("post_train-kcelectra", "kcelectra-base"), ("post_train-quickstart", "quickstart")]

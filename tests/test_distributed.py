@@ -45,3 +45,26 @@ def test_two_process_cpu_run_writes_complete_ordered_outputs(tmp_path):
     assert not list(out.rglob("*.tmp")) and not list(out.rglob("best.partial"))
     # each fold was trained once, by both ranks together: one table, printed by the main process only
     assert result.stdout.count("   oof ") == 1
+
+
+@pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate CLI not on PATH")
+def test_fine_tuning_techniques_keep_the_ranks_in_step(tmp_path):
+    """EMA + SWA, R-Drop, multi-sample dropout, FGM and LLRD under 2 processes: every rank predicts its share of the
+    validation rows with its own copy of the model, so the gathered probabilities equal one process predicting
+    with the saved best/ only if the ranks' weights (and averages) stayed identical."""
+    out = tmp_path / "ddp"
+    result = subprocess.run(
+        ["accelerate", "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+         "--dynamo_backend", "no", "train.py", str(ROOT / "configs" / "quickstart.yaml"), "--output_dir", str(out),
+         "--num_folds", "2", "--fold", "0", "--num_train_epochs", "2", "--per_device_eval_batch_size", "16",
+         "--ema_decay", "0.9", "--swa_epochs", "1", "--rdrop_alpha", "1.0", "--multi_sample_dropout", "2",
+         "--adversarial", "fgm", "--layerwise_lr_decay", "0.8"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    predict_file([str(out / "fold_0" / "best")], str(SAMPLE_TRAIN), str(tmp_path / "single.jsonl"),
+                 probs_path=str(tmp_path / "single_probs.jsonl"), device="cpu")
+    single_ids, single_probs = read_probs(tmp_path / "single_probs.jsonl")
+    position = {row_id: i for i, row_id in enumerate(single_ids)}
+    val_ids, val_probs = read_probs(out / "fold_0" / "val_probs.jsonl")
+    np.testing.assert_allclose(val_probs, single_probs[[position[i] for i in val_ids]], atol=1e-5)

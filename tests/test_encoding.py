@@ -20,11 +20,12 @@ def test_segments_per_format():
     assert segments(text, target, begin, end, "pair") == (text, "공연")
     assert segments(text, target, begin, end, "marker") == (f"오늘 {TARGET_START} 공연 {TARGET_END} 너무 좋았다", None)
     assert segments(text, target, begin, end, "prompt") == (PROMPT_TEMPLATE.format(target="공연"), text)
-    for fmt in ("pair", "marker", "prompt"):
+    assert segments(text, target, begin, end, "text") == (text, None)  # the reference's input: target ignored
+    for fmt in ("pair", "marker", "prompt", "text"):
         assert segments(text, None, None, None, fmt) == (text, None)
 
 
-@pytest.mark.parametrize("input_format", ["pair", "marker", "prompt"])
+@pytest.mark.parametrize("input_format", ["pair", "marker", "prompt", "text"])
 def test_tokenize_batch_mixes_null_and_real_targets_in_order(tokenizer, input_format):
     batch = {"text": ["오늘 공연 너무 좋았다", "그냥 슬프다", "엄마 보고 싶다"], "target": ["공연", None, "엄마"],
              "target_begin": [3, None, 0], "target_end": [5, None, 2]}

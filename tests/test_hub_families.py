@@ -211,3 +211,24 @@ def test_max_seq_length_beyond_the_models_positions_is_refused(families, tmp_pat
         run_training(*parse_config([str(ROOT / "configs" / "quickstart.yaml"), "--model_name_or_path",
                                     str(families["klue-roberta"]), "--output_dir", str(tmp_path / "run2"),
                                     "--max_seq_length", "513", *QUICK]))
+
+
+ALL_TECHNIQUES = ["--layerwise_lr_decay", "0.8", "--ema_decay", "0.9", "--swa_epochs", "1", "--rdrop_alpha", "1.0",
+                  "--multi_sample_dropout", "3"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_fine_tuning_technique_trains_each_family(families, family, tmp_path):
+    """LLRD, EMA + SWA, R-Drop, multi-sample dropout and FGM or AWP together on each family's real layout; the saved best/
+    is a plain checkpoint of the family that predicts exactly what the fold reported for its validation rows."""
+    out = tmp_path / "run"
+    run_training(*parse_config([str(ROOT / "configs" / "quickstart.yaml"), "--model_name_or_path", str(families[family]),
+                                "--output_dir", str(out), *QUICK, "--num_train_epochs", "2", *ALL_TECHNIQUES,
+                                "--adversarial", "fgm" if family in ("kcelectra", "kcbert") else "awp"]))
+    best = out / "fold_0" / "best"
+    _, info = AutoModelForSequenceClassification.from_pretrained(best, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    val_ids, val_probs = read_probs(out / "fold_0" / "val_probs.jsonl")
+    all_probs = EmotionClassifier.from_pretrained(best, device="cpu").predict_proba(str(SAMPLE_TRAIN))
+    position = {row_id: i for i, row_id in enumerate(load_jsonl(SAMPLE_TRAIN)["id"])}
+    np.testing.assert_allclose(all_probs[[position[i] for i in val_ids]], val_probs, atol=1e-5)
