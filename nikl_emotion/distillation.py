@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from accelerate import PartialState
-from datasets import Dataset
 from transformers import TrainingArguments
 
 from nikl_emotion.config import (
@@ -42,7 +41,7 @@ from nikl_emotion.ngram import is_ngram
 from nikl_emotion.preprocessing import Preprocessing, clean, encode
 from nikl_emotion.run_folder import FoldFolder, RunFolder, input_digests, prepare_output_dir, read_mapping
 from nikl_emotion.summary import fold_predictions
-from nikl_emotion.training import FoldData, backbone_and_encodings, train_fold
+from nikl_emotion.training import FoldData, backbone_and_encodings, replace_labels, train_fold
 
 DISTILL_FILE = "distill.json"
 CONFIG_FILE, INPUTS_FILE, BACKBONE_DIR, SUBMISSION_FILE = "config.yaml", "inputs.json", "backbone", "submission.jsonl"
@@ -112,11 +111,6 @@ def soft_targets(oof: np.ndarray, gold: np.ndarray, gold_weight: float) -> np.nd
     return (gold_weight * gold + (1 - gold_weight) * oof).astype(np.float32)
 
 
-def with_targets(rows: Dataset, targets: np.ndarray) -> Dataset:
-    features = rows.features.copy()
-    return rows.remove_columns("labels").add_column("labels", targets.tolist(), feature=features["labels"])
-
-
 def run_distillation(model_args: ModelArguments, data_args: DataArguments, kfold_args: KFoldArguments,
                      loss_args: LossArguments, technique_args: TechniqueArguments, distill_args: DistillArguments,
                      training_args: TrainingArguments) -> dict | None:
@@ -153,13 +147,13 @@ def run_distillation(model_args: ModelArguments, data_args: DataArguments, kfold
     held_out = fold_of_row == distill_args.validation_fold
     targets = np.where(held_out[:, None], gold, soft_targets(oof, gold, distill_args.distill_gold_weight))
     with training_args.main_process_first(desc="cleaning"):
-        cleaned = with_targets(clean(train_rows, preprocessing), targets)
+        cleaned = replace_labels(clean(train_rows, preprocessing), targets)
         cleaned_test = clean(test_rows, preprocessing) if test_rows is not None else None
         pool = []
         for path, (row_ids, probs) in zip(distill_args.unlabelled_files, unlabelled):
             rows = clean(load_jsonl(path, "optional"), preprocessing)
             position = {row_id: i for i, row_id in enumerate(row_ids)}
-            pool.append(with_targets(rows, probs[[position[i] for i in iter_column(rows, "id")]].astype(np.float32)))
+            pool.append(replace_labels(rows, probs[[position[i] for i in iter_column(rows, "id")]].astype(np.float32)))
     backbone, tokenizer, encoded, encoded_test = backbone_and_encodings(model_args, preprocessing, training_args,
                                                                         cleaned, cleaned_test)
     extra = None

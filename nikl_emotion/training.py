@@ -465,10 +465,13 @@ def with_labels(pool: Dataset, position: dict[str, int], labelled: PseudoLabels)
     missing = [row_id for row_id in labelled.ids if row_id not in position]
     if missing:
         raise PipelineError(f"pseudo_label_run: id {missing[0]!r} of its test predictions is not in its test file")
-    rows = pool.select([position[row_id] for row_id in labelled.ids])
-    features = rows.features.copy()
-    rows = rows.remove_columns("labels")
-    return rows.add_column("labels", labelled.labels.tolist(), feature=features["labels"])
+    return replace_labels(pool.select([position[row_id] for row_id in labelled.ids]), labelled.labels)
+
+
+def replace_labels(rows: Dataset, labels: np.ndarray) -> Dataset:
+    """`rows` with their `labels` column replaced (pseudo-labels, soft targets), same feature type."""
+    feature = rows.features["labels"]
+    return rows.remove_columns("labels").add_column("labels", np.asarray(labels, dtype=np.float32).tolist(), feature=feature)
 
 
 def run_training(
