@@ -14,7 +14,6 @@ A checkpoint holds the averaged weights as its model (what `load_best_model_at_e
 
 from __future__ import annotations
 
-import math
 import os
 
 import torch
@@ -157,8 +156,3 @@ def weight_averaging(ema_decay: float, swa_epochs: int) -> WeightAveraging | Non
         return None
     return WeightAveraging(ema_decay, swa_epochs)
 
-
-def expected_swa_epochs(num_train_epochs: float, swa_epochs: int) -> list[int]:
-    """The epochs (1-based) whose end weights SWA averages, for logs and tests."""
-    epochs = int(math.ceil(num_train_epochs))
-    return [e for e in range(1, epochs + 1) if e > num_train_epochs - swa_epochs]

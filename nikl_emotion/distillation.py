@@ -39,12 +39,14 @@ from nikl_emotion.fileio import read_probs, write_json_atomic, write_submission
 from nikl_emotion.metrics import decide, score
 from nikl_emotion.ngram import is_ngram
 from nikl_emotion.preprocessing import Preprocessing, clean, encode
-from nikl_emotion.run_folder import FoldFolder, RunFolder, input_digests, prepare_output_dir, read_mapping
+from nikl_emotion.run_folder import (
+    BACKBONE_DIR, CONFIG_FILE, INPUTS_FILE, SUBMISSION_FILE, FoldFolder, RunFolder, input_digests, prepare_output_dir,
+    read_mapping,
+)
 from nikl_emotion.summary import fold_predictions
 from nikl_emotion.training import FoldData, backbone_and_encodings, replace_labels, train_fold
 
 DISTILL_FILE = "distill.json"
-CONFIG_FILE, INPUTS_FILE, BACKBONE_DIR, SUBMISSION_FILE = "config.yaml", "inputs.json", "backbone", "submission.jsonl"
 STUDENT_FILES = ("best", "best.partial", "checkpoints", "runs", "val_probs.jsonl", "test_probs.jsonl", "metrics.json",
                  "done.json", CONFIG_FILE, INPUTS_FILE, BACKBONE_DIR, SUBMISSION_FILE, DISTILL_FILE)
 
