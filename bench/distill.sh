@@ -6,6 +6,8 @@
 # teacher's fold 0 to choose its epoch, and predicts dev once. Throughput: dev predicted by the 5 fold checkpoints
 # vs the student, models loaded beforehand, same batch size, one process.
 # Usage: bash bench/distill.sh [TEACHER] [STUDENT_DIR]
+#   MEASURE_ONLY=1 skips training and measures an existing student again (e.g. when the training shared the CPU
+#   with another job: the throughput figures are only worth something on an otherwise idle machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${NIKL_DATA:-../shared/data/nikluge-ea-2023}
@@ -14,10 +16,11 @@ TEACHER=${1:-outputs/offline-cpu-s42}
 STUDENT=${2:-outputs/distill-s42}
 BACKBONE=$(python -c "import yaml,sys; print(yaml.safe_load(open(sys.argv[1]))['model_name_or_path'])" "$TEACHER/config.yaml")
 start=$(date +%s)
-python distill.py configs/offline-cpu.yaml --model_name_or_path "$BACKBONE" --teacher_run "$TEACHER" \
+[ "${MEASURE_ONLY:-0}" = 1 ] || python distill.py configs/offline-cpu.yaml --model_name_or_path "$BACKBONE" --teacher_run "$TEACHER" \
   --train_files "$DATA/train.jsonl" --test_file "$DATA/dev.jsonl" --unlabelled_files "$DATA/test.jsonl" \
   --output_dir "$STUDENT" --overwrite true --disable_tqdm true | tail -1
-python - "$TEACHER" "$STUDENT" "$DATA/dev.jsonl" $(( $(date +%s) - start )) <<'PY'
+seconds=$(( $(date +%s) - start )); [ "${MEASURE_ONLY:-0}" = 1 ] && seconds=-1
+python - "$TEACHER" "$STUDENT" "$DATA/dev.jsonl" "$seconds" <<'PY'
 import json, subprocess, sys, time
 import numpy as np
 from nikl_emotion.classifier import EmotionClassifier
@@ -40,7 +43,7 @@ def dev_f1(path):
     return round(json.loads(out.stdout.strip().splitlines()[-1])["micro_f1"], 4)
 summary = json.load(open(f"{student}/distill.json"))
 print(json.dumps({
-    "distill_seconds": int(seconds), "student_validation": summary["validation_micro_f1"],
+    "distill_seconds": int(seconds) if int(seconds) >= 0 else "not timed (MEASURE_ONLY)", "student_validation": summary["validation_micro_f1"],
     "dev_micro_f1": {"ensemble_soft_0.5": round(score(gold, decide(ensemble, 0.5, True))["micro_f1"], 4),
                      "ensemble_submission": dev_f1(f"{teacher}/submission.jsonl"),
                      "student_0.5": dev_f1(f"{student}/submission.jsonl")},
