@@ -4,7 +4,7 @@
 # validation split of train.jsonl (fold_0/metrics.json). The choice is made there: dev is never read.
 # Usage: bash bench/techniques.sh BACKBONE [VARIANT ...]
 #   BACKBONE  a post-trained folder, e.g. outputs/post-train-offline-s42 (bench/offline_recipe.sh writes it)
-#   VARIANT   names below (default: all but pseudo); pseudo needs TEACHER=OUT, a finished 5-fold run of the same
+#   VARIANT   names below (default: all single techniques but pseudo); pseudo needs TEACHER=OUT, a finished 5-fold run of the same
 #             backbone, seed and training file with a test_file (e.g. outputs/offline-cpu-s42)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +23,7 @@ declare -A VARIANTS=(
   [fgm1]="--adversarial fgm --adversarial_epsilon 1.0"
   [awp0.005]="--adversarial awp --adversarial_epsilon 0.005"
   [pseudo0.9]="--pseudo_label_run ${TEACHER:-} --pseudo_label_threshold 0.9"
+  [msd5+fgm1]="--multi_sample_dropout 5 --adversarial fgm --adversarial_epsilon 1.0"
 )
 ORDER=(baseline reference text_input llrd0.8 ema0.999 swa2 rdrop1 msd5 fgm1 awp0.005)
 [ $# -gt 0 ] && ORDER=("$@")
