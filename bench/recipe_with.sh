@@ -22,20 +22,12 @@ python train.py configs/offline-cpu.yaml --model_name_or_path "$PT" --train_file
 t1=$(date +%s)
 python ensemble.py --runs "$RUN" "$NGRAM" --strategy stack --output "$STACK" > "$RUN-stack.log" 2>&1
 python - "$DATA/dev.jsonl" "$SEED" "$TAG" "$RUN" "$BASE" "$NGRAM" "$STACK" $((t1 - start)) <<'PY'
-import json, subprocess, sys
+import json, sys
+sys.path.insert(0, "bench")
+from run_figures import dev_f1, run_figures
 dev, seed, tag, run, base, ngram, stack, seconds = sys.argv[1:]
-def dev_f1(path):
-    out = subprocess.run([sys.executable, "score.py", dev, path, "--json"], capture_output=True, text=True, check=True)
-    return round(json.loads(out.stdout.strip().splitlines()[-1])["micro_f1"], 4)
-def run_figures(folder):
-    summary = json.load(open(f"{folder}/summary.json"))
-    decision = summary["decision"]
-    nested = {c["name"]: c["micro_f1"] for c in decision.get("candidates", [])}.get(decision["chosen"])
-    return {"oof_at_0.5": round(summary["oof"]["micro_f1"], 4), "rule": decision["chosen"],
-            "nested_oof": None if nested is None else round(nested, 4),
-            "folds": [round(f["micro_f1"], 4) for f in summary["folds"]], "dev": dev_f1(f"{folder}/submission.jsonl")}
 print(json.dumps({"seed": int(seed), "variant": tag, "fine_tune_seconds": int(seconds),
-                  "variant_neural": run_figures(run), "recipe_neural": run_figures(base),
-                  "variant_stack_dev": dev_f1(stack), "recipe_stack_dev": dev_f1(f"outputs/offline-cpu-stack-s{seed}.jsonl")}))
+                  "variant_neural": run_figures(run, dev), "recipe_neural": run_figures(base, dev),
+                  "variant_stack_dev": dev_f1(dev, stack), "recipe_stack_dev": dev_f1(dev, f"outputs/offline-cpu-stack-s{seed}.jsonl")}))
 PY
 grep -a "^decision" "$RUN-stack.log" | sed "s/^/stack of $TAG + n-gram: /"

@@ -19,22 +19,15 @@ python train.py configs/reference-recipe.yaml --model_name_or_path "$PT" --train
   --learning_rate 3e-4 --per_device_train_batch_size 32 --num_train_epochs 6 --early_stopping_patience 2 \
   --use_cpu true --bf16 false --dataloader_num_workers 0 > "$REF.log" 2>&1
 python - "$DATA/dev.jsonl" "$SEED" "$REF" $(( $(date +%s) - start )) <<'PY'
-import json, os, subprocess, sys
+import json, os, sys
+sys.path.insert(0, "bench")
+from run_figures import dev_f1, run_figures
 dev, seed, ref, seconds = sys.argv[1:]
-def dev_f1(path):
-    out = subprocess.run([sys.executable, "score.py", dev, path, "--json"], capture_output=True, text=True, check=True)
-    return round(json.loads(out.stdout.strip().splitlines()[-1])["micro_f1"], 4)
-def run_figures(run):
-    summary = json.load(open(f"{run}/summary.json"))
-    decision = summary["decision"]
-    nested = {c["name"]: c["micro_f1"] for c in decision.get("candidates", [])}.get(decision["chosen"])
-    return {"oof_at_0.5": round(summary["oof"]["micro_f1"], 4), "rule": decision["chosen"],
-            "nested_oof": None if nested is None else round(nested, 4), "dev": dev_f1(f"{run}/submission.jsonl")}
-result = {"seed": int(seed), "reference_seconds": int(seconds), "reference": run_figures(ref)}
+result = {"seed": int(seed), "reference_seconds": int(seconds), "reference": run_figures(ref, dev)}
 recipe = f"outputs/offline-cpu-s{seed}"
 if os.path.isdir(recipe):
-    result["recipe_neural"] = run_figures(recipe)
-    result["recipe_ngram"] = run_figures(f"outputs/offline-cpu-ngram-s{seed}")
-    result["recipe_stack_dev"] = dev_f1(f"outputs/offline-cpu-stack-s{seed}.jsonl")
+    result["recipe_neural"] = run_figures(recipe, dev)
+    result["recipe_ngram"] = run_figures(f"outputs/offline-cpu-ngram-s{seed}", dev)
+    result["recipe_stack_dev"] = dev_f1(dev, f"outputs/offline-cpu-stack-s{seed}.jsonl")
 print(json.dumps(result))
 PY
