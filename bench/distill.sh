@@ -21,8 +21,10 @@ start=$(date +%s)
   --output_dir "$STUDENT" --overwrite true --disable_tqdm true | tail -1
 seconds=$(( $(date +%s) - start )); [ "${MEASURE_ONLY:-0}" = 1 ] && seconds=-1
 python - "$TEACHER" "$STUDENT" "$DATA/dev.jsonl" "$seconds" <<'PY'
-import json, subprocess, sys, time
+import json, sys, time
 import numpy as np
+sys.path.insert(0, "bench")
+from run_figures import dev_f1
 from nikl_emotion.classifier import EmotionClassifier
 from nikl_emotion.data import load_jsonl
 from nikl_emotion.metrics import decide, score
@@ -38,15 +40,13 @@ def timed(folders):
 folds = [f"{teacher}/fold_{k}/best" for k in range(5)]
 ensemble, ensemble_seconds = timed(folds)
 single, student_seconds = timed([f"{student}/best"])
-def dev_f1(path):
-    out = subprocess.run([sys.executable, "score.py", dev, path, "--json"], capture_output=True, text=True, check=True)
-    return round(json.loads(out.stdout.strip().splitlines()[-1])["micro_f1"], 4)
 summary = json.load(open(f"{student}/distill.json"))
 print(json.dumps({
-    "distill_seconds": int(seconds) if int(seconds) >= 0 else "not timed (MEASURE_ONLY)", "student_validation": summary["validation_micro_f1"],
+    "distill_seconds": int(seconds) if int(seconds) >= 0 else "not timed (MEASURE_ONLY)",
+    "student_validation": summary["validation_micro_f1"],
     "dev_micro_f1": {"ensemble_soft_0.5": round(score(gold, decide(ensemble, 0.5, True))["micro_f1"], 4),
-                     "ensemble_submission": dev_f1(f"{teacher}/submission.jsonl"),
-                     "student_0.5": dev_f1(f"{student}/submission.jsonl")},
+                     "ensemble_submission": dev_f1(dev, f"{teacher}/submission.jsonl"),
+                     "student_0.5": dev_f1(dev, f"{student}/submission.jsonl")},
     "dev_rows_per_second": {"ensemble_5_folds": round(len(rows) / ensemble_seconds, 1),
                             "student": round(len(rows) / student_seconds, 1)},
     "speedup": round(ensemble_seconds / student_seconds, 2)}))

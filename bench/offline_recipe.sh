@@ -28,22 +28,13 @@ t3=$(date +%s)
 python ensemble.py --runs "$NEURAL" "$NGRAM" --strategy stack --output "$STACK"
 t4=$(date +%s)
 python - "$DATA/dev.jsonl" "$NEURAL" "$NGRAM" "$STACK" "$SEED" $((t1 - start)) $((t2 - t1)) $((t3 - t2)) $((t4 - t3)) <<'PY'
-import json, subprocess, sys
+import json, sys
+sys.path.insert(0, "bench")
+from run_figures import dev_f1, run_figures
 dev, neural, ngram, stack, seed, *seconds = sys.argv[1:]
-def dev_f1(path):
-    out = subprocess.run([sys.executable, "score.py", dev, path, "--json"], capture_output=True, text=True, check=True)
-    return round(json.loads(out.stdout.strip().splitlines()[-1])["micro_f1"], 4)
-def oof(run):
-    summary = json.load(open(f"{run}/summary.json"))
-    chosen = summary["decision"]["chosen"]
-    nested = {c["name"]: c["micro_f1"] for c in summary["decision"]["candidates"]}[chosen]
-    return round(summary["oof"]["micro_f1"], 4), chosen, round(nested, 4)
 seconds = [int(s) for s in seconds]
 print(json.dumps({"seed": int(seed), "stage_seconds": {"post_train": seconds[0], "fine_tune_5_folds": seconds[1],
                   "ngram": seconds[2], "stack": seconds[3]}, "total_minutes": round(sum(seconds) / 60, 1),
-                  "neural": {"oof_at_0.5": oof(neural)[0], "rule": oof(neural)[1], "nested_oof": oof(neural)[2],
-                             "dev": dev_f1(f"{neural}/submission.jsonl")},
-                  "ngram": {"oof_at_0.5": oof(ngram)[0], "rule": oof(ngram)[1], "nested_oof": oof(ngram)[2],
-                            "dev": dev_f1(f"{ngram}/submission.jsonl")},
-                  "stack_dev": dev_f1(stack)}))
+                  "neural": run_figures(neural, dev), "ngram": run_figures(ngram, dev),
+                  "stack_dev": dev_f1(dev, stack)}))
 PY

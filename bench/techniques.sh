@@ -4,8 +4,8 @@
 # validation split of train.jsonl (fold_0/metrics.json). The choice is made there: dev is never read.
 # Usage: bash bench/techniques.sh BACKBONE [VARIANT ...]
 #   BACKBONE  a post-trained folder, e.g. outputs/post-train-offline-s42 (bench/offline_recipe.sh writes it)
-#   VARIANT   names below (default: all single techniques but pseudo); pseudo needs TEACHER=OUT, a finished 5-fold run of the same
-#             backbone, seed and training file with a test_file (e.g. outputs/offline-cpu-s42)
+#   VARIANT   names below (default: every single technique but pseudo); pseudo needs TEACHER=OUT, a finished
+#             5-fold run of the same backbone, seed and training file with a test_file (e.g. outputs/offline-cpu-s42)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${NIKL_DATA:-../shared/data/nikluge-ea-2023}

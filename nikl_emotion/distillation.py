@@ -161,7 +161,7 @@ def run_distillation(model_args: ModelArguments, data_args: DataArguments, kfold
         for path, (row_ids, probs) in zip(distill_args.unlabelled_files, unlabelled):
             rows = clean(load_jsonl(path, "optional"), preprocessing)
             position = {row_id: i for i, row_id in enumerate(row_ids)}
-            pool.append(replace_labels(rows, probs[[position[i] for i in iter_column(rows, "id")]].astype(np.float32)))
+            pool.append(replace_labels(rows, probs[[position[i] for i in iter_column(rows, "id")]]))
     backbone, tokenizer, encoded, encoded_test = backbone_and_encodings(model_args, preprocessing, training_args,
                                                                         cleaned, cleaned_test)
     extra = None
