@@ -10,13 +10,22 @@ The student is trained with the run's training files, cleaning, loss, techniques
 - unlabelled rows (`unlabelled_files`, e.g. the test text): the fold ensemble's mean probability; for the teacher's
   own test file its folds' saved test probabilities, for any other file the folds' `best/` checkpoints predict it.
 
-The rows of the teacher's fold `validation_fold` are held out with their gold labels: they choose the student's
-best epoch. Their score is optimistic and not a fair comparison with the teacher's fold model: every other fold of
-the teacher learned these rows' labels, and that knowledge reaches the student through the soft targets (those
-folds' probabilities on the training rows near them and on the unlabelled text). On NIKL the student scored 0.79
-there against the fold model's 0.72, and 0.73 on dev like the ensemble (BENCHMARKS.md). Judge a student on rows
-the teacher never trained on (a labelled `test_file`, e.g. dev, scored with score.py). Unlabelled rows must not be
-training rows (the ensemble's probabilities of a training row come from folds that learned its label).
+Which rows choose the student's best epoch (and early stopping):
+
+- `validation_file` (the honest choice): a labelled file the teacher never trained on, e.g. a holdout split. The
+  student then learns from every training row, and distill.json scores the student beside the teacher's fold
+  ensemble (mean probability) on those rows. Only the student's epoch was chosen there, so its figure leans its way
+  by that one choice; score both once more on a file neither saw (a labelled `test_file`, with score.py).
+- otherwise the teacher's fold `validation_fold` (default 0), held out with its gold labels. Their score is
+  optimistic and not a fair comparison with the teacher's fold model: every other fold of the teacher learned these
+  rows' labels, and that knowledge reaches the student through the soft targets (those folds' probabilities on the
+  training rows near them and on the unlabelled text). On NIKL the student scored 0.79 there against the fold
+  model's 0.72, and 0.73 on dev like the ensemble (BENCHMARKS.md). It still serves to stop training; judge the
+  student on rows the teacher never trained on.
+
+Unlabelled and validation rows must not be training rows (the ensemble's probabilities of a training row come
+from folds that learned its label), and a validation row must not be an unlabelled row (the student would have
+learned its text with the ensemble's probabilities as targets).
 
 DIR holds `best/` (for `inference.py --checkpoint DIR/best`), `val_probs.jsonl`, `metrics.json`, `distill.json`
 (student vs teacher), `config.yaml`, and with a `test_file` `test_probs.jsonl` and `submission.jsonl`.
@@ -30,6 +39,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from accelerate import PartialState
+from datasets import concatenate_datasets
 from transformers import TrainingArguments
 
 from nikl_emotion.config import (
@@ -55,6 +65,8 @@ STUDENT_FILES = ("best", "best.partial", "checkpoints", "runs", "val_probs.jsonl
 OPTIMISTIC_VALIDATION = ("the student's validation score is optimistic: the teacher's other folds learned these rows' "
                          "labels and the soft targets carry that to the student; score it on rows the teacher never "
                          "trained on (e.g. a labelled test_file with score.py)")
+HELD_OUT_VALIDATION = ("the teacher never trained on these rows; only the student's epoch was chosen on them, so its "
+                       "figure leans its way by that one choice")
 
 
 @dataclass
@@ -64,8 +76,11 @@ class DistillArguments:
                                         "learns with the fold ensemble's probabilities as targets."})
     distill_gold_weight: float = field(default=0.5, metadata={"help": "Training rows' target: this x gold labels + "
                                        "(1 - this) x the teacher's OOF probabilities (0: teacher only, 1: gold only)."})
-    validation_fold: int = field(default=0, metadata={"help": "The teacher fold whose validation rows are held out to "
-                                 "choose the student's best epoch."})
+    validation_file: str = field(default="", metadata={"help": "A labelled jsonl file the teacher never trained on: "
+                                 "its rows choose the student's best epoch, and the student learns every training row."})
+    validation_fold: int | None = field(default=None, metadata={"help": "Without validation_file: the teacher fold "
+                                        "whose rows are held out to choose the student's best epoch (default 0; "
+                                        "optimistic, see distill.py)."})
 
     def __post_init__(self):
         if not self.teacher_run:
@@ -75,6 +90,11 @@ class DistillArguments:
         for path in self.unlabelled_files:
             if not os.path.isfile(path):
                 raise PipelineError(f"unlabelled_files: {path}: file not found")
+        if self.validation_file and not os.path.isfile(self.validation_file):
+            raise PipelineError(f"validation_file: {self.validation_file}: file not found")
+        if self.validation_file and self.validation_fold is not None:
+            raise PipelineError("validation_fold: give either validation_file or validation_fold, not both (the "
+                                "student is validated on one set of rows)")
 
 
 def parse_distill_config(argv: list[str]) -> tuple:
@@ -92,7 +112,7 @@ def parse_distill_config(argv: list[str]) -> tuple:
     if os.path.realpath(distill_args.teacher_run) == os.path.realpath(training_args.output_dir):
         raise PipelineError("output_dir: must differ from teacher_run (the student's files would mix with the run's)")
     folds = int(read_mapping(teacher.config).get("num_folds", 0))
-    if not 0 <= distill_args.validation_fold < folds:
+    if distill_args.validation_fold is not None and not 0 <= distill_args.validation_fold < folds:
         raise PipelineError(f"validation_fold: must be in [0, {folds - 1}] ({distill_args.teacher_run} has {folds} folds)")
     return model_args, data_args, kfold_args, loss_args, technique_args, distill_args, training_args
 
@@ -129,6 +149,7 @@ def run_distillation(model_args: ModelArguments, data_args: DataArguments, kfold
     preprocessing = Preprocessing.from_data_args(data_args)
     with training_args.main_process_first(desc="loading and cleaning"):
         train_rows = load_jsonl_files(data_args.train_files, "required")
+        validation_rows = load_jsonl(distill_args.validation_file, "required") if distill_args.validation_file else None
         test_rows = load_jsonl(data_args.test_file, "optional") if data_args.test_file else None
     ids = list(iter_column(train_rows, "id"))
     teacher = RunFolder(distill_args.teacher_run)
@@ -136,15 +157,20 @@ def run_distillation(model_args: ModelArguments, data_args: DataArguments, kfold
     oof, fold_of_row = fold_predictions(distill_args.teacher_run, ids, num_folds,
                                         changed="distil with the teacher's own training files")
     unlabelled = [ensemble_probabilities(distill_args.teacher_run, path) for path in distill_args.unlabelled_files]
-    known = set(ids)
+    leak = "the ensemble's probabilities for them come from folds that learned their labels"
     for path, (row_ids, _) in zip(distill_args.unlabelled_files, unlabelled):
-        overlap = known.intersection(row_ids)
-        if overlap:
-            raise PipelineError(f"unlabelled_files: {path} holds training rows (e.g. id {sorted(overlap)[0]!r}); the "
-                                "ensemble's probabilities for them come from folds that learned their labels")
+        refuse_overlap("unlabelled_files", path, row_ids, ids, "training rows", leak)
+    if validation_rows is not None:
+        validation_ids = list(iter_column(validation_rows, "id"))
+        refuse_overlap("validation_file", distill_args.validation_file, validation_ids, ids, "training rows", leak)
+        for path, (row_ids, _) in zip(distill_args.unlabelled_files, unlabelled):
+            refuse_overlap("validation_file", distill_args.validation_file, validation_ids, row_ids,
+                           f"rows of the unlabelled file {path}", "the student would learn their text with the "
+                           "ensemble's probabilities as targets")
     if state.is_main_process:
         config = resolved_config(model_args, data_args, kfold_args, loss_args, technique_args, distill_args, training_args)
         inputs = input_digests([*data_args.train_files, *distill_args.unlabelled_files,
+                                *([distill_args.validation_file] if distill_args.validation_file else []),
                                 *([data_args.test_file] if data_args.test_file else [])])
         prepare_output_dir(output_dir, config, kfold_args.overwrite, inputs=inputs, kind="a distillation",
                            is_run_file=lambda name: name in STUDENT_FILES,
@@ -152,11 +178,14 @@ def run_distillation(model_args: ModelArguments, data_args: DataArguments, kfold
     state.wait_for_everyone()
 
     gold = np.asarray(train_rows["labels"], dtype=np.float32)
-    held_out = fold_of_row == distill_args.validation_fold
+    # without a validation file the teacher's fold is held out with gold labels; with one, every row trains
+    fold = 0 if distill_args.validation_fold is None else distill_args.validation_fold
+    held_out = fold_of_row == fold if validation_rows is None else np.zeros(len(ids), dtype=bool)
     targets = np.where(held_out[:, None], gold, soft_targets(oof, gold, distill_args.distill_gold_weight))
     with training_args.main_process_first(desc="cleaning"):
         cleaned = replace_labels(clean(train_rows, preprocessing), targets)
         cleaned_test = clean(test_rows, preprocessing) if test_rows is not None else None
+        cleaned_validation = clean(validation_rows, preprocessing) if validation_rows is not None else None
         pool = []
         for path, (row_ids, probs) in zip(distill_args.unlabelled_files, unlabelled):
             rows = clean(load_jsonl(path, "optional"), preprocessing)
@@ -166,12 +195,16 @@ def run_distillation(model_args: ModelArguments, data_args: DataArguments, kfold
                                                                         cleaned, cleaned_test)
     extra = None
     if pool:
-        from datasets import concatenate_datasets
-
         with training_args.main_process_first(desc="tokenizing unlabelled rows"):
             extra = concatenate_datasets([encode(rows, tokenizer, preprocessing) for rows in pool])
-    data = FoldData(distill_args.validation_fold, np.flatnonzero(~held_out), np.flatnonzero(held_out), encoded,
-                    encoded_test, backbone, preprocessing, extra)
+    validation_index = np.flatnonzero(held_out)
+    if cleaned_validation is not None:
+        with training_args.main_process_first(desc="tokenizing validation rows"):
+            encoded_validation = encode(cleaned_validation, tokenizer, preprocessing).cast(encoded.features)
+        validation_index = np.arange(len(encoded), len(encoded) + len(encoded_validation))
+        encoded = concatenate_datasets([encoded, encoded_validation])
+    data = FoldData(fold, np.flatnonzero(~held_out), validation_index, encoded, encoded_test, backbone, preprocessing,
+                    extra)
     folder = FoldFolder(output_dir)
     if folder.is_done(data.fold):
         print(f"{output_dir}: the student is already trained ({os.path.basename(folder.done)}); summarising")
@@ -184,22 +217,39 @@ def run_distillation(model_args: ModelArguments, data_args: DataArguments, kfold
         _, test_probs = read_probs(folder.test_probs)
         write_submission(os.path.join(output_dir, SUBMISSION_FILE), iter_column(test_rows, "id"), iter_inputs(test_rows),
                          decide(test_probs, kfold_args.threshold, kfold_args.fallback_top_label))
-    teacher_fold = read_mapping(teacher.fold(distill_args.validation_fold).metrics)
-    teacher_oof = score(gold[held_out], decide(oof[held_out], kfold_args.threshold, kfold_args.fallback_top_label))
+
+    def micro_f1(gold_labels: np.ndarray, probs: np.ndarray) -> float:
+        return score(gold_labels, decide(probs, kfold_args.threshold, kfold_args.fallback_top_label))["micro_f1"]
+
+    if validation_rows is None:
+        teacher_fold = read_mapping(teacher.fold(fold).metrics).get("micro_f1", float("nan"))
+        teacher_scores = {"teacher_fold": teacher_fold, "teacher_oof": micro_f1(gold[held_out], oof[held_out])}
+        where, note = f"the teacher's fold {fold} rows (teacher's fold model {teacher_fold:.4f})", OPTIMISTIC_VALIDATION
+    else:
+        _, teacher_probs = ensemble_probabilities(distill_args.teacher_run, distill_args.validation_file)
+        teacher_scores = {"teacher_ensemble": micro_f1(np.asarray(validation_rows["labels"]), teacher_probs)}
+        where = (f"{distill_args.validation_file} (the teacher's fold ensemble "
+                 f"{teacher_scores['teacher_ensemble']:.4f}, mean probability at {kfold_args.threshold})")
+        note = HELD_OUT_VALIDATION
     summary = {
         "teacher_run": distill_args.teacher_run,
-        "validation_fold": distill_args.validation_fold,
+        "validation_file": distill_args.validation_file or None,
+        "validation_fold": None if validation_rows is not None else fold,
         "rows": {"training": int((~held_out).sum()), "unlabelled": 0 if extra is None else len(extra),
-                 "validation": int(held_out.sum())},
+                 "validation": int(len(validation_index))},
         "distill_gold_weight": distill_args.distill_gold_weight,
-        "validation_micro_f1": {"student": result["micro_f1"], "teacher_fold": teacher_fold.get("micro_f1"),
-                                "teacher_oof": teacher_oof["micro_f1"]},
-        "validation_note": OPTIMISTIC_VALIDATION,
+        "epochs_run": result.get("epochs_run"), "best_checkpoint": result.get("best_checkpoint"),
+        "validation_micro_f1": {"student": result["micro_f1"], **teacher_scores},
+        "validation_note": note,
         "seconds": round(time.time() - start, 1),
     }
     write_json_atomic(os.path.join(output_dir, DISTILL_FILE), summary)
-    print(f"student validation micro-F1 {result['micro_f1']:.4f} on the teacher's fold {distill_args.validation_fold} "
-          f"rows (teacher's fold model {teacher_fold.get('micro_f1', float('nan')):.4f}); checkpoint {folder.best}\n"
-          f"note: {OPTIMISTIC_VALIDATION}")
+    print(f"student validation micro-F1 {result['micro_f1']:.4f} on {where}; checkpoint {folder.best}\nnote: {note}")
     return summary
+
+
+def refuse_overlap(field_name: str, path: str, row_ids: list[str], other_ids, what: str, why: str) -> None:
+    overlap = set(row_ids).intersection(other_ids)
+    if overlap:
+        raise PipelineError(f"{field_name}: {path} holds {what} (e.g. id {sorted(overlap)[0]!r}); {why}")
 

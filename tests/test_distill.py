@@ -37,6 +37,34 @@ def test_student_holds_out_the_teachers_fold_and_learns_the_unlabelled_text(stud
     assert "optimistic" in summary["validation_note"]  # the other teacher folds learned these rows' labels
 
 
+def test_a_validation_file_chooses_the_epoch_and_every_training_row_trains(tiny_run, tmp_path):
+    out = tmp_path / "student"
+    summary = run_distillation(*parse_distill_config([
+        str(QUICKSTART), "--teacher_run", str(tiny_run), "--output_dir", str(out), "--num_train_epochs", "1",
+        "--validation_file", str(SAMPLE_DEV)]))
+    dev = load_jsonl(SAMPLE_DEV)
+    assert summary["rows"] == {"training": len(load_jsonl(SAMPLE_TRAIN)), "unlabelled": 0, "validation": len(dev)}
+    assert summary["validation_fold"] is None and summary["validation_file"] == str(SAMPLE_DEV)
+    student_ids, student_probs = read_probs(out / "val_probs.jsonl")
+    assert student_ids == dev["id"]
+    # the teacher's figure, computed again: both fold checkpoints predict dev, mean probability, micro-F1 at 0.5
+    gold = np.asarray(dev["labels"])
+    predict_file([str(tiny_run / "fold_0" / "best"), str(tiny_run / "fold_1" / "best")], str(SAMPLE_DEV),
+                 str(tmp_path / "s.jsonl"), probs_path=str(tmp_path / "p.jsonl"), device="cpu")
+    _, teacher_probs = read_probs(tmp_path / "p.jsonl")
+    assert summary["validation_micro_f1"]["teacher_ensemble"] == pytest.approx(f1_at_half(gold, teacher_probs), abs=1e-6)
+    assert summary["validation_micro_f1"]["student"] == pytest.approx(f1_at_half(gold, student_probs), abs=1e-6)
+    assert "never trained" in summary["validation_note"]
+
+
+def f1_at_half(gold: np.ndarray, probs: np.ndarray) -> float:
+    """Micro-F1 with each label on at p >= 0.5, else the top label (the quickstart's decision rule), by hand."""
+    decided = probs >= 0.5
+    decided[np.arange(len(probs)), probs.argmax(axis=1)] |= ~decided.any(axis=1)
+    true_positives = (decided & (gold == 1)).sum()
+    return 2 * true_positives / (decided.sum() + (gold == 1).sum())
+
+
 def test_student_serves_alone_through_inference(student, tmp_path):
     result = run_cli("inference.py", "--checkpoint", student / "best", "--input", SAMPLE_TEST,
                      "--output", tmp_path / "sub.jsonl", "--device", "cpu")
@@ -69,6 +97,9 @@ def test_soft_targets_mix_gold_and_teacher():
     (["--unlabelled_files", str(SAMPLE_TRAIN)], "holds training rows"),
     (["--distill_gold_weight", "1.5"], "distill_gold_weight: must be in [0, 1]"),
     (["--validation_fold", "2"], "validation_fold: must be in [0, 1]"),
+    (["--validation_file", str(SAMPLE_TRAIN)], "validation_file: " + str(SAMPLE_TRAIN) + " holds training rows"),
+    (["--validation_file", str(SAMPLE_DEV), "--validation_fold", "0"], "give either validation_file or validation_fold"),
+    (["--validation_file", str(SAMPLE_DEV), "--unlabelled_files", str(SAMPLE_DEV)], "holds rows of the unlabelled file"),
     (["--output_dir", "TEACHER"], "output_dir: must differ from teacher_run"),
 ])
 def test_bad_distillation_requests_are_refused_before_writing(tiny_run, tmp_path, extra, message):
