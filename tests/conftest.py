@@ -10,6 +10,12 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Under pytest-xdist the workers share the cores: each gets its share of threads (set before torch loads), as two
+# torch processes with a thread per core each slow each other down many times over (thread barriers).
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    threads = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(variable, threads)
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_TRAIN = ROOT / "data" / "sample_train.jsonl"
