@@ -60,8 +60,7 @@ from nikl_emotion.summary import fold_predictions
 from nikl_emotion.training import FoldData, backbone_and_encodings, replace_labels, train_fold
 
 DISTILL_FILE = "distill.json"
-STUDENT_FILES = ("best", "best.partial", "checkpoints", "runs", "val_probs.jsonl", "test_probs.jsonl", "metrics.json",
-                 "done.json", CONFIG_FILE, INPUTS_FILE, BACKBONE_DIR, SUBMISSION_FILE, DISTILL_FILE)
+STUDENT_FILES = (*FoldFolder.file_names(), CONFIG_FILE, INPUTS_FILE, BACKBONE_DIR, SUBMISSION_FILE, DISTILL_FILE)
 OPTIMISTIC_VALIDATION = ("the student's validation score is optimistic: the teacher's other folds learned these rows' "
                          "labels and the soft targets carry that to the student; score it on rows the teacher never "
                          "trained on (e.g. a labelled test_file with score.py)")

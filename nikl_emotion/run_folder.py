@@ -77,6 +77,12 @@ class FoldFolder:
     def is_done(self, fold: int) -> bool:
         return read_mapping(self.done).get("fold") == fold
 
+    @classmethod
+    def file_names(cls) -> tuple[str, ...]:
+        """Every name a fold folder may hold (e.g. what `--overwrite` may remove from a folder laid out as one)."""
+        blank = cls("")
+        return tuple(getattr(blank, name) for name, value in vars(cls).items() if isinstance(value, property))
+
 
 @dataclass(frozen=True)
 class RunFolder:
