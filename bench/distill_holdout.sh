@@ -31,15 +31,15 @@ python distill.py configs/offline-cpu.yaml --model_name_or_path "$BACKBONE" --te
   --train_files "$DATA/train.jsonl" --validation_file "$SPLIT/dev_select.jsonl" --test_file "$SPLIT/dev_report.jsonl" \
   --unlabelled_files "$DATA/test.jsonl" --output_dir "$STUDENT" --overwrite true --disable_tqdm true | tail -2
 seconds=$(( $(date +%s) - start ))
-python - "$TEACHER" "$STUDENT" "$FOLD0_STUDENT" "$SPLIT" "$seconds" <<'PY'
+python - "$TEACHER" "$STUDENT" "$FOLD0_STUDENT" "$DATA/dev.jsonl" "$SPLIT" "$seconds" <<'PY'
 import json, sys
 import numpy as np
 sys.path.insert(0, "bench")
 from run_figures import dev_f1
 from nikl_emotion.data import load_jsonl
-from nikl_emotion.fileio import read_probs
+from nikl_emotion.distillation import ensemble_probabilities
 from nikl_emotion.metrics import decide, score
-teacher, student, fold0_student, split, seconds = sys.argv[1:]
+teacher, student, fold0_student, dev, split, seconds = sys.argv[1:]
 report = f"{split}/dev_report.jsonl"
 rows = load_jsonl(report)
 ids = list(rows["id"])
@@ -50,9 +50,9 @@ def on_report(submission):
     with open(submission, encoding="utf-8") as source, open(kept, "w", encoding="utf-8") as target:
         target.writelines(line for line in source if json.loads(line)["id"] in report_ids)
     return dev_f1(report, kept)
-folds = [read_probs(f"{teacher}/fold_{k}/test_probs.jsonl") for k in range(5)]
-position = {row_id: i for i, row_id in enumerate(folds[0][0])}
-mean = np.mean([probs for _, probs in folds], axis=0)[[position[i] for i in ids]]
+dev_ids, dev_probs = ensemble_probabilities(teacher, dev)  # the teacher's test file is dev: its folds' saved probs
+position = {row_id: i for i, row_id in enumerate(dev_ids)}
+mean = dev_probs[[position[i] for i in ids]]
 summary = json.load(open(f"{student}/distill.json"))
 print(json.dumps({
     "distill_seconds": int(seconds), "rows": summary["rows"], "epochs_run": summary["epochs_run"],
