@@ -14,11 +14,14 @@ A checkpoint holds the averaged weights as its model (what `load_best_model_at_e
 
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
 from torch import nn
 from transformers import TrainerCallback
+
+logger = logging.getLogger(__name__)
 
 STATE_FILE = "weight_averaging.pt"
 
@@ -118,6 +121,11 @@ class WeightAveraging(TrainerCallback):
             self.save(os.path.join(args.output_dir, f"checkpoint-{state.global_step}"), model)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
+        if self.swa_epochs and self.swa_count == 0 and state.is_world_process_zero:
+            logger.warning(f"swa_epochs: training stopped at epoch {state.epoch:g} (early stopping), before the "
+                           f"window of the last {self.swa_epochs} of {args.num_train_epochs:g} epochs began: no "
+                           "weights were averaged (the best checkpoint is kept); lower swa_epochs or raise "
+                           "early_stopping_patience")
         if args.load_best_model_at_end and state.best_model_checkpoint is not None:
             self.raw = None  # the model now holds the best checkpoint's (averaged) weights
         else:

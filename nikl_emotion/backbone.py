@@ -101,7 +101,9 @@ def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int = 8000, max_
     trainer = trainers.WordPieceTrainer(
         vocab_size=vocab_size, min_frequency=2, special_tokens=SPECIAL_TOKENS + list(MARKER_TOKENS), show_progress=False
     )
+    texts = list(texts)
     tokenizer.train_from_iterator(texts, trainer=trainer)
+    cover_alphabet(tokenizer, texts)
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
@@ -119,6 +121,21 @@ def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int = 8000, max_
         model_max_length=max_length,
         model_input_names=["input_ids", "token_type_ids", "attention_mask"],
     )
+
+
+def cover_alphabet(tokenizer: Tokenizer, texts: list[str]) -> int:
+    """Give every character of `texts` a token, alone and as a word piece (`##c`): WordPiece turns a whole word into
+    [UNK] when one of its characters has no piece, and the trainer leaves out rare characters' pieces. Returns how
+    many tokens were added."""
+    characters = {char for text in texts for char in tokenizer.normalizer.normalize_str(text) if not char.isspace()}
+    vocab = tokenizer.get_vocab(with_added_tokens=False)
+    missing = sorted({piece for char in characters for piece in (char, f"##{char}")} - set(vocab))
+    if not missing:
+        return 0
+    start = max(vocab.values()) + 1
+    vocab.update({piece: start + i for i, piece in enumerate(missing)})
+    tokenizer.model = models.WordPiece(vocab=vocab, unk_token="[UNK]", max_input_chars_per_word=100)
+    return len(missing)
 
 
 def offline_config(model_name_or_path: str, tokenizer: PreTrainedTokenizerBase):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -30,6 +30,7 @@ from nikl_emotion.backbone import load_tokenizer
 from nikl_emotion.batching import MODEL_INPUTS, length_order, pad_table
 from nikl_emotion.data import load_jsonl, rows_from_records
 from nikl_emotion.errors import PipelineError
+from nikl_emotion.folder_kind import folder_kind
 from nikl_emotion.labels import ID2LABEL, NUM_LABELS
 from nikl_emotion.metrics import decide, sigmoid
 from nikl_emotion.ngram import NgramBackend, NgramClassifier, is_ngram_folder
@@ -40,7 +41,7 @@ logger = logging.getLogger(__name__)
 ONNX_FILE = "model.onnx"  # an export folder: this graph, export.json, the tokenizer, config.json, preprocessing.json
 EXPORT_FILE = "export.json"
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "sentencepiece.bpe.model", "spiece.model", "tokenizer.model", "vocab.json")
-Rows = str | os.PathLike | Dataset | Sequence[str] | Sequence[dict]
+Rows = str | os.PathLike | Dataset | Mapping | Sequence[str] | Sequence[dict]
 
 
 class Backend(Protocol):
@@ -112,6 +113,8 @@ class EmotionClassifier:
         preprocessing = Preprocessing.load(folder)
         if is_ngram_folder(folder):  # the n-gram member (ngram:tfidf): reads cleaned text, no tokenizer
             return cls(NgramBackend(NgramClassifier.load(folder)), None, preprocessing, source=folder)
+        if folder_kind(folder) == "post-training":
+            refuse_untrained_head(folder, "a post_train.py model folder")
         check_tokenizer_files(folder)
         onnx = is_onnx_export(folder)
         kind = "export" if onnx else "checkpoint"
@@ -122,7 +125,10 @@ class EmotionClassifier:
                     json.load(handle)  # present and readable: the folder was written whole
                 config, backend = AutoConfig.from_pretrained(folder), OnnxBackend(folder, threads)
             else:
-                model = AutoModelForSequenceClassification.from_pretrained(folder)
+                model, loading = AutoModelForSequenceClassification.from_pretrained(folder, output_loading_info=True)
+                if loading["missing_keys"]:
+                    missing = sorted(loading["missing_keys"])
+                    refuse_untrained_head(folder, f"{len(missing)} classifier weights missing, e.g. {missing[0]}")
                 config, backend = model.config, TorchBackend(model, tokenizer.model_input_names, device or default_device())
         except PipelineError:
             raise
@@ -163,7 +169,7 @@ class EmotionClassifier:
         """Sigmoid probabilities (rows, 8) in the rows' order, labels in `LABELS` order.
 
         `rows`: a NIKL jsonl path, a dataset from `data.load_jsonl`, task rows as dicts (`{"id", "input": {"form",
-        "target"}}`) or plain texts (no target)."""
+        "target"}}`; one dict is one row) or plain texts (no target)."""
         if self.reads_text:
             return self.backend.predict_rows(clean(as_rows(rows), self.preprocessing))
         return self.predict_encoded(self.encode(rows), batch_size=batch_size, progress=progress)
@@ -208,7 +214,16 @@ def as_rows(rows: Rows) -> Dataset:
         return rows
     if isinstance(rows, (str, os.PathLike)):
         return load_jsonl(rows, "optional")
+    if isinstance(rows, Mapping):  # one task row: iterating it would yield its keys as texts
+        rows = [rows]
     return rows_from_records(list(rows))
+
+
+def refuse_untrained_head(folder: str, what: str) -> None:
+    """A folder without trained classifier weights (a post_train.py encoder, a hub backbone) would predict with a
+    randomly initialised head: refuse it, saying what to do."""
+    raise PipelineError(f"{folder}: {what}: an encoder to fine-tune, not a trained classifier; train one first: "
+                        f"python train.py CONFIG --model_name_or_path {folder}")
 
 
 def is_onnx_export(folder: str) -> bool:

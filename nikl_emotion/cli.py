@@ -13,6 +13,13 @@ from collections.abc import Callable
 from nikl_emotion.errors import PipelineError
 
 
+def command_parser(description: str) -> argparse.ArgumentParser:
+    """A command's option parser: its docstring as help, and no abbreviations (`--out` must not mean `--output`:
+    an option added later would silently change what an old command line means)."""
+    return argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                   allow_abbrev=False)
+
+
 def quiet_libraries() -> None:
     """Keep the console for the pipeline's own messages; warnings still show."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

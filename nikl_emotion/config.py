@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -16,7 +17,7 @@ from transformers import HfArgumentParser, TrainingArguments
 
 from nikl_emotion.backbone import check_model_folder, is_offline, parse_offline_spec
 from nikl_emotion.decision import DECISION_MODES
-from nikl_emotion.encoding import INPUT_FORMATS
+from nikl_emotion.encoding import INPUT_FORMATS, MAX_UNKNOWN_RATE
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.labels import NUM_LABELS
 from nikl_emotion.losses import LOSSES, LossParameterError, build_loss
@@ -37,8 +38,12 @@ class ModelArguments:
                           "or ngram:tfidf (char n-gram TF-IDF + logistic regression, no encoder)."},
     )
     offline_vocab_size: int = field(default=8000, metadata={"help": "WordPiece vocabulary size of an offline backbone."})
+    max_unknown_rate: float = field(default=MAX_UNKNOWN_RATE, metadata={"help": "Stop when more than this share of "
+                                    "the encoded tokens are the tokenizer's unknown token (the text would be lost)."})
 
     def __post_init__(self):
+        if not (is_finite(self.max_unknown_rate) and 0 <= self.max_unknown_rate <= 1):
+            raise PipelineError(f"max_unknown_rate: must be in [0, 1], got {self.max_unknown_rate}")
         if is_ngram(self.model_name_or_path):
             check_ngram_spec(self.model_name_or_path)
         elif is_offline(self.model_name_or_path):
@@ -137,7 +142,7 @@ class LossArguments:
             weights = [float(part) for part in str(self.pos_weight).split(",")]
         except ValueError:
             weights = []
-        if len(weights) != NUM_LABELS or any(w <= 0 for w in weights):
+        if len(weights) != NUM_LABELS or any(not math.isfinite(w) or w <= 0 for w in weights):
             raise PipelineError(f"pos_weight: expected none, auto or {NUM_LABELS} positive comma-separated numbers, got {self.pos_weight!r}")
         return weights
 
@@ -311,13 +316,16 @@ def validate_training_values(training_args: TrainingArguments) -> None:
     """Values TrainingArguments accepts but that fail (or silently do nothing) once training has started."""
     checks = [
         ("seed", training_args.seed >= 0, "must be >= 0"),
-        ("learning_rate", training_args.learning_rate > 0, "must be > 0"),
+        # beyond 1 an optimizer step moves every weight by more than its own size: training can only diverge
+        ("learning_rate", is_finite(training_args.learning_rate) and 0 < training_args.learning_rate <= MAX_LEARNING_RATE,
+         f"must be in (0, {MAX_LEARNING_RATE:g}]"),
         ("per_device_train_batch_size", training_args.per_device_train_batch_size >= 1, "must be at least 1"),
         ("per_device_eval_batch_size", training_args.per_device_eval_batch_size >= 1, "must be at least 1"),
         ("gradient_accumulation_steps", training_args.gradient_accumulation_steps >= 1, "must be at least 1"),
-        ("num_train_epochs", training_args.num_train_epochs > 0 or training_args.max_steps > 0,
-         "must be > 0 (or set max_steps)"),
-        ("weight_decay", training_args.weight_decay >= 0, "must be >= 0"),
+        ("num_train_epochs", is_finite(training_args.num_train_epochs) and (training_args.num_train_epochs > 0 or training_args.max_steps > 0),
+         "must be a finite number > 0 (or set max_steps)"),
+        ("weight_decay", is_finite(training_args.weight_decay) and training_args.weight_decay >= 0, "must be a finite number >= 0"),
+        ("max_grad_norm", training_args.max_grad_norm is None or not math.isnan(training_args.max_grad_norm), "must be a number"),
     ]
     for key, ok, message in checks:
         if not ok:
@@ -372,15 +380,27 @@ def validate_loss(loss_args: LossArguments) -> None:
             raise PipelineError(f"{keys.get(exc.parameter, exc.parameter)}: {exc.requirement}, got {exc.value}") from None
 
 
+def is_finite(value) -> bool:
+    """A real number, neither NaN nor infinite (the parser turns "nan" and "inf" into floats without a word)."""
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+MAX_LEARNING_RATE = 1.0
+# fgm: the L2 norm of the embedding perturbation (papers use 0.1-1); awp: relative to each weight's norm (1 = the
+# weight's own size)
+MAX_ADVERSARIAL_EPSILON = {"fgm": 1000.0, "awp": 1.0}
+
+
 def validate_techniques(args: TechniqueArguments) -> None:
     checks = [
         ("layerwise_lr_decay", 0 < args.layerwise_lr_decay <= 1, "must be in (0, 1] (1 = off)"),
         ("ema_decay", 0 <= args.ema_decay < 1, "must be in [0, 1) (0 = off)"),
         ("swa_epochs", args.swa_epochs >= 0, "must be >= 0 (0 = off)"),
-        ("rdrop_alpha", args.rdrop_alpha >= 0, "must be >= 0 (0 = off)"),
+        ("rdrop_alpha", is_finite(args.rdrop_alpha) and args.rdrop_alpha >= 0, "must be a finite number >= 0 (0 = off)"),
         ("multi_sample_dropout", args.multi_sample_dropout >= 1, "must be at least 1 (1 = off)"),
         ("adversarial", args.adversarial in ADVERSARIAL_METHODS, f"must be one of {', '.join(ADVERSARIAL_METHODS)}"),
-        ("adversarial_epsilon", args.adversarial_epsilon is None or args.adversarial_epsilon > 0, "must be > 0"),
+        ("adversarial_epsilon", args.adversarial_epsilon is None or (is_finite(args.adversarial_epsilon) and 0 < args.adversarial_epsilon <= MAX_ADVERSARIAL_EPSILON.get(args.adversarial, math.inf)),
+         f"must be in (0, {MAX_ADVERSARIAL_EPSILON.get(args.adversarial, math.inf):g}] for {args.adversarial}"),
         ("pseudo_label_threshold", 0.5 < args.pseudo_label_threshold < 1, "must be in (0.5, 1)"),
     ]
     for key, ok, message in checks:

@@ -42,6 +42,7 @@ from accelerate import PartialState
 from datasets import concatenate_datasets
 from transformers import TrainingArguments
 
+from nikl_emotion.folder_kind import check_output_folder
 from nikl_emotion.config import (
     ARGUMENT_CLASSES, TRAINING_DEFAULTS, DataArguments, KFoldArguments, LossArguments, ModelArguments,
     TechniqueArguments, parse_arguments, resolved_config, validate,
@@ -110,6 +111,7 @@ def parse_distill_config(argv: list[str]) -> tuple:
                             "and oof.jsonl)")
     if os.path.realpath(distill_args.teacher_run) == os.path.realpath(training_args.output_dir):
         raise PipelineError("output_dir: must differ from teacher_run (the student's files would mix with the run's)")
+    check_output_folder(training_args.output_dir, "distillation")
     folds = int(read_mapping(teacher.config).get("num_folds", 0))
     if distill_args.validation_fold is not None and not 0 <= distill_args.validation_fold < folds:
         raise PipelineError(f"validation_fold: must be in [0, {folds - 1}] ({distill_args.teacher_run} has {folds} folds)")
@@ -171,7 +173,7 @@ def run_distillation(model_args: ModelArguments, data_args: DataArguments, kfold
         inputs = input_digests([*data_args.train_files, *distill_args.unlabelled_files,
                                 *([distill_args.validation_file] if distill_args.validation_file else []),
                                 *([data_args.test_file] if data_args.test_file else [])])
-        prepare_output_dir(output_dir, config, kfold_args.overwrite, inputs=inputs, kind="a distillation",
+        prepare_output_dir(output_dir, config, kfold_args.overwrite, inputs=inputs, kind="distillation",
                            is_run_file=lambda name: name in STUDENT_FILES,
                            has_results=lambda folder: os.path.isdir(os.path.join(folder, "best")))
     state.wait_for_everyone()
@@ -190,16 +192,19 @@ def run_distillation(model_args: ModelArguments, data_args: DataArguments, kfold
             rows = clean(load_jsonl(path, "optional"), preprocessing)
             position = {row_id: i for i, row_id in enumerate(row_ids)}
             pool.append(replace_labels(rows, probs[[position[i] for i in iter_column(rows, "id")]]))
+    other_texts = [text for rows in [*pool, *filter(None, [cleaned_validation])] for text in rows["text"]]
     backbone, tokenizer, encoded, encoded_test = backbone_and_encodings(model_args, preprocessing, training_args,
-                                                                        cleaned, cleaned_test)
+                                                                        cleaned, cleaned_test, other_texts)
+    limit = model_args.max_unknown_rate
     extra = None
     if pool:
         with training_args.main_process_first(desc="tokenizing unlabelled rows"):
-            extra = concatenate_datasets([encode(rows, tokenizer, preprocessing) for rows in pool])
+            extra = concatenate_datasets([encode(rows, tokenizer, preprocessing, max_unknown_rate=limit) for rows in pool])
     validation_index = np.flatnonzero(held_out)
     if cleaned_validation is not None:
         with training_args.main_process_first(desc="tokenizing validation rows"):
-            encoded_validation = encode(cleaned_validation, tokenizer, preprocessing).cast(encoded.features)
+            encoded_validation = encode(cleaned_validation, tokenizer, preprocessing,
+                                        max_unknown_rate=limit).cast(encoded.features)
         validation_index = np.arange(len(encoded), len(encoded) + len(encoded_validation))
         encoded = concatenate_datasets([encoded, encoded_validation])
     data = FoldData(fold, np.flatnonzero(~held_out), validation_index, encoded, encoded_test, backbone, preprocessing,

@@ -4,6 +4,8 @@ them, Hangul kept as syllables, and the unknown-token rate of what was encoded."
 
 from __future__ import annotations
 
+import os
+
 from typing import Literal
 
 import pyarrow as pa
@@ -99,17 +101,32 @@ def unknown_token_rate(encoded: Dataset, tokenizer: PreTrainedTokenizerBase) -> 
     return unknown / max(tokens, 1), tokens
 
 
-def unknown_rate_message(rate: float, tokens: int, tokenizer: PreTrainedTokenizerBase) -> str:
-    """What a high unknown-token rate means, with its likely cause."""
+def unknown_rate_message(rate: float, tokens: int, tokenizer: PreTrainedTokenizerBase,
+                         limit: float = MAX_UNKNOWN_RATE) -> str:
+    """What a high unknown-token rate means, with its likely cause (and the key that lets a user past the stop)."""
     name = tokenizer.name_or_path or "the tokenizer"
     message = (f"{rate:.1%} of the {tokens} tokens encoded with {name} are its unknown token {tokenizer.unk_token} "
-               f"(limit {MAX_UNKNOWN_RATE:.0%}): the model would see little of the text. ")
+               f"(max_unknown_rate {limit:g}): the model would see little of the text. ")
+    if is_built_here(name):
+        return message + ("Likely cause: this tokenizer was trained here on other texts, and knows only their "
+                          "characters (an offline backbone learns the run's training and test texts; a post_train.py "
+                          "folder the files it was given): train with this file as test_file, or post-train on it "
+                          "too; or raise max_unknown_rate if that is what you want")
     if splits_hangul(tokenizer):
         return message + ("Likely cause: its normalizer splits Hangul syllables into jamo (NFD through lower-casing "
                           "or accent stripping); set do_lower_case: false and strip_accents: false in its "
                           "tokenizer_config.json")
     return message + ("Likely cause: its vocabulary does not cover this text (not a Korean model?), or cleaning "
-                      "keeps characters it never saw; check model_name_or_path and the cleaning keys")
+                      "keeps characters it never saw; check model_name_or_path and the cleaning keys, or raise "
+                      "max_unknown_rate if that is what you want")
+
+
+BUILT_HERE_FILES = ("backbone.json", "post_train.json")  # an offline backbone's spec, a post-training summary
+
+
+def is_built_here(folder: str) -> bool:
+    """A tokenizer folder this pipeline trained (an offline backbone or a post-training of one), not a hub model's."""
+    return any(os.path.isfile(os.path.join(folder, name)) for name in BUILT_HERE_FILES)
 
 
 def add_marker_tokens(tokenizer: PreTrainedTokenizerBase) -> int:

@@ -18,6 +18,7 @@ from nikl_emotion.batching import MODEL_INPUTS, pad_table
 from nikl_emotion.classifier import EXPORT_FILE, ONNX_FILE, EmotionClassifier, is_onnx_export, require
 from nikl_emotion.encoding import tokenize_batch
 from nikl_emotion.errors import PipelineError
+from nikl_emotion.folder_kind import check_output_folder, mark_folder
 from nikl_emotion.fileio import atomic_folder, check_writable_location, write_json_atomic
 from nikl_emotion.preprocessing import Preprocessing
 
@@ -60,13 +61,14 @@ def check_export_target(checkpoint: str, output_dir: str) -> None:
     target, source = os.path.realpath(output_dir), os.path.realpath(checkpoint)
     if source == target or source.startswith(target.rstrip(os.sep) + os.sep):
         raise PipelineError(f"{output_dir}: --output holds the checkpoint {checkpoint}; export to another folder")
-    if os.path.isdir(output_dir) and os.listdir(output_dir) and not os.path.isfile(os.path.join(output_dir, EXPORT_FILE)):
-        raise PipelineError(f"{output_dir}: --output is a folder that holds other files (not a previous export, no "
-                            f"{EXPORT_FILE}); export.py replaces only its own exports: give a new or empty folder")
+    # an export may sit in the run (or student) folder it came from (OUT/fold_0/onnx): their --overwrite removes only
+    # their own names
+    check_output_folder(output_dir, "export", may_lie_in=("run", "fold", "distillation"), option="--output")
 
 
 def _export(classifier: EmotionClassifier, staging: str, *, source: str, int8: bool, opset: int, ort) -> dict:
     model, tokenizer, preprocessing = classifier.model, classifier.tokenizer, classifier.preprocessing
+    mark_folder(staging, "export")
     sample = trace_sample(tokenizer, preprocessing)
     names = list(sample)
     fp32_path = os.path.join(staging, "model.fp32.onnx" if int8 else ONNX_FILE)

@@ -32,10 +32,11 @@ import yaml
 from accelerate import PartialState
 from transformers import TrainingArguments
 
+from nikl_emotion.folder_kind import check_output_folder, claim_folder
 from nikl_emotion.config import (
     DataArguments, KFoldArguments, LossArguments, ModelArguments, TechniqueArguments, resolved_config,
 )
-from nikl_emotion.data import load_jsonl_files
+from nikl_emotion.data import load_jsonl, load_jsonl_files
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.fileio import write_text_atomic
 from nikl_emotion.folds import make_folds
@@ -143,18 +144,21 @@ def run_hp_search(
         raise PipelineError(f"--hp-search: the number of trials must be at least 1, got {n_trials}")
     state = PartialState()
     output_dir = training_args.output_dir
+    check_output_folder(output_dir, "run")
     run = RunFolder(output_dir)
     fold = kfold_args.fold or 0
     preprocessing = Preprocessing.from_data_args(data_args)
     with training_args.main_process_first(desc="loading and cleaning"):
         train_rows = load_jsonl_files(data_args.train_files, "required")
         cleaned = clean(train_rows, preprocessing)
+        # the run's offline backbone (shared with train.py in this folder) also learns the test texts
+        cleaned_test = clean(load_jsonl(data_args.test_file, "optional"), preprocessing) if data_args.test_file else None
     if state.is_main_process:
-        os.makedirs(output_dir, exist_ok=True)
+        claim_folder(output_dir, "run")  # the study lives in a run's folder (RunFolder.hp_*)
         config = resolved_config(model_args, data_args, kfold_args, loss_args, technique_args, training_args)
         write_text_atomic(run.hp_config, yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
     state.wait_for_everyone()
-    backbone, tokenizer, encoded, _ = backbone_and_encodings(model_args, preprocessing, training_args, cleaned)
+    backbone, tokenizer, encoded, _ = backbone_and_encodings(model_args, preprocessing, training_args, cleaned, cleaned_test)
     train_index, val_index = make_folds(np.asarray(train_rows["labels"]), kfold_args.num_folds, training_args.seed)[fold]
     train_split, val_split = encoded.select(train_index), encoded.select(val_index)
     # trials are scored, not kept: no checkpoints, no best-model reload

@@ -36,6 +36,7 @@ from transformers import (
     set_seed,
 )
 
+from nikl_emotion.folder_kind import check_output_folder
 from nikl_emotion.batching import padded_width
 from nikl_emotion.backbone import (
     check_max_seq_length, is_offline, load_tokenizer, offline_config, parse_offline_spec, train_wordpiece_tokenizer,
@@ -46,10 +47,12 @@ from nikl_emotion.config import (
     parse_arguments,
     resolved_config,
     check_input_files,
+    is_finite,
     validate_reporting,
+    validate_training_values,
 )
 from nikl_emotion.data import load_jsonl_files
-from nikl_emotion.encoding import add_marker_tokens, tokenize_batch
+from nikl_emotion.encoding import MAX_UNKNOWN_RATE, add_marker_tokens, tokenize_batch
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.fileio import write_json_atomic
 from nikl_emotion.preprocessing import Preprocessing, check_pretokenizer, check_unknown_rate, clean
@@ -76,6 +79,7 @@ class PostTrainDataArguments(PreprocessingArguments):
 
 
 OBJECTIVES: tuple[str, ...] = ("mlm", "rtd")
+MAX_TIME_BUDGET_MINUTES = 7 * 24 * 60
 
 
 @dataclass
@@ -99,10 +103,12 @@ class MLMArguments:
             raise PipelineError(f"mlm_probability: must be in (0, 1), got {self.mlm_probability}")
         if not 0.0 < self.rtd_generator_size <= 1.0:
             raise PipelineError(f"rtd_generator_size: must be in (0, 1], got {self.rtd_generator_size}")
-        if self.rtd_discriminator_weight <= 0:
+        if not (is_finite(self.rtd_discriminator_weight) and self.rtd_discriminator_weight > 0):
             raise PipelineError(f"rtd_discriminator_weight: must be > 0, got {self.rtd_discriminator_weight}")
-        if self.time_budget_minutes is not None and self.time_budget_minutes <= 0:
-            raise PipelineError(f"time_budget_minutes: must be > 0 minutes, got {self.time_budget_minutes}")
+        budget = self.time_budget_minutes
+        if budget is not None and not (is_finite(budget) and 0 < budget <= MAX_TIME_BUDGET_MINUTES):
+            raise PipelineError(f"time_budget_minutes: must be a number of minutes in (0, {MAX_TIME_BUDGET_MINUTES}] "
+                                f"(a week), got {budget}")
 
 
 POST_TRAIN_DEFAULTS: dict[str, object] = {
@@ -127,6 +133,7 @@ def parse_post_train_config(argv: list[str]) -> tuple[ModelArguments, PostTrainD
         argv, (ModelArguments, PostTrainDataArguments, MLMArguments, TrainingArguments), POST_TRAIN_DEFAULTS
     )
     validate_reporting(training_args)
+    validate_training_values(training_args)
     check_pretokenizer(model_args.model_name_or_path, data_args.offline_pretokenizer)
     if mlm_args.objective == "rtd" and is_offline(model_args.model_name_or_path):  # before the tokenizer is trained
         arch, _ = parse_offline_spec(model_args.model_name_or_path)
@@ -248,7 +255,8 @@ def use_masked_positions_head(model: torch.nn.Module) -> bool:
     return True
 
 
-def mlm_encode(cleaned: Dataset, tokenizer, preprocessing: Preprocessing, offsets: bool) -> Dataset:
+def mlm_encode(cleaned: Dataset, tokenizer, preprocessing: Preprocessing, offsets: bool,
+               max_unknown_rate: float = MAX_UNKNOWN_RATE) -> Dataset:
     """Rows encoded as fine-tuning encodes them (text and target), with `length`; offsets for whole-word masking."""
 
     def encode_batch(batch):
@@ -257,7 +265,7 @@ def mlm_encode(cleaned: Dataset, tokenizer, preprocessing: Preprocessing, offset
 
     keep = ["input_ids", "attention_mask", "token_type_ids", "length", "offset_mapping"]
     encoded = cleaned.map(encode_batch, batched=True, desc="tokenizing for MLM")
-    check_unknown_rate(encoded, tokenizer)
+    check_unknown_rate(encoded, tokenizer, max_unknown_rate=max_unknown_rate)
     return encoded.select_columns([c for c in keep if c in encoded.column_names])
 
 
@@ -287,6 +295,7 @@ def run_post_training(
     started = time.monotonic()
     state = PartialState()
     folder = PostTrainFolder(training_args.output_dir)
+    check_output_folder(folder.root, "post-training")  # before any work (the lock file is created next)
     preprocessing = Preprocessing.from_data_args(data_args)
     with training_args.main_process_first(desc="loading and cleaning"):
         rows = load_jsonl_files(data_args.train_files, "optional")
@@ -296,7 +305,7 @@ def run_post_training(
         if state.is_main_process:  # one post-training per folder at a time
             held.enter_context(exclusive(folder.lock, folder.root))
             prepare_output_dir(folder.root, config, mlm_args.overwrite, is_run_file=folder.is_run_file,
-                               kind="a post-training run", has_results=lambda _: folder.has_results(),
+                               kind="post-training", has_results=lambda _: folder.has_results(),
                                inputs=input_digests(data_args.train_files))
         state.wait_for_everyone()
         if folder.is_finished():  # post_train.json is written last: this configuration is post-trained already
@@ -306,7 +315,8 @@ def run_post_training(
         set_seed(training_args.seed)
         model, tokenizer = mlm_model_and_tokenizer(model_args, [t for t in cleaned["text"] if t], preprocessing,
                                                    training_args.seed, folder.root, mlm_args.objective)
-        train_rows, eval_rows = post_training_rows(cleaned, tokenizer, preprocessing, data_args, mlm_args, training_args)
+        train_rows, eval_rows = post_training_rows(cleaned, tokenizer, preprocessing, data_args, mlm_args, training_args,
+                                                   model_args.max_unknown_rate)
         plan = None
         if mlm_args.time_budget_minutes is not None:
             plan = budget_plan(model, tokenizer, train_rows, eval_rows, mlm_args, training_args, folder, started)
@@ -336,11 +346,13 @@ def run_post_training(
 
 
 def post_training_rows(cleaned: Dataset, tokenizer, preprocessing: Preprocessing, data_args: PostTrainDataArguments,
-                       mlm_args: MLMArguments, training_args: TrainingArguments) -> tuple[Dataset, Dataset | None]:
+                       mlm_args: MLMArguments, training_args: TrainingArguments,
+                       max_unknown_rate: float = MAX_UNKNOWN_RATE) -> tuple[Dataset, Dataset | None]:
     """(training rows, held-out rows or None): encoded as fine-tuning encodes them, rows cleaned to nothing
     dropped, `validation_fraction` held out to measure the MLM loss before and after."""
     with training_args.main_process_first(desc="tokenizing"):
-        encoded = mlm_encode(cleaned, tokenizer, preprocessing, offsets=mlm_args.whole_word_mask)
+        encoded = mlm_encode(cleaned, tokenizer, preprocessing, offsets=mlm_args.whole_word_mask,
+                             max_unknown_rate=max_unknown_rate)
     # a row cleaned to nothing encodes as [CLS] [SEP]: nothing to learn from
     encoded = encoded.filter(lambda lengths: [n > 2 for n in lengths], input_columns="length", batched=True,
                              desc="dropping empty rows")
@@ -360,7 +372,8 @@ def budget_plan(model, tokenizer, train_rows: Dataset, eval_rows: Dataset | None
         step_seconds = measure_step_seconds(probe)
         steps_per_epoch = max(1, len(probe.get_train_dataloader()) // training_args.gradient_accumulation_steps)
         # a held-out pass: forward only (~1/3 of a training step's work per row)
-        eval_seconds = (0 if eval_rows is None else len(eval_rows)) * step_seconds / training_args.train_batch_size / 3
+        rows_per_step = training_args.train_batch_size * training_args.gradient_accumulation_steps
+        eval_seconds = (0 if eval_rows is None else len(eval_rows)) * step_seconds / rows_per_step / 3
         plan = plan_steps(mlm_args.time_budget_minutes, time.monotonic() - started, step_seconds, steps_per_epoch,
                           eval_seconds)
         if probe.is_world_process_zero():

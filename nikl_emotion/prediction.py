@@ -32,7 +32,12 @@ def run_checkpoints(run_dir: str) -> tuple[list[str], DecisionRule]:
     missing = next((path for path in folds if not os.path.isdir(path)), None)
     if missing is not None:
         raise PipelineError(f"{missing}: checkpoint folder not found")
-    return folds, DecisionRule.load(run.decision)
+    rule = DecisionRule.load(run.decision)
+    try:
+        rule.check_models(len(folds))  # before any prediction work
+    except PipelineError as exc:
+        raise PipelineError(f"{run.decision}: {exc}") from None
+    return folds, rule
 
 
 def resolve_device(name: str | None) -> torch.device:

@@ -141,10 +141,11 @@ def clean(rows: Dataset, preprocessing: Preprocessing) -> Dataset:
 
 
 def encode(
-    cleaned: Dataset, tokenizer: PreTrainedTokenizerBase, preprocessing: Preprocessing, on_unknown: str = "error"
+    cleaned: Dataset, tokenizer: PreTrainedTokenizerBase, preprocessing: Preprocessing, on_unknown: str = "error",
+    max_unknown_rate: float = MAX_UNKNOWN_RATE,
 ) -> Dataset:
     """Adds input_ids, attention_mask (token_type_ids where the tokenizer makes them) and length; no padding.
-    More than `MAX_UNKNOWN_RATE` unknown tokens stops with the rate and its likely cause (`on_unknown="error"`,
+    More than `max_unknown_rate` unknown tokens stops with the rate and its likely cause (`on_unknown="error"`,
     for training) or logs them (`"warn"`, for inference)."""
     encoded = cleaned.map(
         tokenize_batch,
@@ -152,18 +153,19 @@ def encode(
         fn_kwargs={"tokenizer": tokenizer, "input_format": preprocessing.input_format, "max_length": preprocessing.max_seq_length},
         desc="tokenizing",
     )
-    check_unknown_rate(encoded, tokenizer, on_unknown)
+    check_unknown_rate(encoded, tokenizer, on_unknown, max_unknown_rate)
     at_limit = int((column_array(encoded, "length") >= preprocessing.max_seq_length).sum())
     if at_limit:
         logger.info("%d of %d rows reach max_seq_length %d and are truncated", at_limit, len(encoded), preprocessing.max_seq_length)
     return encoded
 
 
-def check_unknown_rate(encoded: Dataset, tokenizer: PreTrainedTokenizerBase, on_unknown: str = "error") -> float:
-    """The unknown-token rate of `encoded`; above `MAX_UNKNOWN_RATE` an error (`on_unknown="error"`) or a warning."""
+def check_unknown_rate(encoded: Dataset, tokenizer: PreTrainedTokenizerBase, on_unknown: str = "error",
+                       max_unknown_rate: float = MAX_UNKNOWN_RATE) -> float:
+    """The unknown-token rate of `encoded`; above `max_unknown_rate` an error (`on_unknown="error"`) or a warning."""
     rate, tokens = unknown_token_rate(encoded, tokenizer)
-    if rate > MAX_UNKNOWN_RATE:
-        message = unknown_rate_message(rate, tokens, tokenizer)
+    if rate > max_unknown_rate:
+        message = unknown_rate_message(rate, tokens, tokenizer, max_unknown_rate)
         if on_unknown == "error":
             raise PipelineError(message)
         logger.warning(message)

@@ -47,8 +47,13 @@ def check_pseudo_label_run(run_dir: str) -> None:
     if recorded is not None and recorded != file_digest(test_file):
         raise PipelineError(f"pseudo_label_run: {test_file} changed since {run_dir} predicted it")
     for k in range(int(config.get("num_folds", 0))):
+        if not run.fold(k).is_done(k):  # done.json is written last: probabilities without it may be half a fold's
+            raise PipelineError(f"pseudo_label_run: {run_dir}'s fold {k} is not complete (no done.json)")
         if not os.path.isfile(run.fold(k).test_probs):
             raise PipelineError(f"pseudo_label_run: {run.fold(k).test_probs} is missing")
+    if not os.path.isfile(run.decision):
+        raise PipelineError(f"pseudo_label_run: {run_dir} is not a finished train.py run (no decision.json: it was "
+                            "not summarised after its last fold)")
 
 
 def teacher_test_file(run_dir: str) -> str:

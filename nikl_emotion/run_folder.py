@@ -23,6 +23,7 @@ import yaml
 from nikl_emotion.data import file_digest
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.fileio import write_json_atomic, write_text_atomic
+from nikl_emotion.folder_kind import claim_folder, describe
 
 CONFIG_FILE = "config.yaml"  # written first (the resolved configuration)
 INPUTS_FILE = "inputs.json"  # sha256 of each input file: results are refused against changed data
@@ -151,8 +152,20 @@ class PostTrainFolder:
 
     @staticmethod
     def is_run_file(name: str) -> bool:
-        """The run owns its whole folder: `--overwrite` empties it, the hidden lock files aside."""
-        return not name.endswith(".lock")
+        """What post_train.py writes (and `--overwrite` deletes): its own files and the saved model's; nothing else
+        a user put in the folder."""
+        return name in POST_TRAIN_OWN_FILES or MODEL_FILE.fullmatch(name) is not None
+
+
+POST_TRAIN_OWN_FILES = frozenset({CONFIG_FILE, INPUTS_FILE, POST_TRAIN_FILE, "checkpoints", "runs",
+                                  "eval_loss_before.json", "time_budget.json"})
+# what `save_pretrained` of a model and a tokenizer writes, and the preprocessing settings saved beside them
+MODEL_FILE = re.compile(
+    r"config\.json|generation_config\.json|preprocessing\.json|backbone\.json"
+    r"|(model|pytorch_model)(-\d+-of-\d+)?\.(safetensors|bin)(\.index\.json)?"
+    r"|tokenizer(_config)?\.json|special_tokens_map\.json|added_tokens\.json|vocab\.(txt|json)|merges\.txt"
+    r"|sentencepiece\.bpe\.model|spiece\.model|tokenizer\.model|chat_template\.(jinja|json)"
+)
 
 
 def read_mapping(path: str) -> dict:
@@ -186,6 +199,7 @@ RESUMABLE_KEYS = frozenset({
     "fold", "overwrite", "output_dir", "disable_tqdm", "dataloader_num_workers", "per_device_eval_batch_size",
     "report_to", "logging_strategy", "logging_steps", "resume_from_checkpoint",
     "decision",  # chooses how the finished folds are combined, after training: no fold depends on it
+    "max_unknown_rate",  # a stop before training, not a setting of it
 })
 
 
@@ -209,13 +223,15 @@ def config_difference(old: dict, new: dict) -> str | None:
 
 
 def prepare_output_dir(
-    output_dir: str, config: dict, overwrite: bool, *, is_run_file=is_run_file, kind: str = "a run",
+    output_dir: str, config: dict, overwrite: bool, *, is_run_file=is_run_file, kind: str = "run",
     has_results=lambda folder: RunFolder(folder).has_results(), inputs: dict[str, str] | None = None,
 ) -> None:
-    """Refuse to mix two configurations (or two versions of an input file) in one output_dir that holds results;
-    `overwrite` deletes the old run's files first (the names `is_run_file` accepts). A folder whose earlier run
-    stopped before producing results (a crash on a bad value, a kill during set-up) is simply taken over, so the
-    corrected command is not refused."""
+    """Claim output_dir for a command of `kind` (folder_kind.py: another command's folder, a folder of nobody's
+    files or one inside another command's folder is refused) and refuse to mix two configurations (or two versions
+    of an input file) in it once it holds results; `overwrite` deletes the old run's files first (only the names
+    `is_run_file` accepts). A folder whose earlier run stopped before producing results (a crash on a bad value, a
+    kill during set-up) is simply taken over, so the corrected command is not refused."""
+    claim_folder(output_dir, kind)
     existing = os.path.join(output_dir, CONFIG_FILE)
     inputs_file = os.path.join(output_dir, INPUTS_FILE)
     if os.path.exists(existing):
@@ -228,7 +244,7 @@ def prepare_output_dir(
                     shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
         elif difference is not None:
             raise PipelineError(
-                f"{output_dir} holds {kind} with another configuration ({difference}); "
+                f"{output_dir} holds {describe(kind)} with another configuration ({difference}); "
                 "use another output_dir, or --overwrite true to delete it and start again"
             )
     os.makedirs(output_dir, exist_ok=True)

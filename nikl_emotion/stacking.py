@@ -13,6 +13,7 @@ the estimate carries.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -38,6 +39,8 @@ class RunMember:
     fold_of_row: np.ndarray
     test_ids: list[str]
     fold_test: list[np.ndarray]
+    config: dict = dataclasses.field(default_factory=dict)  # the run's config.yaml
+    inputs: dict = dataclasses.field(default_factory=dict)  # its inputs.json: {path: sha256} at training time
 
     @classmethod
     def load(cls, run_dir: str, ids: list[str]) -> "RunMember":
@@ -60,7 +63,7 @@ class RunMember:
                 raise PipelineError(f"{run.fold(k).test_probs}: other test rows than fold 0's")
             test_ids = ids_k
             fold_test.append(probs_k)
-        return cls(run_dir, list(ids), oof, fold_of_row, test_ids or [], fold_test)
+        return cls(run_dir, list(ids), oof, fold_of_row, test_ids or [], fold_test, config, read_mapping(run.inputs))
 
 
 def check_same_folds(members: list[RunMember]) -> None:
@@ -70,10 +73,24 @@ def check_same_folds(members: list[RunMember]) -> None:
         if other.ids != first.ids:
             raise PipelineError(f"{other.path}: its training rows differ from {first.path}'s: stack runs of the same files")
         if not np.array_equal(other.fold_of_row, first.fold_of_row):
-            raise PipelineError(f"{other.path}: its folds differ from {first.path}'s (num_folds and seed must match): "
+            raise PipelineError(f"{other.path}: its folds differ from {first.path}'s ({why_folds_differ(first, other)}): "
                                 "a stacker fitted on mismatched folds would see rows a member trained on")
         if other.test_ids != first.test_ids:
             raise PipelineError(f"{other.path}: its test rows differ from {first.path}'s")
+
+
+def why_folds_differ(first: RunMember, other: RunMember) -> str:
+    """What made two runs' folds differ: the fold count or seed, or the training rows' labels (the folds are
+    stratified by label)."""
+    for key in ("num_folds", "seed"):
+        if first.config.get(key) != other.config.get(key):
+            return f"{key} {first.config.get(key)} vs {other.config.get(key)}"
+    first_files = {path: first.inputs.get(path) for path in first.config.get("train_files", [])}
+    other_files = {path: other.inputs.get(path) for path in other.config.get("train_files", [])}
+    if first_files != other_files:
+        return ("same num_folds and seed, but they were trained on other contents of the training files (the folds "
+                "are stratified by label): a file changed between the runs")
+    return "same num_folds, seed and labels: the runs were made by different versions of the fold split"
 
 
 def logits(probs: np.ndarray) -> np.ndarray:
@@ -149,6 +166,12 @@ def stack_files(run_dirs: list[str], output_path: str, rule, probs_path: str | N
 
     if len(run_dirs) < 2:
         raise PipelineError("--strategy stack needs at least two runs (--runs OUT_A OUT_B ...)")
+    seen: dict[str, str] = {}
+    for path in run_dirs:
+        if os.path.realpath(path) in seen:
+            raise PipelineError(f"--runs: {path} is the same run as {seen[os.path.realpath(path)]}: a stack needs "
+                                "two or more different runs")
+        seen[os.path.realpath(path)] = path
     check_distinct_paths({f"--runs {path}": path for path in run_dirs}, {"--output": output_path, "--probs": probs_path})
     for option, path in (("--output", output_path), ("--probs", probs_path)):
         if path is not None:

@@ -1,7 +1,7 @@
 """Fine-tuning techniques beyond the reference recipe, each switched by a `TechniqueArguments` key and off by default:
 
 - layer-wise learning-rate decay (`layerwise_lr_decay`; Howard & Ruder 2018, Sun et al. 2019): the head and pooler
-  learn at the base rate, encoder layer i at base x decay^(L - i), the embeddings at base x decay^L;
+  learn at the base rate, encoder layer i at base x decay^(L - i), the embeddings at base x decay^(L + 1);
 - R-Drop (`rdrop_alpha`; Liang et al. 2021) for sigmoid outputs: each row runs twice with independent dropout, the
   loss is the mean of the two passes' losses plus alpha x half the symmetric KL between the two Bernoulli
   distributions of every label;

@@ -10,6 +10,7 @@ held-out evaluations. The plan is kept in the output folder, so a resumed run ke
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -25,19 +26,24 @@ SAFETY = 0.95  # share of the remaining time planned for; the rest absorbs noise
 
 def measure_step_seconds(trainer, steps: int = CALIBRATION_STEPS, warmup: int = CALIBRATION_WARMUP) -> float:
     """Seconds per optimizer step of `trainer`'s model on its own training batches (the slowest process's, under
-    `accelerate launch`). The optimizer runs with learning rate 0 and no weight decay: the step costs what a real
-    one does and changes no weight."""
-    model = trainer.model
+    `accelerate launch`), measured as the Trainer runs one: `gradient_accumulation_steps` micro-batches, each under
+    the accelerator's autocast (bf16/fp16 when set) through the model as the Trainer wraps it (DDP with several
+    processes, gradients synchronised on the last micro-batch only), then the optimizer. The optimizer runs with
+    learning rate 0 and no weight decay: the step costs what a real one does and changes no weight."""
+    model, accelerator = trainer.model, trainer.accelerator
     model.train()
+    wrapped = accelerator.prepare_model(model) if accelerator.num_processes > 1 else model
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.0, weight_decay=0.0)
-    batches = iter(trainer.get_train_dataloader())
+    accumulation = max(1, trainer.args.gradient_accumulation_steps)
+    batches = cycled(trainer.get_train_dataloader())
     marks = []
     for step in range(warmup + steps):
-        try:
+        for micro in range(accumulation):
             batch = trainer._prepare_inputs(next(batches))
-        except StopIteration:
-            break
-        model(**batch).loss.backward()
+            sync = micro == accumulation - 1
+            with contextlib.nullcontext() if sync else accelerator.no_sync(wrapped), accelerator.autocast():
+                loss = wrapped(**batch).loss / accumulation
+            loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if torch.cuda.is_available():
@@ -45,11 +51,17 @@ def measure_step_seconds(trainer, steps: int = CALIBRATION_STEPS, warmup: int = 
         if step >= warmup - 1:
             marks.append(time.perf_counter())
     optimizer.zero_grad(set_to_none=True)
-    if len(marks) < 2:  # fewer batches than the warm-up: time what there is
-        raise ValueError("too few training batches to measure a step")
     seconds = (marks[-1] - marks[0]) / (len(marks) - 1)
-    gathered = trainer.accelerator.gather(torch.tensor([seconds], device=trainer.accelerator.device))
+    gathered = accelerator.gather(torch.tensor([seconds], device=accelerator.device))
     return float(gathered.max())
+
+
+def cycled(loader):
+    """The loader's batches over and over (a small data set has fewer batches than the measurement needs)."""
+    if len(loader) == 0:
+        raise ValueError("no training batches to measure a step on")
+    while True:
+        yield from loader
 
 
 def plan_steps(budget_minutes: float, spent_seconds: float, step_seconds: float, steps_per_epoch: int,

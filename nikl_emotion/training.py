@@ -32,6 +32,8 @@ from nikl_emotion.config import (
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.data import iter_column, load_jsonl, load_jsonl_files
 from nikl_emotion.fileio import write_json_atomic, write_probs
+from nikl_emotion.divergence import DivergenceGuard, TrainingDiverged, check_finite_probabilities, likely_cause
+from nikl_emotion.folder_kind import check_output_folder, mark_folder
 from nikl_emotion.folds import make_folds
 from nikl_emotion.locking import exclusive, exclusive_all
 from nikl_emotion.losses import MultiLabelLoss, build_loss
@@ -217,17 +219,21 @@ def load_classifier(backbone: str, tokenizer, technique_args: TechniqueArguments
 
 def backbone_and_encodings(
     model_args: ModelArguments, preprocessing: Preprocessing, training_args: TrainingArguments, cleaned: Dataset,
-    cleaned_test: Dataset | None = None,
+    cleaned_test: Dataset | None = None, other_texts: list[str] | tuple = (),
 ):
-    """(backbone path, tokenizer, encoded rows, encoded test rows or None); the main process fills the cache first."""
-    backbone = prepare_backbone(model_args, cleaned["text"], training_args.output_dir, training_args.seed)
+    """(backbone path, tokenizer, encoded rows, encoded test rows or None); the main process fills the cache first.
+    An offline backbone's tokenizer learns the training, test and `other_texts` (what else the run encodes)."""
+    train_texts = list(cleaned["text"])
+    texts = train_texts + (list(cleaned_test["text"]) if cleaned_test is not None else []) + list(other_texts)
+    backbone = prepare_backbone(model_args, texts, training_args.output_dir, training_args.seed, len(train_texts))
     if training_args.process_index == 0:
         warn_if_preprocessing_differs(backbone, preprocessing)
     with training_args.main_process_first(desc="tokenizing"):
         tokenizer = load_tokenizer(backbone, with_markers=preprocessing.input_format == "marker")
         check_max_seq_length(preprocessing.max_seq_length, backbone, tokenizer)
-        encoded = encode(cleaned, tokenizer, preprocessing)
-        encoded_test = encode(cleaned_test, tokenizer, preprocessing) if cleaned_test is not None else None
+        limit = model_args.max_unknown_rate
+        encoded = encode(cleaned, tokenizer, preprocessing, max_unknown_rate=limit)
+        encoded_test = encode(cleaned_test, tokenizer, preprocessing, max_unknown_rate=limit) if cleaned_test is not None else None
     return backbone, tokenizer, encoded, encoded_test
 
 
@@ -259,22 +265,28 @@ def make_loss(loss_args: LossArguments, train_labels: np.ndarray) -> MultiLabelL
     )
 
 
-def prepare_backbone(model_args: ModelArguments, texts: list[str], output_dir: str, seed: int) -> str:
-    """The path to load the backbone from; an offline backbone is built once per run from the training texts."""
+def prepare_backbone(model_args: ModelArguments, texts: list[str], output_dir: str, seed: int,
+                     train_text_count: int | None = None) -> str:
+    """The path to load the backbone from. An offline backbone is built once per run, its tokenizer from every text
+    the run will encode (training, test and other files' texts; labels unused), each character given a token. A
+    backbone built before test texts were included (its spec digests the first `train_text_count` texts only, the
+    training texts) is kept, so an older run resumes with the vocabulary its folds were trained with."""
     if not is_offline(model_args.model_name_or_path):
         return model_args.model_name_or_path
     path = RunFolder(output_dir).backbone
-    texts_digest = hashlib.sha256("\n".join(texts).encode("utf-8")).hexdigest()  # other data -> other vocabulary
-    spec = {"model_name_or_path": model_args.model_name_or_path, "vocab_size": model_args.offline_vocab_size, "seed": seed,
-            "texts_sha256": texts_digest}
+
+    def spec_of(some_texts: list[str], **more) -> dict:
+        digest = hashlib.sha256("\n".join(some_texts).encode("utf-8")).hexdigest()  # other data -> other vocabulary
+        return {"model_name_or_path": model_args.model_name_or_path, "vocab_size": model_args.offline_vocab_size,
+                "seed": seed, "texts_sha256": digest, **more}
+
+    spec = spec_of(texts, alphabet="complete")
     marker = RunFolder(output_dir).backbone_spec
     state = PartialState()
     with state.main_process_first():
-        existing = None
-        if os.path.exists(marker):
-            with open(marker, encoding="utf-8") as handle:
-                existing = json.load(handle)
-        if existing != spec and state.is_main_process:
+        existing = read_mapping(marker)
+        legacy = spec_of(texts[:train_text_count]) if train_text_count is not None else None
+        if existing not in (spec, legacy) and state.is_main_process:
             shutil.rmtree(path, ignore_errors=True)
             build_offline_backbone(texts, path, model_args.model_name_or_path, model_args.offline_vocab_size, seed)
             write_json_atomic(marker, spec)
@@ -317,10 +329,19 @@ def train_fold(data: FoldData, kfold_args: KFoldArguments, loss_args: LossArgume
     folder = folder or RunFolder(training_args.output_dir).fold(data.fold)
     set_seed(training_args.seed)
     val_rows = data.val_rows
+    techniques = technique_args or TechniqueArguments()
+    cause = likely_cause(training_args.learning_rate, techniques.adversarial, techniques.adversarial_epsilon)
     trainer = fold_trainer(data, kfold_args, loss_args, training_args, technique_args, folder)
-    train_resuming(trainer, folder, data.fold)
-    val_probs = predict_in_order(trainer, data.preprocessing, val_rows)  # every rank predicts its share
-    test_probs = predict_in_order(trainer, data.preprocessing, data.encoded_test) if data.encoded_test is not None else None
+    trainer.add_callback(DivergenceGuard(data.fold, cause))
+    try:
+        train_resuming(trainer, folder, data.fold)
+        val_probs = predict_in_order(trainer, data.preprocessing, val_rows)  # every rank predicts its share
+        test_probs = predict_in_order(trainer, data.preprocessing, data.encoded_test) if data.encoded_test is not None else None
+        check_finite_probabilities(data.fold, trainer.state.global_step, cause, validation=val_probs, test=test_probs)
+    except TrainingDiverged:
+        if trainer.is_world_process_zero():  # nothing of a diverged fold is worth resuming from
+            shutil.rmtree(folder.checkpoints, ignore_errors=True)
+        raise
     result: dict = {}
     if trainer.is_world_process_zero():
         gold = np.asarray(val_rows["labels"])
@@ -481,6 +502,7 @@ def run_training(
     """The whole K-fold job (or one fold with `fold`); returns the summary once every fold is done."""
     state = PartialState()
     output_dir = training_args.output_dir
+    check_output_folder(output_dir, "run")  # before any work: another command's folder is refused, not touched
     preprocessing = Preprocessing.from_data_args(data_args)
     # the main process fills the datasets cache first; the other ranks then read it
     with training_args.main_process_first(desc="loading and cleaning"):
@@ -520,14 +542,19 @@ def run_training(
                                                                                     training_args, cleaned, cleaned_test)
             if state.is_main_process:  # from here on the folder holds this run's results (RunFolder.has_results)
                 for k in selected:
-                    os.makedirs(run.fold(k).root, exist_ok=True)
+                    mark_folder(run.fold(k).root, "fold")
         pseudo = pseudo_label_datasets(technique_args, pseudo_sets, preprocessing, tokenizer, training_args)
         for k in selected:
             if run.fold(k).is_done(k):
                 print(f"fold {k}: already complete ({DONE_FILE}); skipped")
                 continue
             data = FoldData(k, *folds[k], encoded, encoded_test, backbone, preprocessing, pseudo[k] if pseudo else None)
-            train_fold(data, kfold_args, loss_args, training_args, technique_args)
+            try:
+                train_fold(data, kfold_args, loss_args, training_args, technique_args)
+            except TrainingDiverged:
+                if state.is_main_process:  # a corrected configuration may then take the folder over
+                    shutil.rmtree(run.fold(k).root, ignore_errors=True)
+                raise
         if not state.is_main_process:
             return None
         with exclusive(run.setup_lock, output_dir, wait=True):

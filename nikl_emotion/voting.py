@@ -187,11 +187,37 @@ class DecisionRule:
         names = [field.name for field in dataclasses.fields(cls)]
         if not isinstance(data, dict) or sorted(data) != sorted(names):
             raise PipelineError(f"{path}: expected the keys {', '.join(names)}")
+        problem = rule_type_problem(data)
+        if problem is not None:
+            raise PipelineError(f"{path}: {problem}")
         tuples = {key: tuple(data[key]) for key in ("threshold", "weights") if isinstance(data[key], list)}
         try:
             return cls(**{**data, **tuples})
         except PipelineError as exc:
             raise PipelineError(f"{path}: {exc}") from None
+
+
+def is_number(value) -> bool:
+    """A JSON number (a boolean is not one, though Python counts it as an int)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def rule_type_problem(data: dict) -> str | None:
+    """What is of the wrong JSON type in a saved rule ("false" as a string is true to Python, so types are checked
+    before values), or None."""
+    expected = {
+        "strategy": (lambda v: isinstance(v, str), "a string"),
+        "threshold": (lambda v: is_number(v) or (isinstance(v, list) and all(map(is_number, v))), "a number or a list of numbers"),
+        "fallback": (lambda v: isinstance(v, bool), "true or false (a JSON boolean)"),
+        "vote_rule": (lambda v: isinstance(v, str), "a string"),
+        "vote_tie": (lambda v: isinstance(v, str), "a string"),
+        "min_votes": (lambda v: v is None or is_number(v), "null or a number"),
+        "weights": (lambda v: v is None or (isinstance(v, list) and all(map(is_number, v))), "null or a list of numbers"),
+    }
+    for key, (ok, description) in expected.items():
+        if not ok(data[key]):
+            return f"{key}: expected {description}, got {json.dumps(data[key])}"
+    return None
 
 
 @dataclass

@@ -44,7 +44,8 @@ def test_overwrite_deletes_the_run_and_keeps_everything_else(tmp_path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         open(path, "w").close()
     prepare_output_dir(str(out), {"learning_rate": 1e-2}, overwrite=True)
-    assert sorted(os.listdir(out)) == sorted(["config.yaml", "hp_search.csv", "notes.txt"])
+    # the folder's mark stays: it is still a train.py run's
+    assert sorted(os.listdir(out)) == sorted([".nikl_emotion_folder.json", "config.yaml", "hp_search.csv", "notes.txt"])
 
 
 def test_post_training_folder_owns_its_paths(tmp_path):

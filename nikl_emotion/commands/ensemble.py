@@ -23,15 +23,13 @@ chosen on the stack's nested OOF (--stack_decision auto, the default: hard or so
 per-label thresholds fitted on the stacked OOF rows) or voted at --threshold(s) (--stack_decision fixed).
 """
 
-import argparse
-
-from nikl_emotion.cli import add_decision_arguments, decision_options_given, decision_rule, quiet_libraries
+from nikl_emotion.cli import command_parser, add_decision_arguments, decision_options_given, decision_rule, quiet_libraries
 from nikl_emotion.decision import describe_choice
 from nikl_emotion.errors import PipelineError
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser(__doc__)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--inputs", nargs="+", help="probability or submission jsonl files")
     source.add_argument("--runs", nargs="+", help="finished train.py runs to stack (with --strategy stack)")

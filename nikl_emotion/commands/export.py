@@ -4,13 +4,11 @@ python export.py --checkpoint OUT/fold_0/best --output OUT/fold_0/onnx [--int8]
 then: python inference.py --checkpoint OUT/fold_0/onnx --input test.jsonl --output submission.jsonl
 """
 
-import argparse
-
-from nikl_emotion.cli import quiet_libraries
+from nikl_emotion.cli import command_parser, quiet_libraries
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser(__doc__)
     parser.add_argument("--checkpoint", required=True, help="a best/ folder written by train.py")
     parser.add_argument("--output", required=True, help="folder to write (replaced if it exists)")
     parser.add_argument("--int8", action="store_true", help="dynamically quantize the linear layers to int8")

@@ -4,13 +4,11 @@ python inference.py --checkpoint OUT/fold_0/best [OUT/fold_1/best ...] --input t
 python inference.py --run OUT --input test.jsonl --output submission.jsonl   (a run's folds and its decision rule)
 """
 
-import argparse
-
-from nikl_emotion.cli import add_decision_arguments, decision_options_given, decision_rule, quiet_libraries
+from nikl_emotion.cli import command_parser, add_decision_arguments, decision_options_given, decision_rule, quiet_libraries
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser(__doc__)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", nargs="+", help="checkpoint folder(s), e.g. OUT/fold_*/best")
     source.add_argument("--run", help="a finished train.py output folder: its fold checkpoints, voted with the rule "

@@ -4,14 +4,12 @@ summary.json, the voted submission, and OUT/report.md with its PNG plots.
 python report.py OUT
 """
 
-import argparse
-
-from nikl_emotion.cli import quiet_libraries
+from nikl_emotion.cli import command_parser, quiet_libraries
 from nikl_emotion.errors import PipelineError
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser(__doc__)
     parser.add_argument("output_dir", help="a train.py output folder with summary.json")
     args = parser.parse_args(argv)
     quiet_libraries()

@@ -3,14 +3,13 @@
 python score.py GOLD.jsonl PRED.jsonl [--per-label] [--json]
 """
 
-import argparse
 import json
 
-from nikl_emotion.cli import quiet_libraries
+from nikl_emotion.cli import command_parser, quiet_libraries
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser(__doc__)
     parser.add_argument("gold", help="jsonl with gold labels")
     parser.add_argument("pred", help="submission jsonl (rows matched by id)")
     parser.add_argument("--per-label", action="store_true", help="also print precision, recall and support per label")
