@@ -33,23 +33,32 @@ def diverged(fold: int, step: int, what: str, cause: str) -> TrainingDiverged:
 
 
 class DivergenceGuard(TrainerCallback):
-    """Raises `TrainingDiverged` as soon as a logged training or validation loss is NaN or infinite. The logged
-    values are already gathered over processes, so every process stops at the same point."""
+    """Stops training as soon as a logged training or validation loss is NaN or infinite, and keeps the failure
+    (`failure`) for the caller to raise once the Trainer has closed its progress bars. The logged values are already
+    gathered over processes, so every process stops at the same step."""
 
     def __init__(self, fold: int, cause: str):
         self.fold = fold
         self.cause = cause
+        self.failure: TrainingDiverged | None = None
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        self.check(state.global_step, logs or {})
+        self.check(state, control, logs or {})
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        self.check(state.global_step, metrics or {})
+        self.check(state, control, metrics or {})
 
-    def check(self, step: int, values: dict) -> None:
+    def check(self, state, control, values: dict) -> None:
         for key, value in values.items():
-            if key in WATCHED and isinstance(value, (int, float)) and not math.isfinite(value):
-                raise diverged(self.fold, step, f"{key} {value}", self.cause)
+            if self.failure is None and key in WATCHED and isinstance(value, (int, float)) and not math.isfinite(value):
+                self.failure = diverged(self.fold, state.global_step, f"{key} {value}", self.cause)
+        if self.failure is not None:
+            control.should_training_stop = True
+            control.should_save = False  # a diverged model is not worth a checkpoint
+
+    def raise_if_diverged(self) -> None:
+        if self.failure is not None:
+            raise self.failure
 
 
 def check_finite_probabilities(fold: int, step: int, cause: str, **named: np.ndarray | None) -> None:

@@ -41,6 +41,11 @@ def is_ignorable(name: str) -> bool:
     return name.endswith(".lock") or name == KIND_FILE
 
 
+def holds_nothing(folder: str) -> bool:
+    """A folder with no content but lock files and its mark (or no folder at all)."""
+    return not os.path.isdir(folder) or all(is_ignorable(name) for name in os.listdir(folder))
+
+
 def recorded_kind(folder: str) -> str | None:
     """The kind written in the folder's mark, None without one (an unreadable mark is an error, not a guess)."""
     path = os.path.join(folder, KIND_FILE)
@@ -120,12 +125,12 @@ def check_output_folder(folder: str, kind: str, *, may_lie_in: tuple[str, ...] =
         raise PipelineError(f"{option}: {folder} lies inside {where}, {describe(outer)}; {KINDS[kind][0]} would mix "
                             "its files with that folder's: use a folder outside it")
     found = folder_kind(folder)
-    others = sorted(name for name in os.listdir(folder) if not is_ignorable(name)) if os.path.isdir(folder) else []
-    if found == kind or not others:  # a mark alone (a start refused before writing anything) binds nobody
+    if found == kind or holds_nothing(folder):  # a mark alone (a start refused before writing anything) binds nobody
         return
     if found is not None:
         raise PipelineError(f"{option}: {folder} holds {describe(found)}, not {describe(kind)}; {KINDS[kind][0]} "
                             "replaces only its own folders: use a new or empty folder")
+    others = sorted(name for name in os.listdir(folder) if not is_ignorable(name))
     listed = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
     raise PipelineError(f"{option}: {folder} holds other files ({listed}) and is not {describe(kind)}; "
                         f"{KINDS[kind][0]} writes only into a new or empty folder, or one it made: use another")

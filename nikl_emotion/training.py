@@ -33,7 +33,7 @@ from nikl_emotion.errors import PipelineError
 from nikl_emotion.data import iter_column, load_jsonl, load_jsonl_files
 from nikl_emotion.fileio import write_json_atomic, write_probs
 from nikl_emotion.divergence import DivergenceGuard, TrainingDiverged, check_finite_probabilities, likely_cause
-from nikl_emotion.folder_kind import check_output_folder, mark_folder
+from nikl_emotion.folder_kind import check_output_folder, holds_nothing, mark_folder
 from nikl_emotion.folds import make_folds
 from nikl_emotion.locking import exclusive, exclusive_all
 from nikl_emotion.losses import MultiLabelLoss, build_loss
@@ -332,9 +332,11 @@ def train_fold(data: FoldData, kfold_args: KFoldArguments, loss_args: LossArgume
     techniques = technique_args or TechniqueArguments()
     cause = likely_cause(training_args.learning_rate, techniques.adversarial, techniques.adversarial_epsilon)
     trainer = fold_trainer(data, kfold_args, loss_args, training_args, technique_args, folder)
-    trainer.add_callback(DivergenceGuard(data.fold, cause))
+    guard = DivergenceGuard(data.fold, cause)
+    trainer.add_callback(guard)
     try:
         train_resuming(trainer, folder, data.fold)
+        guard.raise_if_diverged()
         val_probs = predict_in_order(trainer, data.preprocessing, val_rows)  # every rank predicts its share
         test_probs = predict_in_order(trainer, data.preprocessing, data.encoded_test) if data.encoded_test is not None else None
         check_finite_probabilities(data.fold, trainer.state.global_step, cause, validation=val_probs, test=test_probs)
@@ -552,8 +554,10 @@ def run_training(
             try:
                 train_fold(data, kfold_args, loss_args, training_args, technique_args)
             except TrainingDiverged:
-                if state.is_main_process:  # a corrected configuration may then take the folder over
-                    shutil.rmtree(run.fold(k).root, ignore_errors=True)
+                if state.is_main_process:  # with no fold results left, a corrected configuration takes the folder over
+                    for j in selected:
+                        if j == k or holds_nothing(run.fold(j).root):
+                            shutil.rmtree(run.fold(j).root, ignore_errors=True)
                 raise
         if not state.is_main_process:
             return None
