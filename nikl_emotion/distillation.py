@@ -42,7 +42,7 @@ from accelerate import PartialState
 from datasets import concatenate_datasets
 from transformers import TrainingArguments
 
-from nikl_emotion.folder_kind import check_output_folder
+from nikl_emotion.folder_kind import check_output_folder, require_kind
 from nikl_emotion.config import (
     ARGUMENT_CLASSES, TRAINING_DEFAULTS, DataArguments, KFoldArguments, LossArguments, ModelArguments,
     TechniqueArguments, parse_arguments, resolved_config, validate,
@@ -105,6 +105,7 @@ def parse_distill_config(argv: list[str]) -> tuple:
     validate(model_args, data_args, kfold_args, loss_args, technique_args, training_args)
     if is_ngram(model_args.model_name_or_path):
         raise PipelineError(f"model_name_or_path: the student is an encoder; {model_args.model_name_or_path} has none")
+    require_kind(distill_args.teacher_run, "run", "teacher_run")
     teacher = RunFolder(distill_args.teacher_run)
     if not os.path.isfile(teacher.oof) or not read_mapping(teacher.config):
         raise PipelineError(f"teacher_run: {distill_args.teacher_run} is not a finished train.py run (needs config.yaml "

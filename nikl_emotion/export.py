@@ -18,7 +18,8 @@ from nikl_emotion.batching import MODEL_INPUTS, pad_table
 from nikl_emotion.classifier import EXPORT_FILE, ONNX_FILE, EmotionClassifier, is_onnx_export, require
 from nikl_emotion.encoding import tokenize_batch
 from nikl_emotion.errors import PipelineError
-from nikl_emotion.folder_kind import check_output_folder, mark_folder
+from nikl_emotion.folder_kind import check_output_folder, is_ignorable, mark_folder
+from nikl_emotion.run_folder import MODEL_FILE
 from nikl_emotion.fileio import atomic_folder, check_writable_location, write_json_atomic
 from nikl_emotion.preprocessing import Preprocessing
 
@@ -64,6 +65,16 @@ def check_export_target(checkpoint: str, output_dir: str) -> None:
     # an export may sit in the run (or student) folder it came from (OUT/fold_0/onnx): their --overwrite removes only
     # their own names
     check_output_folder(output_dir, "export", may_lie_in=("run", "fold", "distillation"), option="--output")
+    # a previous export is replaced whole: only if it holds nothing but what export.py writes
+    foreign = sorted(name for name in os.listdir(output_dir) if not is_export_file(name)) if os.path.isdir(output_dir) else []
+    if foreign:
+        raise PipelineError(f"{output_dir}: --output is a previous export that also holds {', '.join(foreign[:3])}; "
+                            "export.py replaces the whole folder: move those files, or export to another folder")
+
+
+def is_export_file(name: str) -> bool:
+    """A name export.py writes into its folder (the graph, its record, the tokenizer, config and preprocessing)."""
+    return name in (ONNX_FILE, EXPORT_FILE) or is_ignorable(name) or MODEL_FILE.fullmatch(name) is not None
 
 
 def _export(classifier: EmotionClassifier, staging: str, *, source: str, int8: bool, opset: int, ort) -> dict:

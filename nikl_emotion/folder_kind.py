@@ -114,6 +114,14 @@ def enclosing_folder(folder: str) -> tuple[str, str] | None:
             return path, kind
 
 
+def require_kind(folder: str, kind: str, option: str) -> None:
+    """A folder read as `kind` (e.g. the run `inference.py --run` serves) must be one: another command's folder is
+    refused by name rather than read for files it happens to share."""
+    found = folder_kind(folder)
+    if found is not None and found != kind:
+        raise PipelineError(f"{option}: {folder} holds {describe(found)}, not {describe(kind)}")
+
+
 def check_output_folder(folder: str, kind: str, *, may_lie_in: tuple[str, ...] = (), option: str = "output_dir") -> None:
     """Refuse (before any work) an output folder that another command made, or that holds files of nobody's, or
     that lies inside another command's folder (except in the kinds of `may_lie_in`)."""

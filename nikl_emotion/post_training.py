@@ -367,6 +367,10 @@ def budget_plan(model, tokenizer, train_rows: Dataset, eval_rows: Dataset | None
     """The steps that fit `time_budget_minutes` on this machine, measured on a few real steps; a resumed run reads
     the plan it started with (its schedule must not change)."""
     plan = read_mapping(folder.time_budget)
+    steps = plan.get("max_steps")
+    if plan and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):  # a file edited or damaged
+        raise PipelineError(f"{folder.time_budget}: max_steps: expected a whole number >= 1, got {steps!r}; delete "
+                            "the file to measure the plan again")
     if plan.get("time_budget_minutes") != mlm_args.time_budget_minutes:
         probe = post_trainer(model, tokenizer, train_rows, eval_rows, mlm_args, training_args)
         step_seconds = measure_step_seconds(probe)

@@ -15,6 +15,7 @@ from nikl_emotion.classifier import EmotionClassifier, default_device
 from nikl_emotion.data import iter_column, iter_inputs, load_jsonl
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.fileio import check_distinct_paths, check_output_path, write_probs, write_submission
+from nikl_emotion.folder_kind import require_kind
 from nikl_emotion.run_folder import RunFolder, read_mapping
 from nikl_emotion.voting import DecisionRule
 
@@ -23,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 def run_checkpoints(run_dir: str) -> tuple[list[str], DecisionRule]:
     """A finished run's fold checkpoints and the decision rule its `submission.jsonl` was made with."""
+    require_kind(run_dir, "run", "--run")
     run = RunFolder(run_dir)
     config = read_mapping(run.config)
     if not config or not os.path.isfile(run.decision):

@@ -20,6 +20,7 @@ import numpy as np
 from nikl_emotion.data import file_digest
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.fileio import read_probs
+from nikl_emotion.folder_kind import require_kind
 from nikl_emotion.run_folder import RunFolder, read_mapping
 
 
@@ -33,6 +34,7 @@ class PseudoLabels:
 
 def check_pseudo_label_run(run_dir: str) -> None:
     """A finished train.py run with test predictions in every fold, and its test file unchanged since."""
+    require_kind(run_dir, "run", "pseudo_label_run")
     run = RunFolder(run_dir)
     config = read_mapping(run.config)
     if not config or not os.path.isfile(run.summary):

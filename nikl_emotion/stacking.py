@@ -24,6 +24,7 @@ from nikl_emotion.fileio import read_probs
 from nikl_emotion.labels import NUM_LABELS
 from nikl_emotion.metrics import decide, score
 from nikl_emotion.ngram import fit_label, label_probability
+from nikl_emotion.folder_kind import require_kind
 from nikl_emotion.run_folder import RunFolder, read_mapping
 
 EPS = 1e-6
@@ -47,6 +48,7 @@ class RunMember:
         """The run's fold files, its OOF rows in the order of `ids` (the training rows)."""
         from nikl_emotion.summary import fold_predictions
 
+        require_kind(run_dir, "run", "--runs")
         run = RunFolder(run_dir)
         config = read_mapping(run.config)
         if not config or not os.path.isfile(run.oof):

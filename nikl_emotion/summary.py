@@ -9,6 +9,7 @@ import os
 import numpy as np
 from datasets import Dataset
 
+from nikl_emotion.folder_kind import require_kind
 from nikl_emotion.config import KFoldArguments
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.fileio import read_probs, write_json_atomic, write_probs
@@ -98,6 +99,7 @@ def rebuild_run(output_dir: str) -> dict:
 
     from nikl_emotion.data import load_jsonl_files
 
+    require_kind(output_dir, "run", "report.py")  # it rewrites the run's end: never another command's folder
     run = RunFolder(output_dir)
     config = read_mapping(run.config)
     if not config:

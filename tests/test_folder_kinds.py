@@ -349,3 +349,26 @@ def test_max_unknown_rate_lets_a_user_past_the_stop(tiny_run):
     with pytest.raises(PipelineError, match="max_unknown_rate 0.05"):
         encode(rows, tokenizer, preprocessing)
     assert len(encode(rows, tokenizer, preprocessing, max_unknown_rate=1.0)) == 1
+
+
+def test_commands_that_read_a_run_refuse_another_commands_folder(post_trained, tiny_run, tmp_path, capsys, monkeypatch):
+    before = snapshot(post_trained)
+    for script, args in (("inference", ("--run", post_trained, "--input", SAMPLE_DEV, "--output", tmp_path / "s.jsonl")),
+                         ("report", (post_trained,)),
+                         ("ensemble", ("--runs", tiny_run, post_trained, "--strategy", "stack", "--output", tmp_path / "s.jsonl"))):
+        assert "holds a post_train.py model folder, not a train.py run" in refused(capsys, monkeypatch, script, *args)
+    assert snapshot(post_trained) == before and not (tmp_path / "s.jsonl").exists()
+
+
+def test_export_replaces_a_previous_export_only_when_it_holds_nothing_else(tiny_run, tmp_path):
+    from nikl_emotion.errors import PipelineError
+    from nikl_emotion.export import check_export_target
+
+    previous = tmp_path / "onnx"
+    previous.mkdir()
+    for name in ("model.onnx", "export.json", "config.json", "tokenizer.json", "preprocessing.json"):
+        (previous / name).write_text("{}", encoding="utf-8")
+    check_export_target(str(tiny_run / "fold_0" / "best"), str(previous))
+    (previous / "NOTES.md").write_text("mine", encoding="utf-8")
+    with pytest.raises(PipelineError, match="also holds NOTES.md"):
+        check_export_target(str(tiny_run / "fold_0" / "best"), str(previous))
