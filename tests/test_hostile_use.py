@@ -183,10 +183,10 @@ def test_a_billion_laughs_yaml_is_refused_at_once(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--seed", "-1"], "seed: must be >= 0"),
-    (["--learning_rate", "-1"], "learning_rate: must be > 0"),
+    (["--learning_rate", "-1"], r"learning_rate: must be in \(0, 1\]"),
     (["--per_device_train_batch_size", "0"], "per_device_train_batch_size: must be at least 1"),
     (["--test_file", ""], "test_file: '': file not found"),
-    (["--num_train_epochs", "0"], "num_train_epochs: must be > 0"),
+    (["--num_train_epochs", "0"], "num_train_epochs: must be a finite number > 0"),
 ])
 def test_bad_training_values_fail_before_anything_is_written(tmp_path, args, message):
     from nikl_emotion.config import parse_config
