@@ -546,29 +546,42 @@ def run_training(
                 for k in selected:
                     mark_folder(run.fold(k).root, "fold")
         pseudo = pseudo_label_datasets(technique_args, pseudo_sets, preprocessing, tokenizer, training_args)
-        for k in selected:
-            if run.fold(k).is_done(k):
-                print(f"fold {k}: already complete ({DONE_FILE}); skipped")
-                continue
-            data = FoldData(k, *folds[k], encoded, encoded_test, backbone, preprocessing, pseudo[k] if pseudo else None)
-            try:
-                train_fold(data, kfold_args, loss_args, training_args, technique_args)
-            except TrainingDiverged:
-                if state.is_main_process:  # with no fold results left, a corrected configuration takes the folder over
-                    for j in selected:
-                        if j == k or holds_nothing(run.fold(j).root):
-                            shutil.rmtree(run.fold(j).root, ignore_errors=True)
-                raise
+        fold_data = [FoldData(k, *folds[k], encoded, encoded_test, backbone, preprocessing, pseudo[k] if pseudo else None)
+                     for k in selected]
+        train_folds(run, fold_data, kfold_args, loss_args, training_args, technique_args)
         if not state.is_main_process:
             return None
         with exclusive(run.setup_lock, output_dir, wait=True):
             summary = summarize(output_dir, train_rows, data_args.test_file, kfold_args.num_folds, kfold_args)
+    print_summary(summary, kfold_args, output_dir)
+    return summary
+
+
+def train_folds(run: RunFolder, fold_data: list[FoldData], kfold_args: KFoldArguments, loss_args: LossArguments,
+                training_args: TrainingArguments, technique_args: TechniqueArguments) -> None:
+    """Train the folds that are not done yet. A fold that diverges stops the run; its folder goes (and so do the
+    selected folds' empty ones), so a corrected configuration may take the folder over when no results are left."""
+    for data in fold_data:
+        k = data.fold
+        if run.fold(k).is_done(k):
+            print(f"fold {k}: already complete ({DONE_FILE}); skipped")
+            continue
+        try:
+            train_fold(data, kfold_args, loss_args, training_args, technique_args)
+        except TrainingDiverged:
+            if PartialState().is_main_process:
+                for other in fold_data:
+                    if other.fold == k or holds_nothing(run.fold(other.fold).root):
+                        shutil.rmtree(run.fold(other.fold).root, ignore_errors=True)
+            raise
+
+
+def print_summary(summary: dict | None, kfold_args: KFoldArguments, output_dir: str) -> None:
     if summary is None:
         print(f"fold {kfold_args.fold} done; the run is summarised when all {kfold_args.num_folds} folds are in {output_dir}")
-        return None
+        return
     table = {f"fold_{f['fold']}": f for f in summary["folds"]}
     table["oof"] = summary["oof"]
     print(format_table(table))
     print(describe_gain(summary["thresholds"]))
     print(describe_choice(summary["decision"]))
-    return summary
