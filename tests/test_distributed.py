@@ -68,3 +68,20 @@ def test_fine_tuning_techniques_keep_the_ranks_in_step(tmp_path):
     position = {row_id: i for i, row_id in enumerate(single_ids)}
     val_ids, val_probs = read_probs(out / "fold_0" / "val_probs.jsonl")
     np.testing.assert_allclose(val_probs, single_probs[[position[i] for i in val_ids]], atol=1e-5)
+
+
+@pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate CLI not on PATH")
+def test_the_time_budget_measures_the_wrapped_model_with_accumulation_and_holds(tmp_path):
+    out = tmp_path / "post"
+    result = subprocess.run(
+        ["accelerate", "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+         "--dynamo_backend", "no", "post_train.py", str(ROOT / "configs" / "post_train-quickstart.yaml"),
+         "--output_dir", str(out), "--time_budget_minutes", "0.3", "--gradient_accumulation_steps", "2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "post_train.json").read_text(encoding="utf-8"))
+    plan = summary["time_budget"]
+    # a plan of optimizer steps, each measured through DDP over both ranks' micro-batches, is carried out; the time
+    # bound is loose (the other test worker shares the cores): BENCHMARKS.md measures it on an idle machine
+    assert summary["steps"] == plan["max_steps"] and summary["seconds"] <= 0.3 * 60 * 2
