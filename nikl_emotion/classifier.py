@@ -31,6 +31,7 @@ from nikl_emotion.batching import MODEL_INPUTS, length_order, pad_table
 from nikl_emotion.data import load_jsonl, rows_from_records
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.folder_kind import folder_kind
+from nikl_emotion.run_folder import EXPORT_FILE, ONNX_FILE
 from nikl_emotion.labels import ID2LABEL, NUM_LABELS
 from nikl_emotion.metrics import decide, sigmoid
 from nikl_emotion.ngram import NgramBackend, NgramClassifier, is_ngram_folder
@@ -38,8 +39,6 @@ from nikl_emotion.preprocessing import Preprocessing, clean, encode
 
 logger = logging.getLogger(__name__)
 
-ONNX_FILE = "model.onnx"  # an export folder: this graph, export.json, the tokenizer, config.json, preprocessing.json
-EXPORT_FILE = "export.json"
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "sentencepiece.bpe.model", "spiece.model", "tokenizer.model", "vocab.json")
 Rows = str | os.PathLike | Dataset | Mapping | Sequence[str] | Sequence[dict]
 

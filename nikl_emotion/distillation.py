@@ -54,14 +54,11 @@ from nikl_emotion.metrics import decide, score
 from nikl_emotion.ngram import is_ngram
 from nikl_emotion.preprocessing import Preprocessing, clean, encode
 from nikl_emotion.run_folder import (
-    BACKBONE_DIR, CONFIG_FILE, INPUTS_FILE, SUBMISSION_FILE, FoldFolder, RunFolder, input_digests, prepare_output_dir,
-    read_mapping,
+    DISTILL_FILE, STUDENT_FILES, SUBMISSION_FILE, FoldFolder, RunFolder, input_digests, prepare_output_dir, read_mapping,
 )
 from nikl_emotion.summary import fold_predictions
 from nikl_emotion.training import FoldData, backbone_and_encodings, replace_labels, train_fold
 
-DISTILL_FILE = "distill.json"
-STUDENT_FILES = (*FoldFolder.file_names(), CONFIG_FILE, INPUTS_FILE, BACKBONE_DIR, SUBMISSION_FILE, DISTILL_FILE)
 OPTIMISTIC_VALIDATION = ("the student's validation score is optimistic: the teacher's other folds learned these rows' "
                          "labels and the soft targets carry that to the student; score it on rows the teacher never "
                          "trained on (e.g. a labelled test_file with score.py)")

@@ -19,7 +19,7 @@ from nikl_emotion.classifier import EXPORT_FILE, ONNX_FILE, EmotionClassifier, i
 from nikl_emotion.encoding import tokenize_batch
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.folder_kind import check_output_folder, is_ignorable, mark_folder
-from nikl_emotion.run_folder import MODEL_FILE
+from nikl_emotion.run_folder import OWN_NAMES
 from nikl_emotion.fileio import atomic_folder, check_writable_location, write_json_atomic
 from nikl_emotion.preprocessing import Preprocessing
 
@@ -74,7 +74,7 @@ def check_export_target(checkpoint: str, output_dir: str) -> None:
 
 def is_export_file(name: str) -> bool:
     """A name export.py writes into its folder (the graph, its record, the tokenizer, config and preprocessing)."""
-    return name in (ONNX_FILE, EXPORT_FILE) or is_ignorable(name) or MODEL_FILE.fullmatch(name) is not None
+    return is_ignorable(name) or OWN_NAMES["export"](name)
 
 
 def _export(classifier: EmotionClassifier, staging: str, *, source: str, int8: bool, opset: int, ort) -> dict:

@@ -23,7 +23,7 @@ import yaml
 from nikl_emotion.data import file_digest
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.fileio import write_json_atomic, write_text_atomic
-from nikl_emotion.folder_kind import claim_folder, describe
+from nikl_emotion.folder_kind import claim_folder, describe, enclosing_folder
 
 CONFIG_FILE = "config.yaml"  # written first (the resolved configuration)
 INPUTS_FILE = "inputs.json"  # sha256 of each input file: results are refused against changed data
@@ -268,3 +268,34 @@ def last_complete_checkpoint(folder: str, required: tuple[str, ...] = ()) -> str
             return path
         shutil.rmtree(path, ignore_errors=True)
     return None
+
+
+DISTILL_FILE = "distill.json"  # distill.py's summary: the student beside the teacher
+STUDENT_FILES = (*FoldFolder.file_names(), CONFIG_FILE, INPUTS_FILE, BACKBONE_DIR, SUBMISSION_FILE, DISTILL_FILE)
+ONNX_FILE = "model.onnx"  # an export folder: this graph, export.json, the tokenizer, config.json, preprocessing.json
+EXPORT_FILE = "export.json"
+EXPORT_FILES = (ONNX_FILE, EXPORT_FILE)
+
+# what each kind of folder (folder_kind.py) writes at its top level: the names no other command may replace
+OWN_NAMES = {
+    "run": lambda name: is_run_file(name) or name in HP_SEARCH_FILES,
+    "fold": lambda name: name in FoldFolder.file_names(),
+    "post-training": PostTrainFolder.is_run_file,
+    "distillation": lambda name: name in STUDENT_FILES,
+    "export": lambda name: name in EXPORT_FILES or MODEL_FILE.fullmatch(name) is not None,
+    "checkpoint": lambda name: name == "README.md" or MODEL_FILE.fullmatch(name) is not None,
+}
+
+
+def check_not_a_folders_own_file(path: str, option: str) -> None:
+    """An output file of inference.py or ensemble.py may sit in a run's folder (OUT/dev_submission.jsonl), but must
+    not replace a file the folder's command wrote (OUT/submission.jsonl, OUT/fold_0/val_probs.jsonl)."""
+    enclosing = enclosing_folder(path)
+    if enclosing is None:
+        return
+    folder, kind = enclosing
+    name = os.path.relpath(os.path.realpath(path), folder).split(os.sep)[0]
+    owns = OWN_NAMES.get(kind)
+    if owns is not None and owns(name):
+        raise PipelineError(f"{option}: {path} is a file of {folder}, {describe(kind)}, which its command wrote and "
+                            "reads back: write to another path")

@@ -372,3 +372,18 @@ def test_export_replaces_a_previous_export_only_when_it_holds_nothing_else(tiny_
     (previous / "NOTES.md").write_text("mine", encoding="utf-8")
     with pytest.raises(PipelineError, match="also holds NOTES.md"):
         check_export_target(str(tiny_run / "fold_0" / "best"), str(previous))
+
+
+def test_an_output_file_may_sit_in_a_run_but_not_replace_its_files(run_copy, tmp_path, capsys, monkeypatch):
+    before = snapshot(run_copy)
+    best = run_copy / "fold_0" / "best"
+    for script, args in (("inference", ("--checkpoint", best, "--input", SAMPLE_DEV, "--output", run_copy / "submission.jsonl")),
+                         ("inference", ("--checkpoint", best, "--input", SAMPLE_DEV, "--output", tmp_path / "s.jsonl",
+                                        "--probs", run_copy / "fold_0" / "val_probs.jsonl")),
+                         ("ensemble", ("--inputs", run_copy / "fold_0" / "test_probs.jsonl", run_copy / "fold_1" / "test_probs.jsonl",
+                                       "--reference", SAMPLE_TEST, "--output", run_copy / "oof.jsonl"))):
+        assert "which its command wrote" in refused(capsys, monkeypatch, script, *args)
+    assert snapshot(run_copy) == before
+    code, errors = run_main(capsys, monkeypatch, "inference", "--checkpoint", best, "--input", SAMPLE_DEV,
+                            "--output", run_copy / "dev_submission.jsonl")  # the README's quickstart does this
+    assert code == 0 and not errors and (run_copy / "dev_submission.jsonl").exists()

@@ -56,6 +56,11 @@ def main(argv: list[str]) -> int:
                      "--min_votes, --decision, --reference and --align_by_id")
     if args.probs and not args.runs:
         parser.error("--probs goes with --strategy stack")
+    from nikl_emotion.run_folder import check_not_a_folders_own_file
+
+    for option, path in (("--output", args.output), ("--probs", args.probs)):
+        if path:
+            check_not_a_folders_own_file(path, option)
     if args.runs:
         return stack(args)
     if args.decision and decision_options_given(args):

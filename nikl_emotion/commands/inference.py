@@ -26,6 +26,11 @@ def main(argv: list[str]) -> int:
     rule = None if args.run else decision_rule(args)
     quiet_libraries()
     from nikl_emotion.prediction import predict_file, run_checkpoints
+    from nikl_emotion.run_folder import check_not_a_folders_own_file
+
+    for option, path in (("--output", args.output), ("--probs", args.probs)):
+        if path:
+            check_not_a_folders_own_file(path, option)
 
     checkpoints, rule = run_checkpoints(args.run) if args.run else (args.checkpoint, rule)
     decisions = predict_file(checkpoints, args.input, args.output, probs_path=args.probs, rule=rule,
