@@ -10,6 +10,7 @@ import signal
 import sys
 from collections.abc import Callable
 
+from nikl_emotion.decision_vocabulary import DEFAULT_STRATEGY, DEFAULT_VOTE_RULE, DEFAULT_VOTE_TIE
 from nikl_emotion.errors import PipelineError
 
 
@@ -85,7 +86,7 @@ def add_decision_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no_fallback", action="store_true", help="allow rows with no label")
 
 
-def decision_rule(args: argparse.Namespace, strategy: str = "hard"):
+def decision_rule(args: argparse.Namespace, strategy: str = DEFAULT_STRATEGY):
     """The `DecisionRule` the command-line options describe (vote options where the command has them)."""
     from nikl_emotion.voting import DecisionRule
 
@@ -93,8 +94,8 @@ def decision_rule(args: argparse.Namespace, strategy: str = "hard"):
         strategy=getattr(args, "strategy", None) or strategy,
         threshold=decision_threshold(args),
         fallback=not args.no_fallback,
-        vote_rule=getattr(args, "rule", None) or "majority",
-        vote_tie=getattr(args, "tie", None) or "positive",
+        vote_rule=getattr(args, "rule", None) or DEFAULT_VOTE_RULE,
+        vote_tie=getattr(args, "tie", None) or DEFAULT_VOTE_TIE,
         min_votes=getattr(args, "min_votes", None),
         weights=getattr(args, "weights", None),
     )
@@ -102,10 +103,10 @@ def decision_rule(args: argparse.Namespace, strategy: str = "hard"):
 
 def decision_options_given(args: argparse.Namespace) -> list[str]:
     """The decision options set away from their defaults (refused beside a saved rule, which replaces them)."""
-    given = {"--strategy": getattr(args, "strategy", None) not in (None, "hard"),
+    given = {"--strategy": getattr(args, "strategy", None) not in (None, DEFAULT_STRATEGY),
              "--threshold": args.threshold != 0.5, "--thresholds": bool(args.thresholds), "--no_fallback": args.no_fallback,
-             "--rule": getattr(args, "rule", None) not in (None, "majority"),
-             "--tie": getattr(args, "tie", None) not in (None, "positive"),
+             "--rule": getattr(args, "rule", None) not in (None, DEFAULT_VOTE_RULE),
+             "--tie": getattr(args, "tie", None) not in (None, DEFAULT_VOTE_TIE),
              "--weights": getattr(args, "weights", None) is not None, "--min_votes": getattr(args, "min_votes", None) is not None}
     return [name for name, is_set in given.items() if is_set]
 

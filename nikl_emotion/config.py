@@ -16,7 +16,10 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
 from nikl_emotion.backbone import check_model_folder, is_offline, parse_offline_spec
-from nikl_emotion.decision import DECISION_MODES
+from nikl_emotion.decision_vocabulary import (
+    DECISION_MODES, DEFAULT_DECISION_MODE, DEFAULT_STRATEGY, DEFAULT_VOTE_RULE, DEFAULT_VOTE_TIE, VOTE_RULES, VOTE_TIES,
+    check_choice, spelled,
+)
 from nikl_emotion.encoding import INPUT_FORMATS, MAX_UNKNOWN_RATE
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.labels import NUM_LABELS
@@ -93,9 +96,9 @@ class KFoldArguments:
     early_stopping_patience: int = field(default=3, metadata={"help": "Epochs without a better validation micro-F1 before stopping; 0 disables."})
     threshold: float = field(default=0.5, metadata={"help": "Probability at or above which a label is predicted."})
     fallback_top_label: bool = field(default=True, metadata={"help": "An empty prediction takes the top-scoring label."})
-    vote_rule: str = field(default="majority", metadata={"help": "Hard-vote rule over folds: majority or reference."})
-    vote_tie: str = field(default="positive", metadata={"help": "Majority vote with half the votes: positive or negative."})
-    decision: str = field(default="auto", metadata={"help": "How submission.jsonl is decided: auto (the candidate rule "
+    vote_rule: str = field(default=DEFAULT_VOTE_RULE, metadata={"help": f"Hard-vote rule over folds: {spelled(VOTE_RULES)}."})
+    vote_tie: str = field(default=DEFAULT_VOTE_TIE, metadata={"help": f"Majority vote with half the votes: {spelled(VOTE_TIES)}."})
+    decision: str = field(default=DEFAULT_DECISION_MODE, metadata={"help": "How submission.jsonl is decided: auto (the candidate rule "
                           "with the best nested out-of-fold micro-F1: hard/soft vote, threshold or per-label OOF "
                           "thresholds) or fixed (hard vote at threshold by vote_rule)."})
 
@@ -106,13 +109,12 @@ class KFoldArguments:
             raise PipelineError(f"fold: must be in [0, {self.num_folds - 1}], got {self.fold}")
         if self.early_stopping_patience < 0:
             raise PipelineError("early_stopping_patience: must be >= 0")
-        if self.decision not in DECISION_MODES:
-            raise PipelineError(f"decision: {self.decision!r} is not auto or fixed")
+        check_choice("decision", self.decision, DECISION_MODES)
         self.fixed_rule()  # threshold, vote_rule and vote_tie are checked where they are used, by DecisionRule
 
     def fixed_rule(self) -> DecisionRule:
         """The rule `decision: fixed` decides with: the folds' hard vote at `threshold` by `vote_rule`."""
-        return DecisionRule("hard", self.threshold, self.fallback_top_label, self.vote_rule, self.vote_tie)
+        return DecisionRule(DEFAULT_STRATEGY, self.threshold, self.fallback_top_label, self.vote_rule, self.vote_tie)
 
 
 @dataclass

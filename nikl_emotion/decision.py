@@ -30,10 +30,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nikl_emotion.decision_vocabulary import DECISION_MODES, check_choice
 from nikl_emotion.metrics import score
 from nikl_emotion.voting import DecisionRule
 
-DECISION_MODES = ("auto", "fixed")
 BOOTSTRAP_RESAMPLES = 200
 
 
@@ -97,18 +97,22 @@ def gain_standard_error(gold: np.ndarray, base: np.ndarray, other: np.ndarray, s
 
 
 def choose_rule(oof: np.ndarray, gold: np.ndarray, fold_of_row: np.ndarray, fitted: dict[int, np.ndarray],
-                all_oof_thresholds: np.ndarray, kfold_args) -> tuple[DecisionRule, dict]:
-    """(the rule for the test file, the record for summary.json["decision"]). `fitted`: per fold, thresholds fitted
-    on the other folds (`nested_thresholds`); `all_oof_thresholds`: fitted on every OOF row, for the final rule."""
+                all_oof_thresholds: np.ndarray, fixed: DecisionRule, mode: str = "auto") -> tuple[DecisionRule, dict]:
+    """(the rule for the test file, the record for summary.json["decision"]). `fixed`: the rule `decision: fixed`
+    uses (its threshold, fallback and vote options shape every candidate); `mode`: auto or fixed. `fitted`: per
+    fold, thresholds fitted on the other folds (`nested_thresholds`); `all_oof_thresholds`: fitted on every OOF row,
+    for the final rule."""
+    check_choice("decision", mode, DECISION_MODES)
     gold = np.asarray(gold).astype(bool)
-    listed = candidates(kfold_args.threshold, kfold_args.fallback_top_label, kfold_args.vote_rule, kfold_args.vote_tie)
+    threshold = fixed.threshold
+    listed = candidates(threshold, fixed.fallback, fixed.vote_rule, fixed.vote_tie)
     records, rules, best = [], [], 0
     for index, candidate in enumerate(listed):
-        decisions = nested_decisions(candidate, oof, fold_of_row, fitted, kfold_args.threshold)
+        decisions = nested_decisions(candidate, oof, fold_of_row, fitted, threshold)
         scored = score(gold, decisions)
         if index == 0:  # the fixed rule: what every other candidate's gain is measured against
             fixed_decisions, fixed_micro_f1 = decisions, scored["micro_f1"]
-        rules.append(candidate.build(tuple(map(float, all_oof_thresholds)) if candidate.tuned else kfold_args.threshold))
+        rules.append(candidate.build(tuple(map(float, all_oof_thresholds)) if candidate.tuned else threshold))
         gain = scored["micro_f1"] - fixed_micro_f1
         records.append({"name": candidate.name, "description": candidate.description, "micro_f1": scored["micro_f1"],
                         "macro_f1": scored["macro_f1"], "gain": gain,
@@ -116,9 +120,9 @@ def choose_rule(oof: np.ndarray, gold: np.ndarray, fold_of_row: np.ndarray, fitt
         clears_noise = gain > max(records[-1]["gain_se"], 1e-12)
         if clears_noise and scored["micro_f1"] > records[best]["micro_f1"] + 1e-12:  # a tie keeps the earlier rule
             best = index
-    chosen = best if kfold_args.decision == "auto" else 0
+    chosen = best if mode == "auto" else 0
     record = {
-        "mode": kfold_args.decision,
+        "mode": mode,
         "chosen": records[chosen]["name"],
         "best_by_nested_oof": records[best]["name"],
         "gain_over_fixed": records[chosen]["gain"],

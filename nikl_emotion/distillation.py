@@ -50,7 +50,7 @@ from nikl_emotion.config import (
 from nikl_emotion.data import file_digest, iter_column, iter_inputs, load_jsonl, load_jsonl_files
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.fileio import read_probs, write_json_atomic, write_submission
-from nikl_emotion.metrics import decide, score
+from nikl_emotion.metrics import score
 from nikl_emotion.ngram import is_ngram
 from nikl_emotion.preprocessing import Preprocessing, clean, encode
 from nikl_emotion.run_folder import (
@@ -218,10 +218,10 @@ def run_distillation(model_args: ModelArguments, data_args: DataArguments, kfold
     if test_rows is not None:
         _, test_probs = read_probs(folder.test_probs)
         write_submission(os.path.join(output_dir, SUBMISSION_FILE), iter_column(test_rows, "id"), iter_inputs(test_rows),
-                         decide(test_probs, kfold_args.threshold, kfold_args.fallback_top_label))
+                         kfold_args.fixed_rule().decide(test_probs))
 
     def micro_f1(gold_labels: np.ndarray, probs: np.ndarray) -> float:
-        return score(gold_labels, decide(probs, kfold_args.threshold, kfold_args.fallback_top_label))["micro_f1"]
+        return score(gold_labels, kfold_args.fixed_rule().decide(probs))["micro_f1"]
 
     if validation_rows is None:
         teacher_fold = read_mapping(teacher.fold(fold).metrics).get("micro_f1", float("nan"))

@@ -146,16 +146,12 @@ def check_outside_runs(path: str, option: str, run_dirs: list[str]) -> None:
 
 def choose_stack_rule(result: dict, gold: np.ndarray, fold_of_row: np.ndarray, rule) -> tuple:
     """(the rule chosen on the stack's nested OOF probabilities, its record), `rule` being the fixed candidate."""
-    from types import SimpleNamespace
-
     from nikl_emotion.decision import choose_rule
     from nikl_emotion.thresholds import fit_thresholds, nested_thresholds
 
     nested, gold = result["nested_oof"], np.asarray(gold).astype(bool)
-    settings = SimpleNamespace(threshold=rule.threshold, fallback_top_label=rule.fallback, vote_rule=rule.vote_rule,
-                               vote_tie=rule.vote_tie, decision="auto")
     return choose_rule(nested, gold, fold_of_row, nested_thresholds(nested, gold, fold_of_row, rule.fallback),
-                       fit_thresholds(nested, gold, fallback=rule.fallback), settings)
+                       fit_thresholds(nested, gold, fallback=rule.fallback), rule, "auto")
 
 
 def stack_files(run_dirs: list[str], output_path: str, rule, probs_path: str | None = None, choose: bool = False) -> dict:

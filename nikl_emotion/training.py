@@ -9,7 +9,6 @@ import dataclasses
 from dataclasses import dataclass
 import gc
 import hashlib
-import json
 import os
 import shutil
 
@@ -347,7 +346,7 @@ def train_fold(data: FoldData, kfold_args: KFoldArguments, loss_args: LossArgume
     result: dict = {}
     if trainer.is_world_process_zero():
         gold = np.asarray(val_rows["labels"])
-        result = score(gold, decide(val_probs, kfold_args.threshold, kfold_args.fallback_top_label))
+        result = score(gold, kfold_args.fixed_rule().decide(val_probs))
         save_best(trainer, folder, data.preprocessing, run_config(training_args.output_dir), data.fold, result)
         result.update(fold_state(trainer, data))
         write_fold_outputs(folder, val_rows, val_probs, data.encoded_test, test_probs, result)
@@ -365,7 +364,7 @@ def train_ngram_fold(data: FoldData, kfold_args: KFoldArguments, training_args: 
     val_rows = data.val_rows
     val_probs = model.predict_proba(val_rows)
     test_probs = model.predict_proba(data.encoded_test) if data.encoded_test is not None else None
-    result = score(np.asarray(val_rows["labels"]), decide(val_probs, kfold_args.threshold, kfold_args.fallback_top_label))
+    result = score(np.asarray(val_rows["labels"]), kfold_args.fixed_rule().decide(val_probs))
     shutil.rmtree(folder.best_staging, ignore_errors=True)
     model.save(folder.best_staging)
     data.preprocessing.save(folder.best_staging)

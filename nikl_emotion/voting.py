@@ -25,6 +25,9 @@ from typing import Literal
 import numpy as np
 
 from nikl_emotion.data import load_jsonl
+from nikl_emotion.decision_vocabulary import (
+    DEFAULT_STRATEGY, DEFAULT_VOTE_RULE, DEFAULT_VOTE_TIE, STRATEGIES, VOTE_RULES, VOTE_TIES, check_choice,
+)
 from nikl_emotion.errors import PipelineError, RowError
 from nikl_emotion.fileio import check_distinct_paths, check_output_path, iter_json_lines, read_probs, write_json_atomic, write_submission
 from nikl_emotion.metrics import decide
@@ -113,17 +116,16 @@ class DecisionRule:
     `min_votes`) or `soft` (the weighted mean probability at `threshold`). `threshold` is one number or 8 per-label
     values; `fallback` gives an empty row its top label (the reference vote rule has its own)."""
 
-    strategy: str = "hard"
+    strategy: str = DEFAULT_STRATEGY
     threshold: float | tuple[float, ...] = 0.5
     fallback: bool = True
-    vote_rule: str = "majority"
-    vote_tie: str = "positive"
+    vote_rule: str = DEFAULT_VOTE_RULE
+    vote_tie: str = DEFAULT_VOTE_TIE
     min_votes: float | None = None
     weights: tuple[float, ...] | None = None
 
     def __post_init__(self):
-        if self.strategy not in ("hard", "soft"):
-            raise PipelineError(f"strategy: {self.strategy!r} is not hard or soft")
+        check_choice("strategy", self.strategy, STRATEGIES)
         values = np.atleast_1d(np.asarray(self.threshold, dtype=np.float64))
         if np.ndim(self.threshold) == 0 and not 0 < values[0] < 1:
             raise PipelineError(f"threshold: must be in (0, 1), got {self.threshold}")
@@ -131,10 +133,8 @@ class DecisionRule:
             raise PipelineError(f"threshold: expected one number or 8 numbers in (0, 1), got {self.threshold}")
         # one number or a tuple, whatever was given (a numpy array, a list): the rule is hashable and saves as JSON
         object.__setattr__(self, "threshold", float(values[0]) if np.ndim(self.threshold) == 0 else tuple(map(float, values)))
-        if self.vote_rule not in ("majority", "reference"):
-            raise PipelineError(f"vote_rule: {self.vote_rule!r} is not majority or reference")
-        if self.vote_tie not in ("positive", "negative"):
-            raise PipelineError(f"vote_tie: {self.vote_tie!r} is not positive or negative")
+        check_choice("vote_rule", self.vote_rule, VOTE_RULES)
+        check_choice("vote_tie", self.vote_tie, VOTE_TIES)
         if self.weights is not None:
             object.__setattr__(self, "weights", tuple(map(float, self.weights)))
             check_vote_options(len(self.weights), self.weights, self.min_votes)

@@ -32,7 +32,8 @@ def choose(probs, gold, fold_of_row, **kfold):
     fallback = kfold.get("fallback_top_label", True)
     fitted = nested_thresholds(probs, gold, fold_of_row, fallback)
     all_rows = fit_thresholds(probs, gold, fallback=fallback)
-    return choose_rule(probs, gold, fold_of_row, fitted, all_rows, KFoldArguments(**kfold))
+    settings = KFoldArguments(**kfold)
+    return choose_rule(probs, gold, fold_of_row, fitted, all_rows, settings.fixed_rule(), settings.decision)
 
 
 def test_auto_chooses_the_rule_that_predicts_the_squashed_label_and_records_every_candidate():

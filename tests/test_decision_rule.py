@@ -80,3 +80,25 @@ def test_the_rule_applies_the_vote_rule_it_names():
         expected = hard_vote(fell_back, rule_name, mean_probs=np.mean(probs, axis=0))
         np.testing.assert_array_equal(results[rule_name], expected)
     assert (results["majority"] != results["reference"]).any(axis=1).sum() > 10
+
+
+def test_the_decision_vocabulary_is_the_one_every_place_accepts():
+    import dataclasses
+
+    from nikl_emotion.config import KFoldArguments
+    from nikl_emotion.decision_vocabulary import DECISION_MODES, STRATEGIES, VOTE_RULES, VOTE_TIES
+    from nikl_emotion.errors import PipelineError
+    from nikl_emotion.voting import DecisionRule
+
+    for strategy in STRATEGIES:
+        for rule in VOTE_RULES:
+            for tie in VOTE_TIES:
+                DecisionRule(strategy, 0.5, True, rule, tie)
+                KFoldArguments(vote_rule=rule, vote_tie=tie)
+    for mode in DECISION_MODES:
+        KFoldArguments(decision=mode)
+    for key, bad in (("strategy", "mean"), ("vote_rule", "unanimous"), ("vote_tie", "coin")):
+        with pytest.raises(PipelineError, match=f"{key}: '{bad}' is not"):
+            dataclasses.replace(DecisionRule(), **{key: bad})
+    with pytest.raises(PipelineError, match="decision: 'best' is not auto or fixed"):
+        KFoldArguments(decision="best")

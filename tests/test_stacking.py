@@ -85,7 +85,7 @@ def test_runs_of_other_folds_or_options_are_refused(tiny_run, tmp_path):
     before = fold_file.read_bytes()
     refused = run_cli("ensemble.py", "--runs", tiny_run, three_folds, "--strategy", "stack", "--output", fold_file,
                       check=False)
-    assert refused.returncode == 1 and "lies inside" in refused.stderr and fold_file.read_bytes() == before
+    assert refused.returncode == 1 and "which its command wrote" in refused.stderr and fold_file.read_bytes() == before
     for extra in (["--weights", "1", "2"], ["--strategy", "hard"]):
         args = ["--runs", tiny_run, three_folds, "--strategy", "stack", "--output", tmp_path / "s.jsonl", *extra]
         assert run_cli("ensemble.py", *args, check=False).returncode == 2

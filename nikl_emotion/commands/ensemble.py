@@ -25,6 +25,10 @@ per-label thresholds fitted on the stacked OOF rows) or voted at --threshold(s) 
 
 from nikl_emotion.cli import command_parser, add_decision_arguments, decision_options_given, decision_rule, quiet_libraries
 from nikl_emotion.decision import describe_choice
+from nikl_emotion.decision_vocabulary import (
+    DECISION_MODES, DEFAULT_DECISION_MODE, DEFAULT_STRATEGY, DEFAULT_VOTE_RULE, DEFAULT_VOTE_TIE, STACK_STRATEGY,
+    STRATEGIES, VOTE_RULES, VOTE_TIES,
+)
 from nikl_emotion.errors import PipelineError
 
 
@@ -34,14 +38,14 @@ def main(argv: list[str]) -> int:
     source.add_argument("--inputs", nargs="+", help="probability or submission jsonl files")
     source.add_argument("--runs", nargs="+", help="finished train.py runs to stack (with --strategy stack)")
     parser.add_argument("--probs", help="--strategy stack: also write the stacked probabilities (mean of the folds)")
-    parser.add_argument("--stack_decision", choices=["auto", "fixed"], default="auto",
+    parser.add_argument("--stack_decision", choices=DECISION_MODES, default=DEFAULT_DECISION_MODE,
                         help="--strategy stack: auto chooses hard/soft vote and OOF-fitted thresholds on the stack's "
                              "nested OOF (as train.py's decision: auto); fixed votes at --threshold(s)")
     parser.add_argument("--output", required=True, help="submission jsonl to write")
-    parser.add_argument("--strategy", choices=["hard", "soft", "stack"], default="hard",
+    parser.add_argument("--strategy", choices=[*STRATEGIES, STACK_STRATEGY], default=DEFAULT_STRATEGY,
                         help="hard: vote decisions; soft: mean probability; stack: a stacker over --runs")
-    parser.add_argument("--rule", choices=["majority", "reference"], default="majority", help="hard-vote rule")
-    parser.add_argument("--tie", choices=["positive", "negative"], default="positive", help="majority rule: a label with exactly half the votes")
+    parser.add_argument("--rule", choices=VOTE_RULES, default=DEFAULT_VOTE_RULE, help="hard-vote rule")
+    parser.add_argument("--tie", choices=VOTE_TIES, default=DEFAULT_VOTE_TIE, help="majority rule: a label with exactly half the votes")
     parser.add_argument("--weights", type=float, nargs="+", help="one positive weight per input")
     parser.add_argument("--min_votes", type=float, help="hard: a label needs at least this many (weighted) votes")
     add_decision_arguments(parser)
@@ -49,7 +53,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--align_by_id", action="store_true", help="accept inputs with the same ids in another order")
     parser.add_argument("--reference", help="the predicted input jsonl; needed when every input is a probability file")
     args = parser.parse_args(argv)
-    if (args.strategy == "stack") != bool(args.runs):
+    if (args.strategy == STACK_STRATEGY) != bool(args.runs):
         parser.error("--runs goes with --strategy stack, and --strategy stack with --runs")
     if args.runs and (args.weights or args.min_votes or args.decision or args.reference or args.align_by_id):
         parser.error("--strategy stack fits its own weights and takes the runs' test file: drop --weights, "
@@ -77,13 +81,14 @@ def main(argv: list[str]) -> int:
 def stack(args) -> int:
     from nikl_emotion.stacking import stack_files
 
-    args.strategy = "hard"  # the folds' stacked probabilities are decided at --threshold(s) and voted
+    args.strategy = DEFAULT_STRATEGY  # the folds' stacked probabilities are decided at --threshold(s) and voted
     rule = decision_rule(args)
     quiet_libraries()
-    if args.stack_decision == "auto" and args.thresholds:
+    choose = args.stack_decision == DEFAULT_DECISION_MODE
+    if choose and args.thresholds:
         raise PipelineError("--thresholds: the stack fits its own with --stack_decision auto; add --stack_decision "
                             "fixed to vote at these")
-    result = stack_files(args.runs, args.output, rule, args.probs, choose=args.stack_decision == "auto")
+    result = stack_files(args.runs, args.output, rule, args.probs, choose=choose)
     for name, scored in result["scores"].items():
         print(f"OOF micro-F1 {scored['micro_f1']:.4f}  macro-F1 {scored['macro_f1']:.4f}  {name}")
     if "decision" in result:

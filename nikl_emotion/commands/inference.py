@@ -5,6 +5,7 @@ python inference.py --run OUT --input test.jsonl --output submission.jsonl   (a 
 """
 
 from nikl_emotion.cli import command_parser, add_decision_arguments, decision_options_given, decision_rule, quiet_libraries
+from nikl_emotion.decision_vocabulary import DEFAULT_STRATEGY, STRATEGIES
 
 
 def main(argv: list[str]) -> int:
@@ -18,7 +19,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--probs", help="also write the (mean) probabilities here")
     parser.add_argument("--batch_size", type=int, default=128)
     add_decision_arguments(parser)
-    parser.add_argument("--strategy", choices=["hard", "soft"], help="how several checkpoints combine (default hard)")
+    parser.add_argument("--strategy", choices=STRATEGIES, help=f"how several checkpoints combine (default {DEFAULT_STRATEGY})")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     args = parser.parse_args(argv)
     if args.run and (args.strategy or decision_options_given(args)):
