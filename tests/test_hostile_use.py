@@ -87,15 +87,17 @@ def test_inference_and_ensemble_refuse_to_write_over_their_inputs(tiny_run, tmp_
     probs = tiny_run / "fold_0" / "test_probs.jsonl"
     before = snapshot(tmp_path), snapshot(tiny_run)
     best = tiny_run / "fold_0" / "best"
+    same = "is the same file as"
     cases = [
-        ("inference", "--checkpoint", best, "--input", dev, "--output", dev),
-        ("inference", "--checkpoint", best, "--input", dev, "--output", tmp_path / "x.jsonl", "--probs", tmp_path / "x.jsonl"),
-        ("ensemble", "--inputs", probs, "--reference", SAMPLE_TEST, "--output", probs),
-        ("ensemble", "--inputs", probs, "--reference", dev, "--output", dev),
+        (same, "inference", "--checkpoint", best, "--input", dev, "--output", dev),
+        (same, "inference", "--checkpoint", best, "--input", dev, "--output", tmp_path / "x.jsonl", "--probs", tmp_path / "x.jsonl"),
+        # the fold's test probabilities are also a run's own file: that refusal comes first
+        ("which its command wrote", "ensemble", "--inputs", probs, "--reference", SAMPLE_TEST, "--output", probs),
+        (same, "ensemble", "--inputs", probs, "--reference", dev, "--output", dev),
     ]
-    for script, *args in cases:
+    for reason, script, *args in cases:
         code, errors = run_main(capsys, monkeypatch, script, *args)
-        assert code == 1 and len(errors) == 1 and "is the same file as" in errors[0], (args, errors)
+        assert code == 1 and len(errors) == 1 and reason in errors[0], (args, errors)
     assert (snapshot(tmp_path), snapshot(tiny_run)) == before
 
 

@@ -377,17 +377,18 @@ def test_pseudo_labels_come_from_the_same_fold_of_the_finished_run(tiny_run, tmp
 
     out = tmp_path / "student"
     run_cli("train.py", ROOT / "configs" / "quickstart.yaml", "--output_dir", out, "--num_folds", "2",
-            "--num_train_epochs", "2", "--pseudo_label_run", tiny_run, "--pseudo_label_threshold", "0.6")
+            "--num_train_epochs", "2", "--pseudo_label_run", tiny_run, "--pseudo_label_threshold", "0.51")
     import json
 
     for k in range(2):
         _, teacher = read_probs(tiny_run / f"fold_{k}" / "test_probs.jsonl")
-        # written out here: all 8 labels at >= 0.6 or <= 0.4, and one at >= 0.6
-        expected = sum(1 for row in teacher if all(p >= 0.6 or p <= 0.4 for p in row) and max(row) >= 0.6)
+        # written out here: all 8 labels at >= 0.51 or <= 0.49, and one at >= 0.51 (a low bar: the tiny teacher's
+        # confidence varies from run to run, and the test needs some rows to count)
+        expected = sum(1 for row in teacher if all(p >= 0.51 or p <= 0.49 for p in row) and max(row) >= 0.51)
         metrics = json.loads((out / f"fold_{k}" / "metrics.json").read_text(encoding="utf-8"))
         assert metrics["pseudo_label_rows"] == expected > 0
     config = (out / "config.yaml").read_text(encoding="utf-8")
-    assert "pseudo_label_run:" in config and "pseudo_label_threshold: 0.6" in config
+    assert "pseudo_label_run:" in config and "pseudo_label_threshold: 0.51" in config
 
 
 @pytest.mark.parametrize("change, message", [(["--seed", "7"], "validated on other rows than this run's fold 0"),
