@@ -437,6 +437,19 @@ LOSS_KEYS = {
 }
 
 
+def field_defaults(*classes) -> dict[str, object]:
+    """Each settings dataclass field's default (what a key left out means): how a run written before a key existed
+    is compared with a command that has it (`run_folder.config_difference`)."""
+    defaults: dict[str, object] = {}
+    for cls in classes:
+        for f in dataclasses.fields(cls):
+            if f.default is not dataclasses.MISSING:
+                defaults[f.name] = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                defaults[f.name] = f.default_factory()
+    return defaults
+
+
 def resolved_config(*args_list) -> dict:
     """A flat mapping that, saved as YAML, reproduces the run: all pipeline keys and every non-default Trainer key."""
     *pipeline_args, training_args = args_list

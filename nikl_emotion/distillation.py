@@ -45,7 +45,7 @@ from transformers import TrainingArguments
 from nikl_emotion.folder_kind import check_output_folder, require_kind
 from nikl_emotion.config import (
     ARGUMENT_CLASSES, TRAINING_DEFAULTS, DataArguments, KFoldArguments, LossArguments, ModelArguments,
-    TechniqueArguments, parse_arguments, resolved_config, validate,
+    TechniqueArguments, field_defaults, parse_arguments, resolved_config, validate,
 )
 from nikl_emotion.data import file_digest, iter_column, iter_inputs, load_jsonl, load_jsonl_files
 from nikl_emotion.errors import PipelineError
@@ -173,7 +173,8 @@ def run_distillation(model_args: ModelArguments, data_args: DataArguments, kfold
                                 *([data_args.test_file] if data_args.test_file else [])])
         prepare_output_dir(output_dir, config, kfold_args.overwrite, inputs=inputs, kind="distillation",
                            is_run_file=lambda name: name in STUDENT_FILES,
-                           has_results=lambda folder: os.path.isdir(os.path.join(folder, "best")))
+                           has_results=lambda folder: os.path.isdir(os.path.join(folder, "best")),
+                           defaults=field_defaults(*ARGUMENT_CLASSES[:-1], DistillArguments))
     state.wait_for_everyone()
 
     gold = np.asarray(train_rows["labels"], dtype=np.float32)

@@ -47,6 +47,7 @@ from nikl_emotion.config import (
     parse_arguments,
     resolved_config,
     check_input_files,
+    field_defaults,
     is_finite,
     validate_reporting,
     validate_training_values,
@@ -306,7 +307,8 @@ def run_post_training(
             held.enter_context(exclusive(folder.lock, folder.root))
             prepare_output_dir(folder.root, config, mlm_args.overwrite, is_run_file=folder.is_run_file,
                                kind="post-training", has_results=lambda _: folder.has_results(),
-                               inputs=input_digests(data_args.train_files))
+                               inputs=input_digests(data_args.train_files),
+                               defaults=field_defaults(ModelArguments, PostTrainDataArguments, MLMArguments))
         state.wait_for_everyone()
         if folder.is_finished():  # post_train.json is written last: this configuration is post-trained already
             if state.is_main_process:

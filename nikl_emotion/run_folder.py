@@ -203,20 +203,13 @@ RESUMABLE_KEYS = frozenset({
 })
 
 
-# keys added after runs were first written, with the value that reproduces what those runs did: a config.yaml
-# without one of them is that value, so an older run still resumes, summarises and rebuilds
-ADDED_KEY_DEFAULTS: dict[str, object] = {"offline_pretokenizer": "none", "time_budget_minutes": None, "objective": "mlm",
-                                         "rtd_generator_size": 0.25, "rtd_discriminator_weight": 50.0,
-                                         # the fine-tuning techniques (TechniqueArguments), off
-                                         "layerwise_lr_decay": 1.0, "ema_decay": 0.0, "swa_epochs": 0, "rdrop_alpha": 0.0,
-                                         "multi_sample_dropout": 1, "adversarial": "none", "adversarial_epsilon": None,
-                                         "pseudo_label_run": None, "pseudo_label_threshold": 0.9}
-
-
-def config_difference(old: dict, new: dict) -> str | None:
-    """The first result-affecting key whose value differs between two resolved configs, as `key: old -> new`."""
+def config_difference(old: dict, new: dict, defaults: dict | None = None) -> str | None:
+    """The first result-affecting key whose value differs between two resolved configs, as `key: old -> new`. A key
+    missing from one side reads as its value in `defaults` (the settings dataclasses' defaults, `config.field_defaults`):
+    a key added after a run was written is, at its default, what that run did, so an older run still resumes."""
+    defaults = defaults or {}
     for key in sorted(set(old) | set(new)):
-        default = ADDED_KEY_DEFAULTS.get(key)
+        default = defaults.get(key)
         if key not in RESUMABLE_KEYS and old.get(key, default) != new.get(key, default):
             return f"{key}: {old.get(key, '(default)')!r} -> {new.get(key, '(default)')!r}"
     return None
@@ -225,6 +218,7 @@ def config_difference(old: dict, new: dict) -> str | None:
 def prepare_output_dir(
     output_dir: str, config: dict, overwrite: bool, *, is_run_file=is_run_file, kind: str = "run",
     has_results=lambda folder: RunFolder(folder).has_results(), inputs: dict[str, str] | None = None,
+    defaults: dict | None = None,
 ) -> None:
     """Claim output_dir for a command of `kind` (folder_kind.py: another command's folder, a folder of nobody's
     files or one inside another command's folder is refused) and refuse to mix two configurations (or two versions
@@ -236,7 +230,7 @@ def prepare_output_dir(
     inputs_file = os.path.join(output_dir, INPUTS_FILE)
     if os.path.exists(existing):
         old, old_inputs = read_mapping(existing), read_mapping(inputs_file)
-        difference = config_difference(old, config) or inputs_difference(old_inputs, inputs or {})
+        difference = config_difference(old, config, defaults) or inputs_difference(old_inputs, inputs or {})
         if overwrite or (difference is not None and not has_results(output_dir)):
             for name in os.listdir(output_dir):
                 if is_run_file(name):

@@ -26,7 +26,8 @@ from nikl_emotion.backbone import build_offline_backbone, check_max_seq_length, 
 from nikl_emotion.classifier import EmotionClassifier
 from nikl_emotion.averaging import STATE_FILE as AVERAGING_FILE, WeightAveraging, weight_averaging
 from nikl_emotion.config import (
-    DataArguments, KFoldArguments, LossArguments, ModelArguments, TechniqueArguments, resolved_config,
+    ARGUMENT_CLASSES, DataArguments, KFoldArguments, LossArguments, ModelArguments, TechniqueArguments, field_defaults,
+    resolved_config,
 )
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.data import iter_column, load_jsonl, load_jsonl_files
@@ -534,7 +535,8 @@ def run_training(
             if state.is_main_process:
                 inputs = input_digests([*data_args.train_files, *([data_args.test_file] if data_args.test_file else [])])
                 config = resolved_config(model_args, data_args, kfold_args, loss_args, technique_args, training_args)
-                prepare_output_dir(output_dir, config, kfold_args.overwrite, inputs=inputs)
+                prepare_output_dir(output_dir, config, kfold_args.overwrite, inputs=inputs,
+                                   defaults=field_defaults(*ARGUMENT_CLASSES[:-1]))
             state.wait_for_everyone()
             if is_ngram(model_args.model_name_or_path):  # reads the cleaned text itself: no backbone, no tokens
                 backbone, tokenizer, encoded, encoded_test = model_args.model_name_or_path, None, cleaned, cleaned_test

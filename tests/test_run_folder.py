@@ -60,9 +60,29 @@ def test_post_training_folder_owns_its_paths(tmp_path):
 
 
 def test_a_key_added_later_reads_as_its_neutral_value_in_an_older_run():
+    from nikl_emotion.config import ARGUMENT_CLASSES, field_defaults
     from nikl_emotion.run_folder import config_difference
 
+    defaults = field_defaults(*ARGUMENT_CLASSES[:-1])
     old = {"model_name_or_path": "offline:electra-tiny", "max_seq_length": 200}  # written before the key existed
-    assert config_difference(old, {**old, "offline_pretokenizer": "none"}) is None
-    assert config_difference(old, {**old, "offline_pretokenizer": "kiwi"}) == "offline_pretokenizer: '(default)' -> 'kiwi'"
-    assert config_difference(old, {**old, "max_seq_length": 128}) == "max_seq_length: 200 -> 128"
+    assert config_difference(old, {**old, "offline_pretokenizer": "none"}, defaults) is None
+    assert config_difference(old, {**old, "offline_pretokenizer": "kiwi"}, defaults) == "offline_pretokenizer: '(default)' -> 'kiwi'"
+    assert config_difference(old, {**old, "max_seq_length": 128}, defaults) == "max_seq_length: 200 -> 128"
+
+
+def test_every_settings_key_left_out_of_an_older_run_reads_as_its_default():
+    """Defaults come from the dataclasses themselves, so a key added later needs no table kept by hand."""
+    from nikl_emotion.config import ARGUMENT_CLASSES, field_defaults
+    from nikl_emotion.distillation import DistillArguments
+    from nikl_emotion.post_training import MLMArguments
+    from nikl_emotion.run_folder import config_difference
+
+    defaults = field_defaults(*ARGUMENT_CLASSES[:-1], MLMArguments, DistillArguments)
+    assert {"layerwise_lr_decay", "objective", "max_unknown_rate", "distill_gold_weight"} <= set(defaults)
+    at_defaults = dict(defaults)  # a run made with every key at its default
+    for key in at_defaults:
+        older = {k: v for k, v in at_defaults.items() if k != key}  # the same run, written before `key` existed
+        assert config_difference(older, at_defaults, defaults) is None, key
+    changed = {**at_defaults, "ema_decay": 0.999}
+    assert config_difference({k: v for k, v in at_defaults.items() if k != "ema_decay"}, changed, defaults) == \
+        "ema_decay: '(default)' -> 0.999"
