@@ -151,36 +151,75 @@ def run_distillation(model_args: ModelArguments, data_args: DataArguments, kfold
         validation_rows = load_jsonl(distill_args.validation_file, "required") if distill_args.validation_file else None
         test_rows = load_jsonl(data_args.test_file, "optional") if data_args.test_file else None
     ids = list(iter_column(train_rows, "id"))
-    teacher = RunFolder(distill_args.teacher_run)
-    num_folds = int(read_mapping(teacher.config)["num_folds"])
+    num_folds = int(read_mapping(RunFolder(distill_args.teacher_run).config)["num_folds"])
     oof, fold_of_row = fold_predictions(distill_args.teacher_run, ids, num_folds,
                                         changed="distil with the teacher's own training files")
     unlabelled = [ensemble_probabilities(distill_args.teacher_run, path) for path in distill_args.unlabelled_files]
-    leak = "the ensemble's probabilities for them come from folds that learned their labels"
-    for path, (row_ids, _) in zip(distill_args.unlabelled_files, unlabelled):
-        refuse_overlap("unlabelled_files", path, row_ids, ids, "training rows", leak)
-    if validation_rows is not None:
-        validation_ids = list(iter_column(validation_rows, "id"))
-        refuse_overlap("validation_file", distill_args.validation_file, validation_ids, ids, "training rows", leak)
-        for path, (row_ids, _) in zip(distill_args.unlabelled_files, unlabelled):
-            refuse_overlap("validation_file", distill_args.validation_file, validation_ids, row_ids,
-                           f"rows of the unlabelled file {path}", "the student would learn their text with the "
-                           "ensemble's probabilities as targets")
+    refuse_leaks(distill_args, ids, validation_rows, unlabelled)
     if state.is_main_process:
-        config = resolved_config(model_args, data_args, kfold_args, loss_args, technique_args, distill_args, training_args)
-        inputs = input_digests([*data_args.train_files, *distill_args.unlabelled_files,
-                                *([distill_args.validation_file] if distill_args.validation_file else []),
-                                *([data_args.test_file] if data_args.test_file else [])])
-        prepare_output_dir(output_dir, config, kfold_args.overwrite, inputs=inputs, kind="distillation",
-                           is_run_file=lambda name: name in STUDENT_FILES,
-                           has_results=lambda folder: os.path.isdir(os.path.join(folder, "best")),
-                           defaults=field_defaults(*ARGUMENT_CLASSES[:-1], DistillArguments))
+        claim_student_folder(model_args, data_args, kfold_args, loss_args, technique_args, distill_args, training_args)
     state.wait_for_everyone()
-
-    gold = np.asarray(train_rows["labels"], dtype=np.float32)
     # without a validation file the teacher's fold is held out with gold labels; with one, every row trains
     fold = 0 if distill_args.validation_fold is None else distill_args.validation_fold
     held_out = fold_of_row == fold if validation_rows is None else np.zeros(len(ids), dtype=bool)
+    data = student_fold_data(fold, held_out, oof, train_rows, validation_rows, test_rows, unlabelled, model_args,
+                             preprocessing, distill_args, training_args)
+    folder = FoldFolder(output_dir)
+    if folder.is_done(data.fold):
+        print(f"{output_dir}: the student is already trained ({os.path.basename(folder.done)}); summarising")
+        result = read_mapping(folder.metrics)
+    else:
+        result = train_fold(data, kfold_args, loss_args, training_args, technique_args, folder=folder)
+    if not state.is_main_process:
+        return None
+    if test_rows is not None:
+        _, test_probs = read_probs(folder.test_probs)
+        write_submission(os.path.join(output_dir, SUBMISSION_FILE), iter_column(test_rows, "id"), iter_inputs(test_rows),
+                         kfold_args.fixed_rule().decide(test_probs))
+    gold = np.asarray(train_rows["labels"], dtype=np.float32)
+    summary, where = distill_summary(result, data, held_out, gold, oof, validation_rows, kfold_args, distill_args)
+    summary["seconds"] = round(time.time() - start, 1)
+    write_json_atomic(os.path.join(output_dir, DISTILL_FILE), summary)
+    print(f"student validation micro-F1 {result['micro_f1']:.4f} on {where}; checkpoint {folder.best}\n"
+          f"note: {summary['validation_note']}")
+    return summary
+
+
+def refuse_leaks(distill_args: DistillArguments, ids: list[str], validation_rows, unlabelled: list) -> None:
+    """Unlabelled and validation rows must not be training rows, nor validation rows unlabelled ones (module
+    docstring)."""
+    leak = "the ensemble's probabilities for them come from folds that learned their labels"
+    for path, (row_ids, _) in zip(distill_args.unlabelled_files, unlabelled):
+        refuse_overlap("unlabelled_files", path, row_ids, ids, "training rows", leak)
+    if validation_rows is None:
+        return
+    validation_ids = list(iter_column(validation_rows, "id"))
+    refuse_overlap("validation_file", distill_args.validation_file, validation_ids, ids, "training rows", leak)
+    for path, (row_ids, _) in zip(distill_args.unlabelled_files, unlabelled):
+        refuse_overlap("validation_file", distill_args.validation_file, validation_ids, row_ids,
+                       f"rows of the unlabelled file {path}", "the student would learn their text with the "
+                       "ensemble's probabilities as targets")
+
+
+def claim_student_folder(model_args, data_args, kfold_args, loss_args, technique_args, distill_args,
+                         training_args) -> None:
+    """The student's output folder, claimed with its resolved configuration and input digests (main process)."""
+    config = resolved_config(model_args, data_args, kfold_args, loss_args, technique_args, distill_args, training_args)
+    inputs = input_digests([*data_args.train_files, *distill_args.unlabelled_files,
+                            *([distill_args.validation_file] if distill_args.validation_file else []),
+                            *([data_args.test_file] if data_args.test_file else [])])
+    prepare_output_dir(training_args.output_dir, config, kfold_args.overwrite, inputs=inputs, kind="distillation",
+                       is_run_file=lambda name: name in STUDENT_FILES,
+                       has_results=lambda folder: os.path.isdir(os.path.join(folder, "best")),
+                       defaults=field_defaults(*ARGUMENT_CLASSES[:-1], DistillArguments))
+
+
+def student_fold_data(fold: int, held_out: np.ndarray, oof: np.ndarray, train_rows, validation_rows, test_rows,
+                      unlabelled: list, model_args: ModelArguments, preprocessing: Preprocessing,
+                      distill_args: DistillArguments, training_args: TrainingArguments) -> FoldData:
+    """The student's one fold: training rows with soft targets (gold where held out), the unlabelled rows with the
+    ensemble's probabilities as extra training rows, the validation rows (held-out fold or validation file)."""
+    gold = np.asarray(train_rows["labels"], dtype=np.float32)
     targets = np.where(held_out[:, None], gold, soft_targets(oof, gold, distill_args.distill_gold_weight))
     with training_args.main_process_first(desc="cleaning"):
         cleaned = replace_labels(clean(train_rows, preprocessing), targets)
@@ -206,49 +245,41 @@ def run_distillation(model_args: ModelArguments, data_args: DataArguments, kfold
                                         max_unknown_rate=limit).cast(encoded.features)
         validation_index = np.arange(len(encoded), len(encoded) + len(encoded_validation))
         encoded = concatenate_datasets([encoded, encoded_validation])
-    data = FoldData(fold, np.flatnonzero(~held_out), validation_index, encoded, encoded_test, backbone, preprocessing,
+    return FoldData(fold, np.flatnonzero(~held_out), validation_index, encoded, encoded_test, backbone, preprocessing,
                     extra)
-    folder = FoldFolder(output_dir)
-    if folder.is_done(data.fold):
-        print(f"{output_dir}: the student is already trained ({os.path.basename(folder.done)}); summarising")
-        result = read_mapping(folder.metrics)
-    else:
-        result = train_fold(data, kfold_args, loss_args, training_args, technique_args, folder=folder)
-    if not state.is_main_process:
-        return None
-    if test_rows is not None:
-        _, test_probs = read_probs(folder.test_probs)
-        write_submission(os.path.join(output_dir, SUBMISSION_FILE), iter_column(test_rows, "id"), iter_inputs(test_rows),
-                         kfold_args.fixed_rule().decide(test_probs))
 
+
+def distill_summary(result: dict, data: FoldData, held_out: np.ndarray, gold: np.ndarray, oof: np.ndarray,
+                    validation_rows, kfold_args: KFoldArguments, distill_args: DistillArguments) -> tuple[dict, str]:
+    """(distill.json's content but its seconds, where the student was validated): the student beside the teacher on
+    the same rows."""
     def micro_f1(gold_labels: np.ndarray, probs: np.ndarray) -> float:
         return score(gold_labels, kfold_args.fixed_rule().decide(probs))["micro_f1"]
 
     if validation_rows is None:
-        teacher_fold = read_mapping(teacher.fold(fold).metrics).get("micro_f1", float("nan"))
+        teacher_fold = read_mapping(RunFolder(distill_args.teacher_run).fold(data.fold).metrics).get("micro_f1", float("nan"))
         teacher_scores = {"teacher_fold": teacher_fold, "teacher_oof": micro_f1(gold[held_out], oof[held_out])}
-        where, note = f"the teacher's fold {fold} rows (teacher's fold model {teacher_fold:.4f})", OPTIMISTIC_VALIDATION
+        where, note = (f"the teacher's fold {data.fold} rows (teacher's fold model {teacher_fold:.4f})",
+                       OPTIMISTIC_VALIDATION)
     else:
         _, teacher_probs = ensemble_probabilities(distill_args.teacher_run, distill_args.validation_file)
         teacher_scores = {"teacher_ensemble": micro_f1(np.asarray(validation_rows["labels"]), teacher_probs)}
         where = (f"{distill_args.validation_file} (the teacher's fold ensemble "
                  f"{teacher_scores['teacher_ensemble']:.4f}, mean probability at {kfold_args.threshold})")
         note = HELD_OUT_VALIDATION
+    extra = data.extra_train_rows
     summary = {
         "teacher_run": distill_args.teacher_run,
         "validation_file": distill_args.validation_file or None,
-        "validation_fold": None if validation_rows is not None else fold,
+        "validation_fold": None if validation_rows is not None else data.fold,
         "rows": {"training": int((~held_out).sum()), "unlabelled": 0 if extra is None else len(extra),
-                 "validation": int(len(validation_index))},
+                 "validation": int(len(data.val_index))},
         "distill_gold_weight": distill_args.distill_gold_weight,
         "epochs_run": result.get("epochs_run"), "best_checkpoint": result.get("best_checkpoint"),
         "validation_micro_f1": {"student": result["micro_f1"], **teacher_scores},
         "validation_note": note,
-        "seconds": round(time.time() - start, 1),
     }
-    write_json_atomic(os.path.join(output_dir, DISTILL_FILE), summary)
-    print(f"student validation micro-F1 {result['micro_f1']:.4f} on {where}; checkpoint {folder.best}\nnote: {note}")
-    return summary
+    return summary, where
 
 
 def refuse_overlap(field_name: str, path: str, row_ids: list[str], other_ids, what: str, why: str) -> None:
