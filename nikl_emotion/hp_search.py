@@ -128,10 +128,8 @@ def write_trials(output_dir: str, study) -> None:
         write_text_atomic(run.hp_best, header + yaml.safe_dump(dict(best.params), sort_keys=False))
 
 
-def run_hp_search(
-    n_trials: int, model_args: ModelArguments, data_args: DataArguments, kfold_args: KFoldArguments,
-    loss_args: LossArguments, technique_args: TechniqueArguments, training_args: TrainingArguments,
-) -> dict | None:
+def check_search(n_trials: int, model_args: ModelArguments, technique_args: TechniqueArguments):
+    """What a search needs, checked before any work; returns the optuna module."""
     try:
         import optuna
     except ImportError:
@@ -142,6 +140,14 @@ def run_hp_search(
         raise PipelineError("--hp-search tunes on fold 0's training split alone; run it without pseudo_label_run")
     if n_trials < 1:
         raise PipelineError(f"--hp-search: the number of trials must be at least 1, got {n_trials}")
+    return optuna
+
+
+def run_hp_search(
+    n_trials: int, model_args: ModelArguments, data_args: DataArguments, kfold_args: KFoldArguments,
+    loss_args: LossArguments, technique_args: TechniqueArguments, training_args: TrainingArguments,
+) -> dict | None:
+    optuna = check_search(n_trials, model_args, technique_args)
     state = PartialState()
     output_dir = training_args.output_dir
     check_output_folder(output_dir, "run")
