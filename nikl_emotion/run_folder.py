@@ -81,8 +81,13 @@ class FoldFolder:
     @classmethod
     def file_names(cls) -> tuple[str, ...]:
         """Every name a fold folder may hold (e.g. what `--overwrite` may remove from a folder laid out as one)."""
-        blank = cls("")
-        return tuple(getattr(blank, name) for name, value in vars(cls).items() if isinstance(value, property))
+        return property_names(cls)
+
+
+def property_names(folder_class) -> tuple[str, ...]:
+    """The names a folder class's path properties spell (each property is `root/NAME`)."""
+    blank = folder_class("")
+    return tuple(getattr(blank, name) for name, value in vars(folder_class).items() if isinstance(value, property))
 
 
 @dataclass(frozen=True)
@@ -157,8 +162,9 @@ class PostTrainFolder:
         return name in POST_TRAIN_OWN_FILES or MODEL_FILE.fullmatch(name) is not None
 
 
-POST_TRAIN_OWN_FILES = frozenset({CONFIG_FILE, INPUTS_FILE, POST_TRAIN_FILE, "checkpoints", "runs",
-                                  "eval_loss_before.json", "time_budget.json"})
+# its path properties but the lock (flock files are never deleted, see locking.py), and the run files beside them
+POST_TRAIN_OWN_FILES = frozenset({CONFIG_FILE, INPUTS_FILE, *(name for name in property_names(PostTrainFolder)
+                                                             if not name.endswith(".lock"))})
 # what `save_pretrained` of a model and a tokenizer writes, and the preprocessing settings saved beside them
 MODEL_FILE = re.compile(
     r"config\.json|generation_config\.json|preprocessing\.json|backbone\.json"
