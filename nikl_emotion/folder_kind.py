@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.fileio import write_json_atomic
@@ -25,6 +26,9 @@ KINDS = {
     "export": ("export.py", "an export.py ONNX folder"),
     "checkpoint": ("train.py", "a model checkpoint"),
 }
+FOLD_NAME = re.compile(r"fold_\d+")
+FOLD_SIGNS = ("done.json", "val_probs.jsonl", "metrics.json", "best", "best.partial", "checkpoints")
+POST_TRAIN_SIGNS = ("post_train.json", "time_budget.json", "eval_loss_before.json")
 
 
 def describe(kind: str) -> str:
@@ -57,11 +61,11 @@ def recorded_kind(folder: str) -> str | None:
     return kind
 
 
-def _config_keys(folder: str, config_file: str) -> set[str]:
+def _config_keys(folder: str) -> set[str]:
     import yaml
 
     try:
-        with open(os.path.join(folder, config_file), encoding="utf-8") as handle:
+        with open(os.path.join(folder, "config.yaml"), encoding="utf-8") as handle:
             data = yaml.safe_load(handle)
     except (OSError, ValueError, yaml.YAMLError):
         return set()
@@ -70,27 +74,20 @@ def _config_keys(folder: str, config_file: str) -> set[str]:
 
 def legacy_kind(folder: str) -> str | None:
     """A folder without a mark, recognised by the files its command writes (None when nothing says)."""
-    # the names are run_folder's (it imports this module: read at call time)
-    from nikl_emotion.run_folder import (
-        CONFIG_FILE, DISTILL_FILE, EXPORT_FILES, FOLD_PATTERN, HP_SEARCH_FILES, INPUTS_FILE, FoldFolder, PostTrainFolder,
-        property_names,
-    )
-
     names = set(os.listdir(folder))
-    keys = _config_keys(folder, CONFIG_FILE) if CONFIG_FILE in names else set()
-    has_inputs = INPUTS_FILE in names
-    post_train_signs = {name for name in property_names(PostTrainFolder) if name.endswith(".json")}
-    if names & set(EXPORT_FILES):
+    keys = _config_keys(folder) if "config.yaml" in names else set()
+    has_inputs = "inputs.json" in names
+    if "export.json" in names or "model.onnx" in names:
         return "export"
-    if DISTILL_FILE in names or ("teacher_run" in keys and has_inputs):
+    if "distill.json" in names or ("teacher_run" in keys and has_inputs):
         return "distillation"
-    if names & post_train_signs or ("mlm_probability" in keys and has_inputs):
+    if names & set(POST_TRAIN_SIGNS) or ("mlm_probability" in keys and has_inputs):
         return "post-training"
-    if FOLD_PATTERN.fullmatch(os.path.basename(os.path.normpath(folder))) and names & set(FoldFolder.file_names()):
+    if FOLD_NAME.fullmatch(os.path.basename(os.path.normpath(folder))) and names & set(FOLD_SIGNS):
         return "fold"
-    if "num_folds" in keys and (has_inputs or any(FOLD_PATTERN.fullmatch(name) for name in names)):
+    if "num_folds" in keys and (has_inputs or any(FOLD_NAME.fullmatch(name) for name in names)):
         return "run"
-    if HP_SEARCH_FILES[0] in names:  # the search's config, written when it starts
+    if "hp_search_config.yaml" in names:
         return "run"
     if "config.json" in names and any(name.endswith((".safetensors", ".bin")) for name in names):
         return "checkpoint"
