@@ -4,8 +4,8 @@
 #            stands in for the test text a submission run would learn from), sized by time_budget_minutes;
 #   stage 2: 5-fold fine-tuning of it (configs/offline-cpu.yaml), dev as the file to predict;
 #   stage 3: the n-gram member on the same folds (ngram:tfidf);
-#   stage 4: the stack of the two runs (ensemble.py --strategy stack, rule chosen on its nested OOF): the recipe's
-#            submission.
+#   stage 4: the stack of the two runs (ensemble.py --strategy stack --output_dir, rule chosen on its nested OOF): the
+#            recipe's submission, in a stack folder that inference.py --run serves on new text.
 # The decision rules and the stack are chosen here on out-of-fold predictions of train.jsonl and dev is only scored;
 # the fine-tuning settings of configs/offline-cpu.yaml (lr 3e-4, <= 6 epochs, patience 2) were kept after dev probes
 # in an earlier round (BENCHMARKS.md), so dev is not wholly unseen by the recipe's selection.
@@ -16,7 +16,7 @@ DATA=${NIKL_DATA:-../shared/data/nikluge-ea-2023}
 [ -f "$DATA/train.jsonl" ] || { echo "skipped: NIKL data not found in $DATA (set NIKL_DATA)"; exit 0; }
 SEED=${1:-42}
 PT=outputs/post-train-offline-s$SEED NEURAL=outputs/offline-cpu-s$SEED NGRAM=outputs/offline-cpu-ngram-s$SEED
-STACK=outputs/offline-cpu-stack-s$SEED.jsonl
+STACK=outputs/offline-cpu-stack-s$SEED
 start=$(date +%s)
 python post_train.py configs/post_train-offline.yaml --train_files "$DATA/train.jsonl" "$DATA/dev.jsonl" \
   "$DATA/test.jsonl" --output_dir "$PT" --seed "$SEED" --overwrite true | tail -1
@@ -27,7 +27,7 @@ t2=$(date +%s)
 python train.py configs/offline-cpu.yaml --model_name_or_path ngram:tfidf --train_files "$DATA/train.jsonl" \
   --test_file "$DATA/dev.jsonl" --output_dir "$NGRAM" --seed "$SEED" --overwrite true | grep -a "^decision"
 t3=$(date +%s)
-python ensemble.py --runs "$NEURAL" "$NGRAM" --strategy stack --output "$STACK"
+python ensemble.py --runs "$NEURAL" "$NGRAM" --strategy stack --output_dir "$STACK"
 t4=$(date +%s)
 python - "$DATA/dev.jsonl" "$NEURAL" "$NGRAM" "$STACK" "$SEED" $((t1 - start)) $((t2 - t1)) $((t3 - t2)) $((t4 - t3)) <<'PY'
 import json, sys
@@ -38,5 +38,5 @@ seconds = [int(s) for s in seconds]
 print(json.dumps({"seed": int(seed), "stage_seconds": {"post_train": seconds[0], "fine_tune_5_folds": seconds[1],
                   "ngram": seconds[2], "stack": seconds[3]}, "total_minutes": round(sum(seconds) / 60, 1),
                   "neural": run_figures(neural, dev), "ngram": run_figures(ngram, dev),
-                  "stack_dev": dev_f1(dev, stack)}))
+                  "stack_dev": dev_f1(dev, stack + "/submission.jsonl")}))
 PY

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
@@ -28,7 +28,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrai
 
 from nikl_emotion.backbone import load_tokenizer
 from nikl_emotion.batching import MODEL_INPUTS, length_order, pad_table
-from nikl_emotion.data import load_jsonl, rows_from_records
+from nikl_emotion.data import Rows, as_rows
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.folder_kind import folder_kind
 from nikl_emotion.run_folder import EXPORT_FILE, ONNX_FILE
@@ -40,7 +40,6 @@ from nikl_emotion.preprocessing import Preprocessing, clean, encode
 logger = logging.getLogger(__name__)
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "sentencepiece.bpe.model", "spiece.model", "tokenizer.model", "vocab.json")
-Rows = str | os.PathLike | Dataset | Mapping | Sequence[str] | Sequence[dict]
 
 
 class Backend(Protocol):
@@ -105,10 +104,18 @@ class EmotionClassifier:
                         threads: int | None = None) -> "EmotionClassifier":
         """A `best/` folder written by train.py (PyTorch, on `device`, default the GPU when there is one) or an
         export.py folder (ONNX Runtime on CPU, `threads` intra-op threads). Refuses folders with other labels, no
-        tokenizer files or damaged weights, naming the folder."""
+        tokenizer files or damaged weights, naming the folder.
+
+        A finished train.py run or an ensemble.py stack folder gives a `RunClassifier`: its folds (loaded when
+        predicting) voted by its saved rule, with the same `predict_proba` and `predict`."""
         folder = os.fspath(folder)
         if not os.path.isdir(folder):
             raise PipelineError(f"{folder}: checkpoint folder not found")
+        if folder_kind(folder) in ("run", "stack"):
+            from nikl_emotion.run_classifier import RunClassifier
+
+            return RunClassifier.open(folder, lambda path: cls.from_pretrained(path, device=device, threads=threads),
+                                      option="from_pretrained")
         preprocessing = Preprocessing.load(folder)
         if is_ngram_folder(folder):  # the n-gram member (ngram:tfidf): reads cleaned text, no tokenizer
             return cls(NgramBackend(NgramClassifier.load(folder)), None, preprocessing, source=folder)
@@ -205,17 +212,6 @@ class EmotionClassifier:
             batch = pad_table(arrow_rows[index.tolist()], columns, self.tokenizer.pad_token_id, self.backend.pad_to_multiple_of)
             logits[index] = self.backend(batch)
         return logits
-
-
-def as_rows(rows: Rows) -> Dataset:
-    """The accepted row inputs as the validated dataset `load_jsonl` makes (labels, where present, are ignored)."""
-    if isinstance(rows, Dataset):
-        return rows
-    if isinstance(rows, (str, os.PathLike)):
-        return load_jsonl(rows, "optional")
-    if isinstance(rows, Mapping):  # one task row: iterating it would yield its keys as texts
-        rows = [rows]
-    return rows_from_records(list(rows))
 
 
 def refuse_untrained_head(folder: str, what: str) -> None:

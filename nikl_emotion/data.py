@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from collections.abc import Sequence as SequenceOf
 from typing import Literal
 
 import datasets
@@ -255,3 +256,18 @@ def load_jsonl_files(paths: list[str], label_mode: LabelMode = "required") -> Da
     parts = [load_jsonl(path, label_mode) for path in paths]
     check_unique_ids(parts, list(paths))
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+
+
+# what `EmotionClassifier.predict_proba` and friends accept as rows
+Rows = str | os.PathLike | Dataset | Mapping | SequenceOf[str] | SequenceOf[dict]
+
+
+def as_rows(rows: Rows) -> Dataset:
+    """The accepted row inputs as the validated dataset `load_jsonl` makes (labels, where present, are ignored)."""
+    if isinstance(rows, Dataset):
+        return rows
+    if isinstance(rows, (str, os.PathLike)):
+        return load_jsonl(rows, "optional")
+    if isinstance(rows, Mapping):  # one task row: iterating it would yield its keys as texts
+        rows = [rows]
+    return rows_from_records(list(rows))

@@ -42,12 +42,12 @@ from accelerate import PartialState
 from datasets import concatenate_datasets
 from transformers import TrainingArguments
 
-from nikl_emotion.folder_kind import check_output_folder, require_kind
+from nikl_emotion.folder_kind import check_output_folder
 from nikl_emotion.config import (
     ARGUMENT_CLASSES, TRAINING_DEFAULTS, DataArguments, KFoldArguments, LossArguments, ModelArguments,
     TechniqueArguments, field_defaults, parse_arguments, resolved_config, validate,
 )
-from nikl_emotion.data import file_digest, iter_column, iter_inputs, load_jsonl, load_jsonl_files
+from nikl_emotion.data import iter_column, iter_inputs, load_jsonl, load_jsonl_files
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.fileio import read_probs, write_json_atomic, write_submission
 from nikl_emotion.metrics import score
@@ -56,7 +56,7 @@ from nikl_emotion.preprocessing import Preprocessing, clean, encode
 from nikl_emotion.run_folder import (
     DISTILL_FILE, STUDENT_FILES, SUBMISSION_FILE, FoldFolder, RunFolder, input_digests, prepare_output_dir, read_mapping,
 )
-from nikl_emotion.summary import fold_predictions
+from nikl_emotion.finished_run import FinishedRun
 from nikl_emotion.training import FoldData, backbone_and_encodings, replace_labels, train_fold
 
 OPTIMISTIC_VALIDATION = ("the student's validation score is optimistic: the teacher's other folds learned these rows' "
@@ -102,15 +102,11 @@ def parse_distill_config(argv: list[str]) -> tuple:
     validate(model_args, data_args, kfold_args, loss_args, technique_args, training_args)
     if is_ngram(model_args.model_name_or_path):
         raise PipelineError(f"model_name_or_path: the student is an encoder; {model_args.model_name_or_path} has none")
-    require_kind(distill_args.teacher_run, "run", "teacher_run")
-    teacher = RunFolder(distill_args.teacher_run)
-    if not os.path.isfile(teacher.oof) or not read_mapping(teacher.config):
-        raise PipelineError(f"teacher_run: {distill_args.teacher_run} is not a finished train.py run (needs config.yaml "
-                            "and oof.jsonl)")
+    teacher = FinishedRun.open(distill_args.teacher_run, "teacher_run")
     if os.path.realpath(distill_args.teacher_run) == os.path.realpath(training_args.output_dir):
         raise PipelineError("output_dir: must differ from teacher_run (the student's files would mix with the run's)")
     check_output_folder(training_args.output_dir, "distillation")
-    folds = int(read_mapping(teacher.config).get("num_folds", 0))
+    folds = teacher.num_folds
     if distill_args.validation_fold is not None and not 0 <= distill_args.validation_fold < folds:
         raise PipelineError(f"validation_fold: must be in [0, {folds - 1}] ({distill_args.teacher_run} has {folds} folds)")
     return model_args, data_args, kfold_args, loss_args, technique_args, distill_args, training_args
@@ -121,16 +117,12 @@ def ensemble_probabilities(teacher_run: str, path: str) -> tuple[list[str], np.n
     teacher's test file (same bytes), else each fold's best/ predicting it."""
     from nikl_emotion.classifier import EmotionClassifier
 
-    run = RunFolder(teacher_run)
-    config = read_mapping(run.config)
-    folds = range(int(config.get("num_folds", 0)))
-    test_file = config.get("test_file")
-    recorded = read_mapping(run.inputs).get(test_file) if test_file else None
-    if test_file and os.path.isfile(test_file) and file_digest(path) == (recorded or file_digest(test_file)):
-        parts = [read_probs(run.fold(k).test_probs) for k in folds]
-        return parts[0][0], np.mean([probs for _, probs in parts], axis=0)
+    run = FinishedRun.open(teacher_run, "teacher_run")
+    if run.test_file_unchanged(path):
+        ids, fold_test = run.fold_test()
+        return ids, np.mean(fold_test, axis=0)
     rows = load_jsonl(path, "optional")
-    probs = [EmotionClassifier.from_pretrained(run.fold(k).best).predict_proba(rows) for k in folds]
+    probs = [EmotionClassifier.from_pretrained(best).predict_proba(rows) for best in run.checkpoints]
     return list(iter_column(rows, "id")), np.mean(probs, axis=0)
 
 
@@ -151,9 +143,8 @@ def run_distillation(model_args: ModelArguments, data_args: DataArguments, kfold
         validation_rows = load_jsonl(distill_args.validation_file, "required") if distill_args.validation_file else None
         test_rows = load_jsonl(data_args.test_file, "optional") if data_args.test_file else None
     ids = list(iter_column(train_rows, "id"))
-    num_folds = int(read_mapping(RunFolder(distill_args.teacher_run).config)["num_folds"])
-    oof, fold_of_row = fold_predictions(distill_args.teacher_run, ids, num_folds,
-                                        changed="distil with the teacher's own training files")
+    teacher = FinishedRun.open(distill_args.teacher_run, "teacher_run")
+    oof, fold_of_row = teacher.oof(ids, changed="distil with the teacher's own training files")
     unlabelled = [ensemble_probabilities(distill_args.teacher_run, path) for path in distill_args.unlabelled_files]
     refuse_leaks(distill_args, ids, validation_rows, unlabelled)
     if state.is_main_process:

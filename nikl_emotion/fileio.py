@@ -175,13 +175,15 @@ def write_submission(path: str | os.PathLike, ids: Iterable[str], inputs: Iterab
 
 
 def write_probs(path: str | os.PathLike, ids: Iterable[str], probs: np.ndarray) -> None:
-    """Probability file: one `{"id": ..., "probs": {label: p, ...}}` per row, labels in fixed order."""
+    """Probability file: one `{"id": ..., "probs": {label: p, ...}}` per row, labels in fixed order. Values keep 9
+    significant digits (more than a float32 model computes): a stacker reads small probabilities as logits, so a
+    fixed number of decimals would change what it computes from these files against what the models give."""
     probs = np.asarray(probs, dtype=np.float64)
     if probs.ndim != 2 or probs.shape[1] != NUM_LABELS:
         raise ValueError(f"probs must have shape (rows, {NUM_LABELS}), got {probs.shape}")
     write_jsonl_atomic(
         path,
-        ({"id": i, "probs": {label: round(float(p), 7) for label, p in zip(LABELS, row)}} for i, row in zip(ids, probs, strict=True)),
+        ({"id": i, "probs": {label: float(f"{p:.9g}") for label, p in zip(LABELS, row)}} for i, row in zip(ids, probs, strict=True)),
     )
 
 

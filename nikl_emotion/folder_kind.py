@@ -25,6 +25,7 @@ KINDS = {
     "distillation": ("distill.py", "a distill.py student folder"),
     "export": ("export.py", "an export.py ONNX folder"),
     "checkpoint": ("train.py", "a model checkpoint"),
+    "stack": ("ensemble.py", "an ensemble.py stack of runs"),
 }
 FOLD_NAME = re.compile(r"fold_\d+")
 FOLD_SIGNS = ("done.json", "val_probs.jsonl", "metrics.json", "best", "best.partial", "checkpoints")

@@ -1,11 +1,10 @@
-"""Files in, files out: predict a jsonl file with one or more checkpoints (or a finished run) and write the
-submission. Each checkpoint is an `EmotionClassifier` (a `best/` folder or an ONNX export); the run's
-`DecisionRule` turns their probabilities into labels."""
+"""Files in, files out: predict a jsonl file with one or more checkpoints, a finished run or a stack of runs, and
+write the submission. Each checkpoint is an `EmotionClassifier` (a `best/` folder or an ONNX export), the folds of a
+run or stack a `RunClassifier`; a `DecisionRule` turns their probabilities into labels."""
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -15,31 +14,15 @@ from nikl_emotion.classifier import EmotionClassifier, default_device
 from nikl_emotion.data import iter_column, iter_inputs, load_jsonl
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.fileio import check_distinct_paths, check_output_path, write_probs, write_submission
-from nikl_emotion.folder_kind import require_kind
-from nikl_emotion.run_folder import RunFolder, read_mapping
+from nikl_emotion.run_classifier import RunClassifier
 from nikl_emotion.voting import DecisionRule
 
 logger = logging.getLogger(__name__)
 
 
-def run_checkpoints(run_dir: str) -> tuple[list[str], DecisionRule]:
-    """A finished run's fold checkpoints and the decision rule its `submission.jsonl` was made with."""
-    require_kind(run_dir, "run", "--run")
-    run = RunFolder(run_dir)
-    config = read_mapping(run.config)
-    if not config or not os.path.isfile(run.decision):
-        raise PipelineError(f"{run_dir}: not a finished train.py run (needs {os.path.basename(run.config)} and "
-                            f"{os.path.basename(run.decision)}, written when every fold is done)")
-    folds = [run.fold(k).best for k in range(int(config.get("num_folds", 0)))]
-    missing = next((path for path in folds if not os.path.isdir(path)), None)
-    if missing is not None:
-        raise PipelineError(f"{missing}: checkpoint folder not found")
-    rule = DecisionRule.load(run.decision)
-    try:
-        rule.check_models(len(folds))  # before any prediction work
-    except PipelineError as exc:
-        raise PipelineError(f"{run.decision}: {exc}") from None
-    return folds, rule
+def checkpoint_loader(device: torch.device):
+    """Loads one checkpoint (a best/ or export folder) as an `EmotionClassifier` on `device`."""
+    return lambda path: EmotionClassifier.from_pretrained(path, device=device)
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -73,25 +56,40 @@ def predict_file(
     empty-row fallback; a run's saved `DecisionRule` to rebuild its submission) turns their probabilities into
     labels. Checkpoints are loaded one at a time. Returns the decisions.
     """
-    rule = rule or DecisionRule()
+    check_prediction_outputs(input_path, output_path, probs_path, batch_size)
+    loader = checkpoint_loader(resolve_device(device))
+    classifier = RunClassifier.from_checkpoints(list(checkpoints), rule or DecisionRule(), loader)
+    return predict_file_with(classifier, input_path, output_path, probs_path=probs_path, batch_size=batch_size)
+
+
+def predict_run_file(run_dir: str, input_path: str, output_path: str, *, probs_path: str | None = None,
+                     batch_size: int = 128, device: str | None = None) -> np.ndarray:
+    """`predict_file` with a finished run's folds or a stack folder's (`inference.py --run`), voted by its saved rule:
+    for the run's own test file, the same bytes as its submission.jsonl."""
+    check_prediction_outputs(input_path, output_path, probs_path, batch_size)
+    classifier = RunClassifier.open(run_dir, checkpoint_loader(resolve_device(device)), "--run")
+    return predict_file_with(classifier, input_path, output_path, probs_path=probs_path, batch_size=batch_size)
+
+
+def check_prediction_outputs(input_path: str, output_path: str, probs_path: str | None, batch_size: int) -> None:
     if batch_size < 1:
         raise PipelineError(f"--batch_size: must be at least 1, got {batch_size}")
     check_distinct_paths({"--input": input_path}, {"--output": output_path, "--probs": probs_path})
     for option, path in (("--output", output_path), ("--probs", probs_path)):
         if path is not None:
             check_output_path(path, option)
-    target_device = resolve_device(device)
+
+
+def predict_file_with(classifier: RunClassifier, input_path: str, output_path: str, *, probs_path: str | None = None,
+                      batch_size: int = 128) -> np.ndarray:
+    """The submission (and mean probabilities) of `classifier`'s folds for `input_path`; returns the decisions."""
     rows = load_jsonl(input_path, "optional")
     labelled = len(rows) - rows.with_format("arrow")["labels"].null_count
     if labelled:
         logger.info("%s: %d rows carry labels; prediction ignores them (score.py compares them)", input_path, labelled)
-    all_probs = []
-    for path in checkpoints:
-        classifier = EmotionClassifier.from_pretrained(path, device=target_device)
-        all_probs.append(classifier.predict_proba(rows, batch_size=batch_size, progress=True))
-        del classifier
-    decisions = rule.apply(all_probs)
+    fold_probs = classifier.fold_probabilities(rows, batch_size=batch_size, progress=True)
+    decisions = classifier.rule.apply(fold_probs)
     if probs_path:
-        write_probs(probs_path, iter_column(rows, "id"), rule.mean(all_probs))
+        write_probs(probs_path, iter_column(rows, "id"), classifier.rule.mean(fold_probs))
     write_submission(output_path, iter_column(rows, "id"), iter_inputs(rows), decisions)
     return decisions

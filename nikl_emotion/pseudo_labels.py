@@ -17,11 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nikl_emotion.data import file_digest
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.fileio import read_probs
-from nikl_emotion.folder_kind import require_kind
-from nikl_emotion.run_folder import RunFolder, read_mapping
+from nikl_emotion.finished_run import FinishedRun
 
 
 @dataclass
@@ -32,34 +30,19 @@ class PseudoLabels:
     labels: np.ndarray
 
 
-def check_pseudo_label_run(run_dir: str) -> None:
+def check_pseudo_label_run(run_dir: str) -> FinishedRun:
     """A finished train.py run with test predictions in every fold, and its test file unchanged since."""
-    require_kind(run_dir, "run", "pseudo_label_run")
-    run = RunFolder(run_dir)
-    config = read_mapping(run.config)
-    if not config or not os.path.isfile(run.summary):
-        raise PipelineError(f"pseudo_label_run: {run_dir} is not a finished train.py run (needs config.yaml and summary.json)")
-    test_file = config.get("test_file")
-    if not test_file:
-        raise PipelineError(f"pseudo_label_run: {run_dir} had no test_file, so it has no test predictions to learn from")
-    if not os.path.isfile(test_file):
-        raise PipelineError(f"pseudo_label_run: {run_dir}'s test_file {test_file} is not found (paths are relative to "
-                            "where that run was started)")
-    recorded = read_mapping(run.inputs).get(test_file)
-    if recorded is not None and recorded != file_digest(test_file):
-        raise PipelineError(f"pseudo_label_run: {test_file} changed since {run_dir} predicted it")
-    for k in range(int(config.get("num_folds", 0))):
-        if not run.fold(k).is_done(k):  # done.json is written last: probabilities without it may be half a fold's
-            raise PipelineError(f"pseudo_label_run: {run_dir}'s fold {k} is not complete (no done.json)")
-        if not os.path.isfile(run.fold(k).test_probs):
-            raise PipelineError(f"pseudo_label_run: {run.fold(k).test_probs} is missing")
-    if not os.path.isfile(run.decision):
-        raise PipelineError(f"pseudo_label_run: {run_dir} is not a finished train.py run (no decision.json: it was "
-                            "not summarised after its last fold)")
+    run = FinishedRun.open(run_dir, "pseudo_label_run", with_test=True)
+    if not os.path.isfile(run.test_file):
+        raise PipelineError(f"pseudo_label_run: {run_dir}'s test_file {run.test_file} is not found (paths are relative "
+                            "to where that run was started)")
+    if not run.test_file_unchanged():
+        raise PipelineError(f"pseudo_label_run: {run.test_file} changed since {run_dir} predicted it")
+    return run
 
 
 def teacher_test_file(run_dir: str) -> str:
-    return read_mapping(RunFolder(run_dir).config)["test_file"]
+    return FinishedRun.open(run_dir, "pseudo_label_run", with_test=True).test_file
 
 
 def confident(probs: np.ndarray, threshold: float) -> np.ndarray:
@@ -72,8 +55,8 @@ def fold_pseudo_labels(run_dir: str, train_ids: list[str], folds: list[tuple[np.
                        threshold: float) -> list[PseudoLabels]:
     """Per fold, the finished run's fold-K confident test rows; refuses a run with other folds or test rows that are
     also training rows."""
-    run = RunFolder(run_dir)
-    num_folds = int(read_mapping(run.config).get("num_folds", 0))
+    finished = check_pseudo_label_run(run_dir)
+    run, num_folds = finished.folder, finished.num_folds
     if num_folds != len(folds):
         raise PipelineError(f"pseudo_label_run: {run_dir} has {num_folds} folds, this run {len(folds)}: the folds must "
                             "be the same, or a fold's pseudo-labels would come from a model that saw its validation rows")

@@ -276,6 +276,24 @@ ONNX_FILE = "model.onnx"  # an export folder: this graph, export.json, the token
 EXPORT_FILE = "export.json"
 EXPORT_FILES = (ONNX_FILE, EXPORT_FILE)
 
+STACK_FILE = "stack.json"  # written last by ensemble.py --output_dir: the members, the stacker, its scores
+
+
+@dataclass(frozen=True)
+class StackFolder:
+    """An `ensemble.py --runs A B --strategy stack --output_dir S` folder: a servable stack of finished runs."""
+
+    root: str
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.root, name)
+
+    stack = property(lambda self: self._path(STACK_FILE))
+    decision = property(lambda self: self._path(DECISION_FILE))  # the rule the folds' stacked probabilities are voted by
+    submission = property(lambda self: self._path(SUBMISSION_FILE))  # for the members' test file
+    test_probs = property(lambda self: self._path("test_probs.jsonl"))  # the folds' mean stacked probabilities
+
+
 # what each kind of folder (folder_kind.py) writes at its top level: the names no other command may replace
 OWN_NAMES = {
     "run": lambda name: is_run_file(name) or name in HP_SEARCH_FILES,
@@ -284,6 +302,7 @@ OWN_NAMES = {
     "distillation": lambda name: name in STUDENT_FILES,
     "export": lambda name: name in EXPORT_FILES or MODEL_FILE.fullmatch(name) is not None,
     "checkpoint": lambda name: name == "README.md" or MODEL_FILE.fullmatch(name) is not None,
+    "stack": lambda name: name in property_names(StackFolder),
 }
 
 

@@ -14,18 +14,15 @@ the estimate carries.
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from nikl_emotion.errors import PipelineError
-from nikl_emotion.fileio import read_probs
 from nikl_emotion.labels import NUM_LABELS
 from nikl_emotion.metrics import decide, score
-from nikl_emotion.ngram import fit_label, label_probability
-from nikl_emotion.folder_kind import require_kind
-from nikl_emotion.run_folder import RunFolder, read_mapping
+from nikl_emotion.finished_run import FinishedRun
+from nikl_emotion.ngram import fit_label
 
 EPS = 1e-6
 
@@ -46,26 +43,10 @@ class RunMember:
     @classmethod
     def load(cls, run_dir: str, ids: list[str]) -> "RunMember":
         """The run's fold files, its OOF rows in the order of `ids` (the training rows)."""
-        from nikl_emotion.summary import fold_predictions
-
-        require_kind(run_dir, "run", "--runs")
-        run = RunFolder(run_dir)
-        config = read_mapping(run.config)
-        if not config or not os.path.isfile(run.oof):
-            raise PipelineError(f"{run_dir}: not a finished train.py run (needs {os.path.basename(run.config)} and "
-                                f"{os.path.basename(run.oof)})")
-        num_folds = int(config.get("num_folds", 0))
-        oof, fold_of_row = fold_predictions(run_dir, ids, num_folds, changed="stack runs of the same training files")
-        fold_test, test_ids = [], None
-        for k in range(num_folds):
-            if not os.path.isfile(run.fold(k).test_probs):
-                raise PipelineError(f"{run_dir}: fold {k} has no test probabilities (the run had no test_file)")
-            ids_k, probs_k = read_probs(run.fold(k).test_probs)
-            if test_ids is not None and ids_k != test_ids:
-                raise PipelineError(f"{run.fold(k).test_probs}: other test rows than fold 0's")
-            test_ids = ids_k
-            fold_test.append(probs_k)
-        return cls(run_dir, list(ids), oof, fold_of_row, test_ids or [], fold_test, config, read_mapping(run.inputs))
+        run = FinishedRun.open(run_dir, "--runs", with_test=True)
+        oof, fold_of_row = run.oof(ids, changed="stack runs of the same training files")
+        test_ids, fold_test = run.fold_test()
+        return cls(run_dir, list(ids), oof, fold_of_row, test_ids, fold_test, run.config, run.inputs)
 
 
 def check_same_folds(members: list[RunMember]) -> None:
@@ -105,13 +86,63 @@ def label_logits(features: list[np.ndarray], label: int) -> np.ndarray:
     return np.stack([logits(member[:, label]) for member in features], axis=1)
 
 
-def fit_stacker(features: list[np.ndarray], gold: np.ndarray) -> list:
+@dataclass(frozen=True)
+class Stacker:
+    """Per label, a weight per member and a bias over the members' logits for that label (a logistic regression), or
+    a constant probability where the training rows held one class only. Saved in a stack's stack.json."""
+
+    labels: tuple[dict, ...]  # {"weights": [w per member], "bias": b} or {"constant": p}
+
+    def apply(self, features: list[np.ndarray]) -> np.ndarray:
+        """(rows, labels) probabilities from each member's (rows, labels) probabilities."""
+        columns = []
+        for j, label in enumerate(self.labels):
+            if "constant" in label:
+                columns.append(np.full(features[0].shape[0], label["constant"]))
+            else:
+                z = label_logits(features, j) @ np.asarray(label["weights"]) + label["bias"]
+                columns.append(1.0 / (1.0 + np.exp(-z)))
+        return np.stack(columns, axis=1)
+
+    @property
+    def members(self) -> int | None:
+        return next((len(label["weights"]) for label in self.labels if "weights" in label), None)
+
+    @classmethod
+    def from_json(cls, data, source: str) -> "Stacker":
+        """The stacker saved in `source`, checked (a hand-edited file is refused, naming it)."""
+        if not isinstance(data, list) or len(data) != NUM_LABELS:
+            raise PipelineError(f"{source}: 'stacker' must list {NUM_LABELS} labels")
+        for label in data:
+            ok = isinstance(label, dict) and (
+                (set(label) == {"constant"} and is_number(label["constant"]) and 0 <= label["constant"] <= 1)
+                or (set(label) == {"weights", "bias"} and is_number(label["bias"]) and isinstance(label["weights"], list)
+                    and label["weights"] and all(is_number(w) for w in label["weights"])))
+            if not ok:
+                raise PipelineError(f"{source}: a stacker label must be {{'weights': [...], 'bias': b}} or "
+                                    f"{{'constant': p}} with finite numbers, got {label!r}")
+        stacker = cls(tuple(data))
+        if len({len(label["weights"]) for label in data if "weights" in label}) > 1:
+            raise PipelineError(f"{source}: the stacker's labels weigh different numbers of members")
+        return stacker
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+
+
+def fit_stacker(features: list[np.ndarray], gold: np.ndarray) -> Stacker:
     """Per label, a logistic regression on the members' logits for it (a constant for a one-class label)."""
-    return [fit_label(label_logits(features, j), gold[:, j], c=1.0, solver="lbfgs") for j in range(NUM_LABELS)]
+    labels = []
+    for j in range(NUM_LABELS):
+        model = fit_label(label_logits(features, j), gold[:, j], c=1.0, solver="lbfgs")
+        labels.append({"constant": model} if isinstance(model, float) else
+                      {"weights": [float(c) for c in model.coef_[0]], "bias": float(model.intercept_[0])})
+    return Stacker(tuple(labels))
 
 
-def apply_stacker(models: list, features: list[np.ndarray]) -> np.ndarray:
-    return np.stack([label_probability(model, label_logits(features, j)) for j, model in enumerate(models)], axis=1)
+def apply_stacker(stacker: Stacker, features: list[np.ndarray]) -> np.ndarray:
+    return stacker.apply(features)
 
 
 def stack_runs(members: list[RunMember], gold: np.ndarray, threshold: float = 0.5, fallback: bool = True) -> dict:
@@ -130,18 +161,7 @@ def stack_runs(members: list[RunMember], gold: np.ndarray, threshold: float = 0.
     scores = {m.path: score(gold, decide(m.oof, threshold, fallback)) for m in members}
     scores["mean of the runs"] = score(gold, decide(np.mean([m.oof for m in members], axis=0), threshold, fallback))
     scores["stack (nested)"] = score(gold, decide(nested, threshold, fallback))
-    weights = [[float(c) for c in model.coef_[0]] if not isinstance(model, float) else None for model in final]
-    return {"nested_oof": nested, "fold_test": fold_test, "scores": scores, "weights": weights}
-
-
-def check_outside_runs(path: str, option: str, run_dirs: list[str]) -> None:
-    """An output inside a run being stacked would replace one of the files read from it (a fold's probabilities,
-    its submission): refuse it before anything is read or written."""
-    target = os.path.realpath(path)
-    for run_dir in run_dirs:
-        run = os.path.realpath(run_dir)
-        if os.path.commonpath([target, run]) == run:
-            raise PipelineError(f"{path}: {option} lies inside {run_dir}, a run that --runs reads: write it elsewhere")
+    return {"nested_oof": nested, "fold_test": fold_test, "scores": scores, "stacker": final}
 
 
 def choose_stack_rule(result: dict, gold: np.ndarray, fold_of_row: np.ndarray, rule) -> tuple:
@@ -152,47 +172,3 @@ def choose_stack_rule(result: dict, gold: np.ndarray, fold_of_row: np.ndarray, r
     nested, gold = result["nested_oof"], np.asarray(gold).astype(bool)
     return choose_rule(nested, gold, fold_of_row, nested_thresholds(nested, gold, fold_of_row, rule.fallback),
                        fit_thresholds(nested, gold, fallback=rule.fallback), rule, "auto")
-
-
-def stack_files(run_dirs: list[str], output_path: str, rule, probs_path: str | None = None, choose: bool = False) -> dict:
-    """Stack finished runs into a submission for their test file: fitted on OOF only, each fold's stacked test
-    probabilities decided and voted by `rule` (a `DecisionRule`), or with `choose` by the rule chosen on the
-    stack's nested OOF (`rule` is then the fixed candidate; `result["decision"]` holds the record). Returns
-    `stack_runs`' result plus the decisions."""
-    from nikl_emotion.data import iter_inputs, load_jsonl, load_jsonl_files
-    from nikl_emotion.fileio import check_distinct_paths, check_output_path, write_probs, write_submission
-
-    if len(run_dirs) < 2:
-        raise PipelineError("--strategy stack needs at least two runs (--runs OUT_A OUT_B ...)")
-    seen: dict[str, str] = {}
-    for path in run_dirs:
-        if os.path.realpath(path) in seen:
-            raise PipelineError(f"--runs: {path} is the same run as {seen[os.path.realpath(path)]}: a stack needs "
-                                "two or more different runs")
-        seen[os.path.realpath(path)] = path
-    check_distinct_paths({f"--runs {path}": path for path in run_dirs}, {"--output": output_path, "--probs": probs_path})
-    for option, path in (("--output", output_path), ("--probs", probs_path)):
-        if path is not None:
-            check_output_path(path, option)
-            check_outside_runs(path, option, run_dirs)
-    config = read_mapping(RunFolder(run_dirs[0]).config)
-    if not config.get("train_files"):
-        raise PipelineError(f"{run_dirs[0]}: not a finished train.py run (no {os.path.basename(RunFolder('').config)})")
-    train = load_jsonl_files(config["train_files"], "required")
-    members = [RunMember.load(path, train["id"]) for path in run_dirs]
-    test_file = config.get("test_file")
-    if not test_file or not os.path.isfile(test_file):
-        raise PipelineError(f"{run_dirs[0]}: its test_file {test_file!r} is needed for the submission's inputs")
-    test = load_jsonl(test_file, "optional")
-    if test["id"] != members[0].test_ids:
-        raise PipelineError(f"{test_file}: its rows differ from the runs' test probabilities")
-    result = stack_runs(members, np.asarray(train["labels"]), rule.threshold if np.ndim(rule.threshold) == 0 else 0.5,
-                        rule.fallback)
-    if choose:
-        rule, result["decision"] = choose_stack_rule(result, np.asarray(train["labels"]), members[0].fold_of_row, rule)
-    result["rule"] = rule
-    result["decisions"] = rule.apply(result["fold_test"])
-    if probs_path:
-        write_probs(probs_path, test["id"], rule.mean(result["fold_test"]))
-    write_submission(output_path, test["id"], iter_inputs(test), result["decisions"])
-    return result

@@ -9,11 +9,11 @@ import os
 import numpy as np
 from datasets import Dataset
 
-from nikl_emotion.folder_kind import require_kind
 from nikl_emotion.config import KFoldArguments
 from nikl_emotion.errors import PipelineError
-from nikl_emotion.fileio import read_probs, write_json_atomic, write_probs
-from nikl_emotion.labels import LABELS, NUM_LABELS
+from nikl_emotion.fileio import write_json_atomic, write_probs
+from nikl_emotion.finished_run import FinishedRun, fold_predictions
+from nikl_emotion.labels import LABELS
 from nikl_emotion.metrics import score
 from nikl_emotion.model_card import write_model_card
 from nikl_emotion.report import write_report
@@ -68,51 +68,19 @@ def summarize(output_dir: str, train_rows: Dataset, test_path: str | None, num_f
     return summary
 
 
-CHANGED_TRAINING_FILES = "the training files changed since the folds were trained: use the original files, or --overwrite true"
-
-
-def fold_predictions(output_dir: str, ids: list[str], num_folds: int, changed: str = CHANGED_TRAINING_FILES
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """(out-of-fold probabilities in `ids`' order, each row's fold), read from the folds' validation files; refuses
-    folds whose rows are not exactly the training rows (`changed`: what to tell the user then)."""
-    run = RunFolder(output_dir)
-    position = {row_id: i for i, row_id in enumerate(ids)}
-    oof = np.full((len(ids), NUM_LABELS), np.nan)
-    fold_of_row = np.full(len(ids), -1)
-    for k in range(num_folds):
-        path = run.fold(k).val_probs
-        fold_ids, probs = read_probs(path)
-        unknown = next((i for i in fold_ids if i not in position), None)
-        if unknown is not None:
-            raise PipelineError(f"{path}: id {unknown!r} is not in the training files; {changed}")
-        rows = [position[i] for i in fold_ids]
-        oof[rows] = probs
-        fold_of_row[rows] = k
-    if np.isnan(oof).any():
-        raise PipelineError(f"{output_dir}: the folds' validation rows do not cover every training row; {changed}")
-    return oof, fold_of_row
-
-
 def rebuild_run(output_dir: str) -> dict:
     """Summarise a finished run again from its config.yaml and fold files (thresholds, submission, report)."""
     import dataclasses
 
-    from nikl_emotion.data import load_jsonl_files
-
-    require_kind(output_dir, "run", "report.py")  # it rewrites the run's end: never another command's folder
-    run = RunFolder(output_dir)
-    config = read_mapping(run.config)
-    if not config:
-        raise PipelineError(f"{output_dir}: not a training run (no {os.path.basename(run.config)})")
+    run = FinishedRun.open(output_dir, "report.py", summarised=False)  # it rewrites the run's end, not another's
     # a run from before `decision` existed was submitted with the fixed rule: rebuild it the same way
-    kfold_args = KFoldArguments(**{"decision": "fixed", **{f.name: config[f.name] for f in dataclasses.fields(KFoldArguments)
-                                                            if f.name in config}})
-    recorded = read_mapping(run.inputs)
+    kfold_args = KFoldArguments(**{"decision": "fixed", **{f.name: run.config[f.name] for f in dataclasses.fields(KFoldArguments)
+                                                            if f.name in run.config}})
+    recorded = run.inputs
     difference = inputs_difference(recorded, input_digests([p for p in recorded if os.path.isfile(p)]))
     if difference is not None:
         raise PipelineError(f"{output_dir}: {difference}; the report would mix two versions of the data")
-    rows = load_jsonl_files(config["train_files"], "required")
-    summary = summarize(output_dir, rows, config.get("test_file"), kfold_args.num_folds, kfold_args)
+    summary = summarize(output_dir, run.train_rows(), run.test_file, kfold_args.num_folds, kfold_args)
     if summary is None:
         raise PipelineError(f"{output_dir}: not every fold has finished (fold_K/metrics.json missing)")
     return summary

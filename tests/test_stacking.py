@@ -1,5 +1,6 @@
 """`ensemble.py --runs A B --strategy stack`: a stacker fitted on the runs' out-of-fold probabilities only."""
 
+import importlib
 import json
 
 import numpy as np
@@ -9,6 +10,7 @@ from conftest import ROOT, SAMPLE_TEST, SAMPLE_TRAIN, run_cli
 from nikl_emotion.data import load_jsonl
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.fileio import read_probs
+from nikl_emotion.labels import LABELS
 from nikl_emotion.stacking import RunMember, apply_stacker, fit_stacker, stack_runs
 
 
@@ -91,3 +93,126 @@ def test_runs_of_other_folds_or_options_are_refused(tiny_run, tmp_path):
         assert run_cli("ensemble.py", *args, check=False).returncode == 2
     with pytest.raises(PipelineError, match="not a finished train.py run"):
         RunMember.load(str(tmp_path / "nowhere"), ["r1"])
+
+
+# the stack as a run: a folder inference.py --run and EmotionClassifier.from_pretrained serve ----------------------
+
+@pytest.fixture
+def command(capsys, monkeypatch):
+    """A top-level command in-process (no interpreter start-up): (exit code, stdout, stderr)."""
+    monkeypatch.chdir(ROOT)
+
+    def run(script, *args):
+        module = importlib.import_module(script)
+        monkeypatch.setattr("sys.argv", [f"{script}.py", *map(str, args)])
+        with pytest.raises(SystemExit) as exited:
+            module.entry_point(module.main)()
+        captured = capsys.readouterr()
+        return exited.value.code, captured.out, captured.err
+
+    return run
+
+
+def stack_into(command, folder, *runs):
+    return command("ensemble", "--runs", *runs, "--strategy", "stack", "--output_dir", folder)
+
+
+def test_a_stack_folder_serves_its_submission_and_new_files(tiny_run, ngram_two_folds, tmp_path, command):
+    from nikl_emotion import EmotionClassifier
+    from nikl_emotion.folder_kind import folder_kind
+
+    stack = tmp_path / "stack"
+    code, log, _ = stack_into(command, stack, tiny_run, ngram_two_folds)
+    assert code == 0
+    assert "inference.py --run" in log and folder_kind(str(stack)) == "stack"
+    recorded = json.loads((stack / "stack.json").read_text(encoding="utf-8"))
+    assert [m["run"] for m in recorded["members"]] == [str(tiny_run.resolve()), str(ngram_two_folds.resolve())]
+    assert len(recorded["stacker"]) == 8 and all(len(label.get("weights", [0, 0])) == 2 for label in recorded["stacker"])
+    # the members' test file: the stack's own submission, byte for byte
+    again = tmp_path / "again.jsonl"
+    assert command("inference", "--run", stack, "--input", SAMPLE_TEST, "--output", again, "--device", "cpu")[0] == 0
+    assert again.read_bytes() == (stack / "submission.jsonl").read_bytes()
+    # another file: a valid submission of its rows
+    other = tmp_path / "other.jsonl"
+    assert command("inference", "--run", stack, "--input", SAMPLE_TRAIN, "--output", other, "--device", "cpu")[0] == 0
+    rows = [json.loads(line) for line in other.read_text(encoding="utf-8").splitlines()]
+    assert [r["id"] for r in rows] == load_jsonl(SAMPLE_TRAIN)["id"]
+    assert all(sorted(r["output"]) == sorted(LABELS) and "True" in r["output"].values() for r in rows)
+    # from Python: the same decisions, the same mean probabilities as the folder's test_probs.jsonl
+    classifier = EmotionClassifier.from_pretrained(stack, device="cpu")
+    submitted = [json.loads(line)["output"] for line in (stack / "submission.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert classifier.predict(SAMPLE_TEST).tolist() == [[row[label] == "True" for label in LABELS] for row in submitted]
+    np.testing.assert_allclose(classifier.predict_proba(SAMPLE_TEST), read_probs(stack / "test_probs.jsonl")[1], atol=1e-5)
+
+
+def test_the_stack_applies_its_saved_weights_to_each_fold(tiny_run, ngram_two_folds, tmp_path, command):
+    """Fold K of the stack = the logistic function of the members' fold-K logits under the saved weights (an
+    independent formula), voted by the saved rule."""
+    from nikl_emotion.voting import DecisionRule
+
+    stack = tmp_path / "stack"
+    assert stack_into(command, stack, tiny_run, ngram_two_folds)[0] == 0
+    recorded = json.loads((stack / "stack.json").read_text(encoding="utf-8"))
+    folds = []
+    for k in range(2):
+        members = [read_probs(run / f"fold_{k}" / "test_probs.jsonl")[1] for run in (tiny_run, ngram_two_folds)]
+        logit = [np.log(np.clip(p, 1e-6, 1 - 1e-6) / (1 - np.clip(p, 1e-6, 1 - 1e-6))) for p in members]
+        columns = []
+        for j, label in enumerate(recorded["stacker"]):
+            if "constant" in label:
+                columns.append(np.full(len(members[0]), label["constant"]))
+            else:
+                z = sum(w * logit[m][:, j] for m, w in enumerate(label["weights"])) + label["bias"]
+                columns.append(1 / (1 + np.exp(-z)))
+        folds.append(np.stack(columns, axis=1))
+    rule = DecisionRule.load(str(stack / "decision.json"))
+    submitted = [json.loads(line)["output"] for line in (stack / "submission.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert rule.apply(folds).tolist() == [[row[label] == "True" for label in LABELS] for row in submitted]
+
+
+def test_a_moved_or_changed_member_is_refused_by_name(tiny_run, ngram_two_folds, tmp_path, command):
+    import shutil
+
+    tree = tmp_path / "tree"
+    member = tree / "ngram"
+    shutil.copytree(ngram_two_folds, member)
+    stack = tree / "stack"
+    assert stack_into(command, stack, tiny_run, member)[0] == 0
+    out = tmp_path / "out.jsonl"
+
+    def serve(folder):
+        return command("inference", "--run", folder, "--input", SAMPLE_TEST, "--output", out, "--device", "cpu")
+
+    # moved together with its member (one tree): still the same stack
+    moved_tree = tmp_path / "moved"
+    tree.rename(moved_tree)
+    assert serve(moved_tree / "stack")[0] == 0
+    # the member moved away from the stack: refused, naming it
+    (moved_tree / "ngram").rename(tmp_path / "elsewhere")
+    out.unlink()
+    code, _, error = serve(moved_tree / "stack")
+    assert code == 1 and "ngram is not there" in error and not out.exists()
+    # the member back in place, but trained again (its files changed): refused
+    (tmp_path / "elsewhere").rename(moved_tree / "ngram")
+    probs = moved_tree / "ngram" / "fold_1" / "test_probs.jsonl"
+    probs.write_text(probs.read_text(encoding="utf-8").replace("0.", "0.0", 1), encoding="utf-8")
+    code, _, error = serve(moved_tree / "stack")
+    assert code == 1 and "changed since the stack was made" in error
+    assert "fold_1/test_probs.jsonl" in error and not out.exists()
+
+
+def test_stack_folders_are_refused_where_they_would_mix(tiny_run, ngram_two_folds, tmp_path, command):
+    from nikl_emotion import EmotionClassifier
+
+    code, _, error = stack_into(command, tiny_run / "stack", tiny_run, ngram_two_folds)
+    assert code == 1 and "lies inside" in error and not (tiny_run / "stack").exists()
+    code, _, error = stack_into(command, ngram_two_folds, tiny_run, ngram_two_folds)
+    assert code == 1 and "not an ensemble.py stack" in error
+    code, _, _ = command("ensemble", "--runs", tiny_run, ngram_two_folds, "--strategy", "stack", "--output_dir",
+                         tmp_path / "s", "--output", tmp_path / "s.jsonl")
+    assert code == 2 and not (tmp_path / "s").exists()
+    unfinished = tmp_path / "unfinished"
+    assert stack_into(command, unfinished, tiny_run, ngram_two_folds)[0] == 0
+    (unfinished / "stack.json").unlink()
+    with pytest.raises(PipelineError, match="not a finished stack"):
+        EmotionClassifier.from_pretrained(unfinished)

@@ -14,6 +14,7 @@ probability, then the threshold(s). Probabilities become decisions at --threshol
 of a thresholds.json (fitted by train.py on out-of-fold predictions). --decision OUT/decision.json takes a run's
 saved rule (the one its submission.jsonl was made with) instead of these options.
 
+python ensemble.py --runs OUT_A OUT_B --strategy stack --output_dir STACK
 python ensemble.py --runs OUT_A OUT_B --strategy stack --output submission.jsonl [--probs probs.jsonl]
 
 Stacking: finished train.py runs of the same training files, folds and test file; per label a logistic regression
@@ -21,6 +22,9 @@ on the runs' logits, fitted on their out-of-fold probabilities only (its nested 
 run's), applied to each fold's test probabilities; the folds' stacked probabilities are then decided by the rule
 chosen on the stack's nested OOF (--stack_decision auto, the default: hard or soft vote, at --threshold or at
 per-label thresholds fitted on the stacked OOF rows) or voted at --threshold(s) (--stack_decision fixed).
+--output_dir writes the stack as a folder (STACK/submission.jsonl, decision.json, test_probs.jsonl and stack.json:
+the member runs and the stacker's weights) that `inference.py --run STACK` serves on any file; --output writes only
+the submission.
 """
 
 from nikl_emotion.cli import command_parser, add_decision_arguments, decision_options_given, decision_rule, quiet_libraries
@@ -41,7 +45,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--stack_decision", choices=DECISION_MODES, default=DEFAULT_DECISION_MODE,
                         help="--strategy stack: auto chooses hard/soft vote and OOF-fitted thresholds on the stack's "
                              "nested OOF (as train.py's decision: auto); fixed votes at --threshold(s)")
-    parser.add_argument("--output", required=True, help="submission jsonl to write")
+    parser.add_argument("--output", help="submission jsonl to write")
+    parser.add_argument("--output_dir", help="--strategy stack: write the stack as a servable folder (inference.py --run)")
     parser.add_argument("--strategy", choices=[*STRATEGIES, STACK_STRATEGY], default=DEFAULT_STRATEGY,
                         help="hard: vote decisions; soft: mean probability; stack: a stacker over --runs")
     parser.add_argument("--rule", choices=VOTE_RULES, default=DEFAULT_VOTE_RULE, help="hard-vote rule")
@@ -60,6 +65,12 @@ def main(argv: list[str]) -> int:
                      "--min_votes, --decision, --reference and --align_by_id")
     if args.probs and not args.runs:
         parser.error("--probs goes with --strategy stack")
+    if args.output_dir and not args.runs:
+        parser.error("--output_dir goes with --strategy stack (a stack folder); other votes write --output")
+    if bool(args.output) == bool(args.output_dir):
+        parser.error("give --output FILE" + (" or --output_dir DIR (not both)" if args.runs else ""))
+    if args.output_dir and args.probs:
+        parser.error("--output_dir writes the stacked probabilities itself (DIR/test_probs.jsonl): drop --probs")
     from nikl_emotion.run_folder import check_not_a_folders_own_file
 
     for option, path in (("--output", args.output), ("--probs", args.probs)):
@@ -79,7 +90,7 @@ def main(argv: list[str]) -> int:
 
 
 def stack(args) -> int:
-    from nikl_emotion.stacking import stack_files
+    from nikl_emotion.stack_run import stack_files
 
     args.strategy = DEFAULT_STRATEGY  # the folds' stacked probabilities are decided at --threshold(s) and voted
     rule = decision_rule(args)
@@ -88,10 +99,11 @@ def stack(args) -> int:
     if choose and args.thresholds:
         raise PipelineError("--thresholds: the stack fits its own with --stack_decision auto; add --stack_decision "
                             "fixed to vote at these")
-    result = stack_files(args.runs, args.output, rule, args.probs, choose=choose)
+    result = stack_files(args.runs, args.output, rule, args.probs, choose=choose, output_dir=args.output_dir)
     for name, scored in result["scores"].items():
         print(f"OOF micro-F1 {scored['micro_f1']:.4f}  macro-F1 {scored['macro_f1']:.4f}  {name}")
     if "decision" in result:
         print(describe_choice(result["decision"]))
-    print(f"wrote {len(result['decisions'])} rows stacked from {len(args.runs)} runs to {args.output}")
+    where = args.output or f"{args.output_dir} (serve it with: python inference.py --run {args.output_dir} --input FILE --output OUT)"
+    print(f"wrote {len(result['decisions'])} rows stacked from {len(args.runs)} runs to {where}")
     return 0

@@ -2,6 +2,7 @@
 
 python inference.py --checkpoint OUT/fold_0/best [OUT/fold_1/best ...] --input test.jsonl --output submission.jsonl [--probs probs.jsonl]
 python inference.py --run OUT --input test.jsonl --output submission.jsonl   (a run's folds and its decision rule)
+python inference.py --run STACK --input test.jsonl --output submission.jsonl (an ensemble.py stack folder)
 """
 
 from nikl_emotion.cli import command_parser, add_decision_arguments, decision_options_given, decision_rule, quiet_libraries
@@ -12,8 +13,9 @@ def main(argv: list[str]) -> int:
     parser = command_parser(__doc__)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", nargs="+", help="checkpoint folder(s), e.g. OUT/fold_*/best")
-    source.add_argument("--run", help="a finished train.py output folder: its fold checkpoints, voted with the rule "
-                                      "its submission.jsonl was made with (OUT/decision.json)")
+    source.add_argument("--run", help="a finished train.py output folder (its fold checkpoints, voted with the rule "
+                                      "its submission.jsonl was made with, OUT/decision.json) or an ensemble.py "
+                                      "--output_dir stack folder (its members' folds, stacked, voted by its rule)")
     parser.add_argument("--input", required=True, help="NIKL jsonl to predict (output may be \"\")")
     parser.add_argument("--output", required=True, help="submission jsonl to write")
     parser.add_argument("--probs", help="also write the (mean) probabilities here")
@@ -26,15 +28,18 @@ def main(argv: list[str]) -> int:
         parser.error("--run takes the run's own decision rule: drop --strategy, --threshold(s) and --no_fallback")
     rule = None if args.run else decision_rule(args)
     quiet_libraries()
-    from nikl_emotion.prediction import predict_file, run_checkpoints
+    from nikl_emotion.prediction import predict_file, predict_run_file
     from nikl_emotion.run_folder import check_not_a_folders_own_file
 
     for option, path in (("--output", args.output), ("--probs", args.probs)):
         if path:
             check_not_a_folders_own_file(path, option)
 
-    checkpoints, rule = run_checkpoints(args.run) if args.run else (args.checkpoint, rule)
-    decisions = predict_file(checkpoints, args.input, args.output, probs_path=args.probs, rule=rule,
-                             batch_size=args.batch_size, device=args.device)
+    if args.run:
+        decisions = predict_run_file(args.run, args.input, args.output, probs_path=args.probs,
+                                     batch_size=args.batch_size, device=args.device)
+    else:
+        decisions = predict_file(args.checkpoint, args.input, args.output, probs_path=args.probs, rule=rule,
+                                 batch_size=args.batch_size, device=args.device)
     print(f"wrote {len(decisions)} rows to {args.output}")
     return 0
