@@ -29,23 +29,18 @@ from transformers import (
 
 from nikl_emotion.encoding import MARKER_TOKENS, add_marker_tokens, hangul_fix, model_input_names, splits_hangul
 from nikl_emotion.errors import PipelineError
+from nikl_emotion.vocabulary import OFFLINE_ARCHS, OFFLINE_PREFIX
 from nikl_emotion.labels import ID2LABEL, LABEL2ID, NUM_LABELS
 from nikl_emotion.run_folder import CONFIG_FILE, POST_TRAIN_FILE
 
 logger = logging.getLogger(__name__)
 
-OFFLINE_PREFIX = "offline:"
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 OFFLINE_SIZES: dict[str, dict[str, int]] = {
     "tiny": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128},
     "mini": {"hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 2, "intermediate_size": 512},
     "small": {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 1024},
 }
-OFFLINE_ARCHS = ("bert", "electra")
-
-
-def is_offline(model_name_or_path: str) -> bool:
-    return model_name_or_path.startswith(OFFLINE_PREFIX)
 
 
 def is_post_training_folder(path: str) -> bool:

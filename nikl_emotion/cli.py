@@ -10,7 +10,7 @@ import signal
 import sys
 from collections.abc import Callable
 
-from nikl_emotion.decision_vocabulary import DEFAULT_STRATEGY, DEFAULT_VOTE_RULE, DEFAULT_VOTE_TIE
+from nikl_emotion.vocabulary import DEFAULT_STRATEGY, DEFAULT_VOTE_RULE, DEFAULT_VOTE_TIE
 from nikl_emotion.errors import PipelineError
 
 

@@ -2,6 +2,11 @@
 
 A YAML file is turned into `--key value` tokens placed before the command-line ones, so both go through the same
 parser (same types, same checks) and the command line wins.
+
+The settings are a leaf: this module imports no backend, text, decision or training module (only the names in
+`vocabulary.py`), so any layer can read a run's settings without loading a model. Each dataclass checks its own
+values in `__post_init__`; what needs a backend, a file or another run (a model folder, a loss's parameters, kiwipiepy,
+a pseudo-label run) is checked by `config_checks.py`, whose `parse_config` is what commands call.
 """
 
 from __future__ import annotations
@@ -15,22 +20,12 @@ from dataclasses import dataclass, field
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
-from nikl_emotion.backbone import check_model_folder, is_offline, parse_offline_spec
-from nikl_emotion.decision_vocabulary import (
-    DECISION_MODES, DEFAULT_DECISION_MODE, DEFAULT_STRATEGY, DEFAULT_VOTE_RULE, DEFAULT_VOTE_TIE, VOTE_RULES, VOTE_TIES,
-    check_choice, spelled,
-)
-from nikl_emotion.encoding import INPUT_FORMATS, MAX_UNKNOWN_RATE
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.labels import NUM_LABELS
-from nikl_emotion.losses import LOSSES, LossParameterError, build_loss
-from nikl_emotion.morphemes import PRETOKENIZERS, kiwi
-from nikl_emotion.ngram import check_ngram_spec, is_ngram
-from nikl_emotion.pseudo_labels import check_pseudo_label_run
-from nikl_emotion.techniques import ADVERSARIAL_METHODS
-from nikl_emotion.preprocessing import check_pretokenizer
-from nikl_emotion.run_folder import is_run_file
-from nikl_emotion.voting import DecisionRule
+from nikl_emotion.vocabulary import (
+    ADVERSARIAL_METHODS, DECISION_MODES, DEFAULT_DECISION_MODE, DEFAULT_VOTE_RULE, DEFAULT_VOTE_TIE, INPUT_FORMATS,
+    LOSS_NAMES, MAX_UNKNOWN_RATE, PRETOKENIZERS, VOTE_RULES, VOTE_TIES, check_choice, spelled,
+)
 
 
 @dataclass
@@ -47,15 +42,8 @@ class ModelArguments:
     def __post_init__(self):
         if not (is_finite(self.max_unknown_rate) and 0 <= self.max_unknown_rate <= 1):
             raise PipelineError(f"max_unknown_rate: must be in [0, 1], got {self.max_unknown_rate}")
-        if is_ngram(self.model_name_or_path):
-            check_ngram_spec(self.model_name_or_path)
-        elif is_offline(self.model_name_or_path):
-            try:
-                parse_offline_spec(self.model_name_or_path)
-            except ValueError as exc:
-                raise PipelineError(f"model_name_or_path: {exc}") from None
-        else:
-            check_model_folder(self.model_name_or_path)
+        if not self.model_name_or_path:
+            raise PipelineError("model_name_or_path: give a hub model, a local folder, offline:... or ngram:...")
 
 
 @dataclass
@@ -110,11 +98,10 @@ class KFoldArguments:
         if self.early_stopping_patience < 0:
             raise PipelineError("early_stopping_patience: must be >= 0")
         check_choice("decision", self.decision, DECISION_MODES)
-        self.fixed_rule()  # threshold, vote_rule and vote_tie are checked where they are used, by DecisionRule
-
-    def fixed_rule(self) -> DecisionRule:
-        """The rule `decision: fixed` decides with: the folds' hard vote at `threshold` by `vote_rule`."""
-        return DecisionRule(DEFAULT_STRATEGY, self.threshold, self.fallback_top_label, self.vote_rule, self.vote_tie)
+        if not (is_finite(self.threshold) and 0 < self.threshold < 1):
+            raise PipelineError(f"threshold: must be in (0, 1), got {self.threshold}")
+        check_choice("vote_rule", self.vote_rule, VOTE_RULES)
+        check_choice("vote_tie", self.vote_tie, VOTE_TIES)
 
 
 @dataclass
@@ -275,14 +262,6 @@ def unknown_keys_message(unknown: list[str], parser: HfArgumentParser, file_toke
     return f"{where}: unknown key {key.lstrip('-')!r}{hint}"
 
 
-def parse_config(argv: list[str]) -> tuple[ModelArguments, DataArguments, KFoldArguments, LossArguments,
-                                           TechniqueArguments, TrainingArguments]:
-    """`[CONFIG.yaml] [--key value ...]` -> validated argument dataclasses."""
-    arguments = parse_arguments(argv, ARGUMENT_CLASSES, TRAINING_DEFAULTS)
-    validate(*arguments)
-    return arguments
-
-
 def check_input_files(paths: list[str], what: str) -> None:
     """At least one input file, each of them present; `what` names the files in the empty-list message."""
     if not paths:
@@ -290,28 +269,6 @@ def check_input_files(paths: list[str], what: str) -> None:
     for path in paths:
         if not os.path.isfile(path):
             raise PipelineError(f"{path}: file not found")
-
-
-def validate(
-    model_args: ModelArguments, data_args: DataArguments, kfold_args: KFoldArguments, loss_args: LossArguments,
-    technique_args: TechniqueArguments, training_args: TrainingArguments,
-) -> None:
-    """What no single dataclass can check alone (each validates itself in `__post_init__`): the Trainer's settings
-    and how they meet the pipeline's. Fails before any work starts, with a message naming the key."""
-    validate_reporting(training_args)
-    validate_training_values(training_args)
-    check_inputs_outside_run(training_args.output_dir, [*data_args.train_files, *filter(None, [data_args.test_file])])
-    check_pretokenizer(model_args.model_name_or_path, data_args.offline_pretokenizer)
-    validate_techniques_with(technique_args, model_args, training_args)
-    if training_args.label_smoothing_factor:
-        raise PipelineError(
-            "label_smoothing_factor: the Trainer's smoothing is for single-label cross-entropy and would be ignored "
-            "by a multi-label loss; use label_smoothing instead"
-        )
-    if training_args.eval_strategy == "no" or training_args.eval_strategy != training_args.save_strategy:
-        raise PipelineError("eval_strategy and save_strategy must be the same (epoch or steps): the best checkpoint is chosen on validation micro-F1")
-    if training_args.metric_for_best_model not in ("micro_f1", "eval_micro_f1", "macro_f1", "eval_macro_f1", "loss", "eval_loss"):
-        raise PipelineError(f"metric_for_best_model: {training_args.metric_for_best_model!r} is not micro_f1, macro_f1 or loss")
 
 
 def validate_training_values(training_args: TrainingArguments) -> None:
@@ -334,27 +291,6 @@ def validate_training_values(training_args: TrainingArguments) -> None:
             raise PipelineError(f"{key}: {message}, got {getattr(training_args, key)}")
 
 
-def check_inputs_outside_run(output_dir: str, paths: list[str]) -> None:
-    """An input file must not be one of the files the run writes or `--overwrite` deletes (OUT/submission.jsonl,
-    OUT/fold_K/...): it would be replaced by the run's own output."""
-    run = os.path.realpath(output_dir)
-    for path in paths:
-        relative = os.path.relpath(os.path.realpath(path), run)
-        if relative.startswith(os.pardir) or os.path.isabs(relative):
-            continue
-        if is_run_file(relative.split(os.sep)[0]):
-            raise PipelineError(f"{path}: this input lies where the run in {output_dir} writes its own files; "
-                                "move it or use another output_dir")
-
-
-def validate_reporting(training_args: TrainingArguments) -> None:
-    """`report_to: tensorboard` needs the optional tensorboard package: say so before any work starts."""
-    from transformers.integrations import is_tensorboard_available
-
-    if "tensorboard" in (training_args.report_to or []) and not is_tensorboard_available():
-        raise PipelineError("report_to: tensorboard needs the tensorboard package: pip install tensorboard")
-
-
 def validate_preprocessing(args: PreprocessingArguments) -> None:
     if args.input_format not in INPUT_FORMATS:
         raise PipelineError(f"input_format: {args.input_format!r} is not one of {', '.join(INPUT_FORMATS)}")
@@ -362,24 +298,15 @@ def validate_preprocessing(args: PreprocessingArguments) -> None:
         raise PipelineError(f"max_seq_length: must be at least 8, got {args.max_seq_length}")
     if args.offline_pretokenizer not in PRETOKENIZERS:
         raise PipelineError(f"offline_pretokenizer: {args.offline_pretokenizer!r} is not one of {', '.join(PRETOKENIZERS)}")
-    if args.offline_pretokenizer == "kiwi":
-        kiwi()  # a missing kiwipiepy stops the run before any work, with the pip command
 
 
 def validate_loss(loss_args: LossArguments) -> None:
-    if loss_args.loss not in LOSSES:
-        raise PipelineError(f"loss: {loss_args.loss!r} is not one of {', '.join(LOSSES)}")
+    if loss_args.loss not in LOSS_NAMES:
+        raise PipelineError(f"loss: {loss_args.loss!r} is not one of {', '.join(LOSS_NAMES)}")
     if loss_args.loss_reduction not in ("mean", "sum"):
         raise PipelineError(f"loss_reduction: {loss_args.loss_reduction!r} is not mean or sum")
     if loss_args.parsed_pos_weight() is not None and loss_args.loss != "bce":
         raise PipelineError(f"pos_weight: only the bce loss takes a positive-class weight (loss is {loss_args.loss})")
-    # every loss's keys are checked (a wrong value should not wait for the day that loss is chosen), by the loss
-    # classes themselves; the message names the config key
-    for loss, keys in LOSS_KEYS.items():
-        try:
-            build_loss(loss, **{parameter: getattr(loss_args, key) for parameter, key in keys.items()})
-        except LossParameterError as exc:
-            raise PipelineError(f"{keys.get(exc.parameter, exc.parameter)}: {exc.requirement}, got {exc.value}") from None
 
 
 def is_finite(value) -> bool:
@@ -410,31 +337,6 @@ def validate_techniques(args: TechniqueArguments) -> None:
             raise PipelineError(f"{key}: {message}, got {getattr(args, key)!r}")
     if args.adversarial_epsilon is not None and args.adversarial == "none":
         raise PipelineError("adversarial_epsilon: set adversarial (fgm or awp) too; alone it does nothing")
-    if args.pseudo_label_run is not None:
-        check_pseudo_label_run(args.pseudo_label_run)
-
-
-def validate_techniques_with(args: TechniqueArguments, model_args: ModelArguments, training_args: TrainingArguments) -> None:
-    """What the techniques need from the rest of the configuration."""
-    if is_ngram(model_args.model_name_or_path):
-        trainer_only = [key for key in args.active() if key != "pseudo_label_run"]
-        if trainer_only:
-            raise PipelineError(f"{trainer_only[0]}: a fine-tuning technique of encoders; "
-                                f"{model_args.model_name_or_path} has no encoder to apply it to")
-    epochs = training_args.num_train_epochs if training_args.max_steps <= 0 else None
-    if args.swa_epochs and epochs is not None and args.swa_epochs > epochs:
-        raise PipelineError(f"swa_epochs: averages the last {args.swa_epochs} epochs of {epochs:g}; "
-                            "it must not exceed num_train_epochs")
-    if args.pseudo_label_run is not None and os.path.realpath(args.pseudo_label_run) == os.path.realpath(training_args.output_dir):
-        raise PipelineError("pseudo_label_run: must be another run than this one (output_dir)")
-
-
-# each loss class's parameters and the LossArguments keys that set them
-LOSS_KEYS = {
-    "bce": {"label_smoothing": "label_smoothing"},
-    "focal": {"alpha": "focal_alpha", "gamma": "focal_gamma"},
-    "asl": {"gamma_neg": "asl_gamma_neg", "gamma_pos": "asl_gamma_pos", "clip": "asl_clip", "eps": "asl_eps"},
-}
 
 
 def field_defaults(*classes) -> dict[str, object]:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nikl_emotion.decision_vocabulary import DECISION_MODES, check_choice
+from nikl_emotion.vocabulary import DECISION_MODES, DEFAULT_STRATEGY, check_choice
 from nikl_emotion.metrics import score
 from nikl_emotion.voting import DecisionRule
 
@@ -94,6 +94,13 @@ def gain_standard_error(gold: np.ndarray, base: np.ndarray, other: np.ndarray, s
         tp, predicted, golden = (weights @ row_counts(gold, decisions)).T
         gains.append(2 * tp / np.maximum(predicted + golden, 1))
     return float(np.std(gains[1] - gains[0], ddof=1))
+
+
+def fixed_rule(kfold_args) -> DecisionRule:
+    """The rule `decision: fixed` decides with, from a run's KFoldArguments: the folds' hard vote at `threshold` by
+    `vote_rule`/`vote_tie`, with the empty-row fallback when `fallback_top_label`."""
+    return DecisionRule(DEFAULT_STRATEGY, kfold_args.threshold, kfold_args.fallback_top_label, kfold_args.vote_rule,
+                        kfold_args.vote_tie)
 
 
 def choose_rule(oof: np.ndarray, gold: np.ndarray, fold_of_row: np.ndarray, fitted: dict[int, np.ndarray],

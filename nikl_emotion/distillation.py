@@ -45,14 +45,16 @@ from transformers import TrainingArguments
 from nikl_emotion.folder_kind import check_output_folder
 from nikl_emotion.config import (
     ARGUMENT_CLASSES, TRAINING_DEFAULTS, DataArguments, KFoldArguments, LossArguments, ModelArguments,
-    TechniqueArguments, field_defaults, parse_arguments, resolved_config, validate,
+    TechniqueArguments, field_defaults, parse_arguments, resolved_config,
 )
-from nikl_emotion.data import iter_column, iter_inputs, load_jsonl, load_jsonl_files
+from nikl_emotion.config_checks import validate
+from nikl_emotion.decision import fixed_rule
+from nikl_emotion.data import iter_column, iter_inputs, load_jsonl
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.fileio import read_probs, write_json_atomic, write_submission
 from nikl_emotion.metrics import score
-from nikl_emotion.ngram import is_ngram
-from nikl_emotion.preprocessing import Preprocessing, clean, encode
+from nikl_emotion.vocabulary import is_ngram
+from nikl_emotion.preprocessing import Preprocessing, clean, encode, load_task_files
 from nikl_emotion.run_folder import (
     DISTILL_FILE, STUDENT_FILES, SUBMISSION_FILE, FoldFolder, RunFolder, input_digests, prepare_output_dir, read_mapping,
 )
@@ -137,11 +139,8 @@ def run_distillation(model_args: ModelArguments, data_args: DataArguments, kfold
     start = time.time()
     state = PartialState()
     output_dir = training_args.output_dir
-    preprocessing = Preprocessing.from_data_args(data_args)
-    with training_args.main_process_first(desc="loading and cleaning"):
-        train_rows = load_jsonl_files(data_args.train_files, "required")
-        validation_rows = load_jsonl(distill_args.validation_file, "required") if distill_args.validation_file else None
-        test_rows = load_jsonl(data_args.test_file, "optional") if data_args.test_file else None
+    files = load_task_files(data_args, training_args, others=((distill_args.validation_file or None, "required"),))
+    preprocessing, train_rows, test_rows, (validation_rows,) = files.preprocessing, files.train, files.test, files.others
     ids = list(iter_column(train_rows, "id"))
     teacher = FinishedRun.open(distill_args.teacher_run, "teacher_run")
     oof, fold_of_row = teacher.oof(ids, changed="distil with the teacher's own training files")
@@ -166,7 +165,7 @@ def run_distillation(model_args: ModelArguments, data_args: DataArguments, kfold
     if test_rows is not None:
         _, test_probs = read_probs(folder.test_probs)
         write_submission(os.path.join(output_dir, SUBMISSION_FILE), iter_column(test_rows, "id"), iter_inputs(test_rows),
-                         kfold_args.fixed_rule().decide(test_probs))
+                         fixed_rule(kfold_args).decide(test_probs))
     gold = np.asarray(train_rows["labels"], dtype=np.float32)
     summary, where = distill_summary(result, data, held_out, gold, oof, validation_rows, kfold_args, distill_args)
     summary["seconds"] = round(time.time() - start, 1)
@@ -245,7 +244,7 @@ def distill_summary(result: dict, data: FoldData, held_out: np.ndarray, gold: np
     """(distill.json's content but its seconds, where the student was validated): the student beside the teacher on
     the same rows."""
     def micro_f1(gold_labels: np.ndarray, probs: np.ndarray) -> float:
-        return score(gold_labels, kfold_args.fixed_rule().decide(probs))["micro_f1"]
+        return score(gold_labels, fixed_rule(kfold_args).decide(probs))["micro_f1"]
 
     if validation_rows is None:
         teacher_fold = read_mapping(RunFolder(distill_args.teacher_run).fold(data.fold).metrics).get("micro_f1", float("nan"))

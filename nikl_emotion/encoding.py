@@ -13,9 +13,10 @@ import pyarrow.compute as pc
 from datasets import Dataset
 from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
+from nikl_emotion.vocabulary import INPUT_FORMATS, MAX_UNKNOWN_RATE
+
 InputFormat = Literal["pair", "marker", "prompt", "text"]
 # text: the target is ignored (the reference pipeline's input; its to-do list names the target as unused)
-INPUT_FORMATS: tuple[str, ...] = ("pair", "marker", "prompt", "text")
 
 TARGET_START = "[TGT]"
 TARGET_END = "[/TGT]"
@@ -24,7 +25,6 @@ PROMPT_TEMPLATE = "{target}에 대해 어떤 감정이 드러나나요?"
 
 
 HANGUL_PROBE = "한국어 감정 분석"
-MAX_UNKNOWN_RATE = 0.05  # a Korean encoder's own tokenizer leaves well under 1% of NIKL tokens unknown
 
 
 def uses_segment_ids(config: PretrainedConfig) -> bool:

@@ -36,12 +36,11 @@ from nikl_emotion.folder_kind import check_output_folder, claim_folder
 from nikl_emotion.config import (
     DataArguments, KFoldArguments, LossArguments, ModelArguments, TechniqueArguments, resolved_config,
 )
-from nikl_emotion.data import load_jsonl, load_jsonl_files
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.fileio import write_text_atomic
 from nikl_emotion.folds import make_folds
-from nikl_emotion.preprocessing import Preprocessing, clean
-from nikl_emotion.ngram import is_ngram
+from nikl_emotion.preprocessing import load_task_files
+from nikl_emotion.vocabulary import is_ngram
 from nikl_emotion.run_folder import RunFolder
 from nikl_emotion.training import EmotionTrainer, backbone_and_encodings, fold_trainer_inputs, load_classifier, make_loss
 
@@ -153,12 +152,9 @@ def run_hp_search(
     check_output_folder(output_dir, "run")
     run = RunFolder(output_dir)
     fold = kfold_args.fold or 0
-    preprocessing = Preprocessing.from_data_args(data_args)
-    with training_args.main_process_first(desc="loading and cleaning"):
-        train_rows = load_jsonl_files(data_args.train_files, "required")
-        cleaned = clean(train_rows, preprocessing)
-        # the run's offline backbone (shared with train.py in this folder) also learns the test texts
-        cleaned_test = clean(load_jsonl(data_args.test_file, "optional"), preprocessing) if data_args.test_file else None
+    # the run's offline backbone (shared with train.py in this folder) also learns the test texts
+    files = load_task_files(data_args, training_args)
+    preprocessing, train_rows, cleaned, cleaned_test = files.preprocessing, files.train, files.cleaned, files.cleaned_test
     if state.is_main_process:
         claim_folder(output_dir, "run")  # the study lives in a run's folder (RunFolder.hp_*)
         config = resolved_config(model_args, data_args, kfold_args, loss_args, technique_args, training_args)

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nikl_emotion.vocabulary import LOSS_NAMES
+
 REDUCTIONS = ("none", "mean", "sum")
 
 
@@ -147,7 +149,7 @@ class AsymmetricLoss(MultiLabelLoss):
         return reduce_loss(-loss, self.reduction)
 
 
-LOSSES: dict[str, type[MultiLabelLoss]] = {"bce": BCELoss, "focal": FocalLoss, "asl": AsymmetricLoss}
+LOSSES: dict[str, type[MultiLabelLoss]] = dict(zip(LOSS_NAMES, (BCELoss, FocalLoss, AsymmetricLoss), strict=True))
 
 
 def build_loss(name: str, **kwargs) -> MultiLabelLoss:

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from nikl_emotion.cleaning import Edit, Span, substitute
 from nikl_emotion.errors import PipelineError
 
-PRETOKENIZERS: tuple[str, ...] = ("none", "kiwi")
 KIWI_REQUIREMENT = "kiwipiepy==0.24.1"
 _CACHE_LIMIT = 500_000  # texts whose analysis is kept per process: a K-fold loop analyses each text once
 

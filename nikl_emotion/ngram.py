@@ -21,15 +21,10 @@ from datasets import Dataset
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.fileio import write_json_atomic
 from nikl_emotion.labels import LABELS, NUM_LABELS
+from nikl_emotion.vocabulary import NGRAM_KINDS, NGRAM_PREFIX
 
-NGRAM_PREFIX = "ngram:"
-NGRAM_KINDS = ("tfidf",)
 MODEL_FILE = "ngram.joblib"
 INFO_FILE = "ngram.json"
-
-
-def is_ngram(model_name_or_path: str) -> bool:
-    return model_name_or_path.startswith(NGRAM_PREFIX)
 
 
 def check_ngram_spec(model_name_or_path: str) -> None:

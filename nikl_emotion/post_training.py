@@ -39,7 +39,7 @@ from transformers import (
 from nikl_emotion.folder_kind import check_output_folder
 from nikl_emotion.batching import padded_width
 from nikl_emotion.backbone import (
-    check_max_seq_length, is_offline, load_tokenizer, offline_config, parse_offline_spec, train_wordpiece_tokenizer,
+    check_max_seq_length, load_tokenizer, offline_config, parse_offline_spec, train_wordpiece_tokenizer,
 )
 from nikl_emotion.config import (
     ModelArguments,
@@ -49,16 +49,15 @@ from nikl_emotion.config import (
     check_input_files,
     field_defaults,
     is_finite,
-    validate_reporting,
     validate_training_values,
 )
-from nikl_emotion.data import load_jsonl_files
-from nikl_emotion.encoding import MAX_UNKNOWN_RATE, add_marker_tokens, tokenize_batch
+from nikl_emotion.config_checks import check_settings_resources, validate_reporting
+from nikl_emotion.encoding import add_marker_tokens, tokenize_batch
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.fileio import write_json_atomic
-from nikl_emotion.preprocessing import Preprocessing, check_pretokenizer, check_unknown_rate, clean
+from nikl_emotion.preprocessing import Preprocessing, check_pretokenizer, check_unknown_rate, load_task_files
 from nikl_emotion.locking import exclusive
-from nikl_emotion.ngram import is_ngram
+from nikl_emotion.vocabulary import MAX_UNKNOWN_RATE, is_ngram, is_offline
 from nikl_emotion.rtd import ReplacedTokenDetection, check_rtd_backbone
 from nikl_emotion.time_budget import describe, measure_step_seconds, plan_steps
 from nikl_emotion.run_folder import PostTrainFolder, input_digests, last_complete_checkpoint, prepare_output_dir, read_mapping
@@ -133,6 +132,7 @@ def parse_post_train_config(argv: list[str]) -> tuple[ModelArguments, PostTrainD
     model_args, data_args, mlm_args, training_args = parse_arguments(
         argv, (ModelArguments, PostTrainDataArguments, MLMArguments, TrainingArguments), POST_TRAIN_DEFAULTS
     )
+    check_settings_resources(model_args, data_args)
     validate_reporting(training_args)
     validate_training_values(training_args)
     check_pretokenizer(model_args.model_name_or_path, data_args.offline_pretokenizer)
@@ -297,10 +297,8 @@ def run_post_training(
     state = PartialState()
     folder = PostTrainFolder(training_args.output_dir)
     check_output_folder(folder.root, "post-training")  # before any work (the lock file is created next)
-    preprocessing = Preprocessing.from_data_args(data_args)
-    with training_args.main_process_first(desc="loading and cleaning"):
-        rows = load_jsonl_files(data_args.train_files, "optional")
-        cleaned = clean(rows, preprocessing)
+    files = load_task_files(data_args, training_args, train_labels="optional")  # the text only: labels unused
+    preprocessing, cleaned = files.preprocessing, files.cleaned
     config = resolved_config(model_args, data_args, mlm_args, training_args)
     with contextlib.ExitStack() as held:
         if state.is_main_process:  # one post-training per folder at a time

@@ -18,11 +18,13 @@ from transformers import PreTrainedTokenizerBase
 
 from nikl_emotion.batching import column_array
 from nikl_emotion.cleaning import CleaningOptions, clean_batch
-from nikl_emotion.encoding import INPUT_FORMATS, MAX_UNKNOWN_RATE, tokenize_batch, unknown_rate_message, unknown_token_rate
+from nikl_emotion.data import load_jsonl, load_jsonl_files
+from nikl_emotion.encoding import tokenize_batch, unknown_rate_message, unknown_token_rate
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.fileio import write_json_atomic
 from nikl_emotion.labels import LABELS
-from nikl_emotion.morphemes import PRETOKENIZERS, segment_batch
+from nikl_emotion.morphemes import segment_batch
+from nikl_emotion.vocabulary import INPUT_FORMATS, MAX_UNKNOWN_RATE, PRETOKENIZERS, is_ngram, is_offline
 
 PREPROCESSING_FILE = "preprocessing.json"
 logger = logging.getLogger(__name__)
@@ -99,9 +101,6 @@ def check_pretokenizer(backbone: str, pretokenizer: str) -> None:
     morpheme-segmented text sees other pieces in unsegmented text, and the reverse. Morpheme segmentation exists for
     the offline backbones (whose tokenizer is trained here) and the folders post-trained from them; a hub
     tokenizer never learned segmented text."""
-    from nikl_emotion.backbone import is_offline
-    from nikl_emotion.ngram import is_ngram
-
     if is_offline(backbone) or is_ngram(backbone):
         return
     learned = Preprocessing.load(backbone).pretokenizer if os.path.isfile(os.path.join(backbone, PREPROCESSING_FILE)) else "none"
@@ -172,3 +171,33 @@ def check_unknown_rate(encoded: Dataset, tokenizer: PreTrainedTokenizerBase, on_
     elif rate > 0:
         logger.info("%.2f%% of %d tokens are the unknown token %s", 100 * rate, tokens, tokenizer.unk_token)
     return rate
+
+
+@dataclass
+class TaskFiles:
+    """A command's input files, validated and cleaned: its training rows, its test rows (or None) and any other
+    files it named, in their given order (None where a path was not given)."""
+
+    preprocessing: Preprocessing
+    train: Dataset
+    test: Dataset | None
+    cleaned: Dataset
+    cleaned_test: Dataset | None
+    others: list[Dataset | None]
+
+
+def load_task_files(data_args, training_args, *, train_labels: str = "required",
+                    others: tuple[tuple[str | None, str], ...] = ()) -> TaskFiles:
+    """The loading preamble every command shares: the settings' `train_files` (labels `train_labels`) and
+    `test_file` (when the settings have one), then `others` ((path, label mode) pairs), each row validated before
+    anything is written, cleaned with the settings' `Preprocessing`. The main process goes first: it fills the
+    datasets cache, which the other ranks of a distributed run then read."""
+    preprocessing = Preprocessing.from_data_args(data_args)
+    test_file = getattr(data_args, "test_file", None)
+    with training_args.main_process_first(desc="loading and cleaning"):
+        train = load_jsonl_files(data_args.train_files, train_labels)
+        test = load_jsonl(test_file, "optional") if test_file else None
+        loaded = [load_jsonl(path, mode) if path else None for path, mode in others]
+        cleaned = clean(train, preprocessing)
+        cleaned_test = clean(test, preprocessing) if test is not None else None
+    return TaskFiles(preprocessing, train, test, cleaned, cleaned_test, loaded)

@@ -18,7 +18,7 @@ from nikl_emotion.metrics import score
 from nikl_emotion.model_card import write_model_card
 from nikl_emotion.report import write_report
 from nikl_emotion.run_folder import RunFolder, input_digests, inputs_difference, read_mapping
-from nikl_emotion.decision import choose_rule
+from nikl_emotion.decision import choose_rule, fixed_rule
 from nikl_emotion.thresholds import fit_global_threshold, fit_thresholds, nested_gain, nested_thresholds, save_thresholds
 from nikl_emotion.voting import ensemble_files
 
@@ -45,11 +45,11 @@ def summarize(output_dir: str, train_rows: Dataset, test_path: str | None, num_f
     save_thresholds(run.thresholds, per_label, global_threshold, evaluation)
     # the rule submission.jsonl is made with (decision: auto chooses it on nested OOF scores), saved so
     # inference.py --run OUT and ensemble.py --decision decide the same way anywhere
-    decision, choice = choose_rule(oof, gold, fold_of_row, fitted, per_label, kfold_args.fixed_rule(), kfold_args.decision)
+    decision, choice = choose_rule(oof, gold, fold_of_row, fitted, per_label, fixed_rule(kfold_args), kfold_args.decision)
     decision.save(run.decision)
     summary = {
         "folds": folds,
-        "oof": score(gold, kfold_args.fixed_rule().decide(oof)),
+        "oof": score(gold, fixed_rule(kfold_args).decide(oof)),
         "thresholds": {"file": os.path.basename(run.thresholds), **evaluation},
         "decision": {"file": os.path.basename(run.decision), **choice},
     }

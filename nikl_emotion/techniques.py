@@ -25,7 +25,6 @@ from torch.nn import functional as F
 
 from nikl_emotion.errors import PipelineError
 
-ADVERSARIAL_METHODS = ("none", "fgm", "awp")
 DEFAULT_EPSILON = {"fgm": 1.0, "awp": 0.005}
 LAYER_INDEX = re.compile(r"\.(?:layer|layers|block|blocks)\.(\d+)\.")
 

@@ -22,7 +22,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers import EarlyStoppingCallback, EvalPrediction, Trainer, TrainingArguments, set_seed
 
 from nikl_emotion.batching import MODEL_INPUTS, PaddingCollator, column_array, length_order
-from nikl_emotion.backbone import build_offline_backbone, check_max_seq_length, is_offline, load_model, load_tokenizer
+from nikl_emotion.backbone import build_offline_backbone, check_max_seq_length, load_model, load_tokenizer
 from nikl_emotion.classifier import EmotionClassifier
 from nikl_emotion.averaging import STATE_FILE as AVERAGING_FILE, WeightAveraging, weight_averaging
 from nikl_emotion.config import (
@@ -30,7 +30,7 @@ from nikl_emotion.config import (
     resolved_config,
 )
 from nikl_emotion.errors import PipelineError
-from nikl_emotion.data import iter_column, load_jsonl, load_jsonl_files
+from nikl_emotion.data import iter_column, load_jsonl
 from nikl_emotion.fileio import write_json_atomic, write_probs
 from nikl_emotion.divergence import DivergenceGuard, TrainingDiverged, check_finite_probabilities, likely_cause
 from nikl_emotion.folder_kind import check_output_folder, holds_nothing, mark_folder
@@ -39,8 +39,9 @@ from nikl_emotion.locking import exclusive, exclusive_all
 from nikl_emotion.losses import MultiLabelLoss, build_loss
 from nikl_emotion.metrics import decide, format_table, score, sigmoid
 from nikl_emotion.model_card import write_model_card
-from nikl_emotion.ngram import is_ngram, train_ngram
-from nikl_emotion.preprocessing import Preprocessing, clean, encode, warn_if_preprocessing_differs
+from nikl_emotion.ngram import train_ngram
+from nikl_emotion.vocabulary import is_ngram, is_offline
+from nikl_emotion.preprocessing import Preprocessing, clean, encode, warn_if_preprocessing_differs, load_task_files
 from nikl_emotion.pseudo_labels import PseudoLabels, fold_pseudo_labels, teacher_test_file
 from nikl_emotion.run_folder import (
     DONE_FILE,
@@ -52,7 +53,7 @@ from nikl_emotion.run_folder import (
     read_mapping,
 )
 from nikl_emotion.summary import summarize
-from nikl_emotion.decision import describe_choice
+from nikl_emotion.decision import describe_choice, fixed_rule
 from nikl_emotion.thresholds import describe_gain
 from nikl_emotion.techniques import Adversary, enable_multi_sample_dropout, layerwise_parameter_groups, rdrop_divergence, repeat_batch
 
@@ -347,7 +348,7 @@ def train_fold(data: FoldData, kfold_args: KFoldArguments, loss_args: LossArgume
     result: dict = {}
     if trainer.is_world_process_zero():
         gold = np.asarray(val_rows["labels"])
-        result = score(gold, kfold_args.fixed_rule().decide(val_probs))
+        result = score(gold, fixed_rule(kfold_args).decide(val_probs))
         save_best(trainer, folder, data.preprocessing, run_config(training_args.output_dir), data.fold, result)
         result.update(fold_state(trainer, data))
         write_fold_outputs(folder, val_rows, val_probs, data.encoded_test, test_probs, result)
@@ -365,7 +366,7 @@ def train_ngram_fold(data: FoldData, kfold_args: KFoldArguments, training_args: 
     val_rows = data.val_rows
     val_probs = model.predict_proba(val_rows)
     test_probs = model.predict_proba(data.encoded_test) if data.encoded_test is not None else None
-    result = score(np.asarray(val_rows["labels"]), kfold_args.fixed_rule().decide(val_probs))
+    result = score(np.asarray(val_rows["labels"]), fixed_rule(kfold_args).decide(val_probs))
     shutil.rmtree(folder.best_staging, ignore_errors=True)
     model.save(folder.best_staging)
     data.preprocessing.save(folder.best_staging)
@@ -505,14 +506,8 @@ def run_training(
     state = PartialState()
     output_dir = training_args.output_dir
     check_output_folder(output_dir, "run")  # before any work: another command's folder is refused, not touched
-    preprocessing = Preprocessing.from_data_args(data_args)
-    # the main process fills the datasets cache first; the other ranks then read it
-    with training_args.main_process_first(desc="loading and cleaning"):
-        # every input is validated before anything is written
-        train_rows = load_jsonl_files(data_args.train_files, "required")
-        test_rows = load_jsonl(data_args.test_file, "optional") if data_args.test_file else None
-        cleaned = clean(train_rows, preprocessing)
-        cleaned_test = clean(test_rows, preprocessing) if test_rows is not None else None
+    files = load_task_files(data_args, training_args)
+    preprocessing, train_rows, cleaned, cleaned_test = files.preprocessing, files.train, files.cleaned, files.cleaned_test
     if kfold_args.num_folds > len(train_rows):
         raise PipelineError(f"num_folds: {kfold_args.num_folds} folds need at least as many rows; "
                             f"{', '.join(data_args.train_files)} hold {len(train_rows)}")

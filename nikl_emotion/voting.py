@@ -25,7 +25,7 @@ from typing import Literal
 import numpy as np
 
 from nikl_emotion.data import load_jsonl
-from nikl_emotion.decision_vocabulary import (
+from nikl_emotion.vocabulary import (
     DEFAULT_STRATEGY, DEFAULT_VOTE_RULE, DEFAULT_VOTE_TIE, STRATEGIES, VOTE_RULES, VOTE_TIES, check_choice,
 )
 from nikl_emotion.errors import PipelineError, RowError

@@ -5,7 +5,8 @@ import torch
 import yaml
 
 from conftest import ROOT, SAMPLE_TRAIN
-from nikl_emotion.config import parse_config, resolved_config
+from nikl_emotion.config import resolved_config
+from nikl_emotion.config_checks import parse_config
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.post_training import parse_post_train_config
 from nikl_emotion.preprocessing import Preprocessing
@@ -116,19 +117,25 @@ def test_recipe_stages_prepare_text_the_same_way(post_train, fine_tune):
 
 def test_every_config_dataclass_validates_itself_however_it_is_built(tmp_path):
     """Objects built without the parser (dataclasses.replace in the HP search, KFoldArguments(**config) in
-    report.py) are checked too: each dataclass validates itself in __post_init__."""
+    report.py) are checked too: each dataclass validates its own values in __post_init__; what a value names outside
+    the settings (a loss class's parameter range, an offline backbone) is checked by config_checks, as parse_config
+    does."""
     import dataclasses
 
     from nikl_emotion.config import DataArguments, KFoldArguments, LossArguments, ModelArguments
+    from nikl_emotion.config_checks import check_loss_parameters, check_model_name
     from nikl_emotion.post_training import MLMArguments, PostTrainDataArguments
 
     cases = [
         (lambda: KFoldArguments(num_folds=1), "num_folds: must be at least 2"),
         (lambda: KFoldArguments(num_folds=3, fold=3), r"fold: must be in \[0, 2\]"),
         (lambda: KFoldArguments(threshold=1.5), r"threshold: must be in \(0, 1\)"),
-        (lambda: dataclasses.replace(LossArguments(loss="focal"), focal_gamma=-1.0), "focal_gamma: must be >= 0"),
+        (lambda: check_loss_parameters(dataclasses.replace(LossArguments(loss="focal"), focal_gamma=-1.0)),
+         "focal_gamma: must be >= 0"),
+        (lambda: KFoldArguments(vote_rule="plurality"), "vote_rule: 'plurality' is not"),
         (lambda: LossArguments(loss="hinge"), "loss: 'hinge' is not one of"),
-        (lambda: ModelArguments(model_name_or_path="offline:gpt-huge"), "model_name_or_path: unknown offline backbone"),
+        (lambda: check_model_name(ModelArguments(model_name_or_path="offline:gpt-huge").model_name_or_path),
+         "model_name_or_path: unknown offline backbone"),
         (lambda: DataArguments(train_files=[str(tmp_path / "missing.jsonl")]), "missing.jsonl: file not found"),
         (lambda: DataArguments(train_files=[], input_format="pair"), "train_files: give at least one"),
         (lambda: DataArguments(train_files=[str(SAMPLE_TRAIN)], input_format="xml"), "input_format: 'xml' is not one of"),

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from nikl_emotion.config import KFoldArguments
-from nikl_emotion.decision import choose_rule, describe_choice
+from nikl_emotion.decision import choose_rule, describe_choice, fixed_rule
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.metrics import decide, score
 from nikl_emotion.thresholds import fit_thresholds, nested_thresholds
@@ -33,7 +33,7 @@ def choose(probs, gold, fold_of_row, **kfold):
     fitted = nested_thresholds(probs, gold, fold_of_row, fallback)
     all_rows = fit_thresholds(probs, gold, fallback=fallback)
     settings = KFoldArguments(**kfold)
-    return choose_rule(probs, gold, fold_of_row, fitted, all_rows, settings.fixed_rule(), settings.decision)
+    return choose_rule(probs, gold, fold_of_row, fitted, all_rows, fixed_rule(settings), settings.decision)
 
 
 def test_auto_chooses_the_rule_that_predicts_the_squashed_label_and_records_every_candidate():
@@ -82,8 +82,8 @@ def test_fixed_keeps_the_configured_rule_and_says_what_auto_would_do():
     probs, gold, fold_of_row = oof_fixture()
     rule, record = choose(probs, gold, fold_of_row, decision="fixed", threshold=0.4, vote_tie="negative")
     assert record["chosen"] == "hard" and record["best_by_nested_oof"] == "hard_tuned"
-    assert rule == DecisionRule("hard", 0.4, True, "majority", "negative") == KFoldArguments(
-        threshold=0.4, vote_tie="negative").fixed_rule()
+    assert rule == DecisionRule("hard", 0.4, True, "majority", "negative") == fixed_rule(KFoldArguments(
+        threshold=0.4, vote_tie="negative"))
     assert "auto would choose hard_tuned" in describe_choice(record)
 
 

@@ -22,7 +22,7 @@ def run_inference(capsys, monkeypatch, *args, script: str = "inference") -> int:
 
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory):
-    from nikl_emotion.config import parse_config
+    from nikl_emotion.config_checks import parse_config
     from nikl_emotion.training import run_training
 
     out = tmp_path_factory.mktemp("ref") / "out"
@@ -82,11 +82,11 @@ def test_the_rule_applies_the_vote_rule_it_names():
     assert (results["majority"] != results["reference"]).any(axis=1).sum() > 10
 
 
-def test_the_decision_vocabulary_is_the_one_every_place_accepts():
+def test_the_vocabulary_is_the_one_every_place_accepts():
     import dataclasses
 
     from nikl_emotion.config import KFoldArguments
-    from nikl_emotion.decision_vocabulary import DECISION_MODES, STRATEGIES, VOTE_RULES, VOTE_TIES
+    from nikl_emotion.vocabulary import DECISION_MODES, STRATEGIES, VOTE_RULES, VOTE_TIES
     from nikl_emotion.errors import PipelineError
     from nikl_emotion.voting import DecisionRule
 

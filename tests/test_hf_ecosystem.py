@@ -89,7 +89,7 @@ def test_tensorboard_logs_survive_the_run(tmp_path):
 def test_tensorboard_without_the_package_is_refused_before_any_work(tmp_path, monkeypatch):
     import transformers.integrations
 
-    from nikl_emotion.config import parse_config
+    from nikl_emotion.config_checks import parse_config
     from nikl_emotion.errors import PipelineError
 
     monkeypatch.setattr(transformers.integrations, "is_tensorboard_available", lambda: False)

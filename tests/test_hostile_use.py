@@ -102,7 +102,7 @@ def test_inference_and_ensemble_refuse_to_write_over_their_inputs(tiny_run, tmp_
 
 
 def test_an_input_inside_the_runs_own_files_is_refused(tmp_path):
-    from nikl_emotion.config import parse_config
+    from nikl_emotion.config_checks import parse_config
 
     inside = write_jsonl(tmp_path / "out" / "submission.jsonl", [nikl_row("a")])
     with pytest.raises(PipelineError, match="where the run .* writes its own files"):
@@ -160,7 +160,7 @@ def test_a_second_copy_of_a_running_run_is_refused_cleanly(tmp_path):
     ("", ["--num_fold", "3"], "num_fold"),
 ])
 def test_abbreviated_keys_are_refused_naming_the_key(tmp_path, yaml_line, argv, key):
-    from nikl_emotion.config import parse_config
+    from nikl_emotion.config_checks import parse_config
 
     config = tmp_path / "c.yaml"
     config.write_text(QUICKSTART.read_text(encoding="utf-8") + "\n" + yaml_line + "\n", encoding="utf-8")
@@ -169,7 +169,7 @@ def test_abbreviated_keys_are_refused_naming_the_key(tmp_path, yaml_line, argv, 
 
 
 def test_a_billion_laughs_yaml_is_refused_at_once(tmp_path):
-    from nikl_emotion.config import parse_config
+    from nikl_emotion.config_checks import parse_config
 
     lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
     lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 9)]
@@ -191,7 +191,7 @@ def test_a_billion_laughs_yaml_is_refused_at_once(tmp_path):
     (["--num_train_epochs", "0"], "num_train_epochs: must be a finite number > 0"),
 ])
 def test_bad_training_values_fail_before_anything_is_written(tmp_path, args, message):
-    from nikl_emotion.config import parse_config
+    from nikl_emotion.config_checks import parse_config
 
     with pytest.raises(PipelineError, match=message):
         parse_config([str(QUICKSTART), "--output_dir", str(tmp_path / "o"), *args])
@@ -200,7 +200,7 @@ def test_bad_training_values_fail_before_anything_is_written(tmp_path, args, mes
 
 @pytest.mark.parametrize("rows, folds", [(3, 5), (1, 2)])
 def test_more_folds_than_rows_is_refused_before_writing(tmp_path, rows, folds):
-    from nikl_emotion.config import parse_config
+    from nikl_emotion.config_checks import parse_config
     from nikl_emotion.training import run_training
 
     train = write_jsonl(tmp_path / "small.jsonl", [nikl_row(f"r{i}") for i in range(rows)])
@@ -211,7 +211,7 @@ def test_more_folds_than_rows_is_refused_before_writing(tmp_path, rows, folds):
 
 
 def test_a_run_that_failed_during_set_up_does_not_block_the_corrected_command(tmp_path):
-    from nikl_emotion.config import parse_config
+    from nikl_emotion.config_checks import parse_config
     from nikl_emotion.training import run_training
 
     out = tmp_path / "o"
@@ -227,7 +227,7 @@ def test_a_run_that_failed_during_set_up_does_not_block_the_corrected_command(tm
 
 
 def test_a_changed_training_file_is_refused_by_train_and_report(tmp_path, capsys, monkeypatch):
-    from nikl_emotion.config import parse_config
+    from nikl_emotion.config_checks import parse_config
     from nikl_emotion.training import run_training
 
     train = tmp_path / "train.jsonl"

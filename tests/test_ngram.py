@@ -7,7 +7,7 @@ import pytest
 
 from conftest import ROOT, SAMPLE_DEV, SAMPLE_TEST, SAMPLE_TRAIN, nikl_row, run_cli, write_jsonl
 from nikl_emotion import EmotionClassifier
-from nikl_emotion.config import parse_config
+from nikl_emotion.config_checks import parse_config
 from nikl_emotion.data import load_jsonl
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.fileio import read_probs

@@ -395,7 +395,7 @@ def test_pseudo_labels_come_from_the_same_fold_of_the_finished_run(tiny_run, tmp
                                              (["--num_folds", "3"], "has 2 folds, this run 3")])
 def test_pseudo_labels_from_other_folds_are_refused(tiny_run, tmp_path, change, message):
     from conftest import ROOT
-    from nikl_emotion.config import parse_config
+    from nikl_emotion.config_checks import parse_config
     from nikl_emotion.training import run_training
 
     with pytest.raises(PipelineError) as caught:

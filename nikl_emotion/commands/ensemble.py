@@ -29,7 +29,7 @@ the submission.
 
 from nikl_emotion.cli import command_parser, add_decision_arguments, decision_options_given, decision_rule, quiet_libraries
 from nikl_emotion.decision import describe_choice
-from nikl_emotion.decision_vocabulary import (
+from nikl_emotion.vocabulary import (
     DECISION_MODES, DEFAULT_DECISION_MODE, DEFAULT_STRATEGY, DEFAULT_VOTE_RULE, DEFAULT_VOTE_TIE, STACK_STRATEGY,
     STRATEGIES, VOTE_RULES, VOTE_TIES,
 )

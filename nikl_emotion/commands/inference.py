@@ -6,7 +6,7 @@ python inference.py --run STACK --input test.jsonl --output submission.jsonl (an
 """
 
 from nikl_emotion.cli import command_parser, add_decision_arguments, decision_options_given, decision_rule, quiet_libraries
-from nikl_emotion.decision_vocabulary import DEFAULT_STRATEGY, STRATEGIES
+from nikl_emotion.vocabulary import DEFAULT_STRATEGY, STRATEGIES
 
 
 def main(argv: list[str]) -> int:

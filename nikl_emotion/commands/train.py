@@ -8,7 +8,7 @@ from nikl_emotion.cli import pop_option, quiet_libraries
 
 def main(argv: list[str]) -> int:
     quiet_libraries()
-    from nikl_emotion.config import parse_config
+    from nikl_emotion.config_checks import parse_config
 
     trials = pop_option(argv, ("--hp-search", "--hp_search"))
     arguments = parse_config(argv)
