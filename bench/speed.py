@@ -99,7 +99,7 @@ def worker_train(work: str, recipe: str, rows: int, batch_size: int) -> dict:
     from nikl_emotion.backbone import load_model
     from nikl_emotion.preprocessing import encode
     from nikl_emotion.batching import PaddingCollator
-    from nikl_emotion.training import TRAINER_COLUMNS, EmotionTrainer, make_loss
+    from nikl_emotion.emotion_trainer import TRAINER_COLUMNS, EmotionTrainer, make_loss
     from nikl_emotion.config import LossArguments
 
     train, _, tokenizer, preprocessing = _setup(work, rows)
@@ -160,7 +160,8 @@ def worker_folds(work: str, rows: int, batch_size: int) -> dict:
     from nikl_emotion.config import KFoldArguments, LossArguments
     from nikl_emotion.folds import make_folds
     from nikl_emotion.preprocessing import encode
-    from nikl_emotion.training import FoldData, train_fold
+    from nikl_emotion.fold_backend import FoldData
+    from nikl_emotion.training import train_fold
 
     train, test, tokenizer, preprocessing = _setup(work, rows)
     encoded, encoded_test = encode(train, tokenizer, preprocessing), encode(test, tokenizer, preprocessing)

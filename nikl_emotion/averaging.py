@@ -21,9 +21,11 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
+from nikl_emotion.checkpoint_files import AVERAGING_STATE_FILE
+
 logger = logging.getLogger(__name__)
 
-STATE_FILE = "weight_averaging.pt"
+STATE_FILE = AVERAGING_STATE_FILE
 
 
 class WeightAveraging(TrainerCallback):

@@ -31,7 +31,8 @@ from nikl_emotion.encoding import MARKER_TOKENS, add_marker_tokens, hangul_fix, 
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.vocabulary import OFFLINE_ARCHS, OFFLINE_PREFIX
 from nikl_emotion.labels import ID2LABEL, LABEL2ID, NUM_LABELS
-from nikl_emotion.run_folder import CONFIG_FILE, POST_TRAIN_FILE
+from nikl_emotion.checkpoint_files import POST_TRAIN_FILE
+from nikl_emotion.run_folder import CONFIG_FILE
 
 logger = logging.getLogger(__name__)
 

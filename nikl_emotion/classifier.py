@@ -31,7 +31,7 @@ from nikl_emotion.batching import MODEL_INPUTS, length_order, pad_table
 from nikl_emotion.data import Rows, as_rows
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.folder_kind import folder_kind
-from nikl_emotion.run_folder import EXPORT_FILE, ONNX_FILE
+from nikl_emotion.checkpoint_files import EXPORT_FILE, ONNX_FILE, TOKENIZER_FILES
 from nikl_emotion.labels import ID2LABEL, NUM_LABELS
 from nikl_emotion.metrics import decide, sigmoid
 from nikl_emotion.ngram import NgramBackend, NgramClassifier, is_ngram_folder
@@ -39,7 +39,6 @@ from nikl_emotion.preprocessing import Preprocessing, clean, encode
 
 logger = logging.getLogger(__name__)
 
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "sentencepiece.bpe.model", "spiece.model", "tokenizer.model", "vocab.json")
 
 
 class Backend(Protocol):

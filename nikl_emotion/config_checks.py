@@ -10,7 +10,7 @@ import os
 
 from transformers import TrainingArguments
 
-from nikl_emotion.backbone import check_model_folder, parse_offline_spec
+from nikl_emotion.backends import backend_for
 from nikl_emotion.config import (
     ARGUMENT_CLASSES, TRAINING_DEFAULTS, DataArguments, KFoldArguments, LossArguments, ModelArguments,
     PreprocessingArguments, TechniqueArguments, parse_arguments, validate_training_values,
@@ -18,11 +18,8 @@ from nikl_emotion.config import (
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.losses import LossParameterError, build_loss
 from nikl_emotion.morphemes import kiwi
-from nikl_emotion.ngram import check_ngram_spec
-from nikl_emotion.preprocessing import check_pretokenizer
 from nikl_emotion.pseudo_labels import check_pseudo_label_run
 from nikl_emotion.run_folder import is_run_file
-from nikl_emotion.vocabulary import is_ngram, is_offline
 
 
 def parse_config(argv: list[str]) -> tuple[ModelArguments, DataArguments, KFoldArguments, LossArguments,
@@ -80,7 +77,7 @@ def validate_reporting(training_args: TrainingArguments) -> None:
 
 def validate_techniques_with(args: TechniqueArguments, model_args: ModelArguments, training_args: TrainingArguments) -> None:
     """What the techniques need from the rest of the configuration."""
-    if is_ngram(model_args.model_name_or_path):
+    if not backend_for(model_args.model_name_or_path).trains_an_encoder:
         trainer_only = [key for key in args.active() if key != "pseudo_label_run"]
         if trainer_only:
             raise PipelineError(f"{trainer_only[0]}: a fine-tuning technique of encoders; "
@@ -102,16 +99,9 @@ LOSS_KEYS = {
 
 
 def check_model_name(model_name_or_path: str) -> None:
-    """An n-gram or offline spec that exists, or a model folder (or hub name) that can be one."""
-    if is_ngram(model_name_or_path):
-        check_ngram_spec(model_name_or_path)
-    elif is_offline(model_name_or_path):
-        try:
-            parse_offline_spec(model_name_or_path)
-        except ValueError as exc:
-            raise PipelineError(f"model_name_or_path: {exc}") from None
-    else:
-        check_model_folder(model_name_or_path)
+    """A name the backend that trains it accepts (an n-gram or offline spec that exists, a model folder or hub name
+    that can be one)."""
+    backend_for(model_name_or_path).check_spec(model_name_or_path)
 
 
 def check_settings_resources(model_args: ModelArguments, preprocessing_args: PreprocessingArguments,
@@ -135,3 +125,17 @@ def check_loss_parameters(loss_args: LossArguments) -> None:
             build_loss(loss, **{parameter: getattr(loss_args, key) for parameter, key in keys.items()})
         except LossParameterError as exc:
             raise PipelineError(f"{keys.get(exc.parameter, exc.parameter)}: {exc.requirement}, got {exc.value}") from None
+
+
+def check_pretokenizer(backbone: str, pretokenizer: str) -> None:
+    """The pre-tokenizer must be the one the backbone's tokenizer was trained with: a vocabulary learned on
+    morpheme-segmented text sees other pieces in unsegmented text, and the reverse. Morpheme segmentation exists for
+    the offline backbones (whose tokenizer is trained here) and the folders post-trained from them; a hub
+    tokenizer never learned segmented text."""
+    learned = backend_for(backbone).pretokenizer_of(backbone)
+    if learned is not None and learned != pretokenizer:
+        where = (f"{backbone} was post-trained with offline_pretokenizer: {learned}" if learned != "none"
+                 else f"{backbone}'s tokenizer was not trained on morpheme-segmented text (offline_pretokenizer "
+                      "applies to offline:* backbones and the folders post-trained from them)")
+        raise PipelineError(f"offline_pretokenizer: {pretokenizer} does not fit the backbone: {where}; set "
+                            f"offline_pretokenizer: {learned}")

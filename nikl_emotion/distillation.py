@@ -53,13 +53,15 @@ from nikl_emotion.data import iter_column, iter_inputs, load_jsonl
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.fileio import read_probs, write_json_atomic, write_submission
 from nikl_emotion.metrics import score
-from nikl_emotion.vocabulary import is_ngram
 from nikl_emotion.preprocessing import Preprocessing, clean, encode, load_task_files
 from nikl_emotion.run_folder import (
     DISTILL_FILE, STUDENT_FILES, SUBMISSION_FILE, FoldFolder, RunFolder, input_digests, prepare_output_dir, read_mapping,
 )
 from nikl_emotion.finished_run import FinishedRun
-from nikl_emotion.training import FoldData, backbone_and_encodings, replace_labels, train_fold
+from nikl_emotion.backends import backend_for
+from nikl_emotion.encoder_backend import backbone_and_encodings
+from nikl_emotion.fold_backend import FoldData
+from nikl_emotion.training import replace_labels, train_fold
 
 OPTIMISTIC_VALIDATION = ("the student's validation score is optimistic: the teacher's other folds learned these rows' "
                          "labels and the soft targets carry that to the student; score it on rows the teacher never "
@@ -102,7 +104,7 @@ def parse_distill_config(argv: list[str]) -> tuple:
     model_args, data_args, kfold_args, loss_args, technique_args, distill_args, training_args = parse_arguments(
         argv, classes, TRAINING_DEFAULTS)
     validate(model_args, data_args, kfold_args, loss_args, technique_args, training_args)
-    if is_ngram(model_args.model_name_or_path):
+    if not backend_for(model_args.model_name_or_path).trains_an_encoder:
         raise PipelineError(f"model_name_or_path: the student is an encoder; {model_args.model_name_or_path} has none")
     teacher = FinishedRun.open(distill_args.teacher_run, "teacher_run")
     if os.path.realpath(distill_args.teacher_run) == os.path.realpath(training_args.output_dir):

@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 from datasets import Dataset
 from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
+from nikl_emotion.checkpoint_files import BACKBONE_SPEC_FILE, POST_TRAIN_FILE
 from nikl_emotion.vocabulary import INPUT_FORMATS, MAX_UNKNOWN_RATE
 
 InputFormat = Literal["pair", "marker", "prompt", "text"]
@@ -121,7 +122,7 @@ def unknown_rate_message(rate: float, tokens: int, tokenizer: PreTrainedTokenize
                       "max_unknown_rate if that is what you want")
 
 
-BUILT_HERE_FILES = ("backbone.json", "post_train.json")  # an offline backbone's spec, a post-training summary
+BUILT_HERE_FILES = (BACKBONE_SPEC_FILE, POST_TRAIN_FILE)  # an offline backbone's spec, a post-training summary
 
 
 def is_built_here(folder: str) -> bool:

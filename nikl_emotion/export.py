@@ -15,7 +15,8 @@ import pyarrow as pa
 import torch
 
 from nikl_emotion.batching import MODEL_INPUTS, pad_table
-from nikl_emotion.classifier import EXPORT_FILE, ONNX_FILE, EmotionClassifier, is_onnx_export, require
+from nikl_emotion.checkpoint_files import EXPORT_FILE, ONNX_FILE
+from nikl_emotion.classifier import EmotionClassifier, is_onnx_export, require
 from nikl_emotion.encoding import tokenize_batch
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.folder_kind import check_output_folder, is_ignorable, mark_folder

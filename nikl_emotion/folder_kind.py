@@ -12,6 +12,7 @@ import json
 import os
 import re
 
+from nikl_emotion.checkpoint_files import EXPORT_FILE, ONNX_FILE, POST_TRAIN_FILE
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.fileio import write_json_atomic
 
@@ -29,7 +30,7 @@ KINDS = {
 }
 FOLD_NAME = re.compile(r"fold_\d+")
 FOLD_SIGNS = ("done.json", "val_probs.jsonl", "metrics.json", "best", "best.partial", "checkpoints")
-POST_TRAIN_SIGNS = ("post_train.json", "time_budget.json", "eval_loss_before.json")
+POST_TRAIN_SIGNS = (POST_TRAIN_FILE, "time_budget.json", "eval_loss_before.json")
 
 
 def describe(kind: str) -> str:
@@ -78,7 +79,7 @@ def legacy_kind(folder: str) -> str | None:
     names = set(os.listdir(folder))
     keys = _config_keys(folder) if "config.yaml" in names else set()
     has_inputs = "inputs.json" in names
-    if "export.json" in names or "model.onnx" in names:
+    if EXPORT_FILE in names or ONNX_FILE in names:
         return "export"
     if "distill.json" in names or ("teacher_run" in keys and has_inputs):
         return "distillation"

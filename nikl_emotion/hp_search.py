@@ -40,9 +40,10 @@ from nikl_emotion.errors import PipelineError
 from nikl_emotion.fileio import write_text_atomic
 from nikl_emotion.folds import make_folds
 from nikl_emotion.preprocessing import load_task_files
-from nikl_emotion.vocabulary import is_ngram
 from nikl_emotion.run_folder import RunFolder
-from nikl_emotion.training import EmotionTrainer, backbone_and_encodings, fold_trainer_inputs, load_classifier, make_loss
+from nikl_emotion.backends import backend_for
+from nikl_emotion.emotion_trainer import EmotionTrainer, fold_trainer_inputs, make_loss
+from nikl_emotion.encoder_backend import backbone_and_encodings, load_classifier
 
 BATCH_SIZES = (16, 32, 64, 128)
 LOSS_KEYS = {f.name for f in dataclasses.fields(LossArguments)}
@@ -133,7 +134,7 @@ def check_search(n_trials: int, model_args: ModelArguments, technique_args: Tech
         import optuna
     except ImportError:
         raise PipelineError("--hp-search needs optuna: pip install optuna") from None
-    if is_ngram(model_args.model_name_or_path):
+    if not backend_for(model_args.model_name_or_path).trains_an_encoder:
         raise PipelineError(f"--hp-search tunes the Trainer's settings of an encoder; {model_args.model_name_or_path} has none")
     if technique_args.pseudo_label_run is not None:
         raise PipelineError("--hp-search tunes on fold 0's training split alone; run it without pseudo_label_run")

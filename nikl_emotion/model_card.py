@@ -7,11 +7,11 @@ import os
 
 import yaml
 
+from nikl_emotion.checkpoint_files import MODEL_CARD_FILE
 from nikl_emotion.encoding import PROMPT_TEMPLATE, TARGET_END, TARGET_START
 from nikl_emotion.fileio import write_text_atomic
 from nikl_emotion.labels import LABELS
 
-CARD_FILE = "README.md"
 # keys whose values say what the model is; the full resolved config follows them in the card
 CARD_KEYS = ("model_name_or_path", "train_files", "num_folds", "loss", "learning_rate", "num_train_epochs",
              "per_device_train_batch_size", "weight_decay", "input_format", "max_seq_length", "remove_others", "cleanse")
@@ -139,4 +139,4 @@ def _config_section(config: dict) -> list[str]:
 
 def write_model_card(folder: str, config: dict, fold: int, validation: dict, run: dict | None = None,
                      thresholds: dict | None = None) -> None:
-    write_text_atomic(os.path.join(folder, CARD_FILE), model_card(config, fold, validation, run, thresholds))
+    write_text_atomic(os.path.join(folder, MODEL_CARD_FILE), model_card(config, fold, validation, run, thresholds))

@@ -13,18 +13,22 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 
 import numpy as np
 from datasets import Dataset
 
+from nikl_emotion.checkpoint_files import NGRAM_INFO_FILE, NGRAM_MODEL_FILE
+from nikl_emotion.decision import fixed_rule
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.fileio import write_json_atomic
+from nikl_emotion.fold_backend import FoldData, PreparedRun, pseudo_label_rows, write_fold_outputs
 from nikl_emotion.labels import LABELS, NUM_LABELS
-from nikl_emotion.vocabulary import NGRAM_KINDS, NGRAM_PREFIX
+from nikl_emotion.metrics import score
+from nikl_emotion.run_folder import FoldFolder, RunFolder
+from nikl_emotion.vocabulary import NGRAM_KINDS, NGRAM_PREFIX, is_ngram
 
-MODEL_FILE = "ngram.joblib"
-INFO_FILE = "ngram.json"
 
 
 def check_ngram_spec(model_name_or_path: str) -> None:
@@ -35,7 +39,7 @@ def check_ngram_spec(model_name_or_path: str) -> None:
 
 
 def is_ngram_folder(folder: str) -> bool:
-    return os.path.isfile(os.path.join(folder, MODEL_FILE))
+    return os.path.isfile(os.path.join(folder, NGRAM_MODEL_FILE))
 
 
 def fit_label(features, positive: np.ndarray, c: float, seed: int = 0, solver: str = "liblinear"):
@@ -118,8 +122,8 @@ class NgramClassifier:
         import joblib
 
         os.makedirs(folder, exist_ok=True)
-        joblib.dump(self, os.path.join(folder, MODEL_FILE))
-        write_json_atomic(os.path.join(folder, INFO_FILE), {"model": "ngram:tfidf", "labels": list(LABELS), "c": self.c,
+        joblib.dump(self, os.path.join(folder, NGRAM_MODEL_FILE))
+        write_json_atomic(os.path.join(folder, NGRAM_INFO_FILE), {"model": "ngram:tfidf", "labels": list(LABELS), "c": self.c,
                                                            "max_features": self.max_features})
 
     @classmethod
@@ -128,9 +132,9 @@ class NgramClassifier:
         import joblib
 
         try:
-            with open(os.path.join(folder, INFO_FILE), encoding="utf-8") as handle:
+            with open(os.path.join(folder, NGRAM_INFO_FILE), encoding="utf-8") as handle:
                 info = json.load(handle)
-            model = joblib.load(os.path.join(folder, MODEL_FILE))
+            model = joblib.load(os.path.join(folder, NGRAM_MODEL_FILE))
         except Exception as exc:  # missing or damaged files
             raise PipelineError(f"{folder}: cannot load the n-gram model ({type(exc).__name__}: {exc})") from None
         if not isinstance(info, dict) or info.get("labels") != list(LABELS) or not isinstance(model, cls):
@@ -155,3 +159,52 @@ def train_ngram(train_rows: Dataset, seed: int) -> tuple[NgramClassifier, float]
     start = time.perf_counter()
     model = NgramClassifier(seed=seed).fit(train_rows)
     return model, time.perf_counter() - start
+
+
+def train_ngram_fold(data: FoldData, kfold_args, training_args, folder: FoldFolder | None = None) -> dict:
+    """The n-gram member's fold: fit on the fold's cleaned training rows, predict its validation and test rows, and
+    write the same files as an encoder's fold (best/ holds the fitted model)."""
+    folder = folder or RunFolder(training_args.output_dir).fold(data.fold)
+    model, seconds = train_ngram(data.train_rows, training_args.seed)
+    val_rows = data.val_rows
+    val_probs = model.predict_proba(val_rows)
+    test_probs = model.predict_proba(data.encoded_test) if data.encoded_test is not None else None
+    result = score(np.asarray(val_rows["labels"]), fixed_rule(kfold_args).decide(val_probs))
+    shutil.rmtree(folder.best_staging, ignore_errors=True)
+    model.save(folder.best_staging)
+    data.preprocessing.save(folder.best_staging)
+    shutil.rmtree(folder.best, ignore_errors=True)
+    os.replace(folder.best_staging, folder.best)
+    result.update({"fold": data.fold, "best_checkpoint": None, "best_metric": result["micro_f1"], "epochs_run": None,
+                   "train_rows": int(len(data.train_index)), "train_seconds": round(seconds, 1),
+                   "pseudo_label_rows": pseudo_label_rows(data)})
+    write_fold_outputs(folder, val_rows, val_probs, data.encoded_test, test_probs, result)
+    print(f"fold {data.fold}: n-gram model fitted on {len(data.train_index)} rows in {seconds:.1f} s; "
+          f"validation micro-F1 {result['micro_f1']:.4f}")
+    return result
+
+
+class NgramFoldBackend:
+    """`ngram:<kind>`: fits on one process in seconds to minutes; no tokenizer, no Trainer."""
+
+    name = "ngram"
+    trains_an_encoder = False
+    multi_process = False
+
+    def matches(self, model_name_or_path: str) -> bool:
+        return is_ngram(model_name_or_path)
+
+    def check_spec(self, model_name_or_path: str) -> None:
+        check_ngram_spec(model_name_or_path)
+
+    def pretokenizer_of(self, model_name_or_path: str) -> str | None:
+        return None  # no tokenizer: its morpheme features come from kiwipiepy whatever the setting
+
+    def prepare(self, model_args, preprocessing, training_args, cleaned: Dataset, cleaned_test: Dataset | None,
+                other_texts=()) -> PreparedRun:
+        """It reads the cleaned text itself: no backbone, no tokens."""
+        return PreparedRun(model_args.model_name_or_path, None, cleaned, cleaned_test, lambda rows: rows)
+
+    def train_fold(self, data: FoldData, kfold_args, loss_args, training_args, technique_args=None,
+                   folder: FoldFolder | None = None) -> dict:
+        return train_ngram_fold(data, kfold_args, training_args, folder)

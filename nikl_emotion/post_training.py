@@ -51,17 +51,18 @@ from nikl_emotion.config import (
     is_finite,
     validate_training_values,
 )
-from nikl_emotion.config_checks import check_settings_resources, validate_reporting
+from nikl_emotion.config_checks import check_pretokenizer, check_settings_resources, validate_reporting
 from nikl_emotion.encoding import add_marker_tokens, tokenize_batch
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.fileio import write_json_atomic
-from nikl_emotion.preprocessing import Preprocessing, check_pretokenizer, check_unknown_rate, load_task_files
+from nikl_emotion.preprocessing import Preprocessing, check_unknown_rate, load_task_files
 from nikl_emotion.locking import exclusive
-from nikl_emotion.vocabulary import MAX_UNKNOWN_RATE, is_ngram, is_offline
+from nikl_emotion.vocabulary import MAX_UNKNOWN_RATE, is_offline
 from nikl_emotion.rtd import ReplacedTokenDetection, check_rtd_backbone
 from nikl_emotion.time_budget import describe, measure_step_seconds, plan_steps
 from nikl_emotion.run_folder import PostTrainFolder, input_digests, last_complete_checkpoint, prepare_output_dir, read_mapping
-from nikl_emotion.training import LengthListSamplerMixin, keep_tensorboard_logs
+from nikl_emotion.backends import backend_for
+from nikl_emotion.emotion_trainer import LengthListSamplerMixin, keep_tensorboard_logs
 
 logger = logging.getLogger(__name__)
 
@@ -291,7 +292,7 @@ def run_post_training(
 ) -> dict | None:
     """Post-train the encoder on the files' text and save it to `output_dir`; returns the summary (None on the
     other processes of `accelerate launch`)."""
-    if is_ngram(model_args.model_name_or_path):
+    if not backend_for(model_args.model_name_or_path).trains_an_encoder:
         raise PipelineError(f"model_name_or_path: post-training trains an encoder; {model_args.model_name_or_path} is not one")
     started = time.monotonic()
     state = PartialState()

@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
+from nikl_emotion.checkpoint_files import PREPROCESSING_FILE
 from nikl_emotion.batching import column_array
 from nikl_emotion.cleaning import CleaningOptions, clean_batch
 from nikl_emotion.data import load_jsonl, load_jsonl_files
@@ -24,9 +25,8 @@ from nikl_emotion.errors import PipelineError
 from nikl_emotion.fileio import write_json_atomic
 from nikl_emotion.labels import LABELS
 from nikl_emotion.morphemes import segment_batch
-from nikl_emotion.vocabulary import INPUT_FORMATS, MAX_UNKNOWN_RATE, PRETOKENIZERS, is_ngram, is_offline
+from nikl_emotion.vocabulary import INPUT_FORMATS, MAX_UNKNOWN_RATE, PRETOKENIZERS
 
-PREPROCESSING_FILE = "preprocessing.json"
 logger = logging.getLogger(__name__)
 
 
@@ -94,22 +94,6 @@ def preprocessing_differences(backbone: str, preprocessing: Preprocessing) -> li
     if learned.input_format != preprocessing.input_format:
         differences.append(f"input_format: {learned.input_format} there, {preprocessing.input_format} here")
     return differences
-
-
-def check_pretokenizer(backbone: str, pretokenizer: str) -> None:
-    """The pre-tokenizer must be the one the backbone's tokenizer was trained with: a vocabulary learned on
-    morpheme-segmented text sees other pieces in unsegmented text, and the reverse. Morpheme segmentation exists for
-    the offline backbones (whose tokenizer is trained here) and the folders post-trained from them; a hub
-    tokenizer never learned segmented text."""
-    if is_offline(backbone) or is_ngram(backbone):
-        return
-    learned = Preprocessing.load(backbone).pretokenizer if os.path.isfile(os.path.join(backbone, PREPROCESSING_FILE)) else "none"
-    if learned != pretokenizer:
-        where = (f"{backbone} was post-trained with offline_pretokenizer: {learned}" if learned != "none"
-                 else f"{backbone}'s tokenizer was not trained on morpheme-segmented text (offline_pretokenizer "
-                      "applies to offline:* backbones and the folders post-trained from them)")
-        raise PipelineError(f"offline_pretokenizer: {pretokenizer} does not fit the backbone: {where}; set "
-                            f"offline_pretokenizer: {learned}")
 
 
 def warn_if_preprocessing_differs(backbone: str, preprocessing: Preprocessing) -> None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import yaml
 
+from nikl_emotion.checkpoint_files import BACKBONE_SPEC_FILE, EXPORT_FILES, MODEL_CARD_FILE, POST_TRAIN_FILE, SAVED_MODEL_FILE
 from nikl_emotion.data import file_digest
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.fileio import write_json_atomic, write_text_atomic
@@ -51,7 +52,6 @@ RUN_FILES = (CONFIG_FILE, INPUTS_FILE, BACKBONE_DIR, OOF_FILE, SUMMARY_FILE, THR
 HP_SEARCH_FILES = ("hp_search_config.yaml", "hp_search_trials", "hp_search.db", "hp_search.csv", "hp_search_best.yaml")
 FOLD_PATTERN = re.compile(r"fold_(\d+)")
 DONE_FILE = "done.json"  # written last in a fold: the fold is complete only when it exists
-POST_TRAIN_FILE = "post_train.json"  # written last by post_train.py: the folder is complete only when it exists
 
 
 def is_run_file(name: str) -> bool:
@@ -107,7 +107,7 @@ class RunFolder:
     report = property(lambda self: self._path(REPORT_FILE))
     decision = property(lambda self: self._path(DECISION_FILE))
     setup_lock = property(lambda self: self._path(".setup.lock"))
-    backbone_spec = property(lambda self: os.path.join(self.backbone, "backbone.json"))  # what the backbone was built from
+    backbone_spec = property(lambda self: os.path.join(self.backbone, BACKBONE_SPEC_FILE))  # what the backbone was built from
     # train.py --hp-search N (HP_SEARCH_FILES, kept by --overwrite: the study accumulates over commands)
     hp_config = property(lambda self: self._path(HP_SEARCH_FILES[0]))
     hp_trials = property(lambda self: self._path(HP_SEARCH_FILES[1]))  # the Trainer's output_dir (no checkpoints)
@@ -159,21 +159,12 @@ class PostTrainFolder:
     def is_run_file(name: str) -> bool:
         """What post_train.py writes (and `--overwrite` deletes): its own files and the saved model's; nothing else
         a user put in the folder."""
-        return name in POST_TRAIN_OWN_FILES or MODEL_FILE.fullmatch(name) is not None
+        return name in POST_TRAIN_OWN_FILES or SAVED_MODEL_FILE.fullmatch(name) is not None
 
 
 # its path properties but the lock (flock files are never deleted, see locking.py), and the run files beside them
 POST_TRAIN_OWN_FILES = frozenset({CONFIG_FILE, INPUTS_FILE, *(name for name in property_names(PostTrainFolder)
                                                              if not name.endswith(".lock"))})
-# what `save_pretrained` of a model and a tokenizer writes, and the preprocessing settings saved beside them
-MODEL_FILE = re.compile(
-    r"config\.json|generation_config\.json|preprocessing\.json|backbone\.json"
-    r"|(model|pytorch_model)(-\d+-of-\d+)?\.(safetensors|bin)(\.index\.json)?"
-    r"|tokenizer(_config)?\.json|special_tokens_map\.json|added_tokens\.json|vocab\.(txt|json)|merges\.txt"
-    r"|sentencepiece\.bpe\.model|spiece\.model|tokenizer\.model|chat_template\.(jinja|json)"
-)
-
-
 def read_mapping(path: str) -> dict:
     """The mapping in a YAML or JSON file (config.yaml, inputs.json, done.json); {} when the file is absent."""
     if not os.path.exists(path):
@@ -272,9 +263,6 @@ def last_complete_checkpoint(folder: str, required: tuple[str, ...] = ()) -> str
 
 DISTILL_FILE = "distill.json"  # distill.py's summary: the student beside the teacher
 STUDENT_FILES = (*FoldFolder.file_names(), CONFIG_FILE, INPUTS_FILE, BACKBONE_DIR, SUBMISSION_FILE, DISTILL_FILE)
-ONNX_FILE = "model.onnx"  # an export folder: this graph, export.json, the tokenizer, config.json, preprocessing.json
-EXPORT_FILE = "export.json"
-EXPORT_FILES = (ONNX_FILE, EXPORT_FILE)
 
 STACK_FILE = "stack.json"  # written last by ensemble.py --output_dir: the members, the stacker, its scores
 
@@ -300,8 +288,8 @@ OWN_NAMES = {
     "fold": lambda name: name in FoldFolder.file_names(),
     "post-training": PostTrainFolder.is_run_file,
     "distillation": lambda name: name in STUDENT_FILES,
-    "export": lambda name: name in EXPORT_FILES or MODEL_FILE.fullmatch(name) is not None,
-    "checkpoint": lambda name: name == "README.md" or MODEL_FILE.fullmatch(name) is not None,
+    "export": lambda name: name in EXPORT_FILES or SAVED_MODEL_FILE.fullmatch(name) is not None,
+    "checkpoint": lambda name: name == MODEL_CARD_FILE or SAVED_MODEL_FILE.fullmatch(name) is not None,
     "stack": lambda name: name in property_names(StackFolder),
 }
 

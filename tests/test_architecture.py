@@ -37,7 +37,7 @@ def test_the_settings_import_no_backend_decision_or_training_module():
     for settings in ("nikl_emotion.config", "nikl_emotion.vocabulary"):
         assert reachable(graph, settings) <= leaf, f"{settings} reaches {sorted(reachable(graph, settings) - leaf)}"
     # and the checks that need backends sit above them, not inside
-    assert "nikl_emotion.backbone" in graph["nikl_emotion.config_checks"]
+    assert "nikl_emotion.backends" in graph["nikl_emotion.config_checks"]
 
 
 def test_the_names_settings_take_are_the_names_the_implementations_know():
@@ -48,3 +48,31 @@ def test_the_names_settings_take_are_the_names_the_implementations_know():
 
     assert LossArguments().loss in vocabulary.LOSS_NAMES and TechniqueArguments().adversarial in vocabulary.ADVERSARIAL_METHODS
     assert vocabulary.is_offline(ModelArguments().model_name_or_path)
+
+
+BACKEND_MODULES = {"nikl_emotion.vocabulary", "nikl_emotion.backends", "nikl_emotion.fold_backend", "nikl_emotion.ngram",
+                   "nikl_emotion.encoder_backend", "nikl_emotion.classifier"}
+
+
+def test_no_backend_type_branch_outside_the_backend_modules():
+    """Programs ask a backend for what it can do (`backend_for(name).trains_an_encoder`, `.multi_process`, its
+    `prepare` and `train_fold`), never which backend it is: a new backend is one new module listed in backends.py."""
+    type_tests = {"is_ngram", "is_ngram_folder", "NGRAM_PREFIX", "NgramClassifier", "train_ngram", "train_ngram_fold"}
+    found = []
+    for path in (ROOT / "nikl_emotion").rglob("*.py"):
+        module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        if module in BACKEND_MODULES:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            name = node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else None
+            if name in type_tests:
+                found.append(f"{module}:{node.lineno} {name}")
+    assert not found, found
+
+
+def test_every_name_is_trained_by_one_backend_that_accepts_it():
+    from nikl_emotion.backends import BACKENDS, backend_for
+
+    assert backend_for("ngram:tfidf").name == "ngram" and not backend_for("ngram:tfidf").trains_an_encoder
+    assert backend_for("offline:electra-tiny").name == "encoder" and backend_for("klue/roberta-large").multi_process
+    assert BACKENDS[-1].matches("anything/else")  # the encoder takes every name no other backend claims

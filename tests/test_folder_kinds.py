@@ -150,7 +150,7 @@ def test_non_finite_or_absurd_training_values_are_refused_before_any_work(args, 
 
 
 def test_a_diverged_fold_is_not_marked_done_and_the_corrected_command_runs(tmp_path, capsys, monkeypatch):
-    from nikl_emotion.training import EmotionTrainer
+    from nikl_emotion.emotion_trainer import EmotionTrainer
 
     original = EmotionTrainer.compute_loss
 
@@ -319,7 +319,7 @@ def test_the_offline_tokenizer_has_a_piece_for_every_character_it_learned():
 
 def test_training_on_few_rows_predicts_its_test_file_and_an_unknown_rate_names_the_offline_cause(tmp_path, capsys, monkeypatch):
     from nikl_emotion.encoding import unknown_rate_message
-    from nikl_emotion.training import prepare_backbone
+    from nikl_emotion.encoder_backend import prepare_backbone
     from nikl_emotion.config import ModelArguments
     from nikl_emotion.backbone import load_tokenizer
 

@@ -10,7 +10,8 @@ from nikl_emotion.cleaning import CleaningOptions
 from nikl_emotion.data import load_jsonl
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.morphemes import morpheme_strings, segment_batch
-from nikl_emotion.preprocessing import PREPROCESSING_FILE, Preprocessing, check_pretokenizer, clean
+from nikl_emotion.config_checks import check_pretokenizer
+from nikl_emotion.preprocessing import PREPROCESSING_FILE, Preprocessing, clean
 
 
 

@@ -23,7 +23,7 @@ from nikl_emotion.preprocessing import Preprocessing, clean, encode
 from nikl_emotion.techniques import (
     Adversary, enable_multi_sample_dropout, layerwise_parameter_groups, parameter_depths, rdrop_divergence,
 )
-from nikl_emotion.training import TRAINER_COLUMNS, EmotionTrainer
+from nikl_emotion.emotion_trainer import TRAINER_COLUMNS, EmotionTrainer
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 

@@ -12,7 +12,7 @@ from nikl_emotion.losses import build_loss
 from nikl_emotion.preprocessing import Preprocessing, clean, encode
 from nikl_emotion.cleaning import CleaningOptions
 from nikl_emotion.batching import PaddingCollator
-from nikl_emotion.training import TRAINER_COLUMNS, EmotionTrainer
+from nikl_emotion.emotion_trainer import TRAINER_COLUMNS, EmotionTrainer
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +103,7 @@ def test_evaluation_after_an_asl_step_runs_without_gradients(setup, tmp_path):
 
 def test_auto_pos_weight_comes_from_the_training_split_only():
     from nikl_emotion.config import LossArguments
-    from nikl_emotion.training import make_loss
+    from nikl_emotion.emotion_trainer import make_loss
 
     labels = np.zeros((10, 8))
     labels[:2, 0] = 1  # 2 positives, 8 negatives -> 4
