@@ -37,7 +37,7 @@ def main() -> None:
 
     from bench.speed import machine, write_block
     from nikl_emotion.data import load_jsonl
-    from nikl_emotion.classifier import EmotionClassifier
+    from nikl_emotion import EmotionClassifier
     from nikl_emotion.export import export_checkpoint
     from nikl_emotion.metrics import decide, score
 

@@ -128,7 +128,7 @@ def worker_predict(work: str, recipe: str, rows: int, batch_size: int) -> dict:
     import torch
 
     from nikl_emotion.backbone import load_model
-    from nikl_emotion.classifier import EmotionClassifier
+    from nikl_emotion import EmotionClassifier
     from nikl_emotion.preprocessing import encode
 
     _, test, tokenizer, preprocessing = _setup(work, rows)

@@ -1,4 +1,5 @@
-"""`EmotionClassifier`: a fine-tuned checkpoint (`best/`) or its ONNX export behind one interface.
+"""`CheckpointClassifier`: a fine-tuned checkpoint (`best/`) or its ONNX export behind one interface. Users reach it
+as `nikl_emotion.EmotionClassifier` (run_classifier.py), which also opens finished runs and stacks:
 
     from nikl_emotion import EmotionClassifier
     classifier = EmotionClassifier.from_pretrained("out/fold_0/best")      # or an export.py folder
@@ -89,7 +90,7 @@ class OnnxBackend:
         return self.session.run(["logits"], {name: batch[name].numpy() for name in self.input_names})[0]
 
 
-class EmotionClassifier:
+class CheckpointClassifier:
     """Tokenizer + preprocessing settings + a backend; see the module docstring."""
 
     def __init__(self, backend: Backend, tokenizer: PreTrainedTokenizerBase, preprocessing: Preprocessing, source: str | None = None):
@@ -100,21 +101,14 @@ class EmotionClassifier:
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, *, device: torch.device | str | None = None,
-                        threads: int | None = None) -> "EmotionClassifier":
+                        threads: int | None = None) -> "CheckpointClassifier":
         """A `best/` folder written by train.py (PyTorch, on `device`, default the GPU when there is one) or an
         export.py folder (ONNX Runtime on CPU, `threads` intra-op threads). Refuses folders with other labels, no
-        tokenizer files or damaged weights, naming the folder.
-
-        A finished train.py run or an ensemble.py stack folder gives a `RunClassifier`: its folds (loaded when
-        predicting) voted by its saved rule, with the same `predict_proba` and `predict`."""
+        tokenizer files or damaged weights, naming the folder. (`nikl_emotion.EmotionClassifier.from_pretrained` also
+        opens a finished run or a stack folder.)"""
         folder = os.fspath(folder)
         if not os.path.isdir(folder):
             raise PipelineError(f"{folder}: checkpoint folder not found")
-        if folder_kind(folder) in ("run", "stack"):
-            from nikl_emotion.run_classifier import RunClassifier
-
-            return RunClassifier.open(folder, lambda path: cls.from_pretrained(path, device=device, threads=threads),
-                                      option="from_pretrained")
         preprocessing = Preprocessing.load(folder)
         if is_ngram_folder(folder):  # the n-gram member (ngram:tfidf): reads cleaned text, no tokenizer
             return cls(NgramBackend(NgramClassifier.load(folder)), None, preprocessing, source=folder)
@@ -146,7 +140,7 @@ class EmotionClassifier:
 
     @classmethod
     def from_model(cls, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, preprocessing: Preprocessing,
-                   device: torch.device | str | None = None) -> "EmotionClassifier":
+                   device: torch.device | str | None = None) -> "CheckpointClassifier":
         """A classifier over a model in memory (e.g. the one a fold has just trained), on its own device."""
         return cls(TorchBackend(model, tokenizer.model_input_names, device), tokenizer, preprocessing)
 

@@ -7,7 +7,6 @@ rows (`output: ""`) load side by side without Arrow type errors.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Iterator, Mapping
@@ -20,7 +19,7 @@ from datasets import Dataset, Features, Sequence, Value
 from datasets.exceptions import DatasetGenerationError
 
 from nikl_emotion.errors import RowError
-from nikl_emotion.fileio import check_text, parse_json_line
+from nikl_emotion.fileio import check_text, file_digest, parse_json_line
 from nikl_emotion.labels import LABELS, NUM_LABELS
 
 LabelMode = Literal["required", "optional"]
@@ -152,14 +151,6 @@ def _parse_batch(batch: dict, indices: list[int], path: str, label_mode: LabelMo
 
 
 RAW_FEATURES = Features({"text": Value("string")})
-
-
-def file_digest(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _file_lines(path: str, digest: str) -> Iterator[dict]:

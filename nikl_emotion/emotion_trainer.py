@@ -15,7 +15,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from nikl_emotion.averaging import weight_averaging
 from nikl_emotion.batching import MODEL_INPUTS, PaddingCollator, column_array, length_order
-from nikl_emotion.classifier import EmotionClassifier
+from nikl_emotion.classifier import CheckpointClassifier
 from nikl_emotion.config import KFoldArguments, LossArguments, TechniqueArguments
 from nikl_emotion.losses import MultiLabelLoss, build_loss
 from nikl_emotion.metrics import decide, score, sigmoid
@@ -142,7 +142,7 @@ def predict_in_order(trainer: Trainer, preprocessing: Preprocessing, rows: Datas
     """Sigmoid probabilities in `rows`' order from the model in memory, through the same `EmotionClassifier` that
     inference.py builds from the saved best/. Every process must call this: under `accelerate launch` each runs its
     share of the length-sorted batches and the shares are summed (each row is predicted exactly once)."""
-    classifier = EmotionClassifier.from_model(trainer.model, trainer.processing_class, preprocessing, trainer.args.device)
+    classifier = CheckpointClassifier.from_model(trainer.model, trainer.processing_class, preprocessing, trainer.args.device)
     state = trainer.accelerator.state
     logits = classifier.predict_logits(rows, batch_size=trainer.args.per_device_eval_batch_size,
                                        part=state.process_index, parts=state.num_processes)

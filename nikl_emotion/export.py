@@ -16,7 +16,7 @@ import torch
 
 from nikl_emotion.batching import MODEL_INPUTS, pad_table
 from nikl_emotion.checkpoint_files import EXPORT_FILE, ONNX_FILE
-from nikl_emotion.classifier import EmotionClassifier, is_onnx_export, require
+from nikl_emotion.classifier import CheckpointClassifier, is_onnx_export, require
 from nikl_emotion.encoding import tokenize_batch
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.folder_kind import check_output_folder, is_ignorable, mark_folder
@@ -46,7 +46,7 @@ def export_checkpoint(checkpoint: str, output_dir: str, int8: bool = False, opse
     ort = require("onnxruntime")
     if is_onnx_export(checkpoint):
         raise PipelineError(f"{checkpoint}: already an ONNX export; export the best/ folder it was made from")
-    classifier = EmotionClassifier.from_pretrained(checkpoint, device="cpu")
+    classifier = CheckpointClassifier.from_pretrained(checkpoint, device="cpu")
     classifier.model.eval()
     with atomic_folder(output_dir) as staging:  # the folder appears complete or not at all
         return _export(classifier, staging, source=checkpoint, int8=int8, opset=opset, ort=ort)
@@ -78,7 +78,7 @@ def is_export_file(name: str) -> bool:
     return is_ignorable(name) or OWN_NAMES["export"](name)
 
 
-def _export(classifier: EmotionClassifier, staging: str, *, source: str, int8: bool, opset: int, ort) -> dict:
+def _export(classifier: CheckpointClassifier, staging: str, *, source: str, int8: bool, opset: int, ort) -> dict:
     model, tokenizer, preprocessing = classifier.model, classifier.tokenizer, classifier.preprocessing
     mark_folder(staging, "export")
     sample = trace_sample(tokenizer, preprocessing)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -250,3 +251,12 @@ def read_probs(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
     if not ids:
         raise RowError(path, None, "file", "no rows")
     return ids, np.asarray(rows, dtype=np.float64)
+
+
+def file_digest(path: str) -> str:
+    """sha256 of a file's bytes: what a run's results were computed from."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

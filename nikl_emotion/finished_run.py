@@ -12,9 +12,8 @@ from functools import cached_property
 
 import numpy as np
 
-from nikl_emotion.data import file_digest
 from nikl_emotion.errors import PipelineError
-from nikl_emotion.fileio import read_probs
+from nikl_emotion.fileio import file_digest, read_probs
 from nikl_emotion.folder_kind import require_kind
 from nikl_emotion.labels import NUM_LABELS
 from nikl_emotion.run_folder import RunFolder, read_mapping

@@ -25,10 +25,10 @@ from nikl_emotion.errors import PipelineError
 from nikl_emotion.fileio import write_json_atomic
 from nikl_emotion.fold_backend import FoldData, PreparedRun, pseudo_label_rows, write_fold_outputs
 from nikl_emotion.labels import LABELS, NUM_LABELS
+from nikl_emotion.logistic import fit_label, label_probability
 from nikl_emotion.metrics import score
 from nikl_emotion.run_folder import FoldFolder, RunFolder
 from nikl_emotion.vocabulary import NGRAM_KINDS, NGRAM_PREFIX, is_ngram
-
 
 
 def check_ngram_spec(model_name_or_path: str) -> None:
@@ -40,22 +40,6 @@ def check_ngram_spec(model_name_or_path: str) -> None:
 
 def is_ngram_folder(folder: str) -> bool:
     return os.path.isfile(os.path.join(folder, NGRAM_MODEL_FILE))
-
-
-def fit_label(features, positive: np.ndarray, c: float, seed: int = 0, solver: str = "liblinear"):
-    """A logistic regression for one label, or the label's constant rate when the rows hold one class only (a
-    regression cannot be fitted on one class). liblinear suits the n-gram member's sparse features; lbfgs (which
-    leaves the intercept unpenalised) the stacker's few dense ones."""
-    from sklearn.linear_model import LogisticRegression
-
-    if positive.all() or not positive.any():
-        return float(positive.mean())
-    return LogisticRegression(C=c, solver=solver, max_iter=1000, random_state=seed).fit(features, positive)
-
-
-def label_probability(model, features) -> np.ndarray:
-    """`fit_label`'s model applied to `features`: the positive class's probability per row."""
-    return np.full(features.shape[0], model) if isinstance(model, float) else model.predict_proba(features)[:, 1]
 
 
 class NgramClassifier:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from nikl_emotion.classifier import EmotionClassifier, default_device
+from nikl_emotion.classifier import CheckpointClassifier, default_device
 from nikl_emotion.data import iter_column, iter_inputs, load_jsonl
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.fileio import check_distinct_paths, check_output_path, write_probs, write_submission
@@ -21,8 +21,8 @@ logger = logging.getLogger(__name__)
 
 
 def checkpoint_loader(device: torch.device):
-    """Loads one checkpoint (a best/ or export folder) as an `EmotionClassifier` on `device`."""
-    return lambda path: EmotionClassifier.from_pretrained(path, device=device)
+    """Loads one checkpoint (a best/ or export folder) as a `CheckpointClassifier` on `device`."""
+    return lambda path: CheckpointClassifier.from_pretrained(path, device=device)
 
 
 def resolve_device(name: str | None) -> torch.device:

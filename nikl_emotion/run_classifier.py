@@ -1,4 +1,5 @@
-"""`RunClassifier`: a finished run, or a stack of runs, behind `EmotionClassifier`'s interface.
+"""`EmotionClassifier` (what `from nikl_emotion import EmotionClassifier` gives): a checkpoint, an export, a finished
+run or a stack folder behind one interface; and `RunClassifier`, a run's or a stack's folds.
 
     classifier = EmotionClassifier.from_pretrained("out")           # a train.py run: its folds, voted by its rule
     classifier = EmotionClassifier.from_pretrained("stack")         # an ensemble.py stack folder
@@ -15,6 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from nikl_emotion.classifier import CheckpointClassifier
 from nikl_emotion.data import Rows, as_rows
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.finished_run import FinishedRun
@@ -75,3 +77,16 @@ class RunClassifier:
     def predict(self, rows: Rows, *, batch_size: int = 128, progress: bool = False) -> np.ndarray:
         """Decisions (rows, 8): the folds decided and voted by the saved rule."""
         return self.rule.apply(self.fold_probabilities(rows, batch_size=batch_size, progress=progress))
+
+
+class EmotionClassifier(CheckpointClassifier):
+    """`CheckpointClassifier` whose `from_pretrained` also takes a finished train.py run or an ensemble.py stack
+    folder, giving a `RunClassifier` (its folds, loaded one at a time when predicting, voted by its saved rule) with
+    the same `predict_proba` and `predict`."""
+
+    @classmethod
+    def from_pretrained(cls, folder, *, device=None, threads=None):
+        if folder_kind(str(folder)) in ("run", "stack"):
+            return RunClassifier.open(str(folder), lambda path: CheckpointClassifier.from_pretrained(
+                path, device=device, threads=threads), option="from_pretrained")
+        return super().from_pretrained(folder, device=device, threads=threads)

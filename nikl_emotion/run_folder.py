@@ -21,9 +21,8 @@ from dataclasses import dataclass
 import yaml
 
 from nikl_emotion.checkpoint_files import BACKBONE_SPEC_FILE, EXPORT_FILES, MODEL_CARD_FILE, POST_TRAIN_FILE, SAVED_MODEL_FILE
-from nikl_emotion.data import file_digest
 from nikl_emotion.errors import PipelineError
-from nikl_emotion.fileio import write_json_atomic, write_text_atomic
+from nikl_emotion.fileio import file_digest, write_json_atomic, write_text_atomic
 from nikl_emotion.folder_kind import claim_folder, describe, enclosing_folder
 
 CONFIG_FILE = "config.yaml"  # written first (the resolved configuration)

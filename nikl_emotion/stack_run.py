@@ -13,20 +13,72 @@ members, as one tree, still opens: each member is also found by its path relativ
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
 import numpy as np
 
-from nikl_emotion.data import file_digest, iter_inputs, load_jsonl
+from nikl_emotion.data import iter_inputs, load_jsonl
 from nikl_emotion.errors import PipelineError
-from nikl_emotion.fileio import check_distinct_paths, check_output_path, write_json_atomic, write_probs, write_submission
+from nikl_emotion.fileio import (
+    check_distinct_paths, check_output_path, file_digest, write_json_atomic, write_probs, write_submission,
+)
 from nikl_emotion.finished_run import FinishedRun
 from nikl_emotion.folder_kind import check_output_folder, folder_kind, mark_folder, require_kind
 from nikl_emotion.labels import LABELS
 from nikl_emotion.run_folder import StackFolder, read_mapping
-from nikl_emotion.stacking import RunMember, Stacker, choose_stack_rule, stack_runs
+from nikl_emotion.stacking import Stacker, choose_stack_rule, stack_runs
 from nikl_emotion.voting import DecisionRule
+
+
+@dataclass
+class RunMember:
+    """A finished train.py run as a stacking input: its OOF probabilities and each fold's test probabilities."""
+
+    path: str
+    ids: list[str]
+    oof: np.ndarray
+    fold_of_row: np.ndarray
+    test_ids: list[str]
+    fold_test: list[np.ndarray]
+    config: dict = dataclasses.field(default_factory=dict)  # the run's config.yaml
+    inputs: dict = dataclasses.field(default_factory=dict)  # its inputs.json: {path: sha256} at training time
+
+    @classmethod
+    def load(cls, run_dir: str, ids: list[str]) -> "RunMember":
+        """The run's fold files, its OOF rows in the order of `ids` (the training rows)."""
+        run = FinishedRun.open(run_dir, "--runs", with_test=True)
+        oof, fold_of_row = run.oof(ids, changed="stack runs of the same training files")
+        test_ids, fold_test = run.fold_test()
+        return cls(run_dir, list(ids), oof, fold_of_row, test_ids, fold_test, run.config, run.inputs)
+
+
+def check_same_folds(members: list[RunMember]) -> None:
+    """Stacking needs the same training rows in the same folds and the same test rows in every run."""
+    first = members[0]
+    for other in members[1:]:
+        if other.ids != first.ids:
+            raise PipelineError(f"{other.path}: its training rows differ from {first.path}'s: stack runs of the same files")
+        if not np.array_equal(other.fold_of_row, first.fold_of_row):
+            raise PipelineError(f"{other.path}: its folds differ from {first.path}'s ({why_folds_differ(first, other)}): "
+                                "a stacker fitted on mismatched folds would see rows a member trained on")
+        if other.test_ids != first.test_ids:
+            raise PipelineError(f"{other.path}: its test rows differ from {first.path}'s")
+
+
+def why_folds_differ(first: RunMember, other: RunMember) -> str:
+    """What made two runs' folds differ: the fold count or seed, or the training rows' labels (the folds are
+    stratified by label)."""
+    for key in ("num_folds", "seed"):
+        if first.config.get(key) != other.config.get(key):
+            return f"{key} {first.config.get(key)} vs {other.config.get(key)}"
+    first_files = {path: first.inputs.get(path) for path in first.config.get("train_files", [])}
+    other_files = {path: other.inputs.get(path) for path in other.config.get("train_files", [])}
+    if first_files != other_files:
+        return ("same num_folds and seed, but they were trained on other contents of the training files (the folds "
+                "are stratified by label): a file changed between the runs")
+    return "same num_folds, seed and labels: the runs were made by different versions of the fold split"
 
 
 @dataclass(frozen=True)
@@ -92,6 +144,7 @@ def stack_files(run_dirs: list[str], output_path: str | None, rule: DecisionRule
     if test["id"] != members[0].test_ids:
         raise PipelineError(f"{first.test_file}: its rows differ from the runs' test probabilities")
     gold = np.asarray(train["labels"])
+    check_same_folds(members)
     result = stack_runs(members, gold, rule.threshold if np.ndim(rule.threshold) == 0 else 0.5, rule.fallback)
     if choose:
         rule, result["decision"] = choose_stack_rule(result, gold, members[0].fold_of_row, rule)

@@ -13,7 +13,6 @@ the estimate carries.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,59 +20,9 @@ import numpy as np
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.labels import NUM_LABELS
 from nikl_emotion.metrics import decide, score
-from nikl_emotion.finished_run import FinishedRun
-from nikl_emotion.ngram import fit_label
+from nikl_emotion.logistic import fit_label
 
 EPS = 1e-6
-
-
-@dataclass
-class RunMember:
-    """A finished train.py run as a stacking input: its OOF probabilities and each fold's test probabilities."""
-
-    path: str
-    ids: list[str]
-    oof: np.ndarray
-    fold_of_row: np.ndarray
-    test_ids: list[str]
-    fold_test: list[np.ndarray]
-    config: dict = dataclasses.field(default_factory=dict)  # the run's config.yaml
-    inputs: dict = dataclasses.field(default_factory=dict)  # its inputs.json: {path: sha256} at training time
-
-    @classmethod
-    def load(cls, run_dir: str, ids: list[str]) -> "RunMember":
-        """The run's fold files, its OOF rows in the order of `ids` (the training rows)."""
-        run = FinishedRun.open(run_dir, "--runs", with_test=True)
-        oof, fold_of_row = run.oof(ids, changed="stack runs of the same training files")
-        test_ids, fold_test = run.fold_test()
-        return cls(run_dir, list(ids), oof, fold_of_row, test_ids, fold_test, run.config, run.inputs)
-
-
-def check_same_folds(members: list[RunMember]) -> None:
-    """Stacking needs the same training rows in the same folds and the same test rows in every run."""
-    first = members[0]
-    for other in members[1:]:
-        if other.ids != first.ids:
-            raise PipelineError(f"{other.path}: its training rows differ from {first.path}'s: stack runs of the same files")
-        if not np.array_equal(other.fold_of_row, first.fold_of_row):
-            raise PipelineError(f"{other.path}: its folds differ from {first.path}'s ({why_folds_differ(first, other)}): "
-                                "a stacker fitted on mismatched folds would see rows a member trained on")
-        if other.test_ids != first.test_ids:
-            raise PipelineError(f"{other.path}: its test rows differ from {first.path}'s")
-
-
-def why_folds_differ(first: RunMember, other: RunMember) -> str:
-    """What made two runs' folds differ: the fold count or seed, or the training rows' labels (the folds are
-    stratified by label)."""
-    for key in ("num_folds", "seed"):
-        if first.config.get(key) != other.config.get(key):
-            return f"{key} {first.config.get(key)} vs {other.config.get(key)}"
-    first_files = {path: first.inputs.get(path) for path in first.config.get("train_files", [])}
-    other_files = {path: other.inputs.get(path) for path in other.config.get("train_files", [])}
-    if first_files != other_files:
-        return ("same num_folds and seed, but they were trained on other contents of the training files (the folds "
-                "are stratified by label): a file changed between the runs")
-    return "same num_folds, seed and labels: the runs were made by different versions of the fold split"
 
 
 def logits(probs: np.ndarray) -> np.ndarray:
@@ -145,10 +94,10 @@ def apply_stacker(stacker: Stacker, features: list[np.ndarray]) -> np.ndarray:
     return stacker.apply(features)
 
 
-def stack_runs(members: list[RunMember], gold: np.ndarray, threshold: float = 0.5, fallback: bool = True) -> dict:
-    """{"nested_oof": stacked OOF probabilities (each fold by a stacker fitted on the others), "fold_test": the final
+def stack_runs(members: list, gold: np.ndarray, threshold: float = 0.5, fallback: bool = True) -> dict:
+    """`members`: each run's `.path`, `.oof`, `.fold_of_row` and `.fold_test` (`stack_run.RunMember`, of the same
+    folds: `stack_run.check_same_folds`). Returns {"nested_oof": stacked OOF probabilities (each fold by a stacker fitted on the others), "fold_test": the final
     stacker applied to each fold's test probabilities, "scores": OOF micro/macro-F1 of each member and the stack}."""
-    check_same_folds(members)
     gold = np.asarray(gold).astype(bool)
     fold_of_row = members[0].fold_of_row
     nested = np.zeros(gold.shape)

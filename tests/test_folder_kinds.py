@@ -256,7 +256,7 @@ def test_stacking_one_run_twice_is_refused(tiny_run, tmp_path, capsys, monkeypat
 
 
 def test_stacking_runs_trained_on_other_file_contents_names_that_cause():
-    from nikl_emotion.stacking import RunMember, check_same_folds
+    from nikl_emotion.stack_run import RunMember, check_same_folds
     from nikl_emotion.errors import PipelineError
 
     config = {"num_folds": 2, "seed": 42, "train_files": ["train.jsonl"]}

@@ -15,7 +15,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 from conftest import ROOT, SAMPLE_DEV, SAMPLE_TRAIN, run_cli
 from hub_families import FAMILIES, build_family, build_kcelectra
 from nikl_emotion.backbone import load_tokenizer
-from nikl_emotion.classifier import EmotionClassifier
+from nikl_emotion import EmotionClassifier
 from nikl_emotion.config_checks import parse_config
 from nikl_emotion.data import load_jsonl
 from nikl_emotion.encoding import PROMPT_TEMPLATE, TARGET_END, TARGET_START

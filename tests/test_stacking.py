@@ -11,7 +11,8 @@ from nikl_emotion.data import load_jsonl
 from nikl_emotion.errors import PipelineError
 from nikl_emotion.fileio import read_probs
 from nikl_emotion.labels import LABELS
-from nikl_emotion.stacking import RunMember, apply_stacker, fit_stacker, stack_runs
+from nikl_emotion.stack_run import RunMember
+from nikl_emotion.stacking import apply_stacker, fit_stacker, stack_runs
 
 
 @pytest.fixture(scope="module")
