@@ -3,7 +3,7 @@
 A thin wrapper kept for the commands users script against: the command is `nikl_emotion.commands.report`, also run
 as `nikl-emotion report` or `python -m nikl_emotion report`."""
 
-from nikl_emotion.cli import entry_point
+from nikl_emotion.commands.cli import entry_point
 from nikl_emotion.commands.report import main
 
 if __name__ == "__main__":

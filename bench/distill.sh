@@ -25,9 +25,9 @@ import json, sys, time
 import numpy as np
 sys.path.insert(0, "bench")
 from run_figures import dev_f1
-from nikl_emotion.classifier import EmotionClassifier
-from nikl_emotion.data import load_jsonl
-from nikl_emotion.metrics import decide, score
+from nikl_emotion.backends.classifier import EmotionClassifier
+from nikl_emotion.text.data import load_jsonl
+from nikl_emotion.decisions.metrics import decide, score
 teacher, student, dev, seconds = sys.argv[1:]
 rows = load_jsonl(dev)
 gold = np.asarray(rows["labels"])

@@ -36,9 +36,9 @@ import json, sys
 import numpy as np
 sys.path.insert(0, "bench")
 from run_figures import dev_f1
-from nikl_emotion.data import load_jsonl
-from nikl_emotion.distillation import ensemble_probabilities
-from nikl_emotion.metrics import decide, score
+from nikl_emotion.text.data import load_jsonl
+from nikl_emotion.training.distillation import ensemble_probabilities
+from nikl_emotion.decisions.metrics import decide, score
 teacher, student, fold0_student, dev, split, seconds = sys.argv[1:]
 report = f"{split}/dev_report.jsonl"
 rows = load_jsonl(report)

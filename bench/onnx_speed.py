@@ -36,10 +36,10 @@ def main() -> None:
     import numpy as np
 
     from bench.speed import machine, write_block
-    from nikl_emotion.data import load_jsonl
+    from nikl_emotion.text.data import load_jsonl
     from nikl_emotion import EmotionClassifier
-    from nikl_emotion.export import export_checkpoint
-    from nikl_emotion.metrics import decide, score
+    from nikl_emotion.backends.export import export_checkpoint
+    from nikl_emotion.decisions.metrics import decide, score
 
     rows = load_jsonl(dev)
     gold = np.asarray(rows["labels"])

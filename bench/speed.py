@@ -56,10 +56,10 @@ def current_rss_mb() -> float:
 
 def _setup(work: str, rows: int):
     """Cleaned training rows (the first `rows` of train.jsonl), test rows, tokenizer and preprocessing."""
-    from nikl_emotion.backbone import load_tokenizer
-    from nikl_emotion.data import load_jsonl
-    from nikl_emotion.preprocessing import Preprocessing, clean
-    from nikl_emotion.cleaning import CleaningOptions
+    from nikl_emotion.backends.backbone import load_tokenizer
+    from nikl_emotion.text.data import load_jsonl
+    from nikl_emotion.text.preprocessing import Preprocessing, clean
+    from nikl_emotion.text.cleaning import CleaningOptions
 
     preprocessing = Preprocessing(CleaningOptions(remove_others=True, cleanse=True), "pair", REFERENCE_MAX_LENGTH)
     train = clean(load_jsonl(os.path.join(work, "train.jsonl")), preprocessing)
@@ -81,7 +81,7 @@ def _training_args(work: str, batch_size: int, grouped: bool):
 
 def _reference_encode(rows, tokenizer):
     """The reference's tokenization: pad every row to 200 in the preprocessing step."""
-    from nikl_emotion.encoding import segments
+    from nikl_emotion.text.encoding import segments
 
     def encode_batch(batch):
         pairs = [segments(t, g, b, e, "pair") for t, g, b, e in zip(batch["text"], batch["target"], batch["target_begin"], batch["target_end"])]
@@ -96,11 +96,11 @@ def worker_train(work: str, recipe: str, rows: int, batch_size: int) -> dict:
     import numpy as np
     from transformers import default_data_collator, set_seed
 
-    from nikl_emotion.backbone import load_model
-    from nikl_emotion.preprocessing import encode
-    from nikl_emotion.batching import PaddingCollator
-    from nikl_emotion.emotion_trainer import TRAINER_COLUMNS, EmotionTrainer, make_loss
-    from nikl_emotion.config import LossArguments
+    from nikl_emotion.backends.backbone import load_model
+    from nikl_emotion.text.preprocessing import encode
+    from nikl_emotion.text.batching import PaddingCollator
+    from nikl_emotion.backends.emotion_trainer import TRAINER_COLUMNS, EmotionTrainer, make_loss
+    from nikl_emotion.base.config import LossArguments
 
     train, _, tokenizer, preprocessing = _setup(work, rows)
     set_seed(42)
@@ -127,9 +127,9 @@ def worker_predict(work: str, recipe: str, rows: int, batch_size: int) -> dict:
     import numpy as np
     import torch
 
-    from nikl_emotion.backbone import load_model
+    from nikl_emotion.backends.backbone import load_model
     from nikl_emotion import EmotionClassifier
-    from nikl_emotion.preprocessing import encode
+    from nikl_emotion.text.preprocessing import encode
 
     _, test, tokenizer, preprocessing = _setup(work, rows)
     model = load_model(os.path.join(work, "backbone"), tokenizer).eval()
@@ -157,11 +157,11 @@ def worker_folds(work: str, rows: int, batch_size: int) -> dict:
 
     import numpy as np
 
-    from nikl_emotion.config import KFoldArguments, LossArguments
-    from nikl_emotion.folds import make_folds
-    from nikl_emotion.preprocessing import encode
-    from nikl_emotion.fold_backend import FoldData
-    from nikl_emotion.training import train_fold
+    from nikl_emotion.base.config import KFoldArguments, LossArguments
+    from nikl_emotion.training.folds import make_folds
+    from nikl_emotion.text.preprocessing import encode
+    from nikl_emotion.backends.fold_backend import FoldData
+    from nikl_emotion.training.kfold import train_fold
 
     train, test, tokenizer, preprocessing = _setup(work, rows)
     encoded, encoded_test = encode(train, tokenizer, preprocessing), encode(test, tokenizer, preprocessing)
@@ -217,9 +217,9 @@ def worker_big(work: str, big_rows: int) -> dict:
 
 def prepare(work: str, data: str, rows: int) -> None:
     """Train subset, test file, the offline backbone, and a saved checkpoint for the inference.py run."""
-    from nikl_emotion.backbone import build_offline_backbone, load_model, load_tokenizer
-    from nikl_emotion.data import load_jsonl
-    from nikl_emotion.preprocessing import Preprocessing
+    from nikl_emotion.backends.backbone import build_offline_backbone, load_model, load_tokenizer
+    from nikl_emotion.text.data import load_jsonl
+    from nikl_emotion.text.preprocessing import Preprocessing
 
     with open(os.path.join(data, "train.jsonl"), encoding="utf-8") as src, open(os.path.join(work, "train.jsonl"), "w", encoding="utf-8") as dst:
         for n, line in enumerate(src):
@@ -235,7 +235,7 @@ def prepare(work: str, data: str, rows: int) -> None:
     checkpoint = os.path.join(work, "checkpoint")
     model.save_pretrained(checkpoint)
     tokenizer.save_pretrained(checkpoint)
-    from nikl_emotion.cleaning import CleaningOptions
+    from nikl_emotion.text.cleaning import CleaningOptions
 
     Preprocessing(CleaningOptions(remove_others=True, cleanse=True), "pair", REFERENCE_MAX_LENGTH).save(checkpoint)
 

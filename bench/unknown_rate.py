@@ -33,11 +33,11 @@ def main() -> None:
 
     from transformers import AutoConfig, AutoTokenizer, ElectraConfig
 
-    from nikl_emotion.backbone import load_tokenizer, train_wordpiece_tokenizer
-    from nikl_emotion.cleaning import CleaningOptions
-    from nikl_emotion.data import load_jsonl
-    from nikl_emotion.encoding import tokenize_batch, unknown_token_rate
-    from nikl_emotion.preprocessing import Preprocessing, clean
+    from nikl_emotion.backends.backbone import load_tokenizer, train_wordpiece_tokenizer
+    from nikl_emotion.text.cleaning import CleaningOptions
+    from nikl_emotion.text.data import load_jsonl
+    from nikl_emotion.text.encoding import tokenize_batch, unknown_token_rate
+    from nikl_emotion.text.preprocessing import Preprocessing, clean
 
     preprocessing = Preprocessing(CleaningOptions(remove_others=True, remove_placeholders=False, cleanse=True, remove_emoji=False))
     cleaned = {name: clean(load_jsonl(path, "optional"), preprocessing) for name, path in files.items()}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from nikl_emotion.cli import entry_point
+from nikl_emotion.commands.cli import entry_point
 
 COMMANDS: dict[str, str] = {
     "train": "K-fold fine-tuning (or --hp-search N): train.py CONFIG.yaml [--key value ...]",

@@ -34,7 +34,7 @@ from transformers import (
 from transformers.models.bert.modeling_bert import BertPooler
 
 from conftest import SAMPLE_DEV, SAMPLE_TEST, SAMPLE_TRAIN
-from nikl_emotion.encoding import PROMPT_TEMPLATE
+from nikl_emotion.text.encoding import PROMPT_TEMPLATE
 
 FAMILIES = ("kcelectra", "klue-roberta", "kcbert", "xlm-roberta")
 TINY = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}

@@ -33,25 +33,26 @@ def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
 
 def test_the_settings_import_no_backend_decision_or_training_module():
     graph = package_imports()
-    leaf = {"nikl_emotion.errors", "nikl_emotion.labels", "nikl_emotion.vocabulary"}
-    for settings in ("nikl_emotion.config", "nikl_emotion.vocabulary"):
+    leaf = {"nikl_emotion.base.errors", "nikl_emotion.base.labels", "nikl_emotion.base.vocabulary"}
+    for settings in ("nikl_emotion.base.config", "nikl_emotion.base.vocabulary"):
         assert reachable(graph, settings) <= leaf, f"{settings} reaches {sorted(reachable(graph, settings) - leaf)}"
     # and the checks that need backends sit above them, not inside
-    assert "nikl_emotion.backends" in graph["nikl_emotion.config_checks"]
+    assert "nikl_emotion.backends.registry" in graph["nikl_emotion.training.config_checks"]
 
 
 def test_the_names_settings_take_are_the_names_the_implementations_know():
-    from nikl_emotion import losses, vocabulary
+    from nikl_emotion.backends import losses
+    from nikl_emotion.base import vocabulary
 
     assert tuple(losses.LOSSES) == vocabulary.LOSS_NAMES
-    from nikl_emotion.config import LossArguments, ModelArguments, TechniqueArguments
+    from nikl_emotion.base.config import LossArguments, ModelArguments, TechniqueArguments
 
     assert LossArguments().loss in vocabulary.LOSS_NAMES and TechniqueArguments().adversarial in vocabulary.ADVERSARIAL_METHODS
     assert vocabulary.is_offline(ModelArguments().model_name_or_path)
 
 
-BACKEND_MODULES = {"nikl_emotion.vocabulary", "nikl_emotion.backends", "nikl_emotion.fold_backend", "nikl_emotion.ngram",
-                   "nikl_emotion.encoder_backend", "nikl_emotion.classifier"}
+BACKEND_MODULES = {"nikl_emotion.base.vocabulary", "nikl_emotion.backends.registry", "nikl_emotion.backends.fold_backend", "nikl_emotion.backends.ngram",
+                   "nikl_emotion.backends.encoder_backend", "nikl_emotion.backends.classifier"}
 
 
 def test_no_backend_type_branch_outside_the_backend_modules():
@@ -71,8 +72,54 @@ def test_no_backend_type_branch_outside_the_backend_modules():
 
 
 def test_every_name_is_trained_by_one_backend_that_accepts_it():
-    from nikl_emotion.backends import BACKENDS, backend_for
+    from nikl_emotion.backends.registry import BACKENDS, backend_for
 
     assert backend_for("ngram:tfidf").name == "ngram" and not backend_for("ngram:tfidf").trains_an_encoder
     assert backend_for("offline:electra-tiny").name == "encoder" and backend_for("klue/roberta-large").multi_process
     assert BACKENDS[-1].matches("anything/else")  # the encoder takes every name no other backend claims
+
+
+LAYERS = ("base", "folders", "text", "decisions", "backends", "runs", "training", "commands")
+
+
+def layer_of(module: str) -> int:
+    """The layer index of a module (`nikl_emotion.<layer>.<module>`); the package's own __init__ and __main__ sit
+    above every layer."""
+    parts = module.split(".")
+    return LAYERS.index(parts[1]) if len(parts) > 2 and parts[1] in LAYERS else len(LAYERS)
+
+
+def test_each_layer_imports_only_its_own_and_the_layers_below():
+    """The subpackages are the architecture (docs/architecture.md): base, folders, text, decisions, backends, runs,
+    training, commands; an import that climbs, even inside a function, is a design error to fix, not to allow."""
+    graph = package_imports()
+    assert set(LAYERS) <= {module.split(".")[1] for module in graph if module.count(".") >= 2}
+    climbing = [f"{module} -> {target}" for module, targets in sorted(graph.items()) for target in sorted(targets)
+                if layer_of(target) > layer_of(module)]
+    assert not climbing, climbing
+    flat = [path.name for path in (ROOT / "nikl_emotion").glob("*.py") if path.name not in ("__init__.py", "__main__.py")]
+    assert not flat, f"modules outside the layers: {flat}"
+
+
+def test_the_package_has_no_import_cycles():
+    """Every `nikl_emotion` import (module level or inside functions) points one way: no module needs a module
+    that needs it back."""
+    graph = package_imports()
+    assert "nikl_emotion.backends.export" in graph["nikl_emotion.commands.export"]
+
+    state: dict[str, str] = {}  # "open" while on the current path, "done" once every path from it is checked
+    cycles: list[list[str]] = []
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = "open"
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                cycles.append([*path[path.index(nxt):], nxt])
+            elif nxt not in state:
+                visit(nxt, [*path, nxt])
+        state[node] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert not cycles, f"import cycles: {cycles[:3]}"

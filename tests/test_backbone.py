@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from conftest import SAMPLE_TRAIN
-from nikl_emotion.backbone import build_offline_backbone, load_model, load_tokenizer, parse_offline_spec
-from nikl_emotion.data import load_jsonl
-from nikl_emotion.encoding import MARKER_TOKENS
+from nikl_emotion.backends.backbone import build_offline_backbone, load_model, load_tokenizer, parse_offline_spec
+from nikl_emotion.text.data import load_jsonl
+from nikl_emotion.text.encoding import MARKER_TOKENS
 
 HANGUL = ["오늘 공연 너무 좋았다ㅋㅋ", "엄마 생각하면 눈물이 난다 ㅠㅠ", "힝 뷁 똠얌꿍", "&name1& 진짜 최고!!"]
 

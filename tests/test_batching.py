@@ -6,11 +6,11 @@ import torch
 from datasets import Dataset
 
 from conftest import SAMPLE_TRAIN
-from nikl_emotion.backbone import train_wordpiece_tokenizer
-from nikl_emotion.batching import PaddingCollator, column_array, pad_table
-from nikl_emotion.cleaning import CleaningOptions
-from nikl_emotion.data import load_jsonl
-from nikl_emotion.preprocessing import Preprocessing, clean, encode
+from nikl_emotion.backends.backbone import train_wordpiece_tokenizer
+from nikl_emotion.text.batching import PaddingCollator, column_array, pad_table
+from nikl_emotion.text.cleaning import CleaningOptions
+from nikl_emotion.text.data import load_jsonl
+from nikl_emotion.text.preprocessing import Preprocessing, clean, encode
 
 COLUMNS = ["input_ids", "attention_mask", "token_type_ids"]
 

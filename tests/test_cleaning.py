@@ -6,7 +6,7 @@ import re
 import emoji
 import pytest
 
-from nikl_emotion.cleaning import CleaningOptions, clean_batch, clean_text
+from nikl_emotion.text.cleaning import CleaningOptions, clean_batch, clean_text
 
 # The reference recipe, written out literally (KcBERT's `clean` with soynlp's `repeat_normalize`).
 _KC_PATTERN = re.compile("[^ .,?!/@$%~％·∼()\x00-\x7Fㄱ-ㅣ가-힣]+")

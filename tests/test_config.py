@@ -5,11 +5,11 @@ import torch
 import yaml
 
 from conftest import ROOT, SAMPLE_TRAIN
-from nikl_emotion.config import resolved_config
-from nikl_emotion.config_checks import parse_config
-from nikl_emotion.errors import PipelineError
-from nikl_emotion.post_training import parse_post_train_config
-from nikl_emotion.preprocessing import Preprocessing
+from nikl_emotion.base.config import resolved_config
+from nikl_emotion.training.config_checks import parse_config
+from nikl_emotion.base.errors import PipelineError
+from nikl_emotion.training.post_training import parse_post_train_config
+from nikl_emotion.text.preprocessing import Preprocessing
 
 QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
 
@@ -122,9 +122,9 @@ def test_every_config_dataclass_validates_itself_however_it_is_built(tmp_path):
     does."""
     import dataclasses
 
-    from nikl_emotion.config import DataArguments, KFoldArguments, LossArguments, ModelArguments
-    from nikl_emotion.config_checks import check_loss_parameters, check_model_name
-    from nikl_emotion.post_training import MLMArguments, PostTrainDataArguments
+    from nikl_emotion.base.config import DataArguments, KFoldArguments, LossArguments, ModelArguments
+    from nikl_emotion.training.config_checks import check_loss_parameters, check_model_name
+    from nikl_emotion.training.post_training import MLMArguments, PostTrainDataArguments
 
     cases = [
         (lambda: KFoldArguments(num_folds=1), "num_folds: must be at least 2"),

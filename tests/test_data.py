@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import LABELS, ROOT, SAMPLE_TEST, SAMPLE_TRAIN, nikl_row, run_cli, write_jsonl
-from nikl_emotion.data import load_jsonl, load_jsonl_files
-from nikl_emotion.errors import RowError
+from nikl_emotion.text.data import load_jsonl, load_jsonl_files
+from nikl_emotion.base.errors import RowError
 
 
 def test_sample_files_load_with_label_order(tmp_path):

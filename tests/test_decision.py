@@ -5,12 +5,12 @@ import json
 import numpy as np
 import pytest
 
-from nikl_emotion.config import KFoldArguments
-from nikl_emotion.decision import choose_rule, describe_choice, fixed_rule
-from nikl_emotion.errors import PipelineError
-from nikl_emotion.metrics import decide, score
-from nikl_emotion.thresholds import fit_thresholds, nested_thresholds
-from nikl_emotion.voting import DecisionRule
+from nikl_emotion.base.config import KFoldArguments
+from nikl_emotion.decisions.decision import choose_rule, describe_choice, fixed_rule
+from nikl_emotion.base.errors import PipelineError
+from nikl_emotion.decisions.metrics import decide, score
+from nikl_emotion.decisions.thresholds import fit_thresholds, nested_thresholds
+from nikl_emotion.decisions.voting import DecisionRule
 
 SADNESS = 7
 
@@ -127,8 +127,8 @@ def test_a_gain_within_resampling_noise_keeps_the_fixed_rule():
 
 
 def test_the_gain_standard_error_matches_a_plain_bootstrap():
-    from nikl_emotion.decision import gain_standard_error
-    from nikl_emotion.thresholds import micro_f1
+    from nikl_emotion.decisions.decision import gain_standard_error
+    from nikl_emotion.decisions.thresholds import micro_f1
 
     probs, gold, _ = oof_fixture(seed=3)
     base, other = decide(probs, 0.5), decide(probs, np.where(np.arange(8) == SADNESS, 0.2, 0.5))

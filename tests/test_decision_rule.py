@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, SAMPLE_TEST
-from nikl_emotion.errors import PipelineError
-from nikl_emotion.voting import DecisionRule, hard_vote
+from nikl_emotion.base.errors import PipelineError
+from nikl_emotion.decisions.voting import DecisionRule, hard_vote
 
 
 def run_inference(capsys, monkeypatch, *args, script: str = "inference") -> int:
@@ -22,8 +22,8 @@ def run_inference(capsys, monkeypatch, *args, script: str = "inference") -> int:
 
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory):
-    from nikl_emotion.config_checks import parse_config
-    from nikl_emotion.training import run_training
+    from nikl_emotion.training.config_checks import parse_config
+    from nikl_emotion.training.kfold import run_training
 
     out = tmp_path_factory.mktemp("ref") / "out"
     run_training(*parse_config([str(ROOT / "configs" / "quickstart.yaml"), "--output_dir", str(out), "--num_folds", "3",
@@ -85,10 +85,10 @@ def test_the_rule_applies_the_vote_rule_it_names():
 def test_the_vocabulary_is_the_one_every_place_accepts():
     import dataclasses
 
-    from nikl_emotion.config import KFoldArguments
-    from nikl_emotion.vocabulary import DECISION_MODES, STRATEGIES, VOTE_RULES, VOTE_TIES
-    from nikl_emotion.errors import PipelineError
-    from nikl_emotion.voting import DecisionRule
+    from nikl_emotion.base.config import KFoldArguments
+    from nikl_emotion.base.vocabulary import DECISION_MODES, STRATEGIES, VOTE_RULES, VOTE_TIES
+    from nikl_emotion.base.errors import PipelineError
+    from nikl_emotion.decisions.voting import DecisionRule
 
     for strategy in STRATEGIES:
         for rule in VOTE_RULES:

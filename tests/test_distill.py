@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, SAMPLE_DEV, SAMPLE_TEST, SAMPLE_TRAIN, run_cli
-from nikl_emotion.data import load_jsonl
-from nikl_emotion.distillation import ensemble_probabilities, parse_distill_config, run_distillation, soft_targets
-from nikl_emotion.errors import PipelineError
-from nikl_emotion.fileio import read_probs
-from nikl_emotion.prediction import predict_file
+from nikl_emotion.text.data import load_jsonl
+from nikl_emotion.training.distillation import ensemble_probabilities, parse_distill_config, run_distillation, soft_targets
+from nikl_emotion.base.errors import PipelineError
+from nikl_emotion.base.fileio import read_probs
+from nikl_emotion.runs.prediction import predict_file
 
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, SAMPLE_TEST, SAMPLE_TRAIN
-from nikl_emotion.data import load_jsonl
-from nikl_emotion.fileio import read_probs
-from nikl_emotion.prediction import predict_file
+from nikl_emotion.text.data import load_jsonl
+from nikl_emotion.base.fileio import read_probs
+from nikl_emotion.runs.prediction import predict_file
 
 
 @pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate CLI not on PATH")

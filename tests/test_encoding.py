@@ -3,9 +3,9 @@
 import pytest
 
 from conftest import SAMPLE_TRAIN
-from nikl_emotion.backbone import load_tokenizer, train_wordpiece_tokenizer
-from nikl_emotion.data import load_jsonl
-from nikl_emotion.encoding import PROMPT_TEMPLATE, TARGET_END, TARGET_START, segments, tokenize_batch
+from nikl_emotion.backends.backbone import load_tokenizer, train_wordpiece_tokenizer
+from nikl_emotion.text.data import load_jsonl
+from nikl_emotion.text.encoding import PROMPT_TEMPLATE, TARGET_END, TARGET_START, segments, tokenize_batch
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,9 @@ import numpy as np
 import yaml
 
 from conftest import LABELS, ROOT, SAMPLE_DEV, SAMPLE_TEST, SAMPLE_TRAIN, run_cli
-from nikl_emotion.data import load_jsonl
-from nikl_emotion.fileio import read_probs
-from nikl_emotion.metrics import score
+from nikl_emotion.text.data import load_jsonl
+from nikl_emotion.base.fileio import read_probs
+from nikl_emotion.decisions.metrics import score
 
 
 def read_jsonl(path):
@@ -40,7 +40,7 @@ def test_training_run_writes_every_promised_file(tiny_run):
 def test_oof_scores_are_the_scores_of_the_oof_file(tiny_run):
     summary = json.loads((tiny_run / "summary.json").read_text(encoding="utf-8"))
     _, oof = read_probs(tiny_run / "oof.jsonl")
-    from nikl_emotion.metrics import decide
+    from nikl_emotion.decisions.metrics import decide
 
     gold = np.asarray(load_jsonl(SAMPLE_TRAIN)["labels"])
     assert abs(score(gold, decide(oof))["micro_f1"] - summary["oof"]["micro_f1"]) < 1e-4
@@ -89,8 +89,8 @@ def test_single_fold_with_marker_format(tmp_path):
 def test_thresholds_and_report_are_written(tiny_run, tmp_path):
     from PIL import Image
 
-    from nikl_emotion.report import PLOTS
-    from nikl_emotion.thresholds import load_thresholds
+    from nikl_emotion.runs.report import PLOTS
+    from nikl_emotion.decisions.thresholds import load_thresholds
 
     summary = json.loads((tiny_run / "summary.json").read_text(encoding="utf-8"))
     gain = summary["thresholds"]

@@ -86,7 +86,7 @@ def test_a_post_training_folder_is_not_served_as_a_classifier(post_trained, tmp_
 
 def test_a_folder_without_classifier_weights_is_refused_whoever_made_it(post_trained, tmp_path):
     from nikl_emotion import EmotionClassifier
-    from nikl_emotion.errors import PipelineError
+    from nikl_emotion.base.errors import PipelineError
 
     bare = tmp_path / "bare"  # the same model files, nothing saying who made them: the weights tell
     shutil.copytree(post_trained, bare)
@@ -104,7 +104,7 @@ def test_train_refuses_a_post_training_folder(post_trained, capsys, monkeypatch)
 
 
 def test_overwrite_replaces_only_the_commands_own_files(post_trained, tmp_path):
-    from nikl_emotion.run_folder import PostTrainFolder, prepare_output_dir
+    from nikl_emotion.folders.run_folder import PostTrainFolder, prepare_output_dir
 
     folder = tmp_path / "post"
     shutil.copytree(post_trained, folder)
@@ -115,7 +115,7 @@ def test_overwrite_replaces_only_the_commands_own_files(post_trained, tmp_path):
 
 
 def test_a_folder_made_before_the_mark_is_recognised_and_resumes(run_copy):
-    from nikl_emotion.folder_kind import folder_kind
+    from nikl_emotion.folders.folder_kind import folder_kind
 
     for mark in run_copy.rglob(KIND_FILE):
         mark.unlink()
@@ -126,8 +126,8 @@ def test_a_folder_made_before_the_mark_is_recognised_and_resumes(run_copy):
 
 
 def test_every_kind_refuses_a_folder_inside_another_commands_folder_but_an_export_may_sit_in_its_run(run_copy):
-    from nikl_emotion.errors import PipelineError
-    from nikl_emotion.folder_kind import check_output_folder
+    from nikl_emotion.base.errors import PipelineError
+    from nikl_emotion.folders.folder_kind import check_output_folder
 
     for kind in ("run", "post-training", "distillation"):
         with pytest.raises(PipelineError, match="lies inside"):
@@ -150,7 +150,7 @@ def test_non_finite_or_absurd_training_values_are_refused_before_any_work(args, 
 
 
 def test_a_diverged_fold_is_not_marked_done_and_the_corrected_command_runs(tmp_path, capsys, monkeypatch):
-    from nikl_emotion.emotion_trainer import EmotionTrainer
+    from nikl_emotion.backends.emotion_trainer import EmotionTrainer
 
     original = EmotionTrainer.compute_loss
 
@@ -212,7 +212,7 @@ def test_the_time_budget_times_a_whole_optimizer_step(accumulation, tmp_path):
     from transformers import Trainer, TrainingArguments
     from transformers.modeling_outputs import SequenceClassifierOutput
 
-    from nikl_emotion.time_budget import measure_step_seconds
+    from nikl_emotion.training.time_budget import measure_step_seconds
 
     class Counting(torch.nn.Module):
         def __init__(self):
@@ -256,8 +256,8 @@ def test_stacking_one_run_twice_is_refused(tiny_run, tmp_path, capsys, monkeypat
 
 
 def test_stacking_runs_trained_on_other_file_contents_names_that_cause():
-    from nikl_emotion.stack_run import RunMember, check_same_folds
-    from nikl_emotion.errors import PipelineError
+    from nikl_emotion.runs.stack_run import RunMember, check_same_folds
+    from nikl_emotion.base.errors import PipelineError
 
     config = {"num_folds": 2, "seed": 42, "train_files": ["train.jsonl"]}
     first = RunMember("A", ["a", "b"], np.zeros((2, 8)), np.array([0, 1]), [], [], config, {"train.jsonl": "1"})
@@ -280,7 +280,7 @@ def test_an_unfinished_pseudo_label_run_is_refused(run_copy, tmp_path, capsys, m
 def test_swa_that_never_started_says_so(caplog):
     from types import SimpleNamespace
 
-    from nikl_emotion.averaging import WeightAveraging
+    from nikl_emotion.backends.averaging import WeightAveraging
 
     averaging = WeightAveraging(swa_epochs=3)
     state = SimpleNamespace(epoch=2.0, is_world_process_zero=True, best_model_checkpoint="checkpoint-2")
@@ -293,7 +293,7 @@ def test_swa_that_never_started_says_so(caplog):
 def test_layerwise_decay_docstring_matches_the_embeddings_rate():
     import torch
 
-    from nikl_emotion import techniques
+    from nikl_emotion.backends import techniques
 
     model = torch.nn.Module()
     model.embeddings = torch.nn.Linear(2, 2)
@@ -308,7 +308,7 @@ def test_layerwise_decay_docstring_matches_the_embeddings_rate():
 # 13: the offline tokenizer covers what it encodes --------------------------------------------------------------------
 
 def test_the_offline_tokenizer_has_a_piece_for_every_character_it_learned():
-    from nikl_emotion.backbone import train_wordpiece_tokenizer
+    from nikl_emotion.backends.backbone import train_wordpiece_tokenizer
 
     texts = [json.loads(line)["input"]["form"] for line in SAMPLE_TRAIN.read_text(encoding="utf-8").splitlines()[:40]]
     texts.append("희귀한뷁글자")  # 뷁 once, inside a word: WordPiece would make the whole word unknown
@@ -318,10 +318,10 @@ def test_the_offline_tokenizer_has_a_piece_for_every_character_it_learned():
 
 
 def test_training_on_few_rows_predicts_its_test_file_and_an_unknown_rate_names_the_offline_cause(tmp_path, capsys, monkeypatch):
-    from nikl_emotion.encoding import unknown_rate_message
-    from nikl_emotion.encoder_backend import prepare_backbone
-    from nikl_emotion.config import ModelArguments
-    from nikl_emotion.backbone import load_tokenizer
+    from nikl_emotion.text.encoding import unknown_rate_message
+    from nikl_emotion.backends.encoder_backend import prepare_backbone
+    from nikl_emotion.base.config import ModelArguments
+    from nikl_emotion.backends.backbone import load_tokenizer
 
     few = tmp_path / "few.jsonl"
     few.write_text("".join(SAMPLE_TRAIN.read_text(encoding="utf-8").splitlines(keepends=True)[:40]), encoding="utf-8")
@@ -339,9 +339,9 @@ def test_training_on_few_rows_predicts_its_test_file_and_an_unknown_rate_names_t
 def test_max_unknown_rate_lets_a_user_past_the_stop(tiny_run):
     from datasets import Dataset
 
-    from nikl_emotion.backbone import load_tokenizer
-    from nikl_emotion.errors import PipelineError
-    from nikl_emotion.preprocessing import Preprocessing, encode
+    from nikl_emotion.backends.backbone import load_tokenizer
+    from nikl_emotion.base.errors import PipelineError
+    from nikl_emotion.text.preprocessing import Preprocessing, encode
 
     tokenizer = load_tokenizer(str(tiny_run / "backbone"))
     preprocessing = Preprocessing.load(str(tiny_run / "fold_0" / "best"))
@@ -361,8 +361,8 @@ def test_commands_that_read_a_run_refuse_another_commands_folder(post_trained, t
 
 
 def test_export_replaces_a_previous_export_only_when_it_holds_nothing_else(tiny_run, tmp_path):
-    from nikl_emotion.errors import PipelineError
-    from nikl_emotion.export import check_export_target
+    from nikl_emotion.base.errors import PipelineError
+    from nikl_emotion.backends.export import check_export_target
 
     previous = tmp_path / "onnx"
     previous.mkdir()

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from nikl_emotion.folds import make_folds
+from nikl_emotion.training.folds import make_folds
 
 
 def random_labels(n=600, seed=0):

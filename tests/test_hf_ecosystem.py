@@ -8,16 +8,16 @@ import pytest
 import yaml
 
 from conftest import ROOT, SAMPLE_DEV, run_cli
-from nikl_emotion.data import load_jsonl
-from nikl_emotion.fileio import read_probs
-from nikl_emotion.labels import LABELS
+from nikl_emotion.text.data import load_jsonl
+from nikl_emotion.base.fileio import read_probs
+from nikl_emotion.base.labels import LABELS
 
 
 def test_pipeline_loads_a_checkpoint_and_scores_the_eight_emotions(tiny_run):
     from transformers import pipeline
 
     from nikl_emotion import EmotionClassifier
-    from nikl_emotion.preprocessing import clean
+    from nikl_emotion.text.preprocessing import clean
 
     best = tiny_run / "fold_0" / "best"
     classifier = pipeline("text-classification", model=str(best), top_k=None, function_to_apply="sigmoid", device="cpu")
@@ -89,8 +89,8 @@ def test_tensorboard_logs_survive_the_run(tmp_path):
 def test_tensorboard_without_the_package_is_refused_before_any_work(tmp_path, monkeypatch):
     import transformers.integrations
 
-    from nikl_emotion.config_checks import parse_config
-    from nikl_emotion.errors import PipelineError
+    from nikl_emotion.training.config_checks import parse_config
+    from nikl_emotion.base.errors import PipelineError
 
     monkeypatch.setattr(transformers.integrations, "is_tensorboard_available", lambda: False)
     with pytest.raises(PipelineError, match="pip install tensorboard"):

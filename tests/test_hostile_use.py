@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import LABELS, ROOT, SAMPLE_DEV, SAMPLE_TEST, SAMPLE_TRAIN, nikl_row, run_cli, write_jsonl
-from nikl_emotion.errors import PipelineError, RowError
+from nikl_emotion.base.errors import PipelineError, RowError
 
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 
@@ -63,8 +63,8 @@ def test_export_refuses_a_folder_that_is_not_a_previous_export(tiny_run, tmp_pat
 # 2. results come from the file's current bytes --------------------------------------------------------------------
 
 def test_a_file_rewritten_with_its_old_mtime_is_read_again(tmp_path):
-    from nikl_emotion.data import load_jsonl
-    from nikl_emotion.metrics import score_files
+    from nikl_emotion.text.data import load_jsonl
+    from nikl_emotion.decisions.metrics import score_files
 
     gold = write_jsonl(tmp_path / "gold.jsonl", [nikl_row("a", labels=("joy",)), nikl_row("b", labels=("fear",))])
     pred = write_jsonl(tmp_path / "pred.jsonl", [nikl_row("a", labels=("joy",)), nikl_row("b", labels=("fear",))])
@@ -102,7 +102,7 @@ def test_inference_and_ensemble_refuse_to_write_over_their_inputs(tiny_run, tmp_
 
 
 def test_an_input_inside_the_runs_own_files_is_refused(tmp_path):
-    from nikl_emotion.config_checks import parse_config
+    from nikl_emotion.training.config_checks import parse_config
 
     inside = write_jsonl(tmp_path / "out" / "submission.jsonl", [nikl_row("a")])
     with pytest.raises(PipelineError, match="where the run .* writes its own files"):
@@ -160,7 +160,7 @@ def test_a_second_copy_of_a_running_run_is_refused_cleanly(tmp_path):
     ("", ["--num_fold", "3"], "num_fold"),
 ])
 def test_abbreviated_keys_are_refused_naming_the_key(tmp_path, yaml_line, argv, key):
-    from nikl_emotion.config_checks import parse_config
+    from nikl_emotion.training.config_checks import parse_config
 
     config = tmp_path / "c.yaml"
     config.write_text(QUICKSTART.read_text(encoding="utf-8") + "\n" + yaml_line + "\n", encoding="utf-8")
@@ -169,7 +169,7 @@ def test_abbreviated_keys_are_refused_naming_the_key(tmp_path, yaml_line, argv, 
 
 
 def test_a_billion_laughs_yaml_is_refused_at_once(tmp_path):
-    from nikl_emotion.config_checks import parse_config
+    from nikl_emotion.training.config_checks import parse_config
 
     lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
     lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 9)]
@@ -191,7 +191,7 @@ def test_a_billion_laughs_yaml_is_refused_at_once(tmp_path):
     (["--num_train_epochs", "0"], "num_train_epochs: must be a finite number > 0"),
 ])
 def test_bad_training_values_fail_before_anything_is_written(tmp_path, args, message):
-    from nikl_emotion.config_checks import parse_config
+    from nikl_emotion.training.config_checks import parse_config
 
     with pytest.raises(PipelineError, match=message):
         parse_config([str(QUICKSTART), "--output_dir", str(tmp_path / "o"), *args])
@@ -200,8 +200,8 @@ def test_bad_training_values_fail_before_anything_is_written(tmp_path, args, mes
 
 @pytest.mark.parametrize("rows, folds", [(3, 5), (1, 2)])
 def test_more_folds_than_rows_is_refused_before_writing(tmp_path, rows, folds):
-    from nikl_emotion.config_checks import parse_config
-    from nikl_emotion.training import run_training
+    from nikl_emotion.training.config_checks import parse_config
+    from nikl_emotion.training.kfold import run_training
 
     train = write_jsonl(tmp_path / "small.jsonl", [nikl_row(f"r{i}") for i in range(rows)])
     with pytest.raises(PipelineError, match=f"num_folds: {folds} folds need at least as many rows; .* hold {rows}"):
@@ -211,8 +211,8 @@ def test_more_folds_than_rows_is_refused_before_writing(tmp_path, rows, folds):
 
 
 def test_a_run_that_failed_during_set_up_does_not_block_the_corrected_command(tmp_path):
-    from nikl_emotion.config_checks import parse_config
-    from nikl_emotion.training import run_training
+    from nikl_emotion.training.config_checks import parse_config
+    from nikl_emotion.training.kfold import run_training
 
     out = tmp_path / "o"
     common = [str(QUICKSTART), "--output_dir", str(out), "--num_folds", "2", "--fold", "0", "--num_train_epochs", "1"]
@@ -227,8 +227,8 @@ def test_a_run_that_failed_during_set_up_does_not_block_the_corrected_command(tm
 
 
 def test_a_changed_training_file_is_refused_by_train_and_report(tmp_path, capsys, monkeypatch):
-    from nikl_emotion.config_checks import parse_config
-    from nikl_emotion.training import run_training
+    from nikl_emotion.training.config_checks import parse_config
+    from nikl_emotion.training.kfold import run_training
 
     train = tmp_path / "train.jsonl"
     shutil.copy(SAMPLE_TRAIN, train)
@@ -303,7 +303,7 @@ def test_a_damaged_checkpoint_is_refused_with_one_line(tiny_run, tmp_path, capsy
 
 
 def test_nfd_hangul_survives_cleaning_with_its_target():
-    from nikl_emotion.cleaning import CleaningOptions, clean_text
+    from nikl_emotion.text.cleaning import CleaningOptions, clean_text
 
     text, begin, end = "오늘 공연 너무 좋았다 ㅋㅋㅋㅋ", 3, 5
     nfd_text = unicodedata.normalize("NFD", text)
@@ -314,8 +314,8 @@ def test_nfd_hangul_survives_cleaning_with_its_target():
 
 
 def test_a_late_target_keeps_its_markers_under_truncation(tmp_path):
-    from nikl_emotion.backbone import build_offline_backbone, load_tokenizer
-    from nikl_emotion.encoding import TARGET_END, TARGET_START, tokenize_batch
+    from nikl_emotion.backends.backbone import build_offline_backbone, load_tokenizer
+    from nikl_emotion.text.encoding import TARGET_END, TARGET_START, tokenize_batch
 
     texts = [json.loads(line)["input"]["form"] for line in SAMPLE_TRAIN.read_text(encoding="utf-8").splitlines()]
     folder = build_offline_backbone(texts, str(tmp_path / "bb"), "offline:electra-tiny", vocab_size=1000)
@@ -399,7 +399,7 @@ def test_bad_inference_options_are_one_line(tiny_run, tmp_path, capsys, monkeypa
 def test_a_giant_row_is_cut_before_tokenizing(tmp_path):
     from transformers import AutoTokenizer
 
-    from nikl_emotion.encoding import CHARS_PER_TOKEN_BOUND, bounded, tokenize_batch
+    from nikl_emotion.text.encoding import CHARS_PER_TOKEN_BOUND, bounded, tokenize_batch
 
     texts = [json.loads(line)["input"]["form"] for line in SAMPLE_TRAIN.read_text(encoding="utf-8").splitlines()]
     giant = (" ".join(texts) + " ") * 400  # ~5 MB of text
@@ -407,7 +407,7 @@ def test_a_giant_row_is_cut_before_tokenizing(tmp_path):
     assert len(cut) == 64 * CHARS_PER_TOKEN_BOUND and giant.startswith(cut)
     marked = bounded(giant, "공연", len(giant) - 10, len(giant) - 8, "marker", 1000)
     assert len(marked[0]) == 1000 and marked[0][marked[2] : marked[3]] == giant[-10:-8]
-    from nikl_emotion.backbone import build_offline_backbone
+    from nikl_emotion.backends.backbone import build_offline_backbone
 
     folder = build_offline_backbone(texts, str(tmp_path / "bb"), "offline:electra-tiny", vocab_size=1000)
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -421,7 +421,7 @@ def test_a_giant_row_is_cut_before_tokenizing(tmp_path):
 # 10. leftovers and file modes ---------------------------------------------------------------------------------------
 
 def test_a_killed_writers_temporaries_are_removed_and_modes_follow_the_umask(tmp_path):
-    from nikl_emotion.fileio import write_text_atomic
+    from nikl_emotion.base.fileio import write_text_atomic
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     stale = tmp_path / f".out.txt.{dead.stdout.strip()}.abc.tmp"
@@ -444,8 +444,8 @@ def test_sigterm_during_a_write_leaves_no_temporary(tmp_path):
     script = (
         "import os, signal, sys\n"
         f"sys.path.insert(0, {str(ROOT)!r})\n"
-        "from nikl_emotion.cli import entry_point\n"
-        "from nikl_emotion.fileio import atomic_writer\n"
+        "from nikl_emotion.commands.cli import entry_point\n"
+        "from nikl_emotion.base.fileio import atomic_writer\n"
         "def main(argv):\n"
         f"    with atomic_writer({str(tmp_path / 'out.txt')!r}) as handle:\n"
         "        handle.write('part')\n"
@@ -459,7 +459,7 @@ def test_sigterm_during_a_write_leaves_no_temporary(tmp_path):
 
 
 def test_a_bare_cr_inside_a_line_is_not_a_line_break(tmp_path):
-    from nikl_emotion.data import load_jsonl
+    from nikl_emotion.text.data import load_jsonl
 
     row = nikl_row("a", form="첫 줄\r같은 줄", target=None)
     path = tmp_path / "cr.jsonl"
@@ -493,7 +493,7 @@ def test_score_refuses_labels_in_another_order_and_accepts_lowercase(tmp_path, c
     assert code == 1 and errors[0].startswith(f"error: {pred}:1: output: labels in another order")
     lower = {label: "true" if label == "joy" else "false" for label in LABELS}
     pred = write_jsonl(tmp_path / "pred2.jsonl", [nikl_row("a", output=lower), nikl_row("b", labels=("fear",))])
-    from nikl_emotion.metrics import score_files
+    from nikl_emotion.decisions.metrics import score_files
 
     assert score_files(str(gold), str(pred))["micro_f1"] == 1.0  # the official scorer counts "true" too
 
@@ -518,7 +518,7 @@ def reference_vote_literal(decisions: list[np.ndarray]) -> np.ndarray:
 
 @pytest.mark.parametrize("models", [2, 3, 4, 5])
 def test_reference_rule_reproduces_the_reference_exactly(models):
-    from nikl_emotion.voting import hard_vote
+    from nikl_emotion.decisions.voting import hard_vote
 
     rng = np.random.default_rng(models)
     decisions = [rng.random((400, 8)) < 0.2 for _ in range(models)]
@@ -535,7 +535,7 @@ def test_reference_rule_reproduces_the_reference_exactly(models):
 
 
 def test_reference_rule_refuses_weights():
-    from nikl_emotion.voting import hard_vote
+    from nikl_emotion.decisions.voting import hard_vote
 
     with pytest.raises(PipelineError, match="takes no weights"):
         hard_vote([np.ones((1, 8), bool)] * 2, rule="reference", weights=[1, 2])

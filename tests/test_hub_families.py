@@ -14,18 +14,18 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 
 from conftest import ROOT, SAMPLE_DEV, SAMPLE_TRAIN, run_cli
 from hub_families import FAMILIES, build_family, build_kcelectra
-from nikl_emotion.backbone import load_tokenizer
+from nikl_emotion.backends.backbone import load_tokenizer
 from nikl_emotion import EmotionClassifier
-from nikl_emotion.config_checks import parse_config
-from nikl_emotion.data import load_jsonl
-from nikl_emotion.encoding import PROMPT_TEMPLATE, TARGET_END, TARGET_START
-from nikl_emotion.errors import PipelineError
-from nikl_emotion.fileio import read_probs
-from nikl_emotion.labels import LABELS
-from nikl_emotion.post_training import parse_post_train_config, run_post_training
-from nikl_emotion.prediction import predict_file
-from nikl_emotion.preprocessing import clean
-from nikl_emotion.training import run_training
+from nikl_emotion.training.config_checks import parse_config
+from nikl_emotion.text.data import load_jsonl
+from nikl_emotion.text.encoding import PROMPT_TEMPLATE, TARGET_END, TARGET_START
+from nikl_emotion.base.errors import PipelineError
+from nikl_emotion.base.fileio import read_probs
+from nikl_emotion.base.labels import LABELS
+from nikl_emotion.training.post_training import parse_post_train_config, run_post_training
+from nikl_emotion.runs.prediction import predict_file
+from nikl_emotion.text.preprocessing import clean
+from nikl_emotion.training.kfold import run_training
 
 QUICK = ["--num_folds", "2", "--fold", "0", "--num_train_epochs", "1", "--per_device_train_batch_size", "16",
          "--disable_tqdm", "true", "--save_total_limit", "1"]
@@ -161,7 +161,7 @@ def test_a_lowercasing_bert_tokenizer_keeps_hangul_and_says_so(tmp_path, caplog)
     text = load_jsonl(SAMPLE_TRAIN)[0]["text"]
     tokens = plain.tokenize(text)
     assert tokens.count(plain.unk_token) > len(tokens) / 2  # what transformers does with this folder by itself
-    with caplog.at_level(logging.WARNING, logger="nikl_emotion.backbone"):
+    with caplog.at_level(logging.WARNING, logger="nikl_emotion.backends.backbone"):
         fixed = load_tokenizer(str(folder))
     assert fixed.unk_token not in fixed.tokenize(text)
     assert "splits Hangul" in caplog.text and "strip_accents" in caplog.text
@@ -196,7 +196,7 @@ def test_an_unknown_token_flood_stops_training_and_warns_at_inference(families, 
         run_training(*parse_config([str(ROOT / "configs" / "quickstart.yaml"), "--model_name_or_path", str(folder),
                                     "--output_dir", str(tmp_path / "run"), *QUICK]))
     best = english_only(trained["kcbert", "pair"], tmp_path / "ckpt")
-    with caplog.at_level(logging.WARNING, logger="nikl_emotion.preprocessing"):
+    with caplog.at_level(logging.WARNING, logger="nikl_emotion.text.preprocessing"):
         predict_file([str(best)], str(SAMPLE_DEV), str(tmp_path / "sub.jsonl"), device="cpu")
     assert "unknown token [UNK]" in caplog.text and (tmp_path / "sub.jsonl").exists()
 

@@ -8,9 +8,9 @@ import pytest
 from sklearn.metrics import f1_score
 
 from conftest import LABELS, ROOT, nikl_row, run_cli, write_jsonl
-from nikl_emotion.errors import PipelineError
-from nikl_emotion.metrics import decide, score, score_files
-from nikl_emotion.thresholds import micro_f1 as threshold_search_micro_f1
+from nikl_emotion.base.errors import PipelineError
+from nikl_emotion.decisions.metrics import decide, score, score_files
+from nikl_emotion.decisions.thresholds import micro_f1 as threshold_search_micro_f1
 
 
 def micro_f1_by_hand(gold, pred):

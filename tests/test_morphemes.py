@@ -6,12 +6,12 @@ import json
 import pytest
 
 from conftest import ROOT, SAMPLE_TEST, nikl_row, run_cli, write_jsonl
-from nikl_emotion.cleaning import CleaningOptions
-from nikl_emotion.data import load_jsonl
-from nikl_emotion.errors import PipelineError
-from nikl_emotion.morphemes import morpheme_strings, segment_batch
-from nikl_emotion.config_checks import check_pretokenizer
-from nikl_emotion.preprocessing import PREPROCESSING_FILE, Preprocessing, clean
+from nikl_emotion.text.cleaning import CleaningOptions
+from nikl_emotion.text.data import load_jsonl
+from nikl_emotion.base.errors import PipelineError
+from nikl_emotion.text.morphemes import morpheme_strings, segment_batch
+from nikl_emotion.training.config_checks import check_pretokenizer
+from nikl_emotion.text.preprocessing import PREPROCESSING_FILE, Preprocessing, clean
 
 
 
@@ -95,7 +95,7 @@ def test_a_kiwi_run_trains_its_tokenizer_on_morphemes_and_predicts_like_it_train
     classifier = EmotionClassifier.from_pretrained(best)
     # a vocabulary learned on segmented text: the particle is its own word, never a ## piece glued to the noun
     assert classifier.tokenizer.tokenize(segmented("공연이")[0])[-1] == "이"
-    from nikl_emotion.fileio import read_probs
+    from nikl_emotion.base.fileio import read_probs
     import numpy as np
 
     _, written = read_probs(out / "fold_0" / "test_probs.jsonl")

@@ -7,12 +7,12 @@ import pytest
 
 from conftest import ROOT, SAMPLE_DEV, SAMPLE_TEST, SAMPLE_TRAIN, nikl_row, run_cli, write_jsonl
 from nikl_emotion import EmotionClassifier
-from nikl_emotion.config_checks import parse_config
-from nikl_emotion.data import load_jsonl
-from nikl_emotion.errors import PipelineError
-from nikl_emotion.fileio import read_probs
-from nikl_emotion.metrics import decide, score
-from nikl_emotion.ngram import NgramClassifier
+from nikl_emotion.training.config_checks import parse_config
+from nikl_emotion.text.data import load_jsonl
+from nikl_emotion.base.errors import PipelineError
+from nikl_emotion.base.fileio import read_probs
+from nikl_emotion.decisions.metrics import decide, score
+from nikl_emotion.backends.ngram import NgramClassifier
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_a_label_with_one_class_gets_its_constant_rate(tmp_path):
 def test_commands_that_need_an_encoder_refuse_it(tmp_path):
     config = [str(ROOT / "configs" / "quickstart.yaml"), "--model_name_or_path", "ngram:tfidf", "--output_dir",
               str(tmp_path / "o")]
-    from nikl_emotion.hp_search import run_hp_search
+    from nikl_emotion.training.hp_search import run_hp_search
 
     with pytest.raises(PipelineError, match="hp-search tunes the Trainer's settings"):
         run_hp_search(2, *parse_config(config))

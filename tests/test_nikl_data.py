@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from conftest import NIKL_DIR
-from nikl_emotion.cleaning import CleaningOptions
-from nikl_emotion.data import load_jsonl, load_jsonl_files
-from nikl_emotion.preprocessing import Preprocessing, clean
+from nikl_emotion.text.cleaning import CleaningOptions
+from nikl_emotion.text.data import load_jsonl, load_jsonl_files
+from nikl_emotion.text.preprocessing import Preprocessing, clean
 
 pytestmark = pytest.mark.skipif(not NIKL_DIR.is_dir(), reason=f"NIKL data not found in {NIKL_DIR}")
 

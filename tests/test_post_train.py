@@ -9,8 +9,8 @@ import yaml
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from conftest import ROOT, SAMPLE_DEV, SAMPLE_TEST, SAMPLE_TRAIN, run_cli
-from nikl_emotion.cli import pop_option
-from nikl_emotion.errors import PipelineError
+from nikl_emotion.commands.cli import pop_option
+from nikl_emotion.base.errors import PipelineError
 
 CONFIG = ROOT / "configs" / "post_train-quickstart.yaml"
 
@@ -63,8 +63,8 @@ def test_train_py_fine_tunes_the_post_trained_checkpoint(post_trained, tmp_path)
 
 
 def test_fine_tuning_with_other_cleaning_than_post_training_names_the_keys(post_trained, tmp_path, caplog):
-    from nikl_emotion.cleaning import CleaningOptions
-    from nikl_emotion.preprocessing import Preprocessing, preprocessing_differences, warn_if_preprocessing_differs
+    from nikl_emotion.text.cleaning import CleaningOptions
+    from nikl_emotion.text.preprocessing import Preprocessing, preprocessing_differences, warn_if_preprocessing_differs
 
     out, _ = post_trained
     learned = Preprocessing.load(str(out))
@@ -74,7 +74,7 @@ def test_fine_tuning_with_other_cleaning_than_post_training_names_the_keys(post_
                           input_format="marker", max_seq_length=learned.max_seq_length)
     differences = preprocessing_differences(str(out), other)
     assert len(differences) == 2 and differences[0].startswith("cleanse:") and differences[1].startswith("input_format: pair")
-    with caplog.at_level("WARNING", logger="nikl_emotion.preprocessing"):
+    with caplog.at_level("WARNING", logger="nikl_emotion.text.preprocessing"):
         warn_if_preprocessing_differs(str(out), other)
     assert "cleanse" in caplog.text and "input_format" in caplog.text
 
@@ -119,9 +119,9 @@ def test_masked_positions_head_gives_the_models_own_mlm_loss_and_gradients(arch)
     import torch
     from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling
 
-    from nikl_emotion.backbone import offline_config, train_wordpiece_tokenizer
-    from nikl_emotion.data import load_jsonl
-    from nikl_emotion.post_training import use_masked_positions_head
+    from nikl_emotion.backends.backbone import offline_config, train_wordpiece_tokenizer
+    from nikl_emotion.text.data import load_jsonl
+    from nikl_emotion.training.post_training import use_masked_positions_head
 
     texts = load_jsonl(SAMPLE_TRAIN)["text"]
     tokenizer = train_wordpiece_tokenizer(texts, vocab_size=400)
@@ -153,8 +153,8 @@ def test_a_step_without_masked_tokens_leaves_the_weights_finite():
     import torch
     from transformers import ElectraForMaskedLM
 
-    from nikl_emotion.backbone import offline_config, train_wordpiece_tokenizer
-    from nikl_emotion.post_training import use_masked_positions_head
+    from nikl_emotion.backends.backbone import offline_config, train_wordpiece_tokenizer
+    from nikl_emotion.training.post_training import use_masked_positions_head
 
     tokenizer = train_wordpiece_tokenizer(["오늘 공연 너무 좋았다"] * 30, vocab_size=100)
     model = ElectraForMaskedLM(offline_config("offline:electra-tiny", tokenizer))

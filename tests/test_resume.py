@@ -8,8 +8,8 @@ import sys
 import time
 
 from conftest import ROOT, SAMPLE_TRAIN, run_cli
-from nikl_emotion.data import load_jsonl
-from nikl_emotion.fileio import read_probs
+from nikl_emotion.text.data import load_jsonl
+from nikl_emotion.base.fileio import read_probs
 
 ARGS = ["--num_folds", "2", "--num_train_epochs", "8", "--early_stopping_patience", "0"]
 

@@ -8,10 +8,10 @@ import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification, ElectraForPreTraining
 
 from conftest import ROOT, run_cli
-from nikl_emotion.backbone import offline_config, train_wordpiece_tokenizer
-from nikl_emotion import rtd
-from nikl_emotion.rtd import ReplacedTokenDetection, generator_config, sample_tokens
-from nikl_emotion.time_budget import SAFETY, plan_steps
+from nikl_emotion.backends.backbone import offline_config, train_wordpiece_tokenizer
+from nikl_emotion.training import rtd
+from nikl_emotion.training.rtd import ReplacedTokenDetection, generator_config, sample_tokens
+from nikl_emotion.training.time_budget import SAFETY, plan_steps
 
 
 @pytest.fixture(scope="module")

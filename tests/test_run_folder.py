@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from nikl_emotion.run_folder import (
+from nikl_emotion.folders.run_folder import (
     HP_SEARCH_FILES,
     PLOT_NAMES,
     FoldFolder,
@@ -60,8 +60,8 @@ def test_post_training_folder_owns_its_paths(tmp_path):
 
 
 def test_a_key_added_later_reads_as_its_neutral_value_in_an_older_run():
-    from nikl_emotion.config import ARGUMENT_CLASSES, field_defaults
-    from nikl_emotion.run_folder import config_difference
+    from nikl_emotion.base.config import ARGUMENT_CLASSES, field_defaults
+    from nikl_emotion.folders.run_folder import config_difference
 
     defaults = field_defaults(*ARGUMENT_CLASSES[:-1])
     old = {"model_name_or_path": "offline:electra-tiny", "max_seq_length": 200}  # written before the key existed
@@ -72,10 +72,10 @@ def test_a_key_added_later_reads_as_its_neutral_value_in_an_older_run():
 
 def test_every_settings_key_left_out_of_an_older_run_reads_as_its_default():
     """Defaults come from the dataclasses themselves, so a key added later needs no table kept by hand."""
-    from nikl_emotion.config import ARGUMENT_CLASSES, field_defaults
-    from nikl_emotion.distillation import DistillArguments
-    from nikl_emotion.post_training import MLMArguments
-    from nikl_emotion.run_folder import config_difference
+    from nikl_emotion.base.config import ARGUMENT_CLASSES, field_defaults
+    from nikl_emotion.training.distillation import DistillArguments
+    from nikl_emotion.training.post_training import MLMArguments
+    from nikl_emotion.folders.run_folder import config_difference
 
     defaults = field_defaults(*ARGUMENT_CLASSES[:-1], MLMArguments, DistillArguments)
     assert {"layerwise_lr_decay", "objective", "max_unknown_rate", "distill_gold_weight"} <= set(defaults)

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, SAMPLE_TEST, SAMPLE_TRAIN, run_cli
-from nikl_emotion.data import load_jsonl
-from nikl_emotion.errors import PipelineError
-from nikl_emotion.fileio import read_probs
-from nikl_emotion.labels import LABELS
-from nikl_emotion.stack_run import RunMember
-from nikl_emotion.stacking import apply_stacker, fit_stacker, stack_runs
+from nikl_emotion.text.data import load_jsonl
+from nikl_emotion.base.errors import PipelineError
+from nikl_emotion.base.fileio import read_probs
+from nikl_emotion.base.labels import LABELS
+from nikl_emotion.runs.stack_run import RunMember
+from nikl_emotion.decisions.stacking import apply_stacker, fit_stacker, stack_runs
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +37,8 @@ def test_stack_writes_a_submission_fitted_on_oof_only(tiny_run, ngram_two_folds,
 
 
 def test_the_stacks_rule_is_chosen_on_its_nested_oof_and_fixed_votes_at_the_threshold(tiny_run, ngram_two_folds, tmp_path):
-    from nikl_emotion.stacking import choose_stack_rule
-    from nikl_emotion.voting import DecisionRule
+    from nikl_emotion.decisions.stacking import choose_stack_rule
+    from nikl_emotion.decisions.voting import DecisionRule
 
     train = load_jsonl(SAMPLE_TRAIN)
     members = [RunMember.load(str(tiny_run), train["id"]), RunMember.load(str(ngram_two_folds), train["id"])]
@@ -120,7 +120,7 @@ def stack_into(command, folder, *runs):
 
 def test_a_stack_folder_serves_its_submission_and_new_files(tiny_run, ngram_two_folds, tmp_path, command):
     from nikl_emotion import EmotionClassifier
-    from nikl_emotion.folder_kind import folder_kind
+    from nikl_emotion.folders.folder_kind import folder_kind
 
     stack = tmp_path / "stack"
     code, log, _ = stack_into(command, stack, tiny_run, ngram_two_folds)
@@ -149,7 +149,7 @@ def test_a_stack_folder_serves_its_submission_and_new_files(tiny_run, ngram_two_
 def test_the_stack_applies_its_saved_weights_to_each_fold(tiny_run, ngram_two_folds, tmp_path, command):
     """Fold K of the stack = the logistic function of the members' fold-K logits under the saved weights (an
     independent formula), voted by the saved rule."""
-    from nikl_emotion.voting import DecisionRule
+    from nikl_emotion.decisions.voting import DecisionRule
 
     stack = tmp_path / "stack"
     assert stack_into(command, stack, tiny_run, ngram_two_folds)[0] == 0

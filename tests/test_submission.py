@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from nikl_emotion.fileio import write_submission
+from nikl_emotion.base.fileio import write_submission
 
 
 def test_submission_bytes(tmp_path):

@@ -12,18 +12,18 @@ from transformers import (
 )
 
 from conftest import SAMPLE_TRAIN
-from nikl_emotion.averaging import STATE_FILE, WeightAveraging
-from nikl_emotion.backbone import classification_config_kwargs, train_wordpiece_tokenizer
-from nikl_emotion.batching import PaddingCollator
-from nikl_emotion.cleaning import CleaningOptions
-from nikl_emotion.data import load_jsonl
-from nikl_emotion.errors import PipelineError
-from nikl_emotion.losses import build_loss
-from nikl_emotion.preprocessing import Preprocessing, clean, encode
-from nikl_emotion.techniques import (
+from nikl_emotion.backends.averaging import STATE_FILE, WeightAveraging
+from nikl_emotion.backends.backbone import classification_config_kwargs, train_wordpiece_tokenizer
+from nikl_emotion.text.batching import PaddingCollator
+from nikl_emotion.text.cleaning import CleaningOptions
+from nikl_emotion.text.data import load_jsonl
+from nikl_emotion.base.errors import PipelineError
+from nikl_emotion.backends.losses import build_loss
+from nikl_emotion.text.preprocessing import Preprocessing, clean, encode
+from nikl_emotion.backends.techniques import (
     Adversary, enable_multi_sample_dropout, layerwise_parameter_groups, parameter_depths, rdrop_divergence,
 )
-from nikl_emotion.emotion_trainer import TRAINER_COLUMNS, EmotionTrainer
+from nikl_emotion.backends.emotion_trainer import TRAINER_COLUMNS, EmotionTrainer
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 
@@ -373,7 +373,7 @@ def test_weight_averaging_needs_a_setting():
 
 def test_pseudo_labels_come_from_the_same_fold_of_the_finished_run(tiny_run, tmp_path):
     from conftest import ROOT, run_cli
-    from nikl_emotion.fileio import read_probs
+    from nikl_emotion.base.fileio import read_probs
 
     out = tmp_path / "student"
     run_cli("train.py", ROOT / "configs" / "quickstart.yaml", "--output_dir", out, "--num_folds", "2",
@@ -395,8 +395,8 @@ def test_pseudo_labels_come_from_the_same_fold_of_the_finished_run(tiny_run, tmp
                                              (["--num_folds", "3"], "has 2 folds, this run 3")])
 def test_pseudo_labels_from_other_folds_are_refused(tiny_run, tmp_path, change, message):
     from conftest import ROOT
-    from nikl_emotion.config_checks import parse_config
-    from nikl_emotion.training import run_training
+    from nikl_emotion.training.config_checks import parse_config
+    from nikl_emotion.training.kfold import run_training
 
     with pytest.raises(PipelineError) as caught:
         run_training(*parse_config([str(ROOT / "configs" / "quickstart.yaml"), "--output_dir", str(tmp_path / "s"),

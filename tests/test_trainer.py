@@ -6,13 +6,13 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification, TrainingArguments
 
 from conftest import SAMPLE_TRAIN
-from nikl_emotion.backbone import classification_config_kwargs, train_wordpiece_tokenizer
-from nikl_emotion.data import load_jsonl
-from nikl_emotion.losses import build_loss
-from nikl_emotion.preprocessing import Preprocessing, clean, encode
-from nikl_emotion.cleaning import CleaningOptions
-from nikl_emotion.batching import PaddingCollator
-from nikl_emotion.emotion_trainer import TRAINER_COLUMNS, EmotionTrainer
+from nikl_emotion.backends.backbone import classification_config_kwargs, train_wordpiece_tokenizer
+from nikl_emotion.text.data import load_jsonl
+from nikl_emotion.backends.losses import build_loss
+from nikl_emotion.text.preprocessing import Preprocessing, clean, encode
+from nikl_emotion.text.cleaning import CleaningOptions
+from nikl_emotion.text.batching import PaddingCollator
+from nikl_emotion.backends.emotion_trainer import TRAINER_COLUMNS, EmotionTrainer
 
 
 @pytest.fixture(scope="module")
@@ -102,8 +102,8 @@ def test_evaluation_after_an_asl_step_runs_without_gradients(setup, tmp_path):
 
 
 def test_auto_pos_weight_comes_from_the_training_split_only():
-    from nikl_emotion.config import LossArguments
-    from nikl_emotion.emotion_trainer import make_loss
+    from nikl_emotion.base.config import LossArguments
+    from nikl_emotion.backends.emotion_trainer import make_loss
 
     labels = np.zeros((10, 8))
     labels[:2, 0] = 1  # 2 positives, 8 negatives -> 4

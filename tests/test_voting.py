@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from conftest import LABELS, nikl_row, run_cli, write_jsonl
-from nikl_emotion.errors import PipelineError
-from nikl_emotion.fileio import write_probs
-from nikl_emotion.voting import DecisionRule, ensemble_files, hard_vote
+from nikl_emotion.base.errors import PipelineError
+from nikl_emotion.base.fileio import write_probs
+from nikl_emotion.decisions.voting import DecisionRule, ensemble_files, hard_vote
 
 
 def rows(*labels_per_row):
@@ -127,7 +127,7 @@ def test_align_by_id_reorders_and_still_refuses_other_ids(tmp_path):
 
 
 def test_duplicate_ids_in_a_probability_file_are_refused(tmp_path):
-    from nikl_emotion.errors import RowError
+    from nikl_emotion.base.errors import RowError
 
     path = tmp_path / "p.jsonl"
     write_probs(path, ["x", "y", "x"], np.full((3, 8), 0.1))

@@ -1,14 +1,14 @@
 """`evaluate` metric module for NIKL emotion analysis: micro-F1 over the N×8 binary label matrix.
 
 Loads offline from this folder: `evaluate.load("metrics/nikl_ea_f1")` (run from the project root, or with the
-project on PYTHONPATH). The computation is `nikl_emotion.metrics.score`, the same function `score.py` uses.
+project on PYTHONPATH). The computation is `nikl_emotion.decisions.metrics.score`, the same function `score.py` uses.
 """
 
 import datasets
 import evaluate
 
-from nikl_emotion.labels import LABELS
-from nikl_emotion.metrics import score
+from nikl_emotion.base.labels import LABELS
+from nikl_emotion.decisions.metrics import score
 
 _DESCRIPTION = "Official NIKL 2023 emotion-analysis metric: micro-F1 over 8 binary labels (also macro and per-label F1)."
 _KWARGS_DESCRIPTION = f"""

@@ -27,13 +27,13 @@ the member runs and the stacker's weights) that `inference.py --run STACK` serve
 the submission.
 """
 
-from nikl_emotion.cli import command_parser, add_decision_arguments, decision_options_given, decision_rule, quiet_libraries
-from nikl_emotion.decision import describe_choice
-from nikl_emotion.vocabulary import (
+from nikl_emotion.commands.cli import command_parser, add_decision_arguments, decision_options_given, decision_rule, quiet_libraries
+from nikl_emotion.decisions.decision import describe_choice
+from nikl_emotion.base.vocabulary import (
     DECISION_MODES, DEFAULT_DECISION_MODE, DEFAULT_STRATEGY, DEFAULT_VOTE_RULE, DEFAULT_VOTE_TIE, STACK_STRATEGY,
     STRATEGIES, VOTE_RULES, VOTE_TIES,
 )
-from nikl_emotion.errors import PipelineError
+from nikl_emotion.base.errors import PipelineError
 
 
 def main(argv: list[str]) -> int:
@@ -71,7 +71,7 @@ def main(argv: list[str]) -> int:
         parser.error("give --output FILE" + (" or --output_dir DIR (not both)" if args.runs else ""))
     if args.output_dir and args.probs:
         parser.error("--output_dir writes the stacked probabilities itself (DIR/test_probs.jsonl): drop --probs")
-    from nikl_emotion.run_folder import check_not_a_folders_own_file
+    from nikl_emotion.folders.run_folder import check_not_a_folders_own_file
 
     for option, path in (("--output", args.output), ("--probs", args.probs)):
         if path:
@@ -80,7 +80,7 @@ def main(argv: list[str]) -> int:
         return stack(args)
     if args.decision and decision_options_given(args):
         parser.error(f"--decision replaces {', '.join(decision_options_given(args))}: give one or the other")
-    from nikl_emotion.voting import DecisionRule, ensemble_files
+    from nikl_emotion.decisions.voting import DecisionRule, ensemble_files
 
     rule = DecisionRule.load(args.decision) if args.decision else decision_rule(args)
     quiet_libraries()
@@ -90,7 +90,7 @@ def main(argv: list[str]) -> int:
 
 
 def stack(args) -> int:
-    from nikl_emotion.stack_run import stack_files
+    from nikl_emotion.runs.stack_run import stack_files
 
     args.strategy = DEFAULT_STRATEGY  # the folds' stacked probabilities are decided at --threshold(s) and voted
     rule = decision_rule(args)

@@ -4,7 +4,7 @@ python export.py --checkpoint OUT/fold_0/best --output OUT/fold_0/onnx [--int8]
 then: python inference.py --checkpoint OUT/fold_0/onnx --input test.jsonl --output submission.jsonl
 """
 
-from nikl_emotion.cli import command_parser, quiet_libraries
+from nikl_emotion.commands.cli import command_parser, quiet_libraries
 
 
 def main(argv: list[str]) -> int:
@@ -14,7 +14,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--int8", action="store_true", help="dynamically quantize the linear layers to int8")
     args = parser.parse_args(argv)
     quiet_libraries()
-    from nikl_emotion.export import export_checkpoint
+    from nikl_emotion.backends.export import export_checkpoint
 
     info = export_checkpoint(args.checkpoint, args.output, args.int8)
     print(f"exported {args.checkpoint} to {args.output} ({'int8' if info['int8'] else 'fp32'}, opset {info['opset']})")

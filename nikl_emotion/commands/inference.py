@@ -5,8 +5,8 @@ python inference.py --run OUT --input test.jsonl --output submission.jsonl   (a 
 python inference.py --run STACK --input test.jsonl --output submission.jsonl (an ensemble.py stack folder)
 """
 
-from nikl_emotion.cli import command_parser, add_decision_arguments, decision_options_given, decision_rule, quiet_libraries
-from nikl_emotion.vocabulary import DEFAULT_STRATEGY, STRATEGIES
+from nikl_emotion.commands.cli import command_parser, add_decision_arguments, decision_options_given, decision_rule, quiet_libraries
+from nikl_emotion.base.vocabulary import DEFAULT_STRATEGY, STRATEGIES
 
 
 def main(argv: list[str]) -> int:
@@ -28,8 +28,8 @@ def main(argv: list[str]) -> int:
         parser.error("--run takes the run's own decision rule: drop --strategy, --threshold(s) and --no_fallback")
     rule = None if args.run else decision_rule(args)
     quiet_libraries()
-    from nikl_emotion.prediction import predict_file, predict_run_file
-    from nikl_emotion.run_folder import check_not_a_folders_own_file
+    from nikl_emotion.runs.prediction import predict_file, predict_run_file
+    from nikl_emotion.folders.run_folder import check_not_a_folders_own_file
 
     for option, path in (("--output", args.output), ("--probs", args.probs)):
         if path:

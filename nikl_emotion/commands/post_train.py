@@ -2,12 +2,12 @@
 [--output_dir DIR] [--max_steps N] [--key value ...]` (or under `accelerate launch`). DIR is then a model path for
 train.py."""
 
-from nikl_emotion.cli import quiet_libraries
+from nikl_emotion.commands.cli import quiet_libraries
 
 
 def main(argv: list[str]) -> int:
     quiet_libraries()
-    from nikl_emotion.post_training import parse_post_train_config, run_post_training
+    from nikl_emotion.training.post_training import parse_post_train_config, run_post_training
 
     run_post_training(*parse_post_train_config(argv))
     return 0

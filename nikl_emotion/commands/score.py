@@ -5,7 +5,7 @@ python score.py GOLD.jsonl PRED.jsonl [--per-label] [--json]
 
 import json
 
-from nikl_emotion.cli import command_parser, quiet_libraries
+from nikl_emotion.commands.cli import command_parser, quiet_libraries
 
 
 def main(argv: list[str]) -> int:
@@ -16,8 +16,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--json", action="store_true", help="print the full result as one JSON line (last line)")
     args = parser.parse_args(argv)
     quiet_libraries()
-    from nikl_emotion.labels import LABELS
-    from nikl_emotion.metrics import score_files
+    from nikl_emotion.base.labels import LABELS
+    from nikl_emotion.decisions.metrics import score_files
 
     result = score_files(args.gold, args.pred)
     print(f"rows {result['num_rows']}  micro_f1 {result['micro_f1']:.4f}  macro_f1 {result['macro_f1']:.4f}")

@@ -1,0 +1,270 @@
+"""Backbones: any `AutoModelForSequenceClassification` checkpoint, or one built offline from the task text.
+
+`model_name_or_path` is a hub name, a local checkpoint folder, or `offline:<arch>-<size>` (e.g.
+`offline:bert-tiny`, `offline:electra-small`): a WordPiece tokenizer trained on the training texts and a
+randomly initialised small BERT/ELECTRA, saved with `save_pretrained` so everything downstream loads it like any
+hub model. It exists so the whole pipeline runs with no internet; its scores are not a pretrained encoder's.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+
+import yaml
+
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BertConfig,
+    ElectraConfig,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
+
+from nikl_emotion.text.encoding import MARKER_TOKENS, add_marker_tokens, hangul_fix, model_input_names, splits_hangul
+from nikl_emotion.base.errors import PipelineError
+from nikl_emotion.base.vocabulary import OFFLINE_ARCHS, OFFLINE_PREFIX
+from nikl_emotion.base.labels import ID2LABEL, LABEL2ID, NUM_LABELS
+from nikl_emotion.base.checkpoint_files import POST_TRAIN_FILE
+from nikl_emotion.folders.run_folder import CONFIG_FILE
+
+logger = logging.getLogger(__name__)
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+OFFLINE_SIZES: dict[str, dict[str, int]] = {
+    "tiny": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128},
+    "mini": {"hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 2, "intermediate_size": 512},
+    "small": {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 1024},
+}
+
+
+def is_post_training_folder(path: str) -> bool:
+    """Whether `path` is (or was started as) a post_train.py output folder: its resolved config has MLM keys."""
+    config_path = os.path.join(path, CONFIG_FILE)
+    if not os.path.isfile(config_path):
+        return False
+    try:
+        with open(config_path, encoding="utf-8") as handle:
+            config = yaml.safe_load(handle)
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(config, dict) and "mlm_probability" in config
+
+
+def check_model_folder(path: str) -> None:
+    """A local `model_name_or_path` must be a finished model folder. A post-training run stopped before its end
+    (no `post_train.json`, written last) holds checkpoints and a tokenizer but no usable model, and would fail
+    later with an unrelated loading error. Hub names (no such folder) pass."""
+    if not os.path.isdir(path):
+        return
+    if is_post_training_folder(path) and not os.path.isfile(os.path.join(path, POST_TRAIN_FILE)):
+        raise PipelineError(
+            f"model_name_or_path: {path} is an unfinished post-training run (no {POST_TRAIN_FILE}, which is written "
+            "last): run post_train.py with its config again to finish it (it resumes), then fine-tune from it"
+        )
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        hint = " (a train.py run folder? its checkpoints are OUT/fold_K/best)" if os.path.isfile(os.path.join(path, CONFIG_FILE)) else ""
+        raise PipelineError(f"model_name_or_path: {path} has no config.json: not a Hugging Face model folder{hint}")
+
+
+def parse_offline_spec(model_name_or_path: str) -> tuple[str, str]:
+    """`offline:bert-tiny` -> ("bert", "tiny"); a clear error for anything else."""
+    spec = model_name_or_path[len(OFFLINE_PREFIX) :]
+    arch, _, size = spec.partition("-")
+    if arch not in OFFLINE_ARCHS or size not in OFFLINE_SIZES:
+        choices = ", ".join(f"{OFFLINE_PREFIX}{a}-{s}" for a in OFFLINE_ARCHS for s in OFFLINE_SIZES)
+        raise ValueError(f"unknown offline backbone {model_name_or_path!r}; choose one of {choices}")
+    return arch, size
+
+
+def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int = 8000, max_length: int = 512) -> PreTrainedTokenizerFast:
+    """A BERT-style WordPiece tokenizer trained on `texts`, safe for Hangul.
+
+    No lower-casing and no accent stripping: both go through NFD, which splits Hangul syllables into jamo.
+    """
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
+    tokenizer.normalizer = normalizers.Sequence(
+        [normalizers.NFC(), normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=False, lowercase=False)]
+    )
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size, min_frequency=2, special_tokens=SPECIAL_TOKENS + list(MARKER_TOKENS), show_progress=False
+    )
+    texts = list(texts)
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    cover_alphabet(tokenizer, texts)
+    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        additional_special_tokens=list(MARKER_TOKENS),
+        model_max_length=max_length,
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
+    )
+
+
+def cover_alphabet(tokenizer: Tokenizer, texts: list[str]) -> int:
+    """Give every character of `texts` a token, alone and as a word piece (`##c`): WordPiece turns a whole word into
+    [UNK] when one of its characters has no piece, and the trainer leaves out rare characters' pieces. Returns how
+    many tokens were added."""
+    characters = {char for text in texts for char in tokenizer.normalizer.normalize_str(text) if not char.isspace()}
+    vocab = tokenizer.get_vocab(with_added_tokens=False)
+    missing = sorted({piece for char in characters for piece in (char, f"##{char}")} - set(vocab))
+    if not missing:
+        return 0
+    start = max(vocab.values()) + 1
+    vocab.update({piece: start + i for i, piece in enumerate(missing)})
+    tokenizer.model = models.WordPiece(vocab=vocab, unk_token="[UNK]", max_input_chars_per_word=100)
+    return len(missing)
+
+
+def offline_config(model_name_or_path: str, tokenizer: PreTrainedTokenizerBase):
+    """The BERT/ELECTRA config of an offline backbone (`offline:electra-tiny`, ...) sized for `tokenizer`."""
+    arch, size = parse_offline_spec(model_name_or_path)
+    config_cls = BertConfig if arch == "bert" else ElectraConfig
+    dims = dict(OFFLINE_SIZES[size])
+    if arch == "electra":
+        dims["embedding_size"] = dims["hidden_size"]
+    return config_cls(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=tokenizer.model_max_length,
+        pad_token_id=tokenizer.pad_token_id,
+        **dims,
+        **classification_config_kwargs(),
+    )
+
+
+def build_offline_backbone(
+    texts: Iterable[str], output_dir: str, model_name_or_path: str, vocab_size: int = 8000, seed: int = 42
+) -> str:
+    """Train the tokenizer, create the small encoder, save both to `output_dir`; returns `output_dir`."""
+    import torch  # deferred: only needed here and at model load
+
+    tokenizer = train_wordpiece_tokenizer(texts, vocab_size=vocab_size)
+    config = offline_config(model_name_or_path, tokenizer)
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_config(config)
+    os.makedirs(output_dir, exist_ok=True)
+    model.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    return output_dir
+
+
+def classification_config_kwargs() -> dict:
+    return {
+        "num_labels": NUM_LABELS,
+        "id2label": dict(ID2LABEL),
+        "label2id": dict(LABEL2ID),
+        "problem_type": "multi_label_classification",
+    }
+
+
+def load_tokenizer(model_name_or_path: str, with_markers: bool = False, fix_hangul: bool = True) -> PreTrainedTokenizerBase:
+    """The checkpoint's tokenizer, fitted to its model (the config beside it) and to Korean text: no segment ids for a model without an embedding for them, and (`fix_hangul`, for a backbone about
+    to be trained) Hangul kept as syllables where the vocabulary spells it so (see `tokenizer_settings`). The
+    settings are load-time arguments, so `save_pretrained` writes them into every checkpoint and `pipeline()` loads
+    the same tokenizer. A fine-tuned checkpoint is loaded with `fix_hangul=False`: it must see text as it was
+    trained on it."""
+    tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
+    settings = tokenizer_settings(tokenizer, model_config(model_name_or_path), fix_hangul)
+    if settings:
+        tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, **settings)
+        _log_settings(model_name_or_path, settings, tokenizer)
+    if with_markers:
+        add_marker_tokens(tokenizer)
+    return tokenizer
+
+
+def model_config(model_name_or_path: str) -> PretrainedConfig | None:
+    """The model config beside a tokenizer; None for a folder that holds a tokenizer only (an offline
+    post-training run saves its tokenizer first and its model at the end)."""
+    try:
+        return AutoConfig.from_pretrained(model_name_or_path)
+    except (OSError, ValueError):
+        return None
+
+
+def tokenizer_settings(
+    tokenizer: PreTrainedTokenizerBase, config: PretrainedConfig | None, fix_hangul: bool = True
+) -> dict:
+    """Load-time tokenizer arguments that make `tokenizer` fit its model and Korean text ({} for most)."""
+    settings: dict = dict(hangul_fix(tokenizer)) if fix_hangul else {}
+    names = None if config is None else model_input_names(tokenizer, config)
+    if names is not None:
+        settings["model_input_names"] = names
+    return settings
+
+
+# models whose position ids start after the padding index (RoBERTa's scheme): pad_token_id + 1 positions unusable
+POSITION_OFFSET_MODEL_TYPES = frozenset({"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text"})
+
+
+def max_model_tokens(config: PretrainedConfig, tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """The longest encoding the model can embed (KcBERT: 300, klue/roberta and XLM-R: 512), from its position
+    embeddings and the tokenizer's `model_max_length` where that is a real limit; None when neither says."""
+    limits = []
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions:
+        offset = (config.pad_token_id or 0) + 1 if config.model_type in POSITION_OFFSET_MODEL_TYPES else 0
+        limits.append(positions - offset)
+    if tokenizer.model_max_length and tokenizer.model_max_length < 1_000_000:  # unset: a huge sentinel
+        limits.append(int(tokenizer.model_max_length))
+    return min(limits) if limits else None
+
+
+def check_max_seq_length(max_seq_length: int, model_name_or_path: str, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Refuse a `max_seq_length` beyond the model's positions before training (it would crash in the first long
+    batch)."""
+    limit = max_model_tokens(AutoConfig.from_pretrained(model_name_or_path), tokenizer)
+    if limit is not None and max_seq_length > limit:
+        raise PipelineError(f"max_seq_length: {max_seq_length} is more than the {limit} tokens {model_name_or_path} "
+                            f"can embed; set max_seq_length to {limit} or less")
+
+
+_LOGGED: set[tuple[str, str]] = set()
+
+
+def _log_settings(model_name_or_path: str, settings: dict, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Say once per process what was changed (a K-fold run loads the same tokenizer once per fold)."""
+    messages = []
+    if "model_input_names" in settings:
+        messages.append(("info", f"{model_name_or_path}: the model has one token type embedding; token_type_ids are "
+                                 "not passed to it (the tokenizer would mark the second segment with 1)"))
+    fix = {key: value for key, value in settings.items() if key != "model_input_names"}
+    if fix and splits_hangul(tokenizer):
+        messages.append(("warning", f"{model_name_or_path}: its tokenizer splits Hangul syllables into jamo (NFD) and "
+                                    f"loading it with {fix} did not stop that; expect many unknown tokens"))
+    elif fix:
+        messages.append(("warning", f"{model_name_or_path}: its tokenizer_config leaves lower-casing/accent stripping "
+                                    "on, which splits Hangul syllables into jamo (NFD) that its vocabulary does not "
+                                    f"hold, so nearly every Korean word would be unknown; loaded with {fix} instead "
+                                    "(saved with every checkpoint)"))
+    for level, message in messages:
+        if (model_name_or_path, message) not in _LOGGED:
+            _LOGGED.add((model_name_or_path, message))
+            getattr(logger, level)(message)
+
+
+def load_model(model_name_or_path: str, tokenizer: PreTrainedTokenizerBase | None = None) -> PreTrainedModel:
+    """Load a classifier with the task's 8 labels; grows the embeddings if the tokenizer gained marker tokens."""
+    config = AutoConfig.from_pretrained(model_name_or_path, **classification_config_kwargs())
+    model = AutoModelForSequenceClassification.from_pretrained(model_name_or_path, config=config)
+    if tokenizer is not None and len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    return model

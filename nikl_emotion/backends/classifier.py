@@ -1,0 +1,242 @@
+"""`CheckpointClassifier`: a fine-tuned checkpoint (`best/`) or its ONNX export behind one interface. Users reach it
+as `nikl_emotion.EmotionClassifier` (run_classifier.py), which also opens finished runs and stacks:
+
+    from nikl_emotion import EmotionClassifier
+    classifier = EmotionClassifier.from_pretrained("out/fold_0/best")      # or an export.py folder
+    probs = classifier.predict_proba("test.jsonl")                          # (rows, 8), file order
+    labels = classifier.predict(["정말 최고였다"], threshold=0.5)            # bool (rows, 8)
+
+A classifier owns what prediction needs besides the weights: the tokenizer exactly as trained, the checkpoint's
+preprocessing settings (cleaning, input format, max length) and the label check. Its backend turns one padded batch
+into logits: `TorchBackend` (a PyTorch model on a device, no autograd) or `OnnxBackend` (onnxruntime on CPU); the
+n-gram member's `NgramBackend` reads the cleaned text instead.
+Rows are predicted in batches sorted by length (little padding) and returned in their own order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+import torch
+from datasets import Dataset
+from tqdm.auto import tqdm
+from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
+
+from nikl_emotion.backends.backbone import load_tokenizer
+from nikl_emotion.text.batching import MODEL_INPUTS, length_order, pad_table
+from nikl_emotion.text.data import Rows, as_rows
+from nikl_emotion.base.errors import PipelineError
+from nikl_emotion.folders.folder_kind import folder_kind
+from nikl_emotion.base.checkpoint_files import EXPORT_FILE, ONNX_FILE, TOKENIZER_FILES
+from nikl_emotion.base.labels import ID2LABEL, NUM_LABELS
+from nikl_emotion.decisions.metrics import decide, sigmoid
+from nikl_emotion.backends.ngram import NgramBackend, NgramClassifier, is_ngram_folder
+from nikl_emotion.text.preprocessing import Preprocessing, clean, encode
+
+logger = logging.getLogger(__name__)
+
+
+
+class Backend(Protocol):
+    """One padded batch (name -> int64 tensor) to logits (rows, labels)."""
+
+    input_names: list[str]
+    pad_to_multiple_of: int | None
+
+    def __call__(self, batch: dict[str, torch.Tensor]) -> np.ndarray: ...
+
+
+class TorchBackend:
+    """A PyTorch sequence classifier on `device`, run under `inference_mode` in eval mode."""
+
+    def __init__(self, model: PreTrainedModel, input_names: Sequence[str], device: torch.device | str | None = None):
+        self.model = model
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.input_names = [name for name in MODEL_INPUTS if name in input_names]
+        self.pad_to_multiple_of = 8 if self.device.type == "cuda" else None  # tensor-core friendly shapes on GPU
+        if next(model.parameters()).device != self.device:
+            model.to(self.device)
+
+    def __call__(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                inputs = {name: batch[name].to(self.device) for name in self.input_names}
+                return self.model(**inputs).logits.float().cpu().numpy()
+        finally:
+            self.model.train(was_training)
+
+
+class OnnxBackend:
+    """An export folder's `model.onnx` with onnxruntime on CPU."""
+
+    pad_to_multiple_of = None
+
+    def __init__(self, folder: str, threads: int | None = None):
+        ort = require("onnxruntime")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(os.path.join(folder, ONNX_FILE), options, providers=["CPUExecutionProvider"])
+        self.input_names = [node.name for node in self.session.get_inputs()]
+
+    def __call__(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
+        return self.session.run(["logits"], {name: batch[name].numpy() for name in self.input_names})[0]
+
+
+class CheckpointClassifier:
+    """Tokenizer + preprocessing settings + a backend; see the module docstring."""
+
+    def __init__(self, backend: Backend, tokenizer: PreTrainedTokenizerBase, preprocessing: Preprocessing, source: str | None = None):
+        self.backend = backend
+        self.tokenizer = tokenizer
+        self.preprocessing = preprocessing
+        self.source = source
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike, *, device: torch.device | str | None = None,
+                        threads: int | None = None) -> "CheckpointClassifier":
+        """A `best/` folder written by train.py (PyTorch, on `device`, default the GPU when there is one) or an
+        export.py folder (ONNX Runtime on CPU, `threads` intra-op threads). Refuses folders with other labels, no
+        tokenizer files or damaged weights, naming the folder. (`nikl_emotion.EmotionClassifier.from_pretrained` also
+        opens a finished run or a stack folder.)"""
+        folder = os.fspath(folder)
+        if not os.path.isdir(folder):
+            raise PipelineError(f"{folder}: checkpoint folder not found")
+        preprocessing = Preprocessing.load(folder)
+        if is_ngram_folder(folder):  # the n-gram member (ngram:tfidf): reads cleaned text, no tokenizer
+            return cls(NgramBackend(NgramClassifier.load(folder)), None, preprocessing, source=folder)
+        if folder_kind(folder) == "post-training":
+            refuse_untrained_head(folder, "a post_train.py model folder")
+        check_tokenizer_files(folder)
+        onnx = is_onnx_export(folder)
+        kind = "export" if onnx else "checkpoint"
+        try:
+            tokenizer = load_tokenizer(folder, fix_hangul=False)  # exactly as in training
+            if onnx:
+                with open(os.path.join(folder, EXPORT_FILE), encoding="utf-8") as handle:
+                    json.load(handle)  # present and readable: the folder was written whole
+                config, backend = AutoConfig.from_pretrained(folder), OnnxBackend(folder, threads)
+            else:
+                model, loading = AutoModelForSequenceClassification.from_pretrained(folder, output_loading_info=True)
+                if loading["missing_keys"]:
+                    missing = sorted(loading["missing_keys"])
+                    refuse_untrained_head(folder, f"{len(missing)} classifier weights missing, e.g. {missing[0]}")
+                config, backend = model.config, TorchBackend(model, tokenizer.model_input_names, device or default_device())
+        except PipelineError:
+            raise
+        except Exception as exc:  # a damaged folder: bad config.json, truncated weights or graph, unreadable tokenizer
+            raise PipelineError(f"{folder}: cannot load the {kind} ({type(exc).__name__}: {first_line(exc)})") from None
+        labels = {int(k): v for k, v in config.id2label.items()}
+        if labels != ID2LABEL:
+            raise PipelineError(f"{folder}: the {kind}'s labels {labels} differ from this pipeline's {ID2LABEL}")
+        return cls(backend, tokenizer, preprocessing, source=folder)
+
+    @classmethod
+    def from_model(cls, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, preprocessing: Preprocessing,
+                   device: torch.device | str | None = None) -> "CheckpointClassifier":
+        """A classifier over a model in memory (e.g. the one a fold has just trained), on its own device."""
+        return cls(TorchBackend(model, tokenizer.model_input_names, device), tokenizer, preprocessing)
+
+    @property
+    def model(self) -> PreTrainedModel | None:
+        """The PyTorch model (None for an ONNX export)."""
+        return getattr(self.backend, "model", None)
+
+    @property
+    def is_onnx(self) -> bool:
+        return isinstance(self.backend, OnnxBackend)
+
+    @property
+    def reads_text(self) -> bool:
+        """Whether the backend takes cleaned text (the n-gram member) rather than token batches."""
+        return getattr(self.backend, "reads_text", False)
+
+    def encode(self, rows: Rows, on_unknown: str = "warn") -> Dataset:
+        """Rows cleaned and tokenized as in training: `encode(clean(rows))` with this checkpoint's settings."""
+        if self.reads_text:
+            raise PipelineError(f"{self.source}: an n-gram model reads text, not tokens: use predict_proba")
+        return encode(clean(as_rows(rows), self.preprocessing), self.tokenizer, self.preprocessing, on_unknown=on_unknown)
+
+    def predict_proba(self, rows: Rows, *, batch_size: int = 128, progress: bool = False) -> np.ndarray:
+        """Sigmoid probabilities (rows, 8) in the rows' order, labels in `LABELS` order.
+
+        `rows`: a NIKL jsonl path, a dataset from `data.load_jsonl`, task rows as dicts (`{"id", "input": {"form",
+        "target"}}`; one dict is one row) or plain texts (no target)."""
+        if self.reads_text:
+            return self.backend.predict_rows(clean(as_rows(rows), self.preprocessing))
+        return self.predict_encoded(self.encode(rows), batch_size=batch_size, progress=progress)
+
+    def predict(self, rows: Rows, *, threshold: float | Sequence[float] = 0.5, fallback: bool = True,
+                batch_size: int = 128) -> np.ndarray:
+        """Decisions (rows, 8): probability >= threshold (one or one per label); with `fallback`, a row with no label
+        gets its most probable one (every gold row has at least one)."""
+        return decide(self.predict_proba(rows, batch_size=batch_size), np.asarray(threshold, dtype=np.float64), fallback)
+
+    def predict_encoded(self, encoded: Dataset, *, batch_size: int = 128, progress: bool = False) -> np.ndarray:
+        """Probabilities of already encoded rows (`encode`'s output, with its `length` column), in their order."""
+        return sigmoid(self.predict_logits(encoded, batch_size=batch_size, progress=progress))
+
+    def predict_logits(self, encoded: Dataset, *, batch_size: int = 128, progress: bool = False, part: int = 0,
+                       parts: int = 1) -> np.ndarray:
+        """Logits (rows, 8) of encoded rows, in their order.
+
+        Batches are cut from the rows sorted by length, longest first (little padding; an out-of-memory shows at
+        once), padded with numpy from Arrow. With `parts` > 1 only every `parts`-th batch from `part` is run and the
+        other rows stay 0, so processes that each run one part and sum the arrays get every row exactly once."""
+        if batch_size < 1:
+            raise PipelineError(f"batch size must be at least 1, got {batch_size}")
+        columns = [name for name in self.backend.input_names if name in encoded.column_names]
+        missing = [name for name in self.backend.input_names if name not in columns]
+        if missing:
+            raise PipelineError(f"the encoded rows lack the model inputs {', '.join(missing)}")
+        order = length_order(encoded)
+        arrow_rows = encoded.select_columns(columns).with_format("arrow")  # one Arrow `take` per batch
+        logits = np.zeros((len(encoded), NUM_LABELS), dtype=np.float32)
+        starts = range(part * batch_size, len(order), parts * batch_size)
+        for start in tqdm(starts, desc="predicting", unit="batch", disable=not progress, leave=False):
+            index = order[start : start + batch_size]
+            batch = pad_table(arrow_rows[index.tolist()], columns, self.tokenizer.pad_token_id, self.backend.pad_to_multiple_of)
+            logits[index] = self.backend(batch)
+        return logits
+
+
+def refuse_untrained_head(folder: str, what: str) -> None:
+    """A folder without trained classifier weights (a post_train.py encoder, a hub backbone) would predict with a
+    randomly initialised head: refuse it, saying what to do."""
+    raise PipelineError(f"{folder}: {what}: an encoder to fine-tune, not a trained classifier; train one first: "
+                        f"python train.py CONFIG --model_name_or_path {folder}")
+
+
+def is_onnx_export(folder: str) -> bool:
+    return os.path.isfile(os.path.join(folder, ONNX_FILE))
+
+
+def require(module: str):
+    """Import an optional dependency of ONNX export and inference, with the install line when it is missing."""
+    try:
+        return __import__(module)
+    except ImportError:
+        raise PipelineError(f"ONNX export and inference need {module}: pip install onnx onnxruntime") from None
+
+
+def check_tokenizer_files(path: str) -> None:
+    """Without its tokenizer files a folder still "loads" a tokenizer of special tokens only, and every word of
+    every row becomes the unknown token: refuse it instead."""
+    if not any(os.path.isfile(os.path.join(path, name)) for name in TOKENIZER_FILES):
+        raise PipelineError(f"{path}: no tokenizer files (one of {', '.join(TOKENIZER_FILES)}); copy the tokenizer "
+                            "that was saved with the checkpoint into the folder")
+
+
+def first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0][:300]
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -1,0 +1,236 @@
+"""The encoder backend: a Hugging Face encoder (hub, local folder or an offline backbone built here) fine-tuned per
+fold with `EmotionTrainer`. `prepare` builds or finds the backbone and tokenizes the run's rows; `train_fold`
+trains one fold (resuming an interrupted one), predicts its rows with the same `EmotionClassifier` inference uses,
+and saves `best/` (weights, tokenizer, preprocessing.json, model card) whole or not at all."""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import gc
+import hashlib
+import os
+import shutil
+
+import numpy as np
+import torch
+from accelerate import PartialState
+from datasets import Dataset
+from transformers import TrainingArguments, set_seed
+
+from nikl_emotion.backends.averaging import STATE_FILE as AVERAGING_FILE, WeightAveraging
+from nikl_emotion.backends.backbone import (
+    build_offline_backbone, check_max_seq_length, check_model_folder, load_model, load_tokenizer, parse_offline_spec,
+)
+from nikl_emotion.base.config import KFoldArguments, LossArguments, ModelArguments, TechniqueArguments
+from nikl_emotion.decisions.decision import fixed_rule
+from nikl_emotion.backends.divergence import DivergenceGuard, TrainingDiverged, check_finite_probabilities, likely_cause
+from nikl_emotion.backends.emotion_trainer import EmotionTrainer, fold_trainer_inputs, keep_tensorboard_logs, predict_in_order
+from nikl_emotion.base.errors import PipelineError
+from nikl_emotion.base.fileio import write_json_atomic
+from nikl_emotion.backends.fold_backend import FoldData, PreparedRun, pseudo_label_rows, write_fold_outputs
+from nikl_emotion.decisions.metrics import score
+from nikl_emotion.backends.model_card import write_model_card
+from nikl_emotion.text.preprocessing import PREPROCESSING_FILE, Preprocessing, encode, warn_if_preprocessing_differs
+from nikl_emotion.folders.run_folder import FoldFolder, RunFolder, last_complete_checkpoint, read_mapping
+from nikl_emotion.backends.techniques import enable_multi_sample_dropout
+from nikl_emotion.base.vocabulary import is_offline
+
+
+class EncoderBackend:
+    """Every `model_name_or_path` that is not another backend's: a hub name, a local model folder, offline:..."""
+
+    name = "encoder"
+    trains_an_encoder = True
+    multi_process = True
+
+    def matches(self, model_name_or_path: str) -> bool:
+        return True
+
+    def check_spec(self, model_name_or_path: str) -> None:
+        if is_offline(model_name_or_path):
+            try:
+                parse_offline_spec(model_name_or_path)
+            except ValueError as exc:
+                raise PipelineError(f"model_name_or_path: {exc}") from None
+        else:
+            check_model_folder(model_name_or_path)
+
+    def pretokenizer_of(self, model_name_or_path: str) -> str | None:
+        """An offline backbone's tokenizer is trained here with the run's pre-tokenizer; a folder post-trained here
+        says which it learned; a hub tokenizer never learned segmented text."""
+        if is_offline(model_name_or_path):
+            return None
+        if os.path.isfile(os.path.join(model_name_or_path, PREPROCESSING_FILE)):
+            return Preprocessing.load(model_name_or_path).pretokenizer
+        return "none"
+
+    def prepare(self, model_args: ModelArguments, preprocessing: Preprocessing, training_args: TrainingArguments,
+                cleaned: Dataset, cleaned_test: Dataset | None, other_texts: list[str] | tuple = ()) -> PreparedRun:
+        backbone, tokenizer, encoded, encoded_test = backbone_and_encodings(model_args, preprocessing, training_args,
+                                                                            cleaned, cleaned_test, other_texts)
+        return PreparedRun(backbone, tokenizer, encoded, encoded_test,
+                           lambda rows: encode(rows, tokenizer, preprocessing, max_unknown_rate=model_args.max_unknown_rate))
+
+    def train_fold(self, data: FoldData, kfold_args: KFoldArguments, loss_args: LossArguments,
+                   training_args: TrainingArguments, technique_args: TechniqueArguments | None = None,
+                   folder: FoldFolder | None = None) -> dict:
+        return train_fold(data, kfold_args, loss_args, training_args, technique_args, folder)
+
+
+def load_classifier(backbone: str, tokenizer, technique_args: TechniqueArguments | None = None):
+    """A fresh classifier from the backbone, with the techniques that change its forward pass (multi-sample dropout)."""
+    model = load_model(backbone, tokenizer)
+    if technique_args is not None:
+        enable_multi_sample_dropout(model, technique_args.multi_sample_dropout)
+    return model
+
+
+def backbone_and_encodings(
+    model_args: ModelArguments, preprocessing: Preprocessing, training_args: TrainingArguments, cleaned: Dataset,
+    cleaned_test: Dataset | None = None, other_texts: list[str] | tuple = (),
+):
+    """(backbone path, tokenizer, encoded rows, encoded test rows or None); the main process fills the cache first.
+    An offline backbone's tokenizer learns the training, test and `other_texts` (what else the run encodes)."""
+    train_texts = list(cleaned["text"])
+    texts = train_texts + (list(cleaned_test["text"]) if cleaned_test is not None else []) + list(other_texts)
+    backbone = prepare_backbone(model_args, texts, training_args.output_dir, training_args.seed, len(train_texts))
+    if training_args.process_index == 0:
+        warn_if_preprocessing_differs(backbone, preprocessing)
+    with training_args.main_process_first(desc="tokenizing"):
+        tokenizer = load_tokenizer(backbone, with_markers=preprocessing.input_format == "marker")
+        check_max_seq_length(preprocessing.max_seq_length, backbone, tokenizer)
+        limit = model_args.max_unknown_rate
+        encoded = encode(cleaned, tokenizer, preprocessing, max_unknown_rate=limit)
+        encoded_test = encode(cleaned_test, tokenizer, preprocessing, max_unknown_rate=limit) if cleaned_test is not None else None
+    return backbone, tokenizer, encoded, encoded_test
+
+
+def prepare_backbone(model_args: ModelArguments, texts: list[str], output_dir: str, seed: int,
+                     train_text_count: int | None = None) -> str:
+    """The path to load the backbone from. An offline backbone is built once per run, its tokenizer from every text
+    the run will encode (training, test and other files' texts; labels unused), each character given a token. A
+    backbone built before test texts were included (its spec digests the first `train_text_count` texts only, the
+    training texts) is kept, so an older run resumes with the vocabulary its folds were trained with."""
+    if not is_offline(model_args.model_name_or_path):
+        return model_args.model_name_or_path
+    path = RunFolder(output_dir).backbone
+
+    def spec_of(some_texts: list[str], **more) -> dict:
+        digest = hashlib.sha256("\n".join(some_texts).encode("utf-8")).hexdigest()  # other data -> other vocabulary
+        return {"model_name_or_path": model_args.model_name_or_path, "vocab_size": model_args.offline_vocab_size,
+                "seed": seed, "texts_sha256": digest, **more}
+
+    spec = spec_of(texts, alphabet="complete")
+    marker = RunFolder(output_dir).backbone_spec
+    state = PartialState()
+    with state.main_process_first():
+        existing = read_mapping(marker)
+        legacy = spec_of(texts[:train_text_count]) if train_text_count is not None else None
+        if existing not in (spec, legacy) and state.is_main_process:
+            shutil.rmtree(path, ignore_errors=True)
+            build_offline_backbone(texts, path, model_args.model_name_or_path, model_args.offline_vocab_size, seed)
+            write_json_atomic(marker, spec)
+    return path
+
+
+def train_fold(data: FoldData, kfold_args: KFoldArguments, loss_args: LossArguments, training_args: TrainingArguments,
+               technique_args: TechniqueArguments | None = None, folder: FoldFolder | None = None) -> dict:
+    """Train one fold (resuming an interrupted one), predict its validation and test rows in order, and write its
+    files, `done.json` last, into `folder` (default: the run's fold_K). Every rank calls this; the main process
+    writes."""
+    folder = folder or RunFolder(training_args.output_dir).fold(data.fold)
+    set_seed(training_args.seed)
+    val_rows = data.val_rows
+    techniques = technique_args or TechniqueArguments()
+    cause = likely_cause(training_args.learning_rate, techniques.adversarial, techniques.adversarial_epsilon)
+    trainer = fold_trainer(data, kfold_args, loss_args, training_args, technique_args, folder)
+    guard = DivergenceGuard(data.fold, cause)
+    trainer.add_callback(guard)
+    try:
+        train_resuming(trainer, folder, data.fold)
+        guard.raise_if_diverged()
+        val_probs = predict_in_order(trainer, data.preprocessing, val_rows)  # every rank predicts its share
+        test_probs = predict_in_order(trainer, data.preprocessing, data.encoded_test) if data.encoded_test is not None else None
+        check_finite_probabilities(data.fold, trainer.state.global_step, cause, validation=val_probs, test=test_probs)
+    except TrainingDiverged:
+        if trainer.is_world_process_zero():  # nothing of a diverged fold is worth resuming from
+            shutil.rmtree(folder.checkpoints, ignore_errors=True)
+        raise
+    result: dict = {}
+    if trainer.is_world_process_zero():
+        gold = np.asarray(val_rows["labels"])
+        result = score(gold, fixed_rule(kfold_args).decide(val_probs))
+        save_best(trainer, folder, data.preprocessing, run_config(training_args.output_dir), data.fold, result)
+        result.update(fold_state(trainer, data))
+        write_fold_outputs(folder, val_rows, val_probs, data.encoded_test, test_probs, result)
+    trainer.accelerator.wait_for_everyone()
+    del trainer
+    release_memory()
+    return result
+
+
+def fold_trainer(data: FoldData, kfold_args: KFoldArguments, loss_args: LossArguments,
+                 training_args: TrainingArguments, technique_args: TechniqueArguments | None = None,
+                 folder: FoldFolder | None = None) -> EmotionTrainer:
+    """The fold's EmotionTrainer: a fresh classifier from the backbone, checkpoints in the fold's folder."""
+    folder = folder or RunFolder(training_args.output_dir).fold(data.fold)
+    tokenizer = load_tokenizer(data.backbone, with_markers=data.preprocessing.input_format == "marker")
+    model = load_classifier(data.backbone, tokenizer, technique_args)
+    fold_args = dataclasses.replace(training_args, output_dir=folder.checkpoints, remove_unused_columns=False)
+    trainer = EmotionTrainer(
+        model=model, args=fold_args,
+        **fold_trainer_inputs(data.train_rows, data.val_rows, tokenizer, kfold_args, loss_args, technique_args),
+    )
+    keep_tensorboard_logs(trainer, folder.runs)
+    return trainer
+
+
+def train_resuming(trainer: EmotionTrainer, folder: FoldFolder, fold: int) -> None:
+    """Train, resuming from the last fully written checkpoint of an interrupted fold (a half-written one is
+    pruned first, by the main process)."""
+    # a run with weight averaging needs the raw weights too, written after the Trainer's files
+    required = (AVERAGING_FILE,) if any(isinstance(c, WeightAveraging) for c in trainer.callback_handler.callbacks) else ()
+    if trainer.is_world_process_zero():
+        last_complete_checkpoint(folder.checkpoints, required)
+    trainer.accelerator.wait_for_everyone()
+    resume = last_complete_checkpoint(folder.checkpoints, required)
+    if resume and trainer.is_world_process_zero():
+        print(f"fold {fold}: resuming from {os.path.basename(resume)}")
+    trainer.train(resume_from_checkpoint=resume)
+
+
+def save_best(trainer: EmotionTrainer, folder: FoldFolder, preprocessing: Preprocessing, config: dict, fold: int,
+              result: dict) -> None:
+    """The best checkpoint with its preprocessing settings and model card, written beside and then renamed: a kill
+    never leaves a half-written best/."""
+    shutil.rmtree(folder.best_staging, ignore_errors=True)
+    trainer.save_model(folder.best_staging)
+    preprocessing.save(folder.best_staging)
+    write_model_card(folder.best_staging, config, fold, result)
+    shutil.rmtree(folder.best, ignore_errors=True)
+    os.replace(folder.best_staging, folder.best)
+
+
+def fold_state(trainer: EmotionTrainer, data: FoldData) -> dict:
+    best = trainer.state.best_model_checkpoint
+    return {"fold": data.fold, "best_checkpoint": best and os.path.basename(best), "best_metric": trainer.state.best_metric,
+            "epochs_run": trainer.state.epoch, "train_rows": int(len(data.train_index)),
+            "pseudo_label_rows": pseudo_label_rows(data)}
+
+
+def run_config(output_dir: str) -> dict:
+    """The run's resolved configuration, as `prepare_output_dir` saved it ({} when train_fold runs on its own)."""
+    return read_mapping(RunFolder(output_dir).config)
+
+
+def release_memory() -> None:
+    """Between folds: drop the fold's objects and hand freed heap back to the OS. Without `malloc_trim`, glibc keeps
+    the freed pages of one fold's tensors in its arenas and the process grows by ~100 MB a fold before levelling."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        pass

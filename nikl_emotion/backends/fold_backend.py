@@ -1,0 +1,100 @@
+"""What every backend's fold gets and gives: `FoldData` (the fold's rows, the backbone to start from), the
+`FoldBackend` interface a backend implements (backends.py lists them), and the fold's files, written the same way
+for every backend (probabilities, metrics, then `done.json`, the mark of a complete fold)."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+from datasets import Dataset, concatenate_datasets
+
+from nikl_emotion.text.data import iter_column
+from nikl_emotion.base.fileio import write_json_atomic, write_probs
+from nikl_emotion.text.preprocessing import Preprocessing
+from nikl_emotion.folders.run_folder import FoldFolder
+
+
+@dataclass
+class PreparedRun:
+    """What a backend made ready for a run's folds: where each fold's model starts (`backbone`), its tokenizer (None
+    for a backend that reads text), the training and test rows as its folds read them, and `encode` for more cleaned
+    rows (pseudo-labelled, unlabelled, validation rows)."""
+
+    backbone: str
+    tokenizer: object | None
+    encoded: Dataset
+    encoded_test: Dataset | None
+    encode: Callable[[Dataset], Dataset]
+
+
+class FoldBackend(Protocol):
+    """A kind of fold model. `matches` the `model_name_or_path` values it trains; `check_spec` refuses a bad one
+    before any work; `prepare` makes the run's rows ready (once per run); `train_fold` trains one fold, saves its
+    checkpoint folder (`best/`, which `EmotionClassifier.from_pretrained` loads) and writes the fold's files.
+
+    Capabilities the programs above ask instead of the backend's name: `trains_an_encoder` (a tokenizer and a
+    Trainer: the fine-tuning techniques, post-training, the distillation student and the HP search need one) and
+    `multi_process` (it may run under `accelerate launch`)."""
+
+    name: str
+    trains_an_encoder: bool
+    multi_process: bool
+
+    def matches(self, model_name_or_path: str) -> bool: ...
+
+    def check_spec(self, model_name_or_path: str) -> None: ...
+
+    def pretokenizer_of(self, model_name_or_path: str) -> str | None:
+        """The pre-tokenizer the model's tokenizer learned (None: any, it learns here or has no tokenizer)."""
+
+    def prepare(self, model_args, preprocessing: Preprocessing, training_args, cleaned: Dataset,
+                cleaned_test: Dataset | None, other_texts: list[str] | tuple = ()) -> PreparedRun: ...
+
+    def train_fold(self, data: "FoldData", kfold_args, loss_args, training_args, technique_args=None,
+                   folder: FoldFolder | None = None) -> dict: ...
+
+
+@dataclass
+class FoldData:
+    """One fold's inputs: its training and validation rows (indices into `encoded`), the encoded test rows, the
+    backbone to start from and how text was prepared."""
+
+    fold: int
+    train_index: np.ndarray
+    val_index: np.ndarray
+    encoded: Dataset
+    encoded_test: Dataset | None
+    backbone: str
+    preprocessing: Preprocessing
+    extra_train_rows: Dataset | None = None  # pseudo-labelled rows, training only (pseudo_labels.py)
+
+    @property
+    def train_rows(self) -> Dataset:
+        rows = self.encoded.select(self.train_index)
+        if self.extra_train_rows is None or len(self.extra_train_rows) == 0:
+            return rows
+        return concatenate_datasets([rows, self.extra_train_rows.select_columns(rows.column_names).cast(rows.features)])
+
+    @property
+    def val_rows(self) -> Dataset:
+        return self.encoded.select(self.val_index)
+
+
+def pseudo_label_rows(data: FoldData) -> int:
+    return 0 if data.extra_train_rows is None else len(data.extra_train_rows)
+
+
+def write_fold_outputs(folder: FoldFolder, val_rows: Dataset, val_probs: np.ndarray, test_rows: Dataset | None,
+                       test_probs: np.ndarray | None, result: dict) -> None:
+    """Probability files and metrics, then `done.json` (the fold is complete only once it exists); the Trainer's
+    checkpoints go (the best one is in best/)."""
+    write_probs(folder.val_probs, iter_column(val_rows, "id"), val_probs)
+    if test_probs is not None:
+        write_probs(folder.test_probs, iter_column(test_rows, "id"), test_probs)
+    write_json_atomic(folder.metrics, result)
+    write_json_atomic(folder.done, {"fold": result["fold"]})
+    shutil.rmtree(folder.checkpoints, ignore_errors=True)

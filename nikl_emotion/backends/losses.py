@@ -1,0 +1,158 @@
+"""Multi-label losses on logits and float multi-hot targets, exactly as their references define them.
+
+- `BCELoss`: binary cross-entropy on logits (`torch.nn.BCEWithLogitsLoss`), optional `pos_weight` per label.
+- `FocalLoss`: torchvision's `sigmoid_focal_loss`: BCE·(1−p_t)^γ, weighted by α_t = α·y + (1−α)(1−y); α < 0
+  turns the weighting off. Defaults α=0.25, γ=2.
+- `AsymmetricLoss`: Alibaba-MIIL's `AsymmetricLoss` (Ridnik et al., 2021): the negative probability is shifted,
+  xs_neg = min(1−p+clip, 1); loss = −[y·log(max(p, eps)) + (1−y)·log(max(xs_neg, eps))]·(1−p_t)^(γ+·y + γ−·(1−y))
+  with p_t = p·y + xs_neg·(1−y). Defaults γ−=4, γ+=1, clip=0.05, eps=1e-8.
+
+Each takes `reduction` in {"none", "mean", "sum"}: "none" returns the (N, C) element-wise loss (positive values),
+"mean" averages over all N×C elements (as `BCEWithLogitsLoss`), "sum" adds them (torchvision's and Alibaba-MIIL's
+own default for ASL is "sum", the reference pipeline's Focal used "sum"). `label_smoothing` ε replaces the targets
+by y' = y(1−ε) + ε/2 before the formula, wherever y appears.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nikl_emotion.base.vocabulary import LOSS_NAMES
+
+REDUCTIONS = ("none", "mean", "sum")
+
+
+class LossParameterError(ValueError):
+    """A loss parameter out of its range. `parameter` names it, so a config can name its own key for it."""
+
+    def __init__(self, parameter: str, requirement: str, value, message: str | None = None):
+        self.parameter, self.requirement, self.value = parameter, requirement, value
+        super().__init__(message or f"{parameter} {requirement}, got {value}")
+
+
+def check_parameter(ok: bool, parameter: str, requirement: str, value, message: str | None = None) -> None:
+    if not ok:
+        raise LossParameterError(parameter, requirement, value, message)
+
+
+def smooth_targets(targets: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    """Multi-label smoothing: each binary target moves ε/2 towards the other class."""
+    if label_smoothing == 0:
+        return targets
+    return targets * (1.0 - label_smoothing) + 0.5 * label_smoothing
+
+
+def reduce_loss(loss: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    return loss
+
+
+class MultiLabelLoss(nn.Module):
+    """Shared argument checks for the losses below."""
+
+    def __init__(self, reduction: str = "mean", label_smoothing: float = 0.0):
+        super().__init__()
+        check_parameter(reduction in REDUCTIONS, "reduction", f"must be one of {', '.join(REDUCTIONS)}", repr(reduction))
+        check_parameter(0.0 <= label_smoothing < 1.0, "label_smoothing", "must be in [0, 1)", label_smoothing)
+        self.reduction = reduction
+        self.label_smoothing = label_smoothing
+
+
+class BCELoss(MultiLabelLoss):
+    """Binary cross-entropy on logits, optionally with a positive-class weight per label."""
+
+    def __init__(self, reduction: str = "mean", label_smoothing: float = 0.0, pos_weight: Sequence[float] | torch.Tensor | None = None):
+        super().__init__(reduction, label_smoothing)
+        self.register_buffer("pos_weight", None if pos_weight is None else torch.as_tensor(pos_weight, dtype=torch.float32))
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        targets = smooth_targets(targets.to(logits.dtype), self.label_smoothing)
+        pos_weight = None if self.pos_weight is None else self.pos_weight.to(logits.dtype)
+        loss = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=pos_weight, reduction="none")
+        return reduce_loss(loss, self.reduction)
+
+
+class FocalLoss(MultiLabelLoss):
+    """torchvision.ops.sigmoid_focal_loss as a module."""
+
+    def __init__(self, alpha: float = 0.25, gamma: float = 2.0, reduction: str = "mean", label_smoothing: float = 0.0):
+        super().__init__(reduction, label_smoothing)
+        check_parameter(gamma >= 0, "gamma", "must be >= 0", gamma)
+        check_parameter(alpha <= 1, "alpha", "must be <= 1 (negative turns the weighting off)", alpha)
+        self.alpha = alpha
+        self.gamma = gamma
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        targets = smooth_targets(targets.to(logits.dtype), self.label_smoothing)
+        p = torch.sigmoid(logits)
+        ce_loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+        p_t = p * targets + (1 - p) * (1 - targets)
+        loss = ce_loss * ((1 - p_t) ** self.gamma)
+        if self.alpha >= 0:
+            alpha_t = self.alpha * targets + (1 - self.alpha) * (1 - targets)
+            loss = alpha_t * loss
+        return reduce_loss(loss, self.reduction)
+
+
+class AsymmetricLoss(MultiLabelLoss):
+    """Alibaba-MIIL's AsymmetricLoss as a module.
+
+    `disable_torch_grad_focal_loss=True` computes the focusing weight without gradient, as the reference's option
+    does, but scoped with `torch.no_grad()`: the reference toggles grad mode globally and would turn gradients back
+    on inside the Trainer's evaluation.
+    """
+
+    def __init__(
+        self,
+        gamma_neg: float = 4.0,
+        gamma_pos: float = 1.0,
+        clip: float = 0.05,
+        eps: float = 1e-8,
+        disable_torch_grad_focal_loss: bool = False,
+        *,
+        reduction: str = "mean",
+        label_smoothing: float = 0.0,
+    ):
+        super().__init__(reduction, label_smoothing)
+        for name, gamma in (("gamma_neg", gamma_neg), ("gamma_pos", gamma_pos)):
+            check_parameter(gamma >= 0, name, "must be >= 0", gamma,
+                            f"gamma_neg and gamma_pos must be >= 0, got {gamma_neg} and {gamma_pos}")
+        check_parameter(clip is None or 0 <= clip < 1, "clip", "must be in [0, 1)", clip)
+        check_parameter(0 < eps < 1, "eps", "must be in (0, 1)", eps)
+        self.gamma_neg = gamma_neg
+        self.gamma_pos = gamma_pos
+        self.clip = clip
+        self.eps = eps
+        self.disable_torch_grad_focal_loss = disable_torch_grad_focal_loss
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        y = smooth_targets(targets.to(logits.dtype), self.label_smoothing)
+        xs_pos = torch.sigmoid(logits)
+        xs_neg = 1 - xs_pos
+        if self.clip is not None and self.clip > 0:
+            xs_neg = (xs_neg + self.clip).clamp(max=1)  # probability shifting
+        loss = y * torch.log(xs_pos.clamp(min=self.eps)) + (1 - y) * torch.log(xs_neg.clamp(min=self.eps))
+        if self.gamma_neg > 0 or self.gamma_pos > 0:
+            with torch.no_grad() if self.disable_torch_grad_focal_loss else contextlib.nullcontext():
+                pt = xs_pos * y + xs_neg * (1 - y)
+                one_sided_gamma = self.gamma_pos * y + self.gamma_neg * (1 - y)
+                one_sided_w = torch.pow(1 - pt, one_sided_gamma)
+            loss = loss * one_sided_w
+        return reduce_loss(-loss, self.reduction)
+
+
+LOSSES: dict[str, type[MultiLabelLoss]] = dict(zip(LOSS_NAMES, (BCELoss, FocalLoss, AsymmetricLoss), strict=True))
+
+
+def build_loss(name: str, **kwargs) -> MultiLabelLoss:
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
+    return LOSSES[name](**kwargs)

@@ -1,0 +1,194 @@
+"""The classical member: character n-gram TF-IDF + one logistic regression per label (scikit-learn).
+
+`model_name_or_path: ngram:tfidf` trains it through the same fold loop as an encoder (same folds, same cleaning,
+same fold files, OOF, thresholds, decision rule, report and submission), in about two minutes on NIKL on 2 CPU
+cores (BENCHMARKS.md). It
+is target-aware the simple way: the target's own character n-grams are a second feature block beside the text's.
+Its `best/` folder holds `ngram.joblib` and `ngram.json` (what it is, the labels) with `preprocessing.json`;
+`EmotionClassifier.from_pretrained` loads it like any checkpoint. A joblib file is a pickle: load only folders you
+trust, as with any checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+
+import numpy as np
+from datasets import Dataset
+
+from nikl_emotion.base.checkpoint_files import NGRAM_INFO_FILE, NGRAM_MODEL_FILE
+from nikl_emotion.decisions.decision import fixed_rule
+from nikl_emotion.base.errors import PipelineError
+from nikl_emotion.base.fileio import write_json_atomic
+from nikl_emotion.backends.fold_backend import FoldData, PreparedRun, pseudo_label_rows, write_fold_outputs
+from nikl_emotion.base.labels import LABELS, NUM_LABELS
+from nikl_emotion.decisions.logistic import fit_label, label_probability
+from nikl_emotion.decisions.metrics import score
+from nikl_emotion.folders.run_folder import FoldFolder, RunFolder
+from nikl_emotion.base.vocabulary import NGRAM_KINDS, NGRAM_PREFIX, is_ngram
+
+
+def check_ngram_spec(model_name_or_path: str) -> None:
+    kind = model_name_or_path[len(NGRAM_PREFIX):]
+    if kind not in NGRAM_KINDS:
+        raise PipelineError(f"model_name_or_path: unknown n-gram model {model_name_or_path!r}; choose one of "
+                            f"{', '.join(NGRAM_PREFIX + k for k in NGRAM_KINDS)}")
+
+
+def is_ngram_folder(folder: str) -> bool:
+    return os.path.isfile(os.path.join(folder, NGRAM_MODEL_FILE))
+
+
+class NgramClassifier:
+    """TF-IDF over the text's character 1-4-grams (within word boundaries), over its morpheme 1-2-grams (`form/TAG`
+    from kiwipiepy, `morphemes`) and over the target's character 1-3-grams, then an
+    L2 logistic regression per label. A label absent (or always present) in the training rows gets its constant
+    rate instead of a regression, which cannot be fitted on one class."""
+
+    def __init__(self, c: float = 4.0, max_features: int = 300_000, seed: int = 42, morphemes: bool = True):
+        self.c, self.max_features, self.seed, self.morphemes = c, max_features, seed, morphemes
+        self.text_features = self.target_features = self.morpheme_features = None
+        self.models: list = []
+
+    @staticmethod
+    def _columns(rows: Dataset) -> tuple[list[str], list[str]]:
+        columns = rows.select_columns(["text", "target"]).to_dict()
+        return columns["text"], [target or "" for target in columns["target"]]
+
+    def _features(self, rows: Dataset, fit: bool = False):
+        """The feature matrix of cleaned rows; with `fit`, the vectorizers are fitted on them first (in one pass)."""
+        from scipy.sparse import hstack
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        texts, targets = self._columns(rows)
+        if fit:
+            self.text_features = TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 4), min_df=2, sublinear_tf=True,
+                                                 max_features=self.max_features, dtype=np.float32)
+            # data without targets (all null, e.g. KOTE) has no target block
+            self.target_features = TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 3), sublinear_tf=True,
+                                                   dtype=np.float32) if any(targets) else None
+            self.morpheme_features = TfidfVectorizer(analyzer="word", token_pattern=r"\S+", lowercase=False,
+                                                     ngram_range=(1, 2), min_df=2, sublinear_tf=True,
+                                                     max_features=self.max_features, dtype=np.float32) if self.morphemes else None
+        transform = "fit_transform" if fit else "transform"
+        blocks = [getattr(self.text_features, transform)(texts)]
+        if getattr(self, "morpheme_features", None) is not None:  # models saved before the morpheme block have none
+            from nikl_emotion.text.morphemes import morpheme_strings
+
+            blocks.append(getattr(self.morpheme_features, transform)(morpheme_strings(texts)))
+        if self.target_features is not None:
+            blocks.append(getattr(self.target_features, transform)(targets))
+        return hstack(blocks).tocsr()
+
+    def fit(self, rows: Dataset) -> "NgramClassifier":
+        """Fit on cleaned rows (`text`, `target`, `labels`)."""
+        from joblib import Parallel, delayed
+
+        features = self._features(rows, fit=True)
+        features.sort_indices()  # the workers get it read-only (memory-mapped): nothing may sort it in place there
+        labels = np.asarray(rows["labels"]) > 0.5
+        # liblinear holds the GIL: one process per core for the 8 independent regressions
+        self.models = Parallel(n_jobs=min(NUM_LABELS, os.cpu_count() or 1))(
+            delayed(fit_label)(features, labels[:, j], self.c, self.seed) for j in range(NUM_LABELS))
+        return self
+
+    def predict_proba(self, rows: Dataset) -> np.ndarray:
+        """Probabilities (rows, 8) of cleaned rows, in their order."""
+        if len(rows) == 0:
+            return np.empty((0, NUM_LABELS))
+        features = self._features(rows)
+        return np.stack([label_probability(model, features) for model in self.models], axis=1)
+
+    def save(self, folder: str) -> None:
+        import joblib
+
+        os.makedirs(folder, exist_ok=True)
+        joblib.dump(self, os.path.join(folder, NGRAM_MODEL_FILE))
+        write_json_atomic(os.path.join(folder, NGRAM_INFO_FILE), {"model": "ngram:tfidf", "labels": list(LABELS), "c": self.c,
+                                                           "max_features": self.max_features})
+
+    @classmethod
+    def load(cls, folder: str) -> "NgramClassifier":
+        """The model of a `best/` folder; refuses other label sets and damaged files, naming the folder."""
+        import joblib
+
+        try:
+            with open(os.path.join(folder, NGRAM_INFO_FILE), encoding="utf-8") as handle:
+                info = json.load(handle)
+            model = joblib.load(os.path.join(folder, NGRAM_MODEL_FILE))
+        except Exception as exc:  # missing or damaged files
+            raise PipelineError(f"{folder}: cannot load the n-gram model ({type(exc).__name__}: {exc})") from None
+        if not isinstance(info, dict) or info.get("labels") != list(LABELS) or not isinstance(model, cls):
+            raise PipelineError(f"{folder}: not an n-gram model of this pipeline's labels {list(LABELS)}")
+        return model
+
+
+class NgramBackend:
+    """An n-gram model behind `EmotionClassifier`: it reads cleaned text, not token batches."""
+
+    reads_text = True
+
+    def __init__(self, model: NgramClassifier):
+        self.model = model
+
+    def predict_rows(self, cleaned: Dataset) -> np.ndarray:
+        return self.model.predict_proba(cleaned)
+
+
+def train_ngram(train_rows: Dataset, seed: int) -> tuple[NgramClassifier, float]:
+    """(the fitted model, seconds)."""
+    start = time.perf_counter()
+    model = NgramClassifier(seed=seed).fit(train_rows)
+    return model, time.perf_counter() - start
+
+
+def train_ngram_fold(data: FoldData, kfold_args, training_args, folder: FoldFolder | None = None) -> dict:
+    """The n-gram member's fold: fit on the fold's cleaned training rows, predict its validation and test rows, and
+    write the same files as an encoder's fold (best/ holds the fitted model)."""
+    folder = folder or RunFolder(training_args.output_dir).fold(data.fold)
+    model, seconds = train_ngram(data.train_rows, training_args.seed)
+    val_rows = data.val_rows
+    val_probs = model.predict_proba(val_rows)
+    test_probs = model.predict_proba(data.encoded_test) if data.encoded_test is not None else None
+    result = score(np.asarray(val_rows["labels"]), fixed_rule(kfold_args).decide(val_probs))
+    shutil.rmtree(folder.best_staging, ignore_errors=True)
+    model.save(folder.best_staging)
+    data.preprocessing.save(folder.best_staging)
+    shutil.rmtree(folder.best, ignore_errors=True)
+    os.replace(folder.best_staging, folder.best)
+    result.update({"fold": data.fold, "best_checkpoint": None, "best_metric": result["micro_f1"], "epochs_run": None,
+                   "train_rows": int(len(data.train_index)), "train_seconds": round(seconds, 1),
+                   "pseudo_label_rows": pseudo_label_rows(data)})
+    write_fold_outputs(folder, val_rows, val_probs, data.encoded_test, test_probs, result)
+    print(f"fold {data.fold}: n-gram model fitted on {len(data.train_index)} rows in {seconds:.1f} s; "
+          f"validation micro-F1 {result['micro_f1']:.4f}")
+    return result
+
+
+class NgramFoldBackend:
+    """`ngram:<kind>`: fits on one process in seconds to minutes; no tokenizer, no Trainer."""
+
+    name = "ngram"
+    trains_an_encoder = False
+    multi_process = False
+
+    def matches(self, model_name_or_path: str) -> bool:
+        return is_ngram(model_name_or_path)
+
+    def check_spec(self, model_name_or_path: str) -> None:
+        check_ngram_spec(model_name_or_path)
+
+    def pretokenizer_of(self, model_name_or_path: str) -> str | None:
+        return None  # no tokenizer: its morpheme features come from kiwipiepy whatever the setting
+
+    def prepare(self, model_args, preprocessing, training_args, cleaned: Dataset, cleaned_test: Dataset | None,
+                other_texts=()) -> PreparedRun:
+        """It reads the cleaned text itself: no backbone, no tokens."""
+        return PreparedRun(model_args.model_name_or_path, None, cleaned, cleaned_test, lambda rows: rows)
+
+    def train_fold(self, data: FoldData, kfold_args, loss_args, training_args, technique_args=None,
+                   folder: FoldFolder | None = None) -> dict:
+        return train_ngram_fold(data, kfold_args, training_args, folder)

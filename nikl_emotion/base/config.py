@@ -1,0 +1,366 @@
+"""Run configuration: `HfArgumentParser` dataclasses, filled from a YAML file and then command-line overrides.
+
+A YAML file is turned into `--key value` tokens placed before the command-line ones, so both go through the same
+parser (same types, same checks) and the command line wins.
+
+The settings are a leaf: this module imports no backend, text, decision or training module (only the names in
+`vocabulary.py`), so any layer can read a run's settings without loading a model. Each dataclass checks its own
+values in `__post_init__`; what needs a backend, a file or another run (a model folder, a loss's parameters, kiwipiepy,
+a pseudo-label run) is checked by `config_checks.py`, whose `parse_config` is what commands call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+from dataclasses import dataclass, field
+
+import yaml
+from transformers import HfArgumentParser, TrainingArguments
+
+from nikl_emotion.base.errors import PipelineError
+from nikl_emotion.base.labels import NUM_LABELS
+from nikl_emotion.base.vocabulary import (
+    ADVERSARIAL_METHODS, DECISION_MODES, DEFAULT_DECISION_MODE, DEFAULT_VOTE_RULE, DEFAULT_VOTE_TIE, INPUT_FORMATS,
+    LOSS_NAMES, MAX_UNKNOWN_RATE, PRETOKENIZERS, VOTE_RULES, VOTE_TIES, check_choice, spelled,
+)
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(
+        default="offline:electra-tiny",
+        metadata={"help": "Hub name (e.g. beomi/KcELECTRA-base-v2022), local checkpoint, offline:<bert|electra>-<tiny|mini|small>, "
+                          "or ngram:tfidf (char n-gram TF-IDF + logistic regression, no encoder)."},
+    )
+    offline_vocab_size: int = field(default=8000, metadata={"help": "WordPiece vocabulary size of an offline backbone."})
+    max_unknown_rate: float = field(default=MAX_UNKNOWN_RATE, metadata={"help": "Stop when more than this share of "
+                                    "the encoded tokens are the tokenizer's unknown token (the text would be lost)."})
+
+    def __post_init__(self):
+        if not (is_finite(self.max_unknown_rate) and 0 <= self.max_unknown_rate <= 1):
+            raise PipelineError(f"max_unknown_rate: must be in [0, 1], got {self.max_unknown_rate}")
+        if not self.model_name_or_path:
+            raise PipelineError("model_name_or_path: give a hub model, a local folder, offline:... or ngram:...")
+
+
+@dataclass
+class PreprocessingArguments:
+    """Cleaning and encoding: shared by fine-tuning and post-training, saved with every checkpoint."""
+
+    remove_others: bool = field(default=True, metadata={"help": "Remove the &others& placeholder."})
+    remove_placeholders: bool = field(default=False, metadata={"help": "Remove every &name1&-style placeholder."})
+    cleanse: bool = field(default=True, metadata={"help": "KcBERT symbol cleansing (keeps Hangul, ASCII, some punctuation; drops URLs, emoji; squeezes repeats)."})
+    remove_emoji: bool = field(default=False, metadata={"help": "Remove emoji (implied by cleanse)."})
+    input_format: str = field(default="pair", metadata={"help": "How the target is shown to the model: pair, marker or prompt; text ignores it (the reference's input)."})
+    max_seq_length: int = field(default=200, metadata={"help": "Truncate encodings to this many tokens."})
+    offline_pretokenizer: str = field(default="none", metadata={"help": "none, or kiwi: split words at morpheme "
+                                      "boundaries (kiwipiepy) before an offline backbone's subword tokenizer; a "
+                                      "folder post-trained with it needs the same."})
+
+    def __post_init__(self):
+        validate_preprocessing(self)
+
+
+@dataclass
+class DataArguments(PreprocessingArguments):
+    train_files: list[str] = field(default_factory=list, metadata={"help": "One or more labelled jsonl files (e.g. train and dev)."})
+    test_file: str | None = field(default=None, metadata={"help": "Unlabelled jsonl to predict with every fold."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_input_files(self.train_files, "labelled jsonl file")
+        if self.test_file is not None and not os.path.isfile(self.test_file):
+            raise PipelineError(f"test_file: {self.test_file!r}: file not found")
+
+
+@dataclass
+class KFoldArguments:
+    num_folds: int = field(default=5, metadata={"help": "Number of stratified folds."})
+    fold: int | None = field(default=None, metadata={"help": "Run only this fold (0-based); the run is summarised once all folds exist."})
+    overwrite: bool = field(default=False, metadata={"help": "Start again in an output_dir that holds a run (its files are deleted)."})
+    early_stopping_patience: int = field(default=3, metadata={"help": "Epochs without a better validation micro-F1 before stopping; 0 disables."})
+    threshold: float = field(default=0.5, metadata={"help": "Probability at or above which a label is predicted."})
+    fallback_top_label: bool = field(default=True, metadata={"help": "An empty prediction takes the top-scoring label."})
+    vote_rule: str = field(default=DEFAULT_VOTE_RULE, metadata={"help": f"Hard-vote rule over folds: {spelled(VOTE_RULES)}."})
+    vote_tie: str = field(default=DEFAULT_VOTE_TIE, metadata={"help": f"Majority vote with half the votes: {spelled(VOTE_TIES)}."})
+    decision: str = field(default=DEFAULT_DECISION_MODE, metadata={"help": "How submission.jsonl is decided: auto (the candidate rule "
+                          "with the best nested out-of-fold micro-F1: hard/soft vote, threshold or per-label OOF "
+                          "thresholds) or fixed (hard vote at threshold by vote_rule)."})
+
+    def __post_init__(self):
+        if self.num_folds < 2:
+            raise PipelineError(f"num_folds: must be at least 2, got {self.num_folds}")
+        if self.fold is not None and not 0 <= self.fold < self.num_folds:
+            raise PipelineError(f"fold: must be in [0, {self.num_folds - 1}], got {self.fold}")
+        if self.early_stopping_patience < 0:
+            raise PipelineError("early_stopping_patience: must be >= 0")
+        check_choice("decision", self.decision, DECISION_MODES)
+        if not (is_finite(self.threshold) and 0 < self.threshold < 1):
+            raise PipelineError(f"threshold: must be in (0, 1), got {self.threshold}")
+        check_choice("vote_rule", self.vote_rule, VOTE_RULES)
+        check_choice("vote_tie", self.vote_tie, VOTE_TIES)
+
+
+@dataclass
+class LossArguments:
+    loss: str = field(default="bce", metadata={"help": "Training loss: bce, focal (torchvision) or asl (Alibaba-MIIL)."})
+    loss_reduction: str = field(default="mean", metadata={"help": "mean over all label elements of a step's batch, or sum (the reference's Focal)."})
+    label_smoothing: float = field(default=0.0, metadata={"help": "Multi-label smoothing: targets become y(1-e) + e/2."})
+    pos_weight: str = field(default="none", metadata={"help": "BCE positive-class weight per label: none, auto (negatives/positives in the fold's training split) or 8 comma-separated numbers."})
+    focal_alpha: float = field(default=0.25, metadata={"help": "Focal alpha; negative turns the alpha weighting off."})
+    focal_gamma: float = field(default=2.0, metadata={"help": "Focal gamma (>= 0)."})
+    asl_gamma_neg: float = field(default=4.0, metadata={"help": "ASL focusing for negatives (>= 0)."})
+    asl_gamma_pos: float = field(default=1.0, metadata={"help": "ASL focusing for positives (>= 0)."})
+    asl_clip: float = field(default=0.05, metadata={"help": "ASL probability margin for negatives, in [0, 1)."})
+    asl_eps: float = field(default=1e-8, metadata={"help": "ASL log clamp, in (0, 1)."})
+    asl_disable_torch_grad_focal_loss: bool = field(default=False, metadata={"help": "ASL: no gradient through the focusing weight."})
+
+    def __post_init__(self):
+        validate_loss(self)
+
+    def parsed_pos_weight(self) -> str | list[float] | None:
+        """None, "auto", or the 8 weights."""
+        if self.pos_weight in ("none", "", None):
+            return None
+        if self.pos_weight == "auto":
+            return "auto"
+        try:
+            weights = [float(part) for part in str(self.pos_weight).split(",")]
+        except ValueError:
+            weights = []
+        if len(weights) != NUM_LABELS or any(not math.isfinite(w) or w <= 0 for w in weights):
+            raise PipelineError(f"pos_weight: expected none, auto or {NUM_LABELS} positive comma-separated numbers, got {self.pos_weight!r}")
+        return weights
+
+
+@dataclass
+class TechniqueArguments:
+    """Fine-tuning techniques beyond the reference recipe; each is off at its default (see techniques.py)."""
+
+    layerwise_lr_decay: float = field(default=1.0, metadata={"help": "Layer-wise learning-rate decay: the head "
+                                      "learns at learning_rate, each encoder layer below at the rate above x decay, "
+                                      "the embeddings last; 1.0 = off."})
+    ema_decay: float = field(default=0.0, metadata={"help": "Exponential moving average of the weights (e.g. 0.999): "
+                             "the average is what is evaluated and saved; 0 = off."})
+    swa_epochs: int = field(default=0, metadata={"help": "Stochastic weight averaging over the last N epochs' end "
+                            "weights: the average is what is evaluated and saved; 0 = off."})
+    rdrop_alpha: float = field(default=0.0, metadata={"help": "R-Drop: two dropout passes per row, mean loss plus "
+                               "alpha x their symmetric Bernoulli KL per label; 0 = off."})
+    multi_sample_dropout: int = field(default=1, metadata={"help": "Multi-sample dropout: the head's logits averaged "
+                                      "over N dropout masks in training; 1 = off."})
+    adversarial: str = field(default="none", metadata={"help": "Adversarial training each step: none, fgm (word "
+                             "embeddings moved along their gradient) or awp (every weight matrix, relative to its norm)."})
+    adversarial_epsilon: float | None = field(default=None, metadata={"help": "Size of the adversarial step: fgm, "
+                                              "the L2 norm of the embedding perturbation (default 1.0); awp, its norm "
+                                              "relative to each weight's (default 0.005)."})
+    pseudo_label_run: str | None = field(default=None, metadata={"help": "A finished run (same training files, folds "
+                                         "and seed) whose fold K's confident test predictions become extra training "
+                                         "rows of this run's fold K."})
+    pseudo_label_threshold: float = field(default=0.9, metadata={"help": "A test row is pseudo-labelled when every "
+                                          "label's probability is >= this or <= 1 - this (and one label is positive)."})
+
+    def __post_init__(self):
+        validate_techniques(self)
+
+    def active(self) -> list[str]:
+        """The keys set away from their off value."""
+        off = {f.name: f.default for f in dataclasses.fields(self)}
+        return [key for key in ("layerwise_lr_decay", "ema_decay", "swa_epochs", "rdrop_alpha", "multi_sample_dropout",
+                                "adversarial", "pseudo_label_run") if getattr(self, key) != off[key]]
+
+
+ARGUMENT_CLASSES = (ModelArguments, DataArguments, KFoldArguments, LossArguments, TechniqueArguments,
+                    TrainingArguments)
+
+# Defaults this pipeline needs from TrainingArguments; a YAML file or the command line can still change them.
+TRAINING_DEFAULTS: dict[str, object] = {
+    "output_dir": "outputs/run",
+    "eval_strategy": "epoch",
+    "save_strategy": "epoch",
+    "logging_strategy": "epoch",
+    "load_best_model_at_end": True,
+    "metric_for_best_model": "micro_f1",
+    "greater_is_better": True,
+    "save_total_limit": 1,
+    "report_to": "none",
+    "train_sampling_strategy": "group_by_length",
+    "save_only_model": False,
+}
+
+
+def yaml_tokens(mapping: dict, source: str) -> list[str]:
+    tokens: list[str] = []
+    for key, value in mapping.items():
+        if value is None or (isinstance(value, (list, tuple)) and not value):
+            continue  # unset: the parser's default applies
+        tokens.append(f"--{key}")
+        if isinstance(value, dict):
+            raise PipelineError(f"{source}: {key}: nested mappings are not supported; use flat keys")
+        values = list(value) if isinstance(value, (list, tuple)) else [value]
+        for item in values:
+            # checked before anything is turned into text: aliases can nest lists exponentially ("billion laughs")
+            if isinstance(item, (list, tuple, dict)):
+                raise PipelineError(f"{source}: {key}: expected a value or a list of values, not nested lists")
+            tokens.append(("true" if item else "false") if isinstance(item, bool) else str(item))
+    return tokens
+
+
+def load_yaml(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle) or {}
+    except OSError as exc:
+        raise PipelineError(f"{path}: cannot read config: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise PipelineError(f"{path}: invalid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise PipelineError(f"{path}: a config must be a mapping of keys to values")
+    return data
+
+
+def parse_arguments(argv: list[str], classes: tuple, defaults: dict) -> tuple:
+    """`[CONFIG.yaml] [--key value ...]` -> the dataclasses of `classes`: `defaults`, then the YAML file, then the
+    command line, all through one HfArgumentParser whose errors are one-line `PipelineError`s."""
+    file_tokens: list[str] = []
+    config_path = None
+    if argv and argv[0].endswith((".yaml", ".yml")):
+        config_path = argv[0]
+        file_tokens = yaml_tokens(load_yaml(config_path), config_path)
+        argv = argv[1:]
+    parser = HfArgumentParser(classes, allow_abbrev=False)  # `over: true` must not mean `overwrite: true`
+
+    def error(message: str):
+        raise PipelineError(message)
+
+    parser.error = error  # one-line errors instead of argparse's usage dump
+    try:
+        *parsed, unknown = parser.parse_args_into_dataclasses(
+            args=yaml_tokens(defaults, "defaults") + file_tokens + list(argv), return_remaining_strings=True
+        )
+    except PipelineError:
+        raise
+    except (ValueError, TypeError) as exc:  # TrainingArguments' own checks
+        raise PipelineError(str(exc).strip().splitlines()[0]) from None
+    if unknown:
+        raise PipelineError(unknown_keys_message(unknown, parser, file_tokens, config_path))
+    return tuple(parsed)
+
+
+def unknown_keys_message(unknown: list[str], parser: HfArgumentParser, file_tokens: list[str], config_path: str | None) -> str:
+    """Name the first unknown key, where it came from, and the closest known key (abbreviations are not accepted)."""
+    key = next((token for token in unknown if token.startswith("--")), None)
+    if key is None:
+        return f"unexpected argument {unknown[0]!r} (keys are given as --key value)"
+    known = [option[2:] for option in parser._option_string_actions if option.startswith("--")]
+    close = difflib.get_close_matches(key.lstrip("-"), known, n=1, cutoff=0.5)
+    close = close or [name for name in known if name.startswith(key.lstrip("-"))][:1]
+    where = config_path if config_path and key in file_tokens else "command line"
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return f"{where}: unknown key {key.lstrip('-')!r}{hint}"
+
+
+def check_input_files(paths: list[str], what: str) -> None:
+    """At least one input file, each of them present; `what` names the files in the empty-list message."""
+    if not paths:
+        raise PipelineError(f"train_files: give at least one {what}")
+    for path in paths:
+        if not os.path.isfile(path):
+            raise PipelineError(f"{path}: file not found")
+
+
+def validate_training_values(training_args: TrainingArguments) -> None:
+    """Values TrainingArguments accepts but that fail (or silently do nothing) once training has started."""
+    checks = [
+        ("seed", training_args.seed >= 0, "must be >= 0"),
+        # beyond 1 an optimizer step moves every weight by more than its own size: training can only diverge
+        ("learning_rate", is_finite(training_args.learning_rate) and 0 < training_args.learning_rate <= MAX_LEARNING_RATE,
+         f"must be in (0, {MAX_LEARNING_RATE:g}]"),
+        ("per_device_train_batch_size", training_args.per_device_train_batch_size >= 1, "must be at least 1"),
+        ("per_device_eval_batch_size", training_args.per_device_eval_batch_size >= 1, "must be at least 1"),
+        ("gradient_accumulation_steps", training_args.gradient_accumulation_steps >= 1, "must be at least 1"),
+        ("num_train_epochs", is_finite(training_args.num_train_epochs) and (training_args.num_train_epochs > 0 or training_args.max_steps > 0),
+         "must be a finite number > 0 (or set max_steps)"),
+        ("weight_decay", is_finite(training_args.weight_decay) and training_args.weight_decay >= 0, "must be a finite number >= 0"),
+        ("max_grad_norm", training_args.max_grad_norm is None or not math.isnan(training_args.max_grad_norm), "must be a number"),
+    ]
+    for key, ok, message in checks:
+        if not ok:
+            raise PipelineError(f"{key}: {message}, got {getattr(training_args, key)}")
+
+
+def validate_preprocessing(args: PreprocessingArguments) -> None:
+    if args.input_format not in INPUT_FORMATS:
+        raise PipelineError(f"input_format: {args.input_format!r} is not one of {', '.join(INPUT_FORMATS)}")
+    if args.max_seq_length < 8:
+        raise PipelineError(f"max_seq_length: must be at least 8, got {args.max_seq_length}")
+    if args.offline_pretokenizer not in PRETOKENIZERS:
+        raise PipelineError(f"offline_pretokenizer: {args.offline_pretokenizer!r} is not one of {', '.join(PRETOKENIZERS)}")
+
+
+def validate_loss(loss_args: LossArguments) -> None:
+    if loss_args.loss not in LOSS_NAMES:
+        raise PipelineError(f"loss: {loss_args.loss!r} is not one of {', '.join(LOSS_NAMES)}")
+    if loss_args.loss_reduction not in ("mean", "sum"):
+        raise PipelineError(f"loss_reduction: {loss_args.loss_reduction!r} is not mean or sum")
+    if loss_args.parsed_pos_weight() is not None and loss_args.loss != "bce":
+        raise PipelineError(f"pos_weight: only the bce loss takes a positive-class weight (loss is {loss_args.loss})")
+
+
+def is_finite(value) -> bool:
+    """A real number, neither NaN nor infinite (the parser turns "nan" and "inf" into floats without a word)."""
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+MAX_LEARNING_RATE = 1.0
+# fgm: the L2 norm of the embedding perturbation (papers use 0.1-1); awp: relative to each weight's norm (1 = the
+# weight's own size)
+MAX_ADVERSARIAL_EPSILON = {"fgm": 1000.0, "awp": 1.0}
+
+
+def validate_techniques(args: TechniqueArguments) -> None:
+    checks = [
+        ("layerwise_lr_decay", 0 < args.layerwise_lr_decay <= 1, "must be in (0, 1] (1 = off)"),
+        ("ema_decay", 0 <= args.ema_decay < 1, "must be in [0, 1) (0 = off)"),
+        ("swa_epochs", args.swa_epochs >= 0, "must be >= 0 (0 = off)"),
+        ("rdrop_alpha", is_finite(args.rdrop_alpha) and args.rdrop_alpha >= 0, "must be a finite number >= 0 (0 = off)"),
+        ("multi_sample_dropout", args.multi_sample_dropout >= 1, "must be at least 1 (1 = off)"),
+        ("adversarial", args.adversarial in ADVERSARIAL_METHODS, f"must be one of {', '.join(ADVERSARIAL_METHODS)}"),
+        ("adversarial_epsilon", args.adversarial_epsilon is None or (is_finite(args.adversarial_epsilon) and 0 < args.adversarial_epsilon <= MAX_ADVERSARIAL_EPSILON.get(args.adversarial, math.inf)),
+         f"must be in (0, {MAX_ADVERSARIAL_EPSILON.get(args.adversarial, math.inf):g}] for {args.adversarial}"),
+        ("pseudo_label_threshold", 0.5 < args.pseudo_label_threshold < 1, "must be in (0.5, 1)"),
+    ]
+    for key, ok, message in checks:
+        if not ok:
+            raise PipelineError(f"{key}: {message}, got {getattr(args, key)!r}")
+    if args.adversarial_epsilon is not None and args.adversarial == "none":
+        raise PipelineError("adversarial_epsilon: set adversarial (fgm or awp) too; alone it does nothing")
+
+
+def field_defaults(*classes) -> dict[str, object]:
+    """Each settings dataclass field's default (what a key left out means): how a run written before a key existed
+    is compared with a command that has it (`run_folder.config_difference`)."""
+    defaults: dict[str, object] = {}
+    for cls in classes:
+        for f in dataclasses.fields(cls):
+            if f.default is not dataclasses.MISSING:
+                defaults[f.name] = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                defaults[f.name] = f.default_factory()
+    return defaults
+
+
+def resolved_config(*args_list) -> dict:
+    """A flat mapping that, saved as YAML, reproduces the run: all pipeline keys and every non-default Trainer key."""
+    *pipeline_args, training_args = args_list
+    config: dict = {}
+    for args in pipeline_args:
+        config.update(dataclasses.asdict(args))
+    defaults = TrainingArguments(output_dir=training_args.output_dir).to_dict()
+    init_fields = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+    for key, value in training_args.to_dict().items():
+        if key in init_fields and (value != defaults.get(key) or key in TRAINING_DEFAULTS):
+            config[key] = value
+    return config

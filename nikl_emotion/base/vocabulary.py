@@ -1,0 +1,47 @@
+"""The names the settings take, defined once: the ways probabilities become labels (the decision vocabulary), the
+backends a `model_name_or_path` can name, the losses, the text's input formats and pre-tokenizers, the adversarial
+methods. Argparse `choices`, the configuration's validation and help text, and the modules that implement each name
+read them from here; this module imports nothing of the pipeline but its errors, so the settings (config.py) can
+read it without loading a model."""
+
+from __future__ import annotations
+
+from nikl_emotion.base.errors import PipelineError
+
+STRATEGIES = ("hard", "soft")  # several models: vote their decisions, or decide their mean probability
+VOTE_RULES = ("majority", "reference")  # the hard vote: more than half the models, or the reference pipeline's rule
+VOTE_TIES = ("positive", "negative")  # majority with exactly half the votes
+DECISION_MODES = ("auto", "fixed")  # a run's submission: the rule chosen on nested OOF scores, or the fixed rule
+STACK_STRATEGY = "stack"  # ensemble.py --runs: a stacker over finished runs (not a way to combine probabilities)
+
+DEFAULT_STRATEGY, DEFAULT_VOTE_RULE, DEFAULT_VOTE_TIE, DEFAULT_DECISION_MODE = "hard", "majority", "positive", "auto"
+
+# backends a model_name_or_path names besides a hub model or a local folder (backbone.py, ngram.py implement them)
+OFFLINE_PREFIX = "offline:"  # offline:<arch>-<size>: an encoder with a tokenizer trained here on the task's text
+OFFLINE_ARCHS = ("bert", "electra")
+NGRAM_PREFIX = "ngram:"  # ngram:<kind>: TF-IDF features and a logistic regression per label, no encoder
+NGRAM_KINDS = ("tfidf",)
+
+LOSS_NAMES = ("bce", "focal", "asl")  # losses.py: the classes
+INPUT_FORMATS = ("pair", "marker", "prompt", "text")  # encoding.py: how the target is shown to the model
+PRETOKENIZERS = ("none", "kiwi")  # morphemes.py: morpheme segmentation before an offline tokenizer
+ADVERSARIAL_METHODS = ("none", "fgm", "awp")  # techniques.py
+MAX_UNKNOWN_RATE = 0.05  # a Korean encoder's own tokenizer leaves well under 1% of NIKL tokens unknown
+
+
+def is_offline(model_name_or_path: str) -> bool:
+    return model_name_or_path.startswith(OFFLINE_PREFIX)
+
+
+def is_ngram(model_name_or_path: str) -> bool:
+    return model_name_or_path.startswith(NGRAM_PREFIX)
+
+
+def spelled(choices: tuple[str, ...]) -> str:
+    """`a or b`, `a, b or c`: the choices as help text and messages name them."""
+    return choices[0] if len(choices) == 1 else f"{', '.join(choices[:-1])} or {choices[-1]}"
+
+
+def check_choice(key: str, value, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise PipelineError(f"{key}: {value!r} is not {spelled(choices)}")

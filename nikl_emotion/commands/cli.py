@@ -1,0 +1,120 @@
+"""Shared command-line plumbing: one-line `error: ...` messages and exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+
+from nikl_emotion.base.vocabulary import DEFAULT_STRATEGY, DEFAULT_VOTE_RULE, DEFAULT_VOTE_TIE
+from nikl_emotion.base.errors import PipelineError
+
+
+def command_parser(description: str) -> argparse.ArgumentParser:
+    """A command's option parser: its docstring as help, and no abbreviations (`--out` must not mean `--output`:
+    an option added later would silently change what an old command line means)."""
+    return argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                   allow_abbrev=False)
+
+
+def quiet_libraries() -> None:
+    """Keep the console for the pipeline's own messages; warnings still show."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_warning()
+    transformers.utils.logging.set_verbosity_warning()
+    transformers.utils.logging.disable_progress_bar()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+
+def entry_point(main: Callable[[list[str]], int | None]) -> Callable[[], None]:
+    """Run `main(argv)`; a `PipelineError` becomes `error: ...` on stderr and exit code 1."""
+
+    @functools.wraps(main)
+    def run() -> None:
+        # SIGTERM (a scheduler's stop, `kill`) unwinds like Ctrl-C, so half-written temporaries are removed
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+        try:
+            code = main(sys.argv[1:])
+        except PipelineError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(1)
+        except BrokenPipeError:  # e.g. `score.py ... | head -1`: the reader left, nothing went wrong
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(0)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        sys.exit(code or 0)
+
+    return run
+
+
+def pop_option(argv: list[str], names: tuple[str, ...]) -> int | None:
+    """Remove `NAME N` (or `NAME=N`) from argv and return N; None when absent. For options the config parser
+    does not know (they are not run settings)."""
+    for position, token in enumerate(argv):
+        name, equals, inline = token.partition("=")
+        if name not in names:
+            continue
+        if equals:
+            value, width = inline, 1
+        elif position + 1 < len(argv):
+            value, width = argv[position + 1], 2
+        else:
+            raise PipelineError(f"{name} needs a number")
+        try:
+            number = int(value)
+        except ValueError:
+            raise PipelineError(f"{name}: expected a whole number, got {value!r}") from None
+        del argv[position : position + width]
+        return number
+    return None
+
+
+def add_decision_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that turn probabilities into labels, shared by inference.py and ensemble.py."""
+    parser.add_argument("--threshold", type=float, default=0.5, help="probability at or above which a label is on")
+    parser.add_argument("--thresholds", help="thresholds.json with one threshold per label (overrides --threshold)")
+    parser.add_argument("--no_fallback", action="store_true", help="allow rows with no label")
+
+
+def decision_rule(args: argparse.Namespace, strategy: str = DEFAULT_STRATEGY):
+    """The `DecisionRule` the command-line options describe (vote options where the command has them)."""
+    from nikl_emotion.decisions.voting import DecisionRule
+
+    return DecisionRule(
+        strategy=getattr(args, "strategy", None) or strategy,
+        threshold=decision_threshold(args),
+        fallback=not args.no_fallback,
+        vote_rule=getattr(args, "rule", None) or DEFAULT_VOTE_RULE,
+        vote_tie=getattr(args, "tie", None) or DEFAULT_VOTE_TIE,
+        min_votes=getattr(args, "min_votes", None),
+        weights=getattr(args, "weights", None),
+    )
+
+
+def decision_options_given(args: argparse.Namespace) -> list[str]:
+    """The decision options set away from their defaults (refused beside a saved rule, which replaces them)."""
+    given = {"--strategy": getattr(args, "strategy", None) not in (None, DEFAULT_STRATEGY),
+             "--threshold": args.threshold != 0.5, "--thresholds": bool(args.thresholds), "--no_fallback": args.no_fallback,
+             "--rule": getattr(args, "rule", None) not in (None, DEFAULT_VOTE_RULE),
+             "--tie": getattr(args, "tie", None) not in (None, DEFAULT_VOTE_TIE),
+             "--weights": getattr(args, "weights", None) is not None, "--min_votes": getattr(args, "min_votes", None) is not None}
+    return [name for name, is_set in given.items() if is_set]
+
+
+def decision_threshold(args: argparse.Namespace):
+    """The threshold: one number, or the 8 per-label values of a `--thresholds` file (read and checked here)."""
+    if args.thresholds:
+        from nikl_emotion.decisions.thresholds import load_thresholds
+
+        return load_thresholds(args.thresholds)
+    return args.threshold  # its range is checked by DecisionRule

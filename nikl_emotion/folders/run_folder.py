@@ -1,0 +1,307 @@
+"""The layout of a training run's `output_dir`, in one place: every path under it (run files, fold files,
+checkpoints, plots), the list `--overwrite` deletes (derived from the same names), preparing the folder for a run
+and pruning half-written checkpoints. No other module spells a run file's name.
+
+```
+OUT/config.yaml  inputs.json  backbone/  oof.jsonl  summary.json  thresholds.json  submission.jsonl  decision.json
+OUT/report.md  *.png
+OUT/fold_K/best/  checkpoints/  runs/  val_probs.jsonl  test_probs.jsonl  metrics.json  done.json
+OUT/.fold_K.lock  .setup.lock      (flock files; never deleted, see locking.py)
+```
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+
+import yaml
+
+from nikl_emotion.base.checkpoint_files import BACKBONE_SPEC_FILE, EXPORT_FILES, MODEL_CARD_FILE, POST_TRAIN_FILE, SAVED_MODEL_FILE
+from nikl_emotion.base.errors import PipelineError
+from nikl_emotion.base.fileio import file_digest, write_json_atomic, write_text_atomic
+from nikl_emotion.folders.folder_kind import claim_folder, describe, enclosing_folder
+
+CONFIG_FILE = "config.yaml"  # written first (the resolved configuration)
+INPUTS_FILE = "inputs.json"  # sha256 of each input file: results are refused against changed data
+BACKBONE_DIR = "backbone"
+OOF_FILE = "oof.jsonl"
+SUMMARY_FILE = "summary.json"
+THRESHOLDS_FILE = "thresholds.json"
+SUBMISSION_FILE = "submission.jsonl"
+REPORT_FILE = "report.md"
+DECISION_FILE = "decision.json"  # the DecisionRule submission.jsonl was made with
+PLOT_NAMES = ("per_label_f1", "threshold_curves", "label_counts", "label_totals")  # report.md shows each as NAME.png
+
+
+def plot_file(name: str) -> str:
+    """The file name of one of the report's plots (`PLOT_NAMES`), as report.md links it."""
+    if name not in PLOT_NAMES:
+        raise ValueError(f"unknown plot {name!r}; one of {', '.join(PLOT_NAMES)}")
+    return f"{name}.png"
+
+
+PLOTS = tuple(plot_file(name) for name in PLOT_NAMES)
+RUN_FILES = (CONFIG_FILE, INPUTS_FILE, BACKBONE_DIR, OOF_FILE, SUMMARY_FILE, THRESHOLDS_FILE, SUBMISSION_FILE,
+             DECISION_FILE, REPORT_FILE, *PLOTS)
+# what train.py --hp-search writes; not run files: --overwrite keeps them, as the study accumulates over commands
+HP_SEARCH_FILES = ("hp_search_config.yaml", "hp_search_trials", "hp_search.db", "hp_search.csv", "hp_search_best.yaml")
+FOLD_PATTERN = re.compile(r"fold_(\d+)")
+DONE_FILE = "done.json"  # written last in a fold: the fold is complete only when it exists
+
+
+def is_run_file(name: str) -> bool:
+    """A top-level name a training run writes (and `--overwrite` deletes)."""
+    return name in RUN_FILES or FOLD_PATTERN.fullmatch(name) is not None
+
+
+@dataclass(frozen=True)
+class FoldFolder:
+    root: str
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.root, name)
+
+    best = property(lambda self: self._path("best"))
+    best_staging = property(lambda self: self._path("best.partial"))  # written, then renamed to best/
+    checkpoints = property(lambda self: self._path("checkpoints"))  # the Trainer's; deleted when the fold ends
+    runs = property(lambda self: self._path("runs"))  # TensorBoard logs, kept
+    val_probs = property(lambda self: self._path("val_probs.jsonl"))
+    test_probs = property(lambda self: self._path("test_probs.jsonl"))
+    metrics = property(lambda self: self._path("metrics.json"))
+    done = property(lambda self: self._path(DONE_FILE))
+
+    def is_done(self, fold: int) -> bool:
+        return read_mapping(self.done).get("fold") == fold
+
+    @classmethod
+    def file_names(cls) -> tuple[str, ...]:
+        """Every name a fold folder may hold (e.g. what `--overwrite` may remove from a folder laid out as one)."""
+        return property_names(cls)
+
+
+def property_names(folder_class) -> tuple[str, ...]:
+    """The names a folder class's path properties spell (each property is `root/NAME`)."""
+    blank = folder_class("")
+    return tuple(getattr(blank, name) for name, value in vars(folder_class).items() if isinstance(value, property))
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    root: str
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.root, name)
+
+    config = property(lambda self: self._path(CONFIG_FILE))
+    inputs = property(lambda self: self._path(INPUTS_FILE))
+    backbone = property(lambda self: self._path(BACKBONE_DIR))
+    oof = property(lambda self: self._path(OOF_FILE))
+    summary = property(lambda self: self._path(SUMMARY_FILE))
+    thresholds = property(lambda self: self._path(THRESHOLDS_FILE))
+    submission = property(lambda self: self._path(SUBMISSION_FILE))
+    report = property(lambda self: self._path(REPORT_FILE))
+    decision = property(lambda self: self._path(DECISION_FILE))
+    setup_lock = property(lambda self: self._path(".setup.lock"))
+    backbone_spec = property(lambda self: os.path.join(self.backbone, BACKBONE_SPEC_FILE))  # what the backbone was built from
+    # train.py --hp-search N (HP_SEARCH_FILES, kept by --overwrite: the study accumulates over commands)
+    hp_config = property(lambda self: self._path(HP_SEARCH_FILES[0]))
+    hp_trials = property(lambda self: self._path(HP_SEARCH_FILES[1]))  # the Trainer's output_dir (no checkpoints)
+    hp_study = property(lambda self: self._path(HP_SEARCH_FILES[2]))  # the Optuna study (SQLite)
+    hp_table = property(lambda self: self._path(HP_SEARCH_FILES[3]))  # one row per trial
+    hp_best = property(lambda self: self._path(HP_SEARCH_FILES[4]))  # the best trial's values
+
+    def plot(self, name: str) -> str:
+        """The path of one of the report's plots (`PLOT_NAMES`)."""
+        return self._path(plot_file(name))
+
+    def fold(self, k: int) -> FoldFolder:
+        return FoldFolder(self._path(f"fold_{k}"))
+
+    def fold_lock(self, k: int) -> str:
+        return self._path(f".fold_{k}.lock")
+
+    def has_results(self) -> bool:
+        """Whether anything a fold produced is here (a fold_K folder): what a changed configuration must not mix
+        with."""
+        return os.path.isdir(self.root) and any(FOLD_PATTERN.fullmatch(name) for name in os.listdir(self.root))
+
+
+@dataclass(frozen=True)
+class PostTrainFolder:
+    """A post_train.py output folder: when finished, a model folder (config.json, weights, tokenizer,
+    preprocessing.json) that train.py fine-tunes, plus its summary `post_train.json`, written last."""
+
+    root: str
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.root, name)
+
+    summary = property(lambda self: self._path(POST_TRAIN_FILE))
+    checkpoints = property(lambda self: self._path("checkpoints"))  # the Trainer's; deleted once the model is saved
+    runs = property(lambda self: self._path("runs"))  # TensorBoard logs, kept
+    eval_loss_before = property(lambda self: self._path("eval_loss_before.json"))  # survives a resume
+    time_budget = property(lambda self: self._path("time_budget.json"))  # the steps planned: a resume keeps them
+    lock = property(lambda self: self._path(".post_train.lock"))
+
+    def is_finished(self) -> bool:
+        return os.path.isfile(self.summary)
+
+    def has_results(self) -> bool:
+        """Checkpoints or a saved model: what a changed configuration must not silently replace."""
+        return any(os.path.exists(path) for path in (self.checkpoints, self._path("config.json"), self.summary))
+
+    @staticmethod
+    def is_run_file(name: str) -> bool:
+        """What post_train.py writes (and `--overwrite` deletes): its own files and the saved model's; nothing else
+        a user put in the folder."""
+        return name in POST_TRAIN_OWN_FILES or SAVED_MODEL_FILE.fullmatch(name) is not None
+
+
+# its path properties but the lock (flock files are never deleted, see locking.py), and the run files beside them
+POST_TRAIN_OWN_FILES = frozenset({CONFIG_FILE, INPUTS_FILE, *(name for name in property_names(PostTrainFolder)
+                                                             if not name.endswith(".lock"))})
+def read_mapping(path: str) -> dict:
+    """The mapping in a YAML or JSON file (config.yaml, inputs.json, done.json); {} when the file is absent."""
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as handle:
+            # JSON read as JSON: YAML 1.1 would take a number such as 1e-05 for a string
+            data = json.load(handle) if path.endswith(".json") else yaml.safe_load(handle)
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise PipelineError(f"{path}: cannot read ({exc})") from None
+    return data if isinstance(data, dict) else {}
+
+
+def input_digests(paths: list[str]) -> dict[str, str]:
+    """{path: sha256 of its bytes}: what a run's results were computed from."""
+    return {path: file_digest(path) for path in paths}
+
+
+def inputs_difference(old: dict, new: dict) -> str | None:
+    """The first input file whose content differs between two `inputs.json` records ({path: sha256})."""
+    for path in sorted(set(old) | set(new)):
+        if path in old and path in new and old[path] != new[path]:
+            return f"{path} changed since this run's folds were trained (its content differs)"
+    return None
+
+
+# Keys that do not change a run's results: an existing output_dir may be resumed with other values for them.
+RESUMABLE_KEYS = frozenset({
+    "fold", "overwrite", "output_dir", "disable_tqdm", "dataloader_num_workers", "per_device_eval_batch_size",
+    "report_to", "logging_strategy", "logging_steps", "resume_from_checkpoint",
+    "decision",  # chooses how the finished folds are combined, after training: no fold depends on it
+    "max_unknown_rate",  # a stop before training, not a setting of it
+})
+
+
+def config_difference(old: dict, new: dict, defaults: dict | None = None) -> str | None:
+    """The first result-affecting key whose value differs between two resolved configs, as `key: old -> new`. A key
+    missing from one side reads as its value in `defaults` (the settings dataclasses' defaults, `config.field_defaults`):
+    a key added after a run was written is, at its default, what that run did, so an older run still resumes."""
+    defaults = defaults or {}
+    for key in sorted(set(old) | set(new)):
+        default = defaults.get(key)
+        if key not in RESUMABLE_KEYS and old.get(key, default) != new.get(key, default):
+            return f"{key}: {old.get(key, '(default)')!r} -> {new.get(key, '(default)')!r}"
+    return None
+
+
+def prepare_output_dir(
+    output_dir: str, config: dict, overwrite: bool, *, is_run_file=is_run_file, kind: str = "run",
+    has_results=lambda folder: RunFolder(folder).has_results(), inputs: dict[str, str] | None = None,
+    defaults: dict | None = None,
+) -> None:
+    """Claim output_dir for a command of `kind` (folder_kind.py: another command's folder, a folder of nobody's
+    files or one inside another command's folder is refused) and refuse to mix two configurations (or two versions
+    of an input file) in it once it holds results; `overwrite` deletes the old run's files first (only the names
+    `is_run_file` accepts). A folder whose earlier run stopped before producing results (a crash on a bad value, a
+    kill during set-up) is simply taken over, so the corrected command is not refused."""
+    claim_folder(output_dir, kind)
+    existing = os.path.join(output_dir, CONFIG_FILE)
+    inputs_file = os.path.join(output_dir, INPUTS_FILE)
+    if os.path.exists(existing):
+        old, old_inputs = read_mapping(existing), read_mapping(inputs_file)
+        difference = config_difference(old, config, defaults) or inputs_difference(old_inputs, inputs or {})
+        if overwrite or (difference is not None and not has_results(output_dir)):
+            for name in os.listdir(output_dir):
+                if is_run_file(name):
+                    path = os.path.join(output_dir, name)
+                    shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
+        elif difference is not None:
+            raise PipelineError(
+                f"{output_dir} holds {describe(kind)} with another configuration ({difference}); "
+                "use another output_dir, or --overwrite true to delete it and start again"
+            )
+    os.makedirs(output_dir, exist_ok=True)
+    write_text_atomic(existing, yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
+    if inputs is not None:
+        write_json_atomic(inputs_file, inputs)
+
+
+def last_complete_checkpoint(folder: str, required: tuple[str, ...] = ()) -> str | None:
+    """The newest checkpoint that was written to the end (its trainer_state.json is saved last, then the `required`
+    files written after the Trainer's); newer, partial ones (a kill during saving) are deleted so the Trainer does
+    not trip over them."""
+    if not os.path.isdir(folder):
+        return None
+    steps = sorted(
+        (int(name.split("-")[-1]), name) for name in os.listdir(folder) if re.fullmatch(r"checkpoint-\d+", name)
+    )
+    for _, name in reversed(steps):
+        path = os.path.join(folder, name)
+        if all(os.path.exists(os.path.join(path, name)) for name in ("trainer_state.json", *required)):
+            return path
+        shutil.rmtree(path, ignore_errors=True)
+    return None
+
+
+DISTILL_FILE = "distill.json"  # distill.py's summary: the student beside the teacher
+STUDENT_FILES = (*FoldFolder.file_names(), CONFIG_FILE, INPUTS_FILE, BACKBONE_DIR, SUBMISSION_FILE, DISTILL_FILE)
+
+STACK_FILE = "stack.json"  # written last by ensemble.py --output_dir: the members, the stacker, its scores
+
+
+@dataclass(frozen=True)
+class StackFolder:
+    """An `ensemble.py --runs A B --strategy stack --output_dir S` folder: a servable stack of finished runs."""
+
+    root: str
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.root, name)
+
+    stack = property(lambda self: self._path(STACK_FILE))
+    decision = property(lambda self: self._path(DECISION_FILE))  # the rule the folds' stacked probabilities are voted by
+    submission = property(lambda self: self._path(SUBMISSION_FILE))  # for the members' test file
+    test_probs = property(lambda self: self._path("test_probs.jsonl"))  # the folds' mean stacked probabilities
+
+
+# what each kind of folder (folder_kind.py) writes at its top level: the names no other command may replace
+OWN_NAMES = {
+    "run": lambda name: is_run_file(name) or name in HP_SEARCH_FILES,
+    "fold": lambda name: name in FoldFolder.file_names(),
+    "post-training": PostTrainFolder.is_run_file,
+    "distillation": lambda name: name in STUDENT_FILES,
+    "export": lambda name: name in EXPORT_FILES or SAVED_MODEL_FILE.fullmatch(name) is not None,
+    "checkpoint": lambda name: name == MODEL_CARD_FILE or SAVED_MODEL_FILE.fullmatch(name) is not None,
+    "stack": lambda name: name in property_names(StackFolder),
+}
+
+
+def check_not_a_folders_own_file(path: str, option: str) -> None:
+    """An output file of inference.py or ensemble.py may sit in a run's folder (OUT/dev_submission.jsonl), but must
+    not replace a file the folder's command wrote (OUT/submission.jsonl, OUT/fold_0/val_probs.jsonl)."""
+    enclosing = enclosing_folder(path)
+    if enclosing is None:
+        return
+    folder, kind = enclosing
+    name = os.path.relpath(os.path.realpath(path), folder).split(os.sep)[0]
+    owns = OWN_NAMES.get(kind)
+    if owns is not None and owns(name):
+        raise PipelineError(f"{option}: {path} is a file of {folder}, {describe(kind)}, which its command wrote and "
+                            "reads back: write to another path")

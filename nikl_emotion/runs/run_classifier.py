@@ -1,0 +1,92 @@
+"""`EmotionClassifier` (what `from nikl_emotion import EmotionClassifier` gives): a checkpoint, an export, a finished
+run or a stack folder behind one interface; and `RunClassifier`, a run's or a stack's folds.
+
+    classifier = EmotionClassifier.from_pretrained("out")           # a train.py run: its folds, voted by its rule
+    classifier = EmotionClassifier.from_pretrained("stack")         # an ensemble.py stack folder
+    labels = classifier.predict("test.jsonl")                       # bool (rows, 8): what inference.py --run writes
+
+Fold K's probabilities are fold K's checkpoint's (a run), or the stacker applied to fold K of every member (a stack);
+the folds are then decided and voted by the saved `DecisionRule`, exactly as the folder's submission.jsonl was made.
+Checkpoints are loaded one at a time, when predicting, and released after, so a run of large models fits in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from nikl_emotion.backends.classifier import CheckpointClassifier
+from nikl_emotion.text.data import Rows, as_rows
+from nikl_emotion.base.errors import PipelineError
+from nikl_emotion.runs.finished_run import FinishedRun
+from nikl_emotion.folders.folder_kind import describe, folder_kind
+from nikl_emotion.runs.stack_run import open_stack
+from nikl_emotion.decisions.stacking import Stacker
+from nikl_emotion.decisions.voting import DecisionRule
+
+# a checkpoint folder -> a model with `predict_proba(rows, batch_size=, progress=)` (an EmotionClassifier)
+Loader = Callable[[str], object]
+
+
+class RunClassifier:
+    """Fold checkpoints (`folds[k]`: fold k's checkpoint, or each member's fold-k checkpoint for a stacker) and the
+    rule that votes the folds."""
+
+    def __init__(self, folds: list[list[str]], rule: DecisionRule, load: Loader, stacker: Stacker | None = None,
+                 source: str | None = None):
+        if not folds:
+            raise PipelineError(f"{source or 'RunClassifier'}: no checkpoints to predict with")
+        rule.check_models(len(folds))
+        self.folds, self.rule, self.load, self.stacker, self.source = folds, rule, load, stacker, source
+
+    @classmethod
+    def from_checkpoints(cls, checkpoints: list[str], rule: DecisionRule, load: Loader) -> "RunClassifier":
+        """Checkpoints given one by one (inference.py --checkpoint), combined by `rule`."""
+        return cls([[path] for path in checkpoints], rule, load)
+
+    @classmethod
+    def open(cls, folder: str, load: Loader, option: str = "--run") -> "RunClassifier":
+        """A finished train.py run or an ensemble.py stack folder, by its kind."""
+        kind = folder_kind(folder)
+        if kind == "stack":
+            stack = open_stack(folder, option)
+            return cls(stack.fold_checkpoints, stack.rule, load, stack.stacker, source=folder)
+        if kind not in (None, "run"):
+            raise PipelineError(f"{option}: {folder} holds {describe(kind)}, not a train.py run or a stack of runs")
+        run = FinishedRun.open(folder, option)
+        return cls([[path] for path in run.checkpoints], run.rule(), load, source=folder)
+
+    def fold_probabilities(self, rows: Rows, *, batch_size: int = 128, progress: bool = False) -> list[np.ndarray]:
+        """Each fold's (rows, 8) probabilities, in the rows' order."""
+        rows = as_rows(rows)
+        folds = []
+        for checkpoints in self.folds:
+            probs = []
+            for path in checkpoints:
+                model = self.load(path)
+                probs.append(model.predict_proba(rows, batch_size=batch_size, progress=progress))
+                del model  # one checkpoint in memory at a time
+            folds.append(self.stacker.apply(probs) if self.stacker is not None else probs[0])
+        return folds
+
+    def predict_proba(self, rows: Rows, *, batch_size: int = 128, progress: bool = False) -> np.ndarray:
+        """The folds' (weighted) mean probability (rows, 8)."""
+        return self.rule.mean(self.fold_probabilities(rows, batch_size=batch_size, progress=progress))
+
+    def predict(self, rows: Rows, *, batch_size: int = 128, progress: bool = False) -> np.ndarray:
+        """Decisions (rows, 8): the folds decided and voted by the saved rule."""
+        return self.rule.apply(self.fold_probabilities(rows, batch_size=batch_size, progress=progress))
+
+
+class EmotionClassifier(CheckpointClassifier):
+    """`CheckpointClassifier` whose `from_pretrained` also takes a finished train.py run or an ensemble.py stack
+    folder, giving a `RunClassifier` (its folds, loaded one at a time when predicting, voted by its saved rule) with
+    the same `predict_proba` and `predict`."""
+
+    @classmethod
+    def from_pretrained(cls, folder, *, device=None, threads=None):
+        if folder_kind(str(folder)) in ("run", "stack"):
+            return RunClassifier.open(str(folder), lambda path: CheckpointClassifier.from_pretrained(
+                path, device=device, threads=threads), option="from_pretrained")
+        return super().from_pretrained(folder, device=device, threads=threads)

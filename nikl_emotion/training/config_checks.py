@@ -1,0 +1,141 @@
+"""The checks of a run's settings that need more than the settings: the backend a `model_name_or_path` names (a
+hub folder's files, an offline or n-gram spec), a loss's parameters (checked by the loss classes themselves),
+kiwipiepy for morpheme segmentation, the files a run reads and writes, a pseudo-label run. `parse_config` (the
+settings parsed, then these checks) is what the commands call; `config.py` stays a leaf any layer can read.
+"""
+
+from __future__ import annotations
+
+import os
+
+from transformers import TrainingArguments
+
+from nikl_emotion.backends.registry import backend_for
+from nikl_emotion.base.config import (
+    ARGUMENT_CLASSES, TRAINING_DEFAULTS, DataArguments, KFoldArguments, LossArguments, ModelArguments,
+    PreprocessingArguments, TechniqueArguments, parse_arguments, validate_training_values,
+)
+from nikl_emotion.base.errors import PipelineError
+from nikl_emotion.backends.losses import LossParameterError, build_loss
+from nikl_emotion.text.morphemes import kiwi
+from nikl_emotion.training.pseudo_labels import check_pseudo_label_run
+from nikl_emotion.folders.run_folder import is_run_file
+
+
+def parse_config(argv: list[str]) -> tuple[ModelArguments, DataArguments, KFoldArguments, LossArguments,
+                                           TechniqueArguments, TrainingArguments]:
+    """`[CONFIG.yaml] [--key value ...]` -> validated argument dataclasses."""
+    arguments = parse_arguments(argv, ARGUMENT_CLASSES, TRAINING_DEFAULTS)
+    validate(*arguments)
+    return arguments
+
+
+def validate(
+    model_args: ModelArguments, data_args: DataArguments, kfold_args: KFoldArguments, loss_args: LossArguments,
+    technique_args: TechniqueArguments, training_args: TrainingArguments,
+) -> None:
+    """What no single dataclass can check alone (each validates itself in `__post_init__`): the Trainer's settings
+    and how they meet the pipeline's, and what the settings name outside themselves (`check_settings_resources`).
+    Fails before any work starts, with a message naming the key."""
+    check_settings_resources(model_args, data_args, loss_args, technique_args)
+    validate_reporting(training_args)
+    validate_training_values(training_args)
+    check_inputs_outside_run(training_args.output_dir, [*data_args.train_files, *filter(None, [data_args.test_file])])
+    check_pretokenizer(model_args.model_name_or_path, data_args.offline_pretokenizer)
+    validate_techniques_with(technique_args, model_args, training_args)
+    if training_args.label_smoothing_factor:
+        raise PipelineError(
+            "label_smoothing_factor: the Trainer's smoothing is for single-label cross-entropy and would be ignored "
+            "by a multi-label loss; use label_smoothing instead"
+        )
+    if training_args.eval_strategy == "no" or training_args.eval_strategy != training_args.save_strategy:
+        raise PipelineError("eval_strategy and save_strategy must be the same (epoch or steps): the best checkpoint is chosen on validation micro-F1")
+    if training_args.metric_for_best_model not in ("micro_f1", "eval_micro_f1", "macro_f1", "eval_macro_f1", "loss", "eval_loss"):
+        raise PipelineError(f"metric_for_best_model: {training_args.metric_for_best_model!r} is not micro_f1, macro_f1 or loss")
+
+
+def check_inputs_outside_run(output_dir: str, paths: list[str]) -> None:
+    """An input file must not be one of the files the run writes or `--overwrite` deletes (OUT/submission.jsonl,
+    OUT/fold_K/...): it would be replaced by the run's own output."""
+    run = os.path.realpath(output_dir)
+    for path in paths:
+        relative = os.path.relpath(os.path.realpath(path), run)
+        if relative.startswith(os.pardir) or os.path.isabs(relative):
+            continue
+        if is_run_file(relative.split(os.sep)[0]):
+            raise PipelineError(f"{path}: this input lies where the run in {output_dir} writes its own files; "
+                                "move it or use another output_dir")
+
+
+def validate_reporting(training_args: TrainingArguments) -> None:
+    """`report_to: tensorboard` needs the optional tensorboard package: say so before any work starts."""
+    from transformers.integrations import is_tensorboard_available
+
+    if "tensorboard" in (training_args.report_to or []) and not is_tensorboard_available():
+        raise PipelineError("report_to: tensorboard needs the tensorboard package: pip install tensorboard")
+
+
+def validate_techniques_with(args: TechniqueArguments, model_args: ModelArguments, training_args: TrainingArguments) -> None:
+    """What the techniques need from the rest of the configuration."""
+    if not backend_for(model_args.model_name_or_path).trains_an_encoder:
+        trainer_only = [key for key in args.active() if key != "pseudo_label_run"]
+        if trainer_only:
+            raise PipelineError(f"{trainer_only[0]}: a fine-tuning technique of encoders; "
+                                f"{model_args.model_name_or_path} has no encoder to apply it to")
+    epochs = training_args.num_train_epochs if training_args.max_steps <= 0 else None
+    if args.swa_epochs and epochs is not None and args.swa_epochs > epochs:
+        raise PipelineError(f"swa_epochs: averages the last {args.swa_epochs} epochs of {epochs:g}; "
+                            "it must not exceed num_train_epochs")
+    if args.pseudo_label_run is not None and os.path.realpath(args.pseudo_label_run) == os.path.realpath(training_args.output_dir):
+        raise PipelineError("pseudo_label_run: must be another run than this one (output_dir)")
+
+
+# each loss class's parameters and the LossArguments keys that set them
+LOSS_KEYS = {
+    "bce": {"label_smoothing": "label_smoothing"},
+    "focal": {"alpha": "focal_alpha", "gamma": "focal_gamma"},
+    "asl": {"gamma_neg": "asl_gamma_neg", "gamma_pos": "asl_gamma_pos", "clip": "asl_clip", "eps": "asl_eps"},
+}
+
+
+def check_model_name(model_name_or_path: str) -> None:
+    """A name the backend that trains it accepts (an n-gram or offline spec that exists, a model folder or hub name
+    that can be one)."""
+    backend_for(model_name_or_path).check_spec(model_name_or_path)
+
+
+def check_settings_resources(model_args: ModelArguments, preprocessing_args: PreprocessingArguments,
+                             loss_args: LossArguments | None = None, technique_args: TechniqueArguments | None = None) -> None:
+    """What each settings dataclass names outside itself: the model, kiwipiepy, the losses' parameters, the
+    pseudo-label run."""
+    check_model_name(model_args.model_name_or_path)
+    if preprocessing_args.offline_pretokenizer == "kiwi":
+        kiwi()  # a missing kiwipiepy stops the run before any work, with the pip command
+    if loss_args is not None:
+        check_loss_parameters(loss_args)
+    if technique_args is not None and technique_args.pseudo_label_run is not None:
+        check_pseudo_label_run(technique_args.pseudo_label_run)
+
+
+def check_loss_parameters(loss_args: LossArguments) -> None:
+    # every loss's keys are checked (a wrong value should not wait for the day that loss is chosen), by the loss
+    # classes themselves; the message names the config key
+    for loss, keys in LOSS_KEYS.items():
+        try:
+            build_loss(loss, **{parameter: getattr(loss_args, key) for parameter, key in keys.items()})
+        except LossParameterError as exc:
+            raise PipelineError(f"{keys.get(exc.parameter, exc.parameter)}: {exc.requirement}, got {exc.value}") from None
+
+
+def check_pretokenizer(backbone: str, pretokenizer: str) -> None:
+    """The pre-tokenizer must be the one the backbone's tokenizer was trained with: a vocabulary learned on
+    morpheme-segmented text sees other pieces in unsegmented text, and the reverse. Morpheme segmentation exists for
+    the offline backbones (whose tokenizer is trained here) and the folders post-trained from them; a hub
+    tokenizer never learned segmented text."""
+    learned = backend_for(backbone).pretokenizer_of(backbone)
+    if learned is not None and learned != pretokenizer:
+        where = (f"{backbone} was post-trained with offline_pretokenizer: {learned}" if learned != "none"
+                 else f"{backbone}'s tokenizer was not trained on morpheme-segmented text (offline_pretokenizer "
+                      "applies to offline:* backbones and the folders post-trained from them)")
+        raise PipelineError(f"offline_pretokenizer: {pretokenizer} does not fit the backbone: {where}; set "
+                            f"offline_pretokenizer: {learned}")

@@ -1,0 +1,200 @@
+"""Hyper-parameter search with `Trainer.hyperparameter_search` (Optuna backend) on one fold.
+
+`python train.py CONFIG --hp-search N [--fold K]`: N trials, each training on fold K's training split (default 0)
+and scored by the best validation micro-F1 over its epochs. The space is centred on the config's own values, so the
+same command searches sensibly around a pretrained encoder's 4e-5 or the offline backbone's 1e-3:
+
+| key | range |
+|---|---|
+| learning_rate | log-uniform in [lr/10, lr*10] |
+| weight_decay | uniform in [0, 0.3] |
+| per_device_train_batch_size | one of 16, 32, 64, 128 |
+| num_train_epochs | integer in [max(1, E/2), E] (E: the config's epochs) |
+| warmup_steps | ratio in [0, 0.2] |
+| label_smoothing | uniform in [0, 0.2] |
+| loss parameters | bce: pos_weight none/auto; focal: focal_gamma [0, 4], focal_alpha [0.1, 0.9]; asl: asl_gamma_neg [0, 6], asl_clip [0, 0.2] |
+
+Trials go to an Optuna SQLite study in `OUT/hp_search.db` (an interrupted search continues where it stopped);
+`OUT/hp_search.csv` lists every trial (number, state, micro-F1, seconds, parameters) and `OUT/hp_search_best.yaml`
+holds the best trial's values as config keys for `train.py CONFIG OUT/hp_search_best.yaml`-style reuse.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+import os
+
+import numpy as np
+import yaml
+from accelerate import PartialState
+from transformers import TrainingArguments
+
+from nikl_emotion.folders.folder_kind import check_output_folder, claim_folder
+from nikl_emotion.base.config import (
+    DataArguments, KFoldArguments, LossArguments, ModelArguments, TechniqueArguments, resolved_config,
+)
+from nikl_emotion.base.errors import PipelineError
+from nikl_emotion.base.fileio import write_text_atomic
+from nikl_emotion.training.folds import make_folds
+from nikl_emotion.text.preprocessing import load_task_files
+from nikl_emotion.folders.run_folder import RunFolder
+from nikl_emotion.backends.registry import backend_for
+from nikl_emotion.backends.emotion_trainer import EmotionTrainer, fold_trainer_inputs, make_loss
+from nikl_emotion.backends.encoder_backend import backbone_and_encodings, load_classifier
+
+BATCH_SIZES = (16, 32, 64, 128)
+LOSS_KEYS = {f.name for f in dataclasses.fields(LossArguments)}
+
+
+def suggest(trial, base: TrainingArguments, loss_args: LossArguments) -> dict:
+    """One trial's values (documented in the module docstring); Trainer keys and loss keys together."""
+    lr = base.learning_rate
+    epochs = max(1, int(math.ceil(base.num_train_epochs)))
+    params = {
+        "learning_rate": trial.suggest_float("learning_rate", lr / 10, lr * 10, log=True),
+        "weight_decay": trial.suggest_float("weight_decay", 0.0, 0.3),
+        "per_device_train_batch_size": trial.suggest_categorical("per_device_train_batch_size", list(BATCH_SIZES)),
+        "num_train_epochs": trial.suggest_int("num_train_epochs", max(1, epochs // 2), epochs),
+        "warmup_steps": trial.suggest_float("warmup_steps", 0.0, 0.2),
+        "label_smoothing": trial.suggest_float("label_smoothing", 0.0, 0.2),
+    }
+    if loss_args.loss == "bce":
+        params["pos_weight"] = trial.suggest_categorical("pos_weight", ["none", "auto"])
+    elif loss_args.loss == "focal":
+        params["focal_gamma"] = trial.suggest_float("focal_gamma", 0.0, 4.0)
+        params["focal_alpha"] = trial.suggest_float("focal_alpha", 0.1, 0.9)
+    else:
+        params["asl_gamma_neg"] = trial.suggest_float("asl_gamma_neg", 0.0, 6.0)
+        params["asl_clip"] = trial.suggest_float("asl_clip", 0.0, 0.2)
+    return params
+
+
+class SearchTrainer(EmotionTrainer):
+    """Applies a trial's loss keys (which are not TrainingArguments) and tracks the trial's best epoch."""
+
+    def __init__(self, *args, loss_args: LossArguments, train_labels: np.ndarray, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.base_loss_args = loss_args
+        self.train_labels = train_labels
+        self.best_in_trial = -math.inf
+
+    def _hp_search_setup(self, trial) -> None:
+        super()._hp_search_setup(trial)  # sets the TrainingArguments keys
+        if trial is None:
+            return
+        params = dict(trial.params)
+        if "warmup_steps" in params:  # the Trainer casts to the old value's type: 0 (int) would swallow a ratio
+            self.args.warmup_steps = float(params["warmup_steps"])
+        loss_params = {k: v for k, v in params.items() if k in LOSS_KEYS}
+        self.loss_fn = make_loss(dataclasses.replace(self.base_loss_args, **loss_params), self.train_labels)
+        self.best_in_trial = -math.inf
+
+    def objective_of(self, metrics: dict) -> float:
+        # a trial is worth its best epoch (what load_best_model_at_end would keep), not its last
+        self.best_in_trial = max(self.best_in_trial, metrics["eval_micro_f1"])
+        return self.best_in_trial
+
+
+def trials_table(study) -> list[dict]:
+    rows = []
+    for trial in study.trials:
+        duration = (trial.datetime_complete - trial.datetime_start).total_seconds() if trial.datetime_complete else None
+        rows.append({
+            "trial": trial.number,
+            "state": trial.state.name,
+            "micro_f1": None if trial.value is None else round(trial.value, 6),
+            "seconds": None if duration is None else round(duration, 1),
+            **trial.params,
+        })
+    return rows
+
+
+def write_trials(output_dir: str, study) -> None:
+    rows = trials_table(study)
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    run = RunFolder(output_dir)
+    write_text_atomic(run.hp_table, buffer.getvalue())
+    complete = [t for t in study.trials if t.value is not None]
+    if complete:
+        best = max(complete, key=lambda t: t.value)
+        header = f"# hp_search trial {best.number}: validation micro-F1 {best.value:.4f}\n"
+        write_text_atomic(run.hp_best, header + yaml.safe_dump(dict(best.params), sort_keys=False))
+
+
+def check_search(n_trials: int, model_args: ModelArguments, technique_args: TechniqueArguments):
+    """What a search needs, checked before any work; returns the optuna module."""
+    try:
+        import optuna
+    except ImportError:
+        raise PipelineError("--hp-search needs optuna: pip install optuna") from None
+    if not backend_for(model_args.model_name_or_path).trains_an_encoder:
+        raise PipelineError(f"--hp-search tunes the Trainer's settings of an encoder; {model_args.model_name_or_path} has none")
+    if technique_args.pseudo_label_run is not None:
+        raise PipelineError("--hp-search tunes on fold 0's training split alone; run it without pseudo_label_run")
+    if n_trials < 1:
+        raise PipelineError(f"--hp-search: the number of trials must be at least 1, got {n_trials}")
+    return optuna
+
+
+def run_hp_search(
+    n_trials: int, model_args: ModelArguments, data_args: DataArguments, kfold_args: KFoldArguments,
+    loss_args: LossArguments, technique_args: TechniqueArguments, training_args: TrainingArguments,
+) -> dict | None:
+    optuna = check_search(n_trials, model_args, technique_args)
+    state = PartialState()
+    output_dir = training_args.output_dir
+    check_output_folder(output_dir, "run")
+    run = RunFolder(output_dir)
+    fold = kfold_args.fold or 0
+    # the run's offline backbone (shared with train.py in this folder) also learns the test texts
+    files = load_task_files(data_args, training_args)
+    preprocessing, train_rows, cleaned, cleaned_test = files.preprocessing, files.train, files.cleaned, files.cleaned_test
+    if state.is_main_process:
+        claim_folder(output_dir, "run")  # the study lives in a run's folder (RunFolder.hp_*)
+        config = resolved_config(model_args, data_args, kfold_args, loss_args, technique_args, training_args)
+        write_text_atomic(run.hp_config, yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
+    state.wait_for_everyone()
+    backbone, tokenizer, encoded, _ = backbone_and_encodings(model_args, preprocessing, training_args, cleaned, cleaned_test)
+    train_index, val_index = make_folds(np.asarray(train_rows["labels"]), kfold_args.num_folds, training_args.seed)[fold]
+    train_split, val_split = encoded.select(train_index), encoded.select(val_index)
+    # trials are scored, not kept: no checkpoints, no best-model reload
+    args = dataclasses.replace(
+        training_args, output_dir=run.hp_trials, save_strategy="no",
+        load_best_model_at_end=False, remove_unused_columns=False,
+    )
+    trainer = SearchTrainer(
+        model=None,
+        model_init=lambda trial=None: load_classifier(backbone, tokenizer, technique_args),
+        args=args,
+        **fold_trainer_inputs(train_split, val_split, tokenizer, kfold_args, loss_args, technique_args),
+        loss_args=loss_args,
+        train_labels=np.asarray(train_split["labels"]),
+    )
+    storage = f"sqlite:///{os.path.abspath(run.hp_study)}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    best = trainer.hyperparameter_search(
+        # the Trainer sets the TrainingArguments keys; SearchTrainer reads the loss keys from trial.params
+        hp_space=lambda trial: {k: v for k, v in suggest(trial, training_args, loss_args).items() if k not in LOSS_KEYS},
+        compute_objective=trainer.objective_of,
+        n_trials=n_trials,
+        direction="maximize",
+        backend="optuna",
+        storage=storage,
+        study_name="hp_search",
+        load_if_exists=True,
+        sampler=optuna.samplers.TPESampler(seed=training_args.seed),
+    )
+    if not state.is_main_process:
+        return None
+    study = optuna.load_study(study_name="hp_search", storage=storage)
+    write_trials(output_dir, study)
+    print(f"hp search: {len(study.trials)} trials on fold {fold}; best validation micro-F1 {best.objective:.4f} "
+          f"(trial {best.run_id}): {best.hyperparameters}; table in {run.hp_table}")
+    return {"best_trial": int(best.run_id), "micro_f1": best.objective, "params": best.hyperparameters}

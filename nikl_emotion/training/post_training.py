@@ -1,0 +1,444 @@
+"""Domain-adaptive post-training: continue masked-LM training of a backbone on the task's own unlabelled text.
+
+Any jsonl in the task format works (train, dev, test; labels are ignored). Rows are cleaned and encoded exactly as
+fine-tuning will see them (same cleaning options, same text/target input format), so the encoder adapts to the
+inputs it is later classified on. For the offline backbone this is its pretraining: a tokenizer trained on the same
+texts, a randomly initialised encoder, then MLM. The result is saved with `save_pretrained` (model, tokenizer,
+`preprocessing.json`, `post_train.json`) and `train.py --model_name_or_path DIR` fine-tunes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from accelerate import PartialState
+from datasets import Dataset
+from transformers.modeling_outputs import MaskedLMOutput
+from transformers import (
+    AutoConfig,
+    AutoModelForMaskedLM,
+    ElectraForPreTraining,
+    AutoModelForSequenceClassification,
+    PreTrainedModel,
+    DataCollatorForLanguageModeling,
+    Trainer,
+    TrainingArguments,
+    set_seed,
+)
+
+from nikl_emotion.folders.folder_kind import check_output_folder
+from nikl_emotion.text.batching import padded_width
+from nikl_emotion.backends.backbone import (
+    check_max_seq_length, load_tokenizer, offline_config, parse_offline_spec, train_wordpiece_tokenizer,
+)
+from nikl_emotion.base.config import (
+    ModelArguments,
+    PreprocessingArguments,
+    parse_arguments,
+    resolved_config,
+    check_input_files,
+    field_defaults,
+    is_finite,
+    validate_training_values,
+)
+from nikl_emotion.training.config_checks import check_pretokenizer, check_settings_resources, validate_reporting
+from nikl_emotion.text.encoding import add_marker_tokens, tokenize_batch
+from nikl_emotion.base.errors import PipelineError
+from nikl_emotion.base.fileio import write_json_atomic
+from nikl_emotion.text.preprocessing import Preprocessing, check_unknown_rate, load_task_files
+from nikl_emotion.base.locking import exclusive
+from nikl_emotion.base.vocabulary import MAX_UNKNOWN_RATE, is_offline
+from nikl_emotion.training.rtd import ReplacedTokenDetection, check_rtd_backbone
+from nikl_emotion.training.time_budget import describe, measure_step_seconds, plan_steps
+from nikl_emotion.folders.run_folder import PostTrainFolder, input_digests, last_complete_checkpoint, prepare_output_dir, read_mapping
+from nikl_emotion.backends.registry import backend_for
+from nikl_emotion.backends.emotion_trainer import LengthListSamplerMixin, keep_tensorboard_logs
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PostTrainDataArguments(PreprocessingArguments):
+    train_files: list[str] = field(default_factory=list, metadata={"help": "jsonl files whose texts are learned (train, dev, test: labels are ignored)."})
+    validation_fraction: float = field(default=0.02, metadata={"help": "Share of rows held out to report the MLM loss before and after."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_input_files(self.train_files, "jsonl file to learn from")
+        if not 0.0 <= self.validation_fraction < 0.5:
+            raise PipelineError(f"validation_fraction: must be in [0, 0.5), got {self.validation_fraction}")
+
+
+OBJECTIVES: tuple[str, ...] = ("mlm", "rtd")
+MAX_TIME_BUDGET_MINUTES = 7 * 24 * 60
+
+
+@dataclass
+class MLMArguments:
+    objective: str = field(default="mlm", metadata={"help": "mlm (masked-LM) or rtd (ELECTRA replaced-token detection: "
+                           "a small generator fills the masked tokens, the encoder learns to spot them; ELECTRA backbones)."})
+    mlm_probability: float = field(default=0.15, metadata={"help": "Share of tokens selected for prediction."})
+    whole_word_mask: bool = field(default=False, metadata={"help": "Mask all WordPiece pieces of a word together."})
+    rtd_generator_size: float = field(default=0.25, metadata={"help": "rtd: the generator's width as a share of the "
+                                      "discriminator's (the paper: 1/4 to 1/2)."})
+    rtd_discriminator_weight: float = field(default=50.0, metadata={"help": "rtd: weight of the discriminator's loss "
+                                            "beside the generator's (the paper: 50)."})
+    time_budget_minutes: float | None = field(default=None, metadata={"help": "Size the training to this many minutes "
+                                              "of this machine (measured on the first steps) instead of num_train_epochs."})
+    overwrite: bool = field(default=False, metadata={"help": "Start again in an output_dir that holds another post-training run."})
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise PipelineError(f"objective: {self.objective!r} is not one of {', '.join(OBJECTIVES)}")
+        if not 0.0 < self.mlm_probability < 1.0:
+            raise PipelineError(f"mlm_probability: must be in (0, 1), got {self.mlm_probability}")
+        if not 0.0 < self.rtd_generator_size <= 1.0:
+            raise PipelineError(f"rtd_generator_size: must be in (0, 1], got {self.rtd_generator_size}")
+        if not (is_finite(self.rtd_discriminator_weight) and self.rtd_discriminator_weight > 0):
+            raise PipelineError(f"rtd_discriminator_weight: must be > 0, got {self.rtd_discriminator_weight}")
+        budget = self.time_budget_minutes
+        if budget is not None and not (is_finite(budget) and 0 < budget <= MAX_TIME_BUDGET_MINUTES):
+            raise PipelineError(f"time_budget_minutes: must be a number of minutes in (0, {MAX_TIME_BUDGET_MINUTES}] "
+                                f"(a week), got {budget}")
+
+
+POST_TRAIN_DEFAULTS: dict[str, object] = {
+    "output_dir": "outputs/post-train",
+    "num_train_epochs": 3,
+    "learning_rate": 5e-4,
+    "weight_decay": 0.01,
+    "warmup_steps": 0.06,
+    "per_device_train_batch_size": 64,
+    "per_device_eval_batch_size": 128,
+    "eval_strategy": "epoch",
+    "save_strategy": "epoch",
+    "logging_strategy": "epoch",
+    "save_total_limit": 1,
+    "report_to": "none",
+    "train_sampling_strategy": "group_by_length",
+}
+
+
+def parse_post_train_config(argv: list[str]) -> tuple[ModelArguments, PostTrainDataArguments, MLMArguments, TrainingArguments]:
+    model_args, data_args, mlm_args, training_args = parse_arguments(
+        argv, (ModelArguments, PostTrainDataArguments, MLMArguments, TrainingArguments), POST_TRAIN_DEFAULTS
+    )
+    check_settings_resources(model_args, data_args)
+    validate_reporting(training_args)
+    validate_training_values(training_args)
+    check_pretokenizer(model_args.model_name_or_path, data_args.offline_pretokenizer)
+    if mlm_args.objective == "rtd" and is_offline(model_args.model_name_or_path):  # before the tokenizer is trained
+        arch, _ = parse_offline_spec(model_args.model_name_or_path)
+        check_rtd_backbone(SimpleNamespace(model_type=arch), model_args.model_name_or_path)
+    if data_args.validation_fraction == 0 and training_args.eval_strategy != "no":
+        raise PipelineError("validation_fraction 0 leaves nothing to evaluate: set eval_strategy: no as well")
+    return model_args, data_args, mlm_args, training_args
+
+
+def mlm_model_and_tokenizer(
+    model_args: ModelArguments, texts: list[str], preprocessing: Preprocessing, seed: int, output_dir: str,
+    objective: str = "mlm",
+):
+    """A masked-LM model (`objective: rtd`: an ELECTRA discriminator) and its tokenizer: from a hub name or folder,
+    or a new offline backbone built on `texts`.
+    An offline tokenizer is saved to `output_dir` at once, so a resumed run (and every other process) uses the very
+    vocabulary the checkpoints were trained with instead of training it again."""
+    with_markers = preprocessing.input_format == "marker"
+    if is_offline(model_args.model_name_or_path):
+        state = PartialState()
+        with state.main_process_first():
+            if os.path.exists(os.path.join(output_dir, "tokenizer.json")):
+                tokenizer = load_tokenizer(output_dir)
+            else:
+                tokenizer = train_wordpiece_tokenizer(texts, vocab_size=model_args.offline_vocab_size)
+                if state.is_main_process:
+                    tokenizer.save_pretrained(output_dir)
+        config = offline_config(model_args.model_name_or_path, tokenizer)
+        if objective == "rtd":
+            check_rtd_backbone(config, model_args.model_name_or_path)
+        torch.manual_seed(seed)
+        model = ElectraForPreTraining(config) if objective == "rtd" else AutoModelForMaskedLM.from_config(config)
+        keep_classifier_modules(model, None)
+    else:
+        tokenizer = load_tokenizer(model_args.model_name_or_path, with_markers=with_markers)
+        check_max_seq_length(preprocessing.max_seq_length, model_args.model_name_or_path, tokenizer)
+        if objective == "rtd":
+            check_rtd_backbone(AutoConfig.from_pretrained(model_args.model_name_or_path), model_args.model_name_or_path)
+            model = ElectraForPreTraining.from_pretrained(model_args.model_name_or_path)
+        else:
+            model = AutoModelForMaskedLM.from_pretrained(model_args.model_name_or_path)
+        keep_classifier_modules(model, model_args.model_name_or_path)
+    if with_markers:
+        add_marker_tokens(tokenizer)
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    return model, tokenizer
+
+
+def keep_classifier_modules(model: PreTrainedModel, source: str | None) -> list[str]:
+    """Give a masked-LM model the encoder modules its masked-LM class leaves out but the classifier uses (BERT's
+    pooler: `BertForMaskedLM` has none, `BertForSequenceClassification` reads it), taken from `source`'s
+    checkpoint (freshly initialised for a new backbone, `source=None`) and frozen: the MLM loss never reaches them.
+    `save_pretrained` then writes them, so fine-tuning the post-trained folder loads every pretrained weight
+    instead of silently re-initialising them. Returns the module names added."""
+    base = model.base_model
+    with torch.device("meta"):
+        classifier = AutoModelForSequenceClassification.from_config(model.config)
+    missing = [name for name, _ in classifier.base_model.named_children() if getattr(base, name, None) is None]
+    if not missing:
+        return []
+    if source is None:
+        classifier, absent = AutoModelForSequenceClassification.from_config(model.config), set(missing)
+    else:
+        classifier, info = AutoModelForSequenceClassification.from_pretrained(source, output_loading_info=True)
+        absent = {key.split(".")[1] for key in info["missing_keys"] if key.startswith(f"{model.base_model_prefix}.")}
+    for name in missing:
+        setattr(base, name, getattr(classifier.base_model, name).requires_grad_(False))
+    kept = [name for name in missing if name not in absent]
+    if kept:
+        logger.info("post-training keeps %s's pretrained %s (frozen) for the classifier", source, ", ".join(kept))
+    if absent & set(missing):
+        logger.info("post-training saves a newly initialised %s for the classifier (none in %s)",
+                    ", ".join(sorted(absent & set(missing))), source or "a new backbone")
+    return missing
+
+
+def masked_lm_head(model) -> torch.nn.Module | None:
+    """The vocabulary head of an ELECTRA, BERT or RoBERTa masked-LM model (hidden states -> vocabulary logits)."""
+    if hasattr(model, "generator_lm_head") and hasattr(model, "generator_predictions"):
+        return torch.nn.Sequential(model.generator_predictions, model.generator_lm_head)
+    if hasattr(model, "cls") and hasattr(model.cls, "predictions"):
+        return model.cls
+    if hasattr(model, "lm_head"):
+        return model.lm_head
+    return None
+
+
+def masked_positions_forward(model: torch.nn.Module, head: torch.nn.Module):
+    """A forward for a masked-LM model whose vocabulary head runs on the masked positions only. The loss is the
+    model's own (cross-entropy over the positions with a label), but the head, the most expensive layer of a small
+    model with a large vocabulary, costs ~15% of what it costs on every token."""
+
+    def forward(input_ids, attention_mask=None, token_type_ids=None, labels=None, num_items_in_batch=None, **_):
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            inputs["token_type_ids"] = token_type_ids
+        hidden = model.base_model(**inputs).last_hidden_state
+        selected = labels != -100
+        logits = head(hidden[selected]).float()
+        loss = torch.nn.functional.cross_entropy(logits, labels[selected], reduction="sum")
+        # normalised by the masked tokens of the whole optimizer step when the Trainer counts them (gradient
+        # accumulation, several processes), else by this batch's
+        # at least 1: a step can draw no masked position (an epoch's last batch of one short row), and 0/0 would
+        # make every weight NaN
+        count = torch.as_tensor(selected.sum() if num_items_in_batch is None else num_items_in_batch).clamp(min=1)
+        return MaskedLMOutput(loss=loss / count)
+
+    return forward
+
+
+def use_masked_positions_head(model: torch.nn.Module) -> bool:
+    """Give `model` the masked-positions forward (an instance attribute, so DDP, checkpoints and `save_pretrained`
+    still see the plain model); False for an architecture whose head is not known."""
+    head = masked_lm_head(model)
+    if head is None:
+        return False
+    model.forward = masked_positions_forward(model, head)
+    return True
+
+
+def mlm_encode(cleaned: Dataset, tokenizer, preprocessing: Preprocessing, offsets: bool,
+               max_unknown_rate: float = MAX_UNKNOWN_RATE) -> Dataset:
+    """Rows encoded as fine-tuning encodes them (text and target), with `length`; offsets for whole-word masking."""
+
+    def encode_batch(batch):
+        encoded = tokenize_batch(batch, tokenizer, preprocessing.input_format, preprocessing.max_seq_length, return_offsets_mapping=offsets)
+        return encoded
+
+    keep = ["input_ids", "attention_mask", "token_type_ids", "length", "offset_mapping"]
+    encoded = cleaned.map(encode_batch, batched=True, desc="tokenizing for MLM")
+    check_unknown_rate(encoded, tokenizer, max_unknown_rate=max_unknown_rate)
+    return encoded.select_columns([c for c in keep if c in encoded.column_names])
+
+
+class MLMCollator(DataCollatorForLanguageModeling):
+    """Drops `length` (kept in the dataset for the length-grouped sampler) and pads `offset_mapping` (whole-word
+    masking), which the tokenizer's `pad` leaves ragged, to the batch width before masking."""
+
+    def __call__(self, features, return_tensors=None):
+        features = [{k: v for k, v in f.items() if k != "length"} for f in features]
+        if "offset_mapping" in features[0]:
+            width = padded_width(np.array([len(f["input_ids"]) for f in features]), self.pad_to_multiple_of)
+            features = [{**f, "offset_mapping": list(f["offset_mapping"]) + [[0, 0]] * (width - len(f["offset_mapping"]))} for f in features]
+        return super().__call__(features, return_tensors)
+
+
+class PostTrainer(LengthListSamplerMixin, Trainer):
+    pass
+
+
+def run_post_training(
+    model_args: ModelArguments, data_args: PostTrainDataArguments, mlm_args: MLMArguments, training_args: TrainingArguments
+) -> dict | None:
+    """Post-train the encoder on the files' text and save it to `output_dir`; returns the summary (None on the
+    other processes of `accelerate launch`)."""
+    if not backend_for(model_args.model_name_or_path).trains_an_encoder:
+        raise PipelineError(f"model_name_or_path: post-training trains an encoder; {model_args.model_name_or_path} is not one")
+    started = time.monotonic()
+    state = PartialState()
+    folder = PostTrainFolder(training_args.output_dir)
+    check_output_folder(folder.root, "post-training")  # before any work (the lock file is created next)
+    files = load_task_files(data_args, training_args, train_labels="optional")  # the text only: labels unused
+    preprocessing, cleaned = files.preprocessing, files.cleaned
+    config = resolved_config(model_args, data_args, mlm_args, training_args)
+    with contextlib.ExitStack() as held:
+        if state.is_main_process:  # one post-training per folder at a time
+            held.enter_context(exclusive(folder.lock, folder.root))
+            prepare_output_dir(folder.root, config, mlm_args.overwrite, is_run_file=folder.is_run_file,
+                               kind="post-training", has_results=lambda _: folder.has_results(),
+                               inputs=input_digests(data_args.train_files),
+                               defaults=field_defaults(ModelArguments, PostTrainDataArguments, MLMArguments))
+        state.wait_for_everyone()
+        if folder.is_finished():  # post_train.json is written last: this configuration is post-trained already
+            if state.is_main_process:
+                print(f"post-training: {folder.root} is complete ({os.path.basename(folder.summary)}); nothing to do")
+            return read_mapping(folder.summary)
+        set_seed(training_args.seed)
+        model, tokenizer = mlm_model_and_tokenizer(model_args, [t for t in cleaned["text"] if t], preprocessing,
+                                                   training_args.seed, folder.root, mlm_args.objective)
+        train_rows, eval_rows = post_training_rows(cleaned, tokenizer, preprocessing, data_args, mlm_args, training_args,
+                                                   model_args.max_unknown_rate)
+        plan = None
+        if mlm_args.time_budget_minutes is not None:
+            plan = budget_plan(model, tokenizer, train_rows, eval_rows, mlm_args, training_args, folder, started)
+            training_args = dataclasses.replace(training_args, max_steps=plan["max_steps"])
+            set_seed(training_args.seed)  # the measured steps drew random numbers: the run starts as it would without
+        trainer = post_trainer(model, tokenizer, train_rows, eval_rows, mlm_args, training_args)
+        before, after = train_with_eval_losses(trainer, folder, has_eval=eval_rows is not None)
+        if not trainer.is_world_process_zero():
+            return None
+        summary = {
+            "base_model": model_args.model_name_or_path,
+            "objective": mlm_args.objective,
+            "files": list(data_args.train_files),
+            "train_rows": len(train_rows),
+            "eval_rows": 0 if eval_rows is None else len(eval_rows),
+            "steps": trainer.state.global_step,
+            "eval_loss_before": before,
+            "eval_loss_after": after,
+            # the RTD loss mixes the generator's cross-entropy with the weighted discriminator loss: no perplexity
+            "perplexity_after": None if after is None or mlm_args.objective != "mlm" else math.exp(min(after, 50)),
+            "seconds": round(time.monotonic() - started, 1),
+        }
+        if plan is not None:
+            summary["time_budget"] = plan
+        save_post_trained(folder, model, tokenizer, preprocessing, summary)
+        return summary
+
+
+def post_training_rows(cleaned: Dataset, tokenizer, preprocessing: Preprocessing, data_args: PostTrainDataArguments,
+                       mlm_args: MLMArguments, training_args: TrainingArguments,
+                       max_unknown_rate: float = MAX_UNKNOWN_RATE) -> tuple[Dataset, Dataset | None]:
+    """(training rows, held-out rows or None): encoded as fine-tuning encodes them, rows cleaned to nothing
+    dropped, `validation_fraction` held out to measure the MLM loss before and after."""
+    with training_args.main_process_first(desc="tokenizing"):
+        encoded = mlm_encode(cleaned, tokenizer, preprocessing, offsets=mlm_args.whole_word_mask,
+                             max_unknown_rate=max_unknown_rate)
+    # a row cleaned to nothing encodes as [CLS] [SEP]: nothing to learn from
+    encoded = encoded.filter(lambda lengths: [n > 2 for n in lengths], input_columns="length", batched=True,
+                             desc="dropping empty rows")
+    if data_args.validation_fraction <= 0:
+        return encoded, None
+    split = encoded.train_test_split(test_size=data_args.validation_fraction, seed=training_args.seed)
+    return split["train"], split["test"]
+
+
+def budget_plan(model, tokenizer, train_rows: Dataset, eval_rows: Dataset | None, mlm_args: MLMArguments,
+                training_args: TrainingArguments, folder: PostTrainFolder, started: float) -> dict:
+    """The steps that fit `time_budget_minutes` on this machine, measured on a few real steps; a resumed run reads
+    the plan it started with (its schedule must not change)."""
+    plan = read_mapping(folder.time_budget)
+    steps = plan.get("max_steps")
+    if plan and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):  # a file edited or damaged
+        raise PipelineError(f"{folder.time_budget}: max_steps: expected a whole number >= 1, got {steps!r}; delete "
+                            "the file to measure the plan again")
+    if plan.get("time_budget_minutes") != mlm_args.time_budget_minutes:
+        probe = post_trainer(model, tokenizer, train_rows, eval_rows, mlm_args, training_args)
+        step_seconds = measure_step_seconds(probe)
+        steps_per_epoch = max(1, len(probe.get_train_dataloader()) // training_args.gradient_accumulation_steps)
+        # a held-out pass: forward only (~1/3 of a training step's work per row)
+        rows_per_step = training_args.train_batch_size * training_args.gradient_accumulation_steps
+        eval_seconds = (0 if eval_rows is None else len(eval_rows)) * step_seconds / rows_per_step / 3
+        plan = plan_steps(mlm_args.time_budget_minutes, time.monotonic() - started, step_seconds, steps_per_epoch,
+                          eval_seconds)
+        if probe.is_world_process_zero():
+            write_json_atomic(folder.time_budget, plan)
+        del probe
+    if PartialState().is_main_process:
+        print(f"post-training: {describe(plan)}")
+    return plan
+
+
+def post_trainer(model, tokenizer, train_rows: Dataset, eval_rows: Dataset | None, mlm_args: MLMArguments,
+                 training_args: TrainingArguments) -> PostTrainer:
+    """The post-training Trainer: checkpoints in OUT/checkpoints, logs in OUT/runs; MLM with the vocabulary head on
+    masked positions, or RTD (generator + the discriminator `model`)."""
+    folder = PostTrainFolder(training_args.output_dir)
+    args = dataclasses.replace(training_args, output_dir=folder.checkpoints, remove_unused_columns=False,
+                               prediction_loss_only=True)
+    if mlm_args.objective == "rtd":
+        model = ReplacedTokenDetection(model, mlm_args.rtd_generator_size, mlm_args.rtd_discriminator_weight)
+    else:
+        use_masked_positions_head(model)
+    collator = MLMCollator(tokenizer, mlm_probability=mlm_args.mlm_probability, whole_word_mask=mlm_args.whole_word_mask,
+                           pad_to_multiple_of=8 if torch.cuda.is_available() else None, seed=training_args.seed)
+    trainer = PostTrainer(model=model, args=args, train_dataset=train_rows, eval_dataset=eval_rows,
+                          processing_class=tokenizer, data_collator=collator)
+    keep_tensorboard_logs(trainer, folder.runs)
+    return trainer
+
+
+def train_with_eval_losses(trainer: PostTrainer, folder: PostTrainFolder, has_eval: bool) -> tuple[float | None, float | None]:
+    """Train (resuming from the last complete checkpoint); the held-out MLM loss before and after. The loss before
+    is measured once, at the start, and kept on disk so a resumed run still reports it."""
+    if trainer.is_world_process_zero():
+        last_complete_checkpoint(folder.checkpoints)  # prunes a half-written checkpoint
+    trainer.accelerator.wait_for_everyone()
+    resume = last_complete_checkpoint(folder.checkpoints)
+    before = read_mapping(folder.eval_loss_before).get("eval_loss")
+    if has_eval and resume is None:
+        before = trainer.evaluate()["eval_loss"]
+        if trainer.is_world_process_zero():
+            write_json_atomic(folder.eval_loss_before, {"eval_loss": before})
+    if resume and trainer.is_world_process_zero():
+        print(f"post-training: resuming from {os.path.basename(resume)}")
+    trainer.train(resume_from_checkpoint=resume)
+    return before, trainer.evaluate()["eval_loss"] if has_eval else None
+
+
+def save_post_trained(folder: PostTrainFolder, model, tokenizer, preprocessing: Preprocessing, summary: dict) -> None:
+    """The model folder train.py loads, `post_train.json` last; the Trainer's checkpoints go."""
+    model.save_pretrained(folder.root)  # the inner model, so the folder loads with from_pretrained
+    tokenizer.save_pretrained(folder.root)
+    preprocessing.save(folder.root)
+    write_json_atomic(folder.summary, summary)
+    shutil.rmtree(folder.checkpoints, ignore_errors=True)
+    for leftover in (folder.eval_loss_before, folder.time_budget):  # their content is in the summary
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(leftover)
+    before, after = summary["eval_loss_before"], summary["eval_loss_after"]
+    budget = summary.get("time_budget")
+    took = f" in {summary['seconds'] / 60:.1f} min" + (f" of a {budget['time_budget_minutes']:g}-minute budget" if budget else "")
+    print(f"post-trained {summary['base_model']} ({summary['objective']}) on {summary['train_rows']} rows, "
+          f"{summary['steps']} steps{took}; held-out {summary['objective'].upper()} loss {before if before is None else round(before, 4)} -> {after if after is None else round(after, 4)}; "
+          f"saved to {folder.root}")
