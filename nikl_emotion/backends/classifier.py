@@ -8,8 +8,8 @@ as `nikl_emotion.EmotionClassifier` (run_classifier.py), which also opens finish
 
 A classifier owns what prediction needs besides the weights: the tokenizer exactly as trained, the checkpoint's
 preprocessing settings (cleaning, input format, max length) and the label check. Its backend turns one padded batch
-into logits: `TorchBackend` (a PyTorch model on a device, no autograd) or `OnnxBackend` (onnxruntime on CPU); the
-n-gram member's `NgramBackend` reads the cleaned text instead.
+into logits: `TorchBackend` (a PyTorch model on a device, no autograd) or `OnnxBackend` (onnxruntime on CPU); a
+backend with `reads_text` (the n-gram member's, built by backends/ngram.py) reads the cleaned text instead.
 Rows are predicted in batches sorted by length (little padding) and returned in their own order.
 """
 
@@ -35,7 +35,6 @@ from nikl_emotion.folders.folder_kind import folder_kind
 from nikl_emotion.base.checkpoint_files import EXPORT_FILE, ONNX_FILE, TOKENIZER_FILES
 from nikl_emotion.base.labels import ID2LABEL, NUM_LABELS
 from nikl_emotion.decisions.metrics import decide, sigmoid
-from nikl_emotion.backends.ngram import NgramBackend, NgramClassifier, is_ngram_folder
 from nikl_emotion.text.preprocessing import Preprocessing, clean, encode
 
 logger = logging.getLogger(__name__)
@@ -102,16 +101,15 @@ class CheckpointClassifier:
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, *, device: torch.device | str | None = None,
                         threads: int | None = None) -> "CheckpointClassifier":
-        """A `best/` folder written by train.py (PyTorch, on `device`, default the GPU when there is one) or an
-        export.py folder (ONNX Runtime on CPU, `threads` intra-op threads). Refuses folders with other labels, no
-        tokenizer files or damaged weights, naming the folder. (`nikl_emotion.EmotionClassifier.from_pretrained` also
+        """An encoder's `best/` folder written by train.py (PyTorch, on `device`, default the GPU when there is one)
+        or an export.py folder (ONNX Runtime on CPU, `threads` intra-op threads): the encoder backend's loader.
+        Refuses folders with other labels, no tokenizer files or damaged weights, naming the folder.
+        (`backends.registry.load_checkpoint` loads any backend's checkpoint; `nikl_emotion.EmotionClassifier` also
         opens a finished run or a stack folder.)"""
         folder = os.fspath(folder)
         if not os.path.isdir(folder):
             raise PipelineError(f"{folder}: checkpoint folder not found")
         preprocessing = Preprocessing.load(folder)
-        if is_ngram_folder(folder):  # the n-gram member (ngram:tfidf): reads cleaned text, no tokenizer
-            return cls(NgramBackend(NgramClassifier.load(folder)), None, preprocessing, source=folder)
         if folder_kind(folder) == "post-training":
             refuse_untrained_head(folder, "a post_train.py model folder")
         check_tokenizer_files(folder)

@@ -19,6 +19,7 @@ from datasets import Dataset
 from transformers import TrainingArguments, set_seed
 
 from nikl_emotion.backends.averaging import STATE_FILE as AVERAGING_FILE, WeightAveraging
+from nikl_emotion.backends.classifier import CheckpointClassifier
 from nikl_emotion.backends.backbone import (
     build_offline_backbone, check_max_seq_length, check_model_folder, load_model, load_tokenizer, parse_offline_spec,
 )
@@ -76,6 +77,12 @@ class EncoderBackend:
                    training_args: TrainingArguments, technique_args: TechniqueArguments | None = None,
                    folder: FoldFolder | None = None) -> dict:
         return train_fold(data, kfold_args, loss_args, training_args, technique_args, folder)
+
+    def owns_checkpoint(self, folder: str) -> bool:
+        return True  # the last in the registry: any folder no other backend claims is read as a Hugging Face model
+
+    def load_checkpoint(self, folder: str, device=None, threads: int | None = None) -> CheckpointClassifier:
+        return CheckpointClassifier.from_pretrained(folder, device=device, threads=threads)
 
 
 def load_classifier(backbone: str, tokenizer, technique_args: TechniqueArguments | None = None):

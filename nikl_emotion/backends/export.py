@@ -17,6 +17,7 @@ import torch
 from nikl_emotion.text.batching import MODEL_INPUTS, pad_table
 from nikl_emotion.base.checkpoint_files import EXPORT_FILE, ONNX_FILE
 from nikl_emotion.backends.classifier import CheckpointClassifier, is_onnx_export, require
+from nikl_emotion.backends.registry import checkpoint_backend
 from nikl_emotion.text.encoding import tokenize_batch
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.folders.folder_kind import check_output_folder, is_ignorable, mark_folder
@@ -46,6 +47,10 @@ def export_checkpoint(checkpoint: str, output_dir: str, int8: bool = False, opse
     ort = require("onnxruntime")
     if is_onnx_export(checkpoint):
         raise PipelineError(f"{checkpoint}: already an ONNX export; export the best/ folder it was made from")
+    backend = checkpoint_backend(checkpoint)
+    if not backend.trains_an_encoder:
+        raise PipelineError(f"{checkpoint}: ONNX export is for encoders; a {backend.name} checkpoint predicts as it "
+                            "is (inference.py --checkpoint takes it)")
     classifier = CheckpointClassifier.from_pretrained(checkpoint, device="cpu")
     classifier.model.eval()
     with atomic_folder(output_dir) as staging:  # the folder appears complete or not at all

@@ -1,5 +1,5 @@
 """What every backend's fold gets and gives: `FoldData` (the fold's rows, the backbone to start from), the
-`FoldBackend` interface a backend implements (backends.py lists them), and the fold's files, written the same way
+`FoldBackend` interface a backend implements (registry.py lists them), and the fold's files, written the same way
 for every backend (probabilities, metrics, then `done.json`, the mark of a complete fold)."""
 
 from __future__ import annotations
@@ -56,6 +56,12 @@ class FoldBackend(Protocol):
 
     def train_fold(self, data: "FoldData", kfold_args, loss_args, training_args, technique_args=None,
                    folder: FoldFolder | None = None) -> dict: ...
+
+    def owns_checkpoint(self, folder: str) -> bool:
+        """Whether `folder` is a checkpoint this backend saved."""
+
+    def load_checkpoint(self, folder: str, device=None, threads: int | None = None):
+        """The checkpoint as a `classifier.CheckpointClassifier` (predict_proba, predict)."""
 
 
 @dataclass

@@ -19,6 +19,7 @@ import time
 import numpy as np
 from datasets import Dataset
 
+from nikl_emotion.backends.classifier import CheckpointClassifier
 from nikl_emotion.base.checkpoint_files import NGRAM_INFO_FILE, NGRAM_MODEL_FILE
 from nikl_emotion.decisions.decision import fixed_rule
 from nikl_emotion.base.errors import PipelineError
@@ -28,6 +29,7 @@ from nikl_emotion.base.labels import LABELS, NUM_LABELS
 from nikl_emotion.decisions.logistic import fit_label, label_probability
 from nikl_emotion.decisions.metrics import score
 from nikl_emotion.folders.run_folder import FoldFolder, RunFolder
+from nikl_emotion.text.preprocessing import Preprocessing
 from nikl_emotion.base.vocabulary import NGRAM_KINDS, NGRAM_PREFIX, is_ngram
 
 
@@ -192,3 +194,11 @@ class NgramFoldBackend:
     def train_fold(self, data: FoldData, kfold_args, loss_args, training_args, technique_args=None,
                    folder: FoldFolder | None = None) -> dict:
         return train_ngram_fold(data, kfold_args, training_args, folder)
+
+    def owns_checkpoint(self, folder: str) -> bool:
+        return is_ngram_folder(folder)
+
+    def load_checkpoint(self, folder: str, device=None, threads: int | None = None) -> CheckpointClassifier:
+        """The fitted model behind `CheckpointClassifier` (it reads cleaned text: no tokenizer, no device)."""
+        return CheckpointClassifier(NgramBackend(NgramClassifier.load(folder)), None, Preprocessing.load(folder),
+                                    source=folder)

@@ -4,9 +4,13 @@ is one module implementing `fold_backend.FoldBackend`, listed here before the en
 
 from __future__ import annotations
 
+import os
+
+from nikl_emotion.backends.classifier import CheckpointClassifier
 from nikl_emotion.backends.encoder_backend import EncoderBackend
 from nikl_emotion.backends.fold_backend import FoldBackend
 from nikl_emotion.backends.ngram import NgramFoldBackend
+from nikl_emotion.base.errors import PipelineError
 
 BACKENDS: tuple[FoldBackend, ...] = (NgramFoldBackend(), EncoderBackend())
 
@@ -14,3 +18,16 @@ BACKENDS: tuple[FoldBackend, ...] = (NgramFoldBackend(), EncoderBackend())
 def backend_for(model_name_or_path: str) -> FoldBackend:
     """The backend that trains `model_name_or_path`."""
     return next(backend for backend in BACKENDS if backend.matches(model_name_or_path))
+
+
+def checkpoint_backend(folder: str) -> FoldBackend:
+    """The backend that saved the checkpoint folder `folder`."""
+    if not os.path.isdir(folder):
+        raise PipelineError(f"{folder}: checkpoint folder not found")
+    return next(backend for backend in BACKENDS if backend.owns_checkpoint(folder))
+
+
+def load_checkpoint(folder: str | os.PathLike, *, device=None, threads: int | None = None) -> CheckpointClassifier:
+    """Any backend's checkpoint folder (or an encoder's ONNX export) as a `CheckpointClassifier`."""
+    folder = os.fspath(folder)
+    return checkpoint_backend(folder).load_checkpoint(folder, device=device, threads=threads)

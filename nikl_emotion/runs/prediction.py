@@ -10,7 +10,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from nikl_emotion.backends.classifier import CheckpointClassifier, default_device
+from nikl_emotion.backends.classifier import default_device
+from nikl_emotion.backends.registry import load_checkpoint
 from nikl_emotion.text.data import iter_column, iter_inputs, load_jsonl
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.fileio import check_distinct_paths, check_output_path, write_probs, write_submission
@@ -21,8 +22,8 @@ logger = logging.getLogger(__name__)
 
 
 def checkpoint_loader(device: torch.device):
-    """Loads one checkpoint (a best/ or export folder) as a `CheckpointClassifier` on `device`."""
-    return lambda path: CheckpointClassifier.from_pretrained(path, device=device)
+    """Loads one checkpoint (any backend's best/ folder, or an export) as a `CheckpointClassifier` on `device`."""
+    return lambda path: load_checkpoint(path, device=device)
 
 
 def resolve_device(name: str | None) -> torch.device:

@@ -12,11 +12,13 @@ Checkpoints are loaded one at a time, when predicting, and released after, so a 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import numpy as np
 
 from nikl_emotion.backends.classifier import CheckpointClassifier
+from nikl_emotion.backends.registry import load_checkpoint
 from nikl_emotion.text.data import Rows, as_rows
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.runs.finished_run import FinishedRun
@@ -80,13 +82,15 @@ class RunClassifier:
 
 
 class EmotionClassifier(CheckpointClassifier):
-    """`CheckpointClassifier` whose `from_pretrained` also takes a finished train.py run or an ensemble.py stack
-    folder, giving a `RunClassifier` (its folds, loaded one at a time when predicting, voted by its saved rule) with
-    the same `predict_proba` and `predict`."""
+    """A classifier over any folder this pipeline writes: a fold's `best/` (of any backend), an export, or, giving a
+    `RunClassifier` (its folds, loaded one at a time when predicting, voted by its saved rule, with the same
+    `predict_proba` and `predict`), a finished train.py run or an ensemble.py stack folder."""
 
     @classmethod
     def from_pretrained(cls, folder, *, device=None, threads=None):
-        if folder_kind(str(folder)) in ("run", "stack"):
-            return RunClassifier.open(str(folder), lambda path: CheckpointClassifier.from_pretrained(
-                path, device=device, threads=threads), option="from_pretrained")
-        return super().from_pretrained(folder, device=device, threads=threads)
+        folder = os.fspath(folder)
+        if folder_kind(folder) in ("run", "stack"):
+            return RunClassifier.open(folder, lambda path: load_checkpoint(path, device=device, threads=threads),
+                                      option="from_pretrained")
+        loaded = load_checkpoint(folder, device=device, threads=threads)
+        return cls(loaded.backend, loaded.tokenizer, loaded.preprocessing, source=loaded.source)

@@ -119,14 +119,14 @@ def parse_distill_config(argv: list[str]) -> tuple:
 def ensemble_probabilities(teacher_run: str, path: str) -> tuple[list[str], np.ndarray]:
     """The fold ensemble's mean probabilities of a file's rows: the saved fold test probabilities when it is the
     teacher's test file (same bytes), else each fold's best/ predicting it."""
-    from nikl_emotion.backends.classifier import CheckpointClassifier
+    from nikl_emotion.backends.registry import load_checkpoint
 
     run = FinishedRun.open(teacher_run, "teacher_run")
     if run.test_file_unchanged(path):
         ids, fold_test = run.fold_test()
         return ids, np.mean(fold_test, axis=0)
     rows = load_jsonl(path, "optional")
-    probs = [CheckpointClassifier.from_pretrained(best).predict_proba(rows) for best in run.checkpoints]
+    probs = [load_checkpoint(best).predict_proba(rows) for best in run.checkpoints]
     return list(iter_column(rows, "id")), np.mean(probs, axis=0)
 
 
