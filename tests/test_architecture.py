@@ -123,3 +123,12 @@ def test_the_package_has_no_import_cycles():
         if module not in state:
             visit(module, [module])
     assert not cycles, f"import cycles: {cycles[:3]}"
+
+
+def test_no_function_is_longer_than_sixty_lines():
+    long = []
+    for path in (ROOT / "nikl_emotion").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60:
+                long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    assert not long, long

@@ -104,7 +104,8 @@ def test_train_refuses_a_post_training_folder(post_trained, capsys, monkeypatch)
 
 
 def test_overwrite_replaces_only_the_commands_own_files(post_trained, tmp_path):
-    from nikl_emotion.folders.run_folder import PostTrainFolder, prepare_output_dir
+    from nikl_emotion.folders.folder_kind import prepare_output_dir
+    from nikl_emotion.folders.run_folder import PostTrainFolder
 
     folder = tmp_path / "post"
     shutil.copytree(post_trained, folder)

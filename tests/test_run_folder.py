@@ -12,8 +12,8 @@ from nikl_emotion.folders.run_folder import (
     RunFolder,
     is_run_file,
     plot_file,
-    prepare_output_dir,
 )
+from nikl_emotion.folders.folder_kind import prepare_output_dir
 
 
 def named_paths(folder) -> dict[str, str]:

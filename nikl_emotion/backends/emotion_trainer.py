@@ -18,7 +18,9 @@ from nikl_emotion.text.batching import MODEL_INPUTS, PaddingCollator, column_arr
 from nikl_emotion.backends.classifier import CheckpointClassifier
 from nikl_emotion.base.config import KFoldArguments, LossArguments, TechniqueArguments
 from nikl_emotion.backends.losses import MultiLabelLoss, build_loss
-from nikl_emotion.decisions.metrics import decide, score, sigmoid
+from nikl_emotion.decisions.decision import fixed_rule
+from nikl_emotion.decisions.metrics import score, sigmoid
+from nikl_emotion.decisions.voting import DecisionRule
 from nikl_emotion.text.preprocessing import Preprocessing
 from nikl_emotion.backends.techniques import Adversary, layerwise_parameter_groups, rdrop_divergence, repeat_batch
 
@@ -168,7 +170,7 @@ def fold_trainer_inputs(
         "eval_dataset": val_rows.select(length_order(val_rows)).select_columns(columns),
         "processing_class": tokenizer,
         "data_collator": PaddingCollator(tokenizer, pad_to_multiple_of=8 if torch.cuda.is_available() else None),
-        "compute_metrics": make_compute_metrics(kfold_args.threshold, kfold_args.fallback_top_label),
+        "compute_metrics": make_compute_metrics(fixed_rule(kfold_args)),
         "callbacks": callbacks,
         "loss_fn": make_loss(loss_args, np.asarray(train_rows["labels"])),
         "loss_reduction": loss_args.loss_reduction,
@@ -178,9 +180,11 @@ def fold_trainer_inputs(
     }
 
 
-def make_compute_metrics(threshold: float, fallback: bool):
+def make_compute_metrics(rule: DecisionRule):
+    """The Trainer's validation metric: one model's decisions by `rule` (a run's fixed rule), scored."""
+
     def compute_metrics(prediction: EvalPrediction) -> dict:
-        decisions = decide(sigmoid(prediction.predictions), threshold, fallback)
+        decisions = rule.decide(sigmoid(prediction.predictions))
         result = score(prediction.label_ids > 0.5, decisions)
         return {"micro_f1": result["micro_f1"], "macro_f1": result["macro_f1"]}
 

@@ -20,8 +20,7 @@ from nikl_emotion.backends.classifier import CheckpointClassifier, is_onnx_expor
 from nikl_emotion.backends.registry import checkpoint_backend
 from nikl_emotion.text.encoding import tokenize_batch
 from nikl_emotion.base.errors import PipelineError
-from nikl_emotion.folders.folder_kind import check_output_folder, is_ignorable, mark_folder
-from nikl_emotion.folders.run_folder import OWN_NAMES
+from nikl_emotion.folders.folder_kind import OWN_NAMES, check_output_folder, is_ignorable, mark_folder
 from nikl_emotion.base.fileio import atomic_folder, check_writable_location, write_json_atomic
 from nikl_emotion.text.preprocessing import Preprocessing
 

@@ -71,7 +71,7 @@ def main(argv: list[str]) -> int:
         parser.error("give --output FILE" + (" or --output_dir DIR (not both)" if args.runs else ""))
     if args.output_dir and args.probs:
         parser.error("--output_dir writes the stacked probabilities itself (DIR/test_probs.jsonl): drop --probs")
-    from nikl_emotion.folders.run_folder import check_not_a_folders_own_file
+    from nikl_emotion.folders.folder_kind import check_not_a_folders_own_file
 
     for option, path in (("--output", args.output), ("--probs", args.probs)):
         if path:

@@ -29,7 +29,7 @@ def main(argv: list[str]) -> int:
     rule = None if args.run else decision_rule(args)
     quiet_libraries()
     from nikl_emotion.runs.prediction import predict_file, predict_run_file
-    from nikl_emotion.folders.run_folder import check_not_a_folders_own_file
+    from nikl_emotion.folders.folder_kind import check_not_a_folders_own_file
 
     for option, path in (("--output", args.output), ("--probs", args.probs)):
         if path:

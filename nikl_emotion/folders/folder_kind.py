@@ -3,18 +3,25 @@ refuses, before any work, an output folder that is not empty and not of its own 
 command's folder. So no command deletes, overwrites or serves a folder it does not own.
 
 Folders written before the mark existed are recognised by the files they hold, as each command recognised them
-before (`legacy_kind`), so existing runs still resume.
+before (`legacy_kind`, reading the names in run_folder.py), so existing runs still resume. `prepare_output_dir`
+claims a command's folder and refuses to mix two configurations in it; `OWN_NAMES` says which names each kind owns.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
+import shutil
 
-from nikl_emotion.base.checkpoint_files import EXPORT_FILE, ONNX_FILE, POST_TRAIN_FILE
+import yaml
+
+from nikl_emotion.base.checkpoint_files import EXPORT_FILE, EXPORT_FILES, MODEL_CARD_FILE, ONNX_FILE, SAVED_MODEL_FILE
 from nikl_emotion.base.errors import PipelineError
-from nikl_emotion.base.fileio import write_json_atomic
+from nikl_emotion.base.fileio import write_json_atomic, write_text_atomic
+from nikl_emotion.folders.run_folder import (
+    CONFIG_FILE, DISTILL_FILE, FOLD_PATTERN, HP_SEARCH_FILES, INPUTS_FILE, STUDENT_FILES, FoldFolder, PostTrainFolder,
+    RunFolder, StackFolder, config_difference, inputs_difference, is_run_file, property_names, read_mapping,
+)
 
 KIND_FILE = ".nikl_emotion_folder.json"  # {"kind": ..., "made_by": ...}; hidden: it is not a result
 
@@ -28,9 +35,10 @@ KINDS = {
     "checkpoint": ("train.py", "a model checkpoint"),
     "stack": ("ensemble.py", "an ensemble.py stack of runs"),
 }
-FOLD_NAME = re.compile(r"fold_\d+")
-FOLD_SIGNS = ("done.json", "val_probs.jsonl", "metrics.json", "best", "best.partial", "checkpoints")
-POST_TRAIN_SIGNS = (POST_TRAIN_FILE, "time_budget.json", "eval_loss_before.json")
+# the files that say what an unmarked folder is (`legacy_kind`), named where the folders' layouts are
+FOLD_SIGNS = tuple(name for name in FoldFolder.file_names() if name != FoldFolder("").runs)  # logs alone say nothing
+_post = PostTrainFolder("")
+POST_TRAIN_SIGNS = (_post.summary, _post.time_budget, _post.eval_loss_before)
 
 
 def describe(kind: str) -> str:
@@ -64,32 +72,28 @@ def recorded_kind(folder: str) -> str | None:
 
 
 def _config_keys(folder: str) -> set[str]:
-    import yaml
-
     try:
-        with open(os.path.join(folder, "config.yaml"), encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
-    except (OSError, ValueError, yaml.YAMLError):
+        return set(read_mapping(os.path.join(folder, CONFIG_FILE)))
+    except PipelineError:  # an unreadable config says nothing about the folder's kind
         return set()
-    return set(data) if isinstance(data, dict) else set()
 
 
 def legacy_kind(folder: str) -> str | None:
     """A folder without a mark, recognised by the files its command writes (None when nothing says)."""
     names = set(os.listdir(folder))
-    keys = _config_keys(folder) if "config.yaml" in names else set()
-    has_inputs = "inputs.json" in names
+    keys = _config_keys(folder) if CONFIG_FILE in names else set()
+    has_inputs = INPUTS_FILE in names
     if EXPORT_FILE in names or ONNX_FILE in names:
         return "export"
-    if "distill.json" in names or ("teacher_run" in keys and has_inputs):
+    if DISTILL_FILE in names or ("teacher_run" in keys and has_inputs):
         return "distillation"
     if names & set(POST_TRAIN_SIGNS) or ("mlm_probability" in keys and has_inputs):
         return "post-training"
-    if FOLD_NAME.fullmatch(os.path.basename(os.path.normpath(folder))) and names & set(FOLD_SIGNS):
+    if FOLD_PATTERN.fullmatch(os.path.basename(os.path.normpath(folder))) and names & set(FOLD_SIGNS):
         return "fold"
-    if "num_folds" in keys and (has_inputs or any(FOLD_NAME.fullmatch(name) for name in names)):
+    if "num_folds" in keys and (has_inputs or any(FOLD_PATTERN.fullmatch(name) for name in names)):
         return "run"
-    if "hp_search_config.yaml" in names:
+    if HP_SEARCH_FILES[0] in names:  # the search's config: a run folder that holds only a study
         return "run"
     if "config.json" in names and any(name.endswith((".safetensors", ".bin")) for name in names):
         return "checkpoint"
@@ -157,3 +161,61 @@ def mark_folder(folder: str, kind: str) -> None:
     os.makedirs(folder, exist_ok=True)
     if recorded_kind(folder) != kind:
         write_json_atomic(os.path.join(folder, KIND_FILE), {"kind": kind, "made_by": KINDS[kind][0]})
+
+
+# what each kind of folder writes at its top level: the names no other command may replace
+def prepare_output_dir(
+    output_dir: str, config: dict, overwrite: bool, *, is_run_file=is_run_file, kind: str = "run",
+    has_results=lambda folder: RunFolder(folder).has_results(), inputs: dict[str, str] | None = None,
+    defaults: dict | None = None,
+) -> None:
+    """Claim output_dir for a command of `kind` (folder_kind.py: another command's folder, a folder of nobody's
+    files or one inside another command's folder is refused) and refuse to mix two configurations (or two versions
+    of an input file) in it once it holds results; `overwrite` deletes the old run's files first (only the names
+    `is_run_file` accepts). A folder whose earlier run stopped before producing results (a crash on a bad value, a
+    kill during set-up) is simply taken over, so the corrected command is not refused."""
+    claim_folder(output_dir, kind)
+    existing = os.path.join(output_dir, CONFIG_FILE)
+    inputs_file = os.path.join(output_dir, INPUTS_FILE)
+    if os.path.exists(existing):
+        old, old_inputs = read_mapping(existing), read_mapping(inputs_file)
+        difference = config_difference(old, config, defaults) or inputs_difference(old_inputs, inputs or {})
+        if overwrite or (difference is not None and not has_results(output_dir)):
+            for name in os.listdir(output_dir):
+                if is_run_file(name):
+                    path = os.path.join(output_dir, name)
+                    shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
+        elif difference is not None:
+            raise PipelineError(
+                f"{output_dir} holds {describe(kind)} with another configuration ({difference}); "
+                "use another output_dir, or --overwrite true to delete it and start again"
+            )
+    os.makedirs(output_dir, exist_ok=True)
+    write_text_atomic(existing, yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
+    if inputs is not None:
+        write_json_atomic(inputs_file, inputs)
+
+
+OWN_NAMES = {
+    "run": lambda name: is_run_file(name) or name in HP_SEARCH_FILES,
+    "fold": lambda name: name in FoldFolder.file_names(),
+    "post-training": PostTrainFolder.is_run_file,
+    "distillation": lambda name: name in STUDENT_FILES,
+    "export": lambda name: name in EXPORT_FILES or SAVED_MODEL_FILE.fullmatch(name) is not None,
+    "checkpoint": lambda name: name == MODEL_CARD_FILE or SAVED_MODEL_FILE.fullmatch(name) is not None,
+    "stack": lambda name: name in property_names(StackFolder),
+}
+
+
+def check_not_a_folders_own_file(path: str, option: str) -> None:
+    """An output file of inference.py or ensemble.py may sit in a run's folder (OUT/dev_submission.jsonl), but must
+    not replace a file the folder's command wrote (OUT/submission.jsonl, OUT/fold_0/val_probs.jsonl)."""
+    enclosing = enclosing_folder(path)
+    if enclosing is None:
+        return
+    folder, kind = enclosing
+    name = os.path.relpath(os.path.realpath(path), folder).split(os.sep)[0]
+    owns = OWN_NAMES.get(kind)
+    if owns is not None and owns(name):
+        raise PipelineError(f"{option}: {path} is a file of {folder}, {describe(kind)}, which its command wrote and "
+                            "reads back: write to another path")

@@ -1,6 +1,7 @@
-"""The layout of a training run's `output_dir`, in one place: every path under it (run files, fold files,
-checkpoints, plots), the list `--overwrite` deletes (derived from the same names), preparing the folder for a run
-and pruning half-written checkpoints. No other module spells a run file's name.
+"""The layout of the folders the commands write, in one place: every path under a run's `output_dir` (run files,
+fold files, checkpoints, plots), a post-training, student and stack folder, the names `--overwrite` deletes (derived
+from the same names), whether a configuration or an input changed, and pruning half-written checkpoints. No other
+module spells a run file's name (folder_kind.py, which claims and prepares folders, reads them here).
 
 ```
 OUT/config.yaml  inputs.json  backbone/  oof.jsonl  summary.json  thresholds.json  submission.jsonl  decision.json
@@ -20,10 +21,9 @@ from dataclasses import dataclass
 
 import yaml
 
-from nikl_emotion.base.checkpoint_files import BACKBONE_SPEC_FILE, EXPORT_FILES, MODEL_CARD_FILE, POST_TRAIN_FILE, SAVED_MODEL_FILE
+from nikl_emotion.base.checkpoint_files import BACKBONE_SPEC_FILE, POST_TRAIN_FILE, SAVED_MODEL_FILE
 from nikl_emotion.base.errors import PipelineError
-from nikl_emotion.base.fileio import file_digest, write_json_atomic, write_text_atomic
-from nikl_emotion.folders.folder_kind import claim_folder, describe, enclosing_folder
+from nikl_emotion.base.fileio import file_digest
 
 CONFIG_FILE = "config.yaml"  # written first (the resolved configuration)
 INPUTS_FILE = "inputs.json"  # sha256 of each input file: results are refused against changed data
@@ -211,38 +211,6 @@ def config_difference(old: dict, new: dict, defaults: dict | None = None) -> str
     return None
 
 
-def prepare_output_dir(
-    output_dir: str, config: dict, overwrite: bool, *, is_run_file=is_run_file, kind: str = "run",
-    has_results=lambda folder: RunFolder(folder).has_results(), inputs: dict[str, str] | None = None,
-    defaults: dict | None = None,
-) -> None:
-    """Claim output_dir for a command of `kind` (folder_kind.py: another command's folder, a folder of nobody's
-    files or one inside another command's folder is refused) and refuse to mix two configurations (or two versions
-    of an input file) in it once it holds results; `overwrite` deletes the old run's files first (only the names
-    `is_run_file` accepts). A folder whose earlier run stopped before producing results (a crash on a bad value, a
-    kill during set-up) is simply taken over, so the corrected command is not refused."""
-    claim_folder(output_dir, kind)
-    existing = os.path.join(output_dir, CONFIG_FILE)
-    inputs_file = os.path.join(output_dir, INPUTS_FILE)
-    if os.path.exists(existing):
-        old, old_inputs = read_mapping(existing), read_mapping(inputs_file)
-        difference = config_difference(old, config, defaults) or inputs_difference(old_inputs, inputs or {})
-        if overwrite or (difference is not None and not has_results(output_dir)):
-            for name in os.listdir(output_dir):
-                if is_run_file(name):
-                    path = os.path.join(output_dir, name)
-                    shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
-        elif difference is not None:
-            raise PipelineError(
-                f"{output_dir} holds {describe(kind)} with another configuration ({difference}); "
-                "use another output_dir, or --overwrite true to delete it and start again"
-            )
-    os.makedirs(output_dir, exist_ok=True)
-    write_text_atomic(existing, yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
-    if inputs is not None:
-        write_json_atomic(inputs_file, inputs)
-
-
 def last_complete_checkpoint(folder: str, required: tuple[str, ...] = ()) -> str | None:
     """The newest checkpoint that was written to the end (its trainer_state.json is saved last, then the `required`
     files written after the Trainer's); newer, partial ones (a kill during saving) are deleted so the Trainer does
@@ -281,27 +249,5 @@ class StackFolder:
     test_probs = property(lambda self: self._path("test_probs.jsonl"))  # the folds' mean stacked probabilities
 
 
-# what each kind of folder (folder_kind.py) writes at its top level: the names no other command may replace
-OWN_NAMES = {
-    "run": lambda name: is_run_file(name) or name in HP_SEARCH_FILES,
-    "fold": lambda name: name in FoldFolder.file_names(),
-    "post-training": PostTrainFolder.is_run_file,
-    "distillation": lambda name: name in STUDENT_FILES,
-    "export": lambda name: name in EXPORT_FILES or SAVED_MODEL_FILE.fullmatch(name) is not None,
-    "checkpoint": lambda name: name == MODEL_CARD_FILE or SAVED_MODEL_FILE.fullmatch(name) is not None,
-    "stack": lambda name: name in property_names(StackFolder),
-}
 
 
-def check_not_a_folders_own_file(path: str, option: str) -> None:
-    """An output file of inference.py or ensemble.py may sit in a run's folder (OUT/dev_submission.jsonl), but must
-    not replace a file the folder's command wrote (OUT/submission.jsonl, OUT/fold_0/val_probs.jsonl)."""
-    enclosing = enclosing_folder(path)
-    if enclosing is None:
-        return
-    folder, kind = enclosing
-    name = os.path.relpath(os.path.realpath(path), folder).split(os.sep)[0]
-    owns = OWN_NAMES.get(kind)
-    if owns is not None and owns(name):
-        raise PipelineError(f"{option}: {path} is a file of {folder}, {describe(kind)}, which its command wrote and "
-                            "reads back: write to another path")

@@ -55,8 +55,9 @@ from nikl_emotion.base.fileio import read_probs, write_json_atomic, write_submis
 from nikl_emotion.decisions.metrics import score
 from nikl_emotion.text.preprocessing import Preprocessing, clean, encode, load_task_files
 from nikl_emotion.folders.run_folder import (
-    DISTILL_FILE, STUDENT_FILES, SUBMISSION_FILE, FoldFolder, RunFolder, input_digests, prepare_output_dir, read_mapping,
+    DISTILL_FILE, STUDENT_FILES, SUBMISSION_FILE, FoldFolder, RunFolder, input_digests, read_mapping,
 )
+from nikl_emotion.folders.folder_kind import prepare_output_dir
 from nikl_emotion.runs.finished_run import FinishedRun
 from nikl_emotion.backends.registry import backend_for
 from nikl_emotion.backends.encoder_backend import backbone_and_encodings

@@ -27,7 +27,8 @@ from nikl_emotion.base.locking import exclusive, exclusive_all
 from nikl_emotion.decisions.metrics import format_table
 from nikl_emotion.text.preprocessing import clean, load_task_files
 from nikl_emotion.training.pseudo_labels import PseudoLabels, fold_pseudo_labels, teacher_test_file
-from nikl_emotion.folders.run_folder import DONE_FILE, FoldFolder, RunFolder, input_digests, prepare_output_dir
+from nikl_emotion.folders.folder_kind import prepare_output_dir
+from nikl_emotion.folders.run_folder import DONE_FILE, FoldFolder, RunFolder, input_digests
 from nikl_emotion.runs.summary import summarize
 from nikl_emotion.decisions.thresholds import describe_gain
 

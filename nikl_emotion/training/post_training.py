@@ -60,7 +60,8 @@ from nikl_emotion.base.locking import exclusive
 from nikl_emotion.base.vocabulary import MAX_UNKNOWN_RATE, is_offline
 from nikl_emotion.training.rtd import ReplacedTokenDetection, check_rtd_backbone
 from nikl_emotion.training.time_budget import describe, measure_step_seconds, plan_steps
-from nikl_emotion.folders.run_folder import PostTrainFolder, input_digests, last_complete_checkpoint, prepare_output_dir, read_mapping
+from nikl_emotion.folders.folder_kind import prepare_output_dir
+from nikl_emotion.folders.run_folder import PostTrainFolder, input_digests, last_complete_checkpoint, read_mapping
 from nikl_emotion.backends.registry import backend_for
 from nikl_emotion.backends.emotion_trainer import LengthListSamplerMixin, keep_tensorboard_logs
 
