@@ -12,7 +12,8 @@ from transformers import (
 )
 
 from conftest import SAMPLE_TRAIN
-from nikl_emotion.backends.averaging import STATE_FILE, WeightAveraging
+from nikl_emotion.backends.averaging import WeightAveraging
+from nikl_emotion.base.checkpoint_files import AVERAGING_STATE_FILE
 from nikl_emotion.backends.backbone import classification_config_kwargs, train_wordpiece_tokenizer
 from nikl_emotion.text.batching import PaddingCollator
 from nikl_emotion.text.cleaning import CleaningOptions
@@ -353,7 +354,7 @@ def test_best_checkpoint_holds_the_averaged_weights_and_resume_is_exact(setup, t
     averaged_training(setup, tmp_path / "cut", WeightAveraging(ema_decay=0.6, swa_epochs=2),
                       load_best_model_at_end=False, stop_after_step=4)
     checkpoint = tmp_path / "cut" / "checkpoint-4"
-    assert (checkpoint / STATE_FILE).is_file()
+    assert (checkpoint / AVERAGING_STATE_FILE).is_file()
     from safetensors.torch import load_file
 
     saved = load_file(checkpoint / "model.safetensors")

@@ -25,7 +25,6 @@ from nikl_emotion.base.checkpoint_files import AVERAGING_STATE_FILE
 
 logger = logging.getLogger(__name__)
 
-STATE_FILE = AVERAGING_STATE_FILE
 
 
 class WeightAveraging(TrainerCallback):
@@ -140,15 +139,15 @@ class WeightAveraging(TrainerCallback):
         raw = self.raw if self.raw is not None else {n: p.detach() for n, p in self.parameters(model).items()}
         state = {"raw": raw, "ema": self.ema, "ema_updates": self.ema_updates, "swa": self.swa,
                  "swa_count": self.swa_count}
-        partial = os.path.join(checkpoint, STATE_FILE + ".partial")
+        partial = os.path.join(checkpoint, AVERAGING_STATE_FILE + ".partial")
         torch.save(state, partial)
-        os.replace(partial, os.path.join(checkpoint, STATE_FILE))
+        os.replace(partial, os.path.join(checkpoint, AVERAGING_STATE_FILE))
 
     @torch.no_grad()
     def load(self, checkpoint: str, model: nn.Module) -> None:
-        path = os.path.join(checkpoint, STATE_FILE)
+        path = os.path.join(checkpoint, AVERAGING_STATE_FILE)
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"{checkpoint}: no {STATE_FILE}; cannot resume the weight averages")
+            raise FileNotFoundError(f"{checkpoint}: no {AVERAGING_STATE_FILE}; cannot resume the weight averages")
         state = torch.load(path, map_location="cpu", weights_only=True)
         params = self.parameters(model)
         device = next(iter(params.values())).device

@@ -18,7 +18,8 @@ from accelerate import PartialState
 from datasets import Dataset
 from transformers import TrainingArguments, set_seed
 
-from nikl_emotion.backends.averaging import STATE_FILE as AVERAGING_FILE, WeightAveraging
+from nikl_emotion.backends.averaging import WeightAveraging
+from nikl_emotion.base.checkpoint_files import AVERAGING_STATE_FILE
 from nikl_emotion.backends.classifier import CheckpointClassifier
 from nikl_emotion.backends.backbone import (
     build_offline_backbone, check_max_seq_length, check_model_folder, load_model, load_tokenizer, parse_offline_spec,
@@ -29,7 +30,7 @@ from nikl_emotion.backends.divergence import DivergenceGuard, TrainingDiverged, 
 from nikl_emotion.backends.emotion_trainer import EmotionTrainer, fold_trainer_inputs, keep_tensorboard_logs, predict_in_order
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.fileio import write_json_atomic
-from nikl_emotion.backends.fold_backend import FoldData, PreparedRun, pseudo_label_rows, write_fold_outputs
+from nikl_emotion.backends.fold_backend import FoldData, PreparedRun, pseudo_label_rows, replace_best, write_fold_outputs
 from nikl_emotion.decisions.metrics import score
 from nikl_emotion.backends.model_card import write_model_card
 from nikl_emotion.text.preprocessing import PREPROCESSING_FILE, Preprocessing, encode, warn_if_preprocessing_differs
@@ -197,7 +198,7 @@ def train_resuming(trainer: EmotionTrainer, folder: FoldFolder, fold: int) -> No
     """Train, resuming from the last fully written checkpoint of an interrupted fold (a half-written one is
     pruned first, by the main process)."""
     # a run with weight averaging needs the raw weights too, written after the Trainer's files
-    required = (AVERAGING_FILE,) if any(isinstance(c, WeightAveraging) for c in trainer.callback_handler.callbacks) else ()
+    required = (AVERAGING_STATE_FILE,) if any(isinstance(c, WeightAveraging) for c in trainer.callback_handler.callbacks) else ()
     if trainer.is_world_process_zero():
         last_complete_checkpoint(folder.checkpoints, required)
     trainer.accelerator.wait_for_everyone()
@@ -211,12 +212,11 @@ def save_best(trainer: EmotionTrainer, folder: FoldFolder, preprocessing: Prepro
               result: dict) -> None:
     """The best checkpoint with its preprocessing settings and model card, written beside and then renamed: a kill
     never leaves a half-written best/."""
-    shutil.rmtree(folder.best_staging, ignore_errors=True)
-    trainer.save_model(folder.best_staging)
-    preprocessing.save(folder.best_staging)
-    write_model_card(folder.best_staging, config, fold, result)
-    shutil.rmtree(folder.best, ignore_errors=True)
-    os.replace(folder.best_staging, folder.best)
+    def write(path: str) -> None:
+        trainer.save_model(path)
+        write_model_card(path, config, fold, result)
+
+    replace_best(folder, preprocessing, write)
 
 
 def fold_state(trainer: EmotionTrainer, data: FoldData) -> dict:

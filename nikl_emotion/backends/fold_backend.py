@@ -4,6 +4,7 @@ for every backend (probabilities, metrics, then `done.json`, the mark of a compl
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -104,3 +105,13 @@ def write_fold_outputs(folder: FoldFolder, val_rows: Dataset, val_probs: np.ndar
     write_json_atomic(folder.metrics, result)
     write_json_atomic(folder.done, {"fold": result["fold"]})
     shutil.rmtree(folder.checkpoints, ignore_errors=True)
+
+
+def replace_best(folder: FoldFolder, preprocessing: Preprocessing, write: Callable[[str], None]) -> None:
+    """The fold's checkpoint: `write(path)` saves the model into a folder beside `best/`, the preprocessing settings
+    join it, then it is renamed to `best/`, so a kill never leaves a half-written one (every backend saves this way)."""
+    shutil.rmtree(folder.best_staging, ignore_errors=True)
+    write(folder.best_staging)
+    preprocessing.save(folder.best_staging)
+    shutil.rmtree(folder.best, ignore_errors=True)
+    os.replace(folder.best_staging, folder.best)

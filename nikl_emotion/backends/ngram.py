@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 
 import numpy as np
@@ -24,7 +23,7 @@ from nikl_emotion.base.checkpoint_files import NGRAM_INFO_FILE, NGRAM_MODEL_FILE
 from nikl_emotion.decisions.decision import fixed_rule
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.fileio import write_json_atomic
-from nikl_emotion.backends.fold_backend import FoldData, PreparedRun, pseudo_label_rows, write_fold_outputs
+from nikl_emotion.backends.fold_backend import FoldData, PreparedRun, pseudo_label_rows, replace_best, write_fold_outputs
 from nikl_emotion.base.labels import LABELS, NUM_LABELS
 from nikl_emotion.decisions.logistic import fit_label, label_probability
 from nikl_emotion.decisions.metrics import score
@@ -156,11 +155,7 @@ def train_ngram_fold(data: FoldData, kfold_args, training_args, folder: FoldFold
     val_probs = model.predict_proba(val_rows)
     test_probs = model.predict_proba(data.encoded_test) if data.encoded_test is not None else None
     result = score(np.asarray(val_rows["labels"]), fixed_rule(kfold_args).decide(val_probs))
-    shutil.rmtree(folder.best_staging, ignore_errors=True)
-    model.save(folder.best_staging)
-    data.preprocessing.save(folder.best_staging)
-    shutil.rmtree(folder.best, ignore_errors=True)
-    os.replace(folder.best_staging, folder.best)
+    replace_best(folder, data.preprocessing, model.save)
     result.update({"fold": data.fold, "best_checkpoint": None, "best_metric": result["micro_f1"], "epochs_run": None,
                    "train_rows": int(len(data.train_index)), "train_seconds": round(seconds, 1),
                    "pseudo_label_rows": pseudo_label_rows(data)})

@@ -20,6 +20,7 @@ import numpy as np
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.labels import NUM_LABELS
 from nikl_emotion.decisions.metrics import decide, score
+from nikl_emotion.decisions.voting import is_number
 from nikl_emotion.decisions.logistic import fit_label
 
 EPS = 1e-6
@@ -64,9 +65,9 @@ class Stacker:
             raise PipelineError(f"{source}: 'stacker' must list {NUM_LABELS} labels")
         for label in data:
             ok = isinstance(label, dict) and (
-                (set(label) == {"constant"} and is_number(label["constant"]) and 0 <= label["constant"] <= 1)
-                or (set(label) == {"weights", "bias"} and is_number(label["bias"]) and isinstance(label["weights"], list)
-                    and label["weights"] and all(is_number(w) for w in label["weights"])))
+                (set(label) == {"constant"} and is_finite_number(label["constant"]) and 0 <= label["constant"] <= 1)
+                or (set(label) == {"weights", "bias"} and is_finite_number(label["bias"]) and isinstance(label["weights"], list)
+                    and label["weights"] and all(is_finite_number(w) for w in label["weights"])))
             if not ok:
                 raise PipelineError(f"{source}: a stacker label must be {{'weights': [...], 'bias': b}} or "
                                     f"{{'constant': p}} with finite numbers, got {label!r}")
@@ -76,8 +77,8 @@ class Stacker:
         return stacker
 
 
-def is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+def is_finite_number(value) -> bool:
+    return is_number(value) and bool(np.isfinite(value))
 
 
 def fit_stacker(features: list[np.ndarray], gold: np.ndarray) -> Stacker:

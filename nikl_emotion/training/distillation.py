@@ -155,8 +155,8 @@ def run_distillation(model_args: ModelArguments, data_args: DataArguments, kfold
     # without a validation file the teacher's fold is held out with gold labels; with one, every row trains
     fold = 0 if distill_args.validation_fold is None else distill_args.validation_fold
     held_out = fold_of_row == fold if validation_rows is None else np.zeros(len(ids), dtype=bool)
-    data = student_fold_data(fold, held_out, oof, train_rows, validation_rows, test_rows, unlabelled, model_args,
-                             preprocessing, distill_args, training_args)
+    data = student_fold_data(fold, held_out, oof, files.cleaned, validation_rows, files.cleaned_test, unlabelled,
+                             model_args, preprocessing, distill_args, training_args)
     folder = FoldFolder(output_dir)
     if folder.is_done(data.fold):
         print(f"{output_dir}: the student is already trained ({os.path.basename(folder.done)}); summarising")
@@ -207,16 +207,16 @@ def claim_student_folder(model_args, data_args, kfold_args, loss_args, technique
                        defaults=field_defaults(*ARGUMENT_CLASSES[:-1], DistillArguments))
 
 
-def student_fold_data(fold: int, held_out: np.ndarray, oof: np.ndarray, train_rows, validation_rows, test_rows,
+def student_fold_data(fold: int, held_out: np.ndarray, oof: np.ndarray, cleaned_train, validation_rows, cleaned_test,
                       unlabelled: list, model_args: ModelArguments, preprocessing: Preprocessing,
                       distill_args: DistillArguments, training_args: TrainingArguments) -> FoldData:
-    """The student's one fold: training rows with soft targets (gold where held out), the unlabelled rows with the
-    ensemble's probabilities as extra training rows, the validation rows (held-out fold or validation file)."""
-    gold = np.asarray(train_rows["labels"], dtype=np.float32)
+    """The student's one fold: training rows (cleaned by `load_task_files`) with soft targets (gold where held out),
+    the unlabelled rows with the ensemble's probabilities as extra training rows, the validation rows (held-out fold
+    or validation file)."""
+    gold = np.asarray(cleaned_train["labels"], dtype=np.float32)
     targets = np.where(held_out[:, None], gold, soft_targets(oof, gold, distill_args.distill_gold_weight))
+    cleaned = replace_labels(cleaned_train, targets)
     with training_args.main_process_first(desc="cleaning"):
-        cleaned = replace_labels(clean(train_rows, preprocessing), targets)
-        cleaned_test = clean(test_rows, preprocessing) if test_rows is not None else None
         cleaned_validation = clean(validation_rows, preprocessing) if validation_rows is not None else None
         pool = []
         for path, (row_ids, probs) in zip(distill_args.unlabelled_files, unlabelled):

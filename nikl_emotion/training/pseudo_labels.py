@@ -54,8 +54,8 @@ def confident(probs: np.ndarray, threshold: float) -> np.ndarray:
 def fold_pseudo_labels(run_dir: str, train_ids: list[str], folds: list[tuple[np.ndarray, np.ndarray]],
                        threshold: float) -> list[PseudoLabels]:
     """Per fold, the finished run's fold-K confident test rows; refuses a run with other folds or test rows that are
-    also training rows."""
-    finished = check_pseudo_label_run(run_dir)
+    also training rows. (The settings' check, `check_pseudo_label_run`, already hashed its test file.)"""
+    finished = FinishedRun.open(run_dir, "pseudo_label_run", with_test=True)
     run, num_folds = finished.folder, finished.num_folds
     if num_folds != len(folds):
         raise PipelineError(f"pseudo_label_run: {run_dir} has {num_folds} folds, this run {len(folds)}: the folds must "
