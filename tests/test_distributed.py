@@ -49,7 +49,7 @@ def test_two_process_cpu_run_writes_complete_ordered_outputs(tmp_path):
 
 @pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate CLI not on PATH")
 def test_fine_tuning_techniques_keep_the_ranks_in_step(tmp_path):
-    """EMA + SWA, R-Drop, multi-sample dropout, FGM and LLRD under 2 processes: every rank predicts its share of the
+    """EMA + SWA, R-Drop, multi-sample dropout, FGM and LLRD under 2 processes, with the target-pooling head: every rank predicts its share of the
     validation rows with its own copy of the model, so the gathered probabilities equal one process predicting
     with the saved best/ only if the ranks' weights (and averages) stayed identical."""
     out = tmp_path / "ddp"
@@ -58,7 +58,7 @@ def test_fine_tuning_techniques_keep_the_ranks_in_step(tmp_path):
          "--dynamo_backend", "no", "train.py", str(ROOT / "configs" / "quickstart.yaml"), "--output_dir", str(out),
          "--num_folds", "2", "--fold", "0", "--num_train_epochs", "2", "--per_device_eval_batch_size", "16",
          "--ema_decay", "0.9", "--swa_epochs", "1", "--rdrop_alpha", "1.0", "--multi_sample_dropout", "2",
-         "--adversarial", "fgm", "--layerwise_lr_decay", "0.8"],
+         "--adversarial", "fgm", "--layerwise_lr_decay", "0.8", "--classifier_head", "target_pool"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]

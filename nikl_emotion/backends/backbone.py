@@ -29,6 +29,7 @@ from transformers import (
 
 from nikl_emotion.text.encoding import MARKER_TOKENS, add_marker_tokens, hangul_fix, model_input_names, splits_hangul
 from nikl_emotion.base.errors import PipelineError
+from nikl_emotion.backends.heads import build_classifier
 from nikl_emotion.base.vocabulary import OFFLINE_ARCHS, OFFLINE_PREFIX
 from nikl_emotion.base.labels import ID2LABEL, LABEL2ID, NUM_LABELS
 from nikl_emotion.base.checkpoint_files import POST_TRAIN_FILE
@@ -261,10 +262,11 @@ def _log_settings(model_name_or_path: str, settings: dict, tokenizer: PreTrained
             getattr(logger, level)(message)
 
 
-def load_model(model_name_or_path: str, tokenizer: PreTrainedTokenizerBase | None = None) -> PreTrainedModel:
-    """Load a classifier with the task's 8 labels; grows the embeddings if the tokenizer gained marker tokens."""
+def load_model(model_name_or_path: str, tokenizer: PreTrainedTokenizerBase | None = None, head: str = "cls") -> PreTrainedModel:
+    """Load a classifier with the task's 8 labels under `head` (heads.py); grows the embeddings if the tokenizer
+    gained marker tokens."""
     config = AutoConfig.from_pretrained(model_name_or_path, **classification_config_kwargs())
-    model = AutoModelForSequenceClassification.from_pretrained(model_name_or_path, config=config)
+    model = build_classifier(model_name_or_path, config, head)
     if tokenizer is not None and len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
     return model

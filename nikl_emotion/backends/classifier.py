@@ -25,9 +25,10 @@ import numpy as np
 import torch
 from datasets import Dataset
 from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from nikl_emotion.backends.backbone import load_tokenizer
+from nikl_emotion.backends.heads import TARGET_MASK, head_of, load_trained_model, reads_target_mask
 from nikl_emotion.text.batching import MODEL_INPUTS, length_order, pad_table
 from nikl_emotion.text.data import Rows, as_rows
 from nikl_emotion.base.errors import PipelineError
@@ -122,15 +123,16 @@ class CheckpointClassifier:
                     json.load(handle)  # present and readable: the folder was written whole
                 config, backend = AutoConfig.from_pretrained(folder), OnnxBackend(folder, threads)
             else:
-                model, loading = AutoModelForSequenceClassification.from_pretrained(folder, output_loading_info=True)
+                model, loading = load_trained_model(folder)
                 if loading["missing_keys"]:
                     missing = sorted(loading["missing_keys"])
                     refuse_untrained_head(folder, f"{len(missing)} classifier weights missing, e.g. {missing[0]}")
-                config, backend = model.config, TorchBackend(model, tokenizer.model_input_names, device or default_device())
+                config, backend = model.config, TorchBackend(model, model_inputs(model, tokenizer), device or default_device())
         except PipelineError:
             raise
         except Exception as exc:  # a damaged folder: bad config.json, truncated weights or graph, unreadable tokenizer
             raise PipelineError(f"{folder}: cannot load the {kind} ({type(exc).__name__}: {first_line(exc)})") from None
+        check_head(folder, config, preprocessing)
         labels = {int(k): v for k, v in config.id2label.items()}
         if labels != ID2LABEL:
             raise PipelineError(f"{folder}: the {kind}'s labels {labels} differ from this pipeline's {ID2LABEL}")
@@ -140,7 +142,7 @@ class CheckpointClassifier:
     def from_model(cls, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, preprocessing: Preprocessing,
                    device: torch.device | str | None = None) -> "CheckpointClassifier":
         """A classifier over a model in memory (e.g. the one a fold has just trained), on its own device."""
-        return cls(TorchBackend(model, tokenizer.model_input_names, device), tokenizer, preprocessing)
+        return cls(TorchBackend(model, model_inputs(model, tokenizer), device), tokenizer, preprocessing)
 
     @property
     def model(self) -> PreTrainedModel | None:
@@ -203,6 +205,19 @@ class CheckpointClassifier:
             batch = pad_table(arrow_rows[index.tolist()], columns, self.tokenizer.pad_token_id, self.backend.pad_to_multiple_of)
             logits[index] = self.backend(batch)
         return logits
+
+
+def model_inputs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[str]:
+    """The inputs a model's forward takes: its tokenizer's, and the target mask for a `target_pool` head."""
+    return [*tokenizer.model_input_names, *([TARGET_MASK] if reads_target_mask(model) else [])]
+
+
+def check_head(folder: str, config, preprocessing: Preprocessing) -> None:
+    """The model's head and the preprocessing saved beside it must agree: a `target_pool` head without target masks
+    would pool the whole text, silently."""
+    if head_of(config) != preprocessing.classifier_head:
+        raise PipelineError(f"{folder}: config.json's classifier_head is {head_of(config)} but preprocessing.json's is "
+                            f"{preprocessing.classifier_head}; the folder mixes two checkpoints' files")
 
 
 def refuse_untrained_head(folder: str, what: str) -> None:

@@ -33,6 +33,7 @@ from nikl_emotion.base.fileio import write_json_atomic
 from nikl_emotion.backends.fold_backend import FoldData, PreparedRun, pseudo_label_rows, replace_best, write_fold_outputs
 from nikl_emotion.decisions.metrics import score
 from nikl_emotion.backends.model_card import write_model_card
+from nikl_emotion.text.encoding import PROMPT_TEMPLATE
 from nikl_emotion.text.preprocessing import PREPROCESSING_FILE, Preprocessing, encode, warn_if_preprocessing_differs
 from nikl_emotion.folders.run_folder import FoldFolder, RunFolder, last_complete_checkpoint, read_mapping
 from nikl_emotion.backends.techniques import enable_multi_sample_dropout
@@ -86,9 +87,10 @@ class EncoderBackend:
         return CheckpointClassifier.from_pretrained(folder, device=device, threads=threads)
 
 
-def load_classifier(backbone: str, tokenizer, technique_args: TechniqueArguments | None = None):
-    """A fresh classifier from the backbone, with the techniques that change its forward pass (multi-sample dropout)."""
-    model = load_model(backbone, tokenizer)
+def load_classifier(backbone: str, tokenizer, technique_args: TechniqueArguments | None = None, head: str = "cls"):
+    """A fresh classifier from the backbone under `head`, with the techniques that change its forward pass
+    (multi-sample dropout)."""
+    model = load_model(backbone, tokenizer, head)
     if technique_args is not None:
         enable_multi_sample_dropout(model, technique_args.multi_sample_dropout)
     return model
@@ -99,9 +101,12 @@ def backbone_and_encodings(
     cleaned_test: Dataset | None = None, other_texts: list[str] | tuple = (),
 ):
     """(backbone path, tokenizer, encoded rows, encoded test rows or None); the main process fills the cache first.
-    An offline backbone's tokenizer learns the training, test and `other_texts` (what else the run encodes)."""
+    An offline backbone's tokenizer learns the training, test and `other_texts` (what else the run encodes), and in
+    the `prompt` format the training rows' prompts (its words would otherwise be unknown tokens)."""
     train_texts = list(cleaned["text"])
     texts = train_texts + (list(cleaned_test["text"]) if cleaned_test is not None else []) + list(other_texts)
+    if preprocessing.input_format == "prompt":
+        texts += [PROMPT_TEMPLATE.format(target=target) for target in cleaned["target"] if target is not None]
     backbone = prepare_backbone(model_args, texts, training_args.output_dir, training_args.seed, len(train_texts))
     if training_args.process_index == 0:
         warn_if_preprocessing_differs(backbone, preprocessing)
@@ -184,7 +189,7 @@ def fold_trainer(data: FoldData, kfold_args: KFoldArguments, loss_args: LossArgu
     """The fold's EmotionTrainer: a fresh classifier from the backbone, checkpoints in the fold's folder."""
     folder = folder or RunFolder(training_args.output_dir).fold(data.fold)
     tokenizer = load_tokenizer(data.backbone, with_markers=data.preprocessing.input_format == "marker")
-    model = load_classifier(data.backbone, tokenizer, technique_args)
+    model = load_classifier(data.backbone, tokenizer, technique_args, data.preprocessing.classifier_head)
     fold_args = dataclasses.replace(training_args, output_dir=folder.checkpoints, remove_unused_columns=False)
     trainer = EmotionTrainer(
         model=model, args=fold_args,

@@ -33,7 +33,8 @@ TRACE_ROWS = {"text": ["오늘 공연 너무 좋았다", "정말 최고"], "targ
 def trace_sample(tokenizer, preprocessing: Preprocessing) -> dict[str, torch.Tensor]:
     """A padded batch in the checkpoint's own format (its input format, its tokenizer's model inputs: no
     token_type_ids for a model without segment embeddings), one row with a target and one without."""
-    encoded = tokenize_batch(TRACE_ROWS, tokenizer, preprocessing.input_format, preprocessing.max_seq_length)
+    encoded = tokenize_batch(TRACE_ROWS, tokenizer, preprocessing.input_format, preprocessing.max_seq_length,
+                             target_mask=preprocessing.marks_target)
     names = [name for name in MODEL_INPUTS if name in encoded]
     return pad_table(pa.table({name: encoded[name] for name in names}), names, tokenizer.pad_token_id)
 
@@ -91,7 +92,8 @@ def _export(classifier: CheckpointClassifier, staging: str, *, source: str, int8
     axes = {name: {0: "batch", 1: "sequence"} for name in names} | {"logits": {0: "batch"}}
     with torch.inference_mode():
         # the TorchScript exporter: dynamic batch and length axes, no onnxscript needed
-        torch.onnx.export(model, tuple(sample[name] for name in names), fp32_path, input_names=names,
+        # by name: a model without token_type_ids would take target_mask in that place positionally
+        torch.onnx.export(model, (), fp32_path, kwargs={name: sample[name] for name in names}, input_names=names,
                           output_names=["logits"], dynamic_axes=axes, opset_version=opset, dynamo=False)
     if int8:
         from onnxruntime.quantization import QuantType, quantize_dynamic

@@ -13,7 +13,7 @@ from nikl_emotion.base.fileio import write_text_atomic
 from nikl_emotion.base.labels import LABELS
 
 # keys whose values say what the model is; the full resolved config follows them in the card
-CARD_KEYS = ("model_name_or_path", "train_files", "num_folds", "loss", "learning_rate", "num_train_epochs",
+CARD_KEYS = ("model_name_or_path", "classifier_head", "train_files", "num_folds", "loss", "learning_rate", "num_train_epochs",
              "per_device_train_batch_size", "weight_decay", "input_format", "max_seq_length", "remove_others", "cleanse")
 
 
@@ -95,7 +95,7 @@ def _scores_section(fold: int, validation: dict, run: dict | None, thresholds: d
 
 
 def _usage_section(config: dict) -> list[str]:
-    return [
+    lines = [
         "## How to use",
         "",
         "With the nikl-emotion package, which cleans and encodes text exactly as in training (`preprocessing.json` in "
@@ -107,6 +107,10 @@ def _usage_section(config: dict) -> list[str]:
         'probs = classifier.predict_proba("test.jsonl")  # (rows, 8); also task rows as dicts, or plain texts',
         "```",
         "",
+    ]
+    if config.get("classifier_head", "cls") != "cls":
+        return lines + _target_pool_usage()
+    return lines + [
         "With transformers alone:",
         "",
         "```python",
@@ -118,6 +122,22 @@ def _usage_section(config: dict) -> list[str]:
         "The pipeline's `inference.py` applies the same cleaning as training (remove `&others&` "
         f"{config.get('remove_others')}, symbol cleansing {config.get('cleanse')}) and encodes the target as "
         f"`{config.get('input_format', 'pair')}`; called through `pipeline()`, clean the text the same way first.",
+    ]
+
+
+def _target_pool_usage() -> list[str]:
+    return [
+        "This model's head is `target_pool` (the first token with the mean and max of the target's token states), a "
+        "class of the nikl-emotion package: `transformers.pipeline()` and `AutoModelForSequenceClassification` cannot "
+        "load it. Load the weights without the package's cleaning with:",
+        "",
+        "```python",
+        "from nikl_emotion.backends.heads import load_trained_model",
+        'model, _ = load_trained_model("PATH/TO/THIS/FOLDER")  # forward(input_ids, attention_mask, ..., target_mask)',
+        "```",
+        "",
+        "`target_mask` marks the target's tokens (1) in each row; `EmotionClassifier` computes it from the target's "
+        "character span.",
     ]
 
 

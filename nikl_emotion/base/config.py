@@ -23,7 +23,7 @@ from transformers import HfArgumentParser, TrainingArguments
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.labels import NUM_LABELS
 from nikl_emotion.base.vocabulary import (
-    ADVERSARIAL_METHODS, DECISION_MODES, DEFAULT_DECISION_MODE, DEFAULT_VOTE_RULE, DEFAULT_VOTE_TIE, INPUT_FORMATS,
+    ADVERSARIAL_METHODS, CLASSIFIER_HEADS, DECISION_MODES, DEFAULT_DECISION_MODE, DEFAULT_VOTE_RULE, DEFAULT_VOTE_TIE, INPUT_FORMATS,
     LOSS_NAMES, MAX_UNKNOWN_RATE, PRETOKENIZERS, VOTE_RULES, VOTE_TIES, check_choice, spelled,
 )
 
@@ -38,8 +38,11 @@ class ModelArguments:
     offline_vocab_size: int = field(default=8000, metadata={"help": "WordPiece vocabulary size of an offline backbone."})
     max_unknown_rate: float = field(default=MAX_UNKNOWN_RATE, metadata={"help": "Stop when more than this share of "
                                     "the encoded tokens are the tokenizer's unknown token (the text would be lost)."})
+    classifier_head: str = field(default="cls", metadata={"help": "cls: the backbone's own head on the first token; "
+                                 "target_pool: the first token with the mean and max of the target's tokens."})
 
     def __post_init__(self):
+        check_choice("classifier_head", self.classifier_head, CLASSIFIER_HEADS)
         if not (is_finite(self.max_unknown_rate) and 0 <= self.max_unknown_rate <= 1):
             raise PipelineError(f"max_unknown_rate: must be in [0, 1], got {self.max_unknown_rate}")
         if not self.model_name_or_path:

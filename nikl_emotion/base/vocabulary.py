@@ -24,6 +24,7 @@ NGRAM_KINDS = ("tfidf",)
 
 LOSS_NAMES = ("bce", "focal", "asl")  # losses.py: the classes
 INPUT_FORMATS = ("pair", "marker", "prompt", "text")  # encoding.py: how the target is shown to the model
+CLASSIFIER_HEADS = ("cls", "target_pool")  # heads.py: the first token, or it with the target's tokens pooled
 PRETOKENIZERS = ("none", "kiwi")  # morphemes.py: morpheme segmentation before an offline tokenizer
 ADVERSARIAL_METHODS = ("none", "fgm", "awp")  # techniques.py
 MAX_UNKNOWN_RATE = 0.05  # a Korean encoder's own tokenizer leaves well under 1% of NIKL tokens unknown

@@ -10,8 +10,9 @@ import pyarrow as pa
 import torch
 from datasets import Dataset
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")  # token-id columns a classifier takes
-PAD_VALUES = {"input_ids": None, "attention_mask": 0, "token_type_ids": 0}  # None: the tokenizer's pad id
+# token-id columns a classifier takes (target_mask: a target_pool head's, see heads.py)
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "target_mask")
+PAD_VALUES = {"input_ids": None, "attention_mask": 0, "token_type_ids": 0, "target_mask": 0}  # None: the pad id
 
 
 def column_array(rows: Dataset, name: str) -> np.ndarray:

@@ -173,15 +173,19 @@ def segments(text: str, target: str | None, begin: int | None, end: int | None, 
 
 
 def tokenize_batch(
-    batch: dict, tokenizer: PreTrainedTokenizerBase, input_format: InputFormat, max_length: int, **tokenizer_kwargs
+    batch: dict, tokenizer: PreTrainedTokenizerBase, input_format: InputFormat, max_length: int,
+    target_mask: bool = False, **tokenizer_kwargs
 ) -> dict:
     """`datasets.map(batched=True)` function: input ids (unpadded), their `length` (and what `tokenizer_kwargs` ask
-    for, e.g. offsets)."""
+    for, e.g. offsets); with `target_mask`, a `target_mask` column marking the target's tokens (see
+    `target_token_mask`)."""
     rows = [
         bounded(text, target, begin, end, input_format, max_length * CHARS_PER_TOKEN_BOUND)
         for text, target, begin, end in zip(batch["text"], batch["target"], batch["target_begin"], batch["target_end"])
     ]
     pairs = [segments(*row, input_format) for row in rows]
+    kwargs = dict(tokenizer_kwargs, return_offsets_mapping=True) if target_mask else tokenizer_kwargs
+    masks: list = [None] * len(pairs)
     # The tokenizer takes either all pairs or all singles: encode the two groups apart and put rows back in order.
     with_b = [i for i, (_, b) in enumerate(pairs) if b is not None]
     without_b = [i for i, (_, b) in enumerate(pairs) if b is None]
@@ -192,20 +196,61 @@ def tokenize_batch(
         first = [pairs[i][0] for i in indices]
         second = [pairs[i][1] for i in indices] if is_pair else None
         # longest_first trims the longer segment (the text) first and never fails on a short one
-        part = tokenizer(first, second, truncation="longest_first", max_length=max_length, **tokenizer_kwargs)
+        part = tokenizer(first, second, truncation="longest_first", max_length=max_length, **kwargs)
         for key, values in part.items():
             column = encoded.setdefault(key, [None] * len(pairs))
             for i, value in zip(indices, values):
                 column[i] = value
+        if target_mask:
+            for j, i in enumerate(indices):
+                masks[i] = target_token_mask(rows[i], input_format, tokenizer, part["input_ids"][j],
+                                             part["offset_mapping"][j], part.sequence_ids(j))
     if input_format == "marker":
         end_id = tokenizer.convert_tokens_to_ids(TARGET_END)
         for i, (text, target, begin, end) in enumerate(rows):
             if target is not None and end_id not in encoded["input_ids"][i]:  # truncation cut the target off
                 window = target_window(marked_text(text, begin, end), tokenizer, max_length)
-                for key, value in tokenizer(window, truncation=True, max_length=max_length, **tokenizer_kwargs).items():
+                part = tokenizer(window, truncation=True, max_length=max_length, **kwargs)
+                for key, value in part.items():
                     encoded[key][i] = value
+                if target_mask:
+                    masks[i] = target_token_mask(rows[i], input_format, tokenizer, part["input_ids"],
+                                                 part["offset_mapping"], part.sequence_ids())
+    if target_mask:
+        encoded["target_mask"] = masks
+        if not tokenizer_kwargs.get("return_offsets_mapping"):
+            del encoded["offset_mapping"]
     encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
     return encoded
+
+
+def target_token_mask(row: tuple, input_format: InputFormat, tokenizer: PreTrainedTokenizerBase, ids: list[int],
+                      offsets: list[tuple[int, int]], sequence_ids: list[int | None]) -> list[int]:
+    """1 for the target's tokens of one encoded row, else 0. `pair` and `prompt`: the text's tokens whose character
+    offsets overlap the target's span (if truncation cut the span off, the target as the other segment spells it);
+    `marker`: the tokens between the two markers. A row without a target (or with `text`) marks the whole text."""
+    text, target, begin, end = row
+    text_segment = 1 if input_format == "prompt" and target is not None else 0
+
+    def overlapping(segment: int, start: int, stop: int) -> list[int]:
+        return [int(seq == segment and a < stop and b > start and b > a) for seq, (a, b) in zip(sequence_ids, offsets)]
+
+    chosen: list[int] = []
+    if target is not None and input_format == "marker":
+        start_id, end_id = tokenizer.convert_tokens_to_ids([TARGET_START, TARGET_END])
+        if start_id in ids and end_id in ids:
+            first, last = ids.index(start_id), ids.index(end_id)
+            chosen = [int(first < k < last) for k in range(len(ids))]
+    elif target is not None and input_format in ("pair", "prompt"):
+        chosen = overlapping(text_segment, begin, end)
+        if not any(chosen) and input_format == "pair":
+            chosen = [int(seq == 1) for seq in sequence_ids]
+        elif not any(chosen):
+            place = PROMPT_TEMPLATE.index("{target}")
+            chosen = overlapping(0, place, place + len(target))
+    if not any(chosen):
+        chosen = [int(seq == text_segment) for seq in sequence_ids]
+    return chosen
 
 
 def target_window(marked: str, tokenizer: PreTrainedTokenizerBase, max_length: int) -> str:

@@ -25,7 +25,7 @@ from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.fileio import write_json_atomic
 from nikl_emotion.base.labels import LABELS
 from nikl_emotion.text.morphemes import segment_batch
-from nikl_emotion.base.vocabulary import INPUT_FORMATS, MAX_UNKNOWN_RATE, PRETOKENIZERS
+from nikl_emotion.base.vocabulary import CLASSIFIER_HEADS, INPUT_FORMATS, MAX_UNKNOWN_RATE, PRETOKENIZERS
 
 logger = logging.getLogger(__name__)
 
@@ -36,9 +36,14 @@ class Preprocessing:
     input_format: str = "pair"
     max_seq_length: int = 200
     pretokenizer: str = "none"  # "kiwi": morpheme boundaries become spaces before the subword tokenizer
+    classifier_head: str = "cls"  # "target_pool": the encoding also marks the target's tokens (`target_mask`)
+
+    @property
+    def marks_target(self) -> bool:
+        return self.classifier_head == "target_pool"
 
     @classmethod
-    def from_data_args(cls, data_args) -> "Preprocessing":
+    def from_data_args(cls, data_args, classifier_head: str = "cls") -> "Preprocessing":
         cleaning = CleaningOptions(
             remove_others=data_args.remove_others,
             remove_placeholders=data_args.remove_placeholders,
@@ -46,7 +51,7 @@ class Preprocessing:
             remove_emoji=data_args.remove_emoji,
         )
         return cls(cleaning=cleaning, input_format=data_args.input_format, max_seq_length=data_args.max_seq_length,
-                   pretokenizer=data_args.offline_pretokenizer)
+                   pretokenizer=data_args.offline_pretokenizer, classifier_head=classifier_head)
 
     def save(self, folder: str) -> None:
         write_json_atomic(os.path.join(folder, PREPROCESSING_FILE), {**dataclasses.asdict(self), "labels": list(LABELS)})
@@ -77,7 +82,10 @@ class Preprocessing:
         pretokenizer = data.get("pretokenizer", "none")  # checkpoints saved before the key existed: none
         if pretokenizer not in PRETOKENIZERS:
             raise PipelineError(f"{path}: unknown pretokenizer {pretokenizer!r}")
-        return cls(CleaningOptions(**cleaning), data["input_format"], length, pretokenizer)
+        head = data.get("classifier_head", "cls")  # checkpoints saved before the key existed: cls
+        if head not in CLASSIFIER_HEADS:
+            raise PipelineError(f"{path}: unknown classifier_head {head!r}")
+        return cls(CleaningOptions(**cleaning), data["input_format"], length, pretokenizer, head)
 
 
 def preprocessing_differences(backbone: str, preprocessing: Preprocessing) -> list[str]:
@@ -129,11 +137,16 @@ def encode(
 ) -> Dataset:
     """Adds input_ids, attention_mask (token_type_ids where the tokenizer makes them) and length; no padding.
     More than `max_unknown_rate` unknown tokens stops with the rate and its likely cause (`on_unknown="error"`,
-    for training) or logs them (`"warn"`, for inference)."""
+    for training) or logs them (`"warn"`, for inference). A `target_pool` head's rows also get `target_mask`."""
+    if preprocessing.marks_target and not tokenizer.is_fast:
+        raise PipelineError(f"classifier_head: {preprocessing.classifier_head} finds the target's tokens through the "
+                            f"tokenizer's character offsets, which {type(tokenizer).__name__} (a slow tokenizer) "
+                            "does not give; use the model's fast tokenizer (tokenizer.json) or classifier_head: cls")
     encoded = cleaned.map(
         tokenize_batch,
         batched=True,
-        fn_kwargs={"tokenizer": tokenizer, "input_format": preprocessing.input_format, "max_length": preprocessing.max_seq_length},
+        fn_kwargs={"tokenizer": tokenizer, "input_format": preprocessing.input_format,
+                   "max_length": preprocessing.max_seq_length, "target_mask": preprocessing.marks_target},
         desc="tokenizing",
     )
     check_unknown_rate(encoded, tokenizer, on_unknown, max_unknown_rate)
@@ -171,12 +184,12 @@ class TaskFiles:
 
 
 def load_task_files(data_args, training_args, *, train_labels: str = "required",
-                    others: tuple[tuple[str | None, str], ...] = ()) -> TaskFiles:
+                    others: tuple[tuple[str | None, str], ...] = (), classifier_head: str = "cls") -> TaskFiles:
     """The loading preamble every command shares: the settings' `train_files` (labels `train_labels`) and
     `test_file` (when the settings have one), then `others` ((path, label mode) pairs), each row validated before
     anything is written, cleaned with the settings' `Preprocessing`. The main process goes first: it fills the
     datasets cache, which the other ranks of a distributed run then read."""
-    preprocessing = Preprocessing.from_data_args(data_args)
+    preprocessing = Preprocessing.from_data_args(data_args, classifier_head)
     test_file = getattr(data_args, "test_file", None)
     with training_args.main_process_first(desc="loading and cleaning"):
         train = load_jsonl_files(data_args.train_files, train_labels)

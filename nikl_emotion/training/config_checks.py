@@ -42,6 +42,7 @@ def validate(
     validate_training_values(training_args)
     check_inputs_outside_run(training_args.output_dir, [*data_args.train_files, *filter(None, [data_args.test_file])])
     check_pretokenizer(model_args.model_name_or_path, data_args.offline_pretokenizer)
+    check_classifier_head(model_args, data_args)
     validate_techniques_with(technique_args, model_args, training_args)
     if training_args.label_smoothing_factor:
         raise PipelineError(
@@ -52,6 +53,19 @@ def validate(
         raise PipelineError("eval_strategy and save_strategy must be the same (epoch or steps): the best checkpoint is chosen on validation micro-F1")
     if training_args.metric_for_best_model not in ("micro_f1", "eval_micro_f1", "macro_f1", "eval_macro_f1", "loss", "eval_loss"):
         raise PipelineError(f"metric_for_best_model: {training_args.metric_for_best_model!r} is not micro_f1, macro_f1 or loss")
+
+
+def check_classifier_head(model_args: ModelArguments, preprocessing_args: PreprocessingArguments) -> None:
+    """`target_pool` reads the target's tokens of an encoder: it needs a backend that trains one and an input
+    format that shows the target."""
+    if model_args.classifier_head == "cls":
+        return
+    if not backend_for(model_args.model_name_or_path).trains_an_encoder:
+        raise PipelineError(f"classifier_head: {model_args.classifier_head} is a head over an encoder's token states; "
+                            f"{model_args.model_name_or_path} has none (use classifier_head: cls)")
+    if preprocessing_args.input_format == "text":
+        raise PipelineError(f"classifier_head: {model_args.classifier_head} pools the target's tokens, and "
+                            "input_format: text ignores the target; choose pair, marker or prompt")
 
 
 def check_inputs_outside_run(output_dir: str, paths: list[str]) -> None:

@@ -142,7 +142,8 @@ def run_distillation(model_args: ModelArguments, data_args: DataArguments, kfold
     start = time.time()
     state = PartialState()
     output_dir = training_args.output_dir
-    files = load_task_files(data_args, training_args, others=((distill_args.validation_file or None, "required"),))
+    files = load_task_files(data_args, training_args, others=((distill_args.validation_file or None, "required"),),
+                           classifier_head=model_args.classifier_head)
     preprocessing, train_rows, test_rows, (validation_rows,) = files.preprocessing, files.train, files.test, files.others
     ids = list(iter_column(train_rows, "id"))
     teacher = FinishedRun.open(distill_args.teacher_run, "teacher_run")

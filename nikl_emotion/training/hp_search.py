@@ -154,7 +154,7 @@ def run_hp_search(
     run = RunFolder(output_dir)
     fold = kfold_args.fold or 0
     # the run's offline backbone (shared with train.py in this folder) also learns the test texts
-    files = load_task_files(data_args, training_args)
+    files = load_task_files(data_args, training_args, classifier_head=model_args.classifier_head)
     preprocessing, train_rows, cleaned, cleaned_test = files.preprocessing, files.train, files.cleaned, files.cleaned_test
     if state.is_main_process:
         claim_folder(output_dir, "run")  # the study lives in a run's folder (RunFolder.hp_*)
@@ -171,7 +171,7 @@ def run_hp_search(
     )
     trainer = SearchTrainer(
         model=None,
-        model_init=lambda trial=None: load_classifier(backbone, tokenizer, technique_args),
+        model_init=lambda trial=None: load_classifier(backbone, tokenizer, technique_args, preprocessing.classifier_head),
         args=args,
         **fold_trainer_inputs(train_split, val_split, tokenizer, kfold_args, loss_args, technique_args),
         loss_args=loss_args,

@@ -82,7 +82,7 @@ def run_training(
     state = PartialState()
     output_dir = training_args.output_dir
     check_output_folder(output_dir, "run")  # before any work: another command's folder is refused, not touched
-    files = load_task_files(data_args, training_args)
+    files = load_task_files(data_args, training_args, classifier_head=model_args.classifier_head)
     preprocessing, train_rows, cleaned, cleaned_test = files.preprocessing, files.train, files.cleaned, files.cleaned_test
     if kfold_args.num_folds > len(train_rows):
         raise PipelineError(f"num_folds: {kfold_args.num_folds} folds need at least as many rows; "
