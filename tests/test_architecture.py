@@ -52,7 +52,8 @@ def test_the_names_settings_take_are_the_names_the_implementations_know():
 
 
 BACKEND_MODULES = {"nikl_emotion.base.vocabulary", "nikl_emotion.backends.registry", "nikl_emotion.backends.fold_backend", "nikl_emotion.backends.ngram",
-                   "nikl_emotion.backends.encoder_backend", "nikl_emotion.backends.classifier"}
+                   "nikl_emotion.backends.encoder_backend", "nikl_emotion.backends.decoder_backend",
+                   "nikl_emotion.backends.classifier"}
 
 
 def test_no_backend_type_branch_outside_the_backend_modules():

@@ -209,7 +209,18 @@ def tokenizer_settings(
     names = None if config is None else model_input_names(tokenizer, config)
     if names is not None:
         settings["model_input_names"] = names
+    if lacks_pad_token(tokenizer, config) and tokenizer.eos_token is not None:  # a decoder's: batches must pad
+        settings["pad_token"] = tokenizer.eos_token
     return settings
+
+
+def lacks_pad_token(tokenizer: PreTrainedTokenizerBase, config: PretrainedConfig | None) -> bool:
+    """No pad token (Llama), or one the model has no embedding for (GPT-NeoX's tokenizer class adds <|padding|>
+    when its files name none): either way the end-of-sequence token should pad."""
+    if tokenizer.pad_token is None:
+        return True
+    vocab_size = getattr(config, "vocab_size", None)
+    return bool(vocab_size) and tokenizer.pad_token_id is not None and tokenizer.pad_token_id >= vocab_size
 
 
 # models whose position ids start after the padding index (RoBERTa's scheme): pad_token_id + 1 positions unusable
@@ -247,7 +258,10 @@ def _log_settings(model_name_or_path: str, settings: dict, tokenizer: PreTrained
     if "model_input_names" in settings:
         messages.append(("info", f"{model_name_or_path}: the model has one token type embedding; token_type_ids are "
                                  "not passed to it (the tokenizer would mark the second segment with 1)"))
-    fix = {key: value for key, value in settings.items() if key != "model_input_names"}
+    if "pad_token" in settings:
+        messages.append(("info", f"{model_name_or_path}: the tokenizer has no pad token; its end-of-sequence token "
+                                 f"{settings['pad_token']} pads (the classifier reads the last token that is not padding)"))
+    fix = {key: value for key, value in settings.items() if key not in ("model_input_names", "pad_token")}
     if fix and splits_hangul(tokenizer):
         messages.append(("warning", f"{model_name_or_path}: its tokenizer splits Hangul syllables into jamo (NFD) and "
                                     f"loading it with {fix} did not stop that; expect many unknown tokens"))

@@ -101,7 +101,7 @@ class CheckpointClassifier:
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, *, device: torch.device | str | None = None,
-                        threads: int | None = None) -> "CheckpointClassifier":
+                        threads: int | None = None, loader=load_trained_model) -> "CheckpointClassifier":
         """An encoder's `best/` folder written by train.py (PyTorch, on `device`, default the GPU when there is one)
         or an export.py folder (ONNX Runtime on CPU, `threads` intra-op threads): the encoder backend's loader.
         Refuses folders with other labels, no tokenizer files or damaged weights, naming the folder.
@@ -123,7 +123,7 @@ class CheckpointClassifier:
                     json.load(handle)  # present and readable: the folder was written whole
                 config, backend = AutoConfig.from_pretrained(folder), OnnxBackend(folder, threads)
             else:
-                model, loading = load_trained_model(folder)
+                model, loading = loader(folder)
                 if loading["missing_keys"]:
                     missing = sorted(loading["missing_keys"])
                     refuse_untrained_head(folder, f"{len(missing)} classifier weights missing, e.g. {missing[0]}")

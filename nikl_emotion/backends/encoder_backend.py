@@ -33,11 +33,11 @@ from nikl_emotion.base.fileio import write_json_atomic
 from nikl_emotion.backends.fold_backend import FoldData, PreparedRun, pseudo_label_rows, replace_best, write_fold_outputs
 from nikl_emotion.decisions.metrics import score
 from nikl_emotion.backends.model_card import write_model_card
-from nikl_emotion.text.encoding import PROMPT_TEMPLATE
+from nikl_emotion.text.encoding import PROMPT_TEMPLATE, fill_template
 from nikl_emotion.text.preprocessing import PREPROCESSING_FILE, Preprocessing, encode, warn_if_preprocessing_differs
 from nikl_emotion.folders.run_folder import FoldFolder, RunFolder, last_complete_checkpoint, read_mapping
 from nikl_emotion.backends.techniques import enable_multi_sample_dropout
-from nikl_emotion.base.vocabulary import is_offline
+from nikl_emotion.base.vocabulary import CLASSIFIER_HEADS, is_offline
 
 
 class EncoderBackend:
@@ -46,6 +46,8 @@ class EncoderBackend:
     name = "encoder"
     trains_an_encoder = True
     multi_process = True
+    heads = CLASSIFIER_HEADS
+    takes_lora = False
 
     def matches(self, model_name_or_path: str) -> bool:
         return True
@@ -78,7 +80,17 @@ class EncoderBackend:
     def train_fold(self, data: FoldData, kfold_args: KFoldArguments, loss_args: LossArguments,
                    training_args: TrainingArguments, technique_args: TechniqueArguments | None = None,
                    folder: FoldFolder | None = None) -> dict:
-        return train_fold(data, kfold_args, loss_args, training_args, technique_args, folder)
+        return train_fold(data, kfold_args, loss_args, training_args, technique_args, folder, backend=self)
+
+    def new_model(self, backbone: str, tokenizer, model_args: ModelArguments, training_args: TrainingArguments,
+                  technique_args: TechniqueArguments | None = None, head: str = "cls"):
+        """A fresh classifier to fine-tune from `backbone` (each fold, each HP-search trial)."""
+        return load_classifier(backbone, tokenizer, technique_args, head)
+
+    def save_model(self, model, tokenizer, path: str, model_args: ModelArguments) -> None:
+        """The fine-tuned model and its tokenizer into `path` (best/ being written)."""
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
 
     def owns_checkpoint(self, folder: str) -> bool:
         return True  # the last in the registry: any folder no other backend claims is read as a Hugging Face model
@@ -102,11 +114,13 @@ def backbone_and_encodings(
 ):
     """(backbone path, tokenizer, encoded rows, encoded test rows or None); the main process fills the cache first.
     An offline backbone's tokenizer learns the training, test and `other_texts` (what else the run encodes), and in
-    the `prompt` format the training rows' prompts (its words would otherwise be unknown tokens)."""
+    the `prompt` and `instruction` formats the training rows' prompts (their words would otherwise be unknown)."""
     train_texts = list(cleaned["text"])
     texts = train_texts + (list(cleaned_test["text"]) if cleaned_test is not None else []) + list(other_texts)
     if preprocessing.input_format == "prompt":
         texts += [PROMPT_TEMPLATE.format(target=target) for target in cleaned["target"] if target is not None]
+    if preprocessing.input_format == "instruction":
+        texts += [fill_template(preprocessing.input_template, "", target) for target in cleaned["target"]]
     backbone = prepare_backbone(model_args, texts, training_args.output_dir, training_args.seed, len(train_texts))
     if training_args.process_index == 0:
         warn_if_preprocessing_differs(backbone, preprocessing)
@@ -148,16 +162,18 @@ def prepare_backbone(model_args: ModelArguments, texts: list[str], output_dir: s
 
 
 def train_fold(data: FoldData, kfold_args: KFoldArguments, loss_args: LossArguments, training_args: TrainingArguments,
-               technique_args: TechniqueArguments | None = None, folder: FoldFolder | None = None) -> dict:
+               technique_args: TechniqueArguments | None = None, folder: FoldFolder | None = None,
+               backend: EncoderBackend | None = None) -> dict:
     """Train one fold (resuming an interrupted one), predict its validation and test rows in order, and write its
     files, `done.json` last, into `folder` (default: the run's fold_K). Every rank calls this; the main process
-    writes."""
+    writes. `backend` builds and saves the model (this module's encoder, or a subclass such as the decoder's)."""
     folder = folder or RunFolder(training_args.output_dir).fold(data.fold)
+    backend = backend or EncoderBackend()
     set_seed(training_args.seed)
     val_rows = data.val_rows
     techniques = technique_args or TechniqueArguments()
     cause = likely_cause(training_args.learning_rate, techniques.adversarial, techniques.adversarial_epsilon)
-    trainer = fold_trainer(data, kfold_args, loss_args, training_args, technique_args, folder)
+    trainer = fold_trainer(data, kfold_args, loss_args, training_args, technique_args, folder, backend)
     guard = DivergenceGuard(data.fold, cause)
     trainer.add_callback(guard)
     try:
@@ -174,7 +190,7 @@ def train_fold(data: FoldData, kfold_args: KFoldArguments, loss_args: LossArgume
     if trainer.is_world_process_zero():
         gold = np.asarray(val_rows["labels"])
         result = score(gold, fixed_rule(kfold_args).decide(val_probs))
-        save_best(trainer, folder, data.preprocessing, run_config(training_args.output_dir), data.fold, result)
+        save_best(trainer, folder, data, run_config(training_args.output_dir), result, backend)
         result.update(fold_state(trainer, data))
         write_fold_outputs(folder, val_rows, val_probs, data.encoded_test, test_probs, result)
     trainer.accelerator.wait_for_everyone()
@@ -185,11 +201,13 @@ def train_fold(data: FoldData, kfold_args: KFoldArguments, loss_args: LossArgume
 
 def fold_trainer(data: FoldData, kfold_args: KFoldArguments, loss_args: LossArguments,
                  training_args: TrainingArguments, technique_args: TechniqueArguments | None = None,
-                 folder: FoldFolder | None = None) -> EmotionTrainer:
+                 folder: FoldFolder | None = None, backend: EncoderBackend | None = None) -> EmotionTrainer:
     """The fold's EmotionTrainer: a fresh classifier from the backbone, checkpoints in the fold's folder."""
     folder = folder or RunFolder(training_args.output_dir).fold(data.fold)
+    backend = backend or EncoderBackend()
     tokenizer = load_tokenizer(data.backbone, with_markers=data.preprocessing.input_format == "marker")
-    model = load_classifier(data.backbone, tokenizer, technique_args, data.preprocessing.classifier_head)
+    model = backend.new_model(data.backbone, tokenizer, data.model_args or ModelArguments(), training_args,
+                              technique_args, data.preprocessing.classifier_head)
     fold_args = dataclasses.replace(training_args, output_dir=folder.checkpoints, remove_unused_columns=False)
     trainer = EmotionTrainer(
         model=model, args=fold_args,
@@ -213,15 +231,16 @@ def train_resuming(trainer: EmotionTrainer, folder: FoldFolder, fold: int) -> No
     trainer.train(resume_from_checkpoint=resume)
 
 
-def save_best(trainer: EmotionTrainer, folder: FoldFolder, preprocessing: Preprocessing, config: dict, fold: int,
-              result: dict) -> None:
-    """The best checkpoint with its preprocessing settings and model card, written beside and then renamed: a kill
-    never leaves a half-written best/."""
+def save_best(trainer: EmotionTrainer, folder: FoldFolder, data: FoldData, config: dict, result: dict,
+              backend: EncoderBackend) -> None:
+    """The best checkpoint (the Trainer has loaded it back) with its preprocessing settings and model card, written
+    beside and then renamed: a kill never leaves a half-written best/."""
     def write(path: str) -> None:
-        trainer.save_model(path)
-        write_model_card(path, config, fold, result)
+        os.makedirs(path, exist_ok=True)
+        backend.save_model(trainer.model, trainer.processing_class, path, data.model_args or ModelArguments())
+        write_model_card(path, config, data.fold, result)
 
-    replace_best(folder, preprocessing, write)
+    replace_best(folder, data.preprocessing, write)
 
 
 def fold_state(trainer: EmotionTrainer, data: FoldData) -> dict:

@@ -34,7 +34,7 @@ def trace_sample(tokenizer, preprocessing: Preprocessing) -> dict[str, torch.Ten
     """A padded batch in the checkpoint's own format (its input format, its tokenizer's model inputs: no
     token_type_ids for a model without segment embeddings), one row with a target and one without."""
     encoded = tokenize_batch(TRACE_ROWS, tokenizer, preprocessing.input_format, preprocessing.max_seq_length,
-                             target_mask=preprocessing.marks_target)
+                             target_mask=preprocessing.marks_target, input_template=preprocessing.input_template)
     names = [name for name in MODEL_INPUTS if name in encoded]
     return pad_table(pa.table({name: encoded[name] for name in names}), names, tokenizer.pad_token_id)
 

@@ -38,12 +38,15 @@ class FoldBackend(Protocol):
     checkpoint folder (`best/`, which `EmotionClassifier.from_pretrained` loads) and writes the fold's files.
 
     Capabilities the programs above ask instead of the backend's name: `trains_an_encoder` (a tokenizer and a
-    Trainer: the fine-tuning techniques, post-training, the distillation student and the HP search need one) and
-    `multi_process` (it may run under `accelerate launch`)."""
+    Trainer: the fine-tuning techniques, post-training, the distillation student, the HP search and ONNX export need
+    one), `multi_process` (it may run under `accelerate launch`), `heads` (the `classifier_head` values it
+    builds; empty for a model without one) and `takes_lora` (LoRA adapters, `check_lora` checks what they need)."""
 
     name: str
     trains_an_encoder: bool
     multi_process: bool
+    heads: tuple[str, ...]
+    takes_lora: bool
 
     def matches(self, model_name_or_path: str) -> bool: ...
 
@@ -78,6 +81,7 @@ class FoldData:
     backbone: str
     preprocessing: Preprocessing
     extra_train_rows: Dataset | None = None  # pseudo-labelled rows, training only (pseudo_labels.py)
+    model_args: object | None = None  # the run's ModelArguments (LoRA, quantization); None: the defaults
 
     @property
     def train_rows(self) -> Dataset:

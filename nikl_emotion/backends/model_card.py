@@ -8,7 +8,8 @@ import os
 import yaml
 
 from nikl_emotion.base.checkpoint_files import MODEL_CARD_FILE
-from nikl_emotion.text.encoding import PROMPT_TEMPLATE, TARGET_END, TARGET_START
+from nikl_emotion.base.vocabulary import DEFAULT_INPUT_TEMPLATE
+from nikl_emotion.text.encoding import PROMPT_TEMPLATE, TARGET_END, TARGET_START, fill_template
 from nikl_emotion.base.fileio import write_text_atomic
 from nikl_emotion.base.labels import LABELS
 
@@ -25,7 +26,10 @@ def _scores_table(per_label: dict) -> list[str]:
     return lines
 
 
-def _input_example(input_format: str) -> str:
+def _input_example(input_format: str, template: str) -> str:
+    if input_format == "instruction":
+        filled = fill_template(template, "오늘 공연 너무 좋았다", "공연").replace("\n", "\\n")
+        return f'classifier("{filled}")  # input_template filled in (see preprocessing.json)'
     if input_format == "pair":
         return ('classifier({"text": "오늘 공연 너무 좋았다", "text_pair": "공연"})  '
                 "# (cleaned text, target form); a null target: the text alone")
@@ -116,7 +120,7 @@ def _usage_section(config: dict) -> list[str]:
         "```python",
         "from transformers import pipeline",
         'classifier = pipeline("text-classification", model="PATH/TO/THIS/FOLDER", top_k=None, function_to_apply="sigmoid")',
-        _input_example(config.get("input_format", "pair")),
+        _input_example(config.get("input_format", "pair"), config.get("input_template", DEFAULT_INPUT_TEMPLATE)),
         "```",
         "",
         "The pipeline's `inference.py` applies the same cleaning as training (remove `&others&` "

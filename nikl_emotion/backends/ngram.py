@@ -171,6 +171,8 @@ class NgramFoldBackend:
     name = "ngram"
     trains_an_encoder = False
     multi_process = False
+    heads = ()
+    takes_lora = False
 
     def matches(self, model_name_or_path: str) -> bool:
         return is_ngram(model_name_or_path)

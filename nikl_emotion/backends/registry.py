@@ -1,18 +1,19 @@
-"""The backends, in the order they claim a `model_name_or_path`: the n-gram member (`ngram:...`), then the encoder,
-which takes every other name (a hub model, a local folder, `offline:...`). A new backend (e.g. a decoder with LoRA)
-is one module implementing `fold_backend.FoldBackend`, listed here before the encoder."""
+"""The backends, in the order they claim a `model_name_or_path`: the n-gram member (`ngram:...`), the decoder (a
+causal LM's config), then the encoder, which takes every other name (a hub model, a local folder, `offline:...`).
+A new backend is one module implementing `fold_backend.FoldBackend`, listed here before the encoder."""
 
 from __future__ import annotations
 
 import os
 
 from nikl_emotion.backends.classifier import CheckpointClassifier
+from nikl_emotion.backends.decoder_backend import DecoderBackend
 from nikl_emotion.backends.encoder_backend import EncoderBackend
 from nikl_emotion.backends.fold_backend import FoldBackend
 from nikl_emotion.backends.ngram import NgramFoldBackend
 from nikl_emotion.base.errors import PipelineError
 
-BACKENDS: tuple[FoldBackend, ...] = (NgramFoldBackend(), EncoderBackend())
+BACKENDS: tuple[FoldBackend, ...] = (NgramFoldBackend(), DecoderBackend(), EncoderBackend())
 
 
 def backend_for(model_name_or_path: str) -> FoldBackend:

@@ -24,4 +24,5 @@ SAVED_MODEL_FILE = re.compile(
     r"|(model|pytorch_model)(-\d+-of-\d+)?\.(safetensors|bin)(\.index\.json)?"
     r"|tokenizer(_config)?\.json|special_tokens_map\.json|added_tokens\.json|vocab\.(txt|json)|merges\.txt"
     r"|sentencepiece\.bpe\.model|spiece\.model|tokenizer\.model|chat_template\.(jinja|json)"
+    r"|adapter_config\.json|adapter_model\.(safetensors|bin)"  # a LoRA adapter (decoder_backend.py)
 )

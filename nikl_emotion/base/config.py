@@ -15,6 +15,7 @@ import dataclasses
 import difflib
 import math
 import os
+import string
 from dataclasses import dataclass, field
 
 import yaml
@@ -23,7 +24,7 @@ from transformers import HfArgumentParser, TrainingArguments
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.labels import NUM_LABELS
 from nikl_emotion.base.vocabulary import (
-    ADVERSARIAL_METHODS, CLASSIFIER_HEADS, DECISION_MODES, DEFAULT_DECISION_MODE, DEFAULT_VOTE_RULE, DEFAULT_VOTE_TIE, INPUT_FORMATS,
+    ADVERSARIAL_METHODS, CLASSIFIER_HEADS, DECISION_MODES, DEFAULT_INPUT_TEMPLATE, NO_TARGET, DEFAULT_DECISION_MODE, DEFAULT_VOTE_RULE, DEFAULT_VOTE_TIE, INPUT_FORMATS,
     LOSS_NAMES, MAX_UNKNOWN_RATE, PRETOKENIZERS, VOTE_RULES, VOTE_TIES, check_choice, spelled,
 )
 
@@ -40,9 +41,32 @@ class ModelArguments:
                                     "the encoded tokens are the tokenizer's unknown token (the text would be lost)."})
     classifier_head: str = field(default="cls", metadata={"help": "cls: the backbone's own head on the first token; "
                                  "target_pool: the first token with the mean and max of the target's tokens."})
+    lora_r: int = field(default=0, metadata={"help": "Decoder backbones: LoRA rank (0: full fine-tuning). The "
+                        "classification head is always trained in full."})
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scaling numerator (the update is alpha/r * BA)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA branch's input."})
+    lora_target_modules: list[str] = field(default_factory=list, metadata={"help": "Module names LoRA adapts (empty: "
+                                           "every attention and MLP projection of the family, see decoder_backend.py)."})
+    merge_lora: bool = field(default=False, metadata={"help": "Save best/ as merged full weights (loads like any "
+                             "model) instead of the adapter and head beside the base model's name."})
+    load_in_4bit: bool = field(default=False, metadata={"help": "QLoRA: the frozen base weights in 4-bit NF4 "
+                               "(bitsandbytes, CUDA only: pip install .[qlora]); needs lora_r > 0."})
 
     def __post_init__(self):
         check_choice("classifier_head", self.classifier_head, CLASSIFIER_HEADS)
+        if self.lora_r < 0:
+            raise PipelineError(f"lora_r: must be >= 0 (0: no LoRA), got {self.lora_r}")
+        if not (is_finite(self.lora_alpha) and self.lora_alpha > 0):
+            raise PipelineError(f"lora_alpha: must be a number > 0, got {self.lora_alpha}")
+        if not (is_finite(self.lora_dropout) and 0 <= self.lora_dropout < 1):
+            raise PipelineError(f"lora_dropout: must be in [0, 1), got {self.lora_dropout}")
+        lora_only = [key for key in ("merge_lora", "load_in_4bit") if getattr(self, key)] + (
+            ["lora_target_modules"] if self.lora_target_modules else [])
+        if lora_only and self.lora_r == 0:
+            raise PipelineError(f"{lora_only[0]}: applies to LoRA; set lora_r (e.g. 16)")
+        if self.merge_lora and self.load_in_4bit:
+            raise PipelineError("merge_lora: cannot merge an adapter into 4-bit base weights without rounding them; "
+                                "keep the adapter (merge_lora: false), or merge it later into a bf16 copy of the base")
         if not (is_finite(self.max_unknown_rate) and 0 <= self.max_unknown_rate <= 1):
             raise PipelineError(f"max_unknown_rate: must be in [0, 1], got {self.max_unknown_rate}")
         if not self.model_name_or_path:
@@ -57,7 +81,12 @@ class PreprocessingArguments:
     remove_placeholders: bool = field(default=False, metadata={"help": "Remove every &name1&-style placeholder."})
     cleanse: bool = field(default=True, metadata={"help": "KcBERT symbol cleansing (keeps Hangul, ASCII, some punctuation; drops URLs, emoji; squeezes repeats)."})
     remove_emoji: bool = field(default=False, metadata={"help": "Remove emoji (implied by cleanse)."})
-    input_format: str = field(default="pair", metadata={"help": "How the target is shown to the model: pair, marker or prompt; text ignores it (the reference's input)."})
+    input_format: str = field(default="pair", metadata={"help": "How the target is shown to the model: pair, marker, "
+                              "prompt or instruction (input_template filled in: for decoders); text ignores it (the "
+                              "reference's input)."})
+    input_template: str = field(default=DEFAULT_INPUT_TEMPLATE, metadata={"help": "input_format instruction: the "
+                                "row as one string, with {text} and {target} (a row without a target names "
+                                f"'{NO_TARGET}'); the text is shortened to fit max_seq_length, never what follows it."})
     max_seq_length: int = field(default=200, metadata={"help": "Truncate encodings to this many tokens."})
     offline_pretokenizer: str = field(default="none", metadata={"help": "none, or kiwi: split words at morpheme "
                                       "boundaries (kiwipiepy) before an offline backbone's subword tokenizer; a "
@@ -299,6 +328,10 @@ def validate_preprocessing(args: PreprocessingArguments) -> None:
         raise PipelineError(f"input_format: {args.input_format!r} is not one of {', '.join(INPUT_FORMATS)}")
     if args.max_seq_length < 8:
         raise PipelineError(f"max_seq_length: must be at least 8, got {args.max_seq_length}")
+    fields = sorted(name for _, name, _, _ in string.Formatter().parse(args.input_template) if name is not None)
+    if fields != ["target", "text"]:
+        raise PipelineError(f"input_template: must hold {{text}} and {{target}} once each and no other field, got "
+                            f"{args.input_template!r}")
     if args.offline_pretokenizer not in PRETOKENIZERS:
         raise PipelineError(f"offline_pretokenizer: {args.offline_pretokenizer!r} is not one of {', '.join(PRETOKENIZERS)}")
 

@@ -14,10 +14,11 @@ from datasets import Dataset
 from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 from nikl_emotion.base.checkpoint_files import BACKBONE_SPEC_FILE, POST_TRAIN_FILE
-from nikl_emotion.base.vocabulary import INPUT_FORMATS, MAX_UNKNOWN_RATE
+from nikl_emotion.base.vocabulary import DEFAULT_INPUT_TEMPLATE, INPUT_FORMATS, MAX_UNKNOWN_RATE, NO_TARGET
 
-InputFormat = Literal["pair", "marker", "prompt", "text"]
+InputFormat = Literal["pair", "marker", "prompt", "text", "instruction"]
 # text: the target is ignored (the reference pipeline's input; its to-do list names the target as unused)
+# instruction: one string, `input_template` filled with the text and the target (for decoders: the last token reads all)
 
 TARGET_START = "[TGT]"
 TARGET_END = "[/TGT]"
@@ -174,11 +175,13 @@ def segments(text: str, target: str | None, begin: int | None, end: int | None, 
 
 def tokenize_batch(
     batch: dict, tokenizer: PreTrainedTokenizerBase, input_format: InputFormat, max_length: int,
-    target_mask: bool = False, **tokenizer_kwargs
+    target_mask: bool = False, input_template: str = DEFAULT_INPUT_TEMPLATE, **tokenizer_kwargs
 ) -> dict:
     """`datasets.map(batched=True)` function: input ids (unpadded), their `length` (and what `tokenizer_kwargs` ask
     for, e.g. offsets); with `target_mask`, a `target_mask` column marking the target's tokens (see
     `target_token_mask`)."""
+    if input_format == "instruction":
+        return tokenize_instructions(batch, tokenizer, input_template, max_length, **tokenizer_kwargs)
     rows = [
         bounded(text, target, begin, end, input_format, max_length * CHARS_PER_TOKEN_BOUND)
         for text, target, begin, end in zip(batch["text"], batch["target"], batch["target_begin"], batch["target_end"])
@@ -222,6 +225,33 @@ def tokenize_batch(
             del encoded["offset_mapping"]
     encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
     return encoded
+
+
+def tokenize_instructions(batch: dict, tokenizer: PreTrainedTokenizerBase, template: str, max_length: int,
+                          **tokenizer_kwargs) -> dict:
+    """Each row as `template` filled in, the text cut (at a token boundary) so that the whole instruction fits
+    `max_length`: truncating the filled string would cut off what follows the text, the question the last token
+    must have read."""
+    texts = [fit_instruction(template, text, target, tokenizer, max_length)
+             for text, target in zip(batch["text"], batch["target"])]
+    encoded = dict(tokenizer(texts, truncation=True, max_length=max_length, **tokenizer_kwargs))
+    encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
+    return encoded
+
+
+def fill_template(template: str, text: str, target: str | None) -> str:
+    return template.replace("{target}", NO_TARGET if target is None else target).replace("{text}", text)
+
+
+def fit_instruction(template: str, text: str, target: str | None, tokenizer: PreTrainedTokenizerBase, max_length: int) -> str:
+    text = text[: max_length * CHARS_PER_TOKEN_BOUND]
+    filled = fill_template(template, text, target)
+    if len(tokenizer(filled)["input_ids"]) <= max_length:
+        return filled
+    rest = len(tokenizer(fill_template(template, "", target))["input_ids"])
+    budget = max(1, max_length - rest - 2)  # 2: slack for a word cut at the seam
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    return fill_template(template, text[: offsets[min(budget, len(offsets)) - 1][1]], target)
 
 
 def target_token_mask(row: tuple, input_format: InputFormat, tokenizer: PreTrainedTokenizerBase, ids: list[int],

@@ -25,7 +25,7 @@ from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.fileio import write_json_atomic
 from nikl_emotion.base.labels import LABELS
 from nikl_emotion.text.morphemes import segment_batch
-from nikl_emotion.base.vocabulary import CLASSIFIER_HEADS, INPUT_FORMATS, MAX_UNKNOWN_RATE, PRETOKENIZERS
+from nikl_emotion.base.vocabulary import CLASSIFIER_HEADS, DEFAULT_INPUT_TEMPLATE, INPUT_FORMATS, MAX_UNKNOWN_RATE, PRETOKENIZERS
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +37,7 @@ class Preprocessing:
     max_seq_length: int = 200
     pretokenizer: str = "none"  # "kiwi": morpheme boundaries become spaces before the subword tokenizer
     classifier_head: str = "cls"  # "target_pool": the encoding also marks the target's tokens (`target_mask`)
+    input_template: str = DEFAULT_INPUT_TEMPLATE  # input_format "instruction": the row as one string
 
     @property
     def marks_target(self) -> bool:
@@ -51,7 +52,8 @@ class Preprocessing:
             remove_emoji=data_args.remove_emoji,
         )
         return cls(cleaning=cleaning, input_format=data_args.input_format, max_seq_length=data_args.max_seq_length,
-                   pretokenizer=data_args.offline_pretokenizer, classifier_head=classifier_head)
+                   pretokenizer=data_args.offline_pretokenizer, classifier_head=classifier_head,
+                   input_template=data_args.input_template)
 
     def save(self, folder: str) -> None:
         write_json_atomic(os.path.join(folder, PREPROCESSING_FILE), {**dataclasses.asdict(self), "labels": list(LABELS)})
@@ -85,7 +87,10 @@ class Preprocessing:
         head = data.get("classifier_head", "cls")  # checkpoints saved before the key existed: cls
         if head not in CLASSIFIER_HEADS:
             raise PipelineError(f"{path}: unknown classifier_head {head!r}")
-        return cls(CleaningOptions(**cleaning), data["input_format"], length, pretokenizer, head)
+        template = data.get("input_template", DEFAULT_INPUT_TEMPLATE)
+        if not isinstance(template, str) or "{text}" not in template or "{target}" not in template:
+            raise PipelineError(f"{path}: input_template: expected a string with {{text}} and {{target}}")
+        return cls(CleaningOptions(**cleaning), data["input_format"], length, pretokenizer, head, template)
 
 
 def preprocessing_differences(backbone: str, preprocessing: Preprocessing) -> list[str]:
@@ -146,7 +151,8 @@ def encode(
         tokenize_batch,
         batched=True,
         fn_kwargs={"tokenizer": tokenizer, "input_format": preprocessing.input_format,
-                   "max_length": preprocessing.max_seq_length, "target_mask": preprocessing.marks_target},
+                   "max_length": preprocessing.max_seq_length, "target_mask": preprocessing.marks_target,
+                   "input_template": preprocessing.input_template},
         desc="tokenizing",
     )
     check_unknown_rate(encoded, tokenizer, on_unknown, max_unknown_rate)

@@ -43,6 +43,7 @@ def validate(
     check_inputs_outside_run(training_args.output_dir, [*data_args.train_files, *filter(None, [data_args.test_file])])
     check_pretokenizer(model_args.model_name_or_path, data_args.offline_pretokenizer)
     check_classifier_head(model_args, data_args)
+    check_adapters(model_args)
     validate_techniques_with(technique_args, model_args, training_args)
     if training_args.label_smoothing_factor:
         raise PipelineError(
@@ -58,14 +59,29 @@ def validate(
 def check_classifier_head(model_args: ModelArguments, preprocessing_args: PreprocessingArguments) -> None:
     """`target_pool` reads the target's tokens of an encoder: it needs a backend that trains one and an input
     format that shows the target."""
-    if model_args.classifier_head == "cls":
-        return
-    if not backend_for(model_args.model_name_or_path).trains_an_encoder:
+    backend = backend_for(model_args.model_name_or_path)
+    if backend.heads and model_args.classifier_head not in backend.heads:
+        raise PipelineError(f"classifier_head: {model_args.classifier_head} is a head over an encoder's token states; "
+                            f"{model_args.model_name_or_path} is a {backend.name} (use classifier_head: cls)")
+    if not backend.heads and model_args.classifier_head != "cls":
         raise PipelineError(f"classifier_head: {model_args.classifier_head} is a head over an encoder's token states; "
                             f"{model_args.model_name_or_path} has none (use classifier_head: cls)")
-    if preprocessing_args.input_format == "text":
-        raise PipelineError(f"classifier_head: {model_args.classifier_head} pools the target's tokens, and "
-                            "input_format: text ignores the target; choose pair, marker or prompt")
+    if model_args.classifier_head == "cls":
+        return
+    if preprocessing_args.input_format in ("text", "instruction"):
+        raise PipelineError(f"classifier_head: {model_args.classifier_head} pools the target's tokens, which "
+                            f"input_format: {preprocessing_args.input_format} does not mark; choose pair, marker or prompt")
+
+
+def check_adapters(model_args: ModelArguments) -> None:
+    """LoRA and 4-bit weights: the backends that take them check what they need (peft, CUDA, bitsandbytes); the
+    others refuse them."""
+    backend = backend_for(model_args.model_name_or_path)
+    if model_args.lora_r and not backend.takes_lora:
+        raise PipelineError(f"lora_r: LoRA is for decoder backbones (causal LMs); {model_args.model_name_or_path} is "
+                            f"{'an' if backend.name[0] in 'aeiou' else 'a'} {backend.name}: set lora_r: 0")
+    if model_args.lora_r:
+        backend.check_lora(model_args)
 
 
 def check_inputs_outside_run(output_dir: str, paths: list[str]) -> None:

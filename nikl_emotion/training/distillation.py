@@ -240,7 +240,7 @@ def student_fold_data(fold: int, held_out: np.ndarray, oof: np.ndarray, cleaned_
         validation_index = np.arange(len(encoded), len(encoded) + len(encoded_validation))
         encoded = concatenate_datasets([encoded, encoded_validation])
     return FoldData(fold, np.flatnonzero(~held_out), validation_index, encoded, encoded_test, backbone, preprocessing,
-                    extra)
+                    extra, model_args)
 
 
 def distill_summary(result: dict, data: FoldData, held_out: np.ndarray, gold: np.ndarray, oof: np.ndarray,

@@ -116,7 +116,7 @@ def run_training(
                     mark_folder(run.fold(k).root, "fold")
         pseudo = pseudo_label_datasets(technique_args, pseudo_sets, preprocessing, prepared, training_args)
         fold_data = [FoldData(k, *folds[k], prepared.encoded, prepared.encoded_test, prepared.backbone, preprocessing,
-                              pseudo[k] if pseudo else None) for k in selected]
+                              pseudo[k] if pseudo else None, model_args) for k in selected]
         train_folds(run, fold_data, kfold_args, loss_args, training_args, technique_args)
         if not state.is_main_process:
             return None

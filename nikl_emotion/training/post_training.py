@@ -263,7 +263,8 @@ def mlm_encode(cleaned: Dataset, tokenizer, preprocessing: Preprocessing, offset
     """Rows encoded as fine-tuning encodes them (text and target), with `length`; offsets for whole-word masking."""
 
     def encode_batch(batch):
-        encoded = tokenize_batch(batch, tokenizer, preprocessing.input_format, preprocessing.max_seq_length, return_offsets_mapping=offsets)
+        encoded = tokenize_batch(batch, tokenizer, preprocessing.input_format, preprocessing.max_seq_length,
+                                 input_template=preprocessing.input_template, return_offsets_mapping=offsets)
         return encoded
 
     keep = ["input_ids", "attention_mask", "token_type_ids", "length", "offset_mapping"]
