@@ -82,14 +82,15 @@ def build_polyglot(folder: Path) -> Path:
     return folder
 
 
-def build_llama(folder: Path) -> Path:
-    """A Llama-3-style checkpoint: <|begin_of_text|> added first, <|end_of_text|>, no pad token."""
+def build_llama(folder: Path, dims: dict | None = None) -> Path:
+    """A Llama-3-style checkpoint: <|begin_of_text|> added first, <|end_of_text|>, no pad token (`dims`: other sizes
+    than TINY, for bench/lora_vs_full.py)."""
     tokenizer = byte_level_bpe(["<|begin_of_text|>", "<|end_of_text|>"], "<|begin_of_text|>")
     size = save_tokenizer(folder, tokenizer, "PreTrainedTokenizerFast", bos_token="<|begin_of_text|>",
                           eos_token="<|end_of_text|>")
     bos, eos = ids(tokenizer, "<|begin_of_text|>", "<|end_of_text|>")
-    config = LlamaConfig(vocab_size=size, max_position_embeddings=512, bos_token_id=bos, eos_token_id=eos,
-                         num_key_value_heads=1, **TINY)
+    sizes = {"num_key_value_heads": 1, **TINY, **(dims or {})}
+    config = LlamaConfig(vocab_size=size, max_position_embeddings=512, bos_token_id=bos, eos_token_id=eos, **sizes)
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(folder)
     return folder

@@ -101,7 +101,8 @@ def parse_bundled(name: str):
 
 def test_every_bundled_config_is_covered():
     bundled = {path.stem for path in (ROOT / "configs").glob("*.yaml")} - {"accelerate-multigpu"}
-    assert bundled == set(TRAIN_CONFIGS) | set(POST_TRAIN_CONFIGS)
+    # decoder-lora names a hub decoder: test_decoders.py parses it over a local imitation
+    assert bundled == set(TRAIN_CONFIGS) | set(POST_TRAIN_CONFIGS) | {"decoder-lora"}
 
 
 @pytest.mark.parametrize("name", TRAIN_CONFIGS + POST_TRAIN_CONFIGS)

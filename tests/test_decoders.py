@@ -172,13 +172,21 @@ def test_two_processes_train_one_lora_model(decoders, tmp_path):
     (["--model_name_or_path", "offline:electra-tiny", *LORA], "lora_r: LoRA is for decoder backbones"),
     (["--load_in_4bit", "true"], "load_in_4bit: applies to LoRA"),
     ([*LORA, "--merge_lora", "true", "--load_in_4bit", "true"], "merge_lora: cannot merge an adapter into 4-bit"),
-    (["--classifier_head", "target_pool", "--input_format", "pair"], "is a decoder"),
+    (["--classifier_head", "target_pool", "--input_format", "pair"], "is a decoder model"),
     (["--input_template", "{text} 감정?"], "input_template: must hold"),
 ])
 def test_decoder_settings_that_cannot_work_are_refused(decoders, overrides, message, tmp_path):
     with pytest.raises(PipelineError, match=message):
         parse_config([str(QUICKSTART), "--model_name_or_path", str(decoders["llama"]), "--output_dir",
                       str(tmp_path / "out"), *DECODER, *overrides])
+
+
+def test_the_bundled_decoder_config_parses_over_a_local_decoder(decoders):
+    no_gpu = [] if torch.cuda.is_available() else ["--bf16", "false"]
+    model_args, data_args, *_ = parse_config([str(ROOT / "configs" / "decoder-lora.yaml"), "--model_name_or_path",
+                                              str(decoders["polyglot"]), "--train_files", str(SAMPLE_TRAIN),
+                                              "--test_file", str(SAMPLE_TEST), *no_gpu])
+    assert model_args.lora_r == 16 and data_args.input_format == "instruction"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")

@@ -178,10 +178,20 @@ def test_a_checkpoint_whose_files_disagree_on_the_head_is_refused(pooled_run, tm
 
 @pytest.mark.parametrize("overrides, message", [
     (["--input_format", "text"], "input_format: text ignores the target"),
-    (["--model_name_or_path", "ngram:tfidf"], "ngram:tfidf has none"),
+    (["--model_name_or_path", "ngram:tfidf"], "ngram:tfidf is an ngram model"),
     (["--classifier_head", "mean"], "classifier_head: 'mean' is not cls or target_pool"),
 ])
 def test_a_head_that_cannot_work_is_refused_before_any_work(overrides, message, tmp_path):
     with pytest.raises(PipelineError, match=message):
         parse_config([str(ROOT / "configs" / "quickstart.yaml"), "--output_dir", str(tmp_path / "out"),
                       "--classifier_head", "target_pool", *overrides])
+
+
+def test_a_target_pool_student_distils_a_run(tiny_run, tmp_path):
+    student = tmp_path / "student"
+    run_cli("distill.py", ROOT / "configs" / "quickstart.yaml", "--teacher_run", tiny_run, "--output_dir", student,
+            "--num_train_epochs", "2", "--classifier_head", "target_pool")
+    assert json.loads((student / "best" / "config.json").read_text())["classifier_head"] == "target_pool"
+    _, test_probs = read_probs(student / "test_probs.jsonl")
+    probs = EmotionClassifier.from_pretrained(student / "best", device="cpu").predict_proba(SAMPLE_TEST)
+    np.testing.assert_allclose(probs, test_probs, atol=1e-5)

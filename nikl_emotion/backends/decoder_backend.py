@@ -38,9 +38,8 @@ PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "
 # every attention and MLP projection (QLoRA's finding: adapting all of them matches full fine-tuning best)
 LORA_TARGETS = {
     "gpt_neox": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
-    **{family: PROJECTIONS for family in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text",
-                                          "exaone", "exaone4", "phi3")},
-}
+    **{family: PROJECTIONS for family in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")},
+}  # other families (fused projections such as phi3's qkv_proj): every linear layer but the head ("all-linear")
 QLORA_INSTALL = "pip install .[qlora] (bitsandbytes)"
 
 

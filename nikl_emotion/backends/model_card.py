@@ -114,6 +114,8 @@ def _usage_section(config: dict) -> list[str]:
     ]
     if config.get("classifier_head", "cls") != "cls":
         return lines + _target_pool_usage()
+    if config.get("lora_r") and not config.get("merge_lora"):
+        return lines + _adapter_usage(config)
     return lines + [
         "With transformers alone:",
         "",
@@ -142,6 +144,24 @@ def _target_pool_usage() -> list[str]:
         "",
         "`target_mask` marks the target's tokens (1) in each row; `EmotionClassifier` computes it from the target's "
         "character span.",
+    ]
+
+
+def _adapter_usage(config: dict) -> list[str]:
+    return [
+        f"This folder holds a LoRA adapter (rank {config.get('lora_r')}) and the classification head over the base "
+        f"model `{config.get('model_name_or_path', '?')}`, which must be at that path or on the hub: `pipeline()` "
+        "does not load it plainly. With peft alone:",
+        "",
+        "```python",
+        "from peft import PeftModel",
+        "from transformers import AutoConfig, AutoModelForSequenceClassification",
+        'config = AutoConfig.from_pretrained("PATH/TO/THIS/FOLDER")  # the labels and the pad token id',
+        f'base = AutoModelForSequenceClassification.from_pretrained("{config.get("model_name_or_path", "BASE")}", config=config)',
+        'model = PeftModel.from_pretrained(base, "PATH/TO/THIS/FOLDER").merge_and_unload()',
+        "```",
+        "",
+        "Train with `merge_lora: true` for a folder that loads like any model.",
     ]
 
 

@@ -209,22 +209,30 @@ def tokenize_batch(
                 masks[i] = target_token_mask(rows[i], input_format, tokenizer, part["input_ids"][j],
                                              part["offset_mapping"][j], part.sequence_ids(j))
     if input_format == "marker":
-        end_id = tokenizer.convert_tokens_to_ids(TARGET_END)
-        for i, (text, target, begin, end) in enumerate(rows):
-            if target is not None and end_id not in encoded["input_ids"][i]:  # truncation cut the target off
-                window = target_window(marked_text(text, begin, end), tokenizer, max_length)
-                part = tokenizer(window, truncation=True, max_length=max_length, **kwargs)
-                for key, value in part.items():
-                    encoded[key][i] = value
-                if target_mask:
-                    masks[i] = target_token_mask(rows[i], input_format, tokenizer, part["input_ids"],
-                                                 part["offset_mapping"], part.sequence_ids())
+        keep_marked_targets(rows, encoded, masks if target_mask else None, tokenizer, max_length, kwargs)
     if target_mask:
         encoded["target_mask"] = masks
         if not tokenizer_kwargs.get("return_offsets_mapping"):
             del encoded["offset_mapping"]
     encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
     return encoded
+
+
+def keep_marked_targets(rows: list[tuple], encoded: dict, masks: list | None, tokenizer: PreTrainedTokenizerBase,
+                        max_length: int, kwargs: dict) -> None:
+    """Re-encode, as the window around the target, each marked row whose truncation cut the target off (and its
+    target mask, when `masks` is given)."""
+    end_id = tokenizer.convert_tokens_to_ids(TARGET_END)
+    for i, (text, target, begin, end) in enumerate(rows):
+        if target is None or end_id in encoded["input_ids"][i]:
+            continue
+        window = target_window(marked_text(text, begin, end), tokenizer, max_length)
+        part = tokenizer(window, truncation=True, max_length=max_length, **kwargs)
+        for key, value in part.items():
+            encoded[key][i] = value
+        if masks is not None:
+            masks[i] = target_token_mask(rows[i], "marker", tokenizer, part["input_ids"], part["offset_mapping"],
+                                         part.sequence_ids())
 
 
 def tokenize_instructions(batch: dict, tokenizer: PreTrainedTokenizerBase, template: str, max_length: int,

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The GPU check (issue 28), a few minutes on one CUDA GPU, no hub: the quickstart and the target_pool head with bf16,
+# a tiny decoder fully fine-tuned, with LoRA and with 4-bit LoRA (bitsandbytes: pip install .[qlora]); prints each
+# case's training rows/s (evaluation included) and peak GPU memory as JSON lines. Record them in BENCHMARKS.md.
+# Usage: bash bench/gpu_check.sh   (in the environment the README's GPU section installs)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+python -c "import importlib.util as u; print('bitsandbytes:', 'installed' if u.find_spec('bitsandbytes') else 'missing (the 4-bit case will say so)')"
+python bench/gpu_check.py 2>&1 | grep -a '^{'
