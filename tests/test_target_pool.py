@@ -177,8 +177,8 @@ def test_a_checkpoint_whose_files_disagree_on_the_head_is_refused(pooled_run, tm
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["--input_format", "text"], "input_format: text ignores the target"),
-    (["--model_name_or_path", "ngram:tfidf"], "ngram:tfidf is an ngram model"),
+    (["--input_format", "text"], "which input_format: text does not mark"),
+    (["--model_name_or_path", "ngram:tfidf"], "ngram:tfidf is trained by the ngram backend, which builds no head"),
     (["--classifier_head", "mean"], "classifier_head: 'mean' is not cls or target_pool"),
 ])
 def test_a_head_that_cannot_work_is_refused_before_any_work(overrides, message, tmp_path):

@@ -62,17 +62,13 @@ def check_classifier_head(model_args: ModelArguments, preprocessing_args: Prepro
     backend = backend_for(model_args.model_name_or_path)
     if model_args.classifier_head not in (backend.heads or ("cls",)):
         raise PipelineError(f"classifier_head: {model_args.classifier_head} is a head over an encoder's token states; "
-                            f"{model_args.model_name_or_path} is {article(backend.name)} {backend.name} model "
-                            "(use classifier_head: cls)")
+                            f"{model_args.model_name_or_path} is trained by the {backend.name} backend, which builds "
+                            f"{' and '.join(backend.heads) or 'no head'} (use classifier_head: cls)")
     if model_args.classifier_head == "cls":
         return
     if preprocessing_args.input_format in ("text", "instruction"):
         raise PipelineError(f"classifier_head: {model_args.classifier_head} pools the target's tokens, which "
                             f"input_format: {preprocessing_args.input_format} does not mark; choose pair, marker or prompt")
-
-
-def article(noun: str) -> str:
-    return "an" if noun[0] in "aeiou" else "a"
 
 
 def check_adapters(model_args: ModelArguments) -> None:
@@ -81,7 +77,7 @@ def check_adapters(model_args: ModelArguments) -> None:
     backend = backend_for(model_args.model_name_or_path)
     if model_args.lora_r and not backend.takes_lora:
         raise PipelineError(f"lora_r: LoRA is for decoder backbones (causal LMs); {model_args.model_name_or_path} is "
-                            f"{article(backend.name)} {backend.name}: set lora_r: 0 (a hub "
+                            f"trained by the {backend.name} backend: set lora_r: 0 (a hub "
                             "decoder whose config.json cannot be read here, offline or misspelt, reads as an encoder)")
     if model_args.lora_r:
         backend.check_lora(model_args)
