@@ -86,8 +86,9 @@ def quantization_settings(model_args: ModelArguments, training_args: TrainingArg
         from transformers import BitsAndBytesConfig
 
         compute = torch.bfloat16 if training_args.bf16 else torch.float16
+        # the head stays a full-precision layer to train in full (the "int8" key names the skip list of 4-bit too)
         quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                          bnb_4bit_compute_dtype=compute)
+                                          bnb_4bit_compute_dtype=compute, llm_int8_skip_modules=["score"])
         return {"quantization_config": quantization, "dtype": compute,
                 "device_map": {"": training_args.local_process_index if training_args.local_process_index >= 0 else 0}}
     if model_args.lora_r and training_args.bf16:
@@ -114,9 +115,10 @@ def new_decoder_model(backbone: str, tokenizer, model_args: ModelArguments, trai
                            lora_dropout=model_args.lora_dropout, target_modules=lora_targets(config.model_type,
                                                                                             model_args.lora_target_modules))
     model = peft.get_peft_model(model, lora)
-    for parameter in model.parameters():  # adapters and the head train in float32 over bf16/4-bit frozen weights
-        if parameter.requires_grad and parameter.dtype != torch.float32:
-            parameter.data = parameter.data.float()
+    if training_args.bf16 or training_args.fp16:  # under autocast: adapters and head train in float32 over the
+        for parameter in model.parameters():      # bf16/4-bit frozen weights
+            if parameter.requires_grad and parameter.dtype != torch.float32:
+                parameter.data = parameter.data.float()
     return model
 
 
