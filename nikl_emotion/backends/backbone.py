@@ -281,6 +281,12 @@ def load_model(model_name_or_path: str, tokenizer: PreTrainedTokenizerBase | Non
     gained marker tokens."""
     config = AutoConfig.from_pretrained(model_name_or_path, **classification_config_kwargs())
     model = build_classifier(model_name_or_path, config, head)
-    if tokenizer is not None and len(tokenizer) > model.get_input_embeddings().num_embeddings:
-        model.resize_token_embeddings(len(tokenizer))
+    if tokenizer is not None:
+        fit_embeddings(model, tokenizer)
     return model
+
+
+def fit_embeddings(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Grow the input embeddings to a tokenizer that gained tokens (the target markers, a pad token)."""
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))

@@ -26,14 +26,14 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES, MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
 )
 
-from nikl_emotion.backends.backbone import check_model_folder, classification_config_kwargs
+from nikl_emotion.backends.backbone import check_model_folder, classification_config_kwargs, fit_embeddings, model_config
+from nikl_emotion.base.checkpoint_files import ADAPTER_CONFIG_FILE
 from nikl_emotion.backends.classifier import CheckpointClassifier, first_line
 from nikl_emotion.backends.encoder_backend import EncoderBackend
 from nikl_emotion.base.config import ModelArguments, TechniqueArguments
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.vocabulary import is_ngram, is_offline
 
-ADAPTER_CONFIG_FILE = "adapter_config.json"
 PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 # every attention and MLP projection (QLoRA's finding: adapting all of them matches full fine-tuning best)
 LORA_TARGETS = {
@@ -41,13 +41,6 @@ LORA_TARGETS = {
     **{family: PROJECTIONS for family in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")},
 }  # other families (fused projections such as phi3's qkv_proj): every linear layer but the head ("all-linear")
 QLORA_INSTALL = "pip install .[qlora] (bitsandbytes)"
-
-
-def model_config(model_name_or_path: str):
-    try:
-        return AutoConfig.from_pretrained(model_name_or_path)
-    except (OSError, ValueError):
-        return None
 
 
 def is_decoder_config(config) -> bool:
@@ -102,8 +95,7 @@ def new_decoder_model(backbone: str, tokenizer, model_args: ModelArguments, trai
     config = AutoConfig.from_pretrained(backbone, **classification_config_kwargs(), pad_token_id=tokenizer.pad_token_id)
     model = AutoModelForSequenceClassification.from_pretrained(backbone, config=config,
                                                                **quantization_settings(model_args, training_args))
-    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
-        model.resize_token_embeddings(len(tokenizer))
+    fit_embeddings(model, tokenizer)
     if not model_args.lora_r:
         return model
     peft = require_peft()
@@ -148,9 +140,7 @@ def load_decoder_model(folder: str, **kwargs) -> tuple[PreTrainedModel, dict]:
         base = json.load(handle).get("base_model_name_or_path")
     try:
         model = AutoModelForSequenceClassification.from_pretrained(base, config=AutoConfig.from_pretrained(folder), **kwargs)
-        tokens = len(AutoTokenizer.from_pretrained(folder))
-        if tokens > model.get_input_embeddings().num_embeddings:  # tokens added in training (markers): the adapter holds them
-            model.resize_token_embeddings(tokens)
+        fit_embeddings(model, AutoTokenizer.from_pretrained(folder))  # tokens added in training: the adapter holds them
     except OSError as exc:
         raise PipelineError(f"{folder}: holds a LoRA adapter over the base model {base}, which cannot be loaded "
                             f"({first_line(exc)}); put it there, or train with merge_lora: true") from None

@@ -18,6 +18,7 @@ EXPORT_FILES = (ONNX_FILE, EXPORT_FILE)
 AVERAGING_STATE_FILE = "weight_averaging.pt"  # inside a Trainer checkpoint: the EMA/SWA state (averaging.py)
 # the files a tokenizer is read from: without one, a folder still "loads" a tokenizer of special tokens only
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "sentencepiece.bpe.model", "spiece.model", "tokenizer.model", "vocab.json")
+ADAPTER_CONFIG_FILE = "adapter_config.json"  # a LoRA best/: names the base model (decoder_backend.py)
 # what `save_pretrained` of a model and a tokenizer writes, and the settings saved beside them
 SAVED_MODEL_FILE = re.compile(
     rf"config\.json|generation_config\.json|{re.escape(PREPROCESSING_FILE)}|{re.escape(BACKBONE_SPEC_FILE)}"
