@@ -2,15 +2,16 @@
 built at test time with a byte-level BPE tokenizer trained on the sample data.
 
 Each folder reproduces what decides whether the pipeline works with the family: the config class and the saved
-causal-LM class, the tokenizer class and its special tokens (which have a pad token, which add a begin token).
+causal-LM class, the tokenizer class and its special tokens (which have a pad token, which add a begin token), and
+the dtype the hub ships it in (`SHIPPED_DTYPES`; `build_decoder(..., dtype=torch.float32)` saves a float32 copy).
 Only the sizes are tiny and the weights random.
 
-| family     | saved model        | tokenizer class          | specials                                          |
-|------------|--------------------|--------------------------|---------------------------------------------------|
-| polyglot   | GPTNeoXForCausalLM | GPTNeoXTokenizer         | <|endoftext|> as bos/eos, no pad token              |
-| llama      | LlamaForCausalLM   | PreTrainedTokenizerFast  | <|begin_of_text|> added first, no pad token        |
-| qwen2      | Qwen2ForCausalLM   | Qwen2Tokenizer           | pad = eos = <|endoftext|>, no begin token          |
-| gemma      | GemmaForCausalLM   | PreTrainedTokenizerFast  | <pad> 0, <eos> 1, <bos> 2 (added first)           |
+| family     | saved model        | dtype | tokenizer class          | specials                                  |
+|------------|--------------------|-------|--------------------------|-------------------------------------------|
+| polyglot   | GPTNeoXForCausalLM | fp16  | GPTNeoXTokenizer         | <|endoftext|> as bos/eos, no pad token      |
+| llama      | LlamaForCausalLM   | bf16  | PreTrainedTokenizerFast  | <|begin_of_text|> added first, no pad token|
+| qwen2      | Qwen2ForCausalLM   | bf16  | Qwen2Tokenizer           | pad = eos = <|endoftext|>, no begin token  |
+| gemma      | GemmaForCausalLM   | bf16  | PreTrainedTokenizerFast  | <pad> 0, <eos> 1, <bos> 2 (added first)   |
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
+    AutoModelForCausalLM,
     GemmaConfig,
     GemmaForCausalLM,
     GPTNeoXConfig,
@@ -36,6 +38,8 @@ from hub_families import corpus
 from nikl_emotion.base.vocabulary import DEFAULT_INPUT_TEMPLATE
 
 DECODER_FAMILIES = ("polyglot", "llama", "qwen2", "gemma")
+# as the hub ships them: Llama 3, Qwen2 and Gemma in bf16; polyglot-ko (and its fine-tuned derivatives) in fp16
+SHIPPED_DTYPES = {"polyglot": torch.float16, "llama": torch.bfloat16, "qwen2": torch.bfloat16, "gemma": torch.bfloat16}
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 VOCAB_SIZE = 1200
 
@@ -78,7 +82,7 @@ def build_polyglot(folder: Path) -> Path:
     (eos,) = ids(tokenizer, "<|endoftext|>")
     config = GPTNeoXConfig(vocab_size=size, max_position_embeddings=512, bos_token_id=eos, eos_token_id=eos, **TINY)
     torch.manual_seed(0)
-    GPTNeoXForCausalLM(config).save_pretrained(folder)
+    GPTNeoXForCausalLM(config).to(SHIPPED_DTYPES['polyglot']).save_pretrained(folder)
     return folder
 
 
@@ -92,7 +96,7 @@ def build_llama(folder: Path, dims: dict | None = None) -> Path:
     sizes = {"num_key_value_heads": 1, **TINY, **(dims or {})}
     config = LlamaConfig(vocab_size=size, max_position_embeddings=512, bos_token_id=bos, eos_token_id=eos, **sizes)
     torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(folder)
+    LlamaForCausalLM(config).to(SHIPPED_DTYPES['llama']).save_pretrained(folder)
     return folder
 
 
@@ -103,7 +107,7 @@ def build_qwen2(folder: Path) -> Path:
     (eos,) = ids(tokenizer, "<|endoftext|>")
     config = Qwen2Config(vocab_size=size, max_position_embeddings=512, eos_token_id=eos, num_key_value_heads=1, **TINY)
     torch.manual_seed(0)
-    Qwen2ForCausalLM(config).save_pretrained(folder)
+    Qwen2ForCausalLM(config).to(SHIPPED_DTYPES['qwen2']).save_pretrained(folder)
     return folder
 
 
@@ -116,13 +120,23 @@ def build_gemma(folder: Path) -> Path:
     config = GemmaConfig(vocab_size=size, max_position_embeddings=512, pad_token_id=pad, bos_token_id=bos,
                          eos_token_id=eos, num_key_value_heads=1, head_dim=16, **TINY)
     torch.manual_seed(0)
-    GemmaForCausalLM(config).save_pretrained(folder)
+    GemmaForCausalLM(config).to(SHIPPED_DTYPES['gemma']).save_pretrained(folder)
     return folder
 
 
 BUILDERS = {"polyglot": build_polyglot, "llama": build_llama, "qwen2": build_qwen2, "gemma": build_gemma}
 
 
-def build_decoder(name: str, folder: Path) -> Path:
+def build_decoder(name: str, folder: Path, dtype: torch.dtype | None = None) -> Path:
+    """The family's imitation in `folder`, saved in the dtype it ships in, or `dtype` (the same values: a float32
+    copy of a bf16 checkpoint holds exactly its numbers)."""
     folder.mkdir(parents=True)
-    return BUILDERS[name](folder)
+    BUILDERS[name](folder)
+    if dtype is not None:
+        resave(folder, dtype)
+    return folder
+
+
+def resave(folder: Path, dtype: torch.dtype) -> None:
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    model.to(dtype).save_pretrained(folder)

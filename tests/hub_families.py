@@ -7,7 +7,7 @@ config class and the saved model class, the tokenizer class, which tokenizer fil
 | family       | saved model            | tokenizer                                   | quirks reproduced                                   |
 |--------------|------------------------|---------------------------------------------|-----------------------------------------------------|
 | kcelectra    | ElectraForPreTraining  | BertTokenizer from `vocab.txt` only         | `do_lower_case: false`                              |
-| klue-roberta | RobertaForMaskedLM     | BertTokenizer (`tokenizer.json` + vocab)    | `type_vocab_size: 1`; [CLS] [PAD] [SEP] [UNK] [MASK] |
+| klue-roberta | RobertaForMaskedLM     | BertTokenizer (`tokenizer.json` + vocab)    | `type_vocab_size: 1`; [CLS] [PAD] [SEP] [UNK] [MASK]; saved in fp16, as half-precision re-uploads and fine-tuned Korean encoders on the hub are |
 | kcbert       | BertForMaskedLM        | BertTokenizer from `vocab.txt`, no class    | pooler weights in the checkpoint; 300 positions     |
 | xlm-roberta  | XLMRobertaForMaskedLM  | XLMRobertaTokenizer (Unigram, Metaspace)    | `type_vocab_size: 1`; <s> <pad> </s> <unk> ... <mask> |
 """
@@ -90,7 +90,7 @@ def build_kcelectra(folder: Path, do_lower_case: bool | None = False) -> Path:
     return folder
 
 
-def build_klue_roberta(folder: Path) -> Path:
+def build_klue_roberta(folder: Path, dtype: torch.dtype = torch.float16) -> Path:
     """klue/roberta-base: RoBERTa weights with one segment embedding, read by a BERT WordPiece tokenizer whose
     special tokens come first as [CLS] [PAD] [SEP] [UNK] [MASK]; `tokenizer.json` beside `vocab.txt`."""
     folder.mkdir(parents=True)
@@ -108,7 +108,7 @@ def build_klue_roberta(folder: Path) -> Path:
         eos_token_id=2, tokenizer_class="BertTokenizer", **TINY,
     )
     torch.manual_seed(0)
-    RobertaForMaskedLM(config).save_pretrained(folder)
+    RobertaForMaskedLM(config).to(dtype).save_pretrained(folder)
     return folder
 
 

@@ -28,6 +28,7 @@ from transformers import (
 )
 
 from nikl_emotion.text.encoding import MARKER_TOKENS, add_marker_tokens, hangul_fix, model_input_names, splits_hangul
+from nikl_emotion.base.config import ModelLoading
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.backends.heads import build_classifier
 from nikl_emotion.base.vocabulary import OFFLINE_ARCHS, OFFLINE_PREFIX
@@ -176,29 +177,83 @@ def classification_config_kwargs() -> dict:
     }
 
 
-def load_tokenizer(model_name_or_path: str, with_markers: bool = False, fix_hangul: bool = True) -> PreTrainedTokenizerBase:
+def load_tokenizer(model_name_or_path: str, with_markers: bool = False, fix_hangul: bool = True,
+                   loading: ModelLoading | None = None) -> PreTrainedTokenizerBase:
     """The checkpoint's tokenizer, fitted to its model (the config beside it) and to Korean text: no segment ids for a model without an embedding for them, and (`fix_hangul`, for a backbone about
     to be trained) Hangul kept as syllables where the vocabulary spells it so (see `tokenizer_settings`). The
     settings are load-time arguments, so `save_pretrained` writes them into every checkpoint and `pipeline()` loads
     the same tokenizer. A fine-tuned checkpoint is loaded with `fix_hangul=False`: it must see text as it was
-    trained on it."""
-    tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
-    settings = tokenizer_settings(tokenizer, model_config(model_name_or_path), fix_hangul)
+    trained on it. `loading`: the model-loading keys (revision, trust_remote_code)."""
+    hub = (loading or ModelLoading()).hub_kwargs()
+    tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, **hub)
+    settings = tokenizer_settings(tokenizer, model_config(model_name_or_path, loading), fix_hangul)
     if settings:
-        tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, **settings)
+        tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, **hub, **settings)
         _log_settings(model_name_or_path, settings, tokenizer)
     if with_markers:
         add_marker_tokens(tokenizer)
     return tokenizer
 
 
-def model_config(model_name_or_path: str) -> PretrainedConfig | None:
+def model_config(model_name_or_path: str, loading: ModelLoading | None = None) -> PretrainedConfig | None:
     """The model config beside a tokenizer; None for a folder that holds a tokenizer only (an offline
-    post-training run saves its tokenizer first and its model at the end)."""
+    post-training run saves its tokenizer first and its model at the end), or a custom-code config without
+    `trust_remote_code`."""
     try:
-        return AutoConfig.from_pretrained(model_name_or_path)
+        return AutoConfig.from_pretrained(model_name_or_path, **(loading or ModelLoading()).hub_kwargs())
     except (OSError, ValueError):
         return None
+
+
+def raw_config(model_name_or_path: str, revision: str | None = None) -> dict:
+    """config.json as a plain mapping, read without running any code it names ({} where there is none)."""
+    try:
+        config, _ = PretrainedConfig.get_config_dict(model_name_or_path, **({"revision": revision} if revision else {}))
+        return config
+    except (OSError, ValueError):
+        return {}
+
+
+def needs_remote_code(model_name_or_path: str, loading: ModelLoading) -> bool:
+    """A checkpoint whose config names modelling code it ships (`auto_map`) and a model type transformers lacks."""
+    config = raw_config(model_name_or_path, loading.revision)
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    return bool(config.get("auto_map")) and config.get("model_type") not in CONFIG_MAPPING
+
+
+def check_model_loading(model_name_or_path: str, loading: ModelLoading) -> None:
+    """The model-loading keys checked before any work: custom code asked for where the checkpoint ships it, and an
+    attention kernel this machine has."""
+    if not loading.trust_remote_code and needs_remote_code(model_name_or_path, loading):
+        raise PipelineError(f"trust_remote_code: {model_name_or_path} ships its own modelling code (config.json's "
+                            "auto_map); set trust_remote_code: true if you trust that code")
+    kernel = loading.attn_implementation
+    if kernel is not None and not attention_kernel_available(kernel):
+        raise PipelineError(f"attn_implementation: {kernel} is not available here ({KERNEL_NEEDS.get(kernel, 'pip install kernels')}); "
+                            "use sdpa or eager")
+
+
+KERNEL_NEEDS = {"flash_attention_2": "a CUDA GPU and pip install flash-attn",
+                "flash_attention_3": "a Hopper GPU and flash-attn 3", "flex_attention": "torch with flex attention"}
+
+
+def attention_kernel_available(kernel: str) -> bool:
+    from transformers.utils import import_utils
+
+    checks = {"eager": lambda: True, "sdpa": lambda: True,
+              "flash_attention_2": lambda: torch_cuda() and import_utils.is_flash_attn_2_available(),
+              "flash_attention_3": lambda: torch_cuda() and import_utils.is_flash_attn_3_available(),
+              "flex_attention": import_utils.is_torch_flex_attn_available}
+    if kernel in checks:
+        return bool(checks[kernel]())
+    return import_utils.is_kernels_available()  # a hub kernel (kernels-community/...) through the kernels package
+
+
+def torch_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def tokenizer_settings(
@@ -240,10 +295,11 @@ def max_model_tokens(config: PretrainedConfig, tokenizer: PreTrainedTokenizerBas
     return min(limits) if limits else None
 
 
-def check_max_seq_length(max_seq_length: int, model_name_or_path: str, tokenizer: PreTrainedTokenizerBase) -> None:
+def check_max_seq_length(max_seq_length: int, model_name_or_path: str, tokenizer: PreTrainedTokenizerBase,
+                         loading: ModelLoading | None = None) -> None:
     """Refuse a `max_seq_length` beyond the model's positions before training (it would crash in the first long
     batch)."""
-    limit = max_model_tokens(AutoConfig.from_pretrained(model_name_or_path), tokenizer)
+    limit = max_model_tokens(AutoConfig.from_pretrained(model_name_or_path, **(loading or ModelLoading()).hub_kwargs()), tokenizer)
     if limit is not None and max_seq_length > limit:
         raise PipelineError(f"max_seq_length: {max_seq_length} is more than the {limit} tokens {model_name_or_path} "
                             f"can embed; set max_seq_length to {limit} or less")
@@ -276,11 +332,16 @@ def _log_settings(model_name_or_path: str, settings: dict, tokenizer: PreTrained
             getattr(logger, level)(message)
 
 
-def load_model(model_name_or_path: str, tokenizer: PreTrainedTokenizerBase | None = None, head: str = "cls") -> PreTrainedModel:
-    """Load a classifier with the task's 8 labels under `head` (heads.py); grows the embeddings if the tokenizer
-    gained marker tokens."""
-    config = AutoConfig.from_pretrained(model_name_or_path, **classification_config_kwargs())
-    model = build_classifier(model_name_or_path, config, head)
+def load_model(model_name_or_path: str, tokenizer: PreTrainedTokenizerBase | None = None, head: str = "cls",
+               loading: ModelLoading | None = None) -> PreTrainedModel:
+    """Load a classifier with the task's 8 labels under `head` (heads.py) to fine-tune: every weight in float32
+    whatever the checkpoint was saved in (precision.py); grows the embeddings if the tokenizer gained marker
+    tokens."""
+    import torch
+
+    loading = loading or ModelLoading()
+    config = AutoConfig.from_pretrained(model_name_or_path, **loading.hub_kwargs(), **classification_config_kwargs())
+    model = build_classifier(model_name_or_path, config, head, dtype=torch.float32, **loading.model_kwargs())
     if tokenizer is not None:
         fit_embeddings(model, tokenizer)
     return model

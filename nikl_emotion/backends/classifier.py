@@ -19,6 +19,7 @@ import json
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -27,7 +28,9 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from nikl_emotion.backends.backbone import load_tokenizer
+from nikl_emotion.backends.backbone import attention_kernel_available, load_tokenizer, needs_remote_code
+from nikl_emotion.backends.precision import LoadOptions, LoadRecord, autocast_context, serving_precision
+from nikl_emotion.base.config import ModelLoading
 from nikl_emotion.backends.heads import TARGET_MASK, head_of, load_trained_model, reads_target_mask
 from nikl_emotion.text.batching import MODEL_INPUTS, length_order, pad_table
 from nikl_emotion.text.data import Rows, as_rows
@@ -52,10 +55,13 @@ class Backend(Protocol):
 
 
 class TorchBackend:
-    """A PyTorch sequence classifier on `device`, run under `inference_mode` in eval mode."""
+    """A PyTorch sequence classifier on `device`, run under `inference_mode` in eval mode, and under `autocast`
+    (a half dtype) where its run trained so (precision.py)."""
 
-    def __init__(self, model: PreTrainedModel, input_names: Sequence[str], device: torch.device | str | None = None):
+    def __init__(self, model: PreTrainedModel, input_names: Sequence[str], device: torch.device | str | None = None,
+                 autocast: torch.dtype | None = None):
         self.model = model
+        self.autocast = autocast
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.input_names = [name for name in MODEL_INPUTS if name in input_names]
         self.pad_to_multiple_of = 8 if self.device.type == "cuda" else None  # tensor-core friendly shapes on GPU
@@ -66,7 +72,7 @@ class TorchBackend:
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), autocast_context(self.device, self.autocast):
                 inputs = {name: batch[name].to(self.device) for name in self.input_names}
                 return self.model(**inputs).logits.float().cpu().numpy()
         finally:
@@ -90,6 +96,43 @@ class OnnxBackend:
         return self.session.run(["logits"], {name: batch[name].numpy() for name in self.input_names})[0]
 
 
+@dataclass
+class LoadedModel:
+    """A checkpoint's model as a backend's loader gives it: the weights its folder lacked (an untrained head shows
+    here) and the autocast it runs under."""
+
+    model: PreTrainedModel
+    missing_keys: list[str]
+    autocast: torch.dtype | None = None
+
+
+def serving_loading(folder: str, record: LoadRecord, options: LoadOptions) -> ModelLoading:
+    """The model-loading keys to serve `folder` with: its own modelling code only when the caller trusts it, the
+    attention kernel its run used where this machine has it (transformers' default otherwise)."""
+    if not options.trust_remote_code and (record.trust_remote_code or needs_remote_code(folder, ModelLoading())):
+        raise PipelineError(f"{folder}: the model runs code shipped with the checkpoint (trust_remote_code); pass "
+                            "--trust_remote_code (EmotionClassifier.from_pretrained(..., trust_remote_code=True)) "
+                            "if you trust it")
+    kernel = record.attn_implementation
+    if kernel is not None and not attention_kernel_available(kernel):
+        logger.info("%s: trained with attn_implementation %s, which this machine lacks; transformers' default "
+                    "kernel serves it", folder, kernel)
+        kernel = None
+    return ModelLoading(trust_remote_code=options.trust_remote_code, attn_implementation=kernel)
+
+
+def load_encoder(folder: str, options: LoadOptions) -> LoadedModel:
+    """An encoder's `best/`: its float32 weights (every one trained), under the autocast its fold predicted with
+    (`dtype="auto"`) or the one asked for."""
+    if options.load_in_4bit:
+        raise PipelineError(f"{folder}: load_in_4bit applies to a decoder's LoRA adapter; an encoder keeps float32 "
+                            "weights (use dtype bf16 or fp16 for autocast)")
+    record = LoadRecord.load(folder)
+    precision = serving_precision(record, options, half_weights=False)
+    model, info = load_trained_model(folder, dtype=precision.weights, **serving_loading(folder, record, options).model_kwargs())
+    return LoadedModel(model, list(info["missing_keys"]), precision.autocast)
+
+
 class CheckpointClassifier:
     """Tokenizer + preprocessing settings + a backend; see the module docstring."""
 
@@ -101,13 +144,16 @@ class CheckpointClassifier:
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, *, device: torch.device | str | None = None,
-                        threads: int | None = None, loader=load_trained_model) -> "CheckpointClassifier":
+                        threads: int | None = None, loader=load_encoder,
+                        options: LoadOptions | None = None) -> "CheckpointClassifier":
         """An encoder's `best/` folder written by train.py (PyTorch, on `device`, default the GPU when there is one)
         or an export.py folder (ONNX Runtime on CPU, `threads` intra-op threads): the encoder backend's loader.
+        `options` (precision.LoadOptions): the dtype (default auto: as its run trained), 4-bit, remote code.
         Refuses folders with other labels, no tokenizer files or damaged weights, naming the folder.
         (`backends.registry.load_checkpoint` loads any backend's checkpoint; `nikl_emotion.EmotionClassifier` also
         opens a finished run or a stack folder.)"""
         folder = os.fspath(folder)
+        options = options or LoadOptions()
         if not os.path.isdir(folder):
             raise PipelineError(f"{folder}: checkpoint folder not found")
         preprocessing = Preprocessing.load(folder)
@@ -117,17 +163,20 @@ class CheckpointClassifier:
         onnx = is_onnx_export(folder)
         kind = "export" if onnx else "checkpoint"
         try:
-            tokenizer = load_tokenizer(folder, fix_hangul=False)  # exactly as in training
+            tokenizer = load_tokenizer(folder, fix_hangul=False,  # exactly as in training
+                                       loading=ModelLoading(trust_remote_code=options.trust_remote_code))
             if onnx:
                 with open(os.path.join(folder, EXPORT_FILE), encoding="utf-8") as handle:
                     json.load(handle)  # present and readable: the folder was written whole
                 config, backend = AutoConfig.from_pretrained(folder), OnnxBackend(folder, threads)
             else:
-                model, loading = loader(folder)
-                if loading["missing_keys"]:
-                    missing = sorted(loading["missing_keys"])
+                loaded = loader(folder, options)
+                if loaded.missing_keys:
+                    missing = sorted(loaded.missing_keys)
                     refuse_untrained_head(folder, f"{len(missing)} classifier weights missing, e.g. {missing[0]}")
-                config, backend = model.config, TorchBackend(model, model_inputs(model, tokenizer), device or default_device())
+                model = loaded.model
+                config = model.config
+                backend = TorchBackend(model, model_inputs(model, tokenizer), device or default_device(), loaded.autocast)
         except PipelineError:
             raise
         except Exception as exc:  # a damaged folder: bad config.json, truncated weights or graph, unreadable tokenizer
@@ -140,9 +189,10 @@ class CheckpointClassifier:
 
     @classmethod
     def from_model(cls, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, preprocessing: Preprocessing,
-                   device: torch.device | str | None = None) -> "CheckpointClassifier":
-        """A classifier over a model in memory (e.g. the one a fold has just trained), on its own device."""
-        return cls(TorchBackend(model, model_inputs(model, tokenizer), device), tokenizer, preprocessing)
+                   device: torch.device | str | None = None, autocast: torch.dtype | None = None) -> "CheckpointClassifier":
+        """A classifier over a model in memory (e.g. the one a fold has just trained, under its run's autocast), on
+        its own device."""
+        return cls(TorchBackend(model, model_inputs(model, tokenizer), device, autocast), tokenizer, preprocessing)
 
     @property
     def model(self) -> PreTrainedModel | None:

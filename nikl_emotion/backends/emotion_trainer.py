@@ -18,6 +18,7 @@ from nikl_emotion.text.batching import MODEL_INPUTS, PaddingCollator, column_arr
 from nikl_emotion.backends.classifier import CheckpointClassifier
 from nikl_emotion.base.config import KFoldArguments, LossArguments, TechniqueArguments
 from nikl_emotion.backends.losses import MultiLabelLoss, build_loss
+from nikl_emotion.backends.precision import autocast_dtype, training_autocast
 from nikl_emotion.decisions.decision import fixed_rule
 from nikl_emotion.decisions.metrics import score, sigmoid
 from nikl_emotion.decisions.voting import DecisionRule
@@ -144,7 +145,9 @@ def predict_in_order(trainer: Trainer, preprocessing: Preprocessing, rows: Datas
     """Sigmoid probabilities in `rows`' order from the model in memory, through the same `EmotionClassifier` that
     inference.py builds from the saved best/. Every process must call this: under `accelerate launch` each runs its
     share of the length-sorted batches and the shares are summed (each row is predicted exactly once)."""
-    classifier = CheckpointClassifier.from_model(trainer.model, trainer.processing_class, preprocessing, trainer.args.device)
+    # under the run's autocast, as the saved best/ is served (precision.py); accelerate's own wrapping may add it too
+    classifier = CheckpointClassifier.from_model(trainer.model, trainer.processing_class, preprocessing, trainer.args.device,
+                                                 autocast_dtype(training_autocast(trainer.args)))
     state = trainer.accelerator.state
     logits = classifier.predict_logits(rows, batch_size=trainer.args.per_device_eval_batch_size,
                                        part=state.process_index, parts=state.num_processes)

@@ -22,9 +22,9 @@ from nikl_emotion.backends.averaging import WeightAveraging
 from nikl_emotion.base.checkpoint_files import AVERAGING_STATE_FILE
 from nikl_emotion.backends.classifier import CheckpointClassifier
 from nikl_emotion.backends.backbone import (
-    build_offline_backbone, check_max_seq_length, check_model_folder, load_model, load_tokenizer, parse_offline_spec,
+    build_offline_backbone, check_max_seq_length, check_model_loading, check_model_folder, load_model, load_tokenizer, parse_offline_spec,
 )
-from nikl_emotion.base.config import KFoldArguments, LossArguments, ModelArguments, TechniqueArguments
+from nikl_emotion.base.config import KFoldArguments, LossArguments, ModelArguments, ModelLoading, TechniqueArguments
 from nikl_emotion.decisions.decision import fixed_rule
 from nikl_emotion.backends.divergence import DivergenceGuard, TrainingDiverged, check_finite_probabilities, likely_cause
 from nikl_emotion.backends.emotion_trainer import EmotionTrainer, fold_trainer_inputs, keep_tensorboard_logs, predict_in_order
@@ -33,10 +33,12 @@ from nikl_emotion.base.fileio import write_json_atomic
 from nikl_emotion.backends.fold_backend import FoldData, PreparedRun, pseudo_label_rows, replace_best, write_fold_outputs
 from nikl_emotion.decisions.metrics import score
 from nikl_emotion.backends.model_card import write_model_card
+from nikl_emotion.backends.precision import LoadOptions, LoadRecord
 from nikl_emotion.text.encoding import PROMPT_TEMPLATE, fill_template
 from nikl_emotion.text.preprocessing import PREPROCESSING_FILE, Preprocessing, encode, warn_if_preprocessing_differs
 from nikl_emotion.folders.run_folder import FoldFolder, RunFolder, last_complete_checkpoint, read_mapping
 from nikl_emotion.backends.techniques import enable_multi_sample_dropout
+from nikl_emotion.backends.tracking import end_fold_tracking, fold_trainer_settings, push_fold
 from nikl_emotion.base.vocabulary import CLASSIFIER_HEADS, is_offline
 
 
@@ -60,6 +62,12 @@ class EncoderBackend:
                 raise PipelineError(f"model_name_or_path: {exc}") from None
         else:
             check_model_folder(model_name_or_path)
+
+    def check_loading(self, model_name_or_path: str, loading: ModelLoading) -> None:
+        """The model-loading keys against the checkpoint (custom code, the attention kernel); an offline backbone is
+        built here and needs none."""
+        if not is_offline(model_name_or_path):
+            check_model_loading(model_name_or_path, loading)
 
     def pretokenizer_of(self, model_name_or_path: str) -> str | None:
         """An offline backbone's tokenizer is trained here with the run's pre-tokenizer; a folder post-trained here
@@ -85,7 +93,7 @@ class EncoderBackend:
     def new_model(self, backbone: str, tokenizer, model_args: ModelArguments, training_args: TrainingArguments,
                   technique_args: TechniqueArguments | None = None, head: str = "cls"):
         """A fresh classifier to fine-tune from `backbone` (each fold, each HP-search trial)."""
-        return load_classifier(backbone, tokenizer, technique_args, head)
+        return load_classifier(backbone, tokenizer, technique_args, head, backbone_loading(model_args))
 
     def save_model(self, model, tokenizer, path: str, model_args: ModelArguments) -> None:
         """The fine-tuned model and its tokenizer into `path` (best/ being written)."""
@@ -95,14 +103,26 @@ class EncoderBackend:
     def owns_checkpoint(self, folder: str) -> bool:
         return True  # the last in the registry: any folder no other backend claims is read as a Hugging Face model
 
-    def load_checkpoint(self, folder: str, device=None, threads: int | None = None) -> CheckpointClassifier:
-        return CheckpointClassifier.from_pretrained(folder, device=device, threads=threads)
+    def load_checkpoint(self, folder: str, device=None, threads: int | None = None,
+                        options: LoadOptions | None = None) -> CheckpointClassifier:
+        return CheckpointClassifier.from_pretrained(folder, device=device, threads=threads, options=options)
+
+    def load_record(self, model_args: ModelArguments, training_args: TrainingArguments) -> LoadRecord:
+        """How best/ was made (loading.json): every weight trained in float32, under the run's autocast."""
+        return LoadRecord.for_training(model_args, training_args, frozen_base=False)
 
 
-def load_classifier(backbone: str, tokenizer, technique_args: TechniqueArguments | None = None, head: str = "cls"):
-    """A fresh classifier from the backbone under `head`, with the techniques that change its forward pass
-    (multi-sample dropout)."""
-    model = load_model(backbone, tokenizer, head)
+def backbone_loading(model_args: ModelArguments) -> ModelLoading:
+    """The model-loading keys for the run's backbone: the settings' for a hub name or folder; none for an offline
+    backbone, which this run built."""
+    return ModelLoading() if is_offline(model_args.model_name_or_path) else model_args.loading
+
+
+def load_classifier(backbone: str, tokenizer, technique_args: TechniqueArguments | None = None, head: str = "cls",
+                    loading: ModelLoading | None = None):
+    """A fresh classifier from the backbone under `head` (float32 weights, precision.py), with the techniques that
+    change its forward pass (multi-sample dropout)."""
+    model = load_model(backbone, tokenizer, head, loading)
     if technique_args is not None:
         enable_multi_sample_dropout(model, technique_args.multi_sample_dropout)
     return model
@@ -125,8 +145,9 @@ def backbone_and_encodings(
     if training_args.process_index == 0:
         warn_if_preprocessing_differs(backbone, preprocessing)
     with training_args.main_process_first(desc="tokenizing"):
-        tokenizer = load_tokenizer(backbone, with_markers=preprocessing.input_format == "marker")
-        check_max_seq_length(preprocessing.max_seq_length, backbone, tokenizer)
+        loading = backbone_loading(model_args)
+        tokenizer = load_tokenizer(backbone, with_markers=preprocessing.input_format == "marker", loading=loading)
+        check_max_seq_length(preprocessing.max_seq_length, backbone, tokenizer, loading)
         limit = model_args.max_unknown_rate
         encoded = encode(cleaned, tokenizer, preprocessing, max_unknown_rate=limit)
         encoded_test = encode(cleaned_test, tokenizer, preprocessing, max_unknown_rate=limit) if cleaned_test is not None else None
@@ -193,6 +214,8 @@ def train_fold(data: FoldData, kfold_args: KFoldArguments, loss_args: LossArgume
         save_best(trainer, folder, data, run_config(training_args.output_dir), result, backend)
         result.update(fold_state(trainer, data))
         write_fold_outputs(folder, val_rows, val_probs, data.encoded_test, test_probs, result)
+        push_fold(training_args, folder.best, data.fold)
+    end_fold_tracking()
     trainer.accelerator.wait_for_everyone()
     del trainer
     release_memory()
@@ -205,10 +228,13 @@ def fold_trainer(data: FoldData, kfold_args: KFoldArguments, loss_args: LossArgu
     """The fold's EmotionTrainer: a fresh classifier from the backbone, checkpoints in the fold's folder."""
     folder = folder or RunFolder(training_args.output_dir).fold(data.fold)
     backend = backend or EncoderBackend()
-    tokenizer = load_tokenizer(data.backbone, with_markers=data.preprocessing.input_format == "marker")
-    model = backend.new_model(data.backbone, tokenizer, data.model_args or ModelArguments(), training_args,
-                              technique_args, data.preprocessing.classifier_head)
-    fold_args = dataclasses.replace(training_args, output_dir=folder.checkpoints, remove_unused_columns=False)
+    model_args = data.model_args or ModelArguments()
+    tokenizer = load_tokenizer(data.backbone, with_markers=data.preprocessing.input_format == "marker",
+                               loading=backbone_loading(model_args))
+    model = backend.new_model(data.backbone, tokenizer, model_args, training_args, technique_args,
+                              data.preprocessing.classifier_head)
+    fold_args = dataclasses.replace(training_args, output_dir=folder.checkpoints, remove_unused_columns=False,
+                                    **fold_trainer_settings(training_args, data.fold))
     trainer = EmotionTrainer(
         model=model, args=fold_args,
         **fold_trainer_inputs(data.train_rows, data.val_rows, tokenizer, kfold_args, loss_args, technique_args),
@@ -237,7 +263,9 @@ def save_best(trainer: EmotionTrainer, folder: FoldFolder, data: FoldData, confi
     beside and then renamed: a kill never leaves a half-written best/."""
     def write(path: str) -> None:
         os.makedirs(path, exist_ok=True)
-        backend.save_model(trainer.model, trainer.processing_class, path, data.model_args or ModelArguments())
+        model_args = data.model_args or ModelArguments()
+        backend.save_model(trainer.model, trainer.processing_class, path, model_args)
+        backend.load_record(model_args, trainer.args).save(path)  # how to load it to predict as the fold did
         write_model_card(path, config, data.fold, result)
 
     replace_best(folder, data.preprocessing, write)

@@ -52,6 +52,9 @@ class FoldBackend(Protocol):
 
     def check_spec(self, model_name_or_path: str) -> None: ...
 
+    def check_loading(self, model_name_or_path: str, loading) -> None:
+        """The model-loading keys (base.config.ModelLoading) checked against the checkpoint before any work."""
+
     def pretokenizer_of(self, model_name_or_path: str) -> str | None:
         """The pre-tokenizer the model's tokenizer learned (None: any, it learns here or has no tokenizer)."""
 
@@ -64,8 +67,9 @@ class FoldBackend(Protocol):
     def owns_checkpoint(self, folder: str) -> bool:
         """Whether `folder` is a checkpoint this backend saved."""
 
-    def load_checkpoint(self, folder: str, device=None, threads: int | None = None):
-        """The checkpoint as a `classifier.CheckpointClassifier` (predict_proba, predict)."""
+    def load_checkpoint(self, folder: str, device=None, threads: int | None = None, options=None):
+        """The checkpoint as a `classifier.CheckpointClassifier` (predict_proba, predict), loaded with `options`
+        (precision.LoadOptions)."""
 
 
 @dataclass

@@ -89,18 +89,20 @@ def without_pooler(config: PretrainedConfig) -> dict:
     return {"add_pooling_layer": False} if takes_it else {}
 
 
-def build_classifier(model_name_or_path: str, config: PretrainedConfig, head: str) -> PreTrainedModel:
-    """A classifier to fine-tune: the pretrained encoder at `model_name_or_path` under `head`, the head new."""
+def build_classifier(model_name_or_path: str, config: PretrainedConfig, head: str, **loading) -> PreTrainedModel:
+    """A classifier to fine-tune: the pretrained encoder at `model_name_or_path` under `head`, the head new;
+    `loading`: from_pretrained keywords (dtype, revision, trust_remote_code, attn_implementation)."""
     check_choice("classifier_head", head, CLASSIFIER_HEADS)
     if head == "cls":
-        return AutoModelForSequenceClassification.from_pretrained(model_name_or_path, config=config)
-    backbone = AutoModel.from_pretrained(model_name_or_path, config=config, **without_pooler(config))
-    return TargetPoolForSequenceClassification(backbone.config, backbone)
+        return AutoModelForSequenceClassification.from_pretrained(model_name_or_path, config=config, **loading)
+    backbone = AutoModel.from_pretrained(model_name_or_path, config=config, **without_pooler(config), **loading)
+    model = TargetPoolForSequenceClassification(backbone.config, backbone)
+    return model.to(backbone.dtype)  # the new head in the backbone's dtype (float32 to fine-tune)
 
 
 def load_trained_model(folder: str, **kwargs) -> tuple[PreTrainedModel, dict]:
     """A fine-tuned classifier folder with its head, and the loading info (`missing_keys`, ...)."""
-    config = AutoConfig.from_pretrained(folder)
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=kwargs.get("trust_remote_code", False))
     if head_of(config) == "target_pool":
         return TargetPoolForSequenceClassification.from_pretrained(folder, config=config, output_loading_info=True, **kwargs)
     return AutoModelForSequenceClassification.from_pretrained(folder, output_loading_info=True, **kwargs)

@@ -195,7 +195,10 @@ class NgramFoldBackend:
     def owns_checkpoint(self, folder: str) -> bool:
         return is_ngram_folder(folder)
 
-    def load_checkpoint(self, folder: str, device=None, threads: int | None = None) -> CheckpointClassifier:
-        """The fitted model behind `CheckpointClassifier` (it reads cleaned text: no tokenizer, no device)."""
+    def check_loading(self, model_name_or_path: str, loading) -> None:
+        """No checkpoint is loaded: the model-loading keys do not apply."""
+
+    def load_checkpoint(self, folder: str, device=None, threads: int | None = None, options=None) -> CheckpointClassifier:
+        """The fitted model behind `CheckpointClassifier` (it reads cleaned text: no tokenizer, no device, no dtype)."""
         return CheckpointClassifier(NgramBackend(NgramClassifier.load(folder)), None, Preprocessing.load(folder),
                                     source=folder)

@@ -11,6 +11,7 @@ from nikl_emotion.backends.decoder_backend import DecoderBackend
 from nikl_emotion.backends.encoder_backend import EncoderBackend
 from nikl_emotion.backends.fold_backend import FoldBackend
 from nikl_emotion.backends.ngram import NgramFoldBackend
+from nikl_emotion.backends.precision import LoadOptions
 from nikl_emotion.base.errors import PipelineError
 
 BACKENDS: tuple[FoldBackend, ...] = (NgramFoldBackend(), DecoderBackend(), EncoderBackend())
@@ -28,7 +29,9 @@ def checkpoint_backend(folder: str) -> FoldBackend:
     return next(backend for backend in BACKENDS if backend.owns_checkpoint(folder))
 
 
-def load_checkpoint(folder: str | os.PathLike, *, device=None, threads: int | None = None) -> CheckpointClassifier:
-    """Any backend's checkpoint folder (or an encoder's ONNX export) as a `CheckpointClassifier`."""
+def load_checkpoint(folder: str | os.PathLike, *, device=None, threads: int | None = None,
+                    options: LoadOptions | None = None) -> CheckpointClassifier:
+    """Any backend's checkpoint folder (or an encoder's ONNX export) as a `CheckpointClassifier`, loaded with
+    `options` (precision.LoadOptions: dtype, 4-bit, remote code; default: as its run trained)."""
     folder = os.fspath(folder)
-    return checkpoint_backend(folder).load_checkpoint(folder, device=device, threads=threads)
+    return checkpoint_backend(folder).load_checkpoint(folder, device=device, threads=threads, options=options or LoadOptions())

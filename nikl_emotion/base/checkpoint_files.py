@@ -18,12 +18,15 @@ EXPORT_FILES = (ONNX_FILE, EXPORT_FILE)
 AVERAGING_STATE_FILE = "weight_averaging.pt"  # inside a Trainer checkpoint: the EMA/SWA state (averaging.py)
 # the files a tokenizer is read from: without one, a folder still "loads" a tokenizer of special tokens only
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "sentencepiece.bpe.model", "spiece.model", "tokenizer.model", "vocab.json")
+LOADING_FILE = "loading.json"  # how a best/ was loaded and ran: base dtype, autocast, 4-bit, loading keys (precision.py)
 ADAPTER_CONFIG_FILE = "adapter_config.json"  # a LoRA best/: names the base model (decoder_backend.py)
+ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"  # beside it: the adapter's and the head's weights
 # what `save_pretrained` of a model and a tokenizer writes, and the settings saved beside them
 SAVED_MODEL_FILE = re.compile(
-    rf"config\.json|generation_config\.json|{re.escape(PREPROCESSING_FILE)}|{re.escape(BACKBONE_SPEC_FILE)}"
+    rf"config\.json|generation_config\.json|{re.escape(PREPROCESSING_FILE)}|{re.escape(LOADING_FILE)}|{re.escape(BACKBONE_SPEC_FILE)}"
     r"|(model|pytorch_model)(-\d+-of-\d+)?\.(safetensors|bin)(\.index\.json)?"
     r"|tokenizer(_config)?\.json|special_tokens_map\.json|added_tokens\.json|vocab\.(txt|json)|merges\.txt"
     r"|sentencepiece\.bpe\.model|spiece\.model|tokenizer\.model|chat_template\.(jinja|json)"
     r"|adapter_config\.json|adapter_model\.(safetensors|bin)"  # a LoRA adapter (decoder_backend.py)
+    r"|(configuration|modeling|tokenization)_\w+\.py"  # a custom-code model's own code (trust_remote_code)
 )

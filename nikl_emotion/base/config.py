@@ -24,9 +24,29 @@ from transformers import HfArgumentParser, TrainingArguments
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.labels import NUM_LABELS
 from nikl_emotion.base.vocabulary import (
-    ADVERSARIAL_METHODS, CLASSIFIER_HEADS, DECISION_MODES, DEFAULT_INPUT_TEMPLATE, NO_TARGET, DEFAULT_DECISION_MODE, DEFAULT_VOTE_RULE, DEFAULT_VOTE_TIE, INPUT_FORMATS,
+    ADVERSARIAL_METHODS, ATTN_IMPLEMENTATIONS, CLASSIFIER_HEADS, MODEL_DTYPES, DECISION_MODES, DEFAULT_INPUT_TEMPLATE, NO_TARGET, DEFAULT_DECISION_MODE, DEFAULT_VOTE_RULE, DEFAULT_VOTE_TIE, INPUT_FORMATS,
     LOSS_NAMES, MAX_UNKNOWN_RATE, PRETOKENIZERS, VOTE_RULES, VOTE_TIES, check_choice, spelled,
 )
+
+
+@dataclass(frozen=True)
+class ModelLoading:
+    """How a hub checkpoint is fetched and built, beside its dtype (precision.py): the keywords every
+    `from_pretrained` of the model, its config and its tokenizer gets, in training, post-training, distillation and
+    inference (recorded in each `best/`)."""
+
+    trust_remote_code: bool = False
+    attn_implementation: str | None = None
+    revision: str | None = None
+
+    def hub_kwargs(self) -> dict:
+        """For a config, a tokenizer or a model of the checkpoint."""
+        return {"trust_remote_code": self.trust_remote_code, **({"revision": self.revision} if self.revision else {})}
+
+    def model_kwargs(self) -> dict:
+        """For the model: the hub keywords and the attention kernel."""
+        kernel = {"attn_implementation": self.attn_implementation} if self.attn_implementation else {}
+        return {**self.hub_kwargs(), **kernel}
 
 
 @dataclass
@@ -51,6 +71,16 @@ class ModelArguments:
                              "model) instead of the adapter and head beside the base model's name."})
     load_in_4bit: bool = field(default=False, metadata={"help": "QLoRA: the frozen base weights in 4-bit NF4 "
                                "(bitsandbytes, CUDA only: pip install .[qlora]); needs lora_r > 0."})
+    model_dtype: str = field(default="auto", metadata={"help": "The dtype the checkpoint's weights are loaded in: "
+                             "auto (trained weights in float32 whatever the checkpoint ships in; a frozen LoRA base in "
+                             "the bf16/fp16 autocast dtype), or float32, bfloat16, float16 for a frozen LoRA base."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Run the modelling code a checkpoint ships "
+                                    "(EXAONE and other custom-code models); only for checkpoints you trust."})
+    attn_implementation: str | None = field(default=None, metadata={"help": "Attention kernel: eager, sdpa, "
+                                            "flash_attention_2 (CUDA, flash-attn), flash_attention_3, flex_attention "
+                                            "(default: transformers' choice)."})
+    revision: str | None = field(default=None, metadata={"help": "The hub revision (branch, tag or commit) of "
+                                 "model_name_or_path."})
 
     def __post_init__(self):
         check_choice("classifier_head", self.classifier_head, CLASSIFIER_HEADS)
@@ -71,6 +101,19 @@ class ModelArguments:
             raise PipelineError(f"max_unknown_rate: must be in [0, 1], got {self.max_unknown_rate}")
         if not self.model_name_or_path:
             raise PipelineError("model_name_or_path: give a hub model, a local folder, offline:... or ngram:...")
+        check_choice("model_dtype", self.model_dtype, MODEL_DTYPES)
+        if self.model_dtype != "auto" and self.lora_r == 0:
+            raise PipelineError(f"model_dtype: {self.model_dtype} names the dtype of a frozen LoRA base; full "
+                                "fine-tuning trains float32 weights (a 2e-5 step leaves most bf16 weights unchanged): "
+                                "leave model_dtype: auto and set bf16: true for mixed precision")
+        kernel = self.attn_implementation
+        if kernel is not None and kernel not in ATTN_IMPLEMENTATIONS and "/" not in kernel:
+            raise PipelineError(f"attn_implementation: {kernel!r} is not {spelled(ATTN_IMPLEMENTATIONS)} (or a hub "
+                                "kernel such as kernels-community/flash-attn)")
+
+    @property
+    def loading(self) -> ModelLoading:
+        return ModelLoading(self.trust_remote_code, self.attn_implementation, self.revision)
 
 
 @dataclass
@@ -276,9 +319,19 @@ def parse_arguments(argv: list[str], classes: tuple, defaults: dict) -> tuple:
         raise
     except (ValueError, TypeError) as exc:  # TrainingArguments' own checks
         raise PipelineError(str(exc).strip().splitlines()[0]) from None
+    except ImportError as exc:  # a key whose package is missing (--deepspeed without deepspeed)
+        raise PipelineError(missing_package_message(exc)) from None
     if unknown:
         raise PipelineError(unknown_keys_message(unknown, parser, file_tokens, config_path))
     return tuple(parsed)
+
+
+def missing_package_message(exc: ImportError) -> str:
+    """One line for a setting whose package is not installed, with the install command where the pipeline has one."""
+    text = " ".join(str(exc).split())
+    if "deepspeed" in text:
+        return "deepspeed: needs the deepspeed package: pip install .[deepspeed] (a CUDA machine; see docs/models.md)"
+    return f"a setting needs a package that is not installed: {text}"
 
 
 def unknown_keys_message(unknown: list[str], parser: HfArgumentParser, file_tokens: list[str], config_path: str | None) -> str:

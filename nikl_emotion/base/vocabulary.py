@@ -30,6 +30,12 @@ NO_TARGET = "문장 전체"  # what the template names as the target of a row wi
 CLASSIFIER_HEADS = ("cls", "target_pool")  # heads.py: the first token, or it with the target's tokens pooled
 PRETOKENIZERS = ("none", "kiwi")  # morphemes.py: morpheme segmentation before an offline tokenizer
 ADVERSARIAL_METHODS = ("none", "fgm", "awp")  # techniques.py
+# how a checkpoint's weights are loaded (precision.py): `auto` is the pipeline's precision rule; the others name the
+# dtype of a frozen base (LoRA); inference's --dtype says how a saved checkpoint runs (`auto`: as it was trained)
+MODEL_DTYPES = ("auto", "float32", "bfloat16", "float16")
+INFERENCE_DTYPES = ("auto", "fp32", "bf16", "fp16")
+# transformers' attention kernels (a hub kernel such as kernels-community/flash-attn also passes, by its slash)
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
 MAX_UNKNOWN_RATE = 0.05  # a Korean encoder's own tokenizer leaves well under 1% of NIKL tokens unknown
 
 

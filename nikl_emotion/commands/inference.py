@@ -6,7 +6,7 @@ python inference.py --run STACK --input test.jsonl --output submission.jsonl (an
 """
 
 from nikl_emotion.commands.cli import command_parser, add_decision_arguments, decision_options_given, decision_rule, quiet_libraries
-from nikl_emotion.base.vocabulary import DEFAULT_STRATEGY, STRATEGIES
+from nikl_emotion.base.vocabulary import DEFAULT_STRATEGY, INFERENCE_DTYPES, STRATEGIES
 
 
 def main(argv: list[str]) -> int:
@@ -23,6 +23,14 @@ def main(argv: list[str]) -> int:
     add_decision_arguments(parser)
     parser.add_argument("--strategy", choices=STRATEGIES, help=f"how several checkpoints combine (default {DEFAULT_STRATEGY})")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    parser.add_argument("--dtype", choices=INFERENCE_DTYPES, default="auto",
+                        help="auto (default): each checkpoint as its run trained (its base's dtype and autocast, "
+                             "best/loading.json), so it reproduces the run's probabilities; fp32; bf16 or fp16: "
+                             "autocast, a decoder's weights also held in it (half the memory)")
+    parser.add_argument("--load_in_4bit", action="store_true",
+                        help="a decoder LoRA adapter's base in 4-bit NF4 (CUDA and bitsandbytes: pip install .[qlora])")
+    parser.add_argument("--trust_remote_code", action="store_true",
+                        help="run the modelling code a checkpoint ships (custom-code models); only for code you trust")
     args = parser.parse_args(argv)
     if args.run and (args.strategy or decision_options_given(args)):
         parser.error("--run takes the run's own decision rule: drop --strategy, --threshold(s) and --no_fallback")
@@ -30,6 +38,9 @@ def main(argv: list[str]) -> int:
     quiet_libraries()
     from nikl_emotion.runs.prediction import predict_file, predict_run_file
     from nikl_emotion.folders.folder_kind import check_not_a_folders_own_file
+    from nikl_emotion.backends.precision import LoadOptions
+
+    options = LoadOptions(dtype=args.dtype, load_in_4bit=args.load_in_4bit, trust_remote_code=args.trust_remote_code)
 
     for option, path in (("--output", args.output), ("--probs", args.probs)):
         if path:
@@ -37,9 +48,9 @@ def main(argv: list[str]) -> int:
 
     if args.run:
         decisions = predict_run_file(args.run, args.input, args.output, probs_path=args.probs,
-                                     batch_size=args.batch_size, device=args.device)
+                                     batch_size=args.batch_size, device=args.device, options=options)
     else:
         decisions = predict_file(args.checkpoint, args.input, args.output, probs_path=args.probs, rule=rule,
-                                 batch_size=args.batch_size, device=args.device)
+                                 batch_size=args.batch_size, device=args.device, options=options)
     print(f"wrote {len(decisions)} rows to {args.output}")
     return 0

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from nikl_emotion.backends.classifier import default_device
+from nikl_emotion.backends.precision import LoadOptions
 from nikl_emotion.backends.registry import load_checkpoint
 from nikl_emotion.text.data import iter_column, iter_inputs, load_jsonl
 from nikl_emotion.base.errors import PipelineError
@@ -21,9 +22,10 @@ from nikl_emotion.decisions.voting import DecisionRule
 logger = logging.getLogger(__name__)
 
 
-def checkpoint_loader(device: torch.device):
-    """Loads one checkpoint (any backend's best/ folder, or an export) as a `CheckpointClassifier` on `device`."""
-    return lambda path: load_checkpoint(path, device=device)
+def checkpoint_loader(device: torch.device, options: LoadOptions | None = None):
+    """Loads one checkpoint (any backend's best/ folder, or an export) as a `CheckpointClassifier` on `device`, with
+    `options` (dtype, 4-bit, remote code)."""
+    return lambda path: load_checkpoint(path, device=device, options=options)
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -50,25 +52,27 @@ def predict_file(
     rule: DecisionRule | None = None,
     batch_size: int = 128,
     device: str | None = None,
+    options: LoadOptions | None = None,
 ) -> np.ndarray:
     """Predict `input_path` with one or more checkpoints and write the submission (and the mean probabilities).
 
     A checkpoint is a `best/` folder or an `export.py` (ONNX) folder. `rule` (default: hard vote at 0.5 with the
     empty-row fallback; a run's saved `DecisionRule` to rebuild its submission) turns their probabilities into
-    labels. Checkpoints are loaded one at a time. Returns the decisions.
+    labels. Checkpoints are loaded one at a time, with `options` (precision.LoadOptions). Returns the decisions.
     """
     check_prediction_outputs(input_path, output_path, probs_path, batch_size)
-    loader = checkpoint_loader(resolve_device(device))
+    loader = checkpoint_loader(resolve_device(device), options)
     classifier = RunClassifier.from_checkpoints(list(checkpoints), rule or DecisionRule(), loader)
     return predict_file_with(classifier, input_path, output_path, probs_path=probs_path, batch_size=batch_size)
 
 
 def predict_run_file(run_dir: str, input_path: str, output_path: str, *, probs_path: str | None = None,
-                     batch_size: int = 128, device: str | None = None) -> np.ndarray:
+                     batch_size: int = 128, device: str | None = None,
+                     options: LoadOptions | None = None) -> np.ndarray:
     """`predict_file` with a finished run's folds or a stack folder's (`inference.py --run`), voted by its saved rule:
     for the run's own test file, the same bytes as its submission.jsonl."""
     check_prediction_outputs(input_path, output_path, probs_path, batch_size)
-    classifier = RunClassifier.open(run_dir, checkpoint_loader(resolve_device(device)), "--run")
+    classifier = RunClassifier.open(run_dir, checkpoint_loader(resolve_device(device), options), "--run")
     return predict_file_with(classifier, input_path, output_path, probs_path=probs_path, batch_size=batch_size)
 
 

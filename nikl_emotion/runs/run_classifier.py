@@ -18,6 +18,7 @@ from collections.abc import Callable
 import numpy as np
 
 from nikl_emotion.backends.classifier import CheckpointClassifier
+from nikl_emotion.backends.precision import LoadOptions
 from nikl_emotion.backends.registry import load_checkpoint
 from nikl_emotion.text.data import Rows, as_rows
 from nikl_emotion.base.errors import PipelineError
@@ -87,10 +88,15 @@ class EmotionClassifier(CheckpointClassifier):
     `predict_proba` and `predict`), a finished train.py run or an ensemble.py stack folder."""
 
     @classmethod
-    def from_pretrained(cls, folder, *, device=None, threads=None):
+    def from_pretrained(cls, folder, *, device=None, threads=None, dtype: str = "auto", load_in_4bit: bool = False,
+                        trust_remote_code: bool = False):
+        """`dtype`: auto (each checkpoint as its run trained: its base's dtype and autocast, loading.json), fp32,
+        bf16 or fp16 (autocast; a decoder's weights held in it); `load_in_4bit`: a LoRA adapter's base in 4-bit
+        (CUDA, bitsandbytes); `trust_remote_code`: run modelling code a checkpoint ships."""
         folder = os.fspath(folder)
+        options = LoadOptions(dtype=dtype, load_in_4bit=load_in_4bit, trust_remote_code=trust_remote_code)
         if folder_kind(folder) in ("run", "stack"):
-            return RunClassifier.open(folder, lambda path: load_checkpoint(path, device=device, threads=threads),
-                                      option="from_pretrained")
-        loaded = load_checkpoint(folder, device=device, threads=threads)
+            return RunClassifier.open(folder, lambda path: load_checkpoint(path, device=device, threads=threads,
+                                                                           options=options), option="from_pretrained")
+        loaded = load_checkpoint(folder, device=device, threads=threads, options=options)
         return cls(loaded.backend, loaded.tokenizer, loaded.preprocessing, source=loaded.source)

@@ -6,6 +6,7 @@ settings parsed, then these checks) is what the commands call; `config.py` stays
 
 from __future__ import annotations
 
+import json
 import os
 
 from transformers import TrainingArguments
@@ -25,6 +26,7 @@ from nikl_emotion.folders.run_folder import is_run_file
 def parse_config(argv: list[str]) -> tuple[ModelArguments, DataArguments, KFoldArguments, LossArguments,
                                            TechniqueArguments, TrainingArguments]:
     """`[CONFIG.yaml] [--key value ...]` -> validated argument dataclasses."""
+    check_sharding_launcher()  # before TrainingArguments, which builds DeepSpeed's config from the launcher's
     arguments = parse_arguments(argv, ARGUMENT_CLASSES, TRAINING_DEFAULTS)
     validate(*arguments)
     return arguments
@@ -38,6 +40,7 @@ def validate(
     and how they meet the pipeline's, and what the settings name outside themselves (`check_settings_resources`).
     Fails before any work starts, with a message naming the key."""
     check_settings_resources(model_args, data_args, loss_args, technique_args)
+    check_sharding(training_args)
     validate_reporting(training_args)
     validate_training_values(training_args)
     check_inputs_outside_run(training_args.output_dir, [*data_args.train_files, *filter(None, [data_args.test_file])])
@@ -81,6 +84,52 @@ def check_adapters(model_args: ModelArguments) -> None:
                             "decoder whose config.json cannot be read here, offline or misspelt, reads as an encoder)")
     if model_args.lora_r:
         backend.check_lora(model_args)
+
+
+SHARDED_INSTEAD = ("use DDP (accelerate launch with no FSDP or ZeRO-3 config), DeepSpeed ZeRO-2 "
+                   "(--deepspeed configs/deepspeed-zero2.json: optimizer states and gradients sharded, weights whole), "
+                   "or LoRA/QLoRA (lora_r, load_in_4bit) for a model whose weights do not fit one GPU")
+
+
+def check_sharding_launcher() -> None:
+    """`accelerate launch` with an FSDP or a DeepSpeed ZeRO-3 config (its environment): refused as `check_sharding`."""
+    env = os.environ
+    if env.get("ACCELERATE_USE_FSDP", "false").lower() in ("true", "1"):
+        refuse_sharding("fsdp")
+    if env.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("true", "1"):
+        stage = deepspeed_zero_stage(env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE"))
+        if (stage if stage is not None else int(env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") or 2)) == 3:
+            refuse_sharding("deepspeed")
+
+
+def check_sharding(training_args: TrainingArguments) -> None:
+    """Weight-sharded training (FSDP, DeepSpeed ZeRO-3) is refused before any work: each fold predicts its rows and
+    saves best/ from the whole model in every process, which those modes split across processes (unequal batch
+    counts hang the ranks; rank 0 would save its shard)."""
+    check_sharding_launcher()
+    if training_args.fsdp:
+        refuse_sharding("fsdp")
+    if deepspeed_zero_stage(training_args.deepspeed) == 3:
+        refuse_sharding("deepspeed")
+
+
+def refuse_sharding(key: str) -> None:
+    what = "fully sharded weights are" if key == "fsdp" else "ZeRO stage 3 shards the weights, which is"
+    raise PipelineError(f"{key}: {what} not supported by the K-fold loop; {SHARDED_INSTEAD}")
+
+
+def deepspeed_zero_stage(config) -> int | None:
+    """The ZeRO stage a DeepSpeed config (a JSON path or a mapping) asks for; None without one."""
+    if not config:
+        return None
+    if isinstance(config, str):
+        try:
+            with open(config, encoding="utf-8") as handle:
+                config = json.load(handle)
+        except (OSError, ValueError) as exc:
+            raise PipelineError(f"deepspeed: cannot read {config}: {exc}") from None
+    stage = (config.get("zero_optimization") or {}).get("stage", 0) if isinstance(config, dict) else 0
+    return int(stage) if str(stage).isdigit() else None
 
 
 def check_inputs_outside_run(output_dir: str, paths: list[str]) -> None:
@@ -138,6 +187,7 @@ def check_settings_resources(model_args: ModelArguments, preprocessing_args: Pre
     """What each settings dataclass names outside itself: the model, kiwipiepy, the losses' parameters, the
     pseudo-label run."""
     check_model_name(model_args.model_name_or_path)
+    backend_for(model_args.model_name_or_path).check_loading(model_args.model_name_or_path, model_args.loading)
     if preprocessing_args.offline_pretokenizer == "kiwi":
         kiwi()  # a missing kiwipiepy stops the run before any work, with the pip command
     if loss_args is not None:

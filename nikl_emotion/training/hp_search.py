@@ -43,7 +43,7 @@ from nikl_emotion.text.preprocessing import load_task_files
 from nikl_emotion.folders.run_folder import RunFolder
 from nikl_emotion.backends.registry import backend_for
 from nikl_emotion.backends.emotion_trainer import EmotionTrainer, fold_trainer_inputs, make_loss
-from nikl_emotion.backends.encoder_backend import backbone_and_encodings, load_classifier
+from nikl_emotion.backends.encoder_backend import backbone_and_encodings, backbone_loading, load_classifier
 
 BATCH_SIZES = (16, 32, 64, 128)
 LOSS_KEYS = {f.name for f in dataclasses.fields(LossArguments)}
@@ -171,7 +171,8 @@ def run_hp_search(
     )
     trainer = SearchTrainer(
         model=None,
-        model_init=lambda trial=None: load_classifier(backbone, tokenizer, technique_args, preprocessing.classifier_head),
+        model_init=lambda trial=None: load_classifier(backbone, tokenizer, technique_args, preprocessing.classifier_head,
+                                                      backbone_loading(model_args)),
         args=args,
         **fold_trainer_inputs(train_split, val_split, tokenizer, kfold_args, loss_args, technique_args),
         loss_args=loss_args,

@@ -29,6 +29,7 @@ from nikl_emotion.text.preprocessing import clean, load_task_files
 from nikl_emotion.training.pseudo_labels import PseudoLabels, fold_pseudo_labels, teacher_test_file
 from nikl_emotion.folders.folder_kind import prepare_output_dir
 from nikl_emotion.folders.run_folder import DONE_FILE, FoldFolder, RunFolder, input_digests
+from nikl_emotion.backends.tracking import push_run_files
 from nikl_emotion.runs.summary import summarize
 from nikl_emotion.decisions.thresholds import describe_gain
 
@@ -122,6 +123,8 @@ def run_training(
             return None
         with exclusive(run.setup_lock, output_dir, wait=True):
             summary = summarize(output_dir, train_rows, data_args.test_file, kfold_args.num_folds, kfold_args)
+        if summary is not None:  # every fold is done: the decision files join the folds' best/ on the hub
+            push_run_files(training_args, [run.decision, run.thresholds, run.summary, run.config, run.report])
     print_summary(summary, kfold_args, output_dir)
     return summary
 

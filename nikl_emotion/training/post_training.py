@@ -171,14 +171,18 @@ def mlm_model_and_tokenizer(
         model = ElectraForPreTraining(config) if objective == "rtd" else AutoModelForMaskedLM.from_config(config)
         keep_classifier_modules(model, None)
     else:
-        tokenizer = load_tokenizer(model_args.model_name_or_path, with_markers=with_markers)
-        check_max_seq_length(preprocessing.max_seq_length, model_args.model_name_or_path, tokenizer)
+        loading = model_args.loading
+        tokenizer = load_tokenizer(model_args.model_name_or_path, with_markers=with_markers, loading=loading)
+        check_max_seq_length(preprocessing.max_seq_length, model_args.model_name_or_path, tokenizer, loading)
+        # every weight trains: float32 whatever the checkpoint ships in (precision.py)
+        weights = {"dtype": torch.float32, **loading.model_kwargs()}
         if objective == "rtd":
-            check_rtd_backbone(AutoConfig.from_pretrained(model_args.model_name_or_path), model_args.model_name_or_path)
-            model = ElectraForPreTraining.from_pretrained(model_args.model_name_or_path)
+            config = AutoConfig.from_pretrained(model_args.model_name_or_path, **loading.hub_kwargs())
+            check_rtd_backbone(config, model_args.model_name_or_path)
+            model = ElectraForPreTraining.from_pretrained(model_args.model_name_or_path, **weights)
         else:
-            model = AutoModelForMaskedLM.from_pretrained(model_args.model_name_or_path)
-        keep_classifier_modules(model, model_args.model_name_or_path)
+            model = AutoModelForMaskedLM.from_pretrained(model_args.model_name_or_path, **weights)
+        keep_classifier_modules(model, model_args.model_name_or_path, weights)
     if with_markers:
         add_marker_tokens(tokenizer)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
@@ -186,12 +190,13 @@ def mlm_model_and_tokenizer(
     return model, tokenizer
 
 
-def keep_classifier_modules(model: PreTrainedModel, source: str | None) -> list[str]:
+def keep_classifier_modules(model: PreTrainedModel, source: str | None, weights: dict | None = None) -> list[str]:
     """Give a masked-LM model the encoder modules its masked-LM class leaves out but the classifier uses (BERT's
     pooler: `BertForMaskedLM` has none, `BertForSequenceClassification` reads it), taken from `source`'s
     checkpoint (freshly initialised for a new backbone, `source=None`) and frozen: the MLM loss never reaches them.
     `save_pretrained` then writes them, so fine-tuning the post-trained folder loads every pretrained weight
-    instead of silently re-initialising them. Returns the module names added."""
+    instead of silently re-initialising them (`weights`: the from_pretrained keywords the model was loaded with).
+    Returns the module names added."""
     base = model.base_model
     with torch.device("meta"):
         classifier = AutoModelForSequenceClassification.from_config(model.config)
@@ -201,7 +206,8 @@ def keep_classifier_modules(model: PreTrainedModel, source: str | None) -> list[
     if source is None:
         classifier, absent = AutoModelForSequenceClassification.from_config(model.config), set(missing)
     else:
-        classifier, info = AutoModelForSequenceClassification.from_pretrained(source, output_loading_info=True)
+        classifier, info = AutoModelForSequenceClassification.from_pretrained(source, output_loading_info=True,
+                                                                              **(weights or {}))
         absent = {key.split(".")[1] for key in info["missing_keys"] if key.startswith(f"{model.base_model_prefix}.")}
     for name in missing:
         setattr(base, name, getattr(classifier.base_model, name).requires_grad_(False))

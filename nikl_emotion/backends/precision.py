@@ -1,0 +1,177 @@
+"""Precision, in one place: the dtype a model's weights are loaded in, which weights train in float32, the autocast a
+forward pass runs under, in training and when a saved `best/` is served. The same rule for encoders and decoders,
+every head, full fine-tuning and LoRA:
+
+- Trainable weights are float32, whatever dtype the checkpoint ships in (Llama, Qwen2, Gemma, EXAONE save bf16,
+  polyglot-ko derivatives fp16). transformers 5 loads a checkpoint in its saved dtype unless told otherwise, so
+  every load here names one: a 2e-5 step leaves most bf16 weights of N(0, 0.02) where they were, and the fp16
+  gradient scaler refuses fp16 weights.
+- `bf16` / `fp16` (TrainingArguments) mean autocast: float32 weights, matrix products in half precision.
+- A frozen base is kept in half precision only where that is the point: under LoRA with `bf16`/`fp16` (that dtype,
+  or `model_dtype`), and 4-bit NF4 under QLoRA (with that compute dtype).
+- `best/` records how its base was loaded and the autocast its fold predicted under (`loading.json`, a `LoadRecord`);
+  served with `dtype="auto"` (inference.py's default) it runs the same way, so it reproduces the fold's own
+  probabilities and the thresholds tuned on them still apply.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib.util
+import json
+import os
+from dataclasses import dataclass
+
+import torch
+
+from nikl_emotion.base.checkpoint_files import LOADING_FILE
+from nikl_emotion.base.config import ModelLoading
+from nikl_emotion.base.errors import PipelineError
+from nikl_emotion.base.fileio import write_json_atomic
+from nikl_emotion.base.vocabulary import INFERENCE_DTYPES, check_choice
+
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+AUTOCAST_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}  # a mixed-precision flag -> the dtype it computes in
+QLORA_INSTALL = "pip install .[qlora] (bitsandbytes)"
+
+
+def training_autocast(training_args) -> str | None:
+    """The autocast a run trains (and predicts its folds) under: bf16, fp16 or None."""
+    return "bf16" if getattr(training_args, "bf16", False) else "fp16" if getattr(training_args, "fp16", False) else None
+
+
+def autocast_dtype(autocast: str | None) -> torch.dtype | None:
+    return None if autocast is None else TORCH_DTYPES[AUTOCAST_DTYPES[autocast]]
+
+
+def base_dtype_name(model_args, training_args, frozen_base: bool) -> str:
+    """The dtype a checkpoint's weights are loaded in for training: float32 for weights that train; a frozen base in
+    `model_dtype`, or (auto) the autocast's dtype."""
+    if not frozen_base:
+        return "float32"
+    if model_args.model_dtype != "auto":
+        return model_args.model_dtype
+    autocast = training_autocast(training_args)
+    return "float32" if autocast is None else AUTOCAST_DTYPES[autocast]
+
+
+def upcast_trainable(model: torch.nn.Module) -> int:
+    """Every trainable parameter in float32 (a head or adapter created beside half-precision base weights takes
+    their dtype); returns how many were cast."""
+    cast = 0
+    for parameter in model.parameters():
+        if parameter.requires_grad and parameter.is_floating_point() and parameter.dtype != torch.float32:
+            parameter.data = parameter.data.float()
+            cast += 1
+    return cast
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype | None):
+    """Autocast to `dtype` on `device` (None: none); CPUs run bf16 and fp16 autocast too."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@dataclass(frozen=True)
+class LoadRecord:
+    """How a `best/` was made, saved beside it as `loading.json`: the dtype of the weights under the trained ones
+    (a LoRA base; float32 where everything trained or was merged), the autocast its fold predicted under, 4-bit
+    quantization (the BitsAndBytesConfig as a dict) and the model-loading keys. A checkpoint written before the
+    record existed reads as float32 with no autocast, which is how those runs trained on CPU."""
+
+    base_dtype: str = "float32"
+    autocast: str | None = None
+    load_in_4bit: bool = False
+    quantization: dict | None = None
+    trust_remote_code: bool = False
+    attn_implementation: str | None = None
+    revision: str | None = None
+
+    @classmethod
+    def for_training(cls, model_args, training_args, frozen_base: bool, quantization: dict | None = None) -> "LoadRecord":
+        loading: ModelLoading = model_args.loading
+        return cls(base_dtype=base_dtype_name(model_args, training_args, frozen_base),
+                   autocast=training_autocast(training_args), load_in_4bit=bool(model_args.load_in_4bit and frozen_base),
+                   quantization=quantization, **dataclasses.asdict(loading))
+
+    def save(self, folder: str) -> None:
+        write_json_atomic(os.path.join(folder, LOADING_FILE), dataclasses.asdict(self))
+
+    @classmethod
+    def load(cls, folder: str) -> "LoadRecord":
+        path = os.path.join(folder, LOADING_FILE)
+        if not os.path.isfile(path):
+            return cls()
+        try:
+            with open(path, encoding="utf-8") as handle:
+                values = json.load(handle)
+            return cls(**{key: values[key] for key in values if key in {f.name for f in dataclasses.fields(cls)}})
+        except (OSError, ValueError, TypeError) as exc:
+            raise PipelineError(f"{path}: cannot read how the checkpoint was loaded ({exc})") from None
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to load a saved checkpoint to predict: `dtype` auto (as its run trained: `loading.json`), fp32, bf16 or
+    fp16 (autocast; a decoder's weights also held in it); `load_in_4bit`, a LoRA adapter's base in 4-bit NF4 (CUDA,
+    bitsandbytes); `trust_remote_code`, run modelling code the checkpoint ships (never assumed from its files)."""
+
+    dtype: str = "auto"
+    load_in_4bit: bool = False
+    trust_remote_code: bool = False
+
+    def __post_init__(self):
+        check_choice("dtype", self.dtype, INFERENCE_DTYPES)
+
+
+@dataclass(frozen=True)
+class ServingPrecision:
+    """What a checkpoint is served with: the dtype of its large weights (a decoder's base or merged weights; trained
+    heads and adapters stay float32), the autocast, and 4-bit quantization (a dict for BitsAndBytesConfig) or None."""
+
+    weights: torch.dtype
+    autocast: torch.dtype | None
+    quantization: dict | None = None
+
+
+def serving_precision(record: LoadRecord, options: LoadOptions, half_weights: bool) -> ServingPrecision:
+    """`options` applied to what `record` says: `auto` as trained; fp32 none of it; bf16/fp16 autocast (and, with
+    `half_weights`, a decoder's weights in that dtype). 4-bit where asked, or recorded and `auto`."""
+    if options.dtype == "auto":
+        weights, autocast = record.base_dtype, autocast_dtype(record.autocast)
+    elif options.dtype == "fp32":
+        weights, autocast = "float32", None
+    else:
+        autocast = autocast_dtype(options.dtype)
+        weights = AUTOCAST_DTYPES[options.dtype] if half_weights else "float32"
+    quantize = options.load_in_4bit or (options.dtype == "auto" and record.load_in_4bit)
+    if not quantize:
+        return ServingPrecision(TORCH_DTYPES[weights], autocast)
+    compute = autocast or torch.bfloat16
+    quantization = dict(record.quantization or nf4_settings(compute))
+    return ServingPrecision(compute, autocast or TORCH_DTYPES[str(quantization.get("bnb_4bit_compute_dtype", "bfloat16"))],
+                            quantization)
+
+
+def nf4_settings(compute: torch.dtype) -> dict:
+    """QLoRA's 4-bit base: NF4, double quantization, the head kept out (it trains in full)."""
+    return {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,
+            "bnb_4bit_compute_dtype": str(compute).removeprefix("torch."), "llm_int8_skip_modules": ["score"]}
+
+
+def require_4bit(what: str, instead: str) -> None:
+    """4-bit weights need CUDA and bitsandbytes: one line saying which is missing and what to do instead."""
+    if not torch.cuda.is_available():
+        raise PipelineError(f"{what}: 4-bit base weights (bitsandbytes) need a CUDA GPU, and this machine has none; "
+                            f"{instead}")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise PipelineError(f"{what}: 4-bit base weights need bitsandbytes: {QLORA_INSTALL}; {instead}")
+
+
+def bits_and_bytes_config(quantization: dict):
+    """The BitsAndBytesConfig a 4-bit base is loaded with, from its recorded dict."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig.from_dict(dict(quantization))

@@ -1,0 +1,71 @@
+"""A K-fold run as experiment trackers and the hub see it: one tracking run per fold, named `RUN-foldK` and grouped
+under the run's name (W&B `group`, an MLflow tag), and `push_to_hub` pushing what a user serves, never the Trainer's
+temporary checkpoints: each fold's `best/` (weights or adapter, tokenizer, preprocessing.json, loading.json, model
+card) into the folder `fold_K/` of one repo, `hub_model_id`, and the run's decision files at its root when the run
+ends. The Trainer of a fold never pushes itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+RUN_GROUP_TAG = "nikl_emotion.run"
+
+
+def run_name(training_args) -> str:
+    """The run's name: `run_name` when set apart from the output folder, else the output folder's name."""
+    name = training_args.run_name
+    if not name or name == training_args.output_dir:
+        return os.path.basename(os.path.abspath(training_args.output_dir))
+    return name
+
+
+def fold_trainer_settings(training_args, fold: int) -> dict:
+    """TrainingArguments changes for fold `fold`'s Trainer: its own tracking run, no pushing of checkpoints."""
+    name = run_name(training_args)
+    reporting = set(training_args.report_to or [])
+    if "wandb" in reporting:
+        os.environ.setdefault("WANDB_RUN_GROUP", name)
+    if "mlflow" in reporting:
+        os.environ.setdefault("MLFLOW_TAGS", json.dumps({RUN_GROUP_TAG: name}))
+    return {"run_name": f"{name}-fold{fold}", "push_to_hub": False}
+
+
+def end_fold_tracking() -> None:
+    """Close the fold's W&B run (the Trainer's callback reuses an open one, which would put every fold in one run
+    with its steps restarting); MLflow's callback ends its run itself."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
+
+
+def hub_repo(training_args):
+    """(the HfApi, the repo id) `push_to_hub` writes to, the repo created if it does not exist."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=training_args.hub_token)
+    repo = api.create_repo(training_args.hub_model_id or run_name(training_args),
+                           private=bool(training_args.hub_private_repo), exist_ok=True)
+    return api, getattr(repo, "repo_id", None) or str(repo).rstrip("/").split("huggingface.co/")[-1]
+
+
+def push_fold(training_args, best: str, fold: int) -> None:
+    """Fold `fold`'s best/ into `fold_K/` of the run's hub repo (nothing without `push_to_hub`)."""
+    if not training_args.push_to_hub:
+        return
+    api, repo = hub_repo(training_args)
+    api.upload_folder(repo_id=repo, folder_path=best, path_in_repo=f"fold_{fold}",
+                      commit_message=f"fold {fold}: best checkpoint")
+
+
+def push_run_files(training_args, paths: list[str]) -> None:
+    """The finished run's decision files (decision.json, thresholds.json, summary.json, config.yaml, the report)
+    at the repo's root, beside the fold folders."""
+    if not training_args.push_to_hub:
+        return
+    api, repo = hub_repo(training_args)
+    for path in paths:
+        if os.path.isfile(path):
+            api.upload_file(path_or_fileobj=path, path_in_repo=os.path.basename(path), repo_id=repo,
+                            commit_message=f"run: {os.path.basename(path)}")
