@@ -1,6 +1,7 @@
 """`accelerate launch` with 2 CPU processes (gloo): same folds on every rank, files written once, complete and ordered."""
 
 import json
+import os
 import shutil
 import subprocess
 
@@ -11,6 +12,8 @@ from conftest import ROOT, SAMPLE_TEST, SAMPLE_TRAIN
 from nikl_emotion.text.data import load_jsonl
 from nikl_emotion.base.fileio import read_probs
 from nikl_emotion.runs.prediction import predict_file
+
+QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 
 
 @pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate CLI not on PATH")
@@ -85,3 +88,18 @@ def test_the_time_budget_measures_the_wrapped_model_with_accumulation_and_holds(
     # a plan of optimizer steps, each measured through DDP over both ranks' micro-batches, is carried out; the time
     # bound is loose (the other test worker shares the cores): BENCHMARKS.md measures it on an idle machine
     assert summary["steps"] == plan["max_steps"] and summary["seconds"] <= 0.3 * 60 * 2
+
+
+@pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate CLI not on PATH")
+def test_an_fsdp_launch_is_refused_by_every_rank_before_any_work(tmp_path):
+    """FSDP shards the weights each fold predicts and saves from: both processes stop at once with one error line
+    each, naming what works instead, and leave no folder."""
+    out = tmp_path / "fsdp"
+    result = subprocess.run(
+        ["accelerate", "launch", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+         "--dynamo_backend", "no", "--use_fsdp", "train.py", str(QUICKSTART), "--output_dir", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )
+    refusals = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("error: fsdp:")]
+    assert result.returncode != 0 and len(refusals) == 2 and "ZeRO-2" in refusals[0]
+    assert not out.exists()

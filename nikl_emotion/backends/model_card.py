@@ -151,17 +151,23 @@ def _adapter_usage(config: dict) -> list[str]:
     return [
         f"This folder holds a LoRA adapter (rank {config.get('lora_r')}) and the classification head over the base "
         f"model `{config.get('model_name_or_path', '?')}`, which must be at that path or on the hub: `pipeline()` "
-        "does not load it plainly. With peft alone:",
+        "does not load it plainly. `EmotionClassifier.from_pretrained` (nikl-emotion) loads the base as the run "
+        "trained it (`loading.json`: its dtype, autocast and 4-bit settings), so it reproduces the run's "
+        "probabilities. With peft alone:",
         "",
         "```python",
+        "import torch",
         "from peft import PeftModel",
         "from transformers import AutoConfig, AutoModelForSequenceClassification",
         'config = AutoConfig.from_pretrained("PATH/TO/THIS/FOLDER")  # the labels and the pad token id',
-        f'base = AutoModelForSequenceClassification.from_pretrained("{config.get("model_name_or_path", "BASE")}", config=config)',
-        'model = PeftModel.from_pretrained(base, "PATH/TO/THIS/FOLDER").merge_and_unload()',
+        f'base = AutoModelForSequenceClassification.from_pretrained("{config.get("model_name_or_path", "BASE")}", config=config,',
+        '                                                          dtype=torch.float32)  # or loading.json\'s base_dtype',
+        "base.score.float()  # the head trained in float32: its weights load unrounded",
+        'model = PeftModel.from_pretrained(base, "PATH/TO/THIS/FOLDER")  # merge_and_unload() only over float32 weights',
         "```",
         "",
-        "Train with `merge_lora: true` for a folder that loads like any model.",
+        "Run it under `torch.autocast` in loading.json's `autocast` dtype if it names one. Train with "
+        "`merge_lora: true` for a folder that loads like any model.",
     ]
 
 
