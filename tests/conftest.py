@@ -1,3 +1,4 @@
+import importlib
 import json
 import os
 import subprocess
@@ -52,6 +53,17 @@ def run_cli(*args, cwd=ROOT, check=True) -> subprocess.CompletedProcess:
     if check and result.returncode != 0:
         raise AssertionError(f"{args} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result
+
+
+def run_main(capsys, monkeypatch, script: str, *args) -> tuple[int, list[str]]:
+    """A top-level command in-process, through its real entry point (what `python SCRIPT.py ARGS` runs, without a
+    new interpreter's imports): (exit code, its `error:` lines)."""
+    module = importlib.import_module(script)
+    monkeypatch.setattr("sys.argv", [f"{script}.py", *map(str, args)])
+    with pytest.raises(SystemExit) as exited:
+        module.entry_point(module.main)()
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    return exited.value.code, errors
 
 
 @pytest.fixture(scope="session")

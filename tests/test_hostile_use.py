@@ -2,7 +2,6 @@
 results always come from a file's current bytes, bad values fail before anything is written with one `error:`
 line, and where the project reproduces the official task (score, the reference vote) it does so exactly."""
 
-import importlib
 import json
 import os
 import shutil
@@ -16,20 +15,10 @@ import unicodedata
 import numpy as np
 import pytest
 
-from conftest import LABELS, ROOT, SAMPLE_DEV, SAMPLE_TEST, SAMPLE_TRAIN, nikl_row, run_cli, write_jsonl
+from conftest import LABELS, ROOT, SAMPLE_DEV, SAMPLE_TEST, SAMPLE_TRAIN, nikl_row, run_cli, run_main, write_jsonl
 from nikl_emotion.base.errors import PipelineError, RowError
 
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
-
-
-def run_main(capsys, monkeypatch, script: str, *args) -> tuple[int, list[str]]:
-    """A top-level command in-process, through its real entry point: (exit code, its `error:` lines)."""
-    module = importlib.import_module(script)
-    monkeypatch.setattr("sys.argv", [f"{script}.py", *map(str, args)])
-    with pytest.raises(SystemExit) as exited:
-        module.entry_point(module.main)()
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
-    return exited.value.code, errors
 
 
 def snapshot(folder) -> dict:

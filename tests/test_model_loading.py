@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
-from conftest import ROOT, SAMPLE_TEST, run_cli
+from conftest import ROOT, SAMPLE_TEST, run_main
 from decoder_families import build_decoder
 from hub_families import build_klue_roberta
 from nikl_emotion import EmotionClassifier
@@ -119,18 +119,19 @@ def test_the_loading_keys_reach_every_from_pretrained_and_are_recorded(models, f
         assert any(path == str(models[family]) and kwargs.get("revision") == "main" for _, path, kwargs in calls)
 
 
-def test_a_custom_code_decoder_needs_trust_remote_code_to_train_and_to_serve(models, tmp_path):
+def test_a_custom_code_decoder_needs_trust_remote_code_to_train_and_to_serve(models, tmp_path, capsys, monkeypatch):
     with pytest.raises(PipelineError, match="trust_remote_code: .* ships its own modelling code"):
         parse_config([str(QUICKSTART), "--model_name_or_path", str(models["custom"]), "--output_dir",
                       str(tmp_path / "refused"), *DECODER])
     assert not (tmp_path / "refused").exists()
     out = train(models["custom"], tmp_path / "run", *DECODER, "--trust_remote_code", "true")
     best = out / "fold_0" / "best"
-    result = run_cli("inference.py", "--checkpoint", best, "--input", SAMPLE_TEST, "--output", tmp_path / "no.jsonl",
-                     check=False)
-    assert result.returncode == 1 and "--trust_remote_code" in result.stderr and not (tmp_path / "no.jsonl").exists()
-    run_cli("inference.py", "--checkpoint", best, "--input", SAMPLE_TEST, "--output", tmp_path / "sub.jsonl",
-            "--probs", tmp_path / "probs.jsonl", "--trust_remote_code")
+    code, errors = run_main(capsys, monkeypatch, "inference", "--checkpoint", best, "--input", SAMPLE_TEST,
+                            "--output", tmp_path / "no.jsonl")
+    assert code == 1 and len(errors) == 1 and "--trust_remote_code" in errors[0] and not (tmp_path / "no.jsonl").exists()
+    code, _ = run_main(capsys, monkeypatch, "inference", "--checkpoint", best, "--input", SAMPLE_TEST, "--output",
+                       tmp_path / "sub.jsonl", "--probs", tmp_path / "probs.jsonl", "--trust_remote_code")
+    assert code == 0
     np.testing.assert_allclose(read_probs(tmp_path / "probs.jsonl")[1],
                                read_probs(out / "fold_0" / "test_probs.jsonl")[1], atol=1e-5)
 
@@ -150,11 +151,11 @@ def test_loading_and_sharding_settings_that_cannot_work_are_refused_before_any_w
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="flash attention may be available with CUDA")
-def test_an_attention_kernel_this_machine_lacks_is_one_error_line(models, tmp_path):
-    result = run_cli("train.py", QUICKSTART, "--model_name_or_path", models["llama"], "--output_dir", tmp_path / "out",
-                     *DECODER, "--attn_implementation", "flash_attention_2", check=False)
-    assert result.returncode == 1 and not (tmp_path / "out").exists()
-    assert result.stderr.strip().splitlines() == [
+def test_an_attention_kernel_this_machine_lacks_is_one_error_line(models, tmp_path, capsys, monkeypatch):
+    code, errors = run_main(capsys, monkeypatch, "train", QUICKSTART, "--model_name_or_path", models["llama"],
+                            "--output_dir", tmp_path / "out", *DECODER, "--attn_implementation", "flash_attention_2")
+    assert code == 1 and not (tmp_path / "out").exists()
+    assert errors == [
         "error: attn_implementation: flash_attention_2 is not available here (a CUDA GPU and pip install flash-attn); "
         "use sdpa or eager"]
 
@@ -171,11 +172,11 @@ def test_a_launcher_that_shards_the_weights_is_refused_before_any_work(environme
 
 
 @pytest.mark.skipif(shutil.which("deepspeed") is not None, reason="deepspeed is installed")
-def test_deepspeed_without_its_package_is_one_error_line(tmp_path):
-    result = run_cli("train.py", QUICKSTART, "--output_dir", tmp_path / "out", "--deepspeed",
-                     ROOT / "configs" / "deepspeed-zero2.json", check=False)
-    assert result.returncode == 1 and not (tmp_path / "out").exists()
-    assert result.stderr.strip().splitlines() == [
+def test_deepspeed_without_its_package_is_one_error_line(tmp_path, capsys, monkeypatch):
+    code, errors = run_main(capsys, monkeypatch, "train", QUICKSTART, "--output_dir", tmp_path / "out", "--deepspeed",
+                            ROOT / "configs" / "deepspeed-zero2.json")
+    assert code == 1 and not (tmp_path / "out").exists()
+    assert errors == [
         "error: deepspeed: needs the deepspeed package: pip install .[deepspeed] (a CUDA machine; see docs/models.md)"]
 
 
@@ -218,3 +219,28 @@ def test_each_fold_is_its_own_tracking_run_grouped_under_the_runs_name(monkeypat
     assert fold_trainer_settings(args, 3) == {"run_name": "kcelectra-fold3", "push_to_hub": False}
     assert os.environ["WANDB_RUN_GROUP"] == "kcelectra"
     assert json.loads(os.environ["MLFLOW_TAGS"]) == {"nikl_emotion.run": "kcelectra"}
+
+
+def test_post_training_loads_the_hub_encoder_with_the_loading_keys_in_float32(models, tmp_path, monkeypatch):
+    from transformers import AutoModelForMaskedLM
+
+    from nikl_emotion.base.config import ModelArguments
+    from nikl_emotion.text.cleaning import CleaningOptions
+    from nikl_emotion.text.preprocessing import Preprocessing
+    from nikl_emotion.training.post_training import mlm_model_and_tokenizer
+
+    calls = spy_on_loading(monkeypatch)
+    original = AutoModelForMaskedLM.from_pretrained
+    monkeypatch.setattr(AutoModelForMaskedLM, "from_pretrained", lambda path, *args, **kwargs: calls.append(
+        ("AutoModelForMaskedLM", str(path), kwargs)) or original(path, *args, **kwargs))
+    folder = str(models["klue-roberta"])  # saved in fp16
+    model_args = ModelArguments(model_name_or_path=folder, revision="main", attn_implementation="eager",
+                                trust_remote_code=True)
+    model, _ = mlm_model_and_tokenizer(model_args, [], Preprocessing(CleaningOptions()), 0, str(tmp_path))
+    assert {p.dtype for p in model.parameters()} == {torch.float32}  # every weight trains
+    loads = [(name, kwargs) for name, path, kwargs in calls if path == folder]
+    assert any(name == "AutoModelForMaskedLM" for name, _ in loads)
+    for name, kwargs in loads:
+        assert kwargs.get("revision") == "main" and kwargs.get("trust_remote_code") is True, (name, kwargs)
+        if name.startswith("AutoModel"):
+            assert kwargs.get("attn_implementation") == "eager" and kwargs.get("dtype") == torch.float32, (name, kwargs)

@@ -2,6 +2,7 @@
 trains is float32, bf16/fp16 mean autocast, a frozen LoRA base stays half only where that is the point, and a saved
 `best/` is served the way its fold predicted (precision.py, loading.json)."""
 
+import importlib
 import json
 import shutil
 
@@ -11,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, TrainingArguments
 
-from conftest import ROOT, SAMPLE_TEST, run_cli
+from conftest import ROOT, SAMPLE_TEST, run_main
 from decoder_families import build_decoder
 from hub_families import build_klue_roberta
 from nikl_emotion import EmotionClassifier
@@ -142,7 +143,8 @@ def test_an_adapter_without_its_trained_head_or_its_config_is_refused_by_name(bf
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
-def test_a_4bit_adapter_is_refused_in_one_line_without_cuda_and_served_over_a_bf16_base(bf16_lora, tmp_path):
+def test_a_4bit_adapter_is_refused_in_one_line_without_cuda_and_served_over_a_bf16_base(bf16_lora, tmp_path, capsys,
+                                                                                      monkeypatch):
     best = copy_best(bf16_lora, tmp_path)
     record = json.loads((best / "loading.json").read_text())
     nf4 = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": "bfloat16"}
@@ -151,10 +153,9 @@ def test_a_4bit_adapter_is_refused_in_one_line_without_cuda_and_served_over_a_bf
         EmotionClassifier.from_pretrained(best, device="cpu")
     served = EmotionClassifier.from_pretrained(best, device="cpu", dtype="bf16").predict_proba(SAMPLE_TEST)
     np.testing.assert_allclose(served, fold_probs(bf16_lora), atol=1e-5)
-    result = run_cli("inference.py", "--checkpoint", bf16_lora / "fold_0" / "best", "--input", SAMPLE_TEST, "--output",
-                     tmp_path / "sub.jsonl", "--load_in_4bit", check=False)
-    assert result.returncode == 1 and result.stderr.strip().startswith("error:") and "CUDA" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "sub.jsonl").exists()
+    code, errors = run_main(capsys, monkeypatch, "inference", "--checkpoint", bf16_lora / "fold_0" / "best", "--input",
+                            SAMPLE_TEST, "--output", tmp_path / "sub.jsonl", "--load_in_4bit")
+    assert code == 1 and len(errors) == 1 and "CUDA" in errors[0] and not (tmp_path / "sub.jsonl").exists()
 
 
 def test_a_saved_adapter_names_no_quantization_its_base_was_trained_under(shipped, tmp_path):
@@ -166,10 +167,12 @@ def test_a_saved_adapter_names_no_quantization_its_base_was_trained_under(shippe
     assert "quantization_config" not in json.loads((tmp_path / "best" / "config.json").read_text())
 
 
-def test_inference_takes_the_dtype_and_says_what_it_is_for(bf16_lora, tmp_path):
-    run_cli("inference.py", "--checkpoint", bf16_lora / "fold_0" / "best", "--input", SAMPLE_TEST, "--output",
-            tmp_path / "sub.jsonl", "--probs", tmp_path / "probs.jsonl", "--dtype", "auto")
+def test_inference_takes_the_dtype_and_says_what_it_is_for(bf16_lora, tmp_path, capsys, monkeypatch):
+    code, _ = run_main(capsys, monkeypatch, "inference", "--checkpoint", bf16_lora / "fold_0" / "best", "--input",
+                       SAMPLE_TEST, "--output", tmp_path / "sub.jsonl", "--probs", tmp_path / "probs.jsonl", "--dtype", "auto")
+    assert code == 0
     np.testing.assert_allclose(read_probs(tmp_path / "probs.jsonl")[1], fold_probs(bf16_lora), atol=1e-5)
-    result = run_cli("inference.py", "--checkpoint", bf16_lora / "fold_0" / "best", "--input", SAMPLE_TEST,
-                     "--output", tmp_path / "x.jsonl", "--dtype", "half", check=False)
-    assert result.returncode == 2 and "--dtype" in result.stderr
+    monkeypatch.setattr("sys.argv", ["inference.py", "--checkpoint", "x", "--input", "y", "--output", "z", "--dtype", "half"])
+    with pytest.raises(SystemExit) as exited:  # argparse's own refusal, naming the choices
+        importlib.import_module("inference").entry_point(importlib.import_module("inference").main)()
+    assert exited.value.code == 2 and "--dtype: invalid choice: 'half'" in capsys.readouterr().err

@@ -16,6 +16,7 @@ import torch
 
 from nikl_emotion.text.batching import MODEL_INPUTS, pad_table
 from nikl_emotion.base.checkpoint_files import EXPORT_FILE, ONNX_FILE
+from nikl_emotion.backends.precision import LoadOptions, LoadRecord
 from nikl_emotion.backends.classifier import CheckpointClassifier, is_onnx_export, require
 from nikl_emotion.backends.registry import checkpoint_backend
 from nikl_emotion.text.encoding import tokenize_batch
@@ -51,7 +52,8 @@ def export_checkpoint(checkpoint: str, output_dir: str, int8: bool = False, opse
     if not backend.trains_an_encoder:
         raise PipelineError(f"{checkpoint}: ONNX export is for encoders; a {backend.name} checkpoint predicts as it "
                             "is (inference.py --checkpoint takes it)")
-    classifier = CheckpointClassifier.from_pretrained(checkpoint, device="cpu")
+    # the graph is float32 (ONNX Runtime on CPU); a run trained under bf16/fp16 autocast is exported without it
+    classifier = CheckpointClassifier.from_pretrained(checkpoint, device="cpu", options=LoadOptions(dtype="fp32"))
     classifier.model.eval()
     with atomic_folder(output_dir) as staging:  # the folder appears complete or not at all
         return _export(classifier, staging, source=checkpoint, int8=int8, opset=opset, ort=ort)
@@ -103,7 +105,8 @@ def _export(classifier: CheckpointClassifier, staging: str, *, source: str, int8
     tokenizer.save_pretrained(staging)
     model.config.save_pretrained(staging)
     preprocessing.save(staging)
-    info = {"source": os.path.abspath(source), "int8": int8, "opset": opset, "inputs": names,
+    info = {"source": os.path.abspath(source), "int8": int8, "opset": opset, "inputs": names, "dtype": "float32",
+            "trained_autocast": LoadRecord.load(source).autocast,
             "torch": torch.__version__, "onnxruntime": ort.__version__}
     write_json_atomic(os.path.join(staging, EXPORT_FILE), info)
     return info

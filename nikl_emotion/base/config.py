@@ -320,10 +320,21 @@ def parse_arguments(argv: list[str], classes: tuple, defaults: dict) -> tuple:
     except (ValueError, TypeError) as exc:  # TrainingArguments' own checks
         raise PipelineError(str(exc).strip().splitlines()[0]) from None
     except ImportError as exc:  # a key whose package is missing (--deepspeed without deepspeed)
+        forget_deepspeed_config()
         raise PipelineError(missing_package_message(exc)) from None
     if unknown:
         raise PipelineError(unknown_keys_message(unknown, parser, file_tokens, config_path))
     return tuple(parsed)
+
+
+def forget_deepspeed_config() -> None:
+    """A TrainingArguments that failed half-way through DeepSpeed's setup leaves its config registered for the whole
+    process, and every later from_pretrained then asks it about ZeRO-3: unregister it."""
+    try:
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+    except ImportError:
+        return
+    unset_hf_deepspeed_config()
 
 
 def missing_package_message(exc: ImportError) -> str:
