@@ -164,10 +164,10 @@ def run_hp_search(
     backbone, tokenizer, encoded, _ = backbone_and_encodings(model_args, preprocessing, training_args, cleaned, cleaned_test)
     train_index, val_index = make_folds(np.asarray(train_rows["labels"]), kfold_args.num_folds, training_args.seed)[fold]
     train_split, val_split = encoded.select(train_index), encoded.select(val_index)
-    # trials are scored, not kept: no checkpoints, no best-model reload
+    # trials are scored, not kept: no checkpoints, no best-model reload, nothing pushed to the hub
     args = dataclasses.replace(
         training_args, output_dir=run.hp_trials, save_strategy="no",
-        load_best_model_at_end=False, remove_unused_columns=False,
+        load_best_model_at_end=False, remove_unused_columns=False, push_to_hub=False,
     )
     trainer = SearchTrainer(
         model=None,
