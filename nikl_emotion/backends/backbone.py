@@ -230,8 +230,8 @@ def check_model_loading(model_name_or_path: str, loading: ModelLoading) -> None:
                             "auto_map); set trust_remote_code: true if you trust that code")
     kernel = loading.attn_implementation
     if kernel is not None and not attention_kernel_available(kernel):
-        raise PipelineError(f"attn_implementation: {kernel} is not available here ({KERNEL_NEEDS.get(kernel, 'pip install kernels')}); "
-                            "use sdpa or eager")
+        needs = KERNEL_NEEDS.get(kernel, "pip install kernels")
+        raise PipelineError(f"attn_implementation: {kernel} is not available here ({needs}); use sdpa or eager")
 
 
 KERNEL_NEEDS = {"flash_attention_2": "a CUDA GPU and pip install flash-attn",
@@ -299,7 +299,8 @@ def check_max_seq_length(max_seq_length: int, model_name_or_path: str, tokenizer
                          loading: ModelLoading | None = None) -> None:
     """Refuse a `max_seq_length` beyond the model's positions before training (it would crash in the first long
     batch)."""
-    limit = max_model_tokens(AutoConfig.from_pretrained(model_name_or_path, **(loading or ModelLoading()).hub_kwargs()), tokenizer)
+    config = AutoConfig.from_pretrained(model_name_or_path, **(loading or ModelLoading()).hub_kwargs())
+    limit = max_model_tokens(config, tokenizer)
     if limit is not None and max_seq_length > limit:
         raise PipelineError(f"max_seq_length: {max_seq_length} is more than the {limit} tokens {model_name_or_path} "
                             f"can embed; set max_seq_length to {limit} or less")
