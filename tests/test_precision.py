@@ -186,3 +186,13 @@ def test_inference_takes_the_dtype_and_says_what_it_is_for(bf16_lora, tmp_path, 
     with pytest.raises(SystemExit) as exited:  # argparse's own refusal, naming the choices
         importlib.import_module("inference").entry_point(importlib.import_module("inference").main)()
     assert exited.value.code == 2 and "--dtype: invalid choice: 'half'" in capsys.readouterr().err
+
+
+def test_a_4bit_base_is_served_computing_and_autocasting_in_one_dtype():
+    from nikl_emotion.backends.precision import LoadOptions, LoadRecord, nf4_settings, serving_precision
+
+    recorded = LoadRecord(base_dtype="float16", load_in_4bit=True, quantization=nf4_settings(torch.float16))
+    served = serving_precision(recorded, LoadOptions(), half_weights=True)
+    assert served.weights == served.autocast == torch.float16 and served.quantization["bnb_4bit_compute_dtype"] == "float16"
+    asked = serving_precision(LoadRecord(autocast="bf16"), LoadOptions(load_in_4bit=True), half_weights=True)
+    assert asked.weights == asked.autocast == torch.bfloat16 and asked.quantization["llm_int8_skip_modules"] == ["score"]

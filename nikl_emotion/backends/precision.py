@@ -38,7 +38,7 @@ QLORA_INSTALL = "pip install .[qlora] (bitsandbytes)"
 
 def training_autocast(training_args) -> str | None:
     """The autocast a run trains (and predicts its folds) under: bf16, fp16 or None."""
-    return "bf16" if getattr(training_args, "bf16", False) else "fp16" if getattr(training_args, "fp16", False) else None
+    return "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else None
 
 
 def autocast_dtype(autocast: str | None) -> torch.dtype | None:
@@ -107,7 +107,8 @@ class LoadRecord:
         try:
             with open(path, encoding="utf-8") as handle:
                 values = json.load(handle)
-            return cls(**{key: values[key] for key in values if key in {f.name for f in dataclasses.fields(cls)}})
+            known = {f.name for f in dataclasses.fields(cls)}
+            return cls(**{key: value for key, value in values.items() if key in known})
         except (OSError, ValueError, TypeError) as exc:
             raise PipelineError(f"{path}: cannot read how the checkpoint was loaded ({exc})") from None
 
@@ -149,10 +150,10 @@ def serving_precision(record: LoadRecord, options: LoadOptions, half_weights: bo
     quantize = options.load_in_4bit or (options.dtype == "auto" and record.load_in_4bit)
     if not quantize:
         return ServingPrecision(TORCH_DTYPES[weights], autocast)
-    compute = autocast or torch.bfloat16
-    quantization = dict(record.quantization or nf4_settings(compute))
-    return ServingPrecision(compute, autocast or TORCH_DTYPES[str(quantization.get("bnb_4bit_compute_dtype", "bfloat16"))],
-                            quantization)
+    # the 4-bit base computes in its recorded dtype (or the autocast's); that dtype is also the autocast's
+    quantization = dict(record.quantization or nf4_settings(autocast or torch.bfloat16))
+    compute = TORCH_DTYPES[str(quantization.get("bnb_4bit_compute_dtype", "bfloat16"))]
+    return ServingPrecision(compute, autocast or compute, quantization)
 
 
 def nf4_settings(compute: torch.dtype) -> dict:
