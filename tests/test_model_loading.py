@@ -191,8 +191,8 @@ def test_push_to_hub_pushes_each_folds_best_and_the_decision_files_never_checkpo
                         lambda self, repo_id, **kwargs: types.SimpleNamespace(repo_id=repo_id))
     monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", lambda self, repo_id, folder_path, path_in_repo, **kw:
                         pushed.append((repo_id, path_in_repo, sorted(p.name for p in Path(folder_path).iterdir()))))
-    monkeypatch.setattr(huggingface_hub.HfApi, "upload_file", lambda self, path_or_fileobj, path_in_repo, repo_id, **kw:
-                        pushed.append((repo_id, path_in_repo, None)))
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_commit", lambda self, repo_id, operations, **kw:
+                        pushed.extend((repo_id, operation.path_in_repo, None) for operation in operations))
     # a tracker left open by a fold's Trainer is closed before the next fold starts: one tracking run per fold
     monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(run=object(), finish=lambda: finished.append(1)))
     out = tmp_path / "run"

@@ -178,13 +178,13 @@ def classification_config_kwargs() -> dict:
 
 
 def load_tokenizer(model_name_or_path: str, with_markers: bool = False, fix_hangul: bool = True,
-                   loading: ModelLoading | None = None) -> PreTrainedTokenizerBase:
+                   loading: ModelLoading = ModelLoading()) -> PreTrainedTokenizerBase:
     """The checkpoint's tokenizer, fitted to its model (the config beside it) and to Korean text: no segment ids for a model without an embedding for them, and (`fix_hangul`, for a backbone about
     to be trained) Hangul kept as syllables where the vocabulary spells it so (see `tokenizer_settings`). The
     settings are load-time arguments, so `save_pretrained` writes them into every checkpoint and `pipeline()` loads
     the same tokenizer. A fine-tuned checkpoint is loaded with `fix_hangul=False`: it must see text as it was
     trained on it. `loading`: the model-loading keys (revision, trust_remote_code)."""
-    hub = (loading or ModelLoading()).hub_kwargs()
+    hub = loading.hub_kwargs()
     tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, **hub)
     settings = tokenizer_settings(tokenizer, model_config(model_name_or_path, loading), fix_hangul)
     if settings:
@@ -195,12 +195,12 @@ def load_tokenizer(model_name_or_path: str, with_markers: bool = False, fix_hang
     return tokenizer
 
 
-def model_config(model_name_or_path: str, loading: ModelLoading | None = None) -> PretrainedConfig | None:
+def model_config(model_name_or_path: str, loading: ModelLoading = ModelLoading()) -> PretrainedConfig | None:
     """The model config beside a tokenizer; None for a folder that holds a tokenizer only (an offline
     post-training run saves its tokenizer first and its model at the end), or a custom-code config without
     `trust_remote_code`."""
     try:
-        return AutoConfig.from_pretrained(model_name_or_path, **(loading or ModelLoading()).hub_kwargs())
+        return AutoConfig.from_pretrained(model_name_or_path, **loading.hub_kwargs())
     except (OSError, ValueError):
         return None
 
@@ -296,10 +296,10 @@ def max_model_tokens(config: PretrainedConfig, tokenizer: PreTrainedTokenizerBas
 
 
 def check_max_seq_length(max_seq_length: int, model_name_or_path: str, tokenizer: PreTrainedTokenizerBase,
-                         loading: ModelLoading | None = None) -> None:
+                         loading: ModelLoading = ModelLoading()) -> None:
     """Refuse a `max_seq_length` beyond the model's positions before training (it would crash in the first long
     batch)."""
-    config = AutoConfig.from_pretrained(model_name_or_path, **(loading or ModelLoading()).hub_kwargs())
+    config = AutoConfig.from_pretrained(model_name_or_path, **loading.hub_kwargs())
     limit = max_model_tokens(config, tokenizer)
     if limit is not None and max_seq_length > limit:
         raise PipelineError(f"max_seq_length: {max_seq_length} is more than the {limit} tokens {model_name_or_path} "
@@ -334,13 +334,12 @@ def _log_settings(model_name_or_path: str, settings: dict, tokenizer: PreTrained
 
 
 def load_model(model_name_or_path: str, tokenizer: PreTrainedTokenizerBase | None = None, head: str = "cls",
-               loading: ModelLoading | None = None) -> PreTrainedModel:
+               loading: ModelLoading = ModelLoading()) -> PreTrainedModel:
     """Load a classifier with the task's 8 labels under `head` (heads.py) to fine-tune: every weight in float32
     whatever the checkpoint was saved in (precision.py); grows the embeddings if the tokenizer gained marker
     tokens."""
     import torch
 
-    loading = loading or ModelLoading()
     config = AutoConfig.from_pretrained(model_name_or_path, **loading.hub_kwargs(), **classification_config_kwargs())
     model = build_classifier(model_name_or_path, config, head, dtype=torch.float32, **loading.model_kwargs())
     if tokenizer is not None:

@@ -21,6 +21,7 @@ token then has read the text, the target and the question.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib.util
 import json
 import os
@@ -87,8 +88,10 @@ def check_quantization(model_args: ModelArguments) -> None:
 def check_lora_targets(model_args: ModelArguments) -> None:
     """Each of `lora_target_modules` must name a module of the model (peft ignores one that matches nothing as long
     as another matches, and fails mid-fold when none does), checked on an empty (meta) copy before any work."""
+    if not model_args.lora_target_modules:
+        return
     config = model_config(model_args.model_name_or_path, model_args.loading)
-    if not model_args.lora_target_modules or config is None:
+    if config is None:
         return
     with torch.device("meta"):
         model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=model_args.trust_remote_code)
@@ -134,8 +137,7 @@ def new_decoder_model(backbone: str, tokenizer, model_args: ModelArguments, trai
                                                                **quantization_settings(model_args, training_args))
     fit_embeddings(model, tokenizer)
     if not model_args.lora_r:
-        upcast_trainable(model)  # already float32 as loaded; kept as the rule's one statement
-        return model
+        return model  # loaded in float32: every weight trains
     peft = require_peft()
     if model_args.load_in_4bit:
         model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=training_args.gradient_checkpointing)
@@ -197,7 +199,8 @@ def load_adapter(folder: str, record: LoadRecord, precision: ServingPrecision, l
     peft = require_peft()
     adapter = read_adapter_config(folder)
     base = adapter.get("base_model_name_or_path")
-    kwargs = {"dtype": precision.weights, **loading.model_kwargs(), **({"revision": record.revision} if record.revision else {})}
+    base_loading = dataclasses.replace(loading, revision=record.revision)  # the base at the revision it trained on
+    kwargs = {"dtype": precision.weights, **base_loading.model_kwargs()}
     if precision.quantization is not None:
         require_4bit(f"{folder}: its LoRA base in 4-bit", "load the base in full precision instead: dtype bf16 (or fp32)")
         kwargs.update(quantization_config=bits_and_bytes_config(precision.quantization), device_map={"": 0})
@@ -225,12 +228,24 @@ def read_adapter_config(folder: str) -> dict:
         return json.load(handle)
 
 
+def saved_adapter_keys(folder: str) -> list[str]:
+    """The weight names an adapter folder holds, read from the safetensors header (peft reads the tensors once, when
+    it loads them); an `adapter_model.bin` is read whole."""
+    path = os.path.join(folder, ADAPTER_WEIGHTS_FILE)
+    if os.path.isfile(path):
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt") as handle:
+            return list(handle.keys())
+    import peft
+
+    return list(peft.utils.load_peft_weights(folder, device="cpu"))
+
+
 def missing_head(folder: str, heads: list[str]) -> list[str]:
     """The head's weight names when the adapter file lacks them (the head would be the base's random one): the
     untrained-head guard, for adapters."""
-    import peft
-
-    saved = peft.utils.load_peft_weights(folder, device="cpu")
+    saved = saved_adapter_keys(folder)
     found = [name for name in heads if any(f".{name}." in key or key.startswith(f"{name}.") for key in saved)]
     return [] if found else [f"{name}.weight" for name in heads or ["score"]]
 

@@ -119,7 +119,7 @@ def backbone_loading(model_args: ModelArguments) -> ModelLoading:
 
 
 def load_classifier(backbone: str, tokenizer, technique_args: TechniqueArguments | None = None, head: str = "cls",
-                    loading: ModelLoading | None = None):
+                    loading: ModelLoading = ModelLoading()):
     """A fresh classifier from the backbone under `head` (float32 weights, precision.py), with the techniques that
     change its forward pass (multi-sample dropout)."""
     model = load_model(backbone, tokenizer, head, loading)

@@ -47,7 +47,7 @@ def hub_repo(training_args):
     api = HfApi(token=training_args.hub_token)
     repo = api.create_repo(training_args.hub_model_id or run_name(training_args),
                            private=bool(training_args.hub_private_repo), exist_ok=True)
-    return api, getattr(repo, "repo_id", None) or str(repo).rstrip("/").split("huggingface.co/")[-1]
+    return api, repo.repo_id
 
 
 def push_fold(training_args, best: str, fold: int) -> None:
@@ -64,8 +64,9 @@ def push_run_files(training_args, paths: list[str]) -> None:
     at the repo's root, beside the fold folders."""
     if not training_args.push_to_hub:
         return
+    from huggingface_hub import CommitOperationAdd
+
     api, repo = hub_repo(training_args)
-    for path in paths:
-        if os.path.isfile(path):
-            api.upload_file(path_or_fileobj=path, path_in_repo=os.path.basename(path), repo_id=repo,
-                            commit_message=f"run: {os.path.basename(path)}")
+    files = [CommitOperationAdd(path_in_repo=os.path.basename(path), path_or_fileobj=path) for path in paths
+             if os.path.isfile(path)]
+    api.create_commit(repo_id=repo, operations=files, commit_message="run: decision files")
