@@ -60,14 +60,39 @@ def train(model: Path, out: Path, lr: float, epochs: int) -> dict:
     from nikl_emotion.training.kfold import run_training
 
     started = time.time()
-    run_training(*parse_config([str(ROOT / "configs" / "quickstart.yaml"), "--model_name_or_path", str(model),
-                                "--output_dir", str(out), "--num_folds", "3", "--num_train_epochs", str(epochs),
-                                "--early_stopping_patience", "0", "--input_format", "instruction",
-                                "--learning_rate", str(lr), "--per_device_train_batch_size", "16",
-                                "--disable_tqdm", "true", "--overwrite", "true"]))
+    run_training(
+        *parse_config(
+            [
+                str(ROOT / "configs" / "quickstart.yaml"),
+                "--model_name_or_path",
+                str(model),
+                "--output_dir",
+                str(out),
+                "--num_folds",
+                "3",
+                "--num_train_epochs",
+                str(epochs),
+                "--early_stopping_patience",
+                "0",
+                "--input_format",
+                "instruction",
+                "--learning_rate",
+                str(lr),
+                "--per_device_train_batch_size",
+                "16",
+                "--disable_tqdm",
+                "true",
+                "--overwrite",
+                "true",
+            ]
+        )
+    )
     summary = json.loads((out / "summary.json").read_text())
-    return {"oof_micro_f1": round(summary["oof"]["micro_f1"], 4), "weights_changed": round(changed_share(model, out), 4),
-            "seconds": round(time.time() - started, 1)}
+    return {
+        "oof_micro_f1": round(summary["oof"]["micro_f1"], 4),
+        "weights_changed": round(changed_share(model, out), 4),
+        "seconds": round(time.time() - started, 1),
+    }
 
 
 def main() -> None:
@@ -80,8 +105,10 @@ def main() -> None:
     shutil.rmtree(out, ignore_errors=True)
     bf16 = checkpoint(out / "llama-bf16", torch.bfloat16)
     fp32 = checkpoint(out / "llama-fp32", torch.float32, source=bf16)
-    results = {name: train(model, out / f"run-{name}", args.lr, args.epochs) for name, model in
-               (("bf16-saved", bf16), ("fp32-copy", fp32))}
+    results = {
+        name: train(model, out / f"run-{name}", args.lr, args.epochs)
+        for name, model in (("bf16-saved", bf16), ("fp32-copy", fp32))
+    }
     from nikl_emotion.base.fileio import read_probs
 
     a, b = (read_probs(out / f"run-{name}" / "oof.jsonl")[1] for name in ("bf16-saved", "fp32-copy"))

@@ -1,7 +1,7 @@
 """Does `decision: auto` pick well? Each candidate rule's nested out-of-fold score next to its held-out score.
 
 python bench/decision_auto.py nikl   # train.jsonl -> dev.jsonl, configs/nikl-offline.yaml (5 folds, ~25 min on 2 cores)
-python bench/decision_auto.py kote   # KOTE val.jsonl split 80/20 by a seeded shuffle: 4,000 rows to train, 1,000 held out
+python bench/decision_auto.py kote   # KOTE val.jsonl split 80/20 by a seeded shuffle: 4,000 to train, 1,000 held out
 
 Trains one run (`decision: auto`), then applies every candidate rule of its summary.json (as the run refitted it on
 all OOF rows) to the folds' probabilities on the held-out file and scores them with the official metric. Prints a
@@ -59,8 +59,19 @@ def main() -> None:
     if not (os.path.exists(train) and os.path.exists(heldout)):
         sys.exit(f"skipped: {train} or {heldout} not found (set SHARED_DATA)")
     start = time.time()
-    log = run("train.py", args.config, "--train_files", train, "--test_file", heldout, "--output_dir", out,
-              "--decision", "auto", *overrides)
+    log = run(
+        "train.py",
+        args.config,
+        "--train_files",
+        train,
+        "--test_file",
+        heldout,
+        "--output_dir",
+        out,
+        "--decision",
+        "auto",
+        *overrides,
+    )
     seconds = time.time() - start
     summary = json.load(open(os.path.join(ROOT, out, "summary.json"), encoding="utf-8"))
     decision = summary["decision"]
@@ -80,11 +91,23 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for row in rows:
         name = f"**{row['name']}** (chosen)" if row["name"] == decision["chosen"] else row["name"]
-        print(f"| {name} | {row['micro_f1']:.4f} | {row['gain']:+.4f} ± {row['gain_se']:.4f} | "
-              f"{row['heldout_micro_f1']:.4f} | {row['heldout_macro_f1']:.4f} |")
-    print(json.dumps({"dataset": args.dataset, "chosen": decision["chosen"], "seconds": round(seconds),
-                      "rows": [{k: r[k] for k in ("name", "micro_f1", "gain", "gain_se", "heldout_micro_f1",
-                                                  "heldout_macro_f1")} for r in rows]}))
+        print(
+            f"| {name} | {row['micro_f1']:.4f} | {row['gain']:+.4f} ± {row['gain_se']:.4f} | "
+            f"{row['heldout_micro_f1']:.4f} | {row['heldout_macro_f1']:.4f} |"
+        )
+    print(
+        json.dumps(
+            {
+                "dataset": args.dataset,
+                "chosen": decision["chosen"],
+                "seconds": round(seconds),
+                "rows": [
+                    {k: r[k] for k in ("name", "micro_f1", "gain", "gain_se", "heldout_micro_f1", "heldout_macro_f1")}
+                    for r in rows
+                ],
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -33,20 +33,47 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from decoder_families import build_llama  # noqa: E402
 from hub_families import build_kcelectra  # noqa: E402
+
 from nikl_emotion import EmotionClassifier  # noqa: E402
 from nikl_emotion.base.fileio import read_probs  # noqa: E402
 from nikl_emotion.training.config_checks import parse_config  # noqa: E402
 from nikl_emotion.training.kfold import run_training  # noqa: E402
 
 SAMPLE_TEST = ROOT / "data" / "sample_test.jsonl"
-KCELECTRA_BASE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
-                  "embedding_size": 768, "vocab_size": 54343}
-LLAMA_1B = {"hidden_size": 2048, "num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8,
-            "intermediate_size": 8192, "vocab_size": 128256, "tie_word_embeddings": True}
-TINY_ENCODER = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
-                "embedding_size": 32, "vocab_size": 54343}
-TINY_DECODER = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-                "intermediate_size": 128, "vocab_size": 128256, "tie_word_embeddings": True}
+KCELECTRA_BASE = {
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "embedding_size": 768,
+    "vocab_size": 54343,
+}
+LLAMA_1B = {
+    "hidden_size": 2048,
+    "num_hidden_layers": 16,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "intermediate_size": 8192,
+    "vocab_size": 128256,
+    "tie_word_embeddings": True,
+}
+TINY_ENCODER = {
+    "hidden_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "embedding_size": 32,
+    "vocab_size": 54343,
+}
+TINY_DECODER = {
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "intermediate_size": 128,
+    "vocab_size": 128256,
+    "tie_word_embeddings": True,
+}
 
 
 def device_args(smoke: bool) -> list[str]:
@@ -54,8 +81,21 @@ def device_args(smoke: bool) -> list[str]:
 
 
 def quick(smoke: bool, epochs: int = 3) -> list[str]:
-    return ["--num_folds", "2", "--fold", "0", "--num_train_epochs", str(epochs), "--early_stopping_patience", "0",
-            "--disable_tqdm", "true", "--save_total_limit", "1", *device_args(smoke)]
+    return [
+        "--num_folds",
+        "2",
+        "--fold",
+        "0",
+        "--num_train_epochs",
+        str(epochs),
+        "--early_stopping_patience",
+        "0",
+        "--disable_tqdm",
+        "true",
+        "--save_total_limit",
+        "1",
+        *device_args(smoke),
+    ]
 
 
 def resized(folder: Path, auto_class, dims: dict, dtype: torch.dtype) -> Path:
@@ -104,7 +144,9 @@ def peak_mib() -> float | None:
 def reload_gap(out: Path) -> float:
     """Max |served best/ - the fold's own test probabilities|, best/ loaded as its run trained (dtype auto)."""
     classifier = EmotionClassifier.from_pretrained(out / "fold_0" / "best")
-    return float(np.abs(classifier.predict_proba(SAMPLE_TEST) - read_probs(out / "fold_0" / "test_probs.jsonl")[1]).max())
+    return float(
+        np.abs(classifier.predict_proba(SAMPLE_TEST) - read_probs(out / "fold_0" / "test_probs.jsonl")[1]).max()
+    )
 
 
 def pipeline_case(name: str, arguments: list[str], work: Path, check_reload: bool = False) -> dict:
@@ -115,8 +157,13 @@ def pipeline_case(name: str, arguments: list[str], work: Path, check_reload: boo
         run_training(*parse_config([str(ROOT / "configs" / "quickstart.yaml"), "--output_dir", str(out), *arguments]))
         seconds = time.perf_counter() - start
         metrics = json.loads((out / "fold_0" / "metrics.json").read_text(encoding="utf-8"))
-        result = {"case": name, "rows_per_s_incl_eval": round(metrics["train_rows"] * metrics["epochs_run"] / seconds, 1),
-                  "seconds": round(seconds, 1), "peak_gpu_mib": peak_mib(), "micro_f1": round(metrics["micro_f1"], 4)}
+        result = {
+            "case": name,
+            "rows_per_s_incl_eval": round(metrics["train_rows"] * metrics["epochs_run"] / seconds, 1),
+            "seconds": round(seconds, 1),
+            "peak_gpu_mib": peak_mib(),
+            "micro_f1": round(metrics["micro_f1"], 4),
+        }
         if check_reload:
             result["reload_max_abs_gap"] = reload_gap(out)
         return result
@@ -130,8 +177,13 @@ def plain_trainer_case(model_folder: Path, train_file: Path, smoke: bool, work: 
     """The same encoder through a plain transformers Trainer (pair input, dynamic padding, one epoch, the pipeline's
     batch and length, evaluation once at the end): the reference point for the pipeline's rows/s and memory."""
     from datasets import load_dataset
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
-                              TrainingArguments)
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+    )
 
     from nikl_emotion.base.labels import LABELS
 
@@ -145,19 +197,35 @@ def plain_trainer_case(model_folder: Path, train_file: Path, smoke: bool, work: 
 
     tokenizer = AutoTokenizer.from_pretrained(model_folder)
     data = rows.map(encode, batched=True, remove_columns=rows.column_names).train_test_split(test_size=0.5, seed=42)
-    model = AutoModelForSequenceClassification.from_pretrained(model_folder, num_labels=len(LABELS), dtype=torch.float32,
-                                                               problem_type="multi_label_classification")
-    args = TrainingArguments(output_dir=str(work / "plain"), per_device_train_batch_size=128, num_train_epochs=1,
-                             eval_strategy="no", save_strategy="no", report_to=[], bf16=not smoke, use_cpu=smoke,
-                             disable_tqdm=True, learning_rate=4e-5)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_folder, num_labels=len(LABELS), dtype=torch.float32, problem_type="multi_label_classification"
+    )
+    args = TrainingArguments(
+        output_dir=str(work / "plain"),
+        per_device_train_batch_size=128,
+        num_train_epochs=1,
+        eval_strategy="no",
+        save_strategy="no",
+        report_to=[],
+        bf16=not smoke,
+        use_cpu=smoke,
+        disable_tqdm=True,
+        learning_rate=4e-5,
+    )
     reset_memory()
     start = time.perf_counter()
-    trainer = Trainer(model=model, args=args, train_dataset=data["train"], data_collator=DataCollatorWithPadding(tokenizer))
+    trainer = Trainer(
+        model=model, args=args, train_dataset=data["train"], data_collator=DataCollatorWithPadding(tokenizer)
+    )
     trainer.train()
     trainer.predict(data["test"])
     seconds = time.perf_counter() - start
-    return {"case": "KcELECTRA-base size, plain Trainer (1 epoch + predict)", "rows_per_s_incl_eval":
-            round(len(data["train"]) / seconds, 1), "seconds": round(seconds, 1), "peak_gpu_mib": peak_mib()}
+    return {
+        "case": "KcELECTRA-base size, plain Trainer (1 epoch + predict)",
+        "rows_per_s_incl_eval": round(len(data["train"]) / seconds, 1),
+        "seconds": round(seconds, 1),
+        "peak_gpu_mib": peak_mib(),
+    }
 
 
 def small_cases(smoke: bool, work: Path) -> list[dict]:
@@ -170,30 +238,74 @@ def small_cases(smoke: bool, work: Path) -> list[dict]:
         "decoder, LoRA r=8 (bf16 base)": [*llm, "--lora_r", "8", "--gradient_checkpointing", "true"],
     }
     if not smoke:
-        cases["decoder, 4-bit LoRA r=8 (QLoRA)"] = [*llm, "--lora_r", "8", "--load_in_4bit", "true",
-                                                    "--gradient_checkpointing", "true"]
+        cases["decoder, 4-bit LoRA r=8 (QLoRA)"] = [
+            *llm,
+            "--lora_r",
+            "8",
+            "--load_in_4bit",
+            "true",
+            "--gradient_checkpointing",
+            "true",
+        ]
     return [pipeline_case(name, [*quick(smoke), *extra], work, check_reload=True) for name, extra in cases.items()]
 
 
 def real_size_cases(smoke: bool, work: Path) -> list[dict]:
     from transformers import AutoModelForCausalLM, AutoModelForPreTraining
 
-    encoder = resized(build_kcelectra(work / "kcelectra-base"), AutoModelForPreTraining,
-                      TINY_ENCODER if smoke else KCELECTRA_BASE, torch.float32)
+    encoder = resized(
+        build_kcelectra(work / "kcelectra-base"),
+        AutoModelForPreTraining,
+        TINY_ENCODER if smoke else KCELECTRA_BASE,
+        torch.float32,
+    )
     train_file = repeated_rows(ROOT / "data" / "sample_train.jsonl", 2 if smoke else 20, work)
-    recipe = ["--model_name_or_path", str(encoder), "--train_files", str(train_file), "--max_seq_length", "200",
-              "--per_device_train_batch_size", "128", "--learning_rate", "4e-5", "--weight_decay", "0.1",
-              *quick(smoke, epochs=1)]
-    results = [pipeline_case("KcELECTRA-base size, pipeline (1 epoch + eval + predict)", recipe, work, check_reload=True),
-               plain_trainer_case(encoder, train_file, smoke, work)]
+    recipe = [
+        "--model_name_or_path",
+        str(encoder),
+        "--train_files",
+        str(train_file),
+        "--max_seq_length",
+        "200",
+        "--per_device_train_batch_size",
+        "128",
+        "--learning_rate",
+        "4e-5",
+        "--weight_decay",
+        "0.1",
+        *quick(smoke, epochs=1),
+    ]
+    results = [
+        pipeline_case("KcELECTRA-base size, pipeline (1 epoch + eval + predict)", recipe, work, check_reload=True),
+        plain_trainer_case(encoder, train_file, smoke, work),
+    ]
     build_llama(work / "llama-1b")
     decoder = resized(work / "llama-1b", AutoModelForCausalLM, TINY_DECODER if smoke else LLAMA_1B, torch.bfloat16)
-    llm = ["--model_name_or_path", str(decoder), "--input_format", "instruction", "--learning_rate", "2e-4",
-           "--per_device_train_batch_size", "16", "--lora_r", "16", "--gradient_checkpointing", "true", *quick(smoke, 1)]
+    llm = [
+        "--model_name_or_path",
+        str(decoder),
+        "--input_format",
+        "instruction",
+        "--learning_rate",
+        "2e-4",
+        "--per_device_train_batch_size",
+        "16",
+        "--lora_r",
+        "16",
+        "--gradient_checkpointing",
+        "true",
+        *quick(smoke, 1),
+    ]
     results.append(pipeline_case("Llama-3.2-1B size saved bf16, LoRA r=16 (bf16 base)", llm, work, check_reload=True))
     if not smoke:
-        results.append(pipeline_case("Llama-3.2-1B size saved bf16, 4-bit QLoRA r=16", [*llm, "--load_in_4bit", "true"],
-                                     work, check_reload=True))
+        results.append(
+            pipeline_case(
+                "Llama-3.2-1B size saved bf16, 4-bit QLoRA r=16",
+                [*llm, "--load_in_4bit", "true"],
+                work,
+                check_reload=True,
+            )
+        )
     if not smoke and torch.cuda.device_count() >= 2:
         results.append(ddp_case(recipe, work))
     return results
@@ -203,16 +315,34 @@ def ddp_case(recipe: list[str], work: Path) -> dict:
     """The KcELECTRA-base-sized case on two GPUs (accelerate launch, DDP)."""
     out = work / "ddp"
     start = time.perf_counter()
-    result = subprocess.run(["accelerate", "launch", "--num_processes", "2", "--mixed_precision", "bf16",
-                             str(ROOT / "train.py"), str(ROOT / "configs" / "quickstart.yaml"), "--output_dir", str(out),
-                             *recipe], capture_output=True, text=True, cwd=ROOT)
+    result = subprocess.run(
+        [
+            "accelerate",
+            "launch",
+            "--num_processes",
+            "2",
+            "--mixed_precision",
+            "bf16",
+            str(ROOT / "train.py"),
+            str(ROOT / "configs" / "quickstart.yaml"),
+            "--output_dir",
+            str(out),
+            *recipe,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     seconds = time.perf_counter() - start
     if result.returncode != 0:
         return {"case": "KcELECTRA-base size, 2 GPUs (DDP)", "error": result.stderr.strip().splitlines()[-1][:300]}
     metrics = json.loads((out / "fold_0" / "metrics.json").read_text(encoding="utf-8"))
-    return {"case": "KcELECTRA-base size, 2 GPUs (DDP)", "seconds_incl_startup": round(seconds, 1),
-            "rows_per_s_incl_eval_and_startup": round(metrics["train_rows"] * metrics["epochs_run"] / seconds, 1),
-            "reload_max_abs_gap": reload_gap(out)}
+    return {
+        "case": "KcELECTRA-base size, 2 GPUs (DDP)",
+        "seconds_incl_startup": round(seconds, 1),
+        "rows_per_s_incl_eval_and_startup": round(metrics["train_rows"] * metrics["epochs_run"] / seconds, 1),
+        "reload_max_abs_gap": reload_gap(out),
+    }
 
 
 def main() -> None:
@@ -222,8 +352,15 @@ def main() -> None:
     args = parser.parse_args()
     if not args.smoke and not torch.cuda.is_available():
         sys.exit("no CUDA device: this check is for a GPU machine (--smoke runs it at tiny sizes on the CPU)")
-    print(json.dumps({"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu (smoke)",
-                      "gpus": torch.cuda.device_count(), "torch": torch.__version__}))
+    print(
+        json.dumps(
+            {
+                "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu (smoke)",
+                "gpus": torch.cuda.device_count(),
+                "torch": torch.__version__,
+            }
+        )
+    )
     work = Path(tempfile.mkdtemp(prefix="gpu_check_"))
     try:
         groups = {"small": small_cases, "real": real_size_cases}

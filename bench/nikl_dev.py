@@ -37,18 +37,42 @@ def main() -> None:
         sys.exit(f"skipped: NIKL data not found in {data} (set NIKL_DATA)")
     fold = [] if args.fold is None else ["--fold", str(args.fold)]
     start = time.time()
-    log = run("train.py", args.config, "--train_files", train, "--test_file", dev, "--output_dir", args.output_dir, *fold, *overrides)
+    log = run(
+        "train.py",
+        args.config,
+        "--train_files",
+        train,
+        "--test_file",
+        dev,
+        "--output_dir",
+        args.output_dir,
+        *fold,
+        *overrides,
+    )
     train_seconds = time.time() - start
     if args.fold is None:
         prediction = os.path.join(args.output_dir, "submission.jsonl")
     else:
         prediction = os.path.join(args.output_dir, f"dev_fold_{args.fold}.jsonl")
-        run("ensemble.py", "--inputs", os.path.join(args.output_dir, f"fold_{args.fold}", "test_probs.jsonl"),
-            "--reference", dev, "--output", prediction)
+        run(
+            "ensemble.py",
+            "--inputs",
+            os.path.join(args.output_dir, f"fold_{args.fold}", "test_probs.jsonl"),
+            "--reference",
+            dev,
+            "--output",
+            prediction,
+        )
     scored = json.loads(run("score.py", dev, prediction, "--json").strip().splitlines()[-1])
     print(log.strip().splitlines()[-1] if args.fold is not None else log.strip())
-    result = {"config": args.config, "fold": args.fold, "overrides": overrides, "dev_micro_f1": round(scored["micro_f1"], 4),
-              "dev_macro_f1": round(scored["macro_f1"], 4), "train_seconds": round(train_seconds)}
+    result = {
+        "config": args.config,
+        "fold": args.fold,
+        "overrides": overrides,
+        "dev_micro_f1": round(scored["micro_f1"], 4),
+        "dev_macro_f1": round(scored["macro_f1"], 4),
+        "train_seconds": round(train_seconds),
+    }
     print(json.dumps(result))
 
 

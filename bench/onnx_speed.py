@@ -36,10 +36,10 @@ def main() -> None:
     import numpy as np
 
     from bench.speed import machine, write_block
-    from nikl_emotion.text.data import load_jsonl
     from nikl_emotion import EmotionClassifier
     from nikl_emotion.backends.export import export_checkpoint
     from nikl_emotion.decisions.metrics import decide, score
+    from nikl_emotion.text.data import load_jsonl
 
     rows = load_jsonl(dev)
     gold = np.asarray(rows["labels"])
@@ -47,7 +47,9 @@ def main() -> None:
     encoded = pytorch.encode(rows)
     results = {}
     with tempfile.TemporaryDirectory() as work:
-        runners = {"PyTorch (fp32, inference_mode)": lambda: pytorch.predict_encoded(encoded, batch_size=args.batch_size)}
+        runners = {
+            "PyTorch (fp32, inference_mode)": lambda: pytorch.predict_encoded(encoded, batch_size=args.batch_size)
+        }
         for name, int8 in (("ONNX Runtime (fp32)", False), ("ONNX Runtime (int8, dynamic)", True)):
             folder = os.path.join(work, "int8" if int8 else "fp32")
             export_checkpoint(args.checkpoint, folder, int8=int8)
@@ -72,7 +74,10 @@ def main() -> None:
         "| path | rows/s | dev micro-F1 | max abs prob. difference vs PyTorch |",
         "|---|---|---|---|",
     ]
-    lines += [f"| {name} | {r['rows_per_s']:,.0f} | {r['micro_f1']:.4f} | {r['max_diff']:.2e} |" for name, r in results.items()]
+    lines += [
+        f"| {name} | {r['rows_per_s']:,.0f} | {r['micro_f1']:.4f} | {r['max_diff']:.2e} |"
+        for name, r in results.items()
+    ]
     text = "\n".join(lines)
     print(text)
     if args.write:

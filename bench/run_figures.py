@@ -10,8 +10,9 @@ import sys
 
 def dev_f1(dev_file: str, predictions: str) -> float:
     """Micro-F1 of a submission file against the labelled dev file, as score.py reports it."""
-    out = subprocess.run([sys.executable, "score.py", dev_file, predictions, "--json"], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run(
+        [sys.executable, "score.py", dev_file, predictions, "--json"], capture_output=True, text=True, check=True
+    )
     return round(json.loads(out.stdout.strip().splitlines()[-1])["micro_f1"], 4)
 
 
@@ -21,7 +22,10 @@ def run_figures(run: str, dev_file: str) -> dict:
         summary = json.load(handle)
     decision = summary["decision"]
     nested = {c["name"]: c["micro_f1"] for c in decision.get("candidates", [])}.get(decision["chosen"])
-    return {"oof_at_0.5": round(summary["oof"]["micro_f1"], 4), "rule": decision["chosen"],
-            "nested_oof": None if nested is None else round(nested, 4),
-            "folds": [round(f["micro_f1"], 4) for f in summary["folds"]],
-            "dev": dev_f1(dev_file, f"{run}/submission.jsonl")}
+    return {
+        "oof_at_0.5": round(summary["oof"]["micro_f1"], 4),
+        "rule": decision["chosen"],
+        "nested_oof": None if nested is None else round(nested, 4),
+        "folds": [round(f["micro_f1"], 4) for f in summary["folds"]],
+        "dev": dev_f1(dev_file, f"{run}/submission.jsonl"),
+    }

@@ -57,9 +57,9 @@ def current_rss_mb() -> float:
 def _setup(work: str, rows: int):
     """Cleaned training rows (the first `rows` of train.jsonl), test rows, tokenizer and preprocessing."""
     from nikl_emotion.backends.backbone import load_tokenizer
+    from nikl_emotion.text.cleaning import CleaningOptions
     from nikl_emotion.text.data import load_jsonl
     from nikl_emotion.text.preprocessing import Preprocessing, clean
-    from nikl_emotion.text.cleaning import CleaningOptions
 
     preprocessing = Preprocessing(CleaningOptions(remove_others=True, cleanse=True), "pair", REFERENCE_MAX_LENGTH)
     train = clean(load_jsonl(os.path.join(work, "train.jsonl")), preprocessing)
@@ -72,10 +72,21 @@ def _training_args(work: str, batch_size: int, grouped: bool):
     from transformers import TrainingArguments
 
     return TrainingArguments(
-        output_dir=os.path.join(work, "trainer"), num_train_epochs=1, learning_rate=1e-3, weight_decay=0.1,
-        per_device_train_batch_size=batch_size, per_device_eval_batch_size=batch_size, eval_strategy="no",
-        save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True, seed=42, logging_strategy="no",
-        remove_unused_columns=False, train_sampling_strategy="group_by_length" if grouped else "random",
+        output_dir=os.path.join(work, "trainer"),
+        num_train_epochs=1,
+        learning_rate=1e-3,
+        weight_decay=0.1,
+        per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=batch_size,
+        eval_strategy="no",
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=42,
+        logging_strategy="no",
+        remove_unused_columns=False,
+        train_sampling_strategy="group_by_length" if grouped else "random",
     )
 
 
@@ -84,10 +95,18 @@ def _reference_encode(rows, tokenizer):
     from nikl_emotion.text.encoding import segments
 
     def encode_batch(batch):
-        pairs = [segments(t, g, b, e, "pair") for t, g, b, e in zip(batch["text"], batch["target"], batch["target_begin"], batch["target_end"])]
+        pairs = [
+            segments(t, g, b, e, "pair")
+            for t, g, b, e in zip(batch["text"], batch["target"], batch["target_begin"], batch["target_end"])
+        ]
         # the reference encodes every row as a pair; a null target becomes an empty second segment
-        return tokenizer([a for a, _ in pairs], [b or "" for _, b in pairs], truncation=True,
-                         max_length=REFERENCE_MAX_LENGTH, padding="max_length")
+        return tokenizer(
+            [a for a, _ in pairs],
+            [b or "" for _, b in pairs],
+            truncation=True,
+            max_length=REFERENCE_MAX_LENGTH,
+            padding="max_length",
+        )
 
     return rows.map(encode_batch, batched=True, desc="reference tokenizing")
 
@@ -97,10 +116,10 @@ def worker_train(work: str, recipe: str, rows: int, batch_size: int) -> dict:
     from transformers import default_data_collator, set_seed
 
     from nikl_emotion.backends.backbone import load_model
-    from nikl_emotion.text.preprocessing import encode
-    from nikl_emotion.text.batching import PaddingCollator
     from nikl_emotion.backends.emotion_trainer import TRAINER_COLUMNS, EmotionTrainer, make_loss
     from nikl_emotion.base.config import LossArguments
+    from nikl_emotion.text.batching import PaddingCollator
+    from nikl_emotion.text.preprocessing import encode
 
     train, _, tokenizer, preprocessing = _setup(work, rows)
     set_seed(42)
@@ -113,8 +132,11 @@ def worker_train(work: str, recipe: str, rows: int, batch_size: int) -> dict:
         collator = PaddingCollator(tokenizer)
     columns = [c for c in TRAINER_COLUMNS if c in encoded.column_names]
     trainer = EmotionTrainer(
-        model=model, args=_training_args(work, batch_size, grouped=recipe == "pipeline"),
-        train_dataset=encoded.select_columns(columns), processing_class=tokenizer, data_collator=collator,
+        model=model,
+        args=_training_args(work, batch_size, grouped=recipe == "pipeline"),
+        train_dataset=encoded.select_columns(columns),
+        processing_class=tokenizer,
+        data_collator=collator,
         loss_fn=make_loss(LossArguments(), np.asarray(encoded["labels"])),
     )
     start = time.perf_counter()
@@ -127,14 +149,16 @@ def worker_predict(work: str, recipe: str, rows: int, batch_size: int) -> dict:
     import numpy as np
     import torch
 
-    from nikl_emotion.backends.backbone import load_model
     from nikl_emotion import EmotionClassifier
+    from nikl_emotion.backends.backbone import load_model
     from nikl_emotion.text.preprocessing import encode
 
     _, test, tokenizer, preprocessing = _setup(work, rows)
     model = load_model(os.path.join(work, "backbone"), tokenizer).eval()
     if recipe == "reference":
-        encoded = _reference_encode(test, tokenizer).with_format("torch", columns=["input_ids", "attention_mask", "token_type_ids"])
+        encoded = _reference_encode(test, tokenizer).with_format(
+            "torch", columns=["input_ids", "attention_mask", "token_type_ids"]
+        )
         start = time.perf_counter()
         outputs = []
         with torch.inference_mode():  # file order, every batch 200 wide
@@ -145,7 +169,9 @@ def worker_predict(work: str, recipe: str, rows: int, batch_size: int) -> dict:
     else:
         encoded = encode(test, tokenizer, preprocessing)
         start = time.perf_counter()
-        probs = EmotionClassifier.from_model(model, tokenizer, preprocessing).predict_encoded(encoded, batch_size=batch_size)
+        probs = EmotionClassifier.from_model(model, tokenizer, preprocessing).predict_encoded(
+            encoded, batch_size=batch_size
+        )
         seconds = time.perf_counter() - start
     assert probs.shape == (len(test), 8) and np.isfinite(probs).all()
     return {"rows": len(test), "seconds": seconds, "per_s": len(test) / seconds, "peak_rss_mb": peak_rss_mb()}
@@ -157,10 +183,10 @@ def worker_folds(work: str, rows: int, batch_size: int) -> dict:
 
     import numpy as np
 
-    from nikl_emotion.base.config import KFoldArguments, LossArguments
-    from nikl_emotion.training.folds import make_folds
-    from nikl_emotion.text.preprocessing import encode
     from nikl_emotion.backends.fold_backend import FoldData
+    from nikl_emotion.base.config import KFoldArguments, LossArguments
+    from nikl_emotion.text.preprocessing import encode
+    from nikl_emotion.training.folds import make_folds
     from nikl_emotion.training.kfold import train_fold
 
     train, test, tokenizer, preprocessing = _setup(work, rows)
@@ -182,7 +208,9 @@ def worker_folds(work: str, rows: int, batch_size: int) -> dict:
 
 
 def run_worker(*args: str) -> dict:
-    result = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", *args], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--worker", *args], cwd=ROOT, capture_output=True, text=True
+    )
     if result.returncode != 0:
         sys.exit(f"worker {' '.join(args)} failed:\n{result.stderr[-4000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -201,9 +229,23 @@ def worker_big(work: str, big_rows: int) -> dict:
     output = os.path.join(work, "big_out.jsonl")
     start = time.perf_counter()
     result = subprocess.run(
-        [sys.executable, "inference.py", "--checkpoint", os.path.join(work, "checkpoint"), "--input", big, "--output", output,
-         "--probs", os.path.join(work, "big_probs.jsonl"), "--batch_size", "256"],
-        cwd=ROOT, capture_output=True, text=True,
+        [
+            sys.executable,
+            "inference.py",
+            "--checkpoint",
+            os.path.join(work, "checkpoint"),
+            "--input",
+            big,
+            "--output",
+            output,
+            "--probs",
+            os.path.join(work, "big_probs.jsonl"),
+            "--batch_size",
+            "256",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     seconds = time.perf_counter() - start
     if result.returncode != 0:
@@ -212,7 +254,11 @@ def worker_big(work: str, big_rows: int) -> dict:
         written = sum(1 for _ in handle)
     if written != big_rows:
         sys.exit(f"inference.py wrote {written} of {big_rows} rows")
-    return {"rows": big_rows, "seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+    return {
+        "rows": big_rows,
+        "seconds": seconds,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+    }
 
 
 def prepare(work: str, data: str, rows: int) -> None:
@@ -221,12 +267,18 @@ def prepare(work: str, data: str, rows: int) -> None:
     from nikl_emotion.text.data import load_jsonl
     from nikl_emotion.text.preprocessing import Preprocessing
 
-    with open(os.path.join(data, "train.jsonl"), encoding="utf-8") as src, open(os.path.join(work, "train.jsonl"), "w", encoding="utf-8") as dst:
+    with (
+        open(os.path.join(data, "train.jsonl"), encoding="utf-8") as src,
+        open(os.path.join(work, "train.jsonl"), "w", encoding="utf-8") as dst,
+    ):
         for n, line in enumerate(src):
             if n >= rows:
                 break
             dst.write(line)
-    with open(os.path.join(data, "test.jsonl"), encoding="utf-8") as src, open(os.path.join(work, "test.jsonl"), "w", encoding="utf-8") as dst:
+    with (
+        open(os.path.join(data, "test.jsonl"), encoding="utf-8") as src,
+        open(os.path.join(work, "test.jsonl"), "w", encoding="utf-8") as dst,
+    ):
         dst.write(src.read())
     texts = load_jsonl(os.path.join(work, "train.jsonl"))["text"]
     build_offline_backbone(texts, os.path.join(work, "backbone"), "offline:electra-tiny", 16000, 42)
@@ -249,7 +301,8 @@ def machine() -> str:
             cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), Python {platform.python_version()}"
+    threads = f"({torch.get_num_threads()} threads)"
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} {threads}, Python {platform.python_version()}"
 
 
 def speed_table(results: dict, args) -> str:
@@ -278,12 +331,18 @@ def memory_text(results: dict, args) -> str:
     lines = [f"Machine: {machine()}."]
     big = results.get("big")
     if big:
-        lines += ["", f"`inference.py` on {big['rows']:,} rows (test.jsonl repeated): peak RSS {big['peak_rss_mb']:,.0f} MB, "
-                  f"{big['rows'] / big['seconds']:,.0f} rows/s end to end (loading, cleaning, tokenizing, writing included)."]
+        lines += [
+            "",
+            f"`inference.py` on {big['rows']:,} rows (test.jsonl repeated): peak RSS {big['peak_rss_mb']:,.0f} MB, "
+            f"{big['rows'] / big['seconds']:,.0f} rows/s end to end (loading, cleaning, tokenizing, writing included).",
+        ]
     folds = results.get("folds")
     if folds:
-        lines += ["", f"Process RSS after each of {FOLDS} `train_fold` calls ({args.rows} rows, 1 epoch each): "
-                  f"{' / '.join(str(v) for v in folds['rss_after_fold_mb'])} MB."]
+        lines += [
+            "",
+            f"Process RSS after each of {FOLDS} `train_fold` calls ({args.rows} rows, 1 epoch each): "
+            f"{' / '.join(str(v) for v in folds['rss_after_fold_mb'])} MB.",
+        ]
     return "\n".join(lines)
 
 
@@ -326,7 +385,9 @@ def main() -> None:
     data = os.environ.get("NIKL_DATA", DEFAULT_DATA)
     if not all(os.path.exists(os.path.join(data, name)) for name in ("train.jsonl", "test.jsonl")):
         sys.exit(f"skipped: NIKL data not found in {data} (set NIKL_DATA)")
-    with (contextlib.nullcontext(args.work_dir) if args.work_dir else tempfile.TemporaryDirectory(prefix="nikl-speed-")) as work:
+    with (
+        contextlib.nullcontext(args.work_dir) if args.work_dir else tempfile.TemporaryDirectory(prefix="nikl-speed-")
+    ) as work:
         os.makedirs(work, exist_ok=True)
         os.environ["HF_DATASETS_CACHE"] = os.path.join(work, "datasets-cache")  # both recipes start from a cold cache
         prepare(work, data, args.rows)
@@ -339,7 +400,11 @@ def main() -> None:
                 for recipe in recipes:
                     result = run_worker(kind, work, recipe, *common)
                     results[kind][recipe].append(result)
-                    print(f"repeat {repeat + 1} {kind:7s} {recipe:9s} {result['per_s']:8.0f}/s  peak {result['peak_rss_mb']:.0f} MB", flush=True)
+                    print(
+                        f"repeat {repeat + 1} {kind:7s} {recipe:9s} {result['per_s']:8.0f}/s  "
+                        f"peak {result['peak_rss_mb']:.0f} MB",
+                        flush=True,
+                    )
         if args.big_rows:
             results["big"] = run_worker("big", work, "--big_rows", str(args.big_rows))
             print(f"inference.py {args.big_rows} rows: peak {results['big']['peak_rss_mb']:.0f} MB", flush=True)

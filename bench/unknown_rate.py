@@ -39,7 +39,9 @@ def main() -> None:
     from nikl_emotion.text.encoding import tokenize_batch, unknown_token_rate
     from nikl_emotion.text.preprocessing import Preprocessing, clean
 
-    preprocessing = Preprocessing(CleaningOptions(remove_others=True, remove_placeholders=False, cleanse=True, remove_emoji=False))
+    preprocessing = Preprocessing(
+        CleaningOptions(remove_others=True, remove_placeholders=False, cleanse=True, remove_emoji=False)
+    )
     cleaned = {name: clean(load_jsonl(path, "optional"), preprocessing) for name, path in files.items()}
     offline = train_wordpiece_tokenizer(cleaned["train"]["text"], vocab_size=args.vocab_size)
     folder = tempfile.mkdtemp()
@@ -60,8 +62,12 @@ def main() -> None:
     for label, tokenizer in tokenizers.items():
         rates = []
         for name in files:
-            encoded = cleaned[name].map(tokenize_batch, batched=True, desc=f"{label} {name}", fn_kwargs={
-                "tokenizer": tokenizer, "input_format": "pair", "max_length": preprocessing.max_seq_length})
+            encoded = cleaned[name].map(
+                tokenize_batch,
+                batched=True,
+                desc=f"{label} {name}",
+                fn_kwargs={"tokenizer": tokenizer, "input_format": "pair", "max_length": preprocessing.max_seq_length},
+            )
             rate, tokens = unknown_token_rate(encoded, tokenizer)
             rates.append(f"{100 * rate:.2f}% of {tokens:,}")
         print(f"| {label} | " + " | ".join(rates) + " |")

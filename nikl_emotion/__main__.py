@@ -26,8 +26,11 @@ COMMANDS: dict[str, str] = {
 
 def usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = ["usage: nikl-emotion COMMAND [arguments]   (or python -m nikl_emotion; COMMAND --help for its options)",
-             "", "commands:"]
+    lines = [
+        "usage: nikl-emotion COMMAND [arguments]   (or python -m nikl_emotion; COMMAND --help for its options)",
+        "",
+        "commands:",
+    ]
     lines += [f"  {name:<{width}}  {text}" for name, text in COMMANDS.items()]
     return "\n".join(lines)
 

@@ -71,7 +71,15 @@ def tiny_run(tmp_path_factory) -> Path:
     """A real 2-fold training run of the offline backbone on the sample data (shared by the end-to-end tests)."""
     out = tmp_path_factory.mktemp("run") / "out"
     run_cli(
-        "train.py", ROOT / "configs" / "quickstart.yaml",
-        "--output_dir", out, "--num_folds", "2", "--num_train_epochs", "30", "--early_stopping_patience", "0",
+        "train.py",
+        ROOT / "configs" / "quickstart.yaml",
+        "--output_dir",
+        out,
+        "--num_folds",
+        "2",
+        "--num_train_epochs",
+        "30",
+        "--early_stopping_patience",
+        "0",
     )
     return out

@@ -20,6 +20,7 @@ import json
 from pathlib import Path
 
 import torch
+from hub_families import corpus
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
     AutoModelForCausalLM,
@@ -34,7 +35,6 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from hub_families import corpus
 from nikl_emotion.base.vocabulary import DEFAULT_INPUT_TEMPLATE
 
 DECODER_FAMILIES = ("polyglot", "llama", "qwen2", "gemma")
@@ -50,15 +50,20 @@ def byte_level_bpe(specials: list[str], begin: str | None) -> Tokenizer:
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, special_tokens=specials, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        special_tokens=specials,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tokenizer.train_from_iterator([*corpus(), DEFAULT_INPUT_TEMPLATE], trainer=trainer)
     if begin is None:
         tokenizer.post_processor = processors.ByteLevel(trim_offsets=True)
     else:
         begin_id = tokenizer.token_to_id(begin)
         tokenizer.post_processor = processors.TemplateProcessing(
-            single=f"{begin} $A", pair=f"{begin} $A $B:1", special_tokens=[(begin, begin_id)])
+            single=f"{begin} $A", pair=f"{begin} $A $B:1", special_tokens=[(begin, begin_id)]
+        )
     return tokenizer
 
 
@@ -67,7 +72,9 @@ def save_tokenizer(folder: Path, tokenizer: Tokenizer, tokenizer_class: str, **s
     fast.save_pretrained(folder)
     path = folder / "tokenizer_config.json"
     config = json.loads(path.read_text(encoding="utf-8"))
-    path.write_text(json.dumps({**config, "tokenizer_class": tokenizer_class}, ensure_ascii=False, indent=2), encoding="utf-8")
+    path.write_text(
+        json.dumps({**config, "tokenizer_class": tokenizer_class}, ensure_ascii=False, indent=2), encoding="utf-8"
+    )
     return len(fast)
 
 
@@ -82,7 +89,7 @@ def build_polyglot(folder: Path) -> Path:
     (eos,) = ids(tokenizer, "<|endoftext|>")
     config = GPTNeoXConfig(vocab_size=size, max_position_embeddings=512, bos_token_id=eos, eos_token_id=eos, **TINY)
     torch.manual_seed(0)
-    GPTNeoXForCausalLM(config).to(SHIPPED_DTYPES['polyglot']).save_pretrained(folder)
+    GPTNeoXForCausalLM(config).to(SHIPPED_DTYPES["polyglot"]).save_pretrained(folder)
     return folder
 
 
@@ -90,13 +97,14 @@ def build_llama(folder: Path, dims: dict | None = None) -> Path:
     """A Llama-3-style checkpoint: <|begin_of_text|> added first, <|end_of_text|>, no pad token (`dims`: other sizes
     than TINY, for bench/lora_vs_full.py)."""
     tokenizer = byte_level_bpe(["<|begin_of_text|>", "<|end_of_text|>"], "<|begin_of_text|>")
-    size = save_tokenizer(folder, tokenizer, "PreTrainedTokenizerFast", bos_token="<|begin_of_text|>",
-                          eos_token="<|end_of_text|>")
+    size = save_tokenizer(
+        folder, tokenizer, "PreTrainedTokenizerFast", bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>"
+    )
     bos, eos = ids(tokenizer, "<|begin_of_text|>", "<|end_of_text|>")
     sizes = {"num_key_value_heads": 1, **TINY, **(dims or {})}
     config = LlamaConfig(vocab_size=size, max_position_embeddings=512, bos_token_id=bos, eos_token_id=eos, **sizes)
     torch.manual_seed(0)
-    LlamaForCausalLM(config).to(SHIPPED_DTYPES['llama']).save_pretrained(folder)
+    LlamaForCausalLM(config).to(SHIPPED_DTYPES["llama"]).save_pretrained(folder)
     return folder
 
 
@@ -107,20 +115,29 @@ def build_qwen2(folder: Path) -> Path:
     (eos,) = ids(tokenizer, "<|endoftext|>")
     config = Qwen2Config(vocab_size=size, max_position_embeddings=512, eos_token_id=eos, num_key_value_heads=1, **TINY)
     torch.manual_seed(0)
-    Qwen2ForCausalLM(config).to(SHIPPED_DTYPES['qwen2']).save_pretrained(folder)
+    Qwen2ForCausalLM(config).to(SHIPPED_DTYPES["qwen2"]).save_pretrained(folder)
     return folder
 
 
 def build_gemma(folder: Path) -> Path:
     """Gemma: <pad> 0, <eos> 1, <bos> 2 added first."""
     tokenizer = byte_level_bpe(["<pad>", "<eos>", "<bos>"], "<bos>")
-    size = save_tokenizer(folder, tokenizer, "PreTrainedTokenizerFast", bos_token="<bos>", eos_token="<eos>",
-                          pad_token="<pad>")
+    size = save_tokenizer(
+        folder, tokenizer, "PreTrainedTokenizerFast", bos_token="<bos>", eos_token="<eos>", pad_token="<pad>"
+    )
     pad, eos, bos = ids(tokenizer, "<pad>", "<eos>", "<bos>")
-    config = GemmaConfig(vocab_size=size, max_position_embeddings=512, pad_token_id=pad, bos_token_id=bos,
-                         eos_token_id=eos, num_key_value_heads=1, head_dim=16, **TINY)
+    config = GemmaConfig(
+        vocab_size=size,
+        max_position_embeddings=512,
+        pad_token_id=pad,
+        bos_token_id=bos,
+        eos_token_id=eos,
+        num_key_value_heads=1,
+        head_dim=16,
+        **TINY,
+    )
     torch.manual_seed(0)
-    GemmaForCausalLM(config).to(SHIPPED_DTYPES['gemma']).save_pretrained(folder)
+    GemmaForCausalLM(config).to(SHIPPED_DTYPES["gemma"]).save_pretrained(folder)
     return folder
 
 

@@ -4,12 +4,13 @@ Each folder reproduces its family's real format, the parts that decide whether t
 config class and the saved model class, the tokenizer class, which tokenizer files exist and the quirks of
 `tokenizer_config.json` / `config.json`. Only the sizes are tiny and the weights random.
 
-| family       | saved model            | tokenizer                                   | quirks reproduced                                   |
-|--------------|------------------------|---------------------------------------------|-----------------------------------------------------|
-| kcelectra    | ElectraForPreTraining  | BertTokenizer from `vocab.txt` only         | `do_lower_case: false`                              |
-| klue-roberta | RobertaForMaskedLM     | BertTokenizer (`tokenizer.json` + vocab)    | `type_vocab_size: 1`; [CLS] [PAD] [SEP] [UNK] [MASK]; saved in fp16, as half-precision re-uploads and fine-tuned Korean encoders on the hub are |
-| kcbert       | BertForMaskedLM        | BertTokenizer from `vocab.txt`, no class    | pooler weights in the checkpoint; 300 positions     |
-| xlm-roberta  | XLMRobertaForMaskedLM  | XLMRobertaTokenizer (Unigram, Metaspace)    | `type_vocab_size: 1`; <s> <pad> </s> <unk> ... <mask> |
+| family | saved model | tokenizer | quirks reproduced |
+|---|---|---|---|
+| kcelectra | ElectraForPreTraining | BertTokenizer from `vocab.txt` only | `do_lower_case: false` |
+| klue-roberta | RobertaForMaskedLM | BertTokenizer (`tokenizer.json` + vocab) | `type_vocab_size: 1`; |
+| | | | [CLS] [PAD] [SEP] [UNK] [MASK]; saved in fp16, as half-precision re-uploads and Korean fine-tunes are |
+| kcbert | BertForMaskedLM | BertTokenizer from `vocab.txt`, no class | pooler weights saved; 300 positions |
+| xlm-roberta | XLMRobertaForMaskedLM | XLMRobertaTokenizer (Unigram, Metaspace) | `type_vocab_size: 1`; <s> <pad> |
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import json
 from pathlib import Path
 
 import torch
+from conftest import SAMPLE_DEV, SAMPLE_TEST, SAMPLE_TRAIN
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 from transformers import (
     BertConfig,
@@ -33,7 +35,6 @@ from transformers import (
 )
 from transformers.models.bert.modeling_bert import BertPooler
 
-from conftest import SAMPLE_DEV, SAMPLE_TEST, SAMPLE_TRAIN
 from nikl_emotion.text.encoding import PROMPT_TEMPLATE
 
 FAMILIES = ("kcelectra", "klue-roberta", "kcbert", "xlm-roberta")
@@ -97,15 +98,34 @@ def build_klue_roberta(folder: Path, dtype: torch.dtype = torch.float16) -> Path
     vocab = wordpiece_vocab(KLUE_SPECIALS)
     BertTokenizer(vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=False).save_pretrained(folder)
     _write_vocab(folder, vocab)
-    _write_json(folder / "tokenizer_config.json", {
-        "do_lower_case": False, "do_basic_tokenize": True, "never_split": None, "unk_token": "[UNK]",
-        "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]", "mask_token": "[MASK]",
-        "bos_token": "[CLS]", "eos_token": "[SEP]", "tokenize_chinese_chars": True, "strip_accents": None,
-        "model_max_length": 512, "tokenizer_class": "BertTokenizer",
-    })
+    _write_json(
+        folder / "tokenizer_config.json",
+        {
+            "do_lower_case": False,
+            "do_basic_tokenize": True,
+            "never_split": None,
+            "unk_token": "[UNK]",
+            "sep_token": "[SEP]",
+            "pad_token": "[PAD]",
+            "cls_token": "[CLS]",
+            "mask_token": "[MASK]",
+            "bos_token": "[CLS]",
+            "eos_token": "[SEP]",
+            "tokenize_chinese_chars": True,
+            "strip_accents": None,
+            "model_max_length": 512,
+            "tokenizer_class": "BertTokenizer",
+        },
+    )
     config = RobertaConfig(
-        vocab_size=len(vocab), max_position_embeddings=514, type_vocab_size=1, bos_token_id=0, pad_token_id=1,
-        eos_token_id=2, tokenizer_class="BertTokenizer", **TINY,
+        vocab_size=len(vocab),
+        max_position_embeddings=514,
+        type_vocab_size=1,
+        bos_token_id=0,
+        pad_token_id=1,
+        eos_token_id=2,
+        tokenizer_class="BertTokenizer",
+        **TINY,
     )
     torch.manual_seed(0)
     RobertaForMaskedLM(config).to(dtype).save_pretrained(folder)
@@ -138,15 +158,22 @@ def build_xlm_roberta(folder: Path) -> Path:
     specials = ["<s>", "<pad>", "</s>", "<unk>"]
     unigram = Tokenizer(models.Unigram())
     unigram.pre_tokenizer = pre_tokenizers.Metaspace()
-    trainer = trainers.UnigramTrainer(vocab_size=VOCAB_SIZE, special_tokens=specials, unk_token="<unk>", show_progress=False)
+    trainer = trainers.UnigramTrainer(
+        vocab_size=VOCAB_SIZE, special_tokens=specials, unk_token="<unk>", show_progress=False
+    )
     unigram.train_from_iterator(corpus(), trainer=trainer)
     pieces = json.loads(unigram.to_str())["model"]["vocab"]  # [[piece, score], ...], specials first
     vocab = [(piece, score) for piece, score in pieces] + [("<mask>", 0.0)]
     tokenizer = XLMRobertaTokenizer(vocab=vocab, model_max_length=512)
     tokenizer.save_pretrained(folder)
     config = XLMRobertaConfig(
-        vocab_size=len(vocab), max_position_embeddings=514, type_vocab_size=1, bos_token_id=0, pad_token_id=1,
-        eos_token_id=2, **TINY,
+        vocab_size=len(vocab),
+        max_position_embeddings=514,
+        type_vocab_size=1,
+        bos_token_id=0,
+        pad_token_id=1,
+        eos_token_id=2,
+        **TINY,
     )
     torch.manual_seed(0)
     XLMRobertaForMaskedLM(config).save_pretrained(folder)

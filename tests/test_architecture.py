@@ -47,13 +47,22 @@ def test_the_names_settings_take_are_the_names_the_implementations_know():
     assert tuple(losses.LOSSES) == vocabulary.LOSS_NAMES
     from nikl_emotion.base.config import LossArguments, ModelArguments, TechniqueArguments
 
-    assert LossArguments().loss in vocabulary.LOSS_NAMES and TechniqueArguments().adversarial in vocabulary.ADVERSARIAL_METHODS
+    assert (
+        LossArguments().loss in vocabulary.LOSS_NAMES
+        and TechniqueArguments().adversarial in vocabulary.ADVERSARIAL_METHODS
+    )
     assert vocabulary.is_offline(ModelArguments().model_name_or_path)
 
 
-BACKEND_MODULES = {"nikl_emotion.base.vocabulary", "nikl_emotion.backends.registry", "nikl_emotion.backends.fold_backend", "nikl_emotion.backends.ngram",
-                   "nikl_emotion.backends.encoder_backend", "nikl_emotion.backends.decoder_backend",
-                   "nikl_emotion.backends.classifier"}
+BACKEND_MODULES = {
+    "nikl_emotion.base.vocabulary",
+    "nikl_emotion.backends.registry",
+    "nikl_emotion.backends.fold_backend",
+    "nikl_emotion.backends.ngram",
+    "nikl_emotion.backends.encoder_backend",
+    "nikl_emotion.backends.decoder_backend",
+    "nikl_emotion.backends.classifier",
+}
 
 
 def test_no_backend_type_branch_outside_the_backend_modules():
@@ -95,10 +104,16 @@ def test_each_layer_imports_only_its_own_and_the_layers_below():
     training, commands; an import that climbs, even inside a function, is a design error to fix, not to allow."""
     graph = package_imports()
     assert set(LAYERS) <= {module.split(".")[1] for module in graph if module.count(".") >= 2}
-    climbing = [f"{module} -> {target}" for module, targets in sorted(graph.items()) for target in sorted(targets)
-                if layer_of(target) > layer_of(module)]
+    climbing = [
+        f"{module} -> {target}"
+        for module, targets in sorted(graph.items())
+        for target in sorted(targets)
+        if layer_of(target) > layer_of(module)
+    ]
     assert not climbing, climbing
-    flat = [path.name for path in (ROOT / "nikl_emotion").glob("*.py") if path.name not in ("__init__.py", "__main__.py")]
+    flat = [
+        path.name for path in (ROOT / "nikl_emotion").glob("*.py") if path.name not in ("__init__.py", "__main__.py")
+    ]
     assert not flat, f"modules outside the layers: {flat}"
 
 
@@ -115,7 +130,7 @@ def test_the_package_has_no_import_cycles():
         state[node] = "open"
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == "open":
-                cycles.append([*path[path.index(nxt):], nxt])
+                cycles.append([*path[path.index(nxt) :], nxt])
             elif nxt not in state:
                 visit(nxt, [*path, nxt])
         state[node] = "done"
@@ -131,5 +146,7 @@ def test_no_function_is_longer_than_sixty_lines():
     for path in (ROOT / "nikl_emotion").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60:
-                long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)")
+                long.append(
+                    f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+                )
     assert not long, long

@@ -4,8 +4,8 @@ import unicodedata
 
 import pytest
 import torch
-
 from conftest import SAMPLE_TRAIN
+
 from nikl_emotion.backends.backbone import build_offline_backbone, load_model, load_tokenizer, parse_offline_spec
 from nikl_emotion.text.data import load_jsonl
 from nikl_emotion.text.encoding import MARKER_TOKENS
@@ -36,7 +36,7 @@ def test_tokenizer_round_trip_keeps_hangul_ids(backbone):
 def test_marker_tokens_are_single_tokens(backbone):
     tokenizer = load_tokenizer(backbone, with_markers=True)
     for marker in MARKER_TOKENS:
-        assert tokenizer.tokenize(f"가 {marker} 나") [1] == marker
+        assert tokenizer.tokenize(f"가 {marker} 나")[1] == marker
 
 
 def test_model_saves_and_loads_with_task_labels(backbone, tmp_path):

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 import torch
+from conftest import SAMPLE_TRAIN
 from datasets import Dataset
 
-from conftest import SAMPLE_TRAIN
 from nikl_emotion.backends.backbone import train_wordpiece_tokenizer
 from nikl_emotion.text.batching import PaddingCollator, column_array, pad_table
 from nikl_emotion.text.cleaning import CleaningOptions

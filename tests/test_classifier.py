@@ -4,13 +4,13 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import SAMPLE_DEV, SAMPLE_TEST, run_cli
+
 from nikl_emotion import EmotionClassifier
-from nikl_emotion.text.data import load_jsonl, rows_from_records
 from nikl_emotion.base.errors import PipelineError, RowError
 from nikl_emotion.base.fileio import read_probs
 from nikl_emotion.decisions.metrics import decide
+from nikl_emotion.text.data import load_jsonl, rows_from_records
 
 
 def test_the_fold_loop_predicts_through_the_classifier_of_its_saved_checkpoint(tiny_run):
@@ -74,5 +74,3 @@ def test_bad_folders_and_rows_are_refused_by_name(tiny_run, tmp_path):
         rows_from_records([{"id": "a", "input": {"form": "좋다", "target": None}}] * 2)
     with pytest.raises(RowError, match="no rows"):
         rows_from_records([])
-
-

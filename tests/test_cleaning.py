@@ -9,7 +9,7 @@ import pytest
 from nikl_emotion.text.cleaning import CleaningOptions, clean_batch, clean_text
 
 # The reference recipe, written out literally (KcBERT's `clean` with soynlp's `repeat_normalize`).
-_KC_PATTERN = re.compile("[^ .,?!/@$%~％·∼()\x00-\x7Fㄱ-ㅣ가-힣]+")
+_KC_PATTERN = re.compile("[^ .,?!/@$%~％·∼()\x00-\x7fㄱ-ㅣ가-힣]+")
 _KC_URL = re.compile(
     r"https?:\/\/(www\.)?[-a-zA-Z0-9@:%._\+~#=]{1,256}\.[a-zA-Z0-9()]{1,6}\b([-a-zA-Z0-9()@:%_\+.~#?&//=]*)"
 )
@@ -25,8 +25,40 @@ def kcbert_clean(x: str) -> str:
     return x.strip()
 
 
-PIECES = ["가", "나", "다", "사랑", "공연", "ㅋ", "ㅋㅋㅋㅋ", "ㅠㅠㅠ", "a", "B", "7", " ", " ", "  ", "\t", "...", "!!!", "?",
-          "♥", "★", "😀", "👍🏻", "漢", "&others&", "&name1&", "https://t.co/abc ", "~~~", "％", "·", "(", ")", "é"]
+PIECES = [
+    "가",
+    "나",
+    "다",
+    "사랑",
+    "공연",
+    "ㅋ",
+    "ㅋㅋㅋㅋ",
+    "ㅠㅠㅠ",
+    "a",
+    "B",
+    "7",
+    " ",
+    " ",
+    "  ",
+    "\t",
+    "...",
+    "!!!",
+    "?",
+    "♥",
+    "★",
+    "😀",
+    "👍🏻",
+    "漢",
+    "&others&",
+    "&name1&",
+    "https://t.co/abc ",
+    "~~~",
+    "％",
+    "·",
+    "(",
+    ")",
+    "é",
+]
 
 
 def random_case(rng: random.Random) -> tuple[str, tuple[int, int] | None]:
@@ -47,7 +79,10 @@ def strip_span(text: str, begin: int, end: int) -> tuple[int, int]:
 
 def test_reference_examples():
     options = CleaningOptions()
-    assert clean_text("사람이... 어떻게 이렇게 청초하게 생겼지...? &others&", None, options)[0] == "사람이... 어떻게 이렇게 청초하게 생겼지...?"
+    assert (
+        clean_text("사람이... 어떻게 이렇게 청초하게 생겼지...? &others&", None, options)[0]
+        == "사람이... 어떻게 이렇게 청초하게 생겼지...?"
+    )
     assert clean_text("대인배ㅠㅠㅋㅋㅋㅋㅋㅋ 😀 짱♥♥", None, options)[0] == "대인배ㅠㅠㅋㅋ 짱"
     assert clean_text("링크 https://example.com/a?b=1 보세요", None, options)[0] == "링크 보세요"
 
@@ -61,7 +96,12 @@ def test_placeholder_switches():
     text = "&name1& 진짜 최고 &others&"
     assert clean_text(text, None, CleaningOptions(remove_others=True, cleanse=False))[0] == "&name1& 진짜 최고"
     assert clean_text(text, None, CleaningOptions(remove_placeholders=True, cleanse=False))[0] == "진짜 최고"
-    assert clean_text("좋아 😀👍 ㅋㅋㅋㅋ", None, CleaningOptions(remove_others=False, cleanse=False, remove_emoji=True))[0] == "좋아 ㅋㅋㅋㅋ"
+    assert (
+        clean_text("좋아 😀👍 ㅋㅋㅋㅋ", None, CleaningOptions(remove_others=False, cleanse=False, remove_emoji=True))[
+            0
+        ]
+        == "좋아 ㅋㅋㅋㅋ"
+    )
 
 
 def test_cleaned_text_equals_reference_recipe_on_many_inputs():
@@ -118,7 +158,9 @@ def test_clean_batch_keeps_targets_aligned(remove_others):
 
 
 def test_target_removed_by_cleaning_keeps_its_form_and_an_empty_span():
-    out = clean_batch({"text": ["좋다 😀 진짜"], "target": ["😀"], "target_begin": [3], "target_end": [4]}, CleaningOptions())
+    out = clean_batch(
+        {"text": ["좋다 😀 진짜"], "target": ["😀"], "target_begin": [3], "target_end": [4]}, CleaningOptions()
+    )
     assert out["text"] == ["좋다 진짜"]
     assert out["target"] == ["😀"]
     assert out["target_begin"][0] == out["target_end"][0]

@@ -3,28 +3,47 @@
 import pytest
 import torch
 import yaml
-
 from conftest import ROOT, SAMPLE_TRAIN
+
 from nikl_emotion.base.config import resolved_config
-from nikl_emotion.training.config_checks import parse_config
 from nikl_emotion.base.errors import PipelineError
-from nikl_emotion.training.post_training import parse_post_train_config
 from nikl_emotion.text.preprocessing import Preprocessing
+from nikl_emotion.training.config_checks import parse_config
+from nikl_emotion.training.post_training import parse_post_train_config
 
 QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
 
 
 def test_yaml_then_command_line_wins(tmp_path):
-    model, data, kfold, loss, _, training = parse_config([QUICKSTART, "--num_folds", "4", "--input_format", "marker",
-                                                          "--output_dir", str(tmp_path), "--cleanse", "false", "--seed", "7"])
+    model, data, kfold, loss, _, training = parse_config(
+        [
+            QUICKSTART,
+            "--num_folds",
+            "4",
+            "--input_format",
+            "marker",
+            "--output_dir",
+            str(tmp_path),
+            "--cleanse",
+            "false",
+            "--seed",
+            "7",
+        ]
+    )
     assert kfold.num_folds == 4 and data.input_format == "marker" and data.cleanse is False
     assert training.output_dir == str(tmp_path) and training.seed == 7
     assert data.train_files == ["data/sample_train.jsonl"]  # from the YAML
-    assert training.eval_strategy == "epoch" and training.load_best_model_at_end and training.metric_for_best_model == "micro_f1"
+    assert (
+        training.eval_strategy == "epoch"
+        and training.load_best_model_at_end
+        and training.metric_for_best_model == "micro_f1"
+    )
 
 
 def test_train_files_take_several_values():
-    _, data, _, _, _, _ = parse_config([QUICKSTART, "--train_files", str(SAMPLE_TRAIN), str(ROOT / "data" / "sample_dev.jsonl")])
+    _, data, _, _, _, _ = parse_config(
+        [QUICKSTART, "--train_files", str(SAMPLE_TRAIN), str(ROOT / "data" / "sample_dev.jsonl")]
+    )
     assert len(data.train_files) == 2
 
 
@@ -66,7 +85,10 @@ def test_resolved_config_reloads_to_the_same_run(tmp_path):
         (["--adversarial", "fgm", "--adversarial_epsilon", "0"], "adversarial_epsilon: must be in (0, 1000] for fgm"),
         (["--pseudo_label_threshold", "0.5"], "pseudo_label_threshold: must be in (0.5, 1)"),
         (["--pseudo_label_run", "no/such/run"], "pseudo_label_run: no/such/run is not a finished train.py run"),
-        (["--model_name_or_path", "ngram:tfidf", "--ema_decay", "0.99"], "ema_decay: a fine-tuning technique of encoders"),
+        (
+            ["--model_name_or_path", "ngram:tfidf", "--ema_decay", "0.99"],
+            "ema_decay: a fine-tuning technique of encoders",
+        ),
     ],
 )
 def test_bad_values_are_named(override, message):
@@ -85,7 +107,11 @@ def test_bad_yaml_names_the_file(tmp_path):
 TRAIN_CONFIGS = ["quickstart", "nikl-offline", "offline-cpu", "kcelectra-base", "reference-recipe"]
 POST_TRAIN_CONFIGS = ["post_train-quickstart", "post_train-offline", "post_train-kcelectra"]
 # (post-training config, the fine-tuning config that starts from its output)
-RECIPES = [("post_train-offline", "offline-cpu"), ("post_train-kcelectra", "kcelectra-base"), ("post_train-quickstart", "quickstart")]
+RECIPES = [
+    ("post_train-offline", "offline-cpu"),
+    ("post_train-kcelectra", "kcelectra-base"),
+    ("post_train-quickstart", "quickstart"),
+]
 SAMPLE_FILES = ["--train_files", str(SAMPLE_TRAIN), "--test_file", str(ROOT / "data" / "sample_test.jsonl")]
 
 
@@ -131,16 +157,26 @@ def test_every_config_dataclass_validates_itself_however_it_is_built(tmp_path):
         (lambda: KFoldArguments(num_folds=1), "num_folds: must be at least 2"),
         (lambda: KFoldArguments(num_folds=3, fold=3), r"fold: must be in \[0, 2\]"),
         (lambda: KFoldArguments(threshold=1.5), r"threshold: must be in \(0, 1\)"),
-        (lambda: check_loss_parameters(dataclasses.replace(LossArguments(loss="focal"), focal_gamma=-1.0)),
-         "focal_gamma: must be >= 0"),
+        (
+            lambda: check_loss_parameters(dataclasses.replace(LossArguments(loss="focal"), focal_gamma=-1.0)),
+            "focal_gamma: must be >= 0",
+        ),
         (lambda: KFoldArguments(vote_rule="plurality"), "vote_rule: 'plurality' is not"),
         (lambda: LossArguments(loss="hinge"), "loss: 'hinge' is not one of"),
-        (lambda: check_model_name(ModelArguments(model_name_or_path="offline:gpt-huge").model_name_or_path),
-         "model_name_or_path: unknown offline backbone"),
+        (
+            lambda: check_model_name(ModelArguments(model_name_or_path="offline:gpt-huge").model_name_or_path),
+            "model_name_or_path: unknown offline backbone",
+        ),
         (lambda: DataArguments(train_files=[str(tmp_path / "missing.jsonl")]), "missing.jsonl: file not found"),
         (lambda: DataArguments(train_files=[], input_format="pair"), "train_files: give at least one"),
-        (lambda: DataArguments(train_files=[str(SAMPLE_TRAIN)], input_format="xml"), "input_format: 'xml' is not one of"),
-        (lambda: PostTrainDataArguments(train_files=[str(SAMPLE_TRAIN)], validation_fraction=0.7), "validation_fraction"),
+        (
+            lambda: DataArguments(train_files=[str(SAMPLE_TRAIN)], input_format="xml"),
+            "input_format: 'xml' is not one of",
+        ),
+        (
+            lambda: PostTrainDataArguments(train_files=[str(SAMPLE_TRAIN)], validation_fraction=0.7),
+            "validation_fraction",
+        ),
         (lambda: MLMArguments(mlm_probability=1.5), "mlm_probability: must be in"),
     ]
     for build, message in cases:

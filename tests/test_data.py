@@ -4,10 +4,10 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import LABELS, ROOT, SAMPLE_TEST, SAMPLE_TRAIN, nikl_row, run_cli, write_jsonl
-from nikl_emotion.text.data import load_jsonl, load_jsonl_files
+
 from nikl_emotion.base.errors import RowError
+from nikl_emotion.text.data import load_jsonl, load_jsonl_files
 
 
 def test_sample_files_load_with_label_order(tmp_path):
@@ -40,17 +40,37 @@ def test_bom_crlf_and_blank_lines_are_harmless(tmp_path):
 BAD_ROWS = {
     "invalid json": ('{"id": "x", "input": ', "json", "invalid JSON"),
     "missing id": (json.dumps({k: v for k, v in nikl_row().items() if k != "id"}), "id", "missing"),
-    "missing form": (json.dumps({**nikl_row(), "input": {"target": nikl_row()["input"]["target"]}}), "input.form", "missing"),
+    "missing form": (
+        json.dumps({**nikl_row(), "input": {"target": nikl_row()["input"]["target"]}}),
+        "input.form",
+        "missing",
+    ),
     "missing target": (json.dumps({**nikl_row(), "input": {"form": "글"}}), "input.target", "missing"),
     "bad label value": (json.dumps(nikl_row(output={**nikl_row()["output"], "fear": "maybe"})), "output.fear", "maybe"),
     "missing label": (json.dumps(nikl_row(output={k: "False" for k in LABELS[:7]})), "output", "missing sadness"),
-    "misspelled label": (json.dumps(nikl_row(output={**{k: "False" for k in LABELS[1:]}, "joyy": "True"})), "output", "unknown joyy"),
+    "misspelled label": (
+        json.dumps(nikl_row(output={**{k: "False" for k in LABELS[1:]}, "joyy": "True"})),
+        "output",
+        "unknown joyy",
+    ),
     "misaligned target": (json.dumps(nikl_row(target=("공연", 0, 2))), "input.target", "does not match"),
     "target out of range": (json.dumps(nikl_row(target=("공연", 30, 32))), "input.target", "outside the text"),
-    "half-null target": (json.dumps({**nikl_row(), "input": {"form": "글", "target": {"form": None, "begin": 0, "end": None}}}), "input.target", "all null"),
+    "half-null target": (
+        json.dumps({**nikl_row(), "input": {"form": "글", "target": {"form": None, "begin": 0, "end": None}}}),
+        "input.target",
+        "all null",
+    ),
     "empty output in train": (json.dumps({**nikl_row(), "output": ""}), "output", "no labels"),
-    "number as form": (json.dumps({**nikl_row(), "input": {"form": 42, "target": None}}), "input.form", "not a non-empty string"),
-    "list as target": (json.dumps({**nikl_row(), "input": {"form": "글", "target": ["글", 0, 1]}}), "input.target", "expected an object"),
+    "number as form": (
+        json.dumps({**nikl_row(), "input": {"form": 42, "target": None}}),
+        "input.form",
+        "not a non-empty string",
+    ),
+    "list as target": (
+        json.dumps({**nikl_row(), "input": {"form": "글", "target": ["글", 0, 1]}}),
+        "input.target",
+        "expected an object",
+    ),
     "begin after end": (json.dumps(nikl_row(target=("", 5, 3))), "input.target", "begin 5 is after end 3"),
     "number as id": (json.dumps({**nikl_row(), "id": 7}), "id", "not a non-empty string"),
     "missing output": (json.dumps({k: v for k, v in nikl_row().items() if k != "output"}), "output", "missing"),
@@ -95,9 +115,13 @@ def test_test_file_rows_have_no_labels():
 
 
 def test_bad_training_file_exits_with_one_line_and_writes_nothing(tmp_path):
-    bad = write_jsonl(tmp_path / "bad.jsonl", [nikl_row("a")], raw_lines=[json.dumps(nikl_row("b", target=("공연", 0, 2)))])
+    bad = write_jsonl(
+        tmp_path / "bad.jsonl", [nikl_row("a")], raw_lines=[json.dumps(nikl_row("b", target=("공연", 0, 2)))]
+    )
     out = tmp_path / "out"
-    result = run_cli("train.py", ROOT / "configs" / "quickstart.yaml", "--train_files", bad, "--output_dir", out, check=False)
+    result = run_cli(
+        "train.py", ROOT / "configs" / "quickstart.yaml", "--train_files", bad, "--output_dir", out, check=False
+    )
     assert result.returncode != 0
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert error_lines == [f"error: {bad}:2: input.target: form '공연' does not match the text at [0, 2): '오늘'"]
@@ -134,7 +158,14 @@ def _entry_point_command(name, bad, tmp_path):
     out = tmp_path / "out.jsonl"
     good = write_jsonl(tmp_path / "good.jsonl", [nikl_row("a"), nikl_row("b")])
     if name == "train":
-        return ["train.py", ROOT / "configs" / "quickstart.yaml", "--train_files", bad, "--output_dir", tmp_path / "run"], tmp_path / "run"
+        return [
+            "train.py",
+            ROOT / "configs" / "quickstart.yaml",
+            "--train_files",
+            bad,
+            "--output_dir",
+            tmp_path / "run",
+        ], tmp_path / "run"
     if name == "inference":
         return ["inference.py", "--checkpoint", tmp_path / "no-checkpoint-needed", "--input", bad, "--output", out], out
     if name == "ensemble":
@@ -169,6 +200,6 @@ def test_every_bad_row_kind_stops_ensemble_with_no_output(tmp_path, kind, capsys
     with pytest.raises(SystemExit) as exited:
         ensemble.entry_point(ensemble.main)()
     assert exited.value.code == 1
-    errors = [l for l in capsys.readouterr().err.splitlines() if l.startswith("error: ")]
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
     assert errors and errors[0].startswith(f"error: {bad}:3: {field}: ")
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl", "good.jsonl"]

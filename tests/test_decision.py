@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from nikl_emotion.base.config import KFoldArguments
-from nikl_emotion.decisions.decision import choose_rule, describe_choice, fixed_rule
 from nikl_emotion.base.errors import PipelineError
+from nikl_emotion.decisions.decision import choose_rule, describe_choice, fixed_rule
 from nikl_emotion.decisions.metrics import decide, score
 from nikl_emotion.decisions.thresholds import fit_thresholds, nested_thresholds
 from nikl_emotion.decisions.voting import DecisionRule
@@ -82,8 +82,11 @@ def test_fixed_keeps_the_configured_rule_and_says_what_auto_would_do():
     probs, gold, fold_of_row = oof_fixture()
     rule, record = choose(probs, gold, fold_of_row, decision="fixed", threshold=0.4, vote_tie="negative")
     assert record["chosen"] == "hard" and record["best_by_nested_oof"] == "hard_tuned"
-    assert rule == DecisionRule("hard", 0.4, True, "majority", "negative") == fixed_rule(KFoldArguments(
-        threshold=0.4, vote_tie="negative"))
+    assert (
+        rule
+        == DecisionRule("hard", 0.4, True, "majority", "negative")
+        == fixed_rule(KFoldArguments(threshold=0.4, vote_tie="negative"))
+    )
     assert "auto would choose hard_tuned" in describe_choice(record)
 
 

@@ -11,10 +11,10 @@ import time
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification, TrainingArguments, pipeline
-
 from conftest import ROOT, SAMPLE_DEV, SAMPLE_TEST, SAMPLE_TRAIN, run_cli
 from decoder_families import DECODER_FAMILIES, build_decoder
+from transformers import AutoModelForSequenceClassification, TrainingArguments, pipeline
+
 from nikl_emotion import EmotionClassifier
 from nikl_emotion.backends.backbone import load_tokenizer
 from nikl_emotion.backends.decoder_backend import new_decoder_model
@@ -30,8 +30,18 @@ from nikl_emotion.training.config_checks import parse_config
 from nikl_emotion.training.kfold import run_training
 
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
-DECODER = ["--input_format", "instruction", "--per_device_train_batch_size", "16", "--disable_tqdm", "true",
-           "--save_total_limit", "1", "--learning_rate", "2e-3"]
+DECODER = [
+    "--input_format",
+    "instruction",
+    "--per_device_train_batch_size",
+    "16",
+    "--disable_tqdm",
+    "true",
+    "--save_total_limit",
+    "1",
+    "--learning_rate",
+    "2e-3",
+]
 LORA = ["--lora_r", "4", "--lora_alpha", "8"]
 
 
@@ -42,8 +52,21 @@ def decoders(tmp_path_factory) -> dict:
 
 
 def train(decoder, out, *extra):
-    run_training(*parse_config([str(QUICKSTART), "--model_name_or_path", str(decoder), "--output_dir", str(out),
-                                "--num_folds", "2", *DECODER, *extra]))
+    run_training(
+        *parse_config(
+            [
+                str(QUICKSTART),
+                "--model_name_or_path",
+                str(decoder),
+                "--output_dir",
+                str(out),
+                "--num_folds",
+                "2",
+                *DECODER,
+                *extra,
+            ]
+        )
+    )
     return out
 
 
@@ -59,8 +82,11 @@ def test_every_family_trains_with_lora_and_serves_from_its_adapter(decoders, fam
     _, test_probs = read_probs(out / "fold_0" / "test_probs.jsonl")
     np.testing.assert_allclose(classifier.predict_proba(SAMPLE_TEST), test_probs, atol=1e-5)
     # right-padded batches read each row's own last token: one batch of mixed lengths equals rows one at a time
-    np.testing.assert_allclose(classifier.predict_proba(SAMPLE_DEV, batch_size=1),
-                               classifier.predict_proba(SAMPLE_DEV, batch_size=64), atol=1e-5)
+    np.testing.assert_allclose(
+        classifier.predict_proba(SAMPLE_DEV, batch_size=1),
+        classifier.predict_proba(SAMPLE_DEV, batch_size=64),
+        atol=1e-5,
+    )
 
 
 @pytest.mark.parametrize("family", DECODER_FAMILIES)
@@ -80,8 +106,19 @@ def test_lora_trains_the_adapters_and_the_head_only(decoders, family):
 
 
 def test_merged_and_fully_fine_tuned_decoders_load_as_plain_transformers_models(decoders, tmp_path):
-    merged = train(decoders["gemma"], tmp_path / "merged", "--fold", "0", "--num_train_epochs", "1", *LORA,
-                   "--merge_lora", "true", "--gradient_checkpointing", "true")
+    merged = train(
+        decoders["gemma"],
+        tmp_path / "merged",
+        "--fold",
+        "0",
+        "--num_train_epochs",
+        "1",
+        *LORA,
+        "--merge_lora",
+        "true",
+        "--gradient_checkpointing",
+        "true",
+    )
     full = train(decoders["polyglot"], tmp_path / "full", "--fold", "0", "--num_train_epochs", "1")
     for out in (merged, full):
         best = out / "fold_0" / "best"
@@ -106,8 +143,20 @@ def test_merged_and_fully_fine_tuned_decoders_load_as_plain_transformers_models(
 def lora_run(decoders, tmp_path_factory):
     """A finished 2-fold LoRA run of the Qwen2 imitation, on the same folds as `tiny_run`."""
     out = tmp_path_factory.mktemp("lora") / "run"
-    run_cli("train.py", QUICKSTART, "--model_name_or_path", decoders["qwen2"], "--output_dir", out, "--num_folds", "2",
-            "--num_train_epochs", "2", *DECODER, *LORA)
+    run_cli(
+        "train.py",
+        QUICKSTART,
+        "--model_name_or_path",
+        decoders["qwen2"],
+        "--output_dir",
+        out,
+        "--num_folds",
+        "2",
+        "--num_train_epochs",
+        "2",
+        *DECODER,
+        *LORA,
+    )
     return out
 
 
@@ -119,17 +168,43 @@ def test_a_lora_run_serves_stacks_and_teaches(lora_run, tiny_run, tmp_path):
     assert (tmp_path / "stacked.jsonl").read_bytes() == (tmp_path / "stack" / "submission.jsonl").read_bytes()
     # the cheap way to serve an LLM: a small encoder student of its soft targets
     student = tmp_path / "student"
-    run_cli("distill.py", QUICKSTART, "--teacher_run", lora_run, "--output_dir", student, "--num_train_epochs", "2",
-            "--unlabelled_files", SAMPLE_DEV)
+    run_cli(
+        "distill.py",
+        QUICKSTART,
+        "--teacher_run",
+        lora_run,
+        "--output_dir",
+        student,
+        "--num_train_epochs",
+        "2",
+        "--unlabelled_files",
+        SAMPLE_DEV,
+    )
     assert json.loads((student / "distill.json").read_text())
     assert (student / "best" / "model.safetensors").exists()
 
 
 def test_a_killed_lora_fold_resumes_from_its_adapter_checkpoint(decoders, tmp_path):
     out = tmp_path / "killed"
-    command = [sys.executable, "train.py", str(QUICKSTART), "--model_name_or_path", str(decoders["llama"]),
-               "--output_dir", str(out), "--num_folds", "2", "--fold", "0", "--num_train_epochs", "12",
-               "--early_stopping_patience", "0", *DECODER, *LORA]
+    command = [
+        sys.executable,
+        "train.py",
+        str(QUICKSTART),
+        "--model_name_or_path",
+        str(decoders["llama"]),
+        "--output_dir",
+        str(out),
+        "--num_folds",
+        "2",
+        "--fold",
+        "0",
+        "--num_train_epochs",
+        "12",
+        "--early_stopping_patience",
+        "0",
+        *DECODER,
+        *LORA,
+    ]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoints = out / "fold_0" / "checkpoints"
     deadline = time.time() + 300
@@ -154,11 +229,39 @@ def test_a_killed_lora_fold_resumes_from_its_adapter_checkpoint(decoders, tmp_pa
 def test_two_processes_train_one_lora_model(decoders, tmp_path):
     out = tmp_path / "ddp"
     result = subprocess.run(
-        ["accelerate", "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-         "--dynamo_backend", "no", "train.py", str(QUICKSTART), "--model_name_or_path", str(decoders["polyglot"]),
-         "--output_dir", str(out), "--num_folds", "2", "--fold", "0", "--num_train_epochs", "2",
-         "--per_device_eval_batch_size", "16", *DECODER, *LORA],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        [
+            "accelerate",
+            "launch",
+            "--cpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "train.py",
+            str(QUICKSTART),
+            "--model_name_or_path",
+            str(decoders["polyglot"]),
+            "--output_dir",
+            str(out),
+            "--num_folds",
+            "2",
+            "--fold",
+            "0",
+            "--num_train_epochs",
+            "2",
+            "--per_device_eval_batch_size",
+            "16",
+            *DECODER,
+            *LORA,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     classifier = EmotionClassifier.from_pretrained(out / "fold_0" / "best", device="cpu")
@@ -168,34 +271,68 @@ def test_two_processes_train_one_lora_model(decoders, tmp_path):
     np.testing.assert_allclose(val_probs, probs[[position[i] for i in val_ids]], atol=1e-5)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["--model_name_or_path", "offline:electra-tiny", *LORA], "lora_r: LoRA is for decoder backbones"),
-    (["--load_in_4bit", "true"], "load_in_4bit: applies to LoRA"),
-    ([*LORA, "--merge_lora", "true", "--load_in_4bit", "true"], "merge_lora: cannot merge an adapter into 4-bit"),
-    (["--classifier_head", "target_pool", "--input_format", "pair"], "the decoder backend, which builds cls"),
-    (["--input_template", "{text} 감정?"], "input_template: must hold"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["--model_name_or_path", "offline:electra-tiny", *LORA], "lora_r: LoRA is for decoder backbones"),
+        (["--load_in_4bit", "true"], "load_in_4bit: applies to LoRA"),
+        ([*LORA, "--merge_lora", "true", "--load_in_4bit", "true"], "merge_lora: cannot merge an adapter into 4-bit"),
+        (["--classifier_head", "target_pool", "--input_format", "pair"], "the decoder backend, which builds cls"),
+        (["--input_template", "{text} 감정?"], "input_template: must hold"),
+    ],
+)
 def test_decoder_settings_that_cannot_work_are_refused(decoders, overrides, message, tmp_path):
     with pytest.raises(PipelineError, match=message):
-        parse_config([str(QUICKSTART), "--model_name_or_path", str(decoders["llama"]), "--output_dir",
-                      str(tmp_path / "out"), *DECODER, *overrides])
+        parse_config(
+            [
+                str(QUICKSTART),
+                "--model_name_or_path",
+                str(decoders["llama"]),
+                "--output_dir",
+                str(tmp_path / "out"),
+                *DECODER,
+                *overrides,
+            ]
+        )
 
 
 def test_the_bundled_decoder_config_parses_over_a_local_decoder(decoders):
     no_gpu = [] if torch.cuda.is_available() else ["--bf16", "false"]
-    model_args, data_args, *_ = parse_config([str(ROOT / "configs" / "decoder-lora.yaml"), "--model_name_or_path",
-                                              str(decoders["polyglot"]), "--train_files", str(SAMPLE_TRAIN),
-                                              "--test_file", str(SAMPLE_TEST), *no_gpu])
+    model_args, data_args, *_ = parse_config(
+        [
+            str(ROOT / "configs" / "decoder-lora.yaml"),
+            "--model_name_or_path",
+            str(decoders["polyglot"]),
+            "--train_files",
+            str(SAMPLE_TRAIN),
+            "--test_file",
+            str(SAMPLE_TEST),
+            *no_gpu,
+        ]
+    )
     assert model_args.lora_r == 16 and data_args.input_format == "instruction"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
 def test_4bit_weights_are_refused_without_cuda(decoders, tmp_path):
     with pytest.raises(PipelineError, match="load_in_4bit: 4-bit base weights .* need a CUDA GPU"):
-        parse_config([str(QUICKSTART), "--model_name_or_path", str(decoders["llama"]), "--output_dir",
-                      str(tmp_path / "out"), *DECODER, *LORA, "--load_in_4bit", "true"])
+        parse_config(
+            [
+                str(QUICKSTART),
+                "--model_name_or_path",
+                str(decoders["llama"]),
+                "--output_dir",
+                str(tmp_path / "out"),
+                *DECODER,
+                *LORA,
+                "--load_in_4bit",
+                "true",
+            ]
+        )
 
 
 def test_export_refuses_a_decoder_checkpoint(lora_run, tmp_path):
-    result = run_cli("export.py", "--checkpoint", lora_run / "fold_0" / "best", "--output", tmp_path / "onnx", check=False)
+    result = run_cli(
+        "export.py", "--checkpoint", lora_run / "fold_0" / "best", "--output", tmp_path / "onnx", check=False
+    )
     assert result.returncode != 0 and "ONNX export is for encoders" in result.stderr

@@ -1,4 +1,5 @@
-"""`accelerate launch` with 2 CPU processes (gloo): same folds on every rank, files written once, complete and ordered."""
+"""`accelerate launch` with 2 CPU processes (gloo): same folds on every rank, files written once, complete and
+ordered."""
 
 import json
 import os
@@ -7,11 +8,11 @@ import subprocess
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, SAMPLE_TEST, SAMPLE_TRAIN
-from nikl_emotion.text.data import load_jsonl
+
 from nikl_emotion.base.fileio import read_probs
 from nikl_emotion.runs.prediction import predict_file
+from nikl_emotion.text.data import load_jsonl
 
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 
@@ -20,12 +21,34 @@ QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 def test_two_process_cpu_run_writes_complete_ordered_outputs(tmp_path):
     out = tmp_path / "ddp"
     result = subprocess.run(
-        ["accelerate", "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-         "--dynamo_backend", "no", "train.py", str(ROOT / "configs" / "quickstart.yaml"), "--output_dir", str(out),
-         "--num_folds", "2", "--num_train_epochs", "2",
-         # 100 test rows in batches of 16 over 2 ranks: the last step is padded with repeated rows
-         "--per_device_eval_batch_size", "16"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        [
+            "accelerate",
+            "launch",
+            "--cpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "train.py",
+            str(ROOT / "configs" / "quickstart.yaml"),
+            "--output_dir",
+            str(out),
+            "--num_folds",
+            "2",
+            "--num_train_epochs",
+            "2",
+            # 100 test rows in batches of 16 over 2 ranks: the last step is padded with repeated rows
+            "--per_device_eval_batch_size",
+            "16",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
@@ -39,8 +62,13 @@ def test_two_process_cpu_run_writes_complete_ordered_outputs(tmp_path):
     assert [r["id"] for r in submission] == load_jsonl(SAMPLE_TEST, "optional")["id"]
     # rows were sharded over both ranks and gathered back: the same probabilities as one process predicting with
     # the saved checkpoint, in file order, without the rows that pad the last step
-    predict_file([str(out / "fold_0" / "best")], str(SAMPLE_TEST), str(tmp_path / "single.jsonl"),
-                 probs_path=str(tmp_path / "single_probs.jsonl"), device="cpu")
+    predict_file(
+        [str(out / "fold_0" / "best")],
+        str(SAMPLE_TEST),
+        str(tmp_path / "single.jsonl"),
+        probs_path=str(tmp_path / "single_probs.jsonl"),
+        device="cpu",
+    )
     single_ids, single_probs = read_probs(tmp_path / "single_probs.jsonl")
     gathered_ids, gathered_probs = read_probs(out / "fold_0" / "test_probs.jsonl")
     assert gathered_ids == single_ids
@@ -52,21 +80,64 @@ def test_two_process_cpu_run_writes_complete_ordered_outputs(tmp_path):
 
 @pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate CLI not on PATH")
 def test_fine_tuning_techniques_keep_the_ranks_in_step(tmp_path):
-    """EMA + SWA, R-Drop, multi-sample dropout, FGM and LLRD under 2 processes, with the target-pooling head: every rank predicts its share of the
+    """EMA + SWA, R-Drop, multi-sample dropout, FGM and LLRD under 2 processes, with the target-pooling head: every
+    rank predicts its share of the
     validation rows with its own copy of the model, so the gathered probabilities equal one process predicting
     with the saved best/ only if the ranks' weights (and averages) stayed identical."""
     out = tmp_path / "ddp"
     result = subprocess.run(
-        ["accelerate", "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-         "--dynamo_backend", "no", "train.py", str(ROOT / "configs" / "quickstart.yaml"), "--output_dir", str(out),
-         "--num_folds", "2", "--fold", "0", "--num_train_epochs", "2", "--per_device_eval_batch_size", "16",
-         "--ema_decay", "0.9", "--swa_epochs", "1", "--rdrop_alpha", "1.0", "--multi_sample_dropout", "2",
-         "--adversarial", "fgm", "--layerwise_lr_decay", "0.8", "--classifier_head", "target_pool"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        [
+            "accelerate",
+            "launch",
+            "--cpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "train.py",
+            str(ROOT / "configs" / "quickstart.yaml"),
+            "--output_dir",
+            str(out),
+            "--num_folds",
+            "2",
+            "--fold",
+            "0",
+            "--num_train_epochs",
+            "2",
+            "--per_device_eval_batch_size",
+            "16",
+            "--ema_decay",
+            "0.9",
+            "--swa_epochs",
+            "1",
+            "--rdrop_alpha",
+            "1.0",
+            "--multi_sample_dropout",
+            "2",
+            "--adversarial",
+            "fgm",
+            "--layerwise_lr_decay",
+            "0.8",
+            "--classifier_head",
+            "target_pool",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    predict_file([str(out / "fold_0" / "best")], str(SAMPLE_TRAIN), str(tmp_path / "single.jsonl"),
-                 probs_path=str(tmp_path / "single_probs.jsonl"), device="cpu")
+    predict_file(
+        [str(out / "fold_0" / "best")],
+        str(SAMPLE_TRAIN),
+        str(tmp_path / "single.jsonl"),
+        probs_path=str(tmp_path / "single_probs.jsonl"),
+        device="cpu",
+    )
     single_ids, single_probs = read_probs(tmp_path / "single_probs.jsonl")
     position = {row_id: i for i, row_id in enumerate(single_ids)}
     val_ids, val_probs = read_probs(out / "fold_0" / "val_probs.jsonl")
@@ -77,10 +148,31 @@ def test_fine_tuning_techniques_keep_the_ranks_in_step(tmp_path):
 def test_the_time_budget_measures_the_wrapped_model_with_accumulation_and_holds(tmp_path):
     out = tmp_path / "post"
     result = subprocess.run(
-        ["accelerate", "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-         "--dynamo_backend", "no", "post_train.py", str(ROOT / "configs" / "post_train-quickstart.yaml"),
-         "--output_dir", str(out), "--time_budget_minutes", "0.3", "--gradient_accumulation_steps", "2"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        [
+            "accelerate",
+            "launch",
+            "--cpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "post_train.py",
+            str(ROOT / "configs" / "post_train-quickstart.yaml"),
+            "--output_dir",
+            str(out),
+            "--time_budget_minutes",
+            "0.3",
+            "--gradient_accumulation_steps",
+            "2",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "post_train.json").read_text(encoding="utf-8"))
@@ -96,9 +188,28 @@ def test_an_fsdp_launch_is_refused_by_every_rank_before_any_work(tmp_path):
     each, naming what works instead, and leave no folder."""
     out = tmp_path / "fsdp"
     result = subprocess.run(
-        ["accelerate", "launch", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-         "--dynamo_backend", "no", "--use_fsdp", "train.py", str(QUICKSTART), "--output_dir", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+        [
+            "accelerate",
+            "launch",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--use_fsdp",
+            "train.py",
+            str(QUICKSTART),
+            "--output_dir",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
     )
     refusals = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("error: fsdp:")]
     assert result.returncode != 0 and len(refusals) == 2 and "ZeRO-2" in refusals[0]

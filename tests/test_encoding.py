@@ -1,8 +1,8 @@
 """Target-aware encodings: pair, marker and prompt; null targets encode the text alone; no padding in map."""
 
 import pytest
-
 from conftest import SAMPLE_TRAIN
+
 from nikl_emotion.backends.backbone import load_tokenizer, train_wordpiece_tokenizer
 from nikl_emotion.text.data import load_jsonl
 from nikl_emotion.text.encoding import PROMPT_TEMPLATE, TARGET_END, TARGET_START, segments, tokenize_batch
@@ -27,22 +27,32 @@ def test_segments_per_format():
 
 @pytest.mark.parametrize("input_format", ["pair", "marker", "prompt", "text"])
 def test_tokenize_batch_mixes_null_and_real_targets_in_order(tokenizer, input_format):
-    batch = {"text": ["오늘 공연 너무 좋았다", "그냥 슬프다", "엄마 보고 싶다"], "target": ["공연", None, "엄마"],
-             "target_begin": [3, None, 0], "target_end": [5, None, 2]}
+    batch = {
+        "text": ["오늘 공연 너무 좋았다", "그냥 슬프다", "엄마 보고 싶다"],
+        "target": ["공연", None, "엄마"],
+        "target_begin": [3, None, 0],
+        "target_end": [5, None, 2],
+    }
     out = tokenize_batch(batch, tokenizer, input_format, max_length=64)
     for i in range(3):
-        a, b = segments(batch["text"][i], batch["target"][i], batch["target_begin"][i], batch["target_end"][i], input_format)
+        a, b = segments(
+            batch["text"][i], batch["target"][i], batch["target_begin"][i], batch["target_end"][i], input_format
+        )
         assert out["input_ids"][i] == tokenizer(a, b)["input_ids"]
         assert out["length"][i] == len(out["input_ids"][i])
     assert len({len(ids) for ids in out["input_ids"]}) > 1  # unpadded
     if input_format == "marker":
         ids = out["input_ids"][0]
-        assert tokenizer.convert_tokens_to_ids(TARGET_START) in ids and tokenizer.convert_tokens_to_ids(TARGET_END) in ids
+        assert (
+            tokenizer.convert_tokens_to_ids(TARGET_START) in ids and tokenizer.convert_tokens_to_ids(TARGET_END) in ids
+        )
 
 
 def test_truncation_keeps_the_target(tokenizer):
     long_text = "너무 좋았다 " * 100
-    out = tokenize_batch({"text": [long_text], "target": ["공연"], "target_begin": [0], "target_end": [2]}, tokenizer, "pair", 32)
+    out = tokenize_batch(
+        {"text": [long_text], "target": ["공연"], "target_begin": [0], "target_end": [2]}, tokenizer, "pair", 32
+    )
     ids = out["input_ids"][0]
     assert len(ids) == 32
     assert tokenizer.convert_tokens_to_ids("공연") in ids or "공연" in tokenizer.decode(ids)

@@ -4,11 +4,11 @@ import json
 
 import numpy as np
 import yaml
-
 from conftest import LABELS, ROOT, SAMPLE_DEV, SAMPLE_TEST, SAMPLE_TRAIN, run_cli
-from nikl_emotion.text.data import load_jsonl
+
 from nikl_emotion.base.fileio import read_probs
 from nikl_emotion.decisions.metrics import score
+from nikl_emotion.text.data import load_jsonl
 
 
 def read_jsonl(path):
@@ -27,7 +27,11 @@ def test_training_run_writes_every_promised_file(tiny_run):
     assert oof_ids == train_ids and oof.shape == (len(train_ids), 8)
     for k in range(2):
         best = tiny_run / f"fold_{k}" / "best"
-        assert (best / "config.json").exists() and (best / "tokenizer.json").exists() and (best / "preprocessing.json").exists()
+        assert (
+            (best / "config.json").exists()
+            and (best / "tokenizer.json").exists()
+            and (best / "preprocessing.json").exists()
+        )
         assert not (tiny_run / f"fold_{k}" / "checkpoints").exists()  # pruned: only best/ is kept
     submission = read_jsonl(tiny_run / "submission.jsonl")
     test_rows = read_jsonl(SAMPLE_TEST)
@@ -49,7 +53,9 @@ def test_oof_scores_are_the_scores_of_the_oof_file(tiny_run):
 def test_inference_ensemble_and_score(tiny_run, tmp_path):
     checkpoints = [tiny_run / "fold_0" / "best", tiny_run / "fold_1" / "best"]
     dev_sub, dev_probs = tmp_path / "dev_sub.jsonl", tmp_path / "dev_probs.jsonl"
-    run_cli("inference.py", "--checkpoint", *checkpoints, "--input", SAMPLE_DEV, "--output", dev_sub, "--probs", dev_probs)
+    run_cli(
+        "inference.py", "--checkpoint", *checkpoints, "--input", SAMPLE_DEV, "--output", dev_sub, "--probs", dev_probs
+    )
     result = run_cli("score.py", SAMPLE_DEV, dev_sub, "--json")
     dev_f1 = json.loads(result.stdout.strip().splitlines()[-1])["micro_f1"]
     # learning happened: far above always predicting the most frequent label
@@ -62,35 +68,73 @@ def test_inference_ensemble_and_score(tiny_run, tmp_path):
     fold_probs = []
     for k, checkpoint in enumerate(checkpoints):
         fold_probs.append(tmp_path / f"test_probs_{k}.jsonl")
-        run_cli("inference.py", "--checkpoint", checkpoint, "--input", SAMPLE_TEST, "--output", tmp_path / f"t{k}.jsonl",
-                "--probs", fold_probs[-1])
+        run_cli(
+            "inference.py",
+            "--checkpoint",
+            checkpoint,
+            "--input",
+            SAMPLE_TEST,
+            "--output",
+            tmp_path / f"t{k}.jsonl",
+            "--probs",
+            fold_probs[-1],
+        )
         ids, probs = read_probs(fold_probs[-1])
         _, from_training = read_probs(tiny_run / f"fold_{k}" / "test_probs.jsonl")
         np.testing.assert_allclose(probs, from_training, atol=1e-5)
     voted = tmp_path / "voted.jsonl"
-    run_cli("ensemble.py", "--inputs", *fold_probs, "--reference", SAMPLE_TEST, "--output", voted,
-            "--decision", tiny_run / "decision.json")
+    run_cli(
+        "ensemble.py",
+        "--inputs",
+        *fold_probs,
+        "--reference",
+        SAMPLE_TEST,
+        "--output",
+        voted,
+        "--decision",
+        tiny_run / "decision.json",
+    )
     assert voted.read_bytes() == (tiny_run / "submission.jsonl").read_bytes()
 
 
 def test_single_fold_with_marker_format(tmp_path):
     """`--fold` runs one fold and waits for the others before summarising; marker tokens reach inference."""
     out = tmp_path / "out"
-    result = run_cli("train.py", ROOT / "configs" / "quickstart.yaml", "--output_dir", out, "--num_folds", "3", "--fold", "1",
-                     "--num_train_epochs", "2", "--input_format", "marker")
+    result = run_cli(
+        "train.py",
+        ROOT / "configs" / "quickstart.yaml",
+        "--output_dir",
+        out,
+        "--num_folds",
+        "3",
+        "--fold",
+        "1",
+        "--num_train_epochs",
+        "2",
+        "--input_format",
+        "marker",
+    )
     assert "summarised when all 3 folds" in result.stdout
     assert (out / "fold_1" / "best").exists() and not (out / "fold_0").exists() and not (out / "summary.json").exists()
     pre = json.loads((out / "fold_1" / "best" / "preprocessing.json").read_text(encoding="utf-8"))
     assert pre["input_format"] == "marker" and pre["labels"] == LABELS
-    run_cli("inference.py", "--checkpoint", out / "fold_1" / "best", "--input", SAMPLE_TEST, "--output", tmp_path / "s.jsonl")
+    run_cli(
+        "inference.py",
+        "--checkpoint",
+        out / "fold_1" / "best",
+        "--input",
+        SAMPLE_TEST,
+        "--output",
+        tmp_path / "s.jsonl",
+    )
     assert len(read_jsonl(tmp_path / "s.jsonl")) == len(read_jsonl(SAMPLE_TEST))
 
 
 def test_thresholds_and_report_are_written(tiny_run, tmp_path):
     from PIL import Image
 
-    from nikl_emotion.runs.report import PLOTS
     from nikl_emotion.decisions.thresholds import load_thresholds
+    from nikl_emotion.runs.report import PLOTS
 
     summary = json.loads((tiny_run / "summary.json").read_text(encoding="utf-8"))
     gain = summary["thresholds"]
@@ -108,8 +152,17 @@ def test_thresholds_and_report_are_written(tiny_run, tmp_path):
 
     # inference with the fitted thresholds
     out = tmp_path / "dev.jsonl"
-    run_cli("inference.py", "--checkpoint", tiny_run / "fold_0" / "best", "--input", SAMPLE_DEV, "--output", out,
-            "--thresholds", tiny_run / "thresholds.json")
+    run_cli(
+        "inference.py",
+        "--checkpoint",
+        tiny_run / "fold_0" / "best",
+        "--input",
+        SAMPLE_DEV,
+        "--output",
+        out,
+        "--thresholds",
+        tiny_run / "thresholds.json",
+    )
     assert len(read_jsonl(out)) == len(read_jsonl(SAMPLE_DEV))
 
 
@@ -124,7 +177,10 @@ def test_report_command_rebuilds_a_finished_run(tiny_run, tmp_path):
     assert "wrote" in result.stdout
     assert (copy / "report.md").exists() and (copy / "thresholds.json").exists()
     assert (copy / "submission.jsonl").read_bytes() == (tiny_run / "submission.jsonl").read_bytes()
-    assert json.loads((copy / "summary.json").read_text())["oof"] == json.loads((tiny_run / "summary.json").read_text())["oof"]
+    assert (
+        json.loads((copy / "summary.json").read_text())["oof"]
+        == json.loads((tiny_run / "summary.json").read_text())["oof"]
+    )
 
 
 def test_inference_refuses_a_checkpoint_with_other_labels(tiny_run, tmp_path):

@@ -8,7 +8,6 @@ import shutil
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, SAMPLE_DEV, SAMPLE_TEST, SAMPLE_TRAIN, run_cli
 from test_hostile_use import run_main, snapshot
 
@@ -20,8 +19,18 @@ KIND_FILE = ".nikl_emotion_folder.json"
 @pytest.fixture(scope="module")
 def post_trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("kinds") / "post"
-    run_cli("post_train.py", POST_TRAIN, "--output_dir", out, "--max_steps", "4", "--eval_strategy", "no",
-            "--save_strategy", "no")
+    run_cli(
+        "post_train.py",
+        POST_TRAIN,
+        "--output_dir",
+        out,
+        "--max_steps",
+        "4",
+        "--eval_strategy",
+        "no",
+        "--save_strategy",
+        "no",
+    )
     return out
 
 
@@ -41,6 +50,7 @@ def refused(capsys, monkeypatch, script, *args) -> str:
 
 # 1-6: a folder's kind -----------------------------------------------------------------------------------------------
 
+
 def test_post_train_refuses_a_folder_of_the_users_files(tmp_path, capsys, monkeypatch):
     exp = tmp_path / "exp"
     exp.mkdir()
@@ -49,22 +59,36 @@ def test_post_train_refuses_a_folder_of_the_users_files(tmp_path, capsys, monkey
         shutil.copy(path, exp / path.name)
     (exp / "NOTES.md").write_text("n\n", encoding="utf-8")
     before = snapshot(exp)
-    error = refused(capsys, monkeypatch, "post_train", exp / "config.yaml", "--output_dir", exp,
-                    "--train_files", exp / "sample_train.jsonl", "--time_budget_minutes", "0.01")
+    error = refused(
+        capsys,
+        monkeypatch,
+        "post_train",
+        exp / "config.yaml",
+        "--output_dir",
+        exp,
+        "--train_files",
+        exp / "sample_train.jsonl",
+        "--time_budget_minutes",
+        "0.01",
+    )
     assert "holds other files" in error and "NOTES.md" in error
     assert snapshot(exp) == before and not (exp / KIND_FILE).exists()
 
 
 def test_post_train_refuses_a_finished_training_run(run_copy, capsys, monkeypatch):
     before = snapshot(run_copy)
-    error = refused(capsys, monkeypatch, "post_train", POST_TRAIN, "--output_dir", run_copy, "--time_budget_minutes", "0.01")
+    error = refused(
+        capsys, monkeypatch, "post_train", POST_TRAIN, "--output_dir", run_copy, "--time_budget_minutes", "0.01"
+    )
     assert "holds a train.py run" in error
     assert snapshot(run_copy) == before
 
 
 def test_distill_refuses_a_fold_of_its_teacher(run_copy, capsys, monkeypatch):
     before = snapshot(run_copy)
-    error = refused(capsys, monkeypatch, "distill", QUICKSTART, "--teacher_run", run_copy, "--output_dir", run_copy / "fold_0")
+    error = refused(
+        capsys, monkeypatch, "distill", QUICKSTART, "--teacher_run", run_copy, "--output_dir", run_copy / "fold_0"
+    )
     assert "lies inside" in error and "a train.py run" in error
     assert snapshot(run_copy) == before
 
@@ -77,8 +101,10 @@ def test_distill_refuses_another_finished_run(run_copy, tiny_run, capsys, monkey
 
 
 def test_a_post_training_folder_is_not_served_as_a_classifier(post_trained, tmp_path, capsys, monkeypatch):
-    for script, args in (("inference", ("--checkpoint", post_trained, "--input", SAMPLE_DEV, "--output", tmp_path / "s.jsonl")),
-                         ("export", ("--checkpoint", post_trained, "--output", tmp_path / "onnx"))):
+    for script, args in (
+        ("inference", ("--checkpoint", post_trained, "--input", SAMPLE_DEV, "--output", tmp_path / "s.jsonl")),
+        ("export", ("--checkpoint", post_trained, "--output", tmp_path / "onnx")),
+    ):
         error = refused(capsys, monkeypatch, script, *args)
         assert "a post_train.py model folder" in error and "--model_name_or_path" in error
     assert not (tmp_path / "s.jsonl").exists() and not (tmp_path / "onnx").exists()
@@ -110,9 +136,12 @@ def test_overwrite_replaces_only_the_commands_own_files(post_trained, tmp_path):
     folder = tmp_path / "post"
     shutil.copytree(post_trained, folder)
     (folder / "NOTES.md").write_text("mine", encoding="utf-8")
-    prepare_output_dir(str(folder), {"mlm_probability": 0.3}, True, is_run_file=PostTrainFolder.is_run_file,
-                       kind="post-training")
-    assert sorted(p.name for p in folder.iterdir()) == sorted([".post_train.lock", KIND_FILE, "NOTES.md", "config.yaml"])
+    prepare_output_dir(
+        str(folder), {"mlm_probability": 0.3}, True, is_run_file=PostTrainFolder.is_run_file, kind="post-training"
+    )
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [".post_train.lock", KIND_FILE, "NOTES.md", "config.yaml"]
+    )
 
 
 def test_a_folder_made_before_the_mark_is_recognised_and_resumes(run_copy):
@@ -121,9 +150,21 @@ def test_a_folder_made_before_the_mark_is_recognised_and_resumes(run_copy):
     for mark in run_copy.rglob(KIND_FILE):
         mark.unlink()
     assert folder_kind(str(run_copy)) == "run" and folder_kind(str(run_copy / "fold_0")) == "fold"
-    result = run_cli("train.py", QUICKSTART, "--output_dir", run_copy, "--num_folds", "2", "--num_train_epochs", "30",
-                     "--early_stopping_patience", "0")
-    assert "fold 0: already complete" in result.stdout and json.loads((run_copy / KIND_FILE).read_text())["kind"] == "run"
+    result = run_cli(
+        "train.py",
+        QUICKSTART,
+        "--output_dir",
+        run_copy,
+        "--num_folds",
+        "2",
+        "--num_train_epochs",
+        "30",
+        "--early_stopping_patience",
+        "0",
+    )
+    assert (
+        "fold 0: already complete" in result.stdout and json.loads((run_copy / KIND_FILE).read_text())["kind"] == "run"
+    )
 
 
 def test_every_kind_refuses_a_folder_inside_another_commands_folder_but_an_export_may_sit_in_its_run(run_copy):
@@ -140,10 +181,18 @@ def test_every_kind_refuses_a_folder_inside_another_commands_folder_but_an_expor
 
 # 7: diverged training ------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("args", [("--learning_rate", "1e30"), ("--learning_rate", "nan"),
-                                  ("--adversarial", "awp", "--adversarial_epsilon", "inf"),
-                                  ("--adversarial", "fgm", "--adversarial_epsilon", "1e30"),
-                                  ("--num_train_epochs", "inf"), ("--pos_weight", "inf,1,1,1,1,1,1,1")])
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--learning_rate", "1e30"),
+        ("--learning_rate", "nan"),
+        ("--adversarial", "awp", "--adversarial_epsilon", "inf"),
+        ("--adversarial", "fgm", "--adversarial_epsilon", "1e30"),
+        ("--num_train_epochs", "inf"),
+        ("--pos_weight", "inf,1,1,1,1,1,1,1"),
+    ],
+)
 def test_non_finite_or_absurd_training_values_are_refused_before_any_work(args, tmp_path, capsys, monkeypatch):
     error = refused(capsys, monkeypatch, "train", QUICKSTART, "--output_dir", tmp_path / "out", *args)
     assert args[-2].lstrip("-") in error
@@ -174,6 +223,7 @@ def test_a_diverged_fold_is_not_marked_done_and_the_corrected_command_runs(tmp_p
 
 # 8-9: rows and files read back ---------------------------------------------------------------------------------------
 
+
 def test_predict_proba_takes_one_row_dict_as_one_row(tiny_run):
     from nikl_emotion import EmotionClassifier
 
@@ -185,25 +235,36 @@ def test_predict_proba_takes_one_row_dict_as_one_row(tiny_run):
     assert classifier.predict(row).shape == (1, 8)
 
 
-@pytest.mark.parametrize("change, key", [({"fallback": "false"}, "fallback"), ({"fallback": "no"}, "fallback"),
-                                         ({"min_votes": "1"}, "min_votes"), ({"weights": ["a", "b"]}, "weights"),
-                                         ({"threshold": "0.5"}, "threshold"), ({"fallback": 0}, "fallback"),
-                                         ({"weights": [1]}, "weights")])
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        ({"fallback": "false"}, "fallback"),
+        ({"fallback": "no"}, "fallback"),
+        ({"min_votes": "1"}, "min_votes"),
+        ({"weights": ["a", "b"]}, "weights"),
+        ({"threshold": "0.5"}, "threshold"),
+        ({"fallback": 0}, "fallback"),
+        ({"weights": [1]}, "weights"),
+    ],
+)
 def test_decision_json_is_checked_by_type_before_any_prediction(change, key, run_copy, tmp_path, capsys, monkeypatch):
     decision = run_copy / "decision.json"
     decision.write_text(json.dumps({**json.loads(decision.read_text()), **change}), encoding="utf-8")
-    error = refused(capsys, monkeypatch, "inference", "--run", run_copy, "--input", SAMPLE_DEV, "--output",
-                    tmp_path / "s.jsonl")
+    error = refused(
+        capsys, monkeypatch, "inference", "--run", run_copy, "--input", SAMPLE_DEV, "--output", tmp_path / "s.jsonl"
+    )
     assert f"{key}:" in error and "decision.json" in error
     assert not (tmp_path / "s.jsonl").exists()
 
 
 # 10-11: the time budget ----------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("value", ["nan", "inf", "1e12", "-1"])
 def test_a_non_finite_or_absurd_time_budget_is_refused_before_any_work(value, tmp_path, capsys, monkeypatch):
-    error = refused(capsys, monkeypatch, "post_train", POST_TRAIN, "--output_dir", tmp_path / "out",
-                    "--time_budget_minutes", value)
+    error = refused(
+        capsys, monkeypatch, "post_train", POST_TRAIN, "--output_dir", tmp_path / "out", "--time_budget_minutes", value
+    )
     assert "time_budget_minutes" in error and not (tmp_path / "out").exists()
 
 
@@ -226,8 +287,13 @@ def test_the_time_budget_times_a_whole_optimizer_step(accumulation, tmp_path):
             return SequenceClassifierOutput(loss=self.linear(x).pow(2).mean())
 
     model = Counting()
-    args = TrainingArguments(str(tmp_path), per_device_train_batch_size=2, gradient_accumulation_steps=accumulation,
-                             use_cpu=True, report_to="none")
+    args = TrainingArguments(
+        str(tmp_path),
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=accumulation,
+        use_cpu=True,
+        report_to="none",
+    )
     trainer = Trainer(model=model, args=args, train_dataset=[{"x": torch.randn(4)} for _ in range(6)])
     before = model.linear.weight.detach().clone()
     measure_step_seconds(trainer, steps=3, warmup=2)
@@ -238,27 +304,41 @@ def test_the_time_budget_times_a_whole_optimizer_step(accumulation, tmp_path):
 
 # 12: loose ends -----------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("script, args", [
-    ("inference", ("--checkpoint", "X", "--inp", "a.jsonl", "--output", "b.jsonl")),
-    ("ensemble", ("--inputs", "a.jsonl", "--out", "b.jsonl")),
-    ("export", ("--check", "X", "--output", "Y")),
-    ("score", (str(SAMPLE_DEV), str(SAMPLE_DEV), "--js")),
-    ("report", ("OUT", "--out", "x")),
-])
+
+@pytest.mark.parametrize(
+    "script, args",
+    [
+        ("inference", ("--checkpoint", "X", "--inp", "a.jsonl", "--output", "b.jsonl")),
+        ("ensemble", ("--inputs", "a.jsonl", "--out", "b.jsonl")),
+        ("export", ("--check", "X", "--output", "Y")),
+        ("score", (str(SAMPLE_DEV), str(SAMPLE_DEV), "--js")),
+        ("report", ("OUT", "--out", "x")),
+    ],
+)
 def test_no_command_accepts_an_abbreviated_option(script, args, capsys, monkeypatch):
     code, _ = run_main(capsys, monkeypatch, script, *args)
     assert code == 2  # argparse's usage error; a prefix taken for the option would go on and fail otherwise
 
 
 def test_stacking_one_run_twice_is_refused(tiny_run, tmp_path, capsys, monkeypatch):
-    error = refused(capsys, monkeypatch, "ensemble", "--runs", tiny_run, str(tiny_run) + "/", "--strategy", "stack",
-                    "--output", tmp_path / "s.jsonl")
+    error = refused(
+        capsys,
+        monkeypatch,
+        "ensemble",
+        "--runs",
+        tiny_run,
+        str(tiny_run) + "/",
+        "--strategy",
+        "stack",
+        "--output",
+        tmp_path / "s.jsonl",
+    )
     assert "same run" in error
 
 
 def test_stacking_runs_trained_on_other_file_contents_names_that_cause():
-    from nikl_emotion.runs.stack_run import RunMember, check_same_folds
     from nikl_emotion.base.errors import PipelineError
+    from nikl_emotion.runs.stack_run import RunMember, check_same_folds
 
     config = {"num_folds": 2, "seed": 42, "train_files": ["train.jsonl"]}
     first = RunMember("A", ["a", "b"], np.zeros((2, 8)), np.array([0, 1]), [], [], config, {"train.jsonl": "1"})
@@ -269,13 +349,33 @@ def test_stacking_runs_trained_on_other_file_contents_names_that_cause():
 
 def test_an_unfinished_pseudo_label_run_is_refused(run_copy, tmp_path, capsys, monkeypatch):
     (run_copy / "fold_1" / "done.json").unlink()
-    error = refused(capsys, monkeypatch, "train", QUICKSTART, "--output_dir", tmp_path / "out", "--num_folds", "2",
-                    "--pseudo_label_run", run_copy)
+    error = refused(
+        capsys,
+        monkeypatch,
+        "train",
+        QUICKSTART,
+        "--output_dir",
+        tmp_path / "out",
+        "--num_folds",
+        "2",
+        "--pseudo_label_run",
+        run_copy,
+    )
     assert "fold 1 is not complete" in error
     (run_copy / "fold_1" / "done.json").write_text('{"fold": 1}', encoding="utf-8")
     (run_copy / "decision.json").unlink()
-    assert "no decision.json" in refused(capsys, monkeypatch, "train", QUICKSTART, "--output_dir", tmp_path / "out",
-                                         "--num_folds", "2", "--pseudo_label_run", run_copy)
+    assert "no decision.json" in refused(
+        capsys,
+        monkeypatch,
+        "train",
+        QUICKSTART,
+        "--output_dir",
+        tmp_path / "out",
+        "--num_folds",
+        "2",
+        "--pseudo_label_run",
+        run_copy,
+    )
 
 
 def test_swa_that_never_started_says_so(caplog):
@@ -308,6 +408,7 @@ def test_layerwise_decay_docstring_matches_the_embeddings_rate():
 
 # 13: the offline tokenizer covers what it encodes --------------------------------------------------------------------
 
+
 def test_the_offline_tokenizer_has_a_piece_for_every_character_it_learned():
     from nikl_emotion.backends.backbone import train_wordpiece_tokenizer
 
@@ -318,11 +419,13 @@ def test_the_offline_tokenizer_has_a_piece_for_every_character_it_learned():
     assert tokenizer.unk_token_id not in ids
 
 
-def test_training_on_few_rows_predicts_its_test_file_and_an_unknown_rate_names_the_offline_cause(tmp_path, capsys, monkeypatch):
-    from nikl_emotion.text.encoding import unknown_rate_message
+def test_training_on_few_rows_predicts_its_test_file_and_an_unknown_rate_names_the_offline_cause(
+    tmp_path, capsys, monkeypatch
+):
+    from nikl_emotion.backends.backbone import load_tokenizer
     from nikl_emotion.backends.encoder_backend import prepare_backbone
     from nikl_emotion.base.config import ModelArguments
-    from nikl_emotion.backends.backbone import load_tokenizer
+    from nikl_emotion.text.encoding import unknown_rate_message
 
     few = tmp_path / "few.jsonl"
     few.write_text("".join(SAMPLE_TRAIN.read_text(encoding="utf-8").splitlines(keepends=True)[:40]), encoding="utf-8")
@@ -332,8 +435,20 @@ def test_training_on_few_rows_predicts_its_test_file_and_an_unknown_rate_names_t
     message = unknown_rate_message(0.5, 10, tokenizer, 0.05)
     assert "trained here on other texts" in message and "max_unknown_rate" in message and "Korean" not in message
     shutil.rmtree(out)
-    code, errors = run_main(capsys, monkeypatch, "train", QUICKSTART, "--output_dir", out, "--train_files", few,
-                            "--num_folds", "2", "--num_train_epochs", "1")
+    code, errors = run_main(
+        capsys,
+        monkeypatch,
+        "train",
+        QUICKSTART,
+        "--output_dir",
+        out,
+        "--train_files",
+        few,
+        "--num_folds",
+        "2",
+        "--num_train_epochs",
+        "1",
+    )
     assert code == 0 and not errors and (out / "submission.jsonl").exists()
 
 
@@ -346,7 +461,9 @@ def test_max_unknown_rate_lets_a_user_past_the_stop(tiny_run):
 
     tokenizer = load_tokenizer(str(tiny_run / "backbone"))
     preprocessing = Preprocessing.load(str(tiny_run / "fold_0" / "best"))
-    rows = Dataset.from_dict({"id": ["a"], "text": ["ℵℶℷ ℸ"], "target": [None], "target_begin": [None], "target_end": [None]})
+    rows = Dataset.from_dict(
+        {"id": ["a"], "text": ["ℵℶℷ ℸ"], "target": [None], "target_begin": [None], "target_end": [None]}
+    )
     with pytest.raises(PipelineError, match="max_unknown_rate 0.05"):
         encode(rows, tokenizer, preprocessing)
     assert len(encode(rows, tokenizer, preprocessing, max_unknown_rate=1.0)) == 1
@@ -354,16 +471,18 @@ def test_max_unknown_rate_lets_a_user_past_the_stop(tiny_run):
 
 def test_commands_that_read_a_run_refuse_another_commands_folder(post_trained, tiny_run, tmp_path, capsys, monkeypatch):
     before = snapshot(post_trained)
-    for script, args in (("inference", ("--run", post_trained, "--input", SAMPLE_DEV, "--output", tmp_path / "s.jsonl")),
-                         ("report", (post_trained,)),
-                         ("ensemble", ("--runs", tiny_run, post_trained, "--strategy", "stack", "--output", tmp_path / "s.jsonl"))):
+    for script, args in (
+        ("inference", ("--run", post_trained, "--input", SAMPLE_DEV, "--output", tmp_path / "s.jsonl")),
+        ("report", (post_trained,)),
+        ("ensemble", ("--runs", tiny_run, post_trained, "--strategy", "stack", "--output", tmp_path / "s.jsonl")),
+    ):
         assert "holds a post_train.py model folder, not a train.py run" in refused(capsys, monkeypatch, script, *args)
     assert snapshot(post_trained) == before and not (tmp_path / "s.jsonl").exists()
 
 
 def test_export_replaces_a_previous_export_only_when_it_holds_nothing_else(tiny_run, tmp_path):
-    from nikl_emotion.base.errors import PipelineError
     from nikl_emotion.backends.export import check_export_target
+    from nikl_emotion.base.errors import PipelineError
 
     previous = tmp_path / "onnx"
     previous.mkdir()
@@ -378,13 +497,45 @@ def test_export_replaces_a_previous_export_only_when_it_holds_nothing_else(tiny_
 def test_an_output_file_may_sit_in_a_run_but_not_replace_its_files(run_copy, tmp_path, capsys, monkeypatch):
     before = snapshot(run_copy)
     best = run_copy / "fold_0" / "best"
-    for script, args in (("inference", ("--checkpoint", best, "--input", SAMPLE_DEV, "--output", run_copy / "submission.jsonl")),
-                         ("inference", ("--checkpoint", best, "--input", SAMPLE_DEV, "--output", tmp_path / "s.jsonl",
-                                        "--probs", run_copy / "fold_0" / "val_probs.jsonl")),
-                         ("ensemble", ("--inputs", run_copy / "fold_0" / "test_probs.jsonl", run_copy / "fold_1" / "test_probs.jsonl",
-                                       "--reference", SAMPLE_TEST, "--output", run_copy / "oof.jsonl"))):
+    for script, args in (
+        ("inference", ("--checkpoint", best, "--input", SAMPLE_DEV, "--output", run_copy / "submission.jsonl")),
+        (
+            "inference",
+            (
+                "--checkpoint",
+                best,
+                "--input",
+                SAMPLE_DEV,
+                "--output",
+                tmp_path / "s.jsonl",
+                "--probs",
+                run_copy / "fold_0" / "val_probs.jsonl",
+            ),
+        ),
+        (
+            "ensemble",
+            (
+                "--inputs",
+                run_copy / "fold_0" / "test_probs.jsonl",
+                run_copy / "fold_1" / "test_probs.jsonl",
+                "--reference",
+                SAMPLE_TEST,
+                "--output",
+                run_copy / "oof.jsonl",
+            ),
+        ),
+    ):
         assert "which its command wrote" in refused(capsys, monkeypatch, script, *args)
     assert snapshot(run_copy) == before
-    code, errors = run_main(capsys, monkeypatch, "inference", "--checkpoint", best, "--input", SAMPLE_DEV,
-                            "--output", run_copy / "dev_submission.jsonl")  # the README's quickstart does this
+    code, errors = run_main(
+        capsys,
+        monkeypatch,
+        "inference",
+        "--checkpoint",
+        best,
+        "--input",
+        SAMPLE_DEV,
+        "--output",
+        run_copy / "dev_submission.jsonl",
+    )  # the README's quickstart does this
     assert code == 0 and not errors and (run_copy / "dev_submission.jsonl").exists()

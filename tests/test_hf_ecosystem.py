@@ -6,11 +6,11 @@ import json
 import numpy as np
 import pytest
 import yaml
-
 from conftest import ROOT, SAMPLE_DEV, run_cli
-from nikl_emotion.text.data import load_jsonl
+
 from nikl_emotion.base.fileio import read_probs
 from nikl_emotion.base.labels import LABELS
+from nikl_emotion.text.data import load_jsonl
 
 
 def test_pipeline_loads_a_checkpoint_and_scores_the_eight_emotions(tiny_run):
@@ -56,8 +56,19 @@ def test_onnx_export_predicts_the_same_probabilities(tiny_run, tmp_path, int8, t
     assert (export / "model.onnx").exists() and (export / "preprocessing.json").exists()
     assert not (tmp_path / "onnx.partial").exists()
     for folder, name in ((best, "torch"), (export, "onnx")):
-        run_cli("inference.py", "--checkpoint", folder, "--input", SAMPLE_DEV, "--output", tmp_path / f"{name}.jsonl",
-                "--probs", tmp_path / f"{name}_probs.jsonl", "--device", "cpu")
+        run_cli(
+            "inference.py",
+            "--checkpoint",
+            folder,
+            "--input",
+            SAMPLE_DEV,
+            "--output",
+            tmp_path / f"{name}.jsonl",
+            "--probs",
+            tmp_path / f"{name}_probs.jsonl",
+            "--device",
+            "cpu",
+        )
     torch_ids, torch_probs = read_probs(tmp_path / "torch_probs.jsonl")
     onnx_ids, onnx_probs = read_probs(tmp_path / "onnx_probs.jsonl")
     assert onnx_ids == torch_ids
@@ -79,8 +90,20 @@ def test_one_entry_point_lists_and_runs_the_commands():
 def test_tensorboard_logs_survive_the_run(tmp_path):
     pytest.importorskip("tensorboard")
     out = tmp_path / "tb"
-    run_cli("train.py", ROOT / "configs" / "quickstart.yaml", "--output_dir", out, "--num_folds", "2", "--fold", "0",
-            "--num_train_epochs", "2", "--report_to", "tensorboard")
+    run_cli(
+        "train.py",
+        ROOT / "configs" / "quickstart.yaml",
+        "--output_dir",
+        out,
+        "--num_folds",
+        "2",
+        "--fold",
+        "0",
+        "--num_train_epochs",
+        "2",
+        "--report_to",
+        "tensorboard",
+    )
     events = list((out / "fold_0" / "runs").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
     assert not (out / "fold_0" / "checkpoints").exists()  # deleted at the end of the fold; the logs are elsewhere
@@ -89,9 +112,11 @@ def test_tensorboard_logs_survive_the_run(tmp_path):
 def test_tensorboard_without_the_package_is_refused_before_any_work(tmp_path, monkeypatch):
     import transformers.integrations
 
-    from nikl_emotion.training.config_checks import parse_config
     from nikl_emotion.base.errors import PipelineError
+    from nikl_emotion.training.config_checks import parse_config
 
     monkeypatch.setattr(transformers.integrations, "is_tensorboard_available", lambda: False)
     with pytest.raises(PipelineError, match="pip install tensorboard"):
-        parse_config([str(ROOT / "configs" / "quickstart.yaml"), "--report_to", "tensorboard", "--output_dir", str(tmp_path)])
+        parse_config(
+            [str(ROOT / "configs" / "quickstart.yaml"), "--report_to", "tensorboard", "--output_dir", str(tmp_path)]
+        )

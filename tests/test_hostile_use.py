@@ -14,8 +14,8 @@ import unicodedata
 
 import numpy as np
 import pytest
-
 from conftest import LABELS, ROOT, SAMPLE_DEV, SAMPLE_TEST, SAMPLE_TRAIN, nikl_row, run_cli, run_main, write_jsonl
+
 from nikl_emotion.base.errors import PipelineError, RowError
 
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
@@ -28,6 +28,7 @@ def snapshot(folder) -> dict:
 
 # 1. export.py never deletes what it did not write ---------------------------------------------------------------
 
+
 def test_export_refuses_a_folder_that_is_not_a_previous_export(tiny_run, tmp_path, capsys, monkeypatch):
     pytest.importorskip("onnxruntime")
     best = tiny_run / "fold_0" / "best"
@@ -35,8 +36,13 @@ def test_export_refuses_a_folder_that_is_not_a_previous_export(tiny_run, tmp_pat
     user.mkdir()
     (user / "notes.txt").write_text("keep me", encoding="utf-8")
     before_run, before_user = snapshot(tiny_run), snapshot(user)
-    for target, expected in ((user, "holds other files"), (tiny_run, "holds the checkpoint"), (best, "holds the checkpoint"),
-                             (tmp_path / "notes.txt", "not a folder"), (tmp_path / "notes.txt" / "onnx", "is a file")):
+    for target, expected in (
+        (user, "holds other files"),
+        (tiny_run, "holds the checkpoint"),
+        (best, "holds the checkpoint"),
+        (tmp_path / "notes.txt", "not a folder"),
+        (tmp_path / "notes.txt" / "onnx", "is a file"),
+    ):
         if expected == "not a folder":
             target.write_text("a file", encoding="utf-8")
         code, errors = run_main(capsys, monkeypatch, "export", "--checkpoint", best, "--output", target)
@@ -51,9 +57,10 @@ def test_export_refuses_a_folder_that_is_not_a_previous_export(tiny_run, tmp_pat
 
 # 2. results come from the file's current bytes --------------------------------------------------------------------
 
+
 def test_a_file_rewritten_with_its_old_mtime_is_read_again(tmp_path):
-    from nikl_emotion.text.data import load_jsonl
     from nikl_emotion.decisions.metrics import score_files
+    from nikl_emotion.text.data import load_jsonl
 
     gold = write_jsonl(tmp_path / "gold.jsonl", [nikl_row("a", labels=("joy",)), nikl_row("b", labels=("fear",))])
     pred = write_jsonl(tmp_path / "pred.jsonl", [nikl_row("a", labels=("joy",)), nikl_row("b", labels=("fear",))])
@@ -70,6 +77,7 @@ def test_a_file_rewritten_with_its_old_mtime_is_read_again(tmp_path):
 
 # 3. no output may be an input ---------------------------------------------------------------------------------------
 
+
 def test_inference_and_ensemble_refuse_to_write_over_their_inputs(tiny_run, tmp_path, capsys, monkeypatch):
     dev = tmp_path / "dev.jsonl"
     shutil.copy(SAMPLE_DEV, dev)
@@ -79,7 +87,18 @@ def test_inference_and_ensemble_refuse_to_write_over_their_inputs(tiny_run, tmp_
     same = "is the same file as"
     cases = [
         (same, "inference", "--checkpoint", best, "--input", dev, "--output", dev),
-        (same, "inference", "--checkpoint", best, "--input", dev, "--output", tmp_path / "x.jsonl", "--probs", tmp_path / "x.jsonl"),
+        (
+            same,
+            "inference",
+            "--checkpoint",
+            best,
+            "--input",
+            dev,
+            "--output",
+            tmp_path / "x.jsonl",
+            "--probs",
+            tmp_path / "x.jsonl",
+        ),
         # the fold's test probabilities are also a run's own file: that refusal comes first
         ("which its command wrote", "ensemble", "--inputs", probs, "--reference", SAMPLE_TEST, "--output", probs),
         (same, "ensemble", "--inputs", probs, "--reference", dev, "--output", dev),
@@ -100,10 +119,27 @@ def test_an_input_inside_the_runs_own_files_is_refused(tmp_path):
 
 # 4. several processes on one output_dir -------------------------------------------------------------------------
 
+
 def _train(out, *args, env=None):
-    return subprocess.Popen([sys.executable, "train.py", str(QUICKSTART), "--output_dir", str(out), "--num_folds", "2",
-                             "--disable_tqdm", "true", *map(str, args)], cwd=ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "train.py",
+            str(QUICKSTART),
+            "--output_dir",
+            str(out),
+            "--num_folds",
+            "2",
+            "--disable_tqdm",
+            "true",
+            *map(str, args),
+        ],
+        cwd=ROOT,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def _one_thread_env():
@@ -130,10 +166,24 @@ def test_a_second_copy_of_a_running_run_is_refused_cleanly(tmp_path):
             assert time.time() < deadline
             time.sleep(0.5)
         for extra in ([], ["--fold", "1"]):
-            second = run_cli("train.py", QUICKSTART, "--output_dir", out, "--num_folds", "2", "--num_train_epochs", "200",
-                             "--early_stopping_patience", "0", *extra, check=False)
+            second = run_cli(
+                "train.py",
+                QUICKSTART,
+                "--output_dir",
+                out,
+                "--num_folds",
+                "2",
+                "--num_train_epochs",
+                "200",
+                "--early_stopping_patience",
+                "0",
+                *extra,
+                check=False,
+            )
             errors = [line for line in second.stderr.splitlines() if line.startswith("error: ")]
-            assert second.returncode == 1 and len(errors) == 1 and "in use by another process" in errors[0], second.stderr[-2000:]
+            assert second.returncode == 1 and len(errors) == 1 and "in use by another process" in errors[0], (
+                second.stderr[-2000:]
+            )
             assert f"pid {first.pid}" in errors[0] and "Traceback" not in second.stderr
         assert first.poll() is None  # the first run was not disturbed
     finally:
@@ -143,11 +193,15 @@ def test_a_second_copy_of_a_running_run_is_refused_cleanly(tmp_path):
 
 # 5. keys are spelled out --------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("yaml_line, argv, key", [
-    ("over: true", [], "over"),
-    ("thresh: 0.3", [], "thresh"),
-    ("", ["--num_fold", "3"], "num_fold"),
-])
+
+@pytest.mark.parametrize(
+    "yaml_line, argv, key",
+    [
+        ("over: true", [], "over"),
+        ("thresh: 0.3", [], "thresh"),
+        ("", ["--num_fold", "3"], "num_fold"),
+    ],
+)
 def test_abbreviated_keys_are_refused_naming_the_key(tmp_path, yaml_line, argv, key):
     from nikl_emotion.training.config_checks import parse_config
 
@@ -172,13 +226,17 @@ def test_a_billion_laughs_yaml_is_refused_at_once(tmp_path):
 
 # 6. values that used to crash mid-run (and then block the retry) ------------------------------------------------
 
-@pytest.mark.parametrize("args, message", [
-    (["--seed", "-1"], "seed: must be >= 0"),
-    (["--learning_rate", "-1"], r"learning_rate: must be in \(0, 1\]"),
-    (["--per_device_train_batch_size", "0"], "per_device_train_batch_size: must be at least 1"),
-    (["--test_file", ""], "test_file: '': file not found"),
-    (["--num_train_epochs", "0"], "num_train_epochs: must be a finite number > 0"),
-])
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--seed", "-1"], "seed: must be >= 0"),
+        (["--learning_rate", "-1"], r"learning_rate: must be in \(0, 1\]"),
+        (["--per_device_train_batch_size", "0"], "per_device_train_batch_size: must be at least 1"),
+        (["--test_file", ""], "test_file: '': file not found"),
+        (["--num_train_epochs", "0"], "num_train_epochs: must be a finite number > 0"),
+    ],
+)
 def test_bad_training_values_fail_before_anything_is_written(tmp_path, args, message):
     from nikl_emotion.training.config_checks import parse_config
 
@@ -194,8 +252,19 @@ def test_more_folds_than_rows_is_refused_before_writing(tmp_path, rows, folds):
 
     train = write_jsonl(tmp_path / "small.jsonl", [nikl_row(f"r{i}") for i in range(rows)])
     with pytest.raises(PipelineError, match=f"num_folds: {folds} folds need at least as many rows; .* hold {rows}"):
-        run_training(*parse_config([str(QUICKSTART), "--train_files", str(train), "--output_dir", str(tmp_path / "o"),
-                                    "--num_folds", str(folds)]))
+        run_training(
+            *parse_config(
+                [
+                    str(QUICKSTART),
+                    "--train_files",
+                    str(train),
+                    "--output_dir",
+                    str(tmp_path / "o"),
+                    "--num_folds",
+                    str(folds),
+                ]
+            )
+        )
     assert not (tmp_path / "o").exists()
 
 
@@ -222,8 +291,19 @@ def test_a_changed_training_file_is_refused_by_train_and_report(tmp_path, capsys
     train = tmp_path / "train.jsonl"
     shutil.copy(SAMPLE_TRAIN, train)
     out = tmp_path / "o"
-    argv = [str(QUICKSTART), "--train_files", str(train), "--output_dir", str(out), "--num_folds", "2",
-            "--num_train_epochs", "1", "--test_file", str(SAMPLE_TEST)]
+    argv = [
+        str(QUICKSTART),
+        "--train_files",
+        str(train),
+        "--output_dir",
+        str(out),
+        "--num_folds",
+        "2",
+        "--num_train_epochs",
+        "1",
+        "--test_file",
+        str(SAMPLE_TEST),
+    ]
     run_training(*parse_config(argv))
     lines = train.read_text(encoding="utf-8").splitlines()
     train.write_text("\n".join(lines[:-1]) + "\n", encoding="utf-8")  # one row fewer, same path
@@ -235,18 +315,23 @@ def test_a_changed_training_file_is_refused_by_train_and_report(tmp_path, capsys
 
 # 7. silently wrong output ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("extra, message", [
-    (["--weights", "nan", "1"], "weights: expected 2 finite positive numbers"),
-    (["--weights", "1", "-1"], "weights: expected 2 finite positive numbers"),
-    (["--min_votes", "nan"], "min_votes: must be a number in"),
-    (["--min_votes", "-3"], "min_votes: must be a number in"),
-    (["--min_votes", "99"], "min_votes: must be a number in"),
-])
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--weights", "nan", "1"], "weights: expected 2 finite positive numbers"),
+        (["--weights", "1", "-1"], "weights: expected 2 finite positive numbers"),
+        (["--min_votes", "nan"], "min_votes: must be a number in"),
+        (["--min_votes", "-3"], "min_votes: must be a number in"),
+        (["--min_votes", "99"], "min_votes: must be a number in"),
+    ],
+)
 def test_nonsense_vote_options_are_refused(tiny_run, tmp_path, capsys, monkeypatch, extra, message):
     inputs = [tiny_run / f"fold_{k}" / "test_probs.jsonl" for k in range(2)]
     out = tmp_path / "voted.jsonl"
-    code, errors = run_main(capsys, monkeypatch, "ensemble", "--inputs", *inputs, "--reference", SAMPLE_TEST,
-                            "--output", out, *extra)
+    code, errors = run_main(
+        capsys, monkeypatch, "ensemble", "--inputs", *inputs, "--reference", SAMPLE_TEST, "--output", out, *extra
+    )
     assert code == 1 and len(errors) == 1 and message in errors[0], errors
     assert not out.exists()
 
@@ -266,16 +351,27 @@ def _set_preprocessing(key, value):
         else:
             data[key] = value
         (folder / "preprocessing.json").write_text(json.dumps(data), encoding="utf-8")
+
     return damage
 
 
 DAMAGED_CHECKPOINTS = {
-    "no tokenizer files": (lambda f: [p.unlink() for p in f.iterdir() if p.name.startswith(("tokenizer", "vocab", "special"))],
-                           "no tokenizer files"),
-    "config.json not JSON": (lambda f: (f / "config.json").write_text("{not json", encoding="utf-8"), "cannot load the checkpoint"),
-    "truncated weights": (lambda f: (f / "model.safetensors").write_bytes((f / "model.safetensors").read_bytes()[:1000]),
-                          "cannot load the checkpoint"),
-    "cleanse as a string": (_set_preprocessing("cleaning.cleanse", "false"), "cleaning.cleanse: expected true or false"),
+    "no tokenizer files": (
+        lambda f: [p.unlink() for p in f.iterdir() if p.name.startswith(("tokenizer", "vocab", "special"))],
+        "no tokenizer files",
+    ),
+    "config.json not JSON": (
+        lambda f: (f / "config.json").write_text("{not json", encoding="utf-8"),
+        "cannot load the checkpoint",
+    ),
+    "truncated weights": (
+        lambda f: (f / "model.safetensors").write_bytes((f / "model.safetensors").read_bytes()[:1000]),
+        "cannot load the checkpoint",
+    ),
+    "cleanse as a string": (
+        _set_preprocessing("cleaning.cleanse", "false"),
+        "cleaning.cleanse: expected true or false",
+    ),
     "max_seq_length a string": (_set_preprocessing("max_seq_length", "64"), "max_seq_length: expected a whole number"),
 }
 
@@ -285,8 +381,19 @@ def test_a_damaged_checkpoint_is_refused_with_one_line(tiny_run, tmp_path, capsy
     damage, message = DAMAGED_CHECKPOINTS[kind]
     checkpoint = _damaged_copy(tiny_run / "fold_0" / "best", tmp_path, damage)
     out = tmp_path / "sub.jsonl"
-    code, errors = run_main(capsys, monkeypatch, "inference", "--checkpoint", checkpoint, "--input", SAMPLE_DEV,
-                            "--output", out, "--device", "cpu")
+    code, errors = run_main(
+        capsys,
+        monkeypatch,
+        "inference",
+        "--checkpoint",
+        checkpoint,
+        "--input",
+        SAMPLE_DEV,
+        "--output",
+        out,
+        "--device",
+        "cpu",
+    )
     assert code == 1 and len(errors) == 1 and message in errors[0] and str(checkpoint) in errors[0], errors
     assert not out.exists()
 
@@ -298,7 +405,9 @@ def test_nfd_hangul_survives_cleaning_with_its_target():
     nfd_text = unicodedata.normalize("NFD", text)
     nfd_begin = len(unicodedata.normalize("NFD", text[:begin]))
     nfd_end = nfd_begin + len(unicodedata.normalize("NFD", text[begin:end]))
-    assert clean_text(nfd_text, (nfd_begin, nfd_end), CleaningOptions()) == clean_text(text, (begin, end), CleaningOptions())
+    assert clean_text(nfd_text, (nfd_begin, nfd_end), CleaningOptions()) == clean_text(
+        text, (begin, end), CleaningOptions()
+    )
     assert clean_text(text, (begin, end), CleaningOptions())[0] == "오늘 공연 너무 좋았다 ㅋㅋ"
 
 
@@ -320,6 +429,7 @@ def test_a_late_target_keeps_its_markers_under_truncation(tmp_path):
 
 # 8. one error line instead of a traceback -------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("kind", ["a folder", "under a file", "read-only folder"])
 def test_a_bad_output_path_fails_before_any_work(tiny_run, tmp_path, capsys, monkeypatch, kind):
     if kind == "read-only folder" and os.geteuid() == 0:
@@ -337,14 +447,30 @@ def test_a_bad_output_path_fails_before_any_work(tiny_run, tmp_path, capsys, mon
         locked.chmod(stat.S_IRUSR | stat.S_IXUSR)
         output = locked / "sub.jsonl"
     probs = tmp_path / "probs.jsonl"
-    code, errors = run_main(capsys, monkeypatch, "inference", "--checkpoint", tiny_run / "fold_0" / "best",
-                            "--input", SAMPLE_DEV, "--output", output, "--probs", probs, "--device", "cpu")
+    code, errors = run_main(
+        capsys,
+        monkeypatch,
+        "inference",
+        "--checkpoint",
+        tiny_run / "fold_0" / "best",
+        "--input",
+        SAMPLE_DEV,
+        "--output",
+        output,
+        "--probs",
+        probs,
+        "--device",
+        "cpu",
+    )
     assert code == 1 and len(errors) == 1 and str(output) in errors[0]
     assert not probs.exists()  # nothing was predicted, so nothing was written
 
 
 RAW_BAD_LINES = {
-    "lone surrogate in the text": ('{"id": "x", "input": {"form": "a\\ud800b", "target": null}, "output": ""}', "input"),
+    "lone surrogate in the text": (
+        '{"id": "x", "input": {"form": "a\\ud800b", "target": null}, "output": ""}',
+        "input",
+    ),
     "lone surrogate in the id": ('{"id": "\\udfff", "input": {"form": "ab", "target": null}, "output": ""}', "id"),
     "200,000-deep array": ("[" * 200_000 + "]" * 200_000, "json"),
 }
@@ -355,8 +481,9 @@ def test_hostile_json_lines_are_named(tmp_path, capsys, monkeypatch, kind):
     line, field = RAW_BAD_LINES[kind]
     bad = write_jsonl(tmp_path / "bad.jsonl", [nikl_row("a")], raw_lines=[line])
     out = tmp_path / "sub.jsonl"
-    code, errors = run_main(capsys, monkeypatch, "inference", "--checkpoint", ROOT / "missing", "--input", bad,
-                            "--output", out)
+    code, errors = run_main(
+        capsys, monkeypatch, "inference", "--checkpoint", ROOT / "missing", "--input", bad, "--output", out
+    )
     assert code == 1 and errors and errors[0].startswith(f"error: {bad}:2: {field}: "), errors
 
 
@@ -365,25 +492,52 @@ def test_a_malformed_thresholds_file_is_one_line(tiny_run, tmp_path, capsys, mon
     path = tmp_path / "thresholds.json"
     path.write_text(content, encoding="utf-8")
     inputs = [tiny_run / f"fold_{k}" / "test_probs.jsonl" for k in range(2)]
-    code, errors = run_main(capsys, monkeypatch, "ensemble", "--inputs", *inputs, "--reference", SAMPLE_TEST,
-                            "--output", tmp_path / "o.jsonl", "--thresholds", path)
+    code, errors = run_main(
+        capsys,
+        monkeypatch,
+        "ensemble",
+        "--inputs",
+        *inputs,
+        "--reference",
+        SAMPLE_TEST,
+        "--output",
+        tmp_path / "o.jsonl",
+        "--thresholds",
+        path,
+    )
     assert code == 1 and len(errors) == 1 and str(path) in errors[0]
 
 
-@pytest.mark.parametrize("args, message", [(["--batch_size", "0"], "--batch_size: must be at least 1"),
-                                           (["--device", "cuda:7"], "--device: cuda:7 is not available"),
-                                           (["--device", "toaster"], "--device: 'toaster' is not a device")])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--batch_size", "0"], "--batch_size: must be at least 1"),
+        (["--device", "cuda:7"], "--device: cuda:7 is not available"),
+        (["--device", "toaster"], "--device: 'toaster' is not a device"),
+    ],
+)
 def test_bad_inference_options_are_one_line(tiny_run, tmp_path, capsys, monkeypatch, args, message):
     import torch
 
     if "cuda:7" in args and torch.cuda.device_count() > 7:
         pytest.skip("this machine has 8 GPUs")
-    code, errors = run_main(capsys, monkeypatch, "inference", "--checkpoint", tiny_run / "fold_0" / "best",
-                            "--input", SAMPLE_DEV, "--output", tmp_path / "o.jsonl", *args)
+    code, errors = run_main(
+        capsys,
+        monkeypatch,
+        "inference",
+        "--checkpoint",
+        tiny_run / "fold_0" / "best",
+        "--input",
+        SAMPLE_DEV,
+        "--output",
+        tmp_path / "o.jsonl",
+        *args,
+    )
     assert code == 1 and len(errors) == 1 and message in errors[0], errors
 
 
 # 9. resources ---------------------------------------------------------------------------------------------------
+
 
 def test_a_giant_row_is_cut_before_tokenizing(tmp_path):
     from transformers import AutoTokenizer
@@ -408,6 +562,7 @@ def test_a_giant_row_is_cut_before_tokenizing(tmp_path):
 
 
 # 10. leftovers and file modes ---------------------------------------------------------------------------------------
+
 
 def test_a_killed_writers_temporaries_are_removed_and_modes_follow_the_umask(tmp_path):
     from nikl_emotion.base.fileio import write_text_atomic
@@ -461,6 +616,7 @@ def test_a_bare_cr_inside_a_line_is_not_a_line_break(tmp_path):
 
 # 11. score exactly as the official scorer --------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("value", ["1", "0", True, "TRUE", "yes"])
 def test_score_refuses_values_the_official_scorer_reads_differently(tmp_path, capsys, monkeypatch, value):
     gold = write_jsonl(tmp_path / "gold.jsonl", [nikl_row("a"), nikl_row("b")])
@@ -489,6 +645,7 @@ def test_score_refuses_labels_in_another_order_and_accepts_lowercase(tmp_path, c
 
 # 12. the reference's vote, exactly ---------------------------------------------------------------------------------
 
+
 def reference_vote_literal(decisions: list[np.ndarray]) -> np.ndarray:
     """The reference pipeline's rule, row by row, as its inference script spells it."""
     n, rows = len(decisions), len(decisions[0])
@@ -516,7 +673,9 @@ def test_reference_rule_reproduces_the_reference_exactly(models):
         d[:3] = False
     expected = reference_vote_literal(decisions)
     np.testing.assert_array_equal(hard_vote(decisions, rule="reference"), expected)
-    np.testing.assert_array_equal(hard_vote(decisions, rule="reference", fallback=True, mean_probs=rng.random((400, 8))), expected)
+    np.testing.assert_array_equal(
+        hard_vote(decisions, rule="reference", fallback=True, mean_probs=rng.random((400, 8))), expected
+    )
     if models > 3:
         assert not expected.any(axis=1).all()  # rows left empty, as the reference leaves them
     else:

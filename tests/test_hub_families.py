@@ -10,25 +10,37 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, pipeline
-
 from conftest import ROOT, SAMPLE_DEV, SAMPLE_TRAIN, run_cli
 from hub_families import FAMILIES, build_family, build_kcelectra
-from nikl_emotion.backends.backbone import load_tokenizer
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, pipeline
+
 from nikl_emotion import EmotionClassifier
-from nikl_emotion.training.config_checks import parse_config
-from nikl_emotion.text.data import load_jsonl
-from nikl_emotion.text.encoding import PROMPT_TEMPLATE, TARGET_END, TARGET_START
+from nikl_emotion.backends.backbone import load_tokenizer
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.fileio import read_probs
 from nikl_emotion.base.labels import LABELS
-from nikl_emotion.training.post_training import parse_post_train_config, run_post_training
 from nikl_emotion.runs.prediction import predict_file
+from nikl_emotion.text.data import load_jsonl
+from nikl_emotion.text.encoding import PROMPT_TEMPLATE, TARGET_END, TARGET_START
 from nikl_emotion.text.preprocessing import clean
+from nikl_emotion.training.config_checks import parse_config
 from nikl_emotion.training.kfold import run_training
+from nikl_emotion.training.post_training import parse_post_train_config, run_post_training
 
-QUICK = ["--num_folds", "2", "--fold", "0", "--num_train_epochs", "1", "--per_device_train_batch_size", "16",
-         "--disable_tqdm", "true", "--save_total_limit", "1"]
+QUICK = [
+    "--num_folds",
+    "2",
+    "--fold",
+    "0",
+    "--num_train_epochs",
+    "1",
+    "--per_device_train_batch_size",
+    "16",
+    "--disable_tqdm",
+    "true",
+    "--save_total_limit",
+    "1",
+]
 SEGMENTS = {"kcelectra": True, "klue-roberta": False, "kcbert": True, "xlm-roberta": False}
 
 
@@ -46,8 +58,20 @@ def trained(families, tmp_path_factory) -> dict:
     for family, path in families.items():
         for input_format in ("pair", "marker", "prompt"):
             out = root / f"{family}-{input_format}"
-            run_training(*parse_config([str(ROOT / "configs" / "quickstart.yaml"), "--model_name_or_path", str(path),
-                                        "--output_dir", str(out), "--input_format", input_format, *QUICK]))
+            run_training(
+                *parse_config(
+                    [
+                        str(ROOT / "configs" / "quickstart.yaml"),
+                        "--model_name_or_path",
+                        str(path),
+                        "--output_dir",
+                        str(out),
+                        "--input_format",
+                        input_format,
+                        *QUICK,
+                    ]
+                )
+            )
             checkpoints[family, input_format] = out / "fold_0" / "best"
     return checkpoints
 
@@ -80,13 +104,16 @@ def test_every_input_format_trains_and_pipeline_scores_like_inference(trained, f
         rows = clean(raw, classifier.preprocessing)
         assert any(row["target"] is None for row in rows) and any(row["target"] for row in rows)
         expected = classifier.predict_proba(raw)
-        hf_pipeline = pipeline("text-classification", model=str(best), top_k=None, function_to_apply="sigmoid", device="cpu")
+        hf_pipeline = pipeline(
+            "text-classification", model=str(best), top_k=None, function_to_apply="sigmoid", device="cpu"
+        )
         for i, row in enumerate(rows):
             result = hf_pipeline(pipeline_input(row, input_format))
             result = result[0] if isinstance(result[0], list) else result  # a plain string comes back nested
             scored = {item["label"]: item["score"] for item in result}
-            np.testing.assert_allclose([scored[label] for label in LABELS], expected[i], atol=1e-5,
-                                       err_msg=f"{family} {input_format} row {i}")
+            np.testing.assert_allclose(
+                [scored[label] for label in LABELS], expected[i], atol=1e-5, err_msg=f"{family} {input_format} row {i}"
+            )
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -98,8 +125,16 @@ def test_onnx_export_traces_the_checkpoints_own_inputs(trained, family, tmp_path
     run_cli("export.py", "--checkpoint", best, "--output", tmp_path / "onnx")
     inputs = [i.name for i in onnx.load(str(tmp_path / "onnx" / "model.onnx")).graph.input]
     assert ("token_type_ids" in inputs) is SEGMENTS[family]
-    predict_file([str(best)], str(SAMPLE_DEV), str(tmp_path / "t.jsonl"), probs_path=str(tmp_path / "t_probs.jsonl"), device="cpu")
-    predict_file([str(tmp_path / "onnx")], str(SAMPLE_DEV), str(tmp_path / "o.jsonl"), probs_path=str(tmp_path / "o_probs.jsonl"))
+    predict_file(
+        [str(best)],
+        str(SAMPLE_DEV),
+        str(tmp_path / "t.jsonl"),
+        probs_path=str(tmp_path / "t_probs.jsonl"),
+        device="cpu",
+    )
+    predict_file(
+        [str(tmp_path / "onnx")], str(SAMPLE_DEV), str(tmp_path / "o.jsonl"), probs_path=str(tmp_path / "o_probs.jsonl")
+    )
     torch_ids, torch_probs = read_probs(tmp_path / "t_probs.jsonl")
     onnx_ids, onnx_probs = read_probs(tmp_path / "o_probs.jsonl")
     assert onnx_ids == torch_ids and np.abs(onnx_probs - torch_probs).max() <= 1e-5
@@ -108,10 +143,26 @@ def test_onnx_export_traces_the_checkpoints_own_inputs(trained, family, tmp_path
 def test_klue_roberta_pair_runs_through_the_commands(families, tmp_path):
     """The reported crash, as a user meets it: train.py in the default pair format, then inference.py."""
     out = tmp_path / "run"
-    run_cli("train.py", ROOT / "configs" / "quickstart.yaml", "--model_name_or_path", families["klue-roberta"],
-            "--output_dir", out, *QUICK)
-    result = run_cli("inference.py", "--checkpoint", out / "fold_0" / "best", "--input", SAMPLE_DEV,
-                     "--output", tmp_path / "sub.jsonl", "--device", "cpu")
+    run_cli(
+        "train.py",
+        ROOT / "configs" / "quickstart.yaml",
+        "--model_name_or_path",
+        families["klue-roberta"],
+        "--output_dir",
+        out,
+        *QUICK,
+    )
+    result = run_cli(
+        "inference.py",
+        "--checkpoint",
+        out / "fold_0" / "best",
+        "--input",
+        SAMPLE_DEV,
+        "--output",
+        tmp_path / "sub.jsonl",
+        "--device",
+        "cpu",
+    )
     assert "wrote 100 rows" in result.stdout
     assert "unknown token" not in result.stderr
 
@@ -119,11 +170,27 @@ def test_klue_roberta_pair_runs_through_the_commands(families, tmp_path):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_post_training_keeps_every_weight_the_classifier_uses(families, family, tmp_path):
     out = tmp_path / "post"
-    run_post_training(*parse_post_train_config([
-        str(ROOT / "configs" / "post_train-quickstart.yaml"), "--model_name_or_path", str(families[family]),
-        "--output_dir", str(out), "--max_steps", "3", "--eval_strategy", "no", "--validation_fraction", "0",
-        "--disable_tqdm", "true", "--whole_word_mask", "true",  # word offsets of WordPiece and SentencePiece alike
-    ]))
+    run_post_training(
+        *parse_post_train_config(
+            [
+                str(ROOT / "configs" / "post_train-quickstart.yaml"),
+                "--model_name_or_path",
+                str(families[family]),
+                "--output_dir",
+                str(out),
+                "--max_steps",
+                "3",
+                "--eval_strategy",
+                "no",
+                "--validation_fraction",
+                "0",
+                "--disable_tqdm",
+                "true",
+                "--whole_word_mask",
+                "true",  # word offsets of WordPiece and SentencePiece alike
+            ]
+        )
+    )
     assert (out / "post_train.json").exists()
     model, info = AutoModelForSequenceClassification.from_pretrained(out, num_labels=8, output_loading_info=True)
     assert {key.split(".")[0] for key in info["missing_keys"]} == {"classifier"}, info["missing_keys"]
@@ -131,19 +198,47 @@ def test_post_training_keeps_every_weight_the_classifier_uses(families, family, 
         original = AutoModelForSequenceClassification.from_pretrained(families[family], num_labels=8)
         assert torch.equal(model.bert.pooler.dense.weight, original.bert.pooler.dense.weight)
     assert ("token_type_ids" in AutoTokenizer.from_pretrained(out)("가", "나")) is SEGMENTS[family]
-    run_training(*parse_config([str(ROOT / "configs" / "quickstart.yaml"), "--model_name_or_path", str(out),
-                                "--output_dir", str(tmp_path / "fine"), *QUICK]))
+    run_training(
+        *parse_config(
+            [
+                str(ROOT / "configs" / "quickstart.yaml"),
+                "--model_name_or_path",
+                str(out),
+                "--output_dir",
+                str(tmp_path / "fine"),
+                *QUICK,
+            ]
+        )
+    )
     assert (tmp_path / "fine" / "fold_0" / "done.json").exists()
 
 
 def test_an_unfinished_post_training_folder_is_refused_by_name(families, tmp_path):
     out = tmp_path / "post"
-    argv = [str(ROOT / "configs" / "post_train-quickstart.yaml"), "--model_name_or_path", str(families["kcelectra"]),
-            "--output_dir", str(out), "--max_steps", "2", "--eval_strategy", "no", "--validation_fraction", "0"]
+    argv = [
+        str(ROOT / "configs" / "post_train-quickstart.yaml"),
+        "--model_name_or_path",
+        str(families["kcelectra"]),
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "2",
+        "--eval_strategy",
+        "no",
+        "--validation_fraction",
+        "0",
+    ]
     run_post_training(*parse_post_train_config(argv))
     (out / "post_train.json").unlink()  # as after a kill: everything but the summary, which is written last
-    result = run_cli("train.py", ROOT / "configs" / "quickstart.yaml", "--model_name_or_path", out,
-                     "--output_dir", tmp_path / "fine", check=False)
+    result = run_cli(
+        "train.py",
+        ROOT / "configs" / "quickstart.yaml",
+        "--model_name_or_path",
+        out,
+        "--output_dir",
+        tmp_path / "fine",
+        check=False,
+    )
     assert result.returncode == 1 and str(out) in result.stderr and "unfinished post-training" in result.stderr
     assert not (tmp_path / "fine").exists()
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
@@ -166,8 +261,18 @@ def test_a_lowercasing_bert_tokenizer_keeps_hangul_and_says_so(tmp_path, caplog)
     assert fixed.unk_token not in fixed.tokenize(text)
     assert "splits Hangul" in caplog.text and "strip_accents" in caplog.text
     out = tmp_path / "run"
-    run_training(*parse_config([str(ROOT / "configs" / "quickstart.yaml"), "--model_name_or_path", str(folder),
-                                "--output_dir", str(out), *QUICK]))
+    run_training(
+        *parse_config(
+            [
+                str(ROOT / "configs" / "quickstart.yaml"),
+                "--model_name_or_path",
+                str(folder),
+                "--output_dir",
+                str(out),
+                *QUICK,
+            ]
+        )
+    )
     saved = AutoTokenizer.from_pretrained(out / "fold_0" / "best")  # what pipeline() loads
     assert saved.tokenize(text) == fixed.tokenize(text)
 
@@ -193,8 +298,18 @@ def english_only(folder, tmp_path):
 def test_an_unknown_token_flood_stops_training_and_warns_at_inference(families, trained, tmp_path, caplog):
     folder = english_only(families["kcbert"], tmp_path)
     with pytest.raises(PipelineError, match=r"\d+\.\d% of the \d+ tokens .* unknown token \[UNK\].*vocabulary"):
-        run_training(*parse_config([str(ROOT / "configs" / "quickstart.yaml"), "--model_name_or_path", str(folder),
-                                    "--output_dir", str(tmp_path / "run"), *QUICK]))
+        run_training(
+            *parse_config(
+                [
+                    str(ROOT / "configs" / "quickstart.yaml"),
+                    "--model_name_or_path",
+                    str(folder),
+                    "--output_dir",
+                    str(tmp_path / "run"),
+                    *QUICK,
+                ]
+            )
+        )
     best = english_only(trained["kcbert", "pair"], tmp_path / "ckpt")
     with caplog.at_level(logging.WARNING, logger="nikl_emotion.text.preprocessing"):
         predict_file([str(best)], str(SAMPLE_DEV), str(tmp_path / "sub.jsonl"), device="cpu")
@@ -204,27 +319,74 @@ def test_an_unknown_token_flood_stops_training_and_warns_at_inference(families, 
 def test_max_seq_length_beyond_the_models_positions_is_refused(families, tmp_path):
     assert AutoConfig.from_pretrained(families["kcbert"]).max_position_embeddings == 300
     with pytest.raises(PipelineError, match="max_seq_length: 400 is more than the 300 tokens"):
-        run_training(*parse_config([str(ROOT / "configs" / "quickstart.yaml"), "--model_name_or_path",
-                                    str(families["kcbert"]), "--output_dir", str(tmp_path / "run"),
-                                    "--max_seq_length", "400", *QUICK]))
+        run_training(
+            *parse_config(
+                [
+                    str(ROOT / "configs" / "quickstart.yaml"),
+                    "--model_name_or_path",
+                    str(families["kcbert"]),
+                    "--output_dir",
+                    str(tmp_path / "run"),
+                    "--max_seq_length",
+                    "400",
+                    *QUICK,
+                ]
+            )
+        )
     with pytest.raises(PipelineError, match="max_seq_length: 513 is more than the 512 tokens"):
-        run_training(*parse_config([str(ROOT / "configs" / "quickstart.yaml"), "--model_name_or_path",
-                                    str(families["klue-roberta"]), "--output_dir", str(tmp_path / "run2"),
-                                    "--max_seq_length", "513", *QUICK]))
+        run_training(
+            *parse_config(
+                [
+                    str(ROOT / "configs" / "quickstart.yaml"),
+                    "--model_name_or_path",
+                    str(families["klue-roberta"]),
+                    "--output_dir",
+                    str(tmp_path / "run2"),
+                    "--max_seq_length",
+                    "513",
+                    *QUICK,
+                ]
+            )
+        )
 
 
-ALL_TECHNIQUES = ["--layerwise_lr_decay", "0.8", "--ema_decay", "0.9", "--swa_epochs", "1", "--rdrop_alpha", "1.0",
-                  "--multi_sample_dropout", "3"]
+ALL_TECHNIQUES = [
+    "--layerwise_lr_decay",
+    "0.8",
+    "--ema_decay",
+    "0.9",
+    "--swa_epochs",
+    "1",
+    "--rdrop_alpha",
+    "1.0",
+    "--multi_sample_dropout",
+    "3",
+]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_fine_tuning_technique_trains_each_family(families, family, tmp_path):
-    """LLRD, EMA + SWA, R-Drop, multi-sample dropout and FGM or AWP together on each family's real layout; the saved best/
+    """LLRD, EMA + SWA, R-Drop, multi-sample dropout and FGM or AWP together on each family's real layout; the saved
+    best/
     is a plain checkpoint of the family that predicts exactly what the fold reported for its validation rows."""
     out = tmp_path / "run"
-    run_training(*parse_config([str(ROOT / "configs" / "quickstart.yaml"), "--model_name_or_path", str(families[family]),
-                                "--output_dir", str(out), *QUICK, "--num_train_epochs", "2", *ALL_TECHNIQUES,
-                                "--adversarial", "fgm" if family in ("kcelectra", "kcbert") else "awp"]))
+    run_training(
+        *parse_config(
+            [
+                str(ROOT / "configs" / "quickstart.yaml"),
+                "--model_name_or_path",
+                str(families[family]),
+                "--output_dir",
+                str(out),
+                *QUICK,
+                "--num_train_epochs",
+                "2",
+                *ALL_TECHNIQUES,
+                "--adversarial",
+                "fgm" if family in ("kcelectra", "kcbert") else "awp",
+            ]
+        )
+    )
     best = out / "fold_0" / "best"
     _, info = AutoModelForSequenceClassification.from_pretrained(best, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]

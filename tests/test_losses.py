@@ -35,7 +35,7 @@ def reference_asl_paper(x, y, gamma_neg, gamma_pos, clip, eps):
     p = sigmoid(x)
     p_m = torch.clamp(p - clip, min=0)
     l_pos = (1 - p) ** gamma_pos * torch.log(torch.clamp(p, min=eps))
-    l_neg = p_m ** gamma_neg * torch.log(torch.clamp(1 - p_m, min=eps))
+    l_neg = p_m**gamma_neg * torch.log(torch.clamp(1 - p_m, min=eps))
     return -(y * l_pos + (1 - y) * l_neg)
 
 
@@ -80,7 +80,9 @@ def compare(module, reference_fn, seed):
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 @pytest.mark.parametrize("with_pos_weight", [False, True])
 def test_bce(seed, smoothing, with_pos_weight):
-    pos_weight = torch.tensor([1.0, 2.0, 5.0, 0.5, 3.0, 10.0, 4.0, 1.5], dtype=torch.float64) if with_pos_weight else None
+    pos_weight = (
+        torch.tensor([1.0, 2.0, 5.0, 0.5, 3.0, 10.0, 4.0, 1.5], dtype=torch.float64) if with_pos_weight else None
+    )
     module = BCELoss(reduction="none", label_smoothing=smoothing, pos_weight=pos_weight)
     compare(module.double(), lambda x, y: reference_bce(x, smoothed(y, smoothing), pos_weight), seed)
 
@@ -94,7 +96,9 @@ def test_focal(seed, alpha, gamma, smoothing):
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-@pytest.mark.parametrize("gamma_neg, gamma_pos, clip", [(4.0, 1.0, 0.05), (2.0, 0.0, 0.0), (0.0, 0.0, 0.1), (3.0, 2.0, 0.2)])
+@pytest.mark.parametrize(
+    "gamma_neg, gamma_pos, clip", [(4.0, 1.0, 0.05), (2.0, 0.0, 0.0), (0.0, 0.0, 0.1), (3.0, 2.0, 0.2)]
+)
 def test_asl_matches_the_paper_on_hard_labels(seed, gamma_neg, gamma_pos, clip):
     module = AsymmetricLoss(gamma_neg=gamma_neg, gamma_pos=gamma_pos, clip=clip, eps=1e-8, reduction="none")
     compare(module, lambda x, y: reference_asl_paper(x, y, gamma_neg, gamma_pos, clip, 1e-8), seed)
@@ -113,7 +117,7 @@ def test_asl_differs_from_the_reference_pipelines_eps_inside_the_log():
     x = torch.tensor([[-18.5] * 8], dtype=torch.float64)  # p ≈ 9e-9, the size of eps
     y = torch.ones(1, 8, dtype=torch.float64)
     ours = AsymmetricLoss(reduction="none")(x, y)
-    eps_in_log = -(1 - sigmoid(x)) ** 1.0 * torch.log(sigmoid(x) + 1e-8)
+    eps_in_log = -((1 - sigmoid(x)) ** 1.0) * torch.log(sigmoid(x) + 1e-8)
     assert not torch.allclose(ours, eps_in_log)
 
 

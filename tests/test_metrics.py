@@ -5,9 +5,9 @@ import json
 import evaluate
 import numpy as np
 import pytest
+from conftest import LABELS, ROOT, nikl_row, run_cli, write_jsonl
 from sklearn.metrics import f1_score
 
-from conftest import LABELS, ROOT, nikl_row, run_cli, write_jsonl
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.decisions.metrics import decide, score, score_files
 from nikl_emotion.decisions.thresholds import micro_f1 as threshold_search_micro_f1
@@ -30,14 +30,20 @@ def test_scores_equal_the_formula_on_random_matrices():
         assert result["micro_f1"] == pytest.approx(micro_f1_by_hand(gold, pred))
         assert result["micro_f1"] == pytest.approx(f1_score(gold, pred, average="micro", zero_division=0))
         assert threshold_search_micro_f1(gold.astype(bool), pred.astype(bool)) == pytest.approx(result["micro_f1"])
-        per_label = [micro_f1_by_hand(gold[:, j], pred[:, j]) if (gold[:, j].sum() + pred[:, j].sum()) else 0.0 for j in range(8)]
+        per_label = [
+            micro_f1_by_hand(gold[:, j], pred[:, j]) if (gold[:, j].sum() + pred[:, j].sum()) else 0.0 for j in range(8)
+        ]
         assert result["macro_f1"] == pytest.approx(np.mean(per_label))
         assert [result["per_label"][label]["f1"] for label in LABELS] == pytest.approx(per_label)
 
 
 def test_decide_threshold_and_fallback():
     probs = np.array([[0.9, 0.6, 0.1, 0, 0, 0, 0, 0], [0.2, 0.3, 0.4, 0, 0, 0, 0, 0.1], [0.5, 0, 0, 0, 0, 0, 0, 0]])
-    assert decide(probs).astype(int).tolist() == [[1, 1, 0, 0, 0, 0, 0, 0], [0, 0, 1, 0, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0, 0, 0]]
+    assert decide(probs).astype(int).tolist() == [
+        [1, 1, 0, 0, 0, 0, 0, 0],
+        [0, 0, 1, 0, 0, 0, 0, 0],
+        [1, 0, 0, 0, 0, 0, 0, 0],
+    ]
     assert not decide(probs, fallback=False)[1].any()
 
 
@@ -51,7 +57,9 @@ def test_evaluate_module_loads_offline_and_agrees():
 
 
 def test_score_files_matches_rows_by_id(tmp_path):
-    gold = write_jsonl(tmp_path / "gold.jsonl", [nikl_row("a", labels=("joy",)), nikl_row("b", labels=("fear", "anger"))])
+    gold = write_jsonl(
+        tmp_path / "gold.jsonl", [nikl_row("a", labels=("joy",)), nikl_row("b", labels=("fear", "anger"))]
+    )
     pred = write_jsonl(tmp_path / "pred.jsonl", [nikl_row("b", labels=("fear",)), nikl_row("a", labels=("joy",))])
     assert score_files(str(gold), str(pred))["micro_f1"] == pytest.approx(2 * 2 / (2 * 2 + 0 + 1))
     partial = write_jsonl(tmp_path / "partial.jsonl", [nikl_row("a")])

@@ -4,22 +4,23 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, SAMPLE_DEV, SAMPLE_TEST, SAMPLE_TRAIN, nikl_row, run_cli, write_jsonl
+
 from nikl_emotion import EmotionClassifier
-from nikl_emotion.training.config_checks import parse_config
-from nikl_emotion.text.data import load_jsonl
+from nikl_emotion.backends.ngram import NgramClassifier
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.fileio import read_probs
 from nikl_emotion.decisions.metrics import decide, score
-from nikl_emotion.backends.ngram import NgramClassifier
+from nikl_emotion.text.data import load_jsonl
+from nikl_emotion.training.config_checks import parse_config
 
 
 @pytest.fixture(scope="module")
 def ngram_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("ngram") / "out"
-    result = run_cli("train.py", ROOT / "configs" / "quickstart.yaml", "--model_name_or_path", "ngram:tfidf",
-                     "--output_dir", out)
+    result = run_cli(
+        "train.py", ROOT / "configs" / "quickstart.yaml", "--model_name_or_path", "ngram:tfidf", "--output_dir", out
+    )
     return out, result.stdout
 
 
@@ -56,9 +57,18 @@ def test_the_classifier_and_inference_read_an_ngram_checkpoint(ngram_run, tmp_pa
 
 
 def test_a_label_with_one_class_gets_its_constant_rate(tmp_path):
-    rows = [nikl_row(f"r{i}", form=text, target=None, labels=labels) for i, (text, labels) in enumerate(
-        [("오늘 공연 너무 좋았다", ("joy",)), ("정말 화가 난다", ("anger",)), ("공연 최고 좋았다", ("joy",)),
-         ("진짜 화난다 짜증", ("anger",))] * 3)]
+    rows = [
+        nikl_row(f"r{i}", form=text, target=None, labels=labels)
+        for i, (text, labels) in enumerate(
+            [
+                ("오늘 공연 너무 좋았다", ("joy",)),
+                ("정말 화가 난다", ("anger",)),
+                ("공연 최고 좋았다", ("joy",)),
+                ("진짜 화난다 짜증", ("anger",)),
+            ]
+            * 3
+        )
+    ]
     train = load_jsonl(write_jsonl(tmp_path / "t.jsonl", rows))
     model = NgramClassifier().fit(train)
     probs = model.predict_proba(load_jsonl(SAMPLE_DEV).select(range(5)))
@@ -67,14 +77,28 @@ def test_a_label_with_one_class_gets_its_constant_rate(tmp_path):
 
 
 def test_commands_that_need_an_encoder_refuse_it(tmp_path):
-    config = [str(ROOT / "configs" / "quickstart.yaml"), "--model_name_or_path", "ngram:tfidf", "--output_dir",
-              str(tmp_path / "o")]
+    config = [
+        str(ROOT / "configs" / "quickstart.yaml"),
+        "--model_name_or_path",
+        "ngram:tfidf",
+        "--output_dir",
+        str(tmp_path / "o"),
+    ]
     from nikl_emotion.training.hp_search import run_hp_search
 
     with pytest.raises(PipelineError, match="hp-search tunes the Trainer's settings"):
         run_hp_search(2, *parse_config(config))
     with pytest.raises(PipelineError, match="unknown n-gram model 'ngram:bm25'"):
         parse_config([*config, "--model_name_or_path", "ngram:bm25"])
-    refused = run_cli("post_train.py", ROOT / "configs" / "post_train-offline.yaml", "--model_name_or_path", "ngram:tfidf",
-                      "--output_dir", tmp_path / "p", "--train_files", SAMPLE_TRAIN, check=False)
+    refused = run_cli(
+        "post_train.py",
+        ROOT / "configs" / "post_train-offline.yaml",
+        "--model_name_or_path",
+        "ngram:tfidf",
+        "--output_dir",
+        tmp_path / "p",
+        "--train_files",
+        SAMPLE_TRAIN,
+        check=False,
+    )
     assert refused.returncode == 1 and "post-training trains an encoder" in refused.stderr

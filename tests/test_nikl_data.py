@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-
 from conftest import NIKL_DIR
+
 from nikl_emotion.text.cleaning import CleaningOptions
 from nikl_emotion.text.data import load_jsonl, load_jsonl_files
 from nikl_emotion.text.preprocessing import Preprocessing, clean
@@ -25,7 +25,9 @@ def test_cleaning_keeps_every_real_target_aligned():
     rows = load_jsonl(NIKL_DIR / "dev.jsonl")
     cleaned = clean(rows, Preprocessing(CleaningOptions(remove_others=True, cleanse=True)))
     emptied = 0
-    for text, target, begin, end in zip(cleaned["text"], cleaned["target"], cleaned["target_begin"], cleaned["target_end"]):
+    for text, target, begin, end in zip(
+        cleaned["text"], cleaned["target"], cleaned["target_begin"], cleaned["target_end"]
+    ):
         if target is None:
             continue
         if begin == end:

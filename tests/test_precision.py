@@ -9,12 +9,12 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, TrainingArguments
-
 from conftest import ROOT, SAMPLE_TEST, run_main
 from decoder_families import build_decoder
 from hub_families import build_klue_roberta
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, TrainingArguments
+
 from nikl_emotion import EmotionClassifier
 from nikl_emotion.backends.backbone import load_model, load_tokenizer
 from nikl_emotion.backends.decoder_backend import new_decoder_model, save_decoder
@@ -25,8 +25,20 @@ from nikl_emotion.training.config_checks import parse_config
 from nikl_emotion.training.kfold import run_training
 
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
-ONE_FOLD = ["--num_folds", "2", "--fold", "0", "--num_train_epochs", "1", "--per_device_train_batch_size", "16",
-            "--disable_tqdm", "true", "--save_total_limit", "1"]
+ONE_FOLD = [
+    "--num_folds",
+    "2",
+    "--fold",
+    "0",
+    "--num_train_epochs",
+    "1",
+    "--per_device_train_batch_size",
+    "16",
+    "--disable_tqdm",
+    "true",
+    "--save_total_limit",
+    "1",
+]
 DECODER = ["--input_format", "instruction", "--learning_rate", "2e-3"]
 LORA = ["--lora_r", "4", "--lora_alpha", "8"]
 CPU = TrainingArguments(output_dir="unused", use_cpu=True, report_to=[])
@@ -37,8 +49,11 @@ CPU_BF16 = TrainingArguments(output_dir="unused", use_cpu=True, report_to=[], bf
 def shipped(tmp_path_factory) -> dict:
     """Imitations saved as the hub ships them, and float32 copies holding exactly the same values."""
     root = tmp_path_factory.mktemp("shipped")
-    folders = {"llama": build_decoder("llama", root / "llama"), "polyglot": build_decoder("polyglot", root / "polyglot"),
-               "klue-roberta": build_klue_roberta(root / "klue")}
+    folders = {
+        "llama": build_decoder("llama", root / "llama"),
+        "polyglot": build_decoder("polyglot", root / "polyglot"),
+        "klue-roberta": build_klue_roberta(root / "klue"),
+    }
     for name, auto_class in (("llama", AutoModelForCausalLM), ("klue-roberta", AutoModelForMaskedLM)):
         copy = shutil.copytree(folders[name], root / f"{name}-fp32")  # the same tokenizer files, weights re-saved
         auto_class.from_pretrained(copy, dtype=torch.float32).save_pretrained(copy)
@@ -47,8 +62,11 @@ def shipped(tmp_path_factory) -> dict:
 
 
 def train(model, out, *extra):
-    run_training(*parse_config([str(QUICKSTART), "--model_name_or_path", str(model), "--output_dir", str(out),
-                                *ONE_FOLD, *extra]))
+    run_training(
+        *parse_config(
+            [str(QUICKSTART), "--model_name_or_path", str(model), "--output_dir", str(out), *ONE_FOLD, *extra]
+        )
+    )
     return out
 
 
@@ -71,8 +89,9 @@ def test_a_half_precision_decoder_trains_float32_weights_its_base_half_only_unde
     assert dtypes(lora, trainable=False) == {torch.bfloat16}  # the frozen base in the autocast dtype
     plain = new_decoder_model(folder, tokenizer, ModelArguments(model_name_or_path=folder, lora_r=4), CPU)
     assert dtypes(plain, trainable=True) | dtypes(plain, trainable=False) == {torch.float32}
-    chosen = new_decoder_model(folder, tokenizer, ModelArguments(model_name_or_path=folder, lora_r=4,
-                                                                 model_dtype="float16"), CPU_BF16)
+    chosen = new_decoder_model(
+        folder, tokenizer, ModelArguments(model_name_or_path=folder, lora_r=4, model_dtype="float16"), CPU_BF16
+    )
     assert dtypes(chosen, trainable=False) == {torch.float16} and dtypes(chosen, trainable=True) == {torch.float32}
 
 
@@ -117,8 +136,9 @@ def test_a_bf16_encoder_and_a_merged_bf16_adapter_reload_within_their_bounds(shi
     encoder = train(shipped["klue-roberta"], tmp_path / "encoder", "--classifier_head", "target_pool", "--bf16", "true")
     best = encoder / "fold_0" / "best"
     assert json.loads((best / "loading.json").read_text())["autocast"] == "bf16"
-    np.testing.assert_allclose(EmotionClassifier.from_pretrained(best, device="cpu").predict_proba(SAMPLE_TEST),
-                               fold_probs(encoder), atol=1e-5)  # the same float32 weights under the same autocast
+    np.testing.assert_allclose(
+        EmotionClassifier.from_pretrained(best, device="cpu").predict_proba(SAMPLE_TEST), fold_probs(encoder), atol=1e-5
+    )  # the same float32 weights under the same autocast
     merged = train(shipped["llama"], tmp_path / "merged", *DECODER, *LORA, "--bf16", "true", "--merge_lora", "true")
     best = merged / "fold_0" / "best"
     assert json.loads((best / "loading.json").read_text())["base_dtype"] == "float32"  # merged in float32
@@ -133,8 +153,9 @@ def test_an_fp16_checkpoint_trains_under_fp16_autocast_and_is_served_so(shipped,
     out = train(shipped["klue-roberta"], tmp_path / "fp16", "--fp16", "true")
     best = out / "fold_0" / "best"
     assert json.loads((best / "loading.json").read_text())["autocast"] == "fp16"
-    np.testing.assert_allclose(EmotionClassifier.from_pretrained(best, device="cpu").predict_proba(SAMPLE_TEST),
-                               fold_probs(out), atol=1e-5)
+    np.testing.assert_allclose(
+        EmotionClassifier.from_pretrained(best, device="cpu").predict_proba(SAMPLE_TEST), fold_probs(out), atol=1e-5
+    )
 
 
 def copy_best(run, tmp_path):
@@ -144,7 +165,9 @@ def copy_best(run, tmp_path):
 def test_an_adapter_without_its_trained_head_or_its_config_is_refused_by_name(bf16_lora, tmp_path):
     best = copy_best(bf16_lora, tmp_path)
     weights = load_file(best / "adapter_model.safetensors")
-    save_file({key: value for key, value in weights.items() if ".score." not in key}, best / "adapter_model.safetensors")
+    save_file(
+        {key: value for key, value in weights.items() if ".score." not in key}, best / "adapter_model.safetensors"
+    )
     with pytest.raises(PipelineError, match="classifier weights missing, e.g. score.weight"):
         EmotionClassifier.from_pretrained(best, device="cpu")
     (best / "adapter_config.json").unlink()
@@ -153,8 +176,9 @@ def test_an_adapter_without_its_trained_head_or_its_config_is_refused_by_name(bf
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
-def test_a_4bit_adapter_is_refused_in_one_line_without_cuda_and_served_over_a_bf16_base(bf16_lora, tmp_path, capsys,
-                                                                                      monkeypatch):
+def test_a_4bit_adapter_is_refused_in_one_line_without_cuda_and_served_over_a_bf16_base(
+    bf16_lora, tmp_path, capsys, monkeypatch
+):
     best = copy_best(bf16_lora, tmp_path)
     record = json.loads((best / "loading.json").read_text())
     nf4 = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": "bfloat16"}
@@ -163,8 +187,18 @@ def test_a_4bit_adapter_is_refused_in_one_line_without_cuda_and_served_over_a_bf
         EmotionClassifier.from_pretrained(best, device="cpu")
     served = EmotionClassifier.from_pretrained(best, device="cpu", dtype="bf16").predict_proba(SAMPLE_TEST)
     np.testing.assert_allclose(served, fold_probs(bf16_lora), atol=1e-5)
-    code, errors = run_main(capsys, monkeypatch, "inference", "--checkpoint", bf16_lora / "fold_0" / "best", "--input",
-                            SAMPLE_TEST, "--output", tmp_path / "sub.jsonl", "--load_in_4bit")
+    code, errors = run_main(
+        capsys,
+        monkeypatch,
+        "inference",
+        "--checkpoint",
+        bf16_lora / "fold_0" / "best",
+        "--input",
+        SAMPLE_TEST,
+        "--output",
+        tmp_path / "sub.jsonl",
+        "--load_in_4bit",
+    )
     assert code == 1 and len(errors) == 1 and "CUDA" in errors[0] and not (tmp_path / "sub.jsonl").exists()
 
 
@@ -178,11 +212,26 @@ def test_a_saved_adapter_names_no_quantization_its_base_was_trained_under(shippe
 
 
 def test_inference_takes_the_dtype_and_says_what_it_is_for(bf16_lora, tmp_path, capsys, monkeypatch):
-    code, _ = run_main(capsys, monkeypatch, "inference", "--checkpoint", bf16_lora / "fold_0" / "best", "--input",
-                       SAMPLE_TEST, "--output", tmp_path / "sub.jsonl", "--probs", tmp_path / "probs.jsonl", "--dtype", "auto")
+    code, _ = run_main(
+        capsys,
+        monkeypatch,
+        "inference",
+        "--checkpoint",
+        bf16_lora / "fold_0" / "best",
+        "--input",
+        SAMPLE_TEST,
+        "--output",
+        tmp_path / "sub.jsonl",
+        "--probs",
+        tmp_path / "probs.jsonl",
+        "--dtype",
+        "auto",
+    )
     assert code == 0
     np.testing.assert_allclose(read_probs(tmp_path / "probs.jsonl")[1], fold_probs(bf16_lora), atol=1e-5)
-    monkeypatch.setattr("sys.argv", ["inference.py", "--checkpoint", "x", "--input", "y", "--output", "z", "--dtype", "half"])
+    monkeypatch.setattr(
+        "sys.argv", ["inference.py", "--checkpoint", "x", "--input", "y", "--output", "z", "--dtype", "half"]
+    )
     with pytest.raises(SystemExit) as exited:  # argparse's own refusal, naming the choices
         importlib.import_module("inference").entry_point(importlib.import_module("inference").main)()
     assert exited.value.code == 2 and "--dtype: invalid choice: 'half'" in capsys.readouterr().err
@@ -193,6 +242,11 @@ def test_a_4bit_base_is_served_computing_and_autocasting_in_one_dtype():
 
     recorded = LoadRecord(base_dtype="float16", load_in_4bit=True, quantization=nf4_settings(torch.float16))
     served = serving_precision(recorded, LoadOptions(), half_weights=True)
-    assert served.weights == served.autocast == torch.float16 and served.quantization["bnb_4bit_compute_dtype"] == "float16"
+    assert (
+        served.weights == served.autocast == torch.float16
+        and served.quantization["bnb_4bit_compute_dtype"] == "float16"
+    )
     asked = serving_precision(LoadRecord(autocast="bf16"), LoadOptions(load_in_4bit=True), half_weights=True)
-    assert asked.weights == asked.autocast == torch.bfloat16 and asked.quantization["llm_int8_skip_modules"] == ["score"]
+    assert asked.weights == asked.autocast == torch.bfloat16 and asked.quantization["llm_int8_skip_modules"] == [
+        "score"
+    ]

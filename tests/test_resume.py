@@ -8,8 +8,9 @@ import sys
 import time
 
 from conftest import ROOT, SAMPLE_TRAIN, run_cli
-from nikl_emotion.text.data import load_jsonl
+
 from nikl_emotion.base.fileio import read_probs
+from nikl_emotion.text.data import load_jsonl
 
 ARGS = ["--num_folds", "2", "--num_train_epochs", "8", "--early_stopping_patience", "0"]
 
@@ -53,18 +54,65 @@ def test_sigkill_mid_fold_then_resume_matches_an_uninterrupted_run(tmp_path, tin
 
 def test_changed_config_is_refused_unless_overwrite(tmp_path):
     out = tmp_path / "run"
-    run_cli("train.py", ROOT / "configs" / "quickstart.yaml", "--output_dir", out, "--num_folds", "2", "--fold", "0",
-            "--num_train_epochs", "1")
+    run_cli(
+        "train.py",
+        ROOT / "configs" / "quickstart.yaml",
+        "--output_dir",
+        out,
+        "--num_folds",
+        "2",
+        "--fold",
+        "0",
+        "--num_train_epochs",
+        "1",
+    )
     before = os.listdir(out / "fold_0")
-    refused = run_cli("train.py", ROOT / "configs" / "quickstart.yaml", "--output_dir", out, "--num_folds", "2", "--fold", "0",
-                      "--num_train_epochs", "1", "--learning_rate", "0.01", check=False)
+    refused = run_cli(
+        "train.py",
+        ROOT / "configs" / "quickstart.yaml",
+        "--output_dir",
+        out,
+        "--num_folds",
+        "2",
+        "--fold",
+        "0",
+        "--num_train_epochs",
+        "1",
+        "--learning_rate",
+        "0.01",
+        check=False,
+    )
     assert refused.returncode == 1
     assert "learning_rate: 0.001 -> 0.01" in refused.stderr and "--overwrite true" in refused.stderr
     assert os.listdir(out / "fold_0") == before
     # another fold of the same run is not a change
-    run_cli("train.py", ROOT / "configs" / "quickstart.yaml", "--output_dir", out, "--num_folds", "2", "--fold", "1",
-            "--num_train_epochs", "1")
+    run_cli(
+        "train.py",
+        ROOT / "configs" / "quickstart.yaml",
+        "--output_dir",
+        out,
+        "--num_folds",
+        "2",
+        "--fold",
+        "1",
+        "--num_train_epochs",
+        "1",
+    )
     assert (out / "summary.json").exists()
-    run_cli("train.py", ROOT / "configs" / "quickstart.yaml", "--output_dir", out, "--num_folds", "2", "--fold", "0",
-            "--num_train_epochs", "1", "--learning_rate", "0.01", "--overwrite", "true")
+    run_cli(
+        "train.py",
+        ROOT / "configs" / "quickstart.yaml",
+        "--output_dir",
+        out,
+        "--num_folds",
+        "2",
+        "--fold",
+        "0",
+        "--num_train_epochs",
+        "1",
+        "--learning_rate",
+        "0.01",
+        "--overwrite",
+        "true",
+    )
     assert not (out / "fold_1").exists() and not (out / "summary.json").exists()

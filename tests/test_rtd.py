@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import ROOT, run_cli
 from transformers import AutoModelForSequenceClassification, ElectraForPreTraining
 
-from conftest import ROOT, run_cli
 from nikl_emotion.backends.backbone import offline_config, train_wordpiece_tokenizer
 from nikl_emotion.training import rtd
 from nikl_emotion.training.rtd import ReplacedTokenDetection, generator_config, sample_tokens
@@ -16,7 +16,9 @@ from nikl_emotion.training.time_budget import SAFETY, plan_steps
 
 @pytest.fixture(scope="module")
 def discriminator_config():
-    tokenizer = train_wordpiece_tokenizer(["오늘 공연 너무 좋았다", "정말 화가 난다", "내일이 기대된다"] * 30, vocab_size=200)
+    tokenizer = train_wordpiece_tokenizer(
+        ["오늘 공연 너무 좋았다", "정말 화가 난다", "내일이 기대된다"] * 30, vocab_size=200
+    )
     return offline_config("offline:electra-mini", tokenizer)
 
 
@@ -91,9 +93,13 @@ def test_both_losses_train_the_shared_embeddings(discriminator_config):
     model = ReplacedTokenDetection(ElectraForPreTraining(discriminator_config))
     masked, attention, labels = batch(discriminator_config.vocab_size)
     model(masked, attention_mask=attention, labels=labels).loss.backward()
-    for name in ("generator.encoder.layer.0.attention.self.query.weight", "generator_predictions.dense.weight",
-                 "discriminator.electra.encoder.layer.0.attention.self.query.weight",
-                 "discriminator.electra.embeddings.word_embeddings.weight", "generator_bias"):
+    for name in (
+        "generator.encoder.layer.0.attention.self.query.weight",
+        "generator_predictions.dense.weight",
+        "discriminator.electra.encoder.layer.0.attention.self.query.weight",
+        "discriminator.electra.embeddings.word_embeddings.weight",
+        "generator_bias",
+    ):
         assert model.get_parameter(name).grad.abs().sum() > 0, name
 
 
@@ -107,8 +113,16 @@ def test_a_budget_plan_fits_the_minutes_left():
 
 def test_rtd_post_training_under_a_budget_gives_a_folder_train_py_fine_tunes(tmp_path):
     out = tmp_path / "rtd"
-    result = run_cli("post_train.py", ROOT / "configs" / "post_train-quickstart.yaml", "--objective", "rtd",
-                     "--time_budget_minutes", "0.25", "--output_dir", out)
+    result = run_cli(
+        "post_train.py",
+        ROOT / "configs" / "post_train-quickstart.yaml",
+        "--objective",
+        "rtd",
+        "--time_budget_minutes",
+        "0.25",
+        "--output_dir",
+        out,
+    )
     assert "s per optimizer step measured on this machine" in result.stdout
     summary = json.loads((out / "post_train.json").read_text())
     assert summary["objective"] == "rtd" and summary["eval_loss_after"] < summary["eval_loss_before"]
@@ -117,11 +131,32 @@ def test_rtd_post_training_under_a_budget_gives_a_folder_train_py_fine_tunes(tmp
     assert not (out / "time_budget.json").exists() and not (out / "checkpoints").exists()
     model, info = AutoModelForSequenceClassification.from_pretrained(out, output_loading_info=True)
     assert all(key.startswith("classifier.") for key in info["missing_keys"])  # the whole encoder was pretrained
-    run_cli("train.py", ROOT / "configs" / "quickstart.yaml", "--model_name_or_path", out, "--output_dir",
-            tmp_path / "fine", "--num_folds", "2", "--fold", "0", "--num_train_epochs", "1")
+    run_cli(
+        "train.py",
+        ROOT / "configs" / "quickstart.yaml",
+        "--model_name_or_path",
+        out,
+        "--output_dir",
+        tmp_path / "fine",
+        "--num_folds",
+        "2",
+        "--fold",
+        "0",
+        "--num_train_epochs",
+        "1",
+    )
 
 
 def test_rtd_refuses_a_backbone_without_a_discriminator(tmp_path):
-    result = run_cli("post_train.py", ROOT / "configs" / "post_train-quickstart.yaml", "--objective", "rtd",
-                     "--model_name_or_path", "offline:bert-tiny", "--output_dir", tmp_path / "out", check=False)
+    result = run_cli(
+        "post_train.py",
+        ROOT / "configs" / "post_train-quickstart.yaml",
+        "--objective",
+        "rtd",
+        "--model_name_or_path",
+        "offline:bert-tiny",
+        "--output_dir",
+        tmp_path / "out",
+        check=False,
+    )
     assert result.returncode != 0 and "objective: rtd trains an ELECTRA discriminator" in result.stderr

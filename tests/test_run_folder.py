@@ -4,6 +4,7 @@ import os
 
 import pytest
 
+from nikl_emotion.folders.folder_kind import prepare_output_dir
 from nikl_emotion.folders.run_folder import (
     HP_SEARCH_FILES,
     PLOT_NAMES,
@@ -13,7 +14,6 @@ from nikl_emotion.folders.run_folder import (
     is_run_file,
     plot_file,
 )
-from nikl_emotion.folders.folder_kind import prepare_output_dir
 
 
 def named_paths(folder) -> dict[str, str]:
@@ -38,8 +38,15 @@ def test_overwrite_deletes_the_run_and_keeps_everything_else(tmp_path):
     out = tmp_path / "out"
     run = RunFolder(str(out))
     prepare_output_dir(str(out), {"learning_rate": 1e-3}, overwrite=False)
-    written = [run.summary, run.submission, run.decision, run.plot("label_totals"), run.fold(0).done, run.hp_table,
-               str(out / "notes.txt")]
+    written = [
+        run.summary,
+        run.submission,
+        run.decision,
+        run.plot("label_totals"),
+        run.fold(0).done,
+        run.hp_table,
+        str(out / "notes.txt"),
+    ]
     for path in written:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         open(path, "w").close()
@@ -66,16 +73,19 @@ def test_a_key_added_later_reads_as_its_neutral_value_in_an_older_run():
     defaults = field_defaults(*ARGUMENT_CLASSES[:-1])
     old = {"model_name_or_path": "offline:electra-tiny", "max_seq_length": 200}  # written before the key existed
     assert config_difference(old, {**old, "offline_pretokenizer": "none"}, defaults) is None
-    assert config_difference(old, {**old, "offline_pretokenizer": "kiwi"}, defaults) == "offline_pretokenizer: '(default)' -> 'kiwi'"
+    assert (
+        config_difference(old, {**old, "offline_pretokenizer": "kiwi"}, defaults)
+        == "offline_pretokenizer: '(default)' -> 'kiwi'"
+    )
     assert config_difference(old, {**old, "max_seq_length": 128}, defaults) == "max_seq_length: 200 -> 128"
 
 
 def test_every_settings_key_left_out_of_an_older_run_reads_as_its_default():
     """Defaults come from the dataclasses themselves, so a key added later needs no table kept by hand."""
     from nikl_emotion.base.config import ARGUMENT_CLASSES, field_defaults
+    from nikl_emotion.folders.run_folder import config_difference
     from nikl_emotion.training.distillation import DistillArguments
     from nikl_emotion.training.post_training import MLMArguments
-    from nikl_emotion.folders.run_folder import config_difference
 
     defaults = field_defaults(*ARGUMENT_CLASSES[:-1], MLMArguments, DistillArguments)
     assert {"layerwise_lr_decay", "objective", "max_unknown_rate", "distill_gold_weight"} <= set(defaults)
@@ -84,5 +94,7 @@ def test_every_settings_key_left_out_of_an_older_run_reads_as_its_default():
         older = {k: v for k, v in at_defaults.items() if k != key}  # the same run, written before `key` existed
         assert config_difference(older, at_defaults, defaults) is None, key
     changed = {**at_defaults, "ema_decay": 0.999}
-    assert config_difference({k: v for k, v in at_defaults.items() if k != "ema_decay"}, changed, defaults) == \
-        "ema_decay: '(default)' -> 0.999"
+    assert (
+        config_difference({k: v for k, v in at_defaults.items() if k != "ema_decay"}, changed, defaults)
+        == "ema_decay: '(default)' -> 0.999"
+    )

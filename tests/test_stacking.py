@@ -5,29 +5,38 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, SAMPLE_TEST, SAMPLE_TRAIN, run_cli
-from nikl_emotion.text.data import load_jsonl
+
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.fileio import read_probs
 from nikl_emotion.base.labels import LABELS
-from nikl_emotion.runs.stack_run import RunMember
 from nikl_emotion.decisions.stacking import apply_stacker, fit_stacker, stack_runs
+from nikl_emotion.runs.stack_run import RunMember
+from nikl_emotion.text.data import load_jsonl
 
 
 @pytest.fixture(scope="module")
 def ngram_two_folds(tmp_path_factory):
     """An n-gram run on tiny_run's folds (same files, num_folds and seed)."""
     out = tmp_path_factory.mktemp("ngram2") / "out"
-    run_cli("train.py", ROOT / "configs" / "quickstart.yaml", "--model_name_or_path", "ngram:tfidf", "--num_folds", "2",
-            "--output_dir", out)
+    run_cli(
+        "train.py",
+        ROOT / "configs" / "quickstart.yaml",
+        "--model_name_or_path",
+        "ngram:tfidf",
+        "--num_folds",
+        "2",
+        "--output_dir",
+        out,
+    )
     return out
 
 
 def test_stack_writes_a_submission_fitted_on_oof_only(tiny_run, ngram_two_folds, tmp_path):
     out, probs = tmp_path / "stack.jsonl", tmp_path / "stack_probs.jsonl"
-    result = run_cli("ensemble.py", "--runs", tiny_run, ngram_two_folds, "--strategy", "stack", "--output", out,
-                     "--probs", probs)
+    result = run_cli(
+        "ensemble.py", "--runs", tiny_run, ngram_two_folds, "--strategy", "stack", "--output", out, "--probs", probs
+    )
     assert "stack (nested)" in result.stdout and "mean of the runs" in result.stdout
     submission = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert [r["id"] for r in submission] == load_jsonl(SAMPLE_TEST, "optional")["id"]
@@ -36,7 +45,9 @@ def test_stack_writes_a_submission_fitted_on_oof_only(tiny_run, ngram_two_folds,
     assert ids == [r["id"] for r in submission] and ((stacked >= 0) & (stacked <= 1)).all()
 
 
-def test_the_stacks_rule_is_chosen_on_its_nested_oof_and_fixed_votes_at_the_threshold(tiny_run, ngram_two_folds, tmp_path):
+def test_the_stacks_rule_is_chosen_on_its_nested_oof_and_fixed_votes_at_the_threshold(
+    tiny_run, ngram_two_folds, tmp_path
+):
     from nikl_emotion.decisions.stacking import choose_stack_rule
     from nikl_emotion.decisions.voting import DecisionRule
 
@@ -45,20 +56,48 @@ def test_the_stacks_rule_is_chosen_on_its_nested_oof_and_fixed_votes_at_the_thre
     gold = np.asarray(train["labels"]) > 0.5
     result = stack_runs(members, gold)
     chosen, record = choose_stack_rule(result, gold, members[0].fold_of_row, DecisionRule("hard", 0.5))
-    assert record["candidates"][0]["name"] == "hard" and record["chosen"] in ("hard", "soft", "hard_tuned", "soft_tuned")
+    assert record["candidates"][0]["name"] == "hard" and record["chosen"] in (
+        "hard",
+        "soft",
+        "hard_tuned",
+        "soft_tuned",
+    )
     auto, fixed = tmp_path / "auto.jsonl", tmp_path / "fixed.jsonl"
     log = run_cli("ensemble.py", "--runs", tiny_run, ngram_two_folds, "--strategy", "stack", "--output", auto).stdout
     assert f"decision: auto → {record['chosen']}" in log
-    run_cli("ensemble.py", "--runs", tiny_run, ngram_two_folds, "--strategy", "stack", "--output", fixed,
-            "--stack_decision", "fixed", "--threshold", "0.3")
+    run_cli(
+        "ensemble.py",
+        "--runs",
+        tiny_run,
+        ngram_two_folds,
+        "--strategy",
+        "stack",
+        "--output",
+        fixed,
+        "--stack_decision",
+        "fixed",
+        "--threshold",
+        "0.3",
+    )
     ids = load_jsonl(SAMPLE_TEST, "optional")["id"]
     for path, rule in ((auto, chosen), (fixed, DecisionRule("hard", 0.3))):
         rows = [json.loads(line)["output"] for line in path.read_text(encoding="utf-8").splitlines()]
         expected = rule.apply(result["fold_test"])
         assert [[row[label] == "True" for label in row] for row in rows] == expected.tolist(), path.name
     assert len(ids) == len(rows)
-    refused = run_cli("ensemble.py", "--runs", tiny_run, ngram_two_folds, "--strategy", "stack", "--output", fixed,
-                      "--thresholds", tiny_run / "thresholds.json", check=False)
+    refused = run_cli(
+        "ensemble.py",
+        "--runs",
+        tiny_run,
+        ngram_two_folds,
+        "--strategy",
+        "stack",
+        "--output",
+        fixed,
+        "--thresholds",
+        tiny_run / "thresholds.json",
+        check=False,
+    )
     assert refused.returncode != 0 and "--stack_decision fixed" in refused.stderr
 
 
@@ -77,17 +116,33 @@ def test_the_nested_stack_never_sees_the_rows_it_scores(tiny_run, ngram_two_fold
 
 def test_runs_of_other_folds_or_options_are_refused(tiny_run, tmp_path):
     three_folds = tmp_path / "three"
-    run_cli("train.py", ROOT / "configs" / "quickstart.yaml", "--model_name_or_path", "ngram:tfidf",
-            "--output_dir", three_folds)
-    refused = run_cli("ensemble.py", "--runs", tiny_run, three_folds, "--strategy", "stack", "--output",
-                      tmp_path / "s.jsonl", check=False)
+    run_cli(
+        "train.py",
+        ROOT / "configs" / "quickstart.yaml",
+        "--model_name_or_path",
+        "ngram:tfidf",
+        "--output_dir",
+        three_folds,
+    )
+    refused = run_cli(
+        "ensemble.py",
+        "--runs",
+        tiny_run,
+        three_folds,
+        "--strategy",
+        "stack",
+        "--output",
+        tmp_path / "s.jsonl",
+        check=False,
+    )
     assert refused.returncode == 1 and "its folds differ" in refused.stderr
     assert not (tmp_path / "s.jsonl").exists()
     # an output inside a stacked run would replace that run's own files
     fold_file = three_folds / "fold_0" / "val_probs.jsonl"
     before = fold_file.read_bytes()
-    refused = run_cli("ensemble.py", "--runs", tiny_run, three_folds, "--strategy", "stack", "--output", fold_file,
-                      check=False)
+    refused = run_cli(
+        "ensemble.py", "--runs", tiny_run, three_folds, "--strategy", "stack", "--output", fold_file, check=False
+    )
     assert refused.returncode == 1 and "which its command wrote" in refused.stderr and fold_file.read_bytes() == before
     for extra in (["--weights", "1", "2"], ["--strategy", "hard"]):
         args = ["--runs", tiny_run, three_folds, "--strategy", "stack", "--output", tmp_path / "s.jsonl", *extra]
@@ -97,6 +152,7 @@ def test_runs_of_other_folds_or_options_are_refused(tiny_run, tmp_path):
 
 
 # the stack as a run: a folder inference.py --run and EmotionClassifier.from_pretrained serve ----------------------
+
 
 @pytest.fixture
 def command(capsys, monkeypatch):
@@ -128,7 +184,9 @@ def test_a_stack_folder_serves_its_submission_and_new_files(tiny_run, ngram_two_
     assert "inference.py --run" in log and folder_kind(str(stack)) == "stack"
     recorded = json.loads((stack / "stack.json").read_text(encoding="utf-8"))
     assert [m["run"] for m in recorded["members"]] == [str(tiny_run.resolve()), str(ngram_two_folds.resolve())]
-    assert len(recorded["stacker"]) == 8 and all(len(label.get("weights", [0, 0])) == 2 for label in recorded["stacker"])
+    assert len(recorded["stacker"]) == 8 and all(
+        len(label.get("weights", [0, 0])) == 2 for label in recorded["stacker"]
+    )
     # the members' test file: the stack's own submission, byte for byte
     again = tmp_path / "again.jsonl"
     assert command("inference", "--run", stack, "--input", SAMPLE_TEST, "--output", again, "--device", "cpu")[0] == 0
@@ -141,9 +199,13 @@ def test_a_stack_folder_serves_its_submission_and_new_files(tiny_run, ngram_two_
     assert all(sorted(r["output"]) == sorted(LABELS) and "True" in r["output"].values() for r in rows)
     # from Python: the same decisions, the same mean probabilities as the folder's test_probs.jsonl
     classifier = EmotionClassifier.from_pretrained(stack, device="cpu")
-    submitted = [json.loads(line)["output"] for line in (stack / "submission.jsonl").read_text(encoding="utf-8").splitlines()]
+    submitted = [
+        json.loads(line)["output"] for line in (stack / "submission.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
     assert classifier.predict(SAMPLE_TEST).tolist() == [[row[label] == "True" for label in LABELS] for row in submitted]
-    np.testing.assert_allclose(classifier.predict_proba(SAMPLE_TEST), read_probs(stack / "test_probs.jsonl")[1], atol=1e-5)
+    np.testing.assert_allclose(
+        classifier.predict_proba(SAMPLE_TEST), read_probs(stack / "test_probs.jsonl")[1], atol=1e-5
+    )
 
 
 def test_the_stack_applies_its_saved_weights_to_each_fold(tiny_run, ngram_two_folds, tmp_path, command):
@@ -167,7 +229,9 @@ def test_the_stack_applies_its_saved_weights_to_each_fold(tiny_run, ngram_two_fo
                 columns.append(1 / (1 + np.exp(-z)))
         folds.append(np.stack(columns, axis=1))
     rule = DecisionRule.load(str(stack / "decision.json"))
-    submitted = [json.loads(line)["output"] for line in (stack / "submission.jsonl").read_text(encoding="utf-8").splitlines()]
+    submitted = [
+        json.loads(line)["output"] for line in (stack / "submission.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
     assert rule.apply(folds).tolist() == [[row[label] == "True" for label in LABELS] for row in submitted]
 
 
@@ -209,8 +273,18 @@ def test_stack_folders_are_refused_where_they_would_mix(tiny_run, ngram_two_fold
     assert code == 1 and "lies inside" in error and not (tiny_run / "stack").exists()
     code, _, error = stack_into(command, ngram_two_folds, tiny_run, ngram_two_folds)
     assert code == 1 and "not an ensemble.py stack" in error
-    code, _, _ = command("ensemble", "--runs", tiny_run, ngram_two_folds, "--strategy", "stack", "--output_dir",
-                         tmp_path / "s", "--output", tmp_path / "s.jsonl")
+    code, _, _ = command(
+        "ensemble",
+        "--runs",
+        tiny_run,
+        ngram_two_folds,
+        "--strategy",
+        "stack",
+        "--output_dir",
+        tmp_path / "s",
+        "--output",
+        tmp_path / "s.jsonl",
+    )
     assert code == 2 and not (tmp_path / "s").exists()
     unfinished = tmp_path / "unfinished"
     assert stack_into(command, unfinished, tiny_run, ngram_two_folds)[0] == 0

@@ -7,13 +7,18 @@ import json
 import numpy as np
 import pytest
 import torch
-from transformers import AutoConfig, AutoModel
-
 from conftest import ROOT, SAMPLE_DEV, SAMPLE_TEST, SAMPLE_TRAIN, run_cli
 from hub_families import FAMILIES, build_family
+from transformers import AutoConfig, AutoModel
+
 from nikl_emotion import EmotionClassifier
 from nikl_emotion.backends.backbone import build_offline_backbone, classification_config_kwargs, load_tokenizer
-from nikl_emotion.backends.heads import TargetPoolForSequenceClassification, build_classifier, load_trained_model, pool_target
+from nikl_emotion.backends.heads import (
+    TargetPoolForSequenceClassification,
+    build_classifier,
+    load_trained_model,
+    pool_target,
+)
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.fileio import read_probs
 from nikl_emotion.text.cleaning import CleaningOptions
@@ -24,8 +29,20 @@ from nikl_emotion.training.config_checks import parse_config
 from nikl_emotion.training.kfold import run_training
 
 FORMATS = ("pair", "marker", "prompt")
-QUICK = ["--num_folds", "2", "--fold", "0", "--num_train_epochs", "1", "--per_device_train_batch_size", "16",
-         "--disable_tqdm", "true", "--save_total_limit", "1"]
+QUICK = [
+    "--num_folds",
+    "2",
+    "--fold",
+    "0",
+    "--num_train_epochs",
+    "1",
+    "--per_device_train_batch_size",
+    "16",
+    "--disable_tqdm",
+    "true",
+    "--save_total_limit",
+    "1",
+]
 
 
 def reference_features(states: np.ndarray, target_mask: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
@@ -48,8 +65,11 @@ def test_pool_target_matches_a_per_row_reference():
     pooled = pool_target(states, target, attention).numpy()
     np.testing.assert_allclose(pooled, reference_features(states.numpy(), target.numpy(), attention.numpy()), rtol=1e-6)
     # no target mask at all: every row pools its whole text
-    np.testing.assert_allclose(pool_target(states, None, attention).numpy(),
-                               reference_features(states.numpy(), np.zeros((4, 6)), attention.numpy()), rtol=1e-6)
+    np.testing.assert_allclose(
+        pool_target(states, None, attention).numpy(),
+        reference_features(states.numpy(), np.zeros((4, 6)), attention.numpy()),
+        rtol=1e-6,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -120,8 +140,11 @@ def test_a_target_pool_model_keeps_the_pretrained_encoder_and_loads_back_exactly
     loaded, info = load_trained_model(str(tmp_path / "saved"))
     assert not info["missing_keys"] and not info["unexpected_keys"]
     names = [*tokenizer.model_input_names, "target_mask"]
-    batch = {name: torch.nn.utils.rnn.pad_sequence([torch.tensor(r[name]) for r in encoded], batch_first=True)
-             for name in names if name in encoded.column_names}
+    batch = {
+        name: torch.nn.utils.rnn.pad_sequence([torch.tensor(r[name]) for r in encoded], batch_first=True)
+        for name in names
+        if name in encoded.column_names
+    }
     model.eval(), loaded.eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(**batch).logits, model(**batch).logits)
@@ -132,9 +155,22 @@ def test_a_target_pool_model_keeps_the_pretrained_encoder_and_loads_back_exactly
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_family_trains_with_the_target_pool_head(tokenizers, family, tmp_path):
     out = tmp_path / "run"
-    run_training(*parse_config([str(ROOT / "configs" / "quickstart.yaml"), "--model_name_or_path",
-                                str(tokenizers[family]), "--output_dir", str(out), "--classifier_head", "target_pool",
-                                "--input_format", "marker" if family == "xlm-roberta" else "pair", *QUICK]))
+    run_training(
+        *parse_config(
+            [
+                str(ROOT / "configs" / "quickstart.yaml"),
+                "--model_name_or_path",
+                str(tokenizers[family]),
+                "--output_dir",
+                str(out),
+                "--classifier_head",
+                "target_pool",
+                "--input_format",
+                "marker" if family == "xlm-roberta" else "pair",
+                *QUICK,
+            ]
+        )
+    )
     best = out / "fold_0" / "best"
     assert json.loads((best / "config.json").read_text())["classifier_head"] == "target_pool"
     classifier = EmotionClassifier.from_pretrained(best, device="cpu")
@@ -146,8 +182,20 @@ def test_every_family_trains_with_the_target_pool_head(tokenizers, family, tmp_p
 @pytest.fixture(scope="module")
 def pooled_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("pool") / "run"
-    run_cli("train.py", ROOT / "configs" / "quickstart.yaml", "--output_dir", out, "--num_folds", "2",
-            "--num_train_epochs", "4", "--classifier_head", "target_pool", "--input_format", "prompt")
+    run_cli(
+        "train.py",
+        ROOT / "configs" / "quickstart.yaml",
+        "--output_dir",
+        out,
+        "--num_folds",
+        "2",
+        "--num_train_epochs",
+        "4",
+        "--classifier_head",
+        "target_pool",
+        "--input_format",
+        "prompt",
+    )
     return out
 
 
@@ -156,7 +204,7 @@ def test_a_target_pool_run_serves_through_every_command(pooled_run, tmp_path):
     assert (tmp_path / "sub.jsonl").read_bytes() == (pooled_run / "submission.jsonl").read_bytes()
     best = pooled_run / "fold_1" / "best"
     card = (best / "README.md").read_text(encoding="utf-8")
-    assert "target_pool" in card and "cannot load it" in card and "pipeline(\"text-classification\"" not in card
+    assert "target_pool" in card and "cannot load it" in card and 'pipeline("text-classification"' not in card
     probs = EmotionClassifier.from_pretrained(best, device="cpu").predict_proba(SAMPLE_DEV)
     pytest.importorskip("onnxruntime")
     run_cli("export.py", "--checkpoint", best, "--output", tmp_path / "onnx")
@@ -176,21 +224,42 @@ def test_a_checkpoint_whose_files_disagree_on_the_head_is_refused(pooled_run, tm
         EmotionClassifier.from_pretrained(best, device="cpu")
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["--input_format", "text"], "which input_format: text does not mark"),
-    (["--model_name_or_path", "ngram:tfidf"], "ngram:tfidf is trained by the ngram backend, which builds no head"),
-    (["--classifier_head", "mean"], "classifier_head: 'mean' is not cls or target_pool"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["--input_format", "text"], "which input_format: text does not mark"),
+        (["--model_name_or_path", "ngram:tfidf"], "ngram:tfidf is trained by the ngram backend, which builds no head"),
+        (["--classifier_head", "mean"], "classifier_head: 'mean' is not cls or target_pool"),
+    ],
+)
 def test_a_head_that_cannot_work_is_refused_before_any_work(overrides, message, tmp_path):
     with pytest.raises(PipelineError, match=message):
-        parse_config([str(ROOT / "configs" / "quickstart.yaml"), "--output_dir", str(tmp_path / "out"),
-                      "--classifier_head", "target_pool", *overrides])
+        parse_config(
+            [
+                str(ROOT / "configs" / "quickstart.yaml"),
+                "--output_dir",
+                str(tmp_path / "out"),
+                "--classifier_head",
+                "target_pool",
+                *overrides,
+            ]
+        )
 
 
 def test_a_target_pool_student_distils_a_run(tiny_run, tmp_path):
     student = tmp_path / "student"
-    run_cli("distill.py", ROOT / "configs" / "quickstart.yaml", "--teacher_run", tiny_run, "--output_dir", student,
-            "--num_train_epochs", "2", "--classifier_head", "target_pool")
+    run_cli(
+        "distill.py",
+        ROOT / "configs" / "quickstart.yaml",
+        "--teacher_run",
+        tiny_run,
+        "--output_dir",
+        student,
+        "--num_train_epochs",
+        "2",
+        "--classifier_head",
+        "target_pool",
+    )
     assert json.loads((student / "best" / "config.json").read_text())["classifier_head"] == "target_pool"
     _, test_probs = read_probs(student / "test_probs.jsonl")
     probs = EmotionClassifier.from_pretrained(student / "best", device="cpu").predict_proba(SAMPLE_TEST)

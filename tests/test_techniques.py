@@ -5,26 +5,34 @@ import copy
 
 import pytest
 import torch
+from conftest import SAMPLE_TRAIN
 from torch.nn import functional as F
 from transformers import (
-    BertConfig, BertForSequenceClassification, ElectraConfig, ElectraForSequenceClassification, TrainerCallback,
+    BertConfig,
+    BertForSequenceClassification,
+    ElectraConfig,
+    ElectraForSequenceClassification,
+    TrainerCallback,
     TrainingArguments,
 )
 
-from conftest import SAMPLE_TRAIN
 from nikl_emotion.backends.averaging import WeightAveraging
-from nikl_emotion.base.checkpoint_files import AVERAGING_STATE_FILE
 from nikl_emotion.backends.backbone import classification_config_kwargs, train_wordpiece_tokenizer
+from nikl_emotion.backends.emotion_trainer import TRAINER_COLUMNS, EmotionTrainer
+from nikl_emotion.backends.losses import build_loss
+from nikl_emotion.backends.techniques import (
+    Adversary,
+    enable_multi_sample_dropout,
+    layerwise_parameter_groups,
+    parameter_depths,
+    rdrop_divergence,
+)
+from nikl_emotion.base.checkpoint_files import AVERAGING_STATE_FILE
+from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.text.batching import PaddingCollator
 from nikl_emotion.text.cleaning import CleaningOptions
 from nikl_emotion.text.data import load_jsonl
-from nikl_emotion.base.errors import PipelineError
-from nikl_emotion.backends.losses import build_loss
 from nikl_emotion.text.preprocessing import Preprocessing, clean, encode
-from nikl_emotion.backends.techniques import (
-    Adversary, enable_multi_sample_dropout, layerwise_parameter_groups, parameter_depths, rdrop_divergence,
-)
-from nikl_emotion.backends.emotion_trainer import TRAINER_COLUMNS, EmotionTrainer
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 
@@ -36,8 +44,13 @@ def setup():
     pre = Preprocessing(CleaningOptions())
     encoded = encode(clean(rows, pre), tokenizer, pre)
     encoded = encoded.select_columns([c for c in TRAINER_COLUMNS if c in encoded.column_names])
-    config = BertConfig(vocab_size=len(tokenizer), hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-                        **TINY, **classification_config_kwargs())
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        **TINY,
+        **classification_config_kwargs(),
+    )
     torch.manual_seed(0)
     initial = BertForSequenceClassification(config).state_dict()
     return tokenizer, encoded, config, initial
@@ -51,9 +64,22 @@ def fresh(setup):
 
 
 def sgd_args(tmp_path, **overrides):
-    values = dict(output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=1, learning_rate=1.0, optim="sgd",
-                  weight_decay=0.0, lr_scheduler_type="constant", max_grad_norm=0, train_sampling_strategy="sequential",
-                  report_to="none", use_cpu=True, save_strategy="no", remove_unused_columns=False, disable_tqdm=True)
+    values = dict(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=8,
+        max_steps=1,
+        learning_rate=1.0,
+        optim="sgd",
+        weight_decay=0.0,
+        lr_scheduler_type="constant",
+        max_grad_norm=0,
+        train_sampling_strategy="sequential",
+        report_to="none",
+        use_cpu=True,
+        save_strategy="no",
+        remove_unused_columns=False,
+        disable_tqdm=True,
+    )
     values.update(overrides)
     return TrainingArguments(**values)
 
@@ -62,9 +88,15 @@ def step_change(setup, tmp_path, **trainer_kwargs) -> dict:
     """initial - after one SGD step (lr 1) of EmotionTrainer with BCE on the 8 rows."""
     tokenizer, encoded, _, initial = setup
     model = fresh(setup)
-    trainer = EmotionTrainer(model=model, args=sgd_args(tmp_path), train_dataset=encoded, processing_class=tokenizer,
-                             data_collator=PaddingCollator(tokenizer), loss_fn=build_loss("bce", reduction="none"),
-                             **trainer_kwargs)
+    trainer = EmotionTrainer(
+        model=model,
+        args=sgd_args(tmp_path),
+        train_dataset=encoded,
+        processing_class=tokenizer,
+        data_collator=PaddingCollator(tokenizer),
+        loss_fn=build_loss("bce", reduction="none"),
+        **trainer_kwargs,
+    )
     trainer.train()
     return {n: initial[n] - p.detach() for n, p in model.named_parameters()}
 
@@ -76,6 +108,7 @@ def batch_of(setup):
 
 
 # --- layer-wise learning-rate decay ---
+
 
 def test_parameter_depths_follow_the_encoder_layers(setup):
     depths, layers = parameter_depths(fresh(setup))
@@ -89,8 +122,13 @@ def test_parameter_depths_follow_the_encoder_layers(setup):
 def test_layerwise_decay_scales_each_layer_step_by_decay_to_its_depth(setup, tmp_path):
     plain = step_change(setup, tmp_path / "plain")
     decayed = step_change(setup, tmp_path / "llrd", layerwise_lr_decay=0.5)
-    expected_factor = {"bert.embeddings.": 0.125, "bert.encoder.layer.0.": 0.25, "bert.encoder.layer.1.": 0.5,
-                       "bert.pooler.": 1.0, "classifier.": 1.0}
+    expected_factor = {
+        "bert.embeddings.": 0.125,
+        "bert.encoder.layer.0.": 0.25,
+        "bert.encoder.layer.1.": 0.5,
+        "bert.pooler.": 1.0,
+        "classifier.": 1.0,
+    }
     checked = 0
     for name, change in plain.items():
         factor = next(f for prefix, f in expected_factor.items() if name.startswith(prefix))
@@ -108,7 +146,7 @@ def test_layerwise_groups_keep_the_trainers_weight_decay_split(setup):
     for group in groups:
         names = [by_id[id(p)] for p in group["params"]]
         assert all((n in no_decay) == (group["weight_decay"] == 0.0) for n in names)
-    assert sorted({round(g["lr"], 12) for g in groups}) == sorted(round(1e-3 * 0.8 ** k, 12) for k in range(4))
+    assert sorted({round(g["lr"], 12) for g in groups}) == sorted(round(1e-3 * 0.8**k, 12) for k in range(4))
 
 
 def test_layerwise_decay_refuses_a_model_without_numbered_layers():
@@ -117,6 +155,7 @@ def test_layerwise_decay_refuses_a_model_without_numbered_layers():
 
 
 # --- R-Drop ---
+
 
 def bernoulli_kl(p, q):
     return p * torch.log(p / q) + (1 - p) * torch.log((1 - p) / (1 - q))
@@ -138,15 +177,20 @@ def test_rdrop_loss_is_mean_of_two_dropout_passes_plus_alpha_kl(setup, tmp_path)
     model = BertForSequenceClassification(dropped)
     model.load_state_dict(initial)
     model.train()
-    trainer = EmotionTrainer(model=model, args=sgd_args(tmp_path), processing_class=tokenizer,
-                             loss_fn=build_loss("bce", reduction="none"), rdrop_alpha=2.0)
+    trainer = EmotionTrainer(
+        model=model,
+        args=sgd_args(tmp_path),
+        processing_class=tokenizer,
+        loss_fn=build_loss("bce", reduction="none"),
+        rdrop_alpha=2.0,
+    )
     batch, labels = batch_of(setup)
     torch.manual_seed(7)
     loss = trainer.compute_loss(model, {**batch, "labels": labels})
     # reference: the same two masks (one forward of the doubled batch, same seed), BCE and KL written out
     torch.manual_seed(7)
     logits = model(**{k: torch.cat([v, v]) for k, v in batch.items()}).logits
-    first, second = logits[: len(labels)], logits[len(labels):]
+    first, second = logits[: len(labels)], logits[len(labels) :]
     assert not torch.allclose(first, second)  # dropout made the passes differ
     bce = lambda z: F.binary_cross_entropy_with_logits(z, labels, reduction="none")  # noqa: E731
     p, q = torch.sigmoid(first.double()), torch.sigmoid(second.double())
@@ -158,8 +202,13 @@ def test_rdrop_loss_is_mean_of_two_dropout_passes_plus_alpha_kl(setup, tmp_path)
 def test_rdrop_is_off_in_evaluation(setup, tmp_path):
     tokenizer, _, _, _ = setup
     model = fresh(setup).eval()
-    trainer = EmotionTrainer(model=model, args=sgd_args(tmp_path), processing_class=tokenizer,
-                             loss_fn=build_loss("bce", reduction="none"), rdrop_alpha=5.0)
+    trainer = EmotionTrainer(
+        model=model,
+        args=sgd_args(tmp_path),
+        processing_class=tokenizer,
+        loss_fn=build_loss("bce", reduction="none"),
+        rdrop_alpha=5.0,
+    )
     batch, labels = batch_of(setup)
     with torch.no_grad():
         loss, outputs = trainer.compute_loss(model, {**batch, "labels": labels}, return_outputs=True)
@@ -168,6 +217,7 @@ def test_rdrop_is_off_in_evaluation(setup, tmp_path):
 
 
 # --- multi-sample dropout ---
+
 
 def test_multi_sample_dropout_on_a_linear_head_averages_masks_of_the_pooled_output(setup):
     _, _, config, initial = setup
@@ -193,9 +243,15 @@ def test_multi_sample_dropout_on_a_linear_head_averages_masks_of_the_pooled_outp
 
 def test_multi_sample_dropout_on_a_head_with_dropout_inside_runs_it_n_times(setup):
     tokenizer, _, _, _ = setup
-    config = ElectraConfig(vocab_size=len(tokenizer), embedding_size=16, hidden_dropout_prob=0.0,
-                           attention_probs_dropout_prob=0.0, classifier_dropout=0.5, **TINY,
-                           **classification_config_kwargs())
+    config = ElectraConfig(
+        vocab_size=len(tokenizer),
+        embedding_size=16,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        classifier_dropout=0.5,
+        **TINY,
+        **classification_config_kwargs(),
+    )
     torch.manual_seed(0)
     model = ElectraForSequenceClassification(config)
     enable_multi_sample_dropout(model, 3)
@@ -210,6 +266,7 @@ def test_multi_sample_dropout_on_a_head_with_dropout_inside_runs_it_n_times(setu
 
 
 # --- adversarial training ---
+
 
 def reference_adversarial_change(setup, method: str, epsilon: float) -> dict:
     """Clean gradient, weights moved along it, perturbed gradient added, weights put back: by hand."""
@@ -262,6 +319,7 @@ def test_adversary_restores_weights_exactly():
 
 # --- EMA and SWA ---
 
+
 class Recorder(TrainerCallback):
     """Raw weights after each optimizer step and at each epoch end, and the weights each evaluation sees."""
 
@@ -293,16 +351,33 @@ def averaged_training(setup, tmp_path, averaging, epochs=3, resume=None, stop_af
     recorder, evaluations = Recorder(), EvaluationRecorder()
     callbacks = [recorder, averaging, evaluations]
     if stop_after_step is not None:
+
         class Stop(TrainerCallback):
             def on_save(self, args, state, control, **kwargs):
                 if state.global_step >= stop_after_step:
                     control.should_training_stop = True
+
         callbacks.append(Stop())
-    args = sgd_args(tmp_path, max_steps=-1, num_train_epochs=epochs, per_device_train_batch_size=4, learning_rate=0.5,
-                    eval_strategy="epoch", save_strategy="epoch", **arg_overrides)
-    trainer = EmotionTrainer(model=model, args=args, train_dataset=encoded, eval_dataset=encoded,
-                             processing_class=tokenizer, data_collator=PaddingCollator(tokenizer),
-                             loss_fn=build_loss("bce", reduction="none"), callbacks=callbacks)
+    args = sgd_args(
+        tmp_path,
+        max_steps=-1,
+        num_train_epochs=epochs,
+        per_device_train_batch_size=4,
+        learning_rate=0.5,
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        **arg_overrides,
+    )
+    trainer = EmotionTrainer(
+        model=model,
+        args=args,
+        train_dataset=encoded,
+        eval_dataset=encoded,
+        processing_class=tokenizer,
+        data_collator=PaddingCollator(tokenizer),
+        loss_fn=build_loss("bce", reduction="none"),
+        callbacks=callbacks,
+    )
     trainer.train(resume_from_checkpoint=resume)
     return model, recorder, evaluations
 
@@ -317,8 +392,9 @@ def reference_ema(snapshots: list[dict], initial: dict, decay: float) -> dict:
 
 
 def test_ema_weights_are_evaluated_and_kept_at_the_end(setup, tmp_path):
-    model, recorder, evaluations = averaged_training(setup, tmp_path, WeightAveraging(ema_decay=0.6),
-                                                     load_best_model_at_end=False)
+    model, recorder, evaluations = averaged_training(
+        setup, tmp_path, WeightAveraging(ema_decay=0.6), load_best_model_at_end=False
+    )
     assert len(recorder.steps) == 6 and len(evaluations.evaluated) == 3
     first = recorder.steps[0]  # the EMA starts from the weights after the first step
     for step, evaluated in ((2, evaluations.evaluated[0]), (6, evaluations.evaluated[2])):
@@ -333,8 +409,9 @@ def test_ema_weights_are_evaluated_and_kept_at_the_end(setup, tmp_path):
 
 
 def test_swa_averages_the_last_epochs_end_weights(setup, tmp_path):
-    model, recorder, evaluations = averaged_training(setup, tmp_path, WeightAveraging(swa_epochs=2), epochs=3,
-                                                     load_best_model_at_end=False)
+    model, recorder, evaluations = averaged_training(
+        setup, tmp_path, WeightAveraging(swa_epochs=2), epochs=3, load_best_model_at_end=False
+    )
     raw_epoch_ends = recorder.epochs  # recorded before the averaging callback swaps anything in
     # epoch 1 is evaluated raw; epochs 2 and 3 with the mean of the SWA epochs so far
     for name in raw_epoch_ends[0]:
@@ -348,19 +425,30 @@ def test_swa_averages_the_last_epochs_end_weights(setup, tmp_path):
 
 
 def test_best_checkpoint_holds_the_averaged_weights_and_resume_is_exact(setup, tmp_path):
-    full, _, evaluations = averaged_training(setup, tmp_path / "full", WeightAveraging(ema_decay=0.6, swa_epochs=2),
-                                             load_best_model_at_end=False)
+    full, _, evaluations = averaged_training(
+        setup, tmp_path / "full", WeightAveraging(ema_decay=0.6, swa_epochs=2), load_best_model_at_end=False
+    )
     # interrupted after epoch 2's checkpoint, then resumed from it
-    averaged_training(setup, tmp_path / "cut", WeightAveraging(ema_decay=0.6, swa_epochs=2),
-                      load_best_model_at_end=False, stop_after_step=4)
+    averaged_training(
+        setup,
+        tmp_path / "cut",
+        WeightAveraging(ema_decay=0.6, swa_epochs=2),
+        load_best_model_at_end=False,
+        stop_after_step=4,
+    )
     checkpoint = tmp_path / "cut" / "checkpoint-4"
     assert (checkpoint / AVERAGING_STATE_FILE).is_file()
     from safetensors.torch import load_file
 
     saved = load_file(checkpoint / "model.safetensors")
     torch.testing.assert_close(saved["classifier.weight"], evaluations.evaluated[1]["classifier.weight"])
-    resumed, _, _ = averaged_training(setup, tmp_path / "cut", WeightAveraging(ema_decay=0.6, swa_epochs=2),
-                                      load_best_model_at_end=False, resume=str(checkpoint))
+    resumed, _, _ = averaged_training(
+        setup,
+        tmp_path / "cut",
+        WeightAveraging(ema_decay=0.6, swa_epochs=2),
+        load_best_model_at_end=False,
+        resume=str(checkpoint),
+    )
     for (name, a), (_, b) in zip(full.named_parameters(), resumed.named_parameters()):
         torch.testing.assert_close(b, a, msg=name)
 
@@ -372,13 +460,27 @@ def test_weight_averaging_needs_a_setting():
 
 # --- pseudo-labels ---
 
+
 def test_pseudo_labels_come_from_the_same_fold_of_the_finished_run(tiny_run, tmp_path):
     from conftest import ROOT, run_cli
+
     from nikl_emotion.base.fileio import read_probs
 
     out = tmp_path / "student"
-    run_cli("train.py", ROOT / "configs" / "quickstart.yaml", "--output_dir", out, "--num_folds", "2",
-            "--num_train_epochs", "2", "--pseudo_label_run", tiny_run, "--pseudo_label_threshold", "0.51")
+    run_cli(
+        "train.py",
+        ROOT / "configs" / "quickstart.yaml",
+        "--output_dir",
+        out,
+        "--num_folds",
+        "2",
+        "--num_train_epochs",
+        "2",
+        "--pseudo_label_run",
+        tiny_run,
+        "--pseudo_label_threshold",
+        "0.51",
+    )
     import json
 
     for k in range(2):
@@ -392,15 +494,33 @@ def test_pseudo_labels_come_from_the_same_fold_of_the_finished_run(tiny_run, tmp
     assert "pseudo_label_run:" in config and "pseudo_label_threshold: 0.51" in config
 
 
-@pytest.mark.parametrize("change, message", [(["--seed", "7"], "validated on other rows than this run's fold 0"),
-                                             (["--num_folds", "3"], "has 2 folds, this run 3")])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (["--seed", "7"], "validated on other rows than this run's fold 0"),
+        (["--num_folds", "3"], "has 2 folds, this run 3"),
+    ],
+)
 def test_pseudo_labels_from_other_folds_are_refused(tiny_run, tmp_path, change, message):
     from conftest import ROOT
+
     from nikl_emotion.training.config_checks import parse_config
     from nikl_emotion.training.kfold import run_training
 
     with pytest.raises(PipelineError) as caught:
-        run_training(*parse_config([str(ROOT / "configs" / "quickstart.yaml"), "--output_dir", str(tmp_path / "s"),
-                                    "--num_folds", "2", "--pseudo_label_run", str(tiny_run), *change]))
+        run_training(
+            *parse_config(
+                [
+                    str(ROOT / "configs" / "quickstart.yaml"),
+                    "--output_dir",
+                    str(tmp_path / "s"),
+                    "--num_folds",
+                    "2",
+                    "--pseudo_label_run",
+                    str(tiny_run),
+                    *change,
+                ]
+            )
+        )
     assert message in str(caught.value)
     assert not (tmp_path / "s").exists()  # refused before anything was written

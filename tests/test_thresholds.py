@@ -4,11 +4,18 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import LABELS
+
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.decisions.metrics import decide
-from nikl_emotion.decisions.thresholds import fit_global_threshold, fit_thresholds, load_thresholds, micro_f1, nested_gain, save_thresholds
+from nikl_emotion.decisions.thresholds import (
+    fit_global_threshold,
+    fit_thresholds,
+    load_thresholds,
+    micro_f1,
+    nested_gain,
+    save_thresholds,
+)
 
 KNOWN = np.array([0.23, 0.61, 0.35, 0.80, 0.12, 0.47, 0.66, 0.29])
 

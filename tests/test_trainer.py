@@ -3,16 +3,16 @@
 import numpy as np
 import pytest
 import torch
+from conftest import SAMPLE_TRAIN
 from transformers import BertConfig, BertForSequenceClassification, TrainingArguments
 
-from conftest import SAMPLE_TRAIN
 from nikl_emotion.backends.backbone import classification_config_kwargs, train_wordpiece_tokenizer
-from nikl_emotion.text.data import load_jsonl
-from nikl_emotion.backends.losses import build_loss
-from nikl_emotion.text.preprocessing import Preprocessing, clean, encode
-from nikl_emotion.text.cleaning import CleaningOptions
-from nikl_emotion.text.batching import PaddingCollator
 from nikl_emotion.backends.emotion_trainer import TRAINER_COLUMNS, EmotionTrainer
+from nikl_emotion.backends.losses import build_loss
+from nikl_emotion.text.batching import PaddingCollator
+from nikl_emotion.text.cleaning import CleaningOptions
+from nikl_emotion.text.data import load_jsonl
+from nikl_emotion.text.preprocessing import Preprocessing, clean, encode
 
 
 @pytest.fixture(scope="module")
@@ -23,9 +23,16 @@ def setup():
     encoded = encode(clean(rows, pre), tokenizer, pre)
     encoded = encoded.select_columns([c for c in TRAINER_COLUMNS if c in encoded.column_names])
     assert len(set(encoded["length"])) > 1  # unequal lengths: padding differs between the two set-ups
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-                        **classification_config_kwargs())
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        **classification_config_kwargs(),
+    )
     torch.manual_seed(0)
     initial = BertForSequenceClassification(config).state_dict()
     return tokenizer, encoded, config, initial
@@ -36,7 +43,9 @@ LOSS_CASES = {
     "bce-pos_weight-smoothing": lambda: build_loss("bce", reduction="none", label_smoothing=0.1, pos_weight=[2.0] * 8),
     "focal": lambda: build_loss("focal", reduction="none"),
     "asl": lambda: build_loss("asl", reduction="none"),
-    "asl-no-grad-focus-smoothing": lambda: build_loss("asl", reduction="none", disable_torch_grad_focal_loss=True, label_smoothing=0.1),
+    "asl-no-grad-focus-smoothing": lambda: build_loss(
+        "asl", reduction="none", disable_torch_grad_focal_loss=True, label_smoothing=0.1
+    ),
 }
 
 
@@ -45,14 +54,31 @@ def one_step(setup, tmp_path, batch_size, accumulation, reduction, loss="bce"):
     model = BertForSequenceClassification(config)
     model.load_state_dict(initial)
     args = TrainingArguments(
-        output_dir=str(tmp_path), per_device_train_batch_size=batch_size, gradient_accumulation_steps=accumulation,
-        max_steps=1, learning_rate=1.0, optim="sgd", weight_decay=0.0, lr_scheduler_type="constant", max_grad_norm=0,
-        train_sampling_strategy="sequential", report_to="none", use_cpu=True, save_strategy="no",
-        remove_unused_columns=False, disable_tqdm=True,
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=accumulation,
+        max_steps=1,
+        learning_rate=1.0,
+        optim="sgd",
+        weight_decay=0.0,
+        lr_scheduler_type="constant",
+        max_grad_norm=0,
+        train_sampling_strategy="sequential",
+        report_to="none",
+        use_cpu=True,
+        save_strategy="no",
+        remove_unused_columns=False,
+        disable_tqdm=True,
     )
-    trainer = EmotionTrainer(model=model, args=args, train_dataset=encoded, processing_class=tokenizer,
-                             data_collator=PaddingCollator(tokenizer), loss_fn=LOSS_CASES[loss](),
-                             loss_reduction=reduction)
+    trainer = EmotionTrainer(
+        model=model,
+        args=args,
+        train_dataset=encoded,
+        processing_class=tokenizer,
+        data_collator=PaddingCollator(tokenizer),
+        loss_fn=LOSS_CASES[loss](),
+        loss_reduction=reduction,
+    )
     trainer.train()
     # SGD with lr 1: the parameter change is exactly minus the gradient
     return {name: initial[name] - value for name, value in model.state_dict().items() if value.dtype.is_floating_point}
@@ -85,11 +111,26 @@ def test_mean_loss_step_equals_the_bce_gradient_of_the_whole_batch(setup, tmp_pa
 def test_evaluation_after_an_asl_step_runs_without_gradients(setup, tmp_path):
     tokenizer, encoded, config, initial = setup
     model = BertForSequenceClassification(config)
-    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=1, report_to="none",
-                             use_cpu=True, save_strategy="no", remove_unused_columns=False, disable_tqdm=True)
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        max_steps=1,
+        report_to="none",
+        use_cpu=True,
+        save_strategy="no",
+        remove_unused_columns=False,
+        disable_tqdm=True,
+    )
     loss_fn = build_loss("asl", reduction="none", disable_torch_grad_focal_loss=True)
-    trainer = EmotionTrainer(model=model, args=args, train_dataset=encoded, eval_dataset=encoded, processing_class=tokenizer,
-                             data_collator=PaddingCollator(tokenizer), loss_fn=loss_fn)
+    trainer = EmotionTrainer(
+        model=model,
+        args=args,
+        train_dataset=encoded,
+        eval_dataset=encoded,
+        processing_class=tokenizer,
+        data_collator=PaddingCollator(tokenizer),
+        loss_fn=loss_fn,
+    )
     trainer.train()
     assert torch.is_grad_enabled()
     metrics = trainer.evaluate()
@@ -102,8 +143,8 @@ def test_evaluation_after_an_asl_step_runs_without_gradients(setup, tmp_path):
 
 
 def test_auto_pos_weight_comes_from_the_training_split_only():
-    from nikl_emotion.base.config import LossArguments
     from nikl_emotion.backends.emotion_trainer import make_loss
+    from nikl_emotion.base.config import LossArguments
 
     labels = np.zeros((10, 8))
     labels[:2, 0] = 1  # 2 positives, 8 negatives -> 4

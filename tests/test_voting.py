@@ -4,8 +4,8 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import LABELS, nikl_row, run_cli, write_jsonl
+
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.fileio import write_probs
 from nikl_emotion.decisions.voting import DecisionRule, ensemble_files, hard_vote
@@ -58,8 +58,12 @@ def test_mismatched_ids_are_refused_naming_the_first(tmp_path):
 
 def test_ensemble_cli_votes_submission_files(tmp_path):
     files = [
-        write_jsonl(tmp_path / f"s{i}.jsonl", [nikl_row("a", labels=labels_a), nikl_row("b", target=None, labels=labels_b)])
-        for i, (labels_a, labels_b) in enumerate([(("joy",), ("fear",)), (("joy", "trust"), ("anger",)), (("trust",), ("fear",))])
+        write_jsonl(
+            tmp_path / f"s{i}.jsonl", [nikl_row("a", labels=labels_a), nikl_row("b", target=None, labels=labels_b)]
+        )
+        for i, (labels_a, labels_b) in enumerate(
+            [(("joy",), ("fear",)), (("joy", "trust"), ("anger",)), (("trust",), ("fear",))]
+        )
     ]
     out = tmp_path / "voted.jsonl"
     run_cli("ensemble.py", "--inputs", *files, "--output", out)
@@ -101,11 +105,17 @@ def test_soft_vote_with_weights_and_per_label_thresholds(tmp_path):
     out = str(tmp_path / "o.jsonl")
     soft = ensemble_files(paths, out, DecisionRule("soft", thresholds), reference_path=str(tmp_path / "ref.jsonl"))
     assert (soft == rows(["joy"], ["fear"])).all()
-    weighted = ensemble_files(paths, out, DecisionRule("soft", 0.5, weights=(1, 3)), reference_path=str(tmp_path / "ref.jsonl"))
+    weighted = ensemble_files(
+        paths, out, DecisionRule("soft", 0.5, weights=(1, 3)), reference_path=str(tmp_path / "ref.jsonl")
+    )
     # joy 0.45 < 0.5 -> empty -> fallback to the top label, joy; row y: fear 0.275 < 0.5 -> fallback fear
     assert (weighted == rows(["joy"], ["fear"])).all()
-    no_fallback = ensemble_files(paths, out, DecisionRule("soft", 0.5, fallback=False, weights=(1, 3)),
-                                 reference_path=str(tmp_path / "ref.jsonl"))
+    no_fallback = ensemble_files(
+        paths,
+        out,
+        DecisionRule("soft", 0.5, fallback=False, weights=(1, 3)),
+        reference_path=str(tmp_path / "ref.jsonl"),
+    )
     assert not no_fallback.any()
 
 
@@ -123,7 +133,9 @@ def test_align_by_id_reorders_and_still_refuses_other_ids(tmp_path):
     assert (decisions == rows(["fear"], ["fear"], ["joy"])).all()
     write_probs(tmp_path / "c.jsonl", ["x", "y", "w"], probs)
     with pytest.raises(PipelineError, match=r"c\.jsonl: has no row for id 'z'"):
-        ensemble_files([paths[0], str(tmp_path / "c.jsonl")], str(out), reference_path=str(tmp_path / "ref.jsonl"), align=True)
+        ensemble_files(
+            [paths[0], str(tmp_path / "c.jsonl")], str(out), reference_path=str(tmp_path / "ref.jsonl"), align=True
+        )
 
 
 def test_duplicate_ids_in_a_probability_file_are_refused(tmp_path):

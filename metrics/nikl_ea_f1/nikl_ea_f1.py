@@ -10,10 +10,12 @@ import evaluate
 from nikl_emotion.base.labels import LABELS
 from nikl_emotion.decisions.metrics import score
 
-_DESCRIPTION = "Official NIKL 2023 emotion-analysis metric: micro-F1 over 8 binary labels (also macro and per-label F1)."
+_DESCRIPTION = (
+    "Official NIKL 2023 emotion-analysis metric: micro-F1 over 8 binary labels (also macro and per-label F1)."
+)
 _KWARGS_DESCRIPTION = f"""
 Args:
-    predictions: list of 8-element 0/1 lists, labels in the order {', '.join(LABELS)}.
+    predictions: list of 8-element 0/1 lists, labels in the order {", ".join(LABELS)}.
     references: list of 8-element 0/1 lists, same order.
 Returns:
     micro_f1, macro_f1, num_rows, per_label (precision, recall, f1, support per label).

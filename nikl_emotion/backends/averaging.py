@@ -26,7 +26,6 @@ from nikl_emotion.base.checkpoint_files import AVERAGING_STATE_FILE
 logger = logging.getLogger(__name__)
 
 
-
 class WeightAveraging(TrainerCallback):
     """EMA and/or SWA of a model's trainable parameters, swapped in for evaluation and saving (module docstring)."""
 
@@ -97,7 +96,13 @@ class WeightAveraging(TrainerCallback):
     # --- Trainer events ---
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self.ema, self.ema_updates, self.swa, self.swa_count, self.raw = None, 0, None, 0, None  # a new trial starts afresh
+        self.ema, self.ema_updates, self.swa, self.swa_count, self.raw = (
+            None,
+            0,
+            None,
+            0,
+            None,
+        )  # a new trial starts afresh
         if state.global_step > 0:  # resuming: the checkpoint's model holds the average; raw weights are in the file
             self.load(os.path.join(args.output_dir, f"checkpoint-{state.global_step}"), model)
 
@@ -123,10 +128,12 @@ class WeightAveraging(TrainerCallback):
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         if self.swa_epochs and self.swa_count == 0 and state.is_world_process_zero:
-            logger.warning(f"swa_epochs: training stopped at epoch {state.epoch:g} (early stopping), before the "
-                           f"window of the last {self.swa_epochs} of {args.num_train_epochs:g} epochs began: no "
-                           "weights were averaged (the best checkpoint is kept); lower swa_epochs or raise "
-                           "early_stopping_patience")
+            logger.warning(
+                f"swa_epochs: training stopped at epoch {state.epoch:g} (early stopping), before the "
+                f"window of the last {self.swa_epochs} of {args.num_train_epochs:g} epochs began: no "
+                "weights were averaged (the best checkpoint is kept); lower swa_epochs or raise "
+                "early_stopping_patience"
+            )
         if args.load_best_model_at_end and state.best_model_checkpoint is not None:
             self.raw = None  # the model now holds the best checkpoint's (averaged) weights
         else:
@@ -137,8 +144,13 @@ class WeightAveraging(TrainerCallback):
 
     def save(self, checkpoint: str, model: nn.Module) -> None:
         raw = self.raw if self.raw is not None else {n: p.detach() for n, p in self.parameters(model).items()}
-        state = {"raw": raw, "ema": self.ema, "ema_updates": self.ema_updates, "swa": self.swa,
-                 "swa_count": self.swa_count}
+        state = {
+            "raw": raw,
+            "ema": self.ema,
+            "ema_updates": self.ema_updates,
+            "swa": self.swa,
+            "swa_count": self.swa_count,
+        }
         partial = os.path.join(checkpoint, AVERAGING_STATE_FILE + ".partial")
         torch.save(state, partial)
         os.replace(partial, os.path.join(checkpoint, AVERAGING_STATE_FILE))
@@ -164,4 +176,3 @@ def weight_averaging(ema_decay: float, swa_epochs: int) -> WeightAveraging | Non
     if not ema_decay and not swa_epochs:
         return None
     return WeightAveraging(ema_decay, swa_epochs)
-

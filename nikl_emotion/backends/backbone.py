@@ -13,7 +13,6 @@ import os
 from collections.abc import Iterable
 
 import yaml
-
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import (
     AutoConfig,
@@ -27,14 +26,14 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from nikl_emotion.text.encoding import MARKER_TOKENS, add_marker_tokens, hangul_fix, model_input_names, splits_hangul
+from nikl_emotion.backends.heads import build_classifier
+from nikl_emotion.base.checkpoint_files import POST_TRAIN_FILE
 from nikl_emotion.base.config import ModelLoading
 from nikl_emotion.base.errors import PipelineError
-from nikl_emotion.backends.heads import build_classifier
-from nikl_emotion.base.vocabulary import OFFLINE_ARCHS, OFFLINE_PREFIX
 from nikl_emotion.base.labels import ID2LABEL, LABEL2ID, NUM_LABELS
-from nikl_emotion.base.checkpoint_files import POST_TRAIN_FILE
+from nikl_emotion.base.vocabulary import OFFLINE_ARCHS, OFFLINE_PREFIX
 from nikl_emotion.folders.run_folder import CONFIG_FILE
+from nikl_emotion.text.encoding import MARKER_TOKENS, add_marker_tokens, hangul_fix, model_input_names, splits_hangul
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +70,11 @@ def check_model_folder(path: str) -> None:
             "last): run post_train.py with its config again to finish it (it resumes), then fine-tune from it"
         )
     if not os.path.isfile(os.path.join(path, "config.json")):
-        hint = " (a train.py run folder? its checkpoints are OUT/fold_K/best)" if os.path.isfile(os.path.join(path, CONFIG_FILE)) else ""
+        hint = (
+            " (a train.py run folder? its checkpoints are OUT/fold_K/best)"
+            if os.path.isfile(os.path.join(path, CONFIG_FILE))
+            else ""
+        )
         raise PipelineError(f"model_name_or_path: {path} has no config.json: not a Hugging Face model folder{hint}")
 
 
@@ -85,14 +88,21 @@ def parse_offline_spec(model_name_or_path: str) -> tuple[str, str]:
     return arch, size
 
 
-def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int = 8000, max_length: int = 512) -> PreTrainedTokenizerFast:
+def train_wordpiece_tokenizer(
+    texts: Iterable[str], vocab_size: int = 8000, max_length: int = 512
+) -> PreTrainedTokenizerFast:
     """A BERT-style WordPiece tokenizer trained on `texts`, safe for Hangul.
 
     No lower-casing and no accent stripping: both go through NFD, which splits Hangul syllables into jamo.
     """
     tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
     tokenizer.normalizer = normalizers.Sequence(
-        [normalizers.NFC(), normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=False, lowercase=False)]
+        [
+            normalizers.NFC(),
+            normalizers.BertNormalizer(
+                clean_text=True, handle_chinese_chars=True, strip_accents=False, lowercase=False
+            ),
+        ]
     )
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tokenizer.decoder = decoders.WordPiece()
@@ -177,9 +187,11 @@ def classification_config_kwargs() -> dict:
     }
 
 
-def load_tokenizer(model_name_or_path: str, with_markers: bool = False, fix_hangul: bool = True,
-                   loading: ModelLoading = ModelLoading()) -> PreTrainedTokenizerBase:
-    """The checkpoint's tokenizer, fitted to its model (the config beside it) and to Korean text: no segment ids for a model without an embedding for them, and (`fix_hangul`, for a backbone about
+def load_tokenizer(
+    model_name_or_path: str, with_markers: bool = False, fix_hangul: bool = True, loading: ModelLoading = ModelLoading()
+) -> PreTrainedTokenizerBase:
+    """The checkpoint's tokenizer, fitted to its model (the config beside it) and to Korean text: no segment ids for
+    a model without an embedding for them, and (`fix_hangul`, for a backbone about
     to be trained) Hangul kept as syllables where the vocabulary spells it so (see `tokenizer_settings`). The
     settings are load-time arguments, so `save_pretrained` writes them into every checkpoint and `pipeline()` loads
     the same tokenizer. A fine-tuned checkpoint is loaded with `fix_hangul=False`: it must see text as it was
@@ -226,25 +238,33 @@ def check_model_loading(model_name_or_path: str, loading: ModelLoading) -> None:
     """The model-loading keys checked before any work: custom code asked for where the checkpoint ships it, and an
     attention kernel this machine has."""
     if not loading.trust_remote_code and needs_remote_code(model_name_or_path, loading):
-        raise PipelineError(f"trust_remote_code: {model_name_or_path} ships its own modelling code (config.json's "
-                            "auto_map); set trust_remote_code: true if you trust that code")
+        raise PipelineError(
+            f"trust_remote_code: {model_name_or_path} ships its own modelling code (config.json's "
+            "auto_map); set trust_remote_code: true if you trust that code"
+        )
     kernel = loading.attn_implementation
     if kernel is not None and not attention_kernel_available(kernel):
         needs = KERNEL_NEEDS.get(kernel, "pip install kernels")
         raise PipelineError(f"attn_implementation: {kernel} is not available here ({needs}); use sdpa or eager")
 
 
-KERNEL_NEEDS = {"flash_attention_2": "a CUDA GPU and pip install flash-attn",
-                "flash_attention_3": "a Hopper GPU and flash-attn 3", "flex_attention": "torch with flex attention"}
+KERNEL_NEEDS = {
+    "flash_attention_2": "a CUDA GPU and pip install flash-attn",
+    "flash_attention_3": "a Hopper GPU and flash-attn 3",
+    "flex_attention": "torch with flex attention",
+}
 
 
 def attention_kernel_available(kernel: str) -> bool:
     from transformers.utils import import_utils
 
-    checks = {"eager": lambda: True, "sdpa": lambda: True,
-              "flash_attention_2": lambda: torch_cuda() and import_utils.is_flash_attn_2_available(),
-              "flash_attention_3": lambda: torch_cuda() and import_utils.is_flash_attn_3_available(),
-              "flex_attention": import_utils.is_torch_flex_attn_available}
+    checks = {
+        "eager": lambda: True,
+        "sdpa": lambda: True,
+        "flash_attention_2": lambda: torch_cuda() and import_utils.is_flash_attn_2_available(),
+        "flash_attention_3": lambda: torch_cuda() and import_utils.is_flash_attn_3_available(),
+        "flex_attention": import_utils.is_torch_flex_attn_available,
+    }
     if kernel in checks:
         return bool(checks[kernel]())
     return import_utils.is_kernels_available()  # a hub kernel (kernels-community/...) through the kernels package
@@ -295,15 +315,21 @@ def max_model_tokens(config: PretrainedConfig, tokenizer: PreTrainedTokenizerBas
     return min(limits) if limits else None
 
 
-def check_max_seq_length(max_seq_length: int, model_name_or_path: str, tokenizer: PreTrainedTokenizerBase,
-                         loading: ModelLoading = ModelLoading()) -> None:
+def check_max_seq_length(
+    max_seq_length: int,
+    model_name_or_path: str,
+    tokenizer: PreTrainedTokenizerBase,
+    loading: ModelLoading = ModelLoading(),
+) -> None:
     """Refuse a `max_seq_length` beyond the model's positions before training (it would crash in the first long
     batch)."""
     config = AutoConfig.from_pretrained(model_name_or_path, **loading.hub_kwargs())
     limit = max_model_tokens(config, tokenizer)
     if limit is not None and max_seq_length > limit:
-        raise PipelineError(f"max_seq_length: {max_seq_length} is more than the {limit} tokens {model_name_or_path} "
-                            f"can embed; set max_seq_length to {limit} or less")
+        raise PipelineError(
+            f"max_seq_length: {max_seq_length} is more than the {limit} tokens {model_name_or_path} "
+            f"can embed; set max_seq_length to {limit} or less"
+        )
 
 
 _LOGGED: set[tuple[str, str]] = set()
@@ -313,28 +339,52 @@ def _log_settings(model_name_or_path: str, settings: dict, tokenizer: PreTrained
     """Say once per process what was changed (a K-fold run loads the same tokenizer once per fold)."""
     messages = []
     if "model_input_names" in settings:
-        messages.append(("info", f"{model_name_or_path}: the model has one token type embedding; token_type_ids are "
-                                 "not passed to it (the tokenizer would mark the second segment with 1)"))
+        messages.append(
+            (
+                "info",
+                f"{model_name_or_path}: the model has one token type embedding; token_type_ids are "
+                "not passed to it (the tokenizer would mark the second segment with 1)",
+            )
+        )
     if "pad_token" in settings:
-        messages.append(("info", f"{model_name_or_path}: the tokenizer has no pad token; its end-of-sequence token "
-                                 f"{settings['pad_token']} pads (the classifier reads the last token that is not padding)"))
+        messages.append(
+            (
+                "info",
+                f"{model_name_or_path}: the tokenizer has no pad token; its end-of-sequence token "
+                f"{settings['pad_token']} pads (the classifier reads the last token that is not padding)",
+            )
+        )
     fix = {key: value for key, value in settings.items() if key not in ("model_input_names", "pad_token")}
     if fix and splits_hangul(tokenizer):
-        messages.append(("warning", f"{model_name_or_path}: its tokenizer splits Hangul syllables into jamo (NFD) and "
-                                    f"loading it with {fix} did not stop that; expect many unknown tokens"))
+        messages.append(
+            (
+                "warning",
+                f"{model_name_or_path}: its tokenizer splits Hangul syllables into jamo (NFD) and "
+                f"loading it with {fix} did not stop that; expect many unknown tokens",
+            )
+        )
     elif fix:
-        messages.append(("warning", f"{model_name_or_path}: its tokenizer_config leaves lower-casing/accent stripping "
-                                    "on, which splits Hangul syllables into jamo (NFD) that its vocabulary does not "
-                                    f"hold, so nearly every Korean word would be unknown; loaded with {fix} instead "
-                                    "(saved with every checkpoint)"))
+        messages.append(
+            (
+                "warning",
+                f"{model_name_or_path}: its tokenizer_config leaves lower-casing/accent stripping "
+                "on, which splits Hangul syllables into jamo (NFD) that its vocabulary does not "
+                f"hold, so nearly every Korean word would be unknown; loaded with {fix} instead "
+                "(saved with every checkpoint)",
+            )
+        )
     for level, message in messages:
         if (model_name_or_path, message) not in _LOGGED:
             _LOGGED.add((model_name_or_path, message))
             getattr(logger, level)(message)
 
 
-def load_model(model_name_or_path: str, tokenizer: PreTrainedTokenizerBase | None = None, head: str = "cls",
-               loading: ModelLoading = ModelLoading()) -> PreTrainedModel:
+def load_model(
+    model_name_or_path: str,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    head: str = "cls",
+    loading: ModelLoading = ModelLoading(),
+) -> PreTrainedModel:
     """Load a classifier with the task's 8 labels under `head` (heads.py) to fine-tune: every weight in float32
     whatever the checkpoint was saved in (precision.py); grows the embeddings if the tokenizer gained marker
     tokens."""

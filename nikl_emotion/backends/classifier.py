@@ -29,20 +29,19 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from nikl_emotion.backends.backbone import attention_kernel_available, load_tokenizer, needs_remote_code
-from nikl_emotion.backends.precision import LoadOptions, LoadRecord, autocast_context, serving_precision
-from nikl_emotion.base.config import ModelLoading
 from nikl_emotion.backends.heads import TARGET_MASK, head_of, load_trained_model, reads_target_mask
-from nikl_emotion.text.batching import MODEL_INPUTS, length_order, pad_table
-from nikl_emotion.text.data import Rows, as_rows
-from nikl_emotion.base.errors import PipelineError
-from nikl_emotion.folders.folder_kind import folder_kind
+from nikl_emotion.backends.precision import LoadOptions, LoadRecord, autocast_context, serving_precision
 from nikl_emotion.base.checkpoint_files import EXPORT_FILE, ONNX_FILE, TOKENIZER_FILES
+from nikl_emotion.base.config import ModelLoading
+from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.labels import ID2LABEL, NUM_LABELS
 from nikl_emotion.decisions.metrics import decide, sigmoid
+from nikl_emotion.folders.folder_kind import folder_kind
+from nikl_emotion.text.batching import MODEL_INPUTS, length_order, pad_table
+from nikl_emotion.text.data import Rows, as_rows
 from nikl_emotion.text.preprocessing import Preprocessing, clean, encode
 
 logger = logging.getLogger(__name__)
-
 
 
 class Backend(Protocol):
@@ -58,8 +57,13 @@ class TorchBackend:
     """A PyTorch sequence classifier on `device`, run under `inference_mode` in eval mode, and under `autocast`
     (a half dtype) where its run trained so (precision.py)."""
 
-    def __init__(self, model: PreTrainedModel, input_names: Sequence[str], device: torch.device | str | None = None,
-                 autocast: torch.dtype | None = None):
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        input_names: Sequence[str],
+        device: torch.device | str | None = None,
+        autocast: torch.dtype | None = None,
+    ):
         self.model = model
         self.autocast = autocast
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -89,7 +93,9 @@ class OnnxBackend:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(os.path.join(folder, ONNX_FILE), options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(
+            os.path.join(folder, ONNX_FILE), options, providers=["CPUExecutionProvider"]
+        )
         self.input_names = [node.name for node in self.session.get_inputs()]
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
@@ -110,13 +116,18 @@ def serving_loading(folder: str, record: LoadRecord, options: LoadOptions) -> Mo
     """The model-loading keys to serve `folder` with: its own modelling code only when the caller trusts it, the
     attention kernel its run used where this machine has it (transformers' default otherwise)."""
     if not options.trust_remote_code and (record.trust_remote_code or needs_remote_code(folder, ModelLoading())):
-        raise PipelineError(f"{folder}: the model runs code shipped with the checkpoint (trust_remote_code); pass "
-                            "--trust_remote_code (EmotionClassifier.from_pretrained(..., trust_remote_code=True)) "
-                            "if you trust it")
+        raise PipelineError(
+            f"{folder}: the model runs code shipped with the checkpoint (trust_remote_code); pass "
+            "--trust_remote_code (EmotionClassifier.from_pretrained(..., trust_remote_code=True)) "
+            "if you trust it"
+        )
     kernel = record.attn_implementation
     if kernel is not None and not attention_kernel_available(kernel):
-        logger.info("%s: trained with attn_implementation %s, which this machine lacks; transformers' default "
-                    "kernel serves it", folder, kernel)
+        logger.info(
+            "%s: trained with attn_implementation %s, which this machine lacks; transformers' default kernel serves it",
+            folder,
+            kernel,
+        )
         kernel = None
     return ModelLoading(trust_remote_code=options.trust_remote_code, attn_implementation=kernel)
 
@@ -125,27 +136,43 @@ def load_encoder(folder: str, options: LoadOptions) -> LoadedModel:
     """An encoder's `best/`: its float32 weights (every one trained), under the autocast its fold predicted with
     (`dtype="auto"`) or the one asked for."""
     if options.load_in_4bit:
-        raise PipelineError(f"{folder}: load_in_4bit applies to a decoder's LoRA adapter; an encoder keeps float32 "
-                            "weights (use dtype bf16 or fp16 for autocast)")
+        raise PipelineError(
+            f"{folder}: load_in_4bit applies to a decoder's LoRA adapter; an encoder keeps float32 "
+            "weights (use dtype bf16 or fp16 for autocast)"
+        )
     record = LoadRecord.load(folder)
     precision = serving_precision(record, options, half_weights=False)
-    model, info = load_trained_model(folder, dtype=precision.weights, **serving_loading(folder, record, options).model_kwargs())
+    model, info = load_trained_model(
+        folder, dtype=precision.weights, **serving_loading(folder, record, options).model_kwargs()
+    )
     return LoadedModel(model, list(info["missing_keys"]), precision.autocast)
 
 
 class CheckpointClassifier:
     """Tokenizer + preprocessing settings + a backend; see the module docstring."""
 
-    def __init__(self, backend: Backend, tokenizer: PreTrainedTokenizerBase, preprocessing: Preprocessing, source: str | None = None):
+    def __init__(
+        self,
+        backend: Backend,
+        tokenizer: PreTrainedTokenizerBase,
+        preprocessing: Preprocessing,
+        source: str | None = None,
+    ):
         self.backend = backend
         self.tokenizer = tokenizer
         self.preprocessing = preprocessing
         self.source = source
 
     @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike, *, device: torch.device | str | None = None,
-                        threads: int | None = None, loader=load_encoder,
-                        options: LoadOptions | None = None) -> "CheckpointClassifier":
+    def from_pretrained(
+        cls,
+        folder: str | os.PathLike,
+        *,
+        device: torch.device | str | None = None,
+        threads: int | None = None,
+        loader=load_encoder,
+        options: LoadOptions | None = None,
+    ) -> CheckpointClassifier:
         """An encoder's `best/` folder written by train.py (PyTorch, on `device`, default the GPU when there is one)
         or an export.py folder (ONNX Runtime on CPU, `threads` intra-op threads): the encoder backend's loader.
         `options` (precision.LoadOptions): the dtype (default auto: as its run trained), 4-bit, remote code.
@@ -163,8 +190,11 @@ class CheckpointClassifier:
         onnx = is_onnx_export(folder)
         kind = "export" if onnx else "checkpoint"
         try:
-            tokenizer = load_tokenizer(folder, fix_hangul=False,  # exactly as in training
-                                       loading=ModelLoading(trust_remote_code=options.trust_remote_code))
+            tokenizer = load_tokenizer(
+                folder,
+                fix_hangul=False,  # exactly as in training
+                loading=ModelLoading(trust_remote_code=options.trust_remote_code),
+            )
             if onnx:
                 with open(os.path.join(folder, EXPORT_FILE), encoding="utf-8") as handle:
                     json.load(handle)  # present and readable: the folder was written whole
@@ -176,7 +206,9 @@ class CheckpointClassifier:
                     refuse_untrained_head(folder, f"{len(missing)} classifier weights missing, e.g. {missing[0]}")
                 model = loaded.model
                 config = model.config
-                backend = TorchBackend(model, model_inputs(model, tokenizer), device or default_device(), loaded.autocast)
+                backend = TorchBackend(
+                    model, model_inputs(model, tokenizer), device or default_device(), loaded.autocast
+                )
         except PipelineError:
             raise
         except Exception as exc:  # a damaged folder: bad config.json, truncated weights or graph, unreadable tokenizer
@@ -188,8 +220,14 @@ class CheckpointClassifier:
         return cls(backend, tokenizer, preprocessing, source=folder)
 
     @classmethod
-    def from_model(cls, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, preprocessing: Preprocessing,
-                   device: torch.device | str | None = None, autocast: torch.dtype | None = None) -> "CheckpointClassifier":
+    def from_model(
+        cls,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        preprocessing: Preprocessing,
+        device: torch.device | str | None = None,
+        autocast: torch.dtype | None = None,
+    ) -> CheckpointClassifier:
         """A classifier over a model in memory (e.g. the one a fold has just trained, under its run's autocast), on
         its own device."""
         return cls(TorchBackend(model, model_inputs(model, tokenizer), device, autocast), tokenizer, preprocessing)
@@ -212,7 +250,9 @@ class CheckpointClassifier:
         """Rows cleaned and tokenized as in training: `encode(clean(rows))` with this checkpoint's settings."""
         if self.reads_text:
             raise PipelineError(f"{self.source}: an n-gram model reads text, not tokens: use predict_proba")
-        return encode(clean(as_rows(rows), self.preprocessing), self.tokenizer, self.preprocessing, on_unknown=on_unknown)
+        return encode(
+            clean(as_rows(rows), self.preprocessing), self.tokenizer, self.preprocessing, on_unknown=on_unknown
+        )
 
     def predict_proba(self, rows: Rows, *, batch_size: int = 128, progress: bool = False) -> np.ndarray:
         """Sigmoid probabilities (rows, 8) in the rows' order, labels in `LABELS` order.
@@ -223,18 +263,22 @@ class CheckpointClassifier:
             return self.backend.predict_rows(clean(as_rows(rows), self.preprocessing))
         return self.predict_encoded(self.encode(rows), batch_size=batch_size, progress=progress)
 
-    def predict(self, rows: Rows, *, threshold: float | Sequence[float] = 0.5, fallback: bool = True,
-                batch_size: int = 128) -> np.ndarray:
+    def predict(
+        self, rows: Rows, *, threshold: float | Sequence[float] = 0.5, fallback: bool = True, batch_size: int = 128
+    ) -> np.ndarray:
         """Decisions (rows, 8): probability >= threshold (one or one per label); with `fallback`, a row with no label
         gets its most probable one (every gold row has at least one)."""
-        return decide(self.predict_proba(rows, batch_size=batch_size), np.asarray(threshold, dtype=np.float64), fallback)
+        return decide(
+            self.predict_proba(rows, batch_size=batch_size), np.asarray(threshold, dtype=np.float64), fallback
+        )
 
     def predict_encoded(self, encoded: Dataset, *, batch_size: int = 128, progress: bool = False) -> np.ndarray:
         """Probabilities of already encoded rows (`encode`'s output, with its `length` column), in their order."""
         return sigmoid(self.predict_logits(encoded, batch_size=batch_size, progress=progress))
 
-    def predict_logits(self, encoded: Dataset, *, batch_size: int = 128, progress: bool = False, part: int = 0,
-                       parts: int = 1) -> np.ndarray:
+    def predict_logits(
+        self, encoded: Dataset, *, batch_size: int = 128, progress: bool = False, part: int = 0, parts: int = 1
+    ) -> np.ndarray:
         """Logits (rows, 8) of encoded rows, in their order.
 
         Batches are cut from the rows sorted by length, longest first (little padding; an out-of-memory shows at
@@ -252,7 +296,9 @@ class CheckpointClassifier:
         starts = range(part * batch_size, len(order), parts * batch_size)
         for start in tqdm(starts, desc="predicting", unit="batch", disable=not progress, leave=False):
             index = order[start : start + batch_size]
-            batch = pad_table(arrow_rows[index.tolist()], columns, self.tokenizer.pad_token_id, self.backend.pad_to_multiple_of)
+            batch = pad_table(
+                arrow_rows[index.tolist()], columns, self.tokenizer.pad_token_id, self.backend.pad_to_multiple_of
+            )
             logits[index] = self.backend(batch)
         return logits
 
@@ -266,15 +312,19 @@ def check_head(folder: str, config, preprocessing: Preprocessing) -> None:
     """The model's head and the preprocessing saved beside it must agree: a `target_pool` head without target masks
     would pool the whole text, silently."""
     if head_of(config) != preprocessing.classifier_head:
-        raise PipelineError(f"{folder}: config.json's classifier_head is {head_of(config)} but preprocessing.json's is "
-                            f"{preprocessing.classifier_head}; the folder mixes two checkpoints' files")
+        raise PipelineError(
+            f"{folder}: config.json's classifier_head is {head_of(config)} but preprocessing.json's is "
+            f"{preprocessing.classifier_head}; the folder mixes two checkpoints' files"
+        )
 
 
 def refuse_untrained_head(folder: str, what: str) -> None:
     """A folder without trained classifier weights (a post_train.py encoder, a hub backbone) would predict with a
     randomly initialised head: refuse it, saying what to do."""
-    raise PipelineError(f"{folder}: {what}: an encoder to fine-tune, not a trained classifier; train one first: "
-                        f"python train.py CONFIG --model_name_or_path {folder}")
+    raise PipelineError(
+        f"{folder}: {what}: an encoder to fine-tune, not a trained classifier; train one first: "
+        f"python train.py CONFIG --model_name_or_path {folder}"
+    )
 
 
 def is_onnx_export(folder: str) -> bool:
@@ -293,8 +343,10 @@ def check_tokenizer_files(path: str) -> None:
     """Without its tokenizer files a folder still "loads" a tokenizer of special tokens only, and every word of
     every row becomes the unknown token: refuse it instead."""
     if not any(os.path.isfile(os.path.join(path, name)) for name in TOKENIZER_FILES):
-        raise PipelineError(f"{path}: no tokenizer files (one of {', '.join(TOKENIZER_FILES)}); copy the tokenizer "
-                            "that was saved with the checkpoint into the folder")
+        raise PipelineError(
+            f"{path}: no tokenizer files (one of {', '.join(TOKENIZER_FILES)}); copy the tokenizer "
+            "that was saved with the checkpoint into the folder"
+        )
 
 
 def first_line(exc: BaseException) -> str:

@@ -27,21 +27,41 @@ import json
 import os
 
 import torch
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, TrainingArguments
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    TrainingArguments,
+)
 from transformers.models.auto.modeling_auto import (
-    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES, MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
 )
 
 from nikl_emotion.backends.backbone import (
-    check_model_folder, classification_config_kwargs, fit_embeddings, model_config, raw_config,
+    check_model_folder,
+    classification_config_kwargs,
+    fit_embeddings,
+    model_config,
+    raw_config,
 )
-from nikl_emotion.base.checkpoint_files import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE
 from nikl_emotion.backends.classifier import CheckpointClassifier, LoadedModel, first_line, serving_loading
 from nikl_emotion.backends.encoder_backend import EncoderBackend
 from nikl_emotion.backends.precision import (
-    TORCH_DTYPES, LoadOptions, LoadRecord, ServingPrecision, base_dtype_name, bits_and_bytes_config, nf4_settings,
-    require_4bit, serving_precision, upcast_trainable,
+    TORCH_DTYPES,
+    LoadOptions,
+    LoadRecord,
+    ServingPrecision,
+    base_dtype_name,
+    bits_and_bytes_config,
+    nf4_settings,
+    require_4bit,
+    serving_precision,
+    upcast_trainable,
 )
+from nikl_emotion.base.checkpoint_files import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE
 from nikl_emotion.base.config import ModelArguments, ModelLoading, TechniqueArguments
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.vocabulary import is_ngram, is_offline
@@ -60,8 +80,11 @@ def is_decoder_config(config: dict) -> bool:
     if is_custom_decoder(config):
         return True
     model_type = config.get("model_type")
-    return (model_type in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES and model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-            and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+    return (
+        model_type in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+        and model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+        and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    )
 
 
 def is_custom_decoder(config: dict) -> bool:
@@ -98,10 +121,17 @@ def check_lora_targets(model_args: ModelArguments) -> None:
     names = [name for name, _ in model.named_modules()]
     for target in model_args.lora_target_modules:
         if not any(name == target or name.endswith(f".{target}") for name in names):
-            linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-                             if isinstance(module, torch.nn.Linear)})
-            raise PipelineError(f"lora_target_modules: {target} names no module of {model_args.model_name_or_path}; "
-                                f"its linear layers are {', '.join(linear)}")
+            linear = sorted(
+                {
+                    name.rsplit(".", 1)[-1]
+                    for name, module in model.named_modules()
+                    if isinstance(module, torch.nn.Linear)
+                }
+            )
+            raise PipelineError(
+                f"lora_target_modules: {target} names no module of {model_args.model_name_or_path}; "
+                f"its linear layers are {', '.join(linear)}"
+            )
 
 
 def lora_targets(model_type: str, chosen: list[str]) -> list[str] | str:
@@ -122,30 +152,43 @@ def quantization_settings(model_args: ModelArguments, training_args: TrainingArg
     quantization = training_quantization(model_args, training_args)
     if quantization is None:
         return {"dtype": dtype}
-    return {"quantization_config": bits_and_bytes_config(quantization), "dtype": dtype,
-            "device_map": {"": training_args.local_process_index if training_args.local_process_index >= 0 else 0}}
+    return {
+        "quantization_config": bits_and_bytes_config(quantization),
+        "dtype": dtype,
+        "device_map": {"": training_args.local_process_index if training_args.local_process_index >= 0 else 0},
+    }
 
 
-def new_decoder_model(backbone: str, tokenizer, model_args: ModelArguments, training_args: TrainingArguments) -> PreTrainedModel:
+def new_decoder_model(
+    backbone: str, tokenizer, model_args: ModelArguments, training_args: TrainingArguments
+) -> PreTrainedModel:
     """The decoder as a classifier with the task's labels, its pad id the tokenizer's; LoRA-wrapped with `lora_r`.
     Whatever dtype the checkpoint ships in, what trains is float32 (precision.py)."""
     backbone = os.path.abspath(backbone) if os.path.isdir(backbone) else backbone  # the adapter names its base by it
     loading = model_args.loading
-    config = AutoConfig.from_pretrained(backbone, **loading.hub_kwargs(), **classification_config_kwargs(),
-                                        pad_token_id=tokenizer.pad_token_id)
-    model = AutoModelForSequenceClassification.from_pretrained(backbone, config=config, **loading.model_kwargs(),
-                                                               **quantization_settings(model_args, training_args))
+    config = AutoConfig.from_pretrained(
+        backbone, **loading.hub_kwargs(), **classification_config_kwargs(), pad_token_id=tokenizer.pad_token_id
+    )
+    model = AutoModelForSequenceClassification.from_pretrained(
+        backbone, config=config, **loading.model_kwargs(), **quantization_settings(model_args, training_args)
+    )
     fit_embeddings(model, tokenizer)
     if not model_args.lora_r:
         return model  # loaded in float32: every weight trains
     peft = require_peft()
     if model_args.load_in_4bit:
-        model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=training_args.gradient_checkpointing)
+        model = peft.prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=training_args.gradient_checkpointing
+        )
     elif training_args.gradient_checkpointing:
         model.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still need an input with a grad
-    lora = peft.LoraConfig(task_type=peft.TaskType.SEQ_CLS, r=model_args.lora_r, lora_alpha=model_args.lora_alpha,
-                           lora_dropout=model_args.lora_dropout, target_modules=lora_targets(config.model_type,
-                                                                                            model_args.lora_target_modules))
+    lora = peft.LoraConfig(
+        task_type=peft.TaskType.SEQ_CLS,
+        r=model_args.lora_r,
+        lora_alpha=model_args.lora_alpha,
+        lora_dropout=model_args.lora_dropout,
+        target_modules=lora_targets(config.model_type, model_args.lora_target_modules),
+    )
     model = peft.get_peft_model(model, lora)
     upcast_trainable(model)  # the head's trained copy was made in the base's dtype
     return model
@@ -181,13 +224,18 @@ def load_decoder_model(folder: str, options: LoadOptions | None = None) -> Loade
     loading = serving_loading(folder, record, options)
     if not is_adapter_folder(folder):
         if os.path.isfile(os.path.join(folder, ADAPTER_WEIGHTS_FILE)):
-            raise PipelineError(f"{folder}: holds a LoRA adapter ({ADAPTER_WEIGHTS_FILE}) but no {ADAPTER_CONFIG_FILE}, "
-                                "which names its base model and settings; copy it back from the run's fold")
+            raise PipelineError(
+                f"{folder}: holds a LoRA adapter ({ADAPTER_WEIGHTS_FILE}) but no {ADAPTER_CONFIG_FILE}, "
+                "which names its base model and settings; copy it back from the run's fold"
+            )
         if options.load_in_4bit:
-            raise PipelineError(f"{folder}: load_in_4bit applies to a LoRA adapter's base; this checkpoint holds "
-                                "full weights (use dtype bf16 or fp16 to halve its memory)")
+            raise PipelineError(
+                f"{folder}: load_in_4bit applies to a LoRA adapter's base; this checkpoint holds "
+                "full weights (use dtype bf16 or fp16 to halve its memory)"
+            )
         model, info = AutoModelForSequenceClassification.from_pretrained(
-            folder, output_loading_info=True, dtype=precision.weights, **loading.model_kwargs())
+            folder, output_loading_info=True, dtype=precision.weights, **loading.model_kwargs()
+        )
         return LoadedModel(model, list(info["missing_keys"]), precision.autocast)
     return load_adapter(folder, record, precision, loading)
 
@@ -202,15 +250,19 @@ def load_adapter(folder: str, record: LoadRecord, precision: ServingPrecision, l
     base_loading = dataclasses.replace(loading, revision=record.revision)  # the base at the revision it trained on
     kwargs = {"dtype": precision.weights, **base_loading.model_kwargs()}
     if precision.quantization is not None:
-        require_4bit(f"{folder}: its LoRA base in 4-bit", "load the base in full precision instead: dtype bf16 (or fp32)")
+        require_4bit(
+            f"{folder}: its LoRA base in 4-bit", "load the base in full precision instead: dtype bf16 (or fp32)"
+        )
         kwargs.update(quantization_config=bits_and_bytes_config(precision.quantization), device_map={"": 0})
     try:
         config = AutoConfig.from_pretrained(folder, trust_remote_code=loading.trust_remote_code)
         model = AutoModelForSequenceClassification.from_pretrained(base, config=config, **kwargs)
         fit_embeddings(model, AutoTokenizer.from_pretrained(folder))  # tokens added in training: the adapter holds them
     except OSError as exc:
-        raise PipelineError(f"{folder}: holds a LoRA adapter over the base model {base}, which cannot be loaded "
-                            f"({first_line(exc)}); put it there, or train with merge_lora: true") from None
+        raise PipelineError(
+            f"{folder}: holds a LoRA adapter over the base model {base}, which cannot be loaded "
+            f"({first_line(exc)}); put it there, or train with merge_lora: true"
+        ) from None
     heads = [name for name in adapter.get("modules_to_save") or [] if hasattr(model, name)]
     missing = missing_head(folder, heads)
     if missing:  # the base's random head would predict: the caller refuses the folder
@@ -275,8 +327,15 @@ class DecoderBackend(EncoderBackend):
         check_quantization(model_args)
         check_lora_targets(model_args)
 
-    def new_model(self, backbone: str, tokenizer, model_args: ModelArguments, training_args: TrainingArguments,
-                  technique_args: TechniqueArguments | None = None, head: str = "cls") -> PreTrainedModel:
+    def new_model(
+        self,
+        backbone: str,
+        tokenizer,
+        model_args: ModelArguments,
+        training_args: TrainingArguments,
+        technique_args: TechniqueArguments | None = None,
+        head: str = "cls",
+    ) -> PreTrainedModel:
         return new_decoder_model(backbone, tokenizer, model_args, training_args)
 
     def save_model(self, model, tokenizer, path: str, model_args: ModelArguments) -> None:
@@ -285,13 +344,19 @@ class DecoderBackend(EncoderBackend):
     def owns_checkpoint(self, folder: str) -> bool:
         return is_adapter_folder(folder) or is_decoder_config(raw_config(folder))
 
-    def load_checkpoint(self, folder: str, device=None, threads: int | None = None,
-                        options: LoadOptions | None = None) -> CheckpointClassifier:
-        return CheckpointClassifier.from_pretrained(folder, device=device, threads=threads, loader=load_decoder_model,
-                                                    options=options)
+    def load_checkpoint(
+        self, folder: str, device=None, threads: int | None = None, options: LoadOptions | None = None
+    ) -> CheckpointClassifier:
+        return CheckpointClassifier.from_pretrained(
+            folder, device=device, threads=threads, loader=load_decoder_model, options=options
+        )
 
     def load_record(self, model_args: ModelArguments, training_args: TrainingArguments) -> LoadRecord:
         """Full fine-tuning and merged adapters: float32 weights; an adapter: its base as it was held in training."""
         frozen_base = bool(model_args.lora_r) and not model_args.merge_lora
-        return LoadRecord.for_training(model_args, training_args, frozen_base,
-                                       training_quantization(model_args, training_args) if frozen_base else None)
+        return LoadRecord.for_training(
+            model_args,
+            training_args,
+            frozen_base,
+            training_quantization(model_args, training_args) if frozen_base else None,
+        )

@@ -27,9 +27,11 @@ def likely_cause(learning_rate: float, adversarial: str = "none", adversarial_ep
 
 
 def diverged(fold: int, step: int, what: str, cause: str) -> TrainingDiverged:
-    return TrainingDiverged(f"fold {fold}: training diverged by step {step} ({what}); likely cause: {cause}. The "
-                            "fold is not marked done and its checkpoints were removed: correct the setting and run "
-                            "the command again")
+    return TrainingDiverged(
+        f"fold {fold}: training diverged by step {step} ({what}); likely cause: {cause}. The "
+        "fold is not marked done and its checkpoints were removed: correct the setting and run "
+        "the command again"
+    )
 
 
 class DivergenceGuard(TrainerCallback):

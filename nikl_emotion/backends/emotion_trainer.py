@@ -14,17 +14,16 @@ from transformers.integrations import TensorBoardCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from nikl_emotion.backends.averaging import weight_averaging
-from nikl_emotion.text.batching import MODEL_INPUTS, PaddingCollator, column_array, length_order
 from nikl_emotion.backends.classifier import CheckpointClassifier
-from nikl_emotion.base.config import KFoldArguments, LossArguments, TechniqueArguments
 from nikl_emotion.backends.losses import MultiLabelLoss, build_loss
 from nikl_emotion.backends.precision import autocast_dtype, training_autocast
+from nikl_emotion.backends.techniques import Adversary, layerwise_parameter_groups, rdrop_divergence, repeat_batch
+from nikl_emotion.base.config import KFoldArguments, LossArguments, TechniqueArguments
 from nikl_emotion.decisions.decision import fixed_rule
 from nikl_emotion.decisions.metrics import score, sigmoid
 from nikl_emotion.decisions.voting import DecisionRule
+from nikl_emotion.text.batching import MODEL_INPUTS, PaddingCollator, column_array, length_order
 from nikl_emotion.text.preprocessing import Preprocessing
-from nikl_emotion.backends.techniques import Adversary, layerwise_parameter_groups, rdrop_divergence, repeat_batch
-
 
 MODEL_INPUT_COLUMNS = (*MODEL_INPUTS, "length")  # `length` feeds the sampler only
 
@@ -47,7 +46,9 @@ class LengthListSamplerMixin:
 
     def _get_train_sampler(self, train_dataset=None):
         train_dataset = self.train_dataset if train_dataset is None else train_dataset
-        if self.args.train_sampling_strategy != "group_by_length" or "length" not in getattr(train_dataset, "column_names", ()):
+        if self.args.train_sampling_strategy != "group_by_length" or "length" not in getattr(
+            train_dataset, "column_names", ()
+        ):
             return super()._get_train_sampler(train_dataset)
         return LengthGroupedSampler(
             self.args.train_batch_size * self.args.gradient_accumulation_steps,
@@ -64,8 +65,16 @@ class EmotionTrainer(LengthListSamplerMixin, Trainer):
     come in as `rdrop_alpha`, `layerwise_lr_decay` and `adversary`.
     """
 
-    def __init__(self, *args, loss_fn: MultiLabelLoss, loss_reduction: str = "mean", rdrop_alpha: float = 0.0,
-                 layerwise_lr_decay: float = 1.0, adversary: Adversary | None = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        loss_fn: MultiLabelLoss,
+        loss_reduction: str = "mean",
+        rdrop_alpha: float = 0.0,
+        layerwise_lr_decay: float = 1.0,
+        adversary: Adversary | None = None,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         if loss_fn.reduction != "none":
             raise ValueError("EmotionTrainer reduces the loss itself: build loss_fn with reduction='none'")
@@ -81,8 +90,13 @@ class EmotionTrainer(LengthListSamplerMixin, Trainer):
         if self.layerwise_lr_decay == 1.0 or self.optimizer is not None:
             return super().create_optimizer(model)
         opt_model = self.model if model is None else model
-        groups = layerwise_parameter_groups(opt_model, self.args.learning_rate, self.layerwise_lr_decay,
-                                            self.args.weight_decay, self.get_decay_parameter_names(opt_model))
+        groups = layerwise_parameter_groups(
+            opt_model,
+            self.args.learning_rate,
+            self.layerwise_lr_decay,
+            self.args.weight_decay,
+            self.get_decay_parameter_names(opt_model),
+        )
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
         optimizer_kwargs = {k: v for k, v in optimizer_kwargs.items() if k not in ("params", "model")}
         self.optimizer = optimizer_cls(groups, **optimizer_kwargs)  # each group's own lr wins over the kwargs' one
@@ -106,8 +120,9 @@ class EmotionTrainer(LengthListSamplerMixin, Trainer):
         if self.rdrop_alpha and model.training:
             outputs = model(**repeat_batch(inputs))
             first, second = outputs.logits.float().chunk(2)
-            elementwise = (0.5 * (self.loss_fn(first, labels.float()) + self.loss_fn(second, labels.float()))
-                           + self.rdrop_alpha * rdrop_divergence(first, second))
+            elementwise = 0.5 * (
+                self.loss_fn(first, labels.float()) + self.loss_fn(second, labels.float())
+            ) + self.rdrop_alpha * rdrop_divergence(first, second)
         else:
             outputs = model(**inputs)
             elementwise = self.loss_fn(outputs.logits.float(), labels.float())
@@ -146,25 +161,37 @@ def predict_in_order(trainer: Trainer, preprocessing: Preprocessing, rows: Datas
     inference.py builds from the saved best/. Every process must call this: under `accelerate launch` each runs its
     share of the length-sorted batches and the shares are summed (each row is predicted exactly once)."""
     # under the run's autocast, as the saved best/ is served (precision.py); accelerate's own wrapping may add it too
-    classifier = CheckpointClassifier.from_model(trainer.model, trainer.processing_class, preprocessing, trainer.args.device,
-                                                 autocast_dtype(training_autocast(trainer.args)))
+    classifier = CheckpointClassifier.from_model(
+        trainer.model,
+        trainer.processing_class,
+        preprocessing,
+        trainer.args.device,
+        autocast_dtype(training_autocast(trainer.args)),
+    )
     state = trainer.accelerator.state
-    logits = classifier.predict_logits(rows, batch_size=trainer.args.per_device_eval_batch_size,
-                                       part=state.process_index, parts=state.num_processes)
+    logits = classifier.predict_logits(
+        rows, batch_size=trainer.args.per_device_eval_batch_size, part=state.process_index, parts=state.num_processes
+    )
     if state.num_processes > 1:
         logits = trainer.accelerator.reduce(torch.from_numpy(logits).to(trainer.args.device), "sum").cpu().numpy()
     return sigmoid(logits)
 
 
 def fold_trainer_inputs(
-    train_rows: Dataset, val_rows: Dataset, tokenizer, kfold_args: KFoldArguments, loss_args: LossArguments,
+    train_rows: Dataset,
+    val_rows: Dataset,
+    tokenizer,
+    kfold_args: KFoldArguments,
+    loss_args: LossArguments,
     technique_args: TechniqueArguments | None = None,
 ) -> dict:
     """EmotionTrainer's data, collator, metric, early stopping, loss and techniques for one fold (train_fold and the
     HP search)."""
     columns = [c for c in TRAINER_COLUMNS if c in train_rows.column_names]
     techniques = technique_args or TechniqueArguments()
-    callbacks = [EarlyStoppingCallback(kfold_args.early_stopping_patience)] if kfold_args.early_stopping_patience else []
+    callbacks = (
+        [EarlyStoppingCallback(kfold_args.early_stopping_patience)] if kfold_args.early_stopping_patience else []
+    )
     averaging = weight_averaging(techniques.ema_decay, techniques.swa_epochs)
     if averaging is not None:
         callbacks.append(averaging)
@@ -179,7 +206,9 @@ def fold_trainer_inputs(
         "loss_reduction": loss_args.loss_reduction,
         "rdrop_alpha": techniques.rdrop_alpha,
         "layerwise_lr_decay": techniques.layerwise_lr_decay,
-        "adversary": None if techniques.adversarial == "none" else Adversary(techniques.adversarial, techniques.adversarial_epsilon),
+        "adversary": None
+        if techniques.adversarial == "none"
+        else Adversary(techniques.adversarial, techniques.adversarial_epsilon),
     }
 
 
@@ -208,6 +237,11 @@ def make_loss(loss_args: LossArguments, train_labels: np.ndarray) -> MultiLabelL
     if loss_args.loss == "focal":
         return build_loss("focal", alpha=loss_args.focal_alpha, gamma=loss_args.focal_gamma, **common)
     return build_loss(
-        "asl", gamma_neg=loss_args.asl_gamma_neg, gamma_pos=loss_args.asl_gamma_pos, clip=loss_args.asl_clip,
-        eps=loss_args.asl_eps, disable_torch_grad_focal_loss=loss_args.asl_disable_torch_grad_focal_loss, **common,
+        "asl",
+        gamma_neg=loss_args.asl_gamma_neg,
+        gamma_pos=loss_args.asl_gamma_pos,
+        clip=loss_args.asl_clip,
+        eps=loss_args.asl_eps,
+        disable_torch_grad_focal_loss=loss_args.asl_disable_torch_grad_focal_loss,
+        **common,
     )

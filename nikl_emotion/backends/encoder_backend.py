@@ -19,27 +19,44 @@ from datasets import Dataset
 from transformers import TrainingArguments, set_seed
 
 from nikl_emotion.backends.averaging import WeightAveraging
-from nikl_emotion.base.checkpoint_files import AVERAGING_STATE_FILE
-from nikl_emotion.backends.classifier import CheckpointClassifier
 from nikl_emotion.backends.backbone import (
-    build_offline_backbone, check_max_seq_length, check_model_loading, check_model_folder, load_model, load_tokenizer, parse_offline_spec,
+    build_offline_backbone,
+    check_max_seq_length,
+    check_model_folder,
+    check_model_loading,
+    load_model,
+    load_tokenizer,
+    parse_offline_spec,
 )
-from nikl_emotion.base.config import KFoldArguments, LossArguments, ModelArguments, ModelLoading, TechniqueArguments
-from nikl_emotion.decisions.decision import fixed_rule
+from nikl_emotion.backends.classifier import CheckpointClassifier
 from nikl_emotion.backends.divergence import DivergenceGuard, TrainingDiverged, check_finite_probabilities, likely_cause
-from nikl_emotion.backends.emotion_trainer import EmotionTrainer, fold_trainer_inputs, keep_tensorboard_logs, predict_in_order
-from nikl_emotion.base.errors import PipelineError
-from nikl_emotion.base.fileio import write_json_atomic
-from nikl_emotion.backends.fold_backend import FoldData, PreparedRun, pseudo_label_rows, replace_best, write_fold_outputs
-from nikl_emotion.decisions.metrics import score
+from nikl_emotion.backends.emotion_trainer import (
+    EmotionTrainer,
+    fold_trainer_inputs,
+    keep_tensorboard_logs,
+    predict_in_order,
+)
+from nikl_emotion.backends.fold_backend import (
+    FoldData,
+    PreparedRun,
+    pseudo_label_rows,
+    replace_best,
+    write_fold_outputs,
+)
 from nikl_emotion.backends.model_card import write_model_card
 from nikl_emotion.backends.precision import LoadOptions, LoadRecord
-from nikl_emotion.text.encoding import PROMPT_TEMPLATE, fill_template
-from nikl_emotion.text.preprocessing import PREPROCESSING_FILE, Preprocessing, encode, warn_if_preprocessing_differs
-from nikl_emotion.folders.run_folder import FoldFolder, RunFolder, last_complete_checkpoint, read_mapping
 from nikl_emotion.backends.techniques import enable_multi_sample_dropout
 from nikl_emotion.backends.tracking import end_fold_tracking, fold_trainer_settings, push_fold
+from nikl_emotion.base.checkpoint_files import AVERAGING_STATE_FILE
+from nikl_emotion.base.config import KFoldArguments, LossArguments, ModelArguments, ModelLoading, TechniqueArguments
+from nikl_emotion.base.errors import PipelineError
+from nikl_emotion.base.fileio import write_json_atomic
 from nikl_emotion.base.vocabulary import CLASSIFIER_HEADS, is_offline
+from nikl_emotion.decisions.decision import fixed_rule
+from nikl_emotion.decisions.metrics import score
+from nikl_emotion.folders.run_folder import FoldFolder, RunFolder, last_complete_checkpoint, read_mapping
+from nikl_emotion.text.encoding import PROMPT_TEMPLATE, fill_template
+from nikl_emotion.text.preprocessing import PREPROCESSING_FILE, Preprocessing, encode, warn_if_preprocessing_differs
 
 
 class EncoderBackend:
@@ -78,20 +95,46 @@ class EncoderBackend:
             return Preprocessing.load(model_name_or_path).pretokenizer
         return "none"
 
-    def prepare(self, model_args: ModelArguments, preprocessing: Preprocessing, training_args: TrainingArguments,
-                cleaned: Dataset, cleaned_test: Dataset | None, other_texts: list[str] | tuple = ()) -> PreparedRun:
-        backbone, tokenizer, encoded, encoded_test = backbone_and_encodings(model_args, preprocessing, training_args,
-                                                                            cleaned, cleaned_test, other_texts)
-        return PreparedRun(backbone, tokenizer, encoded, encoded_test,
-                           lambda rows: encode(rows, tokenizer, preprocessing, max_unknown_rate=model_args.max_unknown_rate))
+    def prepare(
+        self,
+        model_args: ModelArguments,
+        preprocessing: Preprocessing,
+        training_args: TrainingArguments,
+        cleaned: Dataset,
+        cleaned_test: Dataset | None,
+        other_texts: list[str] | tuple = (),
+    ) -> PreparedRun:
+        backbone, tokenizer, encoded, encoded_test = backbone_and_encodings(
+            model_args, preprocessing, training_args, cleaned, cleaned_test, other_texts
+        )
+        return PreparedRun(
+            backbone,
+            tokenizer,
+            encoded,
+            encoded_test,
+            lambda rows: encode(rows, tokenizer, preprocessing, max_unknown_rate=model_args.max_unknown_rate),
+        )
 
-    def train_fold(self, data: FoldData, kfold_args: KFoldArguments, loss_args: LossArguments,
-                   training_args: TrainingArguments, technique_args: TechniqueArguments | None = None,
-                   folder: FoldFolder | None = None) -> dict:
+    def train_fold(
+        self,
+        data: FoldData,
+        kfold_args: KFoldArguments,
+        loss_args: LossArguments,
+        training_args: TrainingArguments,
+        technique_args: TechniqueArguments | None = None,
+        folder: FoldFolder | None = None,
+    ) -> dict:
         return train_fold(data, kfold_args, loss_args, training_args, technique_args, folder, backend=self)
 
-    def new_model(self, backbone: str, tokenizer, model_args: ModelArguments, training_args: TrainingArguments,
-                  technique_args: TechniqueArguments | None = None, head: str = "cls"):
+    def new_model(
+        self,
+        backbone: str,
+        tokenizer,
+        model_args: ModelArguments,
+        training_args: TrainingArguments,
+        technique_args: TechniqueArguments | None = None,
+        head: str = "cls",
+    ):
         """A fresh classifier to fine-tune from `backbone` (each fold, each HP-search trial)."""
         return load_classifier(backbone, tokenizer, technique_args, head, backbone_loading(model_args))
 
@@ -103,8 +146,9 @@ class EncoderBackend:
     def owns_checkpoint(self, folder: str) -> bool:
         return True  # the last in the registry: any folder no other backend claims is read as a Hugging Face model
 
-    def load_checkpoint(self, folder: str, device=None, threads: int | None = None,
-                        options: LoadOptions | None = None) -> CheckpointClassifier:
+    def load_checkpoint(
+        self, folder: str, device=None, threads: int | None = None, options: LoadOptions | None = None
+    ) -> CheckpointClassifier:
         return CheckpointClassifier.from_pretrained(folder, device=device, threads=threads, options=options)
 
     def load_record(self, model_args: ModelArguments, training_args: TrainingArguments) -> LoadRecord:
@@ -118,8 +162,13 @@ def backbone_loading(model_args: ModelArguments) -> ModelLoading:
     return ModelLoading() if is_offline(model_args.model_name_or_path) else model_args.loading
 
 
-def load_classifier(backbone: str, tokenizer, technique_args: TechniqueArguments | None = None, head: str = "cls",
-                    loading: ModelLoading = ModelLoading()):
+def load_classifier(
+    backbone: str,
+    tokenizer,
+    technique_args: TechniqueArguments | None = None,
+    head: str = "cls",
+    loading: ModelLoading = ModelLoading(),
+):
     """A fresh classifier from the backbone under `head` (float32 weights, precision.py), with the techniques that
     change its forward pass (multi-sample dropout)."""
     model = load_model(backbone, tokenizer, head, loading)
@@ -129,8 +178,12 @@ def load_classifier(backbone: str, tokenizer, technique_args: TechniqueArguments
 
 
 def backbone_and_encodings(
-    model_args: ModelArguments, preprocessing: Preprocessing, training_args: TrainingArguments, cleaned: Dataset,
-    cleaned_test: Dataset | None = None, other_texts: list[str] | tuple = (),
+    model_args: ModelArguments,
+    preprocessing: Preprocessing,
+    training_args: TrainingArguments,
+    cleaned: Dataset,
+    cleaned_test: Dataset | None = None,
+    other_texts: list[str] | tuple = (),
 ):
     """(backbone path, tokenizer, encoded rows, encoded test rows or None); the main process fills the cache first.
     An offline backbone's tokenizer learns the training, test and `other_texts` (what else the run encodes), and in
@@ -150,12 +203,15 @@ def backbone_and_encodings(
         check_max_seq_length(preprocessing.max_seq_length, backbone, tokenizer, loading)
         limit = model_args.max_unknown_rate
         encoded = encode(cleaned, tokenizer, preprocessing, max_unknown_rate=limit)
-        encoded_test = encode(cleaned_test, tokenizer, preprocessing, max_unknown_rate=limit) if cleaned_test is not None else None
+        encoded_test = (
+            encode(cleaned_test, tokenizer, preprocessing, max_unknown_rate=limit) if cleaned_test is not None else None
+        )
     return backbone, tokenizer, encoded, encoded_test
 
 
-def prepare_backbone(model_args: ModelArguments, texts: list[str], output_dir: str, seed: int,
-                     train_text_count: int | None = None) -> str:
+def prepare_backbone(
+    model_args: ModelArguments, texts: list[str], output_dir: str, seed: int, train_text_count: int | None = None
+) -> str:
     """The path to load the backbone from. An offline backbone is built once per run, its tokenizer from every text
     the run will encode (training, test and other files' texts; labels unused), each character given a token. A
     backbone built before test texts were included (its spec digests the first `train_text_count` texts only, the
@@ -166,8 +222,13 @@ def prepare_backbone(model_args: ModelArguments, texts: list[str], output_dir: s
 
     def spec_of(some_texts: list[str], **more) -> dict:
         digest = hashlib.sha256("\n".join(some_texts).encode("utf-8")).hexdigest()  # other data -> other vocabulary
-        return {"model_name_or_path": model_args.model_name_or_path, "vocab_size": model_args.offline_vocab_size,
-                "seed": seed, "texts_sha256": digest, **more}
+        return {
+            "model_name_or_path": model_args.model_name_or_path,
+            "vocab_size": model_args.offline_vocab_size,
+            "seed": seed,
+            "texts_sha256": digest,
+            **more,
+        }
 
     spec = spec_of(texts, alphabet="complete")
     marker = RunFolder(output_dir).backbone_spec
@@ -182,9 +243,15 @@ def prepare_backbone(model_args: ModelArguments, texts: list[str], output_dir: s
     return path
 
 
-def train_fold(data: FoldData, kfold_args: KFoldArguments, loss_args: LossArguments, training_args: TrainingArguments,
-               technique_args: TechniqueArguments | None = None, folder: FoldFolder | None = None,
-               backend: EncoderBackend | None = None) -> dict:
+def train_fold(
+    data: FoldData,
+    kfold_args: KFoldArguments,
+    loss_args: LossArguments,
+    training_args: TrainingArguments,
+    technique_args: TechniqueArguments | None = None,
+    folder: FoldFolder | None = None,
+    backend: EncoderBackend | None = None,
+) -> dict:
     """Train one fold (resuming an interrupted one), predict its validation and test rows in order, and write its
     files, `done.json` last, into `folder` (default: the run's fold_K). Every rank calls this; the main process
     writes. `backend` builds and saves the model (this module's encoder, or a subclass such as the decoder's)."""
@@ -201,7 +268,9 @@ def train_fold(data: FoldData, kfold_args: KFoldArguments, loss_args: LossArgume
         train_resuming(trainer, folder, data.fold)
         guard.raise_if_diverged()
         val_probs = predict_in_order(trainer, data.preprocessing, val_rows)  # every rank predicts its share
-        test_probs = predict_in_order(trainer, data.preprocessing, data.encoded_test) if data.encoded_test is not None else None
+        test_probs = (
+            predict_in_order(trainer, data.preprocessing, data.encoded_test) if data.encoded_test is not None else None
+        )
         check_finite_probabilities(data.fold, trainer.state.global_step, cause, validation=val_probs, test=test_probs)
     except TrainingDiverged:
         if trainer.is_world_process_zero():  # nothing of a diverged fold is worth resuming from
@@ -222,21 +291,34 @@ def train_fold(data: FoldData, kfold_args: KFoldArguments, loss_args: LossArgume
     return result
 
 
-def fold_trainer(data: FoldData, kfold_args: KFoldArguments, loss_args: LossArguments,
-                 training_args: TrainingArguments, technique_args: TechniqueArguments | None = None,
-                 folder: FoldFolder | None = None, backend: EncoderBackend | None = None) -> EmotionTrainer:
+def fold_trainer(
+    data: FoldData,
+    kfold_args: KFoldArguments,
+    loss_args: LossArguments,
+    training_args: TrainingArguments,
+    technique_args: TechniqueArguments | None = None,
+    folder: FoldFolder | None = None,
+    backend: EncoderBackend | None = None,
+) -> EmotionTrainer:
     """The fold's EmotionTrainer: a fresh classifier from the backbone, checkpoints in the fold's folder."""
     folder = folder or RunFolder(training_args.output_dir).fold(data.fold)
     backend = backend or EncoderBackend()
     model_args = data.model_args or ModelArguments()
-    tokenizer = load_tokenizer(data.backbone, with_markers=data.preprocessing.input_format == "marker",
-                               loading=backbone_loading(model_args))
-    model = backend.new_model(data.backbone, tokenizer, model_args, training_args, technique_args,
-                              data.preprocessing.classifier_head)
-    fold_args = dataclasses.replace(training_args, output_dir=folder.checkpoints, remove_unused_columns=False,
-                                    **fold_trainer_settings(training_args, data.fold))
+    tokenizer = load_tokenizer(
+        data.backbone, with_markers=data.preprocessing.input_format == "marker", loading=backbone_loading(model_args)
+    )
+    model = backend.new_model(
+        data.backbone, tokenizer, model_args, training_args, technique_args, data.preprocessing.classifier_head
+    )
+    fold_args = dataclasses.replace(
+        training_args,
+        output_dir=folder.checkpoints,
+        remove_unused_columns=False,
+        **fold_trainer_settings(training_args, data.fold),
+    )
     trainer = EmotionTrainer(
-        model=model, args=fold_args,
+        model=model,
+        args=fold_args,
         **fold_trainer_inputs(data.train_rows, data.val_rows, tokenizer, kfold_args, loss_args, technique_args),
     )
     keep_tensorboard_logs(trainer, folder.runs)
@@ -247,7 +329,11 @@ def train_resuming(trainer: EmotionTrainer, folder: FoldFolder, fold: int) -> No
     """Train, resuming from the last fully written checkpoint of an interrupted fold (a half-written one is
     pruned first, by the main process)."""
     # a run with weight averaging needs the raw weights too, written after the Trainer's files
-    required = (AVERAGING_STATE_FILE,) if any(isinstance(c, WeightAveraging) for c in trainer.callback_handler.callbacks) else ()
+    required = (
+        (AVERAGING_STATE_FILE,)
+        if any(isinstance(c, WeightAveraging) for c in trainer.callback_handler.callbacks)
+        else ()
+    )
     if trainer.is_world_process_zero():
         last_complete_checkpoint(folder.checkpoints, required)
     trainer.accelerator.wait_for_everyone()
@@ -257,10 +343,12 @@ def train_resuming(trainer: EmotionTrainer, folder: FoldFolder, fold: int) -> No
     trainer.train(resume_from_checkpoint=resume)
 
 
-def save_best(trainer: EmotionTrainer, folder: FoldFolder, data: FoldData, config: dict, result: dict,
-              backend: EncoderBackend) -> None:
+def save_best(
+    trainer: EmotionTrainer, folder: FoldFolder, data: FoldData, config: dict, result: dict, backend: EncoderBackend
+) -> None:
     """The best checkpoint (the Trainer has loaded it back) with its preprocessing settings and model card, written
     beside and then renamed: a kill never leaves a half-written best/."""
+
     def write(path: str) -> None:
         os.makedirs(path, exist_ok=True)
         model_args = data.model_args or ModelArguments()
@@ -273,9 +361,14 @@ def save_best(trainer: EmotionTrainer, folder: FoldFolder, data: FoldData, confi
 
 def fold_state(trainer: EmotionTrainer, data: FoldData) -> dict:
     best = trainer.state.best_model_checkpoint
-    return {"fold": data.fold, "best_checkpoint": best and os.path.basename(best), "best_metric": trainer.state.best_metric,
-            "epochs_run": trainer.state.epoch, "train_rows": int(len(data.train_index)),
-            "pseudo_label_rows": pseudo_label_rows(data)}
+    return {
+        "fold": data.fold,
+        "best_checkpoint": best and os.path.basename(best),
+        "best_metric": trainer.state.best_metric,
+        "epochs_run": trainer.state.epoch,
+        "train_rows": int(len(data.train_index)),
+        "pseudo_label_rows": pseudo_label_rows(data),
+    }
 
 
 def run_config(output_dir: str) -> dict:

@@ -14,28 +14,38 @@ import os
 import pyarrow as pa
 import torch
 
-from nikl_emotion.text.batching import MODEL_INPUTS, pad_table
-from nikl_emotion.base.checkpoint_files import EXPORT_FILE, ONNX_FILE
-from nikl_emotion.backends.precision import LoadOptions, LoadRecord
 from nikl_emotion.backends.classifier import CheckpointClassifier, is_onnx_export, require
+from nikl_emotion.backends.precision import LoadOptions, LoadRecord
 from nikl_emotion.backends.registry import checkpoint_backend
-from nikl_emotion.text.encoding import tokenize_batch
+from nikl_emotion.base.checkpoint_files import EXPORT_FILE, ONNX_FILE
 from nikl_emotion.base.errors import PipelineError
-from nikl_emotion.folders.folder_kind import OWN_NAMES, check_output_folder, is_ignorable, mark_folder
 from nikl_emotion.base.fileio import atomic_folder, check_writable_location, write_json_atomic
+from nikl_emotion.folders.folder_kind import OWN_NAMES, check_output_folder, is_ignorable, mark_folder
+from nikl_emotion.text.batching import MODEL_INPUTS, pad_table
+from nikl_emotion.text.encoding import tokenize_batch
 from nikl_emotion.text.preprocessing import Preprocessing
 
 OPSET = 17
 # traced rows (cleaned-text columns, as tokenize_batch takes them): one with a target, one without
-TRACE_ROWS = {"text": ["오늘 공연 너무 좋았다", "정말 최고"], "target": ["공연", None], "target_begin": [3, None],
-              "target_end": [5, None]}
+TRACE_ROWS = {
+    "text": ["오늘 공연 너무 좋았다", "정말 최고"],
+    "target": ["공연", None],
+    "target_begin": [3, None],
+    "target_end": [5, None],
+}
 
 
 def trace_sample(tokenizer, preprocessing: Preprocessing) -> dict[str, torch.Tensor]:
     """A padded batch in the checkpoint's own format (its input format, its tokenizer's model inputs: no
     token_type_ids for a model without segment embeddings), one row with a target and one without."""
-    encoded = tokenize_batch(TRACE_ROWS, tokenizer, preprocessing.input_format, preprocessing.max_seq_length,
-                             target_mask=preprocessing.marks_target, input_template=preprocessing.input_template)
+    encoded = tokenize_batch(
+        TRACE_ROWS,
+        tokenizer,
+        preprocessing.input_format,
+        preprocessing.max_seq_length,
+        target_mask=preprocessing.marks_target,
+        input_template=preprocessing.input_template,
+    )
     names = [name for name in MODEL_INPUTS if name in encoded]
     return pad_table(pa.table({name: encoded[name] for name in names}), names, tokenizer.pad_token_id)
 
@@ -50,8 +60,10 @@ def export_checkpoint(checkpoint: str, output_dir: str, int8: bool = False, opse
         raise PipelineError(f"{checkpoint}: already an ONNX export; export the best/ folder it was made from")
     backend = checkpoint_backend(checkpoint)
     if not backend.trains_an_encoder:
-        raise PipelineError(f"{checkpoint}: ONNX export is for encoders; a {backend.name} checkpoint predicts as it "
-                            "is (inference.py --checkpoint takes it)")
+        raise PipelineError(
+            f"{checkpoint}: ONNX export is for encoders; a {backend.name} checkpoint predicts as it "
+            "is (inference.py --checkpoint takes it)"
+        )
     # the graph is float32 (ONNX Runtime on CPU); a run trained under bf16/fp16 autocast is exported without it
     classifier = CheckpointClassifier.from_pretrained(checkpoint, device="cpu", options=LoadOptions(dtype="fp32"))
     classifier.model.eval()
@@ -74,10 +86,14 @@ def check_export_target(checkpoint: str, output_dir: str) -> None:
     # their own names
     check_output_folder(output_dir, "export", may_lie_in=("run", "fold", "distillation"), option="--output")
     # a previous export is replaced whole: only if it holds nothing but what export.py writes
-    foreign = sorted(name for name in os.listdir(output_dir) if not is_export_file(name)) if os.path.isdir(output_dir) else []
+    foreign = (
+        sorted(name for name in os.listdir(output_dir) if not is_export_file(name)) if os.path.isdir(output_dir) else []
+    )
     if foreign:
-        raise PipelineError(f"{output_dir}: --output is a previous export that also holds {', '.join(foreign[:3])}; "
-                            "export.py replaces the whole folder: move those files, or export to another folder")
+        raise PipelineError(
+            f"{output_dir}: --output is a previous export that also holds {', '.join(foreign[:3])}; "
+            "export.py replaces the whole folder: move those files, or export to another folder"
+        )
 
 
 def is_export_file(name: str) -> bool:
@@ -95,8 +111,17 @@ def _export(classifier: CheckpointClassifier, staging: str, *, source: str, int8
     with torch.inference_mode():
         # the TorchScript exporter: dynamic batch and length axes, no onnxscript needed
         # by name: a model without token_type_ids would take target_mask in that place positionally
-        torch.onnx.export(model, (), fp32_path, kwargs={name: sample[name] for name in names}, input_names=names,
-                          output_names=["logits"], dynamic_axes=axes, opset_version=opset, dynamo=False)
+        torch.onnx.export(
+            model,
+            (),
+            fp32_path,
+            kwargs={name: sample[name] for name in names},
+            input_names=names,
+            output_names=["logits"],
+            dynamic_axes=axes,
+            opset_version=opset,
+            dynamo=False,
+        )
     if int8:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -105,8 +130,15 @@ def _export(classifier: CheckpointClassifier, staging: str, *, source: str, int8
     tokenizer.save_pretrained(staging)
     model.config.save_pretrained(staging)
     preprocessing.save(staging)
-    info = {"source": os.path.abspath(source), "int8": int8, "opset": opset, "inputs": names, "dtype": "float32",
-            "trained_autocast": LoadRecord.load(source).autocast,
-            "torch": torch.__version__, "onnxruntime": ort.__version__}
+    info = {
+        "source": os.path.abspath(source),
+        "int8": int8,
+        "opset": opset,
+        "inputs": names,
+        "dtype": "float32",
+        "trained_autocast": LoadRecord.load(source).autocast,
+        "torch": torch.__version__,
+        "onnxruntime": ort.__version__,
+    }
     write_json_atomic(os.path.join(staging, EXPORT_FILE), info)
     return info

@@ -13,10 +13,10 @@ from typing import Protocol
 import numpy as np
 from datasets import Dataset, concatenate_datasets
 
-from nikl_emotion.text.data import iter_column
 from nikl_emotion.base.fileio import write_json_atomic, write_probs
-from nikl_emotion.text.preprocessing import Preprocessing
 from nikl_emotion.folders.run_folder import FoldFolder
+from nikl_emotion.text.data import iter_column
+from nikl_emotion.text.preprocessing import Preprocessing
 
 
 @dataclass
@@ -58,11 +58,25 @@ class FoldBackend(Protocol):
     def pretokenizer_of(self, model_name_or_path: str) -> str | None:
         """The pre-tokenizer the model's tokenizer learned (None: any, it learns here or has no tokenizer)."""
 
-    def prepare(self, model_args, preprocessing: Preprocessing, training_args, cleaned: Dataset,
-                cleaned_test: Dataset | None, other_texts: list[str] | tuple = ()) -> PreparedRun: ...
+    def prepare(
+        self,
+        model_args,
+        preprocessing: Preprocessing,
+        training_args,
+        cleaned: Dataset,
+        cleaned_test: Dataset | None,
+        other_texts: list[str] | tuple = (),
+    ) -> PreparedRun: ...
 
-    def train_fold(self, data: "FoldData", kfold_args, loss_args, training_args, technique_args=None,
-                   folder: FoldFolder | None = None) -> dict: ...
+    def train_fold(
+        self,
+        data: FoldData,
+        kfold_args,
+        loss_args,
+        training_args,
+        technique_args=None,
+        folder: FoldFolder | None = None,
+    ) -> dict: ...
 
     def owns_checkpoint(self, folder: str) -> bool:
         """Whether `folder` is a checkpoint this backend saved."""
@@ -103,8 +117,14 @@ def pseudo_label_rows(data: FoldData) -> int:
     return 0 if data.extra_train_rows is None else len(data.extra_train_rows)
 
 
-def write_fold_outputs(folder: FoldFolder, val_rows: Dataset, val_probs: np.ndarray, test_rows: Dataset | None,
-                       test_probs: np.ndarray | None, result: dict) -> None:
+def write_fold_outputs(
+    folder: FoldFolder,
+    val_rows: Dataset,
+    val_probs: np.ndarray,
+    test_rows: Dataset | None,
+    test_probs: np.ndarray | None,
+    result: dict,
+) -> None:
     """Probability files and metrics, then `done.json` (the fold is complete only once it exists); the Trainer's
     checkpoints go (the best one is in best/)."""
     write_probs(folder.val_probs, iter_column(val_rows, "id"), val_probs)

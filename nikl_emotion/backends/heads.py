@@ -32,11 +32,17 @@ def head_of(config: PretrainedConfig) -> str:
     return getattr(config, "classifier_head", None) or "cls"
 
 
-def pool_target(states: torch.Tensor, target_mask: torch.Tensor | None, attention_mask: torch.Tensor | None) -> torch.Tensor:
+def pool_target(
+    states: torch.Tensor, target_mask: torch.Tensor | None, attention_mask: torch.Tensor | None
+) -> torch.Tensor:
     """[first token, mean over the target's tokens, max over them] (batch, 3 * hidden). Rows whose target mask is
     empty (no target, or none given) pool every attended token instead."""
     batch, length, _ = states.shape
-    every = torch.ones(batch, length, dtype=torch.bool, device=states.device) if attention_mask is None else attention_mask.bool()
+    every = (
+        torch.ones(batch, length, dtype=torch.bool, device=states.device)
+        if attention_mask is None
+        else attention_mask.bool()
+    )
     chosen = every if target_mask is None else target_mask.bool() & every
     chosen = chosen | (every & ~chosen.any(dim=1, keepdim=True))  # logical ops: ONNX Runtime has no bool Where
     weights = chosen.unsqueeze(-1).to(states.dtype)
@@ -71,8 +77,9 @@ class TargetPoolForSequenceClassification(PreTrainedModel):
             nn.init.normal_(module.weight, std=getattr(self.config, "initializer_range", 0.02))
             nn.init.zeros_(module.bias)
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, target_mask=None, labels=None,
-                **kwargs) -> SequenceClassifierOutput:
+    def forward(
+        self, input_ids=None, attention_mask=None, token_type_ids=None, target_mask=None, labels=None, **kwargs
+    ) -> SequenceClassifierOutput:
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             inputs["token_type_ids"] = token_type_ids
@@ -104,7 +111,9 @@ def load_trained_model(folder: str, **kwargs) -> tuple[PreTrainedModel, dict]:
     """A fine-tuned classifier folder with its head, and the loading info (`missing_keys`, ...)."""
     config = AutoConfig.from_pretrained(folder, trust_remote_code=kwargs.get("trust_remote_code", False))
     if head_of(config) == "target_pool":
-        return TargetPoolForSequenceClassification.from_pretrained(folder, config=config, output_loading_info=True, **kwargs)
+        return TargetPoolForSequenceClassification.from_pretrained(
+            folder, config=config, output_loading_info=True, **kwargs
+        )
     return AutoModelForSequenceClassification.from_pretrained(folder, output_loading_info=True, **kwargs)
 
 

@@ -60,7 +60,9 @@ class MultiLabelLoss(nn.Module):
 
     def __init__(self, reduction: str = "mean", label_smoothing: float = 0.0):
         super().__init__()
-        check_parameter(reduction in REDUCTIONS, "reduction", f"must be one of {', '.join(REDUCTIONS)}", repr(reduction))
+        check_parameter(
+            reduction in REDUCTIONS, "reduction", f"must be one of {', '.join(REDUCTIONS)}", repr(reduction)
+        )
         check_parameter(0.0 <= label_smoothing < 1.0, "label_smoothing", "must be in [0, 1)", label_smoothing)
         self.reduction = reduction
         self.label_smoothing = label_smoothing
@@ -69,9 +71,16 @@ class MultiLabelLoss(nn.Module):
 class BCELoss(MultiLabelLoss):
     """Binary cross-entropy on logits, optionally with a positive-class weight per label."""
 
-    def __init__(self, reduction: str = "mean", label_smoothing: float = 0.0, pos_weight: Sequence[float] | torch.Tensor | None = None):
+    def __init__(
+        self,
+        reduction: str = "mean",
+        label_smoothing: float = 0.0,
+        pos_weight: Sequence[float] | torch.Tensor | None = None,
+    ):
         super().__init__(reduction, label_smoothing)
-        self.register_buffer("pos_weight", None if pos_weight is None else torch.as_tensor(pos_weight, dtype=torch.float32))
+        self.register_buffer(
+            "pos_weight", None if pos_weight is None else torch.as_tensor(pos_weight, dtype=torch.float32)
+        )
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         targets = smooth_targets(targets.to(logits.dtype), self.label_smoothing)
@@ -123,8 +132,13 @@ class AsymmetricLoss(MultiLabelLoss):
     ):
         super().__init__(reduction, label_smoothing)
         for name, gamma in (("gamma_neg", gamma_neg), ("gamma_pos", gamma_pos)):
-            check_parameter(gamma >= 0, name, "must be >= 0", gamma,
-                            f"gamma_neg and gamma_pos must be >= 0, got {gamma_neg} and {gamma_pos}")
+            check_parameter(
+                gamma >= 0,
+                name,
+                "must be >= 0",
+                gamma,
+                f"gamma_neg and gamma_pos must be >= 0, got {gamma_neg} and {gamma_pos}",
+            )
         check_parameter(clip is None or 0 <= clip < 1, "clip", "must be in [0, 1)", clip)
         check_parameter(0 < eps < 1, "eps", "must be in (0, 1)", eps)
         self.gamma_neg = gamma_neg

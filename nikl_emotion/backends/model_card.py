@@ -8,14 +8,27 @@ import os
 import yaml
 
 from nikl_emotion.base.checkpoint_files import MODEL_CARD_FILE
-from nikl_emotion.base.vocabulary import DEFAULT_INPUT_TEMPLATE
-from nikl_emotion.text.encoding import PROMPT_TEMPLATE, TARGET_END, TARGET_START, fill_template
 from nikl_emotion.base.fileio import write_text_atomic
 from nikl_emotion.base.labels import LABELS
+from nikl_emotion.base.vocabulary import DEFAULT_INPUT_TEMPLATE
+from nikl_emotion.text.encoding import PROMPT_TEMPLATE, TARGET_END, TARGET_START, fill_template
 
 # keys whose values say what the model is; the full resolved config follows them in the card
-CARD_KEYS = ("model_name_or_path", "classifier_head", "train_files", "num_folds", "loss", "learning_rate", "num_train_epochs",
-             "per_device_train_batch_size", "weight_decay", "input_format", "max_seq_length", "remove_others", "cleanse")
+CARD_KEYS = (
+    "model_name_or_path",
+    "classifier_head",
+    "train_files",
+    "num_folds",
+    "loss",
+    "learning_rate",
+    "num_train_epochs",
+    "per_device_train_batch_size",
+    "weight_decay",
+    "input_format",
+    "max_seq_length",
+    "remove_others",
+    "cleanse",
+)
 
 
 def _scores_table(per_label: dict) -> list[str]:
@@ -31,22 +44,34 @@ def _input_example(input_format: str, template: str) -> str:
         filled = fill_template(template, "오늘 공연 너무 좋았다", "공연").replace("\n", "\\n")
         return f'classifier("{filled}")  # input_template filled in (see preprocessing.json)'
     if input_format == "pair":
-        return ('classifier({"text": "오늘 공연 너무 좋았다", "text_pair": "공연"})  '
-                "# (cleaned text, target form); a null target: the text alone")
+        return (
+            'classifier({"text": "오늘 공연 너무 좋았다", "text_pair": "공연"})  '
+            "# (cleaned text, target form); a null target: the text alone"
+        )
     if input_format == "text":
         return 'classifier("오늘 공연 너무 좋았다")  # the cleaned text alone (this model was not shown the target)'
     if input_format == "marker":
-        return (f'classifier("오늘 {TARGET_START} 공연 {TARGET_END} 너무 좋았다")  '
-                "# the target span wrapped in markers; a null target: the text alone")
+        return (
+            f'classifier("오늘 {TARGET_START} 공연 {TARGET_END} 너무 좋았다")  '
+            "# the target span wrapped in markers; a null target: the text alone"
+        )
     prompt = PROMPT_TEMPLATE.format(target="공연")
     return f'classifier({{"text": "{prompt}", "text_pair": "오늘 공연 너무 좋았다"}})  # (prompt, text)'
 
 
-def model_card(config: dict, fold: int, validation: dict, run: dict | None = None, thresholds: dict | None = None) -> str:
+def model_card(
+    config: dict, fold: int, validation: dict, run: dict | None = None, thresholds: dict | None = None
+) -> str:
     """Markdown with a Hugging Face metadata header. `validation` is the fold's score (metrics.score); `run` the
     run's OOF score and `thresholds` thresholds.json, once the whole K-fold run is summarised."""
-    sections = (_header(config, fold), _training_section(config, fold), _scores_section(fold, validation, run, thresholds),
-                _usage_section(config), LIMITS, _config_section(config))
+    sections = (
+        _header(config, fold),
+        _training_section(config, fold),
+        _scores_section(fold, validation, run, thresholds),
+        _usage_section(config),
+        LIMITS,
+        _config_section(config),
+    )
     return "\n\n".join("\n".join(section) for section in sections) + "\n"
 
 
@@ -72,11 +97,15 @@ def _training_section(config: dict, fold: int) -> list[str]:
     lines = [
         "## Training data and settings",
         "",
-        f"- data files: {', '.join(f'`{p}`' for p in config.get('train_files', [])) or '?'}; this checkpoint trained on "
+        f"- data files: {', '.join(f'`{p}`' for p in config.get('train_files', [])) or '?'}; "
+        "this checkpoint trained on "
         f"folds other than {fold} and was selected on fold {fold} (validation micro-F1).",
     ]
-    return lines + [f"- {key}: `{config[key]}`" for key in CARD_KEYS
-                    if key in config and key not in ("model_name_or_path", "train_files")]
+    return lines + [
+        f"- {key}: `{config[key]}`"
+        for key in CARD_KEYS
+        if key in config and key not in ("model_name_or_path", "train_files")
+    ]
 
 
 def _scores_section(fold: int, validation: dict, run: dict | None, thresholds: dict | None) -> list[str]:
@@ -89,12 +118,18 @@ def _scores_section(fold: int, validation: dict, run: dict | None, thresholds: d
         *_scores_table(validation["per_label"]),
     ]
     if run is not None:
-        lines += ["", f"Out-of-fold over the whole training set ({run['num_rows']} rows, all folds): micro-F1 "
-                      f"**{run['micro_f1']:.4f}**, macro-F1 {run['macro_f1']:.4f}."]
+        lines += [
+            "",
+            f"Out-of-fold over the whole training set ({run['num_rows']} rows, all folds): micro-F1 "
+            f"**{run['micro_f1']:.4f}**, macro-F1 {run['macro_f1']:.4f}.",
+        ]
     if thresholds is not None:
         per_label = ", ".join(f"{label} {value:.2f}" for label, value in thresholds["per_label"].items())
-        lines += ["", f"Per-label thresholds fitted on the out-of-fold probabilities (`thresholds.json` of the run): "
-                      f"{per_label}; one global threshold: {thresholds['global']:.2f}."]
+        lines += [
+            "",
+            f"Per-label thresholds fitted on the out-of-fold probabilities (`thresholds.json` of the run): "
+            f"{per_label}; one global threshold: {thresholds['global']:.2f}.",
+        ]
     return lines
 
 
@@ -121,7 +156,8 @@ def _usage_section(config: dict) -> list[str]:
         "",
         "```python",
         "from transformers import pipeline",
-        'classifier = pipeline("text-classification", model="PATH/TO/THIS/FOLDER", top_k=None, function_to_apply="sigmoid")',
+        'classifier = pipeline("text-classification", model="PATH/TO/THIS/FOLDER", top_k=None, '
+        'function_to_apply="sigmoid")',
         _input_example(config.get("input_format", "pair"), config.get("input_template", DEFAULT_INPUT_TEMPLATE)),
         "```",
         "",
@@ -160,10 +196,13 @@ def _adapter_usage(config: dict) -> list[str]:
         "from peft import PeftModel",
         "from transformers import AutoConfig, AutoModelForSequenceClassification",
         'config = AutoConfig.from_pretrained("PATH/TO/THIS/FOLDER")  # the labels and the pad token id',
-        f'base = AutoModelForSequenceClassification.from_pretrained("{config.get("model_name_or_path", "BASE")}", config=config,',
-        '                                                          dtype=torch.float32)  # or loading.json\'s base_dtype',
+        "base = AutoModelForSequenceClassification.from_pretrained("
+        f'"{config.get("model_name_or_path", "BASE")}", config=config,',
+        "                                                          "
+        "dtype=torch.float32)  # or loading.json's base_dtype",
         "base.score.float()  # the head trained in float32: its weights load unrounded",
-        'model = PeftModel.from_pretrained(base, "PATH/TO/THIS/FOLDER")  # merge_and_unload() only over float32 weights',
+        'model = PeftModel.from_pretrained(base, "PATH/TO/THIS/FOLDER")  '
+        "# merge_and_unload() only over float32 weights",
         "```",
         "",
         "Run it under `torch.autocast` in loading.json's `autocast` dtype if it names one. Train with "
@@ -184,9 +223,16 @@ LIMITS = [
 
 
 def _config_section(config: dict) -> list[str]:
-    return ["## Full configuration", "", "```yaml", yaml.safe_dump(config, allow_unicode=True, sort_keys=False).rstrip(), "```"]
+    return [
+        "## Full configuration",
+        "",
+        "```yaml",
+        yaml.safe_dump(config, allow_unicode=True, sort_keys=False).rstrip(),
+        "```",
+    ]
 
 
-def write_model_card(folder: str, config: dict, fold: int, validation: dict, run: dict | None = None,
-                     thresholds: dict | None = None) -> None:
+def write_model_card(
+    folder: str, config: dict, fold: int, validation: dict, run: dict | None = None, thresholds: dict | None = None
+) -> None:
     write_text_atomic(os.path.join(folder, MODEL_CARD_FILE), model_card(config, fold, validation, run, thresholds))

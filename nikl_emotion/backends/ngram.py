@@ -19,24 +19,32 @@ import numpy as np
 from datasets import Dataset
 
 from nikl_emotion.backends.classifier import CheckpointClassifier
+from nikl_emotion.backends.fold_backend import (
+    FoldData,
+    PreparedRun,
+    pseudo_label_rows,
+    replace_best,
+    write_fold_outputs,
+)
 from nikl_emotion.base.checkpoint_files import NGRAM_INFO_FILE, NGRAM_MODEL_FILE
-from nikl_emotion.decisions.decision import fixed_rule
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.fileio import write_json_atomic
-from nikl_emotion.backends.fold_backend import FoldData, PreparedRun, pseudo_label_rows, replace_best, write_fold_outputs
 from nikl_emotion.base.labels import LABELS, NUM_LABELS
+from nikl_emotion.base.vocabulary import NGRAM_KINDS, NGRAM_PREFIX, is_ngram
+from nikl_emotion.decisions.decision import fixed_rule
 from nikl_emotion.decisions.logistic import fit_label, label_probability
 from nikl_emotion.decisions.metrics import score
 from nikl_emotion.folders.run_folder import FoldFolder, RunFolder
 from nikl_emotion.text.preprocessing import Preprocessing
-from nikl_emotion.base.vocabulary import NGRAM_KINDS, NGRAM_PREFIX, is_ngram
 
 
 def check_ngram_spec(model_name_or_path: str) -> None:
-    kind = model_name_or_path[len(NGRAM_PREFIX):]
+    kind = model_name_or_path[len(NGRAM_PREFIX) :]
     if kind not in NGRAM_KINDS:
-        raise PipelineError(f"model_name_or_path: unknown n-gram model {model_name_or_path!r}; choose one of "
-                            f"{', '.join(NGRAM_PREFIX + k for k in NGRAM_KINDS)}")
+        raise PipelineError(
+            f"model_name_or_path: unknown n-gram model {model_name_or_path!r}; choose one of "
+            f"{', '.join(NGRAM_PREFIX + k for k in NGRAM_KINDS)}"
+        )
 
 
 def is_ngram_folder(folder: str) -> bool:
@@ -66,14 +74,34 @@ class NgramClassifier:
 
         texts, targets = self._columns(rows)
         if fit:
-            self.text_features = TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 4), min_df=2, sublinear_tf=True,
-                                                 max_features=self.max_features, dtype=np.float32)
+            self.text_features = TfidfVectorizer(
+                analyzer="char_wb",
+                ngram_range=(1, 4),
+                min_df=2,
+                sublinear_tf=True,
+                max_features=self.max_features,
+                dtype=np.float32,
+            )
             # data without targets (all null, e.g. KOTE) has no target block
-            self.target_features = TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 3), sublinear_tf=True,
-                                                   dtype=np.float32) if any(targets) else None
-            self.morpheme_features = TfidfVectorizer(analyzer="word", token_pattern=r"\S+", lowercase=False,
-                                                     ngram_range=(1, 2), min_df=2, sublinear_tf=True,
-                                                     max_features=self.max_features, dtype=np.float32) if self.morphemes else None
+            self.target_features = (
+                TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 3), sublinear_tf=True, dtype=np.float32)
+                if any(targets)
+                else None
+            )
+            self.morpheme_features = (
+                TfidfVectorizer(
+                    analyzer="word",
+                    token_pattern=r"\S+",
+                    lowercase=False,
+                    ngram_range=(1, 2),
+                    min_df=2,
+                    sublinear_tf=True,
+                    max_features=self.max_features,
+                    dtype=np.float32,
+                )
+                if self.morphemes
+                else None
+            )
         transform = "fit_transform" if fit else "transform"
         blocks = [getattr(self.text_features, transform)(texts)]
         if getattr(self, "morpheme_features", None) is not None:  # models saved before the morpheme block have none
@@ -84,7 +112,7 @@ class NgramClassifier:
             blocks.append(getattr(self.target_features, transform)(targets))
         return hstack(blocks).tocsr()
 
-    def fit(self, rows: Dataset) -> "NgramClassifier":
+    def fit(self, rows: Dataset) -> NgramClassifier:
         """Fit on cleaned rows (`text`, `target`, `labels`)."""
         from joblib import Parallel, delayed
 
@@ -93,7 +121,8 @@ class NgramClassifier:
         labels = np.asarray(rows["labels"]) > 0.5
         # liblinear holds the GIL: one process per core for the 8 independent regressions
         self.models = Parallel(n_jobs=min(NUM_LABELS, os.cpu_count() or 1))(
-            delayed(fit_label)(features, labels[:, j], self.c, self.seed) for j in range(NUM_LABELS))
+            delayed(fit_label)(features, labels[:, j], self.c, self.seed) for j in range(NUM_LABELS)
+        )
         return self
 
     def predict_proba(self, rows: Dataset) -> np.ndarray:
@@ -108,11 +137,13 @@ class NgramClassifier:
 
         os.makedirs(folder, exist_ok=True)
         joblib.dump(self, os.path.join(folder, NGRAM_MODEL_FILE))
-        write_json_atomic(os.path.join(folder, NGRAM_INFO_FILE), {"model": "ngram:tfidf", "labels": list(LABELS), "c": self.c,
-                                                           "max_features": self.max_features})
+        write_json_atomic(
+            os.path.join(folder, NGRAM_INFO_FILE),
+            {"model": "ngram:tfidf", "labels": list(LABELS), "c": self.c, "max_features": self.max_features},
+        )
 
     @classmethod
-    def load(cls, folder: str) -> "NgramClassifier":
+    def load(cls, folder: str) -> NgramClassifier:
         """The model of a `best/` folder; refuses other label sets and damaged files, naming the folder."""
         import joblib
 
@@ -156,12 +187,22 @@ def train_ngram_fold(data: FoldData, kfold_args, training_args, folder: FoldFold
     test_probs = model.predict_proba(data.encoded_test) if data.encoded_test is not None else None
     result = score(np.asarray(val_rows["labels"]), fixed_rule(kfold_args).decide(val_probs))
     replace_best(folder, data.preprocessing, model.save)
-    result.update({"fold": data.fold, "best_checkpoint": None, "best_metric": result["micro_f1"], "epochs_run": None,
-                   "train_rows": int(len(data.train_index)), "train_seconds": round(seconds, 1),
-                   "pseudo_label_rows": pseudo_label_rows(data)})
+    result.update(
+        {
+            "fold": data.fold,
+            "best_checkpoint": None,
+            "best_metric": result["micro_f1"],
+            "epochs_run": None,
+            "train_rows": int(len(data.train_index)),
+            "train_seconds": round(seconds, 1),
+            "pseudo_label_rows": pseudo_label_rows(data),
+        }
+    )
     write_fold_outputs(folder, val_rows, val_probs, data.encoded_test, test_probs, result)
-    print(f"fold {data.fold}: n-gram model fitted on {len(data.train_index)} rows in {seconds:.1f} s; "
-          f"validation micro-F1 {result['micro_f1']:.4f}")
+    print(
+        f"fold {data.fold}: n-gram model fitted on {len(data.train_index)} rows in {seconds:.1f} s; "
+        f"validation micro-F1 {result['micro_f1']:.4f}"
+    )
     return result
 
 
@@ -183,13 +224,21 @@ class NgramFoldBackend:
     def pretokenizer_of(self, model_name_or_path: str) -> str | None:
         return None  # no tokenizer: its morpheme features come from kiwipiepy whatever the setting
 
-    def prepare(self, model_args, preprocessing, training_args, cleaned: Dataset, cleaned_test: Dataset | None,
-                other_texts=()) -> PreparedRun:
+    def prepare(
+        self, model_args, preprocessing, training_args, cleaned: Dataset, cleaned_test: Dataset | None, other_texts=()
+    ) -> PreparedRun:
         """It reads the cleaned text itself: no backbone, no tokens."""
         return PreparedRun(model_args.model_name_or_path, None, cleaned, cleaned_test, lambda rows: rows)
 
-    def train_fold(self, data: FoldData, kfold_args, loss_args, training_args, technique_args=None,
-                   folder: FoldFolder | None = None) -> dict:
+    def train_fold(
+        self,
+        data: FoldData,
+        kfold_args,
+        loss_args,
+        training_args,
+        technique_args=None,
+        folder: FoldFolder | None = None,
+    ) -> dict:
         return train_ngram_fold(data, kfold_args, training_args, folder)
 
     def owns_checkpoint(self, folder: str) -> bool:
@@ -198,7 +247,10 @@ class NgramFoldBackend:
     def check_loading(self, model_name_or_path: str, loading) -> None:
         """No checkpoint is loaded: the model-loading keys do not apply."""
 
-    def load_checkpoint(self, folder: str, device=None, threads: int | None = None, options=None) -> CheckpointClassifier:
+    def load_checkpoint(
+        self, folder: str, device=None, threads: int | None = None, options=None
+    ) -> CheckpointClassifier:
         """The fitted model behind `CheckpointClassifier` (it reads cleaned text: no tokenizer, no device, no dtype)."""
-        return CheckpointClassifier(NgramBackend(NgramClassifier.load(folder)), None, Preprocessing.load(folder),
-                                    source=folder)
+        return CheckpointClassifier(
+            NgramBackend(NgramClassifier.load(folder)), None, Preprocessing.load(folder), source=folder
+        )

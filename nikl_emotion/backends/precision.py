@@ -90,17 +90,21 @@ class LoadRecord:
     revision: str | None = None
 
     @classmethod
-    def for_training(cls, model_args, training_args, frozen_base: bool, quantization: dict | None = None) -> "LoadRecord":
+    def for_training(cls, model_args, training_args, frozen_base: bool, quantization: dict | None = None) -> LoadRecord:
         loading: ModelLoading = model_args.loading
-        return cls(base_dtype=base_dtype_name(model_args, training_args, frozen_base),
-                   autocast=training_autocast(training_args), load_in_4bit=bool(model_args.load_in_4bit and frozen_base),
-                   quantization=quantization, **dataclasses.asdict(loading))
+        return cls(
+            base_dtype=base_dtype_name(model_args, training_args, frozen_base),
+            autocast=training_autocast(training_args),
+            load_in_4bit=bool(model_args.load_in_4bit and frozen_base),
+            quantization=quantization,
+            **dataclasses.asdict(loading),
+        )
 
     def save(self, folder: str) -> None:
         write_json_atomic(os.path.join(folder, LOADING_FILE), dataclasses.asdict(self))
 
     @classmethod
-    def load(cls, folder: str) -> "LoadRecord":
+    def load(cls, folder: str) -> LoadRecord:
         path = os.path.join(folder, LOADING_FILE)
         if not os.path.isfile(path):
             return cls()
@@ -158,15 +162,21 @@ def serving_precision(record: LoadRecord, options: LoadOptions, half_weights: bo
 
 def nf4_settings(compute: torch.dtype) -> dict:
     """QLoRA's 4-bit base: NF4, double quantization, the head kept out (it trains in full)."""
-    return {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,
-            "bnb_4bit_compute_dtype": str(compute).removeprefix("torch."), "llm_int8_skip_modules": ["score"]}
+    return {
+        "load_in_4bit": True,
+        "bnb_4bit_quant_type": "nf4",
+        "bnb_4bit_use_double_quant": True,
+        "bnb_4bit_compute_dtype": str(compute).removeprefix("torch."),
+        "llm_int8_skip_modules": ["score"],
+    }
 
 
 def require_4bit(what: str, instead: str) -> None:
     """4-bit weights need CUDA and bitsandbytes: one line saying which is missing and what to do instead."""
     if not torch.cuda.is_available():
-        raise PipelineError(f"{what}: 4-bit base weights (bitsandbytes) need a CUDA GPU, and this machine has none; "
-                            f"{instead}")
+        raise PipelineError(
+            f"{what}: 4-bit base weights (bitsandbytes) need a CUDA GPU, and this machine has none; {instead}"
+        )
     if importlib.util.find_spec("bitsandbytes") is None:
         raise PipelineError(f"{what}: 4-bit base weights need bitsandbytes: {QLORA_INSTALL}; {instead}")
 

@@ -29,9 +29,12 @@ def checkpoint_backend(folder: str) -> FoldBackend:
     return next(backend for backend in BACKENDS if backend.owns_checkpoint(folder))
 
 
-def load_checkpoint(folder: str | os.PathLike, *, device=None, threads: int | None = None,
-                    options: LoadOptions | None = None) -> CheckpointClassifier:
+def load_checkpoint(
+    folder: str | os.PathLike, *, device=None, threads: int | None = None, options: LoadOptions | None = None
+) -> CheckpointClassifier:
     """Any backend's checkpoint folder (or an encoder's ONNX export) as a `CheckpointClassifier`, loaded with
     `options` (precision.LoadOptions: dtype, 4-bit, remote code; default: as its run trained)."""
     folder = os.fspath(folder)
-    return checkpoint_backend(folder).load_checkpoint(folder, device=device, threads=threads, options=options or LoadOptions())
+    return checkpoint_backend(folder).load_checkpoint(
+        folder, device=device, threads=threads, options=options or LoadOptions()
+    )

@@ -31,6 +31,7 @@ LAYER_INDEX = re.compile(r"\.(?:layer|layers|block|blocks)\.(\d+)\.")
 
 # --- layer-wise learning-rate decay ---------------------------------------------------------------------------------
 
+
 def parameter_depths(model: nn.Module) -> tuple[dict[str, int], int]:
     """Each trainable parameter's depth (0: embeddings, i + 1: encoder layer i, L + 1: everything above the layers,
     i.e. pooler and classification head) and L, the number of encoder layers. Names follow the Hugging Face
@@ -38,8 +39,10 @@ def parameter_depths(model: nn.Module) -> tuple[dict[str, int], int]:
     names = [name for name, parameter in model.named_parameters() if parameter.requires_grad]
     indices = [int(match.group(1)) for name in names if (match := LAYER_INDEX.search(name))]
     if not indices:
-        raise PipelineError(f"layerwise_lr_decay: found no numbered encoder layers in {type(model).__name__}'s "
-                            "parameters (expected names like encoder.layer.0.*)")
+        raise PipelineError(
+            f"layerwise_lr_decay: found no numbered encoder layers in {type(model).__name__}'s "
+            "parameters (expected names like encoder.layer.0.*)"
+        )
     layers = max(indices) + 1
     depths = {}
     for name in names:
@@ -53,8 +56,13 @@ def parameter_depths(model: nn.Module) -> tuple[dict[str, int], int]:
     return depths, layers
 
 
-def layerwise_parameter_groups(model: nn.Module, learning_rate: float, decay: float, weight_decay: float,
-                               decay_parameter_names: set[str] | list[str]) -> list[dict]:
+def layerwise_parameter_groups(
+    model: nn.Module,
+    learning_rate: float,
+    decay: float,
+    weight_decay: float,
+    decay_parameter_names: set[str] | list[str],
+) -> list[dict]:
     """Optimizer parameter groups with one learning rate per depth (see `parameter_depths`), each split by whether
     the Trainer applies weight decay to it. The learning-rate scheduler scales every group's rate alike."""
     depths, layers = parameter_depths(model)
@@ -64,15 +72,20 @@ def layerwise_parameter_groups(model: nn.Module, learning_rate: float, decay: fl
         if name not in depths:
             continue
         depth, with_decay = depths[name], name in decayed
-        group = groups.setdefault((depth, with_decay), {
-            "params": [], "weight_decay": weight_decay if with_decay else 0.0,
-            "lr": learning_rate * decay ** (layers + 1 - depth),
-        })
+        group = groups.setdefault(
+            (depth, with_decay),
+            {
+                "params": [],
+                "weight_decay": weight_decay if with_decay else 0.0,
+                "lr": learning_rate * decay ** (layers + 1 - depth),
+            },
+        )
         group["params"].append(parameter)
     return [groups[key] for key in sorted(groups)]
 
 
 # --- R-Drop ----------------------------------------------------------------------------------------------------------
+
 
 def rdrop_divergence(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor:
     """Half the symmetric KL divergence between the Bernoulli distributions sigmoid(a) and sigmoid(b), element-wise.
@@ -88,6 +101,7 @@ def repeat_batch(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 # --- multi-sample dropout --------------------------------------------------------------------------------------------
+
 
 def enable_multi_sample_dropout(model: nn.Module, samples: int) -> list:
     """Average the classification head over `samples` dropout masks while training (one encoder pass); evaluation is
@@ -109,10 +123,13 @@ def enable_multi_sample_dropout(model: nn.Module, samples: int) -> list:
             if not module.training:
                 return output
             features = args[0]
-            return torch.stack([module.forward(F.dropout(features, rate, training=True)) for _ in range(samples)]).mean(0)
+            return torch.stack([module.forward(F.dropout(features, rate, training=True)) for _ in range(samples)]).mean(
+                0
+            )
 
         return [head.register_forward_hook(linear_hook)]
     if isinstance(head, nn.Module) and any(isinstance(m, nn.Dropout) for m in head.modules()):
+
         def head_hook(module, args, kwargs, output):
             if not module.training:
                 return output
@@ -120,11 +137,14 @@ def enable_multi_sample_dropout(model: nn.Module, samples: int) -> list:
             return torch.stack([output, *extra]).mean(0)
 
         return [head.register_forward_hook(head_hook, with_kwargs=True)]
-    raise PipelineError(f"multi_sample_dropout: {type(model).__name__} has no classification head with dropout "
-                        "(expected a `classifier` with a dropout before or inside it)")
+    raise PipelineError(
+        f"multi_sample_dropout: {type(model).__name__} has no classification head with dropout "
+        "(expected a `classifier` with a dropout before or inside it)"
+    )
 
 
 # --- adversarial training --------------------------------------------------------------------------------------------
+
 
 class Adversary:
     """Perturbs weights along their current gradient (`attack`) and puts them back (`restore`)."""

@@ -45,8 +45,11 @@ def hub_repo(training_args):
     from huggingface_hub import HfApi
 
     api = HfApi(token=training_args.hub_token)
-    repo = api.create_repo(training_args.hub_model_id or run_name(training_args),
-                           private=bool(training_args.hub_private_repo), exist_ok=True)
+    repo = api.create_repo(
+        training_args.hub_model_id or run_name(training_args),
+        private=bool(training_args.hub_private_repo),
+        exist_ok=True,
+    )
     return api, repo.repo_id
 
 
@@ -55,8 +58,9 @@ def push_fold(training_args, best: str, fold: int) -> None:
     if not training_args.push_to_hub:
         return
     api, repo = hub_repo(training_args)
-    api.upload_folder(repo_id=repo, folder_path=best, path_in_repo=f"fold_{fold}",
-                      commit_message=f"fold {fold}: best checkpoint")
+    api.upload_folder(
+        repo_id=repo, folder_path=best, path_in_repo=f"fold_{fold}", commit_message=f"fold {fold}: best checkpoint"
+    )
 
 
 def push_run_files(training_args, paths: list[str]) -> None:
@@ -67,6 +71,9 @@ def push_run_files(training_args, paths: list[str]) -> None:
     from huggingface_hub import CommitOperationAdd
 
     api, repo = hub_repo(training_args)
-    files = [CommitOperationAdd(path_in_repo=os.path.basename(path), path_or_fileobj=path) for path in paths
-             if os.path.isfile(path)]
+    files = [
+        CommitOperationAdd(path_in_repo=os.path.basename(path), path_or_fileobj=path)
+        for path in paths
+        if os.path.isfile(path)
+    ]
     api.create_commit(repo_id=repo, operations=files, commit_message="run: decision files")

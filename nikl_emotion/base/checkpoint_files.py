@@ -17,8 +17,17 @@ EXPORT_FILE = "export.json"
 EXPORT_FILES = (ONNX_FILE, EXPORT_FILE)
 AVERAGING_STATE_FILE = "weight_averaging.pt"  # inside a Trainer checkpoint: the EMA/SWA state (averaging.py)
 # the files a tokenizer is read from: without one, a folder still "loads" a tokenizer of special tokens only
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "sentencepiece.bpe.model", "spiece.model", "tokenizer.model", "vocab.json")
-LOADING_FILE = "loading.json"  # how a best/ was loaded and ran: base dtype, autocast, 4-bit, loading keys (precision.py)
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "sentencepiece.bpe.model",
+    "spiece.model",
+    "tokenizer.model",
+    "vocab.json",
+)
+LOADING_FILE = (
+    "loading.json"  # how a best/ was loaded and ran: base dtype, autocast, 4-bit, loading keys (precision.py)
+)
 ADAPTER_CONFIG_FILE = "adapter_config.json"  # a LoRA best/: names the base model (decoder_backend.py)
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"  # beside it: the adapter's and the head's weights
 # what `save_pretrained` of a model and a tokenizer writes, and the settings saved beside them

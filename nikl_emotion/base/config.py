@@ -24,8 +24,24 @@ from transformers import HfArgumentParser, TrainingArguments
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.labels import NUM_LABELS
 from nikl_emotion.base.vocabulary import (
-    ADVERSARIAL_METHODS, ATTN_IMPLEMENTATIONS, CLASSIFIER_HEADS, MODEL_DTYPES, DECISION_MODES, DEFAULT_INPUT_TEMPLATE, NO_TARGET, DEFAULT_DECISION_MODE, DEFAULT_VOTE_RULE, DEFAULT_VOTE_TIE, INPUT_FORMATS,
-    LOSS_NAMES, MAX_UNKNOWN_RATE, PRETOKENIZERS, VOTE_RULES, VOTE_TIES, check_choice, spelled,
+    ADVERSARIAL_METHODS,
+    ATTN_IMPLEMENTATIONS,
+    CLASSIFIER_HEADS,
+    DECISION_MODES,
+    DEFAULT_DECISION_MODE,
+    DEFAULT_INPUT_TEMPLATE,
+    DEFAULT_VOTE_RULE,
+    DEFAULT_VOTE_TIE,
+    INPUT_FORMATS,
+    LOSS_NAMES,
+    MAX_UNKNOWN_RATE,
+    MODEL_DTYPES,
+    NO_TARGET,
+    PRETOKENIZERS,
+    VOTE_RULES,
+    VOTE_TIES,
+    check_choice,
+    spelled,
 )
 
 
@@ -53,34 +69,85 @@ class ModelLoading:
 class ModelArguments:
     model_name_or_path: str = field(
         default="offline:electra-tiny",
-        metadata={"help": "Hub name (e.g. beomi/KcELECTRA-base-v2022), local checkpoint, offline:<bert|electra>-<tiny|mini|small>, "
-                          "or ngram:tfidf (char n-gram TF-IDF + logistic regression, no encoder)."},
+        metadata={
+            "help": "Hub name (e.g. beomi/KcELECTRA-base-v2022), local checkpoint, "
+            "offline:<bert|electra>-<tiny|mini|small>, "
+            "or ngram:tfidf (char n-gram TF-IDF + logistic regression, no encoder)."
+        },
     )
-    offline_vocab_size: int = field(default=8000, metadata={"help": "WordPiece vocabulary size of an offline backbone."})
-    max_unknown_rate: float = field(default=MAX_UNKNOWN_RATE, metadata={"help": "Stop when more than this share of "
-                                    "the encoded tokens are the tokenizer's unknown token (the text would be lost)."})
-    classifier_head: str = field(default="cls", metadata={"help": "cls: the backbone's own head on the first token; "
-                                 "target_pool: the first token with the mean and max of the target's tokens."})
-    lora_r: int = field(default=0, metadata={"help": "Decoder backbones: LoRA rank (0: full fine-tuning). The "
-                        "classification head is always trained in full."})
+    offline_vocab_size: int = field(
+        default=8000, metadata={"help": "WordPiece vocabulary size of an offline backbone."}
+    )
+    max_unknown_rate: float = field(
+        default=MAX_UNKNOWN_RATE,
+        metadata={
+            "help": "Stop when more than this share of "
+            "the encoded tokens are the tokenizer's unknown token (the text would be lost)."
+        },
+    )
+    classifier_head: str = field(
+        default="cls",
+        metadata={
+            "help": "cls: the backbone's own head on the first token; "
+            "target_pool: the first token with the mean and max of the target's tokens."
+        },
+    )
+    lora_r: int = field(
+        default=0,
+        metadata={
+            "help": "Decoder backbones: LoRA rank (0: full fine-tuning). The "
+            "classification head is always trained in full."
+        },
+    )
     lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scaling numerator (the update is alpha/r * BA)."})
     lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA branch's input."})
-    lora_target_modules: list[str] = field(default_factory=list, metadata={"help": "Module names LoRA adapts (empty: "
-                                           "every attention and MLP projection of the family, see decoder_backend.py)."})
-    merge_lora: bool = field(default=False, metadata={"help": "Save best/ as merged full weights (loads like any "
-                             "model) instead of the adapter and head beside the base model's name."})
-    load_in_4bit: bool = field(default=False, metadata={"help": "QLoRA: the frozen base weights in 4-bit NF4 "
-                               "(bitsandbytes, CUDA only: pip install .[qlora]); needs lora_r > 0."})
-    model_dtype: str = field(default="auto", metadata={"help": "The dtype the checkpoint's weights are loaded in: "
-                             "auto (trained weights in float32 whatever the checkpoint ships in; a frozen LoRA base in "
-                             "the bf16/fp16 autocast dtype), or float32, bfloat16, float16 for a frozen LoRA base."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Run the modelling code a checkpoint ships "
-                                    "(EXAONE and other custom-code models); only for checkpoints you trust."})
-    attn_implementation: str | None = field(default=None, metadata={"help": "Attention kernel: eager, sdpa, "
-                                            "flash_attention_2 (CUDA, flash-attn), flash_attention_3, flex_attention "
-                                            "(default: transformers' choice)."})
-    revision: str | None = field(default=None, metadata={"help": "The hub revision (branch, tag or commit) of "
-                                 "model_name_or_path."})
+    lora_target_modules: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Module names LoRA adapts (empty: "
+            "every attention and MLP projection of the family, see decoder_backend.py)."
+        },
+    )
+    merge_lora: bool = field(
+        default=False,
+        metadata={
+            "help": "Save best/ as merged full weights (loads like any "
+            "model) instead of the adapter and head beside the base model's name."
+        },
+    )
+    load_in_4bit: bool = field(
+        default=False,
+        metadata={
+            "help": "QLoRA: the frozen base weights in 4-bit NF4 "
+            "(bitsandbytes, CUDA only: pip install .[qlora]); needs lora_r > 0."
+        },
+    )
+    model_dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "The dtype the checkpoint's weights are loaded in: "
+            "auto (trained weights in float32 whatever the checkpoint ships in; a frozen LoRA base in "
+            "the bf16/fp16 autocast dtype), or float32, bfloat16, float16 for a frozen LoRA base."
+        },
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={
+            "help": "Run the modelling code a checkpoint ships "
+            "(EXAONE and other custom-code models); only for checkpoints you trust."
+        },
+    )
+    attn_implementation: str | None = field(
+        default=None,
+        metadata={
+            "help": "Attention kernel: eager, sdpa, "
+            "flash_attention_2 (CUDA, flash-attn), flash_attention_3, flex_attention "
+            "(default: transformers' choice)."
+        },
+    )
+    revision: str | None = field(
+        default=None, metadata={"help": "The hub revision (branch, tag or commit) of model_name_or_path."}
+    )
 
     def __post_init__(self):
         check_choice("classifier_head", self.classifier_head, CLASSIFIER_HEADS)
@@ -91,25 +158,32 @@ class ModelArguments:
         if not (is_finite(self.lora_dropout) and 0 <= self.lora_dropout < 1):
             raise PipelineError(f"lora_dropout: must be in [0, 1), got {self.lora_dropout}")
         lora_only = [key for key in ("merge_lora", "load_in_4bit") if getattr(self, key)] + (
-            ["lora_target_modules"] if self.lora_target_modules else [])
+            ["lora_target_modules"] if self.lora_target_modules else []
+        )
         if lora_only and self.lora_r == 0:
             raise PipelineError(f"{lora_only[0]}: applies to LoRA; set lora_r (e.g. 16)")
         if self.merge_lora and self.load_in_4bit:
-            raise PipelineError("merge_lora: cannot merge an adapter into 4-bit base weights without rounding them; "
-                                "keep the adapter (merge_lora: false), or merge it later into a bf16 copy of the base")
+            raise PipelineError(
+                "merge_lora: cannot merge an adapter into 4-bit base weights without rounding them; "
+                "keep the adapter (merge_lora: false), or merge it later into a bf16 copy of the base"
+            )
         if not (is_finite(self.max_unknown_rate) and 0 <= self.max_unknown_rate <= 1):
             raise PipelineError(f"max_unknown_rate: must be in [0, 1], got {self.max_unknown_rate}")
         if not self.model_name_or_path:
             raise PipelineError("model_name_or_path: give a hub model, a local folder, offline:... or ngram:...")
         check_choice("model_dtype", self.model_dtype, MODEL_DTYPES)
         if self.model_dtype != "auto" and self.lora_r == 0:
-            raise PipelineError(f"model_dtype: {self.model_dtype} names the dtype of a frozen LoRA base; full "
-                                "fine-tuning trains float32 weights (a 2e-5 step leaves most bf16 weights unchanged): "
-                                "leave model_dtype: auto and set bf16: true for mixed precision")
+            raise PipelineError(
+                f"model_dtype: {self.model_dtype} names the dtype of a frozen LoRA base; full "
+                "fine-tuning trains float32 weights (a 2e-5 step leaves most bf16 weights unchanged): "
+                "leave model_dtype: auto and set bf16: true for mixed precision"
+            )
         kernel = self.attn_implementation
         if kernel is not None and kernel not in ATTN_IMPLEMENTATIONS and "/" not in kernel:
-            raise PipelineError(f"attn_implementation: {kernel!r} is not {spelled(ATTN_IMPLEMENTATIONS)} (or a hub "
-                                "kernel such as kernels-community/flash-attn)")
+            raise PipelineError(
+                f"attn_implementation: {kernel!r} is not {spelled(ATTN_IMPLEMENTATIONS)} (or a hub "
+                "kernel such as kernels-community/flash-attn)"
+            )
 
     @property
     def loading(self) -> ModelLoading:
@@ -122,18 +196,39 @@ class PreprocessingArguments:
 
     remove_others: bool = field(default=True, metadata={"help": "Remove the &others& placeholder."})
     remove_placeholders: bool = field(default=False, metadata={"help": "Remove every &name1&-style placeholder."})
-    cleanse: bool = field(default=True, metadata={"help": "KcBERT symbol cleansing (keeps Hangul, ASCII, some punctuation; drops URLs, emoji; squeezes repeats)."})
+    cleanse: bool = field(
+        default=True,
+        metadata={
+            "help": "KcBERT symbol cleansing (keeps Hangul, ASCII, some punctuation; drops URLs, emoji; "
+            "squeezes repeats)."
+        },
+    )
     remove_emoji: bool = field(default=False, metadata={"help": "Remove emoji (implied by cleanse)."})
-    input_format: str = field(default="pair", metadata={"help": "How the target is shown to the model: pair, marker, "
-                              "prompt or instruction (input_template filled in: for decoders); text ignores it (the "
-                              "reference's input)."})
-    input_template: str = field(default=DEFAULT_INPUT_TEMPLATE, metadata={"help": "input_format instruction: the "
-                                "row as one string, with {text} and {target} (a row without a target names "
-                                f"'{NO_TARGET}'); the text is shortened to fit max_seq_length, never what follows it."})
+    input_format: str = field(
+        default="pair",
+        metadata={
+            "help": "How the target is shown to the model: pair, marker, "
+            "prompt or instruction (input_template filled in: for decoders); text ignores it (the "
+            "reference's input)."
+        },
+    )
+    input_template: str = field(
+        default=DEFAULT_INPUT_TEMPLATE,
+        metadata={
+            "help": "input_format instruction: the "
+            "row as one string, with {text} and {target} (a row without a target names "
+            f"'{NO_TARGET}'); the text is shortened to fit max_seq_length, never what follows it."
+        },
+    )
     max_seq_length: int = field(default=200, metadata={"help": "Truncate encodings to this many tokens."})
-    offline_pretokenizer: str = field(default="none", metadata={"help": "none, or kiwi: split words at morpheme "
-                                      "boundaries (kiwipiepy) before an offline backbone's subword tokenizer; a "
-                                      "folder post-trained with it needs the same."})
+    offline_pretokenizer: str = field(
+        default="none",
+        metadata={
+            "help": "none, or kiwi: split words at morpheme "
+            "boundaries (kiwipiepy) before an offline backbone's subword tokenizer; a "
+            "folder post-trained with it needs the same."
+        },
+    )
 
     def __post_init__(self):
         validate_preprocessing(self)
@@ -141,7 +236,9 @@ class PreprocessingArguments:
 
 @dataclass
 class DataArguments(PreprocessingArguments):
-    train_files: list[str] = field(default_factory=list, metadata={"help": "One or more labelled jsonl files (e.g. train and dev)."})
+    train_files: list[str] = field(
+        default_factory=list, metadata={"help": "One or more labelled jsonl files (e.g. train and dev)."}
+    )
     test_file: str | None = field(default=None, metadata={"help": "Unlabelled jsonl to predict with every fold."})
 
     def __post_init__(self):
@@ -154,16 +251,33 @@ class DataArguments(PreprocessingArguments):
 @dataclass
 class KFoldArguments:
     num_folds: int = field(default=5, metadata={"help": "Number of stratified folds."})
-    fold: int | None = field(default=None, metadata={"help": "Run only this fold (0-based); the run is summarised once all folds exist."})
-    overwrite: bool = field(default=False, metadata={"help": "Start again in an output_dir that holds a run (its files are deleted)."})
-    early_stopping_patience: int = field(default=3, metadata={"help": "Epochs without a better validation micro-F1 before stopping; 0 disables."})
+    fold: int | None = field(
+        default=None, metadata={"help": "Run only this fold (0-based); the run is summarised once all folds exist."}
+    )
+    overwrite: bool = field(
+        default=False, metadata={"help": "Start again in an output_dir that holds a run (its files are deleted)."}
+    )
+    early_stopping_patience: int = field(
+        default=3, metadata={"help": "Epochs without a better validation micro-F1 before stopping; 0 disables."}
+    )
     threshold: float = field(default=0.5, metadata={"help": "Probability at or above which a label is predicted."})
-    fallback_top_label: bool = field(default=True, metadata={"help": "An empty prediction takes the top-scoring label."})
-    vote_rule: str = field(default=DEFAULT_VOTE_RULE, metadata={"help": f"Hard-vote rule over folds: {spelled(VOTE_RULES)}."})
-    vote_tie: str = field(default=DEFAULT_VOTE_TIE, metadata={"help": f"Majority vote with half the votes: {spelled(VOTE_TIES)}."})
-    decision: str = field(default=DEFAULT_DECISION_MODE, metadata={"help": "How submission.jsonl is decided: auto (the candidate rule "
-                          "with the best nested out-of-fold micro-F1: hard/soft vote, threshold or per-label OOF "
-                          "thresholds) or fixed (hard vote at threshold by vote_rule)."})
+    fallback_top_label: bool = field(
+        default=True, metadata={"help": "An empty prediction takes the top-scoring label."}
+    )
+    vote_rule: str = field(
+        default=DEFAULT_VOTE_RULE, metadata={"help": f"Hard-vote rule over folds: {spelled(VOTE_RULES)}."}
+    )
+    vote_tie: str = field(
+        default=DEFAULT_VOTE_TIE, metadata={"help": f"Majority vote with half the votes: {spelled(VOTE_TIES)}."}
+    )
+    decision: str = field(
+        default=DEFAULT_DECISION_MODE,
+        metadata={
+            "help": "How submission.jsonl is decided: auto (the candidate rule "
+            "with the best nested out-of-fold micro-F1: hard/soft vote, threshold or per-label OOF "
+            "thresholds) or fixed (hard vote at threshold by vote_rule)."
+        },
+    )
 
     def __post_init__(self):
         if self.num_folds < 2:
@@ -181,17 +295,32 @@ class KFoldArguments:
 
 @dataclass
 class LossArguments:
-    loss: str = field(default="bce", metadata={"help": "Training loss: bce, focal (torchvision) or asl (Alibaba-MIIL)."})
-    loss_reduction: str = field(default="mean", metadata={"help": "mean over all label elements of a step's batch, or sum (the reference's Focal)."})
-    label_smoothing: float = field(default=0.0, metadata={"help": "Multi-label smoothing: targets become y(1-e) + e/2."})
-    pos_weight: str = field(default="none", metadata={"help": "BCE positive-class weight per label: none, auto (negatives/positives in the fold's training split) or 8 comma-separated numbers."})
+    loss: str = field(
+        default="bce", metadata={"help": "Training loss: bce, focal (torchvision) or asl (Alibaba-MIIL)."}
+    )
+    loss_reduction: str = field(
+        default="mean",
+        metadata={"help": "mean over all label elements of a step's batch, or sum (the reference's Focal)."},
+    )
+    label_smoothing: float = field(
+        default=0.0, metadata={"help": "Multi-label smoothing: targets become y(1-e) + e/2."}
+    )
+    pos_weight: str = field(
+        default="none",
+        metadata={
+            "help": "BCE positive-class weight per label: none, auto (negatives/positives in the fold's training "
+            "split) or 8 comma-separated numbers."
+        },
+    )
     focal_alpha: float = field(default=0.25, metadata={"help": "Focal alpha; negative turns the alpha weighting off."})
     focal_gamma: float = field(default=2.0, metadata={"help": "Focal gamma (>= 0)."})
     asl_gamma_neg: float = field(default=4.0, metadata={"help": "ASL focusing for negatives (>= 0)."})
     asl_gamma_pos: float = field(default=1.0, metadata={"help": "ASL focusing for positives (>= 0)."})
     asl_clip: float = field(default=0.05, metadata={"help": "ASL probability margin for negatives, in [0, 1)."})
     asl_eps: float = field(default=1e-8, metadata={"help": "ASL log clamp, in (0, 1)."})
-    asl_disable_torch_grad_focal_loss: bool = field(default=False, metadata={"help": "ASL: no gradient through the focusing weight."})
+    asl_disable_torch_grad_focal_loss: bool = field(
+        default=False, metadata={"help": "ASL: no gradient through the focusing weight."}
+    )
 
     def __post_init__(self):
         validate_loss(self)
@@ -207,7 +336,10 @@ class LossArguments:
         except ValueError:
             weights = []
         if len(weights) != NUM_LABELS or any(not math.isfinite(w) or w <= 0 for w in weights):
-            raise PipelineError(f"pos_weight: expected none, auto or {NUM_LABELS} positive comma-separated numbers, got {self.pos_weight!r}")
+            raise PipelineError(
+                f"pos_weight: expected none, auto or {NUM_LABELS} positive comma-separated numbers, "
+                f"got {self.pos_weight!r}"
+            )
         return weights
 
 
@@ -215,27 +347,71 @@ class LossArguments:
 class TechniqueArguments:
     """Fine-tuning techniques beyond the reference recipe; each is off at its default (see techniques.py)."""
 
-    layerwise_lr_decay: float = field(default=1.0, metadata={"help": "Layer-wise learning-rate decay: the head "
-                                      "learns at learning_rate, each encoder layer below at the rate above x decay, "
-                                      "the embeddings last; 1.0 = off."})
-    ema_decay: float = field(default=0.0, metadata={"help": "Exponential moving average of the weights (e.g. 0.999): "
-                             "the average is what is evaluated and saved; 0 = off."})
-    swa_epochs: int = field(default=0, metadata={"help": "Stochastic weight averaging over the last N epochs' end "
-                            "weights: the average is what is evaluated and saved; 0 = off."})
-    rdrop_alpha: float = field(default=0.0, metadata={"help": "R-Drop: two dropout passes per row, mean loss plus "
-                               "alpha x their symmetric Bernoulli KL per label; 0 = off."})
-    multi_sample_dropout: int = field(default=1, metadata={"help": "Multi-sample dropout: the head's logits averaged "
-                                      "over N dropout masks in training; 1 = off."})
-    adversarial: str = field(default="none", metadata={"help": "Adversarial training each step: none, fgm (word "
-                             "embeddings moved along their gradient) or awp (every weight matrix, relative to its norm)."})
-    adversarial_epsilon: float | None = field(default=None, metadata={"help": "Size of the adversarial step: fgm, "
-                                              "the L2 norm of the embedding perturbation (default 1.0); awp, its norm "
-                                              "relative to each weight's (default 0.005)."})
-    pseudo_label_run: str | None = field(default=None, metadata={"help": "A finished run (same training files, folds "
-                                         "and seed) whose fold K's confident test predictions become extra training "
-                                         "rows of this run's fold K."})
-    pseudo_label_threshold: float = field(default=0.9, metadata={"help": "A test row is pseudo-labelled when every "
-                                          "label's probability is >= this or <= 1 - this (and one label is positive)."})
+    layerwise_lr_decay: float = field(
+        default=1.0,
+        metadata={
+            "help": "Layer-wise learning-rate decay: the head "
+            "learns at learning_rate, each encoder layer below at the rate above x decay, "
+            "the embeddings last; 1.0 = off."
+        },
+    )
+    ema_decay: float = field(
+        default=0.0,
+        metadata={
+            "help": "Exponential moving average of the weights (e.g. 0.999): "
+            "the average is what is evaluated and saved; 0 = off."
+        },
+    )
+    swa_epochs: int = field(
+        default=0,
+        metadata={
+            "help": "Stochastic weight averaging over the last N epochs' end "
+            "weights: the average is what is evaluated and saved; 0 = off."
+        },
+    )
+    rdrop_alpha: float = field(
+        default=0.0,
+        metadata={
+            "help": "R-Drop: two dropout passes per row, mean loss plus "
+            "alpha x their symmetric Bernoulli KL per label; 0 = off."
+        },
+    )
+    multi_sample_dropout: int = field(
+        default=1,
+        metadata={
+            "help": "Multi-sample dropout: the head's logits averaged over N dropout masks in training; 1 = off."
+        },
+    )
+    adversarial: str = field(
+        default="none",
+        metadata={
+            "help": "Adversarial training each step: none, fgm (word "
+            "embeddings moved along their gradient) or awp (every weight matrix, relative to its norm)."
+        },
+    )
+    adversarial_epsilon: float | None = field(
+        default=None,
+        metadata={
+            "help": "Size of the adversarial step: fgm, "
+            "the L2 norm of the embedding perturbation (default 1.0); awp, its norm "
+            "relative to each weight's (default 0.005)."
+        },
+    )
+    pseudo_label_run: str | None = field(
+        default=None,
+        metadata={
+            "help": "A finished run (same training files, folds "
+            "and seed) whose fold K's confident test predictions become extra training "
+            "rows of this run's fold K."
+        },
+    )
+    pseudo_label_threshold: float = field(
+        default=0.9,
+        metadata={
+            "help": "A test row is pseudo-labelled when every "
+            "label's probability is >= this or <= 1 - this (and one label is positive)."
+        },
+    )
 
     def __post_init__(self):
         validate_techniques(self)
@@ -243,12 +419,22 @@ class TechniqueArguments:
     def active(self) -> list[str]:
         """The keys set away from their off value."""
         off = {f.name: f.default for f in dataclasses.fields(self)}
-        return [key for key in ("layerwise_lr_decay", "ema_decay", "swa_epochs", "rdrop_alpha", "multi_sample_dropout",
-                                "adversarial", "pseudo_label_run") if getattr(self, key) != off[key]]
+        return [
+            key
+            for key in (
+                "layerwise_lr_decay",
+                "ema_decay",
+                "swa_epochs",
+                "rdrop_alpha",
+                "multi_sample_dropout",
+                "adversarial",
+                "pseudo_label_run",
+            )
+            if getattr(self, key) != off[key]
+        ]
 
 
-ARGUMENT_CLASSES = (ModelArguments, DataArguments, KFoldArguments, LossArguments, TechniqueArguments,
-                    TrainingArguments)
+ARGUMENT_CLASSES = (ModelArguments, DataArguments, KFoldArguments, LossArguments, TechniqueArguments, TrainingArguments)
 
 # Defaults this pipeline needs from TrainingArguments; a YAML file or the command line can still change them.
 TRAINING_DEFAULTS: dict[str, object] = {
@@ -345,7 +531,9 @@ def missing_package_message(exc: ImportError) -> str:
     return f"a setting needs a package that is not installed: {text}"
 
 
-def unknown_keys_message(unknown: list[str], parser: HfArgumentParser, file_tokens: list[str], config_path: str | None) -> str:
+def unknown_keys_message(
+    unknown: list[str], parser: HfArgumentParser, file_tokens: list[str], config_path: str | None
+) -> str:
     """Name the first unknown key, where it came from, and the closest known key (abbreviations are not accepted)."""
     key = next((token for token in unknown if token.startswith("--")), None)
     if key is None:
@@ -372,15 +560,30 @@ def validate_training_values(training_args: TrainingArguments) -> None:
     checks = [
         ("seed", training_args.seed >= 0, "must be >= 0"),
         # beyond 1 an optimizer step moves every weight by more than its own size: training can only diverge
-        ("learning_rate", is_finite(training_args.learning_rate) and 0 < training_args.learning_rate <= MAX_LEARNING_RATE,
-         f"must be in (0, {MAX_LEARNING_RATE:g}]"),
+        (
+            "learning_rate",
+            is_finite(training_args.learning_rate) and 0 < training_args.learning_rate <= MAX_LEARNING_RATE,
+            f"must be in (0, {MAX_LEARNING_RATE:g}]",
+        ),
         ("per_device_train_batch_size", training_args.per_device_train_batch_size >= 1, "must be at least 1"),
         ("per_device_eval_batch_size", training_args.per_device_eval_batch_size >= 1, "must be at least 1"),
         ("gradient_accumulation_steps", training_args.gradient_accumulation_steps >= 1, "must be at least 1"),
-        ("num_train_epochs", is_finite(training_args.num_train_epochs) and (training_args.num_train_epochs > 0 or training_args.max_steps > 0),
-         "must be a finite number > 0 (or set max_steps)"),
-        ("weight_decay", is_finite(training_args.weight_decay) and training_args.weight_decay >= 0, "must be a finite number >= 0"),
-        ("max_grad_norm", training_args.max_grad_norm is None or not math.isnan(training_args.max_grad_norm), "must be a number"),
+        (
+            "num_train_epochs",
+            is_finite(training_args.num_train_epochs)
+            and (training_args.num_train_epochs > 0 or training_args.max_steps > 0),
+            "must be a finite number > 0 (or set max_steps)",
+        ),
+        (
+            "weight_decay",
+            is_finite(training_args.weight_decay) and training_args.weight_decay >= 0,
+            "must be a finite number >= 0",
+        ),
+        (
+            "max_grad_norm",
+            training_args.max_grad_norm is None or not math.isnan(training_args.max_grad_norm),
+            "must be a number",
+        ),
     ]
     for key, ok, message in checks:
         if not ok:
@@ -394,10 +597,14 @@ def validate_preprocessing(args: PreprocessingArguments) -> None:
         raise PipelineError(f"max_seq_length: must be at least 8, got {args.max_seq_length}")
     fields = sorted(name for _, name, _, _ in string.Formatter().parse(args.input_template) if name is not None)
     if fields != ["target", "text"]:
-        raise PipelineError(f"input_template: must hold {{text}} and {{target}} once each and no other field, got "
-                            f"{args.input_template!r}")
+        raise PipelineError(
+            f"input_template: must hold {{text}} and {{target}} once each and no other field, got "
+            f"{args.input_template!r}"
+        )
     if args.offline_pretokenizer not in PRETOKENIZERS:
-        raise PipelineError(f"offline_pretokenizer: {args.offline_pretokenizer!r} is not one of {', '.join(PRETOKENIZERS)}")
+        raise PipelineError(
+            f"offline_pretokenizer: {args.offline_pretokenizer!r} is not one of {', '.join(PRETOKENIZERS)}"
+        )
 
 
 def validate_loss(loss_args: LossArguments) -> None:
@@ -425,11 +632,22 @@ def validate_techniques(args: TechniqueArguments) -> None:
         ("layerwise_lr_decay", 0 < args.layerwise_lr_decay <= 1, "must be in (0, 1] (1 = off)"),
         ("ema_decay", 0 <= args.ema_decay < 1, "must be in [0, 1) (0 = off)"),
         ("swa_epochs", args.swa_epochs >= 0, "must be >= 0 (0 = off)"),
-        ("rdrop_alpha", is_finite(args.rdrop_alpha) and args.rdrop_alpha >= 0, "must be a finite number >= 0 (0 = off)"),
+        (
+            "rdrop_alpha",
+            is_finite(args.rdrop_alpha) and args.rdrop_alpha >= 0,
+            "must be a finite number >= 0 (0 = off)",
+        ),
         ("multi_sample_dropout", args.multi_sample_dropout >= 1, "must be at least 1 (1 = off)"),
         ("adversarial", args.adversarial in ADVERSARIAL_METHODS, f"must be one of {', '.join(ADVERSARIAL_METHODS)}"),
-        ("adversarial_epsilon", args.adversarial_epsilon is None or (is_finite(args.adversarial_epsilon) and 0 < args.adversarial_epsilon <= MAX_ADVERSARIAL_EPSILON.get(args.adversarial, math.inf)),
-         f"must be in (0, {MAX_ADVERSARIAL_EPSILON.get(args.adversarial, math.inf):g}] for {args.adversarial}"),
+        (
+            "adversarial_epsilon",
+            args.adversarial_epsilon is None
+            or (
+                is_finite(args.adversarial_epsilon)
+                and 0 < args.adversarial_epsilon <= MAX_ADVERSARIAL_EPSILON.get(args.adversarial, math.inf)
+            ),
+            f"must be in (0, {MAX_ADVERSARIAL_EPSILON.get(args.adversarial, math.inf):g}] for {args.adversarial}",
+        ),
         ("pseudo_label_threshold", 0.5 < args.pseudo_label_threshold < 1, "must be in (0.5, 1)"),
     ]
     for key, ok, message in checks:

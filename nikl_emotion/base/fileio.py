@@ -36,7 +36,7 @@ def remove_stale_temporaries(folder: str, name: str) -> None:
         for entry in os.listdir(folder):
             if not entry.startswith(prefix):
                 continue
-            pid = entry[len(prefix):].split(".", 1)[0]
+            pid = entry[len(prefix) :].split(".", 1)[0]
             if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
                 path = os.path.join(folder, entry)
                 shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.unlink(path)
@@ -85,7 +85,9 @@ def check_distinct_paths(inputs: dict[str, str | None], outputs: dict[str, str |
             continue
         for existing_option, existing in seen.items():
             if _same_file(path, existing) and (option in outputs or existing_option in outputs):
-                raise PipelineError(f"{path}: {option} is the same file as {existing_option}; write the output elsewhere")
+                raise PipelineError(
+                    f"{path}: {option} is the same file as {existing_option}; write the output elsewhere"
+                )
         seen[option] = path
 
 
@@ -164,14 +166,19 @@ def output_dict(decisions: Sequence[bool]) -> dict[str, str]:
     return {label: "True" if bool(flag) else "False" for label, flag in zip(LABELS, decisions, strict=True)}
 
 
-def write_submission(path: str | os.PathLike, ids: Iterable[str], inputs: Iterable[dict], decisions: np.ndarray) -> None:
+def write_submission(
+    path: str | os.PathLike, ids: Iterable[str], inputs: Iterable[dict], decisions: np.ndarray
+) -> None:
     """Write the official submission format: same `id` and `input` as the input file, `output` filled in.
 
     `ids` and `inputs` may be streams (e.g. read from a dataset in chunks); a length mismatch raises before the file
     appears."""
     write_jsonl_atomic(
         path,
-        ({"id": i, "input": inp, "output": output_dict(row)} for i, inp, row in zip(ids, inputs, decisions, strict=True)),
+        (
+            {"id": i, "input": inp, "output": output_dict(row)}
+            for i, inp, row in zip(ids, inputs, decisions, strict=True)
+        ),
     )
 
 
@@ -184,7 +191,10 @@ def write_probs(path: str | os.PathLike, ids: Iterable[str], probs: np.ndarray) 
         raise ValueError(f"probs must have shape (rows, {NUM_LABELS}), got {probs.shape}")
     write_jsonl_atomic(
         path,
-        ({"id": i, "probs": {label: float(f"{p:.9g}") for label, p in zip(LABELS, row)}} for i, row in zip(ids, probs, strict=True)),
+        (
+            {"id": i, "probs": {label: float(f"{p:.9g}") for label, p in zip(LABELS, row)}}
+            for i, row in zip(ids, probs, strict=True)
+        ),
     )
 
 

@@ -44,8 +44,9 @@ def exclusive(path: str, what: str, wait: bool = False) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
-            raise PipelineError(f"{what} is in use by another process{_holder(path)}; wait for it to finish, or use "
-                                "another output_dir") from None
+            raise PipelineError(
+                f"{what} is in use by another process{_holder(path)}; wait for it to finish, or use another output_dir"
+            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         yield

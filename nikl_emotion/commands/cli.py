@@ -10,15 +10,16 @@ import signal
 import sys
 from collections.abc import Callable
 
-from nikl_emotion.base.vocabulary import DEFAULT_STRATEGY, DEFAULT_VOTE_RULE, DEFAULT_VOTE_TIE
 from nikl_emotion.base.errors import PipelineError
+from nikl_emotion.base.vocabulary import DEFAULT_STRATEGY, DEFAULT_VOTE_RULE, DEFAULT_VOTE_TIE
 
 
 def command_parser(description: str) -> argparse.ArgumentParser:
     """A command's option parser: its docstring as help, and no abbreviations (`--out` must not mean `--output`:
     an option added later would silently change what an old command line means)."""
-    return argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                   allow_abbrev=False)
+    return argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
 
 
 def quiet_libraries() -> None:
@@ -103,11 +104,16 @@ def decision_rule(args: argparse.Namespace, strategy: str = DEFAULT_STRATEGY):
 
 def decision_options_given(args: argparse.Namespace) -> list[str]:
     """The decision options set away from their defaults (refused beside a saved rule, which replaces them)."""
-    given = {"--strategy": getattr(args, "strategy", None) not in (None, DEFAULT_STRATEGY),
-             "--threshold": args.threshold != 0.5, "--thresholds": bool(args.thresholds), "--no_fallback": args.no_fallback,
-             "--rule": getattr(args, "rule", None) not in (None, DEFAULT_VOTE_RULE),
-             "--tie": getattr(args, "tie", None) not in (None, DEFAULT_VOTE_TIE),
-             "--weights": getattr(args, "weights", None) is not None, "--min_votes": getattr(args, "min_votes", None) is not None}
+    given = {
+        "--strategy": getattr(args, "strategy", None) not in (None, DEFAULT_STRATEGY),
+        "--threshold": args.threshold != 0.5,
+        "--thresholds": bool(args.thresholds),
+        "--no_fallback": args.no_fallback,
+        "--rule": getattr(args, "rule", None) not in (None, DEFAULT_VOTE_RULE),
+        "--tie": getattr(args, "tie", None) not in (None, DEFAULT_VOTE_TIE),
+        "--weights": getattr(args, "weights", None) is not None,
+        "--min_votes": getattr(args, "min_votes", None) is not None,
+    }
     return [name for name, is_set in given.items() if is_set]
 
 

@@ -1,5 +1,6 @@
 """One student model from a finished K-fold run: `python distill.py CONFIG --teacher_run OUT --output_dir DIR
-[--unlabelled_files FILE ...]` (see nikl_emotion/distillation.py); serve it with `inference.py --checkpoint DIR/best`."""
+[--unlabelled_files FILE ...]` (see nikl_emotion/training/distillation.py); serve it with
+`inference.py --checkpoint DIR/best`."""
 
 from nikl_emotion.commands.cli import quiet_libraries
 

@@ -27,13 +27,26 @@ the member runs and the stacker's weights) that `inference.py --run STACK` serve
 the submission.
 """
 
-from nikl_emotion.commands.cli import command_parser, add_decision_arguments, decision_options_given, decision_rule, quiet_libraries
-from nikl_emotion.decisions.decision import describe_choice
-from nikl_emotion.base.vocabulary import (
-    DECISION_MODES, DEFAULT_DECISION_MODE, DEFAULT_STRATEGY, DEFAULT_VOTE_RULE, DEFAULT_VOTE_TIE, STACK_STRATEGY,
-    STRATEGIES, VOTE_RULES, VOTE_TIES,
-)
 from nikl_emotion.base.errors import PipelineError
+from nikl_emotion.base.vocabulary import (
+    DECISION_MODES,
+    DEFAULT_DECISION_MODE,
+    DEFAULT_STRATEGY,
+    DEFAULT_VOTE_RULE,
+    DEFAULT_VOTE_TIE,
+    STACK_STRATEGY,
+    STRATEGIES,
+    VOTE_RULES,
+    VOTE_TIES,
+)
+from nikl_emotion.commands.cli import (
+    add_decision_arguments,
+    command_parser,
+    decision_options_given,
+    decision_rule,
+    quiet_libraries,
+)
+from nikl_emotion.decisions.decision import describe_choice
 
 
 def main(argv: list[str]) -> int:
@@ -42,27 +55,43 @@ def main(argv: list[str]) -> int:
     source.add_argument("--inputs", nargs="+", help="probability or submission jsonl files")
     source.add_argument("--runs", nargs="+", help="finished train.py runs to stack (with --strategy stack)")
     parser.add_argument("--probs", help="--strategy stack: also write the stacked probabilities (mean of the folds)")
-    parser.add_argument("--stack_decision", choices=DECISION_MODES, default=DEFAULT_DECISION_MODE,
-                        help="--strategy stack: auto chooses hard/soft vote and OOF-fitted thresholds on the stack's "
-                             "nested OOF (as train.py's decision: auto); fixed votes at --threshold(s)")
+    parser.add_argument(
+        "--stack_decision",
+        choices=DECISION_MODES,
+        default=DEFAULT_DECISION_MODE,
+        help="--strategy stack: auto chooses hard/soft vote and OOF-fitted thresholds on the stack's "
+        "nested OOF (as train.py's decision: auto); fixed votes at --threshold(s)",
+    )
     parser.add_argument("--output", help="submission jsonl to write")
-    parser.add_argument("--output_dir", help="--strategy stack: write the stack as a servable folder (inference.py --run)")
-    parser.add_argument("--strategy", choices=[*STRATEGIES, STACK_STRATEGY], default=DEFAULT_STRATEGY,
-                        help="hard: vote decisions; soft: mean probability; stack: a stacker over --runs")
+    parser.add_argument(
+        "--output_dir", help="--strategy stack: write the stack as a servable folder (inference.py --run)"
+    )
+    parser.add_argument(
+        "--strategy",
+        choices=[*STRATEGIES, STACK_STRATEGY],
+        default=DEFAULT_STRATEGY,
+        help="hard: vote decisions; soft: mean probability; stack: a stacker over --runs",
+    )
     parser.add_argument("--rule", choices=VOTE_RULES, default=DEFAULT_VOTE_RULE, help="hard-vote rule")
-    parser.add_argument("--tie", choices=VOTE_TIES, default=DEFAULT_VOTE_TIE, help="majority rule: a label with exactly half the votes")
+    parser.add_argument(
+        "--tie", choices=VOTE_TIES, default=DEFAULT_VOTE_TIE, help="majority rule: a label with exactly half the votes"
+    )
     parser.add_argument("--weights", type=float, nargs="+", help="one positive weight per input")
     parser.add_argument("--min_votes", type=float, help="hard: a label needs at least this many (weighted) votes")
     add_decision_arguments(parser)
-    parser.add_argument("--decision", help="a run's decision.json: vote by the rule saved with it (replaces the options above)")
+    parser.add_argument(
+        "--decision", help="a run's decision.json: vote by the rule saved with it (replaces the options above)"
+    )
     parser.add_argument("--align_by_id", action="store_true", help="accept inputs with the same ids in another order")
     parser.add_argument("--reference", help="the predicted input jsonl; needed when every input is a probability file")
     args = parser.parse_args(argv)
     if (args.strategy == STACK_STRATEGY) != bool(args.runs):
         parser.error("--runs goes with --strategy stack, and --strategy stack with --runs")
     if args.runs and (args.weights or args.min_votes or args.decision or args.reference or args.align_by_id):
-        parser.error("--strategy stack fits its own weights and takes the runs' test file: drop --weights, "
-                     "--min_votes, --decision, --reference and --align_by_id")
+        parser.error(
+            "--strategy stack fits its own weights and takes the runs' test file: drop --weights, "
+            "--min_votes, --decision, --reference and --align_by_id"
+        )
     if args.probs and not args.runs:
         parser.error("--probs goes with --strategy stack")
     if args.output_dir and not args.runs:
@@ -97,13 +126,18 @@ def stack(args) -> int:
     quiet_libraries()
     choose = args.stack_decision == DEFAULT_DECISION_MODE
     if choose and args.thresholds:
-        raise PipelineError("--thresholds: the stack fits its own with --stack_decision auto; add --stack_decision "
-                            "fixed to vote at these")
+        raise PipelineError(
+            "--thresholds: the stack fits its own with --stack_decision auto; add --stack_decision "
+            "fixed to vote at these"
+        )
     result = stack_files(args.runs, args.output, rule, args.probs, choose=choose, output_dir=args.output_dir)
     for name, scored in result["scores"].items():
         print(f"OOF micro-F1 {scored['micro_f1']:.4f}  macro-F1 {scored['macro_f1']:.4f}  {name}")
     if "decision" in result:
         print(describe_choice(result["decision"]))
-    where = args.output or f"{args.output_dir} (serve it with: python inference.py --run {args.output_dir} --input FILE --output OUT)"
+    where = (
+        args.output
+        or f"{args.output_dir} (serve it with: python inference.py --run {args.output_dir} --input FILE --output OUT)"
+    )
     print(f"wrote {len(result['decisions'])} rows stacked from {len(args.runs)} runs to {where}")
     return 0

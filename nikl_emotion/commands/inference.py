@@ -1,44 +1,66 @@
 """Predict a jsonl file with one or more checkpoints and write an official-format submission.
 
-python inference.py --checkpoint OUT/fold_0/best [OUT/fold_1/best ...] --input test.jsonl --output submission.jsonl [--probs probs.jsonl]
+python inference.py --checkpoint OUT/fold_0/best [OUT/fold_1/best ...] --input test.jsonl --output submission.jsonl \
+    [--probs probs.jsonl]
 python inference.py --run OUT --input test.jsonl --output submission.jsonl   (a run's folds and its decision rule)
 python inference.py --run STACK --input test.jsonl --output submission.jsonl (an ensemble.py stack folder)
 """
 
-from nikl_emotion.commands.cli import command_parser, add_decision_arguments, decision_options_given, decision_rule, quiet_libraries
 from nikl_emotion.base.vocabulary import DEFAULT_STRATEGY, INFERENCE_DTYPES, STRATEGIES
+from nikl_emotion.commands.cli import (
+    add_decision_arguments,
+    command_parser,
+    decision_options_given,
+    decision_rule,
+    quiet_libraries,
+)
 
 
 def main(argv: list[str]) -> int:
     parser = command_parser(__doc__)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", nargs="+", help="checkpoint folder(s), e.g. OUT/fold_*/best")
-    source.add_argument("--run", help="a finished train.py output folder (its fold checkpoints, voted with the rule "
-                                      "its submission.jsonl was made with, OUT/decision.json) or an ensemble.py "
-                                      "--output_dir stack folder (its members' folds, stacked, voted by its rule)")
-    parser.add_argument("--input", required=True, help="NIKL jsonl to predict (output may be \"\")")
+    source.add_argument(
+        "--run",
+        help="a finished train.py output folder (its fold checkpoints, voted with the rule "
+        "its submission.jsonl was made with, OUT/decision.json) or an ensemble.py "
+        "--output_dir stack folder (its members' folds, stacked, voted by its rule)",
+    )
+    parser.add_argument("--input", required=True, help='NIKL jsonl to predict (output may be "")')
     parser.add_argument("--output", required=True, help="submission jsonl to write")
     parser.add_argument("--probs", help="also write the (mean) probabilities here")
     parser.add_argument("--batch_size", type=int, default=128)
     add_decision_arguments(parser)
-    parser.add_argument("--strategy", choices=STRATEGIES, help=f"how several checkpoints combine (default {DEFAULT_STRATEGY})")
+    parser.add_argument(
+        "--strategy", choices=STRATEGIES, help=f"how several checkpoints combine (default {DEFAULT_STRATEGY})"
+    )
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    parser.add_argument("--dtype", choices=INFERENCE_DTYPES, default="auto",
-                        help="auto (default): each checkpoint as its run trained (its base's dtype and autocast, "
-                             "best/loading.json), so it reproduces the run's probabilities; fp32; bf16 or fp16: "
-                             "autocast, a decoder's weights also held in it (half the memory)")
-    parser.add_argument("--load_in_4bit", action="store_true",
-                        help="a decoder LoRA adapter's base in 4-bit NF4 (CUDA and bitsandbytes: pip install .[qlora])")
-    parser.add_argument("--trust_remote_code", action="store_true",
-                        help="run the modelling code a checkpoint ships (custom-code models); only for code you trust")
+    parser.add_argument(
+        "--dtype",
+        choices=INFERENCE_DTYPES,
+        default="auto",
+        help="auto (default): each checkpoint as its run trained (its base's dtype and autocast, "
+        "best/loading.json), so it reproduces the run's probabilities; fp32; bf16 or fp16: "
+        "autocast, a decoder's weights also held in it (half the memory)",
+    )
+    parser.add_argument(
+        "--load_in_4bit",
+        action="store_true",
+        help="a decoder LoRA adapter's base in 4-bit NF4 (CUDA and bitsandbytes: pip install .[qlora])",
+    )
+    parser.add_argument(
+        "--trust_remote_code",
+        action="store_true",
+        help="run the modelling code a checkpoint ships (custom-code models); only for code you trust",
+    )
     args = parser.parse_args(argv)
     if args.run and (args.strategy or decision_options_given(args)):
         parser.error("--run takes the run's own decision rule: drop --strategy, --threshold(s) and --no_fallback")
     rule = None if args.run else decision_rule(args)
     quiet_libraries()
-    from nikl_emotion.runs.prediction import predict_file, predict_run_file
-    from nikl_emotion.folders.folder_kind import check_not_a_folders_own_file
     from nikl_emotion.backends.precision import LoadOptions
+    from nikl_emotion.folders.folder_kind import check_not_a_folders_own_file
+    from nikl_emotion.runs.prediction import predict_file, predict_run_file
 
     options = LoadOptions(dtype=args.dtype, load_in_4bit=args.load_in_4bit, trust_remote_code=args.trust_remote_code)
 
@@ -47,10 +69,25 @@ def main(argv: list[str]) -> int:
             check_not_a_folders_own_file(path, option)
 
     if args.run:
-        decisions = predict_run_file(args.run, args.input, args.output, probs_path=args.probs,
-                                     batch_size=args.batch_size, device=args.device, options=options)
+        decisions = predict_run_file(
+            args.run,
+            args.input,
+            args.output,
+            probs_path=args.probs,
+            batch_size=args.batch_size,
+            device=args.device,
+            options=options,
+        )
     else:
-        decisions = predict_file(args.checkpoint, args.input, args.output, probs_path=args.probs, rule=rule,
-                                 batch_size=args.batch_size, device=args.device, options=options)
+        decisions = predict_file(
+            args.checkpoint,
+            args.input,
+            args.output,
+            probs_path=args.probs,
+            rule=rule,
+            batch_size=args.batch_size,
+            device=args.device,
+            options=options,
+        )
     print(f"wrote {len(decisions)} rows to {args.output}")
     return 0

@@ -4,8 +4,8 @@ summary.json, the voted submission, and OUT/report.md with its PNG plots.
 python report.py OUT
 """
 
-from nikl_emotion.commands.cli import command_parser, quiet_libraries
 from nikl_emotion.base.errors import PipelineError
+from nikl_emotion.commands.cli import command_parser, quiet_libraries
 
 
 def main(argv: list[str]) -> int:
@@ -15,8 +15,8 @@ def main(argv: list[str]) -> int:
     quiet_libraries()
     import os
 
-    from nikl_emotion.runs.summary import rebuild_run
     from nikl_emotion.decisions.thresholds import describe_gain
+    from nikl_emotion.runs.summary import rebuild_run
 
     try:
         summary = rebuild_run(args.output_dir)

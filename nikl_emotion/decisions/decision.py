@@ -47,6 +47,7 @@ class Candidate:
 
 def candidates(threshold: float, fallback: bool, vote_rule: str, vote_tie: str) -> list[Candidate]:
     """The candidate rules in tie-break order (module docstring); the first is the fixed rule."""
+
     def hard(rule: str) -> Callable[[float | tuple[float, ...]], DecisionRule]:
         return lambda t: DecisionRule("hard", t, fallback, rule, vote_tie)
 
@@ -54,8 +55,11 @@ def candidates(threshold: float, fallback: bool, vote_rule: str, vote_tie: str) 
         return DecisionRule("soft", t, fallback)
 
     majority = Candidate("hard", f"hard vote (majority) at {threshold}", hard("majority"), tuned=False)
-    listed = [Candidate("reference", f"hard vote (reference rule) at {threshold}", hard("reference"), tuned=False)] \
-        if vote_rule == "reference" else [majority]
+    listed = (
+        [Candidate("reference", f"hard vote (reference rule) at {threshold}", hard("reference"), tuned=False)]
+        if vote_rule == "reference"
+        else [majority]
+    )
     listed += [
         Candidate("soft", f"soft vote (mean probability) at {threshold}", soft, tuned=False),
         Candidate("hard_tuned", "hard vote (majority) at per-label OOF thresholds", hard("majority"), tuned=True),
@@ -64,8 +68,9 @@ def candidates(threshold: float, fallback: bool, vote_rule: str, vote_tie: str) 
     return listed + ([majority] if vote_rule == "reference" else [])
 
 
-def nested_decisions(candidate: Candidate, oof: np.ndarray, fold_of_row: np.ndarray, fitted: dict[int, np.ndarray],
-                     threshold: float) -> np.ndarray:
+def nested_decisions(
+    candidate: Candidate, oof: np.ndarray, fold_of_row: np.ndarray, fitted: dict[int, np.ndarray], threshold: float
+) -> np.ndarray:
     """The OOF rows decided by `candidate`, each fold's rows by the rule fitted on the other folds, applied as to
     K agreeing folds."""
     models = len(fitted)
@@ -79,7 +84,9 @@ def nested_decisions(candidate: Candidate, oof: np.ndarray, fold_of_row: np.ndar
 
 def row_counts(gold: np.ndarray, decisions: np.ndarray) -> np.ndarray:
     """Per row: true positives, predicted labels, gold labels (micro-F1 = 2·Σtp / (Σpredicted + Σgold))."""
-    return np.stack([(gold & decisions).sum(axis=1), decisions.sum(axis=1), gold.sum(axis=1)], axis=1).astype(np.float64)
+    return np.stack([(gold & decisions).sum(axis=1), decisions.sum(axis=1), gold.sum(axis=1)], axis=1).astype(
+        np.float64
+    )
 
 
 def gain_standard_error(gold: np.ndarray, base: np.ndarray, other: np.ndarray, seed: int = 0) -> float:
@@ -99,12 +106,20 @@ def gain_standard_error(gold: np.ndarray, base: np.ndarray, other: np.ndarray, s
 def fixed_rule(kfold_args) -> DecisionRule:
     """The rule `decision: fixed` decides with, from a run's KFoldArguments: the folds' hard vote at `threshold` by
     `vote_rule`/`vote_tie`, with the empty-row fallback when `fallback_top_label`."""
-    return DecisionRule(DEFAULT_STRATEGY, kfold_args.threshold, kfold_args.fallback_top_label, kfold_args.vote_rule,
-                        kfold_args.vote_tie)
+    return DecisionRule(
+        DEFAULT_STRATEGY, kfold_args.threshold, kfold_args.fallback_top_label, kfold_args.vote_rule, kfold_args.vote_tie
+    )
 
 
-def choose_rule(oof: np.ndarray, gold: np.ndarray, fold_of_row: np.ndarray, fitted: dict[int, np.ndarray],
-                all_oof_thresholds: np.ndarray, fixed: DecisionRule, mode: str = "auto") -> tuple[DecisionRule, dict]:
+def choose_rule(
+    oof: np.ndarray,
+    gold: np.ndarray,
+    fold_of_row: np.ndarray,
+    fitted: dict[int, np.ndarray],
+    all_oof_thresholds: np.ndarray,
+    fixed: DecisionRule,
+    mode: str = "auto",
+) -> tuple[DecisionRule, dict]:
     """(the rule for the test file, the record for summary.json["decision"]). `fixed`: the rule `decision: fixed`
     uses (its threshold, fallback and vote options shape every candidate); `mode`: auto or fixed. `fitted`: per
     fold, thresholds fitted on the other folds (`nested_thresholds`); `all_oof_thresholds`: fitted on every OOF row,
@@ -121,9 +136,17 @@ def choose_rule(oof: np.ndarray, gold: np.ndarray, fold_of_row: np.ndarray, fitt
             fixed_decisions, fixed_micro_f1 = decisions, scored["micro_f1"]
         rules.append(candidate.build(tuple(map(float, all_oof_thresholds)) if candidate.tuned else threshold))
         gain = scored["micro_f1"] - fixed_micro_f1
-        records.append({"name": candidate.name, "description": candidate.description, "micro_f1": scored["micro_f1"],
-                        "macro_f1": scored["macro_f1"], "gain": gain,
-                        "gain_se": gain_standard_error(gold, fixed_decisions, decisions), "rule": rules[-1].as_dict()})
+        records.append(
+            {
+                "name": candidate.name,
+                "description": candidate.description,
+                "micro_f1": scored["micro_f1"],
+                "macro_f1": scored["macro_f1"],
+                "gain": gain,
+                "gain_se": gain_standard_error(gold, fixed_decisions, decisions),
+                "rule": rules[-1].as_dict(),
+            }
+        )
         clears_noise = gain > max(records[-1]["gain_se"], 1e-12)
         if clears_noise and scored["micro_f1"] > records[best]["micro_f1"] + 1e-12:  # a tie keeps the earlier rule
             best = index
@@ -134,8 +157,8 @@ def choose_rule(oof: np.ndarray, gold: np.ndarray, fold_of_row: np.ndarray, fitt
         "best_by_nested_oof": records[best]["name"],
         "gain_over_fixed": records[chosen]["gain"],
         "estimate": "nested out-of-fold micro-F1: each fold's rows decided by the rule fitted on the other folds; "
-                    "one held-out model per row, so hard and soft twins tie (the earlier one is chosen); another rule "
-                    "replaces the fixed one only when its gain exceeds one paired-bootstrap standard error (gain_se)",
+        "one held-out model per row, so hard and soft twins tie (the earlier one is chosen); another rule "
+        "replaces the fixed one only when its gain exceeds one paired-bootstrap standard error (gain_se)",
         "candidates": records,
     }
     return rules[chosen], record
@@ -149,8 +172,12 @@ def describe_choice(record: dict) -> str:
         note = f"decision: fixed → {fixed['description']}"
         if record["best_by_nested_oof"] != fixed["name"]:
             best = by_name[record["best_by_nested_oof"]]
-            note += (f" (nested OOF micro-F1 {fixed['micro_f1']:.4f}; decision: auto would choose {best['name']}, "
-                     f"{best['micro_f1']:.4f})")
+            note += (
+                f" (nested OOF micro-F1 {fixed['micro_f1']:.4f}; decision: auto would choose {best['name']}, "
+                f"{best['micro_f1']:.4f})"
+            )
         return note
-    return (f"decision: auto → {chosen['name']} ({chosen['description']}): nested OOF micro-F1 {chosen['micro_f1']:.4f}, "
-            f"{record['gain_over_fixed']:+.4f} over {fixed['name']}")
+    return (
+        f"decision: auto → {chosen['name']} ({chosen['description']}): nested OOF micro-F1 {chosen['micro_f1']:.4f}, "
+        f"{record['gain_over_fixed']:+.4f} over {fixed['name']}"
+    )

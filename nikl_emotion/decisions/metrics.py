@@ -46,16 +46,18 @@ def format_table(named_scores: dict[str, dict]) -> str:
     header = ["", "micro_f1", "macro_f1", *LABELS]
     rows = [header]
     for name, result in named_scores.items():
-        rows.append([name, f"{result['micro_f1']:.4f}", f"{result['macro_f1']:.4f}"]
-                    + [f"{result['per_label'][label]['f1']:.4f}" for label in LABELS])
+        rows.append(
+            [name, f"{result['micro_f1']:.4f}", f"{result['macro_f1']:.4f}"]
+            + [f"{result['per_label'][label]['f1']:.4f}" for label in LABELS]
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     return "\n".join("  ".join(cell.rjust(width) for cell, width in zip(row, widths)) for row in rows)
 
 
 def score_files(gold_path: str, pred_path: str) -> dict:
     """The official scoring: rows matched by id, both files NIKL jsonl with labels; every id on both sides."""
-    from nikl_emotion.text.data import load_jsonl
     from nikl_emotion.base.errors import PipelineError
+    from nikl_emotion.text.data import load_jsonl
 
     gold = load_jsonl(gold_path, "required")
     pred = load_jsonl(pred_path, "required")
@@ -89,9 +91,18 @@ def check_official_outputs(path: str) -> None:
         if not isinstance(output, dict):
             continue  # load_jsonl has named it already
         if list(output) != list(LABELS):
-            raise RowError(path, line, "output", f"labels in another order ({', '.join(map(str, output))}); the official "
-                                                 f"scorer reads them by position: write {', '.join(LABELS)}")
+            raise RowError(
+                path,
+                line,
+                "output",
+                f"labels in another order ({', '.join(map(str, output))}); the official "
+                f"scorer reads them by position: write {', '.join(LABELS)}",
+            )
         for label, value in output.items():
             if not isinstance(value, str) or value not in OFFICIAL_VALUES:
-                raise RowError(path, line, f"output.{label}", f"{value!r}: the official scorer counts only \"True\"/"
-                                                              "\"true\" as positive; write \"True\" or \"False\"")
+                raise RowError(
+                    path,
+                    line,
+                    f"output.{label}",
+                    f'{value!r}: the official scorer counts only "True"/"true" as positive; write "True" or "False"',
+                )

@@ -19,9 +19,9 @@ import numpy as np
 
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.labels import NUM_LABELS
+from nikl_emotion.decisions.logistic import fit_label
 from nikl_emotion.decisions.metrics import decide, score
 from nikl_emotion.decisions.voting import is_number
-from nikl_emotion.decisions.logistic import fit_label
 
 EPS = 1e-6
 
@@ -59,18 +59,26 @@ class Stacker:
         return next((len(label["weights"]) for label in self.labels if "weights" in label), None)
 
     @classmethod
-    def from_json(cls, data, source: str) -> "Stacker":
+    def from_json(cls, data, source: str) -> Stacker:
         """The stacker saved in `source`, checked (a hand-edited file is refused, naming it)."""
         if not isinstance(data, list) or len(data) != NUM_LABELS:
             raise PipelineError(f"{source}: 'stacker' must list {NUM_LABELS} labels")
         for label in data:
             ok = isinstance(label, dict) and (
                 (set(label) == {"constant"} and is_finite_number(label["constant"]) and 0 <= label["constant"] <= 1)
-                or (set(label) == {"weights", "bias"} and is_finite_number(label["bias"]) and isinstance(label["weights"], list)
-                    and label["weights"] and all(is_finite_number(w) for w in label["weights"])))
+                or (
+                    set(label) == {"weights", "bias"}
+                    and is_finite_number(label["bias"])
+                    and isinstance(label["weights"], list)
+                    and label["weights"]
+                    and all(is_finite_number(w) for w in label["weights"])
+                )
+            )
             if not ok:
-                raise PipelineError(f"{source}: a stacker label must be {{'weights': [...], 'bias': b}} or "
-                                    f"{{'constant': p}} with finite numbers, got {label!r}")
+                raise PipelineError(
+                    f"{source}: a stacker label must be {{'weights': [...], 'bias': b}} or "
+                    f"{{'constant': p}} with finite numbers, got {label!r}"
+                )
         stacker = cls(tuple(data))
         if len({len(label["weights"]) for label in data if "weights" in label}) > 1:
             raise PipelineError(f"{source}: the stacker's labels weigh different numbers of members")
@@ -86,8 +94,11 @@ def fit_stacker(features: list[np.ndarray], gold: np.ndarray) -> Stacker:
     labels = []
     for j in range(NUM_LABELS):
         model = fit_label(label_logits(features, j), gold[:, j], c=1.0, solver="lbfgs")
-        labels.append({"constant": model} if isinstance(model, float) else
-                      {"weights": [float(c) for c in model.coef_[0]], "bias": float(model.intercept_[0])})
+        labels.append(
+            {"constant": model}
+            if isinstance(model, float)
+            else {"weights": [float(c) for c in model.coef_[0]], "bias": float(model.intercept_[0])}
+        )
     return Stacker(tuple(labels))
 
 
@@ -97,7 +108,8 @@ def apply_stacker(stacker: Stacker, features: list[np.ndarray]) -> np.ndarray:
 
 def stack_runs(members: list, gold: np.ndarray, threshold: float = 0.5, fallback: bool = True) -> dict:
     """`members`: each run's `.path`, `.oof`, `.fold_of_row` and `.fold_test` (`stack_run.RunMember`, of the same
-    folds: `stack_run.check_same_folds`). Returns {"nested_oof": stacked OOF probabilities (each fold by a stacker fitted on the others), "fold_test": the final
+    folds: `stack_run.check_same_folds`). Returns {"nested_oof": stacked OOF probabilities (each fold by a stacker
+    fitted on the others), "fold_test": the final
     stacker applied to each fold's test probabilities, "scores": OOF micro/macro-F1 of each member and the stack}."""
     gold = np.asarray(gold).astype(bool)
     fold_of_row = members[0].fold_of_row
@@ -120,5 +132,12 @@ def choose_stack_rule(result: dict, gold: np.ndarray, fold_of_row: np.ndarray, r
     from nikl_emotion.decisions.thresholds import fit_thresholds, nested_thresholds
 
     nested, gold = result["nested_oof"], np.asarray(gold).astype(bool)
-    return choose_rule(nested, gold, fold_of_row, nested_thresholds(nested, gold, fold_of_row, rule.fallback),
-                       fit_thresholds(nested, gold, fallback=rule.fallback), rule, "auto")
+    return choose_rule(
+        nested,
+        gold,
+        fold_of_row,
+        nested_thresholds(nested, gold, fold_of_row, rule.fallback),
+        fit_thresholds(nested, gold, fallback=rule.fallback),
+        rule,
+        "auto",
+    )

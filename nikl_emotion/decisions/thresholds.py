@@ -28,14 +28,20 @@ def micro_f1(gold: np.ndarray, pred: np.ndarray) -> float:
     return 2.0 * tp / denominator if denominator else 0.0
 
 
-def fit_global_threshold(probs: np.ndarray, gold: np.ndarray, grid: np.ndarray = DEFAULT_GRID, fallback: bool = True) -> float:
+def fit_global_threshold(
+    probs: np.ndarray, gold: np.ndarray, grid: np.ndarray = DEFAULT_GRID, fallback: bool = True
+) -> float:
     gold = np.asarray(gold).astype(bool)
     scores = [micro_f1(gold, decide(probs, t, fallback)) for t in grid]
     return float(grid[int(np.argmax(scores))])
 
 
 def fit_thresholds(
-    probs: np.ndarray, gold: np.ndarray, grid: np.ndarray = DEFAULT_GRID, fallback: bool = True, max_rounds: int = 5,
+    probs: np.ndarray,
+    gold: np.ndarray,
+    grid: np.ndarray = DEFAULT_GRID,
+    fallback: bool = True,
+    max_rounds: int = 5,
     start: float | None = None,
 ) -> np.ndarray:
     """One threshold per label maximising micro-F1 (with fallback), starting from `start` (default: the best
@@ -61,7 +67,9 @@ def fit_thresholds(
     return thresholds
 
 
-def nested_thresholds(probs: np.ndarray, gold: np.ndarray, fold_of_row: np.ndarray, fallback: bool = True) -> dict[int, np.ndarray]:
+def nested_thresholds(
+    probs: np.ndarray, gold: np.ndarray, fold_of_row: np.ndarray, fallback: bool = True
+) -> dict[int, np.ndarray]:
     """{fold: per-label thresholds fitted on the other folds' OOF rows only}: what decides that fold's rows in
     every nested estimate."""
     probs = np.asarray(probs, dtype=np.float64)
@@ -73,8 +81,14 @@ def nested_thresholds(probs: np.ndarray, gold: np.ndarray, fold_of_row: np.ndarr
     return fitted
 
 
-def nested_gain(probs: np.ndarray, gold: np.ndarray, fold_of_row: np.ndarray, fallback: bool = True, default: float = 0.5,
-                fitted: dict[int, np.ndarray] | None = None) -> dict:
+def nested_gain(
+    probs: np.ndarray,
+    gold: np.ndarray,
+    fold_of_row: np.ndarray,
+    fallback: bool = True,
+    default: float = 0.5,
+    fitted: dict[int, np.ndarray] | None = None,
+) -> dict:
     """micro-F1 of the OOF rows at `default` vs with thresholds fitted on the other folds only (`fitted`, from
     `nested_thresholds`, when already computed)."""
     probs = np.asarray(probs, dtype=np.float64)
@@ -137,4 +151,3 @@ def load_thresholds(path: str, which: str = "per_label") -> np.ndarray:
 
 def _is_threshold(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1
-

@@ -24,13 +24,26 @@ from typing import Literal
 
 import numpy as np
 
-from nikl_emotion.text.data import load_jsonl
-from nikl_emotion.base.vocabulary import (
-    DEFAULT_STRATEGY, DEFAULT_VOTE_RULE, DEFAULT_VOTE_TIE, STRATEGIES, VOTE_RULES, VOTE_TIES, check_choice,
-)
 from nikl_emotion.base.errors import PipelineError, RowError
-from nikl_emotion.base.fileio import check_distinct_paths, check_output_path, iter_json_lines, read_probs, write_json_atomic, write_submission
+from nikl_emotion.base.fileio import (
+    check_distinct_paths,
+    check_output_path,
+    iter_json_lines,
+    read_probs,
+    write_json_atomic,
+    write_submission,
+)
+from nikl_emotion.base.vocabulary import (
+    DEFAULT_STRATEGY,
+    DEFAULT_VOTE_RULE,
+    DEFAULT_VOTE_TIE,
+    STRATEGIES,
+    VOTE_RULES,
+    VOTE_TIES,
+    check_choice,
+)
 from nikl_emotion.decisions.metrics import decide
+from nikl_emotion.text.data import load_jsonl
 
 VoteRule = Literal["majority", "reference"]
 TieRule = Literal["positive", "negative"]
@@ -90,7 +103,9 @@ def check_vote_options(models: int, weights: Sequence[float] | None = None, min_
             raise PipelineError(f"weights: expected {models} finite positive numbers, got {list(weights)}")
         total = float(values.sum())
     if min_votes is not None and not (np.isfinite(min_votes) and 0 < min_votes <= total):
-        raise PipelineError(f"min_votes: must be a number in (0, {total:g}] (the total weight of {models} models), got {min_votes}")
+        raise PipelineError(
+            f"min_votes: must be a number in (0, {total:g}] (the total weight of {models} models), got {min_votes}"
+        )
 
 
 def reference_vote(decisions: np.ndarray) -> np.ndarray:
@@ -132,13 +147,20 @@ class DecisionRule:
         if values.shape not in ((1,), (8,)) or not ((values > 0) & (values < 1)).all():
             raise PipelineError(f"threshold: expected one number or 8 numbers in (0, 1), got {self.threshold}")
         # one number or a tuple, whatever was given (a numpy array, a list): the rule is hashable and saves as JSON
-        object.__setattr__(self, "threshold", float(values[0]) if np.ndim(self.threshold) == 0 else tuple(map(float, values)))
+        object.__setattr__(
+            self, "threshold", float(values[0]) if np.ndim(self.threshold) == 0 else tuple(map(float, values))
+        )
         check_choice("vote_rule", self.vote_rule, VOTE_RULES)
         check_choice("vote_tie", self.vote_tie, VOTE_TIES)
         if self.weights is not None:
             object.__setattr__(self, "weights", tuple(map(float, self.weights)))
             check_vote_options(len(self.weights), self.weights, self.min_votes)
-            if self.vote_rule == "reference" and self.min_votes is None and self.strategy == "hard" and not np.allclose(self.weights, 1.0):
+            if (
+                self.vote_rule == "reference"
+                and self.min_votes is None
+                and self.strategy == "hard"
+                and not np.allclose(self.weights, 1.0)
+            ):
                 raise PipelineError("the reference vote rule counts every model once: it takes no weights")
         elif self.min_votes is not None and not (np.isfinite(self.min_votes) and self.min_votes > 0):
             # its upper bound, the total weight, is checked once the number of models is known (check_models)
@@ -162,8 +184,15 @@ class DecisionRule:
 
     def vote(self, decisions: Sequence[np.ndarray], mean_probs: np.ndarray | None = None) -> np.ndarray:
         """The hard vote of the models' decisions (`mean_probs`, when known, breaks the fallback's ties)."""
-        return hard_vote(decisions, self.vote_rule, tie=self.vote_tie, fallback=self.fallback, mean_probs=mean_probs,
-                         weights=self.weights, min_votes=self.min_votes)
+        return hard_vote(
+            decisions,
+            self.vote_rule,
+            tie=self.vote_tie,
+            fallback=self.fallback,
+            mean_probs=mean_probs,
+            weights=self.weights,
+            min_votes=self.min_votes,
+        )
 
     def mean(self, probs: Sequence[np.ndarray]) -> np.ndarray:
         """The models' (weighted) mean probability: the soft vote's input and the hard vote's tie-break."""
@@ -178,7 +207,7 @@ class DecisionRule:
         write_json_atomic(path, self.as_dict())
 
     @classmethod
-    def load(cls, path: str) -> "DecisionRule":
+    def load(cls, path: str) -> DecisionRule:
         try:
             with open(path, encoding="utf-8") as handle:
                 data = json.load(handle)
@@ -207,12 +236,18 @@ def rule_type_problem(data: dict) -> str | None:
     before values), or None."""
     expected = {
         "strategy": (lambda v: isinstance(v, str), "a string"),
-        "threshold": (lambda v: is_number(v) or (isinstance(v, list) and all(map(is_number, v))), "a number or a list of numbers"),
+        "threshold": (
+            lambda v: is_number(v) or (isinstance(v, list) and all(map(is_number, v))),
+            "a number or a list of numbers",
+        ),
         "fallback": (lambda v: isinstance(v, bool), "true or false (a JSON boolean)"),
         "vote_rule": (lambda v: isinstance(v, str), "a string"),
         "vote_tie": (lambda v: isinstance(v, str), "a string"),
         "min_votes": (lambda v: v is None or is_number(v), "null or a number"),
-        "weights": (lambda v: v is None or (isinstance(v, list) and all(map(is_number, v))), "null or a list of numbers"),
+        "weights": (
+            lambda v: v is None or (isinstance(v, list) and all(map(is_number, v))),
+            "null or a list of numbers",
+        ),
     }
     for key, (ok, description) in expected.items():
         if not ok(data[key]):
@@ -245,7 +280,9 @@ def load_vote_input(path: str, rule: DecisionRule) -> VoteInput:
         ids, probs = read_probs(path)
         return VoteInput(path, ids, rule.decide(probs), probs=probs)
     rows = load_jsonl(path, "required")
-    return VoteInput(path, rows["id"], np.asarray(rows["labels"]) > 0.5, inputs=[json.loads(s) for s in rows["input_json"]])
+    return VoteInput(
+        path, rows["id"], np.asarray(rows["labels"]) > 0.5, inputs=[json.loads(s) for s in rows["input_json"]]
+    )
 
 
 def align_by_id(inputs: Sequence[VoteInput]) -> None:
@@ -256,7 +293,11 @@ def align_by_id(inputs: Sequence[VoteInput]) -> None:
         missing = next((row_id for row_id in order if row_id not in position), None)
         if missing is not None or len(item.ids) != len(order):
             extra = next((row_id for row_id in item.ids if row_id not in set(order)), None)
-            what = f"has no row for id {missing!r}" if missing is not None else f"has id {extra!r} that {inputs[0].path} lacks"
+            what = (
+                f"has no row for id {missing!r}"
+                if missing is not None
+                else f"has id {extra!r} that {inputs[0].path} lacks"
+            )
             raise PipelineError(f"{item.path}: {what}")
         index = np.array([position[row_id] for row_id in order])
         item.ids = list(order)
@@ -289,13 +330,16 @@ def ensemble_files(
     `align` reorders the inputs by id first (to the reference's order when there is one, else the first input's)."""
     rule = rule or DecisionRule()
     rule.check_models(len(paths))
-    check_distinct_paths({**{f"--inputs {path}": path for path in paths}, "--reference": reference_path},
-                         {"--output": output_path})
+    check_distinct_paths(
+        {**{f"--inputs {path}": path for path in paths}, "--reference": reference_path}, {"--output": output_path}
+    )
     check_output_path(output_path, "--output")
     inputs = [load_vote_input(path, rule) for path in paths]
     reference = load_jsonl(reference_path, "optional") if reference_path is not None else None
     if align:
-        anchor = [VoteInput(reference_path, reference["id"], np.zeros((len(reference), 0)))] if reference is not None else []
+        anchor = (
+            [VoteInput(reference_path, reference["id"], np.zeros((len(reference), 0)))] if reference is not None else []
+        )
         align_by_id([*anchor, *inputs])
     check_same_ids(inputs)
     decisions = _combine(inputs, rule)
@@ -304,7 +348,9 @@ def ensemble_files(
         check_same_ids([VoteInput(reference_path, reference["id"], np.empty(0)), inputs[0]])
         row_inputs = [json.loads(s) for s in reference["input_json"]]
     if row_inputs is None:
-        raise PipelineError("all inputs are probability files: give --reference INPUT.jsonl to copy each row's input from")
+        raise PipelineError(
+            "all inputs are probability files: give --reference INPUT.jsonl to copy each row's input from"
+        )
     write_submission(output_path, inputs[0].ids, row_inputs, decisions)
     return decisions
 
@@ -316,5 +362,7 @@ def _combine(inputs: Sequence[VoteInput], rule: DecisionRule) -> np.ndarray:
     if rule.strategy == "hard":
         return rule.vote([item.decisions for item in inputs], mean_probs)
     if mean_probs is None:
-        raise PipelineError("soft voting needs probability files for every input (submission files hold no probabilities)")
+        raise PipelineError(
+            "soft voting needs probability files for every input (submission files hold no probabilities)"
+        )
     return rule.decide(mean_probs)

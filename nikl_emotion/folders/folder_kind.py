@@ -19,8 +19,21 @@ from nikl_emotion.base.checkpoint_files import EXPORT_FILE, EXPORT_FILES, MODEL_
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.fileio import write_json_atomic, write_text_atomic
 from nikl_emotion.folders.run_folder import (
-    CONFIG_FILE, DISTILL_FILE, FOLD_PATTERN, HP_SEARCH_FILES, INPUTS_FILE, STUDENT_FILES, FoldFolder, PostTrainFolder,
-    RunFolder, StackFolder, config_difference, inputs_difference, is_run_file, property_names, read_mapping,
+    CONFIG_FILE,
+    DISTILL_FILE,
+    FOLD_PATTERN,
+    HP_SEARCH_FILES,
+    INPUTS_FILE,
+    STUDENT_FILES,
+    FoldFolder,
+    PostTrainFolder,
+    RunFolder,
+    StackFolder,
+    config_difference,
+    inputs_difference,
+    is_run_file,
+    property_names,
+    read_mapping,
 )
 
 KIND_FILE = ".nikl_emotion_folder.json"  # {"kind": ..., "made_by": ...}; hidden: it is not a result
@@ -128,7 +141,9 @@ def require_kind(folder: str, kind: str, option: str) -> None:
         raise PipelineError(f"{option}: {folder} holds {describe(found)}, not {describe(kind)}")
 
 
-def check_output_folder(folder: str, kind: str, *, may_lie_in: tuple[str, ...] = (), option: str = "output_dir") -> None:
+def check_output_folder(
+    folder: str, kind: str, *, may_lie_in: tuple[str, ...] = (), option: str = "output_dir"
+) -> None:
     """Refuse (before any work) an output folder that another command made, or that holds files of nobody's, or
     that lies inside another command's folder (except in the kinds of `may_lie_in`)."""
     if os.path.exists(folder) and not os.path.isdir(folder):
@@ -136,18 +151,24 @@ def check_output_folder(folder: str, kind: str, *, may_lie_in: tuple[str, ...] =
     enclosing = enclosing_folder(folder)
     if enclosing is not None and enclosing[1] not in may_lie_in:
         where, outer = enclosing
-        raise PipelineError(f"{option}: {folder} lies inside {where}, {describe(outer)}; {KINDS[kind][0]} would mix "
-                            "its files with that folder's: use a folder outside it")
+        raise PipelineError(
+            f"{option}: {folder} lies inside {where}, {describe(outer)}; {KINDS[kind][0]} would mix "
+            "its files with that folder's: use a folder outside it"
+        )
     found = folder_kind(folder)
     if found == kind or holds_nothing(folder):  # a mark alone (a start refused before writing anything) binds nobody
         return
     if found is not None:
-        raise PipelineError(f"{option}: {folder} holds {describe(found)}, not {describe(kind)}; {KINDS[kind][0]} "
-                            "replaces only its own folders: use a new or empty folder")
+        raise PipelineError(
+            f"{option}: {folder} holds {describe(found)}, not {describe(kind)}; {KINDS[kind][0]} "
+            "replaces only its own folders: use a new or empty folder"
+        )
     others = sorted(name for name in os.listdir(folder) if not is_ignorable(name))
     listed = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
-    raise PipelineError(f"{option}: {folder} holds other files ({listed}) and is not {describe(kind)}; "
-                        f"{KINDS[kind][0]} writes only into a new or empty folder, or one it made: use another")
+    raise PipelineError(
+        f"{option}: {folder} holds other files ({listed}) and is not {describe(kind)}; "
+        f"{KINDS[kind][0]} writes only into a new or empty folder, or one it made: use another"
+    )
 
 
 def claim_folder(folder: str, kind: str, **check) -> None:
@@ -165,8 +186,14 @@ def mark_folder(folder: str, kind: str) -> None:
 
 # what each kind of folder writes at its top level: the names no other command may replace
 def prepare_output_dir(
-    output_dir: str, config: dict, overwrite: bool, *, is_run_file=is_run_file, kind: str = "run",
-    has_results=lambda folder: RunFolder(folder).has_results(), inputs: dict[str, str] | None = None,
+    output_dir: str,
+    config: dict,
+    overwrite: bool,
+    *,
+    is_run_file=is_run_file,
+    kind: str = "run",
+    has_results=lambda folder: RunFolder(folder).has_results(),
+    inputs: dict[str, str] | None = None,
     defaults: dict | None = None,
 ) -> None:
     """Claim output_dir for a command of `kind` (folder_kind.py: another command's folder, a folder of nobody's
@@ -217,5 +244,7 @@ def check_not_a_folders_own_file(path: str, option: str) -> None:
     name = os.path.relpath(os.path.realpath(path), folder).split(os.sep)[0]
     owns = OWN_NAMES.get(kind)
     if owns is not None and owns(name):
-        raise PipelineError(f"{option}: {path} is a file of {folder}, {describe(kind)}, which its command wrote and "
-                            "reads back: write to another path")
+        raise PipelineError(
+            f"{option}: {path} is a file of {folder}, {describe(kind)}, which its command wrote and "
+            "reads back: write to another path"
+        )

@@ -45,8 +45,18 @@ def plot_file(name: str) -> str:
 
 
 PLOTS = tuple(plot_file(name) for name in PLOT_NAMES)
-RUN_FILES = (CONFIG_FILE, INPUTS_FILE, BACKBONE_DIR, OOF_FILE, SUMMARY_FILE, THRESHOLDS_FILE, SUBMISSION_FILE,
-             DECISION_FILE, REPORT_FILE, *PLOTS)
+RUN_FILES = (
+    CONFIG_FILE,
+    INPUTS_FILE,
+    BACKBONE_DIR,
+    OOF_FILE,
+    SUMMARY_FILE,
+    THRESHOLDS_FILE,
+    SUBMISSION_FILE,
+    DECISION_FILE,
+    REPORT_FILE,
+    *PLOTS,
+)
 # what train.py --hp-search writes; not run files: --overwrite keeps them, as the study accumulates over commands
 HP_SEARCH_FILES = ("hp_search_config.yaml", "hp_search_trials", "hp_search.db", "hp_search.csv", "hp_search_best.yaml")
 FOLD_PATTERN = re.compile(r"fold_(\d+)")
@@ -106,7 +116,9 @@ class RunFolder:
     report = property(lambda self: self._path(REPORT_FILE))
     decision = property(lambda self: self._path(DECISION_FILE))
     setup_lock = property(lambda self: self._path(".setup.lock"))
-    backbone_spec = property(lambda self: os.path.join(self.backbone, BACKBONE_SPEC_FILE))  # what the backbone was built from
+    backbone_spec = property(
+        lambda self: os.path.join(self.backbone, BACKBONE_SPEC_FILE)
+    )  # what the backbone was built from
     # train.py --hp-search N (HP_SEARCH_FILES, kept by --overwrite: the study accumulates over commands)
     hp_config = property(lambda self: self._path(HP_SEARCH_FILES[0]))
     hp_trials = property(lambda self: self._path(HP_SEARCH_FILES[1]))  # the Trainer's output_dir (no checkpoints)
@@ -162,8 +174,11 @@ class PostTrainFolder:
 
 
 # its path properties but the lock (flock files are never deleted, see locking.py), and the run files beside them
-POST_TRAIN_OWN_FILES = frozenset({CONFIG_FILE, INPUTS_FILE, *(name for name in property_names(PostTrainFolder)
-                                                             if not name.endswith(".lock"))})
+POST_TRAIN_OWN_FILES = frozenset(
+    {CONFIG_FILE, INPUTS_FILE, *(name for name in property_names(PostTrainFolder) if not name.endswith(".lock"))}
+)
+
+
 def read_mapping(path: str) -> dict:
     """The mapping in a YAML or JSON file (config.yaml, inputs.json, done.json); {} when the file is absent."""
     if not os.path.exists(path):
@@ -191,17 +206,28 @@ def inputs_difference(old: dict, new: dict) -> str | None:
 
 
 # Keys that do not change a run's results: an existing output_dir may be resumed with other values for them.
-RESUMABLE_KEYS = frozenset({
-    "fold", "overwrite", "output_dir", "disable_tqdm", "dataloader_num_workers", "per_device_eval_batch_size",
-    "report_to", "logging_strategy", "logging_steps", "resume_from_checkpoint",
-    "decision",  # chooses how the finished folds are combined, after training: no fold depends on it
-    "max_unknown_rate",  # a stop before training, not a setting of it
-})
+RESUMABLE_KEYS = frozenset(
+    {
+        "fold",
+        "overwrite",
+        "output_dir",
+        "disable_tqdm",
+        "dataloader_num_workers",
+        "per_device_eval_batch_size",
+        "report_to",
+        "logging_strategy",
+        "logging_steps",
+        "resume_from_checkpoint",
+        "decision",  # chooses how the finished folds are combined, after training: no fold depends on it
+        "max_unknown_rate",  # a stop before training, not a setting of it
+    }
+)
 
 
 def config_difference(old: dict, new: dict, defaults: dict | None = None) -> str | None:
     """The first result-affecting key whose value differs between two resolved configs, as `key: old -> new`. A key
-    missing from one side reads as its value in `defaults` (the settings dataclasses' defaults, `config.field_defaults`):
+    missing from one side reads as its value in `defaults` (the settings dataclasses' defaults,
+    `config.field_defaults`):
     a key added after a run was written is, at its default, what that run did, so an older run still resumes."""
     defaults = defaults or {}
     for key in sorted(set(old) | set(new)):
@@ -244,10 +270,8 @@ class StackFolder:
         return os.path.join(self.root, name)
 
     stack = property(lambda self: self._path(STACK_FILE))
-    decision = property(lambda self: self._path(DECISION_FILE))  # the rule the folds' stacked probabilities are voted by
+    decision = property(
+        lambda self: self._path(DECISION_FILE)
+    )  # the rule the folds' stacked probabilities are voted by
     submission = property(lambda self: self._path(SUBMISSION_FILE))  # for the members' test file
     test_probs = property(lambda self: self._path("test_probs.jsonl"))  # the folds' mean stacked probabilities
-
-
-
-

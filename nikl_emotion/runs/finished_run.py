@@ -14,11 +14,13 @@ import numpy as np
 
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.fileio import file_digest, read_probs
-from nikl_emotion.folders.folder_kind import require_kind
 from nikl_emotion.base.labels import NUM_LABELS
+from nikl_emotion.folders.folder_kind import require_kind
 from nikl_emotion.folders.run_folder import RunFolder, read_mapping
 
-CHANGED_TRAINING_FILES = "the training files changed since the folds were trained: use the original files, or --overwrite true"
+CHANGED_TRAINING_FILES = (
+    "the training files changed since the folds were trained: use the original files, or --overwrite true"
+)
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,7 @@ class FinishedRun:
     option: str  # how the user named it (--run, --runs, teacher_run, ...): every message starts with it
 
     @classmethod
-    def open(cls, path: str, option: str = "--run", *, summarised: bool = True, with_test: bool = False) -> "FinishedRun":
+    def open(cls, path: str, option: str = "--run", *, summarised: bool = True, with_test: bool = False) -> FinishedRun:
         """The run at `path`, checked: a train.py run (not another command's folder), every fold done, with
         `summarised` its decision rule and OOF file, with `with_test` every fold's test probabilities."""
         require_kind(path, "run", option)
@@ -112,8 +114,14 @@ class FinishedRun:
     def check_test_probabilities(self) -> None:
         if not self.test_file:
             self.refuse("it had no test_file, so its folds have no test probabilities")
-        missing = next((self.folder.fold(k).test_probs for k in range(self.num_folds)
-                        if not os.path.isfile(self.folder.fold(k).test_probs)), None)
+        missing = next(
+            (
+                self.folder.fold(k).test_probs
+                for k in range(self.num_folds)
+                if not os.path.isfile(self.folder.fold(k).test_probs)
+            ),
+            None,
+        )
         if missing is not None:
             self.refuse(f"{os.path.relpath(missing, self.path)} is missing")
 
@@ -152,8 +160,9 @@ class FinishedRun:
         return {os.path.relpath(path, self.path): file_digest(path) for path in names if os.path.isfile(path)}
 
 
-def fold_predictions(output_dir: str, ids: list[str], num_folds: int, changed: str = CHANGED_TRAINING_FILES
-                     ) -> tuple[np.ndarray, np.ndarray]:
+def fold_predictions(
+    output_dir: str, ids: list[str], num_folds: int, changed: str = CHANGED_TRAINING_FILES
+) -> tuple[np.ndarray, np.ndarray]:
     """(out-of-fold probabilities in `ids`' order, each row's fold), read from the folds' validation files; refuses
     folds whose rows are not exactly the training rows (`changed`: what to tell the user then)."""
     run = RunFolder(output_dir)

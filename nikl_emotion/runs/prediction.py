@@ -13,11 +13,11 @@ import torch
 from nikl_emotion.backends.classifier import default_device
 from nikl_emotion.backends.precision import LoadOptions
 from nikl_emotion.backends.registry import load_checkpoint
-from nikl_emotion.text.data import iter_column, iter_inputs, load_jsonl
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.fileio import check_distinct_paths, check_output_path, write_probs, write_submission
-from nikl_emotion.runs.run_classifier import RunClassifier
 from nikl_emotion.decisions.voting import DecisionRule
+from nikl_emotion.runs.run_classifier import RunClassifier
+from nikl_emotion.text.data import iter_column, iter_inputs, load_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -66,9 +66,16 @@ def predict_file(
     return predict_file_with(classifier, input_path, output_path, probs_path=probs_path, batch_size=batch_size)
 
 
-def predict_run_file(run_dir: str, input_path: str, output_path: str, *, probs_path: str | None = None,
-                     batch_size: int = 128, device: str | None = None,
-                     options: LoadOptions | None = None) -> np.ndarray:
+def predict_run_file(
+    run_dir: str,
+    input_path: str,
+    output_path: str,
+    *,
+    probs_path: str | None = None,
+    batch_size: int = 128,
+    device: str | None = None,
+    options: LoadOptions | None = None,
+) -> np.ndarray:
     """`predict_file` with a finished run's folds or a stack folder's (`inference.py --run`), voted by its saved rule:
     for the run's own test file, the same bytes as its submission.jsonl."""
     check_prediction_outputs(input_path, output_path, probs_path, batch_size)
@@ -85,8 +92,14 @@ def check_prediction_outputs(input_path: str, output_path: str, probs_path: str 
             check_output_path(path, option)
 
 
-def predict_file_with(classifier: RunClassifier, input_path: str, output_path: str, *, probs_path: str | None = None,
-                      batch_size: int = 128) -> np.ndarray:
+def predict_file_with(
+    classifier: RunClassifier,
+    input_path: str,
+    output_path: str,
+    *,
+    probs_path: str | None = None,
+    batch_size: int = 128,
+) -> np.ndarray:
     """The submission (and mean probabilities) of `classifier`'s folds for `input_path`; returns the decisions."""
     rows = load_jsonl(input_path, "optional")
     labelled = len(rows) - rows.with_format("arrow")["labels"].null_count

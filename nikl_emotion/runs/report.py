@@ -20,7 +20,6 @@ from nikl_emotion.base.fileio import atomic_writer, write_text_atomic  # noqa: E
 from nikl_emotion.base.labels import LABELS, NUM_LABELS  # noqa: E402
 from nikl_emotion.decisions.metrics import decide, score  # noqa: E402
 from nikl_emotion.decisions.thresholds import DEFAULT_GRID  # noqa: E402
-
 from nikl_emotion.folders.run_folder import PLOTS, RunFolder, plot_file  # noqa: E402, F401  (PLOTS re-exported)
 
 
@@ -104,12 +103,22 @@ def plot_label_totals(gold: np.ndarray, predictions: dict[str, np.ndarray], path
 
 
 def _f1_row(name: str, result: dict) -> str:
-    cells = [f"{result['micro_f1']:.4f}", f"{result['macro_f1']:.4f}"] + [f"{result['per_label'][label]['f1']:.3f}" for label in LABELS]
+    cells = [f"{result['micro_f1']:.4f}", f"{result['macro_f1']:.4f}"] + [
+        f"{result['per_label'][label]['f1']:.3f}" for label in LABELS
+    ]
     return f"| {name} | " + " | ".join(cells) + " |"
 
 
-def write_report(output_dir: str, summary: dict, *, gold: np.ndarray, oof: np.ndarray, thresholds: np.ndarray,
-                 threshold: float = 0.5, fallback: bool = True) -> str:
+def write_report(
+    output_dir: str,
+    summary: dict,
+    *,
+    gold: np.ndarray,
+    oof: np.ndarray,
+    thresholds: np.ndarray,
+    threshold: float = 0.5,
+    fallback: bool = True,
+) -> str:
     """Write report.md and the plots into `output_dir`; returns the report's path. `oof` holds the out-of-fold
     probabilities, `thresholds` the per-label ones fitted on them, `threshold` the run's default."""
     gold = np.asarray(gold).astype(bool)
@@ -123,9 +132,13 @@ def write_report(output_dir: str, summary: dict, *, gold: np.ndarray, oof: np.nd
     plot_label_totals(gold, predictions, run.plot("label_totals"))
     config = summary.get("config", {})
     sections = [
-        [f"# Run report: {os.path.basename(os.path.abspath(output_dir))}", "",
-         f"Model `{config.get('model_name_or_path')}`, input `{config.get('input_format')}`, loss `{config.get('loss')}`, "
-         f"{len(summary['folds'])} folds, {len(gold)} training rows."],
+        [
+            f"# Run report: {os.path.basename(os.path.abspath(output_dir))}",
+            "",
+            f"Model `{config.get('model_name_or_path')}`, input `{config.get('input_format')}`, "
+            f"loss `{config.get('loss')}`, "
+            f"{len(summary['folds'])} folds, {len(gold)} training rows.",
+        ],
         _folds_section(summary, score(gold, at_default), score(gold, tuned), threshold),
         _thresholds_section(summary.get("thresholds", {}), gold, at_default, tuned, thresholds, threshold),
         *([_decision_section(summary["decision"])] if "decision" in summary else []),
@@ -149,28 +162,34 @@ def _folds_section(summary: dict, oof_score: dict, tuned_score: dict, threshold:
         _f1_row(f"OOF at {threshold}", oof_score),
         _f1_row("OOF, fitted thresholds (in-sample)", tuned_score),
         "",
-        "Best epoch per fold: " + ", ".join(f"fold {f['fold']}: {f.get('best_checkpoint')} of {f.get('epochs_run')} epochs"
-                                            for f in summary["folds"]),
+        "Best epoch per fold: "
+        + ", ".join(
+            f"fold {f['fold']}: {f.get('best_checkpoint')} of {f.get('epochs_run')} epochs" for f in summary["folds"]
+        ),
         "",
         _image("per-label F1", "per_label_f1"),
     ]
 
 
-def _thresholds_section(gain: dict, gold: np.ndarray, at_default: np.ndarray, tuned: np.ndarray, thresholds: np.ndarray,
-                        threshold: float) -> list[str]:
+def _thresholds_section(
+    gain: dict, gold: np.ndarray, at_default: np.ndarray, tuned: np.ndarray, thresholds: np.ndarray, threshold: float
+) -> list[str]:
     oof_score, per_label = score(gold, at_default), score(gold, tuned)["per_label"]
     return [
         "## Thresholds",
         "",
-        f"OOF micro-F1 at {threshold}: **{gain.get('micro_f1_at_default', oof_score['micro_f1']):.4f}**; with per-label "
+        f"OOF micro-F1 at {threshold}: **{gain.get('micro_f1_at_default', oof_score['micro_f1']):.4f}**; "
+        "with per-label "
         f"thresholds fitted on the other folds' OOF rows and applied to each held-out fold: "
-        f"**{gain.get('micro_f1_tuned_nested', float('nan')):.4f}** (the honest estimate of the gain; `thresholds.json` "
+        f"**{gain.get('micro_f1_tuned_nested', float('nan')):.4f}** "
+        "(the honest estimate of the gain; `thresholds.json` "
         "holds the thresholds fitted on all OOF rows).",
         "",
         "| label | threshold | precision | recall | F1 | support | predicted |",
         "|---|---|---|---|---|---|---|",
         *[
-            f"| {label} | {thresholds[j]:.2f} | {per_label[label]['precision']:.3f} | {per_label[label]['recall']:.3f} | "
+            f"| {label} | {thresholds[j]:.2f} | {per_label[label]['precision']:.3f} | "
+            f"{per_label[label]['recall']:.3f} | "
             f"{per_label[label]['f1']:.3f} | {int(gold[:, j].sum())} | {int(tuned[:, j].sum())} |"
             for j, label in enumerate(LABELS)
         ],
@@ -181,13 +200,16 @@ def _thresholds_section(gain: dict, gold: np.ndarray, at_default: np.ndarray, tu
 
 def _decision_section(decision: dict) -> list[str]:
     """The candidate decision rules with their nested OOF scores, and the one submission.jsonl was made with."""
-    rows = [f"| {'**' + c['name'] + '**' if c['name'] == decision['chosen'] else c['name']} | {c['description']} | "
-            f"{c['micro_f1']:.4f} | {c['macro_f1']:.4f} | {c['gain']:+.4f} ± {c['gain_se']:.4f} |"
-            for c in decision["candidates"]]
+    rows = [
+        f"| {'**' + c['name'] + '**' if c['name'] == decision['chosen'] else c['name']} | {c['description']} | "
+        f"{c['micro_f1']:.4f} | {c['macro_f1']:.4f} | {c['gain']:+.4f} ± {c['gain_se']:.4f} |"
+        for c in decision["candidates"]
+    ]
     return [
         "## Decision rule (how the folds' probabilities become submission.jsonl)",
         "",
-        f"`decision: {decision['mode']}` → **{decision['chosen']}** (saved as `decision.json`; `inference.py --run` and "
+        f"`decision: {decision['mode']}` → **{decision['chosen']}** "
+        "(saved as `decision.json`; `inference.py --run` and "
         f"`ensemble.py --decision` reuse it). Scores: {decision['estimate']}.",
         "",
         f"| rule | what | nested OOF micro-F1 | macro-F1 | gain over {decision['candidates'][0]['name']} ± s.e. |",
@@ -205,8 +227,10 @@ def _predictions_section(gold: np.ndarray, predictions: dict[str, np.ndarray]) -
         "",
         "| labels per row | " + " | ".join(["gold", *predictions]) + " |",
         "|---|" + "---|" * (len(predictions) + 1),
-        *[f"| {b}{'+' if b == 3 else ''} | " + " | ".join(share(m, b) for m in [gold, *predictions.values()]) + " |"
-          for b in range(4)],
+        *[
+            f"| {b}{'+' if b == 3 else ''} | " + " | ".join(share(m, b) for m in [gold, *predictions.values()]) + " |"
+            for b in range(4)
+        ],
         "",
         _image("labels per row", "label_counts"),
         "",

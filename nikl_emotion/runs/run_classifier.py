@@ -20,13 +20,13 @@ import numpy as np
 from nikl_emotion.backends.classifier import CheckpointClassifier
 from nikl_emotion.backends.precision import LoadOptions
 from nikl_emotion.backends.registry import load_checkpoint
-from nikl_emotion.text.data import Rows, as_rows
 from nikl_emotion.base.errors import PipelineError
-from nikl_emotion.runs.finished_run import FinishedRun
-from nikl_emotion.folders.folder_kind import describe, folder_kind
-from nikl_emotion.runs.stack_run import open_stack
 from nikl_emotion.decisions.stacking import Stacker
 from nikl_emotion.decisions.voting import DecisionRule
+from nikl_emotion.folders.folder_kind import describe, folder_kind
+from nikl_emotion.runs.finished_run import FinishedRun
+from nikl_emotion.runs.stack_run import open_stack
+from nikl_emotion.text.data import Rows, as_rows
 
 # a checkpoint folder -> a model with `predict_proba(rows, batch_size=, progress=)` (an EmotionClassifier)
 Loader = Callable[[str], object]
@@ -36,20 +36,26 @@ class RunClassifier:
     """Fold checkpoints (`folds[k]`: fold k's checkpoint, or each member's fold-k checkpoint for a stacker) and the
     rule that votes the folds."""
 
-    def __init__(self, folds: list[list[str]], rule: DecisionRule, load: Loader, stacker: Stacker | None = None,
-                 source: str | None = None):
+    def __init__(
+        self,
+        folds: list[list[str]],
+        rule: DecisionRule,
+        load: Loader,
+        stacker: Stacker | None = None,
+        source: str | None = None,
+    ):
         if not folds:
             raise PipelineError(f"{source or 'RunClassifier'}: no checkpoints to predict with")
         rule.check_models(len(folds))
         self.folds, self.rule, self.load, self.stacker, self.source = folds, rule, load, stacker, source
 
     @classmethod
-    def from_checkpoints(cls, checkpoints: list[str], rule: DecisionRule, load: Loader) -> "RunClassifier":
+    def from_checkpoints(cls, checkpoints: list[str], rule: DecisionRule, load: Loader) -> RunClassifier:
         """Checkpoints given one by one (inference.py --checkpoint), combined by `rule`."""
         return cls([[path] for path in checkpoints], rule, load)
 
     @classmethod
-    def open(cls, folder: str, load: Loader, option: str = "--run") -> "RunClassifier":
+    def open(cls, folder: str, load: Loader, option: str = "--run") -> RunClassifier:
         """A finished train.py run or an ensemble.py stack folder, by its kind."""
         kind = folder_kind(folder)
         if kind == "stack":
@@ -88,15 +94,26 @@ class EmotionClassifier(CheckpointClassifier):
     `predict_proba` and `predict`), a finished train.py run or an ensemble.py stack folder."""
 
     @classmethod
-    def from_pretrained(cls, folder, *, device=None, threads=None, dtype: str = "auto", load_in_4bit: bool = False,
-                        trust_remote_code: bool = False):
+    def from_pretrained(
+        cls,
+        folder,
+        *,
+        device=None,
+        threads=None,
+        dtype: str = "auto",
+        load_in_4bit: bool = False,
+        trust_remote_code: bool = False,
+    ):
         """`dtype`: auto (each checkpoint as its run trained: its base's dtype and autocast, loading.json), fp32,
         bf16 or fp16 (autocast; a decoder's weights held in it); `load_in_4bit`: a LoRA adapter's base in 4-bit
         (CUDA, bitsandbytes); `trust_remote_code`: run modelling code a checkpoint ships."""
         folder = os.fspath(folder)
         options = LoadOptions(dtype=dtype, load_in_4bit=load_in_4bit, trust_remote_code=trust_remote_code)
         if folder_kind(folder) in ("run", "stack"):
-            return RunClassifier.open(folder, lambda path: load_checkpoint(path, device=device, threads=threads,
-                                                                           options=options), option="from_pretrained")
+            return RunClassifier.open(
+                folder,
+                lambda path: load_checkpoint(path, device=device, threads=threads, options=options),
+                option="from_pretrained",
+            )
         loaded = load_checkpoint(folder, device=device, threads=threads, options=options)
         return cls(loaded.backend, loaded.tokenizer, loaded.preprocessing, source=loaded.source)

@@ -19,17 +19,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nikl_emotion.text.data import iter_inputs, load_jsonl
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.fileio import (
-    check_distinct_paths, check_output_path, file_digest, write_json_atomic, write_probs, write_submission,
+    check_distinct_paths,
+    check_output_path,
+    file_digest,
+    write_json_atomic,
+    write_probs,
+    write_submission,
 )
-from nikl_emotion.runs.finished_run import FinishedRun
-from nikl_emotion.folders.folder_kind import check_output_folder, folder_kind, mark_folder, require_kind
 from nikl_emotion.base.labels import LABELS
-from nikl_emotion.folders.run_folder import StackFolder, read_mapping
 from nikl_emotion.decisions.stacking import Stacker, choose_stack_rule, stack_runs
 from nikl_emotion.decisions.voting import DecisionRule
+from nikl_emotion.folders.folder_kind import check_output_folder, folder_kind, mark_folder, require_kind
+from nikl_emotion.folders.run_folder import StackFolder, read_mapping
+from nikl_emotion.runs.finished_run import FinishedRun
+from nikl_emotion.text.data import iter_inputs, load_jsonl
 
 
 @dataclass
@@ -46,7 +51,7 @@ class RunMember:
     inputs: dict = dataclasses.field(default_factory=dict)  # its inputs.json: {path: sha256} at training time
 
     @classmethod
-    def load(cls, run_dir: str, ids: list[str]) -> "RunMember":
+    def load(cls, run_dir: str, ids: list[str]) -> RunMember:
         """The run's fold files, its OOF rows in the order of `ids` (the training rows)."""
         run = FinishedRun.open(run_dir, "--runs", with_test=True)
         oof, fold_of_row = run.oof(ids, changed="stack runs of the same training files")
@@ -59,10 +64,14 @@ def check_same_folds(members: list[RunMember]) -> None:
     first = members[0]
     for other in members[1:]:
         if other.ids != first.ids:
-            raise PipelineError(f"{other.path}: its training rows differ from {first.path}'s: stack runs of the same files")
+            raise PipelineError(
+                f"{other.path}: its training rows differ from {first.path}'s: stack runs of the same files"
+            )
         if not np.array_equal(other.fold_of_row, first.fold_of_row):
-            raise PipelineError(f"{other.path}: its folds differ from {first.path}'s ({why_folds_differ(first, other)}): "
-                                "a stacker fitted on mismatched folds would see rows a member trained on")
+            raise PipelineError(
+                f"{other.path}: its folds differ from {first.path}'s ({why_folds_differ(first, other)}): "
+                "a stacker fitted on mismatched folds would see rows a member trained on"
+            )
         if other.test_ids != first.test_ids:
             raise PipelineError(f"{other.path}: its test rows differ from {first.path}'s")
 
@@ -76,8 +85,10 @@ def why_folds_differ(first: RunMember, other: RunMember) -> str:
     first_files = {path: first.inputs.get(path) for path in first.config.get("train_files", [])}
     other_files = {path: other.inputs.get(path) for path in other.config.get("train_files", [])}
     if first_files != other_files:
-        return ("same num_folds and seed, but they were trained on other contents of the training files (the folds "
-                "are stratified by label): a file changed between the runs")
+        return (
+            "same num_folds and seed, but they were trained on other contents of the training files (the folds "
+            "are stratified by label): a file changed between the runs"
+        )
     return "same num_folds, seed and labels: the runs were made by different versions of the fold split"
 
 
@@ -97,18 +108,23 @@ class OpenedStack:
         return [list(fold) for fold in zip(*per_member)]
 
 
-def check_stack_request(run_dirs: list[str], output_path: str | None, probs_path: str | None,
-                        output_dir: str | None) -> None:
+def check_stack_request(
+    run_dirs: list[str], output_path: str | None, probs_path: str | None, output_dir: str | None
+) -> None:
     """Before anything is read: two or more different runs, and outputs that replace none of their files."""
     if len(run_dirs) < 2:
         raise PipelineError("--strategy stack needs at least two runs (--runs OUT_A OUT_B ...)")
     seen: dict[str, str] = {}
     for path in run_dirs:
         if os.path.realpath(path) in seen:
-            raise PipelineError(f"--runs: {path} is the same run as {seen[os.path.realpath(path)]}: a stack needs "
-                                "two or more different runs")
+            raise PipelineError(
+                f"--runs: {path} is the same run as {seen[os.path.realpath(path)]}: a stack needs "
+                "two or more different runs"
+            )
         seen[os.path.realpath(path)] = path
-    check_distinct_paths({f"--runs {path}": path for path in run_dirs}, {"--output": output_path, "--probs": probs_path})
+    check_distinct_paths(
+        {f"--runs {path}": path for path in run_dirs}, {"--output": output_path, "--probs": probs_path}
+    )
     for option, path in (("--output", output_path), ("--probs", probs_path)):
         if path is not None:
             check_output_path(path, option)
@@ -127,8 +143,14 @@ def check_outside_runs(path: str, option: str, run_dirs: list[str]) -> None:
             raise PipelineError(f"{path}: {option} lies inside {run_dir}, a run that --runs reads: write it elsewhere")
 
 
-def stack_files(run_dirs: list[str], output_path: str | None, rule: DecisionRule, probs_path: str | None = None,
-                choose: bool = False, output_dir: str | None = None) -> dict:
+def stack_files(
+    run_dirs: list[str],
+    output_path: str | None,
+    rule: DecisionRule,
+    probs_path: str | None = None,
+    choose: bool = False,
+    output_dir: str | None = None,
+) -> dict:
     """Stack finished runs for their test file: fitted on OOF only, each fold's stacked test probabilities decided
     and voted by `rule`, or with `choose` by the rule chosen on the stack's nested OOF (`rule` is then the fixed
     candidate; `result["decision"]` holds the record). With `output_dir` the stack is written as a servable folder
@@ -173,15 +195,31 @@ def write_stack_folder(output_dir: str, run_dirs: list[str], result: dict, test,
     members = []
     for given in run_dirs:
         run = FinishedRun.open(given, "--runs")
-        members.append({"run": os.path.realpath(given), "relative_to_stack": os.path.relpath(os.path.realpath(given), stack_root),
-                        "num_folds": run.num_folds, "fingerprint": run.fingerprint()})
-    write_json_atomic(folder.stack, {
-        "members": members, "labels": list(LABELS), "stacker": list(result["stacker"].labels),
-        "decision": {"file": os.path.basename(folder.decision), "chosen_on_nested_oof": chosen,
-                     **({"choice": result["decision"]} if chosen else {})},
-        "oof_scores": result["scores"], "test_file": test_file, "test_file_sha256": file_digest(test_file),
-        "submission": os.path.basename(folder.submission),
-    })
+        members.append(
+            {
+                "run": os.path.realpath(given),
+                "relative_to_stack": os.path.relpath(os.path.realpath(given), stack_root),
+                "num_folds": run.num_folds,
+                "fingerprint": run.fingerprint(),
+            }
+        )
+    write_json_atomic(
+        folder.stack,
+        {
+            "members": members,
+            "labels": list(LABELS),
+            "stacker": list(result["stacker"].labels),
+            "decision": {
+                "file": os.path.basename(folder.decision),
+                "chosen_on_nested_oof": chosen,
+                **({"choice": result["decision"]} if chosen else {}),
+            },
+            "oof_scores": result["scores"],
+            "test_file": test_file,
+            "test_file_sha256": file_digest(test_file),
+            "submission": os.path.basename(folder.submission),
+        },
+    )
 
 
 def open_stack(path: str, option: str = "--run") -> OpenedStack:
@@ -190,17 +228,23 @@ def open_stack(path: str, option: str = "--run") -> OpenedStack:
     folder = StackFolder(path)
     data = read_mapping(folder.stack)
     if not data:
-        raise PipelineError(f"{option}: {path} is not a finished stack (no {os.path.basename(folder.stack)}; "
-                            "python ensemble.py --runs A B --strategy stack --output_dir DIR writes one)")
+        raise PipelineError(
+            f"{option}: {path} is not a finished stack (no {os.path.basename(folder.stack)}; "
+            "python ensemble.py --runs A B --strategy stack --output_dir DIR writes one)"
+        )
     if data.get("labels") != list(LABELS):
-        raise PipelineError(f"{folder.stack}: its labels {data.get('labels')} differ from this pipeline's {list(LABELS)}")
+        raise PipelineError(
+            f"{folder.stack}: its labels {data.get('labels')} differ from this pipeline's {list(LABELS)}"
+        )
     recorded = data.get("members")
     if not isinstance(recorded, list) or len(recorded) < 2 or not all(isinstance(m, dict) for m in recorded):
         raise PipelineError(f"{folder.stack}: 'members' must list two or more member runs")
     members = [open_member(path, member, option) for member in recorded]
     stacker = Stacker.from_json(data.get("stacker"), folder.stack)
     if stacker.members not in (None, len(members)):
-        raise PipelineError(f"{folder.stack}: the stacker weighs {stacker.members} members, the stack lists {len(members)}")
+        raise PipelineError(
+            f"{folder.stack}: the stacker weighs {stacker.members} members, the stack lists {len(members)}"
+        )
     if len({member.num_folds for member in members}) != 1:
         raise PipelineError(f"{folder.stack}: its member runs have different numbers of folds")
     rule = DecisionRule.load(folder.decision)
@@ -221,12 +265,18 @@ def open_member(stack_path: str, member: dict, option: str) -> FinishedRun:
     found = next((p for p in candidates if os.path.isdir(p) and folder_kind(p) == "run"), None)
     rebuild = f"stack the runs again: python ensemble.py --runs ... --strategy stack --output_dir {stack_path}"
     if found is None:
-        raise PipelineError(f"{option}: {stack_path}'s member run {recorded_path} is not there (moved or deleted since "
-                            f"the stack was made); {rebuild}")
+        raise PipelineError(
+            f"{option}: {stack_path}'s member run {recorded_path} is not there (moved or deleted since "
+            f"the stack was made); {rebuild}"
+        )
     run = FinishedRun.open(found, f"{option} {stack_path}: member")
     now = run.fingerprint()
-    changed = next((name for name in sorted(set(fingerprint) | set(now)) if fingerprint.get(name) != now.get(name)), None)
+    changed = next(
+        (name for name in sorted(set(fingerprint) | set(now)) if fingerprint.get(name) != now.get(name)), None
+    )
     if changed is not None:
-        raise PipelineError(f"{option}: {stack_path}'s member run {found} changed since the stack was made (its "
-                            f"{changed} differs): the stacker's weights were fitted on the old results; {rebuild}")
+        raise PipelineError(
+            f"{option}: {stack_path}'s member run {found} changed since the stack was made (its "
+            f"{changed} differs): the stacker's weights were fitted on the old results; {rebuild}"
+        )
     return run

@@ -9,21 +9,29 @@ import os
 import numpy as np
 from datasets import Dataset
 
+from nikl_emotion.backends.model_card import write_model_card
 from nikl_emotion.base.config import KFoldArguments
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.fileio import write_json_atomic, write_probs
-from nikl_emotion.runs.finished_run import FinishedRun, fold_predictions
 from nikl_emotion.base.labels import LABELS
-from nikl_emotion.decisions.metrics import score
-from nikl_emotion.backends.model_card import write_model_card
-from nikl_emotion.runs.report import write_report
-from nikl_emotion.folders.run_folder import RunFolder, input_digests, inputs_difference, read_mapping
 from nikl_emotion.decisions.decision import choose_rule, fixed_rule
-from nikl_emotion.decisions.thresholds import fit_global_threshold, fit_thresholds, nested_gain, nested_thresholds, save_thresholds
+from nikl_emotion.decisions.metrics import score
+from nikl_emotion.decisions.thresholds import (
+    fit_global_threshold,
+    fit_thresholds,
+    nested_gain,
+    nested_thresholds,
+    save_thresholds,
+)
 from nikl_emotion.decisions.voting import ensemble_files
+from nikl_emotion.folders.run_folder import RunFolder, input_digests, inputs_difference, read_mapping
+from nikl_emotion.runs.finished_run import FinishedRun, fold_predictions
+from nikl_emotion.runs.report import write_report
 
 
-def summarize(output_dir: str, train_rows: Dataset, test_path: str | None, num_folds: int, kfold_args: KFoldArguments) -> dict | None:
+def summarize(
+    output_dir: str, train_rows: Dataset, test_path: str | None, num_folds: int, kfold_args: KFoldArguments
+) -> dict | None:
     """OOF probabilities, summary.json and (with a test file) the hard-voted submission; None until all folds exist."""
     run = RunFolder(output_dir)
     metric_paths = [run.fold(k).metrics for k in range(num_folds)]
@@ -45,7 +53,9 @@ def summarize(output_dir: str, train_rows: Dataset, test_path: str | None, num_f
     save_thresholds(run.thresholds, per_label, global_threshold, evaluation)
     # the rule submission.jsonl is made with (decision: auto chooses it on nested OOF scores), saved so
     # inference.py --run OUT and ensemble.py --decision decide the same way anywhere
-    decision, choice = choose_rule(oof, gold, fold_of_row, fitted, per_label, fixed_rule(kfold_args), kfold_args.decision)
+    decision, choice = choose_rule(
+        oof, gold, fold_of_row, fitted, per_label, fixed_rule(kfold_args), kfold_args.decision
+    )
     decision.save(run.decision)
     summary = {
         "folds": folds,
@@ -54,9 +64,14 @@ def summarize(output_dir: str, train_rows: Dataset, test_path: str | None, num_f
         "decision": {"file": os.path.basename(run.decision), **choice},
     }
     if test_path is not None:
-        voted = ensemble_files([run.fold(k).test_probs for k in range(num_folds)], run.submission, decision,
-                               reference_path=test_path)
-        summary["submission"] = {"file": os.path.basename(run.submission), "rows": int(len(voted)), "rule": choice["chosen"]}
+        voted = ensemble_files(
+            [run.fold(k).test_probs for k in range(num_folds)], run.submission, decision, reference_path=test_path
+        )
+        summary["submission"] = {
+            "file": os.path.basename(run.submission),
+            "rows": int(len(voted)),
+            "rule": choice["chosen"],
+        }
     summary["config"] = read_mapping(run.config)
     write_json_atomic(run.summary, summary)
     thresholds = {"per_label": dict(zip(LABELS, map(float, per_label))), "global": float(global_threshold)}
@@ -64,7 +79,9 @@ def summarize(output_dir: str, train_rows: Dataset, test_path: str | None, num_f
         best = run.fold(fold["fold"]).best
         if os.path.isfile(os.path.join(best, "config.json")):  # a Hugging Face model (not the n-gram member)
             write_model_card(best, summary["config"], fold["fold"], fold, summary["oof"], thresholds)
-    write_report(output_dir, summary, gold=gold, oof=oof, thresholds=per_label, threshold=kfold_args.threshold, fallback=fallback)
+    write_report(
+        output_dir, summary, gold=gold, oof=oof, thresholds=per_label, threshold=kfold_args.threshold, fallback=fallback
+    )
     return summary
 
 
@@ -74,8 +91,12 @@ def rebuild_run(output_dir: str) -> dict:
 
     run = FinishedRun.open(output_dir, "report.py", summarised=False)  # it rewrites the run's end, not another's
     # a run from before `decision` existed was submitted with the fixed rule: rebuild it the same way
-    kfold_args = KFoldArguments(**{"decision": "fixed", **{f.name: run.config[f.name] for f in dataclasses.fields(KFoldArguments)
-                                                            if f.name in run.config}})
+    kfold_args = KFoldArguments(
+        **{
+            "decision": "fixed",
+            **{f.name: run.config[f.name] for f in dataclasses.fields(KFoldArguments) if f.name in run.config},
+        }
+    )
     recorded = run.inputs
     difference = inputs_difference(recorded, input_digests([p for p in recorded if os.path.isfile(p)]))
     if difference is not None:

@@ -78,7 +78,9 @@ class PaddingCollator:
         width = padded_width(lengths, self.pad_to_multiple_of)
         batch = {}
         for name in (n for n in MODEL_INPUTS if n in features[0]):
-            values = np.fromiter(itertools.chain.from_iterable(f[name] for f in features), dtype=np.int64, count=int(lengths.sum()))
+            values = np.fromiter(
+                itertools.chain.from_iterable(f[name] for f in features), dtype=np.int64, count=int(lengths.sum())
+            )
             batch[name] = torch.from_numpy(fill_padded(values, lengths, width, pad_value(name, self.pad_token_id)))
         if "labels" in features[0]:
             batch["labels"] = torch.tensor(np.asarray([f["labels"] for f in features], dtype=np.float32))

@@ -24,8 +24,8 @@ from nikl_emotion.base.labels import LABELS, NUM_LABELS
 
 LabelMode = Literal["required", "optional"]
 
-TRUE_VALUES = {"True", "true", "TRUE", "1", True, 1}
-FALSE_VALUES = {"False", "false", "FALSE", "0", False, 0}
+TRUE_VALUES = {"True", "true", "TRUE", "1", True}
+FALSE_VALUES = {"False", "false", "FALSE", "0", False}
 
 ROW_FEATURES = Features(
     {
@@ -44,12 +44,16 @@ ROW_FEATURES = Features(
 def _boolean(value, path: str, line: int, label: str) -> float:
     # `hash` would make 1.0 equal 1 and True; keep numbers other than 0/1 and bools out explicitly
     if isinstance(value, float) or not isinstance(value, (str, int, bool)):
-        raise RowError(path, line, f"output.{label}", f"expected \"True\" or \"False\", got {json.dumps(value, ensure_ascii=False)}")
+        raise RowError(
+            path, line, f"output.{label}", f'expected "True" or "False", got {json.dumps(value, ensure_ascii=False)}'
+        )
     if value in TRUE_VALUES:
         return 1.0
     if value in FALSE_VALUES:
         return 0.0
-    raise RowError(path, line, f"output.{label}", f"expected \"True\" or \"False\", got {json.dumps(value, ensure_ascii=False)}")
+    raise RowError(
+        path, line, f"output.{label}", f'expected "True" or "False", got {json.dumps(value, ensure_ascii=False)}'
+    )
 
 
 def parse_row(obj: object, path: str, line: int, label_mode: LabelMode) -> dict:
@@ -66,7 +70,9 @@ def parse_row(obj: object, path: str, line: int, label_mode: LabelMode) -> dict:
     if not isinstance(text, str) or not text.strip():
         raise RowError(path, line, "input.form", "missing or not a non-empty string")
     if "target" not in inp:
-        raise RowError(path, line, "input.target", "missing (use {\"form\": null, \"begin\": null, \"end\": null} for no target)")
+        raise RowError(
+            path, line, "input.target", 'missing (use {"form": null, "begin": null, "end": null} for no target)'
+        )
     target, begin, end = _parse_target(inp["target"], text, path, line)
     labels = _parse_output(obj, path, line, label_mode)
     return {
@@ -98,14 +104,18 @@ def _parse_target(target: object, text: str, path: str, line: int) -> tuple[str 
         raise RowError(path, line, "input.target.form", "not a string")
     for key, value in (("begin", begin), ("end", end)):
         if not isinstance(value, int) or isinstance(value, bool):
-            raise RowError(path, line, f"input.target.{key}", f"not an integer: {json.dumps(value, ensure_ascii=False)}")
+            raise RowError(
+                path, line, f"input.target.{key}", f"not an integer: {json.dumps(value, ensure_ascii=False)}"
+            )
     if begin > end:
         raise RowError(path, line, "input.target", f"begin {begin} is after end {end}")
     if not 0 <= begin <= end <= len(text):
         raise RowError(path, line, "input.target", f"span [{begin}, {end}) outside the text (length {len(text)})")
     if text[begin:end] != form:
         raise RowError(
-            path, line, "input.target",
+            path,
+            line,
+            "input.target",
             f"form {form!r} does not match the text at [{begin}, {end}): {text[begin:end]!r}",
         )
     return form, begin, end
@@ -119,10 +129,10 @@ def _parse_output(obj: dict, path: str, line: int, label_mode: LabelMode) -> lis
     output = obj["output"]
     if output == "" or output is None:
         if label_mode == "required":
-            raise RowError(path, line, "output", "no labels (\"output\" is empty) in a training file")
+            raise RowError(path, line, "output", 'no labels ("output" is empty) in a training file')
         return None
     if not isinstance(output, dict):
-        raise RowError(path, line, "output", "expected an object with the 8 emotion labels or \"\"")
+        raise RowError(path, line, "output", 'expected an object with the 8 emotion labels or ""')
     missing = [label for label in LABELS if label not in output]
     extra = [key for key in output if key not in LABELS]
     if missing or extra:
@@ -177,7 +187,9 @@ def load_jsonl(path: str | os.PathLike, label_mode: LabelMode = "required") -> D
     try:
         # keyed on the file's bytes: datasets' own text loader keys its cache on path and modification time, so a
         # file rewritten with its old mtime (cp -p, rsync -a, tar) would be read from the cache
-        raw = Dataset.from_generator(_file_lines, features=RAW_FEATURES, gen_kwargs={"path": path, "digest": file_digest(path)})
+        raw = Dataset.from_generator(
+            _file_lines, features=RAW_FEATURES, gen_kwargs={"path": path, "digest": file_digest(path)}
+        )
     except DatasetGenerationError as exc:
         if isinstance(exc.__cause__, RowError):
             raise exc.__cause__ from None

@@ -5,7 +5,6 @@ them, Hangul kept as syllables, and the unknown-token rate of what was encoded."
 from __future__ import annotations
 
 import os
-
 from typing import Literal
 
 import pyarrow as pa
@@ -76,7 +75,9 @@ def vocabulary_holds_syllables(tokenizer: PreTrainedTokenizerBase) -> bool:
 
 
 def vocabulary_is_cased(tokenizer: PreTrainedTokenizerBase) -> bool:
-    return any(any("A" <= char <= "Z" for char in token) for token in tokenizer.get_vocab() if not token.startswith("["))
+    return any(
+        any("A" <= char <= "Z" for char in token) for token in tokenizer.get_vocab() if not token.startswith("[")
+    )
 
 
 def hangul_fix(tokenizer: PreTrainedTokenizerBase) -> dict[str, bool]:
@@ -103,24 +104,33 @@ def unknown_token_rate(encoded: Dataset, tokenizer: PreTrainedTokenizerBase) -> 
     return unknown / max(tokens, 1), tokens
 
 
-def unknown_rate_message(rate: float, tokens: int, tokenizer: PreTrainedTokenizerBase,
-                         limit: float = MAX_UNKNOWN_RATE) -> str:
+def unknown_rate_message(
+    rate: float, tokens: int, tokenizer: PreTrainedTokenizerBase, limit: float = MAX_UNKNOWN_RATE
+) -> str:
     """What a high unknown-token rate means, with its likely cause (and the key that lets a user past the stop)."""
     name = tokenizer.name_or_path or "the tokenizer"
-    message = (f"{rate:.1%} of the {tokens} tokens encoded with {name} are its unknown token {tokenizer.unk_token} "
-               f"(max_unknown_rate {limit:g}): the model would see little of the text. ")
+    message = (
+        f"{rate:.1%} of the {tokens} tokens encoded with {name} are its unknown token {tokenizer.unk_token} "
+        f"(max_unknown_rate {limit:g}): the model would see little of the text. "
+    )
     if is_built_here(name):
-        return message + ("Likely cause: this tokenizer was trained here on other texts, and knows only their "
-                          "characters (an offline backbone learns the run's training and test texts; a post_train.py "
-                          "folder the files it was given): train with this file as test_file, or post-train on it "
-                          "too; or raise max_unknown_rate if that is what you want")
+        return message + (
+            "Likely cause: this tokenizer was trained here on other texts, and knows only their "
+            "characters (an offline backbone learns the run's training and test texts; a post_train.py "
+            "folder the files it was given): train with this file as test_file, or post-train on it "
+            "too; or raise max_unknown_rate if that is what you want"
+        )
     if splits_hangul(tokenizer):
-        return message + ("Likely cause: its normalizer splits Hangul syllables into jamo (NFD through lower-casing "
-                          "or accent stripping); set do_lower_case: false and strip_accents: false in its "
-                          "tokenizer_config.json")
-    return message + ("Likely cause: its vocabulary does not cover this text (not a Korean model?), or cleaning "
-                      "keeps characters it never saw; check model_name_or_path and the cleaning keys, or raise "
-                      "max_unknown_rate if that is what you want")
+        return message + (
+            "Likely cause: its normalizer splits Hangul syllables into jamo (NFD through lower-casing "
+            "or accent stripping); set do_lower_case: false and strip_accents: false in its "
+            "tokenizer_config.json"
+        )
+    return message + (
+        "Likely cause: its vocabulary does not cover this text (not a Korean model?), or cleaning "
+        "keeps characters it never saw; check model_name_or_path and the cleaning keys, or raise "
+        "max_unknown_rate if that is what you want"
+    )
 
 
 BUILT_HERE_FILES = (BACKBONE_SPEC_FILE, POST_TRAIN_FILE)  # an offline backbone's spec, a post-training summary
@@ -137,7 +147,9 @@ def add_marker_tokens(tokenizer: PreTrainedTokenizerBase) -> int:
     missing = [token for token in MARKER_TOKENS if token not in present]
     if not missing:
         return 0
-    return tokenizer.add_special_tokens({"additional_special_tokens": list(MARKER_TOKENS)}, replace_extra_special_tokens=False)
+    return tokenizer.add_special_tokens(
+        {"additional_special_tokens": list(MARKER_TOKENS)}, replace_extra_special_tokens=False
+    )
 
 
 CHARS_PER_TOKEN_BOUND = 64  # far more than any real text needs: bounds the work (and memory) on a giant row
@@ -160,7 +172,9 @@ def bounded(text: str, target: str | None, begin: int | None, end: int | None, i
     return text[start : start + limit], target, begin - start, min(end, start + limit) - start
 
 
-def segments(text: str, target: str | None, begin: int | None, end: int | None, input_format: InputFormat) -> tuple[str, str | None]:
+def segments(
+    text: str, target: str | None, begin: int | None, end: int | None, input_format: InputFormat
+) -> tuple[str, str | None]:
     """The (segment A, segment B) a row is encoded as; a null target (or `text`) gives the text alone."""
     if target is None or input_format == "text":
         return text, None
@@ -174,8 +188,13 @@ def segments(text: str, target: str | None, begin: int | None, end: int | None, 
 
 
 def tokenize_batch(
-    batch: dict, tokenizer: PreTrainedTokenizerBase, input_format: InputFormat, max_length: int,
-    target_mask: bool = False, input_template: str = DEFAULT_INPUT_TEMPLATE, **tokenizer_kwargs
+    batch: dict,
+    tokenizer: PreTrainedTokenizerBase,
+    input_format: InputFormat,
+    max_length: int,
+    target_mask: bool = False,
+    input_template: str = DEFAULT_INPUT_TEMPLATE,
+    **tokenizer_kwargs,
 ) -> dict:
     """`datasets.map(batched=True)` function: input ids (unpadded), their `length` (and what `tokenizer_kwargs` ask
     for, e.g. offsets); with `target_mask`, a `target_mask` column marking the target's tokens (see
@@ -206,8 +225,14 @@ def tokenize_batch(
                 column[i] = value
         if target_mask:
             for j, i in enumerate(indices):
-                masks[i] = target_token_mask(rows[i], input_format, tokenizer, part["input_ids"][j],
-                                             part["offset_mapping"][j], part.sequence_ids(j))
+                masks[i] = target_token_mask(
+                    rows[i],
+                    input_format,
+                    tokenizer,
+                    part["input_ids"][j],
+                    part["offset_mapping"][j],
+                    part.sequence_ids(j),
+                )
     if input_format == "marker":
         keep_marked_targets(rows, encoded, masks if target_mask else None, tokenizer, max_length, kwargs)
     if target_mask:
@@ -218,8 +243,14 @@ def tokenize_batch(
     return encoded
 
 
-def keep_marked_targets(rows: list[tuple], encoded: dict, masks: list | None, tokenizer: PreTrainedTokenizerBase,
-                        max_length: int, kwargs: dict) -> None:
+def keep_marked_targets(
+    rows: list[tuple],
+    encoded: dict,
+    masks: list | None,
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    kwargs: dict,
+) -> None:
     """Re-encode, as the window around the target, each marked row whose truncation cut the target off (and its
     target mask, when `masks` is given)."""
     end_id = tokenizer.convert_tokens_to_ids(TARGET_END)
@@ -231,17 +262,21 @@ def keep_marked_targets(rows: list[tuple], encoded: dict, masks: list | None, to
         for key, value in part.items():
             encoded[key][i] = value
         if masks is not None:
-            masks[i] = target_token_mask(rows[i], "marker", tokenizer, part["input_ids"], part["offset_mapping"],
-                                         part.sequence_ids())
+            masks[i] = target_token_mask(
+                rows[i], "marker", tokenizer, part["input_ids"], part["offset_mapping"], part.sequence_ids()
+            )
 
 
-def tokenize_instructions(batch: dict, tokenizer: PreTrainedTokenizerBase, template: str, max_length: int,
-                          **tokenizer_kwargs) -> dict:
+def tokenize_instructions(
+    batch: dict, tokenizer: PreTrainedTokenizerBase, template: str, max_length: int, **tokenizer_kwargs
+) -> dict:
     """Each row as `template` filled in, the text cut (at a token boundary) so that the whole instruction fits
     `max_length`: truncating the filled string would cut off what follows the text, the question the last token
     must have read."""
-    texts = [fit_instruction(template, text, target, tokenizer, max_length)
-             for text, target in zip(batch["text"], batch["target"])]
+    texts = [
+        fit_instruction(template, text, target, tokenizer, max_length)
+        for text, target in zip(batch["text"], batch["target"])
+    ]
     encoded = dict(tokenizer(texts, truncation=True, max_length=max_length, **tokenizer_kwargs))
     encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
     return encoded
@@ -251,7 +286,9 @@ def fill_template(template: str, text: str, target: str | None) -> str:
     return template.replace("{target}", NO_TARGET if target is None else target).replace("{text}", text)
 
 
-def fit_instruction(template: str, text: str, target: str | None, tokenizer: PreTrainedTokenizerBase, max_length: int) -> str:
+def fit_instruction(
+    template: str, text: str, target: str | None, tokenizer: PreTrainedTokenizerBase, max_length: int
+) -> str:
     text = text[: max_length * CHARS_PER_TOKEN_BOUND]
     filled = fill_template(template, text, target)
     if len(tokenizer(filled)["input_ids"]) <= max_length:
@@ -262,8 +299,14 @@ def fit_instruction(template: str, text: str, target: str | None, tokenizer: Pre
     return fill_template(template, text[: offsets[min(budget, len(offsets)) - 1][1]], target)
 
 
-def target_token_mask(row: tuple, input_format: InputFormat, tokenizer: PreTrainedTokenizerBase, ids: list[int],
-                      offsets: list[tuple[int, int]], sequence_ids: list[int | None]) -> list[int]:
+def target_token_mask(
+    row: tuple,
+    input_format: InputFormat,
+    tokenizer: PreTrainedTokenizerBase,
+    ids: list[int],
+    offsets: list[tuple[int, int]],
+    sequence_ids: list[int | None],
+) -> list[int]:
     """1 for the target's tokens of one encoded row, else 0. `pair` and `prompt`: the text's tokens whose character
     offsets overlap the target's span (if truncation cut the span off, the target as the other segment spells it);
     `marker`: the tokens between the two markers. A row without a target (or with `text`) marks the whole text."""

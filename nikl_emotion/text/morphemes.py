@@ -12,8 +12,8 @@ import functools
 import os
 from collections.abc import Sequence
 
-from nikl_emotion.text.cleaning import Edit, Span, substitute
 from nikl_emotion.base.errors import PipelineError
+from nikl_emotion.text.cleaning import Edit, Span, substitute
 
 KIWI_REQUIREMENT = "kiwipiepy==0.24.1"
 _CACHE_LIMIT = 500_000  # texts whose analysis is kept per process: a K-fold loop analyses each text once
@@ -51,12 +51,16 @@ def morpheme_strings(texts: Sequence[str]) -> list[str]:
 
 def boundary_edits(text: str, tokens: list[tuple[str, str, int, int]]) -> list[Edit]:
     """Space insertions at the morpheme boundaries that have no space yet (inside words and between a word and
-    its punctuation); a contracted syllable (했 = 하 + 었, 겼 in 생기 + 었) holds two morphemes and gets no boundary inside it."""
+    its punctuation); a contracted syllable (했 = 하 + 었, 겼 in 생기 + 었) holds two morphemes and gets no
+    boundary inside it."""
     positions = {position for _, _, start, length in tokens for position in (start, start + length)}
     # a morpheme whose form spans a contraction (생기 in 생겼) makes the positions inside it no boundary
     inside = {position for _, _, start, length in tokens for position in range(start + 1, start + length)}
-    return [(position, position, " ") for position in sorted(positions - inside)
-            if 0 < position < len(text) and not text[position - 1].isspace() and not text[position].isspace()]
+    return [
+        (position, position, " ")
+        for position in sorted(positions - inside)
+        if 0 < position < len(text) and not text[position - 1].isspace() and not text[position].isspace()
+    ]
 
 
 def segment_text(text: str, span: Span | None, tokens: list[tuple[str, str, int, int]]) -> tuple[str, Span | None]:
@@ -75,9 +79,12 @@ def segment_batch(batch: dict) -> dict:
     texts, targets, begins, ends = [], [], [], []
     forms = [target for target in batch["target"] if target is not None]
     analysed = analyse(list(batch["text"]) + forms)
-    segmented_forms = iter(segment_text(form, None, tokens)[0] for form, tokens in zip(forms, analysed[len(batch["text"]):]))
-    for text, tokens, target, begin, end in zip(batch["text"], analysed, batch["target"], batch["target_begin"],
-                                                batch["target_end"]):
+    segmented_forms = iter(
+        segment_text(form, None, tokens)[0] for form, tokens in zip(forms, analysed[len(batch["text"]) :])
+    )
+    for text, tokens, target, begin, end in zip(
+        batch["text"], analysed, batch["target"], batch["target_begin"], batch["target_end"]
+    ):
         text, span = segment_text(text, None if target is None else (begin, end), tokens)
         texts.append(text)
         targets.append(None if target is None else next(segmented_forms))

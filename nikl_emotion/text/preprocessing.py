@@ -17,15 +17,21 @@ from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
 from nikl_emotion.base.checkpoint_files import PREPROCESSING_FILE
+from nikl_emotion.base.errors import PipelineError
+from nikl_emotion.base.fileio import write_json_atomic
+from nikl_emotion.base.labels import LABELS
+from nikl_emotion.base.vocabulary import (
+    CLASSIFIER_HEADS,
+    DEFAULT_INPUT_TEMPLATE,
+    INPUT_FORMATS,
+    MAX_UNKNOWN_RATE,
+    PRETOKENIZERS,
+)
 from nikl_emotion.text.batching import column_array
 from nikl_emotion.text.cleaning import CleaningOptions, clean_batch
 from nikl_emotion.text.data import load_jsonl, load_jsonl_files
 from nikl_emotion.text.encoding import tokenize_batch, unknown_rate_message, unknown_token_rate
-from nikl_emotion.base.errors import PipelineError
-from nikl_emotion.base.fileio import write_json_atomic
-from nikl_emotion.base.labels import LABELS
 from nikl_emotion.text.morphemes import segment_batch
-from nikl_emotion.base.vocabulary import CLASSIFIER_HEADS, DEFAULT_INPUT_TEMPLATE, INPUT_FORMATS, MAX_UNKNOWN_RATE, PRETOKENIZERS
 
 logger = logging.getLogger(__name__)
 
@@ -44,22 +50,29 @@ class Preprocessing:
         return self.classifier_head == "target_pool"
 
     @classmethod
-    def from_data_args(cls, data_args, classifier_head: str = "cls") -> "Preprocessing":
+    def from_data_args(cls, data_args, classifier_head: str = "cls") -> Preprocessing:
         cleaning = CleaningOptions(
             remove_others=data_args.remove_others,
             remove_placeholders=data_args.remove_placeholders,
             cleanse=data_args.cleanse,
             remove_emoji=data_args.remove_emoji,
         )
-        return cls(cleaning=cleaning, input_format=data_args.input_format, max_seq_length=data_args.max_seq_length,
-                   pretokenizer=data_args.offline_pretokenizer, classifier_head=classifier_head,
-                   input_template=data_args.input_template)
+        return cls(
+            cleaning=cleaning,
+            input_format=data_args.input_format,
+            max_seq_length=data_args.max_seq_length,
+            pretokenizer=data_args.offline_pretokenizer,
+            classifier_head=classifier_head,
+            input_template=data_args.input_template,
+        )
 
     def save(self, folder: str) -> None:
-        write_json_atomic(os.path.join(folder, PREPROCESSING_FILE), {**dataclasses.asdict(self), "labels": list(LABELS)})
+        write_json_atomic(
+            os.path.join(folder, PREPROCESSING_FILE), {**dataclasses.asdict(self), "labels": list(LABELS)}
+        )
 
     @classmethod
-    def load(cls, folder: str) -> "Preprocessing":
+    def load(cls, folder: str) -> Preprocessing:
         path = os.path.join(folder, PREPROCESSING_FILE)
         try:
             with open(path, encoding="utf-8") as handle:
@@ -116,7 +129,9 @@ def warn_if_preprocessing_differs(backbone: str, preprocessing: Preprocessing) -
     if differences:
         logger.warning(
             "%s was post-trained on text prepared differently (%s); set the same cleaning keys and input_format as "
-            "its post-training config unless this is deliberate", backbone, "; ".join(differences),
+            "its post-training config unless this is deliberate",
+            backbone,
+            "; ".join(differences),
         )
 
 
@@ -124,7 +139,11 @@ def clean(rows: Dataset, preprocessing: Preprocessing) -> Dataset:
     """Cleaned rows (then segmented into morphemes with `pretokenizer: kiwi`); a text that cleaning empties (e.g.
     only emoji) is kept, encoded as the target alone or empty."""
     if preprocessing.pretokenizer == "kiwi":
-        rows = rows if not preprocessing.cleaning.any else clean(rows, dataclasses.replace(preprocessing, pretokenizer="none"))
+        rows = (
+            rows
+            if not preprocessing.cleaning.any
+            else clean(rows, dataclasses.replace(preprocessing, pretokenizer="none"))
+        )
         # one analyser process-wide with its own threads: datasets' multiprocessing would load one per worker
         return rows.map(segment_batch, batched=True, batch_size=4096, desc="morpheme segmentation")
     if not preprocessing.cleaning.any:
@@ -137,33 +156,51 @@ def clean(rows: Dataset, preprocessing: Preprocessing) -> Dataset:
 
 
 def encode(
-    cleaned: Dataset, tokenizer: PreTrainedTokenizerBase, preprocessing: Preprocessing, on_unknown: str = "error",
+    cleaned: Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    preprocessing: Preprocessing,
+    on_unknown: str = "error",
     max_unknown_rate: float = MAX_UNKNOWN_RATE,
 ) -> Dataset:
     """Adds input_ids, attention_mask (token_type_ids where the tokenizer makes them) and length; no padding.
     More than `max_unknown_rate` unknown tokens stops with the rate and its likely cause (`on_unknown="error"`,
     for training) or logs them (`"warn"`, for inference). A `target_pool` head's rows also get `target_mask`."""
     if preprocessing.marks_target and not tokenizer.is_fast:
-        raise PipelineError(f"classifier_head: {preprocessing.classifier_head} finds the target's tokens through the "
-                            f"tokenizer's character offsets, which {type(tokenizer).__name__} (a slow tokenizer) "
-                            "does not give; use the model's fast tokenizer (tokenizer.json) or classifier_head: cls")
+        raise PipelineError(
+            f"classifier_head: {preprocessing.classifier_head} finds the target's tokens through the "
+            f"tokenizer's character offsets, which {type(tokenizer).__name__} (a slow tokenizer) "
+            "does not give; use the model's fast tokenizer (tokenizer.json) or classifier_head: cls"
+        )
     encoded = cleaned.map(
         tokenize_batch,
         batched=True,
-        fn_kwargs={"tokenizer": tokenizer, "input_format": preprocessing.input_format,
-                   "max_length": preprocessing.max_seq_length, "target_mask": preprocessing.marks_target,
-                   "input_template": preprocessing.input_template},
+        fn_kwargs={
+            "tokenizer": tokenizer,
+            "input_format": preprocessing.input_format,
+            "max_length": preprocessing.max_seq_length,
+            "target_mask": preprocessing.marks_target,
+            "input_template": preprocessing.input_template,
+        },
         desc="tokenizing",
     )
     check_unknown_rate(encoded, tokenizer, on_unknown, max_unknown_rate)
     at_limit = int((column_array(encoded, "length") >= preprocessing.max_seq_length).sum())
     if at_limit:
-        logger.info("%d of %d rows reach max_seq_length %d and are truncated", at_limit, len(encoded), preprocessing.max_seq_length)
+        logger.info(
+            "%d of %d rows reach max_seq_length %d and are truncated",
+            at_limit,
+            len(encoded),
+            preprocessing.max_seq_length,
+        )
     return encoded
 
 
-def check_unknown_rate(encoded: Dataset, tokenizer: PreTrainedTokenizerBase, on_unknown: str = "error",
-                       max_unknown_rate: float = MAX_UNKNOWN_RATE) -> float:
+def check_unknown_rate(
+    encoded: Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    on_unknown: str = "error",
+    max_unknown_rate: float = MAX_UNKNOWN_RATE,
+) -> float:
     """The unknown-token rate of `encoded`; above `max_unknown_rate` an error (`on_unknown="error"`) or a warning."""
     rate, tokens = unknown_token_rate(encoded, tokenizer)
     if rate > max_unknown_rate:
@@ -189,8 +226,14 @@ class TaskFiles:
     others: list[Dataset | None]
 
 
-def load_task_files(data_args, training_args, *, train_labels: str = "required",
-                    others: tuple[tuple[str | None, str], ...] = (), classifier_head: str = "cls") -> TaskFiles:
+def load_task_files(
+    data_args,
+    training_args,
+    *,
+    train_labels: str = "required",
+    others: tuple[tuple[str | None, str], ...] = (),
+    classifier_head: str = "cls",
+) -> TaskFiles:
     """The loading preamble every command shares: the settings' `train_files` (labels `train_labels`) and
     `test_file` (when the settings have one), then `others` ((path, label mode) pairs), each row validated before
     anything is written, cleaned with the settings' `Preprocessing`. The main process goes first: it fills the

@@ -11,20 +11,29 @@ import os
 
 from transformers import TrainingArguments
 
+from nikl_emotion.backends.losses import LossParameterError, build_loss
 from nikl_emotion.backends.registry import backend_for
 from nikl_emotion.base.config import (
-    ARGUMENT_CLASSES, TRAINING_DEFAULTS, DataArguments, KFoldArguments, LossArguments, ModelArguments,
-    PreprocessingArguments, TechniqueArguments, parse_arguments, validate_training_values,
+    ARGUMENT_CLASSES,
+    TRAINING_DEFAULTS,
+    DataArguments,
+    KFoldArguments,
+    LossArguments,
+    ModelArguments,
+    PreprocessingArguments,
+    TechniqueArguments,
+    parse_arguments,
+    validate_training_values,
 )
 from nikl_emotion.base.errors import PipelineError
-from nikl_emotion.backends.losses import LossParameterError, build_loss
+from nikl_emotion.folders.run_folder import is_run_file
 from nikl_emotion.text.morphemes import kiwi
 from nikl_emotion.training.pseudo_labels import check_pseudo_label_run
-from nikl_emotion.folders.run_folder import is_run_file
 
 
-def parse_config(argv: list[str]) -> tuple[ModelArguments, DataArguments, KFoldArguments, LossArguments,
-                                           TechniqueArguments, TrainingArguments]:
+def parse_config(
+    argv: list[str],
+) -> tuple[ModelArguments, DataArguments, KFoldArguments, LossArguments, TechniqueArguments, TrainingArguments]:
     """`[CONFIG.yaml] [--key value ...]` -> validated argument dataclasses."""
     check_sharding_launcher()  # before TrainingArguments, which builds DeepSpeed's config from the launcher's
     arguments = parse_arguments(argv, ARGUMENT_CLASSES, TRAINING_DEFAULTS)
@@ -33,8 +42,12 @@ def parse_config(argv: list[str]) -> tuple[ModelArguments, DataArguments, KFoldA
 
 
 def validate(
-    model_args: ModelArguments, data_args: DataArguments, kfold_args: KFoldArguments, loss_args: LossArguments,
-    technique_args: TechniqueArguments, training_args: TrainingArguments,
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    kfold_args: KFoldArguments,
+    loss_args: LossArguments,
+    technique_args: TechniqueArguments,
+    training_args: TrainingArguments,
 ) -> None:
     """What no single dataclass can check alone (each validates itself in `__post_init__`): the Trainer's settings
     and how they meet the pipeline's, and what the settings name outside themselves (`check_settings_resources`).
@@ -54,9 +67,21 @@ def validate(
             "by a multi-label loss; use label_smoothing instead"
         )
     if training_args.eval_strategy == "no" or training_args.eval_strategy != training_args.save_strategy:
-        raise PipelineError("eval_strategy and save_strategy must be the same (epoch or steps): the best checkpoint is chosen on validation micro-F1")
-    if training_args.metric_for_best_model not in ("micro_f1", "eval_micro_f1", "macro_f1", "eval_macro_f1", "loss", "eval_loss"):
-        raise PipelineError(f"metric_for_best_model: {training_args.metric_for_best_model!r} is not micro_f1, macro_f1 or loss")
+        raise PipelineError(
+            "eval_strategy and save_strategy must be the same (epoch or steps): "
+            "the best checkpoint is chosen on validation micro-F1"
+        )
+    if training_args.metric_for_best_model not in (
+        "micro_f1",
+        "eval_micro_f1",
+        "macro_f1",
+        "eval_macro_f1",
+        "loss",
+        "eval_loss",
+    ):
+        raise PipelineError(
+            f"metric_for_best_model: {training_args.metric_for_best_model!r} is not micro_f1, macro_f1 or loss"
+        )
 
 
 def check_classifier_head(model_args: ModelArguments, preprocessing_args: PreprocessingArguments) -> None:
@@ -64,14 +89,18 @@ def check_classifier_head(model_args: ModelArguments, preprocessing_args: Prepro
     format that shows the target."""
     backend = backend_for(model_args.model_name_or_path)
     if model_args.classifier_head not in (backend.heads or ("cls",)):
-        raise PipelineError(f"classifier_head: {model_args.classifier_head} is a head over an encoder's token states; "
-                            f"{model_args.model_name_or_path} is trained by the {backend.name} backend, which builds "
-                            f"{' and '.join(backend.heads) or 'no head'} (use classifier_head: cls)")
+        raise PipelineError(
+            f"classifier_head: {model_args.classifier_head} is a head over an encoder's token states; "
+            f"{model_args.model_name_or_path} is trained by the {backend.name} backend, which builds "
+            f"{' and '.join(backend.heads) or 'no head'} (use classifier_head: cls)"
+        )
     if model_args.classifier_head == "cls":
         return
     if preprocessing_args.input_format in ("text", "instruction"):
-        raise PipelineError(f"classifier_head: {model_args.classifier_head} pools the target's tokens, which "
-                            f"input_format: {preprocessing_args.input_format} does not mark; choose pair, marker or prompt")
+        raise PipelineError(
+            f"classifier_head: {model_args.classifier_head} pools the target's tokens, which "
+            f"input_format: {preprocessing_args.input_format} does not mark; choose pair, marker or prompt"
+        )
 
 
 def check_adapters(model_args: ModelArguments) -> None:
@@ -79,16 +108,20 @@ def check_adapters(model_args: ModelArguments) -> None:
     others refuse them."""
     backend = backend_for(model_args.model_name_or_path)
     if model_args.lora_r and not backend.takes_lora:
-        raise PipelineError(f"lora_r: LoRA is for decoder backbones (causal LMs); {model_args.model_name_or_path} is "
-                            f"trained by the {backend.name} backend: set lora_r: 0 (a hub "
-                            "decoder whose config.json cannot be read here, offline or misspelt, reads as an encoder)")
+        raise PipelineError(
+            f"lora_r: LoRA is for decoder backbones (causal LMs); {model_args.model_name_or_path} is "
+            f"trained by the {backend.name} backend: set lora_r: 0 (a hub "
+            "decoder whose config.json cannot be read here, offline or misspelt, reads as an encoder)"
+        )
     if model_args.lora_r:
         backend.check_lora(model_args)
 
 
-SHARDED_INSTEAD = ("use DDP (accelerate launch with no FSDP or ZeRO-3 config), DeepSpeed ZeRO-2 "
-                   "(--deepspeed configs/deepspeed-zero2.json: optimizer states and gradients sharded, weights whole), "
-                   "or LoRA/QLoRA (lora_r, load_in_4bit) for a model whose weights do not fit one GPU")
+SHARDED_INSTEAD = (
+    "use DDP (accelerate launch with no FSDP or ZeRO-3 config), DeepSpeed ZeRO-2 "
+    "(--deepspeed configs/deepspeed-zero2.json: optimizer states and gradients sharded, weights whole), "
+    "or LoRA/QLoRA (lora_r, load_in_4bit) for a model whose weights do not fit one GPU"
+)
 
 
 def check_sharding_launcher() -> None:
@@ -141,8 +174,10 @@ def check_inputs_outside_run(output_dir: str, paths: list[str]) -> None:
         if relative.startswith(os.pardir) or os.path.isabs(relative):
             continue
         if is_run_file(relative.split(os.sep)[0]):
-            raise PipelineError(f"{path}: this input lies where the run in {output_dir} writes its own files; "
-                                "move it or use another output_dir")
+            raise PipelineError(
+                f"{path}: this input lies where the run in {output_dir} writes its own files; "
+                "move it or use another output_dir"
+            )
 
 
 def validate_reporting(training_args: TrainingArguments) -> None:
@@ -153,18 +188,25 @@ def validate_reporting(training_args: TrainingArguments) -> None:
         raise PipelineError("report_to: tensorboard needs the tensorboard package: pip install tensorboard")
 
 
-def validate_techniques_with(args: TechniqueArguments, model_args: ModelArguments, training_args: TrainingArguments) -> None:
+def validate_techniques_with(
+    args: TechniqueArguments, model_args: ModelArguments, training_args: TrainingArguments
+) -> None:
     """What the techniques need from the rest of the configuration."""
     if not backend_for(model_args.model_name_or_path).trains_an_encoder:
         trainer_only = [key for key in args.active() if key != "pseudo_label_run"]
         if trainer_only:
-            raise PipelineError(f"{trainer_only[0]}: a fine-tuning technique of encoders; "
-                                f"{model_args.model_name_or_path} has no encoder to apply it to")
+            raise PipelineError(
+                f"{trainer_only[0]}: a fine-tuning technique of encoders; "
+                f"{model_args.model_name_or_path} has no encoder to apply it to"
+            )
     epochs = training_args.num_train_epochs if training_args.max_steps <= 0 else None
     if args.swa_epochs and epochs is not None and args.swa_epochs > epochs:
-        raise PipelineError(f"swa_epochs: averages the last {args.swa_epochs} epochs of {epochs:g}; "
-                            "it must not exceed num_train_epochs")
-    if args.pseudo_label_run is not None and os.path.realpath(args.pseudo_label_run) == os.path.realpath(training_args.output_dir):
+        raise PipelineError(
+            f"swa_epochs: averages the last {args.swa_epochs} epochs of {epochs:g}; it must not exceed num_train_epochs"
+        )
+    if args.pseudo_label_run is not None and os.path.realpath(args.pseudo_label_run) == os.path.realpath(
+        training_args.output_dir
+    ):
         raise PipelineError("pseudo_label_run: must be another run than this one (output_dir)")
 
 
@@ -182,8 +224,12 @@ def check_model_name(model_name_or_path: str) -> None:
     backend_for(model_name_or_path).check_spec(model_name_or_path)
 
 
-def check_settings_resources(model_args: ModelArguments, preprocessing_args: PreprocessingArguments,
-                             loss_args: LossArguments | None = None, technique_args: TechniqueArguments | None = None) -> None:
+def check_settings_resources(
+    model_args: ModelArguments,
+    preprocessing_args: PreprocessingArguments,
+    loss_args: LossArguments | None = None,
+    technique_args: TechniqueArguments | None = None,
+) -> None:
     """What each settings dataclass names outside itself: the model, kiwipiepy, the losses' parameters, the
     pseudo-label run."""
     check_model_name(model_args.model_name_or_path)
@@ -203,7 +249,9 @@ def check_loss_parameters(loss_args: LossArguments) -> None:
         try:
             build_loss(loss, **{parameter: getattr(loss_args, key) for parameter, key in keys.items()})
         except LossParameterError as exc:
-            raise PipelineError(f"{keys.get(exc.parameter, exc.parameter)}: {exc.requirement}, got {exc.value}") from None
+            raise PipelineError(
+                f"{keys.get(exc.parameter, exc.parameter)}: {exc.requirement}, got {exc.value}"
+            ) from None
 
 
 def check_pretokenizer(backbone: str, pretokenizer: str) -> None:
@@ -213,8 +261,13 @@ def check_pretokenizer(backbone: str, pretokenizer: str) -> None:
     tokenizer never learned segmented text."""
     learned = backend_for(backbone).pretokenizer_of(backbone)
     if learned is not None and learned != pretokenizer:
-        where = (f"{backbone} was post-trained with offline_pretokenizer: {learned}" if learned != "none"
-                 else f"{backbone}'s tokenizer was not trained on morpheme-segmented text (offline_pretokenizer "
-                      "applies to offline:* backbones and the folders post-trained from them)")
-        raise PipelineError(f"offline_pretokenizer: {pretokenizer} does not fit the backbone: {where}; set "
-                            f"offline_pretokenizer: {learned}")
+        where = (
+            f"{backbone} was post-trained with offline_pretokenizer: {learned}"
+            if learned != "none"
+            else f"{backbone}'s tokenizer was not trained on morpheme-segmented text (offline_pretokenizer "
+            "applies to offline:* backbones and the folders post-trained from them)"
+        )
+        raise PipelineError(
+            f"offline_pretokenizer: {pretokenizer} does not fit the backbone: {where}; set "
+            f"offline_pretokenizer: {learned}"
+        )

@@ -42,47 +42,85 @@ from accelerate import PartialState
 from datasets import concatenate_datasets
 from transformers import TrainingArguments
 
-from nikl_emotion.folders.folder_kind import check_output_folder
-from nikl_emotion.base.config import (
-    ARGUMENT_CLASSES, TRAINING_DEFAULTS, DataArguments, KFoldArguments, LossArguments, ModelArguments,
-    TechniqueArguments, field_defaults, parse_arguments, resolved_config,
-)
-from nikl_emotion.training.config_checks import validate
-from nikl_emotion.decisions.decision import fixed_rule
-from nikl_emotion.text.data import iter_column, iter_inputs, load_jsonl
-from nikl_emotion.base.errors import PipelineError
-from nikl_emotion.base.fileio import read_probs, write_json_atomic, write_submission
-from nikl_emotion.decisions.metrics import score
-from nikl_emotion.text.preprocessing import Preprocessing, clean, encode, load_task_files
-from nikl_emotion.folders.run_folder import (
-    DISTILL_FILE, STUDENT_FILES, SUBMISSION_FILE, FoldFolder, RunFolder, input_digests, read_mapping,
-)
-from nikl_emotion.folders.folder_kind import prepare_output_dir
-from nikl_emotion.runs.finished_run import FinishedRun
-from nikl_emotion.backends.registry import backend_for
 from nikl_emotion.backends.encoder_backend import backbone_and_encodings
 from nikl_emotion.backends.fold_backend import FoldData
+from nikl_emotion.backends.registry import backend_for
+from nikl_emotion.base.config import (
+    ARGUMENT_CLASSES,
+    TRAINING_DEFAULTS,
+    DataArguments,
+    KFoldArguments,
+    LossArguments,
+    ModelArguments,
+    TechniqueArguments,
+    field_defaults,
+    parse_arguments,
+    resolved_config,
+)
+from nikl_emotion.base.errors import PipelineError
+from nikl_emotion.base.fileio import read_probs, write_json_atomic, write_submission
+from nikl_emotion.decisions.decision import fixed_rule
+from nikl_emotion.decisions.metrics import score
+from nikl_emotion.folders.folder_kind import check_output_folder, prepare_output_dir
+from nikl_emotion.folders.run_folder import (
+    DISTILL_FILE,
+    STUDENT_FILES,
+    SUBMISSION_FILE,
+    FoldFolder,
+    RunFolder,
+    input_digests,
+    read_mapping,
+)
+from nikl_emotion.runs.finished_run import FinishedRun
+from nikl_emotion.text.data import iter_column, iter_inputs, load_jsonl
+from nikl_emotion.text.preprocessing import Preprocessing, clean, encode, load_task_files
+from nikl_emotion.training.config_checks import validate
 from nikl_emotion.training.kfold import replace_labels, train_fold
 
-OPTIMISTIC_VALIDATION = ("the student's validation score is optimistic: the teacher's other folds learned these rows' "
-                         "labels and the soft targets carry that to the student; score it on rows the teacher never "
-                         "trained on (e.g. a labelled test_file with score.py)")
-HELD_OUT_VALIDATION = ("the teacher never trained on these rows; only the student's epoch was chosen on them, so its "
-                       "figure leans its way by that one choice")
+OPTIMISTIC_VALIDATION = (
+    "the student's validation score is optimistic: the teacher's other folds learned these rows' "
+    "labels and the soft targets carry that to the student; score it on rows the teacher never "
+    "trained on (e.g. a labelled test_file with score.py)"
+)
+HELD_OUT_VALIDATION = (
+    "the teacher never trained on these rows; only the student's epoch was chosen on them, so its "
+    "figure leans its way by that one choice"
+)
 
 
 @dataclass
 class DistillArguments:
-    teacher_run: str = field(default="", metadata={"help": "A finished train.py run (OOF and fold test probabilities)."})
-    unlabelled_files: list[str] = field(default_factory=list, metadata={"help": "jsonl files whose text the student "
-                                        "learns with the fold ensemble's probabilities as targets."})
-    distill_gold_weight: float = field(default=0.5, metadata={"help": "Training rows' target: this x gold labels + "
-                                       "(1 - this) x the teacher's OOF probabilities (0: teacher only, 1: gold only)."})
-    validation_file: str = field(default="", metadata={"help": "A labelled jsonl file the teacher never trained on: "
-                                 "its rows choose the student's best epoch, and the student learns every training row."})
-    validation_fold: int | None = field(default=None, metadata={"help": "Without validation_file: the teacher fold "
-                                        "whose rows are held out to choose the student's best epoch (default 0; "
-                                        "optimistic, see distill.py)."})
+    teacher_run: str = field(
+        default="", metadata={"help": "A finished train.py run (OOF and fold test probabilities)."}
+    )
+    unlabelled_files: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "jsonl files whose text the student learns with the fold ensemble's probabilities as targets."
+        },
+    )
+    distill_gold_weight: float = field(
+        default=0.5,
+        metadata={
+            "help": "Training rows' target: this x gold labels + "
+            "(1 - this) x the teacher's OOF probabilities (0: teacher only, 1: gold only)."
+        },
+    )
+    validation_file: str = field(
+        default="",
+        metadata={
+            "help": "A labelled jsonl file the teacher never trained on: "
+            "its rows choose the student's best epoch, and the student learns every training row."
+        },
+    )
+    validation_fold: int | None = field(
+        default=None,
+        metadata={
+            "help": "Without validation_file: the teacher fold "
+            "whose rows are held out to choose the student's best epoch (default 0; "
+            "optimistic, see distill.py)."
+        },
+    )
 
     def __post_init__(self):
         if not self.teacher_run:
@@ -95,15 +133,18 @@ class DistillArguments:
         if self.validation_file and not os.path.isfile(self.validation_file):
             raise PipelineError(f"validation_file: {self.validation_file}: file not found")
         if self.validation_file and self.validation_fold is not None:
-            raise PipelineError("validation_fold: give either validation_file or validation_fold, not both (the "
-                                "student is validated on one set of rows)")
+            raise PipelineError(
+                "validation_fold: give either validation_file or validation_fold, not both (the "
+                "student is validated on one set of rows)"
+            )
 
 
 def parse_distill_config(argv: list[str]) -> tuple:
     """`CONFIG [--key value ...]` -> (model, data, kfold, loss, technique, distill, training) arguments, validated."""
     classes = (*ARGUMENT_CLASSES[:-1], DistillArguments, ARGUMENT_CLASSES[-1])
     model_args, data_args, kfold_args, loss_args, technique_args, distill_args, training_args = parse_arguments(
-        argv, classes, TRAINING_DEFAULTS)
+        argv, classes, TRAINING_DEFAULTS
+    )
     validate(model_args, data_args, kfold_args, loss_args, technique_args, training_args)
     if not backend_for(model_args.model_name_or_path).trains_an_encoder:
         raise PipelineError(f"model_name_or_path: the student is an encoder; {model_args.model_name_or_path} has none")
@@ -113,7 +154,9 @@ def parse_distill_config(argv: list[str]) -> tuple:
     check_output_folder(training_args.output_dir, "distillation")
     folds = teacher.num_folds
     if distill_args.validation_fold is not None and not 0 <= distill_args.validation_fold < folds:
-        raise PipelineError(f"validation_fold: must be in [0, {folds - 1}] ({distill_args.teacher_run} has {folds} folds)")
+        raise PipelineError(
+            f"validation_fold: must be in [0, {folds - 1}] ({distill_args.teacher_run} has {folds} folds)"
+        )
     return model_args, data_args, kfold_args, loss_args, technique_args, distill_args, training_args
 
 
@@ -135,16 +178,31 @@ def soft_targets(oof: np.ndarray, gold: np.ndarray, gold_weight: float) -> np.nd
     return (gold_weight * gold + (1 - gold_weight) * oof).astype(np.float32)
 
 
-def run_distillation(model_args: ModelArguments, data_args: DataArguments, kfold_args: KFoldArguments,
-                     loss_args: LossArguments, technique_args: TechniqueArguments, distill_args: DistillArguments,
-                     training_args: TrainingArguments) -> dict | None:
+def run_distillation(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    kfold_args: KFoldArguments,
+    loss_args: LossArguments,
+    technique_args: TechniqueArguments,
+    distill_args: DistillArguments,
+    training_args: TrainingArguments,
+) -> dict | None:
     """Train the student (see the module docstring); returns distill.json's content on the main process."""
     start = time.time()
     state = PartialState()
     output_dir = training_args.output_dir
-    files = load_task_files(data_args, training_args, others=((distill_args.validation_file or None, "required"),),
-                           classifier_head=model_args.classifier_head)
-    preprocessing, train_rows, test_rows, (validation_rows,) = files.preprocessing, files.train, files.test, files.others
+    files = load_task_files(
+        data_args,
+        training_args,
+        others=((distill_args.validation_file or None, "required"),),
+        classifier_head=model_args.classifier_head,
+    )
+    preprocessing, train_rows, test_rows, (validation_rows,) = (
+        files.preprocessing,
+        files.train,
+        files.test,
+        files.others,
+    )
     ids = list(iter_column(train_rows, "id"))
     teacher = FinishedRun.open(distill_args.teacher_run, "teacher_run")
     oof, fold_of_row = teacher.oof(ids, changed="distil with the teacher's own training files")
@@ -156,8 +214,19 @@ def run_distillation(model_args: ModelArguments, data_args: DataArguments, kfold
     # without a validation file the teacher's fold is held out with gold labels; with one, every row trains
     fold = 0 if distill_args.validation_fold is None else distill_args.validation_fold
     held_out = fold_of_row == fold if validation_rows is None else np.zeros(len(ids), dtype=bool)
-    data = student_fold_data(fold, held_out, oof, files.cleaned, validation_rows, files.cleaned_test, unlabelled,
-                             model_args, preprocessing, distill_args, training_args)
+    data = student_fold_data(
+        fold,
+        held_out,
+        oof,
+        files.cleaned,
+        validation_rows,
+        files.cleaned_test,
+        unlabelled,
+        model_args,
+        preprocessing,
+        distill_args,
+        training_args,
+    )
     folder = FoldFolder(output_dir)
     if folder.is_done(data.fold):
         print(f"{output_dir}: the student is already trained ({os.path.basename(folder.done)}); summarising")
@@ -168,14 +237,20 @@ def run_distillation(model_args: ModelArguments, data_args: DataArguments, kfold
         return None
     if test_rows is not None:
         _, test_probs = read_probs(folder.test_probs)
-        write_submission(os.path.join(output_dir, SUBMISSION_FILE), iter_column(test_rows, "id"), iter_inputs(test_rows),
-                         fixed_rule(kfold_args).decide(test_probs))
+        write_submission(
+            os.path.join(output_dir, SUBMISSION_FILE),
+            iter_column(test_rows, "id"),
+            iter_inputs(test_rows),
+            fixed_rule(kfold_args).decide(test_probs),
+        )
     gold = np.asarray(train_rows["labels"], dtype=np.float32)
     summary, where = distill_summary(result, data, held_out, gold, oof, validation_rows, kfold_args, distill_args)
     summary["seconds"] = round(time.time() - start, 1)
     write_json_atomic(os.path.join(output_dir, DISTILL_FILE), summary)
-    print(f"student validation micro-F1 {result['micro_f1']:.4f} on {where}; checkpoint {folder.best}\n"
-          f"note: {summary['validation_note']}")
+    print(
+        f"student validation micro-F1 {result['micro_f1']:.4f} on {where}; checkpoint {folder.best}\n"
+        f"note: {summary['validation_note']}"
+    )
     return summary
 
 
@@ -190,27 +265,54 @@ def refuse_leaks(distill_args: DistillArguments, ids: list[str], validation_rows
     validation_ids = list(iter_column(validation_rows, "id"))
     refuse_overlap("validation_file", distill_args.validation_file, validation_ids, ids, "training rows", leak)
     for path, (row_ids, _) in zip(distill_args.unlabelled_files, unlabelled):
-        refuse_overlap("validation_file", distill_args.validation_file, validation_ids, row_ids,
-                       f"rows of the unlabelled file {path}", "the student would learn their text with the "
-                       "ensemble's probabilities as targets")
+        refuse_overlap(
+            "validation_file",
+            distill_args.validation_file,
+            validation_ids,
+            row_ids,
+            f"rows of the unlabelled file {path}",
+            "the student would learn their text with the ensemble's probabilities as targets",
+        )
 
 
-def claim_student_folder(model_args, data_args, kfold_args, loss_args, technique_args, distill_args,
-                         training_args) -> None:
+def claim_student_folder(
+    model_args, data_args, kfold_args, loss_args, technique_args, distill_args, training_args
+) -> None:
     """The student's output folder, claimed with its resolved configuration and input digests (main process)."""
     config = resolved_config(model_args, data_args, kfold_args, loss_args, technique_args, distill_args, training_args)
-    inputs = input_digests([*data_args.train_files, *distill_args.unlabelled_files,
-                            *([distill_args.validation_file] if distill_args.validation_file else []),
-                            *([data_args.test_file] if data_args.test_file else [])])
-    prepare_output_dir(training_args.output_dir, config, kfold_args.overwrite, inputs=inputs, kind="distillation",
-                       is_run_file=lambda name: name in STUDENT_FILES,
-                       has_results=lambda folder: os.path.isdir(os.path.join(folder, "best")),
-                       defaults=field_defaults(*ARGUMENT_CLASSES[:-1], DistillArguments))
+    inputs = input_digests(
+        [
+            *data_args.train_files,
+            *distill_args.unlabelled_files,
+            *([distill_args.validation_file] if distill_args.validation_file else []),
+            *([data_args.test_file] if data_args.test_file else []),
+        ]
+    )
+    prepare_output_dir(
+        training_args.output_dir,
+        config,
+        kfold_args.overwrite,
+        inputs=inputs,
+        kind="distillation",
+        is_run_file=lambda name: name in STUDENT_FILES,
+        has_results=lambda folder: os.path.isdir(os.path.join(folder, "best")),
+        defaults=field_defaults(*ARGUMENT_CLASSES[:-1], DistillArguments),
+    )
 
 
-def student_fold_data(fold: int, held_out: np.ndarray, oof: np.ndarray, cleaned_train, validation_rows, cleaned_test,
-                      unlabelled: list, model_args: ModelArguments, preprocessing: Preprocessing,
-                      distill_args: DistillArguments, training_args: TrainingArguments) -> FoldData:
+def student_fold_data(
+    fold: int,
+    held_out: np.ndarray,
+    oof: np.ndarray,
+    cleaned_train,
+    validation_rows,
+    cleaned_test,
+    unlabelled: list,
+    model_args: ModelArguments,
+    preprocessing: Preprocessing,
+    distill_args: DistillArguments,
+    training_args: TrainingArguments,
+) -> FoldData:
     """The student's one fold: training rows (cleaned by `load_task_files`) with soft targets (gold where held out),
     the unlabelled rows with the ensemble's probabilities as extra training rows, the validation rows (held-out fold
     or validation file)."""
@@ -225,51 +327,83 @@ def student_fold_data(fold: int, held_out: np.ndarray, oof: np.ndarray, cleaned_
             position = {row_id: i for i, row_id in enumerate(row_ids)}
             pool.append(replace_labels(rows, probs[[position[i] for i in iter_column(rows, "id")]]))
     other_texts = [text for rows in [*pool, *filter(None, [cleaned_validation])] for text in rows["text"]]
-    backbone, tokenizer, encoded, encoded_test = backbone_and_encodings(model_args, preprocessing, training_args,
-                                                                        cleaned, cleaned_test, other_texts)
+    backbone, tokenizer, encoded, encoded_test = backbone_and_encodings(
+        model_args, preprocessing, training_args, cleaned, cleaned_test, other_texts
+    )
     limit = model_args.max_unknown_rate
     extra = None
     if pool:
         with training_args.main_process_first(desc="tokenizing unlabelled rows"):
-            extra = concatenate_datasets([encode(rows, tokenizer, preprocessing, max_unknown_rate=limit) for rows in pool])
+            extra = concatenate_datasets(
+                [encode(rows, tokenizer, preprocessing, max_unknown_rate=limit) for rows in pool]
+            )
     validation_index = np.flatnonzero(held_out)
     if cleaned_validation is not None:
         with training_args.main_process_first(desc="tokenizing validation rows"):
-            encoded_validation = encode(cleaned_validation, tokenizer, preprocessing,
-                                        max_unknown_rate=limit).cast(encoded.features)
+            encoded_validation = encode(cleaned_validation, tokenizer, preprocessing, max_unknown_rate=limit).cast(
+                encoded.features
+            )
         validation_index = np.arange(len(encoded), len(encoded) + len(encoded_validation))
         encoded = concatenate_datasets([encoded, encoded_validation])
-    return FoldData(fold, np.flatnonzero(~held_out), validation_index, encoded, encoded_test, backbone, preprocessing,
-                    extra, model_args)
+    return FoldData(
+        fold,
+        np.flatnonzero(~held_out),
+        validation_index,
+        encoded,
+        encoded_test,
+        backbone,
+        preprocessing,
+        extra,
+        model_args,
+    )
 
 
-def distill_summary(result: dict, data: FoldData, held_out: np.ndarray, gold: np.ndarray, oof: np.ndarray,
-                    validation_rows, kfold_args: KFoldArguments, distill_args: DistillArguments) -> tuple[dict, str]:
+def distill_summary(
+    result: dict,
+    data: FoldData,
+    held_out: np.ndarray,
+    gold: np.ndarray,
+    oof: np.ndarray,
+    validation_rows,
+    kfold_args: KFoldArguments,
+    distill_args: DistillArguments,
+) -> tuple[dict, str]:
     """(distill.json's content but its seconds, where the student was validated): the student beside the teacher on
     the same rows."""
+
     def micro_f1(gold_labels: np.ndarray, probs: np.ndarray) -> float:
         return score(gold_labels, fixed_rule(kfold_args).decide(probs))["micro_f1"]
 
     if validation_rows is None:
-        teacher_fold = read_mapping(RunFolder(distill_args.teacher_run).fold(data.fold).metrics).get("micro_f1", float("nan"))
+        teacher_fold = read_mapping(RunFolder(distill_args.teacher_run).fold(data.fold).metrics).get(
+            "micro_f1", float("nan")
+        )
         teacher_scores = {"teacher_fold": teacher_fold, "teacher_oof": micro_f1(gold[held_out], oof[held_out])}
-        where, note = (f"the teacher's fold {data.fold} rows (teacher's fold model {teacher_fold:.4f})",
-                       OPTIMISTIC_VALIDATION)
+        where, note = (
+            f"the teacher's fold {data.fold} rows (teacher's fold model {teacher_fold:.4f})",
+            OPTIMISTIC_VALIDATION,
+        )
     else:
         _, teacher_probs = ensemble_probabilities(distill_args.teacher_run, distill_args.validation_file)
         teacher_scores = {"teacher_ensemble": micro_f1(np.asarray(validation_rows["labels"]), teacher_probs)}
-        where = (f"{distill_args.validation_file} (the teacher's fold ensemble "
-                 f"{teacher_scores['teacher_ensemble']:.4f}, mean probability at {kfold_args.threshold})")
+        where = (
+            f"{distill_args.validation_file} (the teacher's fold ensemble "
+            f"{teacher_scores['teacher_ensemble']:.4f}, mean probability at {kfold_args.threshold})"
+        )
         note = HELD_OUT_VALIDATION
     extra = data.extra_train_rows
     summary = {
         "teacher_run": distill_args.teacher_run,
         "validation_file": distill_args.validation_file or None,
         "validation_fold": None if validation_rows is not None else data.fold,
-        "rows": {"training": int((~held_out).sum()), "unlabelled": 0 if extra is None else len(extra),
-                 "validation": int(len(data.val_index))},
+        "rows": {
+            "training": int((~held_out).sum()),
+            "unlabelled": 0 if extra is None else len(extra),
+            "validation": int(len(data.val_index)),
+        },
         "distill_gold_weight": distill_args.distill_gold_weight,
-        "epochs_run": result.get("epochs_run"), "best_checkpoint": result.get("best_checkpoint"),
+        "epochs_run": result.get("epochs_run"),
+        "best_checkpoint": result.get("best_checkpoint"),
         "validation_micro_f1": {"student": result["micro_f1"], **teacher_scores},
         "validation_note": note,
     }
@@ -280,4 +414,3 @@ def refuse_overlap(field_name: str, path: str, row_ids: list[str], other_ids, wh
     overlap = set(row_ids).intersection(other_ids)
     if overlap:
         raise PipelineError(f"{field_name}: {path} holds {what} (e.g. id {sorted(overlap)[0]!r}); {why}")
-

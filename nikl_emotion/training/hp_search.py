@@ -12,7 +12,8 @@ same command searches sensibly around a pretrained encoder's 4e-5 or the offline
 | num_train_epochs | integer in [max(1, E/2), E] (E: the config's epochs) |
 | warmup_steps | ratio in [0, 0.2] |
 | label_smoothing | uniform in [0, 0.2] |
-| loss parameters | bce: pos_weight none/auto; focal: focal_gamma [0, 4], focal_alpha [0.1, 0.9]; asl: asl_gamma_neg [0, 6], asl_clip [0, 0.2] |
+| loss parameters | bce: pos_weight none/auto; focal: focal_gamma [0, 4], focal_alpha [0.1, 0.9]; |
+| | asl: asl_gamma_neg [0, 6], asl_clip [0, 0.2] |
 
 Trials go to an Optuna SQLite study in `OUT/hp_search.db` (an interrupted search continues where it stopped);
 `OUT/hp_search.csv` lists every trial (number, state, micro-F1, seconds, parameters) and `OUT/hp_search_best.yaml`
@@ -32,18 +33,23 @@ import yaml
 from accelerate import PartialState
 from transformers import TrainingArguments
 
-from nikl_emotion.folders.folder_kind import check_output_folder, claim_folder
+from nikl_emotion.backends.emotion_trainer import EmotionTrainer, fold_trainer_inputs, make_loss
+from nikl_emotion.backends.encoder_backend import backbone_and_encodings, backbone_loading, load_classifier
+from nikl_emotion.backends.registry import backend_for
 from nikl_emotion.base.config import (
-    DataArguments, KFoldArguments, LossArguments, ModelArguments, TechniqueArguments, resolved_config,
+    DataArguments,
+    KFoldArguments,
+    LossArguments,
+    ModelArguments,
+    TechniqueArguments,
+    resolved_config,
 )
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.fileio import write_text_atomic
-from nikl_emotion.training.folds import make_folds
-from nikl_emotion.text.preprocessing import load_task_files
+from nikl_emotion.folders.folder_kind import check_output_folder, claim_folder
 from nikl_emotion.folders.run_folder import RunFolder
-from nikl_emotion.backends.registry import backend_for
-from nikl_emotion.backends.emotion_trainer import EmotionTrainer, fold_trainer_inputs, make_loss
-from nikl_emotion.backends.encoder_backend import backbone_and_encodings, backbone_loading, load_classifier
+from nikl_emotion.text.preprocessing import load_task_files
+from nikl_emotion.training.folds import make_folds
 
 BATCH_SIZES = (16, 32, 64, 128)
 LOSS_KEYS = {f.name for f in dataclasses.fields(LossArguments)}
@@ -102,13 +108,15 @@ def trials_table(study) -> list[dict]:
     rows = []
     for trial in study.trials:
         duration = (trial.datetime_complete - trial.datetime_start).total_seconds() if trial.datetime_complete else None
-        rows.append({
-            "trial": trial.number,
-            "state": trial.state.name,
-            "micro_f1": None if trial.value is None else round(trial.value, 6),
-            "seconds": None if duration is None else round(duration, 1),
-            **trial.params,
-        })
+        rows.append(
+            {
+                "trial": trial.number,
+                "state": trial.state.name,
+                "micro_f1": None if trial.value is None else round(trial.value, 6),
+                "seconds": None if duration is None else round(duration, 1),
+                **trial.params,
+            }
+        )
     return rows
 
 
@@ -135,7 +143,9 @@ def check_search(n_trials: int, model_args: ModelArguments, technique_args: Tech
     except ImportError:
         raise PipelineError("--hp-search needs optuna: pip install optuna") from None
     if not backend_for(model_args.model_name_or_path).trains_an_encoder:
-        raise PipelineError(f"--hp-search tunes the Trainer's settings of an encoder; {model_args.model_name_or_path} has none")
+        raise PipelineError(
+            f"--hp-search tunes the Trainer's settings of an encoder; {model_args.model_name_or_path} has none"
+        )
     if technique_args.pseudo_label_run is not None:
         raise PipelineError("--hp-search tunes on fold 0's training split alone; run it without pseudo_label_run")
     if n_trials < 1:
@@ -144,8 +154,13 @@ def check_search(n_trials: int, model_args: ModelArguments, technique_args: Tech
 
 
 def run_hp_search(
-    n_trials: int, model_args: ModelArguments, data_args: DataArguments, kfold_args: KFoldArguments,
-    loss_args: LossArguments, technique_args: TechniqueArguments, training_args: TrainingArguments,
+    n_trials: int,
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    kfold_args: KFoldArguments,
+    loss_args: LossArguments,
+    technique_args: TechniqueArguments,
+    training_args: TrainingArguments,
 ) -> dict | None:
     optuna = check_search(n_trials, model_args, technique_args)
     state = PartialState()
@@ -155,24 +170,38 @@ def run_hp_search(
     fold = kfold_args.fold or 0
     # the run's offline backbone (shared with train.py in this folder) also learns the test texts
     files = load_task_files(data_args, training_args, classifier_head=model_args.classifier_head)
-    preprocessing, train_rows, cleaned, cleaned_test = files.preprocessing, files.train, files.cleaned, files.cleaned_test
+    preprocessing, train_rows, cleaned, cleaned_test = (
+        files.preprocessing,
+        files.train,
+        files.cleaned,
+        files.cleaned_test,
+    )
     if state.is_main_process:
         claim_folder(output_dir, "run")  # the study lives in a run's folder (RunFolder.hp_*)
         config = resolved_config(model_args, data_args, kfold_args, loss_args, technique_args, training_args)
         write_text_atomic(run.hp_config, yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
     state.wait_for_everyone()
-    backbone, tokenizer, encoded, _ = backbone_and_encodings(model_args, preprocessing, training_args, cleaned, cleaned_test)
-    train_index, val_index = make_folds(np.asarray(train_rows["labels"]), kfold_args.num_folds, training_args.seed)[fold]
+    backbone, tokenizer, encoded, _ = backbone_and_encodings(
+        model_args, preprocessing, training_args, cleaned, cleaned_test
+    )
+    train_index, val_index = make_folds(np.asarray(train_rows["labels"]), kfold_args.num_folds, training_args.seed)[
+        fold
+    ]
     train_split, val_split = encoded.select(train_index), encoded.select(val_index)
     # trials are scored, not kept: no checkpoints, no best-model reload, nothing pushed to the hub
     args = dataclasses.replace(
-        training_args, output_dir=run.hp_trials, save_strategy="no",
-        load_best_model_at_end=False, remove_unused_columns=False, push_to_hub=False,
+        training_args,
+        output_dir=run.hp_trials,
+        save_strategy="no",
+        load_best_model_at_end=False,
+        remove_unused_columns=False,
+        push_to_hub=False,
     )
     trainer = SearchTrainer(
         model=None,
-        model_init=lambda trial=None: load_classifier(backbone, tokenizer, technique_args, preprocessing.classifier_head,
-                                                      backbone_loading(model_args)),
+        model_init=lambda trial=None: load_classifier(
+            backbone, tokenizer, technique_args, preprocessing.classifier_head, backbone_loading(model_args)
+        ),
         args=args,
         **fold_trainer_inputs(train_split, val_split, tokenizer, kfold_args, loss_args, technique_args),
         loss_args=loss_args,
@@ -182,7 +211,9 @@ def run_hp_search(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     best = trainer.hyperparameter_search(
         # the Trainer sets the TrainingArguments keys; SearchTrainer reads the loss keys from trial.params
-        hp_space=lambda trial: {k: v for k, v in suggest(trial, training_args, loss_args).items() if k not in LOSS_KEYS},
+        hp_space=lambda trial: {
+            k: v for k, v in suggest(trial, training_args, loss_args).items() if k not in LOSS_KEYS
+        },
         compute_objective=trainer.objective_of,
         n_trials=n_trials,
         direction="maximize",
@@ -196,6 +227,8 @@ def run_hp_search(
         return None
     study = optuna.load_study(study_name="hp_search", storage=storage)
     write_trials(output_dir, study)
-    print(f"hp search: {len(study.trials)} trials on fold {fold}; best validation micro-F1 {best.objective:.4f} "
-          f"(trial {best.run_id}): {best.hyperparameters}; table in {run.hp_table}")
+    print(
+        f"hp search: {len(study.trials)} trials on fold {fold}; best validation micro-F1 {best.objective:.4f} "
+        f"(trial {best.run_id}): {best.hyperparameters}; table in {run.hp_table}"
+    )
     return {"best_trial": int(best.run_id), "micro_f1": best.objective, "params": best.hyperparameters}

@@ -23,55 +23,63 @@ import numpy as np
 import torch
 from accelerate import PartialState
 from datasets import Dataset
-from transformers.modeling_outputs import MaskedLMOutput
 from transformers import (
     AutoConfig,
     AutoModelForMaskedLM,
-    ElectraForPreTraining,
     AutoModelForSequenceClassification,
-    PreTrainedModel,
     DataCollatorForLanguageModeling,
+    ElectraForPreTraining,
+    PreTrainedModel,
     Trainer,
     TrainingArguments,
     set_seed,
 )
+from transformers.modeling_outputs import MaskedLMOutput
 
-from nikl_emotion.folders.folder_kind import check_output_folder
-from nikl_emotion.text.batching import padded_width
 from nikl_emotion.backends.backbone import (
-    check_max_seq_length, load_tokenizer, offline_config, parse_offline_spec, train_wordpiece_tokenizer,
+    check_max_seq_length,
+    load_tokenizer,
+    offline_config,
+    parse_offline_spec,
+    train_wordpiece_tokenizer,
 )
+from nikl_emotion.backends.emotion_trainer import LengthListSamplerMixin, keep_tensorboard_logs
+from nikl_emotion.backends.registry import backend_for
 from nikl_emotion.base.config import (
     ModelArguments,
     PreprocessingArguments,
-    parse_arguments,
-    resolved_config,
     check_input_files,
     field_defaults,
     is_finite,
+    parse_arguments,
+    resolved_config,
     validate_training_values,
 )
-from nikl_emotion.training.config_checks import check_pretokenizer, check_settings_resources, validate_reporting
-from nikl_emotion.text.encoding import add_marker_tokens, tokenize_batch
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.fileio import write_json_atomic
-from nikl_emotion.text.preprocessing import Preprocessing, check_unknown_rate, load_task_files
 from nikl_emotion.base.locking import exclusive
 from nikl_emotion.base.vocabulary import MAX_UNKNOWN_RATE, is_offline
+from nikl_emotion.folders.folder_kind import check_output_folder, prepare_output_dir
+from nikl_emotion.folders.run_folder import PostTrainFolder, input_digests, last_complete_checkpoint, read_mapping
+from nikl_emotion.text.batching import padded_width
+from nikl_emotion.text.encoding import add_marker_tokens, tokenize_batch
+from nikl_emotion.text.preprocessing import Preprocessing, check_unknown_rate, load_task_files
+from nikl_emotion.training.config_checks import check_pretokenizer, check_settings_resources, validate_reporting
 from nikl_emotion.training.rtd import ReplacedTokenDetection, check_rtd_backbone
 from nikl_emotion.training.time_budget import describe, measure_step_seconds, plan_steps
-from nikl_emotion.folders.folder_kind import prepare_output_dir
-from nikl_emotion.folders.run_folder import PostTrainFolder, input_digests, last_complete_checkpoint, read_mapping
-from nikl_emotion.backends.registry import backend_for
-from nikl_emotion.backends.emotion_trainer import LengthListSamplerMixin, keep_tensorboard_logs
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class PostTrainDataArguments(PreprocessingArguments):
-    train_files: list[str] = field(default_factory=list, metadata={"help": "jsonl files whose texts are learned (train, dev, test: labels are ignored)."})
-    validation_fraction: float = field(default=0.02, metadata={"help": "Share of rows held out to report the MLM loss before and after."})
+    train_files: list[str] = field(
+        default_factory=list,
+        metadata={"help": "jsonl files whose texts are learned (train, dev, test: labels are ignored)."},
+    )
+    validation_fraction: float = field(
+        default=0.02, metadata={"help": "Share of rows held out to report the MLM loss before and after."}
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -86,17 +94,33 @@ MAX_TIME_BUDGET_MINUTES = 7 * 24 * 60
 
 @dataclass
 class MLMArguments:
-    objective: str = field(default="mlm", metadata={"help": "mlm (masked-LM) or rtd (ELECTRA replaced-token detection: "
-                           "a small generator fills the masked tokens, the encoder learns to spot them; ELECTRA backbones)."})
+    objective: str = field(
+        default="mlm",
+        metadata={
+            "help": "mlm (masked-LM) or rtd (ELECTRA replaced-token detection: "
+            "a small generator fills the masked tokens, the encoder learns to spot them; ELECTRA backbones)."
+        },
+    )
     mlm_probability: float = field(default=0.15, metadata={"help": "Share of tokens selected for prediction."})
     whole_word_mask: bool = field(default=False, metadata={"help": "Mask all WordPiece pieces of a word together."})
-    rtd_generator_size: float = field(default=0.25, metadata={"help": "rtd: the generator's width as a share of the "
-                                      "discriminator's (the paper: 1/4 to 1/2)."})
-    rtd_discriminator_weight: float = field(default=50.0, metadata={"help": "rtd: weight of the discriminator's loss "
-                                            "beside the generator's (the paper: 50)."})
-    time_budget_minutes: float | None = field(default=None, metadata={"help": "Size the training to this many minutes "
-                                              "of this machine (measured on the first steps) instead of num_train_epochs."})
-    overwrite: bool = field(default=False, metadata={"help": "Start again in an output_dir that holds another post-training run."})
+    rtd_generator_size: float = field(
+        default=0.25,
+        metadata={"help": "rtd: the generator's width as a share of the discriminator's (the paper: 1/4 to 1/2)."},
+    )
+    rtd_discriminator_weight: float = field(
+        default=50.0,
+        metadata={"help": "rtd: weight of the discriminator's loss beside the generator's (the paper: 50)."},
+    )
+    time_budget_minutes: float | None = field(
+        default=None,
+        metadata={
+            "help": "Size the training to this many minutes "
+            "of this machine (measured on the first steps) instead of num_train_epochs."
+        },
+    )
+    overwrite: bool = field(
+        default=False, metadata={"help": "Start again in an output_dir that holds another post-training run."}
+    )
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -109,8 +133,10 @@ class MLMArguments:
             raise PipelineError(f"rtd_discriminator_weight: must be > 0, got {self.rtd_discriminator_weight}")
         budget = self.time_budget_minutes
         if budget is not None and not (is_finite(budget) and 0 < budget <= MAX_TIME_BUDGET_MINUTES):
-            raise PipelineError(f"time_budget_minutes: must be a number of minutes in (0, {MAX_TIME_BUDGET_MINUTES}] "
-                                f"(a week), got {budget}")
+            raise PipelineError(
+                f"time_budget_minutes: must be a number of minutes in (0, {MAX_TIME_BUDGET_MINUTES}] "
+                f"(a week), got {budget}"
+            )
 
 
 POST_TRAIN_DEFAULTS: dict[str, object] = {
@@ -130,7 +156,9 @@ POST_TRAIN_DEFAULTS: dict[str, object] = {
 }
 
 
-def parse_post_train_config(argv: list[str]) -> tuple[ModelArguments, PostTrainDataArguments, MLMArguments, TrainingArguments]:
+def parse_post_train_config(
+    argv: list[str],
+) -> tuple[ModelArguments, PostTrainDataArguments, MLMArguments, TrainingArguments]:
     model_args, data_args, mlm_args, training_args = parse_arguments(
         argv, (ModelArguments, PostTrainDataArguments, MLMArguments, TrainingArguments), POST_TRAIN_DEFAULTS
     )
@@ -147,7 +175,11 @@ def parse_post_train_config(argv: list[str]) -> tuple[ModelArguments, PostTrainD
 
 
 def mlm_model_and_tokenizer(
-    model_args: ModelArguments, texts: list[str], preprocessing: Preprocessing, seed: int, output_dir: str,
+    model_args: ModelArguments,
+    texts: list[str],
+    preprocessing: Preprocessing,
+    seed: int,
+    output_dir: str,
     objective: str = "mlm",
 ):
     """A masked-LM model (`objective: rtd`: an ELECTRA discriminator) and its tokenizer: from a hub name or folder,
@@ -206,8 +238,9 @@ def keep_classifier_modules(model: PreTrainedModel, source: str | None, weights:
     if source is None:
         classifier, absent = AutoModelForSequenceClassification.from_config(model.config), set(missing)
     else:
-        classifier, info = AutoModelForSequenceClassification.from_pretrained(source, output_loading_info=True,
-                                                                              **(weights or {}))
+        classifier, info = AutoModelForSequenceClassification.from_pretrained(
+            source, output_loading_info=True, **(weights or {})
+        )
         absent = {key.split(".")[1] for key in info["missing_keys"] if key.startswith(f"{model.base_model_prefix}.")}
     for name in missing:
         setattr(base, name, getattr(classifier.base_model, name).requires_grad_(False))
@@ -215,8 +248,11 @@ def keep_classifier_modules(model: PreTrainedModel, source: str | None, weights:
     if kept:
         logger.info("post-training keeps %s's pretrained %s (frozen) for the classifier", source, ", ".join(kept))
     if absent & set(missing):
-        logger.info("post-training saves a newly initialised %s for the classifier (none in %s)",
-                    ", ".join(sorted(absent & set(missing))), source or "a new backbone")
+        logger.info(
+            "post-training saves a newly initialised %s for the classifier (none in %s)",
+            ", ".join(sorted(absent & set(missing))),
+            source or "a new backbone",
+        )
     return missing
 
 
@@ -264,13 +300,20 @@ def use_masked_positions_head(model: torch.nn.Module) -> bool:
     return True
 
 
-def mlm_encode(cleaned: Dataset, tokenizer, preprocessing: Preprocessing, offsets: bool,
-               max_unknown_rate: float = MAX_UNKNOWN_RATE) -> Dataset:
+def mlm_encode(
+    cleaned: Dataset, tokenizer, preprocessing: Preprocessing, offsets: bool, max_unknown_rate: float = MAX_UNKNOWN_RATE
+) -> Dataset:
     """Rows encoded as fine-tuning encodes them (text and target), with `length`; offsets for whole-word masking."""
 
     def encode_batch(batch):
-        encoded = tokenize_batch(batch, tokenizer, preprocessing.input_format, preprocessing.max_seq_length,
-                                 input_template=preprocessing.input_template, return_offsets_mapping=offsets)
+        encoded = tokenize_batch(
+            batch,
+            tokenizer,
+            preprocessing.input_format,
+            preprocessing.max_seq_length,
+            input_template=preprocessing.input_template,
+            return_offsets_mapping=offsets,
+        )
         return encoded
 
     keep = ["input_ids", "attention_mask", "token_type_ids", "length", "offset_mapping"]
@@ -287,7 +330,10 @@ class MLMCollator(DataCollatorForLanguageModeling):
         features = [{k: v for k, v in f.items() if k != "length"} for f in features]
         if "offset_mapping" in features[0]:
             width = padded_width(np.array([len(f["input_ids"]) for f in features]), self.pad_to_multiple_of)
-            features = [{**f, "offset_mapping": list(f["offset_mapping"]) + [[0, 0]] * (width - len(f["offset_mapping"]))} for f in features]
+            features = [
+                {**f, "offset_mapping": list(f["offset_mapping"]) + [[0, 0]] * (width - len(f["offset_mapping"]))}
+                for f in features
+            ]
         return super().__call__(features, return_tensors)
 
 
@@ -296,12 +342,17 @@ class PostTrainer(LengthListSamplerMixin, Trainer):
 
 
 def run_post_training(
-    model_args: ModelArguments, data_args: PostTrainDataArguments, mlm_args: MLMArguments, training_args: TrainingArguments
+    model_args: ModelArguments,
+    data_args: PostTrainDataArguments,
+    mlm_args: MLMArguments,
+    training_args: TrainingArguments,
 ) -> dict | None:
     """Post-train the encoder on the files' text and save it to `output_dir`; returns the summary (None on the
     other processes of `accelerate launch`)."""
     if not backend_for(model_args.model_name_or_path).trains_an_encoder:
-        raise PipelineError(f"model_name_or_path: post-training trains an encoder; {model_args.model_name_or_path} is not one")
+        raise PipelineError(
+            f"model_name_or_path: post-training trains an encoder; {model_args.model_name_or_path} is not one"
+        )
     started = time.monotonic()
     state = PartialState()
     folder = PostTrainFolder(training_args.output_dir)
@@ -312,20 +363,33 @@ def run_post_training(
     with contextlib.ExitStack() as held:
         if state.is_main_process:  # one post-training per folder at a time
             held.enter_context(exclusive(folder.lock, folder.root))
-            prepare_output_dir(folder.root, config, mlm_args.overwrite, is_run_file=folder.is_run_file,
-                               kind="post-training", has_results=lambda _: folder.has_results(),
-                               inputs=input_digests(data_args.train_files),
-                               defaults=field_defaults(ModelArguments, PostTrainDataArguments, MLMArguments))
+            prepare_output_dir(
+                folder.root,
+                config,
+                mlm_args.overwrite,
+                is_run_file=folder.is_run_file,
+                kind="post-training",
+                has_results=lambda _: folder.has_results(),
+                inputs=input_digests(data_args.train_files),
+                defaults=field_defaults(ModelArguments, PostTrainDataArguments, MLMArguments),
+            )
         state.wait_for_everyone()
         if folder.is_finished():  # post_train.json is written last: this configuration is post-trained already
             if state.is_main_process:
                 print(f"post-training: {folder.root} is complete ({os.path.basename(folder.summary)}); nothing to do")
             return read_mapping(folder.summary)
         set_seed(training_args.seed)
-        model, tokenizer = mlm_model_and_tokenizer(model_args, [t for t in cleaned["text"] if t], preprocessing,
-                                                   training_args.seed, folder.root, mlm_args.objective)
-        train_rows, eval_rows = post_training_rows(cleaned, tokenizer, preprocessing, data_args, mlm_args, training_args,
-                                                   model_args.max_unknown_rate)
+        model, tokenizer = mlm_model_and_tokenizer(
+            model_args,
+            [t for t in cleaned["text"] if t],
+            preprocessing,
+            training_args.seed,
+            folder.root,
+            mlm_args.objective,
+        )
+        train_rows, eval_rows = post_training_rows(
+            cleaned, tokenizer, preprocessing, data_args, mlm_args, training_args, model_args.max_unknown_rate
+        )
         plan = None
         if mlm_args.time_budget_minutes is not None:
             plan = budget_plan(model, tokenizer, train_rows, eval_rows, mlm_args, training_args, folder, started)
@@ -354,32 +418,50 @@ def run_post_training(
         return summary
 
 
-def post_training_rows(cleaned: Dataset, tokenizer, preprocessing: Preprocessing, data_args: PostTrainDataArguments,
-                       mlm_args: MLMArguments, training_args: TrainingArguments,
-                       max_unknown_rate: float = MAX_UNKNOWN_RATE) -> tuple[Dataset, Dataset | None]:
+def post_training_rows(
+    cleaned: Dataset,
+    tokenizer,
+    preprocessing: Preprocessing,
+    data_args: PostTrainDataArguments,
+    mlm_args: MLMArguments,
+    training_args: TrainingArguments,
+    max_unknown_rate: float = MAX_UNKNOWN_RATE,
+) -> tuple[Dataset, Dataset | None]:
     """(training rows, held-out rows or None): encoded as fine-tuning encodes them, rows cleaned to nothing
     dropped, `validation_fraction` held out to measure the MLM loss before and after."""
     with training_args.main_process_first(desc="tokenizing"):
-        encoded = mlm_encode(cleaned, tokenizer, preprocessing, offsets=mlm_args.whole_word_mask,
-                             max_unknown_rate=max_unknown_rate)
+        encoded = mlm_encode(
+            cleaned, tokenizer, preprocessing, offsets=mlm_args.whole_word_mask, max_unknown_rate=max_unknown_rate
+        )
     # a row cleaned to nothing encodes as [CLS] [SEP]: nothing to learn from
-    encoded = encoded.filter(lambda lengths: [n > 2 for n in lengths], input_columns="length", batched=True,
-                             desc="dropping empty rows")
+    encoded = encoded.filter(
+        lambda lengths: [n > 2 for n in lengths], input_columns="length", batched=True, desc="dropping empty rows"
+    )
     if data_args.validation_fraction <= 0:
         return encoded, None
     split = encoded.train_test_split(test_size=data_args.validation_fraction, seed=training_args.seed)
     return split["train"], split["test"]
 
 
-def budget_plan(model, tokenizer, train_rows: Dataset, eval_rows: Dataset | None, mlm_args: MLMArguments,
-                training_args: TrainingArguments, folder: PostTrainFolder, started: float) -> dict:
+def budget_plan(
+    model,
+    tokenizer,
+    train_rows: Dataset,
+    eval_rows: Dataset | None,
+    mlm_args: MLMArguments,
+    training_args: TrainingArguments,
+    folder: PostTrainFolder,
+    started: float,
+) -> dict:
     """The steps that fit `time_budget_minutes` on this machine, measured on a few real steps; a resumed run reads
     the plan it started with (its schedule must not change)."""
     plan = read_mapping(folder.time_budget)
     steps = plan.get("max_steps")
     if plan and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):  # a file edited or damaged
-        raise PipelineError(f"{folder.time_budget}: max_steps: expected a whole number >= 1, got {steps!r}; delete "
-                            "the file to measure the plan again")
+        raise PipelineError(
+            f"{folder.time_budget}: max_steps: expected a whole number >= 1, got {steps!r}; delete "
+            "the file to measure the plan again"
+        )
     if plan.get("time_budget_minutes") != mlm_args.time_budget_minutes:
         probe = post_trainer(model, tokenizer, train_rows, eval_rows, mlm_args, training_args)
         step_seconds = measure_step_seconds(probe)
@@ -387,8 +469,9 @@ def budget_plan(model, tokenizer, train_rows: Dataset, eval_rows: Dataset | None
         # a held-out pass: forward only (~1/3 of a training step's work per row)
         rows_per_step = training_args.train_batch_size * training_args.gradient_accumulation_steps
         eval_seconds = (0 if eval_rows is None else len(eval_rows)) * step_seconds / rows_per_step / 3
-        plan = plan_steps(mlm_args.time_budget_minutes, time.monotonic() - started, step_seconds, steps_per_epoch,
-                          eval_seconds)
+        plan = plan_steps(
+            mlm_args.time_budget_minutes, time.monotonic() - started, step_seconds, steps_per_epoch, eval_seconds
+        )
         if probe.is_world_process_zero():
             write_json_atomic(folder.time_budget, plan)
         del probe
@@ -397,26 +480,46 @@ def budget_plan(model, tokenizer, train_rows: Dataset, eval_rows: Dataset | None
     return plan
 
 
-def post_trainer(model, tokenizer, train_rows: Dataset, eval_rows: Dataset | None, mlm_args: MLMArguments,
-                 training_args: TrainingArguments) -> PostTrainer:
+def post_trainer(
+    model,
+    tokenizer,
+    train_rows: Dataset,
+    eval_rows: Dataset | None,
+    mlm_args: MLMArguments,
+    training_args: TrainingArguments,
+) -> PostTrainer:
     """The post-training Trainer: checkpoints in OUT/checkpoints, logs in OUT/runs; MLM with the vocabulary head on
     masked positions, or RTD (generator + the discriminator `model`)."""
     folder = PostTrainFolder(training_args.output_dir)
-    args = dataclasses.replace(training_args, output_dir=folder.checkpoints, remove_unused_columns=False,
-                               prediction_loss_only=True)
+    args = dataclasses.replace(
+        training_args, output_dir=folder.checkpoints, remove_unused_columns=False, prediction_loss_only=True
+    )
     if mlm_args.objective == "rtd":
         model = ReplacedTokenDetection(model, mlm_args.rtd_generator_size, mlm_args.rtd_discriminator_weight)
     else:
         use_masked_positions_head(model)
-    collator = MLMCollator(tokenizer, mlm_probability=mlm_args.mlm_probability, whole_word_mask=mlm_args.whole_word_mask,
-                           pad_to_multiple_of=8 if torch.cuda.is_available() else None, seed=training_args.seed)
-    trainer = PostTrainer(model=model, args=args, train_dataset=train_rows, eval_dataset=eval_rows,
-                          processing_class=tokenizer, data_collator=collator)
+    collator = MLMCollator(
+        tokenizer,
+        mlm_probability=mlm_args.mlm_probability,
+        whole_word_mask=mlm_args.whole_word_mask,
+        pad_to_multiple_of=8 if torch.cuda.is_available() else None,
+        seed=training_args.seed,
+    )
+    trainer = PostTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_rows,
+        eval_dataset=eval_rows,
+        processing_class=tokenizer,
+        data_collator=collator,
+    )
     keep_tensorboard_logs(trainer, folder.runs)
     return trainer
 
 
-def train_with_eval_losses(trainer: PostTrainer, folder: PostTrainFolder, has_eval: bool) -> tuple[float | None, float | None]:
+def train_with_eval_losses(
+    trainer: PostTrainer, folder: PostTrainFolder, has_eval: bool
+) -> tuple[float | None, float | None]:
     """Train (resuming from the last complete checkpoint); the held-out MLM loss before and after. The loss before
     is measured once, at the start, and kept on disk so a resumed run still reports it."""
     if trainer.is_world_process_zero():
@@ -446,7 +549,12 @@ def save_post_trained(folder: PostTrainFolder, model, tokenizer, preprocessing: 
             os.remove(leftover)
     before, after = summary["eval_loss_before"], summary["eval_loss_after"]
     budget = summary.get("time_budget")
-    took = f" in {summary['seconds'] / 60:.1f} min" + (f" of a {budget['time_budget_minutes']:g}-minute budget" if budget else "")
-    print(f"post-trained {summary['base_model']} ({summary['objective']}) on {summary['train_rows']} rows, "
-          f"{summary['steps']} steps{took}; held-out {summary['objective'].upper()} loss {before if before is None else round(before, 4)} -> {after if after is None else round(after, 4)}; "
-          f"saved to {folder.root}")
+    took = f" in {summary['seconds'] / 60:.1f} min" + (
+        f" of a {budget['time_budget_minutes']:g}-minute budget" if budget else ""
+    )
+    print(
+        f"post-trained {summary['base_model']} ({summary['objective']}) on {summary['train_rows']} rows, "
+        f"{summary['steps']} steps{took}; held-out {summary['objective'].upper()} loss "
+        f"{before if before is None else round(before, 4)} -> {after if after is None else round(after, 4)}; "
+        f"saved to {folder.root}"
+    )

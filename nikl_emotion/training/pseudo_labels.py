@@ -34,8 +34,10 @@ def check_pseudo_label_run(run_dir: str) -> FinishedRun:
     """A finished train.py run with test predictions in every fold, and its test file unchanged since."""
     run = FinishedRun.open(run_dir, "pseudo_label_run", with_test=True)
     if not os.path.isfile(run.test_file):
-        raise PipelineError(f"pseudo_label_run: {run_dir}'s test_file {run.test_file} is not found (paths are relative "
-                            "to where that run was started)")
+        raise PipelineError(
+            f"pseudo_label_run: {run_dir}'s test_file {run.test_file} is not found (paths are relative "
+            "to where that run was started)"
+        )
     if not run.test_file_unchanged():
         raise PipelineError(f"pseudo_label_run: {run.test_file} changed since {run_dir} predicted it")
     return run
@@ -51,28 +53,35 @@ def confident(probs: np.ndarray, threshold: float) -> np.ndarray:
     return sure & (probs >= threshold).any(axis=1)
 
 
-def fold_pseudo_labels(run_dir: str, train_ids: list[str], folds: list[tuple[np.ndarray, np.ndarray]],
-                       threshold: float) -> list[PseudoLabels]:
+def fold_pseudo_labels(
+    run_dir: str, train_ids: list[str], folds: list[tuple[np.ndarray, np.ndarray]], threshold: float
+) -> list[PseudoLabels]:
     """Per fold, the finished run's fold-K confident test rows; refuses a run with other folds or test rows that are
     also training rows. (The settings' check, `check_pseudo_label_run`, already hashed its test file.)"""
     finished = FinishedRun.open(run_dir, "pseudo_label_run", with_test=True)
     run, num_folds = finished.folder, finished.num_folds
     if num_folds != len(folds):
-        raise PipelineError(f"pseudo_label_run: {run_dir} has {num_folds} folds, this run {len(folds)}: the folds must "
-                            "be the same, or a fold's pseudo-labels would come from a model that saw its validation rows")
+        raise PipelineError(
+            f"pseudo_label_run: {run_dir} has {num_folds} folds, this run {len(folds)}: the folds must "
+            "be the same, or a fold's pseudo-labels would come from a model that saw its validation rows"
+        )
     known = set(train_ids)
     result = []
     for k, (_, val_index) in enumerate(folds):
         teacher_val, _ = read_probs(run.fold(k).val_probs)
         if set(teacher_val) != {train_ids[i] for i in val_index}:
-            raise PipelineError(f"pseudo_label_run: {run_dir}'s fold {k} validated on other rows than this run's fold "
-                                f"{k} (use the same training files, num_folds and seed): its test predictions would "
-                                "carry labels of this fold's validation rows")
+            raise PipelineError(
+                f"pseudo_label_run: {run_dir}'s fold {k} validated on other rows than this run's fold "
+                f"{k} (use the same training files, num_folds and seed): its test predictions would "
+                "carry labels of this fold's validation rows"
+            )
         ids, probs = read_probs(run.fold(k).test_probs)
         overlap = known.intersection(ids)
         if overlap:
-            raise PipelineError(f"pseudo_label_run: {run_dir}'s test rows include training rows of this run "
-                                f"(e.g. id {sorted(overlap)[0]!r})")
+            raise PipelineError(
+                f"pseudo_label_run: {run_dir}'s test rows include training rows of this run "
+                f"(e.g. id {sorted(overlap)[0]!r})"
+            )
         keep = confident(probs, threshold)
         result.append(PseudoLabels([i for i, kept in zip(ids, keep) if kept], (probs[keep] >= 0.5).astype(np.float32)))
     return result

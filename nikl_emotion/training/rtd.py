@@ -28,18 +28,26 @@ def generator_config(discriminator: PretrainedConfig, size: float) -> ElectraCon
     (at least one head of at least 16 dimensions)."""
     heads = max(1, round(discriminator.num_attention_heads * size))
     hidden = max(16 * heads, round(discriminator.hidden_size * size / heads) * heads)
-    values = {key: value for key, value in discriminator.to_dict().items()
-              if key not in ("architectures", "model_type", "transformers_version")}
-    values.update(hidden_size=hidden, num_attention_heads=heads,
-                  intermediate_size=max(hidden, round(discriminator.intermediate_size * size)),
-                  embedding_size=getattr(discriminator, "embedding_size", None) or discriminator.hidden_size)
+    values = {
+        key: value
+        for key, value in discriminator.to_dict().items()
+        if key not in ("architectures", "model_type", "transformers_version")
+    }
+    values.update(
+        hidden_size=hidden,
+        num_attention_heads=heads,
+        intermediate_size=max(hidden, round(discriminator.intermediate_size * size)),
+        embedding_size=getattr(discriminator, "embedding_size", None) or discriminator.hidden_size,
+    )
     return ElectraConfig(**values)
 
 
 def check_rtd_backbone(config: PretrainedConfig, name: str) -> None:
     if config.model_type != "electra":
-        raise PipelineError(f"objective: rtd trains an ELECTRA discriminator; {name} is a {config.model_type} model "
-                            "(use objective: mlm, or an ELECTRA backbone such as offline:electra-mini)")
+        raise PipelineError(
+            f"objective: rtd trains an ELECTRA discriminator; {name} is a {config.model_type} model "
+            "(use objective: mlm, or an ELECTRA backbone such as offline:electra-mini)"
+        )
 
 
 def sample_tokens(logits: torch.Tensor) -> torch.Tensor:
@@ -93,4 +101,3 @@ class ReplacedTokenDetection(torch.nn.Module):
         share = selected.sum() / count
         loss = generator_loss + self.discriminator_weight * discriminator_loss * share
         return MaskedLMOutput(loss=loss)
-

@@ -64,8 +64,13 @@ def cycled(loader):
         yield from loader
 
 
-def plan_steps(budget_minutes: float, spent_seconds: float, step_seconds: float, steps_per_epoch: int,
-               evaluation_seconds: float = 0.0) -> dict:
+def plan_steps(
+    budget_minutes: float,
+    spent_seconds: float,
+    step_seconds: float,
+    steps_per_epoch: int,
+    evaluation_seconds: float = 0.0,
+) -> dict:
     """How many optimizer steps fit: the budget less what is spent, at `step_seconds` each, with one held-out
     evaluation (`evaluation_seconds`) per epoch begun. At least one step."""
     available = budget_minutes * 60 * SAFETY - spent_seconds
@@ -81,13 +86,17 @@ def plan_steps(budget_minutes: float, spent_seconds: float, step_seconds: float,
         "evaluation_seconds": round(evaluation_seconds, 1),
         "max_steps": steps,
         "epochs": round(steps / max(steps_per_epoch, 1), 2),
-        "planned_seconds": round(steps * step_seconds + math.ceil(steps / max(steps_per_epoch, 1)) * evaluation_seconds, 1),
+        "planned_seconds": round(
+            steps * step_seconds + math.ceil(steps / max(steps_per_epoch, 1)) * evaluation_seconds, 1
+        ),
     }
 
 
 def describe(plan: dict) -> str:
-    return (f"time budget {plan['time_budget_minutes']:g} min: {plan['spent_before_training_seconds']:.0f} s spent "
-            f"before training; {plan['seconds_per_step']:.3f} s per optimizer step measured on this machine; "
-            f"{plan['max_steps']} steps = {plan['epochs']:g} epochs of {plan['steps_per_epoch']} steps (the learning "
-            f"rate schedule spans them; num_train_epochs is not used), ~{plan['planned_seconds'] / 60:.1f} min with "
-            "the held-out evaluations")
+    return (
+        f"time budget {plan['time_budget_minutes']:g} min: {plan['spent_before_training_seconds']:.0f} s spent "
+        f"before training; {plan['seconds_per_step']:.3f} s per optimizer step measured on this machine; "
+        f"{plan['max_steps']} steps = {plan['epochs']:g} epochs of {plan['steps_per_epoch']} steps (the learning "
+        f"rate schedule spans them; num_train_epochs is not used), ~{plan['planned_seconds'] / 60:.1f} min with "
+        "the held-out evaluations"
+    )
