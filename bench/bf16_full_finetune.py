@@ -61,7 +61,7 @@ def train(model: Path, out: Path, lr: float, epochs: int) -> dict:
 
     started = time.time()
     run_training(
-        *parse_config(
+        parse_config(
             [
                 str(ROOT / "configs" / "quickstart.yaml"),
                 "--model_name_or_path",

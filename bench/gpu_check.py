@@ -154,7 +154,7 @@ def pipeline_case(name: str, arguments: list[str], work: Path, check_reload: boo
     reset_memory()
     start = time.perf_counter()
     try:
-        run_training(*parse_config([str(ROOT / "configs" / "quickstart.yaml"), "--output_dir", str(out), *arguments]))
+        run_training(parse_config([str(ROOT / "configs" / "quickstart.yaml"), "--output_dir", str(out), *arguments]))
         seconds = time.perf_counter() - start
         metrics = json.loads((out / "fold_0" / "metrics.json").read_text(encoding="utf-8"))
         result = {

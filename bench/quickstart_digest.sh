@@ -6,6 +6,9 @@
 #   diff before.txt after.txt
 # The code is the checkout the script sits in; OUT (default: a temporary folder) receives the run.
 set -euo pipefail
+# math libraries that pick their thread count by the machine's load round differently when something else runs:
+# a fixed count, and still compare only runs that had the machine to themselves
+export MKL_DYNAMIC=FALSE OMP_DYNAMIC=FALSE
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"

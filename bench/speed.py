@@ -183,11 +183,18 @@ def worker_folds(work: str, rows: int, batch_size: int) -> dict:
 
     import numpy as np
 
+    from nikl_emotion.backends.encoder_backend import EncoderBackend
     from nikl_emotion.backends.fold_backend import FoldData
-    from nikl_emotion.base.config import KFoldArguments, LossArguments
+    from nikl_emotion.base.config import (
+        DataArguments,
+        KFoldArguments,
+        LossArguments,
+        ModelArguments,
+        RunSettings,
+        TechniqueArguments,
+    )
     from nikl_emotion.text.preprocessing import encode
     from nikl_emotion.training.folds import make_folds
-    from nikl_emotion.training.kfold import train_fold
 
     train, test, tokenizer, preprocessing = _setup(work, rows)
     encoded, encoded_test = encode(train, tokenizer, preprocessing), encode(test, tokenizer, preprocessing)
@@ -195,10 +202,18 @@ def worker_folds(work: str, rows: int, batch_size: int) -> dict:
     args.eval_strategy = args.save_strategy = "epoch"
     args.output_dir = os.path.join(work, "folds")
     folds = make_folds(np.asarray(encoded["labels"]), 5, 42)
+    settings = RunSettings(
+        ModelArguments(),
+        DataArguments(),
+        KFoldArguments(early_stopping_patience=0),
+        LossArguments(),
+        TechniqueArguments(),
+        args,
+    )
     after = []
     for k in range(FOLDS):
         data = FoldData(k, *folds[k], encoded, encoded_test, os.path.join(work, "backbone"), preprocessing)
-        train_fold(data, KFoldArguments(early_stopping_patience=0), LossArguments(), args)
+        EncoderBackend().train_fold(settings, data)
         gc.collect()
         after.append(round(current_rss_mb()))
     return {"rss_after_fold_mb": after}

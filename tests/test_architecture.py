@@ -66,8 +66,9 @@ BACKEND_MODULES = {
 
 
 def test_no_backend_type_branch_outside_the_backend_modules():
-    """Programs ask a backend for what it can do (`backend_for(name).trains_an_encoder`, `.multi_process`, its
-    `prepare` and `train_fold`), never which backend it is: a new backend is one new module listed in backends.py."""
+    """Programs ask a backend for what it can do (`backend_for(name).supports_techniques`,
+    `.supports_multi_process`, its `prepare` and `train_fold`), never which backend it is: a new backend is one new
+    module listed in backends/registry.py."""
     type_tests = {"is_ngram", "is_ngram_folder", "NGRAM_PREFIX", "NgramClassifier", "train_ngram", "train_ngram_fold"}
     found = []
     for path in (ROOT / "nikl_emotion").rglob("*.py"):
@@ -84,8 +85,11 @@ def test_no_backend_type_branch_outside_the_backend_modules():
 def test_every_name_is_trained_by_one_backend_that_accepts_it():
     from nikl_emotion.backends.registry import BACKENDS, backend_for
 
-    assert backend_for("ngram:tfidf").name == "ngram" and not backend_for("ngram:tfidf").trains_an_encoder
-    assert backend_for("offline:electra-tiny").name == "encoder" and backend_for("klue/roberta-large").multi_process
+    assert backend_for("ngram:tfidf").name == "ngram" and not backend_for("ngram:tfidf").supports_techniques
+    assert (
+        backend_for("offline:electra-tiny").name == "encoder"
+        and backend_for("klue/roberta-large").supports_multi_process
+    )
     assert BACKENDS[-1].matches("anything/else")  # the encoder takes every name no other backend claims
 
 
@@ -150,3 +154,76 @@ def test_no_function_is_longer_than_sixty_lines():
                     f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
                 )
     assert not long, long
+
+
+def test_no_function_takes_more_than_six_parameters():
+    """Settings travel as one object (`RunSettings`, `DistillSettings`, `PostTrainSettings`, `PredictionFiles`,
+    `DecisionRule`), not one argument each; `self`, `cls`, `*args` and `**kwargs` are not counted. A dataclass's
+    generated constructor is not a function written here."""
+    many = []
+    for path in (ROOT / "nikl_emotion").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                arguments = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
+                named = [a.arg for a in arguments if a.arg not in ("self", "cls")]
+                if len(named) > 6:
+                    many.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({len(named)} parameters)")
+    assert not many, many
+
+
+def test_a_program_is_handed_one_settings_object():
+    """Each program's parser returns one frozen settings object, and the backends are given it with the fold."""
+    import dataclasses
+    import inspect
+
+    from nikl_emotion.backends.fold_backend import FoldBackend
+    from nikl_emotion.base.config import DistillSettings, PostTrainSettings, RunSettings
+    from nikl_emotion.training import config_checks, distillation, kfold, post_training
+
+    for settings_class in (RunSettings, DistillSettings, PostTrainSettings):
+        assert settings_class.__dataclass_params__.frozen
+    assert [f.name for f in dataclasses.fields(RunSettings)] == [
+        "model", "data", "kfold", "loss", "techniques", "training"
+    ]  # fmt: skip
+    assert inspect.signature(config_checks.parse_config).return_annotation in ("RunSettings", RunSettings)
+    assert inspect.signature(distillation.parse_distill_config).return_annotation in (
+        "DistillSettings",
+        DistillSettings,
+    )
+    assert inspect.signature(post_training.parse_post_train_config).return_annotation in (
+        "PostTrainSettings",
+        PostTrainSettings,
+    )
+    assert list(inspect.signature(kfold.run_training).parameters) == ["settings"]
+    assert list(inspect.signature(FoldBackend.train_fold).parameters) == ["self", "settings", "data", "folder"]
+    # one `train_fold` per meaning: the backends' method; the K-fold loop and the programs call it
+    defined = [
+        f"{path.relative_to(ROOT)}:{node.name}"
+        for path in (ROOT / "nikl_emotion").rglob("*.py")
+        for node in ast.parse(path.read_text(encoding="utf-8")).body
+        if isinstance(node, ast.FunctionDef) and node.name == "train_fold"
+    ]
+    assert not defined, defined
+
+
+def test_backend_names_only_what_trains_a_fold():
+    """One word per concept: a *backend* trains a fold (`FoldBackend`, listed in the registry); what turns a batch
+    into logits at prediction time is a *runtime* (`classifier.Runtime`: `TorchRuntime`, `OnnxRuntime`, the n-gram
+    member's `NgramRuntime`)."""
+    from nikl_emotion.backends import classifier
+    from nikl_emotion.backends.registry import BACKENDS
+
+    trainers = {type(backend).__name__ for backend in BACKENDS} | {"FoldBackend"}
+    named = [
+        f"{path.relative_to(ROOT)}:{node.lineno} {node.name}"
+        for path in (ROOT / "nikl_emotion").rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.ClassDef) and "Backend" in node.name and node.name not in trainers
+    ]
+    assert not named, named
+    assert {"Runtime", "TorchRuntime", "OnnxRuntime"} <= set(vars(classifier))
+    # capabilities say what they enable, never what a backend is not
+    capabilities = [name for name in vars(BACKENDS[-1].__class__) if name.startswith("supports_")]
+    assert len(capabilities) >= 5
+    for backend in BACKENDS:
+        assert all(isinstance(getattr(backend, name), bool) for name in capabilities), backend.name

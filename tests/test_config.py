@@ -5,7 +5,6 @@ import torch
 import yaml
 from conftest import ROOT, SAMPLE_TRAIN
 
-from nikl_emotion.base.config import resolved_config
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.text.preprocessing import Preprocessing
 from nikl_emotion.training.config_checks import parse_config
@@ -15,7 +14,7 @@ QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
 
 
 def test_yaml_then_command_line_wins(tmp_path):
-    model, data, kfold, loss, _, training = parse_config(
+    settings = parse_config(
         [
             QUICKSTART,
             "--num_folds",
@@ -30,6 +29,7 @@ def test_yaml_then_command_line_wins(tmp_path):
             "7",
         ]
     )
+    kfold, data, training = settings.kfold, settings.data, settings.training
     assert kfold.num_folds == 4 and data.input_format == "marker" and data.cleanse is False
     assert training.output_dir == str(tmp_path) and training.seed == 7
     assert data.train_files == ["data/sample_train.jsonl"]  # from the YAML
@@ -41,18 +41,16 @@ def test_yaml_then_command_line_wins(tmp_path):
 
 
 def test_train_files_take_several_values():
-    _, data, _, _, _, _ = parse_config(
-        [QUICKSTART, "--train_files", str(SAMPLE_TRAIN), str(ROOT / "data" / "sample_dev.jsonl")]
-    )
+    data = parse_config([QUICKSTART, "--train_files", str(SAMPLE_TRAIN), str(ROOT / "data" / "sample_dev.jsonl")]).data
     assert len(data.train_files) == 2
 
 
 def test_resolved_config_reloads_to_the_same_run(tmp_path):
     args = parse_config([QUICKSTART, "--num_folds", "4", "--learning_rate", "3e-4"])
     saved = tmp_path / "config.yaml"
-    saved.write_text(yaml.safe_dump(resolved_config(*args), allow_unicode=True), encoding="utf-8")
+    saved.write_text(yaml.safe_dump(args.resolved(), allow_unicode=True), encoding="utf-8")
     again = parse_config([str(saved)])
-    assert resolved_config(*again) == resolved_config(*args)
+    assert again.resolved() == args.resolved()
 
 
 @pytest.mark.parametrize(
@@ -138,8 +136,8 @@ def test_bundled_configs_parse_and_validate(name):
 
 @pytest.mark.parametrize("post_train, fine_tune", RECIPES)
 def test_recipe_stages_prepare_text_the_same_way(post_train, fine_tune):
-    learned = Preprocessing.from_data_args(parse_bundled(post_train)[1])
-    assert Preprocessing.from_data_args(parse_bundled(fine_tune)[1]) == learned
+    learned = Preprocessing.from_data_args(parse_bundled(post_train).data)
+    assert Preprocessing.from_data_args(parse_bundled(fine_tune).data) == learned
 
 
 def test_every_config_dataclass_validates_itself_however_it_is_built(tmp_path):
@@ -149,9 +147,15 @@ def test_every_config_dataclass_validates_itself_however_it_is_built(tmp_path):
     does."""
     import dataclasses
 
-    from nikl_emotion.base.config import DataArguments, KFoldArguments, LossArguments, ModelArguments
+    from nikl_emotion.base.config import (
+        DataArguments,
+        KFoldArguments,
+        LossArguments,
+        MLMArguments,
+        ModelArguments,
+        PostTrainDataArguments,
+    )
     from nikl_emotion.training.config_checks import check_loss_parameters, check_model_name
-    from nikl_emotion.training.post_training import MLMArguments, PostTrainDataArguments
 
     cases = [
         (lambda: KFoldArguments(num_folds=1), "num_folds: must be at least 2"),

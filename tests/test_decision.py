@@ -9,7 +9,7 @@ from nikl_emotion.base.config import KFoldArguments
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.decisions.decision import choose_rule, describe_choice, fixed_rule
 from nikl_emotion.decisions.metrics import decide, score
-from nikl_emotion.decisions.thresholds import fit_thresholds, nested_thresholds
+from nikl_emotion.decisions.thresholds import FittedThresholds, fit_thresholds, nested_thresholds
 from nikl_emotion.decisions.voting import DecisionRule
 
 SADNESS = 7
@@ -33,7 +33,8 @@ def choose(probs, gold, fold_of_row, **kfold):
     fitted = nested_thresholds(probs, gold, fold_of_row, fallback)
     all_rows = fit_thresholds(probs, gold, fallback=fallback)
     settings = KFoldArguments(**kfold)
-    return choose_rule(probs, gold, fold_of_row, fitted, all_rows, fixed_rule(settings), settings.decision)
+    thresholds = FittedThresholds(fitted, all_rows)
+    return choose_rule(probs, gold, fold_of_row, thresholds, fixed_rule(settings), settings.decision)
 
 
 def test_auto_chooses_the_rule_that_predicts_the_squashed_label_and_records_every_candidate():

@@ -27,7 +27,7 @@ def reference_run(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("ref") / "out"
     run_training(
-        *parse_config(
+        parse_config(
             [
                 str(ROOT / "configs" / "quickstart.yaml"),
                 "--output_dir",
@@ -138,7 +138,7 @@ def test_the_rule_applies_the_vote_rule_it_names():
     results = {}
     for rule_name in ("majority", "reference"):
         results[rule_name] = DecisionRule(vote_rule=rule_name).apply(probs)
-        expected = hard_vote(fell_back, rule_name, mean_probs=np.mean(probs, axis=0))
+        expected = hard_vote(fell_back, DecisionRule(vote_rule=rule_name), mean_probs=np.mean(probs, axis=0))
         np.testing.assert_array_equal(results[rule_name], expected)
     assert (results["majority"] != results["reference"]).any(axis=1).sum() > 10
 

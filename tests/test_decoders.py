@@ -53,7 +53,7 @@ def decoders(tmp_path_factory) -> dict:
 
 def train(decoder, out, *extra):
     run_training(
-        *parse_config(
+        parse_config(
             [
                 str(QUICKSTART),
                 "--model_name_or_path",
@@ -298,7 +298,7 @@ def test_decoder_settings_that_cannot_work_are_refused(decoders, overrides, mess
 
 def test_the_bundled_decoder_config_parses_over_a_local_decoder(decoders):
     no_gpu = [] if torch.cuda.is_available() else ["--bf16", "false"]
-    model_args, data_args, *_ = parse_config(
+    settings = parse_config(
         [
             str(ROOT / "configs" / "decoder-lora.yaml"),
             "--model_name_or_path",
@@ -310,7 +310,7 @@ def test_the_bundled_decoder_config_parses_over_a_local_decoder(decoders):
             *no_gpu,
         ]
     )
-    assert model_args.lora_r == 16 and data_args.input_format == "instruction"
+    assert settings.model.lora_r == 16 and settings.data.input_format == "instruction"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")

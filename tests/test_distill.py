@@ -8,7 +8,7 @@ from conftest import ROOT, SAMPLE_DEV, SAMPLE_TEST, SAMPLE_TRAIN, run_cli
 
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.fileio import read_probs
-from nikl_emotion.runs.prediction import predict_file
+from nikl_emotion.runs.prediction import PredictionFiles, checkpoint_loader, predict_file
 from nikl_emotion.text.data import load_jsonl
 from nikl_emotion.training.distillation import (
     ensemble_probabilities,
@@ -58,7 +58,7 @@ def test_student_holds_out_the_teachers_fold_and_learns_the_unlabelled_text(stud
 def test_a_validation_file_chooses_the_epoch_and_every_training_row_trains(tiny_run, tmp_path):
     out = tmp_path / "student"
     summary = run_distillation(
-        *parse_distill_config(
+        parse_distill_config(
             [
                 str(QUICKSTART),
                 "--teacher_run",
@@ -81,10 +81,8 @@ def test_a_validation_file_chooses_the_epoch_and_every_training_row_trains(tiny_
     gold = np.asarray(dev["labels"])
     predict_file(
         [str(tiny_run / "fold_0" / "best"), str(tiny_run / "fold_1" / "best")],
-        str(SAMPLE_DEV),
-        str(tmp_path / "s.jsonl"),
-        probs_path=str(tmp_path / "p.jsonl"),
-        device="cpu",
+        PredictionFiles(str(SAMPLE_DEV), str(tmp_path / "s.jsonl"), probs_path=str(tmp_path / "p.jsonl")),
+        loader=checkpoint_loader("cpu"),
     )
     _, teacher_probs = read_probs(tmp_path / "p.jsonl")
     assert summary["validation_micro_f1"]["teacher_ensemble"] == pytest.approx(
@@ -129,10 +127,8 @@ def test_ensemble_targets_are_the_mean_of_the_folds(tiny_run, tmp_path):
     ids, probs = ensemble_probabilities(str(tiny_run), str(SAMPLE_DEV))
     predict_file(
         [str(tiny_run / "fold_0" / "best"), str(tiny_run / "fold_1" / "best")],
-        str(SAMPLE_DEV),
-        str(tmp_path / "s.jsonl"),
-        probs_path=str(tmp_path / "p.jsonl"),
-        device="cpu",
+        PredictionFiles(str(SAMPLE_DEV), str(tmp_path / "s.jsonl"), probs_path=str(tmp_path / "p.jsonl")),
+        loader=checkpoint_loader("cpu"),
     )
     expected_ids, expected = read_probs(tmp_path / "p.jsonl")
     assert ids == expected_ids
@@ -166,7 +162,7 @@ def test_bad_distillation_requests_are_refused_before_writing(tiny_run, tmp_path
     extra = [str(tiny_run) if value == "TEACHER" else value for value in extra]
     with pytest.raises(PipelineError) as caught:
         run_distillation(
-            *parse_distill_config(
+            parse_distill_config(
                 [str(QUICKSTART), "--teacher_run", str(tiny_run), "--output_dir", str(tmp_path / "s"), *extra]
             )
         )

@@ -11,7 +11,7 @@ import pytest
 from conftest import ROOT, SAMPLE_TEST, SAMPLE_TRAIN
 
 from nikl_emotion.base.fileio import read_probs
-from nikl_emotion.runs.prediction import predict_file
+from nikl_emotion.runs.prediction import PredictionFiles, checkpoint_loader, predict_file
 from nikl_emotion.text.data import load_jsonl
 
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
@@ -64,10 +64,10 @@ def test_two_process_cpu_run_writes_complete_ordered_outputs(tmp_path):
     # the saved checkpoint, in file order, without the rows that pad the last step
     predict_file(
         [str(out / "fold_0" / "best")],
-        str(SAMPLE_TEST),
-        str(tmp_path / "single.jsonl"),
-        probs_path=str(tmp_path / "single_probs.jsonl"),
-        device="cpu",
+        PredictionFiles(
+            str(SAMPLE_TEST), str(tmp_path / "single.jsonl"), probs_path=str(tmp_path / "single_probs.jsonl")
+        ),
+        loader=checkpoint_loader("cpu"),
     )
     single_ids, single_probs = read_probs(tmp_path / "single_probs.jsonl")
     gathered_ids, gathered_probs = read_probs(out / "fold_0" / "test_probs.jsonl")
@@ -133,10 +133,10 @@ def test_fine_tuning_techniques_keep_the_ranks_in_step(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     predict_file(
         [str(out / "fold_0" / "best")],
-        str(SAMPLE_TRAIN),
-        str(tmp_path / "single.jsonl"),
-        probs_path=str(tmp_path / "single_probs.jsonl"),
-        device="cpu",
+        PredictionFiles(
+            str(SAMPLE_TRAIN), str(tmp_path / "single.jsonl"), probs_path=str(tmp_path / "single_probs.jsonl")
+        ),
+        loader=checkpoint_loader("cpu"),
     )
     single_ids, single_probs = read_probs(tmp_path / "single_probs.jsonl")
     position = {row_id: i for i, row_id in enumerate(single_ids)}

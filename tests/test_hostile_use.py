@@ -253,7 +253,7 @@ def test_more_folds_than_rows_is_refused_before_writing(tmp_path, rows, folds):
     train = write_jsonl(tmp_path / "small.jsonl", [nikl_row(f"r{i}") for i in range(rows)])
     with pytest.raises(PipelineError, match=f"num_folds: {folds} folds need at least as many rows; .* hold {rows}"):
         run_training(
-            *parse_config(
+            parse_config(
                 [
                     str(QUICKSTART),
                     "--train_files",
@@ -275,13 +275,13 @@ def test_a_run_that_failed_during_set_up_does_not_block_the_corrected_command(tm
     out = tmp_path / "o"
     common = [str(QUICKSTART), "--output_dir", str(out), "--num_folds", "2", "--fold", "0", "--num_train_epochs", "1"]
     with pytest.raises(PipelineError, match="max_seq_length: 600 is more than the 512 tokens"):
-        run_training(*parse_config([*common, "--max_seq_length", "600"]))
+        run_training(parse_config([*common, "--max_seq_length", "600"]))
     assert (out / "config.yaml").exists()  # written, but the run produced nothing
-    run_training(*parse_config([*common, "--max_seq_length", "64"]))
+    run_training(parse_config([*common, "--max_seq_length", "64"]))
     assert (out / "fold_0" / "done.json").exists()
     # now it holds results: another configuration is refused, naming the key
     with pytest.raises(PipelineError, match="another configuration .*max_seq_length"):
-        run_training(*parse_config([*common, "--max_seq_length", "32"]))
+        run_training(parse_config([*common, "--max_seq_length", "32"]))
 
 
 def test_a_changed_training_file_is_refused_by_train_and_report(tmp_path, capsys, monkeypatch):
@@ -304,11 +304,11 @@ def test_a_changed_training_file_is_refused_by_train_and_report(tmp_path, capsys
         "--test_file",
         str(SAMPLE_TEST),
     ]
-    run_training(*parse_config(argv))
+    run_training(parse_config(argv))
     lines = train.read_text(encoding="utf-8").splitlines()
     train.write_text("\n".join(lines[:-1]) + "\n", encoding="utf-8")  # one row fewer, same path
     with pytest.raises(PipelineError, match="train.jsonl changed since this run's folds were trained"):
-        run_training(*parse_config(argv))
+        run_training(parse_config(argv))
     code, errors = run_main(capsys, monkeypatch, "report", out)
     assert code == 1 and len(errors) == 1 and "changed since this run's folds were trained" in errors[0]
 
@@ -664,7 +664,7 @@ def reference_vote_literal(decisions: list[np.ndarray]) -> np.ndarray:
 
 @pytest.mark.parametrize("models", [2, 3, 4, 5])
 def test_reference_rule_reproduces_the_reference_exactly(models):
-    from nikl_emotion.decisions.voting import hard_vote
+    from nikl_emotion.decisions.voting import DecisionRule, hard_vote
 
     rng = np.random.default_rng(models)
     decisions = [rng.random((400, 8)) < 0.2 for _ in range(models)]
@@ -672,9 +672,10 @@ def test_reference_rule_reproduces_the_reference_exactly(models):
     for d in decisions:
         d[:3] = False
     expected = reference_vote_literal(decisions)
-    np.testing.assert_array_equal(hard_vote(decisions, rule="reference"), expected)
+    np.testing.assert_array_equal(hard_vote(decisions, DecisionRule(vote_rule="reference")), expected)
     np.testing.assert_array_equal(
-        hard_vote(decisions, rule="reference", fallback=True, mean_probs=rng.random((400, 8))), expected
+        hard_vote(decisions, DecisionRule(vote_rule="reference", fallback=True), mean_probs=rng.random((400, 8))),
+        expected,
     )
     if models > 3:
         assert not expected.any(axis=1).all()  # rows left empty, as the reference leaves them
@@ -683,7 +684,7 @@ def test_reference_rule_reproduces_the_reference_exactly(models):
 
 
 def test_reference_rule_refuses_weights():
-    from nikl_emotion.decisions.voting import hard_vote
+    from nikl_emotion.decisions.voting import DecisionRule, hard_vote
 
     with pytest.raises(PipelineError, match="takes no weights"):
-        hard_vote([np.ones((1, 8), bool)] * 2, rule="reference", weights=[1, 2])
+        hard_vote([np.ones((1, 8), bool)] * 2, DecisionRule(vote_rule="reference", weights=(1, 2)))

@@ -19,7 +19,7 @@ from nikl_emotion.backends.backbone import load_tokenizer
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.fileio import read_probs
 from nikl_emotion.base.labels import LABELS
-from nikl_emotion.runs.prediction import predict_file
+from nikl_emotion.runs.prediction import PredictionFiles, checkpoint_loader, predict_file
 from nikl_emotion.text.data import load_jsonl
 from nikl_emotion.text.encoding import PROMPT_TEMPLATE, TARGET_END, TARGET_START
 from nikl_emotion.text.preprocessing import clean
@@ -59,7 +59,7 @@ def trained(families, tmp_path_factory) -> dict:
         for input_format in ("pair", "marker", "prompt"):
             out = root / f"{family}-{input_format}"
             run_training(
-                *parse_config(
+                parse_config(
                     [
                         str(ROOT / "configs" / "quickstart.yaml"),
                         "--model_name_or_path",
@@ -127,13 +127,12 @@ def test_onnx_export_traces_the_checkpoints_own_inputs(trained, family, tmp_path
     assert ("token_type_ids" in inputs) is SEGMENTS[family]
     predict_file(
         [str(best)],
-        str(SAMPLE_DEV),
-        str(tmp_path / "t.jsonl"),
-        probs_path=str(tmp_path / "t_probs.jsonl"),
-        device="cpu",
+        PredictionFiles(str(SAMPLE_DEV), str(tmp_path / "t.jsonl"), probs_path=str(tmp_path / "t_probs.jsonl")),
+        loader=checkpoint_loader("cpu"),
     )
     predict_file(
-        [str(tmp_path / "onnx")], str(SAMPLE_DEV), str(tmp_path / "o.jsonl"), probs_path=str(tmp_path / "o_probs.jsonl")
+        [str(tmp_path / "onnx")],
+        PredictionFiles(str(SAMPLE_DEV), str(tmp_path / "o.jsonl"), probs_path=str(tmp_path / "o_probs.jsonl")),
     )
     torch_ids, torch_probs = read_probs(tmp_path / "t_probs.jsonl")
     onnx_ids, onnx_probs = read_probs(tmp_path / "o_probs.jsonl")
@@ -171,7 +170,7 @@ def test_klue_roberta_pair_runs_through_the_commands(families, tmp_path):
 def test_post_training_keeps_every_weight_the_classifier_uses(families, family, tmp_path):
     out = tmp_path / "post"
     run_post_training(
-        *parse_post_train_config(
+        parse_post_train_config(
             [
                 str(ROOT / "configs" / "post_train-quickstart.yaml"),
                 "--model_name_or_path",
@@ -199,7 +198,7 @@ def test_post_training_keeps_every_weight_the_classifier_uses(families, family, 
         assert torch.equal(model.bert.pooler.dense.weight, original.bert.pooler.dense.weight)
     assert ("token_type_ids" in AutoTokenizer.from_pretrained(out)("가", "나")) is SEGMENTS[family]
     run_training(
-        *parse_config(
+        parse_config(
             [
                 str(ROOT / "configs" / "quickstart.yaml"),
                 "--model_name_or_path",
@@ -228,7 +227,7 @@ def test_an_unfinished_post_training_folder_is_refused_by_name(families, tmp_pat
         "--validation_fraction",
         "0",
     ]
-    run_post_training(*parse_post_train_config(argv))
+    run_post_training(parse_post_train_config(argv))
     (out / "post_train.json").unlink()  # as after a kill: everything but the summary, which is written last
     result = run_cli(
         "train.py",
@@ -262,7 +261,7 @@ def test_a_lowercasing_bert_tokenizer_keeps_hangul_and_says_so(tmp_path, caplog)
     assert "splits Hangul" in caplog.text and "strip_accents" in caplog.text
     out = tmp_path / "run"
     run_training(
-        *parse_config(
+        parse_config(
             [
                 str(ROOT / "configs" / "quickstart.yaml"),
                 "--model_name_or_path",
@@ -299,7 +298,7 @@ def test_an_unknown_token_flood_stops_training_and_warns_at_inference(families, 
     folder = english_only(families["kcbert"], tmp_path)
     with pytest.raises(PipelineError, match=r"\d+\.\d% of the \d+ tokens .* unknown token \[UNK\].*vocabulary"):
         run_training(
-            *parse_config(
+            parse_config(
                 [
                     str(ROOT / "configs" / "quickstart.yaml"),
                     "--model_name_or_path",
@@ -312,7 +311,9 @@ def test_an_unknown_token_flood_stops_training_and_warns_at_inference(families, 
         )
     best = english_only(trained["kcbert", "pair"], tmp_path / "ckpt")
     with caplog.at_level(logging.WARNING, logger="nikl_emotion.text.preprocessing"):
-        predict_file([str(best)], str(SAMPLE_DEV), str(tmp_path / "sub.jsonl"), device="cpu")
+        predict_file(
+            [str(best)], PredictionFiles(str(SAMPLE_DEV), str(tmp_path / "sub.jsonl")), loader=checkpoint_loader("cpu")
+        )
     assert "unknown token [UNK]" in caplog.text and (tmp_path / "sub.jsonl").exists()
 
 
@@ -320,7 +321,7 @@ def test_max_seq_length_beyond_the_models_positions_is_refused(families, tmp_pat
     assert AutoConfig.from_pretrained(families["kcbert"]).max_position_embeddings == 300
     with pytest.raises(PipelineError, match="max_seq_length: 400 is more than the 300 tokens"):
         run_training(
-            *parse_config(
+            parse_config(
                 [
                     str(ROOT / "configs" / "quickstart.yaml"),
                     "--model_name_or_path",
@@ -335,7 +336,7 @@ def test_max_seq_length_beyond_the_models_positions_is_refused(families, tmp_pat
         )
     with pytest.raises(PipelineError, match="max_seq_length: 513 is more than the 512 tokens"):
         run_training(
-            *parse_config(
+            parse_config(
                 [
                     str(ROOT / "configs" / "quickstart.yaml"),
                     "--model_name_or_path",
@@ -371,7 +372,7 @@ def test_every_fine_tuning_technique_trains_each_family(families, family, tmp_pa
     is a plain checkpoint of the family that predicts exactly what the fold reported for its validation rows."""
     out = tmp_path / "run"
     run_training(
-        *parse_config(
+        parse_config(
             [
                 str(ROOT / "configs" / "quickstart.yaml"),
                 "--model_name_or_path",

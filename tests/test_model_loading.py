@@ -97,9 +97,7 @@ def models(tmp_path_factory) -> dict:
 
 def train(model, out, *extra):
     run_training(
-        *parse_config(
-            [str(QUICKSTART), "--model_name_or_path", str(model), "--output_dir", str(out), *ONE_FOLD, *extra]
-        )
+        parse_config([str(QUICKSTART), "--model_name_or_path", str(model), "--output_dir", str(out), *ONE_FOLD, *extra])
     )
     return out
 
@@ -308,7 +306,7 @@ def test_push_to_hub_pushes_each_folds_best_and_the_decision_files_never_checkpo
     monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(run=object(), finish=lambda: finished.append(1)))
     out = tmp_path / "run"
     run_training(
-        *parse_config(
+        parse_config(
             [
                 str(QUICKSTART),
                 "--output_dir",

@@ -87,7 +87,7 @@ def test_commands_that_need_an_encoder_refuse_it(tmp_path):
     from nikl_emotion.training.hp_search import run_hp_search
 
     with pytest.raises(PipelineError, match="hp-search tunes the Trainer's settings"):
-        run_hp_search(2, *parse_config(config))
+        run_hp_search(parse_config(config), 2)
     with pytest.raises(PipelineError, match="unknown n-gram model 'ngram:bm25'"):
         parse_config([*config, "--model_name_or_path", "ngram:bm25"])
     refused = run_cli(

@@ -63,9 +63,7 @@ def shipped(tmp_path_factory) -> dict:
 
 def train(model, out, *extra):
     run_training(
-        *parse_config(
-            [str(QUICKSTART), "--model_name_or_path", str(model), "--output_dir", str(out), *ONE_FOLD, *extra]
-        )
+        parse_config([str(QUICKSTART), "--model_name_or_path", str(model), "--output_dir", str(out), *ONE_FOLD, *extra])
     )
     return out
 

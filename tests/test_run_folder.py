@@ -82,10 +82,8 @@ def test_a_key_added_later_reads_as_its_neutral_value_in_an_older_run():
 
 def test_every_settings_key_left_out_of_an_older_run_reads_as_its_default():
     """Defaults come from the dataclasses themselves, so a key added later needs no table kept by hand."""
-    from nikl_emotion.base.config import ARGUMENT_CLASSES, field_defaults
+    from nikl_emotion.base.config import ARGUMENT_CLASSES, DistillArguments, MLMArguments, field_defaults
     from nikl_emotion.folders.run_folder import config_difference
-    from nikl_emotion.training.distillation import DistillArguments
-    from nikl_emotion.training.post_training import MLMArguments
 
     defaults = field_defaults(*ARGUMENT_CLASSES[:-1], MLMArguments, DistillArguments)
     assert {"layerwise_lr_decay", "objective", "max_unknown_rate", "distill_gold_weight"} <= set(defaults)

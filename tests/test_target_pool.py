@@ -134,7 +134,7 @@ def test_a_target_pool_model_keeps_the_pretrained_encoder_and_loads_back_exactly
     assert getattr(model.backbone, "pooler", None) is None  # unread by the head: no parameter without a gradient
     tokenizer = load_tokenizer(folder)
     rows = clean(load_jsonl(SAMPLE_DEV).select(range(8)), Preprocessing(CleaningOptions()))
-    preprocessing = Preprocessing(CleaningOptions(), classifier_head="target_pool")
+    preprocessing = Preprocessing(CleaningOptions(), classifier_head="target_pool", head_inputs=("target_mask",))
     encoded = encode(rows, tokenizer, preprocessing, on_unknown="warn")
     model.save_pretrained(tmp_path / "saved")
     loaded, info = load_trained_model(str(tmp_path / "saved"))
@@ -156,7 +156,7 @@ def test_a_target_pool_model_keeps_the_pretrained_encoder_and_loads_back_exactly
 def test_every_family_trains_with_the_target_pool_head(tokenizers, family, tmp_path):
     out = tmp_path / "run"
     run_training(
-        *parse_config(
+        parse_config(
             [
                 str(ROOT / "configs" / "quickstart.yaml"),
                 "--model_name_or_path",
@@ -174,7 +174,7 @@ def test_every_family_trains_with_the_target_pool_head(tokenizers, family, tmp_p
     best = out / "fold_0" / "best"
     assert json.loads((best / "config.json").read_text())["classifier_head"] == "target_pool"
     classifier = EmotionClassifier.from_pretrained(best, device="cpu")
-    assert "target_mask" in classifier.backend.input_names
+    assert "target_mask" in classifier.runtime.input_names
     test_ids, test_probs = read_probs(out / "fold_0" / "test_probs.jsonl")
     np.testing.assert_allclose(classifier.predict_proba(SAMPLE_TEST), test_probs, atol=1e-5)
 
@@ -209,7 +209,7 @@ def test_a_target_pool_run_serves_through_every_command(pooled_run, tmp_path):
     pytest.importorskip("onnxruntime")
     run_cli("export.py", "--checkpoint", best, "--output", tmp_path / "onnx")
     onnx = EmotionClassifier.from_pretrained(tmp_path / "onnx")
-    assert "target_mask" in onnx.backend.input_names
+    assert "target_mask" in onnx.runtime.input_names
     assert np.abs(onnx.predict_proba(SAMPLE_DEV) - probs).max() <= 1e-5
 
 

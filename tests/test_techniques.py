@@ -509,7 +509,7 @@ def test_pseudo_labels_from_other_folds_are_refused(tiny_run, tmp_path, change, 
 
     with pytest.raises(PipelineError) as caught:
         run_training(
-            *parse_config(
+            parse_config(
                 [
                     str(ROOT / "configs" / "quickstart.yaml"),
                     "--output_dir",

@@ -29,23 +29,23 @@ def test_majority_of_three():
 def test_ties_with_even_models_follow_the_tie_rule():
     a = rows(["joy"], ["fear"])
     b = rows(["trust"], ["fear"])
-    assert (hard_vote([a, b], tie="positive") == rows(["joy", "trust"], ["fear"])).all()
+    assert (hard_vote([a, b], DecisionRule(vote_tie="positive")) == rows(["joy", "trust"], ["fear"])).all()
     # negative: row 0 has no majority label -> fallback picks among the most-voted, first in label order
-    assert (hard_vote([a, b], tie="negative") == rows(["joy"], ["fear"])).all()
+    assert (hard_vote([a, b], DecisionRule(vote_tie="negative")) == rows(["joy"], ["fear"])).all()
     # ... or the higher mean probability when known
     probs = np.zeros((2, 8))
     probs[0, LABELS.index("trust")] = 0.9
-    assert (hard_vote([a, b], tie="negative", mean_probs=probs) == rows(["trust"], ["fear"])).all()
-    assert not hard_vote([a, b], tie="negative", fallback=False)[0].any()
+    assert (hard_vote([a, b], DecisionRule(vote_tie="negative"), mean_probs=probs) == rows(["trust"], ["fear"])).all()
+    assert not hard_vote([a, b], DecisionRule(vote_tie="negative", fallback=False))[0].any()
 
 
 def test_reference_rule():
     # up to 3 models: the most-voted label(s) of each row
     a, b, c = rows(["joy", "fear"]), rows(["joy"]), rows(["fear", "anger"])
-    assert (hard_vote([a, b, c], rule="reference") == rows(["joy", "fear"])).all()
+    assert (hard_vote([a, b, c], DecisionRule(vote_rule="reference")) == rows(["joy", "fear"])).all()
     # more than 3: votes >= n/2
     four = [rows(["joy"]), rows(["joy", "fear"]), rows(["fear"]), rows(["anger"])]
-    assert (hard_vote(four, rule="reference") == rows(["joy", "fear"])).all()
+    assert (hard_vote(four, DecisionRule(vote_rule="reference")) == rows(["joy", "fear"])).all()
 
 
 def test_mismatched_ids_are_refused_naming_the_first(tmp_path):
@@ -85,10 +85,10 @@ def test_ensemble_cli_error_is_one_line_and_no_output(tmp_path):
 def test_weights_and_min_votes():
     a, b, c = rows(["joy"], ["fear"]), rows(["trust"], ["fear"]), rows(["trust"], ["anger"])
     # weights 3, 1, 1: model a alone is more than half of 5
-    assert (hard_vote([a, b, c], weights=[3, 1, 1]) == rows(["joy"], ["fear"])).all()
+    assert (hard_vote([a, b, c], DecisionRule(weights=(3, 1, 1))) == rows(["joy"], ["fear"])).all()
     # a fixed bar of 1 vote: the union
-    assert (hard_vote([a, b, c], min_votes=1) == rows(["joy", "trust"], ["fear", "anger"])).all()
-    assert (hard_vote([a, b, c], min_votes=3, fallback=False) == rows([], [])).all()
+    assert (hard_vote([a, b, c], DecisionRule(min_votes=1)) == rows(["joy", "trust"], ["fear", "anger"])).all()
+    assert (hard_vote([a, b, c], DecisionRule(min_votes=3, fallback=False)) == rows([], [])).all()
 
 
 def test_soft_vote_with_weights_and_per_label_thresholds(tmp_path):

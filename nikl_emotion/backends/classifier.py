@@ -7,9 +7,11 @@ as `nikl_emotion.EmotionClassifier` (run_classifier.py), which also opens finish
     labels = classifier.predict(["정말 최고였다"], threshold=0.5)            # bool (rows, 8)
 
 A classifier owns what prediction needs besides the weights: the tokenizer exactly as trained, the checkpoint's
-preprocessing settings (cleaning, input format, max length) and the label check. Its backend turns one padded batch
-into logits: `TorchBackend` (a PyTorch model on a device, no autograd) or `OnnxBackend` (onnxruntime on CPU); a
-backend with `reads_text` (the n-gram member's, built by backends/ngram.py) reads the cleaned text instead.
+preprocessing settings (cleaning, input format, max length) and the label check. Its runtime turns one padded batch
+into logits: `TorchRuntime` (a PyTorch model on a device, no autograd) or `OnnxRuntime` (onnxruntime on CPU); a
+runtime with `reads_text` (the n-gram member's, built by backends/ngram.py) reads the cleaned text instead. (A
+*backend* is what trains a fold, `fold_backend.FoldBackend`; its `load_checkpoint` builds the classifier and its
+runtime.)
 Rows are predicted in batches sorted by length (little padding) and returned in their own order.
 """
 
@@ -29,7 +31,7 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from nikl_emotion.backends.backbone import attention_kernel_available, load_tokenizer, needs_remote_code
-from nikl_emotion.backends.heads import TARGET_MASK, head_of, load_trained_model, reads_target_mask
+from nikl_emotion.backends.heads import head_inputs, head_of, load_trained_model
 from nikl_emotion.backends.precision import LoadOptions, LoadRecord, autocast_context, serving_precision
 from nikl_emotion.base.checkpoint_files import EXPORT_FILE, ONNX_FILE, TOKENIZER_FILES
 from nikl_emotion.base.config import ModelLoading
@@ -44,7 +46,7 @@ from nikl_emotion.text.preprocessing import Preprocessing, clean, encode
 logger = logging.getLogger(__name__)
 
 
-class Backend(Protocol):
+class Runtime(Protocol):
     """One padded batch (name -> int64 tensor) to logits (rows, labels)."""
 
     input_names: list[str]
@@ -53,7 +55,7 @@ class Backend(Protocol):
     def __call__(self, batch: dict[str, torch.Tensor]) -> np.ndarray: ...
 
 
-class TorchBackend:
+class TorchRuntime:
     """A PyTorch sequence classifier on `device`, run under `inference_mode` in eval mode, and under `autocast`
     (a half dtype) where its run trained so (precision.py)."""
 
@@ -83,7 +85,7 @@ class TorchBackend:
             self.model.train(was_training)
 
 
-class OnnxBackend:
+class OnnxRuntime:
     """An export folder's `model.onnx` with onnxruntime on CPU."""
 
     pad_to_multiple_of = None
@@ -149,16 +151,16 @@ def load_encoder(folder: str, options: LoadOptions) -> LoadedModel:
 
 
 class CheckpointClassifier:
-    """Tokenizer + preprocessing settings + a backend; see the module docstring."""
+    """Tokenizer + preprocessing settings + a runtime; see the module docstring."""
 
     def __init__(
         self,
-        backend: Backend,
+        runtime: Runtime,
         tokenizer: PreTrainedTokenizerBase,
         preprocessing: Preprocessing,
         source: str | None = None,
     ):
-        self.backend = backend
+        self.runtime = runtime
         self.tokenizer = tokenizer
         self.preprocessing = preprocessing
         self.source = source
@@ -198,7 +200,7 @@ class CheckpointClassifier:
             if onnx:
                 with open(os.path.join(folder, EXPORT_FILE), encoding="utf-8") as handle:
                     json.load(handle)  # present and readable: the folder was written whole
-                config, backend = AutoConfig.from_pretrained(folder), OnnxBackend(folder, threads)
+                config, runtime = AutoConfig.from_pretrained(folder), OnnxRuntime(folder, threads)
             else:
                 loaded = loader(folder, options)
                 if loaded.missing_keys:
@@ -206,7 +208,7 @@ class CheckpointClassifier:
                     refuse_untrained_head(folder, f"{len(missing)} classifier weights missing, e.g. {missing[0]}")
                 model = loaded.model
                 config = model.config
-                backend = TorchBackend(
+                runtime = TorchRuntime(
                     model, model_inputs(model, tokenizer), device or default_device(), loaded.autocast
                 )
         except PipelineError:
@@ -217,7 +219,7 @@ class CheckpointClassifier:
         labels = {int(k): v for k, v in config.id2label.items()}
         if labels != ID2LABEL:
             raise PipelineError(f"{folder}: the {kind}'s labels {labels} differ from this pipeline's {ID2LABEL}")
-        return cls(backend, tokenizer, preprocessing, source=folder)
+        return cls(runtime, tokenizer, preprocessing, source=folder)
 
     @classmethod
     def from_model(
@@ -230,21 +232,21 @@ class CheckpointClassifier:
     ) -> CheckpointClassifier:
         """A classifier over a model in memory (e.g. the one a fold has just trained, under its run's autocast), on
         its own device."""
-        return cls(TorchBackend(model, model_inputs(model, tokenizer), device, autocast), tokenizer, preprocessing)
+        return cls(TorchRuntime(model, model_inputs(model, tokenizer), device, autocast), tokenizer, preprocessing)
 
     @property
     def model(self) -> PreTrainedModel | None:
         """The PyTorch model (None for an ONNX export)."""
-        return getattr(self.backend, "model", None)
+        return getattr(self.runtime, "model", None)
 
     @property
     def is_onnx(self) -> bool:
-        return isinstance(self.backend, OnnxBackend)
+        return isinstance(self.runtime, OnnxRuntime)
 
     @property
     def reads_text(self) -> bool:
-        """Whether the backend takes cleaned text (the n-gram member) rather than token batches."""
-        return getattr(self.backend, "reads_text", False)
+        """Whether the runtime takes cleaned text (the n-gram member) rather than token batches."""
+        return getattr(self.runtime, "reads_text", False)
 
     def encode(self, rows: Rows, on_unknown: str = "warn") -> Dataset:
         """Rows cleaned and tokenized as in training: `encode(clean(rows))` with this checkpoint's settings."""
@@ -260,7 +262,7 @@ class CheckpointClassifier:
         `rows`: a NIKL jsonl path, a dataset from `data.load_jsonl`, task rows as dicts (`{"id", "input": {"form",
         "target"}}`; one dict is one row) or plain texts (no target)."""
         if self.reads_text:
-            return self.backend.predict_rows(clean(as_rows(rows), self.preprocessing))
+            return self.runtime.predict_rows(clean(as_rows(rows), self.preprocessing))
         return self.predict_encoded(self.encode(rows), batch_size=batch_size, progress=progress)
 
     def predict(
@@ -286,8 +288,8 @@ class CheckpointClassifier:
         other rows stay 0, so processes that each run one part and sum the arrays get every row exactly once."""
         if batch_size < 1:
             raise PipelineError(f"batch size must be at least 1, got {batch_size}")
-        columns = [name for name in self.backend.input_names if name in encoded.column_names]
-        missing = [name for name in self.backend.input_names if name not in columns]
+        columns = [name for name in self.runtime.input_names if name in encoded.column_names]
+        missing = [name for name in self.runtime.input_names if name not in columns]
         if missing:
             raise PipelineError(f"the encoded rows lack the model inputs {', '.join(missing)}")
         order = length_order(encoded)
@@ -297,15 +299,16 @@ class CheckpointClassifier:
         for start in tqdm(starts, desc="predicting", unit="batch", disable=not progress, leave=False):
             index = order[start : start + batch_size]
             batch = pad_table(
-                arrow_rows[index.tolist()], columns, self.tokenizer.pad_token_id, self.backend.pad_to_multiple_of
+                arrow_rows[index.tolist()], columns, self.tokenizer.pad_token_id, self.runtime.pad_to_multiple_of
             )
-            logits[index] = self.backend(batch)
+            logits[index] = self.runtime(batch)
         return logits
 
 
 def model_inputs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[str]:
-    """The inputs a model's forward takes: its tokenizer's, and the target mask for a `target_pool` head."""
-    return [*tokenizer.model_input_names, *([TARGET_MASK] if reads_target_mask(model) else [])]
+    """The inputs a model's forward takes: its tokenizer's, and those its head reads (`target_pool`: the target
+    mask)."""
+    return [*tokenizer.model_input_names, *head_inputs(model)]
 
 
 def check_head(folder: str, config, preprocessing: Preprocessing) -> None:

@@ -62,7 +62,7 @@ from nikl_emotion.backends.precision import (
     upcast_trainable,
 )
 from nikl_emotion.base.checkpoint_files import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE
-from nikl_emotion.base.config import ModelArguments, ModelLoading, TechniqueArguments
+from nikl_emotion.base.config import ModelArguments, ModelLoading, RunSettings
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.vocabulary import is_ngram, is_offline
 
@@ -306,10 +306,15 @@ class DecoderBackend(EncoderBackend):
     """Every `model_name_or_path` whose config is a causal LM's (a local folder, or a hub name once cached)."""
 
     name = "decoder"
-    trains_an_encoder = False  # no MLM post-training, HP search, encoder techniques or ONNX export
-    multi_process = True
+    # no MLM post-training, HP search, encoder fine-tuning techniques, student role or ONNX export (yet)
+    supports_techniques = False
+    supports_post_training = False
+    supports_hp_search = False
+    supports_distillation = False
+    supports_onnx_export = False
+    supports_multi_process = True
     heads = ("cls",)  # the model's own head on the last token
-    takes_lora = True
+    supports_lora = True
 
     def matches(self, model_name_or_path: str) -> bool:
         if is_offline(model_name_or_path) or is_ngram(model_name_or_path):
@@ -327,16 +332,8 @@ class DecoderBackend(EncoderBackend):
         check_quantization(model_args)
         check_lora_targets(model_args)
 
-    def new_model(
-        self,
-        backbone: str,
-        tokenizer,
-        model_args: ModelArguments,
-        training_args: TrainingArguments,
-        technique_args: TechniqueArguments | None = None,
-        head: str = "cls",
-    ) -> PreTrainedModel:
-        return new_decoder_model(backbone, tokenizer, model_args, training_args)
+    def new_model(self, backbone: str, tokenizer, settings: RunSettings, head: str = "cls") -> PreTrainedModel:
+        return new_decoder_model(backbone, tokenizer, settings.model, settings.training)
 
     def save_model(self, model, tokenizer, path: str, model_args: ModelArguments) -> None:
         save_decoder(model, tokenizer, path, model_args.merge_lora)

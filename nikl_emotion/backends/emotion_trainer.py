@@ -18,7 +18,7 @@ from nikl_emotion.backends.classifier import CheckpointClassifier
 from nikl_emotion.backends.losses import MultiLabelLoss, build_loss
 from nikl_emotion.backends.precision import autocast_dtype, training_autocast
 from nikl_emotion.backends.techniques import Adversary, layerwise_parameter_groups, rdrop_divergence, repeat_batch
-from nikl_emotion.base.config import KFoldArguments, LossArguments, TechniqueArguments
+from nikl_emotion.base.config import LossArguments, RunSettings
 from nikl_emotion.decisions.decision import fixed_rule
 from nikl_emotion.decisions.metrics import score, sigmoid
 from nikl_emotion.decisions.voting import DecisionRule
@@ -177,18 +177,11 @@ def predict_in_order(trainer: Trainer, preprocessing: Preprocessing, rows: Datas
     return sigmoid(logits)
 
 
-def fold_trainer_inputs(
-    train_rows: Dataset,
-    val_rows: Dataset,
-    tokenizer,
-    kfold_args: KFoldArguments,
-    loss_args: LossArguments,
-    technique_args: TechniqueArguments | None = None,
-) -> dict:
+def fold_trainer_inputs(train_rows: Dataset, val_rows: Dataset, tokenizer, settings: RunSettings) -> dict:
     """EmotionTrainer's data, collator, metric, early stopping, loss and techniques for one fold (train_fold and the
     HP search)."""
     columns = [c for c in TRAINER_COLUMNS if c in train_rows.column_names]
-    techniques = technique_args or TechniqueArguments()
+    kfold_args, loss_args, techniques = settings.kfold, settings.loss, settings.techniques
     callbacks = (
         [EarlyStoppingCallback(kfold_args.early_stopping_patience)] if kfold_args.early_stopping_patience else []
     )

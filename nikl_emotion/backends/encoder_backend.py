@@ -43,15 +43,16 @@ from nikl_emotion.backends.fold_backend import (
     replace_best,
     write_fold_outputs,
 )
+from nikl_emotion.backends.heads import HEADS
 from nikl_emotion.backends.model_card import write_model_card
 from nikl_emotion.backends.precision import LoadOptions, LoadRecord
 from nikl_emotion.backends.techniques import enable_multi_sample_dropout
 from nikl_emotion.backends.tracking import end_fold_tracking, fold_trainer_settings, push_fold
 from nikl_emotion.base.checkpoint_files import AVERAGING_STATE_FILE
-from nikl_emotion.base.config import KFoldArguments, LossArguments, ModelArguments, ModelLoading, TechniqueArguments
+from nikl_emotion.base.config import ModelArguments, ModelLoading, RunSettings, TechniqueArguments
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.fileio import write_json_atomic
-from nikl_emotion.base.vocabulary import CLASSIFIER_HEADS, is_offline
+from nikl_emotion.base.vocabulary import is_offline
 from nikl_emotion.decisions.decision import fixed_rule
 from nikl_emotion.decisions.metrics import score
 from nikl_emotion.folders.run_folder import FoldFolder, RunFolder, last_complete_checkpoint, read_mapping
@@ -63,10 +64,18 @@ class EncoderBackend:
     """Every `model_name_or_path` that is not another backend's: a hub name, a local model folder, offline:..."""
 
     name = "encoder"
-    trains_an_encoder = True
-    multi_process = True
-    heads = CLASSIFIER_HEADS
-    takes_lora = False
+    supports_techniques = True
+    supports_post_training = True
+    supports_hp_search = True
+    supports_distillation = True
+    supports_onnx_export = True
+    supports_multi_process = True
+    supports_lora = False
+
+    @property
+    def heads(self) -> tuple[str, ...]:
+        """Every registered head (`heads.HEADS`, a test's or a plugin's included)."""
+        return tuple(HEADS)
 
     def matches(self, model_name_or_path: str) -> bool:
         return True
@@ -97,51 +106,105 @@ class EncoderBackend:
 
     def prepare(
         self,
-        model_args: ModelArguments,
+        settings: RunSettings,
         preprocessing: Preprocessing,
-        training_args: TrainingArguments,
         cleaned: Dataset,
         cleaned_test: Dataset | None,
         other_texts: list[str] | tuple = (),
     ) -> PreparedRun:
+        model = settings.model
         backbone, tokenizer, encoded, encoded_test = backbone_and_encodings(
-            model_args, preprocessing, training_args, cleaned, cleaned_test, other_texts
+            model, preprocessing, settings.training, cleaned, cleaned_test, other_texts
         )
         return PreparedRun(
             backbone,
             tokenizer,
             encoded,
             encoded_test,
-            lambda rows: encode(rows, tokenizer, preprocessing, max_unknown_rate=model_args.max_unknown_rate),
+            lambda rows: encode(rows, tokenizer, preprocessing, max_unknown_rate=model.max_unknown_rate),
         )
 
-    def train_fold(
-        self,
-        data: FoldData,
-        kfold_args: KFoldArguments,
-        loss_args: LossArguments,
-        training_args: TrainingArguments,
-        technique_args: TechniqueArguments | None = None,
-        folder: FoldFolder | None = None,
-    ) -> dict:
-        return train_fold(data, kfold_args, loss_args, training_args, technique_args, folder, backend=self)
+    def train_fold(self, settings: RunSettings, data: FoldData, folder: FoldFolder | None = None) -> dict:
+        """Train one fold (resuming an interrupted one), predict its validation and test rows in order, and write
+        its files, `done.json` last, into `folder` (default: the run's fold_K). Every rank calls this; the main
+        process writes. The model is built and saved by `new_model` / `save_model` (a subclass's, the decoder's)."""
+        training = settings.training
+        folder = folder or RunFolder(training.output_dir).fold(data.fold)
+        set_seed(training.seed)
+        techniques = settings.techniques
+        cause = likely_cause(training.learning_rate, techniques.adversarial, techniques.adversarial_epsilon)
+        trainer = self.fold_trainer(settings, data, folder)
+        guard = DivergenceGuard(data.fold, cause)
+        trainer.add_callback(guard)
+        try:
+            train_resuming(trainer, folder, data.fold)
+            guard.raise_if_diverged()
+            val_probs = predict_in_order(trainer, data.preprocessing, data.val_rows)  # every rank predicts its share
+            test_probs = (
+                predict_in_order(trainer, data.preprocessing, data.encoded_test)
+                if data.encoded_test is not None
+                else None
+            )
+            check_finite_probabilities(
+                data.fold, trainer.state.global_step, cause, validation=val_probs, test=test_probs
+            )
+        except TrainingDiverged:
+            if trainer.is_world_process_zero():  # nothing of a diverged fold is worth resuming from
+                shutil.rmtree(folder.checkpoints, ignore_errors=True)
+            raise
+        result: dict = {}
+        if trainer.is_world_process_zero():
+            result = score(np.asarray(data.val_rows["labels"]), fixed_rule(settings.kfold).decide(val_probs))
+            self.save_best(settings, trainer, data, folder, result)
+            result.update(fold_state(trainer, data))
+            write_fold_outputs(folder, data.val_rows, val_probs, data.encoded_test, test_probs, result)
+            push_fold(training, folder.best, data.fold)
+        end_fold_tracking()
+        trainer.accelerator.wait_for_everyone()
+        del trainer
+        release_memory()
+        return result
 
-    def new_model(
-        self,
-        backbone: str,
-        tokenizer,
-        model_args: ModelArguments,
-        training_args: TrainingArguments,
-        technique_args: TechniqueArguments | None = None,
-        head: str = "cls",
-    ):
+    def fold_trainer(self, settings: RunSettings, data: FoldData, folder: FoldFolder) -> EmotionTrainer:
+        """The fold's EmotionTrainer: a fresh classifier from the backbone, checkpoints in the fold's folder."""
+        training = settings.training
+        with_markers = data.preprocessing.input_format == "marker"
+        tokenizer = load_tokenizer(data.backbone, with_markers=with_markers, loading=backbone_loading(settings.model))
+        model = self.new_model(data.backbone, tokenizer, settings, data.preprocessing.classifier_head)
+        fold_args = dataclasses.replace(
+            training,
+            output_dir=folder.checkpoints,
+            remove_unused_columns=False,
+            **fold_trainer_settings(training, data.fold),
+        )
+        inputs = fold_trainer_inputs(data.train_rows, data.val_rows, tokenizer, settings)
+        trainer = EmotionTrainer(model=model, args=fold_args, **inputs)
+        keep_tensorboard_logs(trainer, folder.runs)
+        return trainer
+
+    def new_model(self, backbone: str, tokenizer, settings: RunSettings, head: str = "cls"):
         """A fresh classifier to fine-tune from `backbone` (each fold, each HP-search trial)."""
-        return load_classifier(backbone, tokenizer, technique_args, head, backbone_loading(model_args))
+        return load_classifier(backbone, tokenizer, settings.techniques, head, backbone_loading(settings.model))
 
     def save_model(self, model, tokenizer, path: str, model_args: ModelArguments) -> None:
         """The fine-tuned model and its tokenizer into `path` (best/ being written)."""
         model.save_pretrained(path)
         tokenizer.save_pretrained(path)
+
+    def save_best(
+        self, settings: RunSettings, trainer: EmotionTrainer, data: FoldData, folder: FoldFolder, result: dict
+    ) -> None:
+        """The best checkpoint (the Trainer has loaded it back) with its preprocessing settings, its loading record
+        and model card, written beside and then renamed: a kill never leaves a half-written best/."""
+        config = run_config(settings.training.output_dir)
+
+        def write(path: str) -> None:
+            os.makedirs(path, exist_ok=True)
+            self.save_model(trainer.model, trainer.processing_class, path, settings.model)
+            self.load_record(settings.model, trainer.args).save(path)  # how to load it to predict as the fold did
+            write_model_card(path, config, data.fold, result)
+
+        replace_best(folder, data.preprocessing, write)
 
     def owns_checkpoint(self, folder: str) -> bool:
         return True  # the last in the registry: any folder no other backend claims is read as a Hugging Face model
@@ -243,88 +306,6 @@ def prepare_backbone(
     return path
 
 
-def train_fold(
-    data: FoldData,
-    kfold_args: KFoldArguments,
-    loss_args: LossArguments,
-    training_args: TrainingArguments,
-    technique_args: TechniqueArguments | None = None,
-    folder: FoldFolder | None = None,
-    backend: EncoderBackend | None = None,
-) -> dict:
-    """Train one fold (resuming an interrupted one), predict its validation and test rows in order, and write its
-    files, `done.json` last, into `folder` (default: the run's fold_K). Every rank calls this; the main process
-    writes. `backend` builds and saves the model (this module's encoder, or a subclass such as the decoder's)."""
-    folder = folder or RunFolder(training_args.output_dir).fold(data.fold)
-    backend = backend or EncoderBackend()
-    set_seed(training_args.seed)
-    val_rows = data.val_rows
-    techniques = technique_args or TechniqueArguments()
-    cause = likely_cause(training_args.learning_rate, techniques.adversarial, techniques.adversarial_epsilon)
-    trainer = fold_trainer(data, kfold_args, loss_args, training_args, technique_args, folder, backend)
-    guard = DivergenceGuard(data.fold, cause)
-    trainer.add_callback(guard)
-    try:
-        train_resuming(trainer, folder, data.fold)
-        guard.raise_if_diverged()
-        val_probs = predict_in_order(trainer, data.preprocessing, val_rows)  # every rank predicts its share
-        test_probs = (
-            predict_in_order(trainer, data.preprocessing, data.encoded_test) if data.encoded_test is not None else None
-        )
-        check_finite_probabilities(data.fold, trainer.state.global_step, cause, validation=val_probs, test=test_probs)
-    except TrainingDiverged:
-        if trainer.is_world_process_zero():  # nothing of a diverged fold is worth resuming from
-            shutil.rmtree(folder.checkpoints, ignore_errors=True)
-        raise
-    result: dict = {}
-    if trainer.is_world_process_zero():
-        gold = np.asarray(val_rows["labels"])
-        result = score(gold, fixed_rule(kfold_args).decide(val_probs))
-        save_best(trainer, folder, data, run_config(training_args.output_dir), result, backend)
-        result.update(fold_state(trainer, data))
-        write_fold_outputs(folder, val_rows, val_probs, data.encoded_test, test_probs, result)
-        push_fold(training_args, folder.best, data.fold)
-    end_fold_tracking()
-    trainer.accelerator.wait_for_everyone()
-    del trainer
-    release_memory()
-    return result
-
-
-def fold_trainer(
-    data: FoldData,
-    kfold_args: KFoldArguments,
-    loss_args: LossArguments,
-    training_args: TrainingArguments,
-    technique_args: TechniqueArguments | None = None,
-    folder: FoldFolder | None = None,
-    backend: EncoderBackend | None = None,
-) -> EmotionTrainer:
-    """The fold's EmotionTrainer: a fresh classifier from the backbone, checkpoints in the fold's folder."""
-    folder = folder or RunFolder(training_args.output_dir).fold(data.fold)
-    backend = backend or EncoderBackend()
-    model_args = data.model_args or ModelArguments()
-    tokenizer = load_tokenizer(
-        data.backbone, with_markers=data.preprocessing.input_format == "marker", loading=backbone_loading(model_args)
-    )
-    model = backend.new_model(
-        data.backbone, tokenizer, model_args, training_args, technique_args, data.preprocessing.classifier_head
-    )
-    fold_args = dataclasses.replace(
-        training_args,
-        output_dir=folder.checkpoints,
-        remove_unused_columns=False,
-        **fold_trainer_settings(training_args, data.fold),
-    )
-    trainer = EmotionTrainer(
-        model=model,
-        args=fold_args,
-        **fold_trainer_inputs(data.train_rows, data.val_rows, tokenizer, kfold_args, loss_args, technique_args),
-    )
-    keep_tensorboard_logs(trainer, folder.runs)
-    return trainer
-
-
 def train_resuming(trainer: EmotionTrainer, folder: FoldFolder, fold: int) -> None:
     """Train, resuming from the last fully written checkpoint of an interrupted fold (a half-written one is
     pruned first, by the main process)."""
@@ -341,22 +322,6 @@ def train_resuming(trainer: EmotionTrainer, folder: FoldFolder, fold: int) -> No
     if resume and trainer.is_world_process_zero():
         print(f"fold {fold}: resuming from {os.path.basename(resume)}")
     trainer.train(resume_from_checkpoint=resume)
-
-
-def save_best(
-    trainer: EmotionTrainer, folder: FoldFolder, data: FoldData, config: dict, result: dict, backend: EncoderBackend
-) -> None:
-    """The best checkpoint (the Trainer has loaded it back) with its preprocessing settings and model card, written
-    beside and then renamed: a kill never leaves a half-written best/."""
-
-    def write(path: str) -> None:
-        os.makedirs(path, exist_ok=True)
-        model_args = data.model_args or ModelArguments()
-        backend.save_model(trainer.model, trainer.processing_class, path, model_args)
-        backend.load_record(model_args, trainer.args).save(path)  # how to load it to predict as the fold did
-        write_model_card(path, config, data.fold, result)
-
-    replace_best(folder, data.preprocessing, write)
 
 
 def fold_state(trainer: EmotionTrainer, data: FoldData) -> dict:

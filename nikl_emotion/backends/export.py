@@ -59,7 +59,7 @@ def export_checkpoint(checkpoint: str, output_dir: str, int8: bool = False, opse
     if is_onnx_export(checkpoint):
         raise PipelineError(f"{checkpoint}: already an ONNX export; export the best/ folder it was made from")
     backend = checkpoint_backend(checkpoint)
-    if not backend.trains_an_encoder:
+    if not backend.supports_onnx_export:
         raise PipelineError(
             f"{checkpoint}: ONNX export is for encoders; a {backend.name} checkpoint predicts as it "
             "is (inference.py --checkpoint takes it)"

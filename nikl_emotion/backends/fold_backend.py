@@ -13,6 +13,7 @@ from typing import Protocol
 import numpy as np
 from datasets import Dataset, concatenate_datasets
 
+from nikl_emotion.base.config import RunSettings
 from nikl_emotion.base.fileio import write_json_atomic, write_probs
 from nikl_emotion.folders.run_folder import FoldFolder
 from nikl_emotion.text.data import iter_column
@@ -37,16 +38,22 @@ class FoldBackend(Protocol):
     before any work; `prepare` makes the run's rows ready (once per run); `train_fold` trains one fold, saves its
     checkpoint folder (`best/`, which `EmotionClassifier.from_pretrained` loads) and writes the fold's files.
 
-    Capabilities the programs above ask instead of the backend's name: `trains_an_encoder` (a tokenizer and a
-    Trainer: the fine-tuning techniques, post-training, the distillation student, the HP search and ONNX export need
-    one), `multi_process` (it may run under `accelerate launch`), `heads` (the `classifier_head` values it
-    builds; empty for a model without one) and `takes_lora` (LoRA adapters, `check_lora` checks what they need)."""
+    Capabilities the programs above ask instead of the backend's name, each named by what it enables:
+    `supports_techniques` (the fine-tuning techniques of TechniqueArguments), `supports_post_training`
+    (`post_train.py` continues its pretraining), `supports_hp_search` (`train.py --hp-search`),
+    `supports_distillation` (it can be `distill.py`'s student), `supports_onnx_export` (`export.py`),
+    `supports_multi_process` (it may run under `accelerate launch`), `supports_lora` (LoRA adapters; `check_lora`
+    checks what they need) and `heads` (the `classifier_head` values it builds; empty for a model without one)."""
 
     name: str
-    trains_an_encoder: bool
-    multi_process: bool
+    supports_techniques: bool
+    supports_post_training: bool
+    supports_hp_search: bool
+    supports_distillation: bool
+    supports_onnx_export: bool
+    supports_multi_process: bool
+    supports_lora: bool
     heads: tuple[str, ...]
-    takes_lora: bool
 
     def matches(self, model_name_or_path: str) -> bool: ...
 
@@ -60,23 +67,14 @@ class FoldBackend(Protocol):
 
     def prepare(
         self,
-        model_args,
+        settings: RunSettings,
         preprocessing: Preprocessing,
-        training_args,
         cleaned: Dataset,
         cleaned_test: Dataset | None,
         other_texts: list[str] | tuple = (),
     ) -> PreparedRun: ...
 
-    def train_fold(
-        self,
-        data: FoldData,
-        kfold_args,
-        loss_args,
-        training_args,
-        technique_args=None,
-        folder: FoldFolder | None = None,
-    ) -> dict: ...
+    def train_fold(self, settings: RunSettings, data: FoldData, folder: FoldFolder | None = None) -> dict: ...
 
     def owns_checkpoint(self, folder: str) -> bool:
         """Whether `folder` is a checkpoint this backend saved."""
@@ -99,7 +97,6 @@ class FoldData:
     backbone: str
     preprocessing: Preprocessing
     extra_train_rows: Dataset | None = None  # pseudo-labelled rows, training only (pseudo_labels.py)
-    model_args: object | None = None  # the run's ModelArguments (LoRA, quantization); None: the defaults
 
     @property
     def train_rows(self) -> Dataset:

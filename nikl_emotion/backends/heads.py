@@ -1,5 +1,11 @@
-"""Classification heads over an encoder: the backbone's own sequence-classification head on the first token (`cls`),
-or `target_pool`, which also reads the target's own tokens.
+"""Classification heads over an encoder, registered by name like the backends: `cls` (the backbone's own
+sequence-classification head on the first token) and `target_pool` (which also reads the target's own tokens).
+
+A head is one `ClassifierHead` subclass: its `name` (the `classifier_head` value), the model `inputs` it reads beyond
+the tokenizer's (`target_mask`, produced by `text/encoding.tokenize_batch`), `build` (a model to fine-tune from a
+pretrained encoder) and `load` (a fine-tuned folder). `register_head` adds one; settings validation, training,
+loading, ONNX export and the model card take the names and inputs from `HEADS`, and an unknown name is refused by
+`head_named` before any model is built.
 
 `target_pool` concatenates the first token's state with the mean and the max of the states of the target's tokens
 (the `target_mask` input, found from the target's character span through the tokenizer's offsets, see
@@ -22,7 +28,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassificati
 from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
-from nikl_emotion.base.vocabulary import CLASSIFIER_HEADS, check_choice
+from nikl_emotion.base.vocabulary import check_choice
 
 TARGET_MASK = "target_mask"  # the model input naming the target's tokens (1) among a row's tokens
 
@@ -96,27 +102,88 @@ def without_pooler(config: PretrainedConfig) -> dict:
     return {"add_pooling_layer": False} if takes_it else {}
 
 
-def build_classifier(model_name_or_path: str, config: PretrainedConfig, head: str, **loading) -> PreTrainedModel:
-    """A classifier to fine-tune: the pretrained encoder at `model_name_or_path` under `head`, the head new;
-    `loading`: from_pretrained keywords (dtype, revision, trust_remote_code, attn_implementation)."""
-    check_choice("classifier_head", head, CLASSIFIER_HEADS)
-    if head == "cls":
+class ClassifierHead:
+    """One way to put the labels on top of an encoder (see the module docstring). A head other than `cls` saves its
+    name in the model config (`classifier_head`), which is how `load_trained_model` finds it again."""
+
+    name: str = ""
+    inputs: tuple[str, ...] = ()  # model inputs beyond the tokenizer's (TARGET_MASK)
+
+    def build(self, model_name_or_path: str, config: PretrainedConfig, **loading) -> PreTrainedModel:
+        raise NotImplementedError
+
+    def load(self, folder: str, config: PretrainedConfig, **kwargs) -> tuple[PreTrainedModel, dict]:
+        """The fine-tuned model in `folder` and transformers' loading info (`missing_keys`, ...)."""
+        raise NotImplementedError
+
+
+class FirstTokenHead(ClassifierHead):
+    """The backbone's own sequence-classification head: a plain transformers checkpoint (`pipeline()` loads it)."""
+
+    name = "cls"
+
+    def build(self, model_name_or_path: str, config: PretrainedConfig, **loading) -> PreTrainedModel:
         return AutoModelForSequenceClassification.from_pretrained(model_name_or_path, config=config, **loading)
-    backbone = AutoModel.from_pretrained(model_name_or_path, config=config, **without_pooler(config), **loading)
-    model = TargetPoolForSequenceClassification(backbone.config, backbone)
-    return model.to(backbone.dtype)  # the new head in the backbone's dtype (float32 to fine-tune)
+
+    def load(self, folder: str, config: PretrainedConfig, **kwargs) -> tuple[PreTrainedModel, dict]:
+        return AutoModelForSequenceClassification.from_pretrained(folder, output_loading_info=True, **kwargs)
+
+
+class TargetPoolHead(ClassifierHead):
+    """`TargetPoolForSequenceClassification` over the pretrained encoder (`AutoModel`), the head new."""
+
+    name = "target_pool"
+    inputs = (TARGET_MASK,)
+
+    def build(self, model_name_or_path: str, config: PretrainedConfig, **loading) -> PreTrainedModel:
+        backbone = AutoModel.from_pretrained(model_name_or_path, config=config, **without_pooler(config), **loading)
+        model = TargetPoolForSequenceClassification(backbone.config, backbone)
+        return model.to(backbone.dtype)  # the new head in the backbone's dtype (float32 to fine-tune)
+
+    def load(self, folder: str, config: PretrainedConfig, **kwargs) -> tuple[PreTrainedModel, dict]:
+        return TargetPoolForSequenceClassification.from_pretrained(
+            folder, config=config, output_loading_info=True, **kwargs
+        )
+
+
+HEADS: dict[str, ClassifierHead] = {}
+
+
+def register_head(head: ClassifierHead) -> ClassifierHead:
+    """Make `head` a `classifier_head` value every command accepts (a name registered twice is refused)."""
+    if not head.name or head.name in HEADS:
+        raise ValueError(f"a head needs a name of its own, got {head.name!r} (registered: {', '.join(HEADS)})")
+    HEADS[head.name] = head
+    return head
+
+
+register_head(FirstTokenHead())
+register_head(TargetPoolHead())
+
+
+def head_named(name: str) -> ClassifierHead:
+    """The registered head called `name`; any other name is refused with the registered ones."""
+    check_choice("classifier_head", name, tuple(HEADS))
+    return HEADS[name]
+
+
+def build_classifier(model_name_or_path: str, config: PretrainedConfig, head: str, **loading) -> PreTrainedModel:
+    """A classifier to fine-tune: the pretrained encoder at `model_name_or_path` under the head named `head`, the
+    head new; `loading`: from_pretrained keywords (dtype, revision, trust_remote_code, attn_implementation)."""
+    chosen = head_named(head)
+    model = chosen.build(model_name_or_path, config, **loading)
+    if chosen.name != "cls":  # a plain checkpoint stays plain; any other head is found again by its name
+        model.config.classifier_head = chosen.name
+    return model
 
 
 def load_trained_model(folder: str, **kwargs) -> tuple[PreTrainedModel, dict]:
     """A fine-tuned classifier folder with its head, and the loading info (`missing_keys`, ...)."""
     config = AutoConfig.from_pretrained(folder, trust_remote_code=kwargs.get("trust_remote_code", False))
-    if head_of(config) == "target_pool":
-        return TargetPoolForSequenceClassification.from_pretrained(
-            folder, config=config, output_loading_info=True, **kwargs
-        )
-    return AutoModelForSequenceClassification.from_pretrained(folder, output_loading_info=True, **kwargs)
+    return head_named(head_of(config)).load(folder, config, **kwargs)
 
 
-def reads_target_mask(model: nn.Module) -> bool:
+def head_inputs(model: nn.Module) -> tuple[str, ...]:
+    """The inputs beyond the tokenizer's that a model's head reads (none for a model without a config)."""
     config = getattr(model, "config", None)
-    return config is not None and head_of(config) == "target_pool"
+    return () if config is None else head_named(head_of(config)).inputs

@@ -116,7 +116,8 @@ class AsymmetricLoss(MultiLabelLoss):
 
     `disable_torch_grad_focal_loss=True` computes the focusing weight without gradient, as the reference's option
     does, but scoped with `torch.no_grad()`: the reference toggles grad mode globally and would turn gradients back
-    on inside the Trainer's evaluation.
+    on inside the Trainer's evaluation. The parameters are the reference's; `reduction` and `label_smoothing`
+    (keywords) are every loss's, checked by `MultiLabelLoss`.
     """
 
     def __init__(
@@ -126,11 +127,9 @@ class AsymmetricLoss(MultiLabelLoss):
         clip: float = 0.05,
         eps: float = 1e-8,
         disable_torch_grad_focal_loss: bool = False,
-        *,
-        reduction: str = "mean",
-        label_smoothing: float = 0.0,
+        **common,
     ):
-        super().__init__(reduction, label_smoothing)
+        super().__init__(**common)
         for name, gamma in (("gamma_neg", gamma_neg), ("gamma_pos", gamma_pos)):
             check_parameter(
                 gamma >= 0,

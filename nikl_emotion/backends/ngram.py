@@ -27,6 +27,7 @@ from nikl_emotion.backends.fold_backend import (
     write_fold_outputs,
 )
 from nikl_emotion.base.checkpoint_files import NGRAM_INFO_FILE, NGRAM_MODEL_FILE
+from nikl_emotion.base.config import RunSettings
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.fileio import write_json_atomic
 from nikl_emotion.base.labels import LABELS, NUM_LABELS
@@ -158,7 +159,7 @@ class NgramClassifier:
         return model
 
 
-class NgramBackend:
+class NgramRuntime:
     """An n-gram model behind `EmotionClassifier`: it reads cleaned text, not token batches."""
 
     reads_text = True
@@ -177,15 +178,15 @@ def train_ngram(train_rows: Dataset, seed: int) -> tuple[NgramClassifier, float]
     return model, time.perf_counter() - start
 
 
-def train_ngram_fold(data: FoldData, kfold_args, training_args, folder: FoldFolder | None = None) -> dict:
+def train_ngram_fold(settings: RunSettings, data: FoldData, folder: FoldFolder | None = None) -> dict:
     """The n-gram member's fold: fit on the fold's cleaned training rows, predict its validation and test rows, and
     write the same files as an encoder's fold (best/ holds the fitted model)."""
-    folder = folder or RunFolder(training_args.output_dir).fold(data.fold)
-    model, seconds = train_ngram(data.train_rows, training_args.seed)
+    folder = folder or RunFolder(settings.training.output_dir).fold(data.fold)
+    model, seconds = train_ngram(data.train_rows, settings.training.seed)
     val_rows = data.val_rows
     val_probs = model.predict_proba(val_rows)
     test_probs = model.predict_proba(data.encoded_test) if data.encoded_test is not None else None
-    result = score(np.asarray(val_rows["labels"]), fixed_rule(kfold_args).decide(val_probs))
+    result = score(np.asarray(val_rows["labels"]), fixed_rule(settings.kfold).decide(val_probs))
     replace_best(folder, data.preprocessing, model.save)
     result.update(
         {
@@ -206,14 +207,18 @@ def train_ngram_fold(data: FoldData, kfold_args, training_args, folder: FoldFold
     return result
 
 
-class NgramFoldBackend:
+class NgramBackend:
     """`ngram:<kind>`: fits on one process in seconds to minutes; no tokenizer, no Trainer."""
 
     name = "ngram"
-    trains_an_encoder = False
-    multi_process = False
+    supports_techniques = False
+    supports_post_training = False
+    supports_hp_search = False
+    supports_distillation = False
+    supports_onnx_export = False
+    supports_multi_process = False
     heads = ()
-    takes_lora = False
+    supports_lora = False
 
     def matches(self, model_name_or_path: str) -> bool:
         return is_ngram(model_name_or_path)
@@ -225,21 +230,13 @@ class NgramFoldBackend:
         return None  # no tokenizer: its morpheme features come from kiwipiepy whatever the setting
 
     def prepare(
-        self, model_args, preprocessing, training_args, cleaned: Dataset, cleaned_test: Dataset | None, other_texts=()
+        self, settings: RunSettings, preprocessing, cleaned: Dataset, cleaned_test: Dataset | None, other_texts=()
     ) -> PreparedRun:
         """It reads the cleaned text itself: no backbone, no tokens."""
-        return PreparedRun(model_args.model_name_or_path, None, cleaned, cleaned_test, lambda rows: rows)
+        return PreparedRun(settings.model.model_name_or_path, None, cleaned, cleaned_test, lambda rows: rows)
 
-    def train_fold(
-        self,
-        data: FoldData,
-        kfold_args,
-        loss_args,
-        training_args,
-        technique_args=None,
-        folder: FoldFolder | None = None,
-    ) -> dict:
-        return train_ngram_fold(data, kfold_args, training_args, folder)
+    def train_fold(self, settings: RunSettings, data: FoldData, folder: FoldFolder | None = None) -> dict:
+        return train_ngram_fold(settings, data, folder)
 
     def owns_checkpoint(self, folder: str) -> bool:
         return is_ngram_folder(folder)
@@ -252,5 +249,5 @@ class NgramFoldBackend:
     ) -> CheckpointClassifier:
         """The fitted model behind `CheckpointClassifier` (it reads cleaned text: no tokenizer, no device, no dtype)."""
         return CheckpointClassifier(
-            NgramBackend(NgramClassifier.load(folder)), None, Preprocessing.load(folder), source=folder
+            NgramRuntime(NgramClassifier.load(folder)), None, Preprocessing.load(folder), source=folder
         )

@@ -10,11 +10,11 @@ from nikl_emotion.backends.classifier import CheckpointClassifier
 from nikl_emotion.backends.decoder_backend import DecoderBackend
 from nikl_emotion.backends.encoder_backend import EncoderBackend
 from nikl_emotion.backends.fold_backend import FoldBackend
-from nikl_emotion.backends.ngram import NgramFoldBackend
+from nikl_emotion.backends.ngram import NgramBackend
 from nikl_emotion.backends.precision import LoadOptions
 from nikl_emotion.base.errors import PipelineError
 
-BACKENDS: tuple[FoldBackend, ...] = (NgramFoldBackend(), DecoderBackend(), EncoderBackend())
+BACKENDS: tuple[FoldBackend, ...] = (NgramBackend(), DecoderBackend(), EncoderBackend())
 
 
 def backend_for(model_name_or_path: str) -> FoldBackend:

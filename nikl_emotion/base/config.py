@@ -26,7 +26,6 @@ from nikl_emotion.base.labels import NUM_LABELS
 from nikl_emotion.base.vocabulary import (
     ADVERSARIAL_METHODS,
     ATTN_IMPLEMENTATIONS,
-    CLASSIFIER_HEADS,
     DECISION_MODES,
     DEFAULT_DECISION_MODE,
     DEFAULT_INPUT_TEMPLATE,
@@ -150,7 +149,7 @@ class ModelArguments:
     )
 
     def __post_init__(self):
-        check_choice("classifier_head", self.classifier_head, CLASSIFIER_HEADS)
+        # classifier_head: a registered head's name (backends/heads.py), checked by config_checks
         if self.lora_r < 0:
             raise PipelineError(f"lora_r: must be >= 0 (0: no LoRA), got {self.lora_r}")
         if not (is_finite(self.lora_alpha) and self.lora_alpha > 0):
@@ -450,6 +449,192 @@ TRAINING_DEFAULTS: dict[str, object] = {
     "train_sampling_strategy": "group_by_length",
     "save_only_model": False,
 }
+
+
+@dataclass
+class PostTrainDataArguments(PreprocessingArguments):
+    train_files: list[str] = field(
+        default_factory=list,
+        metadata={"help": "jsonl files whose texts are learned (train, dev, test: labels are ignored)."},
+    )
+    validation_fraction: float = field(
+        default=0.02, metadata={"help": "Share of rows held out to report the MLM loss before and after."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_input_files(self.train_files, "jsonl file to learn from")
+        if not 0.0 <= self.validation_fraction < 0.5:
+            raise PipelineError(f"validation_fraction: must be in [0, 0.5), got {self.validation_fraction}")
+
+
+OBJECTIVES: tuple[str, ...] = ("mlm", "rtd")
+MAX_TIME_BUDGET_MINUTES = 7 * 24 * 60
+
+
+@dataclass
+class MLMArguments:
+    objective: str = field(
+        default="mlm",
+        metadata={
+            "help": "mlm (masked-LM) or rtd (ELECTRA replaced-token detection: "
+            "a small generator fills the masked tokens, the encoder learns to spot them; ELECTRA backbones)."
+        },
+    )
+    mlm_probability: float = field(default=0.15, metadata={"help": "Share of tokens selected for prediction."})
+    whole_word_mask: bool = field(default=False, metadata={"help": "Mask all WordPiece pieces of a word together."})
+    rtd_generator_size: float = field(
+        default=0.25,
+        metadata={"help": "rtd: the generator's width as a share of the discriminator's (the paper: 1/4 to 1/2)."},
+    )
+    rtd_discriminator_weight: float = field(
+        default=50.0,
+        metadata={"help": "rtd: weight of the discriminator's loss beside the generator's (the paper: 50)."},
+    )
+    time_budget_minutes: float | None = field(
+        default=None,
+        metadata={
+            "help": "Size the training to this many minutes "
+            "of this machine (measured on the first steps) instead of num_train_epochs."
+        },
+    )
+    overwrite: bool = field(
+        default=False, metadata={"help": "Start again in an output_dir that holds another post-training run."}
+    )
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise PipelineError(f"objective: {self.objective!r} is not one of {', '.join(OBJECTIVES)}")
+        if not 0.0 < self.mlm_probability < 1.0:
+            raise PipelineError(f"mlm_probability: must be in (0, 1), got {self.mlm_probability}")
+        if not 0.0 < self.rtd_generator_size <= 1.0:
+            raise PipelineError(f"rtd_generator_size: must be in (0, 1], got {self.rtd_generator_size}")
+        if not (is_finite(self.rtd_discriminator_weight) and self.rtd_discriminator_weight > 0):
+            raise PipelineError(f"rtd_discriminator_weight: must be > 0, got {self.rtd_discriminator_weight}")
+        budget = self.time_budget_minutes
+        if budget is not None and not (is_finite(budget) and 0 < budget <= MAX_TIME_BUDGET_MINUTES):
+            raise PipelineError(
+                f"time_budget_minutes: must be a number of minutes in (0, {MAX_TIME_BUDGET_MINUTES}] "
+                f"(a week), got {budget}"
+            )
+
+
+POST_TRAIN_DEFAULTS: dict[str, object] = {
+    "output_dir": "outputs/post-train",
+    "num_train_epochs": 3,
+    "learning_rate": 5e-4,
+    "weight_decay": 0.01,
+    "warmup_steps": 0.06,
+    "per_device_train_batch_size": 64,
+    "per_device_eval_batch_size": 128,
+    "eval_strategy": "epoch",
+    "save_strategy": "epoch",
+    "logging_strategy": "epoch",
+    "save_total_limit": 1,
+    "report_to": "none",
+    "train_sampling_strategy": "group_by_length",
+}
+
+
+@dataclass
+class DistillArguments:
+    teacher_run: str = field(
+        default="", metadata={"help": "A finished train.py run (OOF and fold test probabilities)."}
+    )
+    unlabelled_files: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "jsonl files whose text the student learns with the fold ensemble's probabilities as targets."
+        },
+    )
+    distill_gold_weight: float = field(
+        default=0.5,
+        metadata={
+            "help": "Training rows' target: this x gold labels + "
+            "(1 - this) x the teacher's OOF probabilities (0: teacher only, 1: gold only)."
+        },
+    )
+    validation_file: str = field(
+        default="",
+        metadata={
+            "help": "A labelled jsonl file the teacher never trained on: "
+            "its rows choose the student's best epoch, and the student learns every training row."
+        },
+    )
+    validation_fold: int | None = field(
+        default=None,
+        metadata={
+            "help": "Without validation_file: the teacher fold "
+            "whose rows are held out to choose the student's best epoch (default 0; "
+            "optimistic, see distill.py)."
+        },
+    )
+
+    def __post_init__(self):
+        if not self.teacher_run:
+            raise PipelineError("teacher_run: give the finished train.py run to distil (--teacher_run OUT)")
+        if not 0 <= self.distill_gold_weight <= 1:
+            raise PipelineError(f"distill_gold_weight: must be in [0, 1], got {self.distill_gold_weight}")
+        for path in self.unlabelled_files:
+            if not os.path.isfile(path):
+                raise PipelineError(f"unlabelled_files: {path}: file not found")
+        if self.validation_file and not os.path.isfile(self.validation_file):
+            raise PipelineError(f"validation_file: {self.validation_file}: file not found")
+        if self.validation_file and self.validation_fold is not None:
+            raise PipelineError(
+                "validation_fold: give either validation_file or validation_fold, not both (the "
+                "student is validated on one set of rows)"
+            )
+
+
+# The settings of one program, each built by its parser and frozen: what a run was told travels as one object.
+@dataclass(frozen=True)
+class RunSettings:
+    """A training run's settings (`train.py`, the HP search, the distillation student): built by
+    `config_checks.parse_config`, written as the run's `config.yaml` (`resolved()`)."""
+
+    model: ModelArguments
+    data: DataArguments
+    kfold: KFoldArguments
+    loss: LossArguments
+    techniques: TechniqueArguments
+    training: TrainingArguments
+
+    def parts(self) -> tuple:
+        """The dataclasses in the order the parser takes them (ARGUMENT_CLASSES)."""
+        return self.model, self.data, self.kfold, self.loss, self.techniques, self.training
+
+    def resolved(self) -> dict:
+        return resolved_config(*self.parts())
+
+    def with_training(self, training: TrainingArguments) -> RunSettings:
+        """The same settings with other Trainer arguments (a trial's, the student's)."""
+        return dataclasses.replace(self, training=training)
+
+
+@dataclass(frozen=True)
+class DistillSettings:
+    """`distill.py`'s settings: the student's run settings and the teacher's (`distillation.parse_distill_config`)."""
+
+    run: RunSettings
+    distill: DistillArguments
+
+    def resolved(self) -> dict:
+        *pipeline, training = self.run.parts()
+        return resolved_config(*pipeline, self.distill, training)
+
+
+@dataclass(frozen=True)
+class PostTrainSettings:
+    """`post_train.py`'s settings (`post_training.parse_post_train_config`)."""
+
+    model: ModelArguments
+    data: PostTrainDataArguments
+    objective: MLMArguments
+    training: TrainingArguments
+
+    def resolved(self) -> dict:
+        return resolved_config(self.model, self.data, self.objective, self.training)
 
 
 def yaml_tokens(mapping: dict, source: str) -> list[str]:

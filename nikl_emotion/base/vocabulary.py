@@ -27,7 +27,6 @@ INPUT_FORMATS = ("pair", "marker", "prompt", "text", "instruction")  # encoding.
 # `instruction`: one string from `input_template` (a decoder reads it, then the label comes from its last token)
 DEFAULT_INPUT_TEMPLATE = "문장: {text}\n대상: {target}\n위 문장에서 대상에 대해 드러난 감정은?"
 NO_TARGET = "문장 전체"  # what the template names as the target of a row without one ("the whole sentence")
-CLASSIFIER_HEADS = ("cls", "target_pool")  # heads.py: the first token, or it with the target's tokens pooled
 PRETOKENIZERS = ("none", "kiwi")  # morphemes.py: morpheme segmentation before an offline tokenizer
 ADVERSARIAL_METHODS = ("none", "fgm", "awp")  # techniques.py
 # how a checkpoint's weights are loaded (precision.py): `auto` is the pipeline's precision rule; the others name the

@@ -9,5 +9,5 @@ def main(argv: list[str]) -> int:
     quiet_libraries()
     from nikl_emotion.training.distillation import parse_distill_config, run_distillation
 
-    run_distillation(*parse_distill_config(argv))
+    run_distillation(parse_distill_config(argv))
     return 0

@@ -49,7 +49,7 @@ from nikl_emotion.commands.cli import (
 from nikl_emotion.decisions.decision import describe_choice
 
 
-def main(argv: list[str]) -> int:
+def build_parser():
     parser = command_parser(__doc__)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--inputs", nargs="+", help="probability or submission jsonl files")
@@ -84,22 +84,13 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--align_by_id", action="store_true", help="accept inputs with the same ids in another order")
     parser.add_argument("--reference", help="the predicted input jsonl; needed when every input is a probability file")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
-    if (args.strategy == STACK_STRATEGY) != bool(args.runs):
-        parser.error("--runs goes with --strategy stack, and --strategy stack with --runs")
-    if args.runs and (args.weights or args.min_votes or args.decision or args.reference or args.align_by_id):
-        parser.error(
-            "--strategy stack fits its own weights and takes the runs' test file: drop --weights, "
-            "--min_votes, --decision, --reference and --align_by_id"
-        )
-    if args.probs and not args.runs:
-        parser.error("--probs goes with --strategy stack")
-    if args.output_dir and not args.runs:
-        parser.error("--output_dir goes with --strategy stack (a stack folder); other votes write --output")
-    if bool(args.output) == bool(args.output_dir):
-        parser.error("give --output FILE" + (" or --output_dir DIR (not both)" if args.runs else ""))
-    if args.output_dir and args.probs:
-        parser.error("--output_dir writes the stacked probabilities itself (DIR/test_probs.jsonl): drop --probs")
+    check_option_pairs(parser, args)
     from nikl_emotion.folders.folder_kind import check_not_a_folders_own_file
 
     for option, path in (("--output", args.output), ("--probs", args.probs)):
@@ -116,6 +107,25 @@ def main(argv: list[str]) -> int:
     decisions = ensemble_files(args.inputs, args.output, rule, reference_path=args.reference, align=args.align_by_id)
     print(f"wrote {len(decisions)} rows voted from {len(args.inputs)} inputs to {args.output}")
     return 0
+
+
+def check_option_pairs(parser, args) -> None:
+    """The options that go together (stack or vote, one output), refused as argparse refuses a usage error."""
+    if (args.strategy == STACK_STRATEGY) != bool(args.runs):
+        parser.error("--runs goes with --strategy stack, and --strategy stack with --runs")
+    if args.runs and (args.weights or args.min_votes or args.decision or args.reference or args.align_by_id):
+        parser.error(
+            "--strategy stack fits its own weights and takes the runs' test file: drop --weights, "
+            "--min_votes, --decision, --reference and --align_by_id"
+        )
+    if args.probs and not args.runs:
+        parser.error("--probs goes with --strategy stack")
+    if args.output_dir and not args.runs:
+        parser.error("--output_dir goes with --strategy stack (a stack folder); other votes write --output")
+    if bool(args.output) == bool(args.output_dir):
+        parser.error("give --output FILE" + (" or --output_dir DIR (not both)" if args.runs else ""))
+    if args.output_dir and args.probs:
+        parser.error("--output_dir writes the stacked probabilities itself (DIR/test_probs.jsonl): drop --probs")
 
 
 def stack(args) -> int:

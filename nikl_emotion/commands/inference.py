@@ -60,34 +60,18 @@ def main(argv: list[str]) -> int:
     quiet_libraries()
     from nikl_emotion.backends.precision import LoadOptions
     from nikl_emotion.folders.folder_kind import check_not_a_folders_own_file
-    from nikl_emotion.runs.prediction import predict_file, predict_run_file
+    from nikl_emotion.runs.prediction import PredictionFiles, checkpoint_loader, predict_file, predict_run_file
 
-    options = LoadOptions(dtype=args.dtype, load_in_4bit=args.load_in_4bit, trust_remote_code=args.trust_remote_code)
-
+    files = PredictionFiles(args.input, args.output, args.probs, args.batch_size)
     for option, path in (("--output", args.output), ("--probs", args.probs)):
         if path:
             check_not_a_folders_own_file(path, option)
-
+    files.check()
+    options = LoadOptions(dtype=args.dtype, load_in_4bit=args.load_in_4bit, trust_remote_code=args.trust_remote_code)
+    loader = checkpoint_loader(args.device, options)
     if args.run:
-        decisions = predict_run_file(
-            args.run,
-            args.input,
-            args.output,
-            probs_path=args.probs,
-            batch_size=args.batch_size,
-            device=args.device,
-            options=options,
-        )
+        decisions = predict_run_file(args.run, files, loader)
     else:
-        decisions = predict_file(
-            args.checkpoint,
-            args.input,
-            args.output,
-            probs_path=args.probs,
-            rule=rule,
-            batch_size=args.batch_size,
-            device=args.device,
-            options=options,
-        )
+        decisions = predict_file(args.checkpoint, files, rule, loader)
     print(f"wrote {len(decisions)} rows to {args.output}")
     return 0

@@ -9,5 +9,5 @@ def main(argv: list[str]) -> int:
     quiet_libraries()
     from nikl_emotion.training.post_training import parse_post_train_config, run_post_training
 
-    run_post_training(*parse_post_train_config(argv))
+    run_post_training(parse_post_train_config(argv))
     return 0

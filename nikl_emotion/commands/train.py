@@ -1,7 +1,7 @@
 """K-fold training: `python train.py CONFIG.yaml [--key value ...]` (or under `accelerate launch`).
 
 `python train.py CONFIG.yaml --hp-search N [--fold K] [...]` runs N Optuna trials on fold K instead and writes
-OUT/hp_search.csv (see nikl_emotion/hp_search.py for the search space)."""
+OUT/hp_search.csv (see nikl_emotion/training/hp_search.py for the search space)."""
 
 from nikl_emotion.commands.cli import pop_option, quiet_libraries
 
@@ -11,13 +11,13 @@ def main(argv: list[str]) -> int:
     from nikl_emotion.training.config_checks import parse_config
 
     trials = pop_option(argv, ("--hp-search", "--hp_search"))
-    arguments = parse_config(argv)
+    settings = parse_config(argv)
     if trials is None:
         from nikl_emotion.training.kfold import run_training
 
-        run_training(*arguments)
+        run_training(settings)
     else:
         from nikl_emotion.training.hp_search import run_hp_search
 
-        run_hp_search(trials, *arguments)
+        run_hp_search(settings, trials)
     return 0

@@ -32,6 +32,7 @@ import numpy as np
 
 from nikl_emotion.base.vocabulary import DECISION_MODES, DEFAULT_STRATEGY, check_choice
 from nikl_emotion.decisions.metrics import score
+from nikl_emotion.decisions.thresholds import FittedThresholds
 from nikl_emotion.decisions.voting import DecisionRule
 
 BOOTSTRAP_RESAMPLES = 200
@@ -115,26 +116,24 @@ def choose_rule(
     oof: np.ndarray,
     gold: np.ndarray,
     fold_of_row: np.ndarray,
-    fitted: dict[int, np.ndarray],
-    all_oof_thresholds: np.ndarray,
+    thresholds: FittedThresholds,
     fixed: DecisionRule,
     mode: str = "auto",
 ) -> tuple[DecisionRule, dict]:
     """(the rule for the test file, the record for summary.json["decision"]). `fixed`: the rule `decision: fixed`
-    uses (its threshold, fallback and vote options shape every candidate); `mode`: auto or fixed. `fitted`: per
-    fold, thresholds fitted on the other folds (`nested_thresholds`); `all_oof_thresholds`: fitted on every OOF row,
-    for the final rule."""
+    uses (its threshold, fallback and vote options shape every candidate); `mode`: auto or fixed. `thresholds`: per
+    fold, fitted on the other folds (`nested_thresholds`), and fitted on every OOF row, for the final rule."""
     check_choice("decision", mode, DECISION_MODES)
     gold = np.asarray(gold).astype(bool)
     threshold = fixed.threshold
     listed = candidates(threshold, fixed.fallback, fixed.vote_rule, fixed.vote_tie)
     records, rules, best = [], [], 0
     for index, candidate in enumerate(listed):
-        decisions = nested_decisions(candidate, oof, fold_of_row, fitted, threshold)
+        decisions = nested_decisions(candidate, oof, fold_of_row, thresholds.nested, threshold)
         scored = score(gold, decisions)
         if index == 0:  # the fixed rule: what every other candidate's gain is measured against
             fixed_decisions, fixed_micro_f1 = decisions, scored["micro_f1"]
-        rules.append(candidate.build(tuple(map(float, all_oof_thresholds)) if candidate.tuned else threshold))
+        rules.append(candidate.build(tuple(map(float, thresholds.all_rows)) if candidate.tuned else threshold))
         gain = scored["micro_f1"] - fixed_micro_f1
         records.append(
             {

@@ -129,15 +129,11 @@ def stack_runs(members: list, gold: np.ndarray, threshold: float = 0.5, fallback
 def choose_stack_rule(result: dict, gold: np.ndarray, fold_of_row: np.ndarray, rule) -> tuple:
     """(the rule chosen on the stack's nested OOF probabilities, its record), `rule` being the fixed candidate."""
     from nikl_emotion.decisions.decision import choose_rule
-    from nikl_emotion.decisions.thresholds import fit_thresholds, nested_thresholds
+    from nikl_emotion.decisions.thresholds import FittedThresholds, fit_thresholds, nested_thresholds
 
     nested, gold = result["nested_oof"], np.asarray(gold).astype(bool)
-    return choose_rule(
-        nested,
-        gold,
-        fold_of_row,
+    thresholds = FittedThresholds(
         nested_thresholds(nested, gold, fold_of_row, rule.fallback),
         fit_thresholds(nested, gold, fallback=rule.fallback),
-        rule,
-        "auto",
     )
+    return choose_rule(nested, gold, fold_of_row, thresholds, rule, "auto")

@@ -9,6 +9,7 @@ fitted on the other folds' OOF rows and applied to that fold's OOF rows (`nested
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -65,6 +66,15 @@ def fit_thresholds(
         if not changed:
             break
     return thresholds
+
+
+@dataclass(frozen=True)
+class FittedThresholds:
+    """Per-label thresholds fitted on OOF rows: per fold on the other folds' rows only (`nested`, what decides that
+    fold's rows in every nested estimate) and on every row (`all_rows`, the final rule's)."""
+
+    nested: dict[int, np.ndarray]
+    all_rows: np.ndarray
 
 
 def nested_thresholds(

@@ -20,7 +20,6 @@ import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
@@ -45,22 +44,22 @@ from nikl_emotion.base.vocabulary import (
 from nikl_emotion.decisions.metrics import decide
 from nikl_emotion.text.data import load_jsonl
 
-VoteRule = Literal["majority", "reference"]
-TieRule = Literal["positive", "negative"]
-
 
 def hard_vote(
-    decisions: Sequence[np.ndarray],
-    rule: VoteRule = "majority",
-    *,
-    tie: TieRule = "positive",
-    fallback: bool = True,
-    mean_probs: np.ndarray | None = None,
-    weights: Sequence[float] | None = None,
-    min_votes: float | None = None,
+    decisions: Sequence[np.ndarray], rule: DecisionRule | None = None, mean_probs: np.ndarray | None = None
 ) -> np.ndarray:
-    """Vote (N, 8) boolean decisions of several models into one. `weights` (one per model, default 1) make each
-    model count that many votes against half the total weight; `min_votes` replaces the rule by a fixed bar."""
+    """Vote (N, 8) boolean decisions of several models into one by `rule`'s `vote_rule`, `vote_tie`, `fallback`,
+    `weights` and `min_votes` (default: `DecisionRule()`, a majority with ties on). `weights` (one per model, default
+    1) make each model count that many votes against half the total weight; `min_votes` replaces the rule by a
+    fixed bar; `mean_probs`, when known, breaks the fallback's ties."""
+    rule = rule or DecisionRule()
+    vote_rule, tie, fallback, weights, min_votes = (
+        rule.vote_rule,
+        rule.vote_tie,
+        rule.fallback,
+        rule.weights,
+        rule.min_votes,
+    )
     if not decisions:
         raise ValueError("hard voting needs at least one model")
     stacked = np.stack([np.asarray(d, dtype=bool) for d in decisions]).astype(np.float64)
@@ -69,20 +68,20 @@ def hard_vote(
     votes = np.tensordot(weights, stacked, axes=1)
     half = weights.sum() / 2
     is_half = np.isclose(votes, half)
-    if rule == "reference" and min_votes is None:
+    if vote_rule == "reference" and min_votes is None:
         if not np.allclose(weights, 1.0):
             raise PipelineError("the reference vote rule counts every model once: it takes no weights")
         return reference_vote(stacked.astype(bool))
     if min_votes is not None:
         voted = (votes >= min_votes) | np.isclose(votes, min_votes)
-    elif rule == "majority":
+    elif vote_rule == "majority":
         voted = (votes > half) & ~is_half
         if tie == "positive":
             voted |= is_half
         elif tie != "negative":
             raise ValueError(f"unknown tie rule {tie!r}; choose positive or negative")
     else:
-        raise ValueError(f"unknown vote rule {rule!r}; choose majority or reference")
+        raise ValueError(f"unknown vote rule {vote_rule!r}; choose majority or reference")
     if fallback:
         empty = np.flatnonzero(~voted.any(axis=1))
         if len(empty):
@@ -184,15 +183,7 @@ class DecisionRule:
 
     def vote(self, decisions: Sequence[np.ndarray], mean_probs: np.ndarray | None = None) -> np.ndarray:
         """The hard vote of the models' decisions (`mean_probs`, when known, breaks the fallback's ties)."""
-        return hard_vote(
-            decisions,
-            self.vote_rule,
-            tie=self.vote_tie,
-            fallback=self.fallback,
-            mean_probs=mean_probs,
-            weights=self.weights,
-            min_votes=self.min_votes,
-        )
+        return hard_vote(decisions, self, mean_probs)
 
     def mean(self, probs: Sequence[np.ndarray]) -> np.ndarray:
         """The models' (weighted) mean probability: the soft vote's input and the hard vote's tie-break."""

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import yaml
 
@@ -185,22 +187,34 @@ def mark_folder(folder: str, kind: str) -> None:
 
 
 # what each kind of folder writes at its top level: the names no other command may replace
+@dataclass(frozen=True)
+class FolderOwner:
+    """A command's output folder as `prepare_output_dir` claims it: its kind (folder_kind's names), which names it
+    writes (`--overwrite` deletes only those) and whether it holds results yet (a folder without any is taken over
+    by a command with another configuration)."""
+
+    kind: str = "run"
+    is_run_file: Callable[[str], bool] = is_run_file
+    has_results: Callable[[str], bool] = lambda folder: RunFolder(folder).has_results()
+
+
+RUN_OWNER = FolderOwner()
+
+
 def prepare_output_dir(
     output_dir: str,
     config: dict,
     overwrite: bool,
-    *,
-    is_run_file=is_run_file,
-    kind: str = "run",
-    has_results=lambda folder: RunFolder(folder).has_results(),
     inputs: dict[str, str] | None = None,
     defaults: dict | None = None,
+    owner: FolderOwner = RUN_OWNER,
 ) -> None:
     """Claim output_dir for a command of `kind` (folder_kind.py: another command's folder, a folder of nobody's
     files or one inside another command's folder is refused) and refuse to mix two configurations (or two versions
     of an input file) in it once it holds results; `overwrite` deletes the old run's files first (only the names
     `is_run_file` accepts). A folder whose earlier run stopped before producing results (a crash on a bad value, a
     kill during set-up) is simply taken over, so the corrected command is not refused."""
+    kind, is_run_file, has_results = owner.kind, owner.is_run_file, owner.has_results
     claim_folder(output_dir, kind)
     existing = os.path.join(output_dir, CONFIG_FILE)
     inputs_file = os.path.join(output_dir, INPUTS_FILE)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -22,10 +23,12 @@ from nikl_emotion.text.data import iter_column, iter_inputs, load_jsonl
 logger = logging.getLogger(__name__)
 
 
-def checkpoint_loader(device: torch.device, options: LoadOptions | None = None):
-    """Loads one checkpoint (any backend's best/ folder, or an export) as a `CheckpointClassifier` on `device`, with
-    `options` (dtype, 4-bit, remote code)."""
-    return lambda path: load_checkpoint(path, device=device, options=options)
+def checkpoint_loader(device: str | None = None, options: LoadOptions | None = None):
+    """Loads one checkpoint (any backend's best/ folder, or an export) as a `CheckpointClassifier` on `device` (a
+    name: cpu, cuda, cuda:1; default cuda when available, checked at once), with `options` (dtype, 4-bit, remote
+    code)."""
+    resolved = resolve_device(device)
+    return lambda path: load_checkpoint(path, device=resolved, options=options)
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -43,71 +46,63 @@ def resolve_device(name: str | None) -> torch.device:
     return device
 
 
+@dataclass(frozen=True)
+class PredictionFiles:
+    """What a prediction reads and writes (`--input`, `--output`, `--probs`) and its batch size, checked before any
+    model loads."""
+
+    input_path: str
+    output_path: str
+    probs_path: str | None = None
+    batch_size: int = 128
+
+    def check(self) -> None:
+        if self.batch_size < 1:
+            raise PipelineError(f"--batch_size: must be at least 1, got {self.batch_size}")
+        outputs = {"--output": self.output_path, "--probs": self.probs_path}
+        check_distinct_paths({"--input": self.input_path}, outputs)
+        for option, path in outputs.items():
+            if path is not None:
+                check_output_path(path, option)
+
+
 def predict_file(
-    checkpoints: Sequence[str],
-    input_path: str,
-    output_path: str,
-    *,
-    probs_path: str | None = None,
-    rule: DecisionRule | None = None,
-    batch_size: int = 128,
-    device: str | None = None,
-    options: LoadOptions | None = None,
+    checkpoints: Sequence[str], files: PredictionFiles, rule: DecisionRule | None = None, loader=None
 ) -> np.ndarray:
-    """Predict `input_path` with one or more checkpoints and write the submission (and the mean probabilities).
+    """Predict `files.input_path` with one or more checkpoints and write the submission (and the mean
+    probabilities).
 
     A checkpoint is a `best/` folder or an `export.py` (ONNX) folder. `rule` (default: hard vote at 0.5 with the
     empty-row fallback; a run's saved `DecisionRule` to rebuild its submission) turns their probabilities into
-    labels. Checkpoints are loaded one at a time, with `options` (precision.LoadOptions). Returns the decisions.
+    labels. Checkpoints are loaded one at a time by `loader` (default: `checkpoint_loader()`, each as its run
+    trained). Returns the decisions.
     """
-    check_prediction_outputs(input_path, output_path, probs_path, batch_size)
-    loader = checkpoint_loader(resolve_device(device), options)
-    classifier = RunClassifier.from_checkpoints(list(checkpoints), rule or DecisionRule(), loader)
-    return predict_file_with(classifier, input_path, output_path, probs_path=probs_path, batch_size=batch_size)
+    files.check()
+    classifier = RunClassifier.from_checkpoints(
+        list(checkpoints), rule or DecisionRule(), loader or checkpoint_loader()
+    )
+    return predict_file_with(classifier, files)
 
 
-def predict_run_file(
-    run_dir: str,
-    input_path: str,
-    output_path: str,
-    *,
-    probs_path: str | None = None,
-    batch_size: int = 128,
-    device: str | None = None,
-    options: LoadOptions | None = None,
-) -> np.ndarray:
+def predict_run_file(run_dir: str, files: PredictionFiles, loader=None) -> np.ndarray:
     """`predict_file` with a finished run's folds or a stack folder's (`inference.py --run`), voted by its saved rule:
     for the run's own test file, the same bytes as its submission.jsonl."""
-    check_prediction_outputs(input_path, output_path, probs_path, batch_size)
-    classifier = RunClassifier.open(run_dir, checkpoint_loader(resolve_device(device), options), "--run")
-    return predict_file_with(classifier, input_path, output_path, probs_path=probs_path, batch_size=batch_size)
+    files.check()
+    classifier = RunClassifier.open(run_dir, loader or checkpoint_loader(), "--run")
+    return predict_file_with(classifier, files)
 
 
-def check_prediction_outputs(input_path: str, output_path: str, probs_path: str | None, batch_size: int) -> None:
-    if batch_size < 1:
-        raise PipelineError(f"--batch_size: must be at least 1, got {batch_size}")
-    check_distinct_paths({"--input": input_path}, {"--output": output_path, "--probs": probs_path})
-    for option, path in (("--output", output_path), ("--probs", probs_path)):
-        if path is not None:
-            check_output_path(path, option)
-
-
-def predict_file_with(
-    classifier: RunClassifier,
-    input_path: str,
-    output_path: str,
-    *,
-    probs_path: str | None = None,
-    batch_size: int = 128,
-) -> np.ndarray:
+def predict_file_with(classifier: RunClassifier, files: PredictionFiles) -> np.ndarray:
     """The submission (and mean probabilities) of `classifier`'s folds for `input_path`; returns the decisions."""
-    rows = load_jsonl(input_path, "optional")
+    rows = load_jsonl(files.input_path, "optional")
     labelled = len(rows) - rows.with_format("arrow")["labels"].null_count
     if labelled:
-        logger.info("%s: %d rows carry labels; prediction ignores them (score.py compares them)", input_path, labelled)
-    fold_probs = classifier.fold_probabilities(rows, batch_size=batch_size, progress=True)
+        logger.info(
+            "%s: %d rows carry labels; prediction ignores them (score.py compares them)", files.input_path, labelled
+        )
+    fold_probs = classifier.fold_probabilities(rows, batch_size=files.batch_size, progress=True)
     decisions = classifier.rule.apply(fold_probs)
-    if probs_path:
-        write_probs(probs_path, iter_column(rows, "id"), classifier.rule.mean(fold_probs))
-    write_submission(output_path, iter_column(rows, "id"), iter_inputs(rows), decisions)
+    if files.probs_path:
+        write_probs(files.probs_path, iter_column(rows, "id"), classifier.rule.mean(fold_probs))
+    write_submission(files.output_path, iter_column(rows, "id"), iter_inputs(rows), decisions)
     return decisions

@@ -116,4 +116,4 @@ class EmotionClassifier(CheckpointClassifier):
                 option="from_pretrained",
             )
         loaded = load_checkpoint(folder, device=device, threads=threads, options=options)
-        return cls(loaded.backend, loaded.tokenizer, loaded.preprocessing, source=loaded.source)
+        return cls(loaded.runtime, loaded.tokenizer, loaded.preprocessing, source=loaded.source)

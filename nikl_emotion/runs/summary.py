@@ -17,6 +17,7 @@ from nikl_emotion.base.labels import LABELS
 from nikl_emotion.decisions.decision import choose_rule, fixed_rule
 from nikl_emotion.decisions.metrics import score
 from nikl_emotion.decisions.thresholds import (
+    FittedThresholds,
     fit_global_threshold,
     fit_thresholds,
     nested_gain,
@@ -53,9 +54,8 @@ def summarize(
     save_thresholds(run.thresholds, per_label, global_threshold, evaluation)
     # the rule submission.jsonl is made with (decision: auto chooses it on nested OOF scores), saved so
     # inference.py --run OUT and ensemble.py --decision decide the same way anywhere
-    decision, choice = choose_rule(
-        oof, gold, fold_of_row, fitted, per_label, fixed_rule(kfold_args), kfold_args.decision
-    )
+    thresholds = FittedThresholds(fitted, per_label)
+    decision, choice = choose_rule(oof, gold, fold_of_row, thresholds, fixed_rule(kfold_args), kfold_args.decision)
     decision.save(run.decision)
     summary = {
         "folds": folds,
@@ -79,9 +79,7 @@ def summarize(
         best = run.fold(fold["fold"]).best
         if os.path.isfile(os.path.join(best, "config.json")):  # a Hugging Face model (not the n-gram member)
             write_model_card(best, summary["config"], fold["fold"], fold, summary["oof"], thresholds)
-    write_report(
-        output_dir, summary, gold=gold, oof=oof, thresholds=per_label, threshold=kfold_args.threshold, fallback=fallback
-    )
+    write_report(output_dir, summary, gold=gold, oof=oof, thresholds=per_label, kfold_args=kfold_args)
     return summary
 
 

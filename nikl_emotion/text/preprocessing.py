@@ -21,13 +21,12 @@ from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.fileio import write_json_atomic
 from nikl_emotion.base.labels import LABELS
 from nikl_emotion.base.vocabulary import (
-    CLASSIFIER_HEADS,
     DEFAULT_INPUT_TEMPLATE,
     INPUT_FORMATS,
     MAX_UNKNOWN_RATE,
     PRETOKENIZERS,
 )
-from nikl_emotion.text.batching import column_array
+from nikl_emotion.text.batching import MODEL_INPUTS, column_array
 from nikl_emotion.text.cleaning import CleaningOptions, clean_batch
 from nikl_emotion.text.data import load_jsonl, load_jsonl_files
 from nikl_emotion.text.encoding import tokenize_batch, unknown_rate_message, unknown_token_rate
@@ -42,15 +41,19 @@ class Preprocessing:
     input_format: str = "pair"
     max_seq_length: int = 200
     pretokenizer: str = "none"  # "kiwi": morpheme boundaries become spaces before the subword tokenizer
-    classifier_head: str = "cls"  # "target_pool": the encoding also marks the target's tokens (`target_mask`)
+    classifier_head: str = "cls"  # the head the rows are encoded for (backends/heads.py)
     input_template: str = DEFAULT_INPUT_TEMPLATE  # input_format "instruction": the row as one string
+    head_inputs: tuple[str, ...] = ()  # inputs the head reads beyond the tokenizer's: ("target_mask",) for target_pool
 
     @property
     def marks_target(self) -> bool:
-        return self.classifier_head == "target_pool"
+        """Whether the encoding also marks the target's tokens (`target_mask`) for the head."""
+        return "target_mask" in self.head_inputs
 
     @classmethod
-    def from_data_args(cls, data_args, classifier_head: str = "cls") -> Preprocessing:
+    def from_data_args(
+        cls, data_args, classifier_head: str = "cls", head_inputs: tuple[str, ...] = ()
+    ) -> Preprocessing:
         cleaning = CleaningOptions(
             remove_others=data_args.remove_others,
             remove_placeholders=data_args.remove_placeholders,
@@ -64,6 +67,7 @@ class Preprocessing:
             pretokenizer=data_args.offline_pretokenizer,
             classifier_head=classifier_head,
             input_template=data_args.input_template,
+            head_inputs=tuple(head_inputs),
         )
 
     def save(self, folder: str) -> None:
@@ -98,12 +102,18 @@ class Preprocessing:
         if pretokenizer not in PRETOKENIZERS:
             raise PipelineError(f"{path}: unknown pretokenizer {pretokenizer!r}")
         head = data.get("classifier_head", "cls")  # checkpoints saved before the key existed: cls
-        if head not in CLASSIFIER_HEADS:
-            raise PipelineError(f"{path}: unknown classifier_head {head!r}")
+        if not isinstance(head, str) or not head:
+            raise PipelineError(f"{path}: classifier_head: expected a head's name, got {head!r}")
+        # saved before head_inputs existed: target_pool was the one head that read more than the tokenizer's
+        inputs = data.get("head_inputs", ["target_mask"] if head == "target_pool" else [])
+        if not isinstance(inputs, list) or any(name not in MODEL_INPUTS for name in inputs):
+            raise PipelineError(f"{path}: head_inputs: expected a list of {', '.join(MODEL_INPUTS)}, got {inputs!r}")
         template = data.get("input_template", DEFAULT_INPUT_TEMPLATE)
         if not isinstance(template, str) or "{text}" not in template or "{target}" not in template:
             raise PipelineError(f"{path}: input_template: expected a string with {{text}} and {{target}}")
-        return cls(CleaningOptions(**cleaning), data["input_format"], length, pretokenizer, head, template)
+        return cls(
+            CleaningOptions(**cleaning), data["input_format"], length, pretokenizer, head, template, tuple(inputs)
+        )
 
 
 def preprocessing_differences(backbone: str, preprocessing: Preprocessing) -> list[str]:
@@ -233,12 +243,14 @@ def load_task_files(
     train_labels: str = "required",
     others: tuple[tuple[str | None, str], ...] = (),
     classifier_head: str = "cls",
+    head_inputs: tuple[str, ...] = (),
 ) -> TaskFiles:
     """The loading preamble every command shares: the settings' `train_files` (labels `train_labels`) and
     `test_file` (when the settings have one), then `others` ((path, label mode) pairs), each row validated before
-    anything is written, cleaned with the settings' `Preprocessing`. The main process goes first: it fills the
+    anything is written, cleaned with the settings' `Preprocessing` (encoding for `classifier_head`, which reads
+    `head_inputs`). The main process goes first: it fills the
     datasets cache, which the other ranks of a distributed run then read."""
-    preprocessing = Preprocessing.from_data_args(data_args, classifier_head)
+    preprocessing = Preprocessing.from_data_args(data_args, classifier_head, head_inputs)
     test_file = getattr(data_args, "test_file", None)
     with training_args.main_process_first(desc="loading and cleaning"):
         train = load_jsonl_files(data_args.train_files, train_labels)

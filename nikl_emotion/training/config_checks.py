@@ -11,16 +11,16 @@ import os
 
 from transformers import TrainingArguments
 
+from nikl_emotion.backends.heads import TARGET_MASK, head_named
 from nikl_emotion.backends.losses import LossParameterError, build_loss
 from nikl_emotion.backends.registry import backend_for
 from nikl_emotion.base.config import (
     ARGUMENT_CLASSES,
     TRAINING_DEFAULTS,
-    DataArguments,
-    KFoldArguments,
     LossArguments,
     ModelArguments,
     PreprocessingArguments,
+    RunSettings,
     TechniqueArguments,
     parse_arguments,
     validate_training_values,
@@ -31,27 +31,19 @@ from nikl_emotion.text.morphemes import kiwi
 from nikl_emotion.training.pseudo_labels import check_pseudo_label_run
 
 
-def parse_config(
-    argv: list[str],
-) -> tuple[ModelArguments, DataArguments, KFoldArguments, LossArguments, TechniqueArguments, TrainingArguments]:
-    """`[CONFIG.yaml] [--key value ...]` -> validated argument dataclasses."""
+def parse_config(argv: list[str]) -> RunSettings:
+    """`[CONFIG.yaml] [--key value ...]` -> the run's validated settings."""
     check_sharding_launcher()  # before TrainingArguments, which builds DeepSpeed's config from the launcher's
-    arguments = parse_arguments(argv, ARGUMENT_CLASSES, TRAINING_DEFAULTS)
-    validate(*arguments)
-    return arguments
+    settings = RunSettings(*parse_arguments(argv, ARGUMENT_CLASSES, TRAINING_DEFAULTS))
+    validate(settings)
+    return settings
 
 
-def validate(
-    model_args: ModelArguments,
-    data_args: DataArguments,
-    kfold_args: KFoldArguments,
-    loss_args: LossArguments,
-    technique_args: TechniqueArguments,
-    training_args: TrainingArguments,
-) -> None:
+def validate(settings: RunSettings) -> None:
     """What no single dataclass can check alone (each validates itself in `__post_init__`): the Trainer's settings
     and how they meet the pipeline's, and what the settings name outside themselves (`check_settings_resources`).
     Fails before any work starts, with a message naming the key."""
+    model_args, data_args, _, loss_args, technique_args, training_args = settings.parts()
     check_settings_resources(model_args, data_args, loss_args, technique_args)
     check_sharding(training_args)
     validate_reporting(training_args)
@@ -85,8 +77,9 @@ def validate(
 
 
 def check_classifier_head(model_args: ModelArguments, preprocessing_args: PreprocessingArguments) -> None:
-    """`target_pool` reads the target's tokens of an encoder: it needs a backend that trains one and an input
-    format that shows the target."""
+    """A registered head (backends/heads.py) that the backend builds; a head that reads the target's tokens needs an
+    input format that shows the target."""
+    head = head_named(model_args.classifier_head)
     backend = backend_for(model_args.model_name_or_path)
     if model_args.classifier_head not in (backend.heads or ("cls",)):
         raise PipelineError(
@@ -94,9 +87,7 @@ def check_classifier_head(model_args: ModelArguments, preprocessing_args: Prepro
             f"{model_args.model_name_or_path} is trained by the {backend.name} backend, which builds "
             f"{' and '.join(backend.heads) or 'no head'} (use classifier_head: cls)"
         )
-    if model_args.classifier_head == "cls":
-        return
-    if preprocessing_args.input_format in ("text", "instruction"):
+    if TARGET_MASK in head.inputs and preprocessing_args.input_format in ("text", "instruction"):
         raise PipelineError(
             f"classifier_head: {model_args.classifier_head} pools the target's tokens, which "
             f"input_format: {preprocessing_args.input_format} does not mark; choose pair, marker or prompt"
@@ -107,7 +98,7 @@ def check_adapters(model_args: ModelArguments) -> None:
     """LoRA and 4-bit weights: the backends that take them check what they need (peft, CUDA, bitsandbytes); the
     others refuse them."""
     backend = backend_for(model_args.model_name_or_path)
-    if model_args.lora_r and not backend.takes_lora:
+    if model_args.lora_r and not backend.supports_lora:
         raise PipelineError(
             f"lora_r: LoRA is for decoder backbones (causal LMs); {model_args.model_name_or_path} is "
             f"trained by the {backend.name} backend: set lora_r: 0 (a hub "
@@ -192,7 +183,7 @@ def validate_techniques_with(
     args: TechniqueArguments, model_args: ModelArguments, training_args: TrainingArguments
 ) -> None:
     """What the techniques need from the rest of the configuration."""
-    if not backend_for(model_args.model_name_or_path).trains_an_encoder:
+    if not backend_for(model_args.model_name_or_path).supports_techniques:
         trainer_only = [key for key in args.active() if key != "pseudo_label_run"]
         if trainer_only:
             raise PipelineError(
@@ -233,6 +224,7 @@ def check_settings_resources(
     """What each settings dataclass names outside itself: the model, kiwipiepy, the losses' parameters, the
     pseudo-label run."""
     check_model_name(model_args.model_name_or_path)
+    head_named(model_args.classifier_head)  # a misspelt head stops every program, post-training included
     backend_for(model_args.model_name_or_path).check_loading(model_args.model_name_or_path, model_args.loading)
     if preprocessing_args.offline_pretokenizer == "kiwi":
         kiwi()  # a missing kiwipiepy stops the run before any work, with the pip command

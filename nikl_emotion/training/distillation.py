@@ -35,12 +35,11 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from accelerate import PartialState
-from datasets import concatenate_datasets
-from transformers import TrainingArguments
+from datasets import Dataset, concatenate_datasets
 
 from nikl_emotion.backends.encoder_backend import backbone_and_encodings
 from nikl_emotion.backends.fold_backend import FoldData
@@ -48,20 +47,17 @@ from nikl_emotion.backends.registry import backend_for
 from nikl_emotion.base.config import (
     ARGUMENT_CLASSES,
     TRAINING_DEFAULTS,
-    DataArguments,
-    KFoldArguments,
-    LossArguments,
-    ModelArguments,
-    TechniqueArguments,
+    DistillArguments,
+    DistillSettings,
+    RunSettings,
     field_defaults,
     parse_arguments,
-    resolved_config,
 )
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.fileio import read_probs, write_json_atomic, write_submission
 from nikl_emotion.decisions.decision import fixed_rule
 from nikl_emotion.decisions.metrics import score
-from nikl_emotion.folders.folder_kind import check_output_folder, prepare_output_dir
+from nikl_emotion.folders.folder_kind import FolderOwner, check_output_folder, prepare_output_dir
 from nikl_emotion.folders.run_folder import (
     DISTILL_FILE,
     STUDENT_FILES,
@@ -73,9 +69,9 @@ from nikl_emotion.folders.run_folder import (
 )
 from nikl_emotion.runs.finished_run import FinishedRun
 from nikl_emotion.text.data import iter_column, iter_inputs, load_jsonl
-from nikl_emotion.text.preprocessing import Preprocessing, clean, encode, load_task_files
+from nikl_emotion.text.preprocessing import Preprocessing, TaskFiles, clean, encode
 from nikl_emotion.training.config_checks import validate
-from nikl_emotion.training.kfold import replace_labels, train_fold
+from nikl_emotion.training.kfold import load_run_files, replace_labels
 
 OPTIMISTIC_VALIDATION = (
     "the student's validation score is optimistic: the teacher's other folds learned these rows' "
@@ -88,66 +84,15 @@ HELD_OUT_VALIDATION = (
 )
 
 
-@dataclass
-class DistillArguments:
-    teacher_run: str = field(
-        default="", metadata={"help": "A finished train.py run (OOF and fold test probabilities)."}
-    )
-    unlabelled_files: list[str] = field(
-        default_factory=list,
-        metadata={
-            "help": "jsonl files whose text the student learns with the fold ensemble's probabilities as targets."
-        },
-    )
-    distill_gold_weight: float = field(
-        default=0.5,
-        metadata={
-            "help": "Training rows' target: this x gold labels + "
-            "(1 - this) x the teacher's OOF probabilities (0: teacher only, 1: gold only)."
-        },
-    )
-    validation_file: str = field(
-        default="",
-        metadata={
-            "help": "A labelled jsonl file the teacher never trained on: "
-            "its rows choose the student's best epoch, and the student learns every training row."
-        },
-    )
-    validation_fold: int | None = field(
-        default=None,
-        metadata={
-            "help": "Without validation_file: the teacher fold "
-            "whose rows are held out to choose the student's best epoch (default 0; "
-            "optimistic, see distill.py)."
-        },
-    )
-
-    def __post_init__(self):
-        if not self.teacher_run:
-            raise PipelineError("teacher_run: give the finished train.py run to distil (--teacher_run OUT)")
-        if not 0 <= self.distill_gold_weight <= 1:
-            raise PipelineError(f"distill_gold_weight: must be in [0, 1], got {self.distill_gold_weight}")
-        for path in self.unlabelled_files:
-            if not os.path.isfile(path):
-                raise PipelineError(f"unlabelled_files: {path}: file not found")
-        if self.validation_file and not os.path.isfile(self.validation_file):
-            raise PipelineError(f"validation_file: {self.validation_file}: file not found")
-        if self.validation_file and self.validation_fold is not None:
-            raise PipelineError(
-                "validation_fold: give either validation_file or validation_fold, not both (the "
-                "student is validated on one set of rows)"
-            )
-
-
-def parse_distill_config(argv: list[str]) -> tuple:
-    """`CONFIG [--key value ...]` -> (model, data, kfold, loss, technique, distill, training) arguments, validated."""
+def parse_distill_config(argv: list[str]) -> DistillSettings:
+    """`CONFIG [--key value ...]` -> the student's run settings and the distillation keys, validated."""
     classes = (*ARGUMENT_CLASSES[:-1], DistillArguments, ARGUMENT_CLASSES[-1])
-    model_args, data_args, kfold_args, loss_args, technique_args, distill_args, training_args = parse_arguments(
-        argv, classes, TRAINING_DEFAULTS
-    )
-    validate(model_args, data_args, kfold_args, loss_args, technique_args, training_args)
-    if not backend_for(model_args.model_name_or_path).trains_an_encoder:
-        raise PipelineError(f"model_name_or_path: the student is an encoder; {model_args.model_name_or_path} has none")
+    *pipeline, distill_args, training_args = parse_arguments(argv, classes, TRAINING_DEFAULTS)
+    settings = DistillSettings(RunSettings(*pipeline, training_args), distill_args)
+    validate(settings.run)
+    model_name = settings.run.model.model_name_or_path
+    if not backend_for(model_name).supports_distillation:
+        raise PipelineError(f"model_name_or_path: the student is an encoder; {model_name} has none")
     teacher = FinishedRun.open(distill_args.teacher_run, "teacher_run")
     if os.path.realpath(distill_args.teacher_run) == os.path.realpath(training_args.output_dir):
         raise PipelineError("output_dir: must differ from teacher_run (the student's files would mix with the run's)")
@@ -157,7 +102,7 @@ def parse_distill_config(argv: list[str]) -> tuple:
         raise PipelineError(
             f"validation_fold: must be in [0, {folds - 1}] ({distill_args.teacher_run} has {folds} folds)"
         )
-    return model_args, data_args, kfold_args, loss_args, technique_args, distill_args, training_args
+    return settings
 
 
 def ensemble_probabilities(teacher_run: str, path: str) -> tuple[list[str], np.ndarray]:
@@ -178,73 +123,45 @@ def soft_targets(oof: np.ndarray, gold: np.ndarray, gold_weight: float) -> np.nd
     return (gold_weight * gold + (1 - gold_weight) * oof).astype(np.float32)
 
 
-def run_distillation(
-    model_args: ModelArguments,
-    data_args: DataArguments,
-    kfold_args: KFoldArguments,
-    loss_args: LossArguments,
-    technique_args: TechniqueArguments,
-    distill_args: DistillArguments,
-    training_args: TrainingArguments,
-) -> dict | None:
+@dataclass
+class TeacherTargets:
+    """What the teacher gives the student: its OOF probabilities of the training rows, the fold whose rows are held
+    out (`held_out`, with gold labels; none with a validation file), the validation file's rows, and per unlabelled
+    file its rows' ids and the fold ensemble's probabilities."""
+
+    fold: int
+    held_out: np.ndarray
+    oof: np.ndarray
+    validation_rows: Dataset | None
+    unlabelled: list[tuple[list[str], np.ndarray]]
+
+
+def run_distillation(settings: DistillSettings) -> dict | None:
     """Train the student (see the module docstring); returns distill.json's content on the main process."""
     start = time.time()
-    state = PartialState()
-    output_dir = training_args.output_dir
-    files = load_task_files(
-        data_args,
-        training_args,
-        others=((distill_args.validation_file or None, "required"),),
-        classifier_head=model_args.classifier_head,
-    )
-    preprocessing, train_rows, test_rows, (validation_rows,) = (
-        files.preprocessing,
-        files.train,
-        files.test,
-        files.others,
-    )
-    ids = list(iter_column(train_rows, "id"))
-    teacher = FinishedRun.open(distill_args.teacher_run, "teacher_run")
-    oof, fold_of_row = teacher.oof(ids, changed="distil with the teacher's own training files")
-    unlabelled = [ensemble_probabilities(distill_args.teacher_run, path) for path in distill_args.unlabelled_files]
-    refuse_leaks(distill_args, ids, validation_rows, unlabelled)
+    state, distill_args, run = PartialState(), settings.distill, settings.run
+    output_dir = run.training.output_dir
+    files = load_run_files(run, others=((distill_args.validation_file or None, "required"),))
+    teacher = teacher_targets(distill_args, files)
     if state.is_main_process:
-        claim_student_folder(model_args, data_args, kfold_args, loss_args, technique_args, distill_args, training_args)
+        claim_student_folder(settings)
     state.wait_for_everyone()
-    # without a validation file the teacher's fold is held out with gold labels; with one, every row trains
-    fold = 0 if distill_args.validation_fold is None else distill_args.validation_fold
-    held_out = fold_of_row == fold if validation_rows is None else np.zeros(len(ids), dtype=bool)
-    data = student_fold_data(
-        fold,
-        held_out,
-        oof,
-        files.cleaned,
-        validation_rows,
-        files.cleaned_test,
-        unlabelled,
-        model_args,
-        preprocessing,
-        distill_args,
-        training_args,
-    )
+    data = student_fold_data(settings, files, teacher)
     folder = FoldFolder(output_dir)
     if folder.is_done(data.fold):
         print(f"{output_dir}: the student is already trained ({os.path.basename(folder.done)}); summarising")
         result = read_mapping(folder.metrics)
     else:
-        result = train_fold(data, kfold_args, loss_args, training_args, technique_args, folder=folder)
+        result = backend_for(data.backbone).train_fold(run, data, folder)
     if not state.is_main_process:
         return None
-    if test_rows is not None:
+    if files.test is not None:
         _, test_probs = read_probs(folder.test_probs)
-        write_submission(
-            os.path.join(output_dir, SUBMISSION_FILE),
-            iter_column(test_rows, "id"),
-            iter_inputs(test_rows),
-            fixed_rule(kfold_args).decide(test_probs),
-        )
-    gold = np.asarray(train_rows["labels"], dtype=np.float32)
-    summary, where = distill_summary(result, data, held_out, gold, oof, validation_rows, kfold_args, distill_args)
+        decisions = fixed_rule(run.kfold).decide(test_probs)
+        submission = os.path.join(output_dir, SUBMISSION_FILE)
+        write_submission(submission, iter_column(files.test, "id"), iter_inputs(files.test), decisions)
+    gold = np.asarray(files.train["labels"], dtype=np.float32)
+    summary, where = distill_summary(settings, result, data, teacher, gold)
     summary["seconds"] = round(time.time() - start, 1)
     write_json_atomic(os.path.join(output_dir, DISTILL_FILE), summary)
     print(
@@ -252,6 +169,20 @@ def run_distillation(
         f"note: {summary['validation_note']}"
     )
     return summary
+
+
+def teacher_targets(distill_args: DistillArguments, files: TaskFiles) -> TeacherTargets:
+    """The teacher's probabilities for the student's rows, refused where they would leak labels."""
+    (validation_rows,) = files.others
+    ids = list(iter_column(files.train, "id"))
+    teacher = FinishedRun.open(distill_args.teacher_run, "teacher_run")
+    oof, fold_of_row = teacher.oof(ids, changed="distil with the teacher's own training files")
+    unlabelled = [ensemble_probabilities(distill_args.teacher_run, path) for path in distill_args.unlabelled_files]
+    refuse_leaks(distill_args, ids, validation_rows, unlabelled)
+    # without a validation file the teacher's fold is held out with gold labels; with one, every row trains
+    fold = 0 if distill_args.validation_fold is None else distill_args.validation_fold
+    held_out = fold_of_row == fold if validation_rows is None else np.zeros(len(ids), dtype=bool)
+    return TeacherTargets(fold, held_out, oof, validation_rows, unlabelled)
 
 
 def refuse_leaks(distill_args: DistillArguments, ids: list[str], validation_rows, unlabelled: list) -> None:
@@ -275,11 +206,9 @@ def refuse_leaks(distill_args: DistillArguments, ids: list[str], validation_rows
         )
 
 
-def claim_student_folder(
-    model_args, data_args, kfold_args, loss_args, technique_args, distill_args, training_args
-) -> None:
+def claim_student_folder(settings: DistillSettings) -> None:
     """The student's output folder, claimed with its resolved configuration and input digests (main process)."""
-    config = resolved_config(model_args, data_args, kfold_args, loss_args, technique_args, distill_args, training_args)
+    data_args, distill_args = settings.run.data, settings.distill
     inputs = input_digests(
         [
             *data_args.train_files,
@@ -289,87 +218,78 @@ def claim_student_folder(
         ]
     )
     prepare_output_dir(
-        training_args.output_dir,
-        config,
-        kfold_args.overwrite,
-        inputs=inputs,
-        kind="distillation",
-        is_run_file=lambda name: name in STUDENT_FILES,
-        has_results=lambda folder: os.path.isdir(os.path.join(folder, "best")),
-        defaults=field_defaults(*ARGUMENT_CLASSES[:-1], DistillArguments),
+        settings.run.training.output_dir,
+        settings.resolved(),
+        settings.run.kfold.overwrite,
+        inputs,
+        field_defaults(*ARGUMENT_CLASSES[:-1], DistillArguments),
+        STUDENT_OWNER,
     )
 
 
-def student_fold_data(
-    fold: int,
-    held_out: np.ndarray,
-    oof: np.ndarray,
-    cleaned_train,
-    validation_rows,
-    cleaned_test,
-    unlabelled: list,
-    model_args: ModelArguments,
-    preprocessing: Preprocessing,
-    distill_args: DistillArguments,
-    training_args: TrainingArguments,
-) -> FoldData:
+STUDENT_OWNER = FolderOwner(
+    kind="distillation",
+    is_run_file=lambda name: name in STUDENT_FILES,
+    has_results=lambda folder: os.path.isdir(os.path.join(folder, "best")),
+)
+
+
+def student_fold_data(settings: DistillSettings, files: TaskFiles, teacher: TeacherTargets) -> FoldData:
     """The student's one fold: training rows (cleaned by `load_task_files`) with soft targets (gold where held out),
     the unlabelled rows with the ensemble's probabilities as extra training rows, the validation rows (held-out fold
     or validation file)."""
-    gold = np.asarray(cleaned_train["labels"], dtype=np.float32)
-    targets = np.where(held_out[:, None], gold, soft_targets(oof, gold, distill_args.distill_gold_weight))
-    cleaned = replace_labels(cleaned_train, targets)
-    with training_args.main_process_first(desc="cleaning"):
-        cleaned_validation = clean(validation_rows, preprocessing) if validation_rows is not None else None
-        pool = []
-        for path, (row_ids, probs) in zip(distill_args.unlabelled_files, unlabelled):
-            rows = clean(load_jsonl(path, "optional"), preprocessing)
-            position = {row_id: i for i, row_id in enumerate(row_ids)}
-            pool.append(replace_labels(rows, probs[[position[i] for i in iter_column(rows, "id")]]))
+    model_args, training_args = settings.run.model, settings.run.training
+    gold = np.asarray(files.cleaned["labels"], dtype=np.float32)
+    soft = soft_targets(teacher.oof, gold, settings.distill.distill_gold_weight)
+    cleaned = replace_labels(files.cleaned, np.where(teacher.held_out[:, None], gold, soft))
+    cleaned_validation, pool = student_text_rows(settings, files.preprocessing, teacher)
     other_texts = [text for rows in [*pool, *filter(None, [cleaned_validation])] for text in rows["text"]]
     backbone, tokenizer, encoded, encoded_test = backbone_and_encodings(
-        model_args, preprocessing, training_args, cleaned, cleaned_test, other_texts
+        model_args, files.preprocessing, training_args, cleaned, files.cleaned_test, other_texts
     )
-    limit = model_args.max_unknown_rate
+
+    def encoded_rows(rows: Dataset) -> Dataset:
+        return encode(rows, tokenizer, files.preprocessing, max_unknown_rate=model_args.max_unknown_rate)
+
     extra = None
     if pool:
         with training_args.main_process_first(desc="tokenizing unlabelled rows"):
-            extra = concatenate_datasets(
-                [encode(rows, tokenizer, preprocessing, max_unknown_rate=limit) for rows in pool]
-            )
-    validation_index = np.flatnonzero(held_out)
+            extra = concatenate_datasets([encoded_rows(rows) for rows in pool])
+    validation_index = np.flatnonzero(teacher.held_out)
     if cleaned_validation is not None:
         with training_args.main_process_first(desc="tokenizing validation rows"):
-            encoded_validation = encode(cleaned_validation, tokenizer, preprocessing, max_unknown_rate=limit).cast(
-                encoded.features
-            )
+            encoded_validation = encoded_rows(cleaned_validation).cast(encoded.features)
         validation_index = np.arange(len(encoded), len(encoded) + len(encoded_validation))
         encoded = concatenate_datasets([encoded, encoded_validation])
+    train_index = np.flatnonzero(~teacher.held_out)
     return FoldData(
-        fold,
-        np.flatnonzero(~held_out),
-        validation_index,
-        encoded,
-        encoded_test,
-        backbone,
-        preprocessing,
-        extra,
-        model_args,
+        teacher.fold, train_index, validation_index, encoded, encoded_test, backbone, files.preprocessing, extra
     )
 
 
+def student_text_rows(
+    settings: DistillSettings, preprocessing: Preprocessing, teacher: TeacherTargets
+) -> tuple[Dataset | None, list[Dataset]]:
+    """The validation rows and each unlabelled file's rows, cleaned; the unlabelled ones labelled with the
+    ensemble's probabilities."""
+    with settings.run.training.main_process_first(desc="cleaning"):
+        validation = teacher.validation_rows
+        cleaned_validation = clean(validation, preprocessing) if validation is not None else None
+        pool = []
+        for path, (row_ids, probs) in zip(settings.distill.unlabelled_files, teacher.unlabelled):
+            rows = clean(load_jsonl(path, "optional"), preprocessing)
+            position = {row_id: i for i, row_id in enumerate(row_ids)}
+            pool.append(replace_labels(rows, probs[[position[i] for i in iter_column(rows, "id")]]))
+    return cleaned_validation, pool
+
+
 def distill_summary(
-    result: dict,
-    data: FoldData,
-    held_out: np.ndarray,
-    gold: np.ndarray,
-    oof: np.ndarray,
-    validation_rows,
-    kfold_args: KFoldArguments,
-    distill_args: DistillArguments,
+    settings: DistillSettings, result: dict, data: FoldData, teacher: TeacherTargets, gold: np.ndarray
 ) -> tuple[dict, str]:
     """(distill.json's content but its seconds, where the student was validated): the student beside the teacher on
     the same rows."""
+    distill_args, kfold_args = settings.distill, settings.run.kfold
+    held_out, oof, validation_rows = teacher.held_out, teacher.oof, teacher.validation_rows
 
     def micro_f1(gold_labels: np.ndarray, probs: np.ndarray) -> float:
         return score(gold_labels, fixed_rule(kfold_args).decide(probs))["micro_f1"]

@@ -36,20 +36,14 @@ from transformers import TrainingArguments
 from nikl_emotion.backends.emotion_trainer import EmotionTrainer, fold_trainer_inputs, make_loss
 from nikl_emotion.backends.encoder_backend import backbone_and_encodings, backbone_loading, load_classifier
 from nikl_emotion.backends.registry import backend_for
-from nikl_emotion.base.config import (
-    DataArguments,
-    KFoldArguments,
-    LossArguments,
-    ModelArguments,
-    TechniqueArguments,
-    resolved_config,
-)
+from nikl_emotion.base.config import LossArguments, RunSettings
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.fileio import write_text_atomic
 from nikl_emotion.folders.folder_kind import check_output_folder, claim_folder
 from nikl_emotion.folders.run_folder import RunFolder
-from nikl_emotion.text.preprocessing import load_task_files
+from nikl_emotion.text.preprocessing import TaskFiles
 from nikl_emotion.training.folds import make_folds
+from nikl_emotion.training.kfold import load_run_files
 
 BATCH_SIZES = (16, 32, 64, 128)
 LOSS_KEYS = {f.name for f in dataclasses.fields(LossArguments)}
@@ -136,13 +130,14 @@ def write_trials(output_dir: str, study) -> None:
         write_text_atomic(run.hp_best, header + yaml.safe_dump(dict(best.params), sort_keys=False))
 
 
-def check_search(n_trials: int, model_args: ModelArguments, technique_args: TechniqueArguments):
+def check_search(settings: RunSettings, n_trials: int):
     """What a search needs, checked before any work; returns the optuna module."""
+    model_args, technique_args = settings.model, settings.techniques
     try:
         import optuna
     except ImportError:
         raise PipelineError("--hp-search needs optuna: pip install optuna") from None
-    if not backend_for(model_args.model_name_or_path).trains_an_encoder:
+    if not backend_for(model_args.model_name_or_path).supports_hp_search:
         raise PipelineError(
             f"--hp-search tunes the Trainer's settings of an encoder; {model_args.model_name_or_path} has none"
         )
@@ -153,67 +148,25 @@ def check_search(n_trials: int, model_args: ModelArguments, technique_args: Tech
     return optuna
 
 
-def run_hp_search(
-    n_trials: int,
-    model_args: ModelArguments,
-    data_args: DataArguments,
-    kfold_args: KFoldArguments,
-    loss_args: LossArguments,
-    technique_args: TechniqueArguments,
-    training_args: TrainingArguments,
-) -> dict | None:
-    optuna = check_search(n_trials, model_args, technique_args)
-    state = PartialState()
-    output_dir = training_args.output_dir
+def run_hp_search(settings: RunSettings, n_trials: int) -> dict | None:
+    """`n_trials` Optuna trials on fold `fold` (default 0) of the run's folds; the table and the best trial's keys in
+    the run folder (module docstring). Returns the best trial on the main process."""
+    optuna = check_search(settings, n_trials)
+    state, training = PartialState(), settings.training
+    output_dir = training.output_dir
     check_output_folder(output_dir, "run")
     run = RunFolder(output_dir)
-    fold = kfold_args.fold or 0
-    # the run's offline backbone (shared with train.py in this folder) also learns the test texts
-    files = load_task_files(data_args, training_args, classifier_head=model_args.classifier_head)
-    preprocessing, train_rows, cleaned, cleaned_test = (
-        files.preprocessing,
-        files.train,
-        files.cleaned,
-        files.cleaned_test,
-    )
+    files = load_run_files(settings)
     if state.is_main_process:
         claim_folder(output_dir, "run")  # the study lives in a run's folder (RunFolder.hp_*)
-        config = resolved_config(model_args, data_args, kfold_args, loss_args, technique_args, training_args)
-        write_text_atomic(run.hp_config, yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
+        write_text_atomic(run.hp_config, yaml.safe_dump(settings.resolved(), allow_unicode=True, sort_keys=False))
     state.wait_for_everyone()
-    backbone, tokenizer, encoded, _ = backbone_and_encodings(
-        model_args, preprocessing, training_args, cleaned, cleaned_test
-    )
-    train_index, val_index = make_folds(np.asarray(train_rows["labels"]), kfold_args.num_folds, training_args.seed)[
-        fold
-    ]
-    train_split, val_split = encoded.select(train_index), encoded.select(val_index)
-    # trials are scored, not kept: no checkpoints, no best-model reload, nothing pushed to the hub
-    args = dataclasses.replace(
-        training_args,
-        output_dir=run.hp_trials,
-        save_strategy="no",
-        load_best_model_at_end=False,
-        remove_unused_columns=False,
-        push_to_hub=False,
-    )
-    trainer = SearchTrainer(
-        model=None,
-        model_init=lambda trial=None: load_classifier(
-            backbone, tokenizer, technique_args, preprocessing.classifier_head, backbone_loading(model_args)
-        ),
-        args=args,
-        **fold_trainer_inputs(train_split, val_split, tokenizer, kfold_args, loss_args, technique_args),
-        loss_args=loss_args,
-        train_labels=np.asarray(train_split["labels"]),
-    )
+    trainer = search_trainer(settings, run, files)
     storage = f"sqlite:///{os.path.abspath(run.hp_study)}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     best = trainer.hyperparameter_search(
         # the Trainer sets the TrainingArguments keys; SearchTrainer reads the loss keys from trial.params
-        hp_space=lambda trial: {
-            k: v for k, v in suggest(trial, training_args, loss_args).items() if k not in LOSS_KEYS
-        },
+        hp_space=lambda trial: {k: v for k, v in suggest(trial, training, settings.loss).items() if k not in LOSS_KEYS},
         compute_objective=trainer.objective_of,
         n_trials=n_trials,
         direction="maximize",
@@ -221,14 +174,45 @@ def run_hp_search(
         storage=storage,
         study_name="hp_search",
         load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=training_args.seed),
+        sampler=optuna.samplers.TPESampler(seed=training.seed),
     )
     if not state.is_main_process:
         return None
     study = optuna.load_study(study_name="hp_search", storage=storage)
     write_trials(output_dir, study)
     print(
-        f"hp search: {len(study.trials)} trials on fold {fold}; best validation micro-F1 {best.objective:.4f} "
-        f"(trial {best.run_id}): {best.hyperparameters}; table in {run.hp_table}"
+        f"hp search: {len(study.trials)} trials on fold {settings.kfold.fold or 0}; best validation micro-F1 "
+        f"{best.objective:.4f} (trial {best.run_id}): {best.hyperparameters}; table in {run.hp_table}"
     )
     return {"best_trial": int(best.run_id), "micro_f1": best.objective, "params": best.hyperparameters}
+
+
+def search_trainer(settings: RunSettings, run: RunFolder, files: TaskFiles) -> SearchTrainer:
+    """The trials' Trainer on the chosen fold's split: a fresh classifier per trial from the run's backbone (an
+    offline one, shared with train.py in this folder, also learns the test texts)."""
+    model_args, training = settings.model, settings.training
+    preprocessing = files.preprocessing
+    backbone, tokenizer, encoded, _ = backbone_and_encodings(
+        model_args, preprocessing, training, files.cleaned, files.cleaned_test
+    )
+    folds = make_folds(np.asarray(files.train["labels"]), settings.kfold.num_folds, training.seed)
+    train_index, val_index = folds[settings.kfold.fold or 0]
+    train_split, val_split = encoded.select(train_index), encoded.select(val_index)
+    # trials are scored, not kept: no checkpoints, no best-model reload, nothing pushed to the hub
+    args = dataclasses.replace(
+        training,
+        output_dir=run.hp_trials,
+        save_strategy="no",
+        load_best_model_at_end=False,
+        remove_unused_columns=False,
+        push_to_hub=False,
+    )
+    head, loading = preprocessing.classifier_head, backbone_loading(model_args)
+    return SearchTrainer(
+        model=None,
+        model_init=lambda trial=None: load_classifier(backbone, tokenizer, settings.techniques, head, loading),
+        args=args,
+        **fold_trainer_inputs(train_split, val_split, tokenizer, settings),
+        loss_args=settings.loss,
+        train_labels=np.asarray(train_split["labels"]),
+    )

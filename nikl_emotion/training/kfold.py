@@ -5,76 +5,60 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+from dataclasses import dataclass
 
 import numpy as np
 from accelerate import PartialState
 from datasets import Dataset
-from transformers import TrainingArguments
 
 from nikl_emotion.backends.divergence import TrainingDiverged
-from nikl_emotion.backends.fold_backend import FoldData, PreparedRun
+from nikl_emotion.backends.fold_backend import FoldBackend, FoldData, PreparedRun
+from nikl_emotion.backends.heads import head_named
 from nikl_emotion.backends.registry import backend_for
 from nikl_emotion.backends.tracking import push_run_files
-from nikl_emotion.base.config import (
-    ARGUMENT_CLASSES,
-    DataArguments,
-    KFoldArguments,
-    LossArguments,
-    ModelArguments,
-    TechniqueArguments,
-    field_defaults,
-    resolved_config,
-)
+from nikl_emotion.base.config import ARGUMENT_CLASSES, KFoldArguments, RunSettings, field_defaults
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.locking import exclusive, exclusive_all
 from nikl_emotion.decisions.decision import describe_choice
 from nikl_emotion.decisions.metrics import format_table
 from nikl_emotion.decisions.thresholds import describe_gain
 from nikl_emotion.folders.folder_kind import check_output_folder, holds_nothing, mark_folder, prepare_output_dir
-from nikl_emotion.folders.run_folder import DONE_FILE, FoldFolder, RunFolder, input_digests
+from nikl_emotion.folders.run_folder import DONE_FILE, RunFolder, input_digests
 from nikl_emotion.runs.summary import summarize
 from nikl_emotion.text.data import iter_column, load_jsonl
-from nikl_emotion.text.preprocessing import clean, load_task_files
+from nikl_emotion.text.preprocessing import TaskFiles, clean, load_task_files
 from nikl_emotion.training.folds import make_folds
 from nikl_emotion.training.pseudo_labels import PseudoLabels, fold_pseudo_labels, teacher_test_file
 
 
-def train_fold(
-    data: FoldData,
-    kfold_args: KFoldArguments,
-    loss_args: LossArguments,
-    training_args: TrainingArguments,
-    technique_args: TechniqueArguments | None = None,
-    folder: FoldFolder | None = None,
-) -> dict:
-    """Train one fold with the backend of `data.backbone`: its checkpoint in `best/`, its validation and test
-    probabilities, metrics and `done.json` (last) in `folder` (default: the run's fold_K). Every rank calls this; the
-    main process writes."""
-    return backend_for(data.backbone).train_fold(data, kfold_args, loss_args, training_args, technique_args, folder)
+def load_run_files(settings: RunSettings, others: tuple[tuple[str | None, str], ...] = ()) -> TaskFiles:
+    """The run's files, validated and cleaned, encoded for its classification head (`load_task_files`)."""
+    head = head_named(settings.model.classifier_head)
+    return load_task_files(
+        settings.data, settings.training, others=others, classifier_head=head.name, head_inputs=head.inputs
+    )
 
 
 def pseudo_label_datasets(
-    technique_args: TechniqueArguments,
-    sets: list[PseudoLabels] | None,
-    preprocessing,
-    prepared: PreparedRun,
-    training_args: TrainingArguments,
+    settings: RunSettings, sets: list[PseudoLabels] | None, preprocessing, prepared: PreparedRun
 ) -> list[Dataset] | None:
     """Per fold, the pseudo-labelled test rows of `pseudo_label_run` (`sets`: its fold K's confident predictions),
     cleaned and encoded like the training rows, labels attached; None when the key is unset."""
     if sets is None:
         return None
-    run_dir = technique_args.pseudo_label_run
-    with training_args.main_process_first(desc="pseudo-labelled rows"):
+    techniques, training = settings.techniques, settings.training
+    run_dir = techniques.pseudo_label_run
+    with training.main_process_first(desc="pseudo-labelled rows"):
         pool = prepared.encode(clean(load_jsonl(teacher_test_file(run_dir), "optional"), preprocessing))
     position = {row_id: i for i, row_id in enumerate(iter_column(pool, "id"))}
     datasets = []
     for k, labelled in enumerate(sets):
         datasets.append(with_labels(pool, position, labelled))
-        if training_args.process_index == 0:
+        if training.process_index == 0:
+            threshold = techniques.pseudo_label_threshold
             print(
                 f"fold {k}: {len(labelled.ids)} pseudo-labelled rows from {run_dir} (every label's probability "
-                f">= {technique_args.pseudo_label_threshold:g} or <= {1 - technique_args.pseudo_label_threshold:g})"
+                f">= {threshold:g} or <= {1 - threshold:g})"
             )
     return datasets
 
@@ -95,103 +79,118 @@ def replace_labels(rows: Dataset, labels: np.ndarray) -> Dataset:
     )
 
 
-def run_training(
-    model_args: ModelArguments,
-    data_args: DataArguments,
-    kfold_args: KFoldArguments,
-    loss_args: LossArguments,
-    technique_args: TechniqueArguments,
-    training_args: TrainingArguments,
-) -> dict | None:
+def run_training(settings: RunSettings) -> dict | None:
     """The whole K-fold job (or one fold with `fold`); returns the summary once every fold is done."""
-    state = PartialState()
-    output_dir = training_args.output_dir
-    check_output_folder(output_dir, "run")  # before any work: another command's folder is refused, not touched
-    files = load_task_files(data_args, training_args, classifier_head=model_args.classifier_head)
-    preprocessing, train_rows, cleaned, cleaned_test = (
-        files.preprocessing,
-        files.train,
-        files.cleaned,
-        files.cleaned_test,
-    )
-    if kfold_args.num_folds > len(train_rows):
-        raise PipelineError(
-            f"num_folds: {kfold_args.num_folds} folds need at least as many rows; "
-            f"{', '.join(data_args.train_files)} hold {len(train_rows)}"
-        )
-    backend = backend_for(model_args.model_name_or_path)
-    if not backend.multi_process and state.num_processes > 1:
-        raise PipelineError(
-            f"{model_args.model_name_or_path} fits on one process: run python train.py, not accelerate launch"
-        )
-    folds = make_folds(np.asarray(train_rows["labels"]), kfold_args.num_folds, training_args.seed)
-    pseudo_sets = None  # checked before anything is written: a run with other folds would leak validation labels
-    if technique_args.pseudo_label_run is not None:
-        pseudo_sets = fold_pseudo_labels(
-            technique_args.pseudo_label_run,
-            list(iter_column(train_rows, "id")),
-            folds,
-            technique_args.pseudo_label_threshold,
-        )
-    selected = range(kfold_args.num_folds) if kfold_args.fold is None else [kfold_args.fold]
-    run = RunFolder(output_dir)
-    with contextlib.ExitStack() as held:
-        if state.is_main_process:
-            # this process's folds stay locked while it runs: a second copy of the run (or of the fold) is refused
-            # at once, while `--fold 0` and `--fold 1` side by side share the folder
-            held.enter_context(exclusive_all([(run.fold_lock(k), f"{output_dir} fold {k}") for k in selected]))
-        # set-up (config, offline backbone) one process at a time; the other ranks of this job only meet barriers
+    return KFoldRun.open(settings).train()
+
+
+@dataclass
+class KFoldRun:
+    """One K-fold run: its settings, the rows it reads, its folds and the backend that trains them. `open` checks
+    what can be checked before anything is written; `train` trains the folds not done yet, then summarises."""
+
+    settings: RunSettings
+    files: TaskFiles
+    backend: FoldBackend
+    folds: list[tuple[np.ndarray, np.ndarray]]
+    pseudo_sets: list[PseudoLabels] | None
+
+    @classmethod
+    def open(cls, settings: RunSettings) -> KFoldRun:
+        model, kfold, training = settings.model, settings.kfold, settings.training
+        check_output_folder(training.output_dir, "run")  # before any work: another command's folder is refused
+        files = load_run_files(settings)
+        if kfold.num_folds > len(files.train):
+            raise PipelineError(
+                f"num_folds: {kfold.num_folds} folds need at least as many rows; "
+                f"{', '.join(settings.data.train_files)} hold {len(files.train)}"
+            )
+        backend = backend_for(model.model_name_or_path)
+        if not backend.supports_multi_process and PartialState().num_processes > 1:
+            raise PipelineError(
+                f"{model.model_name_or_path} fits on one process: run python train.py, not accelerate launch"
+            )
+        folds = make_folds(np.asarray(files.train["labels"]), kfold.num_folds, training.seed)
+        pseudo_sets = None  # checked before anything is written: a run with other folds would leak validation labels
+        techniques = settings.techniques
+        if techniques.pseudo_label_run is not None:
+            ids = list(iter_column(files.train, "id"))
+            pseudo_sets = fold_pseudo_labels(techniques.pseudo_label_run, ids, folds, techniques.pseudo_label_threshold)
+        return cls(settings, files, backend, folds, pseudo_sets)
+
+    @property
+    def folder(self) -> RunFolder:
+        return RunFolder(self.settings.training.output_dir)
+
+    @property
+    def selected(self) -> list[int]:
+        kfold = self.settings.kfold
+        return list(range(kfold.num_folds)) if kfold.fold is None else [kfold.fold]
+
+    def train(self) -> dict | None:
+        state, run, output_dir = PartialState(), self.folder, self.settings.training.output_dir
+        with contextlib.ExitStack() as held:
+            if state.is_main_process:
+                # this process's folds stay locked while it runs: a second copy of the run (or of the fold) is
+                # refused at once, while `--fold 0` and `--fold 1` side by side share the folder
+                locks = [(run.fold_lock(k), f"{output_dir} fold {k}") for k in self.selected]
+                held.enter_context(exclusive_all(locks))
+            prepared = self.set_up(state)
+            train_folds(self.settings, run, self.fold_data(prepared))
+            if not state.is_main_process:
+                return None
+            summary = self.summarize()
+        print_summary(summary, self.settings.kfold, output_dir)
+        return summary
+
+    def set_up(self, state: PartialState) -> PreparedRun:
+        """The folder claimed with the resolved config, then the backend's set-up (offline backbone, tokenized
+        rows), one process at a time; the other ranks of this job only meet barriers."""
+        settings, run = self.settings, self.folder
+        output_dir, data = settings.training.output_dir, settings.data
         with exclusive(run.setup_lock, output_dir, wait=True) if state.is_main_process else contextlib.nullcontext():
             if state.is_main_process:
-                inputs = input_digests(
-                    [*data_args.train_files, *([data_args.test_file] if data_args.test_file else [])]
-                )
-                config = resolved_config(model_args, data_args, kfold_args, loss_args, technique_args, training_args)
-                prepare_output_dir(
-                    output_dir,
-                    config,
-                    kfold_args.overwrite,
-                    inputs=inputs,
-                    defaults=field_defaults(*ARGUMENT_CLASSES[:-1]),
-                )
+                inputs = input_digests([*data.train_files, *([data.test_file] if data.test_file else [])])
+                defaults = field_defaults(*ARGUMENT_CLASSES[:-1])
+                prepare_output_dir(output_dir, settings.resolved(), settings.kfold.overwrite, inputs, defaults)
             state.wait_for_everyone()
-            prepared = backend.prepare(model_args, preprocessing, training_args, cleaned, cleaned_test)
+            files = self.files
+            prepared = self.backend.prepare(settings, files.preprocessing, files.cleaned, files.cleaned_test)
             if state.is_main_process:  # from here on the folder holds this run's results (RunFolder.has_results)
-                for k in selected:
+                for k in self.selected:
                     mark_folder(run.fold(k).root, "fold")
-        pseudo = pseudo_label_datasets(technique_args, pseudo_sets, preprocessing, prepared, training_args)
-        fold_data = [
+        return prepared
+
+    def fold_data(self, prepared: PreparedRun) -> list[FoldData]:
+        preprocessing = self.files.preprocessing
+        pseudo = pseudo_label_datasets(self.settings, self.pseudo_sets, preprocessing, prepared)
+        return [
             FoldData(
                 k,
-                *folds[k],
+                *self.folds[k],
                 prepared.encoded,
                 prepared.encoded_test,
                 prepared.backbone,
                 preprocessing,
                 pseudo[k] if pseudo else None,
-                model_args,
             )
-            for k in selected
+            for k in self.selected
         ]
-        train_folds(run, fold_data, kfold_args, loss_args, training_args, technique_args)
-        if not state.is_main_process:
-            return None
+
+    def summarize(self) -> dict | None:
+        """The run's summary once every fold is done (None before); the decision files then join the folds'
+        best/ on the hub."""
+        settings, run = self.settings, self.folder
+        output_dir = settings.training.output_dir
         with exclusive(run.setup_lock, output_dir, wait=True):
-            summary = summarize(output_dir, train_rows, data_args.test_file, kfold_args.num_folds, kfold_args)
-        if summary is not None:  # every fold is done: the decision files join the folds' best/ on the hub
-            push_run_files(training_args, [run.decision, run.thresholds, run.summary, run.config, run.report])
-    print_summary(summary, kfold_args, output_dir)
-    return summary
+            kfold = settings.kfold
+            summary = summarize(output_dir, self.files.train, settings.data.test_file, kfold.num_folds, kfold)
+        if summary is not None:
+            push_run_files(settings.training, [run.decision, run.thresholds, run.summary, run.config, run.report])
+        return summary
 
 
-def train_folds(
-    run: RunFolder,
-    fold_data: list[FoldData],
-    kfold_args: KFoldArguments,
-    loss_args: LossArguments,
-    training_args: TrainingArguments,
-    technique_args: TechniqueArguments,
-) -> None:
+def train_folds(settings: RunSettings, run: RunFolder, fold_data: list[FoldData]) -> None:
     """Train the folds that are not done yet. A fold that diverges stops the run; its folder goes (and so do the
     selected folds' empty ones), so a corrected configuration may take the folder over when no results are left."""
     for data in fold_data:
@@ -200,7 +199,7 @@ def train_folds(
             print(f"fold {k}: already complete ({DONE_FILE}); skipped")
             continue
         try:
-            train_fold(data, kfold_args, loss_args, training_args, technique_args)
+            backend_for(data.backbone).train_fold(settings, data)  # saves best/, the fold's files last
         except TrainingDiverged:
             if PartialState().is_main_process:
                 for other in fold_data:

@@ -16,7 +16,6 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 import numpy as np
@@ -30,6 +29,7 @@ from transformers import (
     DataCollatorForLanguageModeling,
     ElectraForPreTraining,
     PreTrainedModel,
+    PreTrainedTokenizerBase,
     Trainer,
     TrainingArguments,
     set_seed,
@@ -46,24 +46,24 @@ from nikl_emotion.backends.backbone import (
 from nikl_emotion.backends.emotion_trainer import LengthListSamplerMixin, keep_tensorboard_logs
 from nikl_emotion.backends.registry import backend_for
 from nikl_emotion.base.config import (
+    POST_TRAIN_DEFAULTS,
+    MLMArguments,
     ModelArguments,
-    PreprocessingArguments,
-    check_input_files,
+    PostTrainDataArguments,
+    PostTrainSettings,
     field_defaults,
-    is_finite,
     parse_arguments,
-    resolved_config,
     validate_training_values,
 )
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.fileio import write_json_atomic
 from nikl_emotion.base.locking import exclusive
 from nikl_emotion.base.vocabulary import MAX_UNKNOWN_RATE, is_offline
-from nikl_emotion.folders.folder_kind import check_output_folder, prepare_output_dir
+from nikl_emotion.folders.folder_kind import FolderOwner, check_output_folder, prepare_output_dir
 from nikl_emotion.folders.run_folder import PostTrainFolder, input_digests, last_complete_checkpoint, read_mapping
 from nikl_emotion.text.batching import padded_width
 from nikl_emotion.text.encoding import add_marker_tokens, tokenize_batch
-from nikl_emotion.text.preprocessing import Preprocessing, check_unknown_rate, load_task_files
+from nikl_emotion.text.preprocessing import Preprocessing, TaskFiles, check_unknown_rate, load_task_files
 from nikl_emotion.training.config_checks import check_pretokenizer, check_settings_resources, validate_reporting
 from nikl_emotion.training.rtd import ReplacedTokenDetection, check_rtd_backbone
 from nikl_emotion.training.time_budget import describe, measure_step_seconds, plan_steps
@@ -71,107 +71,21 @@ from nikl_emotion.training.time_budget import describe, measure_step_seconds, pl
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class PostTrainDataArguments(PreprocessingArguments):
-    train_files: list[str] = field(
-        default_factory=list,
-        metadata={"help": "jsonl files whose texts are learned (train, dev, test: labels are ignored)."},
-    )
-    validation_fraction: float = field(
-        default=0.02, metadata={"help": "Share of rows held out to report the MLM loss before and after."}
-    )
-
-    def __post_init__(self):
-        super().__post_init__()
-        check_input_files(self.train_files, "jsonl file to learn from")
-        if not 0.0 <= self.validation_fraction < 0.5:
-            raise PipelineError(f"validation_fraction: must be in [0, 0.5), got {self.validation_fraction}")
-
-
-OBJECTIVES: tuple[str, ...] = ("mlm", "rtd")
-MAX_TIME_BUDGET_MINUTES = 7 * 24 * 60
-
-
-@dataclass
-class MLMArguments:
-    objective: str = field(
-        default="mlm",
-        metadata={
-            "help": "mlm (masked-LM) or rtd (ELECTRA replaced-token detection: "
-            "a small generator fills the masked tokens, the encoder learns to spot them; ELECTRA backbones)."
-        },
-    )
-    mlm_probability: float = field(default=0.15, metadata={"help": "Share of tokens selected for prediction."})
-    whole_word_mask: bool = field(default=False, metadata={"help": "Mask all WordPiece pieces of a word together."})
-    rtd_generator_size: float = field(
-        default=0.25,
-        metadata={"help": "rtd: the generator's width as a share of the discriminator's (the paper: 1/4 to 1/2)."},
-    )
-    rtd_discriminator_weight: float = field(
-        default=50.0,
-        metadata={"help": "rtd: weight of the discriminator's loss beside the generator's (the paper: 50)."},
-    )
-    time_budget_minutes: float | None = field(
-        default=None,
-        metadata={
-            "help": "Size the training to this many minutes "
-            "of this machine (measured on the first steps) instead of num_train_epochs."
-        },
-    )
-    overwrite: bool = field(
-        default=False, metadata={"help": "Start again in an output_dir that holds another post-training run."}
-    )
-
-    def __post_init__(self):
-        if self.objective not in OBJECTIVES:
-            raise PipelineError(f"objective: {self.objective!r} is not one of {', '.join(OBJECTIVES)}")
-        if not 0.0 < self.mlm_probability < 1.0:
-            raise PipelineError(f"mlm_probability: must be in (0, 1), got {self.mlm_probability}")
-        if not 0.0 < self.rtd_generator_size <= 1.0:
-            raise PipelineError(f"rtd_generator_size: must be in (0, 1], got {self.rtd_generator_size}")
-        if not (is_finite(self.rtd_discriminator_weight) and self.rtd_discriminator_weight > 0):
-            raise PipelineError(f"rtd_discriminator_weight: must be > 0, got {self.rtd_discriminator_weight}")
-        budget = self.time_budget_minutes
-        if budget is not None and not (is_finite(budget) and 0 < budget <= MAX_TIME_BUDGET_MINUTES):
-            raise PipelineError(
-                f"time_budget_minutes: must be a number of minutes in (0, {MAX_TIME_BUDGET_MINUTES}] "
-                f"(a week), got {budget}"
-            )
-
-
-POST_TRAIN_DEFAULTS: dict[str, object] = {
-    "output_dir": "outputs/post-train",
-    "num_train_epochs": 3,
-    "learning_rate": 5e-4,
-    "weight_decay": 0.01,
-    "warmup_steps": 0.06,
-    "per_device_train_batch_size": 64,
-    "per_device_eval_batch_size": 128,
-    "eval_strategy": "epoch",
-    "save_strategy": "epoch",
-    "logging_strategy": "epoch",
-    "save_total_limit": 1,
-    "report_to": "none",
-    "train_sampling_strategy": "group_by_length",
-}
-
-
-def parse_post_train_config(
-    argv: list[str],
-) -> tuple[ModelArguments, PostTrainDataArguments, MLMArguments, TrainingArguments]:
-    model_args, data_args, mlm_args, training_args = parse_arguments(
-        argv, (ModelArguments, PostTrainDataArguments, MLMArguments, TrainingArguments), POST_TRAIN_DEFAULTS
-    )
+def parse_post_train_config(argv: list[str]) -> PostTrainSettings:
+    """`CONFIG [--key value ...]` -> post-training's validated settings."""
+    classes = (ModelArguments, PostTrainDataArguments, MLMArguments, TrainingArguments)
+    settings = PostTrainSettings(*parse_arguments(argv, classes, POST_TRAIN_DEFAULTS))
+    model_args, data_args, training_args = settings.model, settings.data, settings.training
     check_settings_resources(model_args, data_args)
     validate_reporting(training_args)
     validate_training_values(training_args)
     check_pretokenizer(model_args.model_name_or_path, data_args.offline_pretokenizer)
-    if mlm_args.objective == "rtd" and is_offline(model_args.model_name_or_path):  # before the tokenizer is trained
+    if settings.objective.objective == "rtd" and is_offline(model_args.model_name_or_path):  # before the tokenizer
         arch, _ = parse_offline_spec(model_args.model_name_or_path)
         check_rtd_backbone(SimpleNamespace(model_type=arch), model_args.model_name_or_path)
     if data_args.validation_fraction == 0 and training_args.eval_strategy != "no":
         raise PipelineError("validation_fraction 0 leaves nothing to evaluate: set eval_strategy: no as well")
-    return model_args, data_args, mlm_args, training_args
+    return settings
 
 
 def mlm_model_and_tokenizer(
@@ -341,118 +255,107 @@ class PostTrainer(LengthListSamplerMixin, Trainer):
     pass
 
 
-def run_post_training(
-    model_args: ModelArguments,
-    data_args: PostTrainDataArguments,
-    mlm_args: MLMArguments,
-    training_args: TrainingArguments,
-) -> dict | None:
+@dataclasses.dataclass
+class PostTrainInputs:
+    """What the post-training Trainer learns from: the encoder, its tokenizer, the encoded rows and the held-out
+    rows (None with `validation_fraction: 0`)."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    train_rows: Dataset
+    eval_rows: Dataset | None
+
+
+def run_post_training(settings: PostTrainSettings) -> dict | None:
     """Post-train the encoder on the files' text and save it to `output_dir`; returns the summary (None on the
     other processes of `accelerate launch`)."""
-    if not backend_for(model_args.model_name_or_path).trains_an_encoder:
-        raise PipelineError(
-            f"model_name_or_path: post-training trains an encoder; {model_args.model_name_or_path} is not one"
-        )
+    model_name = settings.model.model_name_or_path
+    if not backend_for(model_name).supports_post_training:
+        raise PipelineError(f"model_name_or_path: post-training trains an encoder; {model_name} is not one")
     started = time.monotonic()
     state = PartialState()
-    folder = PostTrainFolder(training_args.output_dir)
+    folder = PostTrainFolder(settings.training.output_dir)
     check_output_folder(folder.root, "post-training")  # before any work (the lock file is created next)
-    files = load_task_files(data_args, training_args, train_labels="optional")  # the text only: labels unused
-    preprocessing, cleaned = files.preprocessing, files.cleaned
-    config = resolved_config(model_args, data_args, mlm_args, training_args)
+    # the text only: labels unused
+    files = load_task_files(settings.data, settings.training, train_labels="optional")
     with contextlib.ExitStack() as held:
         if state.is_main_process:  # one post-training per folder at a time
             held.enter_context(exclusive(folder.lock, folder.root))
-            prepare_output_dir(
-                folder.root,
-                config,
-                mlm_args.overwrite,
-                is_run_file=folder.is_run_file,
-                kind="post-training",
-                has_results=lambda _: folder.has_results(),
-                inputs=input_digests(data_args.train_files),
-                defaults=field_defaults(ModelArguments, PostTrainDataArguments, MLMArguments),
-            )
+            owner = FolderOwner("post-training", folder.is_run_file, lambda _: folder.has_results())
+            defaults = field_defaults(ModelArguments, PostTrainDataArguments, MLMArguments)
+            inputs = input_digests(settings.data.train_files)
+            prepare_output_dir(folder.root, settings.resolved(), settings.objective.overwrite, inputs, defaults, owner)
         state.wait_for_everyone()
         if folder.is_finished():  # post_train.json is written last: this configuration is post-trained already
             if state.is_main_process:
                 print(f"post-training: {folder.root} is complete ({os.path.basename(folder.summary)}); nothing to do")
             return read_mapping(folder.summary)
-        set_seed(training_args.seed)
-        model, tokenizer = mlm_model_and_tokenizer(
-            model_args,
-            [t for t in cleaned["text"] if t],
-            preprocessing,
-            training_args.seed,
-            folder.root,
-            mlm_args.objective,
+        return post_train(settings, files, folder, started)
+
+
+def post_train(settings: PostTrainSettings, files: TaskFiles, folder: PostTrainFolder, started: float) -> dict | None:
+    """The post-training itself (the folder claimed): model, rows, the time budget's plan, training, the saved
+    folder; returns the summary on the main process."""
+    objective = settings.objective
+    set_seed(settings.training.seed)
+    texts = [t for t in files.cleaned["text"] if t]
+    model, tokenizer = mlm_model_and_tokenizer(
+        settings.model, texts, files.preprocessing, settings.training.seed, folder.root, objective.objective
+    )
+    inputs = PostTrainInputs(
+        model, tokenizer, *post_training_rows(settings, files.cleaned, tokenizer, files.preprocessing)
+    )
+    plan = None
+    if objective.time_budget_minutes is not None:
+        plan = budget_plan(inputs, settings, folder, started)
+        settings = dataclasses.replace(
+            settings, training=dataclasses.replace(settings.training, max_steps=plan["max_steps"])
         )
-        train_rows, eval_rows = post_training_rows(
-            cleaned, tokenizer, preprocessing, data_args, mlm_args, training_args, model_args.max_unknown_rate
-        )
-        plan = None
-        if mlm_args.time_budget_minutes is not None:
-            plan = budget_plan(model, tokenizer, train_rows, eval_rows, mlm_args, training_args, folder, started)
-            training_args = dataclasses.replace(training_args, max_steps=plan["max_steps"])
-            set_seed(training_args.seed)  # the measured steps drew random numbers: the run starts as it would without
-        trainer = post_trainer(model, tokenizer, train_rows, eval_rows, mlm_args, training_args)
-        before, after = train_with_eval_losses(trainer, folder, has_eval=eval_rows is not None)
-        if not trainer.is_world_process_zero():
-            return None
-        summary = {
-            "base_model": model_args.model_name_or_path,
-            "objective": mlm_args.objective,
-            "files": list(data_args.train_files),
-            "train_rows": len(train_rows),
-            "eval_rows": 0 if eval_rows is None else len(eval_rows),
-            "steps": trainer.state.global_step,
-            "eval_loss_before": before,
-            "eval_loss_after": after,
-            # the RTD loss mixes the generator's cross-entropy with the weighted discriminator loss: no perplexity
-            "perplexity_after": None if after is None or mlm_args.objective != "mlm" else math.exp(min(after, 50)),
-            "seconds": round(time.monotonic() - started, 1),
-        }
-        if plan is not None:
-            summary["time_budget"] = plan
-        save_post_trained(folder, model, tokenizer, preprocessing, summary)
-        return summary
+        set_seed(settings.training.seed)  # the measured steps drew random numbers: the run starts as it would without
+    trainer = post_trainer(inputs, settings)
+    before, after = train_with_eval_losses(trainer, folder, has_eval=inputs.eval_rows is not None)
+    if not trainer.is_world_process_zero():
+        return None
+    summary = {
+        "base_model": settings.model.model_name_or_path,
+        "objective": objective.objective,
+        "files": list(settings.data.train_files),
+        "train_rows": len(inputs.train_rows),
+        "eval_rows": 0 if inputs.eval_rows is None else len(inputs.eval_rows),
+        "steps": trainer.state.global_step,
+        "eval_loss_before": before,
+        "eval_loss_after": after,
+        # the RTD loss mixes the generator's cross-entropy with the weighted discriminator loss: no perplexity
+        "perplexity_after": None if after is None or objective.objective != "mlm" else math.exp(min(after, 50)),
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    if plan is not None:
+        summary["time_budget"] = plan
+    save_post_trained(folder, model, tokenizer, files.preprocessing, summary)
+    return summary
 
 
 def post_training_rows(
-    cleaned: Dataset,
-    tokenizer,
-    preprocessing: Preprocessing,
-    data_args: PostTrainDataArguments,
-    mlm_args: MLMArguments,
-    training_args: TrainingArguments,
-    max_unknown_rate: float = MAX_UNKNOWN_RATE,
+    settings: PostTrainSettings, cleaned: Dataset, tokenizer, preprocessing: Preprocessing
 ) -> tuple[Dataset, Dataset | None]:
     """(training rows, held-out rows or None): encoded as fine-tuning encodes them, rows cleaned to nothing
     dropped, `validation_fraction` held out to measure the MLM loss before and after."""
+    training_args, whole_words = settings.training, settings.objective.whole_word_mask
     with training_args.main_process_first(desc="tokenizing"):
         encoded = mlm_encode(
-            cleaned, tokenizer, preprocessing, offsets=mlm_args.whole_word_mask, max_unknown_rate=max_unknown_rate
+            cleaned, tokenizer, preprocessing, offsets=whole_words, max_unknown_rate=settings.model.max_unknown_rate
         )
     # a row cleaned to nothing encodes as [CLS] [SEP]: nothing to learn from
     encoded = encoded.filter(
         lambda lengths: [n > 2 for n in lengths], input_columns="length", batched=True, desc="dropping empty rows"
     )
-    if data_args.validation_fraction <= 0:
+    if settings.data.validation_fraction <= 0:
         return encoded, None
-    split = encoded.train_test_split(test_size=data_args.validation_fraction, seed=training_args.seed)
+    split = encoded.train_test_split(test_size=settings.data.validation_fraction, seed=training_args.seed)
     return split["train"], split["test"]
 
 
-def budget_plan(
-    model,
-    tokenizer,
-    train_rows: Dataset,
-    eval_rows: Dataset | None,
-    mlm_args: MLMArguments,
-    training_args: TrainingArguments,
-    folder: PostTrainFolder,
-    started: float,
-) -> dict:
+def budget_plan(inputs: PostTrainInputs, settings: PostTrainSettings, folder: PostTrainFolder, started: float) -> dict:
     """The steps that fit `time_budget_minutes` on this machine, measured on a few real steps; a resumed run reads
     the plan it started with (its schedule must not change)."""
     plan = read_mapping(folder.time_budget)
@@ -462,16 +365,16 @@ def budget_plan(
             f"{folder.time_budget}: max_steps: expected a whole number >= 1, got {steps!r}; delete "
             "the file to measure the plan again"
         )
-    if plan.get("time_budget_minutes") != mlm_args.time_budget_minutes:
-        probe = post_trainer(model, tokenizer, train_rows, eval_rows, mlm_args, training_args)
+    budget, training_args = settings.objective.time_budget_minutes, settings.training
+    if plan.get("time_budget_minutes") != budget:
+        probe = post_trainer(inputs, settings)
         step_seconds = measure_step_seconds(probe)
         steps_per_epoch = max(1, len(probe.get_train_dataloader()) // training_args.gradient_accumulation_steps)
         # a held-out pass: forward only (~1/3 of a training step's work per row)
         rows_per_step = training_args.train_batch_size * training_args.gradient_accumulation_steps
-        eval_seconds = (0 if eval_rows is None else len(eval_rows)) * step_seconds / rows_per_step / 3
-        plan = plan_steps(
-            mlm_args.time_budget_minutes, time.monotonic() - started, step_seconds, steps_per_epoch, eval_seconds
-        )
+        eval_rows = 0 if inputs.eval_rows is None else len(inputs.eval_rows)
+        eval_seconds = eval_rows * step_seconds / rows_per_step / 3
+        plan = plan_steps(budget, time.monotonic() - started, step_seconds, steps_per_epoch, eval_seconds)
         if probe.is_world_process_zero():
             write_json_atomic(folder.time_budget, plan)
         del probe
@@ -480,16 +383,10 @@ def budget_plan(
     return plan
 
 
-def post_trainer(
-    model,
-    tokenizer,
-    train_rows: Dataset,
-    eval_rows: Dataset | None,
-    mlm_args: MLMArguments,
-    training_args: TrainingArguments,
-) -> PostTrainer:
+def post_trainer(inputs: PostTrainInputs, settings: PostTrainSettings) -> PostTrainer:
     """The post-training Trainer: checkpoints in OUT/checkpoints, logs in OUT/runs; MLM with the vocabulary head on
     masked positions, or RTD (generator + the discriminator `model`)."""
+    training_args, mlm_args, model = settings.training, settings.objective, inputs.model
     folder = PostTrainFolder(training_args.output_dir)
     args = dataclasses.replace(
         training_args, output_dir=folder.checkpoints, remove_unused_columns=False, prediction_loss_only=True
@@ -499,7 +396,7 @@ def post_trainer(
     else:
         use_masked_positions_head(model)
     collator = MLMCollator(
-        tokenizer,
+        inputs.tokenizer,
         mlm_probability=mlm_args.mlm_probability,
         whole_word_mask=mlm_args.whole_word_mask,
         pad_to_multiple_of=8 if torch.cuda.is_available() else None,
@@ -508,9 +405,9 @@ def post_trainer(
     trainer = PostTrainer(
         model=model,
         args=args,
-        train_dataset=train_rows,
-        eval_dataset=eval_rows,
-        processing_class=tokenizer,
+        train_dataset=inputs.train_rows,
+        eval_dataset=inputs.eval_rows,
+        processing_class=inputs.tokenizer,
         data_collator=collator,
     )
     keep_tensorboard_logs(trainer, folder.runs)
