@@ -12,6 +12,14 @@ import sys
 
 from nikl_emotion.commands.cli import entry_point
 
+__all__ = [
+    "COMMANDS",
+    "usage",
+    "main",
+    "run",
+]
+
+
 COMMANDS: dict[str, str] = {
     "train": "K-fold fine-tuning (or --hp-search N): train.py CONFIG.yaml [--key value ...]",
     "distill": "one student from a finished run's soft targets: distill.py CONFIG --teacher_run OUT --output_dir DIR",

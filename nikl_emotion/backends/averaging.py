@@ -23,6 +23,12 @@ from transformers import TrainerCallback
 
 from nikl_emotion.base.checkpoint_files import AVERAGING_STATE_FILE
 
+__all__ = [
+    "WeightAveraging",
+    "weight_averaging",
+]
+
+
 logger = logging.getLogger(__name__)
 
 

@@ -35,17 +35,36 @@ from nikl_emotion.base.vocabulary import OFFLINE_ARCHS, OFFLINE_PREFIX
 from nikl_emotion.folders.run_folder import CONFIG_FILE
 from nikl_emotion.text.encoding import MARKER_TOKENS, add_marker_tokens, hangul_fix, model_input_names, splits_hangul
 
+__all__ = [
+    "check_model_folder",
+    "parse_offline_spec",
+    "train_wordpiece_tokenizer",
+    "offline_config",
+    "build_offline_backbone",
+    "classification_config_kwargs",
+    "load_tokenizer",
+    "model_config",
+    "raw_config",
+    "needs_remote_code",
+    "check_model_loading",
+    "attention_kernel_available",
+    "check_max_seq_length",
+    "load_model",
+    "fit_embeddings",
+]
+
+
 logger = logging.getLogger(__name__)
 
-SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-OFFLINE_SIZES: dict[str, dict[str, int]] = {
+_SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+_OFFLINE_SIZES: dict[str, dict[str, int]] = {
     "tiny": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128},
     "mini": {"hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 2, "intermediate_size": 512},
     "small": {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 1024},
 }
 
 
-def is_post_training_folder(path: str) -> bool:
+def _is_post_training_folder(path: str) -> bool:
     """Whether `path` is (or was started as) a post_train.py output folder: its resolved config has MLM keys."""
     config_path = os.path.join(path, CONFIG_FILE)
     if not os.path.isfile(config_path):
@@ -64,7 +83,7 @@ def check_model_folder(path: str) -> None:
     later with an unrelated loading error. Hub names (no such folder) pass."""
     if not os.path.isdir(path):
         return
-    if is_post_training_folder(path) and not os.path.isfile(os.path.join(path, POST_TRAIN_FILE)):
+    if _is_post_training_folder(path) and not os.path.isfile(os.path.join(path, POST_TRAIN_FILE)):
         raise PipelineError(
             f"model_name_or_path: {path} is an unfinished post-training run (no {POST_TRAIN_FILE}, which is written "
             "last): run post_train.py with its config again to finish it (it resumes), then fine-tune from it"
@@ -82,8 +101,8 @@ def parse_offline_spec(model_name_or_path: str) -> tuple[str, str]:
     """`offline:bert-tiny` -> ("bert", "tiny"); a clear error for anything else."""
     spec = model_name_or_path[len(OFFLINE_PREFIX) :]
     arch, _, size = spec.partition("-")
-    if arch not in OFFLINE_ARCHS or size not in OFFLINE_SIZES:
-        choices = ", ".join(f"{OFFLINE_PREFIX}{a}-{s}" for a in OFFLINE_ARCHS for s in OFFLINE_SIZES)
+    if arch not in OFFLINE_ARCHS or size not in _OFFLINE_SIZES:
+        choices = ", ".join(f"{OFFLINE_PREFIX}{a}-{s}" for a in OFFLINE_ARCHS for s in _OFFLINE_SIZES)
         raise ValueError(f"unknown offline backbone {model_name_or_path!r}; choose one of {choices}")
     return arch, size
 
@@ -107,11 +126,14 @@ def train_wordpiece_tokenizer(
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tokenizer.decoder = decoders.WordPiece()
     trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size, min_frequency=2, special_tokens=SPECIAL_TOKENS + list(MARKER_TOKENS), show_progress=False
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=_SPECIAL_TOKENS + list(MARKER_TOKENS),
+        show_progress=False,
     )
     texts = list(texts)
     tokenizer.train_from_iterator(texts, trainer=trainer)
-    cover_alphabet(tokenizer, texts)
+    _cover_alphabet(tokenizer, texts)
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
@@ -131,7 +153,7 @@ def train_wordpiece_tokenizer(
     )
 
 
-def cover_alphabet(tokenizer: Tokenizer, texts: list[str]) -> int:
+def _cover_alphabet(tokenizer: Tokenizer, texts: list[str]) -> int:
     """Give every character of `texts` a token, alone and as a word piece (`##c`): WordPiece turns a whole word into
     [UNK] when one of its characters has no piece, and the trainer leaves out rare characters' pieces. Returns how
     many tokens were added."""
@@ -150,7 +172,7 @@ def offline_config(model_name_or_path: str, tokenizer: PreTrainedTokenizerBase):
     """The BERT/ELECTRA config of an offline backbone (`offline:electra-tiny`, ...) sized for `tokenizer`."""
     arch, size = parse_offline_spec(model_name_or_path)
     config_cls = BertConfig if arch == "bert" else ElectraConfig
-    dims = dict(OFFLINE_SIZES[size])
+    dims = dict(_OFFLINE_SIZES[size])
     if arch == "electra":
         dims["embedding_size"] = dims["hidden_size"]
     return config_cls(
@@ -192,13 +214,13 @@ def load_tokenizer(
 ) -> PreTrainedTokenizerBase:
     """The checkpoint's tokenizer, fitted to its model (the config beside it) and to Korean text: no segment ids for
     a model without an embedding for them, and (`fix_hangul`, for a backbone about
-    to be trained) Hangul kept as syllables where the vocabulary spells it so (see `tokenizer_settings`). The
+    to be trained) Hangul kept as syllables where the vocabulary spells it so (see `_tokenizer_settings`). The
     settings are load-time arguments, so `save_pretrained` writes them into every checkpoint and `pipeline()` loads
     the same tokenizer. A fine-tuned checkpoint is loaded with `fix_hangul=False`: it must see text as it was
     trained on it. `loading`: the model-loading keys (revision, trust_remote_code)."""
     hub = loading.hub_kwargs()
     tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, **hub)
-    settings = tokenizer_settings(tokenizer, model_config(model_name_or_path, loading), fix_hangul)
+    settings = _tokenizer_settings(tokenizer, model_config(model_name_or_path, loading), fix_hangul)
     if settings:
         tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, **hub, **settings)
         _log_settings(model_name_or_path, settings, tokenizer)
@@ -244,11 +266,11 @@ def check_model_loading(model_name_or_path: str, loading: ModelLoading) -> None:
         )
     kernel = loading.attn_implementation
     if kernel is not None and not attention_kernel_available(kernel):
-        needs = KERNEL_NEEDS.get(kernel, "pip install kernels")
+        needs = _KERNEL_NEEDS.get(kernel, "pip install kernels")
         raise PipelineError(f"attn_implementation: {kernel} is not available here ({needs}); use sdpa or eager")
 
 
-KERNEL_NEEDS = {
+_KERNEL_NEEDS = {
     "flash_attention_2": "a CUDA GPU and pip install flash-attn",
     "flash_attention_3": "a Hopper GPU and flash-attn 3",
     "flex_attention": "torch with flex attention",
@@ -261,8 +283,8 @@ def attention_kernel_available(kernel: str) -> bool:
     checks = {
         "eager": lambda: True,
         "sdpa": lambda: True,
-        "flash_attention_2": lambda: torch_cuda() and import_utils.is_flash_attn_2_available(),
-        "flash_attention_3": lambda: torch_cuda() and import_utils.is_flash_attn_3_available(),
+        "flash_attention_2": lambda: _torch_cuda() and import_utils.is_flash_attn_2_available(),
+        "flash_attention_3": lambda: _torch_cuda() and import_utils.is_flash_attn_3_available(),
         "flex_attention": import_utils.is_torch_flex_attn_available,
     }
     if kernel in checks:
@@ -270,13 +292,13 @@ def attention_kernel_available(kernel: str) -> bool:
     return import_utils.is_kernels_available()  # a hub kernel (kernels-community/...) through the kernels package
 
 
-def torch_cuda() -> bool:
+def _torch_cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
 
 
-def tokenizer_settings(
+def _tokenizer_settings(
     tokenizer: PreTrainedTokenizerBase, config: PretrainedConfig | None, fix_hangul: bool = True
 ) -> dict:
     """Load-time tokenizer arguments that make `tokenizer` fit its model and Korean text ({} for most)."""
@@ -284,12 +306,12 @@ def tokenizer_settings(
     names = None if config is None else model_input_names(tokenizer, config)
     if names is not None:
         settings["model_input_names"] = names
-    if lacks_pad_token(tokenizer, config) and tokenizer.eos_token is not None:  # a decoder's: batches must pad
+    if _lacks_pad_token(tokenizer, config) and tokenizer.eos_token is not None:  # a decoder's: batches must pad
         settings["pad_token"] = tokenizer.eos_token
     return settings
 
 
-def lacks_pad_token(tokenizer: PreTrainedTokenizerBase, config: PretrainedConfig | None) -> bool:
+def _lacks_pad_token(tokenizer: PreTrainedTokenizerBase, config: PretrainedConfig | None) -> bool:
     """No pad token (Llama), or one the model has no embedding for (GPT-NeoX's tokenizer class adds <|padding|>
     when its files name none): either way the end-of-sequence token should pad."""
     if tokenizer.pad_token is None:
@@ -299,16 +321,16 @@ def lacks_pad_token(tokenizer: PreTrainedTokenizerBase, config: PretrainedConfig
 
 
 # models whose position ids start after the padding index (RoBERTa's scheme): pad_token_id + 1 positions unusable
-POSITION_OFFSET_MODEL_TYPES = frozenset({"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text"})
+_POSITION_OFFSET_MODEL_TYPES = frozenset({"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text"})
 
 
-def max_model_tokens(config: PretrainedConfig, tokenizer: PreTrainedTokenizerBase) -> int | None:
+def _max_model_tokens(config: PretrainedConfig, tokenizer: PreTrainedTokenizerBase) -> int | None:
     """The longest encoding the model can embed (KcBERT: 300, klue/roberta and XLM-R: 512), from its position
     embeddings and the tokenizer's `model_max_length` where that is a real limit; None when neither says."""
     limits = []
     positions = getattr(config, "max_position_embeddings", None)
     if positions:
-        offset = (config.pad_token_id or 0) + 1 if config.model_type in POSITION_OFFSET_MODEL_TYPES else 0
+        offset = (config.pad_token_id or 0) + 1 if config.model_type in _POSITION_OFFSET_MODEL_TYPES else 0
         limits.append(positions - offset)
     if tokenizer.model_max_length and tokenizer.model_max_length < 1_000_000:  # unset: a huge sentinel
         limits.append(int(tokenizer.model_max_length))
@@ -324,7 +346,7 @@ def check_max_seq_length(
     """Refuse a `max_seq_length` beyond the model's positions before training (it would crash in the first long
     batch)."""
     config = AutoConfig.from_pretrained(model_name_or_path, **loading.hub_kwargs())
-    limit = max_model_tokens(config, tokenizer)
+    limit = _max_model_tokens(config, tokenizer)
     if limit is not None and max_seq_length > limit:
         raise PipelineError(
             f"max_seq_length: {max_seq_length} is more than the {limit} tokens {model_name_or_path} "

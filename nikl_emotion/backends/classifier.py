@@ -43,6 +43,20 @@ from nikl_emotion.text.batching import MODEL_INPUTS, length_order, pad_table
 from nikl_emotion.text.data import Rows, as_rows
 from nikl_emotion.text.preprocessing import Preprocessing, clean, encode
 
+__all__ = [
+    "Runtime",
+    "TorchRuntime",
+    "OnnxRuntime",
+    "LoadedModel",
+    "serving_loading",
+    "CheckpointClassifier",
+    "is_onnx_export",
+    "require",
+    "first_line",
+    "default_device",
+]
+
+
 logger = logging.getLogger(__name__)
 
 
@@ -134,7 +148,7 @@ def serving_loading(folder: str, record: LoadRecord, options: LoadOptions) -> Mo
     return ModelLoading(trust_remote_code=options.trust_remote_code, attn_implementation=kernel)
 
 
-def load_encoder(folder: str, options: LoadOptions) -> LoadedModel:
+def _load_encoder(folder: str, options: LoadOptions) -> LoadedModel:
     """An encoder's `best/`: its float32 weights (every one trained), under the autocast its fold predicted with
     (`dtype="auto"`) or the one asked for."""
     if options.load_in_4bit:
@@ -172,7 +186,7 @@ class CheckpointClassifier:
         *,
         device: torch.device | str | None = None,
         threads: int | None = None,
-        loader=load_encoder,
+        loader=_load_encoder,
         options: LoadOptions | None = None,
     ) -> CheckpointClassifier:
         """An encoder's `best/` folder written by train.py (PyTorch, on `device`, default the GPU when there is one)
@@ -187,8 +201,8 @@ class CheckpointClassifier:
             raise PipelineError(f"{folder}: checkpoint folder not found")
         preprocessing = Preprocessing.load(folder)
         if folder_kind(folder) == "post-training":
-            refuse_untrained_head(folder, "a post_train.py model folder")
-        check_tokenizer_files(folder)
+            _refuse_untrained_head(folder, "a post_train.py model folder")
+        _check_tokenizer_files(folder)
         onnx = is_onnx_export(folder)
         kind = "export" if onnx else "checkpoint"
         try:
@@ -205,17 +219,17 @@ class CheckpointClassifier:
                 loaded = loader(folder, options)
                 if loaded.missing_keys:
                     missing = sorted(loaded.missing_keys)
-                    refuse_untrained_head(folder, f"{len(missing)} classifier weights missing, e.g. {missing[0]}")
+                    _refuse_untrained_head(folder, f"{len(missing)} classifier weights missing, e.g. {missing[0]}")
                 model = loaded.model
                 config = model.config
                 runtime = TorchRuntime(
-                    model, model_inputs(model, tokenizer), device or default_device(), loaded.autocast
+                    model, _model_inputs(model, tokenizer), device or default_device(), loaded.autocast
                 )
         except PipelineError:
             raise
         except Exception as exc:  # a damaged folder: bad config.json, truncated weights or graph, unreadable tokenizer
             raise PipelineError(f"{folder}: cannot load the {kind} ({type(exc).__name__}: {first_line(exc)})") from None
-        check_head(folder, config, preprocessing)
+        _check_head(folder, config, preprocessing)
         labels = {int(k): v for k, v in config.id2label.items()}
         if labels != ID2LABEL:
             raise PipelineError(f"{folder}: the {kind}'s labels {labels} differ from this pipeline's {ID2LABEL}")
@@ -232,7 +246,7 @@ class CheckpointClassifier:
     ) -> CheckpointClassifier:
         """A classifier over a model in memory (e.g. the one a fold has just trained, under its run's autocast), on
         its own device."""
-        return cls(TorchRuntime(model, model_inputs(model, tokenizer), device, autocast), tokenizer, preprocessing)
+        return cls(TorchRuntime(model, _model_inputs(model, tokenizer), device, autocast), tokenizer, preprocessing)
 
     @property
     def model(self) -> PreTrainedModel | None:
@@ -305,13 +319,13 @@ class CheckpointClassifier:
         return logits
 
 
-def model_inputs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[str]:
+def _model_inputs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[str]:
     """The inputs a model's forward takes: its tokenizer's, and those its head reads (`target_pool`: the target
     mask)."""
     return [*tokenizer.model_input_names, *head_inputs(model)]
 
 
-def check_head(folder: str, config, preprocessing: Preprocessing) -> None:
+def _check_head(folder: str, config, preprocessing: Preprocessing) -> None:
     """The model's head and the preprocessing saved beside it must agree: a `target_pool` head without target masks
     would pool the whole text, silently."""
     if head_of(config) != preprocessing.classifier_head:
@@ -321,7 +335,7 @@ def check_head(folder: str, config, preprocessing: Preprocessing) -> None:
         )
 
 
-def refuse_untrained_head(folder: str, what: str) -> None:
+def _refuse_untrained_head(folder: str, what: str) -> None:
     """A folder without trained classifier weights (a post_train.py encoder, a hub backbone) would predict with a
     randomly initialised head: refuse it, saying what to do."""
     raise PipelineError(
@@ -342,7 +356,7 @@ def require(module: str):
         raise PipelineError(f"ONNX export and inference need {module}: pip install onnx onnxruntime") from None
 
 
-def check_tokenizer_files(path: str) -> None:
+def _check_tokenizer_files(path: str) -> None:
     """Without its tokenizer files a folder still "loads" a tokenizer of special tokens only, and every word of
     every row becomes the unknown token: refuse it instead."""
     if not any(os.path.isfile(os.path.join(path, name)) for name in TOKENIZER_FILES):

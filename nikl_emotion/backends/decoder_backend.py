@@ -4,7 +4,7 @@ folds as a classifier on its last token that is not padding (transformers' rule 
 batches are read correctly and the tokenizer's padding side does not matter).
 
 - No pad token (Llama, GPT-NeoX): the end-of-sequence token pads, and the model's config learns its id.
-- `lora_r > 0`: LoRA adapters (peft) on the family's attention and MLP projections (`LORA_TARGETS`, or
+- `lora_r > 0`: LoRA adapters (peft) on the family's attention and MLP projections (`_LORA_TARGETS`, or
   `lora_target_modules`), the classification head (`score`) trained in full; `best/` then holds the adapter, the head
   and `config.json`, and names the base model (`adapter_config.json`), or with `merge_lora` the merged weights.
 - `load_in_4bit`: the frozen base in 4-bit NF4 (bitsandbytes, CUDA only): QLoRA.
@@ -66,18 +66,25 @@ from nikl_emotion.base.config import ModelArguments, ModelLoading, RunSettings
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.vocabulary import is_ngram, is_offline
 
-PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+__all__ = [
+    "new_decoder_model",
+    "save_decoder",
+    "DecoderBackend",
+]
+
+
+_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 # every attention and MLP projection (QLoRA's finding: adapting all of them matches full fine-tuning best)
-LORA_TARGETS = {
+_LORA_TARGETS = {
     "gpt_neox": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
-    **{family: PROJECTIONS for family in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")},
+    **{family: _PROJECTIONS for family in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")},
 }  # other families (fused projections such as phi3's qkv_proj): every linear layer but the head ("all-linear")
 
 
-def is_decoder_config(config: dict) -> bool:
+def _is_decoder_config(config: dict) -> bool:
     """A config.json (as a mapping, read without running any code) of a causal LM transformers classifies by its
-    last token, or of a custom-code one (`is_custom_decoder`)."""
-    if is_custom_decoder(config):
+    last token, or of a custom-code one (`_is_custom_decoder`)."""
+    if _is_custom_decoder(config):
         return True
     model_type = config.get("model_type")
     return (
@@ -87,14 +94,14 @@ def is_decoder_config(config: dict) -> bool:
     )
 
 
-def is_custom_decoder(config: dict) -> bool:
+def _is_custom_decoder(config: dict) -> bool:
     """A custom-code checkpoint (EXAONE 3.x and others: `auto_map` in config.json) that ships a causal LM and no
     masked LM, read without running its code."""
     auto_map = config.get("auto_map") or {}
     return "AutoModelForCausalLM" in auto_map and "AutoModelForMaskedLM" not in auto_map
 
 
-def require_peft():
+def _require_peft():
     if importlib.util.find_spec("peft") is None:
         raise PipelineError("lora_r: LoRA needs peft: pip install peft (a dependency in requirements.txt)")
     import peft
@@ -102,13 +109,13 @@ def require_peft():
     return peft
 
 
-def check_quantization(model_args: ModelArguments) -> None:
+def _check_quantization(model_args: ModelArguments) -> None:
     """4-bit base weights need CUDA and bitsandbytes: refuse before any work, saying which is missing."""
     if model_args.load_in_4bit:
         require_4bit("load_in_4bit", "train with load_in_4bit: false (LoRA over full-precision weights)")
 
 
-def check_lora_targets(model_args: ModelArguments) -> None:
+def _check_lora_targets(model_args: ModelArguments) -> None:
     """Each of `lora_target_modules` must name a module of the model (peft ignores one that matches nothing as long
     as another matches, and fails mid-fold when none does), checked on an empty (meta) copy before any work."""
     if not model_args.lora_target_modules:
@@ -134,22 +141,22 @@ def check_lora_targets(model_args: ModelArguments) -> None:
             )
 
 
-def lora_targets(model_type: str, chosen: list[str]) -> list[str] | str:
-    return list(chosen) or LORA_TARGETS.get(model_type, "all-linear")  # peft: every linear layer but the head
+def _lora_targets(model_type: str, chosen: list[str]) -> list[str] | str:
+    return list(chosen) or _LORA_TARGETS.get(model_type, "all-linear")  # peft: every linear layer but the head
 
 
-def training_quantization(model_args: ModelArguments, training_args: TrainingArguments) -> dict | None:
+def _training_quantization(model_args: ModelArguments, training_args: TrainingArguments) -> dict | None:
     """QLoRA's 4-bit base (a dict for BitsAndBytesConfig, as best/ records it), computing in the autocast dtype."""
     if not model_args.load_in_4bit:
         return None
     return nf4_settings(torch.bfloat16 if training_args.bf16 else torch.float16)
 
 
-def quantization_settings(model_args: ModelArguments, training_args: TrainingArguments) -> dict:
+def _quantization_settings(model_args: ModelArguments, training_args: TrainingArguments) -> dict:
     """from_pretrained keywords: the dtype precision.py names (float32 weights to train; a frozen LoRA base in the
     autocast dtype), or 4-bit NF4 base weights on this process's GPU."""
     dtype = TORCH_DTYPES[base_dtype_name(model_args, training_args, frozen_base=bool(model_args.lora_r))]
-    quantization = training_quantization(model_args, training_args)
+    quantization = _training_quantization(model_args, training_args)
     if quantization is None:
         return {"dtype": dtype}
     return {
@@ -170,12 +177,12 @@ def new_decoder_model(
         backbone, **loading.hub_kwargs(), **classification_config_kwargs(), pad_token_id=tokenizer.pad_token_id
     )
     model = AutoModelForSequenceClassification.from_pretrained(
-        backbone, config=config, **loading.model_kwargs(), **quantization_settings(model_args, training_args)
+        backbone, config=config, **loading.model_kwargs(), **_quantization_settings(model_args, training_args)
     )
     fit_embeddings(model, tokenizer)
     if not model_args.lora_r:
         return model  # loaded in float32: every weight trains
-    peft = require_peft()
+    peft = _require_peft()
     if model_args.load_in_4bit:
         model = peft.prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=training_args.gradient_checkpointing
@@ -187,14 +194,14 @@ def new_decoder_model(
         r=model_args.lora_r,
         lora_alpha=model_args.lora_alpha,
         lora_dropout=model_args.lora_dropout,
-        target_modules=lora_targets(config.model_type, model_args.lora_target_modules),
+        target_modules=_lora_targets(config.model_type, model_args.lora_target_modules),
     )
     model = peft.get_peft_model(model, lora)
     upcast_trainable(model)  # the head's trained copy was made in the base's dtype
     return model
 
 
-def is_adapter_folder(folder: str) -> bool:
+def _is_adapter_folder(folder: str) -> bool:
     return os.path.isfile(os.path.join(folder, ADAPTER_CONFIG_FILE))
 
 
@@ -215,14 +222,14 @@ def save_decoder(model, tokenizer, path: str, merge: bool) -> None:
     tokenizer.save_pretrained(path)
 
 
-def load_decoder_model(folder: str, options: LoadOptions | None = None) -> LoadedModel:
+def _load_decoder_model(folder: str, options: LoadOptions | None = None) -> LoadedModel:
     """A decoder checkpoint: full or merged weights (in the dtype `options` and loading.json give), or the base
     model named in adapter_config.json loaded as in training with the adapter and the float32 head over it."""
     options = options or LoadOptions()
     record = LoadRecord.load(folder)
     precision = serving_precision(record, options, half_weights=True)
     loading = serving_loading(folder, record, options)
-    if not is_adapter_folder(folder):
+    if not _is_adapter_folder(folder):
         if os.path.isfile(os.path.join(folder, ADAPTER_WEIGHTS_FILE)):
             raise PipelineError(
                 f"{folder}: holds a LoRA adapter ({ADAPTER_WEIGHTS_FILE}) but no {ADAPTER_CONFIG_FILE}, "
@@ -237,15 +244,15 @@ def load_decoder_model(folder: str, options: LoadOptions | None = None) -> Loade
             folder, output_loading_info=True, dtype=precision.weights, **loading.model_kwargs()
         )
         return LoadedModel(model, list(info["missing_keys"]), precision.autocast)
-    return load_adapter(folder, record, precision, loading)
+    return _load_adapter(folder, record, precision, loading)
 
 
-def load_adapter(folder: str, record: LoadRecord, precision: ServingPrecision, loading: ModelLoading) -> LoadedModel:
+def _load_adapter(folder: str, record: LoadRecord, precision: ServingPrecision, loading: ModelLoading) -> LoadedModel:
     """The adapter's base loaded as `precision` says (4-bit over the recorded BitsAndBytesConfig), the head it
     trained in full made float32 before the adapter's weights fill it, the adapter kept unmerged unless the base is
     float32 (a merge into half-precision weights rounds them)."""
-    peft = require_peft()
-    adapter = read_adapter_config(folder)
+    peft = _require_peft()
+    adapter = _read_adapter_config(folder)
     base = adapter.get("base_model_name_or_path")
     base_loading = dataclasses.replace(loading, revision=record.revision)  # the base at the revision it trained on
     kwargs = {"dtype": precision.weights, **base_loading.model_kwargs()}
@@ -264,7 +271,7 @@ def load_adapter(folder: str, record: LoadRecord, precision: ServingPrecision, l
             f"({first_line(exc)}); put it there, or train with merge_lora: true"
         ) from None
     heads = [name for name in adapter.get("modules_to_save") or [] if hasattr(model, name)]
-    missing = missing_head(folder, heads)
+    missing = _missing_head(folder, heads)
     if missing:  # the base's random head would predict: the caller refuses the folder
         return LoadedModel(model, missing, precision.autocast)
     for name in heads:
@@ -275,12 +282,12 @@ def load_adapter(folder: str, record: LoadRecord, precision: ServingPrecision, l
     return LoadedModel(model, [], precision.autocast)
 
 
-def read_adapter_config(folder: str) -> dict:
+def _read_adapter_config(folder: str) -> dict:
     with open(os.path.join(folder, ADAPTER_CONFIG_FILE), encoding="utf-8") as handle:
         return json.load(handle)
 
 
-def saved_adapter_keys(folder: str) -> list[str]:
+def _saved_adapter_keys(folder: str) -> list[str]:
     """The weight names an adapter folder holds, read from the safetensors header (peft reads the tensors once, when
     it loads them); an `adapter_model.bin` is read whole."""
     path = os.path.join(folder, ADAPTER_WEIGHTS_FILE)
@@ -294,10 +301,10 @@ def saved_adapter_keys(folder: str) -> list[str]:
     return list(peft.utils.load_peft_weights(folder, device="cpu"))
 
 
-def missing_head(folder: str, heads: list[str]) -> list[str]:
+def _missing_head(folder: str, heads: list[str]) -> list[str]:
     """The head's weight names when the adapter file lacks them (the head would be the base's random one): the
     untrained-head guard, for adapters."""
-    saved = saved_adapter_keys(folder)
+    saved = _saved_adapter_keys(folder)
     found = [name for name in heads if any(f".{name}." in key or key.startswith(f"{name}.") for key in saved)]
     return [] if found else [f"{name}.weight" for name in heads or ["score"]]
 
@@ -319,7 +326,7 @@ class DecoderBackend(EncoderBackend):
     def matches(self, model_name_or_path: str) -> bool:
         if is_offline(model_name_or_path) or is_ngram(model_name_or_path):
             return False
-        return is_decoder_config(raw_config(model_name_or_path))
+        return _is_decoder_config(raw_config(model_name_or_path))
 
     def check_spec(self, model_name_or_path: str) -> None:
         check_model_folder(model_name_or_path)
@@ -328,9 +335,9 @@ class DecoderBackend(EncoderBackend):
         return "none"
 
     def check_lora(self, model_args: ModelArguments) -> None:
-        require_peft()
-        check_quantization(model_args)
-        check_lora_targets(model_args)
+        _require_peft()
+        _check_quantization(model_args)
+        _check_lora_targets(model_args)
 
     def new_model(self, backbone: str, tokenizer, settings: RunSettings, head: str = "cls") -> PreTrainedModel:
         return new_decoder_model(backbone, tokenizer, settings.model, settings.training)
@@ -339,13 +346,13 @@ class DecoderBackend(EncoderBackend):
         save_decoder(model, tokenizer, path, model_args.merge_lora)
 
     def owns_checkpoint(self, folder: str) -> bool:
-        return is_adapter_folder(folder) or is_decoder_config(raw_config(folder))
+        return _is_adapter_folder(folder) or _is_decoder_config(raw_config(folder))
 
     def load_checkpoint(
         self, folder: str, device=None, threads: int | None = None, options: LoadOptions | None = None
     ) -> CheckpointClassifier:
         return CheckpointClassifier.from_pretrained(
-            folder, device=device, threads=threads, loader=load_decoder_model, options=options
+            folder, device=device, threads=threads, loader=_load_decoder_model, options=options
         )
 
     def load_record(self, model_args: ModelArguments, training_args: TrainingArguments) -> LoadRecord:
@@ -355,5 +362,5 @@ class DecoderBackend(EncoderBackend):
             model_args,
             training_args,
             frozen_base,
-            training_quantization(model_args, training_args) if frozen_base else None,
+            _training_quantization(model_args, training_args) if frozen_base else None,
         )

@@ -11,7 +11,16 @@ from transformers import TrainerCallback
 
 from nikl_emotion.base.errors import PipelineError
 
-WATCHED = ("loss", "eval_loss")  # the training loss of a logging window, the validation loss of an evaluation
+__all__ = [
+    "TrainingDiverged",
+    "likely_cause",
+    "diverged",
+    "DivergenceGuard",
+    "check_finite_probabilities",
+]
+
+
+_WATCHED = ("loss", "eval_loss")  # the training loss of a logging window, the validation loss of an evaluation
 
 
 class TrainingDiverged(PipelineError):
@@ -52,7 +61,12 @@ class DivergenceGuard(TrainerCallback):
 
     def check(self, state, control, values: dict) -> None:
         for key, value in values.items():
-            if self.failure is None and key in WATCHED and isinstance(value, (int, float)) and not math.isfinite(value):
+            if (
+                self.failure is None
+                and key in _WATCHED
+                and isinstance(value, (int, float))
+                and not math.isfinite(value)
+            ):
                 self.failure = diverged(self.fold, state.global_step, f"{key} {value}", self.cause)
         if self.failure is not None:
             control.should_training_stop = True

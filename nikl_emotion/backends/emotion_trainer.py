@@ -25,10 +25,21 @@ from nikl_emotion.decisions.voting import DecisionRule
 from nikl_emotion.text.batching import MODEL_INPUTS, PaddingCollator, column_array, length_order
 from nikl_emotion.text.preprocessing import Preprocessing
 
-MODEL_INPUT_COLUMNS = (*MODEL_INPUTS, "length")  # `length` feeds the sampler only
+__all__ = [
+    "TRAINER_COLUMNS",
+    "keep_tensorboard_logs",
+    "LengthListSamplerMixin",
+    "EmotionTrainer",
+    "predict_in_order",
+    "fold_trainer_inputs",
+    "make_loss",
+]
 
 
-TRAINER_COLUMNS = (*MODEL_INPUT_COLUMNS, "labels")
+_MODEL_INPUT_COLUMNS = (*MODEL_INPUTS, "length")  # `length` feeds the sampler only
+
+
+TRAINER_COLUMNS = (*_MODEL_INPUT_COLUMNS, "labels")
 
 
 def keep_tensorboard_logs(trainer: Trainer, logging_dir: str) -> None:
@@ -193,7 +204,7 @@ def fold_trainer_inputs(train_rows: Dataset, val_rows: Dataset, tokenizer, setti
         "eval_dataset": val_rows.select(length_order(val_rows)).select_columns(columns),
         "processing_class": tokenizer,
         "data_collator": PaddingCollator(tokenizer, pad_to_multiple_of=8 if torch.cuda.is_available() else None),
-        "compute_metrics": make_compute_metrics(fixed_rule(kfold_args)),
+        "compute_metrics": _make_compute_metrics(fixed_rule(kfold_args)),
         "callbacks": callbacks,
         "loss_fn": make_loss(loss_args, np.asarray(train_rows["labels"])),
         "loss_reduction": loss_args.loss_reduction,
@@ -205,7 +216,7 @@ def fold_trainer_inputs(train_rows: Dataset, val_rows: Dataset, tokenizer, setti
     }
 
 
-def make_compute_metrics(rule: DecisionRule):
+def _make_compute_metrics(rule: DecisionRule):
     """The Trainer's validation metric: one model's decisions by `rule` (a run's fixed rule), scored."""
 
     def compute_metrics(prediction: EvalPrediction) -> dict:

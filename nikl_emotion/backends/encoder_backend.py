@@ -59,6 +59,14 @@ from nikl_emotion.folders.run_folder import FoldFolder, RunFolder, last_complete
 from nikl_emotion.text.encoding import PROMPT_TEMPLATE, fill_template
 from nikl_emotion.text.preprocessing import PREPROCESSING_FILE, Preprocessing, encode, warn_if_preprocessing_differs
 
+__all__ = [
+    "EncoderBackend",
+    "backbone_loading",
+    "load_classifier",
+    "backbone_and_encodings",
+    "prepare_backbone",
+]
+
 
 class EncoderBackend:
     """Every `model_name_or_path` that is not another backend's: a hub name, a local model folder, offline:..."""
@@ -137,7 +145,7 @@ class EncoderBackend:
         guard = DivergenceGuard(data.fold, cause)
         trainer.add_callback(guard)
         try:
-            train_resuming(trainer, folder, data.fold)
+            _train_resuming(trainer, folder, data.fold)
             guard.raise_if_diverged()
             val_probs = predict_in_order(trainer, data.preprocessing, data.val_rows)  # every rank predicts its share
             test_probs = (
@@ -156,13 +164,13 @@ class EncoderBackend:
         if trainer.is_world_process_zero():
             result = score(np.asarray(data.val_rows["labels"]), fixed_rule(settings.kfold).decide(val_probs))
             self.save_best(settings, trainer, data, folder, result)
-            result.update(fold_state(trainer, data))
+            result.update(_fold_state(trainer, data))
             write_fold_outputs(folder, data.val_rows, val_probs, data.encoded_test, test_probs, result)
             push_fold(training, folder.best, data.fold)
         end_fold_tracking()
         trainer.accelerator.wait_for_everyone()
         del trainer
-        release_memory()
+        _release_memory()
         return result
 
     def fold_trainer(self, settings: RunSettings, data: FoldData, folder: FoldFolder) -> EmotionTrainer:
@@ -196,7 +204,7 @@ class EncoderBackend:
     ) -> None:
         """The best checkpoint (the Trainer has loaded it back) with its preprocessing settings, its loading record
         and model card, written beside and then renamed: a kill never leaves a half-written best/."""
-        config = run_config(settings.training.output_dir)
+        config = _run_config(settings.training.output_dir)
 
         def write(path: str) -> None:
             os.makedirs(path, exist_ok=True)
@@ -306,7 +314,7 @@ def prepare_backbone(
     return path
 
 
-def train_resuming(trainer: EmotionTrainer, folder: FoldFolder, fold: int) -> None:
+def _train_resuming(trainer: EmotionTrainer, folder: FoldFolder, fold: int) -> None:
     """Train, resuming from the last fully written checkpoint of an interrupted fold (a half-written one is
     pruned first, by the main process)."""
     # a run with weight averaging needs the raw weights too, written after the Trainer's files
@@ -324,7 +332,7 @@ def train_resuming(trainer: EmotionTrainer, folder: FoldFolder, fold: int) -> No
     trainer.train(resume_from_checkpoint=resume)
 
 
-def fold_state(trainer: EmotionTrainer, data: FoldData) -> dict:
+def _fold_state(trainer: EmotionTrainer, data: FoldData) -> dict:
     best = trainer.state.best_model_checkpoint
     return {
         "fold": data.fold,
@@ -336,12 +344,12 @@ def fold_state(trainer: EmotionTrainer, data: FoldData) -> dict:
     }
 
 
-def run_config(output_dir: str) -> dict:
+def _run_config(output_dir: str) -> dict:
     """The run's resolved configuration, as `prepare_output_dir` saved it ({} when train_fold runs on its own)."""
     return read_mapping(RunFolder(output_dir).config)
 
 
-def release_memory() -> None:
+def _release_memory() -> None:
     """Between folds: drop the fold's objects and hand freed heap back to the OS. Without `malloc_trim`, glibc keeps
     the freed pages of one fold's tensors in its arenas and the process grows by ~100 MB a fold before levelling."""
     gc.collect()

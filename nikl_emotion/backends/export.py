@@ -25,9 +25,15 @@ from nikl_emotion.text.batching import MODEL_INPUTS, pad_table
 from nikl_emotion.text.encoding import tokenize_batch
 from nikl_emotion.text.preprocessing import Preprocessing
 
-OPSET = 17
+__all__ = [
+    "export_checkpoint",
+    "check_export_target",
+]
+
+
+_OPSET = 17
 # traced rows (cleaned-text columns, as tokenize_batch takes them): one with a target, one without
-TRACE_ROWS = {
+_TRACE_ROWS = {
     "text": ["오늘 공연 너무 좋았다", "정말 최고"],
     "target": ["공연", None],
     "target_begin": [3, None],
@@ -35,11 +41,11 @@ TRACE_ROWS = {
 }
 
 
-def trace_sample(tokenizer, preprocessing: Preprocessing) -> dict[str, torch.Tensor]:
+def _trace_sample(tokenizer, preprocessing: Preprocessing) -> dict[str, torch.Tensor]:
     """A padded batch in the checkpoint's own format (its input format, its tokenizer's model inputs: no
     token_type_ids for a model without segment embeddings), one row with a target and one without."""
     encoded = tokenize_batch(
-        TRACE_ROWS,
+        _TRACE_ROWS,
         tokenizer,
         preprocessing.input_format,
         preprocessing.max_seq_length,
@@ -50,7 +56,7 @@ def trace_sample(tokenizer, preprocessing: Preprocessing) -> dict[str, torch.Ten
     return pad_table(pa.table({name: encoded[name] for name in names}), names, tokenizer.pad_token_id)
 
 
-def export_checkpoint(checkpoint: str, output_dir: str, int8: bool = False, opset: int = OPSET) -> dict:
+def export_checkpoint(checkpoint: str, output_dir: str, int8: bool = False, opset: int = _OPSET) -> dict:
     """Export `checkpoint` (a `best/` folder) to `output_dir`; with `int8`, the saved model is the dynamically
     quantized one (int8 weights of the linear layers, activations quantized at run time)."""
     check_export_target(checkpoint, output_dir)
@@ -87,7 +93,9 @@ def check_export_target(checkpoint: str, output_dir: str) -> None:
     check_output_folder(output_dir, "export", may_lie_in=("run", "fold", "distillation"), option="--output")
     # a previous export is replaced whole: only if it holds nothing but what export.py writes
     foreign = (
-        sorted(name for name in os.listdir(output_dir) if not is_export_file(name)) if os.path.isdir(output_dir) else []
+        sorted(name for name in os.listdir(output_dir) if not _is_export_file(name))
+        if os.path.isdir(output_dir)
+        else []
     )
     if foreign:
         raise PipelineError(
@@ -96,7 +104,7 @@ def check_export_target(checkpoint: str, output_dir: str) -> None:
         )
 
 
-def is_export_file(name: str) -> bool:
+def _is_export_file(name: str) -> bool:
     """A name export.py writes into its folder (the graph, its record, the tokenizer, config and preprocessing)."""
     return is_ignorable(name) or OWN_NAMES["export"](name)
 
@@ -104,7 +112,7 @@ def is_export_file(name: str) -> bool:
 def _export(classifier: CheckpointClassifier, staging: str, *, source: str, int8: bool, opset: int, ort) -> dict:
     model, tokenizer, preprocessing = classifier.model, classifier.tokenizer, classifier.preprocessing
     mark_folder(staging, "export")
-    sample = trace_sample(tokenizer, preprocessing)
+    sample = _trace_sample(tokenizer, preprocessing)
     names = list(sample)
     fp32_path = os.path.join(staging, "model.fp32.onnx" if int8 else ONNX_FILE)
     axes = {name: {0: "batch", 1: "sequence"} for name in names} | {"logits": {0: "batch"}}

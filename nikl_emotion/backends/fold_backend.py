@@ -19,6 +19,15 @@ from nikl_emotion.folders.run_folder import FoldFolder
 from nikl_emotion.text.data import iter_column
 from nikl_emotion.text.preprocessing import Preprocessing
 
+__all__ = [
+    "PreparedRun",
+    "FoldBackend",
+    "FoldData",
+    "pseudo_label_rows",
+    "write_fold_outputs",
+    "replace_best",
+]
+
 
 @dataclass
 class PreparedRun:

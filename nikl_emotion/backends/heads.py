@@ -30,6 +30,24 @@ from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
 from nikl_emotion.base.vocabulary import check_choice
 
+__all__ = [
+    "TARGET_MASK",
+    "head_of",
+    "pool_target",
+    "TargetPoolForSequenceClassification",
+    "without_pooler",
+    "ClassifierHead",
+    "FirstTokenHead",
+    "TargetPoolHead",
+    "HEADS",
+    "register_head",
+    "head_named",
+    "build_classifier",
+    "load_trained_model",
+    "head_inputs",
+]
+
+
 TARGET_MASK = "target_mask"  # the model input naming the target's tokens (1) among a row's tokens
 
 

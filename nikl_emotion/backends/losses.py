@@ -24,7 +24,19 @@ from torch import nn
 
 from nikl_emotion.base.vocabulary import LOSS_NAMES
 
-REDUCTIONS = ("none", "mean", "sum")
+__all__ = [
+    "LossParameterError",
+    "smooth_targets",
+    "MultiLabelLoss",
+    "BCELoss",
+    "FocalLoss",
+    "AsymmetricLoss",
+    "LOSSES",
+    "build_loss",
+]
+
+
+_REDUCTIONS = ("none", "mean", "sum")
 
 
 class LossParameterError(ValueError):
@@ -35,7 +47,7 @@ class LossParameterError(ValueError):
         super().__init__(message or f"{parameter} {requirement}, got {value}")
 
 
-def check_parameter(ok: bool, parameter: str, requirement: str, value, message: str | None = None) -> None:
+def _check_parameter(ok: bool, parameter: str, requirement: str, value, message: str | None = None) -> None:
     if not ok:
         raise LossParameterError(parameter, requirement, value, message)
 
@@ -47,7 +59,7 @@ def smooth_targets(targets: torch.Tensor, label_smoothing: float) -> torch.Tenso
     return targets * (1.0 - label_smoothing) + 0.5 * label_smoothing
 
 
-def reduce_loss(loss: torch.Tensor, reduction: str) -> torch.Tensor:
+def _reduce_loss(loss: torch.Tensor, reduction: str) -> torch.Tensor:
     if reduction == "mean":
         return loss.mean()
     if reduction == "sum":
@@ -60,10 +72,10 @@ class MultiLabelLoss(nn.Module):
 
     def __init__(self, reduction: str = "mean", label_smoothing: float = 0.0):
         super().__init__()
-        check_parameter(
-            reduction in REDUCTIONS, "reduction", f"must be one of {', '.join(REDUCTIONS)}", repr(reduction)
+        _check_parameter(
+            reduction in _REDUCTIONS, "reduction", f"must be one of {', '.join(_REDUCTIONS)}", repr(reduction)
         )
-        check_parameter(0.0 <= label_smoothing < 1.0, "label_smoothing", "must be in [0, 1)", label_smoothing)
+        _check_parameter(0.0 <= label_smoothing < 1.0, "label_smoothing", "must be in [0, 1)", label_smoothing)
         self.reduction = reduction
         self.label_smoothing = label_smoothing
 
@@ -86,7 +98,7 @@ class BCELoss(MultiLabelLoss):
         targets = smooth_targets(targets.to(logits.dtype), self.label_smoothing)
         pos_weight = None if self.pos_weight is None else self.pos_weight.to(logits.dtype)
         loss = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=pos_weight, reduction="none")
-        return reduce_loss(loss, self.reduction)
+        return _reduce_loss(loss, self.reduction)
 
 
 class FocalLoss(MultiLabelLoss):
@@ -94,8 +106,8 @@ class FocalLoss(MultiLabelLoss):
 
     def __init__(self, alpha: float = 0.25, gamma: float = 2.0, reduction: str = "mean", label_smoothing: float = 0.0):
         super().__init__(reduction, label_smoothing)
-        check_parameter(gamma >= 0, "gamma", "must be >= 0", gamma)
-        check_parameter(alpha <= 1, "alpha", "must be <= 1 (negative turns the weighting off)", alpha)
+        _check_parameter(gamma >= 0, "gamma", "must be >= 0", gamma)
+        _check_parameter(alpha <= 1, "alpha", "must be <= 1 (negative turns the weighting off)", alpha)
         self.alpha = alpha
         self.gamma = gamma
 
@@ -108,7 +120,7 @@ class FocalLoss(MultiLabelLoss):
         if self.alpha >= 0:
             alpha_t = self.alpha * targets + (1 - self.alpha) * (1 - targets)
             loss = alpha_t * loss
-        return reduce_loss(loss, self.reduction)
+        return _reduce_loss(loss, self.reduction)
 
 
 class AsymmetricLoss(MultiLabelLoss):
@@ -131,15 +143,15 @@ class AsymmetricLoss(MultiLabelLoss):
     ):
         super().__init__(**common)
         for name, gamma in (("gamma_neg", gamma_neg), ("gamma_pos", gamma_pos)):
-            check_parameter(
+            _check_parameter(
                 gamma >= 0,
                 name,
                 "must be >= 0",
                 gamma,
                 f"gamma_neg and gamma_pos must be >= 0, got {gamma_neg} and {gamma_pos}",
             )
-        check_parameter(clip is None or 0 <= clip < 1, "clip", "must be in [0, 1)", clip)
-        check_parameter(0 < eps < 1, "eps", "must be in (0, 1)", eps)
+        _check_parameter(clip is None or 0 <= clip < 1, "clip", "must be in [0, 1)", clip)
+        _check_parameter(0 < eps < 1, "eps", "must be in (0, 1)", eps)
         self.gamma_neg = gamma_neg
         self.gamma_pos = gamma_pos
         self.clip = clip
@@ -159,7 +171,7 @@ class AsymmetricLoss(MultiLabelLoss):
                 one_sided_gamma = self.gamma_pos * y + self.gamma_neg * (1 - y)
                 one_sided_w = torch.pow(1 - pt, one_sided_gamma)
             loss = loss * one_sided_w
-        return reduce_loss(-loss, self.reduction)
+        return _reduce_loss(-loss, self.reduction)
 
 
 LOSSES: dict[str, type[MultiLabelLoss]] = dict(zip(LOSS_NAMES, (BCELoss, FocalLoss, AsymmetricLoss), strict=True))

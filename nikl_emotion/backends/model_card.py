@@ -13,8 +13,14 @@ from nikl_emotion.base.labels import LABELS
 from nikl_emotion.base.vocabulary import DEFAULT_INPUT_TEMPLATE
 from nikl_emotion.text.encoding import PROMPT_TEMPLATE, TARGET_END, TARGET_START, fill_template
 
+__all__ = [
+    "model_card",
+    "write_model_card",
+]
+
+
 # keys whose values say what the model is; the full resolved config follows them in the card
-CARD_KEYS = (
+_CARD_KEYS = (
     "model_name_or_path",
     "classifier_head",
     "train_files",
@@ -69,7 +75,7 @@ def model_card(
         _training_section(config, fold),
         _scores_section(fold, validation, run, thresholds),
         _usage_section(config),
-        LIMITS,
+        _LIMITS,
         _config_section(config),
     )
     return "\n\n".join("\n".join(section) for section in sections) + "\n"
@@ -103,7 +109,7 @@ def _training_section(config: dict, fold: int) -> list[str]:
     ]
     return lines + [
         f"- {key}: `{config[key]}`"
-        for key in CARD_KEYS
+        for key in _CARD_KEYS
         if key in config and key not in ("model_name_or_path", "train_files")
     ]
 
@@ -210,7 +216,7 @@ def _adapter_usage(config: dict) -> list[str]:
     ]
 
 
-LIMITS = [
+_LIMITS = [
     "## Intended use and limits",
     "",
     "- Korean social-media style sentences with a target span, as in the NIKL 2023 emotion analysis task; scores "

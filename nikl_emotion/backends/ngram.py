@@ -38,6 +38,16 @@ from nikl_emotion.decisions.metrics import score
 from nikl_emotion.folders.run_folder import FoldFolder, RunFolder
 from nikl_emotion.text.preprocessing import Preprocessing
 
+__all__ = [
+    "check_ngram_spec",
+    "is_ngram_folder",
+    "NgramClassifier",
+    "NgramRuntime",
+    "train_ngram",
+    "train_ngram_fold",
+    "NgramBackend",
+]
+
 
 def check_ngram_spec(model_name_or_path: str) -> None:
     kind = model_name_or_path[len(NGRAM_PREFIX) :]

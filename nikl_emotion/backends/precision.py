@@ -31,9 +31,26 @@ from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.fileio import write_json_atomic
 from nikl_emotion.base.vocabulary import INFERENCE_DTYPES, check_choice
 
+__all__ = [
+    "TORCH_DTYPES",
+    "training_autocast",
+    "autocast_dtype",
+    "base_dtype_name",
+    "upcast_trainable",
+    "autocast_context",
+    "LoadRecord",
+    "LoadOptions",
+    "ServingPrecision",
+    "serving_precision",
+    "nf4_settings",
+    "require_4bit",
+    "bits_and_bytes_config",
+]
+
+
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-AUTOCAST_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}  # a mixed-precision flag -> the dtype it computes in
-QLORA_INSTALL = "pip install .[qlora] (bitsandbytes)"
+_AUTOCAST_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}  # a mixed-precision flag -> the dtype it computes in
+_QLORA_INSTALL = "pip install .[qlora] (bitsandbytes)"
 
 
 def training_autocast(training_args) -> str | None:
@@ -42,7 +59,7 @@ def training_autocast(training_args) -> str | None:
 
 
 def autocast_dtype(autocast: str | None) -> torch.dtype | None:
-    return None if autocast is None else TORCH_DTYPES[AUTOCAST_DTYPES[autocast]]
+    return None if autocast is None else TORCH_DTYPES[_AUTOCAST_DTYPES[autocast]]
 
 
 def base_dtype_name(model_args, training_args, frozen_base: bool) -> str:
@@ -53,7 +70,7 @@ def base_dtype_name(model_args, training_args, frozen_base: bool) -> str:
     if model_args.model_dtype != "auto":
         return model_args.model_dtype
     autocast = training_autocast(training_args)
-    return "float32" if autocast is None else AUTOCAST_DTYPES[autocast]
+    return "float32" if autocast is None else _AUTOCAST_DTYPES[autocast]
 
 
 def upcast_trainable(model: torch.nn.Module) -> int:
@@ -150,7 +167,7 @@ def serving_precision(record: LoadRecord, options: LoadOptions, half_weights: bo
         weights, autocast = "float32", None
     else:
         autocast = autocast_dtype(options.dtype)
-        weights = AUTOCAST_DTYPES[options.dtype] if half_weights else "float32"
+        weights = _AUTOCAST_DTYPES[options.dtype] if half_weights else "float32"
     quantize = options.load_in_4bit or (options.dtype == "auto" and record.load_in_4bit)
     if not quantize:
         return ServingPrecision(TORCH_DTYPES[weights], autocast)
@@ -178,7 +195,7 @@ def require_4bit(what: str, instead: str) -> None:
             f"{what}: 4-bit base weights (bitsandbytes) need a CUDA GPU, and this machine has none; {instead}"
         )
     if importlib.util.find_spec("bitsandbytes") is None:
-        raise PipelineError(f"{what}: 4-bit base weights need bitsandbytes: {QLORA_INSTALL}; {instead}")
+        raise PipelineError(f"{what}: 4-bit base weights need bitsandbytes: {_QLORA_INSTALL}; {instead}")
 
 
 def bits_and_bytes_config(quantization: dict):

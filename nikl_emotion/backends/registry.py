@@ -14,6 +14,14 @@ from nikl_emotion.backends.ngram import NgramBackend
 from nikl_emotion.backends.precision import LoadOptions
 from nikl_emotion.base.errors import PipelineError
 
+__all__ = [
+    "BACKENDS",
+    "backend_for",
+    "checkpoint_backend",
+    "load_checkpoint",
+]
+
+
 BACKENDS: tuple[FoldBackend, ...] = (NgramBackend(), DecoderBackend(), EncoderBackend())
 
 

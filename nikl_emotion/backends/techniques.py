@@ -25,8 +25,18 @@ from torch.nn import functional as F
 
 from nikl_emotion.base.errors import PipelineError
 
-DEFAULT_EPSILON = {"fgm": 1.0, "awp": 0.005}
-LAYER_INDEX = re.compile(r"\.(?:layer|layers|block|blocks)\.(\d+)\.")
+__all__ = [
+    "parameter_depths",
+    "layerwise_parameter_groups",
+    "rdrop_divergence",
+    "repeat_batch",
+    "enable_multi_sample_dropout",
+    "Adversary",
+]
+
+
+_DEFAULT_EPSILON = {"fgm": 1.0, "awp": 0.005}
+_LAYER_INDEX = re.compile(r"\.(?:layer|layers|block|blocks)\.(\d+)\.")
 
 
 # --- layer-wise learning-rate decay ---------------------------------------------------------------------------------
@@ -37,7 +47,7 @@ def parameter_depths(model: nn.Module) -> tuple[dict[str, int], int]:
     i.e. pooler and classification head) and L, the number of encoder layers. Names follow the Hugging Face
     families: `<base>.embeddings.*`, `<base>.encoder.layer.<i>.*`, then head and pooler."""
     names = [name for name, parameter in model.named_parameters() if parameter.requires_grad]
-    indices = [int(match.group(1)) for name in names if (match := LAYER_INDEX.search(name))]
+    indices = [int(match.group(1)) for name in names if (match := _LAYER_INDEX.search(name))]
     if not indices:
         raise PipelineError(
             f"layerwise_lr_decay: found no numbered encoder layers in {type(model).__name__}'s "
@@ -46,7 +56,7 @@ def parameter_depths(model: nn.Module) -> tuple[dict[str, int], int]:
     layers = max(indices) + 1
     depths = {}
     for name in names:
-        match = LAYER_INDEX.search(name)
+        match = _LAYER_INDEX.search(name)
         if match:
             depths[name] = int(match.group(1)) + 1
         elif "embed" in name:
@@ -150,10 +160,10 @@ class Adversary:
     """Perturbs weights along their current gradient (`attack`) and puts them back (`restore`)."""
 
     def __init__(self, method: str, epsilon: float | None = None):
-        if method not in DEFAULT_EPSILON:
-            raise ValueError(f"adversarial method must be one of {', '.join(DEFAULT_EPSILON)}, got {method!r}")
+        if method not in _DEFAULT_EPSILON:
+            raise ValueError(f"adversarial method must be one of {', '.join(_DEFAULT_EPSILON)}, got {method!r}")
         self.method = method
-        self.epsilon = DEFAULT_EPSILON[method] if epsilon is None else float(epsilon)
+        self.epsilon = _DEFAULT_EPSILON[method] if epsilon is None else float(epsilon)
         self.backup: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
 
     def targets(self, model: nn.Module) -> list[torch.nn.Parameter]:

@@ -10,7 +10,16 @@ import json
 import os
 import sys
 
-RUN_GROUP_TAG = "nikl_emotion.run"
+__all__ = [
+    "run_name",
+    "fold_trainer_settings",
+    "end_fold_tracking",
+    "push_fold",
+    "push_run_files",
+]
+
+
+_RUN_GROUP_TAG = "nikl_emotion.run"
 
 
 def run_name(training_args) -> str:
@@ -28,7 +37,7 @@ def fold_trainer_settings(training_args, fold: int) -> dict:
     if "wandb" in reporting:
         os.environ.setdefault("WANDB_RUN_GROUP", name)
     if "mlflow" in reporting:
-        os.environ.setdefault("MLFLOW_TAGS", json.dumps({RUN_GROUP_TAG: name}))
+        os.environ.setdefault("MLFLOW_TAGS", json.dumps({_RUN_GROUP_TAG: name}))
     return {"run_name": f"{name}-fold{fold}", "push_to_hub": False}
 
 
@@ -40,7 +49,7 @@ def end_fold_tracking() -> None:
         wandb.finish()
 
 
-def hub_repo(training_args):
+def _hub_repo(training_args):
     """(the HfApi, the repo id) `push_to_hub` writes to, the repo created if it does not exist."""
     from huggingface_hub import HfApi
 
@@ -57,7 +66,7 @@ def push_fold(training_args, best: str, fold: int) -> None:
     """Fold `fold`'s best/ into `fold_K/` of the run's hub repo (nothing without `push_to_hub`)."""
     if not training_args.push_to_hub:
         return
-    api, repo = hub_repo(training_args)
+    api, repo = _hub_repo(training_args)
     api.upload_folder(
         repo_id=repo, folder_path=best, path_in_repo=f"fold_{fold}", commit_message=f"fold {fold}: best checkpoint"
     )
@@ -70,7 +79,7 @@ def push_run_files(training_args, paths: list[str]) -> None:
         return
     from huggingface_hub import CommitOperationAdd
 
-    api, repo = hub_repo(training_args)
+    api, repo = _hub_repo(training_args)
     files = [
         CommitOperationAdd(path_in_repo=os.path.basename(path), path_or_fileobj=path)
         for path in paths

@@ -6,6 +6,25 @@ from __future__ import annotations
 
 import re
 
+__all__ = [
+    "PREPROCESSING_FILE",
+    "MODEL_CARD_FILE",
+    "BACKBONE_SPEC_FILE",
+    "NGRAM_MODEL_FILE",
+    "NGRAM_INFO_FILE",
+    "POST_TRAIN_FILE",
+    "ONNX_FILE",
+    "EXPORT_FILE",
+    "EXPORT_FILES",
+    "AVERAGING_STATE_FILE",
+    "TOKENIZER_FILES",
+    "LOADING_FILE",
+    "ADAPTER_CONFIG_FILE",
+    "ADAPTER_WEIGHTS_FILE",
+    "SAVED_MODEL_FILE",
+]
+
+
 PREPROCESSING_FILE = "preprocessing.json"  # the cleaning and encoding settings the model learned with (every backend)
 MODEL_CARD_FILE = "README.md"  # the encoder's model card (model_card.py)
 BACKBONE_SPEC_FILE = "backbone.json"  # what an offline backbone was built from

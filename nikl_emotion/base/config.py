@@ -43,6 +43,29 @@ from nikl_emotion.base.vocabulary import (
     spelled,
 )
 
+__all__ = [
+    "ModelLoading",
+    "ModelArguments",
+    "PreprocessingArguments",
+    "DataArguments",
+    "KFoldArguments",
+    "LossArguments",
+    "TechniqueArguments",
+    "ARGUMENT_CLASSES",
+    "TRAINING_DEFAULTS",
+    "PostTrainDataArguments",
+    "OBJECTIVES",
+    "MLMArguments",
+    "POST_TRAIN_DEFAULTS",
+    "DistillArguments",
+    "RunSettings",
+    "DistillSettings",
+    "PostTrainSettings",
+    "parse_arguments",
+    "validate_training_values",
+    "field_defaults",
+]
+
 
 @dataclass(frozen=True)
 class ModelLoading:
@@ -152,9 +175,9 @@ class ModelArguments:
         # classifier_head: a registered head's name (backends/heads.py), checked by config_checks
         if self.lora_r < 0:
             raise PipelineError(f"lora_r: must be >= 0 (0: no LoRA), got {self.lora_r}")
-        if not (is_finite(self.lora_alpha) and self.lora_alpha > 0):
+        if not (_is_finite(self.lora_alpha) and self.lora_alpha > 0):
             raise PipelineError(f"lora_alpha: must be a number > 0, got {self.lora_alpha}")
-        if not (is_finite(self.lora_dropout) and 0 <= self.lora_dropout < 1):
+        if not (_is_finite(self.lora_dropout) and 0 <= self.lora_dropout < 1):
             raise PipelineError(f"lora_dropout: must be in [0, 1), got {self.lora_dropout}")
         lora_only = [key for key in ("merge_lora", "load_in_4bit") if getattr(self, key)] + (
             ["lora_target_modules"] if self.lora_target_modules else []
@@ -166,7 +189,7 @@ class ModelArguments:
                 "merge_lora: cannot merge an adapter into 4-bit base weights without rounding them; "
                 "keep the adapter (merge_lora: false), or merge it later into a bf16 copy of the base"
             )
-        if not (is_finite(self.max_unknown_rate) and 0 <= self.max_unknown_rate <= 1):
+        if not (_is_finite(self.max_unknown_rate) and 0 <= self.max_unknown_rate <= 1):
             raise PipelineError(f"max_unknown_rate: must be in [0, 1], got {self.max_unknown_rate}")
         if not self.model_name_or_path:
             raise PipelineError("model_name_or_path: give a hub model, a local folder, offline:... or ngram:...")
@@ -230,7 +253,7 @@ class PreprocessingArguments:
     )
 
     def __post_init__(self):
-        validate_preprocessing(self)
+        _validate_preprocessing(self)
 
 
 @dataclass
@@ -242,7 +265,7 @@ class DataArguments(PreprocessingArguments):
 
     def __post_init__(self):
         super().__post_init__()
-        check_input_files(self.train_files, "labelled jsonl file")
+        _check_input_files(self.train_files, "labelled jsonl file")
         if self.test_file is not None and not os.path.isfile(self.test_file):
             raise PipelineError(f"test_file: {self.test_file!r}: file not found")
 
@@ -286,7 +309,7 @@ class KFoldArguments:
         if self.early_stopping_patience < 0:
             raise PipelineError("early_stopping_patience: must be >= 0")
         check_choice("decision", self.decision, DECISION_MODES)
-        if not (is_finite(self.threshold) and 0 < self.threshold < 1):
+        if not (_is_finite(self.threshold) and 0 < self.threshold < 1):
             raise PipelineError(f"threshold: must be in (0, 1), got {self.threshold}")
         check_choice("vote_rule", self.vote_rule, VOTE_RULES)
         check_choice("vote_tie", self.vote_tie, VOTE_TIES)
@@ -322,7 +345,7 @@ class LossArguments:
     )
 
     def __post_init__(self):
-        validate_loss(self)
+        _validate_loss(self)
 
     def parsed_pos_weight(self) -> str | list[float] | None:
         """None, "auto", or the 8 weights."""
@@ -413,7 +436,7 @@ class TechniqueArguments:
     )
 
     def __post_init__(self):
-        validate_techniques(self)
+        _validate_techniques(self)
 
     def active(self) -> list[str]:
         """The keys set away from their off value."""
@@ -463,13 +486,13 @@ class PostTrainDataArguments(PreprocessingArguments):
 
     def __post_init__(self):
         super().__post_init__()
-        check_input_files(self.train_files, "jsonl file to learn from")
+        _check_input_files(self.train_files, "jsonl file to learn from")
         if not 0.0 <= self.validation_fraction < 0.5:
             raise PipelineError(f"validation_fraction: must be in [0, 0.5), got {self.validation_fraction}")
 
 
 OBJECTIVES: tuple[str, ...] = ("mlm", "rtd")
-MAX_TIME_BUDGET_MINUTES = 7 * 24 * 60
+_MAX_TIME_BUDGET_MINUTES = 7 * 24 * 60
 
 
 @dataclass
@@ -509,12 +532,12 @@ class MLMArguments:
             raise PipelineError(f"mlm_probability: must be in (0, 1), got {self.mlm_probability}")
         if not 0.0 < self.rtd_generator_size <= 1.0:
             raise PipelineError(f"rtd_generator_size: must be in (0, 1], got {self.rtd_generator_size}")
-        if not (is_finite(self.rtd_discriminator_weight) and self.rtd_discriminator_weight > 0):
+        if not (_is_finite(self.rtd_discriminator_weight) and self.rtd_discriminator_weight > 0):
             raise PipelineError(f"rtd_discriminator_weight: must be > 0, got {self.rtd_discriminator_weight}")
         budget = self.time_budget_minutes
-        if budget is not None and not (is_finite(budget) and 0 < budget <= MAX_TIME_BUDGET_MINUTES):
+        if budget is not None and not (_is_finite(budget) and 0 < budget <= _MAX_TIME_BUDGET_MINUTES):
             raise PipelineError(
-                f"time_budget_minutes: must be a number of minutes in (0, {MAX_TIME_BUDGET_MINUTES}] "
+                f"time_budget_minutes: must be a number of minutes in (0, {_MAX_TIME_BUDGET_MINUTES}] "
                 f"(a week), got {budget}"
             )
 
@@ -605,7 +628,7 @@ class RunSettings:
         return self.model, self.data, self.kfold, self.loss, self.techniques, self.training
 
     def resolved(self) -> dict:
-        return resolved_config(*self.parts())
+        return _resolved_config(*self.parts())
 
     def with_training(self, training: TrainingArguments) -> RunSettings:
         """The same settings with other Trainer arguments (a trial's, the student's)."""
@@ -621,7 +644,7 @@ class DistillSettings:
 
     def resolved(self) -> dict:
         *pipeline, training = self.run.parts()
-        return resolved_config(*pipeline, self.distill, training)
+        return _resolved_config(*pipeline, self.distill, training)
 
 
 @dataclass(frozen=True)
@@ -634,10 +657,10 @@ class PostTrainSettings:
     training: TrainingArguments
 
     def resolved(self) -> dict:
-        return resolved_config(self.model, self.data, self.objective, self.training)
+        return _resolved_config(self.model, self.data, self.objective, self.training)
 
 
-def yaml_tokens(mapping: dict, source: str) -> list[str]:
+def _yaml_tokens(mapping: dict, source: str) -> list[str]:
     tokens: list[str] = []
     for key, value in mapping.items():
         if value is None or (isinstance(value, (list, tuple)) and not value):
@@ -654,7 +677,7 @@ def yaml_tokens(mapping: dict, source: str) -> list[str]:
     return tokens
 
 
-def load_yaml(path: str) -> dict:
+def _load_yaml(path: str) -> dict:
     try:
         with open(path, encoding="utf-8") as handle:
             data = yaml.safe_load(handle) or {}
@@ -674,7 +697,7 @@ def parse_arguments(argv: list[str], classes: tuple, defaults: dict) -> tuple:
     config_path = None
     if argv and argv[0].endswith((".yaml", ".yml")):
         config_path = argv[0]
-        file_tokens = yaml_tokens(load_yaml(config_path), config_path)
+        file_tokens = _yaml_tokens(_load_yaml(config_path), config_path)
         argv = argv[1:]
     parser = HfArgumentParser(classes, allow_abbrev=False)  # `over: true` must not mean `overwrite: true`
 
@@ -684,21 +707,21 @@ def parse_arguments(argv: list[str], classes: tuple, defaults: dict) -> tuple:
     parser.error = error  # one-line errors instead of argparse's usage dump
     try:
         *parsed, unknown = parser.parse_args_into_dataclasses(
-            args=yaml_tokens(defaults, "defaults") + file_tokens + list(argv), return_remaining_strings=True
+            args=_yaml_tokens(defaults, "defaults") + file_tokens + list(argv), return_remaining_strings=True
         )
     except PipelineError:
         raise
     except (ValueError, TypeError) as exc:  # TrainingArguments' own checks
         raise PipelineError(str(exc).strip().splitlines()[0]) from None
     except ImportError as exc:  # a key whose package is missing (--deepspeed without deepspeed)
-        forget_deepspeed_config()
-        raise PipelineError(missing_package_message(exc)) from None
+        _forget_deepspeed_config()
+        raise PipelineError(_missing_package_message(exc)) from None
     if unknown:
-        raise PipelineError(unknown_keys_message(unknown, parser, file_tokens, config_path))
+        raise PipelineError(_unknown_keys_message(unknown, parser, file_tokens, config_path))
     return tuple(parsed)
 
 
-def forget_deepspeed_config() -> None:
+def _forget_deepspeed_config() -> None:
     """A TrainingArguments that failed half-way through DeepSpeed's setup leaves its config registered for the whole
     process, and every later from_pretrained then asks it about ZeRO-3: unregister it."""
     try:
@@ -708,7 +731,7 @@ def forget_deepspeed_config() -> None:
     unset_hf_deepspeed_config()
 
 
-def missing_package_message(exc: ImportError) -> str:
+def _missing_package_message(exc: ImportError) -> str:
     """One line for a setting whose package is not installed, with the install command where the pipeline has one."""
     text = " ".join(str(exc).split())
     if "deepspeed" in text:
@@ -716,7 +739,7 @@ def missing_package_message(exc: ImportError) -> str:
     return f"a setting needs a package that is not installed: {text}"
 
 
-def unknown_keys_message(
+def _unknown_keys_message(
     unknown: list[str], parser: HfArgumentParser, file_tokens: list[str], config_path: str | None
 ) -> str:
     """Name the first unknown key, where it came from, and the closest known key (abbreviations are not accepted)."""
@@ -731,7 +754,7 @@ def unknown_keys_message(
     return f"{where}: unknown key {key.lstrip('-')!r}{hint}"
 
 
-def check_input_files(paths: list[str], what: str) -> None:
+def _check_input_files(paths: list[str], what: str) -> None:
     """At least one input file, each of them present; `what` names the files in the empty-list message."""
     if not paths:
         raise PipelineError(f"train_files: give at least one {what}")
@@ -747,21 +770,21 @@ def validate_training_values(training_args: TrainingArguments) -> None:
         # beyond 1 an optimizer step moves every weight by more than its own size: training can only diverge
         (
             "learning_rate",
-            is_finite(training_args.learning_rate) and 0 < training_args.learning_rate <= MAX_LEARNING_RATE,
-            f"must be in (0, {MAX_LEARNING_RATE:g}]",
+            _is_finite(training_args.learning_rate) and 0 < training_args.learning_rate <= _MAX_LEARNING_RATE,
+            f"must be in (0, {_MAX_LEARNING_RATE:g}]",
         ),
         ("per_device_train_batch_size", training_args.per_device_train_batch_size >= 1, "must be at least 1"),
         ("per_device_eval_batch_size", training_args.per_device_eval_batch_size >= 1, "must be at least 1"),
         ("gradient_accumulation_steps", training_args.gradient_accumulation_steps >= 1, "must be at least 1"),
         (
             "num_train_epochs",
-            is_finite(training_args.num_train_epochs)
+            _is_finite(training_args.num_train_epochs)
             and (training_args.num_train_epochs > 0 or training_args.max_steps > 0),
             "must be a finite number > 0 (or set max_steps)",
         ),
         (
             "weight_decay",
-            is_finite(training_args.weight_decay) and training_args.weight_decay >= 0,
+            _is_finite(training_args.weight_decay) and training_args.weight_decay >= 0,
             "must be a finite number >= 0",
         ),
         (
@@ -775,7 +798,7 @@ def validate_training_values(training_args: TrainingArguments) -> None:
             raise PipelineError(f"{key}: {message}, got {getattr(training_args, key)}")
 
 
-def validate_preprocessing(args: PreprocessingArguments) -> None:
+def _validate_preprocessing(args: PreprocessingArguments) -> None:
     if args.input_format not in INPUT_FORMATS:
         raise PipelineError(f"input_format: {args.input_format!r} is not one of {', '.join(INPUT_FORMATS)}")
     if args.max_seq_length < 8:
@@ -792,7 +815,7 @@ def validate_preprocessing(args: PreprocessingArguments) -> None:
         )
 
 
-def validate_loss(loss_args: LossArguments) -> None:
+def _validate_loss(loss_args: LossArguments) -> None:
     if loss_args.loss not in LOSS_NAMES:
         raise PipelineError(f"loss: {loss_args.loss!r} is not one of {', '.join(LOSS_NAMES)}")
     if loss_args.loss_reduction not in ("mean", "sum"):
@@ -801,25 +824,25 @@ def validate_loss(loss_args: LossArguments) -> None:
         raise PipelineError(f"pos_weight: only the bce loss takes a positive-class weight (loss is {loss_args.loss})")
 
 
-def is_finite(value) -> bool:
+def _is_finite(value) -> bool:
     """A real number, neither NaN nor infinite (the parser turns "nan" and "inf" into floats without a word)."""
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-MAX_LEARNING_RATE = 1.0
+_MAX_LEARNING_RATE = 1.0
 # fgm: the L2 norm of the embedding perturbation (papers use 0.1-1); awp: relative to each weight's norm (1 = the
 # weight's own size)
-MAX_ADVERSARIAL_EPSILON = {"fgm": 1000.0, "awp": 1.0}
+_MAX_ADVERSARIAL_EPSILON = {"fgm": 1000.0, "awp": 1.0}
 
 
-def validate_techniques(args: TechniqueArguments) -> None:
+def _validate_techniques(args: TechniqueArguments) -> None:
     checks = [
         ("layerwise_lr_decay", 0 < args.layerwise_lr_decay <= 1, "must be in (0, 1] (1 = off)"),
         ("ema_decay", 0 <= args.ema_decay < 1, "must be in [0, 1) (0 = off)"),
         ("swa_epochs", args.swa_epochs >= 0, "must be >= 0 (0 = off)"),
         (
             "rdrop_alpha",
-            is_finite(args.rdrop_alpha) and args.rdrop_alpha >= 0,
+            _is_finite(args.rdrop_alpha) and args.rdrop_alpha >= 0,
             "must be a finite number >= 0 (0 = off)",
         ),
         ("multi_sample_dropout", args.multi_sample_dropout >= 1, "must be at least 1 (1 = off)"),
@@ -828,10 +851,10 @@ def validate_techniques(args: TechniqueArguments) -> None:
             "adversarial_epsilon",
             args.adversarial_epsilon is None
             or (
-                is_finite(args.adversarial_epsilon)
-                and 0 < args.adversarial_epsilon <= MAX_ADVERSARIAL_EPSILON.get(args.adversarial, math.inf)
+                _is_finite(args.adversarial_epsilon)
+                and 0 < args.adversarial_epsilon <= _MAX_ADVERSARIAL_EPSILON.get(args.adversarial, math.inf)
             ),
-            f"must be in (0, {MAX_ADVERSARIAL_EPSILON.get(args.adversarial, math.inf):g}] for {args.adversarial}",
+            f"must be in (0, {_MAX_ADVERSARIAL_EPSILON.get(args.adversarial, math.inf):g}] for {args.adversarial}",
         ),
         ("pseudo_label_threshold", 0.5 < args.pseudo_label_threshold < 1, "must be in (0.5, 1)"),
     ]
@@ -855,7 +878,7 @@ def field_defaults(*classes) -> dict[str, object]:
     return defaults
 
 
-def resolved_config(*args_list) -> dict:
+def _resolved_config(*args_list) -> dict:
     """A flat mapping that, saved as YAML, reproduces the run: all pipeline keys and every non-default Trainer key."""
     *pipeline_args, training_args = args_list
     config: dict = {}

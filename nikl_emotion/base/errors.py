@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+__all__ = [
+    "PipelineError",
+    "RowError",
+]
+
 
 class PipelineError(Exception):
     """A problem with the user's input or configuration; reported as one `error: ...` line."""

@@ -17,6 +17,23 @@ import numpy as np
 from nikl_emotion.base.errors import PipelineError, RowError
 from nikl_emotion.base.labels import LABELS, NUM_LABELS
 
+__all__ = [
+    "check_output_path",
+    "check_writable_location",
+    "check_distinct_paths",
+    "atomic_writer",
+    "atomic_folder",
+    "write_text_atomic",
+    "write_json_atomic",
+    "write_submission",
+    "write_probs",
+    "parse_json_line",
+    "check_text",
+    "iter_json_lines",
+    "read_probs",
+    "file_digest",
+]
+
 
 def _pid_alive(pid: int) -> bool:
     try:
@@ -28,7 +45,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temporaries(folder: str, name: str) -> None:
+def _remove_stale_temporaries(folder: str, name: str) -> None:
     """Delete `.NAME.PID.*` temporaries (files or folders) that a killed writer left in `folder`: their PID is
     no longer running. A live writer's temporaries are left alone."""
     prefix = f".{name}."
@@ -105,7 +122,7 @@ def atomic_writer(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     name = os.path.basename(path)
-    remove_stale_temporaries(folder, name)
+    _remove_stale_temporaries(folder, name)
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.{os.getpid()}.", suffix=".tmp", dir=folder)
     try:
         os.fchmod(fd, _default_mode(path))
@@ -130,7 +147,7 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[str]:
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     name = os.path.basename(os.path.abspath(path))
-    remove_stale_temporaries(parent, name)
+    _remove_stale_temporaries(parent, name)
     staging = tempfile.mkdtemp(prefix=f".{name}.{os.getpid()}.", suffix=".partial", dir=parent)
     try:
         yield staging
@@ -155,13 +172,13 @@ def write_json_atomic(path: str | os.PathLike, obj) -> None:
     write_text_atomic(path, json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
 
 
-def write_jsonl_atomic(path: str | os.PathLike, rows: Iterable[dict]) -> None:
+def _write_jsonl_atomic(path: str | os.PathLike, rows: Iterable[dict]) -> None:
     with atomic_writer(path) as handle:
         for row in rows:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def output_dict(decisions: Sequence[bool]) -> dict[str, str]:
+def _output_dict(decisions: Sequence[bool]) -> dict[str, str]:
     """The official `output` object: the 8 labels in fixed order as the strings "True"/"False"."""
     return {label: "True" if bool(flag) else "False" for label, flag in zip(LABELS, decisions, strict=True)}
 
@@ -173,10 +190,10 @@ def write_submission(
 
     `ids` and `inputs` may be streams (e.g. read from a dataset in chunks); a length mismatch raises before the file
     appears."""
-    write_jsonl_atomic(
+    _write_jsonl_atomic(
         path,
         (
-            {"id": i, "input": inp, "output": output_dict(row)}
+            {"id": i, "input": inp, "output": _output_dict(row)}
             for i, inp, row in zip(ids, inputs, decisions, strict=True)
         ),
     )
@@ -189,7 +206,7 @@ def write_probs(path: str | os.PathLike, ids: Iterable[str], probs: np.ndarray) 
     probs = np.asarray(probs, dtype=np.float64)
     if probs.ndim != 2 or probs.shape[1] != NUM_LABELS:
         raise ValueError(f"probs must have shape (rows, {NUM_LABELS}), got {probs.shape}")
-    write_jsonl_atomic(
+    _write_jsonl_atomic(
         path,
         (
             {"id": i, "probs": {label: float(f"{p:.9g}") for label, p in zip(LABELS, row)}}

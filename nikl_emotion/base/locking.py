@@ -14,6 +14,12 @@ from collections.abc import Iterator
 
 from nikl_emotion.base.errors import PipelineError
 
+__all__ = [
+    "exclusive",
+    "exclusive_all",
+]
+
+
 try:
     import fcntl
 except ImportError:  # Windows

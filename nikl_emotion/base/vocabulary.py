@@ -8,6 +8,33 @@ from __future__ import annotations
 
 from nikl_emotion.base.errors import PipelineError
 
+__all__ = [
+    "STRATEGIES",
+    "VOTE_RULES",
+    "VOTE_TIES",
+    "DECISION_MODES",
+    "STACK_STRATEGY",
+    "OFFLINE_PREFIX",
+    "OFFLINE_ARCHS",
+    "NGRAM_PREFIX",
+    "NGRAM_KINDS",
+    "LOSS_NAMES",
+    "INPUT_FORMATS",
+    "DEFAULT_INPUT_TEMPLATE",
+    "NO_TARGET",
+    "PRETOKENIZERS",
+    "ADVERSARIAL_METHODS",
+    "MODEL_DTYPES",
+    "INFERENCE_DTYPES",
+    "ATTN_IMPLEMENTATIONS",
+    "MAX_UNKNOWN_RATE",
+    "is_offline",
+    "is_ngram",
+    "spelled",
+    "check_choice",
+]
+
+
 STRATEGIES = ("hard", "soft")  # several models: vote their decisions, or decide their mean probability
 VOTE_RULES = ("majority", "reference")  # the hard vote: more than half the models, or the reference pipeline's rule
 VOTE_TIES = ("positive", "negative")  # majority with exactly half the votes

@@ -13,6 +13,17 @@ from collections.abc import Callable
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.vocabulary import DEFAULT_STRATEGY, DEFAULT_VOTE_RULE, DEFAULT_VOTE_TIE
 
+__all__ = [
+    "command_parser",
+    "quiet_libraries",
+    "entry_point",
+    "pop_option",
+    "add_decision_arguments",
+    "decision_rule",
+    "decision_options_given",
+    "decision_threshold",
+]
+
 
 def command_parser(description: str) -> argparse.ArgumentParser:
     """A command's option parser: its docstring as help, and no abbreviations (`--out` must not mean `--output`:

@@ -48,8 +48,12 @@ from nikl_emotion.commands.cli import (
 )
 from nikl_emotion.decisions.decision import describe_choice
 
+__all__ = [
+    "main",
+]
 
-def build_parser():
+
+def _build_parser():
     parser = command_parser(__doc__)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--inputs", nargs="+", help="probability or submission jsonl files")
@@ -88,16 +92,16 @@ def build_parser():
 
 
 def main(argv: list[str]) -> int:
-    parser = build_parser()
+    parser = _build_parser()
     args = parser.parse_args(argv)
-    check_option_pairs(parser, args)
+    _check_option_pairs(parser, args)
     from nikl_emotion.folders.folder_kind import check_not_a_folders_own_file
 
     for option, path in (("--output", args.output), ("--probs", args.probs)):
         if path:
             check_not_a_folders_own_file(path, option)
     if args.runs:
-        return stack(args)
+        return _stack(args)
     if args.decision and decision_options_given(args):
         parser.error(f"--decision replaces {', '.join(decision_options_given(args))}: give one or the other")
     from nikl_emotion.decisions.voting import DecisionRule, ensemble_files
@@ -109,7 +113,7 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def check_option_pairs(parser, args) -> None:
+def _check_option_pairs(parser, args) -> None:
     """The options that go together (stack or vote, one output), refused as argparse refuses a usage error."""
     if (args.strategy == STACK_STRATEGY) != bool(args.runs):
         parser.error("--runs goes with --strategy stack, and --strategy stack with --runs")
@@ -128,7 +132,7 @@ def check_option_pairs(parser, args) -> None:
         parser.error("--output_dir writes the stacked probabilities itself (DIR/test_probs.jsonl): drop --probs")
 
 
-def stack(args) -> int:
+def _stack(args) -> int:
     from nikl_emotion.runs.stack_run import stack_files
 
     args.strategy = DEFAULT_STRATEGY  # the folds' stacked probabilities are decided at --threshold(s) and voted

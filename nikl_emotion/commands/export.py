@@ -6,6 +6,10 @@ then: python inference.py --checkpoint OUT/fold_0/onnx --input test.jsonl --outp
 
 from nikl_emotion.commands.cli import command_parser, quiet_libraries
 
+__all__ = [
+    "main",
+]
+
 
 def main(argv: list[str]) -> int:
     parser = command_parser(__doc__)

@@ -15,6 +15,10 @@ from nikl_emotion.commands.cli import (
     quiet_libraries,
 )
 
+__all__ = [
+    "main",
+]
+
 
 def main(argv: list[str]) -> int:
     parser = command_parser(__doc__)

@@ -4,6 +4,10 @@ train.py."""
 
 from nikl_emotion.commands.cli import quiet_libraries
 
+__all__ = [
+    "main",
+]
+
 
 def main(argv: list[str]) -> int:
     quiet_libraries()

@@ -7,6 +7,10 @@ python report.py OUT
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.commands.cli import command_parser, quiet_libraries
 
+__all__ = [
+    "main",
+]
+
 
 def main(argv: list[str]) -> int:
     parser = command_parser(__doc__)

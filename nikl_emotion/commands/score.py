@@ -7,6 +7,10 @@ import json
 
 from nikl_emotion.commands.cli import command_parser, quiet_libraries
 
+__all__ = [
+    "main",
+]
+
 
 def main(argv: list[str]) -> int:
     parser = command_parser(__doc__)

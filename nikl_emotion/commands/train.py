@@ -5,6 +5,10 @@ OUT/hp_search.csv (see nikl_emotion/training/hp_search.py for the search space).
 
 from nikl_emotion.commands.cli import pop_option, quiet_libraries
 
+__all__ = [
+    "main",
+]
+
 
 def main(argv: list[str]) -> int:
     quiet_libraries()

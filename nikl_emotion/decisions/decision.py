@@ -35,18 +35,27 @@ from nikl_emotion.decisions.metrics import score
 from nikl_emotion.decisions.thresholds import FittedThresholds
 from nikl_emotion.decisions.voting import DecisionRule
 
-BOOTSTRAP_RESAMPLES = 200
+__all__ = [
+    "candidates",
+    "gain_standard_error",
+    "fixed_rule",
+    "choose_rule",
+    "describe_choice",
+]
+
+
+_BOOTSTRAP_RESAMPLES = 200
 
 
 @dataclass(frozen=True)
-class Candidate:
+class _Candidate:
     name: str
     description: str
     build: Callable[[float | tuple[float, ...]], DecisionRule]  # threshold(s) -> the rule
     tuned: bool  # its thresholds are fitted on OOF probabilities (else the configured threshold)
 
 
-def candidates(threshold: float, fallback: bool, vote_rule: str, vote_tie: str) -> list[Candidate]:
+def candidates(threshold: float, fallback: bool, vote_rule: str, vote_tie: str) -> list[_Candidate]:
     """The candidate rules in tie-break order (module docstring); the first is the fixed rule."""
 
     def hard(rule: str) -> Callable[[float | tuple[float, ...]], DecisionRule]:
@@ -55,22 +64,22 @@ def candidates(threshold: float, fallback: bool, vote_rule: str, vote_tie: str) 
     def soft(t: float | tuple[float, ...]) -> DecisionRule:
         return DecisionRule("soft", t, fallback)
 
-    majority = Candidate("hard", f"hard vote (majority) at {threshold}", hard("majority"), tuned=False)
+    majority = _Candidate("hard", f"hard vote (majority) at {threshold}", hard("majority"), tuned=False)
     listed = (
-        [Candidate("reference", f"hard vote (reference rule) at {threshold}", hard("reference"), tuned=False)]
+        [_Candidate("reference", f"hard vote (reference rule) at {threshold}", hard("reference"), tuned=False)]
         if vote_rule == "reference"
         else [majority]
     )
     listed += [
-        Candidate("soft", f"soft vote (mean probability) at {threshold}", soft, tuned=False),
-        Candidate("hard_tuned", "hard vote (majority) at per-label OOF thresholds", hard("majority"), tuned=True),
-        Candidate("soft_tuned", "soft vote at per-label OOF thresholds", soft, tuned=True),
+        _Candidate("soft", f"soft vote (mean probability) at {threshold}", soft, tuned=False),
+        _Candidate("hard_tuned", "hard vote (majority) at per-label OOF thresholds", hard("majority"), tuned=True),
+        _Candidate("soft_tuned", "soft vote at per-label OOF thresholds", soft, tuned=True),
     ]
     return listed + ([majority] if vote_rule == "reference" else [])
 
 
-def nested_decisions(
-    candidate: Candidate, oof: np.ndarray, fold_of_row: np.ndarray, fitted: dict[int, np.ndarray], threshold: float
+def _nested_decisions(
+    candidate: _Candidate, oof: np.ndarray, fold_of_row: np.ndarray, fitted: dict[int, np.ndarray], threshold: float
 ) -> np.ndarray:
     """The OOF rows decided by `candidate`, each fold's rows by the rule fitted on the other folds, applied as to
     K agreeing folds."""
@@ -83,7 +92,7 @@ def nested_decisions(
     return decisions
 
 
-def row_counts(gold: np.ndarray, decisions: np.ndarray) -> np.ndarray:
+def _row_counts(gold: np.ndarray, decisions: np.ndarray) -> np.ndarray:
     """Per row: true positives, predicted labels, gold labels (micro-F1 = 2·Σtp / (Σpredicted + Σgold))."""
     return np.stack([(gold & decisions).sum(axis=1), decisions.sum(axis=1), gold.sum(axis=1)], axis=1).astype(
         np.float64
@@ -96,10 +105,10 @@ def gain_standard_error(gold: np.ndarray, base: np.ndarray, other: np.ndarray, s
         return 0.0
     rng = np.random.default_rng(seed)
     rows = len(gold)
-    weights = rng.multinomial(rows, np.full(rows, 1.0 / rows), size=BOOTSTRAP_RESAMPLES)  # (resamples, rows)
+    weights = rng.multinomial(rows, np.full(rows, 1.0 / rows), size=_BOOTSTRAP_RESAMPLES)  # (resamples, rows)
     gains = []
     for decisions in (base, other):
-        tp, predicted, golden = (weights @ row_counts(gold, decisions)).T
+        tp, predicted, golden = (weights @ _row_counts(gold, decisions)).T
         gains.append(2 * tp / np.maximum(predicted + golden, 1))
     return float(np.std(gains[1] - gains[0], ddof=1))
 
@@ -129,7 +138,7 @@ def choose_rule(
     listed = candidates(threshold, fixed.fallback, fixed.vote_rule, fixed.vote_tie)
     records, rules, best = [], [], 0
     for index, candidate in enumerate(listed):
-        decisions = nested_decisions(candidate, oof, fold_of_row, thresholds.nested, threshold)
+        decisions = _nested_decisions(candidate, oof, fold_of_row, thresholds.nested, threshold)
         scored = score(gold, decisions)
         if index == 0:  # the fixed rule: what every other candidate's gain is measured against
             fixed_decisions, fixed_micro_f1 = decisions, scored["micro_f1"]

@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 
+__all__ = [
+    "fit_label",
+    "label_probability",
+]
+
 
 def fit_label(features, positive: np.ndarray, c: float, seed: int = 0, solver: str = "liblinear"):
     """A logistic regression for one label, or the label's constant rate when the rows hold one class only (a

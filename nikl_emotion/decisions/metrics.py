@@ -7,6 +7,14 @@ from sklearn.metrics import f1_score, precision_recall_fscore_support
 
 from nikl_emotion.base.labels import LABELS, NUM_LABELS
 
+__all__ = [
+    "decide",
+    "sigmoid",
+    "score",
+    "format_table",
+    "score_files",
+]
+
 
 def decide(probs: np.ndarray, threshold: float | np.ndarray = 0.5, fallback: bool = True) -> np.ndarray:
     """Labels at or above the threshold; a row left empty takes its top-scoring label (every gold row has one)."""
@@ -62,7 +70,7 @@ def score_files(gold_path: str, pred_path: str) -> dict:
     gold = load_jsonl(gold_path, "required")
     pred = load_jsonl(pred_path, "required")
     for path in (gold_path, pred_path):
-        check_official_outputs(path)
+        _check_official_outputs(path)
     gold_ids, pred_ids = gold["id"], pred["id"]
     position = {row_id: i for i, row_id in enumerate(pred_ids)}
     missing = next((row_id for row_id in gold_ids if row_id not in position), None)
@@ -76,10 +84,10 @@ def score_files(gold_path: str, pred_path: str) -> dict:
     return score(np.asarray(gold["labels"]), np.asarray(pred["labels"])[order])
 
 
-OFFICIAL_VALUES = {"True": True, "true": True, "False": False, "false": False}
+_OFFICIAL_VALUES = {"True": True, "true": True, "False": False, "false": False}
 
 
-def check_official_outputs(path: str) -> None:
+def _check_official_outputs(path: str) -> None:
     """The official scorer reads each row's `output.values()` by position and counts only "True"/"true" as
     positive. A file it would read differently from this pipeline (labels in another order; 1/0, JSON booleans,
     "TRUE") is refused, naming line and field, rather than given a score the official scorer would not print."""
@@ -99,7 +107,7 @@ def check_official_outputs(path: str) -> None:
                 f"scorer reads them by position: write {', '.join(LABELS)}",
             )
         for label, value in output.items():
-            if not isinstance(value, str) or value not in OFFICIAL_VALUES:
+            if not isinstance(value, str) or value not in _OFFICIAL_VALUES:
                 raise RowError(
                     path,
                     line,

@@ -23,15 +23,25 @@ from nikl_emotion.decisions.logistic import fit_label
 from nikl_emotion.decisions.metrics import decide, score
 from nikl_emotion.decisions.voting import is_number
 
-EPS = 1e-6
+__all__ = [
+    "logits",
+    "Stacker",
+    "fit_stacker",
+    "apply_stacker",
+    "stack_runs",
+    "choose_stack_rule",
+]
+
+
+_EPS = 1e-6
 
 
 def logits(probs: np.ndarray) -> np.ndarray:
-    clipped = np.clip(probs, EPS, 1 - EPS)
+    clipped = np.clip(probs, _EPS, 1 - _EPS)
     return np.log(clipped / (1 - clipped))
 
 
-def label_logits(features: list[np.ndarray], label: int) -> np.ndarray:
+def _label_logits(features: list[np.ndarray], label: int) -> np.ndarray:
     """(rows, members): each member's logit for `label`, the stacker's input for that label."""
     return np.stack([logits(member[:, label]) for member in features], axis=1)
 
@@ -50,7 +60,7 @@ class Stacker:
             if "constant" in label:
                 columns.append(np.full(features[0].shape[0], label["constant"]))
             else:
-                z = label_logits(features, j) @ np.asarray(label["weights"]) + label["bias"]
+                z = _label_logits(features, j) @ np.asarray(label["weights"]) + label["bias"]
                 columns.append(1.0 / (1.0 + np.exp(-z)))
         return np.stack(columns, axis=1)
 
@@ -65,13 +75,13 @@ class Stacker:
             raise PipelineError(f"{source}: 'stacker' must list {NUM_LABELS} labels")
         for label in data:
             ok = isinstance(label, dict) and (
-                (set(label) == {"constant"} and is_finite_number(label["constant"]) and 0 <= label["constant"] <= 1)
+                (set(label) == {"constant"} and _is_finite_number(label["constant"]) and 0 <= label["constant"] <= 1)
                 or (
                     set(label) == {"weights", "bias"}
-                    and is_finite_number(label["bias"])
+                    and _is_finite_number(label["bias"])
                     and isinstance(label["weights"], list)
                     and label["weights"]
-                    and all(is_finite_number(w) for w in label["weights"])
+                    and all(_is_finite_number(w) for w in label["weights"])
                 )
             )
             if not ok:
@@ -85,7 +95,7 @@ class Stacker:
         return stacker
 
 
-def is_finite_number(value) -> bool:
+def _is_finite_number(value) -> bool:
     return is_number(value) and bool(np.isfinite(value))
 
 
@@ -93,7 +103,7 @@ def fit_stacker(features: list[np.ndarray], gold: np.ndarray) -> Stacker:
     """Per label, a logistic regression on the members' logits for it (a constant for a one-class label)."""
     labels = []
     for j in range(NUM_LABELS):
-        model = fit_label(label_logits(features, j), gold[:, j], c=1.0, solver="lbfgs")
+        model = fit_label(_label_logits(features, j), gold[:, j], c=1.0, solver="lbfgs")
         labels.append(
             {"constant": model}
             if isinstance(model, float)

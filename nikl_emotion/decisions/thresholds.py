@@ -18,6 +18,20 @@ from nikl_emotion.base.fileio import write_json_atomic
 from nikl_emotion.base.labels import LABELS, NUM_LABELS
 from nikl_emotion.decisions.metrics import decide
 
+__all__ = [
+    "DEFAULT_GRID",
+    "micro_f1",
+    "fit_global_threshold",
+    "fit_thresholds",
+    "FittedThresholds",
+    "nested_thresholds",
+    "nested_gain",
+    "describe_gain",
+    "save_thresholds",
+    "load_thresholds",
+]
+
+
 DEFAULT_GRID = np.round(np.arange(0.05, 0.951, 0.01), 2)
 
 

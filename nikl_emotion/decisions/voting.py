@@ -44,6 +44,14 @@ from nikl_emotion.base.vocabulary import (
 from nikl_emotion.decisions.metrics import decide
 from nikl_emotion.text.data import load_jsonl
 
+__all__ = [
+    "hard_vote",
+    "DecisionRule",
+    "is_number",
+    "align_by_id",
+    "ensemble_files",
+]
+
 
 def hard_vote(
     decisions: Sequence[np.ndarray], rule: DecisionRule | None = None, mean_probs: np.ndarray | None = None
@@ -63,7 +71,7 @@ def hard_vote(
     if not decisions:
         raise ValueError("hard voting needs at least one model")
     stacked = np.stack([np.asarray(d, dtype=bool) for d in decisions]).astype(np.float64)
-    check_vote_options(len(stacked), weights, min_votes)
+    _check_vote_options(len(stacked), weights, min_votes)
     weights = np.ones(len(stacked)) if weights is None else np.asarray(weights, dtype=np.float64)
     votes = np.tensordot(weights, stacked, axes=1)
     half = weights.sum() / 2
@@ -71,7 +79,7 @@ def hard_vote(
     if vote_rule == "reference" and min_votes is None:
         if not np.allclose(weights, 1.0):
             raise PipelineError("the reference vote rule counts every model once: it takes no weights")
-        return reference_vote(stacked.astype(bool))
+        return _reference_vote(stacked.astype(bool))
     if min_votes is not None:
         voted = (votes >= min_votes) | np.isclose(votes, min_votes)
     elif vote_rule == "majority":
@@ -92,7 +100,7 @@ def hard_vote(
     return voted
 
 
-def check_vote_options(models: int, weights: Sequence[float] | None = None, min_votes: float | None = None) -> None:
+def _check_vote_options(models: int, weights: Sequence[float] | None = None, min_votes: float | None = None) -> None:
     """Weights: one finite positive number per model (nan or a negative weight would silently turn every vote
     into nonsense); min_votes: finite, above 0 and reachable (at most the total weight)."""
     total = float(models)
@@ -107,7 +115,7 @@ def check_vote_options(models: int, weights: Sequence[float] | None = None, min_
         )
 
 
-def reference_vote(decisions: np.ndarray) -> np.ndarray:
+def _reference_vote(decisions: np.ndarray) -> np.ndarray:
     """The reference pipeline's hard vote over (models, N, 8) decisions, exactly: with up to 3 models each row
     takes the label(s) with the most votes, or joy alone when no model voted for anything; with more, the labels
     with at least n/2 votes, and a row where none reaches n/2 stays empty."""
@@ -153,7 +161,7 @@ class DecisionRule:
         check_choice("vote_tie", self.vote_tie, VOTE_TIES)
         if self.weights is not None:
             object.__setattr__(self, "weights", tuple(map(float, self.weights)))
-            check_vote_options(len(self.weights), self.weights, self.min_votes)
+            _check_vote_options(len(self.weights), self.weights, self.min_votes)
             if (
                 self.vote_rule == "reference"
                 and self.min_votes is None
@@ -167,7 +175,7 @@ class DecisionRule:
 
     def check_models(self, models: int) -> None:
         """The rule's weights and min_votes must fit this many models."""
-        check_vote_options(models, self.weights, self.min_votes)
+        _check_vote_options(models, self.weights, self.min_votes)
 
     def apply(self, probs: Sequence[np.ndarray]) -> np.ndarray:
         """The decisions for the models' (N, 8) probabilities (one model: its own decisions)."""
@@ -207,7 +215,7 @@ class DecisionRule:
         names = [field.name for field in dataclasses.fields(cls)]
         if not isinstance(data, dict) or sorted(data) != sorted(names):
             raise PipelineError(f"{path}: expected the keys {', '.join(names)}")
-        problem = rule_type_problem(data)
+        problem = _rule_type_problem(data)
         if problem is not None:
             raise PipelineError(f"{path}: {problem}")
         tuples = {key: tuple(data[key]) for key in ("threshold", "weights") if isinstance(data[key], list)}
@@ -222,7 +230,7 @@ def is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def rule_type_problem(data: dict) -> str | None:
+def _rule_type_problem(data: dict) -> str | None:
     """What is of the wrong JSON type in a saved rule ("false" as a string is true to Python, so types are checked
     before values), or None."""
     expected = {
@@ -247,7 +255,7 @@ def rule_type_problem(data: dict) -> str | None:
 
 
 @dataclass
-class VoteInput:
+class _VoteInput:
     """One model's predictions: a probability file (decisions derived by threshold) or a submission file."""
 
     path: str
@@ -265,18 +273,18 @@ def _first_object(path: str) -> dict:
     raise RowError(path, None, "file", "no rows")
 
 
-def load_vote_input(path: str, rule: DecisionRule) -> VoteInput:
+def _load_vote_input(path: str, rule: DecisionRule) -> _VoteInput:
     """A probability file (decided by `rule`'s thresholds) or a submission file (its decisions)."""
     if "probs" in _first_object(path):
         ids, probs = read_probs(path)
-        return VoteInput(path, ids, rule.decide(probs), probs=probs)
+        return _VoteInput(path, ids, rule.decide(probs), probs=probs)
     rows = load_jsonl(path, "required")
-    return VoteInput(
+    return _VoteInput(
         path, rows["id"], np.asarray(rows["labels"]) > 0.5, inputs=[json.loads(s) for s in rows["input_json"]]
     )
 
 
-def align_by_id(inputs: Sequence[VoteInput]) -> None:
+def align_by_id(inputs: Sequence[_VoteInput]) -> None:
     """Reorder every input to the first one's row order; they must hold the same set of ids."""
     order = inputs[0].ids
     for item in inputs[1:]:
@@ -297,7 +305,7 @@ def align_by_id(inputs: Sequence[VoteInput]) -> None:
         item.inputs = None if item.inputs is None else [item.inputs[i] for i in index]
 
 
-def check_same_ids(inputs: Sequence[VoteInput]) -> None:
+def _check_same_ids(inputs: Sequence[_VoteInput]) -> None:
     """Every input must list the same ids in the same order; name the first place they differ."""
     first = inputs[0]
     for other in inputs[1:]:
@@ -325,18 +333,20 @@ def ensemble_files(
         {**{f"--inputs {path}": path for path in paths}, "--reference": reference_path}, {"--output": output_path}
     )
     check_output_path(output_path, "--output")
-    inputs = [load_vote_input(path, rule) for path in paths]
+    inputs = [_load_vote_input(path, rule) for path in paths]
     reference = load_jsonl(reference_path, "optional") if reference_path is not None else None
     if align:
         anchor = (
-            [VoteInput(reference_path, reference["id"], np.zeros((len(reference), 0)))] if reference is not None else []
+            [_VoteInput(reference_path, reference["id"], np.zeros((len(reference), 0)))]
+            if reference is not None
+            else []
         )
         align_by_id([*anchor, *inputs])
-    check_same_ids(inputs)
+    _check_same_ids(inputs)
     decisions = _combine(inputs, rule)
     row_inputs = next((item.inputs for item in inputs if item.inputs is not None), None)
     if reference is not None:
-        check_same_ids([VoteInput(reference_path, reference["id"], np.empty(0)), inputs[0]])
+        _check_same_ids([_VoteInput(reference_path, reference["id"], np.empty(0)), inputs[0]])
         row_inputs = [json.loads(s) for s in reference["input_json"]]
     if row_inputs is None:
         raise PipelineError(
@@ -346,7 +356,7 @@ def ensemble_files(
     return decisions
 
 
-def _combine(inputs: Sequence[VoteInput], rule: DecisionRule) -> np.ndarray:
+def _combine(inputs: Sequence[_VoteInput], rule: DecisionRule) -> np.ndarray:
     """Files' decisions voted (hard), or their mean probability decided (soft, probability files only)."""
     probs = [item.probs for item in inputs if item.probs is not None]
     mean_probs = rule.mean(probs) if len(probs) == len(inputs) else None

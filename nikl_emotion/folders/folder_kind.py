@@ -3,7 +3,7 @@ refuses, before any work, an output folder that is not empty and not of its own 
 command's folder. So no command deletes, overwrites or serves a folder it does not own.
 
 Folders written before the mark existed are recognised by the files they hold, as each command recognised them
-before (`legacy_kind`, reading the names in run_folder.py), so existing runs still resume. `prepare_output_dir`
+before (`_legacy_kind`, reading the names in run_folder.py), so existing runs still resume. `prepare_output_dir`
 claims a command's folder and refuses to mix two configurations in it; `OWN_NAMES` says which names each kind owns.
 """
 
@@ -38,10 +38,27 @@ from nikl_emotion.folders.run_folder import (
     read_mapping,
 )
 
+__all__ = [
+    "KIND_FILE",
+    "describe",
+    "is_ignorable",
+    "holds_nothing",
+    "folder_kind",
+    "require_kind",
+    "check_output_folder",
+    "claim_folder",
+    "mark_folder",
+    "FolderOwner",
+    "prepare_output_dir",
+    "OWN_NAMES",
+    "check_not_a_folders_own_file",
+]
+
+
 KIND_FILE = ".nikl_emotion_folder.json"  # {"kind": ..., "made_by": ...}; hidden: it is not a result
 
 # kind -> (the command that writes it, how messages name it)
-KINDS = {
+_KINDS = {
     "run": ("train.py", "a train.py run"),
     "fold": ("train.py", "a fold of a train.py run"),
     "post-training": ("post_train.py", "a post_train.py model folder"),
@@ -50,14 +67,14 @@ KINDS = {
     "checkpoint": ("train.py", "a model checkpoint"),
     "stack": ("ensemble.py", "an ensemble.py stack of runs"),
 }
-# the files that say what an unmarked folder is (`legacy_kind`), named where the folders' layouts are
-FOLD_SIGNS = tuple(name for name in FoldFolder.file_names() if name != FoldFolder("").runs)  # logs alone say nothing
+# the files that say what an unmarked folder is (`_legacy_kind`), named where the folders' layouts are
+_FOLD_SIGNS = tuple(name for name in FoldFolder.file_names() if name != FoldFolder("").runs)  # logs alone say nothing
 _post = PostTrainFolder("")
-POST_TRAIN_SIGNS = (_post.summary, _post.time_budget, _post.eval_loss_before)
+_POST_TRAIN_SIGNS = (_post.summary, _post.time_budget, _post.eval_loss_before)
 
 
 def describe(kind: str) -> str:
-    return KINDS.get(kind, (None, f"a folder of kind {kind!r}"))[1]
+    return _KINDS.get(kind, (None, f"a folder of kind {kind!r}"))[1]
 
 
 def is_ignorable(name: str) -> bool:
@@ -71,7 +88,7 @@ def holds_nothing(folder: str) -> bool:
     return not os.path.isdir(folder) or all(is_ignorable(name) for name in os.listdir(folder))
 
 
-def recorded_kind(folder: str) -> str | None:
+def _recorded_kind(folder: str) -> str | None:
     """The kind written in the folder's mark, None without one (an unreadable mark is an error, not a guess)."""
     path = os.path.join(folder, KIND_FILE)
     if not os.path.isfile(path):
@@ -93,7 +110,7 @@ def _config_keys(folder: str) -> set[str]:
         return set()
 
 
-def legacy_kind(folder: str) -> str | None:
+def _legacy_kind(folder: str) -> str | None:
     """A folder without a mark, recognised by the files its command writes (None when nothing says)."""
     names = set(os.listdir(folder))
     keys = _config_keys(folder) if CONFIG_FILE in names else set()
@@ -102,9 +119,9 @@ def legacy_kind(folder: str) -> str | None:
         return "export"
     if DISTILL_FILE in names or ("teacher_run" in keys and has_inputs):
         return "distillation"
-    if names & set(POST_TRAIN_SIGNS) or ("mlm_probability" in keys and has_inputs):
+    if names & set(_POST_TRAIN_SIGNS) or ("mlm_probability" in keys and has_inputs):
         return "post-training"
-    if FOLD_PATTERN.fullmatch(os.path.basename(os.path.normpath(folder))) and names & set(FOLD_SIGNS):
+    if FOLD_PATTERN.fullmatch(os.path.basename(os.path.normpath(folder))) and names & set(_FOLD_SIGNS):
         return "fold"
     if "num_folds" in keys and (has_inputs or any(FOLD_PATTERN.fullmatch(name) for name in names)):
         return "run"
@@ -119,10 +136,10 @@ def folder_kind(folder: str) -> str | None:
     """The folder's kind: its mark, else what its files say; None for a missing folder or one nobody made."""
     if not os.path.isdir(folder):
         return None
-    return recorded_kind(folder) or legacy_kind(folder)
+    return _recorded_kind(folder) or _legacy_kind(folder)
 
 
-def enclosing_folder(folder: str) -> tuple[str, str] | None:
+def _enclosing_folder(folder: str) -> tuple[str, str] | None:
     """The nearest folder above `folder` that a command of this pipeline made, with its kind."""
     path = os.path.realpath(folder)
     while True:
@@ -150,11 +167,11 @@ def check_output_folder(
     that lies inside another command's folder (except in the kinds of `may_lie_in`)."""
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise PipelineError(f"{option}: {folder} is a file, not a folder")
-    enclosing = enclosing_folder(folder)
+    enclosing = _enclosing_folder(folder)
     if enclosing is not None and enclosing[1] not in may_lie_in:
         where, outer = enclosing
         raise PipelineError(
-            f"{option}: {folder} lies inside {where}, {describe(outer)}; {KINDS[kind][0]} would mix "
+            f"{option}: {folder} lies inside {where}, {describe(outer)}; {_KINDS[kind][0]} would mix "
             "its files with that folder's: use a folder outside it"
         )
     found = folder_kind(folder)
@@ -162,14 +179,14 @@ def check_output_folder(
         return
     if found is not None:
         raise PipelineError(
-            f"{option}: {folder} holds {describe(found)}, not {describe(kind)}; {KINDS[kind][0]} "
+            f"{option}: {folder} holds {describe(found)}, not {describe(kind)}; {_KINDS[kind][0]} "
             "replaces only its own folders: use a new or empty folder"
         )
     others = sorted(name for name in os.listdir(folder) if not is_ignorable(name))
     listed = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
     raise PipelineError(
         f"{option}: {folder} holds other files ({listed}) and is not {describe(kind)}; "
-        f"{KINDS[kind][0]} writes only into a new or empty folder, or one it made: use another"
+        f"{_KINDS[kind][0]} writes only into a new or empty folder, or one it made: use another"
     )
 
 
@@ -182,8 +199,8 @@ def claim_folder(folder: str, kind: str, **check) -> None:
 def mark_folder(folder: str, kind: str) -> None:
     """Write the kind into a folder this command made (no check: for folders a command creates inside its own)."""
     os.makedirs(folder, exist_ok=True)
-    if recorded_kind(folder) != kind:
-        write_json_atomic(os.path.join(folder, KIND_FILE), {"kind": kind, "made_by": KINDS[kind][0]})
+    if _recorded_kind(folder) != kind:
+        write_json_atomic(os.path.join(folder, KIND_FILE), {"kind": kind, "made_by": _KINDS[kind][0]})
 
 
 # what each kind of folder writes at its top level: the names no other command may replace
@@ -198,7 +215,7 @@ class FolderOwner:
     has_results: Callable[[str], bool] = lambda folder: RunFolder(folder).has_results()
 
 
-RUN_OWNER = FolderOwner()
+_RUN_OWNER = FolderOwner()
 
 
 def prepare_output_dir(
@@ -207,7 +224,7 @@ def prepare_output_dir(
     overwrite: bool,
     inputs: dict[str, str] | None = None,
     defaults: dict | None = None,
-    owner: FolderOwner = RUN_OWNER,
+    owner: FolderOwner = _RUN_OWNER,
 ) -> None:
     """Claim output_dir for a command of `kind` (folder_kind.py: another command's folder, a folder of nobody's
     files or one inside another command's folder is refused) and refuse to mix two configurations (or two versions
@@ -251,7 +268,7 @@ OWN_NAMES = {
 def check_not_a_folders_own_file(path: str, option: str) -> None:
     """An output file of inference.py or ensemble.py may sit in a run's folder (OUT/dev_submission.jsonl), but must
     not replace a file the folder's command wrote (OUT/submission.jsonl, OUT/fold_0/val_probs.jsonl)."""
-    enclosing = enclosing_folder(path)
+    enclosing = _enclosing_folder(path)
     if enclosing is None:
         return
     folder, kind = enclosing

@@ -25,15 +25,41 @@ from nikl_emotion.base.checkpoint_files import BACKBONE_SPEC_FILE, POST_TRAIN_FI
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.fileio import file_digest
 
+__all__ = [
+    "CONFIG_FILE",
+    "INPUTS_FILE",
+    "SUBMISSION_FILE",
+    "PLOT_NAMES",
+    "plot_file",
+    "PLOTS",
+    "HP_SEARCH_FILES",
+    "FOLD_PATTERN",
+    "DONE_FILE",
+    "is_run_file",
+    "FoldFolder",
+    "property_names",
+    "RunFolder",
+    "PostTrainFolder",
+    "read_mapping",
+    "input_digests",
+    "inputs_difference",
+    "config_difference",
+    "last_complete_checkpoint",
+    "DISTILL_FILE",
+    "STUDENT_FILES",
+    "StackFolder",
+]
+
+
 CONFIG_FILE = "config.yaml"  # written first (the resolved configuration)
 INPUTS_FILE = "inputs.json"  # sha256 of each input file: results are refused against changed data
-BACKBONE_DIR = "backbone"
-OOF_FILE = "oof.jsonl"
-SUMMARY_FILE = "summary.json"
-THRESHOLDS_FILE = "thresholds.json"
+_BACKBONE_DIR = "backbone"
+_OOF_FILE = "oof.jsonl"
+_SUMMARY_FILE = "summary.json"
+_THRESHOLDS_FILE = "thresholds.json"
 SUBMISSION_FILE = "submission.jsonl"
-REPORT_FILE = "report.md"
-DECISION_FILE = "decision.json"  # the DecisionRule submission.jsonl was made with
+_REPORT_FILE = "report.md"
+_DECISION_FILE = "decision.json"  # the DecisionRule submission.jsonl was made with
 PLOT_NAMES = ("per_label_f1", "threshold_curves", "label_counts", "label_totals")  # report.md shows each as NAME.png
 
 
@@ -45,16 +71,16 @@ def plot_file(name: str) -> str:
 
 
 PLOTS = tuple(plot_file(name) for name in PLOT_NAMES)
-RUN_FILES = (
+_RUN_FILES = (
     CONFIG_FILE,
     INPUTS_FILE,
-    BACKBONE_DIR,
-    OOF_FILE,
-    SUMMARY_FILE,
-    THRESHOLDS_FILE,
+    _BACKBONE_DIR,
+    _OOF_FILE,
+    _SUMMARY_FILE,
+    _THRESHOLDS_FILE,
     SUBMISSION_FILE,
-    DECISION_FILE,
-    REPORT_FILE,
+    _DECISION_FILE,
+    _REPORT_FILE,
     *PLOTS,
 )
 # what train.py --hp-search writes; not run files: --overwrite keeps them, as the study accumulates over commands
@@ -65,7 +91,7 @@ DONE_FILE = "done.json"  # written last in a fold: the fold is complete only whe
 
 def is_run_file(name: str) -> bool:
     """A top-level name a training run writes (and `--overwrite` deletes)."""
-    return name in RUN_FILES or FOLD_PATTERN.fullmatch(name) is not None
+    return name in _RUN_FILES or FOLD_PATTERN.fullmatch(name) is not None
 
 
 @dataclass(frozen=True)
@@ -108,13 +134,13 @@ class RunFolder:
 
     config = property(lambda self: self._path(CONFIG_FILE))
     inputs = property(lambda self: self._path(INPUTS_FILE))
-    backbone = property(lambda self: self._path(BACKBONE_DIR))
-    oof = property(lambda self: self._path(OOF_FILE))
-    summary = property(lambda self: self._path(SUMMARY_FILE))
-    thresholds = property(lambda self: self._path(THRESHOLDS_FILE))
+    backbone = property(lambda self: self._path(_BACKBONE_DIR))
+    oof = property(lambda self: self._path(_OOF_FILE))
+    summary = property(lambda self: self._path(_SUMMARY_FILE))
+    thresholds = property(lambda self: self._path(_THRESHOLDS_FILE))
     submission = property(lambda self: self._path(SUBMISSION_FILE))
-    report = property(lambda self: self._path(REPORT_FILE))
-    decision = property(lambda self: self._path(DECISION_FILE))
+    report = property(lambda self: self._path(_REPORT_FILE))
+    decision = property(lambda self: self._path(_DECISION_FILE))
     setup_lock = property(lambda self: self._path(".setup.lock"))
     backbone_spec = property(
         lambda self: os.path.join(self.backbone, BACKBONE_SPEC_FILE)
@@ -170,11 +196,11 @@ class PostTrainFolder:
     def is_run_file(name: str) -> bool:
         """What post_train.py writes (and `--overwrite` deletes): its own files and the saved model's; nothing else
         a user put in the folder."""
-        return name in POST_TRAIN_OWN_FILES or SAVED_MODEL_FILE.fullmatch(name) is not None
+        return name in _POST_TRAIN_OWN_FILES or SAVED_MODEL_FILE.fullmatch(name) is not None
 
 
 # its path properties but the lock (flock files are never deleted, see locking.py), and the run files beside them
-POST_TRAIN_OWN_FILES = frozenset(
+_POST_TRAIN_OWN_FILES = frozenset(
     {CONFIG_FILE, INPUTS_FILE, *(name for name in property_names(PostTrainFolder) if not name.endswith(".lock"))}
 )
 
@@ -206,7 +232,7 @@ def inputs_difference(old: dict, new: dict) -> str | None:
 
 
 # Keys that do not change a run's results: an existing output_dir may be resumed with other values for them.
-RESUMABLE_KEYS = frozenset(
+_RESUMABLE_KEYS = frozenset(
     {
         "fold",
         "overwrite",
@@ -232,7 +258,7 @@ def config_difference(old: dict, new: dict, defaults: dict | None = None) -> str
     defaults = defaults or {}
     for key in sorted(set(old) | set(new)):
         default = defaults.get(key)
-        if key not in RESUMABLE_KEYS and old.get(key, default) != new.get(key, default):
+        if key not in _RESUMABLE_KEYS and old.get(key, default) != new.get(key, default):
             return f"{key}: {old.get(key, '(default)')!r} -> {new.get(key, '(default)')!r}"
     return None
 
@@ -255,9 +281,9 @@ def last_complete_checkpoint(folder: str, required: tuple[str, ...] = ()) -> str
 
 
 DISTILL_FILE = "distill.json"  # distill.py's summary: the student beside the teacher
-STUDENT_FILES = (*FoldFolder.file_names(), CONFIG_FILE, INPUTS_FILE, BACKBONE_DIR, SUBMISSION_FILE, DISTILL_FILE)
+STUDENT_FILES = (*FoldFolder.file_names(), CONFIG_FILE, INPUTS_FILE, _BACKBONE_DIR, SUBMISSION_FILE, DISTILL_FILE)
 
-STACK_FILE = "stack.json"  # written last by ensemble.py --output_dir: the members, the stacker, its scores
+_STACK_FILE = "stack.json"  # written last by ensemble.py --output_dir: the members, the stacker, its scores
 
 
 @dataclass(frozen=True)
@@ -269,9 +295,9 @@ class StackFolder:
     def _path(self, name: str) -> str:
         return os.path.join(self.root, name)
 
-    stack = property(lambda self: self._path(STACK_FILE))
+    stack = property(lambda self: self._path(_STACK_FILE))
     decision = property(
-        lambda self: self._path(DECISION_FILE)
+        lambda self: self._path(_DECISION_FILE)
     )  # the rule the folds' stacked probabilities are voted by
     submission = property(lambda self: self._path(SUBMISSION_FILE))  # for the members' test file
     test_probs = property(lambda self: self._path("test_probs.jsonl"))  # the folds' mean stacked probabilities

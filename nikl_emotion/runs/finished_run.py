@@ -18,7 +18,13 @@ from nikl_emotion.base.labels import NUM_LABELS
 from nikl_emotion.folders.folder_kind import require_kind
 from nikl_emotion.folders.run_folder import RunFolder, read_mapping
 
-CHANGED_TRAINING_FILES = (
+__all__ = [
+    "FinishedRun",
+    "fold_predictions",
+]
+
+
+_CHANGED_TRAINING_FILES = (
     "the training files changed since the folds were trained: use the original files, or --overwrite true"
 )
 
@@ -107,7 +113,7 @@ class FinishedRun:
                 raise PipelineError(f"{self.option}: {path} changed since {self.path} was trained on it")
         return load_jsonl_files(files, "required")
 
-    def oof(self, ids: list[str], changed: str = CHANGED_TRAINING_FILES) -> tuple[np.ndarray, np.ndarray]:
+    def oof(self, ids: list[str], changed: str = _CHANGED_TRAINING_FILES) -> tuple[np.ndarray, np.ndarray]:
         """(out-of-fold probabilities in `ids`' order, each row's fold)."""
         return fold_predictions(self.path, ids, self.num_folds, changed)
 
@@ -161,7 +167,7 @@ class FinishedRun:
 
 
 def fold_predictions(
-    output_dir: str, ids: list[str], num_folds: int, changed: str = CHANGED_TRAINING_FILES
+    output_dir: str, ids: list[str], num_folds: int, changed: str = _CHANGED_TRAINING_FILES
 ) -> tuple[np.ndarray, np.ndarray]:
     """(out-of-fold probabilities in `ids`' order, each row's fold), read from the folds' validation files; refuses
     folds whose rows are not exactly the training rows (`changed`: what to tell the user then)."""

@@ -20,6 +20,14 @@ from nikl_emotion.decisions.voting import DecisionRule
 from nikl_emotion.runs.run_classifier import RunClassifier
 from nikl_emotion.text.data import iter_column, iter_inputs, load_jsonl
 
+__all__ = [
+    "checkpoint_loader",
+    "PredictionFiles",
+    "predict_file",
+    "predict_run_file",
+]
+
+
 logger = logging.getLogger(__name__)
 
 
@@ -27,11 +35,11 @@ def checkpoint_loader(device: str | None = None, options: LoadOptions | None = N
     """Loads one checkpoint (any backend's best/ folder, or an export) as a `CheckpointClassifier` on `device` (a
     name: cpu, cuda, cuda:1; default cuda when available, checked at once), with `options` (dtype, 4-bit, remote
     code)."""
-    resolved = resolve_device(device)
+    resolved = _resolve_device(device)
     return lambda path: load_checkpoint(path, device=resolved, options=options)
 
 
-def resolve_device(name: str | None) -> torch.device:
+def _resolve_device(name: str | None) -> torch.device:
     """`--device` as a torch device that exists here (cuda without a GPU is refused before any work)."""
     if not name:
         return default_device()
@@ -81,7 +89,7 @@ def predict_file(
     classifier = RunClassifier.from_checkpoints(
         list(checkpoints), rule or DecisionRule(), loader or checkpoint_loader()
     )
-    return predict_file_with(classifier, files)
+    return _predict_file_with(classifier, files)
 
 
 def predict_run_file(run_dir: str, files: PredictionFiles, loader=None) -> np.ndarray:
@@ -89,10 +97,10 @@ def predict_run_file(run_dir: str, files: PredictionFiles, loader=None) -> np.nd
     for the run's own test file, the same bytes as its submission.jsonl."""
     files.check()
     classifier = RunClassifier.open(run_dir, loader or checkpoint_loader(), "--run")
-    return predict_file_with(classifier, files)
+    return _predict_file_with(classifier, files)
 
 
-def predict_file_with(classifier: RunClassifier, files: PredictionFiles) -> np.ndarray:
+def _predict_file_with(classifier: RunClassifier, files: PredictionFiles) -> np.ndarray:
     """The submission (and mean probabilities) of `classifier`'s folds for `input_path`; returns the decisions."""
     rows = load_jsonl(files.input_path, "optional")
     labelled = len(rows) - rows.with_format("arrow")["labels"].null_count

@@ -12,6 +12,11 @@ import os
 
 import matplotlib
 
+__all__ = [
+    "write_report",
+]
+
+
 matplotlib.use("Agg")  # headless: never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
@@ -38,7 +43,7 @@ def _label_f1_curve(probs: np.ndarray, gold: np.ndarray) -> np.ndarray:
     return np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 0.0)
 
 
-def plot_per_label_f1(folds: list[dict], oof: dict, path: str) -> None:
+def _plot_per_label_f1(folds: list[dict], oof: dict, path: str) -> None:
     fig, ax = plt.subplots(figsize=(10, 4))
     series = [(f"fold {f['fold']}", f) for f in folds] + [("OOF", oof)]
     width = 0.8 / len(series)
@@ -54,7 +59,7 @@ def plot_per_label_f1(folds: list[dict], oof: dict, path: str) -> None:
     _save(fig, path)
 
 
-def plot_threshold_curves(oof: np.ndarray, gold: np.ndarray, thresholds: np.ndarray, path: str) -> None:
+def _plot_threshold_curves(oof: np.ndarray, gold: np.ndarray, thresholds: np.ndarray, path: str) -> None:
     fig, axes = plt.subplots(2, 4, figsize=(14, 6), sharex=True, sharey=True)
     for j, ax in enumerate(axes.flat):
         ax.plot(DEFAULT_GRID, _label_f1_curve(oof[:, j], gold[:, j]), color="tab:blue")
@@ -71,7 +76,7 @@ def plot_threshold_curves(oof: np.ndarray, gold: np.ndarray, thresholds: np.ndar
     _save(fig, path)
 
 
-def plot_label_counts(gold: np.ndarray, predictions: dict[str, np.ndarray], path: str) -> None:
+def _plot_label_counts(gold: np.ndarray, predictions: dict[str, np.ndarray], path: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     counts = {"gold": gold.sum(axis=1), **{name: pred.sum(axis=1) for name, pred in predictions.items()}}
     top = int(max(c.max() for c in counts.values()))
@@ -88,7 +93,7 @@ def plot_label_counts(gold: np.ndarray, predictions: dict[str, np.ndarray], path
     _save(fig, path)
 
 
-def plot_label_totals(gold: np.ndarray, predictions: dict[str, np.ndarray], path: str) -> None:
+def _plot_label_totals(gold: np.ndarray, predictions: dict[str, np.ndarray], path: str) -> None:
     fig, ax = plt.subplots(figsize=(10, 4))
     series = {"gold": gold.sum(axis=0), **{name: pred.sum(axis=0) for name, pred in predictions.items()}}
     width = 0.8 / len(series)
@@ -128,10 +133,10 @@ def write_report(
     tuned = decide(oof, thresholds, fallback)
     predictions = {f"predicted at {threshold}": at_default, "predicted, fitted thresholds": tuned}
     run = RunFolder(output_dir)
-    plot_per_label_f1(summary["folds"], summary["oof"], run.plot("per_label_f1"))
-    plot_threshold_curves(oof, gold, thresholds, run.plot("threshold_curves"))
-    plot_label_counts(gold, predictions, run.plot("label_counts"))
-    plot_label_totals(gold, predictions, run.plot("label_totals"))
+    _plot_per_label_f1(summary["folds"], summary["oof"], run.plot("per_label_f1"))
+    _plot_threshold_curves(oof, gold, thresholds, run.plot("threshold_curves"))
+    _plot_label_counts(gold, predictions, run.plot("label_counts"))
+    _plot_label_totals(gold, predictions, run.plot("label_totals"))
     config = summary.get("config", {})
     sections = [
         [

@@ -28,8 +28,14 @@ from nikl_emotion.runs.finished_run import FinishedRun
 from nikl_emotion.runs.stack_run import open_stack
 from nikl_emotion.text.data import Rows, as_rows
 
+__all__ = [
+    "RunClassifier",
+    "EmotionClassifier",
+]
+
+
 # a checkpoint folder -> a model with `predict_proba(rows, batch_size=, progress=)` (an EmotionClassifier)
-Loader = Callable[[str], object]
+_Loader = Callable[[str], object]
 
 
 class RunClassifier:
@@ -40,7 +46,7 @@ class RunClassifier:
         self,
         folds: list[list[str]],
         rule: DecisionRule,
-        load: Loader,
+        load: _Loader,
         stacker: Stacker | None = None,
         source: str | None = None,
     ):
@@ -50,12 +56,12 @@ class RunClassifier:
         self.folds, self.rule, self.load, self.stacker, self.source = folds, rule, load, stacker, source
 
     @classmethod
-    def from_checkpoints(cls, checkpoints: list[str], rule: DecisionRule, load: Loader) -> RunClassifier:
+    def from_checkpoints(cls, checkpoints: list[str], rule: DecisionRule, load: _Loader) -> RunClassifier:
         """Checkpoints given one by one (inference.py --checkpoint), combined by `rule`."""
         return cls([[path] for path in checkpoints], rule, load)
 
     @classmethod
-    def open(cls, folder: str, load: Loader, option: str = "--run") -> RunClassifier:
+    def open(cls, folder: str, load: _Loader, option: str = "--run") -> RunClassifier:
         """A finished train.py run or an ensemble.py stack folder, by its kind."""
         kind = folder_kind(folder)
         if kind == "stack":

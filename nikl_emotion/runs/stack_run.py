@@ -36,6 +36,13 @@ from nikl_emotion.folders.run_folder import StackFolder, read_mapping
 from nikl_emotion.runs.finished_run import FinishedRun
 from nikl_emotion.text.data import iter_inputs, load_jsonl
 
+__all__ = [
+    "RunMember",
+    "check_same_folds",
+    "stack_files",
+    "open_stack",
+]
+
 
 @dataclass
 class RunMember:
@@ -69,14 +76,14 @@ def check_same_folds(members: list[RunMember]) -> None:
             )
         if not np.array_equal(other.fold_of_row, first.fold_of_row):
             raise PipelineError(
-                f"{other.path}: its folds differ from {first.path}'s ({why_folds_differ(first, other)}): "
+                f"{other.path}: its folds differ from {first.path}'s ({_why_folds_differ(first, other)}): "
                 "a stacker fitted on mismatched folds would see rows a member trained on"
             )
         if other.test_ids != first.test_ids:
             raise PipelineError(f"{other.path}: its test rows differ from {first.path}'s")
 
 
-def why_folds_differ(first: RunMember, other: RunMember) -> str:
+def _why_folds_differ(first: RunMember, other: RunMember) -> str:
     """What made two runs' folds differ: the fold count or seed, or the training rows' labels (the folds are
     stratified by label)."""
     for key in ("num_folds", "seed"):
@@ -93,7 +100,7 @@ def why_folds_differ(first: RunMember, other: RunMember) -> str:
 
 
 @dataclass(frozen=True)
-class OpenedStack:
+class _OpenedStack:
     """A stack folder read back: its member runs (checked unchanged), the stacker and the folds' decision rule."""
 
     path: str
@@ -108,7 +115,7 @@ class OpenedStack:
         return [list(fold) for fold in zip(*per_member)]
 
 
-def check_stack_request(
+def _check_stack_request(
     run_dirs: list[str], output_path: str | None, probs_path: str | None, output_dir: str | None
 ) -> None:
     """Before anything is read: two or more different runs, and outputs that replace none of their files."""
@@ -128,12 +135,12 @@ def check_stack_request(
     for option, path in (("--output", output_path), ("--probs", probs_path)):
         if path is not None:
             check_output_path(path, option)
-            check_outside_runs(path, option, run_dirs)
+            _check_outside_runs(path, option, run_dirs)
     if output_dir is not None:
         check_output_folder(output_dir, "stack", option="--output_dir")  # inside a member run: refused there
 
 
-def check_outside_runs(path: str, option: str, run_dirs: list[str]) -> None:
+def _check_outside_runs(path: str, option: str, run_dirs: list[str]) -> None:
     """An output inside a run being stacked would replace one of the files read from it (a fold's probabilities,
     its submission): refuse it before anything is read or written."""
     target = os.path.realpath(path)
@@ -154,9 +161,9 @@ def stack_files(
     """Stack finished runs for their test file: fitted on OOF only, each fold's stacked test probabilities decided
     and voted by `rule`, or with `choose` by the rule chosen on the stack's nested OOF (`rule` is then the fixed
     candidate; `result["decision"]` holds the record). With `output_dir` the stack is written as a servable folder
-    (`write_stack_folder`), else the submission to `output_path` (and the mean probabilities to `probs_path`).
+    (`_write_stack_folder`), else the submission to `output_path` (and the mean probabilities to `probs_path`).
     Returns `stack_runs`' result plus the rule and the decisions."""
-    check_stack_request(run_dirs, output_path, probs_path, output_dir)
+    _check_stack_request(run_dirs, output_path, probs_path, output_dir)
     first = FinishedRun.open(run_dirs[0], "--runs", with_test=True)
     train = first.train_rows()
     members = [RunMember.load(path, train["id"]) for path in run_dirs]
@@ -173,7 +180,7 @@ def stack_files(
     result["rule"] = rule
     result["decisions"] = rule.apply(result["fold_test"])
     if output_dir is not None:
-        write_stack_folder(output_dir, run_dirs, result, test, first.test_file, choose)
+        _write_stack_folder(output_dir, run_dirs, result, test, first.test_file, choose)
         return result
     if probs_path:
         write_probs(probs_path, test["id"], rule.mean(result["fold_test"]))
@@ -181,7 +188,7 @@ def stack_files(
     return result
 
 
-def write_stack_folder(output_dir: str, run_dirs: list[str], result: dict, test, test_file: str, chosen: bool) -> None:
+def _write_stack_folder(output_dir: str, run_dirs: list[str], result: dict, test, test_file: str, chosen: bool) -> None:
     """The stack's folder; stack.json, written last, makes it a finished stack (a rewrite removes it first)."""
     mark_folder(output_dir, "stack")
     folder = StackFolder(output_dir)
@@ -222,7 +229,7 @@ def write_stack_folder(output_dir: str, run_dirs: list[str], result: dict, test,
     )
 
 
-def open_stack(path: str, option: str = "--run") -> OpenedStack:
+def open_stack(path: str, option: str = "--run") -> _OpenedStack:
     """A finished stack folder with its members checked: present, finished and unchanged since the stack was made."""
     require_kind(path, "stack", option)
     folder = StackFolder(path)
@@ -239,7 +246,7 @@ def open_stack(path: str, option: str = "--run") -> OpenedStack:
     recorded = data.get("members")
     if not isinstance(recorded, list) or len(recorded) < 2 or not all(isinstance(m, dict) for m in recorded):
         raise PipelineError(f"{folder.stack}: 'members' must list two or more member runs")
-    members = [open_member(path, member, option) for member in recorded]
+    members = [_open_member(path, member, option) for member in recorded]
     stacker = Stacker.from_json(data.get("stacker"), folder.stack)
     if stacker.members not in (None, len(members)):
         raise PipelineError(
@@ -252,10 +259,10 @@ def open_stack(path: str, option: str = "--run") -> OpenedStack:
         rule.check_models(members[0].num_folds)
     except PipelineError as exc:
         raise PipelineError(f"{folder.decision}: {exc}") from None
-    return OpenedStack(path, members, stacker, rule)
+    return _OpenedStack(path, members, stacker, rule)
 
 
-def open_member(stack_path: str, member: dict, option: str) -> FinishedRun:
+def _open_member(stack_path: str, member: dict, option: str) -> FinishedRun:
     """One member run, found where it was (or at the same place relative to the stack) and unchanged."""
     recorded_path, relative = member.get("run"), member.get("relative_to_stack")
     fingerprint = member.get("fingerprint")

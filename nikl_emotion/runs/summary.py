@@ -29,6 +29,11 @@ from nikl_emotion.folders.run_folder import RunFolder, input_digests, inputs_dif
 from nikl_emotion.runs.finished_run import FinishedRun, fold_predictions
 from nikl_emotion.runs.report import write_report
 
+__all__ = [
+    "summarize",
+    "rebuild_run",
+]
+
 
 def summarize(
     output_dir: str, train_rows: Dataset, test_path: str | None, num_folds: int, kfold_args: KFoldArguments

@@ -10,9 +10,19 @@ import pyarrow as pa
 import torch
 from datasets import Dataset
 
+__all__ = [
+    "MODEL_INPUTS",
+    "column_array",
+    "length_order",
+    "padded_width",
+    "pad_table",
+    "PaddingCollator",
+]
+
+
 # token-id columns a classifier takes (target_mask: a target_pool head's, see heads.py)
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "target_mask")
-PAD_VALUES = {"input_ids": None, "attention_mask": 0, "token_type_ids": 0, "target_mask": 0}  # None: the pad id
+_PAD_VALUES = {"input_ids": None, "attention_mask": 0, "token_type_ids": 0, "target_mask": 0}  # None: the pad id
 
 
 def column_array(rows: Dataset, name: str) -> np.ndarray:
@@ -25,8 +35,8 @@ def length_order(rows: Dataset) -> np.ndarray:
     return np.argsort(-column_array(rows, "length"), kind="stable")
 
 
-def pad_value(name: str, pad_token_id: int) -> int:
-    value = PAD_VALUES.get(name, 0)
+def _pad_value(name: str, pad_token_id: int) -> int:
+    value = _PAD_VALUES.get(name, 0)
     return pad_token_id if value is None else value
 
 
@@ -35,19 +45,19 @@ def padded_width(lengths: np.ndarray, pad_to_multiple_of: int | None = None) -> 
     return -(-width // pad_to_multiple_of) * pad_to_multiple_of if pad_to_multiple_of else width
 
 
-def fill_padded(values: np.ndarray, lengths: np.ndarray, width: int, pad_value: int) -> np.ndarray:
+def _fill_padded(values: np.ndarray, lengths: np.ndarray, width: int, _pad_value: int) -> np.ndarray:
     """Rows of `lengths` tokens, concatenated in `values`, as a right-padded (rows, width) int64 matrix."""
-    out = np.full((len(lengths), width), pad_value, dtype=np.int64)
+    out = np.full((len(lengths), width), _pad_value, dtype=np.int64)
     # row-major True positions are row 0's tokens, then row 1's, ...: the order of the flat values
     out[np.arange(width) < lengths[:, None]] = values
     return out
 
 
-def _padded(column: pa.ChunkedArray | pa.Array, width: int, pad_value: int) -> np.ndarray:
+def _padded(column: pa.ChunkedArray | pa.Array, width: int, _pad_value: int) -> np.ndarray:
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     offsets = column.offsets.to_numpy()  # index into `values`, which ignores the array's own slice offset
-    return fill_padded(column.values.to_numpy()[offsets[0] : offsets[-1]], np.diff(offsets), width, pad_value)
+    return _fill_padded(column.values.to_numpy()[offsets[0] : offsets[-1]], np.diff(offsets), width, _pad_value)
 
 
 def pad_table(
@@ -61,7 +71,7 @@ def pad_table(
     width = padded_width(np.diff(table.column(columns[0]).combine_chunks().offsets.to_numpy()), pad_to_multiple_of)
     batch = {}
     for name in columns:
-        batch[name] = torch.from_numpy(_padded(table.column(name), width, pad_value(name, pad_token_id)))
+        batch[name] = torch.from_numpy(_padded(table.column(name), width, _pad_value(name, pad_token_id)))
     return batch
 
 
@@ -81,7 +91,7 @@ class PaddingCollator:
             values = np.fromiter(
                 itertools.chain.from_iterable(f[name] for f in features), dtype=np.int64, count=int(lengths.sum())
             )
-            batch[name] = torch.from_numpy(fill_padded(values, lengths, width, pad_value(name, self.pad_token_id)))
+            batch[name] = torch.from_numpy(_fill_padded(values, lengths, width, _pad_value(name, self.pad_token_id)))
         if "labels" in features[0]:
             batch["labels"] = torch.tensor(np.asarray([f["labels"] for f in features], dtype=np.float32))
         return batch

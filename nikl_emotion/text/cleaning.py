@@ -19,18 +19,28 @@ from dataclasses import dataclass
 
 import emoji
 
+__all__ = [
+    "Span",
+    "Edit",
+    "CleaningOptions",
+    "substitute",
+    "clean_text",
+    "clean_batch",
+]
+
+
 Span = tuple[int, int]
 Edit = tuple[int, int, str]  # replace text[start:end] with the string
 
-OTHERS_PATTERN = re.compile(r"&others&")
-PLACEHOLDER_PATTERN = re.compile(r"&[A-Za-z]+\d*&")
-SYMBOL_PATTERN = re.compile(r"[^ .,?!/@$%~％·∼()\x00-\x7Fㄱ-ㅣ가-힣]+")
-URL_PATTERN = re.compile(
+_OTHERS_PATTERN = re.compile(r"&others&")
+_PLACEHOLDER_PATTERN = re.compile(r"&[A-Za-z]+\d*&")
+_SYMBOL_PATTERN = re.compile(r"[^ .,?!/@$%~％·∼()\x00-\x7Fㄱ-ㅣ가-힣]+")
+_URL_PATTERN = re.compile(
     r"https?:\/\/(www\.)?[-a-zA-Z0-9@:%._\+~#=]{1,256}\.[a-zA-Z0-9()]{1,6}\b([-a-zA-Z0-9()@:%_\+.~#?&//=]*)"
 )
-REPEAT_PATTERN = re.compile(r"(\w)\1{2,}")  # soynlp.normalizer.repeat_normalize, num_repeats=2
-MULTI_SPACE_PATTERN = re.compile(r"\s{2,}|[^\S ]")  # soynlp's `\s+ -> " "`, without no-op edits
-EDGE_SPACE_PATTERN = re.compile(r"^\s+|\s+$")
+_REPEAT_PATTERN = re.compile(r"(\w)\1{2,}")  # soynlp.normalizer.repeat_normalize, num_repeats=2
+_MULTI_SPACE_PATTERN = re.compile(r"\s{2,}|[^\S ]")  # soynlp's `\s+ -> " "`, without no-op edits
+_EDGE_SPACE_PATTERN = re.compile(r"^\s+|\s+$")
 
 
 @dataclass(frozen=True)
@@ -110,21 +120,21 @@ def _regex_step(pattern: re.Pattern, replacement: str):
 def _steps(options: CleaningOptions) -> list:
     steps = [_nfc_edits] if options.any else []
     if options.remove_placeholders:
-        steps.append(_regex_step(PLACEHOLDER_PATTERN, ""))
+        steps.append(_regex_step(_PLACEHOLDER_PATTERN, ""))
     elif options.remove_others:
-        steps.append(_regex_step(OTHERS_PATTERN, ""))
+        steps.append(_regex_step(_OTHERS_PATTERN, ""))
     if options.cleanse:
         # the order of KcBERT's `clean`: symbols -> emoji -> URLs -> strip -> repeat_normalize (repeats, spaces, strip)
         steps += [
-            _regex_step(SYMBOL_PATTERN, " "),
+            _regex_step(_SYMBOL_PATTERN, " "),
             lambda text: _emoji_edits(text, ""),
-            _regex_step(URL_PATTERN, ""),
-            _regex_step(REPEAT_PATTERN, r"\1\1"),
+            _regex_step(_URL_PATTERN, ""),
+            _regex_step(_REPEAT_PATTERN, r"\1\1"),
         ]
     elif options.remove_emoji:
         steps.append(lambda text: _emoji_edits(text, ""))
     if options.any:
-        steps += [_regex_step(MULTI_SPACE_PATTERN, " "), _regex_step(EDGE_SPACE_PATTERN, "")]
+        steps += [_regex_step(_MULTI_SPACE_PATTERN, " "), _regex_step(_EDGE_SPACE_PATTERN, "")]
     return steps
 
 

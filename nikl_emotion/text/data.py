@@ -22,12 +22,23 @@ from nikl_emotion.base.errors import RowError
 from nikl_emotion.base.fileio import check_text, file_digest, parse_json_line
 from nikl_emotion.base.labels import LABELS, NUM_LABELS
 
-LabelMode = Literal["required", "optional"]
+__all__ = [
+    "load_jsonl",
+    "rows_from_records",
+    "iter_column",
+    "iter_inputs",
+    "load_jsonl_files",
+    "Rows",
+    "as_rows",
+]
 
-TRUE_VALUES = {"True", "true", "TRUE", "1", True}
-FALSE_VALUES = {"False", "false", "FALSE", "0", False}
 
-ROW_FEATURES = Features(
+_LabelMode = Literal["required", "optional"]
+
+_TRUE_VALUES = {"True", "true", "TRUE", "1", True}
+_FALSE_VALUES = {"False", "false", "FALSE", "0", False}
+
+_ROW_FEATURES = Features(
     {
         "id": Value("string"),
         "line": Value("int64"),
@@ -47,16 +58,16 @@ def _boolean(value, path: str, line: int, label: str) -> float:
         raise RowError(
             path, line, f"output.{label}", f'expected "True" or "False", got {json.dumps(value, ensure_ascii=False)}'
         )
-    if value in TRUE_VALUES:
+    if value in _TRUE_VALUES:
         return 1.0
-    if value in FALSE_VALUES:
+    if value in _FALSE_VALUES:
         return 0.0
     raise RowError(
         path, line, f"output.{label}", f'expected "True" or "False", got {json.dumps(value, ensure_ascii=False)}'
     )
 
 
-def parse_row(obj: object, path: str, line: int, label_mode: LabelMode) -> dict:
+def _parse_row(obj: object, path: str, line: int, label_mode: _LabelMode) -> dict:
     """Validate one NIKL row and flatten it; raise `RowError` naming the field on anything wrong."""
     if not isinstance(obj, dict):
         raise RowError(path, line, "row", "expected a JSON object")
@@ -121,7 +132,7 @@ def _parse_target(target: object, text: str, path: str, line: int) -> tuple[str 
     return form, begin, end
 
 
-def _parse_output(obj: dict, path: str, line: int, label_mode: LabelMode) -> list[float] | None:
+def _parse_output(obj: dict, path: str, line: int, label_mode: _LabelMode) -> list[float] | None:
     if "output" not in obj:
         if label_mode == "required":
             raise RowError(path, line, "output", "missing")
@@ -145,14 +156,14 @@ def _parse_output(obj: dict, path: str, line: int, label_mode: LabelMode) -> lis
     return [_boolean(output[label], path, line, label) for label in LABELS]
 
 
-def _parse_batch(batch: dict, indices: list[int], path: str, label_mode: LabelMode) -> dict:
-    columns: dict[str, list] = {name: [] for name in ROW_FEATURES}
+def _parse_batch(batch: dict, indices: list[int], path: str, label_mode: _LabelMode) -> dict:
+    columns: dict[str, list] = {name: [] for name in _ROW_FEATURES}
     for raw, index in zip(batch["text"], indices):
         line = index + 1
         raw = raw.removeprefix("\ufeff") if index == 0 else raw
         if not raw.strip():
             continue  # blank lines are harmless (editors add them at the end)
-        row = parse_row(parse_json_line(raw, path, line), path, line, label_mode)
+        row = _parse_row(parse_json_line(raw, path, line), path, line, label_mode)
         for field, value in (("id", row["id"]), ("input", row["input_json"])):
             check_text(value, path, line, field)
         for name, value in row.items():
@@ -160,7 +171,7 @@ def _parse_batch(batch: dict, indices: list[int], path: str, label_mode: LabelMo
     return columns
 
 
-RAW_FEATURES = Features({"text": Value("string")})
+_RAW_FEATURES = Features({"text": Value("string")})
 
 
 def _file_lines(path: str, digest: str) -> Iterator[dict]:
@@ -175,7 +186,7 @@ def _file_lines(path: str, digest: str) -> Iterator[dict]:
                 raise RowError(path, number, "encoding", "not valid UTF-8") from None
 
 
-def load_jsonl(path: str | os.PathLike, label_mode: LabelMode = "required") -> Dataset:
+def load_jsonl(path: str | os.PathLike, label_mode: _LabelMode = "required") -> Dataset:
     """Load and validate one NIKL jsonl file.
 
     `label_mode="required"` (training files) refuses rows without labels; `"optional"` (test files, gold files
@@ -188,7 +199,7 @@ def load_jsonl(path: str | os.PathLike, label_mode: LabelMode = "required") -> D
         # keyed on the file's bytes: datasets' own text loader keys its cache on path and modification time, so a
         # file rewritten with its old mtime (cp -p, rsync -a, tar) would be read from the cache
         raw = Dataset.from_generator(
-            _file_lines, features=RAW_FEATURES, gen_kwargs={"path": path, "digest": file_digest(path)}
+            _file_lines, features=_RAW_FEATURES, gen_kwargs={"path": path, "digest": file_digest(path)}
         )
     except DatasetGenerationError as exc:
         if isinstance(exc.__cause__, RowError):
@@ -199,13 +210,13 @@ def load_jsonl(path: str | os.PathLike, label_mode: LabelMode = "required") -> D
         batched=True,
         with_indices=True,
         remove_columns=raw.column_names,
-        features=ROW_FEATURES,
+        features=_ROW_FEATURES,
         fn_kwargs={"path": path, "label_mode": label_mode},
         desc=f"validating {os.path.basename(path)}",
     )
     if len(rows) == 0:
         raise RowError(path, None, "file", "no rows")
-    check_unique_ids([rows], [path])
+    _check_unique_ids([rows], [path])
     return rows
 
 
@@ -213,17 +224,17 @@ def rows_from_records(records: list, source: str = "<rows>") -> Dataset:
     """Rows given in memory, validated like a file's lines (errors name `source` and the 1-based position): task rows
     as dicts (`{"id", "input": {"form", "target"}}`, `output` optional) or plain texts, which get ids "1", "2", ...
     and no target."""
-    columns: dict[str, list] = {name: [] for name in ROW_FEATURES}
+    columns: dict[str, list] = {name: [] for name in _ROW_FEATURES}
     for position, record in enumerate(records, start=1):
         if isinstance(record, str):
             record = {"id": str(position), "input": {"form": record, "target": None}}
-        row = parse_row(record, source, position, "optional")
+        row = _parse_row(record, source, position, "optional")
         for name, value in row.items():
             columns[name].append(value)
     if not columns["id"]:
         raise RowError(source, None, "rows", "no rows")
-    rows = Dataset.from_dict(columns, features=ROW_FEATURES)
-    check_unique_ids([rows], [source])
+    rows = Dataset.from_dict(columns, features=_ROW_FEATURES)
+    _check_unique_ids([rows], [source])
     return rows
 
 
@@ -238,7 +249,7 @@ def iter_inputs(rows: Dataset) -> Iterator[dict]:
     return (json.loads(text) for text in iter_column(rows, "input_json"))
 
 
-def check_unique_ids(parts: list[Dataset], paths: list[str]) -> None:
+def _check_unique_ids(parts: list[Dataset], paths: list[str]) -> None:
     """Ids must be unique across all files of one run: they key predictions, votes and scores."""
     columns = [part.with_format("arrow")["id"] for part in parts]
     total = sum(len(column) for column in columns)
@@ -252,12 +263,12 @@ def check_unique_ids(parts: list[Dataset], paths: list[str]) -> None:
                 raise RowError(path, line, "id", f"duplicate id {row_id!r} (first at {first[0]}:{first[1]})")
 
 
-def load_jsonl_files(paths: list[str], label_mode: LabelMode = "required") -> Dataset:
+def load_jsonl_files(paths: list[str], label_mode: _LabelMode = "required") -> Dataset:
     """Load several files as one dataset (e.g. train + dev); ids must be unique across them."""
     if not paths:
         raise ValueError("no input files given")
     parts = [load_jsonl(path, label_mode) for path in paths]
-    check_unique_ids(parts, list(paths))
+    _check_unique_ids(parts, list(paths))
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
 
 

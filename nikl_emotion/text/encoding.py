@@ -15,7 +15,26 @@ from transformers import PretrainedConfig, PreTrainedTokenizerBase
 from nikl_emotion.base.checkpoint_files import BACKBONE_SPEC_FILE, POST_TRAIN_FILE
 from nikl_emotion.base.vocabulary import DEFAULT_INPUT_TEMPLATE, INPUT_FORMATS, MAX_UNKNOWN_RATE, NO_TARGET
 
-InputFormat = Literal["pair", "marker", "prompt", "text", "instruction"]
+__all__ = [
+    "TARGET_START",
+    "TARGET_END",
+    "MARKER_TOKENS",
+    "PROMPT_TEMPLATE",
+    "model_input_names",
+    "splits_hangul",
+    "hangul_fix",
+    "unknown_token_rate",
+    "unknown_rate_message",
+    "add_marker_tokens",
+    "CHARS_PER_TOKEN_BOUND",
+    "bounded",
+    "segments",
+    "tokenize_batch",
+    "fill_template",
+]
+
+
+_InputFormat = Literal["pair", "marker", "prompt", "text", "instruction"]
 # text: the target is ignored (the reference pipeline's input; its to-do list names the target as unused)
 # instruction: one string, `input_template` filled with the text and the target (for decoders: the last token reads all)
 
@@ -25,10 +44,10 @@ MARKER_TOKENS: tuple[str, str] = (TARGET_START, TARGET_END)
 PROMPT_TEMPLATE = "{target}에 대해 어떤 감정이 드러나나요?"
 
 
-HANGUL_PROBE = "한국어 감정 분석"
+_HANGUL_PROBE = "한국어 감정 분석"
 
 
-def uses_segment_ids(config: PretrainedConfig) -> bool:
+def _uses_segment_ids(config: PretrainedConfig) -> bool:
     """Whether the model has an embedding for the second segment's token type id (1). BERT and ELECTRA have two;
     RoBERTa-family models (klue/roberta, XLM-R) have one, yet klue/roberta's BERT tokenizer emits 1 for the second
     segment: fed to the model that is an index error (a device-side assert on a GPU)."""
@@ -40,7 +59,7 @@ def model_input_names(tokenizer: PreTrainedTokenizerBase, config: PretrainedConf
     when nothing changes). Set on the tokenizer and saved with it, so every later encoding (training, inference,
     ONNX export, `pipeline()` on a saved checkpoint) agrees."""
     names = list(tokenizer.model_input_names)
-    if "token_type_ids" in names and not uses_segment_ids(config):
+    if "token_type_ids" in names and not _uses_segment_ids(config):
         return [name for name in names if name != "token_type_ids"]
     return None
 
@@ -61,10 +80,10 @@ def splits_hangul(tokenizer: PreTrainedTokenizerBase) -> bool:
     normalizer = getattr(backend, "normalizer", None)
     if normalizer is None:
         return False
-    return any(_is_conjoining_jamo(char) for char in normalizer.normalize_str(HANGUL_PROBE))
+    return any(_is_conjoining_jamo(char) for char in normalizer.normalize_str(_HANGUL_PROBE))
 
 
-def vocabulary_holds_syllables(tokenizer: PreTrainedTokenizerBase) -> bool:
+def _vocabulary_holds_syllables(tokenizer: PreTrainedTokenizerBase) -> bool:
     """Whether the vocabulary spells Hangul as syllables (every Korean encoder's) rather than as jamo (an NFD
     vocabulary such as multilingual BERT uncased, for which splitting is right)."""
     syllables = jamo = 0
@@ -74,7 +93,7 @@ def vocabulary_holds_syllables(tokenizer: PreTrainedTokenizerBase) -> bool:
     return syllables > jamo
 
 
-def vocabulary_is_cased(tokenizer: PreTrainedTokenizerBase) -> bool:
+def _vocabulary_is_cased(tokenizer: PreTrainedTokenizerBase) -> bool:
     return any(
         any("A" <= char <= "Z" for char in token) for token in tokenizer.get_vocab() if not token.startswith("[")
     )
@@ -84,10 +103,10 @@ def hangul_fix(tokenizer: PreTrainedTokenizerBase) -> dict[str, bool]:
     """Tokenizer settings that stop a syllable vocabulary's normalizer from splitting Hangul into jamo (every
     syllable would become the unknown token); {} when nothing needs fixing. Lower-casing stays unless the
     vocabulary is cased."""
-    if not splits_hangul(tokenizer) or not vocabulary_holds_syllables(tokenizer):
+    if not splits_hangul(tokenizer) or not _vocabulary_holds_syllables(tokenizer):
         return {}
     fix = {"strip_accents": False}
-    if vocabulary_is_cased(tokenizer):
+    if _vocabulary_is_cased(tokenizer):
         fix["do_lower_case"] = False
     return fix
 
@@ -113,7 +132,7 @@ def unknown_rate_message(
         f"{rate:.1%} of the {tokens} tokens encoded with {name} are its unknown token {tokenizer.unk_token} "
         f"(max_unknown_rate {limit:g}): the model would see little of the text. "
     )
-    if is_built_here(name):
+    if _is_built_here(name):
         return message + (
             "Likely cause: this tokenizer was trained here on other texts, and knows only their "
             "characters (an offline backbone learns the run's training and test texts; a post_train.py "
@@ -133,12 +152,12 @@ def unknown_rate_message(
     )
 
 
-BUILT_HERE_FILES = (BACKBONE_SPEC_FILE, POST_TRAIN_FILE)  # an offline backbone's spec, a post-training summary
+_BUILT_HERE_FILES = (BACKBONE_SPEC_FILE, POST_TRAIN_FILE)  # an offline backbone's spec, a post-training summary
 
 
-def is_built_here(folder: str) -> bool:
+def _is_built_here(folder: str) -> bool:
     """A tokenizer folder this pipeline trained (an offline backbone or a post-training of one), not a hub model's."""
-    return any(os.path.isfile(os.path.join(folder, name)) for name in BUILT_HERE_FILES)
+    return any(os.path.isfile(os.path.join(folder, name)) for name in _BUILT_HERE_FILES)
 
 
 def add_marker_tokens(tokenizer: PreTrainedTokenizerBase) -> int:
@@ -155,11 +174,11 @@ def add_marker_tokens(tokenizer: PreTrainedTokenizerBase) -> int:
 CHARS_PER_TOKEN_BOUND = 64  # far more than any real text needs: bounds the work (and memory) on a giant row
 
 
-def marked_text(text: str, begin: int, end: int) -> str:
+def _marked_text(text: str, begin: int, end: int) -> str:
     return f"{text[:begin]}{TARGET_START} {text[begin:end]} {TARGET_END}{text[end:]}"
 
 
-def bounded(text: str, target: str | None, begin: int | None, end: int | None, input_format: InputFormat, limit: int):
+def bounded(text: str, target: str | None, begin: int | None, end: int | None, input_format: _InputFormat, limit: int):
     """The row cut to at most `limit` characters before tokenizing (truncation would drop the rest anyway): the
     start of the text, or for `marker` a window around the target, whose span moves with it."""
     if target is not None and len(target) > limit:
@@ -173,7 +192,7 @@ def bounded(text: str, target: str | None, begin: int | None, end: int | None, i
 
 
 def segments(
-    text: str, target: str | None, begin: int | None, end: int | None, input_format: InputFormat
+    text: str, target: str | None, begin: int | None, end: int | None, input_format: _InputFormat
 ) -> tuple[str, str | None]:
     """The (segment A, segment B) a row is encoded as; a null target (or `text`) gives the text alone."""
     if target is None or input_format == "text":
@@ -181,7 +200,7 @@ def segments(
     if input_format == "pair":
         return text, target
     if input_format == "marker":
-        return marked_text(text, begin, end), None
+        return _marked_text(text, begin, end), None
     if input_format == "prompt":
         return PROMPT_TEMPLATE.format(target=target), text
     raise ValueError(f"unknown input_format {input_format!r}; choose one of {', '.join(INPUT_FORMATS)}")
@@ -190,7 +209,7 @@ def segments(
 def tokenize_batch(
     batch: dict,
     tokenizer: PreTrainedTokenizerBase,
-    input_format: InputFormat,
+    input_format: _InputFormat,
     max_length: int,
     target_mask: bool = False,
     input_template: str = DEFAULT_INPUT_TEMPLATE,
@@ -198,9 +217,9 @@ def tokenize_batch(
 ) -> dict:
     """`datasets.map(batched=True)` function: input ids (unpadded), their `length` (and what `tokenizer_kwargs` ask
     for, e.g. offsets); with `target_mask`, a `target_mask` column marking the target's tokens (see
-    `target_token_mask`)."""
+    `_target_token_mask`)."""
     if input_format == "instruction":
-        return tokenize_instructions(batch, tokenizer, input_template, max_length, **tokenizer_kwargs)
+        return _tokenize_instructions(batch, tokenizer, input_template, max_length, **tokenizer_kwargs)
     rows = [
         bounded(text, target, begin, end, input_format, max_length * CHARS_PER_TOKEN_BOUND)
         for text, target, begin, end in zip(batch["text"], batch["target"], batch["target_begin"], batch["target_end"])
@@ -225,7 +244,7 @@ def tokenize_batch(
                 column[i] = value
         if target_mask:
             for j, i in enumerate(indices):
-                masks[i] = target_token_mask(
+                masks[i] = _target_token_mask(
                     rows[i],
                     input_format,
                     tokenizer,
@@ -234,7 +253,7 @@ def tokenize_batch(
                     part.sequence_ids(j),
                 )
     if input_format == "marker":
-        keep_marked_targets(rows, encoded, masks if target_mask else None, tokenizer, max_length, kwargs)
+        _keep_marked_targets(rows, encoded, masks if target_mask else None, tokenizer, max_length, kwargs)
     if target_mask:
         encoded["target_mask"] = masks
         if not tokenizer_kwargs.get("return_offsets_mapping"):
@@ -243,7 +262,7 @@ def tokenize_batch(
     return encoded
 
 
-def keep_marked_targets(
+def _keep_marked_targets(
     rows: list[tuple],
     encoded: dict,
     masks: list | None,
@@ -257,24 +276,24 @@ def keep_marked_targets(
     for i, (text, target, begin, end) in enumerate(rows):
         if target is None or end_id in encoded["input_ids"][i]:
             continue
-        window = target_window(marked_text(text, begin, end), tokenizer, max_length)
+        window = _target_window(_marked_text(text, begin, end), tokenizer, max_length)
         part = tokenizer(window, truncation=True, max_length=max_length, **kwargs)
         for key, value in part.items():
             encoded[key][i] = value
         if masks is not None:
-            masks[i] = target_token_mask(
+            masks[i] = _target_token_mask(
                 rows[i], "marker", tokenizer, part["input_ids"], part["offset_mapping"], part.sequence_ids()
             )
 
 
-def tokenize_instructions(
+def _tokenize_instructions(
     batch: dict, tokenizer: PreTrainedTokenizerBase, template: str, max_length: int, **tokenizer_kwargs
 ) -> dict:
     """Each row as `template` filled in, the text cut (at a token boundary) so that the whole instruction fits
     `max_length`: truncating the filled string would cut off what follows the text, the question the last token
     must have read."""
     texts = [
-        fit_instruction(template, text, target, tokenizer, max_length)
+        _fit_instruction(template, text, target, tokenizer, max_length)
         for text, target in zip(batch["text"], batch["target"])
     ]
     encoded = dict(tokenizer(texts, truncation=True, max_length=max_length, **tokenizer_kwargs))
@@ -286,7 +305,7 @@ def fill_template(template: str, text: str, target: str | None) -> str:
     return template.replace("{target}", NO_TARGET if target is None else target).replace("{text}", text)
 
 
-def fit_instruction(
+def _fit_instruction(
     template: str, text: str, target: str | None, tokenizer: PreTrainedTokenizerBase, max_length: int
 ) -> str:
     text = text[: max_length * CHARS_PER_TOKEN_BOUND]
@@ -299,9 +318,9 @@ def fit_instruction(
     return fill_template(template, text[: offsets[min(budget, len(offsets)) - 1][1]], target)
 
 
-def target_token_mask(
+def _target_token_mask(
     row: tuple,
-    input_format: InputFormat,
+    input_format: _InputFormat,
     tokenizer: PreTrainedTokenizerBase,
     ids: list[int],
     offsets: list[tuple[int, int]],
@@ -334,7 +353,7 @@ def target_token_mask(
     return chosen
 
 
-def target_window(marked: str, tokenizer: PreTrainedTokenizerBase, max_length: int) -> str:
+def _target_window(marked: str, tokenizer: PreTrainedTokenizerBase, max_length: int) -> str:
     """The part of a marked text that fits `max_length` tokens with both markers in it: the target with as much
     context on each side as fits (more on the side that has it), cut at token boundaries. Truncating from the
     end instead would drop a late target's markers, and the model would not know what it is asked about."""

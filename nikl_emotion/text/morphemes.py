@@ -15,7 +15,14 @@ from collections.abc import Sequence
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.text.cleaning import Edit, Span, substitute
 
-KIWI_REQUIREMENT = "kiwipiepy==0.24.1"
+__all__ = [
+    "kiwi",
+    "morpheme_strings",
+    "segment_batch",
+]
+
+
+_KIWI_REQUIREMENT = "kiwipiepy==0.24.1"
 _CACHE_LIMIT = 500_000  # texts whose analysis is kept per process: a K-fold loop analyses each text once
 
 
@@ -25,14 +32,14 @@ def kiwi():
     try:
         from kiwipiepy import Kiwi
     except ImportError:
-        raise PipelineError(f"morpheme analysis needs kiwipiepy: pip install {KIWI_REQUIREMENT}") from None
+        raise PipelineError(f"morpheme analysis needs kiwipiepy: pip install {_KIWI_REQUIREMENT}") from None
     return Kiwi(num_workers=min(os.cpu_count() or 1, 8))
 
 
 _TOKENS: dict[str, list[tuple[str, str, int, int]]] = {}
 
 
-def analyse(texts: Sequence[str]) -> list[list[tuple[str, str, int, int]]]:
+def _analyse(texts: Sequence[str]) -> list[list[tuple[str, str, int, int]]]:
     """(form, tag, start, length) of each text's morphemes; texts seen before in this process are not analysed
     again."""
     todo = list(dict.fromkeys(text for text in texts if text not in _TOKENS))
@@ -46,10 +53,10 @@ def analyse(texts: Sequence[str]) -> list[list[tuple[str, str, int, int]]]:
 
 def morpheme_strings(texts: Sequence[str]) -> list[str]:
     """Each text as space-separated `form/TAG` morphemes (`좋/VA 어요/EF`), for word n-gram features."""
-    return [" ".join(f"{form}/{tag}" for form, tag, _, _ in tokens) for tokens in analyse(texts)]
+    return [" ".join(f"{form}/{tag}" for form, tag, _, _ in tokens) for tokens in _analyse(texts)]
 
 
-def boundary_edits(text: str, tokens: list[tuple[str, str, int, int]]) -> list[Edit]:
+def _boundary_edits(text: str, tokens: list[tuple[str, str, int, int]]) -> list[Edit]:
     """Space insertions at the morpheme boundaries that have no space yet (inside words and between a word and
     its punctuation); a contracted syllable (했 = 하 + 었, 겼 in 생기 + 었) holds two morphemes and gets no
     boundary inside it."""
@@ -63,8 +70,8 @@ def boundary_edits(text: str, tokens: list[tuple[str, str, int, int]]) -> list[E
     ]
 
 
-def segment_text(text: str, span: Span | None, tokens: list[tuple[str, str, int, int]]) -> tuple[str, Span | None]:
-    text, span = substitute(text, span, boundary_edits(text, tokens))
+def _segment_text(text: str, span: Span | None, tokens: list[tuple[str, str, int, int]]) -> tuple[str, Span | None]:
+    text, span = substitute(text, span, _boundary_edits(text, tokens))
     if span is not None:  # an insertion at the span's start leaves the span on the new space
         begin, end = span
         while begin < end and text[begin].isspace():
@@ -78,14 +85,14 @@ def segment_batch(batch: dict) -> dict:
     each target form segmented on its own (the form the pair and prompt encodings read)."""
     texts, targets, begins, ends = [], [], [], []
     forms = [target for target in batch["target"] if target is not None]
-    analysed = analyse(list(batch["text"]) + forms)
+    analysed = _analyse(list(batch["text"]) + forms)
     segmented_forms = iter(
-        segment_text(form, None, tokens)[0] for form, tokens in zip(forms, analysed[len(batch["text"]) :])
+        _segment_text(form, None, tokens)[0] for form, tokens in zip(forms, analysed[len(batch["text"]) :])
     )
     for text, tokens, target, begin, end in zip(
         batch["text"], analysed, batch["target"], batch["target_begin"], batch["target_end"]
     ):
-        text, span = segment_text(text, None if target is None else (begin, end), tokens)
+        text, span = _segment_text(text, None if target is None else (begin, end), tokens)
         texts.append(text)
         targets.append(None if target is None else next(segmented_forms))
         begins.append(None if span is None else span[0]), ends.append(None if span is None else span[1])

@@ -32,6 +32,18 @@ from nikl_emotion.text.data import load_jsonl, load_jsonl_files
 from nikl_emotion.text.encoding import tokenize_batch, unknown_rate_message, unknown_token_rate
 from nikl_emotion.text.morphemes import segment_batch
 
+__all__ = [
+    "Preprocessing",
+    "preprocessing_differences",
+    "warn_if_preprocessing_differs",
+    "clean",
+    "encode",
+    "check_unknown_rate",
+    "TaskFiles",
+    "load_task_files",
+]
+
+
 logger = logging.getLogger(__name__)
 
 

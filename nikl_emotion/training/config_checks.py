@@ -30,10 +30,21 @@ from nikl_emotion.folders.run_folder import is_run_file
 from nikl_emotion.text.morphemes import kiwi
 from nikl_emotion.training.pseudo_labels import check_pseudo_label_run
 
+__all__ = [
+    "parse_config",
+    "validate",
+    "validate_reporting",
+    "LOSS_KEYS",
+    "check_model_name",
+    "check_settings_resources",
+    "check_loss_parameters",
+    "check_pretokenizer",
+]
+
 
 def parse_config(argv: list[str]) -> RunSettings:
     """`[CONFIG.yaml] [--key value ...]` -> the run's validated settings."""
-    check_sharding_launcher()  # before TrainingArguments, which builds DeepSpeed's config from the launcher's
+    _check_sharding_launcher()  # before TrainingArguments, which builds DeepSpeed's config from the launcher's
     settings = RunSettings(*parse_arguments(argv, ARGUMENT_CLASSES, TRAINING_DEFAULTS))
     validate(settings)
     return settings
@@ -45,14 +56,14 @@ def validate(settings: RunSettings) -> None:
     Fails before any work starts, with a message naming the key."""
     model_args, data_args, _, loss_args, technique_args, training_args = settings.parts()
     check_settings_resources(model_args, data_args, loss_args, technique_args)
-    check_sharding(training_args)
+    _check_sharding(training_args)
     validate_reporting(training_args)
     validate_training_values(training_args)
-    check_inputs_outside_run(training_args.output_dir, [*data_args.train_files, *filter(None, [data_args.test_file])])
+    _check_inputs_outside_run(training_args.output_dir, [*data_args.train_files, *filter(None, [data_args.test_file])])
     check_pretokenizer(model_args.model_name_or_path, data_args.offline_pretokenizer)
-    check_classifier_head(model_args, data_args)
-    check_adapters(model_args)
-    validate_techniques_with(technique_args, model_args, training_args)
+    _check_classifier_head(model_args, data_args)
+    _check_adapters(model_args)
+    _validate_techniques_with(technique_args, model_args, training_args)
     if training_args.label_smoothing_factor:
         raise PipelineError(
             "label_smoothing_factor: the Trainer's smoothing is for single-label cross-entropy and would be ignored "
@@ -76,7 +87,7 @@ def validate(settings: RunSettings) -> None:
         )
 
 
-def check_classifier_head(model_args: ModelArguments, preprocessing_args: PreprocessingArguments) -> None:
+def _check_classifier_head(model_args: ModelArguments, preprocessing_args: PreprocessingArguments) -> None:
     """A registered head (backends/heads.py) that the backend builds; a head that reads the target's tokens needs an
     input format that shows the target."""
     head = head_named(model_args.classifier_head)
@@ -94,7 +105,7 @@ def check_classifier_head(model_args: ModelArguments, preprocessing_args: Prepro
         )
 
 
-def check_adapters(model_args: ModelArguments) -> None:
+def _check_adapters(model_args: ModelArguments) -> None:
     """LoRA and 4-bit weights: the backends that take them check what they need (peft, CUDA, bitsandbytes); the
     others refuse them."""
     backend = backend_for(model_args.model_name_or_path)
@@ -108,41 +119,41 @@ def check_adapters(model_args: ModelArguments) -> None:
         backend.check_lora(model_args)
 
 
-SHARDED_INSTEAD = (
+_SHARDED_INSTEAD = (
     "use DDP (accelerate launch with no FSDP or ZeRO-3 config), DeepSpeed ZeRO-2 "
     "(--deepspeed configs/deepspeed-zero2.json: optimizer states and gradients sharded, weights whole), "
     "or LoRA/QLoRA (lora_r, load_in_4bit) for a model whose weights do not fit one GPU"
 )
 
 
-def check_sharding_launcher() -> None:
-    """`accelerate launch` with an FSDP or a DeepSpeed ZeRO-3 config (its environment): refused as `check_sharding`."""
+def _check_sharding_launcher() -> None:
+    """`accelerate launch` with an FSDP or a DeepSpeed ZeRO-3 config (its environment): refused as `_check_sharding`."""
     env = os.environ
     if env.get("ACCELERATE_USE_FSDP", "false").lower() in ("true", "1"):
-        refuse_sharding("fsdp")
+        _refuse_sharding("fsdp")
     if env.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("true", "1"):
-        stage = deepspeed_zero_stage(env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE"))
+        stage = _deepspeed_zero_stage(env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE"))
         if (stage if stage is not None else int(env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") or 2)) == 3:
-            refuse_sharding("deepspeed")
+            _refuse_sharding("deepspeed")
 
 
-def check_sharding(training_args: TrainingArguments) -> None:
+def _check_sharding(training_args: TrainingArguments) -> None:
     """Weight-sharded training (FSDP, DeepSpeed ZeRO-3) is refused before any work: each fold predicts its rows and
     saves best/ from the whole model in every process, which those modes split across processes (unequal batch
     counts hang the ranks; rank 0 would save its shard)."""
-    check_sharding_launcher()
+    _check_sharding_launcher()
     if training_args.fsdp:
-        refuse_sharding("fsdp")
-    if deepspeed_zero_stage(training_args.deepspeed) == 3:
-        refuse_sharding("deepspeed")
+        _refuse_sharding("fsdp")
+    if _deepspeed_zero_stage(training_args.deepspeed) == 3:
+        _refuse_sharding("deepspeed")
 
 
-def refuse_sharding(key: str) -> None:
+def _refuse_sharding(key: str) -> None:
     what = "fully sharded weights are" if key == "fsdp" else "ZeRO stage 3 shards the weights, which is"
-    raise PipelineError(f"{key}: {what} not supported by the K-fold loop; {SHARDED_INSTEAD}")
+    raise PipelineError(f"{key}: {what} not supported by the K-fold loop; {_SHARDED_INSTEAD}")
 
 
-def deepspeed_zero_stage(config) -> int | None:
+def _deepspeed_zero_stage(config) -> int | None:
     """The ZeRO stage a DeepSpeed config (a JSON path or a mapping) asks for; None without one."""
     if not config:
         return None
@@ -156,7 +167,7 @@ def deepspeed_zero_stage(config) -> int | None:
     return int(stage) if str(stage).isdigit() else None
 
 
-def check_inputs_outside_run(output_dir: str, paths: list[str]) -> None:
+def _check_inputs_outside_run(output_dir: str, paths: list[str]) -> None:
     """An input file must not be one of the files the run writes or `--overwrite` deletes (OUT/submission.jsonl,
     OUT/fold_K/...): it would be replaced by the run's own output."""
     run = os.path.realpath(output_dir)
@@ -179,7 +190,7 @@ def validate_reporting(training_args: TrainingArguments) -> None:
         raise PipelineError("report_to: tensorboard needs the tensorboard package: pip install tensorboard")
 
 
-def validate_techniques_with(
+def _validate_techniques_with(
     args: TechniqueArguments, model_args: ModelArguments, training_args: TrainingArguments
 ) -> None:
     """What the techniques need from the rest of the configuration."""

@@ -73,12 +73,20 @@ from nikl_emotion.text.preprocessing import Preprocessing, TaskFiles, clean, enc
 from nikl_emotion.training.config_checks import validate
 from nikl_emotion.training.kfold import load_run_files, replace_labels
 
-OPTIMISTIC_VALIDATION = (
+__all__ = [
+    "parse_distill_config",
+    "ensemble_probabilities",
+    "soft_targets",
+    "run_distillation",
+]
+
+
+_OPTIMISTIC_VALIDATION = (
     "the student's validation score is optimistic: the teacher's other folds learned these rows' "
     "labels and the soft targets carry that to the student; score it on rows the teacher never "
     "trained on (e.g. a labelled test_file with score.py)"
 )
-HELD_OUT_VALIDATION = (
+_HELD_OUT_VALIDATION = (
     "the teacher never trained on these rows; only the student's epoch was chosen on them, so its "
     "figure leans its way by that one choice"
 )
@@ -124,7 +132,7 @@ def soft_targets(oof: np.ndarray, gold: np.ndarray, gold_weight: float) -> np.nd
 
 
 @dataclass
-class TeacherTargets:
+class _TeacherTargets:
     """What the teacher gives the student: its OOF probabilities of the training rows, the fold whose rows are held
     out (`held_out`, with gold labels; none with a validation file), the validation file's rows, and per unlabelled
     file its rows' ids and the fold ensemble's probabilities."""
@@ -142,11 +150,11 @@ def run_distillation(settings: DistillSettings) -> dict | None:
     state, distill_args, run = PartialState(), settings.distill, settings.run
     output_dir = run.training.output_dir
     files = load_run_files(run, others=((distill_args.validation_file or None, "required"),))
-    teacher = teacher_targets(distill_args, files)
+    teacher = _teacher_targets(distill_args, files)
     if state.is_main_process:
-        claim_student_folder(settings)
+        _claim_student_folder(settings)
     state.wait_for_everyone()
-    data = student_fold_data(settings, files, teacher)
+    data = _student_fold_data(settings, files, teacher)
     folder = FoldFolder(output_dir)
     if folder.is_done(data.fold):
         print(f"{output_dir}: the student is already trained ({os.path.basename(folder.done)}); summarising")
@@ -161,7 +169,7 @@ def run_distillation(settings: DistillSettings) -> dict | None:
         submission = os.path.join(output_dir, SUBMISSION_FILE)
         write_submission(submission, iter_column(files.test, "id"), iter_inputs(files.test), decisions)
     gold = np.asarray(files.train["labels"], dtype=np.float32)
-    summary, where = distill_summary(settings, result, data, teacher, gold)
+    summary, where = _distill_summary(settings, result, data, teacher, gold)
     summary["seconds"] = round(time.time() - start, 1)
     write_json_atomic(os.path.join(output_dir, DISTILL_FILE), summary)
     print(
@@ -171,32 +179,32 @@ def run_distillation(settings: DistillSettings) -> dict | None:
     return summary
 
 
-def teacher_targets(distill_args: DistillArguments, files: TaskFiles) -> TeacherTargets:
+def _teacher_targets(distill_args: DistillArguments, files: TaskFiles) -> _TeacherTargets:
     """The teacher's probabilities for the student's rows, refused where they would leak labels."""
     (validation_rows,) = files.others
     ids = list(iter_column(files.train, "id"))
     teacher = FinishedRun.open(distill_args.teacher_run, "teacher_run")
     oof, fold_of_row = teacher.oof(ids, changed="distil with the teacher's own training files")
     unlabelled = [ensemble_probabilities(distill_args.teacher_run, path) for path in distill_args.unlabelled_files]
-    refuse_leaks(distill_args, ids, validation_rows, unlabelled)
+    _refuse_leaks(distill_args, ids, validation_rows, unlabelled)
     # without a validation file the teacher's fold is held out with gold labels; with one, every row trains
     fold = 0 if distill_args.validation_fold is None else distill_args.validation_fold
     held_out = fold_of_row == fold if validation_rows is None else np.zeros(len(ids), dtype=bool)
-    return TeacherTargets(fold, held_out, oof, validation_rows, unlabelled)
+    return _TeacherTargets(fold, held_out, oof, validation_rows, unlabelled)
 
 
-def refuse_leaks(distill_args: DistillArguments, ids: list[str], validation_rows, unlabelled: list) -> None:
+def _refuse_leaks(distill_args: DistillArguments, ids: list[str], validation_rows, unlabelled: list) -> None:
     """Unlabelled and validation rows must not be training rows, nor validation rows unlabelled ones (module
     docstring)."""
     leak = "the ensemble's probabilities for them come from folds that learned their labels"
     for path, (row_ids, _) in zip(distill_args.unlabelled_files, unlabelled):
-        refuse_overlap("unlabelled_files", path, row_ids, ids, "training rows", leak)
+        _refuse_overlap("unlabelled_files", path, row_ids, ids, "training rows", leak)
     if validation_rows is None:
         return
     validation_ids = list(iter_column(validation_rows, "id"))
-    refuse_overlap("validation_file", distill_args.validation_file, validation_ids, ids, "training rows", leak)
+    _refuse_overlap("validation_file", distill_args.validation_file, validation_ids, ids, "training rows", leak)
     for path, (row_ids, _) in zip(distill_args.unlabelled_files, unlabelled):
-        refuse_overlap(
+        _refuse_overlap(
             "validation_file",
             distill_args.validation_file,
             validation_ids,
@@ -206,7 +214,7 @@ def refuse_leaks(distill_args: DistillArguments, ids: list[str], validation_rows
         )
 
 
-def claim_student_folder(settings: DistillSettings) -> None:
+def _claim_student_folder(settings: DistillSettings) -> None:
     """The student's output folder, claimed with its resolved configuration and input digests (main process)."""
     data_args, distill_args = settings.run.data, settings.distill
     inputs = input_digests(
@@ -223,18 +231,18 @@ def claim_student_folder(settings: DistillSettings) -> None:
         settings.run.kfold.overwrite,
         inputs,
         field_defaults(*ARGUMENT_CLASSES[:-1], DistillArguments),
-        STUDENT_OWNER,
+        _STUDENT_OWNER,
     )
 
 
-STUDENT_OWNER = FolderOwner(
+_STUDENT_OWNER = FolderOwner(
     kind="distillation",
     is_run_file=lambda name: name in STUDENT_FILES,
     has_results=lambda folder: os.path.isdir(os.path.join(folder, "best")),
 )
 
 
-def student_fold_data(settings: DistillSettings, files: TaskFiles, teacher: TeacherTargets) -> FoldData:
+def _student_fold_data(settings: DistillSettings, files: TaskFiles, teacher: _TeacherTargets) -> FoldData:
     """The student's one fold: training rows (cleaned by `load_task_files`) with soft targets (gold where held out),
     the unlabelled rows with the ensemble's probabilities as extra training rows, the validation rows (held-out fold
     or validation file)."""
@@ -242,7 +250,7 @@ def student_fold_data(settings: DistillSettings, files: TaskFiles, teacher: Teac
     gold = np.asarray(files.cleaned["labels"], dtype=np.float32)
     soft = soft_targets(teacher.oof, gold, settings.distill.distill_gold_weight)
     cleaned = replace_labels(files.cleaned, np.where(teacher.held_out[:, None], gold, soft))
-    cleaned_validation, pool = student_text_rows(settings, files.preprocessing, teacher)
+    cleaned_validation, pool = _student_text_rows(settings, files.preprocessing, teacher)
     other_texts = [text for rows in [*pool, *filter(None, [cleaned_validation])] for text in rows["text"]]
     backbone, tokenizer, encoded, encoded_test = backbone_and_encodings(
         model_args, files.preprocessing, training_args, cleaned, files.cleaned_test, other_texts
@@ -267,8 +275,8 @@ def student_fold_data(settings: DistillSettings, files: TaskFiles, teacher: Teac
     )
 
 
-def student_text_rows(
-    settings: DistillSettings, preprocessing: Preprocessing, teacher: TeacherTargets
+def _student_text_rows(
+    settings: DistillSettings, preprocessing: Preprocessing, teacher: _TeacherTargets
 ) -> tuple[Dataset | None, list[Dataset]]:
     """The validation rows and each unlabelled file's rows, cleaned; the unlabelled ones labelled with the
     ensemble's probabilities."""
@@ -283,8 +291,8 @@ def student_text_rows(
     return cleaned_validation, pool
 
 
-def distill_summary(
-    settings: DistillSettings, result: dict, data: FoldData, teacher: TeacherTargets, gold: np.ndarray
+def _distill_summary(
+    settings: DistillSettings, result: dict, data: FoldData, teacher: _TeacherTargets, gold: np.ndarray
 ) -> tuple[dict, str]:
     """(distill.json's content but its seconds, where the student was validated): the student beside the teacher on
     the same rows."""
@@ -301,7 +309,7 @@ def distill_summary(
         teacher_scores = {"teacher_fold": teacher_fold, "teacher_oof": micro_f1(gold[held_out], oof[held_out])}
         where, note = (
             f"the teacher's fold {data.fold} rows (teacher's fold model {teacher_fold:.4f})",
-            OPTIMISTIC_VALIDATION,
+            _OPTIMISTIC_VALIDATION,
         )
     else:
         _, teacher_probs = ensemble_probabilities(distill_args.teacher_run, distill_args.validation_file)
@@ -310,7 +318,7 @@ def distill_summary(
             f"{distill_args.validation_file} (the teacher's fold ensemble "
             f"{teacher_scores['teacher_ensemble']:.4f}, mean probability at {kfold_args.threshold})"
         )
-        note = HELD_OUT_VALIDATION
+        note = _HELD_OUT_VALIDATION
     extra = data.extra_train_rows
     summary = {
         "teacher_run": distill_args.teacher_run,
@@ -330,7 +338,7 @@ def distill_summary(
     return summary, where
 
 
-def refuse_overlap(field_name: str, path: str, row_ids: list[str], other_ids, what: str, why: str) -> None:
+def _refuse_overlap(field_name: str, path: str, row_ids: list[str], other_ids, what: str, why: str) -> None:
     overlap = set(row_ids).intersection(other_ids)
     if overlap:
         raise PipelineError(f"{field_name}: {path} holds {what} (e.g. id {sorted(overlap)[0]!r}); {why}")

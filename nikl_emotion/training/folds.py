@@ -5,6 +5,10 @@ from __future__ import annotations
 import numpy as np
 from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 
+__all__ = [
+    "make_folds",
+]
+
 
 def make_folds(labels: np.ndarray, num_folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """(train indices, validation indices) per fold; the same labels and seed give the same folds on every rank."""

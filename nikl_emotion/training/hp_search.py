@@ -45,18 +45,24 @@ from nikl_emotion.text.preprocessing import TaskFiles
 from nikl_emotion.training.folds import make_folds
 from nikl_emotion.training.kfold import load_run_files
 
-BATCH_SIZES = (16, 32, 64, 128)
+__all__ = [
+    "LOSS_KEYS",
+    "run_hp_search",
+]
+
+
+_BATCH_SIZES = (16, 32, 64, 128)
 LOSS_KEYS = {f.name for f in dataclasses.fields(LossArguments)}
 
 
-def suggest(trial, base: TrainingArguments, loss_args: LossArguments) -> dict:
+def _suggest(trial, base: TrainingArguments, loss_args: LossArguments) -> dict:
     """One trial's values (documented in the module docstring); Trainer keys and loss keys together."""
     lr = base.learning_rate
     epochs = max(1, int(math.ceil(base.num_train_epochs)))
     params = {
         "learning_rate": trial.suggest_float("learning_rate", lr / 10, lr * 10, log=True),
         "weight_decay": trial.suggest_float("weight_decay", 0.0, 0.3),
-        "per_device_train_batch_size": trial.suggest_categorical("per_device_train_batch_size", list(BATCH_SIZES)),
+        "per_device_train_batch_size": trial.suggest_categorical("per_device_train_batch_size", list(_BATCH_SIZES)),
         "num_train_epochs": trial.suggest_int("num_train_epochs", max(1, epochs // 2), epochs),
         "warmup_steps": trial.suggest_float("warmup_steps", 0.0, 0.2),
         "label_smoothing": trial.suggest_float("label_smoothing", 0.0, 0.2),
@@ -72,7 +78,7 @@ def suggest(trial, base: TrainingArguments, loss_args: LossArguments) -> dict:
     return params
 
 
-class SearchTrainer(EmotionTrainer):
+class _SearchTrainer(EmotionTrainer):
     """Applies a trial's loss keys (which are not TrainingArguments) and tracks the trial's best epoch."""
 
     def __init__(self, *args, loss_args: LossArguments, train_labels: np.ndarray, **kwargs):
@@ -98,7 +104,7 @@ class SearchTrainer(EmotionTrainer):
         return self.best_in_trial
 
 
-def trials_table(study) -> list[dict]:
+def _trials_table(study) -> list[dict]:
     rows = []
     for trial in study.trials:
         duration = (trial.datetime_complete - trial.datetime_start).total_seconds() if trial.datetime_complete else None
@@ -114,8 +120,8 @@ def trials_table(study) -> list[dict]:
     return rows
 
 
-def write_trials(output_dir: str, study) -> None:
-    rows = trials_table(study)
+def _write_trials(output_dir: str, study) -> None:
+    rows = _trials_table(study)
     columns = list(dict.fromkeys(key for row in rows for key in row))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns)
@@ -130,7 +136,7 @@ def write_trials(output_dir: str, study) -> None:
         write_text_atomic(run.hp_best, header + yaml.safe_dump(dict(best.params), sort_keys=False))
 
 
-def check_search(settings: RunSettings, n_trials: int):
+def _check_search(settings: RunSettings, n_trials: int):
     """What a search needs, checked before any work; returns the optuna module."""
     model_args, technique_args = settings.model, settings.techniques
     try:
@@ -151,7 +157,7 @@ def check_search(settings: RunSettings, n_trials: int):
 def run_hp_search(settings: RunSettings, n_trials: int) -> dict | None:
     """`n_trials` Optuna trials on fold `fold` (default 0) of the run's folds; the table and the best trial's keys in
     the run folder (module docstring). Returns the best trial on the main process."""
-    optuna = check_search(settings, n_trials)
+    optuna = _check_search(settings, n_trials)
     state, training = PartialState(), settings.training
     output_dir = training.output_dir
     check_output_folder(output_dir, "run")
@@ -161,12 +167,14 @@ def run_hp_search(settings: RunSettings, n_trials: int) -> dict | None:
         claim_folder(output_dir, "run")  # the study lives in a run's folder (RunFolder.hp_*)
         write_text_atomic(run.hp_config, yaml.safe_dump(settings.resolved(), allow_unicode=True, sort_keys=False))
     state.wait_for_everyone()
-    trainer = search_trainer(settings, run, files)
+    trainer = _search_trainer(settings, run, files)
     storage = f"sqlite:///{os.path.abspath(run.hp_study)}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     best = trainer.hyperparameter_search(
         # the Trainer sets the TrainingArguments keys; SearchTrainer reads the loss keys from trial.params
-        hp_space=lambda trial: {k: v for k, v in suggest(trial, training, settings.loss).items() if k not in LOSS_KEYS},
+        hp_space=lambda trial: {
+            k: v for k, v in _suggest(trial, training, settings.loss).items() if k not in LOSS_KEYS
+        },
         compute_objective=trainer.objective_of,
         n_trials=n_trials,
         direction="maximize",
@@ -179,7 +187,7 @@ def run_hp_search(settings: RunSettings, n_trials: int) -> dict | None:
     if not state.is_main_process:
         return None
     study = optuna.load_study(study_name="hp_search", storage=storage)
-    write_trials(output_dir, study)
+    _write_trials(output_dir, study)
     print(
         f"hp search: {len(study.trials)} trials on fold {settings.kfold.fold or 0}; best validation micro-F1 "
         f"{best.objective:.4f} (trial {best.run_id}): {best.hyperparameters}; table in {run.hp_table}"
@@ -187,7 +195,7 @@ def run_hp_search(settings: RunSettings, n_trials: int) -> dict | None:
     return {"best_trial": int(best.run_id), "micro_f1": best.objective, "params": best.hyperparameters}
 
 
-def search_trainer(settings: RunSettings, run: RunFolder, files: TaskFiles) -> SearchTrainer:
+def _search_trainer(settings: RunSettings, run: RunFolder, files: TaskFiles) -> _SearchTrainer:
     """The trials' Trainer on the chosen fold's split: a fresh classifier per trial from the run's backbone (an
     offline one, shared with train.py in this folder, also learns the test texts)."""
     model_args, training = settings.model, settings.training
@@ -208,7 +216,7 @@ def search_trainer(settings: RunSettings, run: RunFolder, files: TaskFiles) -> S
         push_to_hub=False,
     )
     head, loading = preprocessing.classifier_head, backbone_loading(model_args)
-    return SearchTrainer(
+    return _SearchTrainer(
         model=None,
         model_init=lambda trial=None: load_classifier(backbone, tokenizer, settings.techniques, head, loading),
         args=args,

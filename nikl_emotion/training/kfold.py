@@ -30,6 +30,13 @@ from nikl_emotion.text.preprocessing import TaskFiles, clean, load_task_files
 from nikl_emotion.training.folds import make_folds
 from nikl_emotion.training.pseudo_labels import PseudoLabels, fold_pseudo_labels, teacher_test_file
 
+__all__ = [
+    "load_run_files",
+    "replace_labels",
+    "run_training",
+    "KFoldRun",
+]
+
 
 def load_run_files(settings: RunSettings, others: tuple[tuple[str | None, str], ...] = ()) -> TaskFiles:
     """The run's files, validated and cleaned, encoded for its classification head (`load_task_files`)."""
@@ -39,7 +46,7 @@ def load_run_files(settings: RunSettings, others: tuple[tuple[str | None, str], 
     )
 
 
-def pseudo_label_datasets(
+def _pseudo_label_datasets(
     settings: RunSettings, sets: list[PseudoLabels] | None, preprocessing, prepared: PreparedRun
 ) -> list[Dataset] | None:
     """Per fold, the pseudo-labelled test rows of `pseudo_label_run` (`sets`: its fold K's confident predictions),
@@ -53,7 +60,7 @@ def pseudo_label_datasets(
     position = {row_id: i for i, row_id in enumerate(iter_column(pool, "id"))}
     datasets = []
     for k, labelled in enumerate(sets):
-        datasets.append(with_labels(pool, position, labelled))
+        datasets.append(_with_labels(pool, position, labelled))
         if training.process_index == 0:
             threshold = techniques.pseudo_label_threshold
             print(
@@ -63,7 +70,7 @@ def pseudo_label_datasets(
     return datasets
 
 
-def with_labels(pool: Dataset, position: dict[str, int], labelled: PseudoLabels) -> Dataset:
+def _with_labels(pool: Dataset, position: dict[str, int], labelled: PseudoLabels) -> Dataset:
     """The rows of `pool` named by `labelled.ids`, their `labels` column set to the pseudo-labels."""
     missing = [row_id for row_id in labelled.ids if row_id not in position]
     if missing:
@@ -136,11 +143,11 @@ class KFoldRun:
                 locks = [(run.fold_lock(k), f"{output_dir} fold {k}") for k in self.selected]
                 held.enter_context(exclusive_all(locks))
             prepared = self.set_up(state)
-            train_folds(self.settings, run, self.fold_data(prepared))
+            _train_folds(self.settings, run, self.fold_data(prepared))
             if not state.is_main_process:
                 return None
             summary = self.summarize()
-        print_summary(summary, self.settings.kfold, output_dir)
+        _print_summary(summary, self.settings.kfold, output_dir)
         return summary
 
     def set_up(self, state: PartialState) -> PreparedRun:
@@ -163,7 +170,7 @@ class KFoldRun:
 
     def fold_data(self, prepared: PreparedRun) -> list[FoldData]:
         preprocessing = self.files.preprocessing
-        pseudo = pseudo_label_datasets(self.settings, self.pseudo_sets, preprocessing, prepared)
+        pseudo = _pseudo_label_datasets(self.settings, self.pseudo_sets, preprocessing, prepared)
         return [
             FoldData(
                 k,
@@ -190,7 +197,7 @@ class KFoldRun:
         return summary
 
 
-def train_folds(settings: RunSettings, run: RunFolder, fold_data: list[FoldData]) -> None:
+def _train_folds(settings: RunSettings, run: RunFolder, fold_data: list[FoldData]) -> None:
     """Train the folds that are not done yet. A fold that diverges stops the run; its folder goes (and so do the
     selected folds' empty ones), so a corrected configuration may take the folder over when no results are left."""
     for data in fold_data:
@@ -208,7 +215,7 @@ def train_folds(settings: RunSettings, run: RunFolder, fold_data: list[FoldData]
             raise
 
 
-def print_summary(summary: dict | None, kfold_args: KFoldArguments, output_dir: str) -> None:
+def _print_summary(summary: dict | None, kfold_args: KFoldArguments, output_dir: str) -> None:
     if summary is None:
         print(
             f"fold {kfold_args.fold} done; "

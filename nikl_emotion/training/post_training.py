@@ -68,6 +68,15 @@ from nikl_emotion.training.config_checks import check_pretokenizer, check_settin
 from nikl_emotion.training.rtd import ReplacedTokenDetection, check_rtd_backbone
 from nikl_emotion.training.time_budget import describe, measure_step_seconds, plan_steps
 
+__all__ = [
+    "parse_post_train_config",
+    "mlm_model_and_tokenizer",
+    "use_masked_positions_head",
+    "run_post_training",
+    "post_train",
+]
+
+
 logger = logging.getLogger(__name__)
 
 
@@ -115,7 +124,7 @@ def mlm_model_and_tokenizer(
             check_rtd_backbone(config, model_args.model_name_or_path)
         torch.manual_seed(seed)
         model = ElectraForPreTraining(config) if objective == "rtd" else AutoModelForMaskedLM.from_config(config)
-        keep_classifier_modules(model, None)
+        _keep_classifier_modules(model, None)
     else:
         loading = model_args.loading
         tokenizer = load_tokenizer(model_args.model_name_or_path, with_markers=with_markers, loading=loading)
@@ -128,7 +137,7 @@ def mlm_model_and_tokenizer(
             model = ElectraForPreTraining.from_pretrained(model_args.model_name_or_path, **weights)
         else:
             model = AutoModelForMaskedLM.from_pretrained(model_args.model_name_or_path, **weights)
-        keep_classifier_modules(model, model_args.model_name_or_path, weights)
+        _keep_classifier_modules(model, model_args.model_name_or_path, weights)
     if with_markers:
         add_marker_tokens(tokenizer)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
@@ -136,7 +145,7 @@ def mlm_model_and_tokenizer(
     return model, tokenizer
 
 
-def keep_classifier_modules(model: PreTrainedModel, source: str | None, weights: dict | None = None) -> list[str]:
+def _keep_classifier_modules(model: PreTrainedModel, source: str | None, weights: dict | None = None) -> list[str]:
     """Give a masked-LM model the encoder modules its masked-LM class leaves out but the classifier uses (BERT's
     pooler: `BertForMaskedLM` has none, `BertForSequenceClassification` reads it), taken from `source`'s
     checkpoint (freshly initialised for a new backbone, `source=None`) and frozen: the MLM loss never reaches them.
@@ -170,7 +179,7 @@ def keep_classifier_modules(model: PreTrainedModel, source: str | None, weights:
     return missing
 
 
-def masked_lm_head(model) -> torch.nn.Module | None:
+def _masked_lm_head(model) -> torch.nn.Module | None:
     """The vocabulary head of an ELECTRA, BERT or RoBERTa masked-LM model (hidden states -> vocabulary logits)."""
     if hasattr(model, "generator_lm_head") and hasattr(model, "generator_predictions"):
         return torch.nn.Sequential(model.generator_predictions, model.generator_lm_head)
@@ -181,7 +190,7 @@ def masked_lm_head(model) -> torch.nn.Module | None:
     return None
 
 
-def masked_positions_forward(model: torch.nn.Module, head: torch.nn.Module):
+def _masked_positions_forward(model: torch.nn.Module, head: torch.nn.Module):
     """A forward for a masked-LM model whose vocabulary head runs on the masked positions only. The loss is the
     model's own (cross-entropy over the positions with a label), but the head, the most expensive layer of a small
     model with a large vocabulary, costs ~15% of what it costs on every token."""
@@ -207,14 +216,14 @@ def masked_positions_forward(model: torch.nn.Module, head: torch.nn.Module):
 def use_masked_positions_head(model: torch.nn.Module) -> bool:
     """Give `model` the masked-positions forward (an instance attribute, so DDP, checkpoints and `save_pretrained`
     still see the plain model); False for an architecture whose head is not known."""
-    head = masked_lm_head(model)
+    head = _masked_lm_head(model)
     if head is None:
         return False
-    model.forward = masked_positions_forward(model, head)
+    model.forward = _masked_positions_forward(model, head)
     return True
 
 
-def mlm_encode(
+def _mlm_encode(
     cleaned: Dataset, tokenizer, preprocessing: Preprocessing, offsets: bool, max_unknown_rate: float = MAX_UNKNOWN_RATE
 ) -> Dataset:
     """Rows encoded as fine-tuning encodes them (text and target), with `length`; offsets for whole-word masking."""
@@ -236,7 +245,7 @@ def mlm_encode(
     return encoded.select_columns([c for c in keep if c in encoded.column_names])
 
 
-class MLMCollator(DataCollatorForLanguageModeling):
+class _MLMCollator(DataCollatorForLanguageModeling):
     """Drops `length` (kept in the dataset for the length-grouped sampler) and pads `offset_mapping` (whole-word
     masking), which the tokenizer's `pad` leaves ragged, to the batch width before masking."""
 
@@ -251,12 +260,12 @@ class MLMCollator(DataCollatorForLanguageModeling):
         return super().__call__(features, return_tensors)
 
 
-class PostTrainer(LengthListSamplerMixin, Trainer):
+class _PostTrainer(LengthListSamplerMixin, Trainer):
     pass
 
 
 @dataclasses.dataclass
-class PostTrainInputs:
+class _PostTrainInputs:
     """What the post-training Trainer learns from: the encoder, its tokenizer, the encoded rows and the held-out
     rows (None with `validation_fraction: 0`)."""
 
@@ -302,18 +311,18 @@ def post_train(settings: PostTrainSettings, files: TaskFiles, folder: PostTrainF
     model, tokenizer = mlm_model_and_tokenizer(
         settings.model, texts, files.preprocessing, settings.training.seed, folder.root, objective.objective
     )
-    inputs = PostTrainInputs(
-        model, tokenizer, *post_training_rows(settings, files.cleaned, tokenizer, files.preprocessing)
+    inputs = _PostTrainInputs(
+        model, tokenizer, *_post_training_rows(settings, files.cleaned, tokenizer, files.preprocessing)
     )
     plan = None
     if objective.time_budget_minutes is not None:
-        plan = budget_plan(inputs, settings, folder, started)
+        plan = _budget_plan(inputs, settings, folder, started)
         settings = dataclasses.replace(
             settings, training=dataclasses.replace(settings.training, max_steps=plan["max_steps"])
         )
         set_seed(settings.training.seed)  # the measured steps drew random numbers: the run starts as it would without
-    trainer = post_trainer(inputs, settings)
-    before, after = train_with_eval_losses(trainer, folder, has_eval=inputs.eval_rows is not None)
+    trainer = _post_trainer(inputs, settings)
+    before, after = _train_with_eval_losses(trainer, folder, has_eval=inputs.eval_rows is not None)
     if not trainer.is_world_process_zero():
         return None
     summary = {
@@ -331,18 +340,18 @@ def post_train(settings: PostTrainSettings, files: TaskFiles, folder: PostTrainF
     }
     if plan is not None:
         summary["time_budget"] = plan
-    save_post_trained(folder, model, tokenizer, files.preprocessing, summary)
+    _save_post_trained(folder, model, tokenizer, files.preprocessing, summary)
     return summary
 
 
-def post_training_rows(
+def _post_training_rows(
     settings: PostTrainSettings, cleaned: Dataset, tokenizer, preprocessing: Preprocessing
 ) -> tuple[Dataset, Dataset | None]:
     """(training rows, held-out rows or None): encoded as fine-tuning encodes them, rows cleaned to nothing
     dropped, `validation_fraction` held out to measure the MLM loss before and after."""
     training_args, whole_words = settings.training, settings.objective.whole_word_mask
     with training_args.main_process_first(desc="tokenizing"):
-        encoded = mlm_encode(
+        encoded = _mlm_encode(
             cleaned, tokenizer, preprocessing, offsets=whole_words, max_unknown_rate=settings.model.max_unknown_rate
         )
     # a row cleaned to nothing encodes as [CLS] [SEP]: nothing to learn from
@@ -355,7 +364,9 @@ def post_training_rows(
     return split["train"], split["test"]
 
 
-def budget_plan(inputs: PostTrainInputs, settings: PostTrainSettings, folder: PostTrainFolder, started: float) -> dict:
+def _budget_plan(
+    inputs: _PostTrainInputs, settings: PostTrainSettings, folder: PostTrainFolder, started: float
+) -> dict:
     """The steps that fit `time_budget_minutes` on this machine, measured on a few real steps; a resumed run reads
     the plan it started with (its schedule must not change)."""
     plan = read_mapping(folder.time_budget)
@@ -367,7 +378,7 @@ def budget_plan(inputs: PostTrainInputs, settings: PostTrainSettings, folder: Po
         )
     budget, training_args = settings.objective.time_budget_minutes, settings.training
     if plan.get("time_budget_minutes") != budget:
-        probe = post_trainer(inputs, settings)
+        probe = _post_trainer(inputs, settings)
         step_seconds = measure_step_seconds(probe)
         steps_per_epoch = max(1, len(probe.get_train_dataloader()) // training_args.gradient_accumulation_steps)
         # a held-out pass: forward only (~1/3 of a training step's work per row)
@@ -383,7 +394,7 @@ def budget_plan(inputs: PostTrainInputs, settings: PostTrainSettings, folder: Po
     return plan
 
 
-def post_trainer(inputs: PostTrainInputs, settings: PostTrainSettings) -> PostTrainer:
+def _post_trainer(inputs: _PostTrainInputs, settings: PostTrainSettings) -> _PostTrainer:
     """The post-training Trainer: checkpoints in OUT/checkpoints, logs in OUT/runs; MLM with the vocabulary head on
     masked positions, or RTD (generator + the discriminator `model`)."""
     training_args, mlm_args, model = settings.training, settings.objective, inputs.model
@@ -395,14 +406,14 @@ def post_trainer(inputs: PostTrainInputs, settings: PostTrainSettings) -> PostTr
         model = ReplacedTokenDetection(model, mlm_args.rtd_generator_size, mlm_args.rtd_discriminator_weight)
     else:
         use_masked_positions_head(model)
-    collator = MLMCollator(
+    collator = _MLMCollator(
         inputs.tokenizer,
         mlm_probability=mlm_args.mlm_probability,
         whole_word_mask=mlm_args.whole_word_mask,
         pad_to_multiple_of=8 if torch.cuda.is_available() else None,
         seed=training_args.seed,
     )
-    trainer = PostTrainer(
+    trainer = _PostTrainer(
         model=model,
         args=args,
         train_dataset=inputs.train_rows,
@@ -414,8 +425,8 @@ def post_trainer(inputs: PostTrainInputs, settings: PostTrainSettings) -> PostTr
     return trainer
 
 
-def train_with_eval_losses(
-    trainer: PostTrainer, folder: PostTrainFolder, has_eval: bool
+def _train_with_eval_losses(
+    trainer: _PostTrainer, folder: PostTrainFolder, has_eval: bool
 ) -> tuple[float | None, float | None]:
     """Train (resuming from the last complete checkpoint); the held-out MLM loss before and after. The loss before
     is measured once, at the start, and kept on disk so a resumed run still reports it."""
@@ -434,7 +445,7 @@ def train_with_eval_losses(
     return before, trainer.evaluate()["eval_loss"] if has_eval else None
 
 
-def save_post_trained(folder: PostTrainFolder, model, tokenizer, preprocessing: Preprocessing, summary: dict) -> None:
+def _save_post_trained(folder: PostTrainFolder, model, tokenizer, preprocessing: Preprocessing, summary: dict) -> None:
     """The model folder train.py loads, `post_train.json` last; the Trainer's checkpoints go."""
     model.save_pretrained(folder.root)  # the inner model, so the folder loads with from_pretrained
     tokenizer.save_pretrained(folder.root)

@@ -21,6 +21,14 @@ from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.fileio import read_probs
 from nikl_emotion.runs.finished_run import FinishedRun
 
+__all__ = [
+    "PseudoLabels",
+    "check_pseudo_label_run",
+    "teacher_test_file",
+    "confident",
+    "fold_pseudo_labels",
+]
+
 
 @dataclass
 class PseudoLabels:

@@ -22,6 +22,13 @@ from transformers.models.electra.modeling_electra import ElectraGeneratorPredict
 
 from nikl_emotion.base.errors import PipelineError
 
+__all__ = [
+    "generator_config",
+    "check_rtd_backbone",
+    "sample_tokens",
+    "ReplacedTokenDetection",
+]
+
 
 def generator_config(discriminator: PretrainedConfig, size: float) -> ElectraConfig:
     """The generator's config: the discriminator's depth and embeddings, `size` of its width, heads and feed-forward

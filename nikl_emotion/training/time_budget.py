@@ -17,14 +17,22 @@ import time
 
 import torch
 
+__all__ = [
+    "SAFETY",
+    "measure_step_seconds",
+    "plan_steps",
+    "describe",
+]
+
+
 logger = logging.getLogger(__name__)
 
-CALIBRATION_STEPS = 12  # measured steps, after
-CALIBRATION_WARMUP = 3  # unmeasured ones (the first batch is the longest; allocator and thread-pool warm-up)
+_CALIBRATION_STEPS = 12  # measured steps, after
+_CALIBRATION_WARMUP = 3  # unmeasured ones (the first batch is the longest; allocator and thread-pool warm-up)
 SAFETY = 0.95  # share of the remaining time planned for; the rest absorbs noise and the final save
 
 
-def measure_step_seconds(trainer, steps: int = CALIBRATION_STEPS, warmup: int = CALIBRATION_WARMUP) -> float:
+def measure_step_seconds(trainer, steps: int = _CALIBRATION_STEPS, warmup: int = _CALIBRATION_WARMUP) -> float:
     """Seconds per optimizer step of `trainer`'s model on its own training batches (the slowest process's, under
     `accelerate launch`), measured as the Trainer runs one: `gradient_accumulation_steps` micro-batches, each under
     the accelerator's autocast (bf16/fp16 when set) through the model as the Trainer wraps it (DDP with several
@@ -35,7 +43,7 @@ def measure_step_seconds(trainer, steps: int = CALIBRATION_STEPS, warmup: int = 
     wrapped = accelerator.prepare_model(model) if accelerator.num_processes > 1 else model
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.0, weight_decay=0.0)
     accumulation = max(1, trainer.args.gradient_accumulation_steps)
-    batches = cycled(trainer.get_train_dataloader())
+    batches = _cycled(trainer.get_train_dataloader())
     marks = []
     for step in range(warmup + steps):
         for micro in range(accumulation):
@@ -56,7 +64,7 @@ def measure_step_seconds(trainer, steps: int = CALIBRATION_STEPS, warmup: int = 
     return float(gathered.max())
 
 
-def cycled(loader):
+def _cycled(loader):
     """The loader's batches over and over (a small data set has fewer batches than the measurement needs)."""
     if len(loader) == 0:
         raise ValueError("no training batches to measure a step on")
