@@ -227,3 +227,16 @@ def test_backend_names_only_what_trains_a_fold():
     assert len(capabilities) >= 5
     for backend in BACKENDS:
         assert all(isinstance(getattr(backend, name), bool) for name in capabilities), backend.name
+
+
+def test_only_the_commands_print():
+    """Below `commands/` the package logs (`logging`, rank-aware through `cli.configure_logging`); what a user asked
+    for (tables, paths) is printed by the command that was asked."""
+    printing = [
+        f"{path.relative_to(ROOT)}:{node.lineno}"
+        for path in (ROOT / "nikl_emotion").rglob("*.py")
+        if "commands" not in path.parts and path.name != "__main__.py"
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print"
+    ]
+    assert not printing, printing

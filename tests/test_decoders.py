@@ -220,7 +220,7 @@ def test_a_killed_lora_fold_resumes_from_its_adapter_checkpoint(decoders, tmp_pa
     saved = sorted(checkpoints.glob("checkpoint-*/adapter_model.safetensors"))
     assert saved, "a LoRA checkpoint holds the adapter"
     resumed = run_cli(*command[1:])
-    assert "fold 0: resuming from checkpoint-" in resumed.stdout
+    assert "fold 0: resuming from checkpoint-" in resumed.stderr
     metrics = json.loads((out / "fold_0" / "metrics.json").read_text())
     assert metrics["epochs_run"] == 12
 

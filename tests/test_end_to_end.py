@@ -114,7 +114,7 @@ def test_single_fold_with_marker_format(tmp_path):
         "--input_format",
         "marker",
     )
-    assert "summarised when all 3 folds" in result.stdout
+    assert "summarised when all 3 folds" in result.stderr
     assert (out / "fold_1" / "best").exists() and not (out / "fold_0").exists() and not (out / "summary.json").exists()
     pre = json.loads((out / "fold_1" / "best" / "preprocessing.json").read_text(encoding="utf-8"))
     assert pre["input_format"] == "marker" and pre["labels"] == LABELS

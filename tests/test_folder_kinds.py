@@ -149,21 +149,16 @@ def test_a_folder_made_before_the_mark_is_recognised_and_resumes(run_copy):
     for mark in run_copy.rglob(KIND_FILE):
         mark.unlink()
     assert folder_kind(str(run_copy)) == "run" and folder_kind(str(run_copy / "fold_0")) == "fold"
-    result = run_cli(
-        "train.py",
-        QUICKSTART,
-        "--output_dir",
-        run_copy,
-        "--num_folds",
-        "2",
-        "--num_train_epochs",
-        "30",
-        "--early_stopping_patience",
-        "0",
-    )
+    command = ("train.py", QUICKSTART, "--output_dir", run_copy, "--num_folds", "2", "--num_train_epochs", "30")
+    command += ("--early_stopping_patience", "0")
+    result = run_cli(*command)
     assert (
-        "fold 0: already complete" in result.stdout and json.loads((run_copy / KIND_FILE).read_text())["kind"] == "run"
+        "fold 0: already complete" in result.stderr and json.loads((run_copy / KIND_FILE).read_text())["kind"] == "run"
     )
+    # the status lines are logged (stderr), the scores printed (stdout); --log_level warning keeps only the scores
+    assert "fold 0: already complete" not in result.stdout and "   oof " in result.stdout
+    quiet = run_cli(*command, "--log_level", "warning")
+    assert "already complete" not in quiet.stderr and "   oof " in quiet.stdout
 
 
 def test_every_kind_refuses_a_folder_inside_another_commands_folder_but_an_export_may_sit_in_its_run(run_copy):

@@ -67,7 +67,7 @@ def test_a_finished_post_training_is_not_repeated_and_a_changed_one_is_refused(p
         "--save_steps",
         "30",
     )
-    assert "nothing to do" in again.stdout
+    assert "nothing to do" in again.stderr
     changed = run_cli(
         "post_train.py",
         CONFIG,

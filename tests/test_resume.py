@@ -38,7 +38,7 @@ def test_sigkill_mid_fold_then_resume_matches_an_uninterrupted_run(tmp_path, tin
     assert not (out / "fold_0" / "done.json").exists() and not (out / "summary.json").exists()
 
     resumed = run_cli(*train_command(out)[1:])
-    assert "fold 0: resuming from checkpoint-" in resumed.stdout
+    assert "fold 0: resuming from checkpoint-" in resumed.stderr
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     uninterrupted = json.loads((tiny_run / "summary.json").read_text(encoding="utf-8"))
     assert [f["fold"] for f in summary["folds"]] == [f["fold"] for f in uninterrupted["folds"]] == [0, 1]
@@ -49,7 +49,7 @@ def test_sigkill_mid_fold_then_resume_matches_an_uninterrupted_run(tmp_path, tin
 
     # run again: both folds are complete and skipped, nothing is retrained
     again = run_cli(*train_command(out)[1:])
-    assert "fold 0: already complete" in again.stdout and "fold 1: already complete" in again.stdout
+    assert "fold 0: already complete" in again.stderr and "fold 1: already complete" in again.stderr
 
 
 def test_changed_config_is_refused_unless_overwrite(tmp_path):

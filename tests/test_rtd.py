@@ -123,7 +123,7 @@ def test_rtd_post_training_under_a_budget_gives_a_folder_train_py_fine_tunes(tmp
         "--output_dir",
         out,
     )
-    assert "s per optimizer step measured on this machine" in result.stdout
+    assert "s per optimizer step measured on this machine" in result.stderr
     summary = json.loads((out / "post_train.json").read_text())
     assert summary["objective"] == "rtd" and summary["eval_loss_after"] < summary["eval_loss_before"]
     plan = summary["time_budget"]

@@ -9,6 +9,7 @@ import ctypes
 import dataclasses
 import gc
 import hashlib
+import logging
 import os
 import shutil
 
@@ -58,6 +59,8 @@ from nikl_emotion.decisions.metrics import score
 from nikl_emotion.folders.run_folder import FoldFolder, RunFolder, last_complete_checkpoint, read_mapping
 from nikl_emotion.text.encoding import PROMPT_TEMPLATE, fill_template
 from nikl_emotion.text.preprocessing import PREPROCESSING_FILE, Preprocessing, encode, warn_if_preprocessing_differs
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "EncoderBackend",
@@ -327,8 +330,8 @@ def _train_resuming(trainer: EmotionTrainer, folder: FoldFolder, fold: int) -> N
         last_complete_checkpoint(folder.checkpoints, required)
     trainer.accelerator.wait_for_everyone()
     resume = last_complete_checkpoint(folder.checkpoints, required)
-    if resume and trainer.is_world_process_zero():
-        print(f"fold {fold}: resuming from {os.path.basename(resume)}")
+    if resume:
+        logger.info("fold %d: resuming from %s", fold, os.path.basename(resume))
     trainer.train(resume_from_checkpoint=resume)
 
 

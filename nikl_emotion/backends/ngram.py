@@ -12,6 +12,7 @@ trust, as with any checkpoint.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 
@@ -37,6 +38,8 @@ from nikl_emotion.decisions.logistic import fit_label, label_probability
 from nikl_emotion.decisions.metrics import score
 from nikl_emotion.folders.run_folder import FoldFolder, RunFolder
 from nikl_emotion.text.preprocessing import Preprocessing
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "check_ngram_spec",
@@ -210,9 +213,12 @@ def train_ngram_fold(settings: RunSettings, data: FoldData, folder: FoldFolder |
         }
     )
     write_fold_outputs(folder, val_rows, val_probs, data.encoded_test, test_probs, result)
-    print(
-        f"fold {data.fold}: n-gram model fitted on {len(data.train_index)} rows in {seconds:.1f} s; "
-        f"validation micro-F1 {result['micro_f1']:.4f}"
+    logger.info(
+        "fold %d: n-gram model fitted on %d rows in %.1f s; validation micro-F1 %.4f",
+        data.fold,
+        len(data.train_index),
+        seconds,
+        result["micro_f1"],
     )
     return result
 

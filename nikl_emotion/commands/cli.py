@@ -14,6 +14,7 @@ from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.vocabulary import DEFAULT_STRATEGY, DEFAULT_VOTE_RULE, DEFAULT_VOTE_TIE
 
 __all__ = [
+    "configure_logging",
     "command_parser",
     "quiet_libraries",
     "entry_point",
@@ -44,7 +45,18 @@ def quiet_libraries() -> None:
     datasets.logging.set_verbosity_warning()
     transformers.utils.logging.set_verbosity_warning()
     transformers.utils.logging.disable_progress_bar()
+    configure_logging()
+
+
+def configure_logging(training_args=None) -> None:
+    """The pipeline's messages (the `nikl_emotion` loggers) as plain lines on stderr; results the user asked for
+    (tables, paths) are the commands' prints on stdout. Rank-aware as the Trainer is: the main process logs at
+    `--log_level` (`passive`, the default: info), the other ranks at `--log_level_replica` (default warning)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    level = "info"
+    if training_args is not None:
+        level = training_args.log_level if training_args.should_log else training_args.log_level_replica
+    logging.getLogger("nikl_emotion").setLevel(logging.INFO if level == "passive" else level.upper())
 
 
 def entry_point(main: Callable[[list[str]], int | None]) -> Callable[[], None]:

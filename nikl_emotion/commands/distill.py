@@ -2,7 +2,9 @@
 [--unlabelled_files FILE ...]` (see nikl_emotion/training/distillation.py); serve it with
 `inference.py --checkpoint DIR/best`."""
 
-from nikl_emotion.commands.cli import quiet_libraries
+import os
+
+from nikl_emotion.commands.cli import configure_logging, quiet_libraries
 
 __all__ = [
     "main",
@@ -13,5 +15,12 @@ def main(argv: list[str]) -> int:
     quiet_libraries()
     from nikl_emotion.training.distillation import parse_distill_config, run_distillation
 
-    run_distillation(parse_distill_config(argv))
+    settings = parse_distill_config(argv)
+    configure_logging(settings.run.training)
+    summary = run_distillation(settings)
+    if summary is not None:  # the main process
+        student = summary["validation_micro_f1"]["student"]
+        best = os.path.join(settings.run.training.output_dir, "best")
+        print(f"student validation micro-F1 {student:.4f} on {summary['validated_on']}; checkpoint {best}")
+        print(f"note: {summary['validation_note']}")
     return 0

@@ -3,10 +3,11 @@
 `python train.py CONFIG.yaml --hp-search N [--fold K] [...]` runs N Optuna trials on fold K instead and writes
 OUT/hp_search.csv (see nikl_emotion/training/hp_search.py for the search space)."""
 
-from nikl_emotion.commands.cli import pop_option, quiet_libraries
+from nikl_emotion.commands.cli import configure_logging, pop_option, quiet_libraries
 
 __all__ = [
     "main",
+    "print_summary",
 ]
 
 
@@ -16,12 +17,33 @@ def main(argv: list[str]) -> int:
 
     trials = pop_option(argv, ("--hp-search", "--hp_search"))
     settings = parse_config(argv)
+    configure_logging(settings.training)
     if trials is None:
         from nikl_emotion.training.kfold import run_training
 
-        run_training(settings)
-    else:
-        from nikl_emotion.training.hp_search import run_hp_search
+        summary = run_training(settings)
+        if summary is not None:  # the main process, every fold done
+            print_summary(summary)
+        return 0
+    from nikl_emotion.training.hp_search import run_hp_search
 
-        run_hp_search(settings, trials)
+    best = run_hp_search(settings, trials)
+    if best is not None:
+        print(
+            f"hp search: {best['trials']} trials on fold {best['fold']}; best validation micro-F1 "
+            f"{best['micro_f1']:.4f} (trial {best['best_trial']}): {best['params']}; table in {best['table']}"
+        )
     return 0
+
+
+def print_summary(summary: dict) -> None:
+    """A finished run's scores: per fold and out-of-fold, the thresholds' gain and the decision rule chosen."""
+    from nikl_emotion.decisions.decision import describe_choice
+    from nikl_emotion.decisions.metrics import format_table
+    from nikl_emotion.decisions.thresholds import describe_gain
+
+    table = {f"fold_{f['fold']}": f for f in summary["folds"]}
+    table["oof"] = summary["oof"]
+    print(format_table(table))
+    print(describe_gain(summary["thresholds"]))
+    print(describe_choice(summary["decision"]))

@@ -243,6 +243,9 @@ _RESUMABLE_KEYS = frozenset(
         "report_to",
         "logging_strategy",
         "logging_steps",
+        "log_level",  # what is printed, not what is trained
+        "log_level_replica",
+        "log_on_each_node",
         "resume_from_checkpoint",
         "decision",  # chooses how the finished folds are combined, after training: no fold depends on it
         "max_unknown_rate",  # a stop before training, not a setting of it

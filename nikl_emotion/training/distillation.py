@@ -33,6 +33,7 @@ DIR holds `best/` (for `inference.py --checkpoint DIR/best`), `val_probs.jsonl`,
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -72,6 +73,8 @@ from nikl_emotion.text.data import iter_column, iter_inputs, load_jsonl
 from nikl_emotion.text.preprocessing import Preprocessing, TaskFiles, clean, encode
 from nikl_emotion.training.config_checks import validate
 from nikl_emotion.training.kfold import load_run_files, replace_labels
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "parse_distill_config",
@@ -157,7 +160,7 @@ def run_distillation(settings: DistillSettings) -> dict | None:
     data = _student_fold_data(settings, files, teacher)
     folder = FoldFolder(output_dir)
     if folder.is_done(data.fold):
-        print(f"{output_dir}: the student is already trained ({os.path.basename(folder.done)}); summarising")
+        logger.info("%s: the student is already trained (%s); summarising", output_dir, os.path.basename(folder.done))
         result = read_mapping(folder.metrics)
     else:
         result = backend_for(data.backbone).train_fold(run, data, folder)
@@ -171,11 +174,8 @@ def run_distillation(settings: DistillSettings) -> dict | None:
     gold = np.asarray(files.train["labels"], dtype=np.float32)
     summary, where = _distill_summary(settings, result, data, teacher, gold)
     summary["seconds"] = round(time.time() - start, 1)
+    summary["validated_on"] = where
     write_json_atomic(os.path.join(output_dir, DISTILL_FILE), summary)
-    print(
-        f"student validation micro-F1 {result['micro_f1']:.4f} on {where}; checkpoint {folder.best}\n"
-        f"note: {summary['validation_note']}"
-    )
     return summary
 
 

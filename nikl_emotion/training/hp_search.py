@@ -188,11 +188,14 @@ def run_hp_search(settings: RunSettings, n_trials: int) -> dict | None:
         return None
     study = optuna.load_study(study_name="hp_search", storage=storage)
     _write_trials(output_dir, study)
-    print(
-        f"hp search: {len(study.trials)} trials on fold {settings.kfold.fold or 0}; best validation micro-F1 "
-        f"{best.objective:.4f} (trial {best.run_id}): {best.hyperparameters}; table in {run.hp_table}"
-    )
-    return {"best_trial": int(best.run_id), "micro_f1": best.objective, "params": best.hyperparameters}
+    return {
+        "best_trial": int(best.run_id),
+        "micro_f1": best.objective,
+        "params": best.hyperparameters,
+        "trials": len(study.trials),
+        "fold": settings.kfold.fold or 0,
+        "table": run.hp_table,
+    }
 
 
 def _search_trainer(settings: RunSettings, run: RunFolder, files: TaskFiles) -> _SearchTrainer:

@@ -4,6 +4,7 @@ then out-of-fold scores, a summary and a hard-voted submission."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import shutil
 from dataclasses import dataclass
 
@@ -16,12 +17,9 @@ from nikl_emotion.backends.fold_backend import FoldBackend, FoldData, PreparedRu
 from nikl_emotion.backends.heads import head_named
 from nikl_emotion.backends.registry import backend_for
 from nikl_emotion.backends.tracking import push_run_files
-from nikl_emotion.base.config import ARGUMENT_CLASSES, KFoldArguments, RunSettings, field_defaults
+from nikl_emotion.base.config import ARGUMENT_CLASSES, RunSettings, field_defaults
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.locking import exclusive, exclusive_all
-from nikl_emotion.decisions.decision import describe_choice
-from nikl_emotion.decisions.metrics import format_table
-from nikl_emotion.decisions.thresholds import describe_gain
 from nikl_emotion.folders.folder_kind import check_output_folder, holds_nothing, mark_folder, prepare_output_dir
 from nikl_emotion.folders.run_folder import DONE_FILE, RunFolder, input_digests
 from nikl_emotion.runs.summary import summarize
@@ -29,6 +27,8 @@ from nikl_emotion.text.data import iter_column, load_jsonl
 from nikl_emotion.text.preprocessing import TaskFiles, clean, load_task_files
 from nikl_emotion.training.folds import make_folds
 from nikl_emotion.training.pseudo_labels import PseudoLabels, fold_pseudo_labels, teacher_test_file
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "load_run_files",
@@ -61,12 +61,15 @@ def _pseudo_label_datasets(
     datasets = []
     for k, labelled in enumerate(sets):
         datasets.append(_with_labels(pool, position, labelled))
-        if training.process_index == 0:
-            threshold = techniques.pseudo_label_threshold
-            print(
-                f"fold {k}: {len(labelled.ids)} pseudo-labelled rows from {run_dir} (every label's probability "
-                f">= {threshold:g} or <= {1 - threshold:g})"
-            )
+        threshold = techniques.pseudo_label_threshold
+        logger.info(
+            "fold %d: %d pseudo-labelled rows from %s (every label's probability >= %g or <= %g)",
+            k,
+            len(labelled.ids),
+            run_dir,
+            threshold,
+            1 - threshold,
+        )
     return datasets
 
 
@@ -147,7 +150,14 @@ class KFoldRun:
             if not state.is_main_process:
                 return None
             summary = self.summarize()
-        _print_summary(summary, self.settings.kfold, output_dir)
+        if summary is None:
+            kfold = self.settings.kfold
+            logger.info(
+                "fold %s done; the run is summarised when all %d folds are in %s",
+                kfold.fold,
+                kfold.num_folds,
+                output_dir,
+            )
         return summary
 
     def set_up(self, state: PartialState) -> PreparedRun:
@@ -203,7 +213,7 @@ def _train_folds(settings: RunSettings, run: RunFolder, fold_data: list[FoldData
     for data in fold_data:
         k = data.fold
         if run.fold(k).is_done(k):
-            print(f"fold {k}: already complete ({DONE_FILE}); skipped")
+            logger.info("fold %d: already complete (%s); skipped", k, DONE_FILE)
             continue
         try:
             backend_for(data.backbone).train_fold(settings, data)  # saves best/, the fold's files last
@@ -213,17 +223,3 @@ def _train_folds(settings: RunSettings, run: RunFolder, fold_data: list[FoldData
                     if other.fold == k or holds_nothing(run.fold(other.fold).root):
                         shutil.rmtree(run.fold(other.fold).root, ignore_errors=True)
             raise
-
-
-def _print_summary(summary: dict | None, kfold_args: KFoldArguments, output_dir: str) -> None:
-    if summary is None:
-        print(
-            f"fold {kfold_args.fold} done; "
-            f"the run is summarised when all {kfold_args.num_folds} folds are in {output_dir}"
-        )
-        return
-    table = {f"fold_{f['fold']}": f for f in summary["folds"]}
-    table["oof"] = summary["oof"]
-    print(format_table(table))
-    print(describe_gain(summary["thresholds"]))
-    print(describe_choice(summary["decision"]))

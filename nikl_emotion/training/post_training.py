@@ -69,6 +69,7 @@ from nikl_emotion.training.rtd import ReplacedTokenDetection, check_rtd_backbone
 from nikl_emotion.training.time_budget import describe, measure_step_seconds, plan_steps
 
 __all__ = [
+    "describe_post_training",
     "parse_post_train_config",
     "mlm_model_and_tokenizer",
     "use_masked_positions_head",
@@ -296,8 +297,9 @@ def run_post_training(settings: PostTrainSettings) -> dict | None:
             prepare_output_dir(folder.root, settings.resolved(), settings.objective.overwrite, inputs, defaults, owner)
         state.wait_for_everyone()
         if folder.is_finished():  # post_train.json is written last: this configuration is post-trained already
-            if state.is_main_process:
-                print(f"post-training: {folder.root} is complete ({os.path.basename(folder.summary)}); nothing to do")
+            logger.info(
+                "post-training: %s is complete (%s); nothing to do", folder.root, os.path.basename(folder.summary)
+            )
             return read_mapping(folder.summary)
         return post_train(settings, files, folder, started)
 
@@ -389,8 +391,7 @@ def _budget_plan(
         if probe.is_world_process_zero():
             write_json_atomic(folder.time_budget, plan)
         del probe
-    if PartialState().is_main_process:
-        print(f"post-training: {describe(plan)}")
+    logger.info("post-training: %s", describe(plan))
     return plan
 
 
@@ -439,8 +440,8 @@ def _train_with_eval_losses(
         before = trainer.evaluate()["eval_loss"]
         if trainer.is_world_process_zero():
             write_json_atomic(folder.eval_loss_before, {"eval_loss": before})
-    if resume and trainer.is_world_process_zero():
-        print(f"post-training: resuming from {os.path.basename(resume)}")
+    if resume:
+        logger.info("post-training: resuming from %s", os.path.basename(resume))
     trainer.train(resume_from_checkpoint=resume)
     return before, trainer.evaluate()["eval_loss"] if has_eval else None
 
@@ -455,14 +456,18 @@ def _save_post_trained(folder: PostTrainFolder, model, tokenizer, preprocessing:
     for leftover in (folder.eval_loss_before, folder.time_budget):  # their content is in the summary
         with contextlib.suppress(FileNotFoundError):
             os.remove(leftover)
+
+
+def describe_post_training(summary: dict, folder: str) -> str:
+    """post_train.json's summary as `post_train.py` prints it."""
     before, after = summary["eval_loss_before"], summary["eval_loss_after"]
     budget = summary.get("time_budget")
     took = f" in {summary['seconds'] / 60:.1f} min" + (
         f" of a {budget['time_budget_minutes']:g}-minute budget" if budget else ""
     )
-    print(
+    return (
         f"post-trained {summary['base_model']} ({summary['objective']}) on {summary['train_rows']} rows, "
         f"{summary['steps']} steps{took}; held-out {summary['objective'].upper()} loss "
         f"{before if before is None else round(before, 4)} -> {after if after is None else round(after, 4)}; "
-        f"saved to {folder.root}"
+        f"saved to {folder}"
     )
