@@ -6,13 +6,20 @@
 #   diff before.txt after.txt
 # The code is the checkout the script sits in; OUT (default: a temporary folder) receives the run.
 set -euo pipefail
-# math libraries that pick their thread count by the machine's load round differently when something else runs:
-# a fixed count, and still compare only runs that had the machine to themselves
-export MKL_DYNAMIC=FALSE OMP_DYNAMIC=FALSE
+# one thread: with two, the same revision's quickstart differs from run to run in the last digits (CPU kernels that
+# split a sum between threads), and a digest compares nothing; run it with the machine to itself
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 MKL_DYNAMIC=FALSE
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
 run=$OUT/quickstart
+# the offline backbone's WordPiece vocabulary is not the same from one run to the next (the tokenizers trainer
+# breaks ties between equally frequent pieces in hash order): SEED_RUN=OTHER_OUT/quickstart starts this run from
+# another run's set-up (its claimed folder and backbone, no fold), so two revisions are compared on one vocabulary
+if [ -n "${SEED_RUN:-}" ]; then
+    mkdir -p "$run" && cp -r "$SEED_RUN/backbone" "$run/backbone"
+    cp "$SEED_RUN/config.yaml" "$SEED_RUN/inputs.json" "$SEED_RUN/.nikl_emotion_folder.json" "$run/"
+fi
 python train.py configs/quickstart.yaml --output_dir "$run" > "$OUT/train.log" 2>&1
 python inference.py --checkpoint "$run"/fold_*/best --input data/sample_dev.jsonl \
     --output "$run/dev_submission.jsonl" --probs "$run/dev_probs.jsonl" > "$OUT/inference.log" 2>&1
