@@ -87,6 +87,29 @@ def test_one_entry_point_lists_and_runs_the_commands():
     assert unknown.returncode == 2 and "unknown command" in unknown.stderr
 
 
+def test_every_top_level_script_runs_as_a_process_of_its_own():
+    """The suite runs commands in-process (conftest.run_cli); here each script is a real interpreter, as a user
+    starts it: its usage on --help, and a PipelineError as one `error:` line and exit code 1."""
+    # each script's `if __name__ == "__main__"` wrapper, run as `python SCRIPT.py --help` is (one interpreter)
+    scripts = ("train", "distill", "post_train", "inference", "ensemble", "score", "report", "export")
+    runner = (
+        "import runpy, sys\n"
+        f"for script in {scripts!r}:\n"
+        "    sys.argv = [script + '.py', '--help']\n"
+        "    try:\n"
+        "        runpy.run_path(script + '.py', run_name='__main__')\n"
+        "    except SystemExit as exited:\n"
+        "        print(f'{script} exit {exited.code}')\n"
+    )
+    shown = run_cli("-c", runner, subprocess=True)
+    for script in scripts:
+        assert f"{script} exit 0" in shown.stdout, shown.stdout[-2000:] + shown.stderr[-2000:]
+    assert shown.stdout.lower().count("usage:") >= len(scripts)
+    refused = run_cli("score.py", SAMPLE_DEV, ROOT / "no-such-file.jsonl", subprocess=True, check=False)
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("error: ")]
+    assert refused.returncode == 1 and len(errors) == 1 and "no-such-file.jsonl" in errors[0], refused.stderr
+
+
 def test_tensorboard_logs_survive_the_run(tmp_path):
     pytest.importorskip("tensorboard")
     out = tmp_path / "tb"
