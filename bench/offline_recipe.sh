@@ -24,7 +24,7 @@ t1=$(date +%s)
 python train.py configs/offline-cpu.yaml --model_name_or_path "$PT" --train_files "$DATA/train.jsonl" \
   --test_file "$DATA/dev.jsonl" --output_dir "$NEURAL" --seed "$SEED" --overwrite true | grep -a "^decision"
 t2=$(date +%s)
-python train.py configs/offline-cpu.yaml --model_name_or_path ngram:tfidf --train_files "$DATA/train.jsonl" \
+python train.py configs/offline-cpu-ngram.yaml --train_files "$DATA/train.jsonl" \
   --test_file "$DATA/dev.jsonl" --output_dir "$NGRAM" --seed "$SEED" --overwrite true | grep -a "^decision"
 t3=$(date +%s)
 python ensemble.py --runs "$NEURAL" "$NGRAM" --strategy stack --output_dir "$STACK"

@@ -30,7 +30,7 @@ for HEAD in cls target_pool; do
 done
 [ "$STAGE" = all ] || exit 0
 NGRAM=outputs/pool-ngram-s$SEED
-[ -f "$NGRAM/summary.json" ] || python train.py configs/offline-cpu.yaml --model_name_or_path ngram:tfidf \
+[ -f "$NGRAM/summary.json" ] || python train.py configs/offline-cpu-ngram.yaml \
   --train_files "$DATA/train.jsonl" --test_file "$TEST" --output_dir "$NGRAM" --seed "$SEED" --overwrite true > "$NGRAM.log" 2>&1
 for HEAD in cls target_pool; do
   OUT=outputs/pool-$HEAD-all-s$SEED

@@ -102,7 +102,7 @@ def test_bad_yaml_names_the_file(tmp_path):
         parse_config([str(bad)])
 
 
-TRAIN_CONFIGS = ["quickstart", "nikl-offline", "offline-cpu", "kcelectra-base", "reference-recipe"]
+TRAIN_CONFIGS = ["quickstart", "nikl-offline", "offline-cpu", "offline-cpu-ngram", "kcelectra-base", "reference-recipe"]
 POST_TRAIN_CONFIGS = ["post_train-quickstart", "post_train-offline", "post_train-kcelectra"]
 # (post-training config, the fine-tuning config that starts from its output)
 RECIPES = [
@@ -138,6 +138,16 @@ def test_bundled_configs_parse_and_validate(name):
 def test_recipe_stages_prepare_text_the_same_way(post_train, fine_tune):
     learned = Preprocessing.from_data_args(parse_bundled(post_train).data)
     assert Preprocessing.from_data_args(parse_bundled(fine_tune).data) == learned
+
+
+def test_the_recipes_stack_members_share_their_folds_and_text():
+    """The offline recipe's n-gram stage has its own config (the encoder's keys do not apply to it); what the stack
+    needs equal to the fine-tuning stage, the folds and the cleaning, is equal."""
+    neural, ngram = parse_bundled("offline-cpu"), parse_bundled("offline-cpu-ngram")
+    assert ngram.model.model_name_or_path == "ngram:tfidf" and neural.model.classifier_head == "target_pool"
+    assert (ngram.kfold.num_folds, ngram.training.seed) == (neural.kfold.num_folds, neural.training.seed)
+    assert ngram.data.train_files == neural.data.train_files
+    assert Preprocessing.from_data_args(ngram.data).cleaning == Preprocessing.from_data_args(neural.data).cleaning
 
 
 def test_every_config_dataclass_validates_itself_however_it_is_built(tmp_path):
