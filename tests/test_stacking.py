@@ -2,6 +2,7 @@
 
 import importlib
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -137,6 +138,14 @@ def test_runs_of_other_folds_or_options_are_refused(tiny_run, tmp_path):
     )
     assert refused.returncode == 1 and "its folds differ" in refused.stderr
     assert not (tmp_path / "s.jsonl").exists()
+    # a copied run is the same model twice: its duplicated features would raise the nested estimate for nothing
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_run, copy)
+    refused = run_cli(
+        "ensemble.py", "--runs", tiny_run, copy, "--strategy", "stack", "--output", tmp_path / "c.jsonl", check=False
+    )
+    assert refused.returncode == 1 and "its out-of-fold probabilities are" in refused.stderr
+    assert not (tmp_path / "c.jsonl").exists()
     # an output inside a stacked run would replace that run's own files
     fold_file = three_folds / "fold_0" / "val_probs.jsonl"
     before = fold_file.read_bytes()

@@ -67,7 +67,8 @@ class RunMember:
 
 
 def check_same_folds(members: list[RunMember]) -> None:
-    """Stacking needs the same training rows in the same folds and the same test rows in every run."""
+    """Stacking needs the same training rows in the same folds and the same test rows in every run, and members that
+    are different models (no two with the same out-of-fold probabilities)."""
     first = members[0]
     for other in members[1:]:
         if other.ids != first.ids:
@@ -81,6 +82,13 @@ def check_same_folds(members: list[RunMember]) -> None:
             )
         if other.test_ids != first.test_ids:
             raise PipelineError(f"{other.path}: its test rows differ from {first.path}'s")
+    for j, other in enumerate(members):
+        for earlier in members[:j]:
+            if np.array_equal(other.oof, earlier.oof):
+                raise PipelineError(
+                    f"{other.path}: its out-of-fold probabilities are {earlier.path}'s to the last digit (a copy of "
+                    "that run?): a stack would count one model twice and its nested estimate would rise for nothing"
+                )
 
 
 def _why_folds_differ(first: RunMember, other: RunMember) -> str:
