@@ -5,8 +5,10 @@ written here trains, saves, loads and exports), the public surface of each modul
 commands print."""
 
 import ast
+import functools
 import importlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,13 +26,20 @@ from nikl_emotion.training.config_checks import parse_config
 from nikl_emotion.training.kfold import run_training
 
 
+@functools.cache
+def package_trees() -> tuple[tuple[Path, ast.Module], ...]:
+    """Every module of the package, parsed once for all the checks below: (path, syntax tree)."""
+    paths = sorted((ROOT / "nikl_emotion").rglob("*.py"))
+    return tuple((path, ast.parse(path.read_text(encoding="utf-8"))) for path in paths)
+
+
 def package_imports() -> dict[str, set[str]]:
     """module -> the `nikl_emotion` modules it imports, at module level or inside functions."""
     graph: dict[str, set[str]] = {}
-    for path in (ROOT / "nikl_emotion").rglob("*.py"):
+    for path, tree in package_trees():
         name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
         imported = set()
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("nikl_emotion"):
                 imported.add(node.module)
             elif isinstance(node, ast.Import):
@@ -89,11 +98,11 @@ def test_no_backend_type_branch_outside_the_backend_modules():
     module listed in backends/registry.py."""
     type_tests = {"is_ngram", "is_ngram_folder", "NGRAM_PREFIX", "NgramClassifier", "train_ngram", "train_ngram_fold"}
     found = []
-    for path in (ROOT / "nikl_emotion").rglob("*.py"):
+    for path, tree in package_trees():
         module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
         if module in BACKEND_MODULES:
             continue
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        for node in ast.walk(tree):
             name = node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else None
             if name in type_tests:
                 found.append(f"{module}:{node.lineno} {name}")
@@ -165,8 +174,8 @@ def test_the_package_has_no_import_cycles():
 
 def test_no_function_is_longer_than_sixty_lines():
     long = []
-    for path in (ROOT / "nikl_emotion").rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for path, tree in package_trees():
+        for node in ast.walk(tree):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60:
                 long.append(
                     f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
@@ -179,8 +188,8 @@ def test_no_function_takes_more_than_six_parameters():
     `DecisionRule`), not one argument each; `self`, `cls`, `*args` and `**kwargs` are not counted. A dataclass's
     generated constructor is not a function written here."""
     many = []
-    for path in (ROOT / "nikl_emotion").rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for path, tree in package_trees():
+        for node in ast.walk(tree):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 arguments = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
                 named = [a.arg for a in arguments if a.arg not in ("self", "cls")]
@@ -217,8 +226,8 @@ def test_a_program_is_handed_one_settings_object():
     # one `train_fold` per meaning: the backends' method; the K-fold loop and the programs call it
     defined = [
         f"{path.relative_to(ROOT)}:{node.name}"
-        for path in (ROOT / "nikl_emotion").rglob("*.py")
-        for node in ast.parse(path.read_text(encoding="utf-8")).body
+        for path, tree in package_trees()
+        for node in tree.body
         if isinstance(node, ast.FunctionDef) and node.name == "train_fold"
     ]
     assert not defined, defined
@@ -234,8 +243,8 @@ def test_backend_names_only_what_trains_a_fold():
     trainers = {type(backend).__name__ for backend in BACKENDS} | {"FoldBackend"}
     named = [
         f"{path.relative_to(ROOT)}:{node.lineno} {node.name}"
-        for path in (ROOT / "nikl_emotion").rglob("*.py")
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        for path, tree in package_trees()
+        for node in ast.walk(tree)
         if isinstance(node, ast.ClassDef) and "Backend" in node.name and node.name not in trainers
     ]
     assert not named, named
@@ -252,9 +261,9 @@ def test_only_the_commands_print():
     for (tables, paths) is printed by the command that was asked."""
     printing = [
         f"{path.relative_to(ROOT)}:{node.lineno}"
-        for path in (ROOT / "nikl_emotion").rglob("*.py")
+        for path, tree in package_trees()
         if "commands" not in path.parts and path.name != "__main__.py"
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        for node in ast.walk(tree)
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print"
     ]
     assert not printing, printing
@@ -351,17 +360,16 @@ def test_an_unregistered_head_cannot_reach_the_model_builder(tmp_path):
         register_head(type(head_named("cls"))())  # a second `cls`
 
 
-def module_files():
-    for path in sorted((ROOT / "nikl_emotion").rglob("*.py")):
-        yield ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"), path
+def module_trees():
+    for path, tree in package_trees():
+        yield ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"), tree
 
 
 def test_every_module_names_its_public_surface_and_keeps_helpers_private():
     """`__all__` in each module with public names: every name it lists exists, and every top-level name defined
     without a leading underscore is listed (a helper's name starts with one)."""
     problems = []
-    for module, path in module_files():
-        tree = ast.parse(path.read_text(encoding="utf-8"))
+    for module, tree in module_trees():
         defined = []
         for node in tree.body:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):

@@ -130,14 +130,12 @@ def test_train_refuses_a_post_training_folder(post_trained, capsys, monkeypatch)
 
 
 def test_overwrite_replaces_only_the_commands_own_files(post_trained, tmp_path):
-    from nikl_emotion.folders.folder_kind import FolderOwner, prepare_output_dir
-    from nikl_emotion.folders.run_folder import PostTrainFolder
+    from nikl_emotion.folders.folder_kind import POST_TRAIN_OWNER, prepare_output_dir
 
     folder = tmp_path / "post"
     shutil.copytree(post_trained, folder)
     (folder / "NOTES.md").write_text("mine", encoding="utf-8")
-    owner = FolderOwner("post-training", PostTrainFolder.is_run_file, lambda path: PostTrainFolder(path).has_results())
-    prepare_output_dir(str(folder), {"mlm_probability": 0.3}, True, owner=owner)
+    prepare_output_dir(str(folder), {"mlm_probability": 0.3}, True, owner=POST_TRAIN_OWNER)
     assert sorted(p.name for p in folder.iterdir()) == sorted(
         [".post_train.lock", KIND_FILE, "NOTES.md", "config.yaml"]
     )

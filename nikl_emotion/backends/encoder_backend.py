@@ -145,12 +145,13 @@ class EncoderBackend:
         techniques = settings.techniques
         cause = likely_cause(training.learning_rate, techniques.adversarial, techniques.adversarial_epsilon)
         trainer = self.fold_trainer(settings, data, folder)
+        val_rows = data.val_rows  # `select`ed once: predicted, scored and written
         guard = DivergenceGuard(data.fold, cause)
         trainer.add_callback(guard)
         try:
             _train_resuming(trainer, folder, data.fold)
             guard.raise_if_diverged()
-            val_probs = predict_in_order(trainer, data.preprocessing, data.val_rows)  # every rank predicts its share
+            val_probs = predict_in_order(trainer, data.preprocessing, val_rows)  # every rank predicts its share
             test_probs = (
                 predict_in_order(trainer, data.preprocessing, data.encoded_test)
                 if data.encoded_test is not None
@@ -165,10 +166,10 @@ class EncoderBackend:
             raise
         result: dict = {}
         if trainer.is_world_process_zero():
-            result = score(np.asarray(data.val_rows["labels"]), fixed_rule(settings.kfold).decide(val_probs))
+            result = score(np.asarray(val_rows["labels"]), fixed_rule(settings.kfold).decide(val_probs))
             self.save_best(settings, trainer, data, folder, result)
             result.update(_fold_state(trainer, data))
-            write_fold_outputs(folder, data.val_rows, val_probs, data.encoded_test, test_probs, result)
+            write_fold_outputs(folder, val_rows, val_probs, data.encoded_test, test_probs, result)
             push_fold(training, folder.best, data.fold)
         end_fold_tracking()
         trainer.accelerator.wait_for_everyone()

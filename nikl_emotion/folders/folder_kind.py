@@ -51,6 +51,8 @@ __all__ = [
     "FolderOwner",
     "prepare_output_dir",
     "OWN_NAMES",
+    "POST_TRAIN_OWNER",
+    "STUDENT_OWNER",
     "check_not_a_folders_own_file",
 ]
 
@@ -216,6 +218,14 @@ class FolderOwner:
 
 
 _RUN_OWNER = FolderOwner()
+POST_TRAIN_OWNER = FolderOwner(
+    "post-training", PostTrainFolder.is_run_file, lambda folder: PostTrainFolder(folder).has_results()
+)
+STUDENT_OWNER = FolderOwner(
+    "distillation",
+    lambda name: name in STUDENT_FILES,
+    lambda folder: os.path.isdir(os.path.join(folder, "best")),  # the student's one checkpoint
+)
 
 
 def prepare_output_dir(
@@ -257,8 +267,8 @@ def prepare_output_dir(
 OWN_NAMES = {
     "run": lambda name: is_run_file(name) or name in HP_SEARCH_FILES,
     "fold": lambda name: name in FoldFolder.file_names(),
-    "post-training": PostTrainFolder.is_run_file,
-    "distillation": lambda name: name in STUDENT_FILES,
+    "post-training": POST_TRAIN_OWNER.is_run_file,
+    "distillation": STUDENT_OWNER.is_run_file,
     "export": lambda name: name in EXPORT_FILES or SAVED_MODEL_FILE.fullmatch(name) is not None,
     "checkpoint": lambda name: name == MODEL_CARD_FILE or SAVED_MODEL_FILE.fullmatch(name) is not None,
     "stack": lambda name: name in property_names(StackFolder),

@@ -58,10 +58,9 @@ from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.fileio import read_probs, write_json_atomic, write_submission
 from nikl_emotion.decisions.decision import fixed_rule
 from nikl_emotion.decisions.metrics import score
-from nikl_emotion.folders.folder_kind import FolderOwner, check_output_folder, prepare_output_dir
+from nikl_emotion.folders.folder_kind import STUDENT_OWNER, check_output_folder, prepare_output_dir
 from nikl_emotion.folders.run_folder import (
     DISTILL_FILE,
-    STUDENT_FILES,
     SUBMISSION_FILE,
     FoldFolder,
     RunFolder,
@@ -231,15 +230,8 @@ def _claim_student_folder(settings: DistillSettings) -> None:
         settings.run.kfold.overwrite,
         inputs,
         field_defaults(*ARGUMENT_CLASSES[:-1], DistillArguments),
-        _STUDENT_OWNER,
+        STUDENT_OWNER,
     )
-
-
-_STUDENT_OWNER = FolderOwner(
-    kind="distillation",
-    is_run_file=lambda name: name in STUDENT_FILES,
-    has_results=lambda folder: os.path.isdir(os.path.join(folder, "best")),
-)
 
 
 def _student_fold_data(settings: DistillSettings, files: TaskFiles, teacher: _TeacherTargets) -> FoldData:

@@ -59,7 +59,7 @@ from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.fileio import write_json_atomic
 from nikl_emotion.base.locking import exclusive
 from nikl_emotion.base.vocabulary import MAX_UNKNOWN_RATE, is_offline
-from nikl_emotion.folders.folder_kind import FolderOwner, check_output_folder, prepare_output_dir
+from nikl_emotion.folders.folder_kind import POST_TRAIN_OWNER, check_output_folder, prepare_output_dir
 from nikl_emotion.folders.run_folder import PostTrainFolder, input_digests, last_complete_checkpoint, read_mapping
 from nikl_emotion.text.batching import padded_width
 from nikl_emotion.text.encoding import add_marker_tokens, tokenize_batch
@@ -291,10 +291,11 @@ def run_post_training(settings: PostTrainSettings) -> dict | None:
     with contextlib.ExitStack() as held:
         if state.is_main_process:  # one post-training per folder at a time
             held.enter_context(exclusive(folder.lock, folder.root))
-            owner = FolderOwner("post-training", folder.is_run_file, lambda _: folder.has_results())
             defaults = field_defaults(ModelArguments, PostTrainDataArguments, MLMArguments)
             inputs = input_digests(settings.data.train_files)
-            prepare_output_dir(folder.root, settings.resolved(), settings.objective.overwrite, inputs, defaults, owner)
+            prepare_output_dir(
+                folder.root, settings.resolved(), settings.objective.overwrite, inputs, defaults, POST_TRAIN_OWNER
+            )
         state.wait_for_everyone()
         if folder.is_finished():  # post_train.json is written last: this configuration is post-trained already
             logger.info(
