@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -66,7 +67,16 @@ from nikl_emotion.text.encoding import add_marker_tokens, tokenize_batch
 from nikl_emotion.text.preprocessing import Preprocessing, TaskFiles, check_unknown_rate, load_task_files
 from nikl_emotion.training.config_checks import check_pretokenizer, check_settings_resources, validate_reporting
 from nikl_emotion.training.rtd import ReplacedTokenDetection, check_rtd_backbone
-from nikl_emotion.training.time_budget import describe, measure_step_seconds, plan_steps
+from nikl_emotion.training.time_budget import (
+    BudgetClock,
+    carried_out,
+    check_clock_schedule,
+    clock_schedule,
+    describe,
+    describe_carried_out,
+    measure_step_seconds,
+    plan_steps,
+)
 
 __all__ = [
     "describe_post_training",
@@ -95,6 +105,8 @@ def parse_post_train_config(argv: list[str]) -> PostTrainSettings:
         check_rtd_backbone(SimpleNamespace(model_type=arch), model_args.model_name_or_path)
     if data_args.validation_fraction == 0 and training_args.eval_strategy != "no":
         raise PipelineError("validation_fraction 0 leaves nothing to evaluate: set eval_strategy: no as well")
+    if settings.objective.time_budget_minutes is not None:
+        check_clock_schedule(training_args)
     return settings
 
 
@@ -262,7 +274,15 @@ class _MLMCollator(DataCollatorForLanguageModeling):
 
 
 class _PostTrainer(LengthListSamplerMixin, Trainer):
-    pass
+    """With a `BudgetClock` (time_budget_minutes), the learning-rate schedule follows the clock, not the steps."""
+
+    budget_clock: BudgetClock | None = None
+
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
+        if self.lr_scheduler is None and self.budget_clock is not None:
+            self.lr_scheduler = clock_schedule(self.args, optimizer or self.optimizer, self.budget_clock)
+            self._created_lr_scheduler = True
+        return super().create_scheduler(num_training_steps, optimizer)
 
 
 @dataclasses.dataclass
@@ -317,14 +337,15 @@ def post_train(settings: PostTrainSettings, files: TaskFiles, folder: PostTrainF
     inputs = _PostTrainInputs(
         model, tokenizer, *_post_training_rows(settings, files.cleaned, tokenizer, files.preprocessing)
     )
-    plan = None
+    plan = clock = None
     if objective.time_budget_minutes is not None:
         plan = _budget_plan(inputs, settings, folder, started)
         settings = dataclasses.replace(
             settings, training=dataclasses.replace(settings.training, max_steps=plan["max_steps"])
         )
         set_seed(settings.training.seed)  # the measured steps drew random numbers: the run starts as it would without
-    trainer = _post_trainer(inputs, settings)
+        clock = BudgetClock(plan["training_seconds"])
+    trainer = _post_trainer(inputs, settings, clock)
     before, after = _train_with_eval_losses(trainer, folder, has_eval=inputs.eval_rows is not None)
     if not trainer.is_world_process_zero():
         return None
@@ -342,7 +363,8 @@ def post_train(settings: PostTrainSettings, files: TaskFiles, folder: PostTrainF
         "seconds": round(time.monotonic() - started, 1),
     }
     if plan is not None:
-        summary["time_budget"] = plan
+        summary["time_budget"] = {**plan, "carried_out": carried_out(clock, trainer.state)}
+        logger.info("post-training: %s", describe_carried_out(summary["time_budget"]))
     _save_post_trained(folder, model, tokenizer, files.preprocessing, summary)
     return summary
 
@@ -380,7 +402,7 @@ def _budget_plan(
             "the file to measure the plan again"
         )
     budget, training_args = settings.objective.time_budget_minutes, settings.training
-    if plan.get("time_budget_minutes") != budget:
+    if plan.get("time_budget_minutes") != budget or "training_seconds" not in plan:  # none, another, or older
         probe = _post_trainer(inputs, settings)
         step_seconds = measure_step_seconds(probe)
         steps_per_epoch = max(1, len(probe.get_train_dataloader()) // training_args.gradient_accumulation_steps)
@@ -396,9 +418,11 @@ def _budget_plan(
     return plan
 
 
-def _post_trainer(inputs: _PostTrainInputs, settings: PostTrainSettings) -> _PostTrainer:
+def _post_trainer(
+    inputs: _PostTrainInputs, settings: PostTrainSettings, clock: BudgetClock | None = None
+) -> _PostTrainer:
     """The post-training Trainer: checkpoints in OUT/checkpoints, logs in OUT/runs; MLM with the vocabulary head on
-    masked positions, or RTD (generator + the discriminator `model`)."""
+    masked positions, or RTD (generator + the discriminator `model`); with `clock`, a schedule on the clock."""
     training_args, mlm_args, model = settings.training, settings.objective, inputs.model
     folder = PostTrainFolder(training_args.output_dir)
     args = dataclasses.replace(
@@ -424,7 +448,16 @@ def _post_trainer(inputs: _PostTrainInputs, settings: PostTrainSettings) -> _Pos
         data_collator=collator,
     )
     keep_tensorboard_logs(trainer, folder.runs)
+    if clock is not None:
+        clock.agree = functools.partial(_slowest, trainer.accelerator)
+        trainer.budget_clock = clock
+        trainer.add_callback(clock)
     return trainer
+
+
+def _slowest(accelerator, progress: float) -> float:
+    """Every process's schedule progress -> the largest (the processes step and stop together)."""
+    return float(accelerator.gather(torch.tensor([progress], device=accelerator.device)).max())
 
 
 def _train_with_eval_losses(
