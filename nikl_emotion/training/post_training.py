@@ -66,6 +66,7 @@ from nikl_emotion.text.batching import padded_width
 from nikl_emotion.text.encoding import add_marker_tokens, tokenize_batch
 from nikl_emotion.text.preprocessing import Preprocessing, TaskFiles, check_unknown_rate, load_task_files
 from nikl_emotion.training.config_checks import check_pretokenizer, check_settings_resources, validate_reporting
+from nikl_emotion.training.packing import pack_rows
 from nikl_emotion.training.rtd import ReplacedTokenDetection, check_rtd_backbone
 from nikl_emotion.training.time_budget import (
     BudgetClock,
@@ -83,12 +84,15 @@ __all__ = [
     "parse_post_train_config",
     "mlm_model_and_tokenizer",
     "use_masked_positions_head",
+    "HELD_OUT_MLM_PROBABILITY",
     "run_post_training",
     "post_train",
 ]
 
 
 logger = logging.getLogger(__name__)
+
+HELD_OUT_MLM_PROBABILITY = 0.15  # the held-out loss's masking rate, whatever the training's: runs compare
 
 
 def parse_post_train_config(argv: list[str]) -> PostTrainSettings:
@@ -208,10 +212,9 @@ def _masked_positions_forward(model: torch.nn.Module, head: torch.nn.Module):
     model's own (cross-entropy over the positions with a label), but the head, the most expensive layer of a small
     model with a large vocabulary, costs ~15% of what it costs on every token."""
 
-    def forward(input_ids, attention_mask=None, token_type_ids=None, labels=None, num_items_in_batch=None, **_):
+    def forward(input_ids, attention_mask=None, labels=None, num_items_in_batch=None, **optional):
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if token_type_ids is not None:
-            inputs["token_type_ids"] = token_type_ids
+        inputs |= {k: optional[k] for k in ("token_type_ids", "position_ids") if optional.get(k) is not None}
         hidden = model.base_model(**inputs).last_hidden_state
         selected = labels != -100
         logits = head(hidden[selected]).float()
@@ -259,24 +262,39 @@ def _mlm_encode(
 
 
 class _MLMCollator(DataCollatorForLanguageModeling):
-    """Drops `length` (kept in the dataset for the length-grouped sampler) and pads `offset_mapping` (whole-word
-    masking), which the tokenizer's `pad` leaves ragged, to the batch width before masking."""
+    """Drops `length` (kept in the dataset for the length-grouped sampler) and pads what the tokenizer's `pad` leaves
+    ragged to the batch width before masking: `offset_mapping` (whole-word masking) and `position_ids` (packed
+    blocks)."""
+
+    _RAGGED = {"offset_mapping": [0, 0], "position_ids": 0}
 
     def __call__(self, features, return_tensors=None):
         features = [{k: v for k, v in f.items() if k != "length"} for f in features]
-        if "offset_mapping" in features[0]:
+        ragged = {name: fill for name, fill in self._RAGGED.items() if name in features[0]}
+        if ragged:
             width = padded_width(np.array([len(f["input_ids"]) for f in features]), self.pad_to_multiple_of)
             features = [
-                {**f, "offset_mapping": list(f["offset_mapping"]) + [[0, 0]] * (width - len(f["offset_mapping"]))}
+                {**f, **{name: list(f[name]) + [fill] * (width - len(f[name])) for name, fill in ragged.items()}}
                 for f in features
             ]
         return super().__call__(features, return_tensors)
 
 
 class _PostTrainer(LengthListSamplerMixin, Trainer):
-    """With a `BudgetClock` (time_budget_minutes), the learning-rate schedule follows the clock, not the steps."""
+    """With a `BudgetClock` (time_budget_minutes), the learning-rate schedule follows the clock, not the steps; the
+    held-out rows are masked by `eval_collator` (at the fixed held-out rate), the training rows by `data_collator`."""
 
     budget_clock: BudgetClock | None = None
+    eval_collator: DataCollatorForLanguageModeling | None = None
+
+    def evaluate(self, *args, **kwargs):
+        if self.eval_collator is None:
+            return super().evaluate(*args, **kwargs)
+        training_collator, self.data_collator = self.data_collator, self.eval_collator
+        try:
+            return super().evaluate(*args, **kwargs)
+        finally:
+            self.data_collator = training_collator
 
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
         if self.lr_scheduler is None and self.budget_clock is not None:
@@ -383,10 +401,14 @@ def _post_training_rows(
     encoded = encoded.filter(
         lambda lengths: [n > 2 for n in lengths], input_columns="length", batched=True, desc="dropping empty rows"
     )
-    if settings.data.validation_fraction <= 0:
-        return encoded, None
-    split = encoded.train_test_split(test_size=settings.data.validation_fraction, seed=training_args.seed)
-    return split["train"], split["test"]
+    held_out = None
+    if settings.data.validation_fraction > 0:
+        split = encoded.train_test_split(test_size=settings.data.validation_fraction, seed=training_args.seed)
+        encoded, held_out = split["train"], split["test"]
+    if settings.objective.pack_sequences:
+        with training_args.main_process_first(desc="packing"):
+            encoded = pack_rows(encoded, preprocessing.max_seq_length)
+    return encoded, held_out
 
 
 def _budget_plan(
@@ -430,14 +452,19 @@ def _post_trainer(
     )
     if mlm_args.objective == "rtd":
         model = ReplacedTokenDetection(model, mlm_args.rtd_generator_size, mlm_args.rtd_discriminator_weight)
-    else:
+    elif mlm_args.masked_positions_head:
         use_masked_positions_head(model)
-    collator = _MLMCollator(
-        inputs.tokenizer,
-        mlm_probability=mlm_args.mlm_probability,
-        whole_word_mask=mlm_args.whole_word_mask,
-        pad_to_multiple_of=8 if torch.cuda.is_available() else None,
-        seed=training_args.seed,
+    if mlm_args.pretraining_dropout is not None:
+        _set_dropout(model, mlm_args.pretraining_dropout)
+    collator, eval_collator = (
+        _MLMCollator(
+            inputs.tokenizer,
+            mlm_probability=probability,
+            whole_word_mask=mlm_args.whole_word_mask,
+            pad_to_multiple_of=8 if torch.cuda.is_available() else None,
+            seed=training_args.seed,
+        )
+        for probability in (mlm_args.mlm_probability, HELD_OUT_MLM_PROBABILITY)
     )
     trainer = _PostTrainer(
         model=model,
@@ -448,11 +475,20 @@ def _post_trainer(
         data_collator=collator,
     )
     keep_tensorboard_logs(trainer, folder.runs)
+    trainer.eval_collator = eval_collator
     if clock is not None:
         clock.agree = functools.partial(_slowest, trainer.accelerator)
         trainer.budget_clock = clock
         trainer.add_callback(clock)
     return trainer
+
+
+def _set_dropout(model: torch.nn.Module, probability: float) -> None:
+    """Every dropout of `model` (embeddings, attention, hidden; generator too) at `probability` while it
+    post-trains. The config is left alone, so the saved folder fine-tunes with the model's own dropout."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = probability
 
 
 def _slowest(accelerator, progress: float) -> float:

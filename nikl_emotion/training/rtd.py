@@ -84,10 +84,9 @@ class ReplacedTokenDetection(torch.nn.Module):
         tokens = self.discriminator.electra.embeddings.word_embeddings.weight
         return F.linear(self.generator_predictions(hidden), tokens, self.generator_bias).float()
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, num_items_in_batch=None, **_):
+    def forward(self, input_ids, attention_mask=None, labels=None, num_items_in_batch=None, **optional):
         inputs = {"attention_mask": attention_mask}
-        if token_type_ids is not None:
-            inputs["token_type_ids"] = token_type_ids
+        inputs |= {k: optional[k] for k in ("token_type_ids", "position_ids") if optional.get(k) is not None}
         selected = labels != -100
         # the generator's vocabulary layer runs on the masked positions only (the costly part of a small model)
         logits = self.generator_logits(self.generator(input_ids=input_ids, **inputs).last_hidden_state[selected])
