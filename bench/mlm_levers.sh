@@ -18,6 +18,7 @@ declare -A LEVERS=(
   [packed]="--pack_sequences true --per_device_train_batch_size 16"
   [mask40]="--mlm_probability 0.4"
   [one_cycle]="--warmup_steps 0.5"
+  [no_dropout_mask40]="--pretraining_dropout 0 --mlm_probability 0.4"
 )
 ORDER=${*:-today no_dropout packed mask40 one_cycle dense_head}
 for lever in $ORDER; do

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from nikl_emotion.training.folds import make_folds
+from nikl_emotion.training.folds import hold_out, make_folds
 
 
 def random_labels(n=600, seed=0):
@@ -42,3 +42,15 @@ def test_each_fold_keeps_label_proportions():
 def test_too_few_rows_is_an_error():
     with pytest.raises(ValueError, match="cannot be split"):
         make_folds(random_labels(n=3), 5, seed=0)
+
+
+def test_the_early_stopping_share_is_held_out_of_the_training_rows_stratified_and_seeded():
+    labels = random_labels(n=2000)
+    train, val = make_folds(labels, 5, seed=3)[0]
+    kept, held = hold_out(train, labels, 0.1, seed=3)
+    assert not set(kept) & set(held) and sorted([*kept, *held]) == sorted(train) and not set(held) & set(val)
+    assert abs(len(held) / len(train) - 0.1) < 0.01  # iterative stratification: about the share
+    assert np.abs(labels[held].mean(axis=0) - labels[train].mean(axis=0)).max() < 0.03
+    again, _ = hold_out(train, labels, 0.1, seed=3)
+    other, _ = hold_out(train, labels, 0.1, seed=4)
+    assert np.array_equal(kept, again) and not np.array_equal(kept, other)

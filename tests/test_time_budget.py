@@ -46,20 +46,32 @@ def test_a_schedule_that_is_not_a_function_of_the_step_is_refused(tmp_path):
 
 
 def test_the_clock_stops_the_run_when_its_seconds_are_spent_and_a_resumed_one_continues(tmp_path):
-    clock, control = BudgetClock(0.2), TrainerControl()
+    clock, control = BudgetClock(0.4), TrainerControl()
     clock.on_train_begin(None, TrainerState(stateful_callbacks=[clock]), control)
     clock.on_pre_optimizer_step(None, None, control)
     clock.on_step_end(None, None, control)
-    assert not control.should_training_stop and clock.progress < 0.5
+    assert not control.should_training_stop and clock.progress < 0.25
+    time.sleep(0.2)
+    # a checkpoint keeps the seconds spent and the seconds given (trainer_state.json); a resumed run goes on from them
+    TrainerState(global_step=5, stateful_callbacks=[clock]).save_to_json(tmp_path / "trainer_state.json")
+    resumed = BudgetClock(60.0, ends_at=time.monotonic() + 100)
+    resumed.on_train_begin(None, TrainerState.load_from_json(tmp_path / "trainer_state.json"), control)
+    assert resumed.training_seconds == 0.4 and 0.5 <= resumed.progress < 0.75
     time.sleep(0.21)
-    clock.on_pre_optimizer_step(None, None, control)
-    clock.on_step_end(None, None, control)
-    assert control.should_training_stop and clock.progress >= 1.0
-    # a checkpoint keeps the seconds spent (trainer_state.json); a resumed run starts from them
-    TrainerState(stateful_callbacks=[clock]).save_to_json(tmp_path / "trainer_state.json")
-    resumed = BudgetClock(0.4)
-    resumed.on_train_begin(None, TrainerState.load_from_json(tmp_path / "trainer_state.json"), TrainerControl())
-    assert 0.5 <= resumed.progress < 0.7
+    resumed.on_pre_optimizer_step(None, None, control)
+    resumed.on_step_end(None, None, control)
+    assert control.should_training_stop and resumed.progress >= 1.0
+    resumed.on_train_end(None, None, control)
+    ended = resumed.spent_seconds()
+    time.sleep(0.05)
+    assert resumed.spent_seconds() == ended  # what follows training is not training time
+
+
+def test_a_fresh_run_gets_the_seconds_left_until_its_end_less_the_final_evaluation():
+    clock = BudgetClock(100.0, ends_at=time.monotonic() + 10.0)
+    clock.reserve_seconds = 2.0
+    clock.on_train_begin(None, TrainerState(stateful_callbacks=[clock]), TrainerControl())
+    assert 7.5 < clock.training_seconds <= 8.0
 
 
 def test_a_run_slowed_after_its_measurement_still_ends_its_schedule_within_the_budget(tmp_path, monkeypatch):
@@ -88,5 +100,6 @@ def test_a_run_slowed_after_its_measurement_still_ends_its_schedule_within_the_b
     assert took <= budget * 60 and summary["seconds"] <= budget * 60, (took, summary)
     assert done["schedule_progress"] == 1.0 and summary["steps"] == done["steps"]
     assert done["steps"] < plan["expected_steps"] / 2  # each step took several times what was measured
-    assert done["training_seconds"] == pytest.approx(plan["training_seconds"], abs=1.0)
+    assert done["training_seconds"] == pytest.approx(done["training_seconds_given"], abs=1.0)
+    assert done["training_seconds_given"] <= plan["training_seconds"]
     assert "the budget's schedule ran to 100%" in result.stderr

@@ -190,7 +190,7 @@ def predict_in_order(trainer: Trainer, preprocessing: Preprocessing, rows: Datas
 
 def fold_trainer_inputs(train_rows: Dataset, val_rows: Dataset, tokenizer, settings: RunSettings) -> dict:
     """EmotionTrainer's data, collator, metric, early stopping, loss and techniques for one fold (train_fold and the
-    HP search)."""
+    HP search); `val_rows` are the rows that choose the epoch (FoldData.choosing_rows)."""
     columns = [c for c in TRAINER_COLUMNS if c in train_rows.column_names]
     kfold_args, loss_args, techniques = settings.kfold, settings.loss, settings.techniques
     callbacks = (

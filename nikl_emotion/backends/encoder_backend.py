@@ -82,6 +82,7 @@ class EncoderBackend:
     supports_onnx_export = True
     supports_multi_process = True
     supports_lora = False
+    supports_early_stopping_split = True
 
     @property
     def heads(self) -> tuple[str, ...]:
@@ -189,7 +190,7 @@ class EncoderBackend:
             remove_unused_columns=False,
             **fold_trainer_settings(training, data.fold),
         )
-        inputs = fold_trainer_inputs(data.train_rows, data.val_rows, tokenizer, settings)
+        inputs = fold_trainer_inputs(data.train_rows, data.choosing_rows, tokenizer, settings)
         trainer = EmotionTrainer(model=model, args=fold_args, **inputs)
         keep_tensorboard_logs(trainer, folder.runs)
         return trainer
@@ -345,6 +346,9 @@ def _fold_state(trainer: EmotionTrainer, data: FoldData) -> dict:
         "epochs_run": trainer.state.epoch,
         "train_rows": int(len(data.train_index)),
         "pseudo_label_rows": pseudo_label_rows(data),
+        # which rows chose the epoch: the validation rows (its scores above are then optimistic) or held-out ones
+        "epoch_chosen_on": "validation_rows" if data.stop_index is None else "early_stopping_split",
+        "early_stopping_rows": 0 if data.stop_index is None else int(len(data.stop_index)),
     }
 
 

@@ -52,7 +52,8 @@ class FoldBackend(Protocol):
     (`post_train.py` continues its pretraining), `supports_hp_search` (`train.py --hp-search`),
     `supports_distillation` (it can be `distill.py`'s student), `supports_onnx_export` (`export.py`),
     `supports_multi_process` (it may run under `accelerate launch`), `supports_lora` (LoRA adapters; `check_lora`
-    checks what they need) and `heads` (the `classifier_head` values it builds; empty for a model without one)."""
+    checks what they need), `supports_early_stopping_split` (its training chooses an epoch, on held-out rows if
+    asked) and `heads` (the `classifier_head` values it builds; empty for a model without one)."""
 
     name: str
     supports_techniques: bool
@@ -62,6 +63,7 @@ class FoldBackend(Protocol):
     supports_onnx_export: bool
     supports_multi_process: bool
     supports_lora: bool
+    supports_early_stopping_split: bool
     heads: tuple[str, ...]
 
     def matches(self, model_name_or_path: str) -> bool: ...
@@ -106,6 +108,8 @@ class FoldData:
     backbone: str
     preprocessing: Preprocessing
     extra_train_rows: Dataset | None = None  # pseudo-labelled rows, training only (pseudo_labels.py)
+    # early_stopping_split: rows of the fold's training share, held out of train_index, that choose the epoch
+    stop_index: np.ndarray | None = None
 
     @property
     def train_rows(self) -> Dataset:
@@ -117,6 +121,12 @@ class FoldData:
     @property
     def val_rows(self) -> Dataset:
         return self.encoded.select(self.val_index)
+
+    @property
+    def choosing_rows(self) -> Dataset:
+        """The rows that choose the epoch (early stopping, the best checkpoint): the held-out share of the training
+        rows with `early_stopping_split`, else the validation rows."""
+        return self.val_rows if self.stop_index is None else self.encoded.select(self.stop_index)
 
 
 def pseudo_label_rows(data: FoldData) -> int:

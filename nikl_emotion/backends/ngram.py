@@ -235,6 +235,7 @@ class NgramBackend:
     supports_multi_process = False
     heads = ()
     supports_lora = False
+    supports_early_stopping_split = False  # it chooses no epoch: its out-of-fold probabilities are unseen already
 
     def matches(self, model_name_or_path: str) -> bool:
         return is_ngram(model_name_or_path)

@@ -282,6 +282,15 @@ class KFoldArguments:
     early_stopping_patience: int = field(
         default=3, metadata={"help": "Epochs without a better validation micro-F1 before stopping; 0 disables."}
     )
+    early_stopping_split: float = field(
+        default=0.0,
+        metadata={
+            "help": "Share of each fold's training rows held out (multi-label stratified, seeded) to choose the "
+            "epoch: early stopping and the best checkpoint. The fold's validation rows then choose nothing, so the "
+            "out-of-fold probabilities (and the stack and rules fitted on them) are as unseen as a test file's. "
+            "0: the validation rows choose the epoch (optimistic out-of-fold scores)."
+        },
+    )
     threshold: float = field(default=0.5, metadata={"help": "Probability at or above which a label is predicted."})
     fallback_top_label: bool = field(
         default=True, metadata={"help": "An empty prediction takes the top-scoring label."}
@@ -308,6 +317,8 @@ class KFoldArguments:
             raise PipelineError(f"fold: must be in [0, {self.num_folds - 1}], got {self.fold}")
         if self.early_stopping_patience < 0:
             raise PipelineError("early_stopping_patience: must be >= 0")
+        if not (_is_finite(self.early_stopping_split) and 0.0 <= self.early_stopping_split < 0.5):
+            raise PipelineError(f"early_stopping_split: must be in [0, 0.5), got {self.early_stopping_split}")
         check_choice("decision", self.decision, DECISION_MODES)
         if not (_is_finite(self.threshold) and 0 < self.threshold < 1):
             raise PipelineError(f"threshold: must be in (0, 1), got {self.threshold}")
@@ -516,7 +527,7 @@ class MLMArguments:
         default=True,
         metadata={
             "help": "mlm: run the vocabulary head on the masked positions only (the same loss; a small model's "
-            "costliest layer at ~15% of its cost). false: on every position, the model's own forward."
+            "costliest layer at ~15%% of its cost). false: on every position, the model's own forward."
         },
     )
     pretraining_dropout: float | None = field(

@@ -21,7 +21,32 @@ from nikl_emotion.folders.run_folder import RunFolder, read_mapping
 __all__ = [
     "FinishedRun",
     "fold_predictions",
+    "OOF_UNSEEN",
+    "OOF_CHOSE_EPOCH",
+    "oof_kind",
+    "describe_oof_kind",
 ]
+
+# what a run's out-of-fold probabilities saw
+OOF_UNSEEN = "unseen"  # no choice was made on them: a backend that chooses no epoch, or early_stopping_split
+OOF_CHOSE_EPOCH = "chose_epoch"  # they chose each fold's epoch and best checkpoint: their scores are optimistic
+
+
+def oof_kind(config: dict) -> str:
+    """The kind of a run's out-of-fold probabilities, from its resolved config (older runs: their validation rows
+    chose the epoch)."""
+    from nikl_emotion.backends.registry import backend_for
+
+    backend = backend_for(str(config.get("model_name_or_path", "")))
+    if not backend.supports_early_stopping_split or float(config.get("early_stopping_split") or 0) > 0:
+        return OOF_UNSEEN
+    return OOF_CHOSE_EPOCH
+
+
+def describe_oof_kind(kind: str) -> str:
+    if kind == OOF_UNSEEN:
+        return "out-of-fold rows unseen by every choice"
+    return "out-of-fold rows that chose each fold's epoch (optimistic: early_stopping_split holds other rows out)"
 
 
 _CHANGED_TRAINING_FILES = (
@@ -55,6 +80,10 @@ class FinishedRun:
         if with_test:
             run.check_test_probabilities()
         return run
+
+    @property
+    def oof_kind(self) -> str:
+        return oof_kind(self.config)
 
     def refuse(self, why: str):
         raise PipelineError(f"{self.option}: {self.path} is not a finished train.py run ({why})")

@@ -33,12 +33,13 @@ from nikl_emotion.decisions.stacking import Stacker, choose_stack_rule, stack_ru
 from nikl_emotion.decisions.voting import DecisionRule
 from nikl_emotion.folders.folder_kind import check_output_folder, folder_kind, mark_folder, require_kind
 from nikl_emotion.folders.run_folder import StackFolder, read_mapping
-from nikl_emotion.runs.finished_run import FinishedRun
+from nikl_emotion.runs.finished_run import OOF_CHOSE_EPOCH, OOF_UNSEEN, FinishedRun, oof_kind
 from nikl_emotion.text.data import iter_inputs, load_jsonl
 
 __all__ = [
     "RunMember",
     "check_same_folds",
+    "stacked_oof_kind",
     "stack_files",
     "open_stack",
 ]
@@ -64,6 +65,11 @@ class RunMember:
         oof, fold_of_row = run.oof(ids, changed="stack runs of the same training files")
         test_ids, fold_test = run.fold_test()
         return cls(run_dir, list(ids), oof, fold_of_row, test_ids, fold_test, run.config, run.inputs)
+
+
+def stacked_oof_kind(kinds: list[str]) -> str:
+    """The stack's out-of-fold kind: unseen only when every member's is."""
+    return OOF_UNSEEN if all(kind == OOF_UNSEEN for kind in kinds) else OOF_CHOSE_EPOCH
 
 
 def check_same_folds(members: list[RunMember]) -> None:
@@ -183,6 +189,8 @@ def stack_files(
     gold = np.asarray(train["labels"])
     check_same_folds(members)
     result = stack_runs(members, gold, rule.threshold if np.ndim(rule.threshold) == 0 else 0.5, rule.fallback)
+    # the stacker, its rule and its nested estimate are fitted on the members' OOF: as honest as the least of them
+    result["oof_kinds"] = [oof_kind(member.config) for member in members]
     if choose:
         rule, result["decision"] = choose_stack_rule(result, gold, members[0].fold_of_row, rule)
     result["rule"] = rule
@@ -216,6 +224,7 @@ def _write_stack_folder(output_dir: str, run_dirs: list[str], result: dict, test
                 "relative_to_stack": os.path.relpath(os.path.realpath(given), stack_root),
                 "num_folds": run.num_folds,
                 "fingerprint": run.fingerprint(),
+                "oof_kind": run.oof_kind,
             }
         )
     write_json_atomic(
@@ -230,6 +239,7 @@ def _write_stack_folder(output_dir: str, run_dirs: list[str], result: dict, test
                 **({"choice": result["decision"]} if chosen else {}),
             },
             "oof_scores": result["scores"],
+            "oof_kind": stacked_oof_kind(result["oof_kinds"]),
             "test_file": test_file,
             "test_file_sha256": file_digest(test_file),
             "submission": os.path.basename(folder.submission),

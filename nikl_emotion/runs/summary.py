@@ -26,7 +26,7 @@ from nikl_emotion.decisions.thresholds import (
 )
 from nikl_emotion.decisions.voting import ensemble_files
 from nikl_emotion.folders.run_folder import RunFolder, input_digests, inputs_difference, read_mapping
-from nikl_emotion.runs.finished_run import FinishedRun, fold_predictions
+from nikl_emotion.runs.finished_run import FinishedRun, fold_predictions, oof_kind
 from nikl_emotion.runs.report import write_report
 
 __all__ = [
@@ -78,6 +78,7 @@ def summarize(
             "rule": choice["chosen"],
         }
     summary["config"] = read_mapping(run.config)
+    summary["oof_kind"] = oof_kind(summary["config"])  # what the OOF scores and the rule fitted on them saw
     write_json_atomic(run.summary, summary)
     thresholds = {"per_label": dict(zip(LABELS, map(float, per_label))), "global": float(global_threshold)}
     for fold in folds:  # each fold's card gains the run's out-of-fold score and fitted thresholds

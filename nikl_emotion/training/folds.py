@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
-from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+from iterstrat.ml_stratifiers import MultilabelStratifiedKFold, MultilabelStratifiedShuffleSplit
 
 __all__ = [
     "make_folds",
+    "hold_out",
 ]
 
 
@@ -19,3 +20,15 @@ def make_folds(labels: np.ndarray, num_folds: int, seed: int) -> list[tuple[np.n
         raise ValueError(f"{len(labels)} training rows cannot be split into {num_folds} folds")
     splitter = MultilabelStratifiedKFold(n_splits=num_folds, shuffle=True, random_state=seed)
     return [(np.sort(train), np.sort(val)) for train, val in splitter.split(np.zeros(len(labels)), labels)]
+
+
+def hold_out(train_index: np.ndarray, labels: np.ndarray, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`train_index` split into (rows to train on, about `share` of them held out: iterative stratification on
+    their `labels` rows puts a few rows more or less); the same inputs give the same split on every rank."""
+    train_index = np.asarray(train_index)
+    held = max(1, round(len(train_index) * share))
+    if len(train_index) - held < 1:
+        raise ValueError(f"{len(train_index)} training rows leave none to train on after holding out {held}")
+    splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=held, random_state=seed)
+    kept, out = next(splitter.split(np.zeros(len(train_index)), np.asarray(labels)[train_index]))
+    return np.sort(train_index[kept]), np.sort(train_index[out])

@@ -25,7 +25,7 @@ from nikl_emotion.folders.run_folder import DONE_FILE, RunFolder, input_digests
 from nikl_emotion.runs.summary import summarize
 from nikl_emotion.text.data import iter_column, load_jsonl
 from nikl_emotion.text.preprocessing import TaskFiles, clean, load_task_files
-from nikl_emotion.training.folds import make_folds
+from nikl_emotion.training.folds import hold_out, make_folds
 from nikl_emotion.training.pseudo_labels import PseudoLabels, fold_pseudo_labels, teacher_test_file
 
 logger = logging.getLogger(__name__)
@@ -181,18 +181,32 @@ class KFoldRun:
     def fold_data(self, prepared: PreparedRun) -> list[FoldData]:
         preprocessing = self.files.preprocessing
         pseudo = _pseudo_label_datasets(self.settings, self.pseudo_sets, preprocessing, prepared)
-        return [
-            FoldData(
-                k,
-                *self.folds[k],
-                prepared.encoded,
-                prepared.encoded_test,
-                prepared.backbone,
-                preprocessing,
-                pseudo[k] if pseudo else None,
+        folds = []
+        for k in self.selected:
+            train_index, stop_index = self._training_rows(k)
+            folds.append(
+                FoldData(
+                    k,
+                    train_index,
+                    self.folds[k][1],
+                    prepared.encoded,
+                    prepared.encoded_test,
+                    prepared.backbone,
+                    preprocessing,
+                    pseudo[k] if pseudo else None,
+                    stop_index=stop_index,
+                )
             )
-            for k in self.selected
-        ]
+        return folds
+
+    def _training_rows(self, k: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Fold k's (rows to train on, rows held out of them to choose the epoch, or None): early_stopping_split."""
+        train_index = self.folds[k][0]
+        share = self.settings.kfold.early_stopping_split
+        if share <= 0:
+            return train_index, None
+        labels = np.asarray(self.files.train["labels"])
+        return hold_out(train_index, labels, share, self.settings.training.seed + k)
 
     def summarize(self) -> dict | None:
         """The run's summary once every fold is done (None before); the decision files then join the folds'

@@ -69,6 +69,7 @@ from nikl_emotion.training.config_checks import check_pretokenizer, check_settin
 from nikl_emotion.training.packing import pack_rows
 from nikl_emotion.training.rtd import ReplacedTokenDetection, check_rtd_backbone
 from nikl_emotion.training.time_budget import (
+    SAFETY,
     BudgetClock,
     carried_out,
     check_clock_schedule,
@@ -362,7 +363,9 @@ def post_train(settings: PostTrainSettings, files: TaskFiles, folder: PostTrainF
             settings, training=dataclasses.replace(settings.training, max_steps=plan["max_steps"])
         )
         set_seed(settings.training.seed)  # the measured steps drew random numbers: the run starts as it would without
-        clock = BudgetClock(plan["training_seconds"])
+        ends_at = started + objective.time_budget_minutes * 60 * SAFETY
+        clock = BudgetClock(plan["training_seconds"], ends_at=ends_at)
+        clock.reserve_seconds = plan["evaluation_seconds"]
     trainer = _post_trainer(inputs, settings, clock)
     before, after = _train_with_eval_losses(trainer, folder, has_eval=inputs.eval_rows is not None)
     if not trainer.is_world_process_zero():
@@ -507,7 +510,10 @@ def _train_with_eval_losses(
     resume = last_complete_checkpoint(folder.checkpoints)
     before = read_mapping(folder.eval_loss_before).get("eval_loss")
     if has_eval and resume is None:
+        began = time.monotonic()
         before = trainer.evaluate()["eval_loss"]
+        if trainer.budget_clock is not None:  # the final evaluation costs what this one did
+            trainer.budget_clock.reserve_seconds = time.monotonic() - began
         if trainer.is_world_process_zero():
             write_json_atomic(folder.eval_loss_before, {"eval_loss": before})
     if resume:

@@ -137,30 +137,48 @@ class BudgetClock(TrainerCallback, ExportableState):
     the learning rate the schedule sets next and the decision to stop read the same value), and the stop when it
     reaches 1. `agree` makes every process of `accelerate launch` read the same value (the slowest's): their
     learning rates and their last step must not differ. The seconds spent travel in each checkpoint's
-    trainer_state.json, so a resumed run continues the schedule where the checkpoint left it."""
+    trainer_state.json, so a resumed run continues the schedule where the checkpoint left it.
 
-    def __init__(self, training_seconds: float, agree: Callable[[float], float] | None = None):
+    With `ends_at` (a `time.monotonic()`), a run that starts afresh gets the seconds left until then, less
+    `reserve_seconds` (what follows training: the final held-out evaluation), instead of `training_seconds`: what
+    happened between the plan and the first step (the held-out loss before) is paid from the budget, not added."""
+
+    def __init__(
+        self, training_seconds: float, agree: Callable[[float], float] | None = None, ends_at: float | None = None
+    ):
         if not training_seconds > 0:
             raise ValueError(f"training_seconds must be > 0, got {training_seconds}")
         self.training_seconds = training_seconds
+        self.ends_at = ends_at
+        self.reserve_seconds = 0.0
         self.progress = 0.0
         self.agree = agree or (lambda value: value)
         self._spent_before = 0.0
         self._began: float | None = None
+        self._ended: float | None = None
 
     def spent_seconds(self) -> float:
-        """Training seconds spent: before the checkpoint this run resumed from, and in this run."""
-        return self._spent_before + (0.0 if self._began is None else time.monotonic() - self._began)
+        """Training seconds spent: before the checkpoint this run resumed from, and in this run (until it ended)."""
+        if self._began is None:
+            return self._spent_before
+        return self._spent_before + (self._ended or time.monotonic()) - self._began
 
     def state(self) -> dict:
         return {"args": {"training_seconds": self.training_seconds}, "attributes": {"spent": self.spent_seconds()}}
 
     def on_train_begin(self, args, state, control, **kwargs):
         saved = state.stateful_callbacks.get(type(self).__name__) or {}
-        saved = saved[0] if isinstance(saved, list) and saved else saved
-        self._spent_before = float((saved or {}).get("attributes", {}).get("spent", 0.0))
-        self._began = time.monotonic()
+        saved = (saved[0] if isinstance(saved, list) and saved else saved) or {}
+        self._began, self._ended = time.monotonic(), None
+        if state.global_step > 0:  # resumed: the schedule its checkpoint was on
+            self._spent_before = float(saved.get("attributes", {}).get("spent", 0.0))
+            self.training_seconds = float(saved.get("args", {}).get("training_seconds", self.training_seconds))
+        elif self.ends_at is not None:
+            self.training_seconds = max(self.ends_at - self.reserve_seconds - self._began, 1.0)
         self.progress = self.agree(self.spent_seconds() / self.training_seconds)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._ended = time.monotonic()
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         self.progress = self.agree(self.spent_seconds() / self.training_seconds)
@@ -205,6 +223,7 @@ def carried_out(clock: BudgetClock, state) -> dict:
         "steps": state.global_step,
         "epochs": round(state.epoch or 0.0, 2),
         "training_seconds": round(clock.spent_seconds(), 1),
+        "training_seconds_given": round(clock.training_seconds, 1),
         "schedule_progress": round(min(clock.progress, 1.0), 4),
     }
 
@@ -214,6 +233,6 @@ def describe_carried_out(budget: dict) -> str:
     done = budget["carried_out"]
     return (
         f"the budget's schedule ran to {done['schedule_progress']:.0%} in {done['training_seconds']:.0f} s of "
-        f"training ({budget['training_seconds']:.0f} s planned): {done['steps']} steps = {done['epochs']:g} epochs "
+        f"training ({done['training_seconds_given']:.0f} s given): {done['steps']} steps = {done['epochs']:g} epochs "
         f"(~{budget['expected_steps']} expected)"
     )
