@@ -112,6 +112,13 @@ def test_the_trainer_drops_dropout_while_post_training_and_holds_out_at_a_fixed_
     assert trainer.eval_collator.mlm_probability == post_training.HELD_OUT_MLM_PROBABILITY == 0.15
 
 
+def test_rtd_refuses_the_dense_head_it_would_ignore(tmp_path):
+    with pytest.raises(PipelineError, match="masked_positions_head"):
+        post_training.parse_post_train_config(
+            [str(CONFIG), "--output_dir", str(tmp_path / "o"), "--objective", "rtd", "--masked_positions_head", "false"]
+        )
+
+
 @pytest.mark.parametrize("value", ["1", "-0.1", "nan"])
 def test_a_pretraining_dropout_outside_0_1_is_refused(value, tmp_path):
     with pytest.raises(PipelineError, match="pretraining_dropout"):

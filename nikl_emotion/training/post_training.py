@@ -112,6 +112,10 @@ def parse_post_train_config(argv: list[str]) -> PostTrainSettings:
         raise PipelineError("validation_fraction 0 leaves nothing to evaluate: set eval_strategy: no as well")
     if settings.objective.time_budget_minutes is not None:
         check_clock_schedule(training_args)
+    if settings.objective.objective == "rtd" and not settings.objective.masked_positions_head:
+        raise PipelineError(
+            "masked_positions_head: false runs MLM's dense head; rtd's generator predicts the masked positions only"
+        )
     return settings
 
 
