@@ -81,10 +81,6 @@ class FinishedRun:
             run.check_test_probabilities()
         return run
 
-    @property
-    def oof_kind(self) -> str:
-        return oof_kind(self.config)
-
     def refuse(self, why: str):
         raise PipelineError(f"{self.option}: {self.path} is not a finished train.py run ({why})")
 

@@ -216,7 +216,7 @@ def _write_stack_folder(output_dir: str, run_dirs: list[str], result: dict, test
     write_submission(folder.submission, test["id"], iter_inputs(test), result["decisions"])
     stack_root = os.path.realpath(output_dir)
     members = []
-    for given in run_dirs:
+    for given, kind in zip(run_dirs, result["oof_kinds"]):
         run = FinishedRun.open(given, "--runs")
         members.append(
             {
@@ -224,7 +224,7 @@ def _write_stack_folder(output_dir: str, run_dirs: list[str], result: dict, test
                 "relative_to_stack": os.path.relpath(os.path.realpath(given), stack_root),
                 "num_folds": run.num_folds,
                 "fingerprint": run.fingerprint(),
-                "oof_kind": run.oof_kind,
+                "oof_kind": kind,
             }
         )
     write_json_atomic(

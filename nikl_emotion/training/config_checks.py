@@ -64,14 +64,7 @@ def validate(settings: RunSettings) -> None:
     _check_classifier_head(model_args, data_args)
     _check_adapters(model_args)
     _validate_techniques_with(technique_args, model_args, training_args)
-    if (
-        settings.kfold.early_stopping_split
-        and not backend_for(model_args.model_name_or_path).supports_early_stopping_split
-    ):
-        raise PipelineError(
-            f"early_stopping_split: {model_args.model_name_or_path} chooses no epoch, so its out-of-fold "
-            "probabilities are unseen by any choice already; drop the key"
-        )
+    _check_early_stopping_split(settings.kfold.early_stopping_split, model_args.model_name_or_path)
     if training_args.label_smoothing_factor:
         raise PipelineError(
             "label_smoothing_factor: the Trainer's smoothing is for single-label cross-entropy and would be ignored "
