@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "score": "the official micro-F1 of a prediction file: score.py GOLD PRED [--per-label]",
     "report": "rebuild a finished run's summary, thresholds, submission and report: report.py OUT",
     "export": "export a checkpoint to ONNX (optionally int8): export.py --checkpoint DIR --output DIR [--int8]",
+    "serve": "an HTTP service and a page for a run, stack, checkpoint or export: serve FOLDER [--port 8000]",
 }
 
 

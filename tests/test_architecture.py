@@ -120,7 +120,7 @@ def test_every_name_is_trained_by_one_backend_that_accepts_it():
     assert BACKENDS[-1].matches("anything/else")  # the encoder takes every name no other backend claims
 
 
-LAYERS = ("base", "folders", "text", "decisions", "backends", "runs", "training", "commands")
+LAYERS = ("base", "folders", "text", "decisions", "backends", "runs", "training", "serving", "commands")
 
 
 def layer_of(module: str) -> int:

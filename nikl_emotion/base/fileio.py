@@ -27,11 +27,14 @@ __all__ = [
     "write_json_atomic",
     "write_submission",
     "write_probs",
+    "submission_line",
+    "probs_line",
     "parse_json_line",
     "check_text",
     "iter_json_lines",
     "read_probs",
     "file_digest",
+    "remove_stale_temporaries",
 ]
 
 
@@ -45,7 +48,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _remove_stale_temporaries(folder: str, name: str) -> None:
+def remove_stale_temporaries(folder: str, name: str) -> None:
     """Delete `.NAME.PID.*` temporaries (files or folders) that a killed writer left in `folder`: their PID is
     no longer running. A live writer's temporaries are left alone."""
     prefix = f".{name}."
@@ -122,7 +125,7 @@ def atomic_writer(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     name = os.path.basename(path)
-    _remove_stale_temporaries(folder, name)
+    remove_stale_temporaries(folder, name)
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.{os.getpid()}.", suffix=".tmp", dir=folder)
     try:
         os.fchmod(fd, _default_mode(path))
@@ -147,7 +150,7 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[str]:
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     name = os.path.basename(os.path.abspath(path))
-    _remove_stale_temporaries(parent, name)
+    remove_stale_temporaries(parent, name)
     staging = tempfile.mkdtemp(prefix=f".{name}.{os.getpid()}.", suffix=".partial", dir=parent)
     try:
         yield staging
@@ -172,15 +175,27 @@ def write_json_atomic(path: str | os.PathLike, obj) -> None:
     write_text_atomic(path, json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
 
 
-def _write_jsonl_atomic(path: str | os.PathLike, rows: Iterable[dict]) -> None:
+def _write_jsonl_atomic(path: str | os.PathLike, lines: Iterable[str]) -> None:
     with atomic_writer(path) as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        handle.writelines(lines)
 
 
 def _output_dict(decisions: Sequence[bool]) -> dict[str, str]:
     """The official `output` object: the 8 labels in fixed order as the strings "True"/"False"."""
     return {label: "True" if bool(flag) else "False" for label, flag in zip(LABELS, decisions, strict=True)}
+
+
+def submission_line(row_id: str, inp: dict, decisions: Sequence[bool]) -> str:
+    """One row of the official submission format: the input's `id` and `input`, `output` filled in."""
+    return json.dumps({"id": row_id, "input": inp, "output": _output_dict(decisions)}, ensure_ascii=False) + "\n"
+
+
+def probs_line(row_id: str, probs: Sequence[float]) -> str:
+    """One row of a probability file. Values keep 9 significant digits (more than a float32 model computes): a
+    stacker reads small probabilities as logits, so a fixed number of decimals would change what it computes from
+    these files against what the models give."""
+    values = {label: float(f"{float(p):.9g}") for label, p in zip(LABELS, probs, strict=True)}
+    return json.dumps({"id": row_id, "probs": values}, ensure_ascii=False) + "\n"
 
 
 def write_submission(
@@ -191,28 +206,16 @@ def write_submission(
     `ids` and `inputs` may be streams (e.g. read from a dataset in chunks); a length mismatch raises before the file
     appears."""
     _write_jsonl_atomic(
-        path,
-        (
-            {"id": i, "input": inp, "output": _output_dict(row)}
-            for i, inp, row in zip(ids, inputs, decisions, strict=True)
-        ),
+        path, (submission_line(i, inp, row) for i, inp, row in zip(ids, inputs, decisions, strict=True))
     )
 
 
 def write_probs(path: str | os.PathLike, ids: Iterable[str], probs: np.ndarray) -> None:
-    """Probability file: one `{"id": ..., "probs": {label: p, ...}}` per row, labels in fixed order. Values keep 9
-    significant digits (more than a float32 model computes): a stacker reads small probabilities as logits, so a
-    fixed number of decimals would change what it computes from these files against what the models give."""
+    """Probability file: one `{"id": ..., "probs": {label: p, ...}}` per row (`probs_line`), labels in fixed order."""
     probs = np.asarray(probs, dtype=np.float64)
     if probs.ndim != 2 or probs.shape[1] != NUM_LABELS:
         raise ValueError(f"probs must have shape (rows, {NUM_LABELS}), got {probs.shape}")
-    _write_jsonl_atomic(
-        path,
-        (
-            {"id": i, "probs": {label: float(f"{p:.9g}") for label, p in zip(LABELS, row)}}
-            for i, row in zip(ids, probs, strict=True)
-        ),
-    )
+    _write_jsonl_atomic(path, (probs_line(i, row) for i, row in zip(ids, probs, strict=True)))
 
 
 def parse_json_line(raw: str, path: str, line: int) -> object:

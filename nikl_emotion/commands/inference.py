@@ -4,6 +4,8 @@ python inference.py --checkpoint OUT/fold_0/best [OUT/fold_1/best ...] --input t
     [--probs probs.jsonl]
 python inference.py --run OUT --input test.jsonl --output submission.jsonl   (a run's folds and its decision rule)
 python inference.py --run STACK --input test.jsonl --output submission.jsonl (an ensemble.py stack folder)
+accelerate launch inference.py --run OUT --input corpus.jsonl --output labels.jsonl  (the rows split across the
+    processes, e.g. one per GPU; one output, in input order, the same bytes as one process)
 """
 
 from nikl_emotion.base.vocabulary import DEFAULT_STRATEGY, INFERENCE_DTYPES, STRATEGIES
@@ -20,7 +22,7 @@ __all__ = [
 ]
 
 
-def main(argv: list[str]) -> int:
+def _parser():
     parser = command_parser(__doc__)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", nargs="+", help="checkpoint folder(s), e.g. OUT/fold_*/best")
@@ -34,6 +36,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--output", required=True, help="submission jsonl to write")
     parser.add_argument("--probs", help="also write the (mean) probabilities here")
     parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument(
+        "--chunk_size",
+        type=int,
+        default=65536,
+        help="rows read, sorted by length and predicted together (memory holds one chunk); under accelerate "
+        "launch, the unit split across the processes (default 65536)",
+    )
     add_decision_arguments(parser)
     parser.add_argument(
         "--strategy", choices=STRATEGIES, help=f"how several checkpoints combine (default {DEFAULT_STRATEGY})"
@@ -57,6 +66,11 @@ def main(argv: list[str]) -> int:
         action="store_true",
         help="run the modelling code a checkpoint ships (custom-code models); only for code you trust",
     )
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.run and (args.strategy or decision_options_given(args)):
         parser.error("--run takes the run's own decision rule: drop --strategy, --threshold(s) and --no_fallback")
@@ -65,17 +79,20 @@ def main(argv: list[str]) -> int:
     from nikl_emotion.backends.precision import LoadOptions
     from nikl_emotion.folders.folder_kind import check_not_a_folders_own_file
     from nikl_emotion.runs.prediction import PredictionFiles, checkpoint_loader, predict_file, predict_run_file
+    from nikl_emotion.runs.streaming import Processes
 
-    files = PredictionFiles(args.input, args.output, args.probs, args.batch_size)
+    files = PredictionFiles(args.input, args.output, args.probs, args.batch_size, args.chunk_size)
     for option, path in (("--output", args.output), ("--probs", args.probs)):
         if path:
             check_not_a_folders_own_file(path, option)
     files.check()
+    processes = Processes.current()  # under accelerate launch, each process predicts on its own device
     options = LoadOptions(dtype=args.dtype, load_in_4bit=args.load_in_4bit, trust_remote_code=args.trust_remote_code)
-    loader = checkpoint_loader(args.device, options)
+    loader = checkpoint_loader(args.device or processes.device, options)
     if args.run:
-        decisions = predict_run_file(args.run, files, loader)
+        rows = predict_run_file(args.run, files, loader)
     else:
-        decisions = predict_file(args.checkpoint, files, rule, loader)
-    print(f"wrote {len(decisions)} rows to {args.output}")
+        rows = predict_file(args.checkpoint, files, rule, loader)
+    if processes.is_main:
+        print(f"wrote {rows} rows to {args.output}")
     return 0

@@ -4,21 +4,19 @@ run or stack a `RunClassifier`; a `DecisionRule` turns their probabilities into 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from nikl_emotion.backends.classifier import default_device
 from nikl_emotion.backends.precision import LoadOptions
 from nikl_emotion.backends.registry import load_checkpoint
 from nikl_emotion.base.errors import PipelineError
-from nikl_emotion.base.fileio import check_distinct_paths, check_output_path, write_probs, write_submission
+from nikl_emotion.base.fileio import check_distinct_paths, check_output_path
 from nikl_emotion.decisions.voting import DecisionRule
 from nikl_emotion.runs.run_classifier import RunClassifier
-from nikl_emotion.text.data import iter_column, iter_inputs, load_jsonl
+from nikl_emotion.runs.streaming import predict_in_chunks
 
 __all__ = [
     "checkpoint_loader",
@@ -26,9 +24,6 @@ __all__ = [
     "predict_file",
     "predict_run_file",
 ]
-
-
-logger = logging.getLogger(__name__)
 
 
 def checkpoint_loader(device: str | None = None, options: LoadOptions | None = None):
@@ -63,10 +58,13 @@ class PredictionFiles:
     output_path: str
     probs_path: str | None = None
     batch_size: int = 128
+    chunk_size: int = 65536  # rows predicted together (sorted by length inside); memory holds one chunk
 
     def check(self) -> None:
         if self.batch_size < 1:
             raise PipelineError(f"--batch_size: must be at least 1, got {self.batch_size}")
+        if self.chunk_size < 1:
+            raise PipelineError(f"--chunk_size: must be at least 1, got {self.chunk_size}")
         outputs = {"--output": self.output_path, "--probs": self.probs_path}
         check_distinct_paths({"--input": self.input_path}, outputs)
         for option, path in outputs.items():
@@ -76,41 +74,26 @@ class PredictionFiles:
 
 def predict_file(
     checkpoints: Sequence[str], files: PredictionFiles, rule: DecisionRule | None = None, loader=None
-) -> np.ndarray:
+) -> int:
     """Predict `files.input_path` with one or more checkpoints and write the submission (and the mean
     probabilities).
 
     A checkpoint is a `best/` folder or an `export.py` (ONNX) folder. `rule` (default: hard vote at 0.5 with the
     empty-row fallback; a run's saved `DecisionRule` to rebuild its submission) turns their probabilities into
     labels. Checkpoints are loaded one at a time by `loader` (default: `checkpoint_loader()`, each as its run
-    trained). Returns the decisions.
+    trained). The file is read in chunks (`files.chunk_size`) and, under `accelerate launch`, split across the
+    processes (`streaming.py`). Returns the number of rows.
     """
     files.check()
     classifier = RunClassifier.from_checkpoints(
         list(checkpoints), rule or DecisionRule(), loader or checkpoint_loader()
     )
-    return _predict_file_with(classifier, files)
+    return predict_in_chunks(classifier, files)
 
 
-def predict_run_file(run_dir: str, files: PredictionFiles, loader=None) -> np.ndarray:
+def predict_run_file(run_dir: str, files: PredictionFiles, loader=None) -> int:
     """`predict_file` with a finished run's folds or a stack folder's (`inference.py --run`), voted by its saved rule:
     for the run's own test file, the same bytes as its submission.jsonl."""
     files.check()
     classifier = RunClassifier.open(run_dir, loader or checkpoint_loader(), "--run")
-    return _predict_file_with(classifier, files)
-
-
-def _predict_file_with(classifier: RunClassifier, files: PredictionFiles) -> np.ndarray:
-    """The submission (and mean probabilities) of `classifier`'s folds for `input_path`; returns the decisions."""
-    rows = load_jsonl(files.input_path, "optional")
-    labelled = len(rows) - rows.with_format("arrow")["labels"].null_count
-    if labelled:
-        logger.info(
-            "%s: %d rows carry labels; prediction ignores them (score.py compares them)", files.input_path, labelled
-        )
-    fold_probs = classifier.fold_probabilities(rows, batch_size=files.batch_size, progress=True)
-    decisions = classifier.rule.apply(fold_probs)
-    if files.probs_path:
-        write_probs(files.probs_path, iter_column(rows, "id"), classifier.rule.mean(fold_probs))
-    write_submission(files.output_path, iter_column(rows, "id"), iter_inputs(rows), decisions)
-    return decisions
+    return predict_in_chunks(classifier, files)

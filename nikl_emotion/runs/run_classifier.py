@@ -72,18 +72,26 @@ class RunClassifier:
         run = FinishedRun.open(folder, option)
         return cls([[path] for path in run.checkpoints], run.rule(), load, source=folder)
 
+    def checkpoints(self) -> list[str]:
+        """Every checkpoint, fold by fold (a stack: each member's within a fold): the order `combine` reads."""
+        return [path for checkpoints in self.folds for path in checkpoints]
+
+    def combine(self, probs: list[np.ndarray]) -> list[np.ndarray]:
+        """Each fold's (rows, 8) probabilities from every checkpoint's, given in `checkpoints()` order: fold k's
+        checkpoint's own, or the stacker applied to fold k of every member."""
+        members = len(self.folds[0])
+        parts = [probs[start : start + members] for start in range(0, len(probs), members)]
+        return [self.stacker.apply(part) if self.stacker is not None else part[0] for part in parts]
+
     def fold_probabilities(self, rows: Rows, *, batch_size: int = 128, progress: bool = False) -> list[np.ndarray]:
         """Each fold's (rows, 8) probabilities, in the rows' order."""
         rows = as_rows(rows)
-        folds = []
-        for checkpoints in self.folds:
-            probs = []
-            for path in checkpoints:
-                model = self.load(path)
-                probs.append(model.predict_proba(rows, batch_size=batch_size, progress=progress))
-                del model  # one checkpoint in memory at a time
-            folds.append(self.stacker.apply(probs) if self.stacker is not None else probs[0])
-        return folds
+        probs = []
+        for path in self.checkpoints():
+            model = self.load(path)
+            probs.append(model.predict_proba(rows, batch_size=batch_size, progress=progress))
+            del model  # one checkpoint in memory at a time
+        return self.combine(probs)
 
     def predict_proba(self, rows: Rows, *, batch_size: int = 128, progress: bool = False) -> np.ndarray:
         """The folds' (weighted) mean probability (rows, 8)."""

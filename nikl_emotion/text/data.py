@@ -7,23 +7,29 @@ rows (`output: ""`) load side by side without Arrow type errors.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from array import array
 from collections.abc import Iterator, Mapping
 from collections.abc import Sequence as SequenceOf
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import datasets
+import numpy as np
 import pyarrow as pa
 from datasets import Dataset, Features, Sequence, Value
 from datasets.exceptions import DatasetGenerationError
 
 from nikl_emotion.base.errors import RowError
-from nikl_emotion.base.fileio import check_text, file_digest, parse_json_line
+from nikl_emotion.base.fileio import check_text, file_digest, iter_json_lines, parse_json_line
 from nikl_emotion.base.labels import LABELS, NUM_LABELS
 
 __all__ = [
     "load_jsonl",
+    "scan_jsonl",
+    "JsonlScan",
+    "read_jsonl_chunks",
     "rows_from_records",
     "iter_column",
     "iter_inputs",
@@ -163,9 +169,7 @@ def _parse_batch(batch: dict, indices: list[int], path: str, label_mode: _LabelM
         raw = raw.removeprefix("\ufeff") if index == 0 else raw
         if not raw.strip():
             continue  # blank lines are harmless (editors add them at the end)
-        row = _parse_row(parse_json_line(raw, path, line), path, line, label_mode)
-        for field, value in (("id", row["id"]), ("input", row["input_json"])):
-            check_text(value, path, line, field)
+        row = _checked_row(parse_json_line(raw, path, line), path, line, label_mode)
         for name, value in row.items():
             columns[name].append(value)
     return columns
@@ -193,8 +197,7 @@ def load_jsonl(path: str | os.PathLike, label_mode: _LabelMode = "required") -> 
     for scoring) keeps `labels` as null where `output` is `""`.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise RowError(path, None, "file", "not found")
+    _check_is_file(path)
     try:
         # keyed on the file's bytes: datasets' own text loader keys its cache on path and modification time, so a
         # file rewritten with its old mtime (cp -p, rsync -a, tar) would be read from the cache
@@ -220,6 +223,85 @@ def load_jsonl(path: str | os.PathLike, label_mode: _LabelMode = "required") -> 
     return rows
 
 
+def _check_is_file(path: str) -> None:
+    if os.path.isdir(path):
+        raise RowError(path, None, "file", "is a folder, not a jsonl file")
+    if not os.path.isfile(path):
+        raise RowError(path, None, "file", "not found")
+
+
+def _parsed_rows(path: str, label_mode: _LabelMode) -> Iterator[dict]:
+    """Each non-blank line of `path` validated and flattened (as `load_jsonl` does), streamed."""
+    for line, obj in iter_json_lines(path):
+        yield _checked_row(obj, path, line, label_mode)
+
+
+def _checked_row(obj: object, path: str, line: int, label_mode: _LabelMode) -> dict:
+    row = _parse_row(obj, path, line, label_mode)
+    for field, value in (("id", row["id"]), ("input", row["input_json"])):
+        check_text(value, path, line, field)
+    return row
+
+
+class JsonlScan(NamedTuple):
+    rows: int
+    labelled: int  # rows whose `output` holds labels
+
+
+def scan_jsonl(path: str | os.PathLike, label_mode: _LabelMode = "optional") -> JsonlScan:
+    """Validate a file of any size as `load_jsonl` does (every row, unique ids) in one streamed pass, holding 8 bytes
+    per row (a hash of each id); returns its row counts. What `read_jsonl_chunks` reads afterwards is valid."""
+    path = os.fspath(path)
+    _check_is_file(path)
+    hashes, labelled = array("Q"), 0
+    for row in _parsed_rows(path, label_mode):
+        labelled += row["labels"] is not None
+        hashes.append(int.from_bytes(hashlib.blake2b(row["id"].encode("utf-8"), digest_size=8).digest(), "little"))
+    if not hashes:
+        raise RowError(path, None, "file", "no rows")
+    ordered = np.sort(np.frombuffer(hashes, dtype=np.uint64))
+    if np.any(ordered[1:] == ordered[:-1]):  # a repeated hash: walk the file again to name the duplicate, if any
+        repeated = set(ordered[1:][ordered[1:] == ordered[:-1]].tolist())
+        seen: dict[str, int] = {}
+        for row in _parsed_rows(path, label_mode):
+            key = int.from_bytes(hashlib.blake2b(row["id"].encode("utf-8"), digest_size=8).digest(), "little")
+            if key in repeated and seen.setdefault(row["id"], row["line"]) != row["line"]:
+                first = seen[row["id"]]
+                raise RowError(path, row["line"], "id", f"duplicate id {row['id']!r} (first at {path}:{first})")
+    return JsonlScan(len(hashes), labelled)
+
+
+def read_jsonl_chunks(
+    path: str | os.PathLike, chunk_size: int, owns=lambda chunk: True, label_mode: _LabelMode = "optional"
+) -> Iterator[tuple[int, Dataset]]:
+    """The file's rows in consecutive chunks of `chunk_size` (the last may be shorter), as (chunk number, rows) for
+    the chunks `owns(number)` accepts; the others are skipped unparsed. Memory holds one chunk, not the file."""
+    path = os.fspath(path)
+    _check_is_file(path)
+    columns: dict[str, list] = {name: [] for name in _ROW_FEATURES}
+    number = count = 0
+    with open(path, "rb") as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise RowError(path, line_no, "encoding", "not valid UTF-8") from None
+            text = text.removeprefix("\ufeff") if line_no == 1 else text
+            if not text.strip():
+                continue  # blank lines are not rows (as load_jsonl)
+            if owns(number):
+                row = _checked_row(parse_json_line(text, path, line_no), path, line_no, label_mode)
+                for name, value in row.items():
+                    columns[name].append(value)
+            count += 1
+            if count == chunk_size:
+                if owns(number):
+                    yield number, Dataset.from_dict(columns, features=_ROW_FEATURES)
+                columns, number, count = {name: [] for name in _ROW_FEATURES}, number + 1, 0
+    if count and owns(number):
+        yield number, Dataset.from_dict(columns, features=_ROW_FEATURES)
+
+
 def rows_from_records(records: list, source: str = "<rows>") -> Dataset:
     """Rows given in memory, validated like a file's lines (errors name `source` and the 1-based position): task rows
     as dicts (`{"id", "input": {"form", "target"}}`, `output` optional) or plain texts, which get ids "1", "2", ...
@@ -228,7 +310,7 @@ def rows_from_records(records: list, source: str = "<rows>") -> Dataset:
     for position, record in enumerate(records, start=1):
         if isinstance(record, str):
             record = {"id": str(position), "input": {"form": record, "target": None}}
-        row = _parse_row(record, source, position, "optional")
+        row = _checked_row(record, source, position, "optional")
         for name, value in row.items():
             columns[name].append(value)
     if not columns["id"]:

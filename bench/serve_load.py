@@ -1,0 +1,148 @@
+"""Load test of `nikl-emotion serve` on loopback (issue 37; not a timed test): one-row requests at several
+concurrencies against the micro-batched service and against one forward pass per request (`--max_batch_size 1`),
+then hostile requests, each of which must get a 4xx while the service stays healthy.
+
+    python bench/serve_load.py FOLDER [--rows FILE.jsonl] [--requests 400] [--concurrency 1 8 32]
+
+FOLDER: a run, a stack, a best/ or an export. The texts are the rows of --rows (default: the sample test file),
+cycled. Prints a markdown table and one JSON line; the client runs on the same machine as the server (its share of
+the cores is part of the figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_server(folder: str, *options: str) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    command = [sys.executable, "-m", "nikl_emotion", "serve", folder, "--port", str(port), *options]
+    server = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"the server stopped: {server.stderr.read().decode()[-2000:]}")
+        try:
+            httpx.get(f"{url}/health", timeout=2).raise_for_status()
+            return server, url
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    raise SystemExit("the server did not start in 300 s")
+
+
+def stop_server(server: subprocess.Popen) -> int:
+    server.send_signal(signal.SIGTERM)
+    return server.wait(timeout=60)
+
+
+async def load(url: str, bodies: list[dict], requests: int, concurrency: int) -> dict:
+    """`requests` one-row requests, `concurrency` in flight at a time; latency per request, throughput overall."""
+    latencies, errors, next_index = [], 0, iter(range(requests))
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        nonlocal errors
+        for index in next_index:
+            start = time.perf_counter()
+            response = await client.post(f"{url}/predict", json=bodies[index % len(bodies)])
+            latencies.append(time.perf_counter() - start)
+            errors += response.status_code != 200
+
+    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+        await client.post(f"{url}/predict", json=bodies[0])  # warm-up
+        start = time.perf_counter()
+        await asyncio.gather(*[worker(client) for _ in range(concurrency)])
+        seconds = time.perf_counter() - start
+    latencies.sort()
+    return {
+        "concurrency": concurrency,
+        "requests": requests,
+        "rows_per_s": round(requests / seconds, 1),
+        "p50_ms": round(1000 * statistics.median(latencies), 1),
+        "p99_ms": round(1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 1),
+        "errors": errors,
+    }
+
+
+HOSTILE = {
+    "malformed JSON": b'{"text": "\xea\xb3\xb5\xec\x97\xb0", ',
+    "wrong types": json.dumps({"text": ["공연"], "target": 3}).encode(),
+    "10 MB body": json.dumps({"text": "가" * 3_500_000}).encode(),
+    "100k-character text": json.dumps({"text": "공연이 좋았다 " * 12_500}).encode(),
+    "target span outside the text": json.dumps({"text": "공연", "target": {"begin": 1, "end": 40}}).encode(),
+    "target not in the text": json.dumps({"text": "공연", "target": "영화"}).encode(),
+    "too many rows": json.dumps({"rows": [{"text": "공연"}] * 10_000}).encode(),
+    "lone surrogate": b'{"text": "\\udc00"}',
+    "not a row": b'"just a string"',
+}
+
+
+def hostile(url: str) -> dict:
+    """Each hostile body's status (every one must be 4xx), then whether /health still answers."""
+    statuses = {}
+    for name, body in HOSTILE.items():
+        try:
+            statuses[name] = httpx.post(f"{url}/predict", content=body, timeout=60).status_code
+        except httpx.HTTPError as exc:  # the server may close a huge upload early: not an answer, so a failure
+            statuses[name] = f"no answer ({type(exc).__name__})"
+    healthy = httpx.get(f"{url}/health", timeout=10).status_code == 200
+    return {
+        "statuses": statuses,
+        "all_4xx": all(isinstance(s, int) and 400 <= s < 500 for s in statuses.values()),
+        "healthy_after": healthy,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder")
+    parser.add_argument("--rows", default=str(ROOT / "data" / "sample_test.jsonl"))
+    parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    args = parser.parse_args()
+    with open(args.rows, encoding="utf-8") as handle:
+        bodies = [{"id": row["id"], "input": row["input"]} for row in map(json.loads, filter(str.strip, handle))]
+    results = {}
+    for name, options in (
+        ("micro-batched (64 rows, 5 ms)", ()),
+        ("one pass per request", ("--max_batch_size", "1", "--max_wait_ms", "0")),
+    ):
+        server, url = start_server(args.folder, *options)
+        try:
+            results[name] = [asyncio.run(load(url, bodies, args.requests, c)) for c in args.concurrency]
+            if not options:
+                results["hostile"] = hostile(url)
+        finally:
+            results.setdefault("exit_codes", {})[name] = stop_server(server)
+    print("| service | concurrency | rows/s | p50 ms | p99 ms | errors |\n|---|---|---|---|---|---|")
+    for name, rows in results.items():
+        if isinstance(rows, list):
+            for r in rows:
+                cells = [name, *(r[k] for k in ("concurrency", "rows_per_s", "p50_ms", "p99_ms", "errors"))]
+                print("| " + " | ".join(map(str, cells)) + " |")
+    print(json.dumps({"folder": args.folder, "cpus": os.cpu_count(), **results}, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""Serve a model over HTTP: a JSON API with micro-batching, and a page to try it.
+
+nikl-emotion serve FOLDER [--host 127.0.0.1] [--port 8000] [--max_batch_size 64] [--max_wait_ms 5]
+
+FOLDER: a train.py run (its folds, voted by its rule), an ensemble.py stack folder, one checkpoint (a fold's best/)
+or an export.py (ONNX) folder. Every checkpoint is loaded once, before the service starts.
+  POST /predict  {"text": "...", "target": "words in the text" | {"begin": 3, "end": 5} | null}, a task row, a list
+                 of rows or {"rows": [...]} -> {"rows": [{"id", "labels", "output", "probabilities"}], "decision"}
+  GET  /health, GET /labels, GET / (the page)
+Stop with Ctrl-C or SIGTERM: requests in flight are answered first.
+"""
+
+import signal
+
+from nikl_emotion.base.errors import PipelineError
+from nikl_emotion.base.vocabulary import INFERENCE_DTYPES
+from nikl_emotion.commands.cli import command_parser, quiet_libraries
+
+__all__ = [
+    "main",
+]
+
+
+def main(argv: list[str]) -> int:
+    parser = command_parser(__doc__)
+    parser.add_argument("folder", help="a run, a stack, a best/ checkpoint or an export folder")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--max_batch_size", type=int, default=64, help="rows answered by one forward pass")
+    parser.add_argument(
+        "--max_wait_ms", type=float, default=5.0, help="how long a request waits for others to share its batch"
+    )
+    parser.add_argument("--max_rows", type=int, default=256, help="rows per request")
+    parser.add_argument("--max_text_chars", type=int, default=2000, help="characters per text")
+    parser.add_argument("--max_request_bytes", type=int, default=1_000_000, help="bytes per request body")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    parser.add_argument("--dtype", choices=INFERENCE_DTYPES, default="auto", help="as inference.py --dtype")
+    parser.add_argument("--trust_remote_code", action="store_true", help="run modelling code a checkpoint ships")
+    args = parser.parse_args(argv)
+    options = _options(args)
+    quiet_libraries()
+    import uvicorn
+
+    from nikl_emotion.backends.precision import LoadOptions
+    from nikl_emotion.runs.prediction import checkpoint_loader
+    from nikl_emotion.serving.app import create_app
+    from nikl_emotion.serving.model import ServedModel
+
+    loader = checkpoint_loader(args.device, LoadOptions(dtype=args.dtype, trust_remote_code=args.trust_remote_code))
+    model = ServedModel(args.folder, loader, batch_size=args.max_batch_size)
+    print(f"serving {args.folder} ({len(model.models)} checkpoint(s)) on http://{args.host}:{args.port}/", flush=True)
+    # uvicorn stops gracefully on SIGTERM/Ctrl-C (requests in flight answered, then the app's shutdown), then raises
+    # the signal again for the handler it found: a stop that was asked for is a normal end (exit 0), not an error
+    for stop in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop, lambda signum, frame: None)
+    uvicorn.run(create_app(model, options), host=args.host, port=args.port, log_level="warning")
+    print("stopped", flush=True)
+    return 0
+
+
+def _options(args):
+    from nikl_emotion.serving.app import ServeOptions
+    from nikl_emotion.serving.requests import Limits
+
+    for name in ("port", "max_batch_size", "max_rows", "max_text_chars", "max_request_bytes"):
+        if getattr(args, name) < 1:
+            raise PipelineError(f"--{name}: must be at least 1, got {getattr(args, name)}")
+    if args.max_wait_ms < 0:
+        raise PipelineError(f"--max_wait_ms: must be 0 or more, got {args.max_wait_ms}")
+    limits = Limits(args.max_request_bytes, args.max_rows, args.max_text_chars)
+    return ServeOptions(args.max_batch_size, args.max_wait_ms, limits)
