@@ -176,3 +176,23 @@ def test_the_command_refuses_a_folder_without_a_model_and_bad_options(tmp_path):
     assert result.returncode == 1 and "error:" in result.stderr
     result = run_cli("-m", "nikl_emotion", "serve", tmp_path, "--max_batch_size", "0", check=False)
     assert result.returncode == 1 and "--max_batch_size: must be at least 1" in result.stderr
+
+
+def test_a_checkpoint_and_its_onnx_export_are_served_as_they_predict(tiny_run, tmp_path):
+    """`serve` takes a fold's best/ or an export as well as a run; each checkpoint is loaded once, whatever the
+    number of requests."""
+    best = tiny_run / "fold_0" / "best"
+    run_cli("export.py", "--checkpoint", best, "--output", tmp_path / "onnx")
+    row = {"text": TEXT, "target": TARGET}
+    begin = TEXT.index(TARGET)
+    task_row = {"id": "r", "input": {"form": TEXT, "target": {"form": TARGET, "begin": begin, "end": begin + 2}}}
+    load = checkpoint_loader("cpu")
+    for folder in (best, tmp_path / "onnx"):
+        loads = []
+        model = ServedModel(str(folder), lambda path, loads=loads: loads.append(path) or load(path))
+        with TestClient(create_app(model)) as client:
+            answers = [client.post("/predict", json=row).json()["rows"][0] for _ in range(3)]
+        assert loads == [str(folder)]
+        expected = EmotionClassifier.from_pretrained(folder, device="cpu").predict_proba(task_row)[0]
+        for answer in answers:
+            np.testing.assert_allclose([answer["probabilities"][label] for label in LABELS], expected, atol=2e-6)
