@@ -10,32 +10,39 @@
 # the fine-tuning settings of configs/offline-cpu.yaml (lr 3e-4, <= 6 epochs, patience 2) were kept after dev probes
 # in an earlier round (BENCHMARKS.md), so dev is not wholly unseen by the recipe's selection.
 # Usage: bash bench/offline_recipe.sh [SEED]   (reads ../shared/data/nikluge-ea-2023 or $NIKL_DATA)
+#   EARLY_STOPPING_SPLIT=0.1 bash bench/offline_recipe.sh SEED: stage 2 chooses each fold's epoch on a held-out 10%
+#   of its training rows, so its OOF rows (and the stack fitted on them) are unseen; its folders end in -split0.1
+#   and, with POST_TRAIN=0, it reuses the same seed's post-trained backbone when that is there (stage 1 skipped).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${NIKL_DATA:-../shared/data/nikluge-ea-2023}
 [ -f "$DATA/train.jsonl" ] || { echo "skipped: NIKL data not found in $DATA (set NIKL_DATA)"; exit 0; }
-SEED=${1:-42}
-PT=outputs/post-train-offline-s$SEED NEURAL=outputs/offline-cpu-s$SEED NGRAM=outputs/offline-cpu-ngram-s$SEED
-STACK=outputs/offline-cpu-stack-s$SEED
+SEED=${1:-42} SPLIT=${EARLY_STOPPING_SPLIT:-0}
+SUFFIX=$([ "$SPLIT" = 0 ] && echo "" || echo "-split$SPLIT")
+PT=outputs/post-train-offline-s$SEED NEURAL=outputs/offline-cpu-s$SEED$SUFFIX NGRAM=outputs/offline-cpu-ngram-s$SEED
+STACK=outputs/offline-cpu-stack-s$SEED$SUFFIX
 start=$(date +%s)
-python post_train.py configs/post_train-offline.yaml --train_files "$DATA/train.jsonl" "$DATA/dev.jsonl" \
-  "$DATA/test.jsonl" --output_dir "$PT" --seed "$SEED" --overwrite true | tail -1
+if [ "${POST_TRAIN:-1}" = 1 ] || [ ! -f "$PT/post_train.json" ]; then
+  python post_train.py configs/post_train-offline.yaml --train_files "$DATA/train.jsonl" "$DATA/dev.jsonl" \
+    "$DATA/test.jsonl" --output_dir "$PT" --seed "$SEED" --overwrite true | tail -1
+fi
 t1=$(date +%s)
 python train.py configs/offline-cpu.yaml --model_name_or_path "$PT" --train_files "$DATA/train.jsonl" \
-  --test_file "$DATA/dev.jsonl" --output_dir "$NEURAL" --seed "$SEED" --overwrite true | grep -a "^decision"
+  --test_file "$DATA/dev.jsonl" --output_dir "$NEURAL" --seed "$SEED" --early_stopping_split "$SPLIT" \
+  --overwrite true | grep -a "^decision"
 t2=$(date +%s)
 python train.py configs/offline-cpu-ngram.yaml --train_files "$DATA/train.jsonl" \
   --test_file "$DATA/dev.jsonl" --output_dir "$NGRAM" --seed "$SEED" --overwrite true | grep -a "^decision"
 t3=$(date +%s)
 python ensemble.py --runs "$NEURAL" "$NGRAM" --strategy stack --output_dir "$STACK"
 t4=$(date +%s)
-python - "$DATA/dev.jsonl" "$NEURAL" "$NGRAM" "$STACK" "$SEED" $((t1 - start)) $((t2 - t1)) $((t3 - t2)) $((t4 - t3)) <<'PY'
+python - "$DATA/dev.jsonl" "$NEURAL" "$NGRAM" "$STACK" "$SEED" "$SPLIT" $((t1 - start)) $((t2 - t1)) $((t3 - t2)) $((t4 - t3)) <<'PY'
 import json, sys
 sys.path.insert(0, "bench")
 from run_figures import dev_f1, run_figures
-dev, neural, ngram, stack, seed, *seconds = sys.argv[1:]
+dev, neural, ngram, stack, seed, split, *seconds = sys.argv[1:]
 seconds = [int(s) for s in seconds]
-print(json.dumps({"seed": int(seed), "stage_seconds": {"post_train": seconds[0], "fine_tune_5_folds": seconds[1],
+print(json.dumps({"seed": int(seed), "early_stopping_split": float(split), "stage_seconds": {"post_train": seconds[0], "fine_tune_5_folds": seconds[1],
                   "ngram": seconds[2], "stack": seconds[3]}, "total_minutes": round(sum(seconds) / 60, 1),
                   "neural": run_figures(neural, dev), "ngram": run_figures(ngram, dev),
                   "stack_dev": dev_f1(dev, stack + "/submission.jsonl")}))
