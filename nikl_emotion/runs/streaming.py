@@ -6,11 +6,12 @@ processes), written once, in input order, by the main process.
 The rows are cut into consecutive chunks of `chunk_size`; process r of W predicts the chunks r, r + W, r + 2W, ...
 Each chunk is sorted by length and batched inside itself, so a chunk's probabilities do not depend on which process
 (or how many) computed it: the output has the same bytes whatever W. Checkpoints are loaded one at a time, as
-`RunClassifier` does; each streams its share of the file to a scratch file of float arrays beside the output (4
-bytes x 8 per row and checkpoint), and the main process then reads the input once more with every checkpoint's part
-of each chunk, decides it by the run's rule and appends it to the outputs. Memory holds one checkpoint and one
-chunk, not the file. The outputs appear whole at the end (atomic renames); a killed job leaves its scratch folder,
-which the next run writing the same output removes. Several machines need the output folder on a shared disk.
+`RunClassifier` does; each streams its share of the file to a scratch file of float arrays beside the output (8
+floats per row and checkpoint, in the dtype the model gave), and the main process then reads the input once more
+with every checkpoint's part of each chunk, decides it by the run's rule and appends it to the outputs. Memory holds
+one checkpoint and one chunk, not the file. The outputs appear whole at the end (atomic renames); a killed job
+leaves its scratch folder, which the next run writing the same output removes. Several machines need the output
+folder on a shared disk.
 """
 
 from __future__ import annotations
