@@ -31,6 +31,7 @@ __all__ = [
     "probs_line",
     "parse_json_line",
     "check_text",
+    "iter_text_lines",
     "iter_json_lines",
     "read_probs",
     "file_digest",
@@ -236,9 +237,9 @@ def check_text(value: str, path: str, line: int, field: str) -> None:
         raise RowError(path, line, field, f"holds a lone surrogate {value[exc.start]!r}, which is not text") from None
 
 
-def iter_json_lines(path: str | os.PathLike) -> Iterator[tuple[int, object]]:
-    """Yield (line number, parsed object) for each non-blank line; bad JSON or bytes that are not UTF-8 name
-    their line. A UTF-8 BOM and CRLF line ends are accepted."""
+def iter_text_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
+    """Yield (line number, text) for each non-blank line; bytes that are not UTF-8 name their line. A UTF-8 BOM and
+    CRLF line ends are accepted."""
     path = os.fspath(path)
     try:
         handle = open(path, "rb")  # bytes, decoded line by line, so a decoding error knows its line
@@ -252,9 +253,15 @@ def iter_json_lines(path: str | os.PathLike) -> Iterator[tuple[int, object]]:
                 raise RowError(path, line_no, "encoding", "not valid UTF-8") from None
             if line_no == 1:
                 line = line.removeprefix("\ufeff")
-            if not line.strip():
-                continue
-            yield line_no, parse_json_line(line, path, line_no)
+            if line.strip():
+                yield line_no, line
+
+
+def iter_json_lines(path: str | os.PathLike) -> Iterator[tuple[int, object]]:
+    """Yield (line number, parsed object) for each non-blank line (`iter_text_lines`); bad JSON names its line."""
+    path = os.fspath(path)
+    for line_no, line in iter_text_lines(path):
+        yield line_no, parse_json_line(line, path, line_no)
 
 
 def read_probs(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:

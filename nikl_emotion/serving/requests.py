@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 
 from nikl_emotion.base.errors import RowError
-from nikl_emotion.text.data import rows_from_records
+from nikl_emotion.text.data import check_records
 
 __all__ = [
     "Limits",
@@ -58,12 +58,11 @@ def parse_body(body: bytes, limits: Limits) -> tuple[list[str], list[dict]]:
         raise RequestError(422, prefix or "body", "no rows")
     if len(rows) > limits.max_rows:
         raise RequestError(413, prefix or "body", f"{len(rows)} rows; at most {limits.max_rows} per request")
-    records = [_task_record(row, f"{prefix}[{index}]", limits) for index, row in enumerate(rows)]
-    ids = [record.pop("request_id") or str(index + 1) for index, record in enumerate(records)]
-    for index, record in enumerate(records):
-        record["id"] = str(index + 1)  # positions: a request's own ids need not be unique
+    records = [_task_record(row, index, f"{prefix}[{index}]", limits) for index, row in enumerate(rows)]
+    # the request's own ids (or positions) answer; the records carry positions: a request's ids need not be unique
+    ids = [row.get("id") or record["id"] for row, record in zip(rows, records)]
     try:
-        rows_from_records(records, "request")  # the file format's own checks (span, types, lone surrogates)
+        check_records(records, "request")  # the file format's own checks (span, types, lone surrogates)
     except RowError as exc:
         raise RequestError(422, f"{prefix}[{exc.line - 1}].{exc.field}", exc.message) from None
     return ids, records
@@ -81,8 +80,8 @@ def _row_list(value) -> tuple[list, str]:
     raise RequestError(422, "body", 'expected a row, a list of rows or {"rows": [...]}')
 
 
-def _task_record(row, where: str, limits: Limits) -> dict:
-    """One row as a task-format record (id by position; the request's own id kept under `request_id`)."""
+def _task_record(row, index: int, where: str, limits: Limits) -> dict:
+    """One row as a task-format record, its id its 1-based position (the request's own id is checked here)."""
     if not isinstance(row, dict):
         raise RequestError(422, where, "expected an object")
     row_id = row.get("id")
@@ -102,7 +101,7 @@ def _task_record(row, where: str, limits: Limits) -> dict:
         inp = {"form": text, "target": _short_target(text, row.get("target"), f"{where}.target")}
     else:
         raise RequestError(422, where, 'expected "text" (and "target") or the task\'s "input"')
-    return {"id": "x", "input": inp, "request_id": row_id}
+    return {"id": str(index + 1), "input": inp}
 
 
 def _check_length(text, field: str, limits: Limits) -> None:

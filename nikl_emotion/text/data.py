@@ -22,7 +22,7 @@ from datasets import Dataset, Features, Sequence, Value
 from datasets.exceptions import DatasetGenerationError
 
 from nikl_emotion.base.errors import RowError
-from nikl_emotion.base.fileio import check_text, file_digest, iter_json_lines, parse_json_line
+from nikl_emotion.base.fileio import check_text, file_digest, iter_json_lines, iter_text_lines, parse_json_line
 from nikl_emotion.base.labels import LABELS, NUM_LABELS
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "scan_jsonl",
     "JsonlScan",
     "read_jsonl_chunks",
+    "check_records",
     "rows_from_records",
     "iter_column",
     "iter_inputs",
@@ -243,6 +244,15 @@ def _checked_row(obj: object, path: str, line: int, label_mode: _LabelMode) -> d
     return row
 
 
+def _id_hash(row_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(row_id.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+def _rows_dataset(rows: list[dict]) -> Dataset:
+    """Checked rows (`_checked_row`) as the dataset `load_jsonl` makes."""
+    return Dataset.from_dict({name: [row[name] for row in rows] for name in _ROW_FEATURES}, features=_ROW_FEATURES)
+
+
 class JsonlScan(NamedTuple):
     rows: int
     labelled: int  # rows whose `output` holds labels
@@ -256,7 +266,7 @@ def scan_jsonl(path: str | os.PathLike, label_mode: _LabelMode = "optional") -> 
     hashes, labelled = array("Q"), 0
     for row in _parsed_rows(path, label_mode):
         labelled += row["labels"] is not None
-        hashes.append(int.from_bytes(hashlib.blake2b(row["id"].encode("utf-8"), digest_size=8).digest(), "little"))
+        hashes.append(_id_hash(row["id"]))
     if not hashes:
         raise RowError(path, None, "file", "no rows")
     ordered = np.sort(np.frombuffer(hashes, dtype=np.uint64))
@@ -264,8 +274,7 @@ def scan_jsonl(path: str | os.PathLike, label_mode: _LabelMode = "optional") -> 
         repeated = set(ordered[1:][ordered[1:] == ordered[:-1]].tolist())
         seen: dict[str, int] = {}
         for row in _parsed_rows(path, label_mode):
-            key = int.from_bytes(hashlib.blake2b(row["id"].encode("utf-8"), digest_size=8).digest(), "little")
-            if key in repeated and seen.setdefault(row["id"], row["line"]) != row["line"]:
+            if _id_hash(row["id"]) in repeated and seen.setdefault(row["id"], row["line"]) != row["line"]:
                 first = seen[row["id"]]
                 raise RowError(path, row["line"], "id", f"duplicate id {row['id']!r} (first at {path}:{first})")
     return JsonlScan(len(hashes), labelled)
@@ -278,44 +287,36 @@ def read_jsonl_chunks(
     the chunks `owns(number)` accepts; the others are skipped unparsed. Memory holds one chunk, not the file."""
     path = os.fspath(path)
     _check_is_file(path)
-    columns: dict[str, list] = {name: [] for name in _ROW_FEATURES}
-    number = count = 0
-    with open(path, "rb") as handle:
-        for line_no, raw in enumerate(handle, start=1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise RowError(path, line_no, "encoding", "not valid UTF-8") from None
-            text = text.removeprefix("\ufeff") if line_no == 1 else text
-            if not text.strip():
-                continue  # blank lines are not rows (as load_jsonl)
+    rows, number, count = [], 0, 0
+    for line_no, text in iter_text_lines(path):
+        if owns(number):
+            rows.append(_checked_row(parse_json_line(text, path, line_no), path, line_no, label_mode))
+        count += 1
+        if count == chunk_size:
             if owns(number):
-                row = _checked_row(parse_json_line(text, path, line_no), path, line_no, label_mode)
-                for name, value in row.items():
-                    columns[name].append(value)
-            count += 1
-            if count == chunk_size:
-                if owns(number):
-                    yield number, Dataset.from_dict(columns, features=_ROW_FEATURES)
-                columns, number, count = {name: [] for name in _ROW_FEATURES}, number + 1, 0
+                yield number, _rows_dataset(rows)
+            rows, number, count = [], number + 1, 0
     if count and owns(number):
-        yield number, Dataset.from_dict(columns, features=_ROW_FEATURES)
+        yield number, _rows_dataset(rows)
 
 
-def rows_from_records(records: list, source: str = "<rows>") -> Dataset:
-    """Rows given in memory, validated like a file's lines (errors name `source` and the 1-based position): task rows
-    as dicts (`{"id", "input": {"form", "target"}}`, `output` optional) or plain texts, which get ids "1", "2", ...
-    and no target."""
-    columns: dict[str, list] = {name: [] for name in _ROW_FEATURES}
+def check_records(records: list, source: str = "<rows>") -> list[dict]:
+    """Rows given in memory, validated like a file's lines (errors name `source` and the 1-based position) and
+    flattened, without building a dataset: task rows as dicts (`{"id", "input": {"form", "target"}}`, `output`
+    optional) or plain texts, which get ids "1", "2", ... and no target."""
+    rows = []
     for position, record in enumerate(records, start=1):
         if isinstance(record, str):
             record = {"id": str(position), "input": {"form": record, "target": None}}
-        row = _checked_row(record, source, position, "optional")
-        for name, value in row.items():
-            columns[name].append(value)
-    if not columns["id"]:
+        rows.append(_checked_row(record, source, position, "optional"))
+    if not rows:
         raise RowError(source, None, "rows", "no rows")
-    rows = Dataset.from_dict(columns, features=_ROW_FEATURES)
+    return rows
+
+
+def rows_from_records(records: list, source: str = "<rows>") -> Dataset:
+    """`check_records`'s rows as a dataset; ids must be unique."""
+    rows = _rows_dataset(check_records(records, source))
     _check_unique_ids([rows], [source])
     return rows
 
