@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 
 from nikl_emotion.base.errors import PipelineError
-from nikl_emotion.base.vocabulary import DEFAULT_STRATEGY, DEFAULT_VOTE_RULE, DEFAULT_VOTE_TIE
+from nikl_emotion.base.vocabulary import DEFAULT_STRATEGY, DEFAULT_VOTE_RULE, DEFAULT_VOTE_TIE, INFERENCE_DTYPES
 
 __all__ = [
     "configure_logging",
@@ -20,6 +20,8 @@ __all__ = [
     "entry_point",
     "pop_option",
     "add_decision_arguments",
+    "add_loading_arguments",
+    "load_options",
     "decision_rule",
     "decision_options_given",
     "decision_threshold",
@@ -147,3 +149,29 @@ def decision_threshold(args: argparse.Namespace):
 
         return load_thresholds(args.thresholds)
     return args.threshold  # its range is checked by DecisionRule
+
+
+def add_loading_arguments(parser: argparse.ArgumentParser) -> None:
+    """How a command that predicts loads its checkpoints: --device, --dtype, --trust_remote_code (`load_options`)."""
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    parser.add_argument(
+        "--dtype",
+        choices=INFERENCE_DTYPES,
+        default="auto",
+        help="auto (default): each checkpoint as its run trained (its base's dtype and autocast, "
+        "best/loading.json), so it reproduces the run's probabilities; fp32; bf16 or fp16: "
+        "autocast, a decoder's weights also held in it (half the memory)",
+    )
+    parser.add_argument(
+        "--trust_remote_code",
+        action="store_true",
+        help="run the modelling code a checkpoint ships (custom-code models); only for code you trust",
+    )
+
+
+def load_options(args):
+    """The `LoadOptions` of `add_loading_arguments`'s options (and --load_in_4bit where the command has it)."""
+    from nikl_emotion.backends.precision import LoadOptions
+
+    four_bit = getattr(args, "load_in_4bit", False)
+    return LoadOptions(dtype=args.dtype, load_in_4bit=four_bit, trust_remote_code=args.trust_remote_code)

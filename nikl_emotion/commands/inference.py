@@ -8,12 +8,14 @@ accelerate launch inference.py --run OUT --input corpus.jsonl --output labels.js
     processes, e.g. one per GPU; one output, in input order, the same bytes as one process)
 """
 
-from nikl_emotion.base.vocabulary import DEFAULT_STRATEGY, INFERENCE_DTYPES, STRATEGIES
+from nikl_emotion.base.vocabulary import DEFAULT_STRATEGY, STRATEGIES
 from nikl_emotion.commands.cli import (
     add_decision_arguments,
+    add_loading_arguments,
     command_parser,
     decision_options_given,
     decision_rule,
+    load_options,
     quiet_libraries,
 )
 
@@ -47,24 +49,11 @@ def _parser():
     parser.add_argument(
         "--strategy", choices=STRATEGIES, help=f"how several checkpoints combine (default {DEFAULT_STRATEGY})"
     )
-    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    parser.add_argument(
-        "--dtype",
-        choices=INFERENCE_DTYPES,
-        default="auto",
-        help="auto (default): each checkpoint as its run trained (its base's dtype and autocast, "
-        "best/loading.json), so it reproduces the run's probabilities; fp32; bf16 or fp16: "
-        "autocast, a decoder's weights also held in it (half the memory)",
-    )
+    add_loading_arguments(parser)
     parser.add_argument(
         "--load_in_4bit",
         action="store_true",
         help="a decoder LoRA adapter's base in 4-bit NF4 (CUDA and bitsandbytes: pip install .[qlora])",
-    )
-    parser.add_argument(
-        "--trust_remote_code",
-        action="store_true",
-        help="run the modelling code a checkpoint ships (custom-code models); only for code you trust",
     )
     return parser
 
@@ -76,7 +65,6 @@ def main(argv: list[str]) -> int:
         parser.error("--run takes the run's own decision rule: drop --strategy, --threshold(s) and --no_fallback")
     rule = None if args.run else decision_rule(args)
     quiet_libraries()
-    from nikl_emotion.backends.precision import LoadOptions
     from nikl_emotion.folders.folder_kind import check_not_a_folders_own_file
     from nikl_emotion.runs.prediction import PredictionFiles, checkpoint_loader, predict_file, predict_run_file
     from nikl_emotion.runs.streaming import Processes
@@ -87,8 +75,7 @@ def main(argv: list[str]) -> int:
             check_not_a_folders_own_file(path, option)
     files.check()
     processes = Processes.current()  # under accelerate launch, each process predicts on its own device
-    options = LoadOptions(dtype=args.dtype, load_in_4bit=args.load_in_4bit, trust_remote_code=args.trust_remote_code)
-    loader = checkpoint_loader(args.device or processes.device, options)
+    loader = checkpoint_loader(args.device or processes.device, load_options(args))
     if args.run:
         rows = predict_run_file(args.run, files, loader)
     else:

@@ -13,8 +13,7 @@ Stop with Ctrl-C or SIGTERM: requests in flight are answered first.
 import signal
 
 from nikl_emotion.base.errors import PipelineError
-from nikl_emotion.base.vocabulary import INFERENCE_DTYPES
-from nikl_emotion.commands.cli import command_parser, quiet_libraries
+from nikl_emotion.commands.cli import add_loading_arguments, command_parser, load_options, quiet_libraries
 
 __all__ = [
     "main",
@@ -33,20 +32,17 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--max_rows", type=int, default=256, help="rows per request")
     parser.add_argument("--max_text_chars", type=int, default=2000, help="characters per text")
     parser.add_argument("--max_request_bytes", type=int, default=1_000_000, help="bytes per request body")
-    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    parser.add_argument("--dtype", choices=INFERENCE_DTYPES, default="auto", help="as inference.py --dtype")
-    parser.add_argument("--trust_remote_code", action="store_true", help="run modelling code a checkpoint ships")
+    add_loading_arguments(parser)
     args = parser.parse_args(argv)
     options = _options(args)
     quiet_libraries()
     import uvicorn
 
-    from nikl_emotion.backends.precision import LoadOptions
     from nikl_emotion.runs.prediction import checkpoint_loader
     from nikl_emotion.serving.app import create_app
     from nikl_emotion.serving.model import ServedModel
 
-    loader = checkpoint_loader(args.device, LoadOptions(dtype=args.dtype, trust_remote_code=args.trust_remote_code))
+    loader = checkpoint_loader(args.device, load_options(args))
     model = ServedModel(args.folder, loader, batch_size=args.max_batch_size)
     print(f"serving {args.folder} ({len(model.models)} checkpoint(s)) on http://{args.host}:{args.port}/", flush=True)
     # uvicorn stops gracefully on SIGTERM/Ctrl-C (requests in flight answered, then the app's shutdown), then raises
