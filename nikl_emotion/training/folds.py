@@ -8,6 +8,7 @@ from iterstrat.ml_stratifiers import MultilabelStratifiedKFold, MultilabelStrati
 __all__ = [
     "make_folds",
     "hold_out",
+    "choosing_rows",
 ]
 
 
@@ -32,3 +33,17 @@ def hold_out(train_index: np.ndarray, labels: np.ndarray, share: float, seed: in
     splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=held, random_state=seed)
     kept, out = next(splitter.split(np.zeros(len(train_index)), np.asarray(labels)[train_index]))
     return np.sort(train_index[kept]), np.sort(train_index[out])
+
+
+def choosing_rows(
+    folds: list[tuple[np.ndarray, np.ndarray]], k: int, labels: np.ndarray, share: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Fold k's (rows to train on, rows that choose the epoch or a search's trial, whether those were held out of
+    the training rows). `share` 0 chooses on the fold's validation rows (its out-of-fold rows then saw the choice);
+    above 0 a stratified `share` of the training rows, seeded by the run's `seed` + k, is held out to choose on
+    (`early_stopping_split`), so the validation rows stay unseen."""
+    train_index, val_index = folds[k]
+    if share <= 0:
+        return train_index, val_index, False
+    kept, held = hold_out(train_index, labels, share, seed + k)
+    return kept, held, True

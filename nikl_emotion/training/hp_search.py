@@ -1,7 +1,9 @@
 """Hyper-parameter search with `Trainer.hyperparameter_search` (Optuna backend) on one fold.
 
 `python train.py CONFIG --hp-search N [--fold K]`: N trials, each training on fold K's training split (default 0)
-and scored by the best validation micro-F1 over its epochs. The space is centred on the config's own values, so the
+and scored by the best micro-F1 over its epochs on the rows that choose: fold K's validation rows, or with
+`early_stopping_split` a share of its training rows held out (the same rows the run's epoch is then chosen on), so
+that fold K's out-of-fold rows stay unseen by the search too. The space is centred on the config's own values, so the
 same command searches sensibly around a pretrained encoder's 4e-5 or the offline backbone's 1e-3:
 
 | key | range |
@@ -42,7 +44,7 @@ from nikl_emotion.base.fileio import write_text_atomic
 from nikl_emotion.folders.folder_kind import check_output_folder, claim_folder
 from nikl_emotion.folders.run_folder import RunFolder
 from nikl_emotion.text.preprocessing import TaskFiles
-from nikl_emotion.training.folds import make_folds
+from nikl_emotion.training.folds import choosing_rows, make_folds
 from nikl_emotion.training.kfold import load_run_files
 
 __all__ = [
@@ -52,6 +54,12 @@ __all__ = [
 
 
 _BATCH_SIZES = (16, 32, 64, 128)
+# which rows scored the trials: the fold's validation rows (its out-of-fold rows then saw the search) or rows held out
+# of its training rows by early_stopping_split (they did not)
+CHOSEN_ON_NAMES = {
+    "validation_rows": "fold's validation rows",
+    "early_stopping_split": "early_stopping_split rows held out of the fold's training rows",
+}
 LOSS_KEYS = {f.name for f in dataclasses.fields(LossArguments)}
 
 
@@ -120,7 +128,7 @@ def _trials_table(study) -> list[dict]:
     return rows
 
 
-def _write_trials(output_dir: str, study) -> None:
+def _write_trials(output_dir: str, study, rows_name: str) -> None:
     rows = _trials_table(study)
     columns = list(dict.fromkeys(key for row in rows for key in row))
     buffer = io.StringIO()
@@ -132,7 +140,7 @@ def _write_trials(output_dir: str, study) -> None:
     complete = [t for t in study.trials if t.value is not None]
     if complete:
         best = max(complete, key=lambda t: t.value)
-        header = f"# hp_search trial {best.number}: validation micro-F1 {best.value:.4f}\n"
+        header = f"# hp_search trial {best.number}: micro-F1 {best.value:.4f} on the {rows_name}\n"
         write_text_atomic(run.hp_best, header + yaml.safe_dump(dict(best.params), sort_keys=False))
 
 
@@ -167,7 +175,7 @@ def run_hp_search(settings: RunSettings, n_trials: int) -> dict | None:
         claim_folder(output_dir, "run")  # the study lives in a run's folder (RunFolder.hp_*)
         write_text_atomic(run.hp_config, yaml.safe_dump(settings.resolved(), allow_unicode=True, sort_keys=False))
     state.wait_for_everyone()
-    trainer = _search_trainer(settings, run, files)
+    trainer, chosen_on = _search_trainer(settings, run, files)
     storage = f"sqlite:///{os.path.abspath(run.hp_study)}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     best = trainer.hyperparameter_search(
@@ -187,28 +195,34 @@ def run_hp_search(settings: RunSettings, n_trials: int) -> dict | None:
     if not state.is_main_process:
         return None
     study = optuna.load_study(study_name="hp_search", storage=storage)
-    _write_trials(output_dir, study)
+    _write_trials(output_dir, study, CHOSEN_ON_NAMES[chosen_on])
     return {
         "best_trial": int(best.run_id),
         "micro_f1": best.objective,
         "params": best.hyperparameters,
         "trials": len(study.trials),
         "fold": settings.kfold.fold or 0,
+        "chosen_on": chosen_on,
         "table": run.hp_table,
     }
 
 
-def _search_trainer(settings: RunSettings, run: RunFolder, files: TaskFiles) -> _SearchTrainer:
-    """The trials' Trainer on the chosen fold's split: a fresh classifier per trial from the run's backbone (an
-    offline one, shared with train.py in this folder, also learns the test texts)."""
+def _search_trainer(settings: RunSettings, run: RunFolder, files: TaskFiles) -> tuple[_SearchTrainer, str]:
+    """The trials' Trainer on the chosen fold's split, and which rows score the trials (a `CHOSEN_ON_NAMES` key): a
+    fresh classifier per trial from the run's backbone (an offline one, shared with train.py in this folder, also
+    learns the test texts)."""
     model_args, training = settings.model, settings.training
     preprocessing = files.preprocessing
     backbone, tokenizer, encoded, _ = backbone_and_encodings(
         model_args, preprocessing, training, files.cleaned, files.cleaned_test
     )
-    folds = make_folds(np.asarray(files.train["labels"]), settings.kfold.num_folds, training.seed)
-    train_index, val_index = folds[settings.kfold.fold or 0]
-    train_split, val_split = encoded.select(train_index), encoded.select(val_index)
+    labels, fold = np.asarray(files.train["labels"]), settings.kfold.fold or 0
+    folds = make_folds(labels, settings.kfold.num_folds, training.seed)
+    # the run's own split of this fold: trials are scored on the rows its epoch will be chosen on
+    train_index, choose_index, held_out = choosing_rows(
+        folds, fold, labels, settings.kfold.early_stopping_split, training.seed
+    )
+    train_split, val_split = encoded.select(train_index), encoded.select(choose_index)
     # trials are scored, not kept: no checkpoints, no best-model reload, nothing pushed to the hub
     args = dataclasses.replace(
         training,
@@ -219,7 +233,7 @@ def _search_trainer(settings: RunSettings, run: RunFolder, files: TaskFiles) -> 
         push_to_hub=False,
     )
     head, loading = preprocessing.classifier_head, backbone_loading(model_args)
-    return _SearchTrainer(
+    trainer = _SearchTrainer(
         model=None,
         model_init=lambda trial=None: load_classifier(backbone, tokenizer, settings.techniques, head, loading),
         args=args,
@@ -227,3 +241,4 @@ def _search_trainer(settings: RunSettings, run: RunFolder, files: TaskFiles) -> 
         loss_args=settings.loss,
         train_labels=np.asarray(train_split["labels"]),
     )
+    return trainer, "early_stopping_split" if held_out else "validation_rows"

@@ -25,7 +25,7 @@ from nikl_emotion.folders.run_folder import DONE_FILE, RunFolder, input_digests
 from nikl_emotion.runs.summary import summarize
 from nikl_emotion.text.data import iter_column, load_jsonl
 from nikl_emotion.text.preprocessing import TaskFiles, clean, load_task_files
-from nikl_emotion.training.folds import hold_out, make_folds
+from nikl_emotion.training.folds import choosing_rows, make_folds
 from nikl_emotion.training.pseudo_labels import PseudoLabels, fold_pseudo_labels, teacher_test_file
 
 logger = logging.getLogger(__name__)
@@ -201,12 +201,11 @@ class KFoldRun:
 
     def _training_rows(self, k: int) -> tuple[np.ndarray, np.ndarray | None]:
         """Fold k's (rows to train on, rows held out of them to choose the epoch, or None): early_stopping_split."""
-        train_index = self.folds[k][0]
-        share = self.settings.kfold.early_stopping_split
-        if share <= 0:
-            return train_index, None
-        labels = np.asarray(self.files.train["labels"])
-        return hold_out(train_index, labels, share, self.settings.training.seed + k)
+        labels, settings = np.asarray(self.files.train["labels"]), self.settings
+        train_index, choose_index, held_out = choosing_rows(
+            self.folds, k, labels, settings.kfold.early_stopping_split, settings.training.seed
+        )
+        return train_index, choose_index if held_out else None
 
     def summarize(self) -> dict | None:
         """The run's summary once every fold is done (None before); the decision files then join the folds'
