@@ -48,6 +48,7 @@ from nikl_emotion.training.folds import choosing_rows, make_folds
 from nikl_emotion.training.kfold import load_run_files
 
 __all__ = [
+    "CHOSEN_ON_NAMES",
     "LOSS_KEYS",
     "run_hp_search",
 ]
