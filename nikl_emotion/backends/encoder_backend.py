@@ -53,7 +53,7 @@ from nikl_emotion.base.checkpoint_files import AVERAGING_STATE_FILE
 from nikl_emotion.base.config import ModelArguments, ModelLoading, RunSettings, TechniqueArguments
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.fileio import write_json_atomic
-from nikl_emotion.base.vocabulary import is_offline
+from nikl_emotion.base.vocabulary import choosing_rows_name, is_offline
 from nikl_emotion.decisions.decision import fixed_rule
 from nikl_emotion.decisions.metrics import score
 from nikl_emotion.folders.run_folder import FoldFolder, RunFolder, last_complete_checkpoint, read_mapping
@@ -347,7 +347,7 @@ def _fold_state(trainer: EmotionTrainer, data: FoldData) -> dict:
         "train_rows": int(len(data.train_index)),
         "pseudo_label_rows": pseudo_label_rows(data),
         # which rows chose the epoch: the validation rows (its scores above are then optimistic) or held-out ones
-        "epoch_chosen_on": "validation_rows" if data.stop_index is None else "early_stopping_split",
+        "epoch_chosen_on": choosing_rows_name(held_out=data.stop_index is not None),
         "early_stopping_rows": 0 if data.stop_index is None else int(len(data.stop_index)),
     }
 

@@ -28,6 +28,8 @@ __all__ = [
     "INFERENCE_DTYPES",
     "ATTN_IMPLEMENTATIONS",
     "MAX_UNKNOWN_RATE",
+    "CHOOSING_ROWS",
+    "choosing_rows_name",
     "is_offline",
     "is_ngram",
     "spelled",
@@ -63,6 +65,12 @@ INFERENCE_DTYPES = ("auto", "fp32", "bf16", "fp16")
 # transformers' attention kernels (a hub kernel such as kernels-community/flash-attn also passes, by its slash)
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
 MAX_UNKNOWN_RATE = 0.05  # a Korean encoder's own tokenizer leaves well under 1% of NIKL tokens unknown
+# which rows of a fold chose its epoch (metrics.json "epoch_chosen_on") or scored a search's trials: its validation
+# rows (its out-of-fold rows then saw the choice) or rows held out of its training rows by early_stopping_split
+CHOOSING_ROWS = {
+    "validation_rows": "fold's validation rows",
+    "early_stopping_split": "early_stopping_split rows held out of the fold's training rows",
+}
 
 
 def is_offline(model_name_or_path: str) -> bool:
@@ -81,3 +89,8 @@ def spelled(choices: tuple[str, ...]) -> str:
 def check_choice(key: str, value, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise PipelineError(f"{key}: {value!r} is not {spelled(choices)}")
+
+
+def choosing_rows_name(held_out: bool) -> str:
+    """The `CHOOSING_ROWS` name of a fold's choosing rows: held out of its training rows, or its validation rows."""
+    return "early_stopping_split" if held_out else "validation_rows"

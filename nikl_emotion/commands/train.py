@@ -25,13 +25,14 @@ def main(argv: list[str]) -> int:
         if summary is not None:  # the main process, every fold done
             print_summary(summary)
         return 0
-    from nikl_emotion.training.hp_search import CHOSEN_ON_NAMES, run_hp_search
+    from nikl_emotion.base.vocabulary import CHOOSING_ROWS
+    from nikl_emotion.training.hp_search import run_hp_search
 
     best = run_hp_search(settings, trials)
     if best is not None:
         print(
             f"hp search: {best['trials']} trials on fold {best['fold']}; best micro-F1 {best['micro_f1']:.4f} on the "
-            f"{CHOSEN_ON_NAMES[best['chosen_on']]} (trial {best['best_trial']}): {best['params']}; "
+            f"{CHOOSING_ROWS[best['chosen_on']]} (trial {best['best_trial']}): {best['params']}; "
             f"table in {best['table']}"
         )
     return 0

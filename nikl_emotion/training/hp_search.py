@@ -41,6 +41,7 @@ from nikl_emotion.backends.registry import backend_for
 from nikl_emotion.base.config import LossArguments, RunSettings
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.fileio import write_text_atomic
+from nikl_emotion.base.vocabulary import CHOOSING_ROWS, choosing_rows_name
 from nikl_emotion.folders.folder_kind import check_output_folder, claim_folder
 from nikl_emotion.folders.run_folder import RunFolder
 from nikl_emotion.text.preprocessing import TaskFiles
@@ -48,19 +49,12 @@ from nikl_emotion.training.folds import choosing_rows, make_folds
 from nikl_emotion.training.kfold import load_run_files
 
 __all__ = [
-    "CHOSEN_ON_NAMES",
     "LOSS_KEYS",
     "run_hp_search",
 ]
 
 
 _BATCH_SIZES = (16, 32, 64, 128)
-# which rows scored the trials: the fold's validation rows (its out-of-fold rows then saw the search) or rows held out
-# of its training rows by early_stopping_split (they did not)
-CHOSEN_ON_NAMES = {
-    "validation_rows": "fold's validation rows",
-    "early_stopping_split": "early_stopping_split rows held out of the fold's training rows",
-}
 LOSS_KEYS = {f.name for f in dataclasses.fields(LossArguments)}
 
 
@@ -196,7 +190,7 @@ def run_hp_search(settings: RunSettings, n_trials: int) -> dict | None:
     if not state.is_main_process:
         return None
     study = optuna.load_study(study_name="hp_search", storage=storage)
-    _write_trials(output_dir, study, CHOSEN_ON_NAMES[chosen_on])
+    _write_trials(output_dir, study, CHOOSING_ROWS[chosen_on])
     return {
         "best_trial": int(best.run_id),
         "micro_f1": best.objective,
@@ -209,7 +203,7 @@ def run_hp_search(settings: RunSettings, n_trials: int) -> dict | None:
 
 
 def _search_trainer(settings: RunSettings, run: RunFolder, files: TaskFiles) -> tuple[_SearchTrainer, str]:
-    """The trials' Trainer on the chosen fold's split, and which rows score the trials (a `CHOSEN_ON_NAMES` key): a
+    """The trials' Trainer on the chosen fold's split, and which rows score the trials (a `CHOOSING_ROWS` name): a
     fresh classifier per trial from the run's backbone (an offline one, shared with train.py in this folder, also
     learns the test texts)."""
     model_args, training = settings.model, settings.training
@@ -242,4 +236,4 @@ def _search_trainer(settings: RunSettings, run: RunFolder, files: TaskFiles) -> 
         loss_args=settings.loss,
         train_labels=np.asarray(train_split["labels"]),
     )
-    return trainer, "early_stopping_split" if held_out else "validation_rows"
+    return trainer, choosing_rows_name(held_out)
