@@ -9,9 +9,9 @@ import torch
 from conftest import ROOT, run_cli
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
+from nikl_emotion.backends.budget_clock import BudgetClock, check_clock_schedule, clock_schedule
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.training import post_training
-from nikl_emotion.training.time_budget import BudgetClock, check_clock_schedule, clock_schedule
 
 
 def learning_rates(args, progresses):

@@ -14,6 +14,7 @@ from transformers.integrations import TensorBoardCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from nikl_emotion.backends.averaging import weight_averaging
+from nikl_emotion.backends.budget_clock import ClockScheduleMixin
 from nikl_emotion.backends.classifier import CheckpointClassifier
 from nikl_emotion.backends.losses import MultiLabelLoss, build_loss
 from nikl_emotion.backends.precision import autocast_dtype, training_autocast
@@ -67,7 +68,7 @@ class LengthListSamplerMixin:
         )
 
 
-class EmotionTrainer(LengthListSamplerMixin, Trainer):
+class EmotionTrainer(ClockScheduleMixin, LengthListSamplerMixin, Trainer):
     """Trainer whose loss comes from `losses.py`, reduced here so that gradient accumulation and multi-process runs
     give the same gradients as one big batch.
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import functools
 import gc
 import hashlib
 import logging
@@ -29,6 +30,7 @@ from nikl_emotion.backends.backbone import (
     load_tokenizer,
     parse_offline_spec,
 )
+from nikl_emotion.backends.budget_clock import FoldClock, carried_out, slowest
 from nikl_emotion.backends.classifier import CheckpointClassifier
 from nikl_emotion.backends.divergence import DivergenceGuard, TrainingDiverged, check_finite_probabilities, likely_cause
 from nikl_emotion.backends.emotion_trainer import (
@@ -83,6 +85,7 @@ class EncoderBackend:
     supports_multi_process = True
     supports_lora = False
     supports_early_stopping_split = True
+    supports_time_budget = True
 
     @property
     def heads(self) -> tuple[str, ...]:
@@ -193,6 +196,8 @@ class EncoderBackend:
         inputs = fold_trainer_inputs(data.train_rows, data.choosing_rows, tokenizer, settings)
         trainer = EmotionTrainer(model=model, args=fold_args, **inputs)
         keep_tensorboard_logs(trainer, folder.runs)
+        if data.ends_at is not None:
+            _follow_the_fold_clock(trainer, data, len(inputs["eval_dataset"]))
         return trainer
 
     def new_model(self, backbone: str, tokenizer, settings: RunSettings, head: str = "cls"):
@@ -337,6 +342,23 @@ def _train_resuming(trainer: EmotionTrainer, folder: FoldFolder, fold: int) -> N
     trainer.train(resume_from_checkpoint=resume)
 
 
+def _follow_the_fold_clock(trainer: EmotionTrainer, data: FoldData, evaluated_rows: int) -> None:
+    """time_budget_minutes: the fold's schedule follows a `FoldClock` ending at `data.ends_at`, its reserve the
+    rows predicted after training (validation and test) per row an evaluation scores."""
+    predicted = len(data.val_index) + (len(data.encoded_test) if data.encoded_test is not None else 0)
+    clock = FoldClock(data.ends_at, predicted / max(evaluated_rows, 1), functools.partial(slowest, trainer.accelerator))
+    trainer.budget_clock = clock
+    trainer.add_callback(clock)
+
+
+def _time_budget_record(trainer: EmotionTrainer) -> dict | None:
+    """What the fold's clock did (None without time_budget_minutes): steps, seconds, progress, what ended it."""
+    clock = trainer.budget_clock
+    if not isinstance(clock, FoldClock):
+        return None
+    return {**carried_out(clock, trainer.state), "ended_by": clock.ended_by(trainer.state)}
+
+
 def _fold_state(trainer: EmotionTrainer, data: FoldData) -> dict:
     best = trainer.state.best_model_checkpoint
     return {
@@ -349,6 +371,7 @@ def _fold_state(trainer: EmotionTrainer, data: FoldData) -> dict:
         # which rows chose the epoch: the validation rows (its scores above are then optimistic) or held-out ones
         "epoch_chosen_on": choosing_rows_name(held_out=data.stop_index is not None),
         "early_stopping_rows": 0 if data.stop_index is None else int(len(data.stop_index)),
+        "time_budget": _time_budget_record(trainer),
     }
 
 

@@ -53,7 +53,8 @@ class FoldBackend(Protocol):
     `supports_distillation` (it can be `distill.py`'s student), `supports_onnx_export` (`export.py`),
     `supports_multi_process` (it may run under `accelerate launch`), `supports_lora` (LoRA adapters; `check_lora`
     checks what they need), `supports_early_stopping_split` (its training chooses an epoch, on held-out rows if
-    asked) and `heads` (the `classifier_head` values it builds; empty for a model without one)."""
+    asked), `supports_time_budget` (its fold's schedule can follow `FoldData.ends_at`) and `heads` (the
+    `classifier_head` values it builds; empty for a model without one)."""
 
     name: str
     supports_techniques: bool
@@ -64,6 +65,7 @@ class FoldBackend(Protocol):
     supports_multi_process: bool
     supports_lora: bool
     supports_early_stopping_split: bool
+    supports_time_budget: bool
     heads: tuple[str, ...]
 
     def matches(self, model_name_or_path: str) -> bool: ...
@@ -110,6 +112,8 @@ class FoldData:
     extra_train_rows: Dataset | None = None  # pseudo-labelled rows, training only (pseudo_labels.py)
     # early_stopping_split: rows of the fold's training share, held out of train_index, that choose the epoch
     stop_index: np.ndarray | None = None
+    # time_budget_minutes: the time.monotonic() by which the fold's training and predicting end (None: no budget)
+    ends_at: float | None = None
 
     @property
     def train_rows(self) -> Dataset:

@@ -236,6 +236,7 @@ class NgramBackend:
     heads = ()
     supports_lora = False
     supports_early_stopping_split = False  # it chooses no epoch: its out-of-fold probabilities are unseen already
+    supports_time_budget = False  # no schedule to fit into minutes: a fold takes seconds
 
     def matches(self, model_name_or_path: str) -> bool:
         return is_ngram(model_name_or_path)

@@ -270,6 +270,9 @@ class DataArguments(PreprocessingArguments):
             raise PipelineError(f"test_file: {self.test_file!r}: file not found")
 
 
+_MAX_TIME_BUDGET_MINUTES = 7 * 24 * 60
+
+
 @dataclass
 class KFoldArguments:
     num_folds: int = field(default=5, metadata={"help": "Number of stratified folds."})
@@ -289,6 +292,16 @@ class KFoldArguments:
             "epoch: early stopping and the best checkpoint. The fold's validation rows then choose nothing, so the "
             "out-of-fold probabilities (and the stack and rules fitted on them) are as unseen as a test file's. "
             "0: the validation rows choose the epoch (optimistic out-of-fold scores)."
+        },
+    )
+    time_budget_minutes: float | None = field(
+        default=None,
+        metadata={
+            "help": "Minutes this train.py may take for the folds it trains, loading included; each fold gets the "
+            "minutes left over the folds left. A fold's learning-rate schedule follows its seconds or the steps of "
+            "num_train_epochs, whichever is further along: a fast machine trains every epoch, a slow one the same "
+            "schedule compressed. Early stopping still applies. A resumed run gets the minutes again for the folds "
+            "left. Unset: num_train_epochs alone."
         },
     )
     threshold: float = field(default=0.5, metadata={"help": "Probability at or above which a label is predicted."})
@@ -319,6 +332,7 @@ class KFoldArguments:
             raise PipelineError("early_stopping_patience: must be >= 0")
         if not (_is_finite(self.early_stopping_split) and 0.0 <= self.early_stopping_split < 0.5):
             raise PipelineError(f"early_stopping_split: must be in [0, 0.5), got {self.early_stopping_split}")
+        _check_time_budget(self.time_budget_minutes)
         check_choice("decision", self.decision, DECISION_MODES)
         if not (_is_finite(self.threshold) and 0 < self.threshold < 1):
             raise PipelineError(f"threshold: must be in (0, 1), got {self.threshold}")
@@ -503,7 +517,6 @@ class PostTrainDataArguments(PreprocessingArguments):
 
 
 OBJECTIVES: tuple[str, ...] = ("mlm", "rtd")
-_MAX_TIME_BUDGET_MINUTES = 7 * 24 * 60
 
 
 @dataclass
@@ -576,12 +589,7 @@ class MLMArguments:
             raise PipelineError(f"rtd_generator_size: must be in (0, 1], got {self.rtd_generator_size}")
         if not (_is_finite(self.rtd_discriminator_weight) and self.rtd_discriminator_weight > 0):
             raise PipelineError(f"rtd_discriminator_weight: must be > 0, got {self.rtd_discriminator_weight}")
-        budget = self.time_budget_minutes
-        if budget is not None and not (_is_finite(budget) and 0 < budget <= _MAX_TIME_BUDGET_MINUTES):
-            raise PipelineError(
-                f"time_budget_minutes: must be a number of minutes in (0, {_MAX_TIME_BUDGET_MINUTES}] "
-                f"(a week), got {budget}"
-            )
+        _check_time_budget(self.time_budget_minutes)
 
 
 POST_TRAIN_DEFAULTS: dict[str, object] = {
@@ -864,6 +872,14 @@ def _validate_loss(loss_args: LossArguments) -> None:
         raise PipelineError(f"loss_reduction: {loss_args.loss_reduction!r} is not mean or sum")
     if loss_args.parsed_pos_weight() is not None and loss_args.loss != "bce":
         raise PipelineError(f"pos_weight: only the bce loss takes a positive-class weight (loss is {loss_args.loss})")
+
+
+def _check_time_budget(budget: float | None) -> None:
+    if budget is not None and not (_is_finite(budget) and 0 < budget <= _MAX_TIME_BUDGET_MINUTES):
+        raise PipelineError(
+            f"time_budget_minutes: must be a number of minutes in (0, {_MAX_TIME_BUDGET_MINUTES}] (a week), "
+            f"got {budget}"
+        )
 
 
 def _is_finite(value) -> bool:

@@ -11,6 +11,7 @@ import os
 
 from transformers import TrainingArguments
 
+from nikl_emotion.backends.budget_clock import check_clock_schedule
 from nikl_emotion.backends.heads import TARGET_MASK, head_named
 from nikl_emotion.backends.losses import LossParameterError, build_loss
 from nikl_emotion.backends.registry import backend_for
@@ -65,6 +66,7 @@ def validate(settings: RunSettings) -> None:
     _check_adapters(model_args)
     _validate_techniques_with(technique_args, model_args, training_args)
     _check_early_stopping_split(settings.kfold.early_stopping_split, model_args.model_name_or_path)
+    _check_time_budget(settings.kfold.time_budget_minutes, model_args.model_name_or_path, training_args)
     if training_args.label_smoothing_factor:
         raise PipelineError(
             "label_smoothing_factor: the Trainer's smoothing is for single-label cross-entropy and would be ignored "
@@ -94,6 +96,17 @@ def _check_early_stopping_split(share: float, model_name_or_path: str) -> None:
             f"early_stopping_split: {model_name_or_path} chooses no epoch, so its out-of-fold probabilities are "
             "unseen by any choice already; drop the key"
         )
+
+
+def _check_time_budget(budget: float | None, model_name_or_path: str, training_args) -> None:
+    if budget is None:
+        return
+    if not backend_for(model_name_or_path).supports_time_budget:
+        raise PipelineError(
+            f"time_budget_minutes: {model_name_or_path} has no schedule to fit into minutes (a fold takes "
+            "seconds); drop the key"
+        )
+    check_clock_schedule(training_args)  # the schedule must be a function of the step to follow the clock
 
 
 def _check_classifier_head(model_args: ModelArguments, preprocessing_args: PreprocessingArguments) -> None:

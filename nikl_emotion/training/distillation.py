@@ -103,6 +103,11 @@ def parse_distill_config(argv: list[str]) -> DistillSettings:
     model_name = settings.run.model.model_name_or_path
     if not backend_for(model_name).supports_distillation:
         raise PipelineError(f"model_name_or_path: the student is an encoder; {model_name} has none")
+    if settings.run.kfold.time_budget_minutes is not None:
+        raise PipelineError(
+            "time_budget_minutes: it shares train.py's minutes over its folds; distill.py trains one student, sized "
+            "by num_train_epochs: drop the key"
+        )
     teacher = FinishedRun.open(distill_args.teacher_run, "teacher_run")
     if os.path.realpath(distill_args.teacher_run) == os.path.realpath(training_args.output_dir):
         raise PipelineError("output_dir: must differ from teacher_run (the student's files would mix with the run's)")

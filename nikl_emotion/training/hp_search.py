@@ -27,6 +27,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import logging
 import math
 import os
 
@@ -52,6 +53,8 @@ __all__ = [
     "LOSS_KEYS",
     "run_hp_search",
 ]
+
+logger = logging.getLogger(__name__)
 
 
 _BATCH_SIZES = (16, 32, 64, 128)
@@ -161,6 +164,8 @@ def run_hp_search(settings: RunSettings, n_trials: int) -> dict | None:
     """`n_trials` Optuna trials on fold `fold` (default 0) of the run's folds; the table and the best trial's keys in
     the run folder (module docstring). Returns the best trial on the main process."""
     optuna = _check_search(settings, n_trials)
+    if settings.kfold.time_budget_minutes is not None:
+        logger.info("--hp-search: each trial trains num_train_epochs; time_budget_minutes sizes the run, not a trial")
     state, training = PartialState(), settings.training
     output_dir = training.output_dir
     check_output_folder(output_dir, "run")

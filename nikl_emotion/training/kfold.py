@@ -4,8 +4,10 @@ then out-of-fold scores, a summary and a hard-voted submission."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import shutil
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +29,7 @@ from nikl_emotion.text.data import iter_column, load_jsonl
 from nikl_emotion.text.preprocessing import TaskFiles, clean, load_task_files
 from nikl_emotion.training.folds import choosing_rows, make_folds
 from nikl_emotion.training.pseudo_labels import PseudoLabels, fold_pseudo_labels, teacher_test_file
+from nikl_emotion.training.time_budget import SAFETY
 
 logger = logging.getLogger(__name__)
 
@@ -104,9 +107,11 @@ class KFoldRun:
     backend: FoldBackend
     folds: list[tuple[np.ndarray, np.ndarray]]
     pseudo_sets: list[PseudoLabels] | None
+    started: float  # time.monotonic() when the run opened: time_budget_minutes counts from here
 
     @classmethod
     def open(cls, settings: RunSettings) -> KFoldRun:
+        started = time.monotonic()
         model, kfold, training = settings.model, settings.kfold, settings.training
         check_output_folder(training.output_dir, "run")  # before any work: another command's folder is refused
         files = load_run_files(settings)
@@ -126,11 +131,18 @@ class KFoldRun:
         if techniques.pseudo_label_run is not None:
             ids = list(iter_column(files.train, "id"))
             pseudo_sets = fold_pseudo_labels(techniques.pseudo_label_run, ids, folds, techniques.pseudo_label_threshold)
-        return cls(settings, files, backend, folds, pseudo_sets)
+        return cls(settings, files, backend, folds, pseudo_sets, started)
 
     @property
     def folder(self) -> RunFolder:
         return RunFolder(self.settings.training.output_dir)
+
+    @property
+    def ends_at(self) -> float | None:
+        """time_budget_minutes: the time.monotonic() by which the folds' training and predicting end (a share of
+        the minutes is kept back for the summary and noise, as post-training keeps it)."""
+        budget = self.settings.kfold.time_budget_minutes
+        return None if budget is None else self.started + budget * 60 * SAFETY
 
     @property
     def selected(self) -> list[int]:
@@ -146,7 +158,7 @@ class KFoldRun:
                 locks = [(run.fold_lock(k), f"{output_dir} fold {k}") for k in self.selected]
                 held.enter_context(exclusive_all(locks))
             prepared = self.set_up(state)
-            _train_folds(self.settings, run, self.fold_data(prepared))
+            _train_folds(self.settings, run, self.fold_data(prepared), self.ends_at)
             if not state.is_main_process:
                 return None
             summary = self.summarize()
@@ -220,14 +232,20 @@ class KFoldRun:
         return summary
 
 
-def _train_folds(settings: RunSettings, run: RunFolder, fold_data: list[FoldData]) -> None:
-    """Train the folds that are not done yet. A fold that diverges stops the run; its folder goes (and so do the
+def _train_folds(settings: RunSettings, run: RunFolder, fold_data: list[FoldData], ends_at: float | None) -> None:
+    """Train the folds that are not done yet, each given an equal share of the seconds left until `ends_at`
+    (time_budget_minutes; None: no budget). A fold that diverges stops the run; its folder goes (and so do the
     selected folds' empty ones), so a corrected configuration may take the folder over when no results are left."""
+    to_train = []
     for data in fold_data:
+        if run.fold(data.fold).is_done(data.fold):
+            logger.info("fold %d: already complete (%s); skipped", data.fold, DONE_FILE)
+        else:
+            to_train.append(data)
+    for position, data in enumerate(to_train):
         k = data.fold
-        if run.fold(k).is_done(k):
-            logger.info("fold %d: already complete (%s); skipped", k, DONE_FILE)
-            continue
+        if ends_at is not None:
+            data = dataclasses.replace(data, ends_at=_fold_ends_at(ends_at, len(to_train) - position, k))
         try:
             backend_for(data.backbone).train_fold(settings, data)  # saves best/, the fold's files last
         except TrainingDiverged:
@@ -236,3 +254,18 @@ def _train_folds(settings: RunSettings, run: RunFolder, fold_data: list[FoldData
                     if other.fold == k or holds_nothing(run.fold(other.fold).root):
                         shutil.rmtree(run.fold(other.fold).root, ignore_errors=True)
             raise
+
+
+def _fold_ends_at(run_ends_at: float, folds_left: int, fold: int) -> float:
+    """A fold's end: an equal share of the run's seconds left (a fold that ran short leaves more to the next)."""
+    now = time.monotonic()
+    share = max(run_ends_at - now, 0.0) / folds_left
+    logger.info(
+        "fold %d: %.0f s of time_budget_minutes (%.0f s left over %d folds); its schedule follows them or its "
+        "epochs, whichever is further along",
+        fold,
+        share,
+        run_ends_at - now,
+        folds_left,
+    )
+    return now + share

@@ -44,6 +44,13 @@ from nikl_emotion.backends.backbone import (
     parse_offline_spec,
     train_wordpiece_tokenizer,
 )
+from nikl_emotion.backends.budget_clock import (
+    BudgetClock,
+    ClockScheduleMixin,
+    carried_out,
+    check_clock_schedule,
+    slowest,
+)
 from nikl_emotion.backends.emotion_trainer import LengthListSamplerMixin, keep_tensorboard_logs
 from nikl_emotion.backends.registry import backend_for
 from nikl_emotion.base.config import (
@@ -70,10 +77,6 @@ from nikl_emotion.training.packing import pack_rows
 from nikl_emotion.training.rtd import ReplacedTokenDetection, check_rtd_backbone
 from nikl_emotion.training.time_budget import (
     SAFETY,
-    BudgetClock,
-    carried_out,
-    check_clock_schedule,
-    clock_schedule,
     describe,
     describe_carried_out,
     measure_step_seconds,
@@ -285,11 +288,10 @@ class _MLMCollator(DataCollatorForLanguageModeling):
         return super().__call__(features, return_tensors)
 
 
-class _PostTrainer(LengthListSamplerMixin, Trainer):
+class _PostTrainer(ClockScheduleMixin, LengthListSamplerMixin, Trainer):
     """With a `BudgetClock` (time_budget_minutes), the learning-rate schedule follows the clock, not the steps; the
     held-out rows are masked by `eval_collator` (at the fixed held-out rate), the training rows by `data_collator`."""
 
-    budget_clock: BudgetClock | None = None
     eval_collator: DataCollatorForLanguageModeling | None = None
 
     def evaluate(self, *args, **kwargs):
@@ -300,12 +302,6 @@ class _PostTrainer(LengthListSamplerMixin, Trainer):
             return super().evaluate(*args, **kwargs)
         finally:
             self.data_collator = training_collator
-
-    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
-        if self.lr_scheduler is None and self.budget_clock is not None:
-            self.lr_scheduler = clock_schedule(self.args, optimizer or self.optimizer, self.budget_clock)
-            self._created_lr_scheduler = True
-        return super().create_scheduler(num_training_steps, optimizer)
 
 
 @dataclasses.dataclass
@@ -484,7 +480,7 @@ def _post_trainer(
     keep_tensorboard_logs(trainer, folder.runs)
     trainer.eval_collator = eval_collator
     if clock is not None:
-        clock.agree = functools.partial(_slowest, trainer.accelerator)
+        clock.agree = functools.partial(slowest, trainer.accelerator)
         trainer.budget_clock = clock
         trainer.add_callback(clock)
     return trainer
@@ -496,11 +492,6 @@ def _set_dropout(model: torch.nn.Module, probability: float) -> None:
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = probability
-
-
-def _slowest(accelerator, progress: float) -> float:
-    """Every process's schedule progress -> the largest (the processes step and stop together)."""
-    return float(accelerator.gather(torch.tensor([progress], device=accelerator.device)).max())
 
 
 def _train_with_eval_losses(
