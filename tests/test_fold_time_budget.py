@@ -31,11 +31,13 @@ def optimizer_with_lr_one() -> torch.optim.Optimizer:
 
 def test_with_time_to_spare_a_fold_follows_exactly_the_schedule_of_its_epochs(tmp_path):
     args = TrainingArguments(tmp_path, warmup_steps=0.1, lr_scheduler_type="linear", learning_rate=1.0)
-    clock, control, steps = FoldClock(time.monotonic() + 3600, 1.0), TrainerControl(), 50
+    # 37 steps: a warm-up of 3.7 steps, rounded up to 4 as the Trainer rounds it
+    clock, control, steps = FoldClock(time.monotonic() + 3600, 1.0), TrainerControl(), 37
     clocked, stepped = optimizer_with_lr_one(), optimizer_with_lr_one()
-    schedule = clock_schedule(args, clocked, clock)
+    schedule = clock_schedule(args, clocked, clock, clock.schedule_resolution(steps))  # as EmotionTrainer builds it
     # the reference: the Trainer's own step schedule over the epochs' steps
-    reference = get_scheduler("linear", stepped, num_warmup_steps=args.get_warmup_steps(steps), num_training_steps=50)
+    warmup = args.get_warmup_steps(steps)
+    reference = get_scheduler("linear", stepped, num_warmup_steps=warmup, num_training_steps=steps)
     clock.on_train_begin(args, at_step(0, steps), control)
     for step in range(steps):
         clock.on_pre_optimizer_step(args, at_step(step, steps), control)

@@ -57,6 +57,10 @@ class BudgetClock(TrainerCallback, ExportableState):
         self._began: float | None = None
         self._ended: float | None = None
 
+    def schedule_resolution(self, num_training_steps: int) -> int:
+        """The virtual steps the schedule is read on: fine enough for any run (its step count is only a bound)."""
+        return _RESOLUTION
+
     def spent_seconds(self) -> float:
         """Training seconds spent: before the checkpoint this run resumed from, and in this run (until it ended)."""
         if self._began is None:
@@ -107,6 +111,11 @@ class FoldClock(BudgetClock):
         self._evaluation_seconds = self._save_seconds = 0.0
         self._evaluated_at: float | None = None
 
+    def schedule_resolution(self, num_training_steps: int) -> int:
+        """The epochs' own steps: while they are further along, the schedule is the Trainer's step schedule exactly
+        (warm-up rounded as the Trainer rounds it); when the seconds lead, each step still reads its own value."""
+        return max(num_training_steps, 1)
+
     def on_train_begin(self, args, state, control, **kwargs):
         super().on_train_begin(args, state, control, **kwargs)
         self._give_seconds_left()
@@ -151,8 +160,10 @@ class ClockScheduleMixin:
     budget_clock: BudgetClock | None = None
 
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
-        if self.lr_scheduler is None and self.budget_clock is not None:
-            self.lr_scheduler = clock_schedule(self.args, optimizer or self.optimizer, self.budget_clock)
+        clock = self.budget_clock
+        if self.lr_scheduler is None and clock is not None:
+            resolution = clock.schedule_resolution(num_training_steps)
+            self.lr_scheduler = clock_schedule(self.args, optimizer or self.optimizer, clock, resolution)
             self._created_lr_scheduler = True
         return super().create_scheduler(num_training_steps, optimizer)
 
@@ -163,17 +174,20 @@ def slowest(accelerator, progress: float) -> float:
     return float(accelerator.gather(torch.tensor([progress], device=accelerator.device)).max())
 
 
-def _at_progress(step_function: Callable[[int], float], clock: BudgetClock, _step: int) -> float:
-    return step_function(round(min(clock.progress, 1.0) * _RESOLUTION))
+def _at_progress(step_function: Callable[[int], float], clock: BudgetClock, resolution: int, _step: int) -> float:
+    return step_function(round(min(clock.progress, 1.0) * resolution))
 
 
-def clock_schedule(args: TrainingArguments, optimizer: torch.optim.Optimizer, clock: BudgetClock):
-    """`args.lr_scheduler_type` (its warm-up and kwargs too) with `clock`'s progress in place of the step count."""
+def clock_schedule(
+    args: TrainingArguments, optimizer: torch.optim.Optimizer, clock: BudgetClock, resolution: int = _RESOLUTION
+):
+    """`args.lr_scheduler_type` (its warm-up and kwargs too) with `clock`'s progress in place of the step count: the
+    step function over `resolution` virtual steps, read at progress x `resolution`."""
     scheduler = get_scheduler(
         args.lr_scheduler_type,
         optimizer=optimizer,
-        num_warmup_steps=args.get_warmup_steps(_RESOLUTION),
-        num_training_steps=_RESOLUTION,
+        num_warmup_steps=args.get_warmup_steps(resolution),
+        num_training_steps=resolution,
         scheduler_specific_kwargs=args.lr_scheduler_kwargs,
     )
     if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
@@ -182,7 +196,7 @@ def clock_schedule(args: TrainingArguments, optimizer: torch.optim.Optimizer, cl
             f"lr_scheduler_type: {name} is not a function of the step, so it cannot follow the clock of "
             "time_budget_minutes; use linear, cosine, polynomial, constant_with_warmup or warmup_stable_decay"
         )
-    scheduler.lr_lambdas = [functools.partial(_at_progress, f, clock) for f in scheduler.lr_lambdas]
+    scheduler.lr_lambdas = [functools.partial(_at_progress, f, clock, resolution) for f in scheduler.lr_lambdas]
     return scheduler
 
 
