@@ -13,12 +13,16 @@
 #   EARLY_STOPPING_SPLIT=0.1 bash bench/offline_recipe.sh SEED: stage 2 chooses each fold's epoch on a held-out 10%
 #   of its training rows, so its OOF rows (and the stack fitted on them) are unseen; its folders end in -split0.1
 #   and, with POST_TRAIN=0, it reuses the same seed's post-trained backbone when that is there (stage 1 skipped).
+#   FINE_TUNE_MINUTES=M bash bench/offline_recipe.sh SEED: stage 2 with --time_budget_minutes M (each fold's
+#   schedule on its share of the clock); its folders end in -ftM.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${NIKL_DATA:-../shared/data/nikluge-ea-2023}
 [ -f "$DATA/train.jsonl" ] || { echo "skipped: NIKL data not found in $DATA (set NIKL_DATA)"; exit 0; }
-SEED=${1:-42} SPLIT=${EARLY_STOPPING_SPLIT:-0}
-SUFFIX=$([ "$SPLIT" = 0 ] && echo "" || echo "-split$SPLIT")
+SEED=${1:-42} SPLIT=${EARLY_STOPPING_SPLIT:-0} MINUTES=${FINE_TUNE_MINUTES:-}
+SUFFIX=$([ "$SPLIT" = 0 ] && echo "" || echo "-split$SPLIT")$([ -z "$MINUTES" ] && echo "" || echo "-ft$MINUTES")
+BUDGET=()
+[ -z "$MINUTES" ] || BUDGET=(--time_budget_minutes "$MINUTES")
 PT=outputs/post-train-offline-s$SEED NEURAL=outputs/offline-cpu-s$SEED$SUFFIX NGRAM=outputs/offline-cpu-ngram-s$SEED
 STACK=outputs/offline-cpu-stack-s$SEED$SUFFIX
 start=$(date +%s)
@@ -29,20 +33,21 @@ fi
 t1=$(date +%s)
 python train.py configs/offline-cpu.yaml --model_name_or_path "$PT" --train_files "$DATA/train.jsonl" \
   --test_file "$DATA/dev.jsonl" --output_dir "$NEURAL" --seed "$SEED" --early_stopping_split "$SPLIT" \
-  --overwrite true | grep -a "^decision"
+  "${BUDGET[@]}" --overwrite true | grep -a "^decision"
 t2=$(date +%s)
 python train.py configs/offline-cpu-ngram.yaml --train_files "$DATA/train.jsonl" \
   --test_file "$DATA/dev.jsonl" --output_dir "$NGRAM" --seed "$SEED" --overwrite true | grep -a "^decision"
 t3=$(date +%s)
 python ensemble.py --runs "$NEURAL" "$NGRAM" --strategy stack --output_dir "$STACK"
 t4=$(date +%s)
-python - "$DATA/dev.jsonl" "$NEURAL" "$NGRAM" "$STACK" "$SEED" "$SPLIT" $((t1 - start)) $((t2 - t1)) $((t3 - t2)) $((t4 - t3)) <<'PY'
+python - "$DATA/dev.jsonl" "$NEURAL" "$NGRAM" "$STACK" "$SEED" "$SPLIT" "${MINUTES:-none}" $((t1 - start)) $((t2 - t1)) $((t3 - t2)) $((t4 - t3)) <<'PY'
 import json, sys
 sys.path.insert(0, "bench")
 from run_figures import dev_f1, run_figures
-dev, neural, ngram, stack, seed, split, *seconds = sys.argv[1:]
+dev, neural, ngram, stack, seed, split, minutes, *seconds = sys.argv[1:]
 seconds = [int(s) for s in seconds]
-print(json.dumps({"seed": int(seed), "early_stopping_split": float(split), "stage_seconds": {"post_train": seconds[0], "fine_tune_5_folds": seconds[1],
+print(json.dumps({"seed": int(seed), "early_stopping_split": float(split),
+                  "fine_tune_minutes": None if minutes == "none" else float(minutes), "stage_seconds": {"post_train": seconds[0], "fine_tune_5_folds": seconds[1],
                   "ngram": seconds[2], "stack": seconds[3]}, "total_minutes": round(sum(seconds) / 60, 1),
                   "neural": run_figures(neural, dev), "ngram": run_figures(ngram, dev),
                   "stack_dev": dev_f1(dev, stack + "/submission.jsonl")}))

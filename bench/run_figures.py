@@ -17,7 +17,8 @@ def dev_f1(dev_file: str, predictions: str) -> float:
 
 
 def run_figures(run: str, dev_file: str) -> dict:
-    """OOF micro-F1 at 0.5, the rule the run chose and its nested OOF score, each fold's score, and dev."""
+    """OOF micro-F1 at 0.5, the rule the run chose and its nested OOF score, each fold's score, epochs and (with a
+    time budget) what ended it, and dev."""
     with open(f"{run}/summary.json", encoding="utf-8") as handle:
         summary = json.load(handle)
     decision = summary["decision"]
@@ -27,5 +28,8 @@ def run_figures(run: str, dev_file: str) -> dict:
         "rule": decision["chosen"],
         "nested_oof": None if nested is None else round(nested, 4),
         "folds": [round(f["micro_f1"], 4) for f in summary["folds"]],
+        "epochs_run": [round(f.get("epochs_run") or 0.0, 2) for f in summary["folds"]],
+        # time_budget_minutes: what ended each fold (time_budget, epochs, early_stopping); absent without a budget
+        "ended_by": [(f.get("time_budget") or {}).get("ended_by") for f in summary["folds"]],
         "dev": dev_f1(dev_file, f"{run}/submission.jsonl"),
     }
