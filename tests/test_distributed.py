@@ -15,6 +15,9 @@ from nikl_emotion.runs.prediction import PredictionFiles, checkpoint_loader, pre
 from nikl_emotion.text.data import load_jsonl
 
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
+# accelerate launch with 2 CPU processes (gloo), no mixed precision, no compilation
+TWO_CPU_PROCESSES = ("accelerate", "launch", "--cpu", "--num_processes", "2", "--num_machines", "1")
+TWO_CPU_PROCESSES += ("--mixed_precision", "no", "--dynamo_backend", "no")
 
 
 @pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate CLI not on PATH")
@@ -22,17 +25,7 @@ def test_two_process_cpu_run_writes_complete_ordered_outputs(tmp_path):
     out = tmp_path / "ddp"
     result = subprocess.run(
         [
-            "accelerate",
-            "launch",
-            "--cpu",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
+            *TWO_CPU_PROCESSES,
             "train.py",
             str(ROOT / "configs" / "quickstart.yaml"),
             "--output_dir",
@@ -87,17 +80,7 @@ def test_fine_tuning_techniques_keep_the_ranks_in_step(tmp_path):
     out = tmp_path / "ddp"
     result = subprocess.run(
         [
-            "accelerate",
-            "launch",
-            "--cpu",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
+            *TWO_CPU_PROCESSES,
             "train.py",
             str(ROOT / "configs" / "quickstart.yaml"),
             "--output_dir",
@@ -149,17 +132,7 @@ def test_the_time_budget_measures_the_wrapped_model_with_accumulation_and_holds(
     out = tmp_path / "post"
     result = subprocess.run(
         [
-            "accelerate",
-            "launch",
-            "--cpu",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
+            *TWO_CPU_PROCESSES,
             "post_train.py",
             str(ROOT / "configs" / "post_train-quickstart.yaml"),
             "--output_dir",
@@ -188,14 +161,9 @@ def test_a_k_fold_time_budget_stops_both_ranks_at_one_step_each_fold(tmp_path):
     """Each fold's clock is agreed across the ranks (the slowest's): both stop at the same step by the clock, or DDP
     would hang; the epochs (200) are far more than the minutes allow."""
     out = tmp_path / "ddp-budget"
-    launch = ["accelerate", "launch", "--cpu", "--num_processes", "2", "--num_machines", "1"]
     result = subprocess.run(
         [
-            *launch,
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
+            *TWO_CPU_PROCESSES,
             "train.py",
             str(QUICKSTART),
             *["--output_dir", str(out), "--num_folds", "2", "--num_train_epochs", "200"],
