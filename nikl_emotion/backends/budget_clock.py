@@ -71,21 +71,31 @@ class BudgetClock(TrainerCallback, ExportableState):
         return {"args": {"training_seconds": self.training_seconds}, "attributes": {"spent": self.spent_seconds()}}
 
     def on_train_begin(self, args, state, control, **kwargs):
-        saved = state.stateful_callbacks.get(type(self).__name__) or {}
-        saved = (saved[0] if isinstance(saved, list) and saved else saved) or {}
         self._began, self._ended = time.monotonic(), None
-        if state.global_step > 0:  # resumed: the schedule its checkpoint was on
+        saved = None
+        if state.global_step > 0:  # resumed: the seconds its checkpoint spent, and the schedule it was on
+            saved = state.stateful_callbacks.get(type(self).__name__) or {}
+            saved = (saved[0] if isinstance(saved, list) and saved else saved) or {}
             self._spent_before = float(saved.get("attributes", {}).get("spent", 0.0))
+        self._give_seconds(saved)
+        self.progress = self.agree(self._share(state))
+
+    def _give_seconds(self, saved: dict | None = None) -> None:
+        """`training_seconds` at the start: a resumed run's from its checkpoint, a fresh one's until `ends_at`."""
+        if saved is not None:
             self.training_seconds = float(saved.get("args", {}).get("training_seconds", self.training_seconds))
         elif self.ends_at is not None:
             self.training_seconds = max(self.ends_at - self.reserve_seconds - self._began, 1.0)
-        self.progress = self.agree(self.spent_seconds() / self.training_seconds)
+
+    def _share(self, state) -> float:
+        """The schedule's progress: the share of the training seconds spent."""
+        return self.spent_seconds() / self.training_seconds
 
     def on_train_end(self, args, state, control, **kwargs):
         self._ended = time.monotonic()
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        self.progress = self.agree(self.spent_seconds() / self.training_seconds)
+        self.progress = self.agree(self._share(state))
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.progress >= 1.0:
@@ -116,27 +126,20 @@ class FoldClock(BudgetClock):
         (warm-up rounded as the Trainer rounds it); when the seconds lead, each step still reads its own value."""
         return max(num_training_steps, 1)
 
-    def on_train_begin(self, args, state, control, **kwargs):
-        super().on_train_begin(args, state, control, **kwargs)
-        self._give_seconds_left()
-        self.progress = self.agree(self._share(state))
-
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         runtime = (metrics or {}).get("eval_runtime")
         if runtime:
             self._evaluation_seconds, self._evaluated_at = float(runtime), time.monotonic()
-            self._give_seconds_left()
+            self._give_seconds()
 
     def on_save(self, args, state, control, **kwargs):
         if self._evaluated_at is not None:
             self._save_seconds, self._evaluated_at = time.monotonic() - self._evaluated_at, None
-            self._give_seconds_left()
+            self._give_seconds()
 
-    def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        self.progress = self.agree(self._share(state))
-
-    def _give_seconds_left(self) -> None:
-        """The seconds spent before this process began plus what is left until `ends_at`, less the reserve."""
+    def _give_seconds(self, saved: dict | None = None) -> None:
+        """The seconds spent before this process began (a resumed fold's, from its checkpoint) plus what is left
+        until `ends_at`, less the reserve."""
         self.reserve_seconds = self._evaluation_seconds * (1.0 + self.predicted_per_evaluated) + 3 * self._save_seconds
         given = self._spent_before + self.ends_at - self.reserve_seconds - self._began
         self.training_seconds = max(given, _NO_TIME)  # past its end: the next step is the last
