@@ -10,19 +10,21 @@
 # the fine-tuning settings of configs/offline-cpu.yaml (lr 3e-4, <= 6 epochs, patience 2) were kept after dev probes
 # in an earlier round (BENCHMARKS.md), so dev is not wholly unseen by the recipe's selection.
 # Usage: bash bench/offline_recipe.sh [SEED]   (reads ../shared/data/nikluge-ea-2023 or $NIKL_DATA)
-#   EARLY_STOPPING_SPLIT=0.1 bash bench/offline_recipe.sh SEED: stage 2 chooses each fold's epoch on a held-out 10%
-#   of its training rows, so its OOF rows (and the stack fitted on them) are unseen; its folders end in -split0.1
-#   and, with POST_TRAIN=0, it reuses the same seed's post-trained backbone when that is there (stage 1 skipped).
-#   FINE_TUNE_MINUTES=M bash bench/offline_recipe.sh SEED: stage 2 with --time_budget_minutes M (each fold's
-#   schedule on its share of the clock); its folders end in -ftM.
+#   Stage 2 runs configs/offline-cpu.yaml's settings unless told otherwise: early_stopping_split 0.1 (each fold's
+#   epoch chosen on a held-out 10% of its training rows, so its OOF rows and the stack fitted on them are unseen) and
+#   time_budget_minutes 36 (the folds' schedules on the clock): outputs/offline-cpu-sSEED, -stack-sSEED (the folders
+#   the other bench scripts read). Other settings add a suffix to both folders:
+#   EARLY_STOPPING_SPLIT=S (-splitS; 0: the fold's validation rows choose its epoch);
+#   FINE_TUNE_MINUTES=M (-ftM), or none (-ftnone: a week's budget, which every fold's epochs fit, so each follows the
+#   Trainer's own step schedule, as without a budget).
+#   POST_TRAIN=0 reuses the same seed's post-trained backbone when it is there (stage 1 skipped).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${NIKL_DATA:-../shared/data/nikluge-ea-2023}
 [ -f "$DATA/train.jsonl" ] || { echo "skipped: NIKL data not found in $DATA (set NIKL_DATA)"; exit 0; }
-SEED=${1:-42} SPLIT=${EARLY_STOPPING_SPLIT:-0} MINUTES=${FINE_TUNE_MINUTES:-}
-SUFFIX=$([ "$SPLIT" = 0 ] && echo "" || echo "-split$SPLIT")$([ -z "$MINUTES" ] && echo "" || echo "-ft$MINUTES")
-BUDGET=()
-[ -z "$MINUTES" ] || BUDGET=(--time_budget_minutes "$MINUTES")
+SEED=${1:-42} SPLIT=${EARLY_STOPPING_SPLIT:-0.1} MINUTES=${FINE_TUNE_MINUTES:-36}
+SUFFIX=$([ "$SPLIT" = 0.1 ] && echo "" || echo "-split$SPLIT")$([ "$MINUTES" = 36 ] && echo "" || echo "-ft$MINUTES")
+BUDGET=(--time_budget_minutes "$([ "$MINUTES" = none ] && echo 10080 || echo "$MINUTES")")
 PT=outputs/post-train-offline-s$SEED NEURAL=outputs/offline-cpu-s$SEED$SUFFIX NGRAM=outputs/offline-cpu-ngram-s$SEED
 STACK=outputs/offline-cpu-stack-s$SEED$SUFFIX
 start=$(date +%s)
@@ -40,7 +42,7 @@ python train.py configs/offline-cpu-ngram.yaml --train_files "$DATA/train.jsonl"
 t3=$(date +%s)
 python ensemble.py --runs "$NEURAL" "$NGRAM" --strategy stack --output_dir "$STACK"
 t4=$(date +%s)
-python - "$DATA/dev.jsonl" "$NEURAL" "$NGRAM" "$STACK" "$SEED" "$SPLIT" "${MINUTES:-none}" $((t1 - start)) $((t2 - t1)) $((t3 - t2)) $((t4 - t3)) <<'PY'
+python - "$DATA/dev.jsonl" "$NEURAL" "$NGRAM" "$STACK" "$SEED" "$SPLIT" "$MINUTES" $((t1 - start)) $((t2 - t1)) $((t3 - t2)) $((t4 - t3)) <<'PY'
 import json, sys
 sys.path.insert(0, "bench")
 from run_figures import dev_f1, run_figures

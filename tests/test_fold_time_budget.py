@@ -144,7 +144,11 @@ def test_a_budget_the_run_cannot_keep_is_refused_before_any_work(tmp_path, extra
     assert not (tmp_path / "run").exists()
 
 
-def test_distillation_refuses_a_budget_it_would_not_keep(tiny_run, tmp_path):
+def test_distillation_notes_and_drops_the_fold_loops_keys_a_shared_config_sets(tiny_run, tmp_path, caplog):
+    # the recipe's config sets both for train.py; one student trains num_train_epochs and chooses its own epoch
     argv = [str(QUICKSTART), "--teacher_run", str(tiny_run), "--output_dir", str(tmp_path / "student")]
-    with pytest.raises(PipelineError, match="distill.py trains one student"):
-        parse_distill_config([*argv, "--time_budget_minutes", "5"])
+    with caplog.at_level("INFO", logger="nikl_emotion.training.distillation"):
+        settings = parse_distill_config([*argv, "--time_budget_minutes", "5", "--early_stopping_split", "0.1"])
+    assert settings.run.kfold.time_budget_minutes is None and settings.run.kfold.early_stopping_split == 0.0
+    assert settings.run.resolved()["time_budget_minutes"] is None  # the student's config.yaml records what it ran
+    assert "time_budget_minutes ignored" in caplog.text and "early_stopping_split ignored" in caplog.text

@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from accelerate import PartialState
@@ -103,11 +103,7 @@ def parse_distill_config(argv: list[str]) -> DistillSettings:
     model_name = settings.run.model.model_name_or_path
     if not backend_for(model_name).supports_distillation:
         raise PipelineError(f"model_name_or_path: the student is an encoder; {model_name} has none")
-    if settings.run.kfold.time_budget_minutes is not None:
-        raise PipelineError(
-            "time_budget_minutes: it shares train.py's minutes over its folds; distill.py trains one student, sized "
-            "by num_train_epochs: drop the key"
-        )
+    settings = _without_fold_keys(settings)
     teacher = FinishedRun.open(distill_args.teacher_run, "teacher_run")
     if os.path.realpath(distill_args.teacher_run) == os.path.realpath(training_args.output_dir):
         raise PipelineError("output_dir: must differ from teacher_run (the student's files would mix with the run's)")
@@ -118,6 +114,24 @@ def parse_distill_config(argv: list[str]) -> DistillSettings:
             f"validation_fold: must be in [0, {folds - 1}] ({distill_args.teacher_run} has {folds} folds)"
         )
     return settings
+
+
+# The fold loop's keys that one student has no use for, with the value that turns each off: a config shared with
+# train.py (the recipe's) may set them, and the student's config.yaml then records what it ran.
+_FOLD_ONLY_KEYS = {
+    "time_budget_minutes": (None, "it shares train.py's minutes over its folds; the student trains num_train_epochs"),
+    "early_stopping_split": (0.0, "the student's epoch is chosen on validation_file or the teacher's validation_fold"),
+}
+
+
+def _without_fold_keys(settings: DistillSettings) -> DistillSettings:
+    """The settings with the fold loop's keys turned off, each that was set noted in the log."""
+    kfold = settings.run.kfold
+    changes = {key: off for key, (off, _) in _FOLD_ONLY_KEYS.items() if getattr(kfold, key) != off}
+    for key in changes:
+        logger.info("distill.py: %s ignored: %s", key, _FOLD_ONLY_KEYS[key][1])
+    run = replace(settings.run, kfold=replace(kfold, **changes))
+    return replace(settings, run=run)
 
 
 def ensemble_probabilities(teacher_run: str, path: str) -> tuple[list[str], np.ndarray]:
