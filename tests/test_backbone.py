@@ -1,12 +1,21 @@
 """The offline backbone: Korean-safe tokenizer, and save/load like any hub checkpoint."""
 
+import random
 import unicodedata
 
 import pytest
 import torch
 from conftest import SAMPLE_TRAIN
+from tokenizers import Tokenizer, models
 
-from nikl_emotion.backends.backbone import build_offline_backbone, load_model, load_tokenizer, parse_offline_spec
+from nikl_emotion.backends.backbone import (
+    _renumber,
+    build_offline_backbone,
+    load_model,
+    load_tokenizer,
+    parse_offline_spec,
+    train_wordpiece_tokenizer,
+)
 from nikl_emotion.text.data import load_jsonl
 from nikl_emotion.text.encoding import MARKER_TOKENS
 
@@ -56,3 +65,21 @@ def test_bad_offline_spec_is_explained():
     assert parse_offline_spec("offline:electra-small") == ("electra", "small")
     with pytest.raises(ValueError, match="offline:bert-tiny"):
         parse_offline_spec("offline:gpt-huge")
+
+
+def test_the_tokenizer_numbers_its_pieces_by_the_vocabulary_alone():
+    # the trainer numbers pieces in a hash map's order, seeded anew in each process (huggingface/tokenizers#1794):
+    # the same pieces numbered in another order must come out numbered alike, the special tokens where they were
+    texts = load_jsonl(SAMPLE_TRAIN)["text"]
+    trained = train_wordpiece_tokenizer(texts, vocab_size=1000)._tokenizer
+    vocab = trained.get_vocab(with_added_tokens=False)
+    special = [piece for piece, _ in sorted(vocab.items(), key=lambda item: item[1])][: len(MARKER_TOKENS) + 5]
+    others = [piece for piece in vocab if piece not in special]
+    random.Random(0).shuffle(others)  # another process's order
+    shuffled = Tokenizer.from_str(trained.to_str())
+    shuffled.model = models.WordPiece(vocab={p: i for i, p in enumerate(special + others)}, unk_token="[UNK]")
+    assert shuffled.get_vocab(with_added_tokens=False) != vocab
+    _renumber(shuffled)
+    assert shuffled.get_vocab(with_added_tokens=False) == vocab
+    assert [shuffled.token_to_id(t) for t in special] == list(range(len(special)))
+    assert shuffled.encode(texts[0]).ids == trained.encode(texts[0]).ids

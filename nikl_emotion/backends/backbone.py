@@ -134,6 +134,7 @@ def train_wordpiece_tokenizer(
     texts = list(texts)
     tokenizer.train_from_iterator(texts, trainer=trainer)
     _cover_alphabet(tokenizer, texts)
+    _renumber(tokenizer)
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
@@ -166,6 +167,17 @@ def _cover_alphabet(tokenizer: Tokenizer, texts: list[str]) -> int:
     vocab.update({piece: start + i for i, piece in enumerate(missing)})
     tokenizer.model = models.WordPiece(vocab=vocab, unk_token="[UNK]", max_input_chars_per_word=100)
     return len(missing)
+
+
+def _renumber(tokenizer: Tokenizer) -> None:
+    """Number the pieces by the vocabulary alone: the special tokens first, in the order the trainer was given them
+    (the ids it gave them), then every other piece in sorted order. The trainer numbers pieces in its hash map's order,
+    which differs from one process to the next (huggingface/tokenizers#1794): the same text got other ids, and the
+    same seed another model. WordPiece encodes by the pieces, not their ids, so the tokenization is unchanged."""
+    special = _SPECIAL_TOKENS + list(MARKER_TOKENS)
+    pieces = set(tokenizer.get_vocab(with_added_tokens=False)) - set(special)
+    vocab = {piece: i for i, piece in enumerate(special + sorted(pieces))}
+    tokenizer.model = models.WordPiece(vocab=vocab, unk_token="[UNK]", max_input_chars_per_word=100)
 
 
 def offline_config(model_name_or_path: str, tokenizer: PreTrainedTokenizerBase):
