@@ -28,6 +28,6 @@ from run_figures import dev_f1, run_figures
 dev, seed, tag, run, base, ngram, stack, seconds = sys.argv[1:]
 print(json.dumps({"seed": int(seed), "variant": tag, "fine_tune_seconds": int(seconds),
                   "variant_neural": run_figures(run, dev), "recipe_neural": run_figures(base, dev),
-                  "variant_stack_dev": dev_f1(dev, stack), "recipe_stack_dev": dev_f1(dev, f"outputs/offline-cpu-stack-s{seed}.jsonl")}))
+                  "variant_stack_dev": dev_f1(dev, stack), "recipe_stack_dev": dev_f1(dev, f"outputs/offline-cpu-stack-s{seed}/submission.jsonl")}))
 PY
 grep -a "^decision" "$RUN-stack.log" | sed "s/^/stack of $TAG + n-gram: /"

@@ -28,6 +28,6 @@ recipe = f"outputs/offline-cpu-s{seed}"
 if os.path.isdir(recipe):
     result["recipe_neural"] = run_figures(recipe, dev)
     result["recipe_ngram"] = run_figures(f"outputs/offline-cpu-ngram-s{seed}", dev)
-    result["recipe_stack_dev"] = dev_f1(dev, f"outputs/offline-cpu-stack-s{seed}.jsonl")
+    result["recipe_stack_dev"] = dev_f1(dev, f"outputs/offline-cpu-stack-s{seed}/submission.jsonl")
 print(json.dumps(result))
 PY
