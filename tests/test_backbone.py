@@ -9,7 +9,7 @@ from conftest import SAMPLE_TRAIN
 from tokenizers import Tokenizer, models
 
 from nikl_emotion.backends.backbone import (
-    _renumber,
+    _numbered_wordpiece,
     build_offline_backbone,
     load_model,
     load_tokenizer,
@@ -79,7 +79,7 @@ def test_the_tokenizer_numbers_its_pieces_by_the_vocabulary_alone():
     shuffled = Tokenizer.from_str(trained.to_str())
     shuffled.model = models.WordPiece(vocab={p: i for i, p in enumerate(special + others)}, unk_token="[UNK]")
     assert shuffled.get_vocab(with_added_tokens=False) != vocab
-    _renumber(shuffled)
+    shuffled.model = _numbered_wordpiece(set(shuffled.get_vocab(with_added_tokens=False)))
     assert shuffled.get_vocab(with_added_tokens=False) == vocab
     assert [shuffled.token_to_id(t) for t in special] == list(range(len(special)))
     assert shuffled.encode(texts[0]).ids == trained.encode(texts[0]).ids

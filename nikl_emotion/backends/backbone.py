@@ -57,6 +57,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+_WORDPIECE = {"unk_token": "[UNK]", "max_input_chars_per_word": 100}  # the offline tokenizer's model, as trained
 _OFFLINE_SIZES: dict[str, dict[str, int]] = {
     "tiny": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128},
     "mini": {"hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 2, "intermediate_size": 512},
@@ -114,7 +115,7 @@ def train_wordpiece_tokenizer(
 
     No lower-casing and no accent stripping: both go through NFD, which splits Hangul syllables into jamo.
     """
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
+    tokenizer = Tokenizer(models.WordPiece(**_WORDPIECE))
     tokenizer.normalizer = normalizers.Sequence(
         [
             normalizers.NFC(),
@@ -133,8 +134,8 @@ def train_wordpiece_tokenizer(
     )
     texts = list(texts)
     tokenizer.train_from_iterator(texts, trainer=trainer)
-    _cover_alphabet(tokenizer, texts)
-    _renumber(tokenizer)
+    pieces = set(tokenizer.get_vocab(with_added_tokens=False)) | _alphabet_pieces(tokenizer, texts)
+    tokenizer.model = _numbered_wordpiece(pieces)
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
@@ -154,30 +155,21 @@ def train_wordpiece_tokenizer(
     )
 
 
-def _cover_alphabet(tokenizer: Tokenizer, texts: list[str]) -> int:
-    """Give every character of `texts` a token, alone and as a word piece (`##c`): WordPiece turns a whole word into
-    [UNK] when one of its characters has no piece, and the trainer leaves out rare characters' pieces. Returns how
-    many tokens were added."""
+def _alphabet_pieces(tokenizer: Tokenizer, texts: list[str]) -> set[str]:
+    """Every character of `texts`, alone and as a word piece (`##c`): WordPiece turns a whole word into [UNK] when one
+    of its characters has no piece, and the trainer leaves out rare characters' pieces."""
     characters = {char for text in texts for char in tokenizer.normalizer.normalize_str(text) if not char.isspace()}
-    vocab = tokenizer.get_vocab(with_added_tokens=False)
-    missing = sorted({piece for char in characters for piece in (char, f"##{char}")} - set(vocab))
-    if not missing:
-        return 0
-    start = max(vocab.values()) + 1
-    vocab.update({piece: start + i for i, piece in enumerate(missing)})
-    tokenizer.model = models.WordPiece(vocab=vocab, unk_token="[UNK]", max_input_chars_per_word=100)
-    return len(missing)
+    return {piece for char in characters for piece in (char, f"##{char}")}
 
 
-def _renumber(tokenizer: Tokenizer) -> None:
-    """Number the pieces by the vocabulary alone: the special tokens first, in the order the trainer was given them
-    (the ids it gave them), then every other piece in sorted order. The trainer numbers pieces in its hash map's order,
-    which differs from one process to the next (huggingface/tokenizers#1794): the same text got other ids, and the
-    same seed another model. WordPiece encodes by the pieces, not their ids, so the tokenization is unchanged."""
+def _numbered_wordpiece(pieces: set[str]) -> models.WordPiece:
+    """The WordPiece model of `pieces`, numbered by the vocabulary alone: the special tokens first, in the order the
+    trainer was given them (the ids it gave them), then every other piece in sorted order. The trainer numbers pieces
+    in its hash map's order, which differs from one process to the next (huggingface/tokenizers#1794): the same text
+    got other ids, and the same seed another model. WordPiece encodes by the pieces, not their ids."""
     special = _SPECIAL_TOKENS + list(MARKER_TOKENS)
-    pieces = set(tokenizer.get_vocab(with_added_tokens=False)) - set(special)
-    vocab = {piece: i for i, piece in enumerate(special + sorted(pieces))}
-    tokenizer.model = models.WordPiece(vocab=vocab, unk_token="[UNK]", max_input_chars_per_word=100)
+    numbered = special + sorted(pieces - set(special))
+    return models.WordPiece(vocab={piece: i for i, piece in enumerate(numbered)}, **_WORDPIECE)
 
 
 def offline_config(model_name_or_path: str, tokenizer: PreTrainedTokenizerBase):

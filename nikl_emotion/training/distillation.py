@@ -116,20 +116,20 @@ def parse_distill_config(argv: list[str]) -> DistillSettings:
     return settings
 
 
-# The fold loop's keys that one student has no use for, with the value that turns each off: a config shared with
-# train.py (the recipe's) may set them, and the student's config.yaml then records what it ran.
+# The fold loop's keys that one student has no use for, and why: a config shared with train.py (the recipe's) may set
+# them; they go back to their defaults (off), and the student's config.yaml then records what it ran.
 _FOLD_ONLY_KEYS = {
-    "time_budget_minutes": (None, "it shares train.py's minutes over its folds; the student trains num_train_epochs"),
-    "early_stopping_split": (0.0, "the student's epoch is chosen on validation_file or the teacher's validation_fold"),
+    "time_budget_minutes": "it shares train.py's minutes over its folds; the student trains num_train_epochs",
+    "early_stopping_split": "the student's epoch is chosen on validation_file or the teacher's validation_fold",
 }
 
 
 def _without_fold_keys(settings: DistillSettings) -> DistillSettings:
-    """The settings with the fold loop's keys turned off, each that was set noted in the log."""
-    kfold = settings.run.kfold
-    changes = {key: off for key, (off, _) in _FOLD_ONLY_KEYS.items() if getattr(kfold, key) != off}
+    """The settings with the fold loop's keys at their defaults, each that was set otherwise noted in the log."""
+    kfold, defaults = settings.run.kfold, field_defaults(type(settings.run.kfold))
+    changes = {key: defaults[key] for key in _FOLD_ONLY_KEYS if getattr(kfold, key) != defaults[key]}
     for key in changes:
-        logger.info("distill.py: %s ignored: %s", key, _FOLD_ONLY_KEYS[key][1])
+        logger.info("distill.py: %s ignored: %s", key, _FOLD_ONLY_KEYS[key])
     run = replace(settings.run, kfold=replace(kfold, **changes))
     return replace(settings, run=run)
 
