@@ -145,15 +145,23 @@ def test_a_bf16_encoder_and_a_merged_bf16_adapter_reload_within_their_bounds(shi
     np.testing.assert_allclose(served, fold_probs(merged), atol=5e-3)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="accelerate runs fp16 autocast on a GPU only")
 def test_an_fp16_checkpoint_trains_under_fp16_autocast_and_is_served_so(shipped, tmp_path):
-    """fp16 with an fp16 checkpoint: float32 weights under fp16 autocast (on a GPU the fp16 gradient scaler refuses
-    fp16 weights; CPU autocast runs without one), and best/ predicts under fp16 autocast as its fold did."""
-    out = train(shipped["klue-roberta"], tmp_path / "fp16", "--fp16", "true")
+    """fp16 with an fp16 checkpoint: float32 weights under fp16 autocast (the fp16 gradient scaler refuses fp16
+    weights), and best/ predicts under fp16 autocast as its fold did."""
+    out = train(shipped["klue-roberta"], tmp_path / "fp16", "--fp16", "true", "--use_cpu", "false")
     best = out / "fold_0" / "best"
     assert json.loads((best / "loading.json").read_text())["autocast"] == "fp16"
     np.testing.assert_allclose(
         EmotionClassifier.from_pretrained(best, device="cpu").predict_proba(SAMPLE_TEST), fold_probs(out), atol=1e-5
     )
+
+
+def test_fp16_on_a_cpu_is_refused_as_the_float32_run_it_would_be(tmp_path):
+    """accelerate leaves fp16 autocast off on a CPU: the run would train in float32 while its settings, and once its
+    loading.json, said fp16."""
+    with pytest.raises(PipelineError, match="fp16: accelerate runs fp16 autocast on a GPU only.*bf16"):
+        parse_config([str(QUICKSTART), "--output_dir", str(tmp_path / "out"), "--fp16", "true"])
 
 
 def copy_best(run, tmp_path):

@@ -299,7 +299,10 @@ class CheckpointClassifier:
 
         Batches are cut from the rows sorted by length, longest first (little padding; an out-of-memory shows at
         once), padded with numpy from Arrow. With `parts` > 1 only every `parts`-th batch from `part` is run and the
-        other rows stay 0, so processes that each run one part and sum the arrays get every row exactly once."""
+        other rows stay 0, so processes that each run one part and sum the arrays get every row exactly once. Every
+        part runs as many forward passes as the largest (a part one short reruns its last batch, or the first, and
+        drops the result): where the weights are split across the processes (ZeRO-3, FSDP) a forward pass is a
+        collective, and a process that stopped early would leave the others waiting."""
         if batch_size < 1:
             raise PipelineError(f"batch size must be at least 1, got {batch_size}")
         columns = [name for name in self.runtime.input_names if name in encoded.column_names]
@@ -309,13 +312,17 @@ class CheckpointClassifier:
         order = length_order(encoded)
         arrow_rows = encoded.select_columns(columns).with_format("arrow")  # one Arrow `take` per batch
         logits = np.zeros((len(encoded), NUM_LABELS), dtype=np.float32)
-        starts = range(part * batch_size, len(order), parts * batch_size)
-        for start in tqdm(starts, desc="predicting", unit="batch", disable=not progress, leave=False):
+        starts = list(range(part * batch_size, len(order), parts * batch_size))
+        steps = -(-len(order) // (parts * batch_size))  # the largest part's number of batches
+        for step in tqdm(range(steps), desc="predicting", unit="batch", disable=not progress, leave=False):
+            start = starts[min(step, len(starts) - 1)] if starts else 0
             index = order[start : start + batch_size]
             batch = pad_table(
                 arrow_rows[index.tolist()], columns, self.tokenizer.pad_token_id, self.runtime.pad_to_multiple_of
             )
-            logits[index] = self.runtime(batch)
+            batch_logits = self.runtime(batch)
+            if step < len(starts):  # an extra pass keeps the processes in step; its rows are another part's
+                logits[index] = batch_logits
         return logits
 
 

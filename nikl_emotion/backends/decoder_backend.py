@@ -205,11 +205,12 @@ def _is_adapter_folder(folder: str) -> bool:
     return os.path.isfile(os.path.join(folder, ADAPTER_CONFIG_FILE))
 
 
-def save_decoder(model, tokenizer, path: str, merge: bool) -> None:
+def save_decoder(model, tokenizer, path: str, merge: bool, weights: dict | None = None) -> None:
     """best/: the adapter with the head and config.json (naming the base, without the 4-bit quantization the base
-    was trained under: loading.json records it), or the merged model (merged in float32); the tokenizer."""
+    was trained under: loading.json records it), or the merged model (merged in float32); the tokenizer. `weights`:
+    a fully fine-tuned model's whole state dict where an engine split it across the processes."""
     if not hasattr(model, "peft_config"):
-        model.save_pretrained(path)
+        model.save_pretrained(path, state_dict=weights)
     elif merge:  # after the fold's predictions: the merge changes the model; float32 first, so nothing is rounded
         model.float().merge_and_unload().save_pretrained(path)
     else:
@@ -342,8 +343,8 @@ class DecoderBackend(EncoderBackend):
     def new_model(self, backbone: str, tokenizer, settings: RunSettings, head: str = "cls") -> PreTrainedModel:
         return new_decoder_model(backbone, tokenizer, settings.model, settings.training)
 
-    def save_model(self, model, tokenizer, path: str, model_args: ModelArguments) -> None:
-        save_decoder(model, tokenizer, path, model_args.merge_lora)
+    def save_model(self, model, tokenizer, path: str, model_args: ModelArguments, weights: dict | None = None) -> None:
+        save_decoder(model, tokenizer, path, model_args.merge_lora, weights)
 
     def owns_checkpoint(self, folder: str) -> bool:
         return _is_adapter_folder(folder) or _is_decoder_config(raw_config(folder))

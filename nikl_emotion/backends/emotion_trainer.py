@@ -17,7 +17,7 @@ from nikl_emotion.backends.averaging import weight_averaging
 from nikl_emotion.backends.budget_clock import ClockScheduleMixin
 from nikl_emotion.backends.classifier import CheckpointClassifier
 from nikl_emotion.backends.losses import MultiLabelLoss, build_loss
-from nikl_emotion.backends.precision import autocast_dtype, training_autocast
+from nikl_emotion.backends.precision import autocast_dtype, ran_autocast
 from nikl_emotion.backends.techniques import Adversary, layerwise_parameter_groups, rdrop_divergence, repeat_batch
 from nikl_emotion.base.config import LossArguments, RunSettings
 from nikl_emotion.decisions.decision import fixed_rule
@@ -172,13 +172,13 @@ def predict_in_order(trainer: Trainer, preprocessing: Preprocessing, rows: Datas
     """Sigmoid probabilities in `rows`' order from the model in memory, through the same `EmotionClassifier` that
     inference.py builds from the saved best/. Every process must call this: under `accelerate launch` each runs its
     share of the length-sorted batches and the shares are summed (each row is predicted exactly once)."""
-    # under the run's autocast, as the saved best/ is served (precision.py); accelerate's own wrapping may add it too
+    # under the autocast the fold trained with, as the saved best/ is served (precision.py)
     classifier = CheckpointClassifier.from_model(
         trainer.model,
         trainer.processing_class,
         preprocessing,
         trainer.args.device,
-        autocast_dtype(training_autocast(trainer.args)),
+        autocast_dtype(ran_autocast(trainer.accelerator)),
     )
     state = trainer.accelerator.state
     logits = classifier.predict_logits(

@@ -39,6 +39,7 @@ from nikl_emotion.backends.emotion_trainer import (
     keep_tensorboard_logs,
     predict_in_order,
 )
+from nikl_emotion.backends.engines import free_engine, gathered_state_dict
 from nikl_emotion.backends.fold_backend import (
     FoldData,
     PreparedRun,
@@ -168,16 +169,18 @@ class EncoderBackend:
             if trainer.is_world_process_zero():  # nothing of a diverged fold is worth resuming from
                 shutil.rmtree(folder.checkpoints, ignore_errors=True)
             raise
+        weights = gathered_state_dict(trainer)  # every rank: an engine that splits the weights gathers them
         result: dict = {}
         if trainer.is_world_process_zero():
             result = score(np.asarray(val_rows["labels"]), fixed_rule(settings.kfold).decide(val_probs))
-            self.save_best(settings, trainer, data, folder, result)
+            self.save_best(settings, trainer, data, folder, result, weights)
             result.update(_fold_state(trainer, data))
             write_fold_outputs(folder, val_rows, val_probs, data.encoded_test, test_probs, result)
             push_fold(training, folder.best, data.fold)
         end_fold_tracking()
         trainer.accelerator.wait_for_everyone()
-        del trainer
+        free_engine(trainer)
+        del trainer, weights
         _release_memory()
         return result
 
@@ -204,13 +207,20 @@ class EncoderBackend:
         """A fresh classifier to fine-tune from `backbone` (each fold, each HP-search trial)."""
         return load_classifier(backbone, tokenizer, settings.techniques, head, backbone_loading(settings.model))
 
-    def save_model(self, model, tokenizer, path: str, model_args: ModelArguments) -> None:
-        """The fine-tuned model and its tokenizer into `path` (best/ being written)."""
-        model.save_pretrained(path)
+    def save_model(self, model, tokenizer, path: str, model_args: ModelArguments, weights: dict | None = None) -> None:
+        """The fine-tuned model and its tokenizer into `path` (best/ being written); `weights`, the whole model's
+        state dict where an engine split it across the processes (None: the model's own)."""
+        model.save_pretrained(path, state_dict=weights)
         tokenizer.save_pretrained(path)
 
     def save_best(
-        self, settings: RunSettings, trainer: EmotionTrainer, data: FoldData, folder: FoldFolder, result: dict
+        self,
+        settings: RunSettings,
+        trainer: EmotionTrainer,
+        data: FoldData,
+        folder: FoldFolder,
+        result: dict,
+        weights: dict | None = None,
     ) -> None:
         """The best checkpoint (the Trainer has loaded it back) with its preprocessing settings, its loading record
         and model card, written beside and then renamed: a kill never leaves a half-written best/."""
@@ -218,8 +228,9 @@ class EncoderBackend:
 
         def write(path: str) -> None:
             os.makedirs(path, exist_ok=True)
-            self.save_model(trainer.model, trainer.processing_class, path, settings.model)
-            self.load_record(settings.model, trainer.args).save(path)  # how to load it to predict as the fold did
+            self.save_model(trainer.model, trainer.processing_class, path, settings.model, weights)
+            # how to load it to predict as the fold did: the settings' record, corrected by what the engine ran
+            self.load_record(settings.model, trainer.args).as_ran(trainer.accelerator, trainer.model).save(path)
             write_model_card(path, config, data.fold, result)
 
         replace_best(folder, data.preprocessing, write)
@@ -372,12 +383,25 @@ def _fold_state(trainer: EmotionTrainer, data: FoldData) -> dict:
         "epoch_chosen_on": choosing_rows_name(held_out=data.stop_index is not None),
         "early_stopping_rows": 0 if data.stop_index is None else int(len(data.stop_index)),
         "time_budget": _time_budget_record(trainer),
+        # the main process's resident memory once the fold has trained and predicted: equal fold after fold when
+        # nothing of the earlier folds' engines is kept
+        "process_rss_mb": _resident_megabytes(),
     }
 
 
 def _run_config(output_dir: str) -> dict:
     """The run's resolved configuration, as `prepare_output_dir` saved it ({} when train_fold runs on its own)."""
     return read_mapping(RunFolder(output_dir).config)
+
+
+def _resident_megabytes() -> float | None:
+    """This process's resident set size in MB (None where /proc is not there)."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as handle:
+            pages = int(handle.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
 
 
 def _release_memory() -> None:

@@ -34,7 +34,10 @@ from nikl_emotion.base.vocabulary import INFERENCE_DTYPES, check_choice
 __all__ = [
     "TORCH_DTYPES",
     "training_autocast",
+    "check_autocast_device",
     "autocast_dtype",
+    "ran_autocast",
+    "engine_weights_dtype",
     "base_dtype_name",
     "upcast_trainable",
     "autocast_context",
@@ -56,6 +59,33 @@ _QLORA_INSTALL = "pip install .[qlora] (bitsandbytes)"
 def training_autocast(training_args) -> str | None:
     """The autocast a run trains (and predicts its folds) under: bf16, fp16 or None."""
     return "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else None
+
+
+def check_autocast_device(training_args, engine_casts_weights: bool) -> None:
+    """`fp16: true` on a CPU: accelerate applies fp16 autocast on GPUs only, so the run would train in float32 while
+    its settings said fp16 (DeepSpeed, which casts the weights instead, is not concerned)."""
+    if training_args.fp16 and training_args.device.type == "cpu" and not engine_casts_weights:
+        raise PipelineError(
+            "fp16: accelerate runs fp16 autocast on a GPU only; on this CPU the run would train in float32; "
+            "use bf16: true (CPUs run bf16 autocast) or leave fp16 off"
+        )
+
+
+def ran_autocast(accelerator) -> str | None:
+    """The autocast a fold's forward pass actually ran under: the accelerator's mixed precision where it wraps the
+    model in autocast (the run's `bf16`/`fp16`, or `accelerate launch --mixed_precision` with neither set); None
+    under DeepSpeed, which casts the weights instead (`engine_weights_dtype`), and for fp16 on a CPU, which
+    accelerate leaves off."""
+    mixed = accelerator.mixed_precision
+    return mixed if accelerator.native_amp and mixed in _AUTOCAST_DTYPES else None
+
+
+def engine_weights_dtype(model: torch.nn.Module) -> str | None:
+    """The half dtype an engine holds the trainable weights in (DeepSpeed's bf16/fp16 casts the module and keeps
+    float32 copies in its optimizer), or None where they are float32 as this pipeline loads them."""
+    dtypes = {p.dtype for p in model.parameters() if p.requires_grad and p.is_floating_point()}
+    names = {name for name, dtype in TORCH_DTYPES.items() if dtype in dtypes}
+    return next(iter(names)) if len(names) == 1 and names != {"float32"} else None
 
 
 def autocast_dtype(autocast: str | None) -> torch.dtype | None:
@@ -115,6 +145,15 @@ class LoadRecord:
             load_in_4bit=bool(model_args.load_in_4bit and frozen_base),
             quantization=quantization,
             **dataclasses.asdict(loading),
+        )
+
+    def as_ran(self, accelerator, model: torch.nn.Module) -> LoadRecord:
+        """This record corrected by what the fold's forward pass ran with: the autocast the accelerator applied, and
+        the weights' dtype where an engine cast the trained weights to half precision (served so, with no autocast,
+        the checkpoint reproduces the fold's probabilities)."""
+        half = engine_weights_dtype(model)
+        return dataclasses.replace(
+            self, autocast=ran_autocast(accelerator), base_dtype=self.base_dtype if half is None else half
         )
 
     def save(self, folder: str) -> None:

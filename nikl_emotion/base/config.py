@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import math
 import os
+import socket
 import string
 from dataclasses import dataclass, field
 
 import yaml
+from accelerate.state import AcceleratorState, GradientState, PartialState
 from transformers import HfArgumentParser, TrainingArguments
 
 from nikl_emotion.base.errors import PipelineError
@@ -755,10 +758,11 @@ def parse_arguments(argv: list[str], classes: tuple, defaults: dict) -> tuple:
         raise PipelineError(message)
 
     parser.error = error  # one-line errors instead of argparse's usage dump
+    tokens = _yaml_tokens(defaults, "defaults") + file_tokens + list(argv)
+    if "--deepspeed" in tokens:
+        _default_launcher_variables()
     try:
-        *parsed, unknown = parser.parse_args_into_dataclasses(
-            args=_yaml_tokens(defaults, "defaults") + file_tokens + list(argv), return_remaining_strings=True
-        )
+        *parsed, unknown = parser.parse_args_into_dataclasses(args=tokens, return_remaining_strings=True)
     except PipelineError:
         raise
     except (ValueError, TypeError) as exc:  # TrainingArguments' own checks
@@ -769,6 +773,22 @@ def parse_arguments(argv: list[str], classes: tuple, defaults: dict) -> tuple:
     if unknown:
         raise PipelineError(_unknown_keys_message(unknown, parser, file_tokens, config_path))
     return tuple(parsed)
+
+
+def _default_launcher_variables() -> None:
+    """`python train.py CONFIG --deepspeed FILE` without a launcher: the variables a launcher sets, for one process
+    on this machine. DeepSpeed reads them to start its process group; without them it goes to MPI discovery (which
+    needs mpi4py) on a GPU, and on a CPU the run died at its first barrier."""
+    if any(key in os.environ for key in ("RANK", "OMPI_COMM_WORLD_SIZE", "SLURM_PROCID")):
+        return  # a launcher (accelerate, deepspeed, torchrun, mpirun, srun) set them
+    if importlib.util.find_spec("deepspeed") is None:
+        return  # the parse says what to install
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))  # a free port for the process group's store
+        port = probe.getsockname()[1]
+    variables = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1"}
+    os.environ.update({**variables, "MASTER_ADDR": os.environ.get("MASTER_ADDR", "127.0.0.1")})
+    os.environ.setdefault("MASTER_PORT", str(port))
 
 
 def _forget_deepspeed_config() -> None:
@@ -936,13 +956,28 @@ def field_defaults(*classes) -> dict[str, object]:
     return defaults
 
 
+def _trainer_defaults(output_dir: str) -> dict:
+    """`TrainingArguments`' defaults as `to_dict` writes them, leaving the process's distributed state as it was.
+    Building one sets up devices anew, which resets accelerate's process-wide state; the resolved config is built on
+    the main process alone, and under DeepSpeed the state it left said one process, so the main process skipped the
+    barriers its replicas waited at (`train.py` hung under ZeRO-2)."""
+    states = (PartialState, AcceleratorState, GradientState)
+    saved = [dict(state._shared_state) for state in states]
+    try:
+        return TrainingArguments(output_dir=output_dir).to_dict()
+    finally:
+        for state, values in zip(states, saved):
+            state._shared_state.clear()
+            state._shared_state.update(values)
+
+
 def _resolved_config(*args_list) -> dict:
     """A flat mapping that, saved as YAML, reproduces the run: all pipeline keys and every non-default Trainer key."""
     *pipeline_args, training_args = args_list
     config: dict = {}
     for args in pipeline_args:
         config.update(dataclasses.asdict(args))
-    defaults = TrainingArguments(output_dir=training_args.output_dir).to_dict()
+    defaults = _trainer_defaults(training_args.output_dir)
     init_fields = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
     for key, value in training_args.to_dict().items():
         if key in init_fields and (value != defaults.get(key) or key in TRAINING_DEFAULTS):

@@ -6,14 +6,15 @@ settings parsed, then these checks) is what the commands call; `config.py` stays
 
 from __future__ import annotations
 
-import json
 import os
 
 from transformers import TrainingArguments
 
 from nikl_emotion.backends.budget_clock import check_clock_schedule
+from nikl_emotion.backends.engines import check_engine, engine_of
 from nikl_emotion.backends.heads import TARGET_MASK, head_named
 from nikl_emotion.backends.losses import LossParameterError, build_loss
+from nikl_emotion.backends.precision import check_autocast_device
 from nikl_emotion.backends.registry import backend_for
 from nikl_emotion.base.config import (
     ARGUMENT_CLASSES,
@@ -45,7 +46,7 @@ __all__ = [
 
 def parse_config(argv: list[str]) -> RunSettings:
     """`[CONFIG.yaml] [--key value ...]` -> the run's validated settings."""
-    _check_sharding_launcher()  # before TrainingArguments, which builds DeepSpeed's config from the launcher's
+    check_engine(engine_of())  # the launcher's, before TrainingArguments builds DeepSpeed's config from it
     settings = RunSettings(*parse_arguments(argv, ARGUMENT_CLASSES, TRAINING_DEFAULTS))
     validate(settings)
     return settings
@@ -57,7 +58,9 @@ def validate(settings: RunSettings) -> None:
     Fails before any work starts, with a message naming the key."""
     model_args, data_args, _, loss_args, technique_args, training_args = settings.parts()
     check_settings_resources(model_args, data_args, loss_args, technique_args)
-    _check_sharding(training_args)
+    engine = engine_of(training_args)
+    check_engine(engine, technique_args)
+    check_autocast_device(training_args, engine_casts_weights=engine.name == "deepspeed")
     validate_reporting(training_args)
     validate_training_values(training_args)
     _check_inputs_outside_run(training_args.output_dir, [*data_args.train_files, *filter(None, [data_args.test_file])])
@@ -139,54 +142,6 @@ def _check_adapters(model_args: ModelArguments) -> None:
         )
     if model_args.lora_r:
         backend.check_lora(model_args)
-
-
-_SHARDED_INSTEAD = (
-    "use DDP (accelerate launch with no FSDP or ZeRO-3 config), DeepSpeed ZeRO-2 "
-    "(--deepspeed configs/deepspeed-zero2.json: optimizer states and gradients sharded, weights whole), "
-    "or LoRA/QLoRA (lora_r, load_in_4bit) for a model whose weights do not fit one GPU"
-)
-
-
-def _check_sharding_launcher() -> None:
-    """`accelerate launch` with an FSDP or a DeepSpeed ZeRO-3 config (its environment): refused as `_check_sharding`."""
-    env = os.environ
-    if env.get("ACCELERATE_USE_FSDP", "false").lower() in ("true", "1"):
-        _refuse_sharding("fsdp")
-    if env.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("true", "1"):
-        stage = _deepspeed_zero_stage(env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE"))
-        if (stage if stage is not None else int(env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") or 2)) == 3:
-            _refuse_sharding("deepspeed")
-
-
-def _check_sharding(training_args: TrainingArguments) -> None:
-    """Weight-sharded training (FSDP, DeepSpeed ZeRO-3) is refused before any work: each fold predicts its rows and
-    saves best/ from the whole model in every process, which those modes split across processes (unequal batch
-    counts hang the ranks; rank 0 would save its shard)."""
-    _check_sharding_launcher()
-    if training_args.fsdp:
-        _refuse_sharding("fsdp")
-    if _deepspeed_zero_stage(training_args.deepspeed) == 3:
-        _refuse_sharding("deepspeed")
-
-
-def _refuse_sharding(key: str) -> None:
-    what = "fully sharded weights are" if key == "fsdp" else "ZeRO stage 3 shards the weights, which is"
-    raise PipelineError(f"{key}: {what} not supported by the K-fold loop; {_SHARDED_INSTEAD}")
-
-
-def _deepspeed_zero_stage(config) -> int | None:
-    """The ZeRO stage a DeepSpeed config (a JSON path or a mapping) asks for; None without one."""
-    if not config:
-        return None
-    if isinstance(config, str):
-        try:
-            with open(config, encoding="utf-8") as handle:
-                config = json.load(handle)
-        except (OSError, ValueError) as exc:
-            raise PipelineError(f"deepspeed: cannot read {config}: {exc}") from None
-    stage = (config.get("zero_optimization") or {}).get("stage", 0) if isinstance(config, dict) else 0
-    return int(stage) if str(stage).isdigit() else None
 
 
 def _check_inputs_outside_run(output_dir: str, paths: list[str]) -> None:

@@ -1,0 +1,123 @@
+"""The engine a run trains under, in one place: plain DDP, DeepSpeed (ZeRO stage 2 or 3) or FSDP, chosen by the
+training settings (`deepspeed: FILE`, `fsdp`) or by `accelerate launch`'s config (its environment). What the
+K-fold loop needs to know of it: which stages and techniques it refuses before any work, whether the weights are
+split across the processes (every forward pass is then a collective, and `best/` is saved from weights gathered by
+every rank), and how a fold's engine is let go before the next fold's.
+
+Run here on 2 CPU processes (gloo): DeepSpeed ZeRO-2 (`tests/test_engines.py`). ZeRO-3 and FSDP are refused
+before any work (docs/models.md says why and what to use instead).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+from nikl_emotion.base.errors import PipelineError
+
+__all__ = [
+    "Engine",
+    "engine_of",
+    "check_engine",
+    "gathered_state_dict",
+    "free_engine",
+]
+
+_SHARDED_INSTEAD = (
+    "use DDP (accelerate launch with no FSDP or ZeRO-3 config), DeepSpeed ZeRO-2 "
+    "(--deepspeed configs/deepspeed-zero2.json: optimizer states and gradients sharded, weights whole), "
+    "or LoRA/QLoRA (lora_r, load_in_4bit) for a model whose weights do not fit one GPU"
+)
+
+
+@dataclass(frozen=True)
+class Engine:
+    """`name`: ddp (one process or several, no sharding engine), deepspeed or fsdp; `zero_stage` for DeepSpeed;
+    `half`: the engine holds the weights themselves in bf16/fp16 (DeepSpeed's mixed precision), not autocast."""
+
+    name: str = "ddp"
+    zero_stage: int | None = None
+    half: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"DeepSpeed ZeRO-{self.zero_stage}" if self.name == "deepspeed" else self.name.upper()
+
+
+def engine_of(training_args=None) -> Engine:
+    """The engine the settings (None: the launcher's environment alone) ask for, read before any engine starts."""
+    env = os.environ
+    if (training_args is not None and training_args.fsdp) or _true(env.get("ACCELERATE_USE_FSDP")):
+        return Engine("fsdp")
+    deepspeed = training_args.deepspeed if training_args is not None else None
+    if not deepspeed and not _true(env.get("ACCELERATE_USE_DEEPSPEED")):
+        return Engine()
+    stage = _zero_stage(deepspeed or env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE"))
+    if stage is None:
+        stage = int(env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") or 2)
+    half = env.get("ACCELERATE_MIXED_PRECISION", "no")
+    if training_args is not None and (training_args.bf16 or training_args.fp16):
+        half = "bf16" if training_args.bf16 else "fp16"
+    return Engine("deepspeed", stage, half if half in ("bf16", "fp16") else None)
+
+
+def check_engine(engine: Engine, technique_args=None) -> None:
+    """Refuse, before any work, what the engine cannot run: weight sharding (ZeRO-3, FSDP) in the K-fold loop, and
+    the techniques (`technique_args`, when given) that need what DeepSpeed does not leave them: FGM/AWP perturb the
+    embeddings by their gradient after `backward`, which the engine has already reduced, stepped and cleared; an EMA
+    of half-precision weights loses a 0.001 update to rounding."""
+    if engine.name == "fsdp" or engine.zero_stage == 3:
+        what = "fully sharded weights are" if engine.name == "fsdp" else "ZeRO stage 3 shards the weights, which is"
+        key = "fsdp" if engine.name == "fsdp" else "deepspeed"
+        raise PipelineError(f"{key}: {what} not supported by the K-fold loop; {_SHARDED_INSTEAD}")
+    if engine.name != "deepspeed" or technique_args is None:
+        return
+    if technique_args.adversarial != "none":
+        raise PipelineError(
+            f"adversarial: {technique_args.adversarial} perturbs the embeddings by their gradient after backward, "
+            f"which {engine.label} has already reduced and cleared; drop it or train without DeepSpeed (DDP)"
+        )
+    if engine.half and (technique_args.ema_decay or technique_args.swa_epochs):
+        raise PipelineError(
+            f"ema_decay/swa_epochs: under {engine.label} with {engine.half} the weights themselves are "
+            f"{engine.half}, where an average's small updates round away; drop {engine.half} or the averaging"
+        )
+
+
+def gathered_state_dict(trainer) -> dict | None:
+    """The whole model's weights where an engine splits them across the processes (every rank must call this:
+    gathering is a collective); None where each process holds them whole (save the model as it is)."""
+    accelerator = trainer.accelerator
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    sharded = accelerator.is_fsdp2 or getattr(accelerator.state, "fsdp_plugin", None) is not None
+    sharded = sharded or (plugin is not None and plugin.zero_stage == 3)
+    return accelerator.get_state_dict(trainer.model_wrapped) if sharded else None
+
+
+def free_engine(trainer) -> None:
+    """Let go of the fold's engine before the next fold's: the accelerator keeps the prepared model, optimizer and
+    DeepSpeed engine (and its hooks and optimizer state) until told, so each fold's would stay in memory."""
+    trainer.accelerator.free_memory()
+    trainer.model_wrapped = trainer.model
+    trainer.optimizer = trainer.lr_scheduler = None
+    if hasattr(trainer, "deepspeed"):
+        trainer.deepspeed = None
+
+
+def _true(value: str | None) -> bool:
+    return (value or "false").lower() in ("true", "1")
+
+
+def _zero_stage(config) -> int | None:
+    """The ZeRO stage a DeepSpeed config (a JSON path or a mapping) asks for; None without one."""
+    if not config:
+        return None
+    if isinstance(config, str):
+        try:
+            with open(config, encoding="utf-8") as handle:
+                config = json.load(handle)
+        except (OSError, ValueError) as exc:
+            raise PipelineError(f"deepspeed: cannot read {config}: {exc}") from None
+    stage = (config.get("zero_optimization") or {}).get("stage", 0) if isinstance(config, dict) else 0
+    return int(stage) if str(stage).isdigit() else None

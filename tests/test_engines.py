@@ -1,0 +1,191 @@
+"""The K-fold loop under the engines users scale with, run for real on CPU processes (gloo): DeepSpeed ZeRO-2
+through `accelerate launch` on 2 processes and through `python train.py --deepspeed` on one; a fold's `best/`
+reproduces its probabilities, `loading.json` says what ran, nothing of a fold's engine outlives it. Every launch has
+a timeout, so a hang fails instead of blocking the suite."""
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+from accelerate.state import PartialState
+from conftest import ROOT, SAMPLE_TEST, run_cli
+from safetensors import safe_open
+
+from nikl_emotion import EmotionClassifier
+from nikl_emotion.backends.engines import Engine, check_engine, engine_of
+from nikl_emotion.base.config import TechniqueArguments
+from nikl_emotion.base.errors import PipelineError
+from nikl_emotion.base.fileio import read_probs
+from nikl_emotion.training.config_checks import parse_config
+
+QUICKSTART = ROOT / "configs" / "quickstart.yaml"
+ZERO2 = ROOT / "configs" / "deepspeed-zero2.json"
+TWO_FOLDS_ONE_EPOCH = ("--num_folds", "2", "--num_train_epochs", "1")
+LAUNCHER_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+needs_deepspeed = pytest.mark.skipif(
+    importlib.util.find_spec("deepspeed") is None or shutil.which("accelerate") is None,
+    reason="deepspeed not installed (pip install .[deepspeed])",
+)
+
+
+def launch(command: list, out, **env) -> subprocess.CompletedProcess:
+    """A training command in processes of its own, one thread each (two torch processes on two cores), with a
+    timeout: a hang is a failure."""
+    environment = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES and not k.startswith("ACCEL")}
+    environment.update(OMP_NUM_THREADS="1", **env)
+    result = subprocess.run(
+        [*command, "--output_dir", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=environment,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def fold_reload_gap(out, fold: int) -> float:
+    """Largest difference between fold K's test probabilities as the run wrote them and as its saved best/ gives
+    them, loaded the way inference.py loads it (dtype auto: as loading.json says the fold ran)."""
+    _, written = read_probs(out / f"fold_{fold}" / "test_probs.jsonl")
+    classifier = EmotionClassifier.from_pretrained(out / f"fold_{fold}" / "best", device="cpu")
+    return float(np.abs(classifier.predict_proba(str(SAMPLE_TEST)) - written).max())
+
+
+def loading_record(out, fold: int = 0) -> dict:
+    return json.loads((out / f"fold_{fold}" / "best" / "loading.json").read_text(encoding="utf-8"))
+
+
+def saved_dtypes(out, fold: int = 0) -> set:
+    with safe_open(str(out / f"fold_{fold}" / "best" / "model.safetensors"), "pt") as weights:
+        return {weights.get_tensor(key).dtype for key in weights.keys()}
+
+
+def test_the_resolved_config_leaves_the_process_state_as_it_was(tmp_path):
+    """Writing config.yaml (main process only) built a TrainingArguments, which resets accelerate's process-wide
+    state; under DeepSpeed the main process then believed it was alone and skipped its replicas' barriers."""
+    settings = parse_config([str(QUICKSTART), "--output_dir", str(tmp_path / "out")])
+    PartialState._shared_state["marker"] = "left alone"
+    try:
+        settings.resolved()
+        assert PartialState._shared_state.get("marker") == "left alone"
+    finally:
+        PartialState._shared_state.pop("marker", None)
+
+
+def test_the_launchers_deepspeed_config_names_the_engine(monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", str(ZERO2))
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    assert engine_of() == Engine("deepspeed", 2, "bf16")
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "false")
+    assert engine_of() == Engine()
+
+
+@pytest.mark.parametrize(
+    "engine, techniques, message",
+    [
+        (Engine("deepspeed", 2), {"adversarial": "fgm"}, "adversarial: fgm perturbs .* DeepSpeed ZeRO-2"),
+        (Engine("deepspeed", 2, "bf16"), {"ema_decay": 0.999}, "ema_decay/swa_epochs: .* bf16"),
+        (Engine("deepspeed", 3), {}, "deepspeed: ZeRO stage 3"),
+        (Engine("fsdp"), {}, "fsdp: fully sharded"),
+    ],
+)
+def test_what_an_engine_cannot_run_is_refused_before_any_work(engine, techniques, message):
+    with pytest.raises(PipelineError, match=message):
+        check_engine(engine, TechniqueArguments(**techniques))
+
+
+def test_ema_is_kept_under_deepspeed_in_float32():
+    check_engine(Engine("deepspeed", 2), TechniqueArguments(ema_decay=0.999))
+
+
+@needs_deepspeed
+def test_zero2_on_two_processes_trains_every_fold_and_best_reproduces_it(tmp_path):
+    out = tmp_path / "zero2"
+    result = launch(
+        [
+            "accelerate",
+            "launch",
+            "--config_file",
+            str(ROOT / "configs" / "accelerate-deepspeed-zero2.yaml"),
+            "--num_processes",
+            "2",
+            "train.py",
+            str(QUICKSTART),
+            *TWO_FOLDS_ONE_EPOCH,
+            "--per_device_eval_batch_size",
+            "16",  # 100 test rows over 2 ranks: the ranks run unequal numbers of batches
+        ],
+        out,
+    )
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert [fold["fold"] for fold in summary["folds"]] == [0, 1]
+    assert result.stdout.count("   oof ") == 1  # one process wrote and printed
+    for fold in (0, 1):
+        # the ranks' probabilities, gathered, equal one process serving the saved best/: the ranks agreed
+        assert fold_reload_gap(out, fold) <= 1e-5
+        assert loading_record(out, fold)["base_dtype"] == "float32" and saved_dtypes(out, fold) == {torch.float32}
+    rss = [json.loads((out / f"fold_{k}" / "metrics.json").read_text())["process_rss_mb"] for k in (0, 1)]
+    assert rss[1] <= rss[0] * 1.1, rss
+    # inference.py --run serves the folds as the run voted them
+    run_cli(
+        "inference.py",
+        "--run",
+        out,
+        "--input",
+        SAMPLE_TEST,
+        "--output",
+        tmp_path / "s.jsonl",
+        "--probs",
+        tmp_path / "p.jsonl",
+    )
+    mean = np.mean([read_probs(out / f"fold_{k}" / "test_probs.jsonl")[1] for k in (0, 1)], axis=0)
+    np.testing.assert_allclose(read_probs(tmp_path / "p.jsonl")[1], mean, atol=1e-5)
+    assert not list(out.rglob("*.tmp")) and not list(out.rglob("best.partial"))
+
+
+@needs_deepspeed
+def test_one_process_deepspeed_runs_as_documented_and_bf16_is_recorded_as_half_weights(tmp_path):
+    """`python train.py CONFIG --deepspeed FILE` with no launcher; DeepSpeed's bf16 casts the weights (float32
+    copies stay in its optimizer), so best/ holds bf16 weights served without autocast, as the fold predicted."""
+    out = tmp_path / "zero2-bf16"
+    launch(
+        [
+            "python",
+            "train.py",
+            str(QUICKSTART),
+            *TWO_FOLDS_ONE_EPOCH,
+            "--fold",
+            "0",
+            "--deepspeed",
+            str(ZERO2),
+            "--bf16",
+            "true",
+        ],
+        out,
+    )
+    record = loading_record(out)
+    assert (record["base_dtype"], record["autocast"]) == ("bfloat16", None)
+    assert saved_dtypes(out) == {torch.bfloat16}
+    assert fold_reload_gap(out, 0) <= 1e-5
+
+
+def test_the_launchers_mixed_precision_is_recorded_as_the_autocast_it_ran(tmp_path):
+    """`accelerate launch --mixed_precision bf16` with bf16 unset in the config trains and predicts under bf16
+    autocast: best/ is served so."""
+    out = tmp_path / "launcher-bf16"
+    launch(
+        ["python", "train.py", str(QUICKSTART), *TWO_FOLDS_ONE_EPOCH, "--fold", "0"],
+        out,
+        ACCELERATE_MIXED_PRECISION="bf16",
+    )
+    record = loading_record(out)
+    assert (record["base_dtype"], record["autocast"]) == ("float32", "bf16")
+    assert fold_reload_gap(out, 0) <= 1e-5
