@@ -1,7 +1,7 @@
 """The K-fold loop under the engines users scale with, run for real on CPU processes (gloo): DeepSpeed ZeRO-2
-through `accelerate launch` on 2 processes and through `python train.py --deepspeed` on one; a fold's `best/`
-reproduces its probabilities, `loading.json` says what ran, nothing of a fold's engine outlives it. Every launch has
-a timeout, so a hang fails instead of blocking the suite."""
+and ZeRO-3 through `accelerate launch` on 2 processes, ZeRO-2 through `python train.py --deepspeed` on one; a
+fold's `best/` reproduces its probabilities, `loading.json` says what ran, nothing of a fold's engine outlives it.
+Every launch has a timeout, so a hang fails instead of blocking the suite."""
 
 import importlib.util
 import json
@@ -22,6 +22,7 @@ from nikl_emotion.base.config import TechniqueArguments
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.fileio import read_probs
 from nikl_emotion.training.config_checks import parse_config
+from nikl_emotion.training.kfold import run_training
 
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 ZERO2 = ROOT / "configs" / "deepspeed-zero2.json"
@@ -93,8 +94,12 @@ def test_the_launchers_deepspeed_config_names_the_engine(monkeypatch):
     [
         (Engine("deepspeed", 2), {"adversarial": "fgm"}, "adversarial: fgm perturbs .* DeepSpeed ZeRO-2"),
         (Engine("deepspeed", 2, "bf16"), {"ema_decay": 0.999}, "ema_decay/swa_epochs: .* bf16"),
-        (Engine("deepspeed", 3), {}, "deepspeed: ZeRO stage 3"),
-        (Engine("fsdp"), {}, "fsdp: fully sharded"),
+        (
+            Engine("deepspeed", 3),
+            {"swa_epochs": 1},
+            "ema_decay/swa_epochs: DeepSpeed ZeRO-3 holds the weights in shards",
+        ),
+        (Engine("fsdp"), {}, "fsdp: accelerate applies FSDP on GPUs only"),
     ],
 )
 def test_what_an_engine_cannot_run_is_refused_before_any_work(engine, techniques, message):
@@ -177,15 +182,46 @@ def test_one_process_deepspeed_runs_as_documented_and_bf16_is_recorded_as_half_w
     assert fold_reload_gap(out, 0) <= 1e-5
 
 
-def test_the_launchers_mixed_precision_is_recorded_as_the_autocast_it_ran(tmp_path):
+def test_the_launchers_mixed_precision_is_recorded_as_the_autocast_it_ran(tmp_path, monkeypatch):
     """`accelerate launch --mixed_precision bf16` with bf16 unset in the config trains and predicts under bf16
     autocast: best/ is served so."""
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
     out = tmp_path / "launcher-bf16"
-    launch(
-        ["python", "train.py", str(QUICKSTART), *TWO_FOLDS_ONE_EPOCH, "--fold", "0"],
-        out,
-        ACCELERATE_MIXED_PRECISION="bf16",
-    )
+    run_training(parse_config([str(QUICKSTART), *TWO_FOLDS_ONE_EPOCH, "--fold", "0", "--output_dir", str(out)]))
     record = loading_record(out)
     assert (record["base_dtype"], record["autocast"]) == ("float32", "bf16")
     assert fold_reload_gap(out, 0) <= 1e-5
+
+
+@needs_deepspeed
+def test_zero3_shards_the_weights_and_saves_them_gathered_with_the_techniques_it_keeps(tmp_path):
+    """ZeRO-3 on 2 processes with the target-pooling head, LLRD, R-Drop and multi-sample dropout: models are built
+    partitioned (the offline backbone whole, by the main process alone), every prediction step is a collective both
+    ranks run, and best/ holds the whole weights both gathered."""
+    out = tmp_path / "zero3"
+    techniques = ("--classifier_head", "target_pool", "--layerwise_lr_decay", "0.8", "--rdrop_alpha", "1.0")
+    launch(
+        [
+            "accelerate",
+            "launch",
+            "--config_file",
+            str(ROOT / "configs" / "accelerate-deepspeed-zero3.yaml"),
+            "--num_processes",
+            "2",
+            "train.py",
+            str(QUICKSTART),
+            *TWO_FOLDS_ONE_EPOCH,
+            *techniques,
+            "--multi_sample_dropout",
+            "2",
+            "--per_device_eval_batch_size",
+            "16",
+        ],
+        out,
+    )
+    for fold in (0, 1):
+        assert fold_reload_gap(out, fold) <= 1e-5
+    whole = EmotionClassifier.from_pretrained(out / "fold_0" / "best", device="cpu").model
+    assert all(parameter.numel() > 0 for parameter in whole.parameters())  # no shard saved as an empty tensor
+    rss = [json.loads((out / f"fold_{k}" / "metrics.json").read_text())["process_rss_mb"] for k in (0, 1)]
+    assert rss[1] <= rss[0] * 1.1, rss

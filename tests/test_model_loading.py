@@ -200,7 +200,7 @@ def test_a_custom_code_decoder_needs_trust_remote_code_to_train_and_to_serve(mod
         (["--model_dtype", "bfloat16"], "model_dtype: bfloat16 names the dtype of a frozen LoRA base"),
         (["--model_dtype", "half", *LORA], "model_dtype: 'half' is not auto, float32"),
         ([*LORA, "--lora_target_modules", "nosuch"], "lora_target_modules: nosuch names no module of .*q_proj"),
-        (["--fsdp", "full_shard"], "fsdp: fully sharded weights are not supported.*ZeRO-2"),
+        (["--fsdp", "full_shard"], "fsdp: accelerate applies FSDP on GPUs only.*ZeRO-3"),
     ],
 )
 def test_loading_and_sharding_settings_that_cannot_work_are_refused_before_any_work(
@@ -246,11 +246,7 @@ def test_an_attention_kernel_this_machine_lacks_is_one_error_line(models, tmp_pa
 @pytest.mark.parametrize(
     "environment, message",
     [
-        ({"ACCELERATE_USE_FSDP": "true"}, "fsdp: fully sharded"),
-        (
-            {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"},
-            "deepspeed: ZeRO stage 3 shards the weights",
-        ),
+        ({"ACCELERATE_USE_FSDP": "true"}, "fsdp: accelerate applies FSDP on GPUs only"),
     ],
 )
 def test_a_launcher_that_shards_the_weights_is_refused_before_any_work(environment, message, tmp_path, monkeypatch):

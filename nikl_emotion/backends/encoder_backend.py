@@ -39,7 +39,7 @@ from nikl_emotion.backends.emotion_trainer import (
     keep_tensorboard_logs,
     predict_in_order,
 )
-from nikl_emotion.backends.engines import free_engine, gathered_state_dict
+from nikl_emotion.backends.engines import free_engine, gathered_state_dict, whole_models
 from nikl_emotion.backends.fold_backend import (
     FoldData,
     PreparedRun,
@@ -330,7 +330,8 @@ def prepare_backbone(
         legacy = spec_of(texts[:train_text_count]) if train_text_count is not None else None
         if existing not in (spec, legacy) and state.is_main_process:
             shutil.rmtree(path, ignore_errors=True)
-            build_offline_backbone(texts, path, model_args.model_name_or_path, model_args.offline_vocab_size, seed)
+            with whole_models():  # built by this process alone
+                build_offline_backbone(texts, path, model_args.model_name_or_path, model_args.offline_vocab_size, seed)
             write_json_atomic(marker, spec)
     return path
 

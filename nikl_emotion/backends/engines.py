@@ -4,12 +4,13 @@ K-fold loop needs to know of it: which stages and techniques it refuses before a
 split across the processes (every forward pass is then a collective, and `best/` is saved from weights gathered by
 every rank), and how a fold's engine is let go before the next fold's.
 
-Run here on 2 CPU processes (gloo): DeepSpeed ZeRO-2 (`tests/test_engines.py`). ZeRO-3 and FSDP are refused
-before any work (docs/models.md says why and what to use instead).
+Run here on 2 CPU processes (gloo) and tested (`tests/test_engines.py`): DeepSpeed ZeRO-2 and ZeRO-3. FSDP is
+refused before any work: accelerate applies it on GPUs only (docs/models.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -22,12 +23,18 @@ __all__ = [
     "check_engine",
     "gathered_state_dict",
     "free_engine",
+    "whole_models",
 ]
 
 _SHARDED_INSTEAD = (
-    "use DDP (accelerate launch with no FSDP or ZeRO-3 config), DeepSpeed ZeRO-2 "
-    "(--deepspeed configs/deepspeed-zero2.json: optimizer states and gradients sharded, weights whole), "
-    "or LoRA/QLoRA (lora_r, load_in_4bit) for a model whose weights do not fit one GPU"
+    "for weights split across the GPUs use DeepSpeed ZeRO-3 (configs/accelerate-deepspeed-zero3.yaml), for optimizer "
+    "states and gradients alone ZeRO-2 (configs/accelerate-deepspeed-zero2.yaml), or LoRA/QLoRA (lora_r, load_in_4bit)"
+)
+# measured on 2 CPU processes (accelerate 1.15): its state makes a run FSDP only on GPU-like devices; CPU processes
+# silently train plain DDP, so the fold loop's FSDP path (sharded predictions, the gathered best/) cannot run here
+_FSDP_UNTESTED = (
+    "accelerate applies FSDP on GPUs only, and on CPU processes trains plain DDP instead, so the K-fold loop under "
+    "FSDP has never run and is not offered"
 )
 
 
@@ -62,15 +69,14 @@ def engine_of(training_args=None) -> Engine:
     return Engine("deepspeed", stage, half if half in ("bf16", "fp16") else None)
 
 
-def check_engine(engine: Engine, technique_args=None) -> None:
-    """Refuse, before any work, what the engine cannot run: weight sharding (ZeRO-3, FSDP) in the K-fold loop, and
-    the techniques (`technique_args`, when given) that need what DeepSpeed does not leave them: FGM/AWP perturb the
-    embeddings by their gradient after `backward`, which the engine has already reduced, stepped and cleared; an EMA
-    of half-precision weights loses a 0.001 update to rounding."""
-    if engine.name == "fsdp" or engine.zero_stage == 3:
-        what = "fully sharded weights are" if engine.name == "fsdp" else "ZeRO stage 3 shards the weights, which is"
-        key = "fsdp" if engine.name == "fsdp" else "deepspeed"
-        raise PipelineError(f"{key}: {what} not supported by the K-fold loop; {_SHARDED_INSTEAD}")
+def check_engine(engine: Engine, technique_args=None, lora_r: int = 0) -> None:
+    """Refuse, before any work, what the engine cannot run (`technique_args` and `lora_r` checked when given): FSDP,
+    which accelerate applies on GPUs only (docs/models.md); under DeepSpeed, FGM/AWP, which perturb the embeddings
+    by their gradient after `backward` (the engine has already reduced, stepped and cleared it), and an EMA or SWA of
+    weights the engine holds in half precision (a 0.001 update rounds away) or in shards (ZeRO-3); under ZeRO-3,
+    LoRA (the adapter is saved from the shard each process holds)."""
+    if engine.name == "fsdp":
+        raise PipelineError(f"fsdp: {_FSDP_UNTESTED}; {_SHARDED_INSTEAD}")
     if engine.name != "deepspeed" or technique_args is None:
         return
     if technique_args.adversarial != "none":
@@ -78,10 +84,16 @@ def check_engine(engine: Engine, technique_args=None) -> None:
             f"adversarial: {technique_args.adversarial} perturbs the embeddings by their gradient after backward, "
             f"which {engine.label} has already reduced and cleared; drop it or train without DeepSpeed (DDP)"
         )
-    if engine.half and (technique_args.ema_decay or technique_args.swa_epochs):
+    held = engine.half if engine.half else "shards" if engine.zero_stage == 3 else None
+    if held and (technique_args.ema_decay or technique_args.swa_epochs):
         raise PipelineError(
-            f"ema_decay/swa_epochs: under {engine.label} with {engine.half} the weights themselves are "
-            f"{engine.half}, where an average's small updates round away; drop {engine.half} or the averaging"
+            f"ema_decay/swa_epochs: {engine.label} holds the weights in {held}, which an average of them cannot "
+            f"follow; drop the averaging{f' or {engine.half}' if engine.half else ''}"
+        )
+    if lora_r and engine.zero_stage == 3:
+        raise PipelineError(
+            "lora_r: under DeepSpeed ZeRO-3 each process holds a shard of the adapter; train LoRA under ZeRO-2 "
+            "(configs/accelerate-deepspeed-zero2.yaml) or DDP, where the base is frozen and small anyway"
         )
 
 
@@ -103,6 +115,21 @@ def free_engine(trainer) -> None:
     trainer.optimizer = trainer.lr_scheduler = None
     if hasattr(trainer, "deepspeed"):
         trainer.deepspeed = None
+
+
+@contextlib.contextmanager
+def whole_models():
+    """Models built inside are whole, not partitioned by ZeRO-3 (which transformers does to every model built while
+    a stage-3 config is registered, as a collective of all processes): for what one process builds alone, such as
+    the offline backbone the main process builds and saves for every rank to load."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    registered = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed._hf_deepspeed_config_weak_ref = None
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = registered
 
 
 def _true(value: str | None) -> bool:

@@ -957,18 +957,24 @@ def field_defaults(*classes) -> dict[str, object]:
 
 
 def _trainer_defaults(output_dir: str) -> dict:
-    """`TrainingArguments`' defaults as `to_dict` writes them, leaving the process's distributed state as it was.
-    Building one sets up devices anew, which resets accelerate's process-wide state; the resolved config is built on
-    the main process alone, and under DeepSpeed the state it left said one process, so the main process skipped the
-    barriers its replicas waited at (`train.py` hung under ZeRO-2)."""
+    """`TrainingArguments`' defaults as `to_dict` writes them, leaving the process as it was. Building one sets up
+    devices anew, which resets accelerate's process-wide state, and under a DeepSpeed launcher registers its own
+    DeepSpeed config as the process's (transformers asks it whether ZeRO-3 partitions new models). The resolved
+    config is built on the main process alone: under DeepSpeed the state it left said one process (the main process
+    skipped the barriers its replicas waited at: train.py hung under ZeRO-2), and the config it registered died with
+    it (the main process built its models whole while the others partitioned theirs: ZeRO-3 hung)."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
     states = (PartialState, AcceleratorState, GradientState)
     saved = [dict(state._shared_state) for state in states]
+    registered = hf_deepspeed._hf_deepspeed_config_weak_ref
     try:
         return TrainingArguments(output_dir=output_dir).to_dict()
     finally:
         for state, values in zip(states, saved):
             state._shared_state.clear()
             state._shared_state.update(values)
+        hf_deepspeed._hf_deepspeed_config_weak_ref = registered
 
 
 def _resolved_config(*args_list) -> dict:

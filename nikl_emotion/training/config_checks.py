@@ -59,7 +59,7 @@ def validate(settings: RunSettings) -> None:
     model_args, data_args, _, loss_args, technique_args, training_args = settings.parts()
     check_settings_resources(model_args, data_args, loss_args, technique_args)
     engine = engine_of(training_args)
-    check_engine(engine, technique_args)
+    check_engine(engine, technique_args, model_args.lora_r)
     check_autocast_device(training_args, engine_casts_weights=engine.name == "deepspeed")
     validate_reporting(training_args)
     validate_training_values(training_args)
