@@ -11,7 +11,8 @@ ratio, peak memory); a ~1.2B-parameter Llama-3.2-1B-sized decoder saved in bf16,
 QLoRA; with two GPUs visible, the encoder case under `accelerate launch` (DDP).
 
 `python bench/gpu_check.py --smoke` runs every case at tiny sizes on the CPU (no 4-bit, no DDP): a check that the
-script itself works, not a measurement.
+script itself works, not a measurement. `python bench/gpu_check.py --sizes` prints the real-size models'
+parameters and shapes, built on the meta device (tests/test_engines.py checks them).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ LLAMA_1B = {
     "num_hidden_layers": 16,
     "num_attention_heads": 32,
     "num_key_value_heads": 8,
+    "head_dim": 64,  # 2048 / 32: the imitation's config names its own head_dim, which would otherwise stay
     "intermediate_size": 8192,
     "vocab_size": 128256,
     "tie_word_embeddings": True,
@@ -70,10 +72,43 @@ TINY_DECODER = {
     "num_hidden_layers": 2,
     "num_attention_heads": 4,
     "num_key_value_heads": 2,
+    "head_dim": 16,
     "intermediate_size": 128,
     "vocab_size": 128256,
     "tie_word_embeddings": True,
 }
+
+
+def sized_config(folder: Path, dims: dict):
+    """The imitation's config at `folder` with `dims` applied."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(folder)
+    for key, value in dims.items():
+        setattr(config, key, value)
+    return config
+
+
+def model_sizes(work: Path) -> list[dict]:
+    """The real-size models as this check builds them, on the meta device (no memory, no weights): parameters and
+    the shapes that say whether they are what they claim (an attention projection, the embeddings)."""
+    from transformers import AutoModelForCausalLM, AutoModelForPreTraining
+
+    cases = [
+        ("KcELECTRA-base size", build_kcelectra(work / "sizes-kcelectra"), AutoModelForPreTraining, KCELECTRA_BASE),
+        ("Llama-3.2-1B size", build_llama(work / "sizes-llama"), AutoModelForCausalLM, LLAMA_1B),
+    ]
+    sizes = []
+    for name, folder, auto_class, dims in cases:
+        with torch.device("meta"):
+            model = auto_class.from_config(sized_config(folder, dims))
+        shapes = {}
+        for key, parameter in model.named_parameters():
+            short = key.split(".layers.0.")[-1].split(".layer.0.")[-1]
+            if (".0." in key and short.endswith("weight")) or "embeddings" in key or "embed_tokens" in key:
+                shapes.setdefault(short, list(parameter.shape))
+        sizes.append({"model": name, "parameters": sum(p.numel() for p in model.parameters()), "shapes": shapes})
+    return sizes
 
 
 def device_args(smoke: bool) -> list[str]:
@@ -101,11 +136,7 @@ def quick(smoke: bool, epochs: int = 3) -> list[str]:
 def resized(folder: Path, auto_class, dims: dict, dtype: torch.dtype) -> Path:
     """The imitation at `folder` rebuilt with `dims` (its tokenizer kept; a larger vocabulary leaves ids unused),
     random weights, saved in `dtype`."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(folder)
-    for key, value in dims.items():
-        setattr(config, key, value)
+    config = sized_config(folder, dims)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # built directly in the shipped dtype, on the GPU: a 1B model in seconds
@@ -335,7 +366,7 @@ def ddp_case(recipe: list[str], work: Path) -> dict:
     )
     seconds = time.perf_counter() - start
     if result.returncode != 0:
-        return {"case": "KcELECTRA-base size, 2 GPUs (DDP)", "error": result.stderr.strip().splitlines()[-1][:300]}
+        return {"case": "KcELECTRA-base size, 2 GPUs (DDP)", "error": launch_failure(result)}
     metrics = json.loads((out / "fold_0" / "metrics.json").read_text(encoding="utf-8"))
     return {
         "case": "KcELECTRA-base size, 2 GPUs (DDP)",
@@ -345,11 +376,33 @@ def ddp_case(recipe: list[str], work: Path) -> dict:
     }
 
 
+def launch_failure(result: subprocess.CompletedProcess) -> str:
+    """The cause of a failed launch: the workers' own `error:` line or the last line of their traceback, not the
+    launcher's closing line (its ChildFailedError banner); the exit code where nothing was printed."""
+    lines = [line.strip() for line in (result.stderr + result.stdout).splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    if errors:
+        return errors[0][:300]
+    worker = [line for line in lines if line.startswith("[rank") and ("Error" in line or "error" in line)]
+    if worker:
+        return worker[-1][:300]
+    exceptions = [line for line in lines if line.split(":")[0].endswith(("Error", "Exception"))]
+    return (exceptions[0] if exceptions else f"exit code {result.returncode}, nothing printed")[:300]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="every case at tiny sizes on the CPU (script check)")
     parser.add_argument("--only", choices=("small", "real"), help="run one group of cases")
+    parser.add_argument(
+        "--sizes", action="store_true", help="print the real-size models' parameters and shapes (meta device) and exit"
+    )
     args = parser.parse_args()
+    if args.sizes:
+        with tempfile.TemporaryDirectory(prefix="gpu_check_sizes_") as work:
+            for size in model_sizes(Path(work)):
+                print(json.dumps(size))
+        return
     if not args.smoke and not torch.cuda.is_available():
         sys.exit("no CUDA device: this check is for a GPU machine (--smoke runs it at tiny sizes on the CPU)")
     print(

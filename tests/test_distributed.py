@@ -1,6 +1,7 @@
 """`accelerate launch` with 2 CPU processes (gloo): same folds on every rank, files written once, complete and
 ordered."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -215,3 +216,72 @@ def test_an_fsdp_launch_is_refused_by_every_rank_before_any_work(tmp_path):
     refusals = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("error: fsdp:")]
     assert result.returncode != 0 and len(refusals) == 2 and "ZeRO-2" in refusals[0]
     assert not out.exists()
+
+
+@pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate CLI not on PATH")
+def test_workers_end_when_their_launcher_is_killed(tmp_path):
+    """SIGKILL of `accelerate launch` leaves no orphan: its workers get SIGTERM, end, and write no summary (on a
+    cluster, orphans would keep their GPUs and write the outputs of a job that was killed)."""
+    import signal
+    import time
+
+    out = tmp_path / "killed"
+    launcher = subprocess.Popen(
+        [
+            "accelerate",
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "train.py",
+            str(QUICKSTART),
+            "--output_dir",
+            str(out),
+            "--num_folds",
+            "2",
+            "--num_train_epochs",
+            "400",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / "fold_0").is_dir():  # both workers are past their start
+            assert launcher.poll() is None and time.monotonic() < deadline, "the run did not start"
+            time.sleep(0.5)
+        workers = _children(launcher.pid)
+        assert len(workers) == 2
+        launcher.send_signal(signal.SIGKILL)
+        launcher.wait(timeout=10)
+        deadline = time.monotonic() + 60
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not any(_alive(pid) for pid in workers), "a worker outlived its launcher"
+        assert not (out / "summary.json").exists()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(launcher.pid, signal.SIGKILL)  # whatever is left of the group, whatever the outcome
+
+
+def _children(pid: int) -> list[int]:
+    return [
+        int(child) for child in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    ]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            return handle.read().split(") ")[-1][0] != "Z"  # a zombie has ended
+    except OSError:
+        return False

@@ -225,3 +225,32 @@ def test_zero3_shards_the_weights_and_saves_them_gathered_with_the_techniques_it
     assert all(parameter.numel() > 0 for parameter in whole.parameters())  # no shard saved as an empty tensor
     rss = [json.loads((out / f"fold_{k}" / "metrics.json").read_text())["process_rss_mb"] for k in (0, 1)]
     assert rss[1] <= rss[0] * 1.1, rss
+
+
+def gpu_check():
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "bench" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_gpu_check_builds_its_real_size_models_at_their_true_sizes(tmp_path):
+    """bench/gpu_check.py --sizes, on the meta device: a Llama-3.2-1B's q_proj is 2048x2048 (head_dim 64, not the
+    tiny imitation's 16) and its 1.24B parameters; KcELECTRA-base's dimensions and 54,343-token vocabulary."""
+    sizes = {size["model"]: size for size in gpu_check().model_sizes(tmp_path)}
+    llama, electra = sizes["Llama-3.2-1B size"], sizes["KcELECTRA-base size"]
+    assert llama["shapes"]["self_attn.q_proj.weight"] == [2048, 2048]
+    assert llama["shapes"]["self_attn.k_proj.weight"] == [512, 2048]
+    assert llama["parameters"] == 1_235_814_400  # Llama-3.2-1B's count, tied embeddings
+    assert electra["shapes"]["electra.embeddings.word_embeddings.weight"] == [54343, 768]
+    assert electra["shapes"]["intermediate.dense.weight"] == [3072, 768]
+
+
+def test_the_gpu_checks_failed_launch_reports_its_cause():
+    failure = gpu_check().launch_failure
+    banner = "torch.distributed.elastic.multiprocessing.errors.ChildFailedError:\n=====\ntrain.py FAILED\n"
+    stderr = "Traceback (most recent call last):\n  File x\nerror: bf16: needs a GPU\n" + banner
+    assert failure(subprocess.CompletedProcess([], 1, "", stderr)) == "error: bf16: needs a GPU"
+    worker = "[rank0]: Traceback\n[rank0]: RuntimeError: CUDA out of memory\n" + banner
+    assert failure(subprocess.CompletedProcess([], 1, "", worker)) == "[rank0]: RuntimeError: CUDA out of memory"
+    assert failure(subprocess.CompletedProcess([], -9, "", "")) == "exit code -9, nothing printed"

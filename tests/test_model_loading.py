@@ -372,3 +372,58 @@ def test_post_training_loads_the_hub_encoder_with_the_loading_keys_in_float32(mo
         assert kwargs.get("revision") == "main" and kwargs.get("trust_remote_code") is True, (name, kwargs)
         if name.startswith("AutoModel"):
             assert kwargs.get("attn_implementation") == "eager" and kwargs.get("dtype") == torch.float32, (name, kwargs)
+
+
+def test_a_flash_kernel_is_refused_for_float32_training_and_served_in_float32_with_sdpa(tmp_path, monkeypatch):
+    """flash-attn computes in bf16/fp16 only: a float32 run would crash at its first forward pass, and a flash-trained
+    best/ served in float32 (`--dtype fp32`, ONNX export) runs sdpa instead (where flash-attn is installed)."""
+    from nikl_emotion.backends import backbone, classifier
+    from nikl_emotion.backends.precision import LoadOptions, LoadRecord, ServingPrecision
+
+    with pytest.raises(PipelineError, match="attn_implementation: flash_attention_2 computes in bf16/fp16 only"):
+        parse_config(
+            [str(QUICKSTART), "--output_dir", str(tmp_path / "o"), "--attn_implementation", "flash_attention_2"]
+        )
+    monkeypatch.setattr(classifier, "attention_kernel_available", lambda kernel: True)
+    monkeypatch.setattr(backbone, "attention_kernel_available", lambda kernel: True)
+    record = LoadRecord(autocast="bf16", attn_implementation="flash_attention_2")
+    float32 = ServingPrecision(torch.float32, None)
+    bf16 = ServingPrecision(torch.float32, torch.bfloat16)
+    assert classifier.serving_loading("best", record, LoadOptions(), float32).attn_implementation == "sdpa"
+    assert classifier.serving_loading("best", record, LoadOptions(), bf16).attn_implementation == "flash_attention_2"
+
+
+def test_loading_json_records_the_attention_kernel_that_ran(tmp_path):
+    """An offline backbone is built here and takes no kernel asked for: best/ says which one ran (sdpa), so serving
+    does not ask for a kernel it never used."""
+    out = tmp_path / "out"
+    run_training(
+        parse_config(
+            [str(QUICKSTART), "--output_dir", str(out), "--num_folds", "2", "--fold", "0", "--num_train_epochs", "1"]
+            + ["--attn_implementation", "flash_attention_2", "--bf16", "true"]
+        )
+    )
+    assert json.loads((out / "fold_0" / "best" / "loading.json").read_text())["attn_implementation"] == "sdpa"
+
+
+def test_a_hub_that_cannot_be_reached_stops_the_run_before_fold_0_trains(tmp_path, monkeypatch):
+    """Offline (HF_HUB_OFFLINE, as in these tests), not logged in or without rights: one error line before any
+    work, not a traceback after fold 0 with fold 0 marked done and never pushed."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "run"
+    settings = parse_config(
+        [
+            str(QUICKSTART),
+            "--output_dir",
+            str(out),
+            "--num_folds",
+            "2",
+            "--push_to_hub",
+            "true",
+            "--hub_model_id",
+            "me/x",
+        ]
+    )
+    with pytest.raises(PipelineError, match="push_to_hub: cannot reach the hub repo me/x .*hf auth login"):
+        run_training(settings)
+    assert not (out / "fold_0").exists()

@@ -30,9 +30,20 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from nikl_emotion.backends.backbone import attention_kernel_available, load_tokenizer, needs_remote_code
+from nikl_emotion.backends.backbone import (
+    HALF_PRECISION_KERNELS,
+    attention_kernel_available,
+    load_tokenizer,
+    needs_remote_code,
+)
 from nikl_emotion.backends.heads import head_inputs, head_of, load_trained_model
-from nikl_emotion.backends.precision import LoadOptions, LoadRecord, autocast_context, serving_precision
+from nikl_emotion.backends.precision import (
+    LoadOptions,
+    LoadRecord,
+    ServingPrecision,
+    autocast_context,
+    serving_precision,
+)
 from nikl_emotion.base.checkpoint_files import EXPORT_FILE, ONNX_FILE, TOKENIZER_FILES
 from nikl_emotion.base.config import ModelLoading
 from nikl_emotion.base.errors import PipelineError
@@ -128,9 +139,13 @@ class LoadedModel:
     autocast: torch.dtype | None = None
 
 
-def serving_loading(folder: str, record: LoadRecord, options: LoadOptions) -> ModelLoading:
+def serving_loading(
+    folder: str, record: LoadRecord, options: LoadOptions, precision: ServingPrecision | None = None
+) -> ModelLoading:
     """The model-loading keys to serve `folder` with: its own modelling code only when the caller trusts it, the
-    attention kernel its run used where this machine has it (transformers' default otherwise)."""
+    attention kernel its run used where this machine has it (transformers' default otherwise) and where `precision`
+    gives it half-precision tensors (a flash kernel served in float32, as `--dtype fp32` or ONNX export ask, runs
+    sdpa instead)."""
     if not options.trust_remote_code and (record.trust_remote_code or needs_remote_code(folder, ModelLoading())):
         raise PipelineError(
             f"{folder}: the model runs code shipped with the checkpoint (trust_remote_code); pass "
@@ -145,6 +160,12 @@ def serving_loading(folder: str, record: LoadRecord, options: LoadOptions) -> Mo
             kernel,
         )
         kernel = None
+    float32 = precision is not None and precision.autocast is None and precision.weights == torch.float32
+    if kernel in HALF_PRECISION_KERNELS and float32:
+        logger.info(
+            "%s: trained with %s, which computes in bf16/fp16 only; served in float32 with sdpa", folder, kernel
+        )
+        kernel = "sdpa"
     return ModelLoading(trust_remote_code=options.trust_remote_code, attn_implementation=kernel)
 
 
@@ -159,7 +180,7 @@ def _load_encoder(folder: str, options: LoadOptions) -> LoadedModel:
     record = LoadRecord.load(folder)
     precision = serving_precision(record, options, half_weights=False)
     model, info = load_trained_model(
-        folder, dtype=precision.weights, **serving_loading(folder, record, options).model_kwargs()
+        folder, dtype=precision.weights, **serving_loading(folder, record, options, precision).model_kwargs()
     )
     return LoadedModel(model, list(info["missing_keys"]), precision.autocast)
 

@@ -229,7 +229,7 @@ def _load_decoder_model(folder: str, options: LoadOptions | None = None) -> Load
     options = options or LoadOptions()
     record = LoadRecord.load(folder)
     precision = serving_precision(record, options, half_weights=True)
-    loading = serving_loading(folder, record, options)
+    loading = serving_loading(folder, record, options, precision)
     if not _is_adapter_folder(folder):
         if os.path.isfile(os.path.join(folder, ADAPTER_WEIGHTS_FILE)):
             raise PipelineError(
@@ -261,7 +261,9 @@ def _load_adapter(folder: str, record: LoadRecord, precision: ServingPrecision, 
         require_4bit(
             f"{folder}: its LoRA base in 4-bit", "load the base in full precision instead: dtype bf16 (or fp32)"
         )
-        kwargs.update(quantization_config=bits_and_bytes_config(precision.quantization), device_map={"": 0})
+        # on this process's own GPU: under accelerate launch each rank serves on its own
+        device = {"": int(os.environ.get("LOCAL_RANK", 0))}
+        kwargs.update(quantization_config=bits_and_bytes_config(precision.quantization), device_map=device)
     try:
         config = AutoConfig.from_pretrained(folder, trust_remote_code=loading.trust_remote_code)
         model = AutoModelForSequenceClassification.from_pretrained(base, config=config, **kwargs)

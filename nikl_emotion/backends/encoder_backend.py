@@ -175,8 +175,8 @@ class EncoderBackend:
             result = score(np.asarray(val_rows["labels"]), fixed_rule(settings.kfold).decide(val_probs))
             self.save_best(settings, trainer, data, folder, result, weights)
             result.update(_fold_state(trainer, data))
+            push_fold(training, folder.best, data.fold)  # before done.json: a fold is done once it is pushed
             write_fold_outputs(folder, val_rows, val_probs, data.encoded_test, test_probs, result)
-            push_fold(training, folder.best, data.fold)
         end_fold_tracking()
         trainer.accelerator.wait_for_everyone()
         free_engine(trainer)

@@ -6,7 +6,9 @@ every head, full fine-tuning and LoRA:
   polyglot-ko derivatives fp16). transformers 5 loads a checkpoint in its saved dtype unless told otherwise, so
   every load here names one: a 2e-5 step leaves most bf16 weights of N(0, 0.02) where they were, and the fp16
   gradient scaler refuses fp16 weights.
-- `bf16` / `fp16` (TrainingArguments) mean autocast: float32 weights, matrix products in half precision.
+- `bf16` / `fp16` (TrainingArguments) mean autocast: float32 weights, matrix products in half precision. Under
+  DeepSpeed they mean half-precision weights instead (the engine casts the module and keeps float32 copies in its
+  optimizer), and a launcher's `--mixed_precision` means autocast with neither set: `best/` records what ran.
 - A frozen base is kept in half precision only where that is the point: under LoRA with `bf16`/`fp16` (that dtype,
   or `model_dtype`), and 4-bit NF4 under QLoRA (with that compute dtype).
 - `best/` records how its base was loaded and the autocast its fold predicted under (`loading.json`, a `LoadRecord`);
@@ -148,12 +150,16 @@ class LoadRecord:
         )
 
     def as_ran(self, accelerator, model: torch.nn.Module) -> LoadRecord:
-        """This record corrected by what the fold's forward pass ran with: the autocast the accelerator applied, and
-        the weights' dtype where an engine cast the trained weights to half precision (served so, with no autocast,
-        the checkpoint reproduces the fold's probabilities)."""
+        """This record corrected by what the fold's forward pass ran with: the autocast the accelerator applied, the
+        weights' dtype where an engine cast the trained weights to half precision (served so, with no autocast, the
+        checkpoint reproduces the fold's probabilities), and the attention kernel the model was built with."""
         half = engine_weights_dtype(model)
+        kernel = self.attn_implementation and getattr(model.config, "_attn_implementation", None)
         return dataclasses.replace(
-            self, autocast=ran_autocast(accelerator), base_dtype=self.base_dtype if half is None else half
+            self,
+            autocast=ran_autocast(accelerator),
+            base_dtype=self.base_dtype if half is None else half,
+            attn_implementation=kernel or None,  # the kernel that ran (an offline backbone takes none asked)
         )
 
     def save(self, folder: str) -> None:

@@ -10,10 +10,13 @@ import json
 import os
 import sys
 
+from nikl_emotion.base.errors import PipelineError
+
 __all__ = [
     "run_name",
     "fold_trainer_settings",
     "end_fold_tracking",
+    "check_hub",
     "push_fold",
     "push_run_files",
 ]
@@ -60,6 +63,21 @@ def _hub_repo(training_args):
         exist_ok=True,
     )
     return api, repo.repo_id
+
+
+def check_hub(training_args) -> None:
+    """`push_to_hub`: the repo reached (created where missing) before any fold trains, so a run that cannot push
+    (offline, not logged in, no rights to `hub_model_id`) stops at once instead of after its first fold."""
+    if not training_args.push_to_hub:
+        return
+    try:
+        _hub_repo(training_args)
+    except Exception as exc:  # offline mode, HTTP 401/403, a bad repo id, no network: the library's own errors
+        detail = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise PipelineError(
+            f"push_to_hub: cannot reach the hub repo {training_args.hub_model_id or run_name(training_args)} "
+            f"({type(exc).__name__}: {detail}); log in (hf auth login), check hub_model_id, or drop push_to_hub"
+        ) from None
 
 
 def push_fold(training_args, best: str, fold: int) -> None:

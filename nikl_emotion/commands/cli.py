@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import functools
 import logging
 import os
@@ -68,6 +69,7 @@ def entry_point(main: Callable[[list[str]], int | None]) -> Callable[[], None]:
     def run() -> None:
         # SIGTERM (a scheduler's stop, `kill`) unwinds like Ctrl-C, so half-written temporaries are removed
         previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+        _end_with_the_launcher()
         try:
             code = main(sys.argv[1:])
         except PipelineError as exc:
@@ -81,6 +83,23 @@ def entry_point(main: Callable[[list[str]], int | None]) -> Callable[[], None]:
         sys.exit(code or 0)
 
     return run
+
+
+def _end_with_the_launcher() -> None:
+    """A worker of `accelerate launch` (or torchrun) gets SIGTERM when its launcher dies, even by SIGKILL: otherwise
+    the workers of a killed job run on, hold their GPUs and write the outputs a killed job must not leave. Linux
+    only (prctl); a launcher already gone ends the worker at once."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the launcher died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def pop_option(argv: list[str], names: tuple[str, ...]) -> int | None:

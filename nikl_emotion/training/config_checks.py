@@ -10,6 +10,7 @@ import os
 
 from transformers import TrainingArguments
 
+from nikl_emotion.backends.backbone import HALF_PRECISION_KERNELS
 from nikl_emotion.backends.budget_clock import check_clock_schedule
 from nikl_emotion.backends.engines import check_engine, engine_of
 from nikl_emotion.backends.heads import TARGET_MASK, head_named
@@ -61,6 +62,7 @@ def validate(settings: RunSettings) -> None:
     engine = engine_of(training_args)
     check_engine(engine, technique_args, model_args.lora_r)
     check_autocast_device(training_args, engine_casts_weights=engine.name == "deepspeed")
+    _check_attention_precision(model_args.loading.attn_implementation, training_args, engine.half)
     validate_reporting(training_args)
     validate_training_values(training_args)
     _check_inputs_outside_run(training_args.output_dir, [*data_args.train_files, *filter(None, [data_args.test_file])])
@@ -90,6 +92,15 @@ def validate(settings: RunSettings) -> None:
     ):
         raise PipelineError(
             f"metric_for_best_model: {training_args.metric_for_best_model!r} is not micro_f1, macro_f1 or loss"
+        )
+
+
+def _check_attention_precision(kernel: str | None, training_args, engine_half: str | None) -> None:
+    """A flash kernel computes in bf16/fp16 only: trained without either, float32 tensors reach it and the first
+    forward pass crashes."""
+    if kernel in HALF_PRECISION_KERNELS and not (training_args.bf16 or training_args.fp16 or engine_half):
+        raise PipelineError(
+            f"attn_implementation: {kernel} computes in bf16/fp16 only; set bf16: true (or fp16: true), or use sdpa"
         )
 
 

@@ -18,7 +18,7 @@ from nikl_emotion.backends.divergence import TrainingDiverged
 from nikl_emotion.backends.fold_backend import FoldBackend, FoldData, PreparedRun
 from nikl_emotion.backends.heads import head_named
 from nikl_emotion.backends.registry import backend_for
-from nikl_emotion.backends.tracking import push_run_files
+from nikl_emotion.backends.tracking import check_hub, push_run_files
 from nikl_emotion.base.config import ARGUMENT_CLASSES, RunSettings, field_defaults
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.locking import exclusive, exclusive_all
@@ -120,6 +120,8 @@ class KFoldRun:
                 f"num_folds: {kfold.num_folds} folds need at least as many rows; "
                 f"{', '.join(settings.data.train_files)} hold {len(files.train)}"
             )
+        if PartialState().is_main_process:
+            check_hub(training)  # before any fold trains: a run that cannot push stops now
         backend = backend_for(model.model_name_or_path)
         if not backend.supports_multi_process and PartialState().num_processes > 1:
             raise PipelineError(
