@@ -100,11 +100,14 @@ def test_the_launchers_deepspeed_config_names_the_engine(monkeypatch):
             "ema_decay/swa_epochs: DeepSpeed ZeRO-3 holds the weights in shards",
         ),
         (Engine("fsdp"), {}, "fsdp: accelerate applies FSDP on GPUs only"),
+        (Engine("deepspeed", 3), {"lora_r": 4}, "lora_r: under DeepSpeed ZeRO-3 each process holds a shard"),
+        (Engine("deepspeed", 2, "bf16"), {"lora_r": 4}, "lora_r: under DeepSpeed with bf16 the engine casts"),
     ],
 )
 def test_what_an_engine_cannot_run_is_refused_before_any_work(engine, techniques, message):
+    lora_r = techniques.pop("lora_r", 0)
     with pytest.raises(PipelineError, match=message):
-        check_engine(engine, TechniqueArguments(**techniques))
+        check_engine(engine, TechniqueArguments(**techniques), lora_r)
 
 
 def test_ema_is_kept_under_deepspeed_in_float32():

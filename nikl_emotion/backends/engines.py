@@ -73,8 +73,9 @@ def check_engine(engine: Engine, technique_args=None, lora_r: int = 0) -> None:
     """Refuse, before any work, what the engine cannot run (`technique_args` and `lora_r` checked when given): FSDP,
     which accelerate applies on GPUs only (docs/models.md); under DeepSpeed, FGM/AWP, which perturb the embeddings
     by their gradient after `backward` (the engine has already reduced, stepped and cleared it), and an EMA or SWA of
-    weights the engine holds in half precision (a 0.001 update rounds away) or in shards (ZeRO-3); under ZeRO-3,
-    LoRA (the adapter is saved from the shard each process holds)."""
+    weights the engine holds in half precision (a 0.001 update rounds away) or in shards (ZeRO-3); LoRA under ZeRO-3
+    (the adapter is saved from the shard each process holds) or under DeepSpeed's half precision (it casts the
+    adapter and head too)."""
     if engine.name == "fsdp":
         raise PipelineError(f"fsdp: {_FSDP_UNTESTED}; {_SHARDED_INSTEAD}")
     if engine.name != "deepspeed" or technique_args is None:
@@ -94,6 +95,12 @@ def check_engine(engine: Engine, technique_args=None, lora_r: int = 0) -> None:
         raise PipelineError(
             "lora_r: under DeepSpeed ZeRO-3 each process holds a shard of the adapter; train LoRA under ZeRO-2 "
             "(configs/accelerate-deepspeed-zero2.yaml) or DDP, where the base is frozen and small anyway"
+        )
+    if lora_r and engine.half:
+        raise PipelineError(
+            f"lora_r: under DeepSpeed with {engine.half} the engine casts the adapter and its head to {engine.half} "
+            f"too, which this pipeline trains and serves in float32 over a half base; train LoRA with {engine.half} "
+            "under DDP (accelerate launch without a DeepSpeed config), or under DeepSpeed without it"
         )
 
 

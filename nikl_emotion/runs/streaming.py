@@ -103,10 +103,11 @@ def predict_in_chunks(classifier: RunClassifier, files, processes: Processes | N
             part = os.path.join(scratch, f"checkpoint{index}.rank{processes.rank}.npy")
             description = f"checkpoint {index + 1}/{len(paths)}"
             _predict_share(classifier.load(path), files, processes, part, (description, scan.rows))
-        processes.wait()
+        processes.wait()  # every share is on disk
         if processes.is_main:
+            # alone, and no other process waits for it: a large corpus takes longer to write than a collective's
+            # timeout (NCCL's 10 minutes), and the others have nothing left to do
             _write_outputs(classifier, files, processes.world, scratch)
-        processes.wait()
     if processes.is_main:
         seconds = time.perf_counter() - start
         logger.info(
