@@ -273,6 +273,9 @@ def _load_adapter(folder: str, record: LoadRecord, precision: ServingPrecision, 
             f"{folder}: holds a LoRA adapter over the base model {base}, which cannot be loaded "
             f"({first_line(exc)}); put it there, or train with merge_lora: true"
         ) from None
+    if precision.quantization is not None:
+        # as in training (new_decoder_model): every weight outside the 4-bit layers (embeddings, norms) in float32
+        model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     heads = [name for name in adapter.get("modules_to_save") or [] if hasattr(model, name)]
     missing = _missing_head(folder, heads)
     if missing:  # the base's random head would predict: the caller refuses the folder
