@@ -17,8 +17,9 @@ from nikl_emotion.text.data import load_jsonl
 
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 # accelerate launch with 2 CPU processes (gloo), no mixed precision, no compilation
-TWO_CPU_PROCESSES = ("accelerate", "launch", "--cpu", "--num_processes", "2", "--num_machines", "1")
-TWO_CPU_PROCESSES += ("--mixed_precision", "no", "--dynamo_backend", "no")
+TWO_PROCESSES = ("accelerate", "launch", "--num_processes", "2", "--num_machines", "1")
+TWO_PROCESSES += ("--mixed_precision", "no", "--dynamo_backend", "no")
+TWO_CPU_PROCESSES = (*TWO_PROCESSES, "--cpu")
 
 
 @pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate CLI not on PATH")
@@ -191,16 +192,7 @@ def test_an_fsdp_launch_is_refused_by_every_rank_before_any_work(tmp_path):
     out = tmp_path / "fsdp"
     result = subprocess.run(
         [
-            "accelerate",
-            "launch",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
+            *TWO_PROCESSES,
             "--use_fsdp",
             "train.py",
             str(QUICKSTART),
@@ -228,17 +220,8 @@ def test_workers_end_when_their_launcher_is_killed(tmp_path):
     out = tmp_path / "killed"
     launcher = subprocess.Popen(
         [
-            "accelerate",
-            "launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
+            *TWO_PROCESSES,
+            "--multi_gpu",  # torchrun's agent: `--cpu` starts one process with accelerate's simple launcher
             "train.py",
             str(QUICKSTART),
             "--output_dir",

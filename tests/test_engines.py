@@ -142,14 +142,16 @@ def assert_memory_level(out) -> None:
     assert rss[1] <= rss[0] * 1.1, rss
 
 
-def test_the_launchers_mixed_precision_is_recorded_as_the_autocast_it_ran(tmp_path, monkeypatch):
+def test_the_launchers_mixed_precision_and_the_kernel_that_ran_are_recorded(tmp_path, monkeypatch):
     """`accelerate launch --mixed_precision bf16` with bf16 unset in the config trains and predicts under bf16
-    autocast: best/ is served so."""
+    autocast: best/ is served so. An offline backbone is built here and takes no attention kernel asked for:
+    loading.json names the one that ran (sdpa), so serving does not ask for a kernel it never used."""
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
     out = tmp_path / "launcher-bf16"
-    run_training(parse_config([str(QUICKSTART), *TWO_FOLDS_ONE_EPOCH, "--fold", "0", "--output_dir", str(out)]))
+    flash = ("--attn_implementation", "flash_attention_2")  # accepted: the launcher's bf16 autocast feeds it
+    run_training(parse_config([str(QUICKSTART), *TWO_FOLDS_ONE_EPOCH, "--fold", "0", *flash, "--output_dir", str(out)]))
     record = loading_record(out)
-    assert (record["base_dtype"], record["autocast"]) == ("float32", "bf16")
+    assert (record["base_dtype"], record["autocast"], record["attn_implementation"]) == ("float32", "bf16", "sdpa")
     assert fold_reload_gap(out, 0) <= 1e-5
 
 

@@ -393,19 +393,6 @@ def test_a_flash_kernel_is_refused_for_float32_training_and_served_in_float32_wi
     assert classifier.serving_loading("best", record, LoadOptions(), bf16).attn_implementation == "flash_attention_2"
 
 
-def test_loading_json_records_the_attention_kernel_that_ran(tmp_path):
-    """An offline backbone is built here and takes no kernel asked for: best/ says which one ran (sdpa), so serving
-    does not ask for a kernel it never used."""
-    out = tmp_path / "out"
-    run_training(
-        parse_config(
-            [str(QUICKSTART), "--output_dir", str(out), "--num_folds", "2", "--fold", "0", "--num_train_epochs", "1"]
-            + ["--attn_implementation", "flash_attention_2", "--bf16", "true"]
-        )
-    )
-    assert json.loads((out / "fold_0" / "best" / "loading.json").read_text())["attn_implementation"] == "sdpa"
-
-
 def test_a_hub_that_cannot_be_reached_stops_the_run_before_fold_0_trains(tmp_path, monkeypatch):
     """Offline (HF_HUB_OFFLINE, as in these tests), not logged in or without rights: one error line before any
     work, not a traceback after fold 0 with fold 0 marked done and never pushed."""

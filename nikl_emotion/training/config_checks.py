@@ -98,7 +98,8 @@ def validate(settings: RunSettings) -> None:
 def _check_attention_precision(kernel: str | None, training_args, engine_half: str | None) -> None:
     """A flash kernel computes in bf16/fp16 only: trained without either, float32 tensors reach it and the first
     forward pass crashes."""
-    if kernel in HALF_PRECISION_KERNELS and not (training_args.bf16 or training_args.fp16 or engine_half):
+    launcher = getattr(training_args, "mixed_precision", "no") in ("bf16", "fp16")  # accelerate launch's autocast
+    if kernel in HALF_PRECISION_KERNELS and not (training_args.bf16 or training_args.fp16 or launcher or engine_half):
         raise PipelineError(
             f"attn_implementation: {kernel} computes in bf16/fp16 only; set bf16: true (or fp16: true), or use sdpa"
         )
