@@ -19,17 +19,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from decoder_families import build_decoder  # noqa: E402
+from gpu_check import reload_gap  # noqa: E402  (bench/, this script's folder, is on the path)
 
-from nikl_emotion import EmotionClassifier  # noqa: E402
-from nikl_emotion.base.fileio import read_probs  # noqa: E402
-
-SAMPLE_TEST = ROOT / "data" / "sample_test.jsonl"
 LAUNCH = ["accelerate", "launch", "--num_processes", "2", "--num_machines", "1", "--dynamo_backend", "no"]
 ENGINES = {
     "DDP": [*LAUNCH, "--multi_gpu", "--mixed_precision", "no"],
@@ -57,15 +52,6 @@ def models(work: Path) -> dict[str, list[str]]:
     }
 
 
-def reload_gap(out: Path, folds: int) -> float:
-    gaps = []
-    for k in range(folds):
-        _, written = read_probs(out / f"fold_{k}" / "test_probs.jsonl")
-        served = EmotionClassifier.from_pretrained(out / f"fold_{k}" / "best", device="cpu").predict_proba(SAMPLE_TEST)
-        gaps.append(float(np.abs(served - written).max()))
-    return max(gaps)
-
-
 def case(engine: str, model: str, extra: list[str], work: Path, epochs: int) -> dict:
     out = work / f"{engine}-{len(list(work.iterdir()))}"
     command = [*ENGINES[engine], "train.py", str(ROOT / "configs" / "quickstart.yaml"), "--output_dir", str(out)]
@@ -85,7 +71,7 @@ def case(engine: str, model: str, extra: list[str], work: Path, epochs: int) -> 
     return {
         **row,
         "status": "runs",
-        "reload_gap": reload_gap(out, 2),
+        "reload_gap": max(reload_gap(out, fold, "cpu") for fold in (0, 1)),
         "rss_mb_per_fold": [m["process_rss_mb"] for m in metrics],
         "seconds_per_fold": round(seconds / 2, 1),
         "best_dtype": record["base_dtype"],

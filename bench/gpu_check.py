@@ -172,11 +172,11 @@ def peak_mib() -> float | None:
     return round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None
 
 
-def reload_gap(out: Path) -> float:
+def reload_gap(out: Path, fold: int = 0, device: str | None = None) -> float:
     """Max |served best/ - the fold's own test probabilities|, best/ loaded as its run trained (dtype auto)."""
-    classifier = EmotionClassifier.from_pretrained(out / "fold_0" / "best")
+    classifier = EmotionClassifier.from_pretrained(out / f"fold_{fold}" / "best", device=device)
     return float(
-        np.abs(classifier.predict_proba(SAMPLE_TEST) - read_probs(out / "fold_0" / "test_probs.jsonl")[1]).max()
+        np.abs(classifier.predict_proba(SAMPLE_TEST) - read_probs(out / f"fold_{fold}" / "test_probs.jsonl")[1]).max()
     )
 
 

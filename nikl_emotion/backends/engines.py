@@ -63,9 +63,8 @@ def engine_of(training_args=None) -> Engine:
     stage = _zero_stage(deepspeed or env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE"))
     if stage is None:
         stage = int(env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") or 2)
-    half = env.get("ACCELERATE_MIXED_PRECISION", "no")
-    if training_args is not None and (training_args.bf16 or training_args.fp16):
-        half = "bf16" if training_args.bf16 else "fp16"
+    # TrainingArguments' mixed precision is the launcher's, overridden by bf16/fp16
+    half = training_args.mixed_precision if training_args is not None else env.get("ACCELERATE_MIXED_PRECISION")
     return Engine("deepspeed", stage, half if half in ("bf16", "fp16") else None)
 
 
@@ -107,10 +106,11 @@ def check_engine(engine: Engine, technique_args=None, lora_r: int = 0) -> None:
 def gathered_state_dict(trainer) -> dict | None:
     """The whole model's weights where an engine splits them across the processes (every rank must call this:
     gathering is a collective); None where each process holds them whole (save the model as it is)."""
+    from accelerate.utils import DistributedType
+
     accelerator = trainer.accelerator
     plugin = getattr(accelerator.state, "deepspeed_plugin", None)
-    sharded = accelerator.is_fsdp2 or getattr(accelerator.state, "fsdp_plugin", None) is not None
-    sharded = sharded or (plugin is not None and plugin.zero_stage == 3)
+    sharded = accelerator.distributed_type == DistributedType.FSDP or (plugin is not None and plugin.zero_stage == 3)
     return accelerator.get_state_dict(trainer.model_wrapped) if sharded else None
 
 

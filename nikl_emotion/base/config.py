@@ -786,8 +786,8 @@ def _default_launcher_variables() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))  # a free port for the process group's store
         port = probe.getsockname()[1]
-    variables = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1"}
-    os.environ.update({**variables, "MASTER_ADDR": os.environ.get("MASTER_ADDR", "127.0.0.1")})
+    os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1"})
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(port))
 
 

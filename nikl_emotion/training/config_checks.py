@@ -62,7 +62,7 @@ def validate(settings: RunSettings) -> None:
     engine = engine_of(training_args)
     check_engine(engine, technique_args, model_args.lora_r)
     check_autocast_device(training_args, engine_casts_weights=engine.name == "deepspeed")
-    _check_attention_precision(model_args.loading.attn_implementation, training_args, engine.half)
+    _check_attention_precision(model_args.loading.attn_implementation, training_args)
     validate_reporting(training_args)
     validate_training_values(training_args)
     _check_inputs_outside_run(training_args.output_dir, [*data_args.train_files, *filter(None, [data_args.test_file])])
@@ -95,11 +95,10 @@ def validate(settings: RunSettings) -> None:
         )
 
 
-def _check_attention_precision(kernel: str | None, training_args, engine_half: str | None) -> None:
+def _check_attention_precision(kernel: str | None, training_args) -> None:
     """A flash kernel computes in bf16/fp16 only: trained without either, float32 tensors reach it and the first
-    forward pass crashes."""
-    launcher = getattr(training_args, "mixed_precision", "no") in ("bf16", "fp16")  # accelerate launch's autocast
-    if kernel in HALF_PRECISION_KERNELS and not (training_args.bf16 or training_args.fp16 or launcher or engine_half):
+    forward pass crashes. TrainingArguments' mixed precision is `bf16`/`fp16` or, with neither, the launcher's."""
+    if kernel in HALF_PRECISION_KERNELS and training_args.mixed_precision not in ("bf16", "fp16"):
         raise PipelineError(
             f"attn_implementation: {kernel} computes in bf16/fp16 only; set bf16: true (or fp16: true), or use sdpa"
         )
