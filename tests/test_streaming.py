@@ -102,7 +102,7 @@ def test_a_killed_job_leaves_no_output_and_its_scratch_goes(tiny_run, tmp_path, 
     source = tmp_path / "big.jsonl"
     lines = SAMPLE_TEST.read_text(encoding="utf-8").splitlines()
     with open(source, "w", encoding="utf-8") as handle:
-        for copy in range(40):
+        for copy in range(200):  # 20,000 rows: the job must still be running a second after its first chunk
             for line in lines:
                 row = json.loads(line)
                 handle.write(json.dumps({**row, "id": f"{copy}-{row['id']}"}, ensure_ascii=False) + "\n")
