@@ -5,10 +5,8 @@ and saves `best/` (weights, tokenizer, preprocessing.json, model card) whole or 
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import functools
-import gc
 import hashlib
 import logging
 import os
@@ -179,9 +177,7 @@ class EncoderBackend:
             write_fold_outputs(folder, val_rows, val_probs, data.encoded_test, test_probs, result)
         end_fold_tracking()
         trainer.accelerator.wait_for_everyone()
-        free_engine(trainer)
-        del trainer, weights
-        _release_memory()
+        free_engine(trainer)  # the fold loop collects the rest before the next fold (engines.release_memory)
         return result
 
     def fold_trainer(self, settings: RunSettings, data: FoldData, folder: FoldFolder) -> EmotionTrainer:
@@ -405,13 +401,3 @@ def _resident_megabytes() -> float | None:
     return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
 
 
-def _release_memory() -> None:
-    """Between folds: drop the fold's objects and hand freed heap back to the OS. Without `malloc_trim`, glibc keeps
-    the freed pages of one fold's tensors in its arenas and the process grows by ~100 MB a fold before levelling."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
-        pass

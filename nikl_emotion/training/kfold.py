@@ -15,6 +15,7 @@ from accelerate import PartialState
 from datasets import Dataset
 
 from nikl_emotion.backends.divergence import TrainingDiverged
+from nikl_emotion.backends.engines import release_memory
 from nikl_emotion.backends.fold_backend import FoldBackend, FoldData, PreparedRun
 from nikl_emotion.backends.heads import head_named
 from nikl_emotion.backends.registry import backend_for
@@ -246,6 +247,8 @@ def _train_folds(settings: RunSettings, run: RunFolder, fold_data: list[FoldData
             to_train.append(data)
     for position, data in enumerate(to_train):
         k = data.fold
+        if position:  # the last fold's objects go before this fold's share is counted
+            release_memory()
         if ends_at is not None:
             data = dataclasses.replace(data, ends_at=_fold_ends_at(ends_at, len(to_train) - position, k))
         try:
