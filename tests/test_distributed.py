@@ -268,3 +268,39 @@ def _alive(pid: int) -> bool:
             return handle.read().split(") ")[-1][0] != "Z"  # a zombie has ended
     except OSError:
         return False
+
+
+_SLOW_SAVE = """import datetime, sys, time
+import torch.distributed
+from nikl_emotion.backends.encoder_backend import EncoderBackend
+from nikl_emotion.commands.train import main
+init = torch.distributed.init_process_group
+def short_timeout(*args, **kwargs):  # the run's collectives give up after {timeout} s (ddp_timeout, 1800 by default)
+    return init(*args, **{{**kwargs, "timeout": datetime.timedelta(seconds={timeout})}})
+torch.distributed.init_process_group = short_timeout
+saved = EncoderBackend.save_best
+def slow_save(*args, **kwargs):  # a save and upload that outlast them
+    time.sleep({seconds})
+    return saved(*args, **kwargs)
+EncoderBackend.save_best = slow_save
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate CLI not on PATH")
+def test_the_other_rank_waits_out_a_save_longer_than_the_collective_timeout(tmp_path):
+    """The main process saves and pushes a fold's best/ alone; the other rank waits for it however long that takes
+    (a 13B upload outlasts ddp_timeout's 30 minutes): here a save of 16 s under an 8 s collective timeout."""
+    script, out = tmp_path / "slow_save.py", tmp_path / "slow"
+    script.write_text(_SLOW_SAVE.format(timeout=8, seconds=16), encoding="utf-8")
+    result = subprocess.run(
+        [*TWO_PROCESSES, "--multi_gpu", str(script), str(QUICKSTART), "--output_dir", str(out)]
+        + ["--num_folds", "2", "--fold", "0", "--num_train_epochs", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (out / "fold_0" / "done.json").exists()

@@ -37,7 +37,13 @@ from nikl_emotion.backends.emotion_trainer import (
     keep_tensorboard_logs,
     predict_in_order,
 )
-from nikl_emotion.backends.engines import free_engine, gathered_state_dict, whole_models
+from nikl_emotion.backends.engines import (
+    free_engine,
+    gathered_state_dict,
+    open_waiting_group,
+    wait_for_the_main_process,
+    whole_models,
+)
 from nikl_emotion.backends.fold_backend import (
     FoldData,
     PreparedRun,
@@ -176,7 +182,7 @@ class EncoderBackend:
             push_fold(training, folder.best, data.fold)  # before done.json: a fold is done once it is pushed
             write_fold_outputs(folder, val_rows, val_probs, data.encoded_test, test_probs, result)
         end_fold_tracking()
-        trainer.accelerator.wait_for_everyone()
+        wait_for_the_main_process(trainer.accelerator)  # it saved best/ and pushed it alone
         free_engine(trainer)  # the fold loop collects the rest before the next fold (engines.release_memory)
         return result
 
@@ -344,6 +350,7 @@ def _train_resuming(trainer: EmotionTrainer, folder: FoldFolder, fold: int) -> N
     if trainer.is_world_process_zero():
         last_complete_checkpoint(folder.checkpoints, required)
     trainer.accelerator.wait_for_everyone()
+    open_waiting_group(trainer.accelerator)  # every process is here: the fold's end waits on it
     resume = last_complete_checkpoint(folder.checkpoints, required)
     if resume:
         logger.info("fold %d: resuming from %s", fold, os.path.basename(resume))

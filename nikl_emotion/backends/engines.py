@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import datetime
 import gc
 import json
 import os
@@ -26,6 +27,8 @@ __all__ = [
     "gathered_state_dict",
     "free_engine",
     "release_memory",
+    "open_waiting_group",
+    "wait_for_the_main_process",
     "whole_models",
 ]
 
@@ -147,6 +150,35 @@ def release_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
         pass
+
+
+# how long the other processes wait while the main process alone saves and pushes a fold: a 13B checkpoint's upload
+# outlasts the 30 minutes of ddp_timeout, after which a waiting rank's barrier raises and the job dies
+MAIN_PROCESS_WORK = datetime.timedelta(hours=12)
+_waiting_group = None  # per process: a gloo group of every process whose collectives wait MAIN_PROCESS_WORK
+
+
+def open_waiting_group(accelerator) -> None:
+    """Make the waiting group, once per process, at a point every process reaches together (making a group is a
+    rendezvous of its own). Gloo, so it waits on the CPU whatever the run's backend (NCCL's watchdog would abort a
+    long wait); nothing else of the run uses it. A dead main process ends the wait at once: its socket closes."""
+    global _waiting_group
+    if _waiting_group is None and accelerator.num_processes > 1:
+        import torch.distributed as dist
+
+        _waiting_group = dist.new_group(backend="gloo", timeout=MAIN_PROCESS_WORK)
+
+
+def wait_for_the_main_process(accelerator) -> None:
+    """Every process waits here for the main process's solo work (saving `best/`, pushing it) for up to
+    MAIN_PROCESS_WORK, not the run's collective timeout."""
+    if accelerator.num_processes == 1:
+        return
+    if _waiting_group is None:
+        raise RuntimeError("open_waiting_group must run first, where every process meets")
+    import torch.distributed as dist
+
+    dist.barrier(group=_waiting_group)
 
 
 @contextlib.contextmanager
