@@ -13,7 +13,6 @@ import os
 import shutil
 
 import numpy as np
-import torch
 from accelerate import PartialState
 from datasets import Dataset
 from transformers import TrainingArguments, set_seed
@@ -406,5 +405,3 @@ def _resident_megabytes() -> float | None:
     except (OSError, ValueError, IndexError):
         return None
     return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
-
-
