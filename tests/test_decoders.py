@@ -2,6 +2,7 @@
 through the same folds as classifiers on their last token, in full or with LoRA, and serve through every command."""
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -232,7 +233,7 @@ def test_two_processes_train_one_lora_model(decoders, tmp_path):
         [
             "accelerate",
             "launch",
-            "--cpu",
+            "--multi_gpu",  # two CPU workers (use_cpu); `--cpu` would start one
             "--num_processes",
             "2",
             "--num_machines",
@@ -262,8 +263,10 @@ def test_two_processes_train_one_lora_model(decoders, tmp_path):
         capture_output=True,
         text=True,
         timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((out / "fold_0" / "metrics.json").read_text(encoding="utf-8"))["processes"] == 2
     classifier = EmotionClassifier.from_pretrained(out / "fold_0" / "best", device="cpu")
     probs = classifier.predict_proba(SAMPLE_TRAIN)
     position = {row_id: i for i, row_id in enumerate(load_jsonl(SAMPLE_TRAIN)["id"])}

@@ -19,16 +19,46 @@ QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 # accelerate launch with 2 CPU processes (gloo), no mixed precision, no compilation
 TWO_PROCESSES = ("accelerate", "launch", "--num_processes", "2", "--num_machines", "1")
 TWO_PROCESSES += ("--mixed_precision", "no", "--dynamo_backend", "no")
-TWO_CPU_PROCESSES = (*TWO_PROCESSES, "--cpu")
+# two CPU worker processes (the configs' use_cpu: gloo) under torchrun's agent. Not `--cpu`: accelerate then starts ONE
+# process with its simple launcher, whatever --num_processes says
+TWO_CPU_PROCESSES = (*TWO_PROCESSES, "--multi_gpu")
+ONE_THREAD_EACH = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes on two cores: no thread barriers
+
+# train.py whose first fold's save (and upload) outlasts the run's collective timeout, cut to 5 s on every rank for
+# the wait that follows it: the other rank must wait for the main process however long that takes
+_SLOW_FIRST_SAVE = """import datetime, sys, time
+from torch.distributed import distributed_c10d
+from nikl_emotion.backends import encoder_backend
+from nikl_emotion.commands.train import main
+saved, slowed = encoder_backend.EncoderBackend.save_best, []
+ended, freed = encoder_backend.end_fold_tracking, encoder_backend.free_engine
+def slow_save(*args, **kwargs):
+    if not slowed:
+        slowed.append(time.sleep(12))
+    return saved(*args, **kwargs)
+def short_timeout(*args):  # every rank, right before the wait
+    ended(*args)
+    distributed_c10d._set_pg_timeout(datetime.timedelta(seconds=5))
+def usual_timeout(*args):  # every rank, right after it
+    distributed_c10d._set_pg_timeout(datetime.timedelta(minutes=30))
+    freed(*args)
+encoder_backend.EncoderBackend.save_best = slow_save
+encoder_backend.end_fold_tracking, encoder_backend.free_engine = short_timeout, usual_timeout
+sys.exit(main(sys.argv[1:]))
+"""
 
 
 @pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate CLI not on PATH")
 def test_two_process_cpu_run_writes_complete_ordered_outputs(tmp_path):
-    out = tmp_path / "ddp"
+    """Two CPU processes train each fold together and predict a share of the rows each; the main process alone saves
+    and pushes a fold while the other waits, however long that takes (a 13B upload outlasts ddp_timeout's 30
+    minutes): here fold 0's save takes 12 s while that wait's collective timeout is 5 s."""
+    out, script = tmp_path / "ddp", tmp_path / "slow_first_save.py"
+    script.write_text(_SLOW_FIRST_SAVE, encoding="utf-8")
     result = subprocess.run(
         [
             *TWO_CPU_PROCESSES,
-            "train.py",
+            str(script),
             str(ROOT / "configs" / "quickstart.yaml"),
             "--output_dir",
             str(out),
@@ -44,8 +74,11 @@ def test_two_process_cpu_run_writes_complete_ordered_outputs(tmp_path):
         capture_output=True,
         text=True,
         timeout=600,
+        env={**ONE_THREAD_EACH, "PYTHONPATH": str(ROOT)},
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    for k in range(2):
+        assert json.loads((out / f"fold_{k}" / "metrics.json").read_text(encoding="utf-8"))["processes"] == 2
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert [f["fold"] for f in summary["folds"]] == [0, 1]
     ids, probs = read_probs(out / "oof.jsonl")
@@ -114,6 +147,7 @@ def test_fine_tuning_techniques_keep_the_ranks_in_step(tmp_path):
         capture_output=True,
         text=True,
         timeout=600,
+        env=ONE_THREAD_EACH,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     predict_file(
@@ -148,6 +182,7 @@ def test_the_time_budget_measures_the_wrapped_model_with_accumulation_and_holds(
         capture_output=True,
         text=True,
         timeout=600,
+        env=ONE_THREAD_EACH,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "post_train.json").read_text(encoding="utf-8"))
@@ -175,10 +210,12 @@ def test_a_k_fold_time_budget_stops_both_ranks_at_one_step_each_fold(tmp_path):
         capture_output=True,
         text=True,
         timeout=600,
+        env=ONE_THREAD_EACH,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     for k in range(2):
         metrics = json.loads((out / f"fold_{k}" / "metrics.json").read_text(encoding="utf-8"))
+        assert metrics["processes"] == 2
         clock = metrics["time_budget"]
         assert clock["ended_by"] == "time_budget" and clock["schedule_progress"] == 1.0, clock
         assert metrics["epochs_run"] < 200
@@ -268,39 +305,3 @@ def _alive(pid: int) -> bool:
             return handle.read().split(") ")[-1][0] != "Z"  # a zombie has ended
     except OSError:
         return False
-
-
-_SLOW_SAVE = """import datetime, sys, time
-import torch.distributed
-from nikl_emotion.backends.encoder_backend import EncoderBackend
-from nikl_emotion.commands.train import main
-init = torch.distributed.init_process_group
-def short_timeout(*args, **kwargs):  # the run's collectives give up after {timeout} s (ddp_timeout, 1800 by default)
-    return init(*args, **{{**kwargs, "timeout": datetime.timedelta(seconds={timeout})}})
-torch.distributed.init_process_group = short_timeout
-saved = EncoderBackend.save_best
-def slow_save(*args, **kwargs):  # a save and upload that outlast them
-    time.sleep({seconds})
-    return saved(*args, **kwargs)
-EncoderBackend.save_best = slow_save
-sys.exit(main(sys.argv[1:]))
-"""
-
-
-@pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate CLI not on PATH")
-def test_the_other_rank_waits_out_a_save_longer_than_the_collective_timeout(tmp_path):
-    """The main process saves and pushes a fold's best/ alone; the other rank waits for it however long that takes
-    (a 13B upload outlasts ddp_timeout's 30 minutes): here a save of 16 s under an 8 s collective timeout."""
-    script, out = tmp_path / "slow_save.py", tmp_path / "slow"
-    script.write_text(_SLOW_SAVE.format(timeout=8, seconds=16), encoding="utf-8")
-    result = subprocess.run(
-        [*TWO_PROCESSES, "--multi_gpu", str(script), str(QUICKSTART), "--output_dir", str(out)]
-        + ["--num_folds", "2", "--fold", "0", "--num_train_epochs", "1"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert (out / "fold_0" / "done.json").exists()

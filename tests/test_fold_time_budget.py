@@ -69,6 +69,18 @@ def test_short_of_time_a_fold_follows_its_seconds_and_pays_for_what_follows_trai
     assert clock.ended_by(at_step(3, 10_000)) == "time_budget"
 
 
+def test_a_fold_stopped_by_another_processs_clock_says_it_ended_by_the_time_budget():
+    """Under `accelerate launch` the processes agree on the furthest progress: the one whose seconds ran out stops
+    them all, and each records why, though its own seconds are not yet spent."""
+    other_process_out_of_time = lambda progress: max(progress, 1.0)  # noqa: E731 (what `slowest` gathers)
+    clock, control = FoldClock(time.monotonic() + 3600, 1.0, agree=other_process_out_of_time), TrainerControl()
+    clock.on_train_begin(None, at_step(0, 10_000), control)
+    clock.on_pre_optimizer_step(None, at_step(3, 10_000), control)
+    clock.on_step_end(None, at_step(4, 10_000), control)
+    assert control.should_training_stop and clock.time_share < 0.01
+    assert clock.ended_by(at_step(4, 10_000)) == "time_budget"
+
+
 def test_a_resumed_fold_keeps_the_seconds_its_checkpoint_spent(tmp_path):
     first, control = FoldClock(time.monotonic() + 100.0, 1.0), TrainerControl()
     first.on_train_begin(None, at_step(0, 100), control)

@@ -151,10 +151,12 @@ class FoldClock(BudgetClock):
         return max(self.time_share, steps)
 
     def ended_by(self, state) -> str:
-        """What ended the fold's training: `time_budget` (its seconds), `early_stopping` or `epochs`."""
-        if self.time_share >= 1.0:
-            return "time_budget"
-        return "early_stopping" if state.global_step < state.max_steps else "epochs"
+        """What ended the fold's training: `time_budget` (its seconds), `early_stopping` or `epochs`. Read from the
+        progress every process agreed on: the process whose seconds ran out first stopped them all, while this
+        process's own share of seconds may still be short of 1."""
+        if state.global_step < state.max_steps:
+            return "time_budget" if self.progress >= 1.0 else "early_stopping"
+        return "time_budget" if self.time_share >= 1.0 else "epochs"
 
 
 class ClockScheduleMixin:

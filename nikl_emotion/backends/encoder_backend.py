@@ -386,6 +386,9 @@ def _fold_state(trainer: EmotionTrainer, data: FoldData) -> dict:
         "epoch_chosen_on": choosing_rows_name(held_out=data.stop_index is not None),
         "early_stopping_rows": 0 if data.stop_index is None else int(len(data.stop_index)),
         "time_budget": _time_budget_record(trainer),
+        # how it trained: the processes (each with per_device_train_batch_size rows a step) and the engine
+        "processes": trainer.accelerator.num_processes,
+        "distributed_type": str(trainer.accelerator.distributed_type.value),
         # the main process's resident memory once the fold has trained and predicted: equal fold after fold when
         # nothing of the earlier folds' engines is kept
         "process_rss_mb": _resident_megabytes(),

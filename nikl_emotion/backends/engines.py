@@ -154,8 +154,8 @@ def release_memory() -> None:
 
 # how long the other processes wait while the main process alone saves and pushes a fold: a 13B checkpoint's upload
 # outlasts the 30 minutes of ddp_timeout, after which a waiting rank's barrier raises and the job dies
-MAIN_PROCESS_WORK = datetime.timedelta(hours=12)
-_waiting_group = None  # per process: a gloo group of every process whose collectives wait MAIN_PROCESS_WORK
+_MAIN_PROCESS_WORK = datetime.timedelta(hours=12)
+_waiting_group = None  # per process: a gloo group of every process whose collectives wait _MAIN_PROCESS_WORK
 
 
 def open_waiting_group(accelerator) -> None:
@@ -166,12 +166,12 @@ def open_waiting_group(accelerator) -> None:
     if _waiting_group is None and accelerator.num_processes > 1:
         import torch.distributed as dist
 
-        _waiting_group = dist.new_group(backend="gloo", timeout=MAIN_PROCESS_WORK)
+        _waiting_group = dist.new_group(backend="gloo", timeout=_MAIN_PROCESS_WORK)
 
 
 def wait_for_the_main_process(accelerator) -> None:
     """Every process waits here for the main process's solo work (saving `best/`, pushing it) for up to
-    MAIN_PROCESS_WORK, not the run's collective timeout."""
+    _MAIN_PROCESS_WORK, not the run's collective timeout."""
     if accelerator.num_processes == 1:
         return
     if _waiting_group is None:

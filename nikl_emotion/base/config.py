@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib.util
+import logging
 import math
 import os
 import socket
@@ -968,9 +969,14 @@ def _trainer_defaults(output_dir: str) -> dict:
     states = (PartialState, AcceleratorState, GradientState)
     saved = [dict(state._shared_state) for state in states]
     registered = hf_deepspeed._hf_deepspeed_config_weak_ref
+    # its devices are not the run's (no use_cpu): under a launcher it would warn that the process group is not its own
+    quieted = logging.getLogger("transformers.training_args")
+    level = quieted.level
+    quieted.setLevel(logging.ERROR)
     try:
         return TrainingArguments(output_dir=output_dir).to_dict()
     finally:
+        quieted.setLevel(level)
         for state, values in zip(states, saved):
             state._shared_state.clear()
             state._shared_state.update(values)
