@@ -248,7 +248,9 @@ def test_an_fsdp_launch_is_refused_by_every_rank_before_any_work(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate CLI not on PATH")
-def test_workers_end_when_their_launcher_is_killed(tmp_path):
+# torchrun's agent and its two workers; accelerate's simple launcher and its one (`--cpu` starts one)
+@pytest.mark.parametrize(("launcher_kind", "workers_started"), [("--multi_gpu", 2), ("--cpu", 1)])
+def test_workers_end_when_their_launcher_is_killed(tmp_path, launcher_kind, workers_started):
     """SIGKILL of `accelerate launch` leaves no orphan: its workers get SIGTERM, end, and write no summary (on a
     cluster, orphans would keep their GPUs and write the outputs of a job that was killed)."""
     import signal
@@ -258,7 +260,7 @@ def test_workers_end_when_their_launcher_is_killed(tmp_path):
     launcher = subprocess.Popen(
         [
             *TWO_PROCESSES,
-            "--multi_gpu",  # torchrun's agent: `--cpu` starts one process with accelerate's simple launcher
+            launcher_kind,
             "train.py",
             str(QUICKSTART),
             "--output_dir",
@@ -280,7 +282,7 @@ def test_workers_end_when_their_launcher_is_killed(tmp_path):
             assert launcher.poll() is None and time.monotonic() < deadline, "the run did not start"
             time.sleep(0.5)
         workers = _children(launcher.pid)
-        assert len(workers) == 2
+        assert len(workers) == workers_started
         launcher.send_signal(signal.SIGKILL)
         launcher.wait(timeout=10)
         deadline = time.monotonic() + 60

@@ -89,7 +89,7 @@ def _end_with_the_launcher() -> None:
     """A worker of `accelerate launch` (or torchrun) gets SIGTERM when its launcher dies, even by SIGKILL: otherwise
     the workers of a killed job run on, hold their GPUs and write the outputs a killed job must not leave. Linux
     only (prctl); a launcher already gone ends the worker at once."""
-    if "TORCHELASTIC_RUN_ID" not in os.environ or not sys.platform.startswith("linux"):
+    if not sys.platform.startswith("linux") or not ("TORCHELASTIC_RUN_ID" in os.environ or _parent_is_accelerate()):
         return
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -97,6 +97,18 @@ def _end_with_the_launcher() -> None:
         return
     if os.getppid() == 1:  # the launcher died before the request took effect
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _parent_is_accelerate() -> bool:
+    """Started by `accelerate launch`'s simple launcher (`--cpu`, or one process): no torchrun variables, the
+    launcher is the parent. A shell or nohup as the parent is left alone."""
+    try:
+        with open(f"/proc/{os.getppid()}/cmdline", "rb") as handle:
+            words = [os.path.basename(word.decode(errors="replace")) for word in handle.read().split(b"\0")]
+    except OSError:
+        return False
+    launcher_module = any(word.startswith("accelerate.commands.launch") for word in words)  # python -m ...
+    return launcher_module or ("accelerate" in words and "launch" in words)
 
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
