@@ -17,7 +17,13 @@ from conftest import ROOT, SAMPLE_TEST, run_cli
 from safetensors import safe_open
 
 from nikl_emotion import EmotionClassifier
-from nikl_emotion.backends.engines import Engine, check_engine, engine_of
+from nikl_emotion.backends.engines import (
+    Engine,
+    check_engine,
+    check_post_training_engine,
+    check_search_engine,
+    engine_of,
+)
 from nikl_emotion.base.config import TechniqueArguments
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.fileio import read_probs
@@ -108,6 +114,26 @@ def test_what_an_engine_cannot_run_is_refused_before_any_work(engine, techniques
     lora_r = techniques.pop("lora_r", 0)
     with pytest.raises(PipelineError, match=message):
         check_engine(engine, TechniqueArguments(**techniques), lora_r)
+
+
+@pytest.mark.parametrize(
+    ("check", "message"),
+    [
+        (lambda: check_post_training_engine(Engine("deepspeed", 2)), "post-training under DeepSpeed ZeRO-2 is not"),
+        (lambda: check_post_training_engine(Engine("deepspeed", 3)), "post-training under DeepSpeed ZeRO-3 is not"),
+        (lambda: check_search_engine(Engine("deepspeed", 2), None), "only from --deepspeed FILE"),
+        (lambda: check_search_engine(Engine("deepspeed", 3), "ds3.json"), "ZeRO-3 has not run"),
+    ],
+)
+def test_what_another_program_has_not_run_under_deepspeed_is_refused(check, message):
+    with pytest.raises(PipelineError, match=message):
+        check()
+
+
+def test_what_other_programs_ran_under_an_engine_is_accepted():
+    check_post_training_engine(Engine())
+    check_search_engine(Engine(), None)
+    check_search_engine(Engine("deepspeed", 2), "configs/deepspeed-zero2.json")
 
 
 def test_ema_is_kept_under_deepspeed_in_float32():

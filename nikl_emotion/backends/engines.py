@@ -24,6 +24,8 @@ __all__ = [
     "Engine",
     "engine_of",
     "check_engine",
+    "check_post_training_engine",
+    "check_search_engine",
     "gathered_state_dict",
     "free_engine",
     "release_memory",
@@ -106,6 +108,37 @@ def check_engine(engine: Engine, technique_args=None, lora_r: int = 0) -> None:
             f"lora_r: under DeepSpeed with {engine.half} the engine casts the adapter and its head to {engine.half} "
             f"too, which this pipeline trains and serves in float32 over a half base; train LoRA with {engine.half} "
             "under DDP (accelerate launch without a DeepSpeed config), or under DeepSpeed without it"
+        )
+
+
+def check_post_training_engine(engine: Engine) -> None:
+    """post_train.py under DeepSpeed, refused before any work. Measured on 2 CPU processes: under ZeRO-2 its held-out
+    loss before training is an evaluation before the engine exists, which DeepSpeed runs only under ZeRO-3; under
+    ZeRO-3 the masked-LM model is built partitioned where its head is copied from the backbone."""
+    if engine.name == "deepspeed":
+        raise PipelineError(
+            f"post-training under {engine.label} is not offered (its held-out evaluation before training and its "
+            "model building have not run under DeepSpeed); post-train under DDP (accelerate launch --multi_gpu) or "
+            "one process: its models are encoders that fit one GPU"
+        )
+
+
+def check_search_engine(engine: Engine, deepspeed_file: str | None) -> None:
+    """--hp-search under DeepSpeed: run (one process) with `--deepspeed FILE` at ZeRO-2, where transformers
+    rebuilds the engine's config for each trial; under an accelerate DeepSpeed config (no FILE) every trial fails,
+    and ZeRO-3 has not run."""
+    if engine.name != "deepspeed":
+        return
+    if not deepspeed_file:
+        raise PipelineError(
+            "--hp-search under an accelerate DeepSpeed config: transformers rebuilds DeepSpeed for each trial only "
+            "from --deepspeed FILE; give the config that way (--deepspeed configs/deepspeed-zero2.json) or search "
+            "under DDP"
+        )
+    if engine.zero_stage == 3:
+        raise PipelineError(
+            "--hp-search under DeepSpeed ZeRO-3 has not run; search under ZeRO-2 (--deepspeed "
+            "configs/deepspeed-zero2.json) or DDP: a trial's model is the one the run trains"
         )
 
 

@@ -38,6 +38,7 @@ from transformers import TrainingArguments
 
 from nikl_emotion.backends.emotion_trainer import EmotionTrainer, fold_trainer_inputs, make_loss
 from nikl_emotion.backends.encoder_backend import backbone_and_encodings, backbone_loading, load_classifier
+from nikl_emotion.backends.engines import check_search_engine, engine_of
 from nikl_emotion.backends.registry import backend_for
 from nikl_emotion.base.config import LossArguments, RunSettings
 from nikl_emotion.base.errors import PipelineError
@@ -157,6 +158,7 @@ def _check_search(settings: RunSettings, n_trials: int):
         raise PipelineError("--hp-search tunes on fold 0's training split alone; run it without pseudo_label_run")
     if n_trials < 1:
         raise PipelineError(f"--hp-search: the number of trials must be at least 1, got {n_trials}")
+    check_search_engine(engine_of(settings.training), settings.training.deepspeed)
     return optuna
 
 

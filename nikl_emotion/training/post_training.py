@@ -52,6 +52,7 @@ from nikl_emotion.backends.budget_clock import (
     slowest,
 )
 from nikl_emotion.backends.emotion_trainer import LengthListSamplerMixin, keep_tensorboard_logs
+from nikl_emotion.backends.engines import check_post_training_engine, engine_of
 from nikl_emotion.backends.registry import backend_for
 from nikl_emotion.base.config import (
     POST_TRAIN_DEFAULTS,
@@ -105,6 +106,7 @@ def parse_post_train_config(argv: list[str]) -> PostTrainSettings:
     settings = PostTrainSettings(*parse_arguments(argv, classes, POST_TRAIN_DEFAULTS))
     model_args, data_args, training_args = settings.model, settings.data, settings.training
     check_settings_resources(model_args, data_args)
+    check_post_training_engine(engine_of(training_args))
     validate_reporting(training_args)
     validate_training_values(training_args)
     check_pretokenizer(model_args.model_name_or_path, data_args.offline_pretokenizer)
