@@ -1,6 +1,7 @@
 """Decoder LLM backbones (polyglot-ko, Llama-family, Qwen2, Gemma imitations from tests/decoder_families.py) train
 through the same folds as classifiers on their last token, in full or with LoRA, and serve through every command."""
 
+import importlib.util
 import json
 import os
 import shutil
@@ -316,22 +317,52 @@ def test_the_bundled_decoder_config_parses_over_a_local_decoder(decoders):
     assert settings.model.lora_r == 16 and settings.data.input_format == "instruction"
 
 
+def qlora_args(decoder, out) -> list[str]:
+    return [str(QUICKSTART), "--model_name_or_path", str(decoder), "--output_dir", str(out), *DECODER, *LORA]
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
-def test_4bit_weights_are_refused_without_cuda(decoders, tmp_path):
-    with pytest.raises(PipelineError, match="load_in_4bit: 4-bit base weights .* need a CUDA GPU"):
-        parse_config(
-            [
-                str(QUICKSTART),
-                "--model_name_or_path",
-                str(decoders["llama"]),
-                "--output_dir",
-                str(tmp_path / "out"),
-                *DECODER,
-                *LORA,
-                "--load_in_4bit",
-                "true",
-            ]
-        )
+@pytest.mark.parametrize(
+    ("installed", "message"),
+    [(None, "4-bit base weights need bitsandbytes"), ("0.45.5", "on a CPU need bitsandbytes >= 0.50")],
+)
+def test_4bit_weights_without_what_runs_them_are_refused(decoders, tmp_path, monkeypatch, installed, message):
+    import importlib.metadata
+    import importlib.util
+
+    find_spec, version = importlib.util.find_spec, importlib.metadata.version
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if installed is None and name == "bitsandbytes" else find_spec(name, *a),
+    )
+    monkeypatch.setattr(
+        importlib.metadata, "version", lambda name: installed if name == "bitsandbytes" else version(name)
+    )
+    with pytest.raises(PipelineError, match=message):
+        parse_config([*qlora_args(decoders["llama"], tmp_path / "out"), "--load_in_4bit", "true"])
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes not installed (pip install .[qlora])"
+)
+def test_qlora_trains_and_serves_its_fold_in_the_dtypes_it_trained(decoders, tmp_path):
+    """QLoRA over the bf16-saved Llama imitation (NF4 base computing in bf16; on a CPU, bitsandbytes' CPU
+    backend): best/ served by EmotionClassifier keeps, as training did, every weight outside the 4-bit layers in
+    float32 (prepare_model_for_kbit_training), and reproduces the fold's probabilities within 2e-3: the weights are
+    the fold's exactly, bitsandbytes' bf16 kernels round differently in a fresh process (4.8e-4 measured on CPU)."""
+    out = tmp_path / "qlora"
+    args = [*qlora_args(decoders["llama"], out), "--num_folds", "2", "--fold", "0", "--num_train_epochs", "1"]
+    run_training(parse_config([*args, "--load_in_4bit", "true", "--bf16", "true"]))
+    record = json.loads((out / "fold_0" / "best" / "loading.json").read_text())
+    assert record["load_in_4bit"] and record["quantization"]["bnb_4bit_compute_dtype"] == "bfloat16"
+    classifier = EmotionClassifier.from_pretrained(out / "fold_0" / "best", device="cpu")
+    kept = {name: p.dtype for name, p in classifier.model.named_parameters() if "norm" in name or "embed" in name}
+    assert kept and set(kept.values()) == {torch.float32}, kept
+    position = {row_id: i for i, row_id in enumerate(load_jsonl(SAMPLE_TRAIN)["id"])}
+    val_ids, val_probs = read_probs(out / "fold_0" / "val_probs.jsonl")
+    served = classifier.predict_proba(SAMPLE_TRAIN)[[position[i] for i in val_ids]]
+    np.testing.assert_allclose(served, val_probs, atol=2e-3)
 
 
 def test_export_refuses_a_decoder_checkpoint(lora_run, tmp_path):

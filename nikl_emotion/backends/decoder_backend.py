@@ -7,7 +7,7 @@ batches are read correctly and the tokenizer's padding side does not matter).
 - `lora_r > 0`: LoRA adapters (peft) on the family's attention and MLP projections (`_LORA_TARGETS`, or
   `lora_target_modules`), the classification head (`score`) trained in full; `best/` then holds the adapter, the head
   and `config.json`, and names the base model (`adapter_config.json`), or with `merge_lora` the merged weights.
-- `load_in_4bit`: the frozen base in 4-bit NF4 (bitsandbytes, CUDA only): QLoRA.
+- `load_in_4bit`: the frozen base in 4-bit NF4 (bitsandbytes; on a CPU its backend of >= 0.50): QLoRA.
 - `gradient_checkpointing` (the TrainingArguments key) works with and without LoRA.
 - Precision (precision.py): trained weights (everything in full fine-tuning; the adapters and the head under LoRA)
   are float32 whatever the checkpoint ships in; a frozen LoRA base is held in the bf16/fp16 autocast dtype or 4-bit.
@@ -56,6 +56,7 @@ from nikl_emotion.backends.precision import (
     ServingPrecision,
     base_dtype_name,
     bits_and_bytes_config,
+    four_bit_device_map,
     nf4_settings,
     require_4bit,
     serving_precision,
@@ -110,7 +111,7 @@ def _require_peft():
 
 
 def _check_quantization(model_args: ModelArguments) -> None:
-    """4-bit base weights need CUDA and bitsandbytes: refuse before any work, saying which is missing."""
+    """4-bit base weights need bitsandbytes (on a CPU, >= 0.50): refuse before any work, saying what is missing."""
     if model_args.load_in_4bit:
         require_4bit("load_in_4bit", "train with load_in_4bit: false (LoRA over full-precision weights)")
 
@@ -162,7 +163,7 @@ def _quantization_settings(model_args: ModelArguments, training_args: TrainingAr
     return {
         "quantization_config": bits_and_bytes_config(quantization),
         "dtype": dtype,
-        "device_map": {"": training_args.local_process_index if training_args.local_process_index >= 0 else 0},
+        "device_map": four_bit_device_map(),
     }
 
 
@@ -261,9 +262,9 @@ def _load_adapter(folder: str, record: LoadRecord, precision: ServingPrecision, 
         require_4bit(
             f"{folder}: its LoRA base in 4-bit", "load the base in full precision instead: dtype bf16 (or fp32)"
         )
-        # on this process's own GPU: under accelerate launch each rank serves on its own
-        device = {"": int(os.environ.get("LOCAL_RANK", 0))}
-        kwargs.update(quantization_config=bits_and_bytes_config(precision.quantization), device_map=device)
+        kwargs.update(
+            quantization_config=bits_and_bytes_config(precision.quantization), device_map=four_bit_device_map()
+        )
     try:
         config = AutoConfig.from_pretrained(folder, trust_remote_code=loading.trust_remote_code)
         model = AutoModelForSequenceClassification.from_pretrained(base, config=config, **kwargs)

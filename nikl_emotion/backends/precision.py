@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -49,6 +50,7 @@ __all__ = [
     "serving_precision",
     "nf4_settings",
     "require_4bit",
+    "four_bit_device_map",
     "bits_and_bytes_config",
 ]
 
@@ -182,8 +184,8 @@ class LoadRecord:
 @dataclass(frozen=True)
 class LoadOptions:
     """How to load a saved checkpoint to predict: `dtype` auto (as its run trained: `loading.json`), fp32, bf16 or
-    fp16 (autocast; a decoder's weights also held in it); `load_in_4bit`, a LoRA adapter's base in 4-bit NF4 (CUDA,
-    bitsandbytes); `trust_remote_code`, run modelling code the checkpoint ships (never assumed from its files)."""
+    fp16 (autocast; a decoder's weights also held in it); `load_in_4bit`, a LoRA adapter's base in 4-bit NF4
+    (bitsandbytes); `trust_remote_code`, run modelling code the checkpoint ships (never assumed from its files)."""
 
     dtype: str = "auto"
     load_in_4bit: bool = False
@@ -234,13 +236,31 @@ def nf4_settings(compute: torch.dtype) -> dict:
 
 
 def require_4bit(what: str, instead: str) -> None:
-    """4-bit weights need CUDA and bitsandbytes: one line saying which is missing and what to do instead."""
-    if not torch.cuda.is_available():
-        raise PipelineError(
-            f"{what}: 4-bit base weights (bitsandbytes) need a CUDA GPU, and this machine has none; {instead}"
-        )
+    """4-bit weights need bitsandbytes, and on a machine without CUDA one whose CPU backend runs them (>= 0.50:
+    NF4 layers computing in bf16 on the CPU, measured with 0.50.2): one line saying what is missing and what to do
+    instead."""
     if importlib.util.find_spec("bitsandbytes") is None:
         raise PipelineError(f"{what}: 4-bit base weights need bitsandbytes: {_QLORA_INSTALL}; {instead}")
+    if not torch.cuda.is_available() and _version_tuple(importlib.metadata.version("bitsandbytes")) < _CPU_4BIT:
+        raise PipelineError(
+            f"{what}: 4-bit base weights on a CPU need bitsandbytes >= 0.50 (its CPU backend), this machine has "
+            f"{importlib.metadata.version('bitsandbytes')} and no CUDA GPU; {instead}"
+        )
+
+
+_CPU_4BIT = (0, 50)
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split(".")[:2] if part.isdigit())
+
+
+def four_bit_device_map() -> dict:
+    """Where a 4-bit base loads (bitsandbytes places its layers at load time): this process's own GPU (under
+    accelerate launch each rank trains and serves on its own), or the CPU."""
+    if torch.cuda.is_available():
+        return {"": int(os.environ.get("LOCAL_RANK", 0))}
+    return {"": "cpu"}
 
 
 def bits_and_bytes_config(quantization: dict):

@@ -145,7 +145,7 @@ class ModelArguments:
         default=False,
         metadata={
             "help": "QLoRA: the frozen base weights in 4-bit NF4 "
-            "(bitsandbytes, CUDA only: pip install .[qlora]); needs lora_r > 0."
+            "(bitsandbytes: pip install .[qlora]; on a CPU >= 0.50); needs lora_r > 0."
         },
     )
     model_dtype: str = field(

@@ -120,7 +120,7 @@ class EmotionClassifier(CheckpointClassifier):
     ):
         """`dtype`: auto (each checkpoint as its run trained: its base's dtype and autocast, loading.json), fp32,
         bf16 or fp16 (autocast; a decoder's weights held in it); `load_in_4bit`: a LoRA adapter's base in 4-bit
-        (CUDA, bitsandbytes); `trust_remote_code`: run modelling code a checkpoint ships."""
+        (bitsandbytes); `trust_remote_code`: run modelling code a checkpoint ships."""
         folder = os.fspath(folder)
         options = LoadOptions(dtype=dtype, load_in_4bit=load_in_4bit, trust_remote_code=trust_remote_code)
         if folder_kind(folder) in ("run", "stack"):

@@ -142,7 +142,7 @@ def _check_classifier_head(model_args: ModelArguments, preprocessing_args: Prepr
 
 
 def _check_adapters(model_args: ModelArguments) -> None:
-    """LoRA and 4-bit weights: the backends that take them check what they need (peft, CUDA, bitsandbytes); the
+    """LoRA and 4-bit weights: the backends that take them check what they need (peft, bitsandbytes); the
     others refuse them."""
     backend = backend_for(model_args.model_name_or_path)
     if model_args.lora_r and not backend.supports_lora:
