@@ -602,6 +602,32 @@ def test_sigterm_during_a_write_leaves_no_temporary(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_sigterm_swallowed_by_a_bare_except_still_stops_the_command_and_unwinds(tmp_path):
+    """A library's bare `except:` (datasets' fingerprint hashing) swallows the SystemExit SIGTERM raises: the signal
+    comes again until the exit reaches the command, which then unwinds (its temporary removed), code 143."""
+    script = (
+        "import os, signal, sys, time\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "from nikl_emotion.commands.cli import entry_point\n"
+        "from nikl_emotion.base.fileio import atomic_writer\n"
+        "def main(argv):\n"
+        f"    with atomic_writer({str(tmp_path / 'out.txt')!r}) as handle:\n"
+        "        try:\n"
+        "            os.kill(os.getpid(), signal.SIGTERM)\n"
+        "            time.sleep(0.5)\n"
+        "        except:\n"
+        "            print('swallowed', flush=True)\n"
+        "        for _ in range(300):\n"
+        "            time.sleep(0.1)\n"
+        "            handle.write('x')\n"
+        "entry_point(main)()\n"
+    )
+    began = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 128 + signal.SIGTERM and "swallowed" in result.stdout, result.stderr
+    assert time.monotonic() - began < 15 and list(tmp_path.iterdir()) == []
+
+
 def test_a_bare_cr_inside_a_line_is_not_a_line_break(tmp_path):
     from nikl_emotion.text.data import load_jsonl
 

@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable
 
 from nikl_emotion.base.errors import PipelineError
@@ -68,7 +69,8 @@ def entry_point(main: Callable[[list[str]], int | None]) -> Callable[[], None]:
     @functools.wraps(main)
     def run() -> None:
         # SIGTERM (a scheduler's stop, `kill`) unwinds like Ctrl-C, so half-written temporaries are removed
-        previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+        stop = _StopOnSignal()
+        previous = signal.signal(signal.SIGTERM, stop)
         _end_with_the_launcher()
         try:
             code = main(sys.argv[1:])
@@ -79,10 +81,40 @@ def entry_point(main: Callable[[list[str]], int | None]) -> Callable[[], None]:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(0)
         finally:
+            stop.unwound.set()
             signal.signal(signal.SIGTERM, previous)
         sys.exit(code or 0)
 
     return run
+
+
+class _StopOnSignal:
+    """The SIGTERM handler: raise SystemExit(128 + signal) where the program is, so it unwinds. A library's bare
+    `except:` can swallow it (datasets' fingerprint hashing of a `map` does, and the job then ran on to the end of a
+    20,000-row prediction): until the exit reaches the entry point the signal is delivered again every
+    `_INSIST_SECONDS`, and after `_INSIST_TIMES` the process ends without unwinding (the next run writing the same
+    output removes the temporaries it leaves)."""
+
+    def __init__(self):
+        self.unwound = threading.Event()
+        self.insisting = False
+
+    def __call__(self, signum, frame):
+        if not self.insisting:
+            self.insisting = True
+            threading.Thread(target=self._insist, args=(signum,), daemon=True).start()
+        sys.exit(128 + signum)
+
+    def _insist(self, signum: int) -> None:
+        for _ in range(_INSIST_TIMES):
+            if self.unwound.wait(_INSIST_SECONDS):
+                return
+            os.kill(os.getpid(), signum)
+        if not self.unwound.wait(_INSIST_SECONDS):
+            os._exit(128 + signum)
+
+
+_INSIST_SECONDS, _INSIST_TIMES = 2.0, 10
 
 
 def _end_with_the_launcher() -> None:
