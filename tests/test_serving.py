@@ -176,6 +176,15 @@ def test_the_command_refuses_a_folder_without_a_model_and_bad_options(tmp_path):
     assert result.returncode == 1 and "error:" in result.stderr
     result = run_cli("-m", "nikl_emotion", "serve", tmp_path, "--max_batch_size", "0", check=False)
     assert result.returncode == 1 and "--max_batch_size: must be at least 1" in result.stderr
+    for option, value, message in [
+        ("--max_wait_ms", "inf", "--max_wait_ms: must be between 0 and 1000"),
+        ("--max_wait_ms", "1e9", "--max_wait_ms: must be between 0 and 1000"),
+        ("--max_wait_ms", "nan", "--max_wait_ms: must be between 0 and 1000"),
+        ("--port", "70000", "--port: must be at most 65535"),
+    ]:
+        result = run_cli("-m", "nikl_emotion", "serve", tmp_path, option, value, check=False)
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+        assert result.returncode == 1 and len(errors) == 1 and message in errors[0], result.stderr
 
 
 def test_a_checkpoint_and_its_onnx_export_are_served_as_they_predict(tiny_run, tmp_path):

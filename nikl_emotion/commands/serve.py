@@ -61,7 +61,15 @@ def _options(args):
     for name in ("port", "max_batch_size", "max_rows", "max_text_chars", "max_request_bytes"):
         if getattr(args, name) < 1:
             raise PipelineError(f"--{name}: must be at least 1, got {getattr(args, name)}")
-    if args.max_wait_ms < 0:
-        raise PipelineError(f"--max_wait_ms: must be 0 or more, got {args.max_wait_ms}")
+    if args.port > _HIGHEST_PORT:
+        raise PipelineError(f"--port: must be at most {_HIGHEST_PORT}, got {args.port}")
+    # a request waits this long for others to share its batch: unbounded (inf, 1e9) it would never be answered, and
+    # nan compares false to everything (it acted as 0)
+    if not 0 <= args.max_wait_ms <= _LONGEST_WAIT_MS:
+        raise PipelineError(f"--max_wait_ms: must be between 0 and {_LONGEST_WAIT_MS:g}, got {args.max_wait_ms}")
     limits = Limits(args.max_request_bytes, args.max_rows, args.max_text_chars)
     return ServeOptions(args.max_batch_size, args.max_wait_ms, limits)
+
+
+_HIGHEST_PORT = 65535
+_LONGEST_WAIT_MS = 1000.0  # a second: beyond it a micro-batch only delays answers
