@@ -110,6 +110,14 @@ def test_bad_requests_get_a_4xx_naming_the_field(client, body, status, field):
     assert client.get("/health").json()["status"] == "ok"
 
 
+def test_the_routers_own_refusals_have_the_documented_error_shape(client):
+    wrong_method = client.get("/predict")
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
+    assert wrong_method.json() == {"error": {"field": None, "message": "Method Not Allowed"}}
+    unknown = client.get("/nowhere")
+    assert unknown.status_code == 404 and unknown.json() == {"error": {"field": None, "message": "Not Found"}}
+
+
 def test_a_body_streamed_past_the_limit_is_refused(client):
     def chunks():
         for _ in range(30):

@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from importlib import resources
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from nikl_emotion.base.labels import KOREAN_NAMES, LABELS
 from nikl_emotion.serving.micro_batching import MicroBatcher
@@ -49,6 +51,12 @@ def create_app(model, options: ServeOptions | None = None) -> FastAPI:
     app = FastAPI(title="nikl-emotion", summary=f"emotions of {model.source}", lifespan=lifespan)
     page = resources.files("nikl_emotion.serving").joinpath("page.html").read_text(encoding="utf-8")
 
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        """The router's own answers (an unknown path 404, a wrong method 405) in the one documented error shape."""
+        error = {"error": {"field": None, "message": str(exc.detail)}}
+        return JSONResponse(error, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def home() -> HTMLResponse:
         return HTMLResponse(page)
@@ -73,6 +81,8 @@ def create_app(model, options: ServeOptions | None = None) -> FastAPI:
             ids, records = parse_body(await _body(request, options.limits.max_request_bytes), options.limits)
         except RequestError as exc:
             return JSONResponse(exc.as_json(), status_code=exc.status)
+        except ClientDisconnect:  # the client left mid-body: nobody to answer, nothing to log
+            return Response(status_code=499)
         try:
             decisions, probs = await batcher.predict(records)
         except RuntimeError as exc:  # shutting down
