@@ -159,8 +159,11 @@ def _free_port() -> int:
 
 
 def test_the_command_serves_then_stops_cleanly_on_sigterm(tiny_run):
+    """SIGTERM stops the service within its grace however a client behaves: one trickling its body is cut off
+    with a 408 once `--request_timeout_s` has passed (before, the service stayed up as long as the client did)."""
     port = _free_port()
     command = [sys.executable, "-m", "nikl_emotion", "serve", str(tiny_run), "--port", str(port)]
+    command += ["--request_timeout_s", "2"]
     server = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline, health = time.monotonic() + 120, None
@@ -172,8 +175,15 @@ def test_the_command_serves_then_stops_cleanly_on_sigterm(tiny_run):
         assert health and health["checkpoints"] == 2, server.stderr.read() if server.poll() is not None else ""
         page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5)
         assert "text/html; charset=utf-8" in page.headers["content-type"] and "감정" in page.read().decode("utf-8")
+        slow = socket.create_connection(("127.0.0.1", port), timeout=30)
+        slow.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")  # 999 bytes owed
+        time.sleep(0.5)
+        stopped_at = time.monotonic()
         server.send_signal(signal.SIGTERM)
         assert server.wait(timeout=30) == 0
+        assert time.monotonic() - stopped_at < 2 + 5 + 3  # the body's timeout, an answer's seconds, start-up noise
+        assert slow.recv(4096).startswith(b"HTTP/1.1 408")
+        slow.close()
         assert f"on http://127.0.0.1:{port}/" in server.stdout.read()
     finally:
         server.kill()
@@ -189,6 +199,8 @@ def test_the_command_refuses_a_folder_without_a_model_and_bad_options(tmp_path):
         ("--max_wait_ms", "1e9", "--max_wait_ms: must be between 0 and 1000"),
         ("--max_wait_ms", "nan", "--max_wait_ms: must be between 0 and 1000"),
         ("--port", "70000", "--port: must be at most 65535"),
+        ("--request_timeout_s", "0", "--request_timeout_s: must be above 0"),
+        ("--request_timeout_s", "inf", "--request_timeout_s: must be above 0"),
     ]:
         result = run_cli("-m", "nikl_emotion", "serve", tmp_path, option, value, check=False)
         errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]

@@ -10,6 +10,7 @@ or an export.py (ONNX) folder. Every checkpoint is loaded once, before the servi
 Stop with Ctrl-C or SIGTERM: requests in flight are answered first.
 """
 
+import math
 import signal
 
 from nikl_emotion.base.errors import PipelineError
@@ -32,6 +33,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--max_rows", type=int, default=256, help="rows per request")
     parser.add_argument("--max_text_chars", type=int, default=2000, help="characters per text")
     parser.add_argument("--max_request_bytes", type=int, default=1_000_000, help="bytes per request body")
+    parser.add_argument(
+        "--request_timeout_s",
+        type=float,
+        default=10.0,
+        help="seconds a request body may take to arrive (then 408); a stop waits no longer than this for the "
+        "requests in flight, whatever the clients do",
+    )
     add_loading_arguments(parser)
     args = parser.parse_args(argv)
     options = _options(args)
@@ -49,7 +57,15 @@ def main(argv: list[str]) -> int:
     # the signal again for the handler it found: a stop that was asked for is a normal end (exit 0), not an error
     for stop in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop, lambda signum, frame: None)
-    uvicorn.run(create_app(model, options), host=args.host, port=args.port, log_level="warning")
+    # a stop answers the requests in flight, but never waits on a client longer than a body may take to arrive
+    grace = math.ceil(options.request_timeout_s) + _ANSWER_SECONDS
+    uvicorn.run(
+        create_app(model, options),
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        timeout_graceful_shutdown=grace,
+    )
     print("stopped", flush=True)
     return 0
 
@@ -67,9 +83,15 @@ def _options(args):
     # nan compares false to everything (it acted as 0)
     if not 0 <= args.max_wait_ms <= _LONGEST_WAIT_MS:
         raise PipelineError(f"--max_wait_ms: must be between 0 and {_LONGEST_WAIT_MS:g}, got {args.max_wait_ms}")
+    if not 0 < args.request_timeout_s <= _LONGEST_REQUEST_S:
+        raise PipelineError(
+            f"--request_timeout_s: must be above 0 and at most {_LONGEST_REQUEST_S:g}, got {args.request_timeout_s}"
+        )
     limits = Limits(args.max_request_bytes, args.max_rows, args.max_text_chars)
-    return ServeOptions(args.max_batch_size, args.max_wait_ms, limits)
+    return ServeOptions(args.max_batch_size, args.max_wait_ms, limits, args.request_timeout_s)
 
 
 _HIGHEST_PORT = 65535
 _LONGEST_WAIT_MS = 1000.0  # a second: beyond it a micro-batch only delays answers
+_LONGEST_REQUEST_S = 600.0
+_ANSWER_SECONDS = 5  # beyond the body's timeout, for the forward pass of a request already read

@@ -11,6 +11,7 @@ micro-batched (`micro_batching.py`) with whoever else is waiting.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -35,6 +36,7 @@ class ServeOptions:
     max_batch_size: int = 64
     max_wait_ms: float = 5.0
     limits: Limits = field(default_factory=Limits)
+    request_timeout_s: float = 10.0  # a body that takes longer to arrive is refused (408)
 
 
 def create_app(model, options: ServeOptions | None = None) -> FastAPI:
@@ -78,7 +80,8 @@ def create_app(model, options: ServeOptions | None = None) -> FastAPI:
     @app.post("/predict")
     async def predict(request: Request):
         try:
-            ids, records = parse_body(await _body(request, options.limits.max_request_bytes), options.limits)
+            body = await _body(request, options.limits.max_request_bytes, options.request_timeout_s)
+            ids, records = parse_body(body, options.limits)
         except RequestError as exc:
             return JSONResponse(exc.as_json(), status_code=exc.status)
         except ClientDisconnect:  # the client left mid-body: nobody to answer, nothing to log
@@ -101,12 +104,20 @@ def _answer(row_id: str, decisions, probs) -> dict:
     }
 
 
-async def _body(request: Request, limit: int) -> bytes:
+async def _body(request: Request, limit: int, timeout_s: float) -> bytes:
     """The request body, refused (413) as soon as it is known to be larger than `limit`: by its Content-Length,
-    or while it streams in."""
+    or while it streams in; and (408) when it has not all arrived within `timeout_s` (a client trickling its body
+    would otherwise hold its request, and a stop of the service, open as long as it likes)."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise RequestError(413, "body", f"larger than {limit} bytes")
+    try:
+        return await asyncio.wait_for(_streamed_body(request, limit), timeout_s)
+    except TimeoutError:
+        raise RequestError(408, "body", f"not received within {timeout_s:g} s") from None
+
+
+async def _streamed_body(request: Request, limit: int) -> bytes:
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
