@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import unicodedata
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -582,6 +583,26 @@ def test_a_killed_writers_temporaries_are_removed_and_modes_follow_the_umask(tmp
     finally:
         os.umask(old_umask)
     assert not stale.exists() and live.exists() and (tmp_path / "out.txt").read_text() == "again"
+
+
+def test_a_folder_written_whole_gets_the_mode_makedirs_would(tmp_path):
+    """best/ and export.py's folders are built under a temporary name (mkdtemp: 0700) and swapped in: they get
+    0777 minus the umask, as `os.makedirs` would give (a shared server's other users read the model), and a folder
+    they replace keeps its mode."""
+    from nikl_emotion.base.fileio import atomic_folder
+
+    old_umask = os.umask(0o022)
+    try:
+        with atomic_folder(tmp_path / "export") as staging:
+            (Path(staging) / "model.onnx").write_bytes(b"x")
+        assert stat.S_IMODE(os.stat(tmp_path / "export").st_mode) == 0o755
+        os.chmod(tmp_path / "export", 0o750)
+        with atomic_folder(tmp_path / "export") as staging:
+            (Path(staging) / "model.onnx").write_bytes(b"y")
+        assert stat.S_IMODE(os.stat(tmp_path / "export").st_mode) == 0o750
+    finally:
+        os.umask(old_umask)
+    assert (tmp_path / "export" / "model.onnx").read_bytes() == b"y"
 
 
 def test_sigterm_during_a_write_leaves_no_temporary(tmp_path):

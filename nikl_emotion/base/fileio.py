@@ -63,13 +63,14 @@ def remove_stale_temporaries(folder: str, name: str) -> None:
                 shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.unlink(path)
 
 
-def _default_mode(path: str) -> int:
-    """What a plain `open(path, "w")` would give: the existing file's mode, else 0666 minus the umask."""
+def _default_mode(path: str, created: int = 0o666) -> int:
+    """What a plain `open(path, "w")` (`created` 0o777: `os.makedirs(path)`) would give: the existing file's or
+    folder's mode, else `created` minus the umask."""
     with contextlib.suppress(OSError):
         return stat.S_IMODE(os.stat(path).st_mode)
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return created & ~umask
 
 
 def check_output_path(path: str | os.PathLike, what: str = "output") -> str:
@@ -154,6 +155,7 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[str]:
     remove_stale_temporaries(parent, name)
     staging = tempfile.mkdtemp(prefix=f".{name}.{os.getpid()}.", suffix=".partial", dir=parent)
     try:
+        os.chmod(staging, _default_mode(path, 0o777))  # mkdtemp's 0700 would make the folder private
         yield staging
         if os.path.isdir(path):
             old = tempfile.mkdtemp(prefix=f".{name}.{os.getpid()}.", suffix=".old", dir=parent)
