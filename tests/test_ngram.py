@@ -102,3 +102,18 @@ def test_commands_that_need_an_encoder_refuse_it(tmp_path):
         check=False,
     )
     assert refused.returncode == 1 and "post-training trains an encoder" in refused.stderr
+
+
+def test_a_dtype_that_cannot_apply_to_an_ngram_model_is_said_not_silently_ignored(ngram_run, caplog):
+    from nikl_emotion.backends.precision import LoadOptions
+    from nikl_emotion.backends.registry import load_checkpoint
+
+    out, _ = ngram_run
+    with caplog.at_level("WARNING", logger="nikl_emotion"):
+        auto = load_checkpoint(out / "fold_0" / "best").predict_proba(SAMPLE_TEST)
+        assert not caplog.records
+        bf16 = load_checkpoint(out / "fold_0" / "best", options=LoadOptions(dtype="bf16")).predict_proba(SAMPLE_TEST)
+    assert [r.getMessage().split(": ", 1)[1] for r in caplog.records] == [
+        "--dtype bf16 does not apply to an n-gram model (no weights in a dtype); ignored for it"
+    ]
+    np.testing.assert_array_equal(auto, bf16)

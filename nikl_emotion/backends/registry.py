@@ -4,6 +4,7 @@ A new backend is one module implementing `fold_backend.FoldBackend`, listed here
 
 from __future__ import annotations
 
+import logging
 import os
 
 from nikl_emotion.backends.classifier import CheckpointClassifier
@@ -13,6 +14,8 @@ from nikl_emotion.backends.fold_backend import FoldBackend
 from nikl_emotion.backends.ngram import NgramBackend
 from nikl_emotion.backends.precision import LoadOptions
 from nikl_emotion.base.errors import PipelineError
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "BACKENDS",
@@ -42,7 +45,10 @@ def load_checkpoint(
 ) -> CheckpointClassifier:
     """Any backend's checkpoint folder (or an encoder's ONNX export) as a `CheckpointClassifier`, loaded with
     `options` (precision.LoadOptions: dtype, 4-bit, remote code; default: as its run trained)."""
-    folder = os.fspath(folder)
-    return checkpoint_backend(folder).load_checkpoint(
-        folder, device=device, threads=threads, options=options or LoadOptions()
-    )
+    folder, options = os.fspath(folder), options or LoadOptions()
+    loaded = checkpoint_backend(folder).load_checkpoint(folder, device=device, threads=threads, options=options)
+    held = "an n-gram model (no weights in a dtype)" if loaded.reads_text else "an ONNX export (float32 as exported)"
+    if options.dtype != "auto" and (loaded.reads_text or loaded.is_onnx):
+        # said, not refused: a stack's n-gram member beside neural ones is served with --dtype for those
+        logger.warning("%s: --dtype %s does not apply to %s; ignored for it", folder, options.dtype, held)
+    return loaded
