@@ -491,6 +491,11 @@ def test_an_output_file_may_sit_in_a_run_but_not_replace_its_files(run_copy, tmp
     best = run_copy / "fold_0" / "best"
     for script, args in (
         ("inference", ("--checkpoint", best, "--input", SAMPLE_DEV, "--output", run_copy / "submission.jsonl")),
+        ("inference", ("--checkpoint", best, "--input", SAMPLE_DEV, "--output", run_copy / ".fold_0.lock")),
+        (
+            "inference",
+            ("--checkpoint", best, "--input", SAMPLE_DEV, "--output", run_copy / ".nikl_emotion_folder.json"),
+        ),
         (
             "inference",
             (

@@ -277,14 +277,15 @@ OWN_NAMES = {
 
 def check_not_a_folders_own_file(path: str, option: str) -> None:
     """An output file of inference.py or ensemble.py may sit in a run's folder (OUT/dev_submission.jsonl), but must
-    not replace a file the folder's command wrote (OUT/submission.jsonl, OUT/fold_0/val_probs.jsonl)."""
+    not replace a file the folder's command wrote (OUT/submission.jsonl, OUT/fold_0/val_probs.jsonl), nor one of
+    its hidden files (a fold's lock, the folder's mark, a writer's temporary)."""
     enclosing = _enclosing_folder(path)
     if enclosing is None:
         return
     folder, kind = enclosing
     name = os.path.relpath(os.path.realpath(path), folder).split(os.sep)[0]
     owns = OWN_NAMES.get(kind)
-    if owns is not None and owns(name):
+    if name.startswith(".") or (owns is not None and owns(name)):
         raise PipelineError(
             f"{option}: {path} is a file of {folder}, {describe(kind)}, which its command wrote and "
             "reads back: write to another path"
