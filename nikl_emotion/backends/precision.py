@@ -241,10 +241,13 @@ def require_4bit(what: str, instead: str) -> None:
     instead."""
     if importlib.util.find_spec("bitsandbytes") is None:
         raise PipelineError(f"{what}: 4-bit base weights need bitsandbytes: {_QLORA_INSTALL}; {instead}")
-    if not torch.cuda.is_available() and _version_tuple(importlib.metadata.version("bitsandbytes")) < _CPU_4BIT:
+    if torch.cuda.is_available():
+        return
+    installed = importlib.metadata.version("bitsandbytes")
+    if _version_tuple(installed) < _CPU_4BIT:
         raise PipelineError(
             f"{what}: 4-bit base weights on a CPU need bitsandbytes >= 0.50 (its CPU backend), this machine has "
-            f"{importlib.metadata.version('bitsandbytes')} and no CUDA GPU; {instead}"
+            f"{installed} and no CUDA GPU; {instead}"
         )
 
 

@@ -47,8 +47,10 @@ def load_checkpoint(
     `options` (precision.LoadOptions: dtype, 4-bit, remote code; default: as its run trained)."""
     folder, options = os.fspath(folder), options or LoadOptions()
     loaded = checkpoint_backend(folder).load_checkpoint(folder, device=device, threads=threads, options=options)
-    held = "an n-gram model (no weights in a dtype)" if loaded.reads_text else "an ONNX export (float32 as exported)"
     if options.dtype != "auto" and (loaded.reads_text or loaded.is_onnx):
         # said, not refused: a stack's n-gram member beside neural ones is served with --dtype for those
+        held = (
+            "an n-gram model (no weights in a dtype)" if loaded.reads_text else "an ONNX export (float32 as exported)"
+        )
         logger.warning("%s: --dtype %s does not apply to %s; ignored for it", folder, options.dtype, held)
     return loaded
