@@ -1,6 +1,9 @@
-"""Load test of `nikl-emotion serve` on loopback (issue 37; not a timed test): one-row requests at several
-concurrencies against the micro-batched service and against one forward pass per request (`--max_batch_size 1`),
-then hostile requests, each of which must get a 4xx while the service stays healthy.
+"""Load test of `nikl-emotion serve` on loopback (issues 37, 47; not a timed test): one-row requests at several
+concurrencies against the service as it starts by default (a batch takes whoever is waiting, no wait), with a
+5 ms wait for company, and with one forward pass per request (`--max_batch_size 1`); then hostile requests, each
+of which must get a 4xx while the service stays healthy; then, with no server running, the two baselines: the
+forward passes alone of one row (every checkpoint, in this process) and `inference.py --run` on the rows in one
+process (its own rows/s, process start excluded).
 
     python bench/serve_load.py FOLDER [--rows FILE.jsonl] [--requests 400] [--concurrency 1 8 32]
 
@@ -15,11 +18,13 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -114,6 +119,27 @@ def hostile(url: str) -> dict:
     }
 
 
+def baselines(folder: str, rows_path: str, bodies: list[dict], requests: int) -> dict:
+    """The forward passes alone of one row (p50 over `requests` rows, in this process) and `inference.py --run`'s
+    rows/s on the rows file (from its log line, process start excluded)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from predict_overhead import measure
+
+    from nikl_emotion.runs.prediction import checkpoint_loader
+    from nikl_emotion.serving.model import ServedModel
+
+    served = ServedModel(folder, checkpoint_loader("cpu"))
+    served.predict(bodies[:8])
+    one_row = measure(served, [[bodies[i % len(bodies)]] for i in range(requests)])
+    del served
+    with tempfile.TemporaryDirectory() as scratch:
+        command = [sys.executable, "inference.py", "--run", folder, "--input", rows_path]
+        command += ["--output", os.path.join(scratch, "out.jsonl")]
+        log = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True).stderr
+    rate = re.search(r"predicted (\d+) rows .* \((\d+) rows/s\)", log)
+    return {"one_row": one_row, "inference_rows_per_s": int(rate.group(2)) if rate else None}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder")
@@ -125,7 +151,8 @@ def main() -> None:
         bodies = [{"id": row["id"], "input": row["input"]} for row in map(json.loads, filter(str.strip, handle))]
     results = {}
     for name, options in (
-        ("micro-batched (64 rows, 5 ms)", ()),
+        ("default (64 rows, whoever waits)", ()),
+        ("5 ms wait for company", ("--max_wait_ms", "5")),
         ("one pass per request", ("--max_batch_size", "1", "--max_wait_ms", "0")),
     ):
         server, url = start_server(args.folder, *options)
@@ -141,6 +168,9 @@ def main() -> None:
             for r in rows:
                 cells = [name, *(r[k] for k in ("concurrency", "rows_per_s", "p50_ms", "p99_ms", "errors"))]
                 print("| " + " | ".join(map(str, cells)) + " |")
+    results["baselines"] = baselines(args.folder, args.rows, bodies, min(args.requests, 200))
+    forward, rate = results["baselines"]["one_row"]["forward_p50_ms"], results["baselines"]["inference_rows_per_s"]
+    print(f"\nforward passes alone, one row: p50 {forward} ms; inference.py --run, one process: {rate} rows/s")
     print(json.dumps({"folder": args.folder, "cpus": os.cpu_count(), **results}, ensure_ascii=False))
 
 

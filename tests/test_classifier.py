@@ -10,7 +10,7 @@ from nikl_emotion import EmotionClassifier
 from nikl_emotion.base.errors import PipelineError, RowError
 from nikl_emotion.base.fileio import read_probs
 from nikl_emotion.decisions.metrics import decide
-from nikl_emotion.text.data import load_jsonl, rows_from_records
+from nikl_emotion.text.data import load_jsonl, records_table
 
 
 def test_the_fold_loop_predicts_through_the_classifier_of_its_saved_checkpoint(tiny_run):
@@ -69,8 +69,8 @@ def test_bad_folders_and_rows_are_refused_by_name(tiny_run, tmp_path):
     with pytest.raises(PipelineError, match="checkpoint folder not found"):
         EmotionClassifier.from_pretrained(tmp_path / "nowhere")
     with pytest.raises(RowError, match=r"<rows>:2: input\.form"):
-        rows_from_records(["좋다", {"id": "b", "input": {"form": "", "target": None}}])
+        records_table(["좋다", {"id": "b", "input": {"form": "", "target": None}}])
     with pytest.raises(RowError, match=r"<rows>:2: id: duplicate id 'a'"):
-        rows_from_records([{"id": "a", "input": {"form": "좋다", "target": None}}] * 2)
+        records_table([{"id": "a", "input": {"form": "좋다", "target": None}}] * 2)
     with pytest.raises(RowError, match="no rows"):
-        rows_from_records([])
+        records_table([])

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+import pyarrow as pa
 import torch
-from datasets import Dataset
 from tqdm.auto import tqdm
 from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
 
@@ -44,13 +44,14 @@ from nikl_emotion.backends.precision import (
     autocast_context,
     serving_precision,
 )
-from nikl_emotion.base.checkpoint_files import EXPORT_FILE, ONNX_FILE, TOKENIZER_FILES
+from nikl_emotion.base.checkpoint_files import EXPORT_FILE, ONNX_FILE, TOKENIZER_FILES, TOKENIZER_STATE_FILE
 from nikl_emotion.base.config import ModelLoading
 from nikl_emotion.base.errors import PipelineError
+from nikl_emotion.base.fileio import file_digest
 from nikl_emotion.base.labels import ID2LABEL, NUM_LABELS
 from nikl_emotion.decisions.metrics import decide, sigmoid
 from nikl_emotion.folders.folder_kind import folder_kind
-from nikl_emotion.text.batching import MODEL_INPUTS, length_order, pad_table
+from nikl_emotion.text.batching import MODEL_INPUTS, Padding, RowTable, SortedBatches
 from nikl_emotion.text.data import Rows, as_rows
 from nikl_emotion.text.preprocessing import Preprocessing, clean, encode
 
@@ -59,6 +60,8 @@ __all__ = [
     "TorchRuntime",
     "OnnxRuntime",
     "LoadedModel",
+    "SharedEncodings",
+    "tokenizer_digest",
     "serving_loading",
     "CheckpointClassifier",
     "is_onnx_export",
@@ -100,14 +103,17 @@ class TorchRuntime:
             model.to(self.device)
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
+        # switched only when needed: `train()`/`eval()` walk every module, ~2 ms a call, a request's whole overhead
         was_training = self.model.training
-        self.model.eval()
+        if was_training:
+            self.model.eval()
         try:
             with torch.inference_mode(), autocast_context(self.device, self.autocast):
                 inputs = {name: batch[name].to(self.device) for name in self.input_names}
                 return self.model(**inputs).logits.float().cpu().numpy()
         finally:
-            self.model.train(was_training)
+            if was_training:
+                self.model.train()
 
 
 class OnnxRuntime:
@@ -185,8 +191,62 @@ def _load_encoder(folder: str, options: LoadOptions) -> LoadedModel:
     return LoadedModel(model, list(info["missing_keys"]), precision.autocast)
 
 
+class SharedEncodings:
+    """The rows of one prediction, cleaned once per cleaning and encoded once per tokenizer and preprocessing, for
+    every checkpoint that reads them: the folds of a run share one encoding, a stack's members one each. Rows in
+    memory stay in memory (the small-batch path, no `datasets`); a file is a cached dataset. `encodings` counts
+    the tokenizations made."""
+
+    def __init__(self, rows: Rows):
+        self.rows = as_rows(rows)
+        self.encodings = 0
+        self._made: dict = {}
+
+    @classmethod
+    def of(cls, rows: Rows | SharedEncodings) -> SharedEncodings:
+        return rows if isinstance(rows, cls) else cls(rows)
+
+    def cleaned(self, preprocessing: Preprocessing) -> RowTable:
+        key = ("cleaned", preprocessing.cleaning, preprocessing.pretokenizer)
+        if key not in self._made:
+            self._made[key] = clean(self.rows, preprocessing)
+        return self._made[key]
+
+    def encoded(self, classifier: CheckpointClassifier, on_unknown: str = "warn") -> RowTable:
+        """The rows as `classifier` reads them; kept for the next classifier with the same `encoding_key`."""
+        key = classifier.encoding_key
+        if key is not None and key in self._made:
+            return self._made[key]
+        preprocessing = classifier.preprocessing
+        encoded = encode(self.cleaned(preprocessing), classifier.tokenizer, preprocessing, on_unknown=on_unknown)
+        self.encodings += 1
+        if key is not None:
+            self._made[key] = encoded
+        return encoded
+
+    def batches(self, classifier: CheckpointClassifier, batch_size: int) -> SortedBatches:
+        """The rows' sorted, padded batches for `classifier`; rows in memory (a request) are padded once for every
+        checkpoint that pads them alike (a run's folds): what is left of a request besides its forward passes."""
+        encoded = self.encoded(classifier)
+        batches = SortedBatches(encoded, classifier.padding(encoded), batch_size)
+        if classifier.encoding_key is None or not isinstance(encoded, pa.Table):
+            return batches
+        key = ("padded", classifier.encoding_key, batches.padding, batch_size)
+        if key not in self._made:
+            self._made[key] = batches.held()
+        return self._made[key]
+
+
+def tokenizer_digest(folder: str) -> str:
+    """One hash of a folder's tokenizer files: checkpoints whose tokenizers hash alike encode text alike."""
+    names = sorted(name for name in os.listdir(folder) if TOKENIZER_STATE_FILE.fullmatch(name))
+    return ",".join(f"{name}:{file_digest(os.path.join(folder, name))}" for name in names)
+
+
 class CheckpointClassifier:
-    """Tokenizer + preprocessing settings + a runtime; see the module docstring."""
+    """Tokenizer + preprocessing settings + a runtime; see the module docstring. `encoding_key`: what its encoding
+    of rows depends on (tokenizer files, model inputs, preprocessing), so checkpoints with equal keys share one
+    (`SharedEncodings`); None: never shared."""
 
     def __init__(
         self,
@@ -194,11 +254,13 @@ class CheckpointClassifier:
         tokenizer: PreTrainedTokenizerBase,
         preprocessing: Preprocessing,
         source: str | None = None,
+        encoding_key: tuple | None = None,
     ):
         self.runtime = runtime
         self.tokenizer = tokenizer
         self.preprocessing = preprocessing
         self.source = source
+        self.encoding_key = encoding_key
 
     @classmethod
     def from_pretrained(
@@ -254,7 +316,8 @@ class CheckpointClassifier:
         labels = {int(k): v for k, v in config.id2label.items()}
         if labels != ID2LABEL:
             raise PipelineError(f"{folder}: the {kind}'s labels {labels} differ from this pipeline's {ID2LABEL}")
-        return cls(runtime, tokenizer, preprocessing, source=folder)
+        key = (tokenizer_digest(folder), tuple(tokenizer.model_input_names), preprocessing)
+        return cls(runtime, tokenizer, preprocessing, source=folder, encoding_key=key)
 
     @classmethod
     def from_model(
@@ -283,22 +346,25 @@ class CheckpointClassifier:
         """Whether the runtime takes cleaned text (the n-gram member) rather than token batches."""
         return getattr(self.runtime, "reads_text", False)
 
-    def encode(self, rows: Rows, on_unknown: str = "warn") -> Dataset:
-        """Rows cleaned and tokenized as in training: `encode(clean(rows))` with this checkpoint's settings."""
+    def encode(self, rows: Rows, on_unknown: str = "warn") -> RowTable:
+        """Rows cleaned and tokenized as in training: `encode(clean(rows))` with this checkpoint's settings; a
+        dataset for a file or a dataset, an Arrow table for rows in memory."""
         if self.reads_text:
             raise PipelineError(f"{self.source}: an n-gram model reads text, not tokens: use predict_proba")
-        return encode(
-            clean(as_rows(rows), self.preprocessing), self.tokenizer, self.preprocessing, on_unknown=on_unknown
-        )
+        return SharedEncodings(rows).encoded(self, on_unknown)
 
-    def predict_proba(self, rows: Rows, *, batch_size: int = 128, progress: bool = False) -> np.ndarray:
+    def predict_proba(
+        self, rows: Rows | SharedEncodings, *, batch_size: int = 128, progress: bool = False
+    ) -> np.ndarray:
         """Sigmoid probabilities (rows, 8) in the rows' order, labels in `LABELS` order.
 
         `rows`: a NIKL jsonl path, a dataset from `data.load_jsonl`, task rows as dicts (`{"id", "input": {"form",
-        "target"}}`; one dict is one row) or plain texts (no target)."""
+        "target"}}`; one dict is one row) or plain texts (no target); or `SharedEncodings` several checkpoints
+        read."""
+        shared = SharedEncodings.of(rows)
         if self.reads_text:
-            return self.runtime.predict_rows(clean(as_rows(rows), self.preprocessing))
-        return self.predict_encoded(self.encode(rows), batch_size=batch_size, progress=progress)
+            return self.runtime.predict_rows(shared.cleaned(self.preprocessing))
+        return sigmoid(self._run(shared.batches(self, batch_size), progress))
 
     def predict(
         self, rows: Rows, *, threshold: float | Sequence[float] = 0.5, fallback: bool = True, batch_size: int = 128
@@ -309,40 +375,34 @@ class CheckpointClassifier:
             self.predict_proba(rows, batch_size=batch_size), np.asarray(threshold, dtype=np.float64), fallback
         )
 
-    def predict_encoded(self, encoded: Dataset, *, batch_size: int = 128, progress: bool = False) -> np.ndarray:
+    def predict_encoded(self, encoded: RowTable, *, batch_size: int = 128, progress: bool = False) -> np.ndarray:
         """Probabilities of already encoded rows (`encode`'s output, with its `length` column), in their order."""
         return sigmoid(self.predict_logits(encoded, batch_size=batch_size, progress=progress))
 
     def predict_logits(
-        self, encoded: Dataset, *, batch_size: int = 128, progress: bool = False, part: int = 0, parts: int = 1
+        self, encoded: RowTable, *, batch_size: int = 128, progress: bool = False, part: int = 0, parts: int = 1
     ) -> np.ndarray:
-        """Logits (rows, 8) of encoded rows, in their order.
+        """Logits (rows, 8) of encoded rows, in their order: run in `batching.SortedBatches` (length-sorted,
+        padded per batch); with `parts` > 1 only this process's `part` of the batches, the other rows left 0, so
+        processes that each run one part and sum the arrays get every row exactly once."""
+        return self._run(SortedBatches(encoded, self.padding(encoded), batch_size, (part, parts)), progress)
 
-        Batches are cut from the rows sorted by length, longest first (little padding; an out-of-memory shows at
-        once), padded with numpy from Arrow. With `parts` > 1 only every `parts`-th batch from `part` is run and the
-        other rows stay 0, so processes that each run one part and sum the arrays get every row exactly once. Every
-        part runs as many forward passes as the largest (a part one short reruns its last batch, or the first, and
-        drops the result): where the weights are split across the processes (ZeRO-3, FSDP) a forward pass is a
-        collective, and a process that stopped early would leave the others waiting."""
-        if batch_size < 1:
-            raise PipelineError(f"batch size must be at least 1, got {batch_size}")
-        columns = [name for name in self.runtime.input_names if name in encoded.column_names]
+    def padding(self, encoded: RowTable) -> Padding:
+        """How this runtime's batches of `encoded` are padded; refuses rows that lack one of its inputs."""
+        present = set(encoded.column_names)
+        columns = tuple(name for name in self.runtime.input_names if name in present)
         missing = [name for name in self.runtime.input_names if name not in columns]
         if missing:
             raise PipelineError(f"the encoded rows lack the model inputs {', '.join(missing)}")
-        order = length_order(encoded)
-        arrow_rows = encoded.select_columns(columns).with_format("arrow")  # one Arrow `take` per batch
-        logits = np.zeros((len(encoded), NUM_LABELS), dtype=np.float32)
-        starts = list(range(part * batch_size, len(order), parts * batch_size))
-        steps = -(-len(order) // (parts * batch_size))  # the largest part's number of batches
-        for step in tqdm(range(steps), desc="predicting", unit="batch", disable=not progress, leave=False):
-            start = starts[min(step, len(starts) - 1)] if starts else 0
-            index = order[start : start + batch_size]
-            batch = pad_table(
-                arrow_rows[index.tolist()], columns, self.tokenizer.pad_token_id, self.runtime.pad_to_multiple_of
-            )
+        return Padding(columns, self.tokenizer.pad_token_id, self.runtime.pad_to_multiple_of)
+
+    def _run(self, batches: SortedBatches, progress: bool = False) -> np.ndarray:
+        logits = np.zeros((batches.rows, NUM_LABELS), dtype=np.float32)
+        # a bar (even a disabled one) costs a request more than its padding
+        bar = tqdm(batches, desc="predicting", unit="batch", leave=False) if progress else batches
+        for index, batch, counts in bar:
             batch_logits = self.runtime(batch)
-            if step < len(starts):  # an extra pass keeps the processes in step; its rows are another part's
+            if counts:  # an extra pass keeps the processes in step; its rows are another part's
                 logits[index] = batch_logits
         return logits
 

@@ -37,6 +37,7 @@ from nikl_emotion.decisions.decision import fixed_rule
 from nikl_emotion.decisions.logistic import fit_label, label_probability
 from nikl_emotion.decisions.metrics import score
 from nikl_emotion.folders.run_folder import FoldFolder, RunFolder
+from nikl_emotion.text.batching import RowTable, arrow_column
 from nikl_emotion.text.preprocessing import Preprocessing
 
 logger = logging.getLogger(__name__)
@@ -77,11 +78,11 @@ class NgramClassifier:
         self.models: list = []
 
     @staticmethod
-    def _columns(rows: Dataset) -> tuple[list[str], list[str]]:
-        columns = rows.select_columns(["text", "target"]).to_dict()
-        return columns["text"], [target or "" for target in columns["target"]]
+    def _columns(rows: RowTable) -> tuple[list[str], list[str]]:
+        texts, targets = (arrow_column(rows, name).to_pylist() for name in ("text", "target"))
+        return texts, [target or "" for target in targets]
 
-    def _features(self, rows: Dataset, fit: bool = False):
+    def _features(self, rows: RowTable, fit: bool = False):
         """The feature matrix of cleaned rows; with `fit`, the vectorizers are fitted on them first (in one pass)."""
         from scipy.sparse import hstack
         from sklearn.feature_extraction.text import TfidfVectorizer
@@ -139,7 +140,7 @@ class NgramClassifier:
         )
         return self
 
-    def predict_proba(self, rows: Dataset) -> np.ndarray:
+    def predict_proba(self, rows: RowTable) -> np.ndarray:
         """Probabilities (rows, 8) of cleaned rows, in their order."""
         if len(rows) == 0:
             return np.empty((0, NUM_LABELS))
@@ -180,7 +181,7 @@ class NgramRuntime:
     def __init__(self, model: NgramClassifier):
         self.model = model
 
-    def predict_rows(self, cleaned: Dataset) -> np.ndarray:
+    def predict_rows(self, cleaned: RowTable) -> np.ndarray:
         return self.model.predict_proba(cleaned)
 
 

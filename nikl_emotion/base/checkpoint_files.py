@@ -18,6 +18,7 @@ __all__ = [
     "EXPORT_FILES",
     "AVERAGING_STATE_FILE",
     "TOKENIZER_FILES",
+    "TOKENIZER_STATE_FILE",
     "LOADING_FILE",
     "ADAPTER_CONFIG_FILE",
     "ADAPTER_WEIGHTS_FILE",
@@ -43,6 +44,11 @@ TOKENIZER_FILES = (
     "spiece.model",
     "tokenizer.model",
     "vocab.json",
+)
+# every file a tokenizer's behaviour is read from (its vocabulary, settings, special and added tokens, own code)
+TOKENIZER_STATE_FILE = re.compile(
+    r"tokenizer(_config)?\.json|special_tokens_map\.json|added_tokens\.json|vocab\.(txt|json)|merges\.txt"
+    r"|sentencepiece\.bpe\.model|spiece\.model|tokenizer\.model|tokenization_\w+\.py"
 )
 LOADING_FILE = (
     "loading.json"  # how a best/ was loaded and ran: base dtype, autocast, 4-bit, loading keys (precision.py)

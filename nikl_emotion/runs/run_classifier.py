@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from nikl_emotion.backends.classifier import CheckpointClassifier
+from nikl_emotion.backends.classifier import CheckpointClassifier, SharedEncodings
 from nikl_emotion.backends.precision import LoadOptions
 from nikl_emotion.backends.registry import load_checkpoint
 from nikl_emotion.base.errors import PipelineError
@@ -26,7 +26,7 @@ from nikl_emotion.decisions.voting import DecisionRule
 from nikl_emotion.folders.folder_kind import describe, folder_kind
 from nikl_emotion.runs.finished_run import FinishedRun
 from nikl_emotion.runs.stack_run import open_stack
-from nikl_emotion.text.data import Rows, as_rows
+from nikl_emotion.text.data import Rows
 
 __all__ = [
     "RunClassifier",
@@ -34,7 +34,8 @@ __all__ = [
 ]
 
 
-# a checkpoint folder -> a model with `predict_proba(rows, batch_size=, progress=)` (an EmotionClassifier)
+# a checkpoint folder -> a model with `predict_proba(rows, batch_size=, progress=)` (an EmotionClassifier), rows
+# given as `SharedEncodings`
 _Loader = Callable[[str], object]
 
 
@@ -83,9 +84,12 @@ class RunClassifier:
         parts = [probs[start : start + members] for start in range(0, len(probs), members)]
         return [self.stacker.apply(part) if self.stacker is not None else part[0] for part in parts]
 
-    def fold_probabilities(self, rows: Rows, *, batch_size: int = 128, progress: bool = False) -> list[np.ndarray]:
-        """Each fold's (rows, 8) probabilities, in the rows' order."""
-        rows = as_rows(rows)
+    def fold_probabilities(
+        self, rows: Rows | SharedEncodings, *, batch_size: int = 128, progress: bool = False
+    ) -> list[np.ndarray]:
+        """Each fold's (rows, 8) probabilities, in the rows' order. The rows are encoded once per tokenizer and
+        preprocessing (`SharedEncodings`): once for a run's folds."""
+        rows = SharedEncodings.of(rows)
         probs = []
         for path in self.checkpoints():
             model = self.load(path)
@@ -130,4 +134,10 @@ class EmotionClassifier(CheckpointClassifier):
                 option="from_pretrained",
             )
         loaded = load_checkpoint(folder, device=device, threads=threads, options=options)
-        return cls(loaded.runtime, loaded.tokenizer, loaded.preprocessing, source=loaded.source)
+        return cls(
+            loaded.runtime,
+            loaded.tokenizer,
+            loaded.preprocessing,
+            source=loaded.source,
+            encoding_key=loaded.encoding_key,
+        )

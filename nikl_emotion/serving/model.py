@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from nikl_emotion.backends.classifier import SharedEncodings
 from nikl_emotion.decisions.voting import DecisionRule
 from nikl_emotion.folders.folder_kind import folder_kind
 from nikl_emotion.runs.run_classifier import RunClassifier
-from nikl_emotion.text.data import rows_from_records
+from nikl_emotion.text.data import records_table
 
 __all__ = [
     "ServedModel",
@@ -31,8 +32,9 @@ class ServedModel:
         return self.classifier.rule
 
     def predict(self, records: list[dict]) -> tuple[np.ndarray, np.ndarray]:
-        """(decisions, mean probabilities), each (rows, 8), of task-format records with unique ids."""
-        rows = rows_from_records(records, "batch")
+        """(decisions, mean probabilities), each (rows, 8), of task-format records with unique ids: validated,
+        cleaned and encoded in memory (no `datasets`), once for every checkpoint that reads them alike."""
+        rows = SharedEncodings(records_table(records, "batch"))
         probs = [model.predict_proba(rows, batch_size=self.batch_size) for model in self.models]
         folds = self.classifier.combine(probs)
         return self.rule.apply(folds), self.rule.mean(folds)

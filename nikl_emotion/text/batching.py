@@ -4,18 +4,26 @@ work (the tokenizer's `pad` and per-row formatting cost more than the tiny model
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import torch
 from datasets import Dataset
 
+from nikl_emotion.base.errors import PipelineError
+
 __all__ = [
     "MODEL_INPUTS",
+    "RowTable",
+    "arrow_column",
     "column_array",
     "length_order",
     "padded_width",
     "pad_table",
+    "Padding",
+    "SortedBatches",
     "PaddingCollator",
 ]
 
@@ -25,12 +33,21 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "target_mask")
 _PAD_VALUES = {"input_ids": None, "attention_mask": 0, "token_type_ids": 0, "target_mask": 0}  # None: the pad id
 
 
-def column_array(rows: Dataset, name: str) -> np.ndarray:
-    """A scalar column as numpy, in the dataset's (possibly selected/reordered) row order, without Python lists."""
-    return rows.with_format("arrow")[name].to_numpy()
+# rows on disk (a dataset: cached maps, fingerprints) or in memory (an Arrow table: a request, a few dicts)
+RowTable = Dataset | pa.Table
 
 
-def length_order(rows: Dataset) -> np.ndarray:
+def arrow_column(rows: RowTable, name: str) -> pa.ChunkedArray | pa.Array:
+    """One column as Arrow, in the rows' (possibly selected/reordered) order, without Python lists."""
+    return rows[name] if isinstance(rows, pa.Table) else rows.with_format("arrow")[name]
+
+
+def column_array(rows: RowTable, name: str) -> np.ndarray:
+    """A scalar column as numpy, in the rows' order."""
+    return arrow_column(rows, name).to_numpy()
+
+
+def length_order(rows: RowTable) -> np.ndarray:
     """Row indices, longest first (an out-of-memory shows at the first batch); stable, so ties keep file order."""
     return np.argsort(-column_array(rows, "length"), kind="stable")
 
@@ -73,6 +90,68 @@ def pad_table(
     for name in columns:
         batch[name] = torch.from_numpy(_padded(table.column(name), width, _pad_value(name, pad_token_id)))
     return batch
+
+
+@dataclass(frozen=True)
+class Padding:
+    """How a runtime's batches are padded: its input columns, the pad id, a width multiple (GPU: 8)."""
+
+    columns: tuple[str, ...]
+    pad_token_id: int
+    multiple: int | None = None
+
+
+def _rows_at(encoded: RowTable, columns: list[str]):
+    """index array -> those rows' `columns` as one Arrow table (one `take`)."""
+    if isinstance(encoded, pa.Table):
+        table = encoded.select(columns)
+        return lambda index: table.take(index)
+    arrow_rows = encoded.select_columns(columns).with_format("arrow")
+    return lambda index: arrow_rows[index.tolist()]
+
+
+class SortedBatches:
+    """Encoded rows cut into batches from the rows sorted by length, longest first (little padding; an
+    out-of-memory shows at once), each padded with numpy from Arrow as it is iterated: (row indices, padded inputs,
+    whether its logits count).
+
+    With `share` (part, parts), parts > 1, only every `parts`-th batch from `part` is run, so processes that each
+    run one part get every row exactly once between them. Every part yields as many batches as the largest (a part
+    one short repeats its last batch, or the first, marked not to count): where the weights are split across the
+    processes (ZeRO-3, FSDP) a forward pass is a collective, and a process that stopped early would leave the
+    others waiting."""
+
+    def __init__(self, encoded: RowTable, padding: Padding, batch_size: int = 128, share: tuple[int, int] = (0, 1)):
+        if batch_size < 1:
+            raise PipelineError(f"batch size must be at least 1, got {batch_size}")
+        self.encoded, self.padding, self.batch_size = encoded, padding, batch_size
+        self.rows = len(encoded)
+        part, parts = share
+        self._starts = list(range(part * batch_size, self.rows, parts * batch_size))
+        self._steps = -(-self.rows // (parts * batch_size))  # the largest part's number of batches
+        self._held: list | None = None
+
+    def __len__(self) -> int:
+        return self._steps
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor], bool]]:
+        if self._held is not None:
+            yield from self._held
+            return
+        order, columns = length_order(self.encoded), list(self.padding.columns)
+        rows_at = _rows_at(self.encoded, columns)
+        for step in range(self._steps):
+            start = self._starts[min(step, len(self._starts) - 1)] if self._starts else 0
+            index = order[start : start + self.batch_size]
+            batch = pad_table(rows_at(index), columns, self.padding.pad_token_id, self.padding.multiple)
+            yield index, batch, step < len(self._starts)
+
+    def held(self) -> SortedBatches:
+        """These batches padded once and kept, for several runtimes to read (rows in memory: a file's chunk is
+        padded per checkpoint instead, never held whole)."""
+        if self._held is None:
+            self._held = list(self)
+        return self
 
 
 class PaddingCollator:

@@ -31,7 +31,7 @@ __all__ = [
     "JsonlScan",
     "read_jsonl_chunks",
     "check_records",
-    "rows_from_records",
+    "records_table",
     "iter_column",
     "iter_inputs",
     "load_jsonl_files",
@@ -57,6 +57,7 @@ _ROW_FEATURES = Features(
         "input_json": Value("string"),
     }
 )
+_ROW_SCHEMA = _ROW_FEATURES.arrow_schema  # built once: datasets recomputes it on every access
 
 
 def _boolean(value, path: str, line: int, label: str) -> float:
@@ -314,11 +315,13 @@ def check_records(records: list, source: str = "<rows>") -> list[dict]:
     return rows
 
 
-def rows_from_records(records: list, source: str = "<rows>") -> Dataset:
-    """`check_records`'s rows as a dataset; ids must be unique."""
-    rows = _rows_dataset(check_records(records, source))
-    _check_unique_ids([rows], [source])
-    return rows
+def records_table(records: list, source: str = "<rows>") -> pa.Table:
+    """`check_records`'s rows as an Arrow table with `load_jsonl`'s columns: rows in memory (a request, a few dicts)
+    take the small-batch path, with no dataset to build, fingerprint or cache. Ids must be unique."""
+    rows = check_records(records, source)
+    table = pa.Table.from_pydict({name: [row[name] for row in rows] for name in _ROW_FEATURES}, schema=_ROW_SCHEMA)
+    _check_unique_ids([table], [source])
+    return table
 
 
 def iter_column(rows: Dataset, name: str, chunk_size: int = 4096) -> Iterator:
@@ -332,14 +335,15 @@ def iter_inputs(rows: Dataset) -> Iterator[dict]:
     return (json.loads(text) for text in iter_column(rows, "input_json"))
 
 
-def _check_unique_ids(parts: list[Dataset], paths: list[str]) -> None:
+def _check_unique_ids(parts: list[Dataset | pa.Table], paths: list[str]) -> None:
     """Ids must be unique across all files of one run: they key predictions, votes and scores."""
-    columns = [part.with_format("arrow")["id"] for part in parts]
+    columns = [part["id"] if isinstance(part, pa.Table) else part.with_format("arrow")["id"] for part in parts]
     total = sum(len(column) for column in columns)
     if len(pa.chunked_array([c for column in columns for c in column.chunks], pa.string()).unique()) == total:
         return  # the common case, counted in Arrow; only a file with a duplicate is walked in Python to name it
     seen: dict[str, tuple[str, int]] = {}
     for rows, path in zip(parts, paths):
+        rows = rows.to_pydict() if isinstance(rows, pa.Table) else rows
         for row_id, line in zip(rows["id"], rows["line"]):
             first = seen.setdefault(row_id, (path, line))
             if first != (path, line):
@@ -356,15 +360,16 @@ def load_jsonl_files(paths: list[str], label_mode: _LabelMode = "required") -> D
 
 
 # what `EmotionClassifier.predict_proba` and friends accept as rows
-Rows = str | os.PathLike | Dataset | Mapping | SequenceOf[str] | SequenceOf[dict]
+Rows = str | os.PathLike | Dataset | pa.Table | Mapping | SequenceOf[str] | SequenceOf[dict]
 
 
-def as_rows(rows: Rows) -> Dataset:
-    """The accepted row inputs as the validated dataset `load_jsonl` makes (labels, where present, are ignored)."""
-    if isinstance(rows, Dataset):
+def as_rows(rows: Rows) -> Dataset | pa.Table:
+    """The accepted row inputs, validated, with `load_jsonl`'s columns (labels, where present, are ignored): a file
+    as the cached dataset `load_jsonl` makes, rows in memory (dicts, texts) as an Arrow table (`records_table`)."""
+    if isinstance(rows, (Dataset, pa.Table)):
         return rows
     if isinstance(rows, (str, os.PathLike)):
         return load_jsonl(rows, "optional")
     if isinstance(rows, Mapping):  # one task row: iterating it would yield its keys as texts
         rows = [rows]
-    return rows_from_records(list(rows))
+    return records_table(list(rows))

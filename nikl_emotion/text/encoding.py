@@ -9,11 +9,11 @@ from typing import Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from datasets import Dataset
 from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 from nikl_emotion.base.checkpoint_files import BACKBONE_SPEC_FILE, POST_TRAIN_FILE
 from nikl_emotion.base.vocabulary import DEFAULT_INPUT_TEMPLATE, INPUT_FORMATS, MAX_UNKNOWN_RATE, NO_TARGET
+from nikl_emotion.text.batching import RowTable, arrow_column
 
 __all__ = [
     "TARGET_START",
@@ -111,12 +111,12 @@ def hangul_fix(tokenizer: PreTrainedTokenizerBase) -> dict[str, bool]:
     return fix
 
 
-def unknown_token_rate(encoded: Dataset, tokenizer: PreTrainedTokenizerBase) -> tuple[float, int]:
+def unknown_token_rate(encoded: RowTable, tokenizer: PreTrainedTokenizerBase) -> tuple[float, int]:
     """(share of the unknown token among the non-special tokens of `encoded`, number of those tokens); counted in
     Arrow, without Python lists."""
     if tokenizer.unk_token_id is None or len(encoded) == 0:
         return 0.0, 0
-    ids = pc.list_flatten(encoded.with_format("arrow")["input_ids"])
+    ids = pc.list_flatten(arrow_column(encoded, "input_ids"))
     special = pa.array(sorted(set(tokenizer.all_special_ids) - {tokenizer.unk_token_id}), type=ids.type)
     tokens = len(ids) - (pc.sum(pc.is_in(ids, value_set=special)).as_py() or 0)
     unknown = pc.sum(pc.equal(ids, tokenizer.unk_token_id)).as_py() or 0

@@ -12,6 +12,7 @@ import logging
 import os
 from dataclasses import dataclass
 
+import pyarrow as pa
 import pyarrow.compute as pc
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
@@ -26,7 +27,7 @@ from nikl_emotion.base.vocabulary import (
     MAX_UNKNOWN_RATE,
     PRETOKENIZERS,
 )
-from nikl_emotion.text.batching import MODEL_INPUTS, column_array
+from nikl_emotion.text.batching import MODEL_INPUTS, RowTable, arrow_column, column_array
 from nikl_emotion.text.cleaning import CleaningOptions, clean_batch
 from nikl_emotion.text.data import load_jsonl, load_jsonl_files
 from nikl_emotion.text.encoding import tokenize_batch, unknown_rate_message, unknown_token_rate
@@ -157,9 +158,31 @@ def warn_if_preprocessing_differs(backbone: str, preprocessing: Preprocessing) -
         )
 
 
-def clean(rows: Dataset, preprocessing: Preprocessing) -> Dataset:
+_IN_MEMORY_BATCH = 4096  # rows per call of a map function on an in-memory table: bounds its Python lists
+
+
+def _map(
+    rows: RowTable, function, fn_kwargs: dict | None = None, desc: str | None = None, batch_size: int = 1000
+) -> RowTable:
+    """A batched map function over the rows, its returned columns replacing or joining theirs: `datasets`' cached
+    `map` on a dataset; on an in-memory table the same function in plain Python, batch by batch (no fingerprint, no
+    cache file, no progress bar: what a request of a few rows cannot afford)."""
+    if isinstance(rows, Dataset):
+        return rows.map(function, batched=True, batch_size=batch_size, fn_kwargs=fn_kwargs, desc=desc)
+    parts = []
+    for start in range(0, max(len(rows), 1), _IN_MEMORY_BATCH):
+        part = rows.slice(start, _IN_MEMORY_BATCH)
+        for name, values in function(part.to_pydict(), **(fn_kwargs or {})).items():
+            column, index = pa.array(values), part.schema.get_field_index(name)
+            part = part.set_column(index, name, column) if index >= 0 else part.append_column(name, column)
+        parts.append(part)
+    return pa.concat_tables(parts, promote_options="default") if len(parts) > 1 else parts[0]
+
+
+def clean(rows: RowTable, preprocessing: Preprocessing) -> RowTable:
     """Cleaned rows (then segmented into morphemes with `pretokenizer: kiwi`); a text that cleaning empties (e.g.
-    only emoji) is kept, encoded as the target alone or empty."""
+    only emoji) is kept, encoded as the target alone or empty. A dataset stays a dataset (cached maps), an
+    in-memory table a table."""
     if preprocessing.pretokenizer == "kiwi":
         rows = (
             rows
@@ -167,23 +190,23 @@ def clean(rows: Dataset, preprocessing: Preprocessing) -> Dataset:
             else clean(rows, dataclasses.replace(preprocessing, pretokenizer="none"))
         )
         # one analyser process-wide with its own threads: datasets' multiprocessing would load one per worker
-        return rows.map(segment_batch, batched=True, batch_size=4096, desc="morpheme segmentation")
+        return _map(rows, segment_batch, desc="morpheme segmentation", batch_size=4096)
     if not preprocessing.cleaning.any:
         return rows
-    cleaned = rows.map(clean_batch, batched=True, fn_kwargs={"options": preprocessing.cleaning}, desc="cleaning")
-    empty = pc.sum(pc.equal(pc.utf8_length(cleaned.with_format("arrow")["text"]), 0)).as_py() or 0
+    cleaned = _map(rows, clean_batch, {"options": preprocessing.cleaning}, "cleaning")
+    empty = pc.sum(pc.equal(pc.utf8_length(arrow_column(cleaned, "text")), 0)).as_py() or 0
     if empty:
         logger.info("cleaning left %d of %d texts empty; they are kept and encoded without text", empty, len(cleaned))
     return cleaned
 
 
 def encode(
-    cleaned: Dataset,
+    cleaned: RowTable,
     tokenizer: PreTrainedTokenizerBase,
     preprocessing: Preprocessing,
     on_unknown: str = "error",
     max_unknown_rate: float = MAX_UNKNOWN_RATE,
-) -> Dataset:
+) -> RowTable:
     """Adds input_ids, attention_mask (token_type_ids where the tokenizer makes them) and length; no padding.
     More than `max_unknown_rate` unknown tokens stops with the rate and its likely cause (`on_unknown="error"`,
     for training) or logs them (`"warn"`, for inference). A `target_pool` head's rows also get `target_mask`."""
@@ -193,17 +216,17 @@ def encode(
             f"tokenizer's character offsets, which {type(tokenizer).__name__} (a slow tokenizer) "
             "does not give; use the model's fast tokenizer (tokenizer.json) or classifier_head: cls"
         )
-    encoded = cleaned.map(
+    encoded = _map(
+        cleaned,
         tokenize_batch,
-        batched=True,
-        fn_kwargs={
+        {
             "tokenizer": tokenizer,
             "input_format": preprocessing.input_format,
             "max_length": preprocessing.max_seq_length,
             "target_mask": preprocessing.marks_target,
             "input_template": preprocessing.input_template,
         },
-        desc="tokenizing",
+        "tokenizing",
     )
     check_unknown_rate(encoded, tokenizer, on_unknown, max_unknown_rate)
     at_limit = int((column_array(encoded, "length") >= preprocessing.max_seq_length).sum())
@@ -218,7 +241,7 @@ def encode(
 
 
 def check_unknown_rate(
-    encoded: Dataset,
+    encoded: RowTable,
     tokenizer: PreTrainedTokenizerBase,
     on_unknown: str = "error",
     max_unknown_rate: float = MAX_UNKNOWN_RATE,
