@@ -1,6 +1,6 @@
 """Serve a model over HTTP: a JSON API with micro-batching, and a page to try it.
 
-nikl-emotion serve FOLDER [--host 127.0.0.1] [--port 8000] [--max_batch_size 64] [--max_wait_ms 5]
+nikl-emotion serve FOLDER [--host 127.0.0.1] [--port 8000] [--max_batch_size 64] [--max_wait_ms 0]
 
 FOLDER: a train.py run (its folds, voted by its rule), an ensemble.py stack folder, one checkpoint (a fold's best/)
 or an export.py (ONNX) folder. Every checkpoint is loaded once, before the service starts.
@@ -28,7 +28,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--max_batch_size", type=int, default=64, help="rows answered by one forward pass")
     parser.add_argument(
-        "--max_wait_ms", type=float, default=5.0, help="how long a request waits for others to share its batch"
+        "--max_wait_ms",
+        type=float,
+        default=0.0,
+        help="how long a request waits for others to share its batch (0: a batch takes whoever waits while the "
+        "model is busy, and a lone request runs at once)",
     )
     parser.add_argument("--max_rows", type=int, default=256, help="rows per request")
     parser.add_argument("--max_text_chars", type=int, default=2000, help="characters per text")

@@ -34,7 +34,8 @@ __all__ = [
 @dataclass(frozen=True)
 class ServeOptions:
     max_batch_size: int = 64
-    max_wait_ms: float = 5.0
+    # 0: a batch takes whoever waits while the model is busy (a lone request never waits for company)
+    max_wait_ms: float = 0.0
     limits: Limits = field(default_factory=Limits)
     request_timeout_s: float = 10.0  # a body that takes longer to arrive is refused (408)
 
@@ -43,6 +44,7 @@ def create_app(model, options: ServeOptions | None = None) -> FastAPI:
     """The service of `model` (a `ServedModel`, loaded once, before the app starts)."""
     options = options or ServeOptions()
     batcher = MicroBatcher(model.predict, options.max_batch_size, options.max_wait_ms)
+    decision = model.rule.as_dict()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -90,7 +92,8 @@ def create_app(model, options: ServeOptions | None = None) -> FastAPI:
             decisions, probs = await batcher.predict(records)
         except RuntimeError as exc:  # shutting down
             return JSONResponse({"error": {"field": None, "message": str(exc)}}, status_code=503)
-        return {"rows": list(map(_answer, ids, decisions, probs)), "decision": model.rule.as_dict()}
+        # a response object: FastAPI's encoding of a returned dict walks it again
+        return JSONResponse({"rows": list(map(_answer, ids, decisions, probs)), "decision": decision})
 
     return app
 
