@@ -164,3 +164,17 @@ def test_target_removed_by_cleaning_keeps_its_form_and_an_empty_span():
     assert out["text"] == ["좋다 진짜"]
     assert out["target"] == ["😀"]
     assert out["target_begin"][0] == out["target_end"][0]
+
+
+def test_the_emoji_step_skips_only_texts_that_cannot_hold_an_emoji():
+    from nikl_emotion.text.cleaning import _emoji_edits
+
+    # the shortcut's premise: every emoji the library finds has a character outside ASCII
+    assert all(any(not char.isascii() for char in known) for known in emoji.EMOJI_DATA)
+    rng = random.Random(7)
+    known = sorted(emoji.EMOJI_DATA)
+    texts = ["오늘 공연 너무 좋았다", "plain ascii :) <3 #1 *", "1\ufe0f\u20e3 keycap", "가\u200d나", ""]
+    texts += ["".join(rng.choice(PIECES + known[:300] + known[-300:]) for _ in range(12)) for _ in range(300)]
+    for text in texts:
+        expected = [(e["match_start"], e["match_end"], "") for e in emoji.emoji_list(text)]
+        assert _emoji_edits(text, "") == expected, text

@@ -25,10 +25,10 @@ def test_chunks_cover_the_file_in_order_and_each_process_reads_its_own(tmp_path)
         handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows[5:])
     chunks = list(read_jsonl_chunks(path, 3))
     assert [number for number, _ in chunks] == [0, 1, 2, 3]
-    assert [row_id for _, chunk in chunks for row_id in chunk["id"]] == [f"r{i}" for i in range(10)]
-    assert chunks[1][1]["line"] == [4, 5, 8]  # the file's own line numbers, past the blank lines
+    assert [row_id for _, chunk in chunks for row_id in chunk["id"].to_pylist()] == [f"r{i}" for i in range(10)]
+    assert chunks[1][1]["line"].to_pylist() == [4, 5, 8]  # the file's own line numbers, past the blank lines
     odd = list(read_jsonl_chunks(path, 3, owns=lambda number: number % 2 == 1))
-    assert [(number, chunk["id"]) for number, chunk in odd] == [(1, ["r3", "r4", "r5"]), (3, ["r9"])]
+    assert [(number, chunk["id"].to_pylist()) for number, chunk in odd] == [(1, ["r3", "r4", "r5"]), (3, ["r9"])]
     assert scan_jsonl(path) == (10, 0)
 
 
@@ -124,3 +124,28 @@ def test_a_killed_job_leaves_no_output_and_its_scratch_goes(tiny_run, tmp_path, 
     small = write_jsonl(tmp_path / "small.jsonl", [nikl_row("a", output="")])
     finished = run_cli("inference.py", "--run", tiny_run, "--input", small, "--output", output)
     assert finished.returncode == 0 and os.listdir(output.parent) == ["labels.jsonl"]
+
+
+def test_the_default_chunk_depends_on_the_file_alone_and_shares_it_fairly():
+    from nikl_emotion.runs.streaming import Processes, _Chunks, chunk_size_for
+
+    assert [chunk_size_for(rows) for rows in (100, 40_000, 1_000_000, 10**8)] == [2048, 2048, 31250, 65536]
+    for rows in (10_000, 40_000, 1_000_000):
+        chunks = _Chunks("unused.jsonl", chunk_size_for(rows), rows)
+        for world in (w for w in (2, 4, 8) if rows >= 4096 * w):  # a few thousand rows each, or more
+            shares = [chunks.share(Processes(rank, world)) for rank in range(world)]
+            assert sum(shares) == rows and max(shares) <= 1.5 * min(shares)  # several chunks each: none idles
+
+
+def test_a_runs_folds_encode_each_chunk_once(tiny_run, tmp_path, monkeypatch):
+    import nikl_emotion.backends.classifier as classifier_module
+    from nikl_emotion.runs.prediction import PredictionFiles, predict_run_file
+
+    calls = []
+    real = classifier_module.encode
+    monkeypatch.setattr(classifier_module, "encode", lambda *a, **k: calls.append(1) or real(*a, **k))
+    files = PredictionFiles(str(SAMPLE_TEST), str(tmp_path / "out.jsonl"), chunk_size=30)
+    assert predict_run_file(str(tiny_run), files) == 100
+    assert len(calls) == 4  # 4 chunks of 30 rows, 2 folds: each chunk encoded once
+    assert (tmp_path / "out.jsonl").read_bytes() == (tiny_run / "submission.jsonl").read_bytes()
+    assert os.listdir(tmp_path) == ["out.jsonl"]

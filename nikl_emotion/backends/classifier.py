@@ -17,6 +17,7 @@ Rows are predicted in batches sorted by length (little padding) and returned in 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -47,7 +48,7 @@ from nikl_emotion.backends.precision import (
 from nikl_emotion.base.checkpoint_files import EXPORT_FILE, ONNX_FILE, TOKENIZER_FILES, TOKENIZER_STATE_FILE
 from nikl_emotion.base.config import ModelLoading
 from nikl_emotion.base.errors import PipelineError
-from nikl_emotion.base.fileio import file_digest
+from nikl_emotion.base.fileio import file_digest, read_arrow, write_arrow
 from nikl_emotion.base.labels import ID2LABEL, NUM_LABELS
 from nikl_emotion.decisions.metrics import decide, sigmoid
 from nikl_emotion.folders.folder_kind import folder_kind
@@ -194,11 +195,13 @@ def _load_encoder(folder: str, options: LoadOptions) -> LoadedModel:
 class SharedEncodings:
     """The rows of one prediction, cleaned once per cleaning and encoded once per tokenizer and preprocessing, for
     every checkpoint that reads them: the folds of a run share one encoding, a stack's members one each. Rows in
-    memory stay in memory (the small-batch path, no `datasets`); a file is a cached dataset. `encodings` counts
-    the tokenizations made."""
+    memory stay in memory (the small-batch path, no `datasets`); a file is a cached dataset. With `store` (a path
+    prefix), in-memory results are also kept on disk (`<store>.<key hash>.arrow`), for checkpoints loaded later
+    (streaming.py's chunks: one checkpoint in memory at a time). `encodings` counts the tokenizations made."""
 
-    def __init__(self, rows: Rows):
+    def __init__(self, rows: Rows, store: str | None = None):
         self.rows = as_rows(rows)
+        self.store = store
         self.encodings = 0
         self._made: dict = {}
 
@@ -208,21 +211,18 @@ class SharedEncodings:
 
     def cleaned(self, preprocessing: Preprocessing) -> RowTable:
         key = ("cleaned", preprocessing.cleaning, preprocessing.pretokenizer)
-        if key not in self._made:
-            self._made[key] = clean(self.rows, preprocessing)
-        return self._made[key]
+        return self._kept(key, lambda: clean(self.rows, preprocessing))
 
     def encoded(self, classifier: CheckpointClassifier, on_unknown: str = "warn") -> RowTable:
         """The rows as `classifier` reads them; kept for the next classifier with the same `encoding_key`."""
+
+        def make() -> RowTable:
+            preprocessing = classifier.preprocessing
+            self.encodings += 1
+            return encode(self.cleaned(preprocessing), classifier.tokenizer, preprocessing, on_unknown=on_unknown)
+
         key = classifier.encoding_key
-        if key is not None and key in self._made:
-            return self._made[key]
-        preprocessing = classifier.preprocessing
-        encoded = encode(self.cleaned(preprocessing), classifier.tokenizer, preprocessing, on_unknown=on_unknown)
-        self.encodings += 1
-        if key is not None:
-            self._made[key] = encoded
-        return encoded
+        return make() if key is None else self._kept(("encoded", *key), make)
 
     def batches(self, classifier: CheckpointClassifier, batch_size: int) -> SortedBatches:
         """The rows' sorted, padded batches for `classifier`; rows in memory (a request) are padded once for every
@@ -235,6 +235,22 @@ class SharedEncodings:
         if key not in self._made:
             self._made[key] = batches.held()
         return self._made[key]
+
+    def _kept(self, key: tuple, make) -> RowTable:
+        if key not in self._made:
+            path = None if self.store is None else f"{self.store}.{_key_hash(key)}.arrow"
+            if path is not None and os.path.isfile(path):
+                self._made[key] = read_arrow(path)
+            else:
+                self._made[key] = made = make()
+                if path is not None and isinstance(made, pa.Table):
+                    write_arrow(path, made)
+        return self._made[key]
+
+
+def _key_hash(key: tuple) -> str:
+    """A file name for an encoding's key (its settings' repr is stable: frozen dataclasses, strings, tuples)."""
+    return hashlib.sha256(repr(key).encode("utf-8")).hexdigest()[:24]
 
 
 def tokenizer_digest(folder: str) -> str:

@@ -36,6 +36,8 @@ __all__ = [
     "read_probs",
     "file_digest",
     "remove_stale_temporaries",
+    "write_arrow",
+    "read_arrow",
 ]
 
 
@@ -299,3 +301,21 @@ def file_digest(path: str) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def write_arrow(path: str, table) -> None:
+    """A scratch table as an Arrow IPC file, renamed into place once whole (not synced: scratch, rebuilt by a
+    rerun); `read_arrow` maps it back without copying."""
+    import pyarrow as pa
+
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    os.replace(tmp, path)
+
+
+def read_arrow(path: str):
+    """A table `write_arrow` wrote, memory-mapped: its pages are read when used."""
+    import pyarrow as pa
+
+    return pa.ipc.open_file(pa.memory_map(path)).read_all()  # the map lives as long as the table's buffers

@@ -58,12 +58,14 @@ class PredictionFiles:
     output_path: str
     probs_path: str | None = None
     batch_size: int = 128
-    chunk_size: int = 65536  # rows predicted together (sorted by length inside); memory holds one chunk
+    # rows predicted together (sorted by length inside); memory holds one chunk. None: streaming.chunk_size_for the
+    # file's rows (the same for any number of processes)
+    chunk_size: int | None = None
 
     def check(self) -> None:
         if self.batch_size < 1:
             raise PipelineError(f"--batch_size: must be at least 1, got {self.batch_size}")
-        if self.chunk_size < 1:
+        if self.chunk_size is not None and self.chunk_size < 1:
             raise PipelineError(f"--chunk_size: must be at least 1, got {self.chunk_size}")
         outputs = {"--output": self.output_path, "--probs": self.probs_path}
         check_distinct_paths({"--input": self.input_path}, outputs)

@@ -59,7 +59,13 @@ def _regex_edits(pattern: re.Pattern, text: str, replacement: str) -> list[Edit]
     return [(m.start(), m.end(), m.expand(replacement)) for m in pattern.finditer(text)]
 
 
+# every non-ASCII character of the emoji `emoji.emoji_list` finds (each emoji has one; tests/test_cleaning.py checks)
+_EMOJI_CHARACTERS = frozenset(char for known in emoji.EMOJI_DATA for char in known if not char.isascii())
+
+
 def _emoji_edits(text: str, replacement: str) -> list[Edit]:
+    if _EMOJI_CHARACTERS.isdisjoint(text):  # most texts, and all after symbol cleansing: skip emoji_list's slow scan
+        return []
     return [(e["match_start"], e["match_end"], replacement) for e in emoji.emoji_list(text)]
 
 

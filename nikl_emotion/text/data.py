@@ -249,9 +249,9 @@ def _id_hash(row_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(row_id.encode("utf-8"), digest_size=8).digest(), "little")
 
 
-def _rows_dataset(rows: list[dict]) -> Dataset:
-    """Checked rows (`_checked_row`) as the dataset `load_jsonl` makes."""
-    return Dataset.from_dict({name: [row[name] for row in rows] for name in _ROW_FEATURES}, features=_ROW_FEATURES)
+def _rows_table(rows: list[dict]) -> pa.Table:
+    """Checked rows (`_checked_row`) in memory, with the columns `load_jsonl` gives."""
+    return pa.Table.from_pydict({name: [row[name] for row in rows] for name in _ROW_FEATURES}, schema=_ROW_SCHEMA)
 
 
 class JsonlScan(NamedTuple):
@@ -283,9 +283,10 @@ def scan_jsonl(path: str | os.PathLike, label_mode: _LabelMode = "optional") -> 
 
 def read_jsonl_chunks(
     path: str | os.PathLike, chunk_size: int, owns=lambda chunk: True, label_mode: _LabelMode = "optional"
-) -> Iterator[tuple[int, Dataset]]:
-    """The file's rows in consecutive chunks of `chunk_size` (the last may be shorter), as (chunk number, rows) for
-    the chunks `owns(number)` accepts; the others are skipped unparsed. Memory holds one chunk, not the file."""
+) -> Iterator[tuple[int, pa.Table]]:
+    """The file's rows in consecutive chunks of `chunk_size` (the last may be shorter), as (chunk number, rows in
+    memory) for the chunks `owns(number)` accepts; the others are skipped unparsed. Memory holds one chunk, not the
+    file."""
     path = os.fspath(path)
     _check_is_file(path)
     rows, number, count = [], 0, 0
@@ -295,10 +296,10 @@ def read_jsonl_chunks(
         count += 1
         if count == chunk_size:
             if owns(number):
-                yield number, _rows_dataset(rows)
+                yield number, _rows_table(rows)
             rows, number, count = [], number + 1, 0
     if count and owns(number):
-        yield number, _rows_dataset(rows)
+        yield number, _rows_table(rows)
 
 
 def check_records(records: list, source: str = "<rows>") -> list[dict]:
@@ -318,8 +319,7 @@ def check_records(records: list, source: str = "<rows>") -> list[dict]:
 def records_table(records: list, source: str = "<rows>") -> pa.Table:
     """`check_records`'s rows as an Arrow table with `load_jsonl`'s columns: rows in memory (a request, a few dicts)
     take the small-batch path, with no dataset to build, fingerprint or cache. Ids must be unique."""
-    rows = check_records(records, source)
-    table = pa.Table.from_pydict({name: [row[name] for row in rows] for name in _ROW_FEATURES}, schema=_ROW_SCHEMA)
+    table = _rows_table(check_records(records, source))
     _check_unique_ids([table], [source])
     return table
 
