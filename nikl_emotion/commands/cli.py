@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import ctypes
 import functools
+import gc
 import logging
 import os
 import signal
@@ -72,6 +74,7 @@ def entry_point(main: Callable[[list[str]], int | None]) -> Callable[[], None]:
         stop = _StopOnSignal()
         previous = signal.signal(signal.SIGTERM, stop)
         _end_with_the_launcher()
+        _exit_without_collecting()
         try:
             code = main(sys.argv[1:])
         except PipelineError as exc:
@@ -86,6 +89,15 @@ def entry_point(main: Callable[[list[str]], int | None]) -> Callable[[], None]:
         sys.exit(code or 0)
 
     return run
+
+
+def _exit_without_collecting() -> None:
+    """At the interpreter's exit, after every other exit handler (the first registered runs last), leave the
+    objects alive then to the process's end (`gc.freeze`): the collector's last passes over torch's, transformers'
+    and peft's module graph took ~2 s of every command's and worker's exit, the files being long written. (At exit
+    only: a process that runs commands in a row, as the tests do, keeps collecting.)"""
+    atexit.unregister(gc.freeze)
+    atexit.register(gc.freeze)
 
 
 class _StopOnSignal:
