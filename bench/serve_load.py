@@ -141,7 +141,7 @@ def baselines(folder: str, rows_path: str, bodies: list[dict], requests: int) ->
         command = [sys.executable, "inference.py", "--run", folder, "--input", rows_path]
         command += ["--output", os.path.join(scratch, "out.jsonl")]
         log = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True).stderr
-    rate = re.search(r"predicted (\d+) rows .* \((\d+) rows/s\)", log)
+    rate = re.search(r"predicted (\d+) rows .* \((\d+) rows/s", log)
     return {"one_row": one_row, "inference_rows_per_s": int(rate.group(2)) if rate else None}
 
 
