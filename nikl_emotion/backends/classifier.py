@@ -52,8 +52,8 @@ from nikl_emotion.base.fileio import file_digest, read_arrow, write_arrow
 from nikl_emotion.base.labels import ID2LABEL, NUM_LABELS
 from nikl_emotion.decisions.metrics import decide, sigmoid
 from nikl_emotion.folders.folder_kind import folder_kind
-from nikl_emotion.text.batching import MODEL_INPUTS, Padding, RowTable, SortedBatches
-from nikl_emotion.text.data import Rows, as_rows
+from nikl_emotion.text.batching import MODEL_INPUTS, Padding, SortedBatches
+from nikl_emotion.text.data import Rows, RowTable, as_rows
 from nikl_emotion.text.preprocessing import Preprocessing, clean, encode
 
 __all__ = [

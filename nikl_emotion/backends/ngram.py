@@ -37,7 +37,7 @@ from nikl_emotion.decisions.decision import fixed_rule
 from nikl_emotion.decisions.logistic import fit_label, label_probability
 from nikl_emotion.decisions.metrics import score
 from nikl_emotion.folders.run_folder import FoldFolder, RunFolder
-from nikl_emotion.text.batching import RowTable, arrow_column
+from nikl_emotion.text.data import RowTable, arrow_column
 from nikl_emotion.text.preprocessing import Preprocessing
 
 logger = logging.getLogger(__name__)

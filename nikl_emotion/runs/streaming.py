@@ -20,7 +20,6 @@ folder on a shared disk.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -42,7 +41,7 @@ from nikl_emotion.base.fileio import (
     write_arrow,
 )
 from nikl_emotion.runs.run_classifier import RunClassifier
-from nikl_emotion.text.data import read_jsonl_chunks, scan_jsonl
+from nikl_emotion.text.data import iter_column, iter_inputs, read_jsonl_chunks, scan_jsonl
 
 __all__ = [
     "Processes",
@@ -208,9 +207,8 @@ def _write_outputs(classifier: RunClassifier, files, layout: tuple, scratch: str
             rows = read_arrow(chunks.kept(scratch, number))
             probs = [np.load(parts[i][number % world], allow_pickle=False) for i in range(count)]
             fold_probs = classifier.combine(probs)
-            ids = rows["id"].to_pylist()
-            inputs = map(json.loads, rows["input_json"].to_pylist())
-            output.writelines(map(submission_line, ids, inputs, classifier.rule.apply(fold_probs)))
+            ids = list(iter_column(rows, "id"))
+            output.writelines(map(submission_line, ids, iter_inputs(rows), classifier.rule.apply(fold_probs)))
             if probs_output is not None:
                 probs_output.writelines(map(probs_line, ids, classifier.rule.mean(fold_probs)))
 

@@ -10,14 +10,12 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import torch
-from datasets import Dataset
 
 from nikl_emotion.base.errors import PipelineError
+from nikl_emotion.text.data import RowTable, arrow_column
 
 __all__ = [
     "MODEL_INPUTS",
-    "RowTable",
-    "arrow_column",
     "column_array",
     "length_order",
     "padded_width",
@@ -31,15 +29,6 @@ __all__ = [
 # token-id columns a classifier takes (target_mask: a target_pool head's, see heads.py)
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "target_mask")
 _PAD_VALUES = {"input_ids": None, "attention_mask": 0, "token_type_ids": 0, "target_mask": 0}  # None: the pad id
-
-
-# rows on disk (a dataset: cached maps, fingerprints) or in memory (an Arrow table: a request, a few dicts)
-RowTable = Dataset | pa.Table
-
-
-def arrow_column(rows: RowTable, name: str) -> pa.ChunkedArray | pa.Array:
-    """One column as Arrow, in the rows' (possibly selected/reordered) order, without Python lists."""
-    return rows[name] if isinstance(rows, pa.Table) else rows.with_format("arrow")[name]
 
 
 def column_array(rows: RowTable, name: str) -> np.ndarray:

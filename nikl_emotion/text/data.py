@@ -35,6 +35,8 @@ __all__ = [
     "iter_column",
     "iter_inputs",
     "load_jsonl_files",
+    "RowTable",
+    "arrow_column",
     "Rows",
     "as_rows",
 ]
@@ -58,6 +60,14 @@ _ROW_FEATURES = Features(
     }
 )
 _ROW_SCHEMA = _ROW_FEATURES.arrow_schema  # built once: datasets recomputes it on every access
+
+# rows on disk (a dataset: cached maps, fingerprints) or in memory (an Arrow table: a request, a few dicts, a chunk)
+RowTable = Dataset | pa.Table
+
+
+def arrow_column(rows: RowTable, name: str) -> pa.ChunkedArray | pa.Array:
+    """One column as Arrow, in the rows' (possibly selected/reordered) order, without Python lists."""
+    return rows[name] if isinstance(rows, pa.Table) else rows.with_format("arrow")[name]
 
 
 def _boolean(value, path: str, line: int, label: str) -> float:
@@ -324,20 +334,24 @@ def records_table(records: list, source: str = "<rows>") -> pa.Table:
     return table
 
 
-def iter_column(rows: Dataset, name: str, chunk_size: int = 4096) -> Iterator:
+def iter_column(rows: RowTable, name: str, chunk_size: int = 4096) -> Iterator:
     """One column's values in row order, read in chunks: large files never become one Python list."""
+    if isinstance(rows, pa.Table):
+        for start in range(0, len(rows), chunk_size):
+            yield from rows.column(name).slice(start, chunk_size).to_pylist()
+        return
     for batch in rows.select_columns([name]).iter(batch_size=chunk_size):
         yield from batch[name]
 
 
-def iter_inputs(rows: Dataset) -> Iterator[dict]:
+def iter_inputs(rows: RowTable) -> Iterator[dict]:
     """Each row's original `input` object (what a submission copies), streamed."""
     return (json.loads(text) for text in iter_column(rows, "input_json"))
 
 
-def _check_unique_ids(parts: list[Dataset | pa.Table], paths: list[str]) -> None:
+def _check_unique_ids(parts: list[RowTable], paths: list[str]) -> None:
     """Ids must be unique across all files of one run: they key predictions, votes and scores."""
-    columns = [part["id"] if isinstance(part, pa.Table) else part.with_format("arrow")["id"] for part in parts]
+    columns = [arrow_column(part, "id") for part in parts]
     total = sum(len(column) for column in columns)
     if len(pa.chunked_array([c for column in columns for c in column.chunks], pa.string()).unique()) == total:
         return  # the common case, counted in Arrow; only a file with a duplicate is walked in Python to name it
@@ -363,7 +377,7 @@ def load_jsonl_files(paths: list[str], label_mode: _LabelMode = "required") -> D
 Rows = str | os.PathLike | Dataset | pa.Table | Mapping | SequenceOf[str] | SequenceOf[dict]
 
 
-def as_rows(rows: Rows) -> Dataset | pa.Table:
+def as_rows(rows: Rows) -> RowTable:
     """The accepted row inputs, validated, with `load_jsonl`'s columns (labels, where present, are ignored): a file
     as the cached dataset `load_jsonl` makes, rows in memory (dicts, texts) as an Arrow table (`records_table`)."""
     if isinstance(rows, (Dataset, pa.Table)):

@@ -13,7 +13,7 @@ from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 from nikl_emotion.base.checkpoint_files import BACKBONE_SPEC_FILE, POST_TRAIN_FILE
 from nikl_emotion.base.vocabulary import DEFAULT_INPUT_TEMPLATE, INPUT_FORMATS, MAX_UNKNOWN_RATE, NO_TARGET
-from nikl_emotion.text.batching import RowTable, arrow_column
+from nikl_emotion.text.data import RowTable, arrow_column
 
 __all__ = [
     "TARGET_START",

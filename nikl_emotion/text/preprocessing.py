@@ -27,9 +27,9 @@ from nikl_emotion.base.vocabulary import (
     MAX_UNKNOWN_RATE,
     PRETOKENIZERS,
 )
-from nikl_emotion.text.batching import MODEL_INPUTS, RowTable, arrow_column, column_array
+from nikl_emotion.text.batching import MODEL_INPUTS, column_array
 from nikl_emotion.text.cleaning import CleaningOptions, clean_batch
-from nikl_emotion.text.data import load_jsonl, load_jsonl_files
+from nikl_emotion.text.data import RowTable, arrow_column, load_jsonl, load_jsonl_files
 from nikl_emotion.text.encoding import tokenize_batch, unknown_rate_message, unknown_token_rate
 from nikl_emotion.text.morphemes import segment_batch
 
