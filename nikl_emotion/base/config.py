@@ -762,6 +762,8 @@ def parse_arguments(argv: list[str], classes: tuple, defaults: dict) -> tuple:
     tokens = _yaml_tokens(defaults, "defaults") + file_tokens + list(argv)
     if "--deepspeed" in tokens:
         _default_launcher_variables()
+    if "--deepspeed" in tokens or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true"):
+        _skip_unused_deepspeed_ops()
     try:
         *parsed, unknown = parser.parse_args_into_dataclasses(args=tokens, return_remaining_strings=True)
     except PipelineError:
@@ -790,6 +792,19 @@ def _default_launcher_variables() -> None:
     os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1"})
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(port))
+
+
+def _skip_unused_deepspeed_ops() -> None:
+    """On CPU processes DeepSpeed's process group compiles a shared-memory all-reduce (about 70 s with a C++
+    compiler, once per machine) that only its tensor-parallel inference calls; ZeRO's collectives and this pipeline
+    go through torch.distributed. Marked unbuildable before the engine starts, it is neither compiled nor needed."""
+    if importlib.util.find_spec("deepspeed") is None:
+        return  # the parse says what to install
+    from deepspeed import ops
+    from deepspeed.accelerator import get_accelerator
+
+    if get_accelerator().device_name() == "cpu":
+        ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
 def _forget_deepspeed_config() -> None:
