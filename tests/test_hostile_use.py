@@ -149,7 +149,7 @@ def _one_thread_env():
 
 def test_two_folds_side_by_side_share_one_output_dir(tmp_path):
     out = tmp_path / "run"
-    runs = [_train(out, "--fold", k, "--num_train_epochs", "3", env=_one_thread_env()) for k in (0, 1)]
+    runs = [_train(out, "--fold", k, "--num_train_epochs", "1", env=_one_thread_env()) for k in (0, 1)]
     results = [run.communicate(timeout=600) for run in runs]
     assert [run.returncode for run in runs] == [0, 0], [r[1][-2000:] for r in results]
     assert (out / "summary.json").exists() and (out / "submission.jsonl").exists()
