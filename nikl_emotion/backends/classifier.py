@@ -73,6 +73,9 @@ __all__ = [
 
 
 logger = logging.getLogger(__name__)
+# a CPU forward call's fixed cost counted in padded tokens (bench/call_cost.py; BENCHMARKS.md, issue 47): batches of
+# rows sorted by length are cut where padding a long row's width costs more than another call
+CPU_CALL_TOKENS = 128
 
 
 class Runtime(Protocol):
@@ -80,6 +83,7 @@ class Runtime(Protocol):
 
     input_names: list[str]
     pad_to_multiple_of: int | None
+    call_tokens: int | None  # text.batching.Padding's: a forward call's cost beyond its tokens, None on a GPU
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> np.ndarray: ...
 
@@ -100,6 +104,7 @@ class TorchRuntime:
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.input_names = [name for name in MODEL_INPUTS if name in input_names]
         self.pad_to_multiple_of = 8 if self.device.type == "cuda" else None  # tensor-core friendly shapes on GPU
+        self.call_tokens = CPU_CALL_TOKENS if self.device.type == "cpu" else None
         if next(model.parameters()).device != self.device:
             model.to(self.device)
 
@@ -121,6 +126,7 @@ class OnnxRuntime:
     """An export folder's `model.onnx` with onnxruntime on CPU."""
 
     pad_to_multiple_of = None
+    call_tokens = CPU_CALL_TOKENS
 
     def __init__(self, folder: str, threads: int | None = None):
         ort = require("onnxruntime")
@@ -410,7 +416,8 @@ class CheckpointClassifier:
         missing = [name for name in self.runtime.input_names if name not in columns]
         if missing:
             raise PipelineError(f"the encoded rows lack the model inputs {', '.join(missing)}")
-        return Padding(columns, self.tokenizer.pad_token_id, self.runtime.pad_to_multiple_of)
+        runtime = self.runtime
+        return Padding(columns, self.tokenizer.pad_token_id, runtime.pad_to_multiple_of, runtime.call_tokens)
 
     def _run(self, batches: SortedBatches, progress: bool = False) -> np.ndarray:
         logits = np.zeros((batches.rows, NUM_LABELS), dtype=np.float32)
