@@ -57,6 +57,7 @@ from nikl_emotion.text.data import Rows, RowTable, as_rows
 from nikl_emotion.text.preprocessing import Preprocessing, clean, encode
 
 __all__ = [
+    "CPU_CALL_TOKENS",
     "Runtime",
     "TorchRuntime",
     "OnnxRuntime",
