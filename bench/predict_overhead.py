@@ -28,17 +28,28 @@ from nikl_emotion.serving.model import ServedModel  # noqa: E402
 from nikl_emotion.text.batching import pad_table  # noqa: E402
 
 
-def _forward_batches(models, records) -> list:
-    """Each model's padded batch of `records`, built before any timing (what the forward passes alone read)."""
+def _forward_batches(models, records, batch_size: int) -> list:
+    """Each model's padded batches of `records`, built before any timing (what the forward passes alone read): the
+    batches predict itself runs (sorted, cut for a CPU), or one batch padded to its longest row for code older than
+    `SharedEncodings` (before issue 47)."""
+    try:
+        from nikl_emotion.backends.classifier import SharedEncodings
+        from nikl_emotion.text.data import records_table
+    except ImportError:
+        SharedEncodings = None  # noqa: N806 - an older checkout
     batches = []
     for model in models:
         if model.reads_text:
             batches.append(None)
             continue
+        if SharedEncodings is not None:
+            shared = SharedEncodings(records_table(records, "batch"))
+            batches.append([batch for _, batch, _ in shared.batches(model, batch_size)])
+            continue
         encoded = model.encode(records)
         table = encoded if isinstance(encoded, pa.Table) else encoded.data.table  # before issue 47: a dataset
         columns = [name for name in model.runtime.input_names if name in table.column_names]
-        batches.append(pad_table(table, columns, model.tokenizer.pad_token_id, model.runtime.pad_to_multiple_of))
+        batches.append([pad_table(table, columns, model.tokenizer.pad_token_id, model.runtime.pad_to_multiple_of)])
     return batches
 
 
@@ -52,8 +63,9 @@ def measure(served: ServedModel, groups: list[list[dict]]) -> dict:
     """Median milliseconds per group: the whole predict, and the forward passes alone."""
     whole, forward = [], []
     for group in groups:
-        pairs = [(m.runtime, b) for m, b in zip(served.models, _forward_batches(served.models, group)) if b is not None]
-        forward.append(_timed(lambda pairs=pairs: [run(batch) for run, batch in pairs]))
+        made = _forward_batches(served.models, group, served.batch_size)
+        pairs = [(m.runtime, b) for m, b in zip(served.models, made, strict=True) if b is not None]
+        forward.append(_timed(lambda pairs=pairs: [run(batch) for run, batches in pairs for batch in batches]))
         whole.append(_timed(lambda group=group: served.predict(group)))
     p50_whole, p50_forward = 1000 * statistics.median(whole), 1000 * statistics.median(forward)
     return {

@@ -27,6 +27,10 @@ NIKL_DIR = ROOT.parent / "shared" / "data" / "nikluge-ea-2023"
 
 LABELS = ["joy", "anticipation", "trust", "surprise", "disgust", "fear", "anger", "sadness"]
 
+# one fold of two, one epoch, batches of 16: the quickest real training a test of a model family or a loading key needs
+ONE_FOLD = ["--num_folds", "2", "--fold", "0", "--num_train_epochs", "1", "--per_device_train_batch_size", "16"]
+ONE_FOLD += ["--disable_tqdm", "true", "--save_total_limit", "1"]
+
 
 def nikl_row(row_id="r1", form="오늘 공연 너무 좋았다", target=("공연", 3, 5), labels=("joy",), output=None) -> dict:
     """One NIKL-format row; `target=None` gives the all-null target."""

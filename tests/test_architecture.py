@@ -328,7 +328,10 @@ def test_a_head_registered_in_a_test_trains_saves_loads_and_exports(mean_pool_he
     saved = json.loads((best / "config.json").read_text(encoding="utf-8"))
     assert saved["classifier_head"] == "mean_pool" and saved["architectures"] == ["MeanPoolForSequenceClassification"]
     assert json.loads((best / "preprocessing.json").read_text(encoding="utf-8"))["classifier_head"] == "mean_pool"
-    assert "mean_pool" in (best / "README.md").read_text(encoding="utf-8")
+    card = (best / "README.md").read_text(encoding="utf-8")
+    # the card tells how to load this head, not another head's story (nor transformers' pipeline)
+    assert "head is `mean_pool`, a class of the nikl-emotion package" in card
+    assert "target_pool" not in card and 'pipeline("text-classification"' not in card
     # loaded back through the registry, it predicts the test file exactly as its fold did
     classifier = EmotionClassifier.from_pretrained(best, device="cpu")
     assert isinstance(classifier.model, MeanPoolForSequenceClassification)

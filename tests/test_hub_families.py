@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, SAMPLE_DEV, SAMPLE_TRAIN, run_cli
+from conftest import ONE_FOLD, ROOT, SAMPLE_DEV, SAMPLE_TRAIN, run_cli
 from hub_families import FAMILIES, build_family, build_kcelectra
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
@@ -27,20 +27,6 @@ from nikl_emotion.training.config_checks import parse_config
 from nikl_emotion.training.kfold import run_training
 from nikl_emotion.training.post_training import parse_post_train_config, run_post_training
 
-QUICK = [
-    "--num_folds",
-    "2",
-    "--fold",
-    "0",
-    "--num_train_epochs",
-    "1",
-    "--per_device_train_batch_size",
-    "16",
-    "--disable_tqdm",
-    "true",
-    "--save_total_limit",
-    "1",
-]
 SEGMENTS = {"kcelectra": True, "klue-roberta": False, "kcbert": True, "xlm-roberta": False}
 
 
@@ -68,7 +54,7 @@ def trained(families, tmp_path_factory) -> dict:
                         str(out),
                         "--input_format",
                         input_format,
-                        *QUICK,
+                        *ONE_FOLD,
                     ]
                 )
             )
@@ -149,7 +135,7 @@ def test_klue_roberta_pair_runs_through_the_commands(families, tmp_path):
         families["klue-roberta"],
         "--output_dir",
         out,
-        *QUICK,
+        *ONE_FOLD,
     )
     result = run_cli(
         "inference.py",
@@ -205,7 +191,7 @@ def test_post_training_keeps_every_weight_the_classifier_uses(families, family, 
                 str(out),
                 "--output_dir",
                 str(tmp_path / "fine"),
-                *QUICK,
+                *ONE_FOLD,
             ]
         )
     )
@@ -268,7 +254,7 @@ def test_a_lowercasing_bert_tokenizer_keeps_hangul_and_says_so(tmp_path, caplog)
                 str(folder),
                 "--output_dir",
                 str(out),
-                *QUICK,
+                *ONE_FOLD,
             ]
         )
     )
@@ -305,7 +291,7 @@ def test_an_unknown_token_flood_stops_training_and_warns_at_inference(families, 
                     str(folder),
                     "--output_dir",
                     str(tmp_path / "run"),
-                    *QUICK,
+                    *ONE_FOLD,
                 ]
             )
         )
@@ -330,7 +316,7 @@ def test_max_seq_length_beyond_the_models_positions_is_refused(families, tmp_pat
                     str(tmp_path / "run"),
                     "--max_seq_length",
                     "400",
-                    *QUICK,
+                    *ONE_FOLD,
                 ]
             )
         )
@@ -345,7 +331,7 @@ def test_max_seq_length_beyond_the_models_positions_is_refused(families, tmp_pat
                     str(tmp_path / "run2"),
                     "--max_seq_length",
                     "513",
-                    *QUICK,
+                    *ONE_FOLD,
                 ]
             )
         )
@@ -379,7 +365,7 @@ def test_every_fine_tuning_technique_trains_each_family(families, family, tmp_pa
                 str(families[family]),
                 "--output_dir",
                 str(out),
-                *QUICK,
+                *ONE_FOLD,
                 "--num_train_epochs",
                 "2",
                 *ALL_TECHNIQUES,

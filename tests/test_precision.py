@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, SAMPLE_TEST, run_main
+from conftest import ONE_FOLD, ROOT, SAMPLE_TEST, run_main
 from decoder_families import build_decoder
 from hub_families import build_klue_roberta
 from safetensors.torch import load_file, save_file
@@ -25,20 +25,6 @@ from nikl_emotion.training.config_checks import parse_config
 from nikl_emotion.training.kfold import run_training
 
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
-ONE_FOLD = [
-    "--num_folds",
-    "2",
-    "--fold",
-    "0",
-    "--num_train_epochs",
-    "1",
-    "--per_device_train_batch_size",
-    "16",
-    "--disable_tqdm",
-    "true",
-    "--save_total_limit",
-    "1",
-]
 DECODER = ["--input_format", "instruction", "--learning_rate", "2e-3"]
 LORA = ["--lora_r", "4", "--lora_alpha", "8"]
 CPU = TrainingArguments(output_dir="unused", use_cpu=True, report_to=[])

@@ -139,13 +139,21 @@ def test_the_default_chunk_depends_on_the_file_alone_and_shares_it_fairly():
 
 def test_a_runs_folds_encode_each_chunk_once(tiny_run, tmp_path, monkeypatch):
     import nikl_emotion.backends.classifier as classifier_module
-    from nikl_emotion.runs.prediction import PredictionFiles, predict_run_file
+    from nikl_emotion.runs.prediction import PredictionFiles, checkpoint_loader, predict_file, predict_run_file
 
-    calls = []
-    real = classifier_module.encode
+    calls, stored = [], []
+    real, real_write = classifier_module.encode, classifier_module.write_arrow
     monkeypatch.setattr(classifier_module, "encode", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(classifier_module, "write_arrow", lambda *a: stored.append(a[0]) or real_write(*a))
     files = PredictionFiles(str(SAMPLE_TEST), str(tmp_path / "out.jsonl"), chunk_size=30)
     assert predict_run_file(str(tiny_run), files) == 100
     assert len(calls) == 4  # 4 chunks of 30 rows, 2 folds: each chunk encoded once
+    assert len(stored) == 8  # by the first fold, for the second: each chunk cleaned and encoded
+    # one checkpoint: nothing is kept for a checkpoint that never comes
+    calls.clear(), stored.clear()
+    files = PredictionFiles(str(SAMPLE_TEST), str(tmp_path / "one.jsonl"), chunk_size=30)
+    predict_file([str(tiny_run / "fold_0" / "best")], files, loader=checkpoint_loader("cpu"))
+    assert len(calls) == 4 and stored == []
+    os.remove(tmp_path / "one.jsonl")
     assert (tmp_path / "out.jsonl").read_bytes() == (tiny_run / "submission.jsonl").read_bytes()
     assert os.listdir(tmp_path) == ["out.jsonl"]

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, SAMPLE_DEV, SAMPLE_TEST, SAMPLE_TRAIN, run_cli
+from conftest import ONE_FOLD, ROOT, SAMPLE_DEV, SAMPLE_TEST, SAMPLE_TRAIN, run_cli
 from hub_families import FAMILIES, build_family
 from transformers import AutoConfig, AutoModel
 
@@ -29,20 +29,6 @@ from nikl_emotion.training.config_checks import parse_config
 from nikl_emotion.training.kfold import run_training
 
 FORMATS = ("pair", "marker", "prompt")
-QUICK = [
-    "--num_folds",
-    "2",
-    "--fold",
-    "0",
-    "--num_train_epochs",
-    "1",
-    "--per_device_train_batch_size",
-    "16",
-    "--disable_tqdm",
-    "true",
-    "--save_total_limit",
-    "1",
-]
 
 
 def reference_features(states: np.ndarray, target_mask: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
@@ -167,7 +153,7 @@ def test_every_family_trains_with_the_target_pool_head(tokenizers, family, tmp_p
                 "target_pool",
                 "--input_format",
                 "marker" if family == "xlm-roberta" else "pair",
-                *QUICK,
+                *ONE_FOLD,
             ]
         )
     )

@@ -203,12 +203,13 @@ class SharedEncodings:
     """The rows of one prediction, cleaned once per cleaning and encoded once per tokenizer and preprocessing, for
     every checkpoint that reads them: the folds of a run share one encoding, a stack's members one each. Rows in
     memory stay in memory (the small-batch path, no `datasets`); a file is a cached dataset. With `store` (a path
-    prefix), in-memory results are also kept on disk (`<store>.<key hash>.arrow`), for checkpoints loaded later
-    (streaming.py's chunks: one checkpoint in memory at a time). `encodings` counts the tokenizations made."""
+    prefix), in-memory results are read from disk when there (`<store>.<key hash>.arrow`) and, with `write`, kept
+    there for checkpoints loaded later (streaming.py's chunks: one checkpoint in memory at a time; the last one
+    writes nothing). `encodings` counts the tokenizations made."""
 
-    def __init__(self, rows: Rows, store: str | None = None):
+    def __init__(self, rows: Rows, store: str | None = None, write: bool = True):
         self.rows = as_rows(rows)
-        self.store = store
+        self.store, self.write = store, write
         self.encodings = 0
         self._made: dict = {}
 
@@ -236,8 +237,8 @@ class SharedEncodings:
         checkpoint that pads them alike (a run's folds): what is left of a request besides its forward passes."""
         encoded = self.encoded(classifier)
         batches = SortedBatches(encoded, classifier.padding(encoded), batch_size)
-        if classifier.encoding_key is None or not isinstance(encoded, pa.Table):
-            return batches
+        if classifier.encoding_key is None or not isinstance(encoded, pa.Table) or self.store is not None:
+            return batches  # a file's chunk (stored): one checkpoint reads it, padded batch by batch
         key = ("padded", classifier.encoding_key, batches.padding, batch_size)
         if key not in self._made:
             self._made[key] = batches.held()
@@ -250,7 +251,7 @@ class SharedEncodings:
                 self._made[key] = read_arrow(path)
             else:
                 self._made[key] = made = make()
-                if path is not None and isinstance(made, pa.Table):
+                if path is not None and self.write and isinstance(made, pa.Table):
                     write_arrow(path, made)
         return self._made[key]
 

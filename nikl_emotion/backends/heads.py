@@ -9,7 +9,7 @@ loading, ONNX export and the model card take the names and inputs from `HEADS`, 
 
 `target_pool` concatenates the first token's state with the mean and the max of the states of the target's tokens
 (the `target_mask` input, found from the target's character span through the tokenizer's offsets, see
-`encoding.target_token_masks`), applies dropout and one linear layer to the labels. A row without a target (or
+`text/encoding.tokenize_batch`), applies dropout and one linear layer to the labels. A row without a target (or
 whose mask is empty) pools the whole text. The 4th-place NIKL 2023 entry fed such pooled target states to its
 classifier; the first token alone is weakest where one text carries several targets with different labels.
 
@@ -134,6 +134,22 @@ class ClassifierHead:
         """The fine-tuned model in `folder` and transformers' loading info (`missing_keys`, ...)."""
         raise NotImplementedError
 
+    def usage(self) -> list[str] | None:
+        """The model card's lines on loading this head without the package (None: transformers alone loads it, and
+        the card shows `pipeline()`)."""
+        forward = f"  # forward(input_ids, attention_mask, ..., {', '.join(self.inputs)})" if self.inputs else ""
+        return [
+            f"This model's head is `{self.name}`, a class of the nikl-emotion package: `transformers.pipeline()` and "
+            "`AutoModelForSequenceClassification` cannot load it. Load the weights without the package's cleaning "
+            "with:",
+            "",
+            "```python",
+            "from nikl_emotion.backends.heads import load_trained_model",
+            f'model, _ = load_trained_model("PATH/TO/THIS/FOLDER"){forward}',
+            "```",
+            "",
+        ]
+
 
 class FirstTokenHead(ClassifierHead):
     """The backbone's own sequence-classification head: a plain transformers checkpoint (`pipeline()` loads it)."""
@@ -145,6 +161,9 @@ class FirstTokenHead(ClassifierHead):
 
     def load(self, folder: str, config: PretrainedConfig, **kwargs) -> tuple[PreTrainedModel, dict]:
         return AutoModelForSequenceClassification.from_pretrained(folder, output_loading_info=True, **kwargs)
+
+    def usage(self) -> None:
+        return None
 
 
 class TargetPoolHead(ClassifierHead):
@@ -162,6 +181,15 @@ class TargetPoolHead(ClassifierHead):
         return TargetPoolForSequenceClassification.from_pretrained(
             folder, config=config, output_loading_info=True, **kwargs
         )
+
+    def usage(self) -> list[str]:
+        return [
+            "The head pools the first token with the mean and max of the target's token states.",
+            "",
+            *super().usage(),
+            "`target_mask` marks the target's tokens (1) in each row; `EmotionClassifier` computes it from the "
+            "target's character span.",
+        ]
 
 
 HEADS: dict[str, ClassifierHead] = {}

@@ -7,6 +7,7 @@ import os
 
 import yaml
 
+from nikl_emotion.backends.heads import head_named
 from nikl_emotion.base.checkpoint_files import MODEL_CARD_FILE
 from nikl_emotion.base.fileio import write_text_atomic
 from nikl_emotion.base.labels import LABELS
@@ -153,8 +154,9 @@ def _usage_section(config: dict) -> list[str]:
         "```",
         "",
     ]
-    if config.get("classifier_head", "cls") != "cls":
-        return lines + _target_pool_usage()
+    head = head_named(config.get("classifier_head", "cls"))
+    if head.usage() is not None:  # a head of the package's own: transformers alone cannot load it
+        return lines + head.usage()
     if config.get("lora_r") and not config.get("merge_lora"):
         return lines + _adapter_usage(config)
     return lines + [
@@ -170,22 +172,6 @@ def _usage_section(config: dict) -> list[str]:
         "The pipeline's `inference.py` applies the same cleaning as training (remove `&others&` "
         f"{config.get('remove_others')}, symbol cleansing {config.get('cleanse')}) and encodes the target as "
         f"`{config.get('input_format', 'pair')}`; called through `pipeline()`, clean the text the same way first.",
-    ]
-
-
-def _target_pool_usage() -> list[str]:
-    return [
-        "This model's head is `target_pool` (the first token with the mean and max of the target's token states), a "
-        "class of the nikl-emotion package: `transformers.pipeline()` and `AutoModelForSequenceClassification` cannot "
-        "load it. Load the weights without the package's cleaning with:",
-        "",
-        "```python",
-        "from nikl_emotion.backends.heads import load_trained_model",
-        'model, _ = load_trained_model("PATH/TO/THIS/FOLDER")  # forward(input_ids, attention_mask, ..., target_mask)',
-        "```",
-        "",
-        "`target_mask` marks the target's tokens (1) in each row; `EmotionClassifier` computes it from the target's "
-        "character span.",
     ]
 
 

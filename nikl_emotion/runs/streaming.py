@@ -123,7 +123,8 @@ def predict_in_chunks(classifier: RunClassifier, files, processes: Processes | N
         for index, path in enumerate(paths):
             part = os.path.join(scratch, f"checkpoint{index}.rank{processes.rank}.npy")
             description = f"checkpoint {index + 1}/{len(paths)}"
-            _predict_share(classifier.load(path), (files, chunks, scratch), processes, part, description)
+            later = index + 1 < len(paths)  # a checkpoint still to come reads the encodings this one makes
+            _predict_share(classifier.load(path), (files, chunks, scratch, later), processes, part, description)
         processes.wait()  # every share is on disk
         if processes.is_main:
             # alone, and no other process waits for it: a large corpus takes longer to write than a collective's
@@ -173,9 +174,9 @@ class _Chunks:
 
 def _predict_share(model, where: tuple, processes: Processes, part: str, description: str) -> None:
     """This process's chunks of the file, predicted by one checkpoint, appended to `part` one array per chunk. Each
-    chunk's cleaned and encoded rows are kept beside it in the scratch folder: the next checkpoint that reads them
-    alike (a run's next fold) reads them back instead of encoding again."""
-    files, chunks, scratch = where
+    chunk's cleaned and encoded rows are kept beside it in the scratch folder when a checkpoint is `later` to come:
+    the next checkpoint that reads them alike (a run's next fold) reads them back instead of encoding again."""
+    files, chunks, scratch, later = where
     bar = tqdm(
         total=chunks.share(processes),
         unit="row",
@@ -185,7 +186,7 @@ def _predict_share(model, where: tuple, processes: Processes, part: str, descrip
     )
     with open(part, "wb") as handle, bar:
         for number, rows in chunks.owned(scratch, processes):
-            shared = SharedEncodings(rows, store=os.path.join(scratch, f"chunk{number}"))
+            shared = SharedEncodings(rows, store=os.path.join(scratch, f"chunk{number}"), write=later)
             np.save(handle, model.predict_proba(shared, batch_size=files.batch_size), allow_pickle=False)
             bar.update(len(rows))
     del model  # one checkpoint in memory at a time

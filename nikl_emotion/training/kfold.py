@@ -161,7 +161,7 @@ class KFoldRun:
                 locks = [(run.fold_lock(k), f"{output_dir} fold {k}") for k in self.selected]
                 held.enter_context(exclusive_all(locks))
             prepared = self.set_up(state)
-            _train_folds(self.settings, run, self.fold_data(prepared), self.ends_at)
+            _train_folds(self.settings, self.backend, run, self.fold_data(prepared), self.ends_at)
             if not state.is_main_process:
                 return None
             summary = self.summarize()
@@ -235,7 +235,9 @@ class KFoldRun:
         return summary
 
 
-def _train_folds(settings: RunSettings, run: RunFolder, fold_data: list[FoldData], ends_at: float | None) -> None:
+def _train_folds(
+    settings: RunSettings, backend: FoldBackend, run: RunFolder, fold_data: list[FoldData], ends_at: float | None
+) -> None:
     """Train the folds that are not done yet, each given an equal share of the seconds left until `ends_at`
     (time_budget_minutes; None: no budget). A fold that diverges stops the run; its folder goes (and so do the
     selected folds' empty ones), so a corrected configuration may take the folder over when no results are left."""
@@ -252,7 +254,7 @@ def _train_folds(settings: RunSettings, run: RunFolder, fold_data: list[FoldData
         if ends_at is not None:
             data = dataclasses.replace(data, ends_at=_fold_ends_at(ends_at, len(to_train) - position, k))
         try:
-            backend_for(data.backbone).train_fold(settings, data)  # saves best/, the fold's files last
+            backend.train_fold(settings, data)  # saves best/, the fold's files last
         except TrainingDiverged:
             if PartialState().is_main_process:
                 for other in fold_data:
