@@ -16,7 +16,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from nikl_emotion.backends.averaging import weight_averaging
 from nikl_emotion.backends.budget_clock import ClockScheduleMixin
 from nikl_emotion.backends.classifier import CheckpointClassifier
-from nikl_emotion.backends.losses import MultiLabelLoss, build_loss
+from nikl_emotion.backends.losses import MultiLabelLoss, loss_named
 from nikl_emotion.backends.precision import autocast_dtype, ran_autocast
 from nikl_emotion.backends.techniques import Adversary, layerwise_parameter_groups, rdrop_divergence, repeat_batch
 from nikl_emotion.base.config import LossArguments, RunSettings
@@ -229,24 +229,7 @@ def _make_compute_metrics(rule: DecisionRule):
 
 
 def make_loss(loss_args: LossArguments, train_labels: np.ndarray) -> MultiLabelLoss:
-    """The configured loss, element-wise (the Trainer reduces it); `pos_weight: auto` is computed from the labels of
-    the fold's training split only, so the validation rows never shape the loss."""
+    """The configured loss, element-wise (the Trainer reduces it), built by its registered `Loss` from the labels
+    of the fold's training split only (`pos_weight: auto`), so the validation rows never shape the loss."""
     common = {"reduction": "none", "label_smoothing": loss_args.label_smoothing}
-    if loss_args.loss == "bce":
-        pos_weight = loss_args.parsed_pos_weight()
-        if pos_weight == "auto":
-            positives = np.asarray(train_labels).sum(axis=0)
-            negatives = len(train_labels) - positives
-            pos_weight = np.where(positives > 0, negatives / np.maximum(positives, 1), 1.0).tolist()
-        return build_loss("bce", pos_weight=pos_weight, **common)
-    if loss_args.loss == "focal":
-        return build_loss("focal", alpha=loss_args.focal_alpha, gamma=loss_args.focal_gamma, **common)
-    return build_loss(
-        "asl",
-        gamma_neg=loss_args.asl_gamma_neg,
-        gamma_pos=loss_args.asl_gamma_pos,
-        clip=loss_args.asl_clip,
-        eps=loss_args.asl_eps,
-        disable_torch_grad_focal_loss=loss_args.asl_disable_torch_grad_focal_loss,
-        **common,
-    )
+    return loss_named(loss_args.loss).build(loss_args, train_labels, **common)

@@ -11,18 +11,28 @@ Each takes `reduction` in {"none", "mean", "sum"}: "none" returns the (N, C) ele
 "mean" averages over all N×C elements (as `BCEWithLogitsLoss`), "sum" adds them (torchvision's and Alibaba-MIIL's
 own default for ASL is "sum", the reference pipeline's Focal used "sum"). `label_smoothing` ε replaces the targets
 by y' = y(1−ε) + ε/2 before the formula, wherever y appears.
+
+The pipeline knows a loss as a registered `Loss` (`LOSSES`, `register_loss`, as heads are registered): its config
+name, its class, its own config keys (`focal_gamma` -> FocalLoss's `gamma`), their checks, search ranges and
+construction. Adding a loss is a class here (or in a user's module) and one `register_loss` call.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nikl_emotion.base.vocabulary import LOSS_NAMES
+from nikl_emotion.base.config import LossArguments
+from nikl_emotion.base.errors import PipelineError
+from nikl_emotion.base.vocabulary import check_choice
 
 __all__ = [
     "LossParameterError",
@@ -31,8 +41,13 @@ __all__ = [
     "BCELoss",
     "FocalLoss",
     "AsymmetricLoss",
+    "LossKey",
+    "Loss",
     "LOSSES",
+    "register_loss",
+    "loss_named",
     "build_loss",
+    "loss_arguments_class",
 ]
 
 
@@ -174,10 +189,131 @@ class AsymmetricLoss(MultiLabelLoss):
         return _reduce_loss(-loss, self.reduction)
 
 
-LOSSES: dict[str, type[MultiLabelLoss]] = dict(zip(LOSS_NAMES, (BCELoss, FocalLoss, AsymmetricLoss), strict=True))
+@dataclass(frozen=True)
+class LossKey:
+    """One of a loss's own config keys: the loss class's `parameter` it sets, its default and help, and the range a
+    hyper-parameter search draws it from (None: not searched)."""
+
+    key: str
+    parameter: str
+    default: Any
+    help: str
+    search: tuple[float, float] | None = None
+
+
+class Loss:
+    """A training loss as the pipeline knows it: its config name (`loss: NAME`), the `MultiLabelLoss` class it
+    builds, its own config keys (each a `LossKey`), their validation (the class's own checks, the message naming
+    the key), its search space and its construction. `register_loss` adds one: a key it brings that
+    `LossArguments` lacks becomes a config key of its own (`loss_arguments_class`)."""
+
+    name: str = ""
+    loss_class: type[MultiLabelLoss] = MultiLabelLoss
+    keys: tuple[LossKey, ...] = ()
+
+    def parameters(self, loss_args) -> dict:
+        """The class's parameters from the settings' keys."""
+        return {key.parameter: getattr(loss_args, key.key) for key in self.keys}
+
+    def build(self, loss_args, train_labels: np.ndarray, **common) -> MultiLabelLoss:
+        """The loss for a fold whose training rows have `train_labels`; `common`: reduction and label smoothing."""
+        return self.loss_class(**self.parameters(loss_args), **common)
+
+    def suggest(self, trial) -> dict:
+        """A search trial's values of the keys that have a range (config key -> value)."""
+        return {key.key: trial.suggest_float(key.key, *key.search) for key in self.keys if key.search is not None}
+
+    def check(self, loss_args) -> None:
+        """The settings' values of this loss's keys, checked by its class; the error names the config key."""
+        config_key = {key.parameter: key.key for key in self.keys}
+        try:
+            self.loss_class(**self.parameters(loss_args), label_smoothing=loss_args.label_smoothing)
+        except LossParameterError as exc:
+            raise PipelineError(
+                f"{config_key.get(exc.parameter, exc.parameter)}: {exc.requirement}, got {exc.value}"
+            ) from None
+
+
+class _BCE(Loss):
+    """BCE's one key, `pos_weight` (none, auto or 8 numbers), is a `LossArguments` field of its own: `auto` is
+    computed from the labels of the fold's training split only, so the validation rows never shape the loss."""
+
+    name, loss_class = "bce", BCELoss
+
+    def build(self, loss_args, train_labels: np.ndarray, **common) -> MultiLabelLoss:
+        pos_weight = loss_args.parsed_pos_weight()
+        if pos_weight == "auto":
+            positives = np.asarray(train_labels).sum(axis=0)
+            negatives = len(train_labels) - positives
+            pos_weight = np.where(positives > 0, negatives / np.maximum(positives, 1), 1.0).tolist()
+        return BCELoss(pos_weight=pos_weight, **common)
+
+    def suggest(self, trial) -> dict:
+        return {"pos_weight": trial.suggest_categorical("pos_weight", ["none", "auto"])}
+
+
+class _Focal(Loss):
+    name, loss_class = "focal", FocalLoss
+    keys = (
+        LossKey("focal_alpha", "alpha", 0.25, "Focal alpha; negative turns the alpha weighting off.", (0.1, 0.9)),
+        LossKey("focal_gamma", "gamma", 2.0, "Focal gamma (>= 0).", (0.0, 4.0)),
+    )
+
+
+class _Asymmetric(Loss):
+    name, loss_class = "asl", AsymmetricLoss
+    keys = (
+        LossKey("asl_gamma_neg", "gamma_neg", 4.0, "ASL focusing for negatives (>= 0).", (0.0, 6.0)),
+        LossKey("asl_gamma_pos", "gamma_pos", 1.0, "ASL focusing for positives (>= 0)."),
+        LossKey("asl_clip", "clip", 0.05, "ASL probability margin for negatives, in [0, 1).", (0.0, 0.2)),
+        LossKey("asl_eps", "eps", 1e-8, "ASL log clamp, in (0, 1)."),
+        LossKey(
+            "asl_disable_torch_grad_focal_loss",
+            "disable_torch_grad_focal_loss",
+            False,
+            "ASL: no gradient through the focusing weight.",
+        ),
+    )
+
+
+LOSSES: dict[str, Loss] = {}
+
+
+def register_loss(loss: Loss) -> Loss:
+    """Add a loss under its name (unique); returns it."""
+    if not loss.name or loss.name in LOSSES:
+        raise ValueError(f"a loss needs a name of its own, got {loss.name!r} (registered: {', '.join(LOSSES)})")
+    LOSSES[loss.name] = loss
+    return loss
+
+
+for _builtin in (_BCE(), _Focal(), _Asymmetric()):
+    register_loss(_builtin)
+
+
+def loss_named(name: str) -> Loss:
+    """The registered loss `name`; refused with the registered names otherwise."""
+    check_choice("loss", name, tuple(LOSSES))
+    return LOSSES[name]
 
 
 def build_loss(name: str, **kwargs) -> MultiLabelLoss:
-    if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
-    return LOSSES[name](**kwargs)
+    """The registered loss `name`'s class built with its own parameter names (`gamma`, not `focal_gamma`)."""
+    return loss_named(name).loss_class(**kwargs)
+
+
+def loss_arguments_class() -> type[LossArguments]:
+    """`LossArguments` with every registered loss's own keys (each with its default and help): the dataclass the
+    settings are parsed into, so `--focal_gamma 3` or a registered loss's key is a config key like any other."""
+    own = {field.name for field in dataclasses.fields(LossArguments)}
+    extra = [_loss_field(loss, key) for loss in LOSSES.values() for key in loss.keys if key.key not in own]
+    if not extra:
+        return LossArguments
+    parsed = dataclasses.make_dataclass("LossArguments", extra, bases=(LossArguments,))
+    parsed.__module__ = __name__
+    return parsed
+
+
+def _loss_field(loss: Loss, key: LossKey) -> tuple:
+    help_text = f"{loss.name} loss: {key.help}"
+    return key.key, type(key.default), dataclasses.field(default=key.default, metadata={"help": help_text})

@@ -36,7 +36,6 @@ from nikl_emotion.base.vocabulary import (
     DEFAULT_VOTE_RULE,
     DEFAULT_VOTE_TIE,
     INPUT_FORMATS,
-    LOSS_NAMES,
     MAX_UNKNOWN_RATE,
     MODEL_DTYPES,
     NO_TARGET,
@@ -346,8 +345,13 @@ class KFoldArguments:
 
 @dataclass
 class LossArguments:
+    """The keys every loss shares, and BCE's `pos_weight`; each registered loss's own keys (`focal_gamma`,
+    `asl_clip`, ...) are added beside them by `backends.losses.loss_arguments_class`, the class settings are parsed
+    into, and the loss's name is checked against the registry with the other settings."""
+
     loss: str = field(
-        default="bce", metadata={"help": "Training loss: bce, focal (torchvision) or asl (Alibaba-MIIL)."}
+        default="bce",
+        metadata={"help": "Training loss: bce, focal (torchvision), asl (Alibaba-MIIL) or a registered one."},
     )
     loss_reduction: str = field(
         default="mean",
@@ -362,15 +366,6 @@ class LossArguments:
             "help": "BCE positive-class weight per label: none, auto (negatives/positives in the fold's training "
             "split) or 8 comma-separated numbers."
         },
-    )
-    focal_alpha: float = field(default=0.25, metadata={"help": "Focal alpha; negative turns the alpha weighting off."})
-    focal_gamma: float = field(default=2.0, metadata={"help": "Focal gamma (>= 0)."})
-    asl_gamma_neg: float = field(default=4.0, metadata={"help": "ASL focusing for negatives (>= 0)."})
-    asl_gamma_pos: float = field(default=1.0, metadata={"help": "ASL focusing for positives (>= 0)."})
-    asl_clip: float = field(default=0.05, metadata={"help": "ASL probability margin for negatives, in [0, 1)."})
-    asl_eps: float = field(default=1e-8, metadata={"help": "ASL log clamp, in (0, 1)."})
-    asl_disable_torch_grad_focal_loss: bool = field(
-        default=False, metadata={"help": "ASL: no gradient through the focusing weight."}
     )
 
     def __post_init__(self):
@@ -902,8 +897,6 @@ def _validate_preprocessing(args: PreprocessingArguments) -> None:
 
 
 def _validate_loss(loss_args: LossArguments) -> None:
-    if loss_args.loss not in LOSS_NAMES:
-        raise PipelineError(f"loss: {loss_args.loss!r} is not one of {', '.join(LOSS_NAMES)}")
     if loss_args.loss_reduction not in ("mean", "sum"):
         raise PipelineError(f"loss_reduction: {loss_args.loss_reduction!r} is not mean or sum")
     if loss_args.parsed_pos_weight() is not None and loss_args.loss != "bce":

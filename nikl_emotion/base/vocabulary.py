@@ -18,7 +18,6 @@ __all__ = [
     "OFFLINE_ARCHS",
     "NGRAM_PREFIX",
     "NGRAM_KINDS",
-    "LOSS_NAMES",
     "INPUT_FORMATS",
     "DEFAULT_INPUT_TEMPLATE",
     "NO_TARGET",
@@ -51,7 +50,6 @@ OFFLINE_ARCHS = ("bert", "electra")
 NGRAM_PREFIX = "ngram:"  # ngram:<kind>: TF-IDF features and a logistic regression per label, no encoder
 NGRAM_KINDS = ("tfidf",)
 
-LOSS_NAMES = ("bce", "focal", "asl")  # losses.py: the classes
 INPUT_FORMATS = ("pair", "marker", "prompt", "text", "instruction")  # encoding.py: how the target is shown to the model
 # `instruction`: one string from `input_template` (a decoder reads it, then the label comes from its last token)
 DEFAULT_INPUT_TEMPLATE = "문장: {text}\n대상: {target}\n위 문장에서 대상에 대해 드러난 감정은?"

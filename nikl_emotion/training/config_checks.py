@@ -14,7 +14,7 @@ from nikl_emotion.backends.backbone import HALF_PRECISION_KERNELS
 from nikl_emotion.backends.budget_clock import check_clock_schedule
 from nikl_emotion.backends.engines import check_engine, engine_of
 from nikl_emotion.backends.heads import TARGET_MASK, head_named
-from nikl_emotion.backends.losses import LossParameterError, build_loss
+from nikl_emotion.backends.losses import LOSSES, loss_arguments_class, loss_named
 from nikl_emotion.backends.precision import check_autocast_device
 from nikl_emotion.backends.registry import backend_for
 from nikl_emotion.base.config import (
@@ -37,7 +37,7 @@ __all__ = [
     "parse_config",
     "validate",
     "validate_reporting",
-    "LOSS_KEYS",
+    "argument_classes",
     "check_model_name",
     "check_settings_resources",
     "check_loss_parameters",
@@ -48,7 +48,7 @@ __all__ = [
 def parse_config(argv: list[str]) -> RunSettings:
     """`[CONFIG.yaml] [--key value ...]` -> the run's validated settings."""
     check_engine(engine_of())  # the launcher's, before TrainingArguments builds DeepSpeed's config from it
-    settings = RunSettings(*parse_arguments(argv, ARGUMENT_CLASSES, TRAINING_DEFAULTS))
+    settings = RunSettings(*parse_arguments(argv, argument_classes(), TRAINING_DEFAULTS))
     validate(settings)
     return settings
 
@@ -200,14 +200,6 @@ def _validate_techniques_with(
         raise PipelineError("pseudo_label_run: must be another run than this one (output_dir)")
 
 
-# each loss class's parameters and the LossArguments keys that set them
-LOSS_KEYS = {
-    "bce": {"label_smoothing": "label_smoothing"},
-    "focal": {"alpha": "focal_alpha", "gamma": "focal_gamma"},
-    "asl": {"gamma_neg": "asl_gamma_neg", "gamma_pos": "asl_gamma_pos", "clip": "asl_clip", "eps": "asl_eps"},
-}
-
-
 def check_model_name(model_name_or_path: str) -> None:
     """A name the backend that trains it accepts (an n-gram or offline spec that exists, a model folder or hub name
     that can be one)."""
@@ -234,15 +226,16 @@ def check_settings_resources(
 
 
 def check_loss_parameters(loss_args: LossArguments) -> None:
-    # every loss's keys are checked (a wrong value should not wait for the day that loss is chosen), by the loss
-    # classes themselves; the message names the config key
-    for loss, keys in LOSS_KEYS.items():
-        try:
-            build_loss(loss, **{parameter: getattr(loss_args, key) for parameter, key in keys.items()})
-        except LossParameterError as exc:
-            raise PipelineError(
-                f"{keys.get(exc.parameter, exc.parameter)}: {exc.requirement}, got {exc.value}"
-            ) from None
+    """The loss is a registered one, and every registered loss's keys hold values its class accepts (a wrong value
+    should not wait for the day that loss is chosen); the message names the config key."""
+    loss_named(loss_args.loss)
+    for loss in LOSSES.values():
+        loss.check(loss_args)
+
+
+def argument_classes() -> tuple:
+    """The dataclasses `train.py`'s settings are parsed into (`ARGUMENT_CLASSES`, the losses' keys included)."""
+    return tuple(loss_arguments_class() if cls is LossArguments else cls for cls in ARGUMENT_CLASSES)
 
 
 def check_pretokenizer(backbone: str, pretokenizer: str) -> None:

@@ -46,7 +46,6 @@ from nikl_emotion.backends.encoder_backend import backbone_and_encodings
 from nikl_emotion.backends.fold_backend import FoldData
 from nikl_emotion.backends.registry import backend_for
 from nikl_emotion.base.config import (
-    ARGUMENT_CLASSES,
     TRAINING_DEFAULTS,
     DistillArguments,
     DistillSettings,
@@ -70,7 +69,7 @@ from nikl_emotion.folders.run_folder import (
 from nikl_emotion.runs.finished_run import FinishedRun
 from nikl_emotion.text.data import iter_column, iter_inputs, load_jsonl
 from nikl_emotion.text.preprocessing import Preprocessing, TaskFiles, clean, encode
-from nikl_emotion.training.config_checks import validate
+from nikl_emotion.training.config_checks import argument_classes, validate
 from nikl_emotion.training.kfold import load_run_files, replace_labels
 
 logger = logging.getLogger(__name__)
@@ -96,7 +95,8 @@ _HELD_OUT_VALIDATION = (
 
 def parse_distill_config(argv: list[str]) -> DistillSettings:
     """`CONFIG [--key value ...]` -> the student's run settings and the distillation keys, validated."""
-    classes = (*ARGUMENT_CLASSES[:-1], DistillArguments, ARGUMENT_CLASSES[-1])
+    *run_classes, training_class = argument_classes()
+    classes = (*run_classes, DistillArguments, training_class)
     *pipeline, distill_args, training_args = parse_arguments(argv, classes, TRAINING_DEFAULTS)
     settings = DistillSettings(RunSettings(*pipeline, training_args), distill_args)
     validate(settings.run)
@@ -248,7 +248,7 @@ def _claim_student_folder(settings: DistillSettings) -> None:
         settings.resolved(),
         settings.run.kfold.overwrite,
         inputs,
-        field_defaults(*ARGUMENT_CLASSES[:-1], DistillArguments),
+        field_defaults(*argument_classes()[:-1], DistillArguments),
         STUDENT_OWNER,
     )
 

@@ -14,8 +14,8 @@ same command searches sensibly around a pretrained encoder's 4e-5 or the offline
 | num_train_epochs | integer in [max(1, E/2), E] (E: the config's epochs) |
 | warmup_steps | ratio in [0, 0.2] |
 | label_smoothing | uniform in [0, 0.2] |
-| loss parameters | bce: pos_weight none/auto; focal: focal_gamma [0, 4], focal_alpha [0.1, 0.9]; |
-| | asl: asl_gamma_neg [0, 6], asl_clip [0, 0.2] |
+| the loss's own keys | its `Loss.suggest` (backends/losses.py): bce: pos_weight none/auto; focal: focal_gamma |
+| | [0, 4], focal_alpha [0.1, 0.9]; asl: asl_gamma_neg [0, 6], asl_clip [0, 0.2]; a registered loss: its keys' ranges |
 
 Trials go to an Optuna SQLite study in `OUT/hp_search.db` (an interrupted search continues where it stopped);
 `OUT/hp_search.csv` lists every trial (number, state, micro-F1, seconds, parameters) and `OUT/hp_search_best.yaml`
@@ -39,6 +39,7 @@ from transformers import TrainingArguments
 from nikl_emotion.backends.emotion_trainer import EmotionTrainer, fold_trainer_inputs, make_loss
 from nikl_emotion.backends.encoder_backend import backbone_and_encodings, backbone_loading, load_classifier
 from nikl_emotion.backends.engines import check_search_engine, engine_of
+from nikl_emotion.backends.losses import loss_named
 from nikl_emotion.backends.registry import backend_for
 from nikl_emotion.base.config import LossArguments, RunSettings
 from nikl_emotion.base.errors import PipelineError
@@ -51,7 +52,6 @@ from nikl_emotion.training.folds import choosing_rows, make_folds
 from nikl_emotion.training.kfold import load_run_files
 
 __all__ = [
-    "LOSS_KEYS",
     "run_hp_search",
 ]
 
@@ -59,7 +59,11 @@ logger = logging.getLogger(__name__)
 
 
 _BATCH_SIZES = (16, 32, 64, 128)
-LOSS_KEYS = {f.name for f in dataclasses.fields(LossArguments)}
+
+
+def _loss_keys(loss_args: LossArguments) -> set[str]:
+    """The settings' loss keys (the registered losses' included): a trial's values that are not TrainingArguments."""
+    return {field.name for field in dataclasses.fields(loss_args)}
 
 
 def _suggest(trial, base: TrainingArguments, loss_args: LossArguments) -> dict:
@@ -74,15 +78,7 @@ def _suggest(trial, base: TrainingArguments, loss_args: LossArguments) -> dict:
         "warmup_steps": trial.suggest_float("warmup_steps", 0.0, 0.2),
         "label_smoothing": trial.suggest_float("label_smoothing", 0.0, 0.2),
     }
-    if loss_args.loss == "bce":
-        params["pos_weight"] = trial.suggest_categorical("pos_weight", ["none", "auto"])
-    elif loss_args.loss == "focal":
-        params["focal_gamma"] = trial.suggest_float("focal_gamma", 0.0, 4.0)
-        params["focal_alpha"] = trial.suggest_float("focal_alpha", 0.1, 0.9)
-    else:
-        params["asl_gamma_neg"] = trial.suggest_float("asl_gamma_neg", 0.0, 6.0)
-        params["asl_clip"] = trial.suggest_float("asl_clip", 0.0, 0.2)
-    return params
+    return {**params, **loss_named(loss_args.loss).suggest(trial)}
 
 
 class _SearchTrainer(EmotionTrainer):
@@ -101,7 +97,7 @@ class _SearchTrainer(EmotionTrainer):
         params = dict(trial.params)
         if "warmup_steps" in params:  # the Trainer casts to the old value's type: 0 (int) would swallow a ratio
             self.args.warmup_steps = float(params["warmup_steps"])
-        loss_params = {k: v for k, v in params.items() if k in LOSS_KEYS}
+        loss_params = {k: v for k, v in params.items() if k in _loss_keys(self.base_loss_args)}
         self.loss_fn = make_loss(dataclasses.replace(self.base_loss_args, **loss_params), self.train_labels)
         self.best_in_trial = -math.inf
 
@@ -183,7 +179,7 @@ def run_hp_search(settings: RunSettings, n_trials: int) -> dict | None:
     best = trainer.hyperparameter_search(
         # the Trainer sets the TrainingArguments keys; SearchTrainer reads the loss keys from trial.params
         hp_space=lambda trial: {
-            k: v for k, v in _suggest(trial, training, settings.loss).items() if k not in LOSS_KEYS
+            k: v for k, v in _suggest(trial, training, settings.loss).items() if k not in _loss_keys(settings.loss)
         },
         compute_objective=trainer.objective_of,
         n_trials=n_trials,

@@ -20,7 +20,7 @@ from nikl_emotion.backends.fold_backend import FoldBackend, FoldData, PreparedRu
 from nikl_emotion.backends.heads import head_named
 from nikl_emotion.backends.registry import backend_for
 from nikl_emotion.backends.tracking import check_hub, push_run_files
-from nikl_emotion.base.config import ARGUMENT_CLASSES, RunSettings, field_defaults
+from nikl_emotion.base.config import RunSettings, field_defaults
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.locking import exclusive, exclusive_all
 from nikl_emotion.folders.folder_kind import check_output_folder, holds_nothing, mark_folder, prepare_output_dir
@@ -28,6 +28,7 @@ from nikl_emotion.folders.run_folder import DONE_FILE, RunFolder, input_digests
 from nikl_emotion.runs.summary import summarize
 from nikl_emotion.text.data import iter_column, load_jsonl
 from nikl_emotion.text.preprocessing import TaskFiles, clean, load_task_files
+from nikl_emotion.training.config_checks import argument_classes
 from nikl_emotion.training.folds import choosing_rows, make_folds
 from nikl_emotion.training.pseudo_labels import PseudoLabels, fold_pseudo_labels, teacher_test_file
 from nikl_emotion.training.time_budget import SAFETY
@@ -183,7 +184,7 @@ class KFoldRun:
         with exclusive(run.setup_lock, output_dir, wait=True) if state.is_main_process else contextlib.nullcontext():
             if state.is_main_process:
                 inputs = input_digests([*data.train_files, *([data.test_file] if data.test_file else [])])
-                defaults = field_defaults(*ARGUMENT_CLASSES[:-1])
+                defaults = field_defaults(*argument_classes()[:-1])
                 prepare_output_dir(output_dir, settings.resolved(), settings.kfold.overwrite, inputs, defaults)
             state.wait_for_everyone()
             files = self.files
