@@ -152,3 +152,34 @@ def test_auto_pos_weight_comes_from_the_training_split_only():
     loss = make_loss(LossArguments(loss="bce", pos_weight="auto"), labels)
     assert loss.pos_weight.tolist() == [4.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
     assert make_loss(LossArguments(loss="bce"), labels).pos_weight is None
+
+
+@pytest.mark.parametrize(
+    "keys, expected",
+    [
+        (["--loss", "focal", "--focal_alpha", "-1", "--focal_gamma", "0.5"], {"alpha": -1.0, "gamma": 0.5}),
+        (
+            [
+                "--loss",
+                "asl",
+                "--asl_gamma_neg",
+                "2",
+                "--asl_clip",
+                "0.1",
+                "--asl_disable_torch_grad_focal_loss",
+                "true",
+            ],
+            {"gamma_neg": 2.0, "gamma_pos": 1.0, "clip": 0.1, "eps": 1e-8, "disable_torch_grad_focal_loss": True},
+        ),
+    ],
+)
+def test_the_config_keys_reach_the_loss_the_fold_trains_with(keys, expected, tmp_path):
+    from conftest import ROOT
+
+    from nikl_emotion.backends.emotion_trainer import make_loss
+    from nikl_emotion.training.config_checks import parse_config
+
+    argv = [str(ROOT / "configs" / "quickstart.yaml"), "--output_dir", str(tmp_path), "--label_smoothing", "0.1"]
+    loss = make_loss(parse_config([*argv, *keys]).loss, np.zeros((4, 8)))
+    assert {name: getattr(loss, name) for name in expected} == expected
+    assert (loss.reduction, loss.label_smoothing) == ("none", 0.1)
