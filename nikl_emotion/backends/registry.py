@@ -1,6 +1,7 @@
 """The backends, in the order they claim a `model_name_or_path`: the n-gram member (`ngram:...`), the decoder (a
-causal LM's config), then the encoder, which takes every other name (a hub model, a local folder, `offline:...`).
-A new backend is one module implementing `fold_backend.FoldBackend`, listed here before the encoder."""
+causal LM's config), backends added with `register_backend`, then the encoder, which takes every other name (a hub
+model, a local folder, `offline:...`). A new backend is one module implementing `fold_backend.FoldBackend`, passed
+to `register_backend` (as heads are to `heads.register_head`)."""
 
 from __future__ import annotations
 
@@ -19,13 +20,24 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "BACKENDS",
+    "register_backend",
     "backend_for",
     "checkpoint_backend",
     "load_checkpoint",
 ]
 
 
-BACKENDS: tuple[FoldBackend, ...] = (NgramBackend(), DecoderBackend(), EncoderBackend())
+BACKENDS: list[FoldBackend] = [NgramBackend(), DecoderBackend(), EncoderBackend()]
+
+
+def register_backend(backend: FoldBackend) -> FoldBackend:
+    """Add a backend under its name (unique), before the encoder, which claims every name no other backend matches
+    (and the checkpoints no other backend owns); returns it."""
+    if not backend.name or any(other.name == backend.name for other in BACKENDS):
+        names = ", ".join(other.name for other in BACKENDS)
+        raise ValueError(f"a backend needs a name of its own, got {backend.name!r} (registered: {names})")
+    BACKENDS.insert(len(BACKENDS) - 1, backend)
+    return backend
 
 
 def backend_for(model_name_or_path: str) -> FoldBackend:

@@ -1,0 +1,120 @@
+"""A backend registered in a test alone: each label's training rate as every row's probability (`prior:rates`). It
+trains through train.py, is served by inference.py --run and serve, and stacks with another run, with no change to
+the package: what a backend is, as far as the programs that train and serve go (issue 48)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from conftest import ROOT, SAMPLE_TEST, run_cli
+
+from nikl_emotion.backends.classifier import CheckpointClassifier
+from nikl_emotion.backends.fold_backend import PreparedRun, replace_best, write_fold_outputs
+from nikl_emotion.backends.registry import BACKENDS, backend_for, register_backend
+from nikl_emotion.base.fileio import read_probs
+from nikl_emotion.decisions.metrics import score
+from nikl_emotion.folders.run_folder import RunFolder
+from nikl_emotion.runs.prediction import checkpoint_loader
+from nikl_emotion.serving.model import ServedModel
+from nikl_emotion.text.data import load_jsonl
+from nikl_emotion.text.preprocessing import Preprocessing
+
+RATES_FILE = "label_rates.json"
+QUICKSTART = ROOT / "configs" / "quickstart.yaml"
+
+
+class RatesRuntime:
+    """Every row gets the label rates (it reads cleaned text, like the n-gram model, and ignores it)."""
+
+    reads_text = True
+
+    def __init__(self, rates):
+        self.rates = np.asarray(rates, dtype=np.float32)
+
+    def predict_rows(self, cleaned) -> np.ndarray:
+        return np.tile(self.rates, (len(cleaned), 1))
+
+
+class PriorBackend:
+    name = "prior"
+    supports_techniques = supports_post_training = supports_hp_search = supports_distillation = False
+    supports_onnx_export = supports_multi_process = supports_lora = False
+    supports_early_stopping_split = supports_time_budget = False
+    heads = ()
+
+    def matches(self, model_name_or_path: str) -> bool:
+        return model_name_or_path == "prior:rates"
+
+    def check_spec(self, model_name_or_path: str) -> None:
+        """Nothing to check: one spelling."""
+
+    def check_loading(self, model_name_or_path: str, loading) -> None:
+        """No weights to load."""
+
+    def pretokenizer_of(self, model_name_or_path: str) -> None:
+        return None
+
+    def prepare(self, settings, preprocessing, cleaned, cleaned_test, other_texts=()) -> PreparedRun:
+        return PreparedRun(settings.model.model_name_or_path, None, cleaned, cleaned_test, lambda rows: rows)
+
+    def train_fold(self, settings, data, folder=None) -> dict:
+        folder = folder or RunFolder(settings.training.output_dir).fold(data.fold)
+        rates = np.asarray(data.train_rows["labels"], dtype=np.float64).mean(axis=0)
+
+        def save(path: str) -> None:
+            os.makedirs(path)
+            with open(os.path.join(path, RATES_FILE), "w", encoding="utf-8") as handle:
+                json.dump(rates.tolist(), handle)
+
+        replace_best(folder, data.preprocessing, save)
+        val_probs = np.tile(rates, (len(data.val_index), 1))
+        test = data.encoded_test
+        test_probs = None if test is None else np.tile(rates, (len(test), 1))
+        result = score(np.asarray(data.val_rows["labels"]), val_probs >= 0.5)
+        result.update({"fold": data.fold, "best_checkpoint": None, "best_metric": result["micro_f1"]})
+        result.update({"epochs_run": None, "train_rows": len(data.train_index), "pseudo_label_rows": 0})
+        write_fold_outputs(folder, data.val_rows, val_probs, test, test_probs, result)
+        return result
+
+    def owns_checkpoint(self, folder: str) -> bool:
+        return os.path.isfile(os.path.join(folder, RATES_FILE))
+
+    def load_checkpoint(self, folder: str, device=None, threads=None, options=None) -> CheckpointClassifier:
+        with open(os.path.join(folder, RATES_FILE), encoding="utf-8") as handle:
+            rates = json.load(handle)
+        return CheckpointClassifier(RatesRuntime(rates), None, Preprocessing.load(folder), source=folder)
+
+
+@pytest.fixture
+def prior_backend():
+    backend = register_backend(PriorBackend())
+    yield backend
+    BACKENDS.remove(backend)
+
+
+def test_a_backend_registered_in_a_test_trains_serves_and_stacks_unchanged(prior_backend, tmp_path):
+    assert backend_for("prior:rates") is prior_backend and backend_for("klue/roberta-large").name == "encoder"
+    with pytest.raises(ValueError, match="a name of its own"):
+        register_backend(PriorBackend())
+    out = tmp_path / "prior"
+    run_cli("train.py", QUICKSTART, "--model_name_or_path", "prior:rates", "--output_dir", out, "--num_folds", "2")
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert [fold["fold"] for fold in summary["folds"]] == [0, 1] and (out / "submission.jsonl").exists()
+    # every row of a fold gets that fold's training rates: served back by inference.py --run as the run wrote them
+    probs = tmp_path / "probs.jsonl"
+    run_cli("inference.py", "--run", out, "--input", SAMPLE_TEST, "--output", tmp_path / "s.jsonl", "--probs", probs)
+    mean = np.mean([read_probs(out / f"fold_{k}" / "test_probs.jsonl")[1] for k in (0, 1)], axis=0)
+    np.testing.assert_allclose(read_probs(probs)[1], mean, atol=1e-6)
+    assert (tmp_path / "s.jsonl").read_bytes() == (out / "submission.jsonl").read_bytes()
+    assert np.ptp(read_probs(probs)[1], axis=0).max() < 1e-6  # the same rates for every row
+    # and by the service's model, loaded once
+    served = ServedModel(str(out), checkpoint_loader("cpu"))
+    _, served_probs = served.predict([{"id": "a", "input": {"form": "공연이 좋았다", "target": None}}])
+    np.testing.assert_allclose(served_probs[0], mean[0], atol=1e-6)
+    # a stack over it and an n-gram run on the same folds
+    ngram = tmp_path / "ngram"
+    run_cli("train.py", QUICKSTART, "--model_name_or_path", "ngram:tfidf", "--output_dir", ngram, "--num_folds", "2")
+    stack = tmp_path / "stack"
+    run_cli("ensemble.py", "--runs", out, ngram, "--strategy", "stack", "--output_dir", stack)
+    assert len(load_jsonl(stack / "submission.jsonl", "optional")) == len(load_jsonl(SAMPLE_TEST, "optional"))
