@@ -10,8 +10,9 @@ import pytest
 from conftest import ROOT, SAMPLE_TEST, run_cli
 
 from nikl_emotion.backends.classifier import CheckpointClassifier
-from nikl_emotion.backends.fold_backend import PreparedRun, replace_best, write_fold_outputs
+from nikl_emotion.backends.fold_backend import FoldBackend, PreparedRun, replace_best, write_fold_outputs
 from nikl_emotion.backends.registry import BACKENDS, backend_for, register_backend
+from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.fileio import read_probs
 from nikl_emotion.decisions.metrics import score
 from nikl_emotion.folders.run_folder import RunFolder
@@ -19,6 +20,7 @@ from nikl_emotion.runs.prediction import checkpoint_loader
 from nikl_emotion.serving.model import ServedModel
 from nikl_emotion.text.data import load_jsonl
 from nikl_emotion.text.preprocessing import Preprocessing
+from nikl_emotion.training.config_checks import parse_config
 
 RATES_FILE = "label_rates.json"
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
@@ -36,24 +38,13 @@ class RatesRuntime:
         return np.tile(self.rates, (len(cleaned), 1))
 
 
-class PriorBackend:
+class PriorBackend(FoldBackend):
+    """The required methods alone: none of the abilities (techniques, search, export, ...) is offered."""
+
     name = "prior"
-    supports_techniques = supports_post_training = supports_hp_search = supports_distillation = False
-    supports_onnx_export = supports_multi_process = supports_lora = False
-    supports_early_stopping_split = supports_time_budget = False
-    heads = ()
 
     def matches(self, model_name_or_path: str) -> bool:
         return model_name_or_path == "prior:rates"
-
-    def check_spec(self, model_name_or_path: str) -> None:
-        """Nothing to check: one spelling."""
-
-    def check_loading(self, model_name_or_path: str, loading) -> None:
-        """No weights to load."""
-
-    def pretokenizer_of(self, model_name_or_path: str) -> None:
-        return None
 
     def prepare(self, settings, preprocessing, cleaned, cleaned_test, other_texts=()) -> PreparedRun:
         return PreparedRun(settings.model.model_name_or_path, None, cleaned, cleaned_test, lambda rows: rows)
@@ -97,6 +88,11 @@ def test_a_backend_registered_in_a_test_trains_serves_and_stacks_unchanged(prior
     assert backend_for("prior:rates") is prior_backend and backend_for("klue/roberta-large").name == "encoder"
     with pytest.raises(ValueError, match="a name of its own"):
         register_backend(PriorBackend())
+    with pytest.raises(TypeError, match="subclasses backends.fold_backend.FoldBackend"):
+        register_backend(object())
+    # what it does not offer is refused by name before any work
+    with pytest.raises(PipelineError, match="prior:rates"):
+        parse_config([str(QUICKSTART), "--model_name_or_path", "prior:rates", "--rdrop_alpha", "1.0"])
     out = tmp_path / "prior"
     run_cli("train.py", QUICKSTART, "--model_name_or_path", "prior:rates", "--output_dir", out, "--num_folds", "2")
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))

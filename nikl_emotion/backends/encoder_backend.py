@@ -44,6 +44,7 @@ from nikl_emotion.backends.engines import (
     whole_models,
 )
 from nikl_emotion.backends.fold_backend import (
+    FoldBackend,
     FoldData,
     PreparedRun,
     pseudo_label_rows,
@@ -77,7 +78,7 @@ __all__ = [
 ]
 
 
-class EncoderBackend:
+class EncoderBackend(FoldBackend):
     """Every `model_name_or_path` that is not another backend's: a hub name, a local model folder, offline:..."""
 
     name = "encoder"

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import os
 import shutil
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 from datasets import Dataset, concatenate_datasets
@@ -42,42 +42,53 @@ class PreparedRun:
     encode: Callable[[Dataset], Dataset]
 
 
-class FoldBackend(Protocol):
-    """A kind of fold model. `matches` the `model_name_or_path` values it trains; `check_spec` refuses a bad one
-    before any work; `prepare` makes the run's rows ready (once per run); `train_fold` trains one fold, saves its
-    checkpoint folder (`best/`, which `EmotionClassifier.from_pretrained` loads) and writes the fold's files.
+class FoldBackend(ABC):
+    """A kind of fold model; a new one subclasses this and is passed to `registry.register_backend`.
 
-    Capabilities the programs above ask instead of the backend's name, each named by what it enables:
-    `supports_techniques` (the fine-tuning techniques of TechniqueArguments), `supports_post_training`
-    (`post_train.py` continues its pretraining), `supports_hp_search` (`train.py --hp-search`),
-    `supports_distillation` (it can be `distill.py`'s student), `supports_onnx_export` (`export.py`),
-    `supports_multi_process` (it may run under `accelerate launch`), `supports_lora` (LoRA adapters; `check_lora`
-    checks what they need), `supports_early_stopping_split` (its training chooses an epoch, on held-out rows if
-    asked), `supports_time_budget` (its fold's schedule can follow `FoldData.ends_at`) and `heads` (the
-    `classifier_head` values it builds; empty for a model without one)."""
+    Required: `matches` (the `model_name_or_path` values it trains), `prepare` (the run's rows made ready, once per
+    run), `train_fold` (one fold trained, its checkpoint folder `best/` saved, which `EmotionClassifier.
+    from_pretrained` loads, and the fold's files written), `owns_checkpoint` and `load_checkpoint` (its `best/`
+    folders, as a `classifier.CheckpointClassifier`). Optional: `check_spec` and `check_loading` (refuse a bad
+    name or loading key before any work; nothing to refuse by default) and `pretokenizer_of` (None: any).
 
-    name: str
-    supports_techniques: bool
-    supports_post_training: bool
-    supports_hp_search: bool
-    supports_distillation: bool
-    supports_onnx_export: bool
-    supports_multi_process: bool
-    supports_lora: bool
-    supports_early_stopping_split: bool
-    supports_time_budget: bool
-    heads: tuple[str, ...]
+    Abilities the programs above ask instead of the backend's name, each named by what it enables and not offered
+    unless a backend says so: `supports_techniques` (the fine-tuning techniques of TechniqueArguments),
+    `supports_post_training` (`post_train.py` continues its pretraining), `supports_hp_search` (`train.py
+    --hp-search`), `supports_distillation` (it can be `distill.py`'s student), `supports_onnx_export`
+    (`export.py`), `supports_multi_process` (it may run under `accelerate launch`), `supports_lora` (LoRA adapters;
+    `check_lora` checks what they need), `supports_early_stopping_split` (its training chooses an epoch, on
+    held-out rows if asked), `supports_time_budget` (its fold's schedule can follow `FoldData.ends_at`) and `heads`
+    (the `classifier_head` values it builds; empty for a model without one)."""
 
+    name: str = ""
+    supports_techniques: bool = False
+    supports_post_training: bool = False
+    supports_hp_search: bool = False
+    supports_distillation: bool = False
+    supports_onnx_export: bool = False
+    supports_multi_process: bool = False
+    supports_lora: bool = False
+    supports_early_stopping_split: bool = False
+    supports_time_budget: bool = False
+    heads: tuple[str, ...] = ()
+
+    @abstractmethod
     def matches(self, model_name_or_path: str) -> bool: ...
 
-    def check_spec(self, model_name_or_path: str) -> None: ...
+    def check_spec(self, model_name_or_path: str) -> None:
+        """Refuse a `model_name_or_path` this backend cannot train, before any work (nothing to refuse here)."""
+        return None
 
     def check_loading(self, model_name_or_path: str, loading) -> None:
-        """The model-loading keys (base.config.ModelLoading) checked against the checkpoint before any work."""
+        """The model-loading keys (base.config.ModelLoading) checked against the checkpoint before any work
+        (nothing to check here)."""
+        return None
 
     def pretokenizer_of(self, model_name_or_path: str) -> str | None:
         """The pre-tokenizer the model's tokenizer learned (None: any, it learns here or has no tokenizer)."""
+        return None
 
+    @abstractmethod
     def prepare(
         self,
         settings: RunSettings,
@@ -87,11 +98,14 @@ class FoldBackend(Protocol):
         other_texts: list[str] | tuple = (),
     ) -> PreparedRun: ...
 
+    @abstractmethod
     def train_fold(self, settings: RunSettings, data: FoldData, folder: FoldFolder | None = None) -> dict: ...
 
+    @abstractmethod
     def owns_checkpoint(self, folder: str) -> bool:
         """Whether `folder` is a checkpoint this backend saved."""
 
+    @abstractmethod
     def load_checkpoint(self, folder: str, device=None, threads: int | None = None, options=None):
         """The checkpoint as a `classifier.CheckpointClassifier` (predict_proba, predict), loaded with `options`
         (precision.LoadOptions)."""

@@ -28,6 +28,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassificati
 from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
+from nikl_emotion.base.registries import add_named
 from nikl_emotion.base.vocabulary import check_choice
 
 __all__ = [
@@ -197,10 +198,7 @@ HEADS: dict[str, ClassifierHead] = {}
 
 def register_head(head: ClassifierHead) -> ClassifierHead:
     """Make `head` a `classifier_head` value every command accepts (a name registered twice is refused)."""
-    if not head.name or head.name in HEADS:
-        raise ValueError(f"a head needs a name of its own, got {head.name!r} (registered: {', '.join(HEADS)})")
-    HEADS[head.name] = head
-    return head
+    return add_named(HEADS, head, "head")
 
 
 register_head(FirstTokenHead())

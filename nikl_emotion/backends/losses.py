@@ -32,6 +32,7 @@ from torch import nn
 
 from nikl_emotion.base.config import LossArguments
 from nikl_emotion.base.errors import PipelineError
+from nikl_emotion.base.registries import add_named
 from nikl_emotion.base.vocabulary import check_choice
 
 __all__ = [
@@ -280,11 +281,8 @@ LOSSES: dict[str, Loss] = {}
 
 
 def register_loss(loss: Loss) -> Loss:
-    """Add a loss under its name (unique); returns it."""
-    if not loss.name or loss.name in LOSSES:
-        raise ValueError(f"a loss needs a name of its own, got {loss.name!r} (registered: {', '.join(LOSSES)})")
-    LOSSES[loss.name] = loss
-    return loss
+    """Make `loss` a `loss` value every command accepts, its keys config keys (a name registered twice is refused)."""
+    return add_named(LOSSES, loss, "loss")
 
 
 for _builtin in (_BCE(), _Focal(), _Asymmetric()):

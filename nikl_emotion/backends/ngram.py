@@ -21,6 +21,7 @@ from datasets import Dataset
 
 from nikl_emotion.backends.classifier import CheckpointClassifier
 from nikl_emotion.backends.fold_backend import (
+    FoldBackend,
     FoldData,
     PreparedRun,
     pseudo_label_rows,
@@ -224,18 +225,11 @@ def train_ngram_fold(settings: RunSettings, data: FoldData, folder: FoldFolder |
     return result
 
 
-class NgramBackend:
-    """`ngram:<kind>`: fits on one process in seconds to minutes; no tokenizer, no Trainer."""
+class NgramBackend(FoldBackend):
+    """`ngram:<kind>`: fits on one process in seconds to minutes; no tokenizer, no Trainer, none of the abilities
+    but its own folds."""
 
     name = "ngram"
-    supports_techniques = False
-    supports_post_training = False
-    supports_hp_search = False
-    supports_distillation = False
-    supports_onnx_export = False
-    supports_multi_process = False
-    heads = ()
-    supports_lora = False
     supports_early_stopping_split = False  # it chooses no epoch: its out-of-fold probabilities are unseen already
     supports_time_budget = False  # no schedule to fit into minutes: a fold takes seconds
 

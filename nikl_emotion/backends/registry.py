@@ -33,6 +33,8 @@ BACKENDS: list[FoldBackend] = [NgramBackend(), DecoderBackend(), EncoderBackend(
 def register_backend(backend: FoldBackend) -> FoldBackend:
     """Add a backend under its name (unique), before the encoder, which claims every name no other backend matches
     (and the checkpoints no other backend owns); returns it."""
+    if not isinstance(backend, FoldBackend):
+        raise TypeError(f"a backend subclasses backends.fold_backend.FoldBackend, got {type(backend).__name__}")
     if not backend.name or any(other.name == backend.name for other in BACKENDS):
         names = ", ".join(other.name for other in BACKENDS)
         raise ValueError(f"a backend needs a name of its own, got {backend.name!r} (registered: {names})")
