@@ -93,6 +93,8 @@ def test_a_backend_registered_in_a_test_trains_serves_and_stacks_unchanged(prior
     # what it does not offer is refused by name before any work
     with pytest.raises(PipelineError, match="prior:rates"):
         parse_config([str(QUICKSTART), "--model_name_or_path", "prior:rates", "--rdrop_alpha", "1.0"])
+    with pytest.raises(PipelineError, match="lora_r: LoRA is for decoder backbones.*the prior backend"):
+        parse_config([str(QUICKSTART), "--model_name_or_path", "prior:rates", "--lora_r", "4"])
     out = tmp_path / "prior"
     run_cli("train.py", QUICKSTART, "--model_name_or_path", "prior:rates", "--output_dir", out, "--num_folds", "2")
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))

@@ -328,7 +328,6 @@ class DecoderBackend(EncoderBackend):
     supports_onnx_export = False
     supports_multi_process = True
     heads = ("cls",)  # the model's own head on the last token
-    supports_lora = True
 
     def matches(self, model_name_or_path: str) -> bool:
         if is_offline(model_name_or_path) or is_ngram(model_name_or_path):

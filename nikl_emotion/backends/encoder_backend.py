@@ -88,7 +88,6 @@ class EncoderBackend(FoldBackend):
     supports_distillation = True
     supports_onnx_export = True
     supports_multi_process = True
-    supports_lora = False
     supports_early_stopping_split = True
     supports_time_budget = True
 

@@ -14,6 +14,7 @@ import numpy as np
 from datasets import Dataset, concatenate_datasets
 
 from nikl_emotion.base.config import RunSettings
+from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.fileio import write_json_atomic, write_probs
 from nikl_emotion.folders.run_folder import FoldFolder
 from nikl_emotion.text.data import iter_column
@@ -55,10 +56,10 @@ class FoldBackend(ABC):
     unless a backend says so: `supports_techniques` (the fine-tuning techniques of TechniqueArguments),
     `supports_post_training` (`post_train.py` continues its pretraining), `supports_hp_search` (`train.py
     --hp-search`), `supports_distillation` (it can be `distill.py`'s student), `supports_onnx_export`
-    (`export.py`), `supports_multi_process` (it may run under `accelerate launch`), `supports_lora` (LoRA adapters;
-    `check_lora` checks what they need), `supports_early_stopping_split` (its training chooses an epoch, on
-    held-out rows if asked), `supports_time_budget` (its fold's schedule can follow `FoldData.ends_at`) and `heads`
-    (the `classifier_head` values it builds; empty for a model without one)."""
+    (`export.py`), `supports_multi_process` (it may run under `accelerate launch`), `supports_early_stopping_split`
+    (its training chooses an epoch, on held-out rows if asked), `supports_time_budget` (its fold's schedule can
+    follow `FoldData.ends_at`), `heads` (the `classifier_head` values it builds; empty for a model without one) and
+    `check_lora` (LoRA adapters: refused unless the backend overrides it with what they need)."""
 
     name: str = ""
     supports_techniques: bool = False
@@ -67,7 +68,6 @@ class FoldBackend(ABC):
     supports_distillation: bool = False
     supports_onnx_export: bool = False
     supports_multi_process: bool = False
-    supports_lora: bool = False
     supports_early_stopping_split: bool = False
     supports_time_budget: bool = False
     heads: tuple[str, ...] = ()
@@ -83,6 +83,15 @@ class FoldBackend(ABC):
         """The model-loading keys (base.config.ModelLoading) checked against the checkpoint before any work
         (nothing to check here)."""
         return None
+
+    def check_lora(self, model_args) -> None:
+        """LoRA adapters (`lora_r` > 0), checked before any work: a backend that trains them checks what they need
+        (peft, the target modules); here they are not offered."""
+        raise PipelineError(
+            f"lora_r: LoRA is for decoder backbones (causal LMs); {model_args.model_name_or_path} is "
+            f"trained by the {self.name} backend: set lora_r: 0 (a hub "
+            "decoder whose config.json cannot be read here, offline or misspelt, reads as an encoder)"
+        )
 
     def pretokenizer_of(self, model_name_or_path: str) -> str | None:
         """The pre-tokenizer the model's tokenizer learned (None: any, it learns here or has no tokenizer)."""

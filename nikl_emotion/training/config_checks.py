@@ -142,17 +142,10 @@ def _check_classifier_head(model_args: ModelArguments, preprocessing_args: Prepr
 
 
 def _check_adapters(model_args: ModelArguments) -> None:
-    """LoRA and 4-bit weights: the backends that take them check what they need (peft, bitsandbytes); the
-    others refuse them."""
-    backend = backend_for(model_args.model_name_or_path)
-    if model_args.lora_r and not backend.supports_lora:
-        raise PipelineError(
-            f"lora_r: LoRA is for decoder backbones (causal LMs); {model_args.model_name_or_path} is "
-            f"trained by the {backend.name} backend: set lora_r: 0 (a hub "
-            "decoder whose config.json cannot be read here, offline or misspelt, reads as an encoder)"
-        )
+    """LoRA and 4-bit weights: the backend's own check (one that trains them checks what they need: peft,
+    bitsandbytes; the others refuse them)."""
     if model_args.lora_r:
-        backend.check_lora(model_args)
+        backend_for(model_args.model_name_or_path).check_lora(model_args)
 
 
 def _check_inputs_outside_run(output_dir: str, paths: list[str]) -> None:
