@@ -154,9 +154,9 @@ def _usage_section(config: dict) -> list[str]:
         "```",
         "",
     ]
-    head = head_named(config.get("classifier_head", "cls"))
-    if head.usage() is not None:  # a head of the package's own: transformers alone cannot load it
-        return lines + head.usage()
+    usage = head_named(config.get("classifier_head", "cls")).usage()
+    if usage is not None:  # a head of the package's own: transformers alone cannot load it
+        return lines + usage
     if config.get("lora_r") and not config.get("merge_lora"):
         return lines + _adapter_usage(config)
     return lines + [

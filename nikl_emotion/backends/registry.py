@@ -15,6 +15,7 @@ from nikl_emotion.backends.fold_backend import FoldBackend
 from nikl_emotion.backends.ngram import NgramBackend
 from nikl_emotion.backends.precision import LoadOptions
 from nikl_emotion.base.errors import PipelineError
+from nikl_emotion.base.registries import check_own_name
 
 logger = logging.getLogger(__name__)
 
@@ -35,9 +36,7 @@ def register_backend(backend: FoldBackend) -> FoldBackend:
     (and the checkpoints no other backend owns); returns it."""
     if not isinstance(backend, FoldBackend):
         raise TypeError(f"a backend subclasses backends.fold_backend.FoldBackend, got {type(backend).__name__}")
-    if not backend.name or any(other.name == backend.name for other in BACKENDS):
-        names = ", ".join(other.name for other in BACKENDS)
-        raise ValueError(f"a backend needs a name of its own, got {backend.name!r} (registered: {names})")
+    check_own_name(backend.name, [other.name for other in BACKENDS], "backend")
     BACKENDS.insert(len(BACKENDS) - 1, backend)
     return backend
 

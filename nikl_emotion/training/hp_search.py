@@ -97,7 +97,8 @@ class _SearchTrainer(EmotionTrainer):
         params = dict(trial.params)
         if "warmup_steps" in params:  # the Trainer casts to the old value's type: 0 (int) would swallow a ratio
             self.args.warmup_steps = float(params["warmup_steps"])
-        loss_params = {k: v for k, v in params.items() if k in _loss_keys(self.base_loss_args)}
+        loss_keys = _loss_keys(self.base_loss_args)
+        loss_params = {k: v for k, v in params.items() if k in loss_keys}
         self.loss_fn = make_loss(dataclasses.replace(self.base_loss_args, **loss_params), self.train_labels)
         self.best_in_trial = -math.inf
 
@@ -176,10 +177,11 @@ def run_hp_search(settings: RunSettings, n_trials: int) -> dict | None:
     trainer, chosen_on = _search_trainer(settings, run, files)
     storage = f"sqlite:///{os.path.abspath(run.hp_study)}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    loss_keys = _loss_keys(settings.loss)
     best = trainer.hyperparameter_search(
         # the Trainer sets the TrainingArguments keys; SearchTrainer reads the loss keys from trial.params
         hp_space=lambda trial: {
-            k: v for k, v in _suggest(trial, training, settings.loss).items() if k not in _loss_keys(settings.loss)
+            k: v for k, v in _suggest(trial, training, settings.loss).items() if k not in loss_keys
         },
         compute_objective=trainer.objective_of,
         n_trials=n_trials,
