@@ -45,16 +45,23 @@ def package_trees() -> tuple[tuple[Path, ast.Module], ...]:
 def package_imports() -> dict[str, set[str]]:
     """module -> the `nikl_emotion` modules it imports, at module level or inside functions."""
     graph: dict[str, set[str]] = {}
+    names = {_module_name(path) for path, _ in package_trees()}
     for path, tree in package_trees():
-        name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        name = _module_name(path)
         imported = set()
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("nikl_emotion"):
                 imported.add(node.module)
+                # `from nikl_emotion.backends import rtd` imports the module rtd
+                imported |= {f"{node.module}.{alias.name}" for alias in node.names} & names
             elif isinstance(node, ast.Import):
                 imported |= {alias.name for alias in node.names if alias.name.startswith("nikl_emotion")}
         graph[name] = imported - {name, "nikl_emotion"}
     return graph
+
+
+def _module_name(path: Path) -> str:
+    return ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
 
 
 def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
@@ -255,11 +262,68 @@ def test_backend_names_only_what_trains_a_fold():
     ]
     assert not named, named
     assert {"Runtime", "TorchRuntime", "OnnxRuntime"} <= set(vars(classifier))
-    # capabilities say what they enable, never what a backend is not
+    # capabilities say what they enable, never what a backend is not: yes/no facts, and the programs' abilities as
+    # the object the program uses, or None
     capabilities = [name for name in vars(BACKENDS[-1].__class__) if name.startswith("supports_")]
-    assert len(capabilities) >= 5
+    assert len(capabilities) >= 4
     for backend in BACKENDS:
         assert all(isinstance(getattr(backend, name), bool) for name in capabilities), backend.name
+        for ability, kind in ABILITIES.items():
+            offered = getattr(backend, ability)()
+            assert offered is None or isinstance(offered, kind), (backend.name, ability)
+    from nikl_emotion.backends.registry import backend_for
+
+    encoder = backend_for("offline:electra-tiny")
+    assert all(getattr(encoder, ability)() is not None for ability in ABILITIES)
+    assert all(getattr(backend_for("ngram:tfidf"), ability)() is None for ability in ABILITIES)
+
+
+def _abilities() -> dict:
+    from nikl_emotion.backends.fold_backend import FoldBackend, OnnxExporter, PostTrainer, SearchTrials
+
+    return {
+        "search_trials": SearchTrials,
+        "post_trainer": PostTrainer,
+        "student": FoldBackend,
+        "onnx_exporter": OnnxExporter,
+    }
+
+
+ABILITIES = _abilities()
+
+# the modules of one backend (its model, trainer and abilities' objects): a program reaches them through the
+# backend object it is given (registry.backend_for, checkpoint_backend), never by importing them
+BACKEND_INTERNALS = {
+    f"nikl_emotion.backends.{name}"
+    for name in (
+        "encoder_backend",
+        "decoder_backend",
+        "ngram",
+        "backbone",
+        "emotion_trainer",
+        "encoder_search",
+        "masked_lm",
+        "rtd",
+        "onnx_export",
+        "techniques",
+        "averaging",
+    )
+}
+
+
+def test_no_program_imports_a_backends_internals():
+    """hp search, post-training, distillation, export and the fold loop ask their backend object for what they
+    need (`search_trials()`, `post_trainer()`, `student()`, `onnx_exporter()`, `prepare`, `train_fold`): no module
+    outside `backends/` imports one backend's modules, so a new backend that offers an ability gets its own code."""
+    graph = package_imports()
+    reaching = {
+        f"{module} -> {target}"
+        for module, targets in graph.items()
+        if not module.startswith("nikl_emotion.backends.")
+        for target in targets & BACKEND_INTERNALS
+    }
+    assert not reaching, sorted(reaching)
+    assert all(module in graph for module in BACKEND_INTERNALS)  # each name is a module that exists
 
 
 def test_only_the_commands_print():

@@ -2,6 +2,7 @@
 trains through train.py, is served by inference.py --run and serve, and stacks with another run, with no change to
 the package: what a backend is, as far as the programs that train and serve go (issue 48)."""
 
+import csv
 import json
 import os
 
@@ -10,7 +11,14 @@ import pytest
 from conftest import ROOT, SAMPLE_TEST, run_cli
 
 from nikl_emotion.backends.classifier import CheckpointClassifier
-from nikl_emotion.backends.fold_backend import FoldBackend, PreparedRun, replace_best, write_fold_outputs
+from nikl_emotion.backends.export import export_checkpoint
+from nikl_emotion.backends.fold_backend import (
+    FoldBackend,
+    PreparedRun,
+    SearchTrials,
+    replace_best,
+    write_fold_outputs,
+)
 from nikl_emotion.backends.registry import BACKENDS, backend_for, register_backend
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.fileio import read_probs
@@ -21,6 +29,9 @@ from nikl_emotion.serving.model import ServedModel
 from nikl_emotion.text.data import load_jsonl
 from nikl_emotion.text.preprocessing import Preprocessing
 from nikl_emotion.training.config_checks import parse_config
+from nikl_emotion.training.distillation import parse_distill_config
+from nikl_emotion.training.folds import make_folds
+from nikl_emotion.training.post_training import parse_post_train_config
 
 RATES_FILE = "label_rates.json"
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
@@ -77,6 +88,30 @@ class PriorBackend(FoldBackend):
         return CheckpointClassifier(RatesRuntime(rates), None, Preprocessing.load(folder), source=folder)
 
 
+class SmoothedPriorSearch(SearchTrials):
+    """A search of the prior backend's own: how far the rates are pulled towards 0.5 (`label_smoothing`), scored
+    by the micro-F1 of the smoothed rates on the rows that choose."""
+
+    def suggest(self, trial, settings) -> dict:
+        return {"label_smoothing": trial.suggest_float("label_smoothing", 0.0, 1.0)}
+
+    def score(self, settings, prepared, data, output_dir, report=None) -> float:
+        rates = np.asarray(data.train_rows["labels"], dtype=np.float64).mean(axis=0)
+        smoothing = settings.loss.label_smoothing
+        probs = np.tile(rates * (1 - smoothing) + 0.5 * smoothing, (len(data.choosing_rows), 1))
+        return score(np.asarray(data.choosing_rows["labels"]), probs >= 0.5)["micro_f1"]
+
+
+class SearchablePriorBackend(PriorBackend):
+    name = "searchable-prior"
+
+    def matches(self, model_name_or_path: str) -> bool:
+        return model_name_or_path == "prior:searchable"
+
+    def search_trials(self) -> SearchTrials:
+        return SmoothedPriorSearch()
+
+
 @pytest.fixture
 def prior_backend():
     backend = register_backend(PriorBackend())
@@ -116,3 +151,46 @@ def test_a_backend_registered_in_a_test_trains_serves_and_stacks_unchanged(prior
     stack = tmp_path / "stack"
     run_cli("ensemble.py", "--runs", out, ngram, "--strategy", "stack", "--output_dir", stack)
     assert len(load_jsonl(stack / "submission.jsonl", "optional")) == len(load_jsonl(SAMPLE_TEST, "optional"))
+
+
+def test_what_a_backend_does_not_offer_is_refused_by_each_program_and_what_it_offers_is_its_own(
+    prior_backend, tmp_path
+):
+    prior = ["--model_name_or_path", "prior:rates"]
+    refused = run_cli("train.py", QUICKSTART, *prior, "--output_dir", tmp_path / "hp", "--hp-search", "2", check=False)
+    assert refused.returncode == 1 and "the prior backend, which offers no search" in refused.stderr
+    assert not (tmp_path / "hp").exists()
+    post_train_config = ROOT / "configs" / "post_train-quickstart.yaml"
+    with pytest.raises(PipelineError, match="the prior backend, which offers no post-training"):
+        parse_post_train_config([str(post_train_config), *prior, "--output_dir", str(tmp_path / "post")])
+    run = tmp_path / "prior"
+    run_cli("train.py", QUICKSTART, *prior, "--output_dir", run, "--num_folds", "2")
+    with pytest.raises(PipelineError, match="the prior backend, which cannot be a student"):
+        parse_distill_config(
+            [str(QUICKSTART), *prior, "--teacher_run", str(run), "--output_dir", str(tmp_path / "student")]
+        )
+    with pytest.raises(PipelineError, match="ONNX export is for encoders; a prior checkpoint"):
+        export_checkpoint(str(run / "fold_0" / "best"), str(tmp_path / "onnx"))
+    assert not (tmp_path / "onnx").exists() and not (tmp_path / "student").exists()
+    # a backend that offers a search gets its own trials: train.py --hp-search runs them, not an encoder's
+    searchable = register_backend(SearchablePriorBackend())
+    try:
+        out = tmp_path / "search"
+        argv = ["--model_name_or_path", "prior:searchable", "--output_dir", out, "--num_folds", "2"]
+        result = run_cli("train.py", QUICKSTART, *argv, "--hp-search", "6")
+    finally:
+        BACKENDS.remove(searchable)
+    with (out / "hp_search.csv").open(encoding="utf-8") as table:
+        trials = list(csv.DictReader(table))
+    assert len(trials) == 6 and set(trials[0]) == {"trial", "state", "micro_f1", "seconds", "label_smoothing"}
+    # each trial's score is the smoothed rates' on fold 0's validation rows, recomputed here
+    rows = load_jsonl(ROOT / "data" / "sample_train.jsonl")
+    train_index, validation_index = make_folds(rows["labels"], 2, 42)[0]
+    labels = np.asarray(rows["labels"])
+    rates = labels[train_index].mean(axis=0)
+    for trial in trials:
+        smoothing = float(trial["label_smoothing"])
+        probs = np.tile(rates * (1 - smoothing) + 0.5 * smoothing, (len(validation_index), 1))
+        expected = score(labels[validation_index], probs >= 0.5)["micro_f1"]
+        assert abs(float(trial["micro_f1"]) - expected) < 1e-6
+    assert "hp search: 6 trials on fold 0" in result.stdout

@@ -6,10 +6,9 @@ import json
 import pytest
 from conftest import ROOT, SAMPLE_TRAIN, run_cli
 
-from nikl_emotion.backends import encoder_backend
+from nikl_emotion.backends import encoder_backend, encoder_search
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.text.data import load_jsonl
-from nikl_emotion.training import hp_search
 from nikl_emotion.training.config_checks import parse_config
 from nikl_emotion.training.folds import hold_out, make_folds
 
@@ -69,7 +68,7 @@ def test_without_it_the_validation_rows_choose_and_the_run_says_so(tiny_run):
 def test_a_search_with_the_split_scores_its_trials_on_the_held_out_rows_the_run_chooses_its_epoch_on(
     tmp_path, monkeypatch
 ):
-    seen = spy_on_the_rows(monkeypatch, hp_search)
+    seen = spy_on_the_rows(monkeypatch, encoder_search)
     out = tmp_path / "hp"
     args = ["--output_dir", out, "--num_folds", "2", "--num_train_epochs", "1", "--fold", "1"]
     result = run_cli("train.py", QUICKSTART, "--hp-search", "1", *args, "--early_stopping_split", "0.2")

@@ -3,6 +3,7 @@ and ZeRO-3 through `accelerate launch` on 2 processes, ZeRO-2 through `python tr
 fold's `best/` reproduces its probabilities, `loading.json` says what ran, nothing of a fold's engine outlives it.
 Every launch has a timeout, so a hang fails instead of blocking the suite."""
 
+import csv
 import importlib.util
 import json
 import os
@@ -21,7 +22,6 @@ from nikl_emotion.backends.engines import (
     Engine,
     check_engine,
     check_post_training_engine,
-    check_search_engine,
     engine_of,
 )
 from nikl_emotion.base.config import TechniqueArguments
@@ -121,8 +121,6 @@ def test_what_an_engine_cannot_run_is_refused_before_any_work(engine, techniques
     [
         (lambda: check_post_training_engine(Engine("deepspeed", 2)), "post-training under DeepSpeed ZeRO-2 is not"),
         (lambda: check_post_training_engine(Engine("deepspeed", 3)), "post-training under DeepSpeed ZeRO-3 is not"),
-        (lambda: check_search_engine(Engine("deepspeed", 2), None), "only from --deepspeed FILE"),
-        (lambda: check_search_engine(Engine("deepspeed", 3), "ds3.json"), "ZeRO-3 has not run"),
     ],
 )
 def test_what_another_program_has_not_run_under_deepspeed_is_refused(check, message):
@@ -132,8 +130,6 @@ def test_what_another_program_has_not_run_under_deepspeed_is_refused(check, mess
 
 def test_what_other_programs_ran_under_an_engine_is_accepted():
     check_post_training_engine(Engine())
-    check_search_engine(Engine(), None)
-    check_search_engine(Engine("deepspeed", 2), "configs/deepspeed-zero2.json")
 
 
 def test_ema_is_kept_under_deepspeed_in_float32():
@@ -217,6 +213,21 @@ def test_zero3_shards_the_weights_and_saves_them_gathered_with_the_techniques_it
     assert_memory_level(out)
     assert result.stdout.count("   oof ") == 1  # one process wrote and printed
     assert not list(out.rglob("*.tmp")) and not list(out.rglob("best.partial"))
+
+
+@needs_deepspeed
+def test_a_search_runs_under_zero3_on_two_processes_drawing_once_and_writing_once(tmp_path):
+    """`train.py --hp-search` through an accelerate ZeRO-3 config: the main process draws each trial, both train
+    it (a fresh engine per trial, as per fold), one writes the study's table."""
+    out = tmp_path / "search"
+    config = ROOT / "configs" / "accelerate-deepspeed-zero3.yaml"
+    command = ["accelerate", "launch", "--config_file", str(config), "--num_processes", "2", "train.py"]
+    result = launch([*command, str(QUICKSTART), "--hp-search", "2", "--num_folds", "2", "--num_train_epochs", "1"], out)
+    with (out / "hp_search.csv").open(encoding="utf-8") as table:
+        trials = list(csv.DictReader(table))
+    assert [trial["state"] for trial in trials] == ["COMPLETE", "COMPLETE"]
+    assert all(0 <= float(trial["micro_f1"]) <= 1 for trial in trials)
+    assert result.stdout.count("hp search: 2 trials") == 1 and (out / "hp_search_best.yaml").is_file()
 
 
 def gpu_check():

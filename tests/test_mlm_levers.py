@@ -10,6 +10,7 @@ from conftest import ROOT, SAMPLE_TRAIN, run_cli
 from datasets import Dataset
 from transformers import AutoConfig, AutoModelForMaskedLM
 
+from nikl_emotion.backends import masked_lm
 from nikl_emotion.backends.backbone import offline_config, train_wordpiece_tokenizer
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.text.data import load_jsonl
@@ -63,7 +64,7 @@ def test_the_masked_positions_head_with_packed_positions_gives_the_models_own_lo
     batch = collator([packed[i] for i in range(len(packed))])
     assert "position_ids" in batch and batch["position_ids"].shape == batch["input_ids"].shape
     expected = full(**batch).loss
-    assert post_training.use_masked_positions_head(sparse)
+    assert masked_lm.use_masked_positions_head(sparse)
     torch.testing.assert_close(sparse(**batch).loss, expected, rtol=1e-5, atol=1e-6)
     unpacked = full(**{k: v for k, v in batch.items() if k != "position_ids"}).loss
     assert not torch.isclose(unpacked, expected)  # the positions reach the model

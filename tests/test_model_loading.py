@@ -332,10 +332,10 @@ def test_each_fold_is_its_own_tracking_run_grouped_under_the_runs_name(monkeypat
 def test_post_training_loads_the_hub_encoder_with_the_loading_keys_in_float32(models, tmp_path, monkeypatch):
     from transformers import AutoModelForMaskedLM
 
+    from nikl_emotion.backends.masked_lm import mlm_model_and_tokenizer
     from nikl_emotion.base.config import ModelArguments
     from nikl_emotion.text.cleaning import CleaningOptions
     from nikl_emotion.text.preprocessing import Preprocessing
-    from nikl_emotion.training.post_training import mlm_model_and_tokenizer
 
     calls = spy_on_loading(monkeypatch)
     original = AutoModelForMaskedLM.from_pretrained

@@ -86,7 +86,7 @@ def test_commands_that_need_an_encoder_refuse_it(tmp_path):
     ]
     from nikl_emotion.training.hp_search import run_hp_search
 
-    with pytest.raises(PipelineError, match="hp-search tunes the Trainer's settings"):
+    with pytest.raises(PipelineError, match="the ngram backend, which offers no search"):
         run_hp_search(parse_config(config), 2)
     with pytest.raises(PipelineError, match="unknown n-gram model 'ngram:bm25'"):
         parse_config([*config, "--model_name_or_path", "ngram:bm25"])
@@ -101,7 +101,7 @@ def test_commands_that_need_an_encoder_refuse_it(tmp_path):
         SAMPLE_TRAIN,
         check=False,
     )
-    assert refused.returncode == 1 and "post-training trains an encoder" in refused.stderr
+    assert refused.returncode == 1 and "offers no post-training" in refused.stderr
 
 
 def test_a_dtype_that_cannot_apply_to_an_ngram_model_is_said_not_silently_ignored(ngram_run, caplog):

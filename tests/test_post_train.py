@@ -207,8 +207,8 @@ def test_masked_positions_head_gives_the_models_own_mlm_loss_and_gradients(arch)
     from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling
 
     from nikl_emotion.backends.backbone import offline_config, train_wordpiece_tokenizer
+    from nikl_emotion.backends.masked_lm import use_masked_positions_head
     from nikl_emotion.text.data import load_jsonl
-    from nikl_emotion.training.post_training import use_masked_positions_head
 
     texts = load_jsonl(SAMPLE_TRAIN)["text"]
     tokenizer = train_wordpiece_tokenizer(texts, vocab_size=400)
@@ -243,7 +243,7 @@ def test_a_step_without_masked_tokens_leaves_the_weights_finite():
     from transformers import ElectraForMaskedLM
 
     from nikl_emotion.backends.backbone import offline_config, train_wordpiece_tokenizer
-    from nikl_emotion.training.post_training import use_masked_positions_head
+    from nikl_emotion.backends.masked_lm import use_masked_positions_head
 
     tokenizer = train_wordpiece_tokenizer(["오늘 공연 너무 좋았다"] * 30, vocab_size=100)
     model = ElectraForMaskedLM(offline_config("offline:electra-tiny", tokenizer))

@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from conftest import ROOT, run_cli
 from transformers import AutoModelForSequenceClassification, ElectraForPreTraining
 
+from nikl_emotion.backends import rtd
 from nikl_emotion.backends.backbone import offline_config, train_wordpiece_tokenizer
-from nikl_emotion.training import rtd
-from nikl_emotion.training.rtd import ReplacedTokenDetection, generator_config, sample_tokens
+from nikl_emotion.backends.rtd import ReplacedTokenDetection, generator_config, sample_tokens
 from nikl_emotion.training.time_budget import SAFETY, plan_steps
 
 

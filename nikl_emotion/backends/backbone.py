@@ -48,7 +48,6 @@ __all__ = [
     "needs_remote_code",
     "check_model_loading",
     "attention_kernel_available",
-    "HALF_PRECISION_KERNELS",
     "check_max_seq_length",
     "load_model",
     "fit_embeddings",
@@ -274,9 +273,6 @@ def check_model_loading(model_name_or_path: str, loading: ModelLoading) -> None:
         needs = _KERNEL_NEEDS.get(kernel, "pip install kernels")
         raise PipelineError(f"attn_implementation: {kernel} is not available here ({needs}); use sdpa or eager")
 
-
-# the kernels that compute in bf16/fp16 only: float32 tensors reaching them crash the forward pass
-HALF_PRECISION_KERNELS = ("flash_attention_2", "flash_attention_3")
 
 _KERNEL_NEEDS = {
     "flash_attention_2": "a CUDA GPU and pip install flash-attn",

@@ -32,13 +32,13 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from nikl_emotion.backends.backbone import (
-    HALF_PRECISION_KERNELS,
     attention_kernel_available,
     load_tokenizer,
     needs_remote_code,
 )
 from nikl_emotion.backends.heads import head_inputs, head_of, load_trained_model
 from nikl_emotion.backends.precision import (
+    HALF_PRECISION_KERNELS,
     LoadOptions,
     LoadRecord,
     ServingPrecision,

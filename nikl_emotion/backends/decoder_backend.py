@@ -320,14 +320,22 @@ class DecoderBackend(EncoderBackend):
     """Every `model_name_or_path` whose config is a causal LM's (a local folder, or a hub name once cached)."""
 
     name = "decoder"
-    # no MLM post-training, HP search, encoder fine-tuning techniques, student role or ONNX export (yet)
+    # no encoder fine-tuning techniques, HP search, MLM post-training, student role or ONNX export (yet)
     supports_techniques = False
-    supports_post_training = False
-    supports_hp_search = False
-    supports_distillation = False
-    supports_onnx_export = False
     supports_multi_process = True
     heads = ("cls",)  # the model's own head on the last token
+
+    def search_trials(self) -> None:
+        return None
+
+    def post_trainer(self) -> None:
+        return None
+
+    def student(self) -> None:
+        return None
+
+    def onnx_exporter(self) -> None:
+        return None
 
     def matches(self, model_name_or_path: str) -> bool:
         if is_offline(model_name_or_path) or is_ngram(model_name_or_path):

@@ -1,6 +1,6 @@
 """`EmotionTrainer`: the Hugging Face Trainer of the encoder backend, with the pipeline's losses reduced so that
 gradient accumulation and several processes give one big batch's gradients, the techniques that act inside a step,
-length-grouped batches from a plain list, and the fold's inputs (`fold_trainer_inputs`) shared by a fold's training
+and the fold's inputs (`fold_trainer_inputs`) shared by a fold's training
 and the HP search."""
 
 from __future__ import annotations
@@ -10,8 +10,6 @@ import torch
 from datasets import Dataset
 from torch.utils.data import SequentialSampler
 from transformers import EarlyStoppingCallback, EvalPrediction, Trainer
-from transformers.integrations import TensorBoardCallback
-from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from nikl_emotion.backends.averaging import weight_averaging
 from nikl_emotion.backends.budget_clock import ClockScheduleMixin
@@ -19,17 +17,16 @@ from nikl_emotion.backends.classifier import CheckpointClassifier
 from nikl_emotion.backends.losses import MultiLabelLoss, loss_named
 from nikl_emotion.backends.precision import autocast_dtype, ran_autocast
 from nikl_emotion.backends.techniques import Adversary, layerwise_parameter_groups, rdrop_divergence, repeat_batch
+from nikl_emotion.backends.trainer_parts import LengthListSamplerMixin
 from nikl_emotion.base.config import LossArguments, RunSettings
 from nikl_emotion.decisions.decision import fixed_rule
 from nikl_emotion.decisions.metrics import score, sigmoid
 from nikl_emotion.decisions.voting import DecisionRule
-from nikl_emotion.text.batching import MODEL_INPUTS, PaddingCollator, column_array, length_order
+from nikl_emotion.text.batching import MODEL_INPUTS, PaddingCollator, length_order
 from nikl_emotion.text.preprocessing import Preprocessing
 
 __all__ = [
     "TRAINER_COLUMNS",
-    "keep_tensorboard_logs",
-    "LengthListSamplerMixin",
     "EmotionTrainer",
     "predict_in_order",
     "fold_trainer_inputs",
@@ -41,31 +38,6 @@ _MODEL_INPUT_COLUMNS = (*MODEL_INPUTS, "length")  # `length` feeds the sampler o
 
 
 TRAINER_COLUMNS = (*_MODEL_INPUT_COLUMNS, "labels")
-
-
-def keep_tensorboard_logs(trainer: Trainer, logging_dir: str) -> None:
-    """TensorBoard logs into `logging_dir` instead of the checkpoints folder, which is deleted when the run ends
-    (`TENSORBOARD_LOGGING_DIR`, when set, still wins)."""
-    for callback in trainer.callback_handler.callbacks:
-        if isinstance(callback, TensorBoardCallback) and callback.logging_dir is None:
-            callback.logging_dir = logging_dir
-
-
-class LengthListSamplerMixin:
-    """Feeds the length-grouped sampler a plain list of lengths. Trainer would hand it `dataset["length"]`, a lazy
-    column in datasets 5 that reads one row per lookup: a quarter of a tiny model's epoch, three quarters of an
-    MLM epoch."""
-
-    def _get_train_sampler(self, train_dataset=None):
-        train_dataset = self.train_dataset if train_dataset is None else train_dataset
-        if self.args.train_sampling_strategy != "group_by_length" or "length" not in getattr(
-            train_dataset, "column_names", ()
-        ):
-            return super()._get_train_sampler(train_dataset)
-        return LengthGroupedSampler(
-            self.args.train_batch_size * self.args.gradient_accumulation_steps,
-            lengths=column_array(train_dataset, "length").tolist(),
-        )
 
 
 class EmotionTrainer(ClockScheduleMixin, LengthListSamplerMixin, Trainer):

@@ -33,9 +33,9 @@ from nikl_emotion.backends.divergence import DivergenceGuard, TrainingDiverged, 
 from nikl_emotion.backends.emotion_trainer import (
     EmotionTrainer,
     fold_trainer_inputs,
-    keep_tensorboard_logs,
     predict_in_order,
 )
+from nikl_emotion.backends.encoder_search import EncoderSearchTrials
 from nikl_emotion.backends.engines import (
     free_engine,
     gathered_state_dict,
@@ -46,16 +46,22 @@ from nikl_emotion.backends.engines import (
 from nikl_emotion.backends.fold_backend import (
     FoldBackend,
     FoldData,
+    OnnxExporter,
+    PostTrainer,
     PreparedRun,
+    SearchTrials,
     pseudo_label_rows,
     replace_best,
     write_fold_outputs,
 )
 from nikl_emotion.backends.heads import HEADS
+from nikl_emotion.backends.masked_lm import MaskedLMPostTrainer
 from nikl_emotion.backends.model_card import write_model_card
+from nikl_emotion.backends.onnx_export import EncoderOnnxExporter
 from nikl_emotion.backends.precision import LoadOptions, LoadRecord
 from nikl_emotion.backends.techniques import enable_multi_sample_dropout
 from nikl_emotion.backends.tracking import end_fold_tracking, fold_trainer_settings, push_fold
+from nikl_emotion.backends.trainer_parts import keep_tensorboard_logs
 from nikl_emotion.base.checkpoint_files import AVERAGING_STATE_FILE
 from nikl_emotion.base.config import ModelArguments, ModelLoading, RunSettings, TechniqueArguments
 from nikl_emotion.base.errors import PipelineError
@@ -79,14 +85,15 @@ __all__ = [
 
 
 class EncoderBackend(FoldBackend):
-    """Every `model_name_or_path` that is not another backend's: a hub name, a local model folder, offline:..."""
+    """Every `model_name_or_path` that is not another backend's: a hub name, a local model folder, offline:...
+
+    A backend that trains like it subclasses it (the decoder's does) and overrides its hooks where it differs:
+    `new_model` (a fresh model for a fold or a search trial), `save_model` (into best/), `load_record` (how best/
+    loads), `load_checkpoint`, and the abilities it does not offer (`search_trials`, `post_trainer`, `student`,
+    `onnx_exporter` return None)."""
 
     name = "encoder"
     supports_techniques = True
-    supports_post_training = True
-    supports_hp_search = True
-    supports_distillation = True
-    supports_onnx_export = True
     supports_multi_process = True
     supports_early_stopping_split = True
     supports_time_budget = True
@@ -98,6 +105,18 @@ class EncoderBackend(FoldBackend):
 
     def matches(self, model_name_or_path: str) -> bool:
         return True
+
+    def search_trials(self) -> SearchTrials | None:
+        return EncoderSearchTrials(self)
+
+    def post_trainer(self) -> PostTrainer | None:
+        return MaskedLMPostTrainer()
+
+    def student(self) -> FoldBackend | None:
+        return self  # train_fold learns float labels (soft targets) as it learns gold ones
+
+    def onnx_exporter(self) -> OnnxExporter | None:
+        return EncoderOnnxExporter()
 
     def check_spec(self, model_name_or_path: str) -> None:
         if is_offline(model_name_or_path):

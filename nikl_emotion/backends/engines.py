@@ -25,7 +25,6 @@ __all__ = [
     "engine_of",
     "check_engine",
     "check_post_training_engine",
-    "check_search_engine",
     "gathered_state_dict",
     "free_engine",
     "release_memory",
@@ -120,25 +119,6 @@ def check_post_training_engine(engine: Engine) -> None:
             f"post-training under {engine.label} is not offered (its held-out evaluation before training and its "
             "model building have not run under DeepSpeed); post-train under DDP (accelerate launch --multi_gpu) or "
             "one process: its models are encoders that fit one GPU"
-        )
-
-
-def check_search_engine(engine: Engine, deepspeed_file: str | None) -> None:
-    """--hp-search under DeepSpeed: run (one process) with `--deepspeed FILE` at ZeRO-2, where transformers
-    rebuilds the engine's config for each trial; under an accelerate DeepSpeed config (no FILE) every trial fails,
-    and ZeRO-3 has not run."""
-    if engine.name != "deepspeed":
-        return
-    if not deepspeed_file:
-        raise PipelineError(
-            "--hp-search under an accelerate DeepSpeed config: transformers rebuilds DeepSpeed for each trial only "
-            "from --deepspeed FILE; give the config that way (--deepspeed configs/deepspeed-zero2.json) or search "
-            "under DDP"
-        )
-    if engine.zero_stage == 3:
-        raise PipelineError(
-            "--hp-search under DeepSpeed ZeRO-3 has not run; search under ZeRO-2 (--deepspeed "
-            "configs/deepspeed-zero2.json) or DDP: a trial's model is the one the run trains"
         )
 
 

@@ -1,4 +1,6 @@
-"""ONNX export of a checkpoint (optionally int8, dynamically quantized) and CPU inference with onnxruntime.
+"""ONNX export of a checkpoint (optionally int8, dynamically quantized) for CPU inference with onnxruntime: the
+output folder checked and written whole, the graph by the checkpoint's backend's exporter (`onnx_exporter()`;
+the encoder's is `onnx_export.py`).
 
 An export folder holds `model.onnx` plus what prediction needs besides the weights: the tokenizer,
 `config.json` (labels), `preprocessing.json` (cleaning and input format) and `export.json`.
@@ -11,19 +13,11 @@ from __future__ import annotations
 
 import os
 
-import pyarrow as pa
-import torch
-
-from nikl_emotion.backends.classifier import CheckpointClassifier, is_onnx_export, require
-from nikl_emotion.backends.precision import LoadOptions, LoadRecord
+from nikl_emotion.backends.classifier import is_onnx_export, require
 from nikl_emotion.backends.registry import checkpoint_backend
-from nikl_emotion.base.checkpoint_files import EXPORT_FILE, ONNX_FILE
 from nikl_emotion.base.errors import PipelineError
-from nikl_emotion.base.fileio import atomic_folder, check_writable_location, write_json_atomic
+from nikl_emotion.base.fileio import atomic_folder, check_writable_location
 from nikl_emotion.folders.folder_kind import OWN_NAMES, check_output_folder, is_ignorable, mark_folder
-from nikl_emotion.text.batching import MODEL_INPUTS, pad_table
-from nikl_emotion.text.encoding import tokenize_batch
-from nikl_emotion.text.preprocessing import Preprocessing
 
 __all__ = [
     "export_checkpoint",
@@ -32,28 +26,6 @@ __all__ = [
 
 
 _OPSET = 17
-# traced rows (cleaned-text columns, as tokenize_batch takes them): one with a target, one without
-_TRACE_ROWS = {
-    "text": ["오늘 공연 너무 좋았다", "정말 최고"],
-    "target": ["공연", None],
-    "target_begin": [3, None],
-    "target_end": [5, None],
-}
-
-
-def _trace_sample(tokenizer, preprocessing: Preprocessing) -> dict[str, torch.Tensor]:
-    """A padded batch in the checkpoint's own format (its input format, its tokenizer's model inputs: no
-    token_type_ids for a model without segment embeddings), one row with a target and one without."""
-    encoded = tokenize_batch(
-        _TRACE_ROWS,
-        tokenizer,
-        preprocessing.input_format,
-        preprocessing.max_seq_length,
-        target_mask=preprocessing.marks_target,
-        input_template=preprocessing.input_template,
-    )
-    names = [name for name in MODEL_INPUTS if name in encoded]
-    return pad_table(pa.table({name: encoded[name] for name in names}), names, tokenizer.pad_token_id)
 
 
 def export_checkpoint(checkpoint: str, output_dir: str, int8: bool = False, opset: int = _OPSET) -> dict:
@@ -65,16 +37,15 @@ def export_checkpoint(checkpoint: str, output_dir: str, int8: bool = False, opse
     if is_onnx_export(checkpoint):
         raise PipelineError(f"{checkpoint}: already an ONNX export; export the best/ folder it was made from")
     backend = checkpoint_backend(checkpoint)
-    if not backend.supports_onnx_export:
+    exporter = backend.onnx_exporter()
+    if exporter is None:
         raise PipelineError(
             f"{checkpoint}: ONNX export is for encoders; a {backend.name} checkpoint predicts as it "
             "is (inference.py --checkpoint takes it)"
         )
-    # the graph is float32 (ONNX Runtime on CPU); a run trained under bf16/fp16 autocast is exported without it
-    classifier = CheckpointClassifier.from_pretrained(checkpoint, device="cpu", options=LoadOptions(dtype="fp32"))
-    classifier.model.eval()
     with atomic_folder(output_dir) as staging:  # the folder appears complete or not at all
-        return _export(classifier, staging, source=checkpoint, int8=int8, opset=opset, ort=ort)
+        mark_folder(staging, "export")
+        return {**exporter.export(checkpoint, staging, int8=int8, opset=opset), "onnxruntime": ort.__version__}
 
 
 def check_export_target(checkpoint: str, output_dir: str) -> None:
@@ -107,46 +78,3 @@ def check_export_target(checkpoint: str, output_dir: str) -> None:
 def _is_export_file(name: str) -> bool:
     """A name export.py writes into its folder (the graph, its record, the tokenizer, config and preprocessing)."""
     return is_ignorable(name) or OWN_NAMES["export"](name)
-
-
-def _export(classifier: CheckpointClassifier, staging: str, *, source: str, int8: bool, opset: int, ort) -> dict:
-    model, tokenizer, preprocessing = classifier.model, classifier.tokenizer, classifier.preprocessing
-    mark_folder(staging, "export")
-    sample = _trace_sample(tokenizer, preprocessing)
-    names = list(sample)
-    fp32_path = os.path.join(staging, "model.fp32.onnx" if int8 else ONNX_FILE)
-    axes = {name: {0: "batch", 1: "sequence"} for name in names} | {"logits": {0: "batch"}}
-    with torch.inference_mode():
-        # the TorchScript exporter: dynamic batch and length axes, no onnxscript needed
-        # by name: a model without token_type_ids would take target_mask in that place positionally
-        torch.onnx.export(
-            model,
-            (),
-            fp32_path,
-            kwargs={name: sample[name] for name in names},
-            input_names=names,
-            output_names=["logits"],
-            dynamic_axes=axes,
-            opset_version=opset,
-            dynamo=False,
-        )
-    if int8:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
-        quantize_dynamic(fp32_path, os.path.join(staging, ONNX_FILE), weight_type=QuantType.QInt8)
-        os.remove(fp32_path)
-    tokenizer.save_pretrained(staging)
-    model.config.save_pretrained(staging)
-    preprocessing.save(staging)
-    info = {
-        "source": os.path.abspath(source),
-        "int8": int8,
-        "opset": opset,
-        "inputs": names,
-        "dtype": "float32",
-        "trained_autocast": LoadRecord.load(source).autocast,
-        "torch": torch.__version__,
-        "onnxruntime": ort.__version__,
-    }
-    write_json_atomic(os.path.join(staging, EXPORT_FILE), info)
-    return info

@@ -1,6 +1,7 @@
 """What every backend's fold gets and gives: `FoldData` (the fold's rows, the backbone to start from), the
-`FoldBackend` interface a backend implements (registry.py lists them), and the fold's files, written the same way
-for every backend (probabilities, metrics, then `done.json`, the mark of a complete fold)."""
+`FoldBackend` interface a backend implements (registry.py lists them) with the abilities it may offer (`SearchTrials`,
+`PostTrainer`, `OnnxExporter`: what a program uses, asked of the backend object), and the fold's files, written the
+same way for every backend (probabilities, metrics, then `done.json`, the mark of a complete fold)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from datasets import Dataset, concatenate_datasets
 
-from nikl_emotion.base.config import RunSettings
+from nikl_emotion.base.config import ModelArguments, PostTrainSettings, RunSettings
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.fileio import write_json_atomic, write_probs
 from nikl_emotion.folders.run_folder import FoldFolder
@@ -23,6 +24,9 @@ from nikl_emotion.text.preprocessing import Preprocessing
 __all__ = [
     "PreparedRun",
     "FoldBackend",
+    "SearchTrials",
+    "PostTrainer",
+    "OnnxExporter",
     "FoldData",
     "pseudo_label_rows",
     "write_fold_outputs",
@@ -52,25 +56,38 @@ class FoldBackend(ABC):
     folders, as a `classifier.CheckpointClassifier`). Optional: `check_spec` and `check_loading` (refuse a bad
     name or loading key before any work; nothing to refuse by default) and `pretokenizer_of` (None: any).
 
-    Abilities the programs above ask instead of the backend's name, each named by what it enables and not offered
-    unless a backend says so: `supports_techniques` (the fine-tuning techniques of TechniqueArguments),
-    `supports_post_training` (`post_train.py` continues its pretraining), `supports_hp_search` (`train.py
-    --hp-search`), `supports_distillation` (it can be `distill.py`'s student), `supports_onnx_export`
-    (`export.py`), `supports_multi_process` (it may run under `accelerate launch`), `supports_early_stopping_split`
-    (its training chooses an epoch, on held-out rows if asked), `supports_time_budget` (its fold's schedule can
-    follow `FoldData.ends_at`), `heads` (the `classifier_head` values it builds; empty for a model without one) and
-    `check_lora` (LoRA adapters: refused unless the backend overrides it with what they need)."""
+    Abilities the programs above ask instead of the backend's name, none offered unless a backend says so. Yes/no
+    facts: `supports_techniques` (the fine-tuning techniques of TechniqueArguments), `supports_multi_process` (it
+    may run under `accelerate launch`), `supports_early_stopping_split` (its training chooses an epoch, on held-out
+    rows if asked), `supports_time_budget` (its fold's schedule can follow `FoldData.ends_at`), `heads` (the
+    `classifier_head` values it builds; empty for a model without one). Programs it enables, each a method returning
+    the object that program uses (`abilities.py`) or None: `search_trials` (`train.py --hp-search`), `post_trainer`
+    (`post_train.py`), `student` (`distill.py`'s student), `onnx_exporter` (`export.py`); and `check_lora` (LoRA
+    adapters: refused unless the backend overrides it with what they need)."""
 
     name: str = ""
     supports_techniques: bool = False
-    supports_post_training: bool = False
-    supports_hp_search: bool = False
-    supports_distillation: bool = False
-    supports_onnx_export: bool = False
     supports_multi_process: bool = False
     supports_early_stopping_split: bool = False
     supports_time_budget: bool = False
     heads: tuple[str, ...] = ()
+
+    def search_trials(self) -> SearchTrials | None:
+        """The trials of `train.py --hp-search` (None: no search offered)."""
+        return None
+
+    def post_trainer(self) -> PostTrainer | None:
+        """Continued pretraining for `post_train.py` (None: not offered)."""
+        return None
+
+    def student(self) -> FoldBackend | None:
+        """The backend that trains `distill.py`'s student from this model name: one whose `train_fold` learns
+        soft targets (probabilities as labels) and its unlabelled rows (None: it cannot be a student)."""
+        return None
+
+    def onnx_exporter(self) -> OnnxExporter | None:
+        """The export of this backend's checkpoints for `export.py` (None: its checkpoints predict as they are)."""
+        return None
 
     @abstractmethod
     def matches(self, model_name_or_path: str) -> bool: ...
@@ -186,3 +203,54 @@ def replace_best(folder: FoldFolder, preprocessing: Preprocessing, write: Callab
     preprocessing.save(folder.best_staging)
     shutil.rmtree(folder.best, ignore_errors=True)
     os.replace(folder.best_staging, folder.best)
+
+
+# What a backend may offer besides training folds, each an object a program asks its backend for (a `FoldBackend`
+# method returns it, or None for "not offered"). A program holds only these interfaces, never a backend's modules: a
+# new backend offers an ability by returning its own object.
+
+
+class SearchTrials(ABC):
+    """A backend's hyper-parameter trials: the values a trial draws, and a trial's score on one fold's split."""
+
+    @abstractmethod
+    def suggest(self, trial, settings: RunSettings) -> dict:
+        """The trial's values (an Optuna trial's `suggest_*`), keyed by the settings' own keys (`learning_rate`,
+        `focal_gamma`, ...), centred on `settings` so one space suits any backbone."""
+
+    @abstractmethod
+    def score(
+        self, settings: RunSettings, prepared: PreparedRun, data: FoldData, output_dir: str, report=None
+    ) -> float:
+        """Train on `data`'s training rows with `settings` (the trial's values applied) and return the best
+        micro-F1 over its epochs on `data.choosing_rows`; nothing is kept but scratch files under `output_dir`.
+        `report(step, value)`, if given, is called after each evaluation (a pruner's hook; it may raise to stop)."""
+
+
+class PostTrainer(ABC):
+    """A backend's continued pretraining on unlabelled task text (`post_train.py`): the architecture's part. The
+    program reads the files, plans the time budget, runs the Trainer and saves the folder."""
+
+    @abstractmethod
+    def check(self, model_args: ModelArguments, objective: str) -> None:
+        """Refuse a backbone this objective (`mlm`, `rtd`) cannot train, before any work."""
+
+    @abstractmethod
+    def model_and_tokenizer(self, settings: PostTrainSettings, texts: list[str], preprocessing: Preprocessing):
+        """(the model to save, its tokenizer) for `settings.objective`: from the hub name or folder, or a new
+        backbone built on `texts` (its tokenizer saved to the output folder at once, so a resumed run and every
+        process use the very vocabulary its checkpoints learned)."""
+
+    @abstractmethod
+    def training_model(self, model, objective_args):
+        """The module the Trainer trains for `objective_args` (MLMArguments): `model` itself with a cheaper
+        forward, or a wrapper that holds it (RTD's generator and discriminator); saving `model` saves the result."""
+
+
+class OnnxExporter(ABC):
+    """A backend's export of a checkpoint to an ONNX graph that `EmotionClassifier` serves."""
+
+    @abstractmethod
+    def export(self, checkpoint: str, staging: str, *, int8: bool, opset: int) -> dict:
+        """Write the graph and what prediction needs into `staging` (a folder renamed into place afterwards);
+        returns the record written as export.json."""

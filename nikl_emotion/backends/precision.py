@@ -35,6 +35,7 @@ from nikl_emotion.base.fileio import write_json_atomic
 from nikl_emotion.base.vocabulary import INFERENCE_DTYPES, check_choice
 
 __all__ = [
+    "HALF_PRECISION_KERNELS",
     "TORCH_DTYPES",
     "training_autocast",
     "check_autocast_device",
@@ -53,6 +54,9 @@ __all__ = [
     "four_bit_device_map",
     "bits_and_bytes_config",
 ]
+
+# the attention kernels that compute in bf16/fp16 only: float32 tensors reaching them crash the forward pass
+HALF_PRECISION_KERNELS = ("flash_attention_2", "flash_attention_3")
 
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

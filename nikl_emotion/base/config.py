@@ -683,6 +683,17 @@ class RunSettings:
         """The same settings with other Trainer arguments (a trial's, the student's)."""
         return dataclasses.replace(self, training=training)
 
+    def with_values(self, values: dict) -> RunSettings:
+        """The same settings with `values` (config keys: a search trial's) set in the parts that hold them."""
+        parts, left = list(self.parts()), dict(values)
+        for i, part in enumerate(parts):
+            own = {key: left.pop(key) for key in [f.name for f in dataclasses.fields(part)] if key in left}
+            if own:
+                parts[i] = dataclasses.replace(part, **own)
+        if left:
+            raise ValueError(f"not a setting: {', '.join(sorted(left))}")
+        return RunSettings(*parts)
+
 
 @dataclass(frozen=True)
 class DistillSettings:

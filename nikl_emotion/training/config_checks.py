@@ -10,12 +10,11 @@ import os
 
 from transformers import TrainingArguments
 
-from nikl_emotion.backends.backbone import HALF_PRECISION_KERNELS
 from nikl_emotion.backends.budget_clock import check_clock_schedule
 from nikl_emotion.backends.engines import check_engine, engine_of
 from nikl_emotion.backends.heads import TARGET_MASK, head_named
 from nikl_emotion.backends.losses import LOSSES, loss_arguments_class, loss_named
-from nikl_emotion.backends.precision import check_autocast_device
+from nikl_emotion.backends.precision import HALF_PRECISION_KERNELS, check_autocast_device
 from nikl_emotion.backends.registry import backend_for
 from nikl_emotion.base.config import (
     ARGUMENT_CLASSES,

@@ -42,8 +42,7 @@ import numpy as np
 from accelerate import PartialState
 from datasets import Dataset, concatenate_datasets
 
-from nikl_emotion.backends.encoder_backend import backbone_and_encodings
-from nikl_emotion.backends.fold_backend import FoldData
+from nikl_emotion.backends.fold_backend import FoldBackend, FoldData
 from nikl_emotion.backends.registry import backend_for
 from nikl_emotion.base.config import (
     TRAINING_DEFAULTS,
@@ -68,7 +67,7 @@ from nikl_emotion.folders.run_folder import (
 )
 from nikl_emotion.runs.finished_run import FinishedRun
 from nikl_emotion.text.data import iter_column, iter_inputs, load_jsonl
-from nikl_emotion.text.preprocessing import Preprocessing, TaskFiles, clean, encode
+from nikl_emotion.text.preprocessing import Preprocessing, TaskFiles, clean
 from nikl_emotion.training.config_checks import argument_classes, validate
 from nikl_emotion.training.kfold import load_run_files, replace_labels
 
@@ -101,8 +100,7 @@ def parse_distill_config(argv: list[str]) -> DistillSettings:
     settings = DistillSettings(RunSettings(*pipeline, training_args), distill_args)
     validate(settings.run)
     model_name = settings.run.model.model_name_or_path
-    if not backend_for(model_name).supports_distillation:
-        raise PipelineError(f"model_name_or_path: the student is an encoder; {model_name} has none")
+    _student_backend(model_name)
     settings = _without_fold_keys(settings)
     teacher = FinishedRun.open(distill_args.teacher_run, "teacher_run")
     if os.path.realpath(distill_args.teacher_run) == os.path.realpath(training_args.output_dir):
@@ -122,6 +120,18 @@ _FOLD_ONLY_KEYS = {
     "time_budget_minutes": "it shares train.py's minutes over its folds; the student trains num_train_epochs",
     "early_stopping_split": "the student's epoch is chosen on validation_file or the teacher's validation_fold",
 }
+
+
+def _student_backend(model_name_or_path: str) -> FoldBackend:
+    """The backend that trains the student `model_name_or_path` (`FoldBackend.student`); refused where none can."""
+    backend = backend_for(model_name_or_path)
+    student = backend.student()
+    if student is None:
+        raise PipelineError(
+            f"model_name_or_path: {model_name_or_path} is trained by the {backend.name} backend, which cannot be "
+            "a student (the student is an encoder: it learns the teacher's probabilities)"
+        )
+    return student
 
 
 def _without_fold_keys(settings: DistillSettings) -> DistillSettings:
@@ -181,7 +191,7 @@ def run_distillation(settings: DistillSettings) -> dict | None:
         logger.info("%s: the student is already trained (%s); summarising", output_dir, os.path.basename(folder.done))
         result = read_mapping(folder.metrics)
     else:
-        result = backend_for(data.backbone).train_fold(run, data, folder)
+        result = _student_backend(run.model.model_name_or_path).train_fold(run, data, folder)
     if not state.is_main_process:
         return None
     if files.test is not None:
@@ -263,12 +273,10 @@ def _student_fold_data(settings: DistillSettings, files: TaskFiles, teacher: _Te
     cleaned = replace_labels(files.cleaned, np.where(teacher.held_out[:, None], gold, soft))
     cleaned_validation, pool = _student_text_rows(settings, files.preprocessing, teacher)
     other_texts = [text for rows in [*pool, *filter(None, [cleaned_validation])] for text in rows["text"]]
-    backbone, tokenizer, encoded, encoded_test = backbone_and_encodings(
-        model_args, files.preprocessing, training_args, cleaned, files.cleaned_test, other_texts
+    prepared = _student_backend(model_args.model_name_or_path).prepare(
+        settings.run, files.preprocessing, cleaned, files.cleaned_test, other_texts
     )
-
-    def encoded_rows(rows: Dataset) -> Dataset:
-        return encode(rows, tokenizer, files.preprocessing, max_unknown_rate=model_args.max_unknown_rate)
+    encoded, encoded_rows = prepared.encoded, prepared.encode
 
     extra = None
     if pool:
@@ -282,7 +290,14 @@ def _student_fold_data(settings: DistillSettings, files: TaskFiles, teacher: _Te
         encoded = concatenate_datasets([encoded, encoded_validation])
     train_index = np.flatnonzero(~teacher.held_out)
     return FoldData(
-        teacher.fold, train_index, validation_index, encoded, encoded_test, backbone, files.preprocessing, extra
+        teacher.fold,
+        train_index,
+        validation_index,
+        encoded,
+        prepared.encoded_test,
+        prepared.backbone,
+        files.preprocessing,
+        extra,
     )
 
 

@@ -1,21 +1,14 @@
-"""Hyper-parameter search with `Trainer.hyperparameter_search` (Optuna backend) on one fold.
+"""Hyper-parameter search: an Optuna study (TPE) over the trials its backend offers, on one fold.
 
 `python train.py CONFIG --hp-search N [--fold K]`: N trials, each training on fold K's training split (default 0)
 and scored by the best micro-F1 over its epochs on the rows that choose: fold K's validation rows, or with
 `early_stopping_split` a share of its training rows held out (the same rows the run's epoch is then chosen on), so
 that fold K's out-of-fold rows stay unseen by the search too. The space is centred on the config's own values, so the
-same command searches sensibly around a pretrained encoder's 4e-5 or the offline backbone's 1e-3:
-
-| key | range |
-|---|---|
-| learning_rate | log-uniform in [lr/10, lr*10] |
-| weight_decay | uniform in [0, 0.3] |
-| per_device_train_batch_size | one of 16, 32, 64, 128 |
-| num_train_epochs | integer in [max(1, E/2), E] (E: the config's epochs) |
-| warmup_steps | ratio in [0, 0.2] |
-| label_smoothing | uniform in [0, 0.2] |
-| the loss's own keys | its `Loss.suggest` (backends/losses.py): bce: pos_weight none/auto; focal: focal_gamma |
-| | [0, 4], focal_alpha [0.1, 0.9]; asl: asl_gamma_neg [0, 6], asl_clip [0, 0.2]; a registered loss: its keys' ranges |
+same command searches sensibly around a pretrained encoder's 4e-5 or the offline backbone's 1e-3. The values a trial
+draws and how a trial trains are the backend's (`backend.search_trials()`; the encoder's: `backends/encoder_search.py`,
+the learning rate, weight decay, batch size, epochs, warm-up, label smoothing and the loss's own keys); this program
+runs the study, on one process or on every process of `accelerate launch` (the main process draws, the others train
+the same trial).
 
 Trials go to an Optuna SQLite study in `OUT/hp_search.db` (an interrupted search continues where it stopped);
 `OUT/hp_search.csv` lists every trial (number, state, micro-F1, seconds, parameters) and `OUT/hp_search_best.yaml`
@@ -25,23 +18,18 @@ holds the best trial's values as config keys for `train.py CONFIG OUT/hp_search_
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import logging
-import math
 import os
 
 import numpy as np
 import yaml
 from accelerate import PartialState
-from transformers import TrainingArguments
+from accelerate.utils import broadcast_object_list
 
-from nikl_emotion.backends.emotion_trainer import EmotionTrainer, fold_trainer_inputs, make_loss
-from nikl_emotion.backends.encoder_backend import backbone_and_encodings, backbone_loading, load_classifier
-from nikl_emotion.backends.engines import check_search_engine, engine_of
-from nikl_emotion.backends.losses import loss_named
+from nikl_emotion.backends.fold_backend import FoldData, PreparedRun
 from nikl_emotion.backends.registry import backend_for
-from nikl_emotion.base.config import LossArguments, RunSettings
+from nikl_emotion.base.config import RunSettings
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.fileio import write_text_atomic
 from nikl_emotion.base.vocabulary import CHOOSING_ROWS, choosing_rows_name
@@ -56,56 +44,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-_BATCH_SIZES = (16, 32, 64, 128)
-
-
-def _loss_keys(loss_args: LossArguments) -> set[str]:
-    """The settings' loss keys (the registered losses' included): a trial's values that are not TrainingArguments."""
-    return {field.name for field in dataclasses.fields(loss_args)}
-
-
-def _suggest(trial, base: TrainingArguments, loss_args: LossArguments) -> dict:
-    """One trial's values (documented in the module docstring); Trainer keys and loss keys together."""
-    lr = base.learning_rate
-    epochs = max(1, int(math.ceil(base.num_train_epochs)))
-    params = {
-        "learning_rate": trial.suggest_float("learning_rate", lr / 10, lr * 10, log=True),
-        "weight_decay": trial.suggest_float("weight_decay", 0.0, 0.3),
-        "per_device_train_batch_size": trial.suggest_categorical("per_device_train_batch_size", list(_BATCH_SIZES)),
-        "num_train_epochs": trial.suggest_int("num_train_epochs", max(1, epochs // 2), epochs),
-        "warmup_steps": trial.suggest_float("warmup_steps", 0.0, 0.2),
-        "label_smoothing": trial.suggest_float("label_smoothing", 0.0, 0.2),
-    }
-    return {**params, **loss_named(loss_args.loss).suggest(trial)}
-
-
-class _SearchTrainer(EmotionTrainer):
-    """Applies a trial's loss keys (which are not TrainingArguments) and tracks the trial's best epoch."""
-
-    def __init__(self, *args, loss_args: LossArguments, train_labels: np.ndarray, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.base_loss_args = loss_args
-        self.train_labels = train_labels
-        self.best_in_trial = -math.inf
-
-    def _hp_search_setup(self, trial) -> None:
-        super()._hp_search_setup(trial)  # sets the TrainingArguments keys
-        if trial is None:
-            return
-        params = dict(trial.params)
-        if "warmup_steps" in params:  # the Trainer casts to the old value's type: 0 (int) would swallow a ratio
-            self.args.warmup_steps = float(params["warmup_steps"])
-        loss_keys = _loss_keys(self.base_loss_args)
-        loss_params = {k: v for k, v in params.items() if k in loss_keys}
-        self.loss_fn = make_loss(dataclasses.replace(self.base_loss_args, **loss_params), self.train_labels)
-        self.best_in_trial = -math.inf
-
-    def objective_of(self, metrics: dict) -> float:
-        # a trial is worth its best epoch (what load_best_model_at_end would keep), not its last
-        self.best_in_trial = max(self.best_in_trial, metrics["eval_micro_f1"])
-        return self.best_in_trial
 
 
 def _trials_table(study) -> list[dict]:
@@ -140,33 +78,34 @@ def _write_trials(output_dir: str, study, rows_name: str) -> None:
         write_text_atomic(run.hp_best, header + yaml.safe_dump(dict(best.params), sort_keys=False))
 
 
-def _check_search(settings: RunSettings, n_trials: int):
-    """What a search needs, checked before any work; returns the optuna module."""
+def _check_search(settings: RunSettings, n_trials: int) -> tuple:
+    """What a search needs, checked before any work; returns (the optuna module, the backend's trials)."""
     model_args, technique_args = settings.model, settings.techniques
     try:
         import optuna
     except ImportError:
         raise PipelineError("--hp-search needs optuna: pip install optuna") from None
-    if not backend_for(model_args.model_name_or_path).supports_hp_search:
+    backend = backend_for(model_args.model_name_or_path)
+    trials = backend.search_trials()
+    if trials is None:
         raise PipelineError(
-            f"--hp-search tunes the Trainer's settings of an encoder; {model_args.model_name_or_path} has none"
+            f"--hp-search: {model_args.model_name_or_path} is trained by the {backend.name} backend, which offers "
+            "no search (an encoder's searches its Trainer's settings)"
         )
     if technique_args.pseudo_label_run is not None:
         raise PipelineError("--hp-search tunes on fold 0's training split alone; run it without pseudo_label_run")
     if n_trials < 1:
         raise PipelineError(f"--hp-search: the number of trials must be at least 1, got {n_trials}")
-    check_search_engine(engine_of(settings.training), settings.training.deepspeed)
-    return optuna
+    return optuna, trials
 
 
 def run_hp_search(settings: RunSettings, n_trials: int) -> dict | None:
     """`n_trials` Optuna trials on fold `fold` (default 0) of the run's folds; the table and the best trial's keys in
     the run folder (module docstring). Returns the best trial on the main process."""
-    optuna = _check_search(settings, n_trials)
+    optuna, trials = _check_search(settings, n_trials)
     if settings.kfold.time_budget_minutes is not None:
         logger.info("--hp-search: each trial trains num_train_epochs; time_budget_minutes sizes the run, not a trial")
-    state, training = PartialState(), settings.training
-    output_dir = training.output_dir
+    state, output_dir = PartialState(), settings.training.output_dir
     check_output_folder(output_dir, "run")
     run = RunFolder(output_dir)
     files = load_run_files(settings)
@@ -174,32 +113,36 @@ def run_hp_search(settings: RunSettings, n_trials: int) -> dict | None:
         claim_folder(output_dir, "run")  # the study lives in a run's folder (RunFolder.hp_*)
         write_text_atomic(run.hp_config, yaml.safe_dump(settings.resolved(), allow_unicode=True, sort_keys=False))
     state.wait_for_everyone()
-    trainer, chosen_on = _search_trainer(settings, run, files)
+    backend = backend_for(settings.model.model_name_or_path)
+    # an offline backbone, shared with train.py in this folder, also learns the test texts
+    prepared = backend.prepare(settings, files.preprocessing, files.cleaned, files.cleaned_test)
+    data, chosen_on = _search_split(settings, files, prepared)
+
+    def score(values: dict) -> float:
+        return trials.score(settings.with_values(values), prepared, data, run.hp_trials)
+
+    if not state.is_main_process:
+        _follow_the_main_process(score)
+        return None
     storage = f"sqlite:///{os.path.abspath(run.hp_study)}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    loss_keys = _loss_keys(settings.loss)
-    best = trainer.hyperparameter_search(
-        # the Trainer sets the TrainingArguments keys; SearchTrainer reads the loss keys from trial.params
-        hp_space=lambda trial: {
-            k: v for k, v in _suggest(trial, training, settings.loss).items() if k not in loss_keys
-        },
-        compute_objective=trainer.objective_of,
-        n_trials=n_trials,
-        direction="maximize",
-        backend="optuna",
-        storage=storage,
+    study = optuna.create_study(
         study_name="hp_search",
-        load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=training.seed),
+        storage=storage,
+        sampler=optuna.samplers.TPESampler(seed=settings.training.seed),
+        direction="maximize",
+        load_if_exists=True,  # an interrupted search continues
     )
-    if not state.is_main_process:
-        return None
-    study = optuna.load_study(study_name="hp_search", storage=storage)
+    try:
+        study.optimize(lambda trial: score(_shared(trials.suggest(trial, settings))), n_trials=n_trials)
+    finally:
+        _shared(None)  # the other processes stop (after the last trial, or a failed one)
     _write_trials(output_dir, study, CHOOSING_ROWS[chosen_on])
+    best = study.best_trial
     return {
-        "best_trial": int(best.run_id),
-        "micro_f1": best.objective,
-        "params": best.hyperparameters,
+        "best_trial": best.number,
+        "micro_f1": best.value,
+        "params": best.params,
         "trials": len(study.trials),
         "fold": settings.kfold.fold or 0,
         "chosen_on": chosen_on,
@@ -207,38 +150,28 @@ def run_hp_search(settings: RunSettings, n_trials: int) -> dict | None:
     }
 
 
-def _search_trainer(settings: RunSettings, run: RunFolder, files: TaskFiles) -> tuple[_SearchTrainer, str]:
-    """The trials' Trainer on the chosen fold's split, and which rows score the trials (a `CHOOSING_ROWS` name): a
-    fresh classifier per trial from the run's backbone (an offline one, shared with train.py in this folder, also
-    learns the test texts)."""
-    model_args, training = settings.model, settings.training
-    preprocessing = files.preprocessing
-    backbone, tokenizer, encoded, _ = backbone_and_encodings(
-        model_args, preprocessing, training, files.cleaned, files.cleaned_test
-    )
+def _shared(values: dict | None) -> dict | None:
+    """The main process's trial values (None: the search is over) sent to every process of the launch."""
+    if PartialState().num_processes > 1:
+        values = broadcast_object_list([values])[0]
+    return values
+
+
+def _follow_the_main_process(score) -> None:
+    """A process other than the main one trains each trial the main process draws, until it says the search is
+    over."""
+    while (values := _shared(None)) is not None:
+        score(values)
+
+
+def _search_split(settings: RunSettings, files: TaskFiles, prepared: PreparedRun) -> tuple[FoldData, str]:
+    """The chosen fold's split (default fold 0) as the run trains it, and which rows score the trials (a
+    `CHOOSING_ROWS` name): the rows its epoch will be chosen on."""
+    training = settings.training
     labels, fold = np.asarray(files.train["labels"]), settings.kfold.fold or 0
     folds = make_folds(labels, settings.kfold.num_folds, training.seed)
-    # the run's own split of this fold: trials are scored on the rows its epoch will be chosen on
     train_index, choose_index, held_out = choosing_rows(
         folds, fold, labels, settings.kfold.early_stopping_split, training.seed
     )
-    train_split, val_split = encoded.select(train_index), encoded.select(choose_index)
-    # trials are scored, not kept: no checkpoints, no best-model reload, nothing pushed to the hub
-    args = dataclasses.replace(
-        training,
-        output_dir=run.hp_trials,
-        save_strategy="no",
-        load_best_model_at_end=False,
-        remove_unused_columns=False,
-        push_to_hub=False,
-    )
-    head, loading = preprocessing.classifier_head, backbone_loading(model_args)
-    trainer = _SearchTrainer(
-        model=None,
-        model_init=lambda trial=None: load_classifier(backbone, tokenizer, settings.techniques, head, loading),
-        args=args,
-        **fold_trainer_inputs(train_split, val_split, tokenizer, settings),
-        loss_args=settings.loss,
-        train_labels=np.asarray(train_split["labels"]),
-    )
-    return trainer, choosing_rows_name(held_out)
+    data = FoldData(fold, train_index, choose_index, prepared.encoded, None, prepared.backbone, files.preprocessing)
+    return data, choosing_rows_name(held_out)
