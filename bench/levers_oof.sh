@@ -32,7 +32,7 @@ decision = summary["decision"]
 nested = {c["name"]: c["micro_f1"] for c in decision.get("candidates", [])}.get(decision["chosen"])
 print(json.dumps({"lever": lever, "oof_at_0.5": round(summary["oof"]["micro_f1"], 4),
                   "oof_macro_at_0.5": round(summary["oof"]["macro_f1"], 4), "rule": decision["chosen"],
-                  "nested_oof": None if nested is None else round(nested, 4), "oof_kind": summary.get("oof_kind"),
+                  "nested_oof": None if nested is None else round(nested, 4), "oof_exposure": summary.get("oof_exposure"),
                   "folds": [round(f["micro_f1"], 4) for f in summary["folds"]]}))
 PY
 done

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from nikl_emotion.runs.prediction import checkpoint_loader  # noqa: E402
-from nikl_emotion.serving.model import ServedModel  # noqa: E402
+from nikl_emotion.serving.served_model import ServedModel  # noqa: E402
 from nikl_emotion.text.batching import pad_table  # noqa: E402
 
 

@@ -131,7 +131,7 @@ def baselines(folder: str, rows_path: str, bodies: list[dict], requests: int) ->
     from predict_overhead import measure
 
     from nikl_emotion.runs.prediction import checkpoint_loader
-    from nikl_emotion.serving.model import ServedModel
+    from nikl_emotion.serving.served_model import ServedModel
 
     served = ServedModel(folder, checkpoint_loader("cpu"))
     served.predict(bodies[:8])

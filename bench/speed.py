@@ -186,11 +186,14 @@ def worker_folds(work: str, rows: int, batch_size: int) -> dict:
     from nikl_emotion.backends.encoder_backend import EncoderBackend
     from nikl_emotion.backends.fold_backend import FoldData
     from nikl_emotion.base.config import (
+        BudgetArguments,
         DataArguments,
-        KFoldArguments,
+        DecisionArguments,
+        FoldArguments,
         LossArguments,
         ModelArguments,
         RunSettings,
+        StoppingArguments,
         TechniqueArguments,
     )
     from nikl_emotion.text.preprocessing import encode
@@ -205,7 +208,10 @@ def worker_folds(work: str, rows: int, batch_size: int) -> dict:
     settings = RunSettings(
         ModelArguments(),
         DataArguments(),
-        KFoldArguments(early_stopping_patience=0),
+        FoldArguments(),
+        StoppingArguments(early_stopping_patience=0),
+        BudgetArguments(),
+        DecisionArguments(),
         LossArguments(),
         TechniqueArguments(),
         args,

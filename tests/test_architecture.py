@@ -223,7 +223,7 @@ def test_a_program_is_handed_one_settings_object():
     for settings_class in (RunSettings, DistillSettings, PostTrainSettings):
         assert settings_class.__dataclass_params__.frozen
     assert [f.name for f in dataclasses.fields(RunSettings)] == [
-        "model", "data", "kfold", "loss", "techniques", "training"
+        "model", "data", "folds", "stopping", "budget", "decision", "loss", "techniques", "training"
     ]  # fmt: skip
     assert inspect.signature(config_checks.parse_config).return_annotation in ("RunSettings", RunSettings)
     assert inspect.signature(distillation.parse_distill_config).return_annotation in (

@@ -25,7 +25,7 @@ from nikl_emotion.base.fileio import read_probs
 from nikl_emotion.decisions.metrics import score
 from nikl_emotion.folders.run_folder import RunFolder
 from nikl_emotion.runs.prediction import checkpoint_loader
-from nikl_emotion.serving.model import ServedModel
+from nikl_emotion.serving.served_model import ServedModel
 from nikl_emotion.text.data import load_jsonl
 from nikl_emotion.text.preprocessing import Preprocessing
 from nikl_emotion.training.config_checks import parse_config

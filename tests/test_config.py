@@ -29,8 +29,8 @@ def test_yaml_then_command_line_wins(tmp_path):
             "7",
         ]
     )
-    kfold, data, training = settings.kfold, settings.data, settings.training
-    assert kfold.num_folds == 4 and data.input_format == "marker" and data.cleanse is False
+    folds, data, training = settings.folds, settings.data, settings.training
+    assert folds.num_folds == 4 and data.input_format == "marker" and data.cleanse is False
     assert training.output_dir == str(tmp_path) and training.seed == 7
     assert data.train_files == ["data/sample_train.jsonl"]  # from the YAML
     assert (
@@ -146,13 +146,13 @@ def test_the_recipes_stack_members_share_their_folds_and_text():
     needs equal to the fine-tuning stage, the folds and the cleaning, is equal."""
     neural, ngram = parse_bundled("offline-cpu"), parse_bundled("offline-cpu-ngram")
     assert ngram.model.model_name_or_path == "ngram:tfidf" and neural.model.classifier_head == "target_pool"
-    assert (ngram.kfold.num_folds, ngram.training.seed) == (neural.kfold.num_folds, neural.training.seed)
+    assert (ngram.folds.num_folds, ngram.training.seed) == (neural.folds.num_folds, neural.training.seed)
     assert ngram.data.train_files == neural.data.train_files
     assert Preprocessing.from_data_args(ngram.data).cleaning == Preprocessing.from_data_args(neural.data).cleaning
 
 
 def test_every_config_dataclass_validates_itself_however_it_is_built(tmp_path):
-    """Objects built without the parser (dataclasses.replace in the HP search, KFoldArguments(**config) in
+    """Objects built without the parser (dataclasses.replace in the HP search, DecisionArguments(**config) in
     report.py) are checked too: each dataclass validates its own values in __post_init__; what a value names outside
     the settings (a loss class's parameter range, an offline backbone) is checked by config_checks, as parse_config
     does."""
@@ -160,7 +160,8 @@ def test_every_config_dataclass_validates_itself_however_it_is_built(tmp_path):
     from nikl_emotion.backends.losses import loss_arguments_class
     from nikl_emotion.base.config import (
         DataArguments,
-        KFoldArguments,
+        DecisionArguments,
+        FoldArguments,
         LossArguments,
         MLMArguments,
         ModelArguments,
@@ -169,14 +170,14 @@ def test_every_config_dataclass_validates_itself_however_it_is_built(tmp_path):
     from nikl_emotion.training.config_checks import check_loss_parameters, check_model_name
 
     cases = [
-        (lambda: KFoldArguments(num_folds=1), "num_folds: must be at least 2"),
-        (lambda: KFoldArguments(num_folds=3, fold=3), r"fold: must be in \[0, 2\]"),
-        (lambda: KFoldArguments(threshold=1.5), r"threshold: must be in \(0, 1\)"),
+        (lambda: FoldArguments(num_folds=1), "num_folds: must be at least 2"),
+        (lambda: FoldArguments(num_folds=3, fold=3), r"fold: must be in \[0, 2\]"),
+        (lambda: DecisionArguments(threshold=1.5), r"threshold: must be in \(0, 1\)"),
         (
             lambda: check_loss_parameters(loss_arguments_class()(loss="focal", focal_gamma=-1.0)),
             "focal_gamma: must be >= 0",
         ),
-        (lambda: KFoldArguments(vote_rule="plurality"), "vote_rule: 'plurality' is not"),
+        (lambda: DecisionArguments(vote_rule="plurality"), "vote_rule: 'plurality' is not"),
         (lambda: check_loss_parameters(LossArguments(loss="hinge")), "loss: 'hinge' is not bce, focal or asl"),
         (
             lambda: check_model_name(ModelArguments(model_name_or_path="offline:gpt-huge").model_name_or_path),
@@ -197,4 +198,4 @@ def test_every_config_dataclass_validates_itself_however_it_is_built(tmp_path):
     for build, message in cases:
         with pytest.raises(PipelineError, match=message):
             build()
-    assert KFoldArguments(early_stopping_patience=0).num_folds == 5  # valid ones build as before
+    assert FoldArguments(fold=0).num_folds == 5  # valid ones build as before

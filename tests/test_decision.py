@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from nikl_emotion.base.config import KFoldArguments
+from nikl_emotion.base.config import DecisionArguments
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.decisions.decision import choose_rule, describe_choice, fixed_rule
 from nikl_emotion.decisions.metrics import decide, score
@@ -28,11 +28,11 @@ def oof_fixture(seed: int = 0, rows: int = 600, folds: int = 3, squash_sadness: 
     return probs, gold, fold_of_row
 
 
-def choose(probs, gold, fold_of_row, **kfold):
-    fallback = kfold.get("fallback_top_label", True)
+def choose(probs, gold, fold_of_row, **keys):
+    fallback = keys.get("fallback_top_label", True)
     fitted = nested_thresholds(probs, gold, fold_of_row, fallback)
     all_rows = fit_thresholds(probs, gold, fallback=fallback)
-    settings = KFoldArguments(**kfold)
+    settings = DecisionArguments(**keys)
     thresholds = FittedThresholds(fitted, all_rows)
     return choose_rule(probs, gold, fold_of_row, thresholds, fixed_rule(settings), settings.decision)
 
@@ -86,7 +86,7 @@ def test_fixed_keeps_the_configured_rule_and_says_what_auto_would_do():
     assert (
         rule
         == DecisionRule("hard", 0.4, True, "majority", "negative")
-        == fixed_rule(KFoldArguments(threshold=0.4, vote_tie="negative"))
+        == fixed_rule(DecisionArguments(threshold=0.4, vote_tie="negative"))
     )
     assert "auto would choose hard_tuned" in describe_choice(record)
 
@@ -97,7 +97,7 @@ def test_the_configured_reference_rule_is_a_candidate_and_the_fixed_one():
     assert [c["name"] for c in record["candidates"]] == ["reference", "soft", "hard_tuned", "soft_tuned", "hard"]
     assert rule.vote_rule == "reference"
     with pytest.raises(PipelineError, match="decision: 'sometimes' is not auto or fixed"):
-        KFoldArguments(decision="sometimes")
+        DecisionArguments(decision="sometimes")
 
 
 def test_a_run_submits_with_the_rule_it_chose_and_reports_it(tiny_run):

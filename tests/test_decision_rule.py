@@ -146,7 +146,7 @@ def test_the_rule_applies_the_vote_rule_it_names():
 def test_the_vocabulary_is_the_one_every_place_accepts():
     import dataclasses
 
-    from nikl_emotion.base.config import KFoldArguments
+    from nikl_emotion.base.config import DecisionArguments
     from nikl_emotion.base.errors import PipelineError
     from nikl_emotion.base.vocabulary import DECISION_MODES, STRATEGIES, VOTE_RULES, VOTE_TIES
     from nikl_emotion.decisions.voting import DecisionRule
@@ -155,11 +155,11 @@ def test_the_vocabulary_is_the_one_every_place_accepts():
         for rule in VOTE_RULES:
             for tie in VOTE_TIES:
                 DecisionRule(strategy, 0.5, True, rule, tie)
-                KFoldArguments(vote_rule=rule, vote_tie=tie)
+                DecisionArguments(vote_rule=rule, vote_tie=tie)
     for mode in DECISION_MODES:
-        KFoldArguments(decision=mode)
+        DecisionArguments(decision=mode)
     for key, bad in (("strategy", "mean"), ("vote_rule", "unanimous"), ("vote_tie", "coin")):
         with pytest.raises(PipelineError, match=f"{key}: '{bad}' is not"):
             dataclasses.replace(DecisionRule(), **{key: bad})
     with pytest.raises(PipelineError, match="decision: 'best' is not auto or fixed"):
-        KFoldArguments(decision="best")
+        DecisionArguments(decision="best")

@@ -53,16 +53,16 @@ def test_the_epoch_is_chosen_on_training_rows_held_out_and_never_on_the_out_of_f
     assert abs(len(choosing) / len(everything - validation) - 0.2) < 0.02  # stratified: about the share
     metrics = json.loads((out / "fold_1" / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["epoch_chosen_on"] == "early_stopping_split"
-    assert metrics["early_stopping_rows"] == len(seen["choosing"]) and metrics["train_rows"] == len(seen["train"])
+    assert metrics["choosing_rows"] == len(seen["choosing"]) and metrics["train_rows"] == len(seen["train"])
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
-    assert summary["oof_kind"] == "unseen" and "out-of-fold rows unseen by every choice" in result.stdout
+    assert summary["oof_exposure"] == "unseen" and "out-of-fold rows unseen by every choice" in result.stdout
 
 
 def test_without_it_the_validation_rows_choose_and_the_run_says_so(tiny_run):
     summary = json.loads((tiny_run / "summary.json").read_text(encoding="utf-8"))
-    assert summary["oof_kind"] == "chose_epoch"
+    assert summary["oof_exposure"] == "chose_epoch"
     metrics = json.loads((tiny_run / "fold_0" / "metrics.json").read_text(encoding="utf-8"))
-    assert metrics["epoch_chosen_on"] == "validation_rows" and metrics["early_stopping_rows"] == 0
+    assert metrics["epoch_chosen_on"] == "validation_rows"
 
 
 def test_a_search_with_the_split_scores_its_trials_on_the_held_out_rows_the_run_chooses_its_epoch_on(

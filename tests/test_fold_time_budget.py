@@ -11,12 +11,11 @@ from conftest import ROOT, run_cli
 from transformers import TrainerControl, TrainerState, TrainingArguments, get_scheduler
 
 from nikl_emotion.backends import emotion_trainer
-from nikl_emotion.backends.budget_clock import FoldClock, clock_schedule
+from nikl_emotion.backends.budget_clock import SAFETY, FoldClock, clock_schedule
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.training import kfold
 from nikl_emotion.training.config_checks import parse_config
 from nikl_emotion.training.distillation import parse_distill_config
-from nikl_emotion.training.time_budget import SAFETY
 
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 
@@ -161,6 +160,6 @@ def test_distillation_notes_and_drops_the_fold_loops_keys_a_shared_config_sets(t
     argv = [str(QUICKSTART), "--teacher_run", str(tiny_run), "--output_dir", str(tmp_path / "student")]
     with caplog.at_level("INFO", logger="nikl_emotion.training.distillation"):
         settings = parse_distill_config([*argv, "--time_budget_minutes", "5", "--early_stopping_split", "0.1"])
-    assert settings.run.kfold.time_budget_minutes is None and settings.run.kfold.early_stopping_split == 0.0
+    assert settings.run.budget.time_budget_minutes is None and settings.run.stopping.early_stopping_split == 0.0
     assert settings.run.resolved()["time_budget_minutes"] is None  # the student's config.yaml records what it ran
     assert "time_budget_minutes ignored" in caplog.text and "early_stopping_split ignored" in caplog.text

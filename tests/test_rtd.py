@@ -10,8 +10,9 @@ from transformers import AutoModelForSequenceClassification, ElectraForPreTraini
 
 from nikl_emotion.backends import rtd
 from nikl_emotion.backends.backbone import offline_config, train_wordpiece_tokenizer
+from nikl_emotion.backends.budget_clock import SAFETY
 from nikl_emotion.backends.rtd import ReplacedTokenDetection, generator_config, sample_tokens
-from nikl_emotion.training.time_budget import SAFETY, plan_steps
+from nikl_emotion.training.step_plan import plan_steps
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,8 @@ from nikl_emotion.runs.prediction import checkpoint_loader
 from nikl_emotion.runs.run_classifier import EmotionClassifier
 from nikl_emotion.serving.app import ServeOptions, create_app
 from nikl_emotion.serving.micro_batching import MicroBatcher
-from nikl_emotion.serving.model import ServedModel
 from nikl_emotion.serving.requests import Limits
+from nikl_emotion.serving.served_model import ServedModel
 
 TEXT, TARGET = "오늘 &name1& 공연 너무 좋았다", "공연"
 

@@ -13,7 +13,7 @@ from nikl_emotion import EmotionClassifier
 from nikl_emotion.backends.backbone import load_tokenizer, train_wordpiece_tokenizer
 from nikl_emotion.backends.classifier import SharedEncodings
 from nikl_emotion.runs.prediction import checkpoint_loader
-from nikl_emotion.serving.model import ServedModel
+from nikl_emotion.serving.served_model import ServedModel
 from nikl_emotion.text.cleaning import CleaningOptions
 from nikl_emotion.text.data import load_jsonl, records_table
 from nikl_emotion.text.preprocessing import Preprocessing, clean, encode

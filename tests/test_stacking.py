@@ -194,8 +194,8 @@ def test_a_stack_folder_serves_its_submission_and_new_files(tiny_run, ngram_two_
     recorded = json.loads((stack / "stack.json").read_text(encoding="utf-8"))
     assert [m["run"] for m in recorded["members"]] == [str(tiny_run.resolve()), str(ngram_two_folds.resolve())]
     # the encoder's validation rows chose its epochs, the n-gram's chose nothing: the stack says it fitted on both
-    assert [m["oof_kind"] for m in recorded["members"]] == ["chose_epoch", "unseen"]
-    assert recorded["oof_kind"] == "chose_epoch" and "chose each fold's epoch (optimistic" in log
+    assert [m["oof_exposure"] for m in recorded["members"]] == ["chose_epoch", "unseen"]
+    assert recorded["oof_exposure"] == "chose_epoch" and "chose each fold's epoch (optimistic" in log
     assert len(recorded["stacker"]) == 8 and all(
         len(label.get("weights", [0, 0])) == 2 for label in recorded["stacker"]
     )

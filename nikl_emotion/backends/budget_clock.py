@@ -2,7 +2,7 @@
 seconds spent instead of the share of its steps, and the training stops when they are spent. A run that slows down
 takes fewer steps and still ends its schedule within its seconds; one that speeds up takes more.
 
-Two users: post-training's `time_budget_minutes` (`BudgetClock`, sized by training/time_budget.py's plan) and a
+Two users: post-training's `time_budget_minutes` (`BudgetClock`, sized by training/step_plan.py's plan) and a
 K-fold run's `time_budget_minutes` (`FoldClock`, each fold's share of the run's minutes, its epochs a cap).
 """
 
@@ -19,6 +19,7 @@ from transformers.trainer_callback import ExportableState
 from nikl_emotion.base.errors import PipelineError
 
 __all__ = [
+    "SAFETY",
     "BudgetClock",
     "FoldClock",
     "ClockScheduleMixin",
@@ -28,6 +29,9 @@ __all__ = [
     "carried_out",
 ]
 
+# the share of a time budget's minutes a program plans for (fine-tuning's folds, post-training's steps); the rest
+# absorbs noise and the final save
+SAFETY = 0.95
 _RESOLUTION = 10_000  # the schedule's step function is read at progress x this many virtual steps
 _NO_TIME = 1e-3  # the seconds a fold gets when its end has passed
 

@@ -311,7 +311,7 @@ class CheckpointClassifier:
             _refuse_untrained_head(folder, "a post_train.py model folder")
         _check_tokenizer_files(folder)
         onnx = is_onnx_export(folder)
-        kind = "export" if onnx else "checkpoint"
+        what = "export" if onnx else "checkpoint"
         try:
             tokenizer = load_tokenizer(
                 folder,
@@ -335,11 +335,11 @@ class CheckpointClassifier:
         except PipelineError:
             raise
         except Exception as exc:  # a damaged folder: bad config.json, truncated weights or graph, unreadable tokenizer
-            raise PipelineError(f"{folder}: cannot load the {kind} ({type(exc).__name__}: {first_line(exc)})") from None
+            raise PipelineError(f"{folder}: cannot load the {what} ({type(exc).__name__}: {first_line(exc)})") from None
         _check_head(folder, config, preprocessing)
         labels = {int(k): v for k, v in config.id2label.items()}
         if labels != ID2LABEL:
-            raise PipelineError(f"{folder}: the {kind}'s labels {labels} differ from this pipeline's {ID2LABEL}")
+            raise PipelineError(f"{folder}: the {what}'s labels {labels} differ from this pipeline's {ID2LABEL}")
         key = (tokenizer_digest(folder), tuple(tokenizer.model_input_names), preprocessing)
         return cls(runtime, tokenizer, preprocessing, source=folder, encoding_key=key)
 

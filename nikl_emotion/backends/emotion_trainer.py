@@ -165,10 +165,8 @@ def fold_trainer_inputs(train_rows: Dataset, val_rows: Dataset, tokenizer, setti
     """EmotionTrainer's data, collator, metric, early stopping, loss and techniques for one fold (train_fold and the
     HP search); `val_rows` are the rows that choose the epoch (FoldData.choosing_rows)."""
     columns = [c for c in TRAINER_COLUMNS if c in train_rows.column_names]
-    kfold_args, loss_args, techniques = settings.kfold, settings.loss, settings.techniques
-    callbacks = (
-        [EarlyStoppingCallback(kfold_args.early_stopping_patience)] if kfold_args.early_stopping_patience else []
-    )
+    patience, loss_args, techniques = settings.stopping.early_stopping_patience, settings.loss, settings.techniques
+    callbacks = [EarlyStoppingCallback(patience)] if patience else []
     averaging = weight_averaging(techniques.ema_decay, techniques.swa_epochs)
     if averaging is not None:
         callbacks.append(averaging)
@@ -177,7 +175,7 @@ def fold_trainer_inputs(train_rows: Dataset, val_rows: Dataset, tokenizer, setti
         "eval_dataset": val_rows.select(length_order(val_rows)).select_columns(columns),
         "processing_class": tokenizer,
         "data_collator": PaddingCollator(tokenizer, pad_to_multiple_of=8 if torch.cuda.is_available() else None),
-        "compute_metrics": _make_compute_metrics(fixed_rule(kfold_args)),
+        "compute_metrics": _make_compute_metrics(fixed_rule(settings.decision)),
         "callbacks": callbacks,
         "loss_fn": make_loss(loss_args, np.asarray(train_rows["labels"])),
         "loss_reduction": loss_args.loss_reduction,

@@ -194,7 +194,7 @@ class EncoderBackend(FoldBackend):
         weights = gathered_state_dict(trainer)  # every rank: an engine that splits the weights gathers them
         result: dict = {}
         if trainer.is_world_process_zero():
-            result = score(np.asarray(val_rows["labels"]), fixed_rule(settings.kfold).decide(val_probs))
+            result = score(np.asarray(val_rows["labels"]), fixed_rule(settings.decision).decide(val_probs))
             self.save_best(settings, trainer, data, folder, result, weights)
             result.update(_fold_state(trainer, data))
             push_fold(training, folder.best, data.fold)  # before done.json: a fold is done once it is pushed
@@ -402,8 +402,8 @@ def _fold_state(trainer: EmotionTrainer, data: FoldData) -> dict:
         "train_rows": int(len(data.train_index)),
         "pseudo_label_rows": pseudo_label_rows(data),
         # which rows chose the epoch: the validation rows (its scores above are then optimistic) or held-out ones
-        "epoch_chosen_on": choosing_rows_name(held_out=data.stop_index is not None),
-        "early_stopping_rows": 0 if data.stop_index is None else int(len(data.stop_index)),
+        "epoch_chosen_on": choosing_rows_name(held_out=data.held_out_choosing_index is not None),
+        "choosing_rows": len(data.choosing_rows),
         "time_budget": _time_budget_record(trainer),
         # how it trained: the processes (each with per_device_train_batch_size rows a step) and the engine
         "processes": trainer.accelerator.num_processes,

@@ -48,7 +48,7 @@ class PreparedRun:
 
 
 class FoldBackend(ABC):
-    """A kind of fold model; a new one subclasses this and is passed to `registry.register_backend`.
+    """A way to train and load fold models; a new one subclasses this and is passed to `registry.register_backend`.
 
     Required: `matches` (the `model_name_or_path` values it trains), `prepare` (the run's rows made ready, once per
     run), `train_fold` (one fold trained, its checkpoint folder `best/` saved, which `EmotionClassifier.
@@ -151,7 +151,7 @@ class FoldData:
     preprocessing: Preprocessing
     extra_train_rows: Dataset | None = None  # pseudo-labelled rows, training only (pseudo_labels.py)
     # early_stopping_split: rows of the fold's training share, held out of train_index, that choose the epoch
-    stop_index: np.ndarray | None = None
+    held_out_choosing_index: np.ndarray | None = None
     # time_budget_minutes: the time.monotonic() by which the fold's training and predicting end (None: no budget)
     ends_at: float | None = None
 
@@ -170,7 +170,9 @@ class FoldData:
     def choosing_rows(self) -> Dataset:
         """The rows that choose the epoch (early stopping, the best checkpoint): the held-out share of the training
         rows with `early_stopping_split`, else the validation rows."""
-        return self.val_rows if self.stop_index is None else self.encoded.select(self.stop_index)
+        return (
+            self.val_rows if self.held_out_choosing_index is None else self.encoded.select(self.held_out_choosing_index)
+        )
 
 
 def pseudo_label_rows(data: FoldData) -> int:

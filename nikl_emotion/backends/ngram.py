@@ -33,7 +33,7 @@ from nikl_emotion.base.config import RunSettings
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.fileio import write_json_atomic
 from nikl_emotion.base.labels import LABELS, NUM_LABELS
-from nikl_emotion.base.vocabulary import NGRAM_KINDS, NGRAM_PREFIX, is_ngram
+from nikl_emotion.base.vocabulary import NGRAM_FEATURES, NGRAM_PREFIX, is_ngram
 from nikl_emotion.decisions.decision import fixed_rule
 from nikl_emotion.decisions.logistic import fit_label, label_probability
 from nikl_emotion.decisions.metrics import score
@@ -55,11 +55,11 @@ __all__ = [
 
 
 def check_ngram_spec(model_name_or_path: str) -> None:
-    kind = model_name_or_path[len(NGRAM_PREFIX) :]
-    if kind not in NGRAM_KINDS:
+    features = model_name_or_path[len(NGRAM_PREFIX) :]
+    if features not in NGRAM_FEATURES:
         raise PipelineError(
             f"model_name_or_path: unknown n-gram model {model_name_or_path!r}; choose one of "
-            f"{', '.join(NGRAM_PREFIX + k for k in NGRAM_KINDS)}"
+            f"{', '.join(NGRAM_PREFIX + k for k in NGRAM_FEATURES)}"
         )
 
 
@@ -201,7 +201,7 @@ def train_ngram_fold(settings: RunSettings, data: FoldData, folder: FoldFolder |
     val_rows = data.val_rows
     val_probs = model.predict_proba(val_rows)
     test_probs = model.predict_proba(data.encoded_test) if data.encoded_test is not None else None
-    result = score(np.asarray(val_rows["labels"]), fixed_rule(settings.kfold).decide(val_probs))
+    result = score(np.asarray(val_rows["labels"]), fixed_rule(settings.decision).decide(val_probs))
     replace_best(folder, data.preprocessing, model.save)
     result.update(
         {
@@ -226,7 +226,7 @@ def train_ngram_fold(settings: RunSettings, data: FoldData, folder: FoldFolder |
 
 
 class NgramBackend(FoldBackend):
-    """`ngram:<kind>`: fits on one process in seconds to minutes; no tokenizer, no Trainer, none of the abilities
+    """`ngram:<features>`: fits on one process in seconds to minutes; no tokenizer, no Trainer, none of the abilities
     but its own folds."""
 
     name = "ngram"

@@ -51,7 +51,10 @@ __all__ = [
     "ModelArguments",
     "PreprocessingArguments",
     "DataArguments",
-    "KFoldArguments",
+    "FoldArguments",
+    "StoppingArguments",
+    "BudgetArguments",
+    "DecisionArguments",
     "LossArguments",
     "TechniqueArguments",
     "ARGUMENT_CLASSES",
@@ -277,7 +280,9 @@ _MAX_TIME_BUDGET_MINUTES = 7 * 24 * 60
 
 
 @dataclass
-class KFoldArguments:
+class FoldArguments:
+    """The folds: how many, which one this command trains, and whether a run already in the folder starts again."""
+
     num_folds: int = field(default=5, metadata={"help": "Number of stratified folds."})
     fold: int | None = field(
         default=None, metadata={"help": "Run only this fold (0-based); the run is summarised once all folds exist."}
@@ -285,6 +290,19 @@ class KFoldArguments:
     overwrite: bool = field(
         default=False, metadata={"help": "Start again in an output_dir that holds a run (its files are deleted)."}
     )
+
+    def __post_init__(self):
+        if self.num_folds < 2:
+            raise PipelineError(f"num_folds: must be at least 2, got {self.num_folds}")
+        if self.fold is not None and not 0 <= self.fold < self.num_folds:
+            raise PipelineError(f"fold: must be in [0, {self.num_folds - 1}], got {self.fold}")
+
+
+@dataclass
+class StoppingArguments:
+    """How a fold's epoch is chosen: the patience of early stopping, and the choosing rows (the rows that choose the
+    epoch: held out of the fold's training share with `early_stopping_split`, else its validation rows)."""
+
     early_stopping_patience: int = field(
         default=3, metadata={"help": "Epochs without a better validation micro-F1 before stopping; 0 disables."}
     )
@@ -297,6 +315,19 @@ class KFoldArguments:
             "0: the validation rows choose the epoch (optimistic out-of-fold scores)."
         },
     )
+
+    def __post_init__(self):
+        if self.early_stopping_patience < 0:
+            raise PipelineError("early_stopping_patience: must be >= 0")
+        if not (_is_finite(self.early_stopping_split) and 0.0 <= self.early_stopping_split < 0.5):
+            raise PipelineError(f"early_stopping_split: must be in [0, 0.5), got {self.early_stopping_split}")
+
+
+@dataclass
+class BudgetArguments:
+    """The fine-tuning's time budget: the minutes `train.py` may take, shared by the folds it trains, each fold's
+    schedule following its share on a budget clock (`backends/budget_clock.py`)."""
+
     time_budget_minutes: float | None = field(
         default=None,
         metadata={
@@ -307,6 +338,16 @@ class KFoldArguments:
             "left. Unset: num_train_epochs alone."
         },
     )
+
+    def __post_init__(self):
+        _check_time_budget(self.time_budget_minutes)
+
+
+@dataclass
+class DecisionArguments:
+    """How probabilities become labels: the fixed rule (threshold, fallback, the vote over folds) and whether the
+    run's rule is that one or chosen on nested out-of-fold scores (`decision`)."""
+
     threshold: float = field(default=0.5, metadata={"help": "Probability at or above which a label is predicted."})
     fallback_top_label: bool = field(
         default=True, metadata={"help": "An empty prediction takes the top-scoring label."}
@@ -327,15 +368,6 @@ class KFoldArguments:
     )
 
     def __post_init__(self):
-        if self.num_folds < 2:
-            raise PipelineError(f"num_folds: must be at least 2, got {self.num_folds}")
-        if self.fold is not None and not 0 <= self.fold < self.num_folds:
-            raise PipelineError(f"fold: must be in [0, {self.num_folds - 1}], got {self.fold}")
-        if self.early_stopping_patience < 0:
-            raise PipelineError("early_stopping_patience: must be >= 0")
-        if not (_is_finite(self.early_stopping_split) and 0.0 <= self.early_stopping_split < 0.5):
-            raise PipelineError(f"early_stopping_split: must be in [0, 0.5), got {self.early_stopping_split}")
-        _check_time_budget(self.time_budget_minutes)
         check_choice("decision", self.decision, DECISION_MODES)
         if not (_is_finite(self.threshold) and 0 < self.threshold < 1):
             raise PipelineError(f"threshold: must be in (0, 1), got {self.threshold}")
@@ -480,7 +512,17 @@ class TechniqueArguments:
         ]
 
 
-ARGUMENT_CLASSES = (ModelArguments, DataArguments, KFoldArguments, LossArguments, TechniqueArguments, TrainingArguments)
+ARGUMENT_CLASSES = (
+    ModelArguments,
+    DataArguments,
+    FoldArguments,
+    StoppingArguments,
+    BudgetArguments,
+    DecisionArguments,
+    LossArguments,
+    TechniqueArguments,
+    TrainingArguments,
+)
 
 # Defaults this pipeline needs from TrainingArguments; a YAML file or the command line can still change them.
 TRAINING_DEFAULTS: dict[str, object] = {
@@ -667,14 +709,27 @@ class RunSettings:
 
     model: ModelArguments
     data: DataArguments
-    kfold: KFoldArguments
+    folds: FoldArguments
+    stopping: StoppingArguments
+    budget: BudgetArguments
+    decision: DecisionArguments
     loss: LossArguments
     techniques: TechniqueArguments
     training: TrainingArguments
 
     def parts(self) -> tuple:
         """The dataclasses in the order the parser takes them (ARGUMENT_CLASSES)."""
-        return self.model, self.data, self.kfold, self.loss, self.techniques, self.training
+        return (
+            self.model,
+            self.data,
+            self.folds,
+            self.stopping,
+            self.budget,
+            self.decision,
+            self.loss,
+            self.techniques,
+            self.training,
+        )
 
     def resolved(self) -> dict:
         return _resolved_config(*self.parts())

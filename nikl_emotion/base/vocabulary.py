@@ -17,7 +17,7 @@ __all__ = [
     "OFFLINE_PREFIX",
     "OFFLINE_ARCHS",
     "NGRAM_PREFIX",
-    "NGRAM_KINDS",
+    "NGRAM_FEATURES",
     "INPUT_FORMATS",
     "DEFAULT_INPUT_TEMPLATE",
     "NO_TARGET",
@@ -47,8 +47,8 @@ DEFAULT_STRATEGY, DEFAULT_VOTE_RULE, DEFAULT_VOTE_TIE, DEFAULT_DECISION_MODE = "
 # backends a model_name_or_path names besides a hub model or a local folder (backbone.py, ngram.py implement them)
 OFFLINE_PREFIX = "offline:"  # offline:<arch>-<size>: an encoder with a tokenizer trained here on the task's text
 OFFLINE_ARCHS = ("bert", "electra")
-NGRAM_PREFIX = "ngram:"  # ngram:<kind>: TF-IDF features and a logistic regression per label, no encoder
-NGRAM_KINDS = ("tfidf",)
+NGRAM_PREFIX = "ngram:"  # ngram:<features>: the features (TF-IDF) and a logistic regression per label, no encoder
+NGRAM_FEATURES = ("tfidf",)
 
 INPUT_FORMATS = ("pair", "marker", "prompt", "text", "instruction")  # encoding.py: how the target is shown to the model
 # `instruction`: one string from `input_template` (a decoder reads it, then the label comes from its last token)

@@ -133,8 +133,8 @@ def _check_option_pairs(parser, args) -> None:
 
 
 def _stack(args) -> int:
-    from nikl_emotion.runs.finished_run import describe_oof_kind
-    from nikl_emotion.runs.stack_run import stack_files, stacked_oof_kind
+    from nikl_emotion.runs.finished_run import describe_oof_exposure
+    from nikl_emotion.runs.stack_run import stack_files, stacked_oof_exposure
 
     args.strategy = DEFAULT_STRATEGY  # the folds' stacked probabilities are decided at --threshold(s) and voted
     rule = decision_rule(args)
@@ -148,7 +148,7 @@ def _stack(args) -> int:
     result = stack_files(args.runs, args.output, rule, args.probs, choose=choose, output_dir=args.output_dir)
     for name, scored in result["scores"].items():
         print(f"OOF micro-F1 {scored['micro_f1']:.4f}  macro-F1 {scored['macro_f1']:.4f}  {name}")
-    print(f"fitted and scored on {describe_oof_kind(stacked_oof_kind(result['oof_kinds']))}")
+    print(f"fitted and scored on {describe_oof_exposure(stacked_oof_exposure(result['oof_exposures']))}")
     if "decision" in result:
         print(describe_choice(result["decision"]))
     where = (

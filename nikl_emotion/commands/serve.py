@@ -52,7 +52,7 @@ def main(argv: list[str]) -> int:
 
     from nikl_emotion.runs.prediction import checkpoint_loader
     from nikl_emotion.serving.app import create_app
-    from nikl_emotion.serving.model import ServedModel
+    from nikl_emotion.serving.served_model import ServedModel
 
     loader = checkpoint_loader(args.device, load_options(args))
     model = ServedModel(args.folder, loader, batch_size=args.max_batch_size)

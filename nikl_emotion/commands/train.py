@@ -47,9 +47,9 @@ def print_summary(summary: dict) -> None:
     table = {f"fold_{f['fold']}": f for f in summary["folds"]}
     table["oof"] = summary["oof"]
     print(format_table(table))
-    if "oof_kind" in summary:
-        from nikl_emotion.runs.finished_run import describe_oof_kind
+    if "oof_exposure" in summary:
+        from nikl_emotion.runs.finished_run import describe_oof_exposure
 
-        print(f"out-of-fold scores on {describe_oof_kind(summary['oof_kind'])}")
+        print(f"out-of-fold scores on {describe_oof_exposure(summary['oof_exposure'])}")
     print(describe_gain(summary["thresholds"]))
     print(describe_choice(summary["decision"]))

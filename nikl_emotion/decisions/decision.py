@@ -113,11 +113,15 @@ def gain_standard_error(gold: np.ndarray, base: np.ndarray, other: np.ndarray, s
     return float(np.std(gains[1] - gains[0], ddof=1))
 
 
-def fixed_rule(kfold_args) -> DecisionRule:
-    """The rule `decision: fixed` decides with, from a run's KFoldArguments: the folds' hard vote at `threshold` by
+def fixed_rule(decision_args) -> DecisionRule:
+    """The rule `decision: fixed` decides with, from a run's DecisionArguments: the folds' hard vote at `threshold` by
     `vote_rule`/`vote_tie`, with the empty-row fallback when `fallback_top_label`."""
     return DecisionRule(
-        DEFAULT_STRATEGY, kfold_args.threshold, kfold_args.fallback_top_label, kfold_args.vote_rule, kfold_args.vote_tie
+        DEFAULT_STRATEGY,
+        decision_args.threshold,
+        decision_args.fallback_top_label,
+        decision_args.vote_rule,
+        decision_args.vote_tie,
     )
 
 

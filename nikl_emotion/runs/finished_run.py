@@ -23,8 +23,8 @@ __all__ = [
     "fold_predictions",
     "OOF_UNSEEN",
     "OOF_CHOSE_EPOCH",
-    "oof_kind",
-    "describe_oof_kind",
+    "oof_exposure",
+    "describe_oof_exposure",
 ]
 
 # what a run's out-of-fold probabilities saw
@@ -32,9 +32,9 @@ OOF_UNSEEN = "unseen"  # no choice was made on them: a backend that chooses no e
 OOF_CHOSE_EPOCH = "chose_epoch"  # they chose each fold's epoch and best checkpoint: their scores are optimistic
 
 
-def oof_kind(config: dict) -> str:
-    """The kind of a run's out-of-fold probabilities, from its resolved config (older runs: their validation rows
-    chose the epoch)."""
+def oof_exposure(config: dict) -> str:
+    """What a run's out-of-fold rows were exposed to (`unseen`, or `chose_epoch`), from its resolved config (older
+    runs: their validation rows chose the epoch)."""
     from nikl_emotion.backends.registry import backend_for
 
     backend = backend_for(str(config.get("model_name_or_path", "")))
@@ -43,8 +43,8 @@ def oof_kind(config: dict) -> str:
     return OOF_CHOSE_EPOCH
 
 
-def describe_oof_kind(kind: str) -> str:
-    if kind == OOF_UNSEEN:
+def describe_oof_exposure(exposure: str) -> str:
+    if exposure == OOF_UNSEEN:
         return "out-of-fold rows unseen by every choice"
     return "out-of-fold rows that chose each fold's epoch (optimistic: early_stopping_split holds other rows out)"
 

@@ -21,7 +21,7 @@ matplotlib.use("Agg")  # headless: never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from nikl_emotion.base.config import KFoldArguments  # noqa: E402
+from nikl_emotion.base.config import DecisionArguments  # noqa: E402
 from nikl_emotion.base.fileio import atomic_writer, write_text_atomic  # noqa: E402
 from nikl_emotion.base.labels import LABELS, NUM_LABELS  # noqa: E402
 from nikl_emotion.decisions.metrics import decide, score  # noqa: E402
@@ -122,12 +122,12 @@ def write_report(
     gold: np.ndarray,
     oof: np.ndarray,
     thresholds: np.ndarray,
-    kfold_args: KFoldArguments,
+    decision_args: DecisionArguments,
 ) -> str:
     """Write report.md and the plots into `output_dir`; returns the report's path. `oof` holds the out-of-fold
-    probabilities, `thresholds` the per-label ones fitted on them; `kfold_args` the run's default threshold and
+    probabilities, `thresholds` the per-label ones fitted on them; `decision_args` the run's default threshold and
     fallback."""
-    threshold, fallback = kfold_args.threshold, kfold_args.fallback_top_label
+    threshold, fallback = decision_args.threshold, decision_args.fallback_top_label
     gold = np.asarray(gold).astype(bool)
     at_default = decide(oof, threshold, fallback)
     tuned = decide(oof, thresholds, fallback)

@@ -33,13 +33,13 @@ from nikl_emotion.decisions.stacking import Stacker, choose_stack_rule, stack_ru
 from nikl_emotion.decisions.voting import DecisionRule
 from nikl_emotion.folders.folder_kind import check_output_folder, folder_kind, mark_folder, require_kind
 from nikl_emotion.folders.run_folder import StackFolder, read_mapping
-from nikl_emotion.runs.finished_run import OOF_CHOSE_EPOCH, OOF_UNSEEN, FinishedRun, oof_kind
+from nikl_emotion.runs.finished_run import OOF_CHOSE_EPOCH, OOF_UNSEEN, FinishedRun, oof_exposure
 from nikl_emotion.text.data import iter_inputs, load_jsonl
 
 __all__ = [
     "RunMember",
     "check_same_folds",
-    "stacked_oof_kind",
+    "stacked_oof_exposure",
     "stack_files",
     "open_stack",
 ]
@@ -67,9 +67,9 @@ class RunMember:
         return cls(run_dir, list(ids), oof, fold_of_row, test_ids, fold_test, run.config, run.inputs)
 
 
-def stacked_oof_kind(kinds: list[str]) -> str:
-    """The stack's out-of-fold kind: unseen only when every member's is."""
-    return OOF_UNSEEN if all(kind == OOF_UNSEEN for kind in kinds) else OOF_CHOSE_EPOCH
+def stacked_oof_exposure(exposures: list[str]) -> str:
+    """The stack's out-of-fold exposure: unseen only when every member's is."""
+    return OOF_UNSEEN if all(exposure == OOF_UNSEEN for exposure in exposures) else OOF_CHOSE_EPOCH
 
 
 def check_same_folds(members: list[RunMember]) -> None:
@@ -190,7 +190,7 @@ def stack_files(
     check_same_folds(members)
     result = stack_runs(members, gold, rule.threshold if np.ndim(rule.threshold) == 0 else 0.5, rule.fallback)
     # the stacker, its rule and its nested estimate are fitted on the members' OOF: as honest as the least of them
-    result["oof_kinds"] = [oof_kind(member.config) for member in members]
+    result["oof_exposures"] = [oof_exposure(member.config) for member in members]
     if choose:
         rule, result["decision"] = choose_stack_rule(result, gold, members[0].fold_of_row, rule)
     result["rule"] = rule
@@ -216,7 +216,7 @@ def _write_stack_folder(output_dir: str, run_dirs: list[str], result: dict, test
     write_submission(folder.submission, test["id"], iter_inputs(test), result["decisions"])
     stack_root = os.path.realpath(output_dir)
     members = []
-    for given, kind in zip(run_dirs, result["oof_kinds"]):
+    for given, exposure in zip(run_dirs, result["oof_exposures"]):
         run = FinishedRun.open(given, "--runs")
         members.append(
             {
@@ -224,7 +224,7 @@ def _write_stack_folder(output_dir: str, run_dirs: list[str], result: dict, test
                 "relative_to_stack": os.path.relpath(os.path.realpath(given), stack_root),
                 "num_folds": run.num_folds,
                 "fingerprint": run.fingerprint(),
-                "oof_kind": kind,
+                "oof_exposure": exposure,
             }
         )
     write_json_atomic(
@@ -239,7 +239,7 @@ def _write_stack_folder(output_dir: str, run_dirs: list[str], result: dict, test
                 **({"choice": result["decision"]} if chosen else {}),
             },
             "oof_scores": result["scores"],
-            "oof_kind": stacked_oof_kind(result["oof_kinds"]),
+            "oof_exposure": stacked_oof_exposure(result["oof_exposures"]),
             "test_file": test_file,
             "test_file_sha256": file_digest(test_file),
             "submission": os.path.basename(folder.submission),

@@ -10,7 +10,7 @@ import numpy as np
 from datasets import Dataset
 
 from nikl_emotion.backends.model_card import write_model_card
-from nikl_emotion.base.config import KFoldArguments
+from nikl_emotion.base.config import DecisionArguments, FoldArguments
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.fileio import write_json_atomic, write_probs
 from nikl_emotion.base.labels import LABELS
@@ -26,7 +26,7 @@ from nikl_emotion.decisions.thresholds import (
 )
 from nikl_emotion.decisions.voting import ensemble_files
 from nikl_emotion.folders.run_folder import RunFolder, input_digests, inputs_difference, read_mapping
-from nikl_emotion.runs.finished_run import FinishedRun, fold_predictions, oof_kind
+from nikl_emotion.runs.finished_run import FinishedRun, fold_predictions, oof_exposure
 from nikl_emotion.runs.report import write_report
 
 __all__ = [
@@ -36,7 +36,7 @@ __all__ = [
 
 
 def summarize(
-    output_dir: str, train_rows: Dataset, test_path: str | None, num_folds: int, kfold_args: KFoldArguments
+    output_dir: str, train_rows: Dataset, test_path: str | None, num_folds: int, decision_args: DecisionArguments
 ) -> dict | None:
     """OOF probabilities, summary.json and (with a test file) the hard-voted submission; None until all folds exist."""
     run = RunFolder(output_dir)
@@ -51,20 +51,21 @@ def summarize(
     oof, fold_of_row = fold_predictions(output_dir, ids, num_folds)
     write_probs(run.oof, ids, oof)
     gold = np.asarray(train_rows["labels"])
-    fallback = kfold_args.fallback_top_label
+    fallback = decision_args.fallback_top_label
     global_threshold = fit_global_threshold(oof, gold, fallback=fallback)
     per_label = fit_thresholds(oof, gold, fallback=fallback, start=global_threshold)
     fitted = nested_thresholds(oof, gold, fold_of_row, fallback)  # per fold, on the other folds' rows
-    evaluation = nested_gain(oof, gold, fold_of_row, fallback, default=kfold_args.threshold, fitted=fitted)
+    evaluation = nested_gain(oof, gold, fold_of_row, fallback, default=decision_args.threshold, fitted=fitted)
     save_thresholds(run.thresholds, per_label, global_threshold, evaluation)
     # the rule submission.jsonl is made with (decision: auto chooses it on nested OOF scores), saved so
     # inference.py --run OUT and ensemble.py --decision decide the same way anywhere
     thresholds = FittedThresholds(fitted, per_label)
-    decision, choice = choose_rule(oof, gold, fold_of_row, thresholds, fixed_rule(kfold_args), kfold_args.decision)
+    fixed = fixed_rule(decision_args)
+    decision, choice = choose_rule(oof, gold, fold_of_row, thresholds, fixed, decision_args.decision)
     decision.save(run.decision)
     summary = {
         "folds": folds,
-        "oof": score(gold, fixed_rule(kfold_args).decide(oof)),
+        "oof": score(gold, fixed.decide(oof)),
         "thresholds": {"file": os.path.basename(run.thresholds), **evaluation},
         "decision": {"file": os.path.basename(run.decision), **choice},
     }
@@ -78,14 +79,14 @@ def summarize(
             "rule": choice["chosen"],
         }
     summary["config"] = read_mapping(run.config)
-    summary["oof_kind"] = oof_kind(summary["config"])  # what the OOF scores and the rule fitted on them saw
+    summary["oof_exposure"] = oof_exposure(summary["config"])  # what the OOF scores and the rule fitted on them saw
     write_json_atomic(run.summary, summary)
     thresholds = {"per_label": dict(zip(LABELS, map(float, per_label))), "global": float(global_threshold)}
     for fold in folds:  # each fold's card gains the run's out-of-fold score and fitted thresholds
         best = run.fold(fold["fold"]).best
         if os.path.isfile(os.path.join(best, "config.json")):  # a Hugging Face model (not the n-gram member)
             write_model_card(best, summary["config"], fold["fold"], fold, summary["oof"], thresholds)
-    write_report(output_dir, summary, gold=gold, oof=oof, thresholds=per_label, kfold_args=kfold_args)
+    write_report(output_dir, summary, gold=gold, oof=oof, thresholds=per_label, decision_args=decision_args)
     return summary
 
 
@@ -94,18 +95,18 @@ def rebuild_run(output_dir: str) -> dict:
     import dataclasses
 
     run = FinishedRun.open(output_dir, "report.py", summarised=False)  # it rewrites the run's end, not another's
+
     # a run from before `decision` existed was submitted with the fixed rule: rebuild it the same way
-    kfold_args = KFoldArguments(
-        **{
-            "decision": "fixed",
-            **{f.name: run.config[f.name] for f in dataclasses.fields(KFoldArguments) if f.name in run.config},
-        }
-    )
+    def recorded_keys(part) -> dict:
+        return {f.name: run.config[f.name] for f in dataclasses.fields(part) if f.name in run.config}
+
+    decision_args = DecisionArguments(**{"decision": "fixed", **recorded_keys(DecisionArguments)})
+    num_folds = FoldArguments(**recorded_keys(FoldArguments)).num_folds
     recorded = run.inputs
     difference = inputs_difference(recorded, input_digests([p for p in recorded if os.path.isfile(p)]))
     if difference is not None:
         raise PipelineError(f"{output_dir}: {difference}; the report would mix two versions of the data")
-    summary = summarize(output_dir, run.train_rows(), run.test_file, kfold_args.num_folds, kfold_args)
+    summary = summarize(output_dir, run.train_rows(), run.test_file, num_folds, decision_args)
     if summary is None:
         raise PipelineError(f"{output_dir}: not every fold has finished (fold_K/metrics.json missing)")
     return summary

@@ -56,7 +56,8 @@ def validate(settings: RunSettings) -> None:
     """What no single dataclass can check alone (each validates itself in `__post_init__`): the Trainer's settings
     and how they meet the pipeline's, and what the settings name outside themselves (`check_settings_resources`).
     Fails before any work starts, with a message naming the key."""
-    model_args, data_args, _, loss_args, technique_args, training_args = settings.parts()
+    model_args, data_args, training_args = settings.model, settings.data, settings.training
+    loss_args, technique_args = settings.loss, settings.techniques
     check_settings_resources(model_args, data_args, loss_args, technique_args)
     engine = engine_of(training_args)
     check_engine(engine, technique_args, model_args.lora_r)
@@ -69,8 +70,8 @@ def validate(settings: RunSettings) -> None:
     _check_classifier_head(model_args, data_args)
     _check_adapters(model_args)
     _validate_techniques_with(technique_args, model_args, training_args)
-    _check_early_stopping_split(settings.kfold.early_stopping_split, model_args.model_name_or_path)
-    _check_time_budget(settings.kfold.time_budget_minutes, model_args.model_name_or_path, training_args)
+    _check_early_stopping_split(settings.stopping.early_stopping_split, model_args.model_name_or_path)
+    _check_time_budget(settings.budget.time_budget_minutes, model_args.model_name_or_path, training_args)
     if training_args.label_smoothing_factor:
         raise PipelineError(
             "label_smoothing_factor: the Trainer's smoothing is for single-label cross-entropy and would be ignored "

@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from accelerate import PartialState
@@ -136,11 +136,13 @@ def _student_backend(model_name_or_path: str) -> FoldBackend:
 
 def _without_fold_keys(settings: DistillSettings) -> DistillSettings:
     """The settings with the fold loop's keys at their defaults, each that was set otherwise noted in the log."""
-    kfold, defaults = settings.run.kfold, field_defaults(type(settings.run.kfold))
-    changes = {key: defaults[key] for key in _FOLD_ONLY_KEYS if getattr(kfold, key) != defaults[key]}
+    run = settings.run
+    defaults = field_defaults(type(run.stopping), type(run.budget))
+    current = {**asdict(run.stopping), **asdict(run.budget)}
+    changes = {key: defaults[key] for key in _FOLD_ONLY_KEYS if current[key] != defaults[key]}
     for key in changes:
         logger.info("distill.py: %s ignored: %s", key, _FOLD_ONLY_KEYS[key])
-    run = replace(settings.run, kfold=replace(kfold, **changes))
+    run = run.with_values(changes)
     return replace(settings, run=run)
 
 
@@ -196,7 +198,7 @@ def run_distillation(settings: DistillSettings) -> dict | None:
         return None
     if files.test is not None:
         _, test_probs = read_probs(folder.test_probs)
-        decisions = fixed_rule(run.kfold).decide(test_probs)
+        decisions = fixed_rule(run.decision).decide(test_probs)
         submission = os.path.join(output_dir, SUBMISSION_FILE)
         write_submission(submission, iter_column(files.test, "id"), iter_inputs(files.test), decisions)
     gold = np.asarray(files.train["labels"], dtype=np.float32)
@@ -256,7 +258,7 @@ def _claim_student_folder(settings: DistillSettings) -> None:
     prepare_output_dir(
         settings.run.training.output_dir,
         settings.resolved(),
-        settings.run.kfold.overwrite,
+        settings.run.folds.overwrite,
         inputs,
         field_defaults(*argument_classes()[:-1], DistillArguments),
         STUDENT_OWNER,
@@ -322,11 +324,11 @@ def _distill_summary(
 ) -> tuple[dict, str]:
     """(distill.json's content but its seconds, where the student was validated): the student beside the teacher on
     the same rows."""
-    distill_args, kfold_args = settings.distill, settings.run.kfold
+    distill_args, decision_args = settings.distill, settings.run.decision
     held_out, oof, validation_rows = teacher.held_out, teacher.oof, teacher.validation_rows
 
     def micro_f1(gold_labels: np.ndarray, probs: np.ndarray) -> float:
-        return score(gold_labels, fixed_rule(kfold_args).decide(probs))["micro_f1"]
+        return score(gold_labels, fixed_rule(decision_args).decide(probs))["micro_f1"]
 
     if validation_rows is None:
         teacher_fold = read_mapping(RunFolder(distill_args.teacher_run).fold(data.fold).metrics).get(
@@ -342,7 +344,7 @@ def _distill_summary(
         teacher_scores = {"teacher_ensemble": micro_f1(np.asarray(validation_rows["labels"]), teacher_probs)}
         where = (
             f"{distill_args.validation_file} (the teacher's fold ensemble "
-            f"{teacher_scores['teacher_ensemble']:.4f}, mean probability at {kfold_args.threshold})"
+            f"{teacher_scores['teacher_ensemble']:.4f}, mean probability at {decision_args.threshold})"
         )
         note = _HELD_OUT_VALIDATION
     extra = data.extra_train_rows

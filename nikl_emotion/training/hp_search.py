@@ -103,7 +103,7 @@ def run_hp_search(settings: RunSettings, n_trials: int) -> dict | None:
     """`n_trials` Optuna trials on fold `fold` (default 0) of the run's folds; the table and the best trial's keys in
     the run folder (module docstring). Returns the best trial on the main process."""
     optuna, trials = _check_search(settings, n_trials)
-    if settings.kfold.time_budget_minutes is not None:
+    if settings.budget.time_budget_minutes is not None:
         logger.info("--hp-search: each trial trains num_train_epochs; time_budget_minutes sizes the run, not a trial")
     state, output_dir = PartialState(), settings.training.output_dir
     check_output_folder(output_dir, "run")
@@ -144,7 +144,7 @@ def run_hp_search(settings: RunSettings, n_trials: int) -> dict | None:
         "micro_f1": best.value,
         "params": best.params,
         "trials": len(study.trials),
-        "fold": settings.kfold.fold or 0,
+        "fold": settings.folds.fold or 0,
         "chosen_on": chosen_on,
         "table": run.hp_table,
     }
@@ -168,10 +168,10 @@ def _search_split(settings: RunSettings, files: TaskFiles, prepared: PreparedRun
     """The chosen fold's split (default fold 0) as the run trains it, and which rows score the trials (a
     `CHOOSING_ROWS` name): the rows its epoch will be chosen on."""
     training = settings.training
-    labels, fold = np.asarray(files.train["labels"]), settings.kfold.fold or 0
-    folds = make_folds(labels, settings.kfold.num_folds, training.seed)
+    labels, fold = np.asarray(files.train["labels"]), settings.folds.fold or 0
+    folds = make_folds(labels, settings.folds.num_folds, training.seed)
     train_index, choose_index, held_out = choosing_rows(
-        folds, fold, labels, settings.kfold.early_stopping_split, training.seed
+        folds, fold, labels, settings.stopping.early_stopping_split, training.seed
     )
     data = FoldData(fold, train_index, choose_index, prepared.encoded, None, prepared.backbone, files.preprocessing)
     return data, choosing_rows_name(held_out)

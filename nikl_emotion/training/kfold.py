@@ -14,6 +14,7 @@ import numpy as np
 from accelerate import PartialState
 from datasets import Dataset
 
+from nikl_emotion.backends.budget_clock import SAFETY
 from nikl_emotion.backends.divergence import TrainingDiverged
 from nikl_emotion.backends.engines import release_memory
 from nikl_emotion.backends.fold_backend import FoldBackend, FoldData, PreparedRun
@@ -31,7 +32,6 @@ from nikl_emotion.text.preprocessing import TaskFiles, clean, load_task_files
 from nikl_emotion.training.config_checks import argument_classes
 from nikl_emotion.training.folds import choosing_rows, make_folds
 from nikl_emotion.training.pseudo_labels import PseudoLabels, fold_pseudo_labels, teacher_test_file
-from nikl_emotion.training.time_budget import SAFETY
 
 logger = logging.getLogger(__name__)
 
@@ -114,12 +114,12 @@ class KFoldRun:
     @classmethod
     def open(cls, settings: RunSettings) -> KFoldRun:
         started = time.monotonic()
-        model, kfold, training = settings.model, settings.kfold, settings.training
+        model, folds, training = settings.model, settings.folds, settings.training
         check_output_folder(training.output_dir, "run")  # before any work: another command's folder is refused
         files = load_run_files(settings)
-        if kfold.num_folds > len(files.train):
+        if folds.num_folds > len(files.train):
             raise PipelineError(
-                f"num_folds: {kfold.num_folds} folds need at least as many rows; "
+                f"num_folds: {folds.num_folds} folds need at least as many rows; "
                 f"{', '.join(settings.data.train_files)} hold {len(files.train)}"
             )
         if PartialState().is_main_process:
@@ -129,7 +129,7 @@ class KFoldRun:
             raise PipelineError(
                 f"{model.model_name_or_path} fits on one process: run python train.py, not accelerate launch"
             )
-        folds = make_folds(np.asarray(files.train["labels"]), kfold.num_folds, training.seed)
+        folds = make_folds(np.asarray(files.train["labels"]), settings.folds.num_folds, training.seed)
         pseudo_sets = None  # checked before anything is written: a run with other folds would leak validation labels
         techniques = settings.techniques
         if techniques.pseudo_label_run is not None:
@@ -145,13 +145,13 @@ class KFoldRun:
     def ends_at(self) -> float | None:
         """time_budget_minutes: the time.monotonic() by which the folds' training and predicting end (a share of
         the minutes is kept back for the summary and noise, as post-training keeps it)."""
-        budget = self.settings.kfold.time_budget_minutes
+        budget = self.settings.budget.time_budget_minutes
         return None if budget is None else self.started + budget * 60 * SAFETY
 
     @property
     def selected(self) -> list[int]:
-        kfold = self.settings.kfold
-        return list(range(kfold.num_folds)) if kfold.fold is None else [kfold.fold]
+        folds = self.settings.folds
+        return list(range(folds.num_folds)) if folds.fold is None else [folds.fold]
 
     def train(self) -> dict | None:
         state, run, output_dir = PartialState(), self.folder, self.settings.training.output_dir
@@ -167,11 +167,11 @@ class KFoldRun:
                 return None
             summary = self.summarize()
         if summary is None:
-            kfold = self.settings.kfold
+            folds = self.settings.folds
             logger.info(
                 "fold %s done; the run is summarised when all %d folds are in %s",
-                kfold.fold,
-                kfold.num_folds,
+                folds.fold,
+                folds.num_folds,
                 output_dir,
             )
         return summary
@@ -185,7 +185,7 @@ class KFoldRun:
             if state.is_main_process:
                 inputs = input_digests([*data.train_files, *([data.test_file] if data.test_file else [])])
                 defaults = field_defaults(*argument_classes()[:-1])
-                prepare_output_dir(output_dir, settings.resolved(), settings.kfold.overwrite, inputs, defaults)
+                prepare_output_dir(output_dir, settings.resolved(), settings.folds.overwrite, inputs, defaults)
             state.wait_for_everyone()
             files = self.files
             prepared = self.backend.prepare(settings, files.preprocessing, files.cleaned, files.cleaned_test)
@@ -199,7 +199,7 @@ class KFoldRun:
         pseudo = _pseudo_label_datasets(self.settings, self.pseudo_sets, preprocessing, prepared)
         folds = []
         for k in self.selected:
-            train_index, stop_index = self._training_rows(k)
+            train_index, held_out_choosing_index = self._training_rows(k)
             folds.append(
                 FoldData(
                     k,
@@ -210,7 +210,7 @@ class KFoldRun:
                     prepared.backbone,
                     preprocessing,
                     pseudo[k] if pseudo else None,
-                    stop_index=stop_index,
+                    held_out_choosing_index=held_out_choosing_index,
                 )
             )
         return folds
@@ -219,7 +219,7 @@ class KFoldRun:
         """Fold k's (rows to train on, rows held out of them to choose the epoch, or None): early_stopping_split."""
         labels, settings = np.asarray(self.files.train["labels"]), self.settings
         train_index, choose_index, held_out = choosing_rows(
-            self.folds, k, labels, settings.kfold.early_stopping_split, settings.training.seed
+            self.folds, k, labels, settings.stopping.early_stopping_split, settings.training.seed
         )
         return train_index, choose_index if held_out else None
 
@@ -229,8 +229,8 @@ class KFoldRun:
         settings, run = self.settings, self.folder
         output_dir = settings.training.output_dir
         with exclusive(run.setup_lock, output_dir, wait=True):
-            kfold = settings.kfold
-            summary = summarize(output_dir, self.files.train, settings.data.test_file, kfold.num_folds, kfold)
+            num_folds = settings.folds.num_folds
+            summary = summarize(output_dir, self.files.train, settings.data.test_file, num_folds, settings.decision)
         if summary is not None:
             push_run_files(settings.training, [run.decision, run.thresholds, run.summary, run.config, run.report])
         return summary

@@ -32,6 +32,7 @@ from transformers import (
 )
 
 from nikl_emotion.backends.budget_clock import (
+    SAFETY,
     BudgetClock,
     ClockScheduleMixin,
     carried_out,
@@ -63,8 +64,7 @@ from nikl_emotion.text.encoding import tokenize_batch
 from nikl_emotion.text.preprocessing import Preprocessing, TaskFiles, check_unknown_rate, load_task_files
 from nikl_emotion.training.config_checks import check_pretokenizer, check_settings_resources, validate_reporting
 from nikl_emotion.training.packing import pack_rows
-from nikl_emotion.training.time_budget import (
-    SAFETY,
+from nikl_emotion.training.step_plan import (
     describe,
     describe_carried_out,
     measure_step_seconds,

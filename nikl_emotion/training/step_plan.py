@@ -1,4 +1,4 @@
-"""Post-training's time budget planned: the steps that fit, measured on this machine (the clock the schedule
+"""Post-training's step plan: the steps of its time budget that fit, measured on this machine (the clock the schedule
 then follows is backends/budget_clock.py's `BudgetClock`).
 
 Two 2-core machines differ by 2x (80 vs 150 s per MLM epoch of the offline recipe), so a fixed `num_train_epochs`
@@ -24,8 +24,9 @@ import time
 
 import torch
 
+from nikl_emotion.backends.budget_clock import SAFETY
+
 __all__ = [
-    "SAFETY",
     "measure_step_seconds",
     "plan_steps",
     "describe",
@@ -37,7 +38,6 @@ logger = logging.getLogger(__name__)
 
 _CALIBRATION_STEPS = 12  # measured steps, after
 _CALIBRATION_WARMUP = 3  # unmeasured ones (the first batch is the longest; allocator and thread-pool warm-up)
-SAFETY = 0.95  # share of the remaining time planned for; the rest absorbs noise and the final save
 _STEP_ROOM = 4  # max_steps is this many times the expected steps: the clock, not the count, ends the run
 
 
