@@ -16,6 +16,7 @@ from nikl_emotion.backends.fold_backend import (
     FoldBackend,
     PreparedRun,
     SearchTrials,
+    TrialFold,
     replace_best,
     write_fold_outputs,
 )
@@ -95,11 +96,16 @@ class SmoothedPriorSearch(SearchTrials):
     def suggest(self, trial, settings) -> dict:
         return {"label_smoothing": trial.suggest_float("label_smoothing", 0.0, 1.0)}
 
-    def score(self, settings, prepared, data, output_dir, report=None) -> float:
-        rates = np.asarray(data.train_rows["labels"], dtype=np.float64).mean(axis=0)
-        smoothing = settings.loss.label_smoothing
-        probs = np.tile(rates * (1 - smoothing) + 0.5 * smoothing, (len(data.choosing_rows), 1))
-        return score(np.asarray(data.choosing_rows["labels"]), probs >= 0.5)["micro_f1"]
+    def score(self, settings, prepared, data, output_dir) -> TrialFold:
+        gold = np.asarray(data.choosing_rows["labels"]) > 0.5
+        return TrialFold(gold, smoothed_rates(data.train_rows["labels"], settings.loss.label_smoothing, len(gold)))
+
+
+def smoothed_rates(train_labels, smoothing: float, rows: int) -> np.ndarray:
+    """The decisions of the training rows' label rates pulled towards 0.5 by `smoothing`, for `rows` rows: a label
+    is on once its pulled rate reaches 0.25 (so each label switches at its own smoothing, and trials differ)."""
+    rates = np.asarray(train_labels, dtype=np.float64).mean(axis=0)
+    return np.tile(rates * (1 - smoothing) + 0.5 * smoothing, (rows, 1)) >= 0.25
 
 
 class SearchablePriorBackend(PriorBackend):
@@ -175,22 +181,37 @@ def test_what_a_backend_does_not_offer_is_refused_by_each_program_and_what_it_of
     # a backend that offers a search gets its own trials: train.py --hp-search runs them, not an encoder's
     searchable = register_backend(SearchablePriorBackend())
     try:
-        out = tmp_path / "search"
-        argv = ["--model_name_or_path", "prior:searchable", "--output_dir", out, "--num_folds", "2"]
-        result = run_cli("train.py", QUICKSTART, *argv, "--hp-search", "6")
+        out, pooled = tmp_path / "search", tmp_path / "pooled"
+        argv = ["--model_name_or_path", "prior:searchable", "--num_folds", "2", "--hp-search"]
+        result = run_cli("train.py", QUICKSTART, *argv, "6", "--output_dir", out)
+        two_folds = ("--hp_folds", "0", "1", "--hp_pruner", "median")
+        run_cli("train.py", QUICKSTART, *argv, "16", *two_folds, "--output_dir", pooled)
     finally:
         BACKENDS.remove(searchable)
-    with (out / "hp_search.csv").open(encoding="utf-8") as table:
-        trials = list(csv.DictReader(table))
-    assert len(trials) == 6 and set(trials[0]) == {"trial", "state", "micro_f1", "seconds", "label_smoothing"}
+    trials = read_table(out)
+    assert len(trials) == 6 and set(trials[0]) == {"trial", "state", "micro_f1", "seconds", "worker", "label_smoothing"}
+    assert "hp search: 6 trials on fold 0" in result.stdout
     # each trial's score is the smoothed rates' on fold 0's validation rows, recomputed here
     rows = load_jsonl(ROOT / "data" / "sample_train.jsonl")
-    train_index, validation_index = make_folds(rows["labels"], 2, 42)[0]
-    labels = np.asarray(rows["labels"])
-    rates = labels[train_index].mean(axis=0)
+    labels, folds = np.asarray(rows["labels"]), make_folds(rows["labels"], 2, 42)
+
+    def expected(smoothing: float, fold_numbers) -> float:
+        gold = np.concatenate([labels[folds[k][1]] for k in fold_numbers])
+        decided = [smoothed_rates(labels[folds[k][0]], smoothing, len(folds[k][1])) for k in fold_numbers]
+        return score(gold, np.concatenate(decided))["micro_f1"]
+
     for trial in trials:
-        smoothing = float(trial["label_smoothing"])
-        probs = np.tile(rates * (1 - smoothing) + 0.5 * smoothing, (len(validation_index), 1))
-        expected = score(labels[validation_index], probs >= 0.5)["micro_f1"]
-        assert abs(float(trial["micro_f1"]) - expected) < 1e-6
-    assert "hp search: 6 trials on fold 0" in result.stdout
+        assert abs(float(trial["micro_f1"]) - expected(float(trial["label_smoothing"]), [0])) < 1e-6
+    # over two folds: the pooled rows' micro-F1; a trial behind the median after fold 0 is stopped there
+    trials = read_table(pooled)
+    assert {trial["state"] for trial in trials} == {"COMPLETE", "PRUNED"}
+    for trial in trials:
+        if trial["state"] == "COMPLETE":
+            assert abs(float(trial["micro_f1"]) - expected(float(trial["label_smoothing"]), [0, 1])) < 1e-6
+    header = (pooled / "hp_search_best.yaml").read_text(encoding="utf-8").splitlines()[0]
+    assert header.endswith("on folds 0, 1 pooled: the fold's validation rows")
+
+
+def read_table(out) -> list[dict]:
+    with (out / "hp_search.csv").open(encoding="utf-8") as table:
+        return list(csv.DictReader(table))

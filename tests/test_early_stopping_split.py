@@ -82,7 +82,7 @@ def test_a_search_with_the_split_scores_its_trials_on_the_held_out_rows_the_run_
     assert not set(seen["choosing"]) & {ids[i] for i in validation_index}  # fold 1's out-of-fold rows stay unseen
     assert "on the early_stopping_split rows held out of the fold's training rows" in result.stdout
     header = (out / "hp_search_best.yaml").read_text(encoding="utf-8").splitlines()[0]
-    assert header.endswith("on the early_stopping_split rows held out of the fold's training rows")
+    assert header.endswith("on fold 1: the early_stopping_split rows held out of the fold's training rows")
 
     run_cli("train.py", QUICKSTART, "--hp-search", "1", *args[:1], tmp_path / "hp0", *args[2:])
     assert sorted(seen["choosing"]) == sorted(ids[i] for i in validation_index)  # without it: today's rows

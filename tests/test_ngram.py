@@ -84,10 +84,10 @@ def test_commands_that_need_an_encoder_refuse_it(tmp_path):
         "--output_dir",
         str(tmp_path / "o"),
     ]
-    from nikl_emotion.training.hp_search import run_hp_search
+    from nikl_emotion.training.hp_search import parse_search_config, run_hp_search
 
     with pytest.raises(PipelineError, match="the ngram backend, which offers no search"):
-        run_hp_search(parse_config(config), 2)
+        run_hp_search(parse_search_config(config), 2)
     with pytest.raises(PipelineError, match="unknown n-gram model 'ngram:bm25'"):
         parse_config([*config, "--model_name_or_path", "ngram:bm25"])
     refused = run_cli(

@@ -19,13 +19,16 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from transformers import TrainerCallback, set_seed
+from transformers import EvalPrediction, TrainerCallback, set_seed
 
 from nikl_emotion.backends.emotion_trainer import EmotionTrainer, fold_trainer_inputs
 from nikl_emotion.backends.engines import free_engine
-from nikl_emotion.backends.fold_backend import FoldBackend, FoldData, PreparedRun, SearchTrials
+from nikl_emotion.backends.fold_backend import FoldBackend, FoldData, PreparedRun, SearchTrials, TrialFold
 from nikl_emotion.backends.losses import loss_named
 from nikl_emotion.base.config import RunSettings
+from nikl_emotion.decisions.decision import fixed_rule
+from nikl_emotion.decisions.metrics import score as metric_score
+from nikl_emotion.decisions.metrics import sigmoid
 
 __all__ = [
     "BATCH_SIZES",
@@ -36,17 +39,21 @@ BATCH_SIZES = (16, 32, 64, 128)
 
 
 class _BestEpoch(TrainerCallback):
-    """A trial is worth its best evaluation (what `load_best_model_at_end` would keep), not its last; each one is
-    reported as it comes (a pruner's hook)."""
+    """A trial is worth its best evaluation (what `load_best_model_at_end` would keep), not its last: the decisions
+    of the best one, kept as the metric computes them."""
 
-    def __init__(self, report=None):
-        self.best, self.report = -math.inf, report
+    def __init__(self, rule):
+        self.rule, self.best, self.best_fold, self._last = rule, -math.inf, None, None
+
+    def compute_metrics(self, prediction: EvalPrediction) -> dict:
+        gold, decided = prediction.label_ids > 0.5, self.rule.decide(sigmoid(prediction.predictions))
+        self._last = TrialFold(gold, decided)
+        result = metric_score(gold, decided)
+        return {"micro_f1": result["micro_f1"], "macro_f1": result["macro_f1"]}
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        if metrics and "eval_micro_f1" in metrics:
-            self.best = max(self.best, metrics["eval_micro_f1"])
-            if self.report is not None:
-                self.report(state.global_step, metrics["eval_micro_f1"])
+        if metrics and metrics.get("eval_micro_f1", -math.inf) > self.best:
+            self.best, self.best_fold = metrics["eval_micro_f1"], self._last
 
 
 class EncoderSearchTrials(SearchTrials):
@@ -68,9 +75,7 @@ class EncoderSearchTrials(SearchTrials):
         }
         return {**values, **loss_named(settings.loss.loss).suggest(trial)}
 
-    def score(
-        self, settings: RunSettings, prepared: PreparedRun, data: FoldData, output_dir: str, report=None
-    ) -> float:
+    def score(self, settings: RunSettings, prepared: PreparedRun, data: FoldData, output_dir: str) -> TrialFold:
         # trials are scored, not kept: no checkpoints, no best-model reload, nothing pushed to the hub
         args = dataclasses.replace(
             settings.training,
@@ -82,14 +87,14 @@ class EncoderSearchTrials(SearchTrials):
         )
         set_seed(args.seed)  # every trial starts from the same classifier weights, as each fold does
         model = self.backend.new_model(data.backbone, prepared.tokenizer, settings, data.preprocessing.classifier_head)
+        best = _BestEpoch(fixed_rule(settings.decision))
         inputs = fold_trainer_inputs(data.train_rows, data.choosing_rows, prepared.tokenizer, settings)
-        trainer = EmotionTrainer(model=model, args=args, **inputs)
-        best = _BestEpoch(report)
+        trainer = EmotionTrainer(model=model, args=args, **{**inputs, "compute_metrics": best.compute_metrics})
         trainer.add_callback(best)
         try:
             trainer.train()
-            if best.best == -math.inf:  # no evaluation while training (eval_strategy: no): one at the end
+            if best.best_fold is None:  # no evaluation while training (eval_strategy: no): one at the end
                 best.on_evaluate(args, trainer.state, trainer.control, trainer.evaluate())
         finally:
             free_engine(trainer)
-        return best.best
+        return best.best_fold

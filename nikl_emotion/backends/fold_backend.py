@@ -25,6 +25,7 @@ __all__ = [
     "PreparedRun",
     "FoldBackend",
     "SearchTrials",
+    "TrialFold",
     "PostTrainer",
     "OnnxExporter",
     "FoldData",
@@ -212,8 +213,17 @@ def replace_best(folder: FoldFolder, preprocessing: Preprocessing, write: Callab
 # new backend offers an ability by returning its own object.
 
 
+@dataclass
+class TrialFold:
+    """A search trial's result on one fold: the choosing rows' gold labels and the trial's decisions on them at its
+    best epoch (rows in the same order in both, any order), pooled with the other folds' into its score."""
+
+    gold: np.ndarray
+    decided: np.ndarray
+
+
 class SearchTrials(ABC):
-    """A backend's hyper-parameter trials: the values a trial draws, and a trial's score on one fold's split."""
+    """A backend's hyper-parameter trials: the values a trial draws, and a trial's result on one fold's split."""
 
     @abstractmethod
     def suggest(self, trial, settings: RunSettings) -> dict:
@@ -221,12 +231,10 @@ class SearchTrials(ABC):
         `focal_gamma`, ...), centred on `settings` so one space suits any backbone."""
 
     @abstractmethod
-    def score(
-        self, settings: RunSettings, prepared: PreparedRun, data: FoldData, output_dir: str, report=None
-    ) -> float:
-        """Train on `data`'s training rows with `settings` (the trial's values applied) and return the best
-        micro-F1 over its epochs on `data.choosing_rows`; nothing is kept but scratch files under `output_dir`.
-        `report(step, value)`, if given, is called after each evaluation (a pruner's hook; it may raise to stop)."""
+    def score(self, settings: RunSettings, prepared: PreparedRun, data: FoldData, output_dir: str) -> TrialFold:
+        """Train on `data`'s training rows with `settings` (the trial's values applied) and return its decisions on
+        `data.choosing_rows` at its best epoch (by micro-F1); nothing is kept but scratch files under `output_dir`.
+        Every process of a launch calls it and gets the whole result."""
 
 
 class PostTrainer(ABC):

@@ -63,6 +63,9 @@ __all__ = [
     "OBJECTIVES",
     "MLMArguments",
     "POST_TRAIN_DEFAULTS",
+    "SearchArguments",
+    "SearchSettings",
+    "HP_PRUNERS",
     "DistillArguments",
     "RunSettings",
     "DistillSettings",
@@ -650,6 +653,65 @@ POST_TRAIN_DEFAULTS: dict[str, object] = {
 }
 
 
+HP_PRUNERS = ("median", "none")
+
+
+@dataclass
+class SearchArguments:
+    """`train.py --hp-search`'s study: where it lives (several workers share it), which folds score a trial, and
+    when a trial is stopped early."""
+
+    hp_storage: str | None = field(
+        default=None,
+        metadata={
+            "help": "The Optuna study's storage, shared by every worker that names it: sqlite:///PATH, an RDB URL "
+            "(postgresql://..., mysql://...) or journal:PATH (Optuna's journal file, for a disk several machines "
+            "share). Default: sqlite:///OUT/hp_search.db (one machine)."
+        },
+    )
+    hp_study: str = field(default="hp_search", metadata={"help": "The study's name in its storage."})
+    hp_folds: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "The folds a trial trains; its score is the micro-F1 over their choosing rows pooled (out of "
+            "fold). Default: --fold, else fold 0."
+        },
+    )
+    hp_pruner: str = field(
+        default="median",
+        metadata={
+            "help": "median: after each fold but the last, stop a trial whose score so far is below the median of "
+            "the earlier trials' at that fold (Optuna's MedianPruner, after 4 complete trials); none: never."
+        },
+    )
+    hp_heartbeat: float = field(
+        default=60.0,
+        metadata={
+            "help": "Seconds between a worker's signs of life on its running trial; a trial silent for 3 times "
+            "this (its worker killed) is marked failed by the next worker that starts a trial."
+        },
+    )
+    hp_report: bool = field(
+        default=False,
+        metadata={"help": "Write the study's table and best trial into output_dir, and run no trial."},
+    )
+
+    def __post_init__(self):
+        storage = self.hp_storage
+        if storage is not None and not (storage.startswith("journal:") and len(storage) > 8 or "://" in storage):
+            raise PipelineError(
+                f"hp_storage: {storage!r} is not sqlite:///PATH, an RDB URL (postgresql://...) or journal:PATH"
+            )
+        if not self.hp_study.strip():
+            raise PipelineError("hp_study: give the study a name")
+        check_choice("hp_pruner", self.hp_pruner, HP_PRUNERS)
+        if not (_is_finite(self.hp_heartbeat) and self.hp_heartbeat > 0):
+            raise PipelineError(f"hp_heartbeat: must be a positive number of seconds, got {self.hp_heartbeat}")
+        folds = self.hp_folds
+        if folds is not None and (not folds or min(folds) < 0 or len(set(folds)) != len(folds)):
+            raise PipelineError(f"hp_folds: give distinct fold numbers >= 0, got {folds}")
+
+
 @dataclass
 class DistillArguments:
     teacher_run: str = field(
@@ -760,6 +822,18 @@ class DistillSettings:
     def resolved(self) -> dict:
         *pipeline, training = self.run.parts()
         return _resolved_config(*pipeline, self.distill, training)
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """`train.py --hp-search`'s settings: the run's and the study's (`hp_search.parse_search_config`)."""
+
+    run: RunSettings
+    search: SearchArguments
+
+    def resolved(self) -> dict:
+        *pipeline, training = self.run.parts()
+        return _resolved_config(*pipeline, self.search, training)
 
 
 @dataclass(frozen=True)

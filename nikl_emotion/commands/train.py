@@ -1,7 +1,8 @@
 """K-fold training: `python train.py CONFIG.yaml [--key value ...]` (or under `accelerate launch`).
 
-`python train.py CONFIG.yaml --hp-search N [--fold K] [...]` runs N Optuna trials on fold K instead and writes
-OUT/hp_search.csv (see nikl_emotion/training/hp_search.py for the search space)."""
+`python train.py CONFIG.yaml --hp-search N [--hp_folds K ...] [--hp_storage URL --hp_study NAME] [...]` runs N
+trials of an Optuna study instead (several workers may share it) and writes OUT/hp_search.csv once no trial runs
+(nikl_emotion/training/hp_search.py); `--hp_report true` writes the study's table now and trains nothing."""
 
 from nikl_emotion.commands.cli import configure_logging, pop_option, quiet_libraries
 
@@ -16,25 +17,40 @@ def main(argv: list[str]) -> int:
     from nikl_emotion.training.config_checks import parse_config
 
     trials = pop_option(argv, ("--hp-search", "--hp_search"))
+    if trials is not None or any(token.startswith("--hp_") for token in argv):
+        return _search(argv, trials)
     settings = parse_config(argv)
     configure_logging(settings.training)
-    if trials is None:
-        from nikl_emotion.training.kfold import run_training
+    from nikl_emotion.training.kfold import run_training
 
-        summary = run_training(settings)
-        if summary is not None:  # the main process, every fold done
-            print_summary(summary)
-        return 0
+    summary = run_training(settings)
+    if summary is not None:  # the main process, every fold done
+        print_summary(summary)
+    return 0
+
+
+def _search(argv: list[str], trials: int | None) -> int:
+    """`--hp-search N` (and the study's `--hp_*` keys), or `--hp_report` alone."""
+    from nikl_emotion.base.errors import PipelineError
     from nikl_emotion.base.vocabulary import CHOOSING_ROWS
-    from nikl_emotion.training.hp_search import run_hp_search
+    from nikl_emotion.training.hp_search import parse_search_config, run_hp_search
 
-    best = run_hp_search(settings, trials)
-    if best is not None:
-        print(
-            f"hp search: {best['trials']} trials on fold {best['fold']}; best micro-F1 {best['micro_f1']:.4f} on the "
-            f"{CHOOSING_ROWS[best['chosen_on']]} (trial {best['best_trial']}): {best['params']}; "
-            f"table in {best['table']}"
-        )
+    settings = parse_search_config(argv)
+    configure_logging(settings.run.training)
+    if trials is None and not settings.search.hp_report:
+        raise PipelineError("the hp_* keys belong to a search: add --hp-search N (or --hp_report true)")
+    found = run_hp_search(settings, trials or 0)
+    if found is None:
+        return 0
+    folds = ("folds " if len(found["folds"]) > 1 else "fold ") + ", ".join(map(str, found["folds"]))
+    where = f"table in {found['table']}" if found["table"] else "other workers' trials still run (the last writes it)"
+    best = (
+        f"best micro-F1 {found['micro_f1']:.4f} on the {CHOOSING_ROWS[found['chosen_on']]} (trial "
+        f"{found['best_trial']}): {found['params']}"
+        if found["best_trial"] is not None
+        else "no complete trial yet"
+    )
+    print(f"hp search: {found['trials']} trials on {folds}; {best}; {where}")
     return 0
 
 

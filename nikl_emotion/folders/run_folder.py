@@ -7,7 +7,7 @@ module spells a run file's name (folder_kind.py, which claims and prepares folde
 OUT/config.yaml  inputs.json  backbone/  oof.jsonl  summary.json  thresholds.json  submission.jsonl  decision.json
 OUT/report.md  *.png
 OUT/fold_K/best/  checkpoints/  runs/  val_probs.jsonl  test_probs.jsonl  metrics.json  done.json
-OUT/.fold_K.lock  .setup.lock      (flock files; never deleted, see locking.py)
+OUT/.fold_K.lock  .setup.lock  .hp_search.lock  (flock files; never deleted, see locking.py)
 ```
 """
 
@@ -151,6 +151,7 @@ class RunFolder:
     hp_study = property(lambda self: self._path(HP_SEARCH_FILES[2]))  # the Optuna study (SQLite)
     hp_table = property(lambda self: self._path(HP_SEARCH_FILES[3]))  # one row per trial
     hp_best = property(lambda self: self._path(HP_SEARCH_FILES[4]))  # the best trial's values
+    hp_lock = property(lambda self: self._path(".hp_search.lock"))  # the workers sharing the folder take turns
 
     def plot(self, name: str) -> str:
         """The path of one of the report's plots (`PLOT_NAMES`)."""

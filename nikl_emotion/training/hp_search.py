@@ -1,24 +1,27 @@
-"""Hyper-parameter search: an Optuna study (TPE) over the trials its backend offers, on one fold.
+"""Hyper-parameter search: an Optuna study over the trials its backend offers, shared by any number of workers.
 
-`python train.py CONFIG --hp-search N [--fold K]`: N trials, each training on fold K's training split (default 0)
-and scored by the best micro-F1 over its epochs on the rows that choose: fold K's validation rows, or with
-`early_stopping_split` a share of its training rows held out (the same rows the run's epoch is then chosen on), so
-that fold K's out-of-fold rows stay unseen by the search too. The space is centred on the config's own values, so the
-same command searches sensibly around a pretrained encoder's 4e-5 or the offline backbone's 1e-3. The values a trial
-draws and how a trial trains are the backend's (`backend.search_trials()`; the encoder's: `backends/encoder_search.py`,
-the learning rate, weight decay, batch size, epochs, warm-up, label smoothing and the loss's own keys); this program
-runs the study, on one process or on every process of `accelerate launch` (the main process draws, the others train
-the same trial).
+`python train.py CONFIG --hp-search N [--hp_folds K ...] [--hp_storage URL --hp_study NAME] [--hp_pruner median|none]`:
+N trials, each training the folds `hp_folds` (default: `--fold`, else 0) as the run trains them and scored by the
+micro-F1 over their choosing rows pooled (out of fold): each fold's validation rows, or with `early_stopping_split`
+the share of its training rows held out that the run's epoch is then chosen on, so that the folds' out-of-fold rows
+stay unseen by the search too. After each fold but the last, the median pruner stops a trial already behind the
+earlier trials at that fold. The values a trial draws and how it trains are the backend's
+(`backend.search_trials()`; the encoder's: `backends/encoder_search.py`, centred on the config's own values); this
+program runs the study: on one process, or on every process of `accelerate launch` (the main process draws, the
+others train the same trial).
 
-Trials go to an Optuna SQLite study in `OUT/hp_search.db` (an interrupted search continues where it stopped);
-`OUT/hp_search.csv` lists every trial (number, state, micro-F1, seconds, parameters) and `OUT/hp_search_best.yaml`
-holds the best trial's values as config keys for `train.py CONFIG OUT/hp_search_best.yaml`-style reuse.
+Workers: every `train.py --hp-search` given the same `hp_storage` and `hp_study` runs its own trials of one study
+(one per GPU: `CUDA_VISIBLE_DEVICES=k`; on several machines, a storage they all reach: an RDB URL, or `journal:PATH`
+on a shared disk). Workers on one machine share one `output_dir` (an offline backbone is built once, by the first).
+The study's table `OUT/hp_search.csv` (number, state, micro-F1, seconds, worker, values) and `OUT/hp_search_best.yaml`
+(the best trial's values as config keys) are written by the last worker to finish, or by `--hp_report`. A killed
+worker's trial is marked failed by the next worker (`hp_study.fail_stale_trials`); a restarted one goes on with the
+study. Default storage: SQLite in `OUT/hp_search.db` (an interrupted search continues where it stopped).
 """
 
 from __future__ import annotations
 
-import csv
-import io
+import contextlib
 import logging
 import os
 
@@ -27,151 +30,212 @@ import yaml
 from accelerate import PartialState
 from accelerate.utils import broadcast_object_list
 
-from nikl_emotion.backends.fold_backend import FoldData, PreparedRun
+from nikl_emotion.backends.engines import check_engine, engine_of
+from nikl_emotion.backends.fold_backend import FoldData, PreparedRun, SearchTrials
 from nikl_emotion.backends.registry import backend_for
-from nikl_emotion.base.config import RunSettings
+from nikl_emotion.base.config import TRAINING_DEFAULTS, RunSettings, SearchArguments, SearchSettings, parse_arguments
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.fileio import write_text_atomic
+from nikl_emotion.base.locking import exclusive
 from nikl_emotion.base.vocabulary import CHOOSING_ROWS, choosing_rows_name
+from nikl_emotion.decisions.metrics import score
 from nikl_emotion.folders.folder_kind import check_output_folder, claim_folder
 from nikl_emotion.folders.run_folder import RunFolder
 from nikl_emotion.text.preprocessing import TaskFiles
+from nikl_emotion.training.config_checks import argument_classes, validate
 from nikl_emotion.training.folds import choosing_rows, make_folds
+from nikl_emotion.training.hp_study import fail_stale_trials, heartbeat, open_study, write_study
 from nikl_emotion.training.kfold import load_run_files
 
 __all__ = [
+    "parse_search_config",
     "run_hp_search",
 ]
 
 logger = logging.getLogger(__name__)
 
 
-def _trials_table(study) -> list[dict]:
-    rows = []
-    for trial in study.trials:
-        duration = (trial.datetime_complete - trial.datetime_start).total_seconds() if trial.datetime_complete else None
-        rows.append(
-            {
-                "trial": trial.number,
-                "state": trial.state.name,
-                "micro_f1": None if trial.value is None else round(trial.value, 6),
-                "seconds": None if duration is None else round(duration, 1),
-                **trial.params,
-            }
-        )
-    return rows
+def parse_search_config(argv: list[str]) -> SearchSettings:
+    """`CONFIG [--key value ...]` with the study's keys (`SearchArguments`) -> the search's validated settings."""
+    check_engine(engine_of())
+    *run_classes, training_class = argument_classes()
+    classes = (*run_classes, SearchArguments, training_class)
+    *pipeline, search, training = parse_arguments(argv, classes, TRAINING_DEFAULTS)
+    settings = SearchSettings(RunSettings(*pipeline, training), search)
+    validate(settings.run)
+    num_folds = settings.run.folds.num_folds
+    if search.hp_folds is not None and max(search.hp_folds) >= num_folds:
+        raise PipelineError(f"hp_folds: must be in [0, {num_folds - 1}] (num_folds), got {search.hp_folds}")
+    return settings
 
 
-def _write_trials(output_dir: str, study, rows_name: str) -> None:
-    rows = _trials_table(study)
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(rows)
-    run = RunFolder(output_dir)
-    write_text_atomic(run.hp_table, buffer.getvalue())
-    complete = [t for t in study.trials if t.value is not None]
-    if complete:
-        best = max(complete, key=lambda t: t.value)
-        header = f"# hp_search trial {best.number}: micro-F1 {best.value:.4f} on the {rows_name}\n"
-        write_text_atomic(run.hp_best, header + yaml.safe_dump(dict(best.params), sort_keys=False))
-
-
-def _check_search(settings: RunSettings, n_trials: int) -> tuple:
-    """What a search needs, checked before any work; returns (the optuna module, the backend's trials)."""
-    model_args, technique_args = settings.model, settings.techniques
+def _check_search(settings: SearchSettings, n_trials: int) -> SearchTrials:
+    """What a search needs, checked before any work; returns the backend's trials."""
+    run = settings.run
+    model_name = run.model.model_name_or_path
     try:
-        import optuna
+        import optuna  # noqa: F401
     except ImportError:
         raise PipelineError("--hp-search needs optuna: pip install optuna") from None
-    backend = backend_for(model_args.model_name_or_path)
+    backend = backend_for(model_name)
     trials = backend.search_trials()
     if trials is None:
         raise PipelineError(
-            f"--hp-search: {model_args.model_name_or_path} is trained by the {backend.name} backend, which offers "
-            "no search (an encoder's searches its Trainer's settings)"
+            f"--hp-search: {model_name} is trained by the {backend.name} backend, which offers no search (an "
+            "encoder's searches its Trainer's settings)"
         )
-    if technique_args.pseudo_label_run is not None:
-        raise PipelineError("--hp-search tunes on fold 0's training split alone; run it without pseudo_label_run")
-    if n_trials < 1:
+    if run.techniques.pseudo_label_run is not None:
+        raise PipelineError("--hp-search tunes on the folds' training rows alone; run it without pseudo_label_run")
+    if n_trials < 1 and not settings.search.hp_report:
         raise PipelineError(f"--hp-search: the number of trials must be at least 1, got {n_trials}")
-    return optuna, trials
+    return trials
 
 
-def run_hp_search(settings: RunSettings, n_trials: int) -> dict | None:
-    """`n_trials` Optuna trials on fold `fold` (default 0) of the run's folds; the table and the best trial's keys in
-    the run folder (module docstring). Returns the best trial on the main process."""
-    optuna, trials = _check_search(settings, n_trials)
-    if settings.budget.time_budget_minutes is not None:
+def _search_folds(settings: SearchSettings) -> list[int]:
+    """The folds a trial trains: `hp_folds`, else `--fold`, else 0."""
+    return settings.search.hp_folds or [settings.run.folds.fold or 0]
+
+
+def _scored_on(settings: SearchSettings, chosen_on: str) -> str:
+    """What a trial's score is measured on, in words (hp_search_best.yaml's header)."""
+    folds = _search_folds(settings)
+    which = f"fold {folds[0]}" if len(folds) == 1 else f"folds {', '.join(map(str, folds))} pooled"
+    return f"{which}: the {CHOOSING_ROWS[chosen_on]}"
+
+
+def run_hp_search(settings: SearchSettings, n_trials: int) -> dict | None:
+    """`n_trials` trials of the study (module docstring), then its table if no other worker is still running one.
+    Returns what was found, on the main process."""
+    trials = _check_search(settings, n_trials)
+    run_settings = settings.run
+    if run_settings.budget.time_budget_minutes is not None:
         logger.info("--hp-search: each trial trains num_train_epochs; time_budget_minutes sizes the run, not a trial")
-    state, output_dir = PartialState(), settings.training.output_dir
+    state, output_dir = PartialState(), run_settings.training.output_dir
     check_output_folder(output_dir, "run")
-    run = RunFolder(output_dir)
-    files = load_run_files(settings)
-    if state.is_main_process:
-        claim_folder(output_dir, "run")  # the study lives in a run's folder (RunFolder.hp_*)
-        write_text_atomic(run.hp_config, yaml.safe_dump(settings.resolved(), allow_unicode=True, sort_keys=False))
-    state.wait_for_everyone()
-    backend = backend_for(settings.model.model_name_or_path)
-    # an offline backbone, shared with train.py in this folder, also learns the test texts
-    prepared = backend.prepare(settings, files.preprocessing, files.cleaned, files.cleaned_test)
-    data, chosen_on = _search_split(settings, files, prepared)
-
-    def score(values: dict) -> float:
-        return trials.score(settings.with_values(values), prepared, data, run.hp_trials)
-
+    chosen_on = choosing_rows_name(run_settings.stopping.early_stopping_split > 0)
+    if settings.search.hp_report:
+        return _report(settings, chosen_on, force=True) if state.is_main_process else None
+    prepared, splits = _set_up(settings, state)
+    search_run = _SearchRun(settings, trials, prepared, splits)
     if not state.is_main_process:
-        _follow_the_main_process(score)
+        search_run.follow()
         return None
-    storage = f"sqlite:///{os.path.abspath(run.hp_study)}"
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
-        study_name="hp_search",
-        storage=storage,
-        sampler=optuna.samplers.TPESampler(seed=settings.training.seed),
-        direction="maximize",
-        load_if_exists=True,  # an interrupted search continues
-    )
-    try:
-        study.optimize(lambda trial: score(_shared(trials.suggest(trial, settings))), n_trials=n_trials)
-    finally:
-        _shared(None)  # the other processes stop (after the last trial, or a failed one)
-    _write_trials(output_dir, study, CHOOSING_ROWS[chosen_on])
-    best = study.best_trial
+    search_run.lead(n_trials)
+    return _report(settings, chosen_on, force=False)
+
+
+def _set_up(settings: SearchSettings, state: PartialState) -> tuple[PreparedRun, dict]:
+    """The folder claimed and the backend's rows prepared, the workers sharing the folder one at a time (an offline
+    backbone is built by the first and reused by the others: one vocabulary for every trial); each fold's split."""
+    run_settings = settings.run
+    output_dir = run_settings.training.output_dir
+    run = RunFolder(output_dir)
+    files = load_run_files(run_settings)
+    lock = exclusive(run.setup_lock, output_dir, wait=True) if state.is_main_process else contextlib.nullcontext()
+    with lock:
+        if state.is_main_process:
+            claim_folder(output_dir, "run")
+            write_text_atomic(run.hp_config, yaml.safe_dump(settings.resolved(), allow_unicode=True, sort_keys=False))
+        state.wait_for_everyone()
+        backend = backend_for(run_settings.model.model_name_or_path)
+        # an offline backbone, shared with train.py in this folder, also learns the test texts
+        prepared = backend.prepare(run_settings, files.preprocessing, files.cleaned, files.cleaned_test)
+    return prepared, {k: _search_split(run_settings, files, prepared, k) for k in _search_folds(settings)}
+
+
+def _report(settings: SearchSettings, chosen_on: str, force: bool) -> dict:
+    """The study as it stands: its best trial, and its table written if no trial is running (or `force`)."""
+    from optuna.trial import TrialState
+
+    output_dir = settings.run.training.output_dir
+    study = open_study(settings.search, output_dir, settings.run.training.seed)
+    fail_stale_trials(study, settings.search.hp_heartbeat)
+    written = write_study(study, output_dir, _scored_on(settings, chosen_on), force=force)
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    best = max(complete, key=lambda t: t.value) if complete else None
     return {
-        "best_trial": best.number,
-        "micro_f1": best.value,
-        "params": best.params,
-        "trials": len(study.trials),
-        "fold": settings.folds.fold or 0,
+        "best_trial": None if best is None else best.number,
+        "micro_f1": None if best is None else best.value,
+        "params": {} if best is None else best.params,
+        "trials": len(study.get_trials(deepcopy=False)),
+        "folds": _search_folds(settings),
         "chosen_on": chosen_on,
-        "table": run.hp_table,
+        "table": RunFolder(output_dir).hp_table if written else None,
     }
 
 
-def _shared(values: dict | None) -> dict | None:
-    """The main process's trial values (None: the search is over) sent to every process of the launch."""
+class _SearchRun:
+    """One worker's trials: the main process draws each trial and every process of the launch trains it on the
+    search's folds, the pruner's verdict after each fold shared by all."""
+
+    def __init__(self, settings: SearchSettings, trials: SearchTrials, prepared: PreparedRun, splits: dict):
+        self.settings, self.trials, self.prepared, self.splits = settings, trials, prepared, splits
+        self.scratch = RunFolder(settings.run.training.output_dir).hp_trials
+
+    def lead(self, n_trials: int) -> None:
+        search, run = self.settings.search, self.settings.run
+        study = open_study(search, run.training.output_dir, run.training.seed)
+        fail_stale_trials(study, search.hp_heartbeat)
+
+        def objective(trial) -> float:
+            drawn = _shared({"number": trial.number, "values": self.trials.suggest(trial, run)})
+
+            def prune(step: int, value: float) -> bool:
+                trial.report(value, step)
+                return bool(_shared(trial.should_prune()))
+
+            with heartbeat(trial, search.hp_heartbeat):
+                return self.score(drawn, prune)
+
+        try:
+            study.optimize(objective, n_trials=n_trials, callbacks=[lambda study, _: self._stale(study)])
+        finally:
+            _shared(None)  # the other processes stop (after the last trial, or a failed one)
+
+    def _stale(self, study) -> None:
+        fail_stale_trials(study, self.settings.search.hp_heartbeat)
+
+    def follow(self) -> None:
+        """A process other than the main one trains each trial the main process draws, until it says the search
+        is over."""
+        import optuna
+
+        while (drawn := _shared(None)) is not None:
+            with contextlib.suppress(optuna.TrialPruned):
+                self.score(drawn, lambda step, value: bool(_shared(None)))
+
+    def score(self, drawn: dict, prune) -> float:
+        """The trial's micro-F1 over its folds' choosing rows pooled; after each fold but the last, `prune(step,
+        score so far)` may stop it."""
+        import optuna
+
+        settings = self.settings.run.with_values(drawn["values"])
+        gold, decided, value = [], [], float("nan")
+        for step, (fold, data) in enumerate(self.splits.items()):
+            scratch = os.path.join(self.scratch, f"trial_{drawn['number']}", f"fold_{fold}")
+            result = self.trials.score(settings, self.prepared, data, scratch)
+            gold.append(result.gold)
+            decided.append(result.decided)
+            value = score(np.concatenate(gold), np.concatenate(decided))["micro_f1"]
+            if step < len(self.splits) - 1 and prune(step, value):
+                raise optuna.TrialPruned(f"after fold {fold}: micro-F1 {value:.4f}")
+        return value
+
+
+def _shared(value):
+    """The main process's `value` (a trial's values, a verdict, or None: the search is over) sent to every process
+    of the launch; the others pass anything and get it."""
     if PartialState().num_processes > 1:
-        values = broadcast_object_list([values])[0]
-    return values
+        value = broadcast_object_list([value])[0]
+    return value
 
 
-def _follow_the_main_process(score) -> None:
-    """A process other than the main one trains each trial the main process draws, until it says the search is
-    over."""
-    while (values := _shared(None)) is not None:
-        score(values)
-
-
-def _search_split(settings: RunSettings, files: TaskFiles, prepared: PreparedRun) -> tuple[FoldData, str]:
-    """The chosen fold's split (default fold 0) as the run trains it, and which rows score the trials (a
-    `CHOOSING_ROWS` name): the rows its epoch will be chosen on."""
+def _search_split(settings: RunSettings, files: TaskFiles, prepared: PreparedRun, fold: int) -> FoldData:
+    """Fold `fold`'s split as the run trains it: its training rows and the rows its epoch will be chosen on."""
     training = settings.training
-    labels, fold = np.asarray(files.train["labels"]), settings.folds.fold or 0
+    labels = np.asarray(files.train["labels"])
     folds = make_folds(labels, settings.folds.num_folds, training.seed)
-    train_index, choose_index, held_out = choosing_rows(
+    train_index, choose_index, _ = choosing_rows(
         folds, fold, labels, settings.stopping.early_stopping_split, training.seed
     )
-    data = FoldData(fold, train_index, choose_index, prepared.encoded, None, prepared.backbone, files.preprocessing)
-    return data, choosing_rows_name(held_out)
+    return FoldData(fold, train_index, choose_index, prepared.encoded, None, prepared.backbone, files.preprocessing)
