@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "ensemble": "vote probability or submission files: ensemble.py --inputs FILE.. --output FILE",
     "score": "the official micro-F1 of a prediction file: score.py GOLD PRED [--per-label]",
     "report": "rebuild a finished run's summary, thresholds, submission and report: report.py OUT",
+    "runs": "finished runs side by side, the settings that differ: runs DIR.. [--gold FILE] [--output TABLE.md]",
     "export": "export a checkpoint to ONNX (optionally int8): export.py --checkpoint DIR --output DIR [--int8]",
     "serve": "an HTTP service and a page for a run, stack, checkpoint or export: serve FOLDER [--port 8000]",
 }

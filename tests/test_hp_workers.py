@@ -49,22 +49,23 @@ def running_trials(journal) -> list:
 
 def test_two_workers_share_one_study_and_a_killed_workers_trial_is_marked_failed(tmp_path):
     out, journal = tmp_path / "search", tmp_path / "shared" / "study.journal"
+    # three workers at once on one folder and study; the first (long trials) is killed in its trial
     doomed = start_worker(out, journal, 1, "--num_train_epochs", "500")
+    workers = [start_worker(out, journal, 2, "--num_train_epochs", "1") for _ in range(2)]
     deadline = time.monotonic() + 240
-    while not running_trials(journal):
+    while not any(trial.user_attrs.get("worker", "").endswith(f":{doomed.pid}") for trial in running_trials(journal)):
         assert doomed.poll() is None, doomed.communicate()[1][-3000:]
         assert time.monotonic() < deadline, "the first worker never started its trial"
-        time.sleep(0.5)
+        time.sleep(0.2)
     doomed.kill()
     doomed.communicate()
-    workers = [start_worker(out, journal, 2, "--num_train_epochs", "1") for _ in range(2)]
     logs = [worker.communicate(timeout=300) for worker in workers]
     for worker, (_, stderr) in zip(workers, logs):
         assert worker.returncode == 0, stderr[-3000:]
     with (out / "hp_search.csv").open(encoding="utf-8") as table:
         trials = list(csv.DictReader(table))
     # disjoint trials, each counted once: the killed worker's (failed, not left running) and two by each worker
-    assert sorted(int(trial["trial"]) for trial in trials) == [0, 1, 2, 3, 4]
+    assert sorted(int(trial["trial"]) for trial in trials) == [0, 1, 2, 3, 4]  # in the order they began
     assert sorted(trial["state"] for trial in trials) == ["COMPLETE"] * 4 + ["FAIL"]
     failed = next(trial for trial in trials if trial["state"] == "FAIL")
     assert failed["worker"].endswith(f":{doomed.pid}")

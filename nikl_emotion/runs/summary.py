@@ -3,6 +3,7 @@ the report, all rebuilt from the folds' files (so `report.py OUT` can redo it fo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
@@ -30,6 +31,7 @@ from nikl_emotion.runs.finished_run import FinishedRun, fold_predictions, oof_ex
 from nikl_emotion.runs.report import write_report
 
 __all__ = [
+    "record_how_it_ran",
     "summarize",
     "rebuild_run",
 ]
@@ -80,6 +82,8 @@ def summarize(
         }
     summary["config"] = read_mapping(run.config)
     summary["oof_exposure"] = oof_exposure(summary["config"])  # what the OOF scores and the rule fitted on them saw
+    if "ran" in (earlier := read_mapping(run.summary)):  # how the run ran, kept when report.py rebuilds the end
+        summary["ran"] = earlier["ran"]
     write_json_atomic(run.summary, summary)
     thresholds = {"per_label": dict(zip(LABELS, map(float, per_label))), "global": float(global_threshold)}
     for fold in folds:  # each fold's card gains the run's out-of-fold score and fitted thresholds
@@ -88,6 +92,29 @@ def summarize(
             write_model_card(best, summary["config"], fold["fold"], fold, summary["oof"], thresholds)
     write_report(output_dir, summary, gold=gold, oof=oof, thresholds=per_label, decision_args=decision_args)
     return summary
+
+
+def record_how_it_ran(output_dir: str, seconds: float, processes: int) -> dict:
+    """summary.json's `ran`: the seconds of the train.py command that finished the run (a run resumed or trained
+    fold by fold: that command's alone) and the machine it ran on, for the table of runs."""
+    import platform
+    import socket
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            cpu = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), cpu)
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0)]
+    ran = {
+        "seconds": round(seconds, 1),
+        "machine": {"host": socket.gethostname(), "cpu": cpu, "cpus": os.cpu_count(), "gpus": gpus},
+        "processes": processes,
+    }
+    run = RunFolder(output_dir)
+    write_json_atomic(run.summary, {**read_mapping(run.summary), "ran": ran})
+    return ran
 
 
 def rebuild_run(output_dir: str) -> dict:

@@ -26,7 +26,7 @@ from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.locking import exclusive, exclusive_all
 from nikl_emotion.folders.folder_kind import check_output_folder, holds_nothing, mark_folder, prepare_output_dir
 from nikl_emotion.folders.run_folder import DONE_FILE, RunFolder, input_digests
-from nikl_emotion.runs.summary import summarize
+from nikl_emotion.runs.summary import record_how_it_ran, summarize
 from nikl_emotion.text.data import iter_column, load_jsonl
 from nikl_emotion.text.preprocessing import TaskFiles, clean, load_task_files
 from nikl_emotion.training.config_checks import argument_classes
@@ -232,6 +232,8 @@ class KFoldRun:
             num_folds = settings.folds.num_folds
             summary = summarize(output_dir, self.files.train, settings.data.test_file, num_folds, settings.decision)
         if summary is not None:
+            processes = PartialState().num_processes
+            summary["ran"] = record_how_it_ran(output_dir, time.monotonic() - self.started, processes)
             push_run_files(settings.training, [run.decision, run.thresholds, run.summary, run.config, run.report])
         return summary
 
