@@ -3,7 +3,6 @@ and ZeRO-3 through `accelerate launch` on 2 processes, ZeRO-2 through `python tr
 fold's `best/` reproduces its probabilities, `loading.json` says what ran, nothing of a fold's engine outlives it.
 Every launch has a timeout, so a hang fails instead of blocking the suite."""
 
-import csv
 import importlib.util
 import json
 import os
@@ -213,21 +212,6 @@ def test_zero3_shards_the_weights_and_saves_them_gathered_with_the_techniques_it
     assert_memory_level(out)
     assert result.stdout.count("   oof ") == 1  # one process wrote and printed
     assert not list(out.rglob("*.tmp")) and not list(out.rglob("best.partial"))
-
-
-@needs_deepspeed
-def test_a_search_runs_under_zero3_on_two_processes_drawing_once_and_writing_once(tmp_path):
-    """`train.py --hp-search` through an accelerate ZeRO-3 config: the main process draws each trial, both train
-    it (a fresh engine per trial, as per fold), one writes the study's table."""
-    out = tmp_path / "search"
-    config = ROOT / "configs" / "accelerate-deepspeed-zero3.yaml"
-    command = ["accelerate", "launch", "--config_file", str(config), "--num_processes", "2", "train.py"]
-    result = launch([*command, str(QUICKSTART), "--hp-search", "2", "--num_folds", "2", "--num_train_epochs", "1"], out)
-    with (out / "hp_search.csv").open(encoding="utf-8") as table:
-        trials = list(csv.DictReader(table))
-    assert [trial["state"] for trial in trials] == ["COMPLETE", "COMPLETE"]
-    assert all(0 <= float(trial["micro_f1"]) <= 1 for trial in trials)
-    assert result.stdout.count("hp search: 2 trials") == 1 and (out / "hp_search_best.yaml").is_file()
 
 
 def gpu_check():

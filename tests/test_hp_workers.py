@@ -1,6 +1,7 @@
 """Several workers on one hyper-parameter study (issue 49), as real processes: `train.py --hp-search` started twice
-with the same journal-file storage and study name runs disjoint trials of one study, a killed worker's running trial
-is marked failed by the next, and one table counts them all."""
+(once as a 2-process DDP launch) with the same journal-file storage and study name runs disjoint trials of one
+study, a killed worker's running trial is marked failed by the next, and one table counts them all. (The search
+under accelerate's ZeRO-2 and ZeRO-3 configs ran on 2 CPU processes: BENCHMARKS.md, issue 48's second session.)"""
 
 import csv
 import os
@@ -17,11 +18,11 @@ from nikl_emotion.training.hp_search import parse_search_config
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 
 
-def start_worker(out, journal, trials: int, *extra) -> subprocess.Popen:
-    """A worker process of its own, one thread (several share the 2 cores)."""
+def start_worker(out, journal, trials: int, *extra, launcher=(sys.executable,)) -> subprocess.Popen:
+    """A worker of its own (one process, or a launch of several), one thread each (they share the 2 cores)."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE", "LOCAL_RANK", "RANK"))}
     environment["OMP_NUM_THREADS"] = "1"
-    command = [sys.executable, "train.py", str(QUICKSTART), "--output_dir", str(out), "--num_folds", "2"]
+    command = [*launcher, "train.py", str(QUICKSTART), "--output_dir", str(out), "--num_folds", "2"]
     study = ["--hp_storage", f"journal:{journal}", "--hp_study", "shared", "--hp_heartbeat", "1"]
     return subprocess.Popen(
         [*command, "--hp-search", str(trials), *study, *extra],
@@ -49,9 +50,14 @@ def running_trials(journal) -> list:
 
 def test_two_workers_share_one_study_and_a_killed_workers_trial_is_marked_failed(tmp_path):
     out, journal = tmp_path / "search", tmp_path / "shared" / "study.journal"
-    # three workers at once on one folder and study; the first (long trials) is killed in its trial
+    # three workers at once on one folder and study; the first (long trials) is killed in its trial; the last is a
+    # launch of 2 DDP processes, whose main process draws each trial and both train it
     doomed = start_worker(out, journal, 1, "--num_train_epochs", "500")
-    workers = [start_worker(out, journal, 2, "--num_train_epochs", "1") for _ in range(2)]
+    ddp = ("accelerate", "launch", "--multi_gpu", "--num_processes", "2")
+    workers = [
+        start_worker(out, journal, 2, "--num_train_epochs", "1"),
+        start_worker(out, journal, 2, "--num_train_epochs", "1", launcher=ddp),
+    ]
     deadline = time.monotonic() + 240
     while not any(trial.user_attrs.get("worker", "").endswith(f":{doomed.pid}") for trial in running_trials(journal)):
         assert doomed.poll() is None, doomed.communicate()[1][-3000:]
@@ -74,6 +80,7 @@ def test_two_workers_share_one_study_and_a_killed_workers_trial_is_marked_failed
     assert len(set(finished)) == 2 and all(finished.count(worker) == 2 for worker in finished)
     assert (out / "hp_search_best.yaml").is_file()
     assert any("table in" in stdout for stdout, _ in logs)
+    assert logs[1][0].count("hp search: ") == 1  # the launch's main process alone reports
     # a report on demand reads the same study
     report = run_cli(
         "train.py", QUICKSTART, "--output_dir", out, "--num_folds", "2", "--hp_report", "true",
