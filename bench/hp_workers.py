@@ -45,7 +45,8 @@ def run_workers(count: int, trials: int, config: str, extra: list[str], work: Pa
             raise SystemExit(f"a worker failed:\n{stderr[-3000:]}")
     seconds = time.monotonic() - started
     # the last worker wrote the table (or, if two ended together, one of them did)
-    subprocess.run([*command, "--hp_report", "true", *extra], cwd=ROOT, check=True, capture_output=True, env=environment)
+    report = [*command, "--hp_report", "true", *extra]
+    subprocess.run(report, cwd=ROOT, check=True, capture_output=True, env=environment)
     with open(out / "hp_search.csv", encoding="utf-8") as table:
         complete = sum(row["state"] == "COMPLETE" for row in csv.DictReader(table))
     return seconds, complete
