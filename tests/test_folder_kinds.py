@@ -536,3 +536,12 @@ def test_an_output_file_may_sit_in_a_run_but_not_replace_its_files(run_copy, tmp
         run_copy / "dev_submission.jsonl",
     )  # the README's quickstart does this
     assert code == 0 and not errors and (run_copy / "dev_submission.jsonl").exists()
+
+
+def test_the_mark_being_written_by_another_claim_is_not_a_foreign_file():
+    """A second copy of a command that lists the folder while the first writes its mark (the atomic write's staging
+    file) goes on to the lock and is refused as a copy, not as a folder of someone else's files."""
+    from nikl_emotion.folders.folder_kind import is_ignorable
+
+    assert is_ignorable(f".{KIND_FILE}.12091.e8tp24h6.tmp") and is_ignorable(".fold_0.lock")
+    assert not is_ignorable(".summary.json.12091.e8tp24h6.tmp") and not is_ignorable("notes.txt")

@@ -80,9 +80,11 @@ def describe(kind: str) -> str:
 
 
 def is_ignorable(name: str) -> bool:
-    """Names that do not make a folder anyone's: flock files (a refused or killed start may leave them) and the
-    mark itself."""
-    return name.endswith(".lock") or name == KIND_FILE
+    """Names that do not make a folder anyone's: flock files (a refused or killed start may leave them), the mark
+    itself, and the mark being written (another process claiming the folder this instant: its atomic write's
+    staging file, `fileio.write_json_atomic`)."""
+    staging_mark = name.startswith(f".{KIND_FILE}.") and name.endswith(".tmp")
+    return name.endswith(".lock") or name == KIND_FILE or staging_mark
 
 
 def holds_nothing(folder: str) -> bool:
