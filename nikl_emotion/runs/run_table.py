@@ -15,6 +15,7 @@ from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.fileio import write_text_atomic
 from nikl_emotion.folders.folder_kind import describe, folder_kind
 from nikl_emotion.folders.run_folder import RunFolder, StackFolder, read_mapping
+from nikl_emotion.runs.finished_run import oof_exposure
 
 __all__ = [
     "RunRow",
@@ -100,7 +101,8 @@ def _run_row(path: str) -> RunRow:
         summary.get("config", {}),
         folds=len(summary.get("folds", [])),
         oof=summary.get("oof", {}).get("micro_f1"),
-        oof_exposure=summary.get("oof_exposure"),
+        # a run summarised before the exposure was recorded: read from its config, as the stack does
+        oof_exposure=summary.get("oof_exposure") or oof_exposure(summary.get("config", {})),
         nested=chosen.get("micro_f1"),
         fold_scores=[fold["micro_f1"] for fold in summary.get("folds", [])],
         minutes=None if "seconds" not in ran else ran["seconds"] / 60,
@@ -146,7 +148,8 @@ def _search_row(path: str) -> RunRow:
     complete = [float(r["micro_f1"]) for r in rows if r.get("state") == "COMPLETE" and r.get("micro_f1")]
     best = f"best micro-F1 {max(complete):.4f}" if complete else "no complete trial"
     folds = config.get("hp_folds") or [config.get("fold") or 0]
-    return RunRow(path, "hp search", config, note=f"hp search: {len(rows)} trials, {best} on folds {folds}")
+    on = ("folds " if len(folds) > 1 else "fold ") + ", ".join(map(str, folds))
+    return RunRow(path, "hp search", config, note=f"hp search: {len(rows)} trials, {best} on {on}")
 
 
 def _score_on_gold(row: RunRow, gold: str) -> None:
