@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 
 from nikl_emotion.backends.classifier import is_onnx_export, require
-from nikl_emotion.backends.registry import checkpoint_backend
+from nikl_emotion.backends.registry import checkpoint_backend, offered
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.fileio import atomic_folder, check_writable_location
 from nikl_emotion.folders.folder_kind import OWN_NAMES, check_output_folder, is_ignorable, mark_folder
@@ -36,13 +36,10 @@ def export_checkpoint(checkpoint: str, output_dir: str, int8: bool = False, opse
     ort = require("onnxruntime")
     if is_onnx_export(checkpoint):
         raise PipelineError(f"{checkpoint}: already an ONNX export; export the best/ folder it was made from")
-    backend = checkpoint_backend(checkpoint)
-    exporter = backend.onnx_exporter()
-    if exporter is None:
-        raise PipelineError(
-            f"{checkpoint}: ONNX export is for encoders; a {backend.name} checkpoint predicts as it "
-            "is (inference.py --checkpoint takes it)"
-        )
+    refusal = f"{checkpoint}: ONNX export is for encoders; a {{backend}} checkpoint predicts as it is"
+    exporter = offered(
+        checkpoint_backend(checkpoint), "onnx_exporter", f"{refusal} (inference.py --checkpoint takes it)"
+    )
     with atomic_folder(output_dir) as staging:  # the folder appears complete or not at all
         mark_folder(staging, "export")
         return {**exporter.export(checkpoint, staging, int8=int8, opset=opset), "onnxruntime": ort.__version__}

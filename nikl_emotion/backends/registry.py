@@ -23,6 +23,7 @@ __all__ = [
     "BACKENDS",
     "register_backend",
     "backend_for",
+    "offered",
     "checkpoint_backend",
     "load_checkpoint",
 ]
@@ -44,6 +45,15 @@ def register_backend(backend: FoldBackend) -> FoldBackend:
 def backend_for(model_name_or_path: str) -> FoldBackend:
     """The backend that trains `model_name_or_path`."""
     return next(backend for backend in BACKENDS if backend.matches(model_name_or_path))
+
+
+def offered(backend: FoldBackend, ability: str, refusal: str):
+    """What `backend` offers for a program (`backend.<ability>()`: its search trials, post-trainer, student, ONNX
+    exporter), or the program's refusal: `refusal` with `{backend}` standing for the backend's name."""
+    thing = getattr(backend, ability)()
+    if thing is None:
+        raise PipelineError(refusal.replace("{backend}", backend.name))  # not format(): a path may hold braces
+    return thing
 
 
 def checkpoint_backend(folder: str) -> FoldBackend:

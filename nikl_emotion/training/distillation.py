@@ -43,7 +43,7 @@ from accelerate import PartialState
 from datasets import Dataset, concatenate_datasets
 
 from nikl_emotion.backends.fold_backend import FoldBackend, FoldData
-from nikl_emotion.backends.registry import backend_for
+from nikl_emotion.backends.registry import backend_for, offered
 from nikl_emotion.base.config import (
     TRAINING_DEFAULTS,
     DistillArguments,
@@ -124,14 +124,11 @@ _FOLD_ONLY_KEYS = {
 
 def _student_backend(model_name_or_path: str) -> FoldBackend:
     """The backend that trains the student `model_name_or_path` (`FoldBackend.student`); refused where none can."""
-    backend = backend_for(model_name_or_path)
-    student = backend.student()
-    if student is None:
-        raise PipelineError(
-            f"model_name_or_path: {model_name_or_path} is trained by the {backend.name} backend, which cannot be "
-            "a student (the student is an encoder: it learns the teacher's probabilities)"
-        )
-    return student
+    why = "the student is an encoder: it learns the teacher's probabilities"
+    refusal = (
+        f"model_name_or_path: {model_name_or_path} is trained by the {{backend}} backend, which cannot be a student"
+    )
+    return offered(backend_for(model_name_or_path), "student", f"{refusal} ({why})")
 
 
 def _without_fold_keys(settings: DistillSettings) -> DistillSettings:

@@ -32,7 +32,7 @@ from accelerate.utils import broadcast_object_list
 
 from nikl_emotion.backends.engines import check_engine, engine_of
 from nikl_emotion.backends.fold_backend import FoldData, PreparedRun, SearchTrials
-from nikl_emotion.backends.registry import backend_for
+from nikl_emotion.backends.registry import backend_for, offered
 from nikl_emotion.base.config import TRAINING_DEFAULTS, RunSettings, SearchArguments, SearchSettings, parse_arguments
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.fileio import write_text_atomic
@@ -77,13 +77,10 @@ def _check_search(settings: SearchSettings, n_trials: int) -> SearchTrials:
         import optuna  # noqa: F401
     except ImportError:
         raise PipelineError("--hp-search needs optuna: pip install optuna") from None
-    backend = backend_for(model_name)
-    trials = backend.search_trials()
-    if trials is None:
-        raise PipelineError(
-            f"--hp-search: {model_name} is trained by the {backend.name} backend, which offers no search (an "
-            "encoder's searches its Trainer's settings)"
-        )
+    refusal = f"--hp-search: {model_name} is trained by the {{backend}} backend, which offers no search"
+    trials = offered(
+        backend_for(model_name), "search_trials", f"{refusal} (an encoder's searches its Trainer's settings)"
+    )
     if run.techniques.pseudo_label_run is not None:
         raise PipelineError("--hp-search tunes on the folds' training rows alone; run it without pseudo_label_run")
     if n_trials < 1 and not settings.search.hp_report:

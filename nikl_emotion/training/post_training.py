@@ -41,7 +41,7 @@ from nikl_emotion.backends.budget_clock import (
 )
 from nikl_emotion.backends.engines import check_post_training_engine, engine_of
 from nikl_emotion.backends.fold_backend import PostTrainer
-from nikl_emotion.backends.registry import backend_for
+from nikl_emotion.backends.registry import backend_for, offered
 from nikl_emotion.backends.trainer_parts import LengthListSamplerMixin, keep_tensorboard_logs
 from nikl_emotion.base.config import (
     POST_TRAIN_DEFAULTS,
@@ -109,14 +109,9 @@ def parse_post_train_config(argv: list[str]) -> PostTrainSettings:
 
 def _post_trainer_of(model_name_or_path: str) -> PostTrainer:
     """The post-trainer of the backend that trains `model_name_or_path`; refused where it offers none."""
-    backend = backend_for(model_name_or_path)
-    post_trainer = backend.post_trainer()
-    if post_trainer is None:
-        raise PipelineError(
-            f"model_name_or_path: {model_name_or_path} is trained by the {backend.name} backend, which offers no "
-            "post-training (post_train.py continues the pretraining of an encoder)"
-        )
-    return post_trainer
+    refusal = f"model_name_or_path: {model_name_or_path} is trained by the {{backend}} backend, which offers no "
+    why = "post_train.py continues the pretraining of an encoder"
+    return offered(backend_for(model_name_or_path), "post_trainer", f"{refusal}post-training ({why})")
 
 
 def _mlm_encode(
