@@ -18,6 +18,7 @@ from nikl_emotion.base.errors import PipelineError, RowError
 from nikl_emotion.base.labels import LABELS, NUM_LABELS
 
 __all__ = [
+    "write_csv_atomic",
     "check_output_path",
     "check_writable_location",
     "check_distinct_paths",
@@ -174,6 +175,18 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[str]:
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     with atomic_writer(path) as handle:
         handle.write(text)
+
+
+def write_csv_atomic(path: str | os.PathLike, rows: list[dict]) -> None:
+    """`rows` as CSV, one column per key any row has (in the order they first appear); a missing value is empty."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(key for row in rows for key in row)))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, buffer.getvalue())
 
 
 def write_json_atomic(path: str | os.PathLike, obj) -> None:

@@ -7,12 +7,11 @@ each run's OOF with its folds' spread. The reference pipeline kept this table by
 from __future__ import annotations
 
 import csv
-import io
 import os
 from dataclasses import dataclass, field
 
 from nikl_emotion.base.errors import PipelineError
-from nikl_emotion.base.fileio import write_text_atomic
+from nikl_emotion.base.fileio import write_csv_atomic, write_text_atomic
 from nikl_emotion.folders.folder_kind import describe, folder_kind
 from nikl_emotion.folders.run_folder import RunFolder, StackFolder, read_mapping
 from nikl_emotion.runs.finished_run import oof_exposure
@@ -120,9 +119,7 @@ def _stack_row(path: str) -> RunRow:
     scores = stack.get("oof_scores", {})
     choice = stack.get("decision", {}).get("choice", {})
     chosen = next((c for c in choice.get("candidates", []) if c.get("name") == choice.get("chosen")), {})
-    config = {key: " + ".join(str(config.get(key)) for config in configs) for key in _SHOWN if key != "loss"} | {
-        "loss": " + ".join(str(config.get("loss")) for config in configs)
-    }
+    config = {key: " + ".join(str(config.get(key)) for config in configs) for key in _SHOWN}
     return RunRow(
         path,
         "stack",
@@ -226,11 +223,7 @@ def write_run_table(rows: list[RunRow], records: list[dict], output: str) -> lis
     folds' scores; returns the paths written."""
     base = os.path.splitext(output)[0]
     write_text_atomic(output, markdown_table(records))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(records[0]) if records else ["run"])
-    writer.writeheader()
-    writer.writerows(records)
-    write_text_atomic(f"{base}.csv", buffer.getvalue())
+    write_csv_atomic(f"{base}.csv", records)
     plotted = [row for row in rows if row.oof is not None]
     if plotted:
         _plot(plotted, f"{base}.png")

@@ -117,8 +117,8 @@ def run_hp_search(settings: SearchSettings, n_trials: int) -> dict | None:
     if not state.is_main_process:
         search_run.follow()
         return None
-    search_run.lead(n_trials)
-    return _report(settings, chosen_on, force=False)
+    study = search_run.lead(n_trials)
+    return _report(settings, chosen_on, force=False, study=study)
 
 
 def _set_up(settings: SearchSettings, state: PartialState) -> tuple[PreparedRun, dict]:
@@ -140,12 +140,13 @@ def _set_up(settings: SearchSettings, state: PartialState) -> tuple[PreparedRun,
     return prepared, {k: _search_split(run_settings, files, prepared, k) for k in _search_folds(settings)}
 
 
-def _report(settings: SearchSettings, chosen_on: str, force: bool) -> dict:
-    """The study as it stands: its best trial, and its table written if no trial is running (or `force`)."""
+def _report(settings: SearchSettings, chosen_on: str, force: bool, study=None) -> dict:
+    """The study (`study`, the one this worker ran, or opened) as it stands: its best trial, and its table written if
+    no trial is running (or `force`)."""
     from optuna.trial import TrialState
 
     output_dir = settings.run.training.output_dir
-    study = open_study(settings.search, output_dir, settings.run.training.seed)
+    study = study or open_study(settings.search, output_dir, settings.run.training.seed)
     fail_stale_trials(study, settings.search.hp_heartbeat)
     written = write_study(study, output_dir, _scored_on(settings, chosen_on), force=force)
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -169,7 +170,8 @@ class _SearchRun:
         self.settings, self.trials, self.prepared, self.splits = settings, trials, prepared, splits
         self.scratch = RunFolder(settings.run.training.output_dir).hp_trials
 
-    def lead(self, n_trials: int) -> None:
+    def lead(self, n_trials: int):
+        """Run `n_trials` trials of the study on every process of the launch; returns the study."""
         search, run = self.settings.search, self.settings.run
         study = open_study(search, run.training.output_dir, run.training.seed)
         fail_stale_trials(study, search.hp_heartbeat)
@@ -188,6 +190,7 @@ class _SearchRun:
             study.optimize(objective, n_trials=n_trials, callbacks=[lambda study, _: self._stale(study)])
         finally:
             _shared(None)  # the other processes stop (after the last trial, or a failed one)
+        return study
 
     def _stale(self, study) -> None:
         fail_stale_trials(study, self.settings.search.hp_heartbeat)

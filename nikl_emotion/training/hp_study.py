@@ -8,8 +8,6 @@ so each worker runs its own. One worker alone, on the default storage, draws exa
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import logging
 import os
 import socket
@@ -19,7 +17,7 @@ import time
 import yaml
 
 from nikl_emotion.base.config import SearchArguments
-from nikl_emotion.base.fileio import write_text_atomic
+from nikl_emotion.base.fileio import write_csv_atomic, write_text_atomic
 from nikl_emotion.base.locking import exclusive
 from nikl_emotion.folders.run_folder import RunFolder
 
@@ -165,13 +163,7 @@ def write_study(study, output_dir: str, scored_on: str, force: bool = False) -> 
     with exclusive(run.hp_lock, f"{output_dir} (the search's table)", wait=True):
         if not force and study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             return False
-        rows = study_table(study)
-        columns = list(dict.fromkeys(key for row in rows for key in row))
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-        write_text_atomic(run.hp_table, buffer.getvalue())
+        write_csv_atomic(run.hp_table, study_table(study))
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if complete:
             best = max(complete, key=lambda t: t.value)
