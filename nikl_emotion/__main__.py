@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "runs": "finished runs side by side, the settings that differ: runs DIR.. [--gold FILE] [--output TABLE.md]",
     "export": "export a checkpoint to ONNX (optionally int8): export.py --checkpoint DIR --output DIR [--int8]",
     "serve": "an HTTP service and a page for a run, stack, checkpoint or export: serve FOLDER [--port 8000]",
+    "recipe": "the offline recipe in one command on its minutes: recipe DATA_DIR [--minutes 60] [--output_dir OUT]",
 }
 
 

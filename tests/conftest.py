@@ -55,7 +55,7 @@ def write_jsonl(path: Path, rows, raw_lines=()) -> Path:
 
 # the commands a test runs in-process by default: their real entry point, without a new interpreter's ~10 s of
 # imports (torch, transformers, datasets); `subprocess=True` where a test needs a process of its own
-SCRIPTS = {"train", "inference", "ensemble", "score", "report", "export", "distill", "post_train"}
+SCRIPTS = {"train", "inference", "ensemble", "score", "report", "export", "distill", "post_train", "recipe"}
 
 
 def run_cli(*args, cwd=ROOT, check=True, subprocess=False) -> sp.CompletedProcess:

@@ -287,13 +287,14 @@ def test_backend_names_only_what_trains_a_fold():
 
 
 def _abilities() -> dict:
-    from nikl_emotion.backends.fold_backend import FoldBackend, OnnxExporter, PostTrainer, SearchTrials
+    from nikl_emotion.backends.fold_backend import CostMeter, FoldBackend, OnnxExporter, PostTrainer, SearchTrials
 
     return {
         "search_trials": SearchTrials,
         "post_trainer": PostTrainer,
         "student": FoldBackend,
         "onnx_exporter": OnnxExporter,
+        "cost_meter": CostMeter,
     }
 
 
@@ -310,6 +311,7 @@ BACKEND_INTERNALS = {
         "backbone",
         "emotion_trainer",
         "encoder_search",
+        "encoder_cost",
         "masked_lm",
         "rtd",
         "onnx_export",

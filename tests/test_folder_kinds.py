@@ -266,7 +266,7 @@ def test_the_time_budget_times_a_whole_optimizer_step(accumulation, tmp_path):
     from transformers import Trainer, TrainingArguments
     from transformers.modeling_outputs import SequenceClassifierOutput
 
-    from nikl_emotion.training.step_plan import measure_step_seconds
+    from nikl_emotion.backends.trainer_parts import measure_step_seconds
 
     class Counting(torch.nn.Module):
         def __init__(self):

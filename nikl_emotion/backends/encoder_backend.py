@@ -35,6 +35,7 @@ from nikl_emotion.backends.emotion_trainer import (
     fold_trainer_inputs,
     predict_in_order,
 )
+from nikl_emotion.backends.encoder_cost import EncoderCostMeter
 from nikl_emotion.backends.encoder_search import EncoderSearchTrials
 from nikl_emotion.backends.engines import (
     free_engine,
@@ -44,6 +45,7 @@ from nikl_emotion.backends.engines import (
     whole_models,
 )
 from nikl_emotion.backends.fold_backend import (
+    CostMeter,
     FoldBackend,
     FoldData,
     OnnxExporter,
@@ -117,6 +119,9 @@ class EncoderBackend(FoldBackend):
 
     def onnx_exporter(self) -> OnnxExporter | None:
         return EncoderOnnxExporter()
+
+    def cost_meter(self) -> CostMeter | None:
+        return EncoderCostMeter(self)
 
     def check_spec(self, model_name_or_path: str) -> None:
         if is_offline(model_name_or_path):

@@ -1,7 +1,8 @@
 """What every backend's fold gets and gives: `FoldData` (the fold's rows, the backbone to start from), the
 `FoldBackend` interface a backend implements (registry.py lists them) with the abilities it may offer (`SearchTrials`,
-`PostTrainer`, `OnnxExporter`: what a program uses, asked of the backend object), and the fold's files, written the
-same way for every backend (probabilities, metrics, then `done.json`, the mark of a complete fold)."""
+`PostTrainer`, `OnnxExporter`, `CostMeter`: what a program uses, asked of the backend object), and the fold's
+files, written the same way for every backend (probabilities, metrics, then `done.json`, the mark of a complete
+fold)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ __all__ = [
     "TrialFold",
     "PostTrainer",
     "OnnxExporter",
+    "CostMeter",
+    "FoldCost",
     "FoldData",
     "pseudo_label_rows",
     "write_fold_outputs",
@@ -62,8 +65,9 @@ class FoldBackend(ABC):
     may run under `accelerate launch`), `supports_early_stopping_split` (its training chooses an epoch, on held-out
     rows if asked), `supports_time_budget` (its fold's schedule can follow `FoldData.ends_at`), `heads` (the
     `classifier_head` values it builds; empty for a model without one). Programs it enables, each a method returning
-    the object that program uses (`abilities.py`) or None: `search_trials` (`train.py --hp-search`), `post_trainer`
-    (`post_train.py`), `student` (`distill.py`'s student), `onnx_exporter` (`export.py`); and `check_lora` (LoRA
+    the object that program uses or None: `search_trials` (`train.py --hp-search`), `post_trainer`
+    (`post_train.py`), `student` (`distill.py`'s student), `onnx_exporter` (`export.py`), `cost_meter` (the recipe's
+    plan of fine-tuning); and `check_lora` (LoRA
     adapters: refused unless the backend overrides it with what they need)."""
 
     name: str = ""
@@ -88,6 +92,10 @@ class FoldBackend(ABC):
 
     def onnx_exporter(self) -> OnnxExporter | None:
         """The export of this backend's checkpoints for `export.py` (None: its checkpoints predict as they are)."""
+        return None
+
+    def cost_meter(self) -> CostMeter | None:
+        """What its folds cost on this machine, measured before they train (the recipe's plan; None: not offered)."""
         return None
 
     @abstractmethod
@@ -264,3 +272,25 @@ class OnnxExporter(ABC):
     def export(self, checkpoint: str, staging: str, *, int8: bool, opset: int) -> dict:
         """Write the graph and what prediction needs into `staging` (a folder renamed into place afterwards);
         returns the record written as export.json."""
+
+
+@dataclass(frozen=True)
+class FoldCost:
+    """What a fold's parts cost on this machine: the recipe's plan multiplies them by the fold's counts (its epochs,
+    the rows it evaluates and predicts)."""
+
+    seconds_per_step: float  # one optimizer step at the run's batch size, accumulation and processes
+    steps_per_epoch: int  # the fold's optimizer steps in one epoch, as its trainer batches them
+    seconds_per_predicted_row: float  # an evaluation's or a prediction's seconds per row
+    seconds_per_save: float  # one checkpoint written
+    seconds_to_build: float  # the fold's model and trainer built
+
+
+class CostMeter(ABC):
+    """A backend's measurement of one fold's costs before any fold trains: a few real steps of the fold's own
+    trainer, a prediction and a save, with nothing of them kept."""
+
+    @abstractmethod
+    def measure(self, settings: RunSettings, data: FoldData, scratch: str) -> FoldCost:
+        """Build `data`'s fold as `train_fold` would (its files under `scratch`, which the caller deletes) and time
+        its parts; the weights do not move."""

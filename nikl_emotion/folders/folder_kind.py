@@ -29,6 +29,7 @@ from nikl_emotion.folders.run_folder import (
     STUDENT_FILES,
     FoldFolder,
     PostTrainFolder,
+    RecipeFolder,
     RunFolder,
     StackFolder,
     config_difference,
@@ -40,6 +41,7 @@ from nikl_emotion.folders.run_folder import (
 
 __all__ = [
     "KIND_FILE",
+    "CONTAINER_KINDS",
     "describe",
     "is_ignorable",
     "holds_nothing",
@@ -68,7 +70,10 @@ _KINDS = {
     "export": ("export.py", "an export.py ONNX folder"),
     "checkpoint": ("train.py", "a model checkpoint"),
     "stack": ("ensemble.py", "an ensemble.py stack of runs"),
+    "recipe": ("recipe.py", "a recipe.py folder"),
 }
+# kinds whose folder holds other commands' folders (a recipe's stages): a folder may lie inside one
+CONTAINER_KINDS = ("recipe",)
 # the files that say what an unmarked folder is (`_legacy_kind`), named where the folders' layouts are
 _FOLD_SIGNS = tuple(name for name in FoldFolder.file_names() if name != FoldFolder("").runs)  # logs alone say nothing
 _post = PostTrainFolder("")
@@ -172,7 +177,7 @@ def check_output_folder(
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise PipelineError(f"{option}: {folder} is a file, not a folder")
     enclosing = _enclosing_folder(folder)
-    if enclosing is not None and enclosing[1] not in may_lie_in:
+    if enclosing is not None and enclosing[1] not in (*may_lie_in, *CONTAINER_KINDS):
         where, outer = enclosing
         raise PipelineError(
             f"{option}: {folder} lies inside {where}, {describe(outer)}; {_KINDS[kind][0]} would mix "
@@ -274,6 +279,7 @@ OWN_NAMES = {
     "export": lambda name: name in EXPORT_FILES or SAVED_MODEL_FILE.fullmatch(name) is not None,
     "checkpoint": lambda name: name == MODEL_CARD_FILE or SAVED_MODEL_FILE.fullmatch(name) is not None,
     "stack": lambda name: name in property_names(StackFolder),
+    "recipe": lambda name: name in property_names(RecipeFolder),
 }
 
 

@@ -48,6 +48,7 @@ __all__ = [
     "DISTILL_FILE",
     "STUDENT_FILES",
     "StackFolder",
+    "RecipeFolder",
 ]
 
 
@@ -305,3 +306,22 @@ class StackFolder:
     )  # the rule the folds' stacked probabilities are voted by
     submission = property(lambda self: self._path(SUBMISSION_FILE))  # for the members' test file
     test_probs = property(lambda self: self._path("test_probs.jsonl"))  # the folds' mean stacked probabilities
+
+
+@dataclass(frozen=True)
+class RecipeFolder:
+    """A `recipe.py` output folder: the plan and what each stage spent (`recipe.json`), and one folder per stage, each
+    the folder of the command that stage runs (its own kind, checked and resumed as that command does)."""
+
+    root: str
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.root, name)
+
+    record = property(lambda self: self._path("recipe.json"))  # rewritten after every stage
+    ngram = property(lambda self: self._path("ngram"))  # train.py, the n-gram member
+    calibration = property(lambda self: self._path(".calibration"))  # a fold's costs measured; deleted after
+    post_train = property(lambda self: self._path("post-train"))  # post_train.py's backbone
+    fine_tune = property(lambda self: self._path("fine-tune"))  # train.py, the K-fold fine-tuning of it
+    stack = property(lambda self: self._path("stack"))  # ensemble.py --strategy stack of the two runs
+    lock = property(lambda self: self._path(".recipe.lock"))  # one recipe per folder at a time

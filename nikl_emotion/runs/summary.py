@@ -32,6 +32,7 @@ from nikl_emotion.runs.report import write_report
 
 __all__ = [
     "record_how_it_ran",
+    "this_machine",
     "summarize",
     "rebuild_run",
 ]
@@ -97,6 +98,14 @@ def summarize(
 def record_how_it_ran(output_dir: str, seconds: float, processes: int) -> dict:
     """summary.json's `ran`: the seconds of the train.py command that finished the run (a run resumed or trained
     fold by fold: that command's alone) and the machine it ran on, for the table of runs."""
+    ran = {"seconds": round(seconds, 1), "machine": this_machine(), "processes": processes}
+    run = RunFolder(output_dir)
+    write_json_atomic(run.summary, {**read_mapping(run.summary), "ran": ran})
+    return ran
+
+
+def this_machine() -> dict:
+    """The machine a command ran on, as its records name it: host, CPU model, CPU count, GPUs."""
     import platform
     import socket
 
@@ -107,14 +116,7 @@ def record_how_it_ran(output_dir: str, seconds: float, processes: int) -> dict:
         with open("/proc/cpuinfo", encoding="utf-8") as handle:
             cpu = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), cpu)
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0)]
-    ran = {
-        "seconds": round(seconds, 1),
-        "machine": {"host": socket.gethostname(), "cpu": cpu, "cpus": os.cpu_count(), "gpus": gpus},
-        "processes": processes,
-    }
-    run = RunFolder(output_dir)
-    write_json_atomic(run.summary, {**read_mapping(run.summary), "ran": ran})
-    return ran
+    return {"host": socket.gethostname(), "cpu": cpu, "cpus": os.cpu_count(), "gpus": gpus}
 
 
 def rebuild_run(output_dir: str) -> dict:

@@ -42,7 +42,7 @@ from nikl_emotion.backends.budget_clock import (
 from nikl_emotion.backends.engines import check_post_training_engine, engine_of
 from nikl_emotion.backends.fold_backend import PostTrainer
 from nikl_emotion.backends.registry import backend_for, offered
-from nikl_emotion.backends.trainer_parts import LengthListSamplerMixin, keep_tensorboard_logs
+from nikl_emotion.backends.trainer_parts import LengthListSamplerMixin, keep_tensorboard_logs, measure_step_seconds
 from nikl_emotion.base.config import (
     POST_TRAIN_DEFAULTS,
     MLMArguments,
@@ -64,12 +64,7 @@ from nikl_emotion.text.encoding import tokenize_batch
 from nikl_emotion.text.preprocessing import Preprocessing, TaskFiles, check_unknown_rate, load_task_files
 from nikl_emotion.training.config_checks import check_pretokenizer, check_settings_resources, validate_reporting
 from nikl_emotion.training.packing import pack_rows
-from nikl_emotion.training.step_plan import (
-    describe,
-    describe_carried_out,
-    measure_step_seconds,
-    plan_steps,
-)
+from nikl_emotion.training.step_plan import describe, describe_carried_out, plan_steps
 
 __all__ = [
     "describe_post_training",

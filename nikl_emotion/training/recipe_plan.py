@@ -1,0 +1,124 @@
+"""The recipe's plan of its minutes: what fine-tuning, the n-gram member and the stack will cost on this machine, and
+post-training given the rest less a stated margin (`recipe.py`; the stages run on their own clocks as their commands
+do).
+
+- The n-gram member runs first: its cost is its seconds, measured, not planned.
+- Fine-tuning's cost is counted from one fold's parts measured on this machine (its backend's `CostMeter`: an
+  optimizer step, a predicted row, a checkpoint save, the fold's model built) times the fold's counts (its epochs'
+  steps, the choosing rows evaluated each epoch, the validation and test rows predicted at its end), plus the run's
+  set-up as the calibration paid it. Every epoch of the config is planned: early stopping can only end a fold sooner.
+  Its `time_budget_minutes` then keeps that cost within its minutes on a machine that slows down.
+- The stack's cost is a share of the n-gram member's (`STACK_PER_NGRAM`): both fit per-label logistic regressions on
+  the same out-of-fold rows and choose a decision rule on them.
+- Post-training gets the rest, less `margin_seconds` (what a plan cannot see: Python's start, a stage's last save).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from nikl_emotion.backends.budget_clock import SAFETY
+from nikl_emotion.backends.fold_backend import FoldCost
+from nikl_emotion.base.errors import PipelineError
+
+__all__ = [
+    "MARGIN_SHARE",
+    "STACK_PER_NGRAM",
+    "MIN_POST_TRAIN_SHARE",
+    "FoldCounts",
+    "margin_seconds",
+    "fine_tuning_plan",
+    "stack_seconds",
+    "post_training_seconds",
+    "format_plan_table",
+]
+
+MARGIN_SHARE = 0.02  # of the budget, planned for nothing
+_MIN_MARGIN_SECONDS = 5.0
+# the stack's seconds per second of the n-gram member: 0.18-0.31 on NIKL (the stack 20-37 s, the member 110-238 s,
+# BENCHMARKS.md issue 36), rounded up: a stack that ends early leaves seconds unused, one that ends late overruns
+STACK_PER_NGRAM = 0.35
+# post-training's least share of the budget: below it the minutes cannot hold this recipe on this machine
+MIN_POST_TRAIN_SHARE = 0.1
+
+
+@dataclass(frozen=True)
+class FoldCounts:
+    """What one fold of the fine-tuning run does, counted from its settings and rows."""
+
+    folds: int
+    epochs: float  # num_train_epochs
+    max_steps: int  # > 0: the steps that replace the epochs
+    choosing_rows: int  # evaluated after every epoch
+    predicted_rows: int  # the fold's validation and test rows, predicted once at its end
+
+
+def margin_seconds(budget_seconds: float) -> float:
+    return max(MARGIN_SHARE * budget_seconds, _MIN_MARGIN_SECONDS)
+
+
+def fine_tuning_plan(cost: FoldCost, counts: FoldCounts, setup_seconds: float) -> dict:
+    """The fine-tuning run's seconds: its set-up, then each fold built, trained over every epoch, evaluated after
+    each, its checkpoints saved (one per epoch, then best/ and its reload) and its rows predicted; `seconds` is
+    the run's `time_budget_minutes` in seconds (the folds end by SAFETY of them, the summary after)."""
+    steps = counts.max_steps or math.ceil(counts.epochs * cost.steps_per_epoch)
+    epochs_begun = math.ceil(steps / cost.steps_per_epoch)
+    training = steps * cost.seconds_per_step
+    predicting = (epochs_begun * counts.choosing_rows + counts.predicted_rows) * cost.seconds_per_predicted_row
+    saving = (epochs_begun + 2) * cost.seconds_per_save
+    per_fold = cost.seconds_to_build + training + predicting + saving
+    folds_seconds = setup_seconds + counts.folds * per_fold
+    return {
+        "measured": asdict(cost),
+        "counts": asdict(counts),
+        "setup_seconds": round(setup_seconds, 1),
+        "steps_per_fold": steps,
+        "fold_seconds": round(per_fold, 1),
+        "fold_parts_seconds": {
+            "training": round(training, 1),
+            "evaluating_and_predicting": round(predicting, 1),
+            "saving": round(saving, 1),
+            "building": round(cost.seconds_to_build, 1),
+        },
+        "seconds": round(folds_seconds / SAFETY, 1),
+    }
+
+
+def stack_seconds(ngram_seconds: float) -> float:
+    return round(STACK_PER_NGRAM * ngram_seconds, 1)
+
+
+def post_training_seconds(budget_seconds: float, spent_seconds: float, later_seconds: float) -> float:
+    """The seconds post-training gets: the budget less what is spent, what the later stages are planned to cost
+    and the margin; refused when that leaves it less than MIN_POST_TRAIN_SHARE of the budget."""
+    given = budget_seconds - spent_seconds - later_seconds - margin_seconds(budget_seconds)
+    if given < MIN_POST_TRAIN_SHARE * budget_seconds:
+        raise PipelineError(
+            f"--minutes {budget_seconds / 60:g}: on this machine the stages after post-training are planned at "
+            f"{later_seconds:.0f} s and {spent_seconds:.0f} s are spent, which leaves post-training {given:.0f} s, "
+            f"less than {MIN_POST_TRAIN_SHARE:.0%} of the budget: give more minutes, or a fine-tuning config with "
+            "fewer folds or epochs"
+        )
+    return round(given, 1)
+
+
+def format_plan_table(record: dict) -> str:
+    """recipe.json as a table: each stage's planned and spent seconds and how it was planned, what the command
+    spent besides (its start, checks, records), and the total against the budget."""
+    stages, budget = record["stages"], record["budget_seconds"]
+    lines = [f"{'stage':<14} {'planned s':>10} {'spent s':>9}  how planned", "-" * 72]
+    for name, stage in stages.items():
+        planned, spent = stage.get("planned_seconds"), stage.get("seconds")
+        shown_planned = "-" if planned is None else f"{planned:.0f}"
+        shown_spent = "-" if spent is None else f"{spent:.0f}"
+        lines.append(f"{name:<14} {shown_planned:>10} {shown_spent:>9}  {stage.get('how', '')}")
+    total = record.get("spent_seconds")
+    if total is not None:
+        other = total - sum(stage.get("seconds") or 0.0 for stage in stages.values())
+        lines.append(f"{'other':<14} {'-':>10} {other:>9.0f}  Python's start, the checks, the records")
+    lines.append(f"{'margin':<14} {record['margin_seconds']:>10.0f} {'-':>9}  planned for nothing")
+    lines.append("-" * 72)
+    if total is not None:
+        lines.append(f"{'total':<14} {budget:>10.0f} {total:>9.0f}  {total / budget:.1%} of the budget")
+    return "\n".join(lines)
