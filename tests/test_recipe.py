@@ -18,6 +18,7 @@ from nikl_emotion.backends.budget_clock import SAFETY
 from nikl_emotion.backends.fold_backend import FoldCost
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.training.recipe_plan import (
+    FINE_TUNE_SHARE,
     FoldCounts,
     fine_tuning_plan,
     format_plan_table,
@@ -85,7 +86,7 @@ def test_the_readme_recipe_plans_its_minutes_and_resumes_after_a_kill(tmp_path):
         process.wait(timeout=60)
     killed = json.loads((out / "recipe.json").read_text(encoding="utf-8"))
     assert killed["stages"]["fine_tune"]["status"] == "running" and not (out / "stack").exists()
-    assert [killed["stages"][name]["status"] for name in ("ngram", "calibration", "post_train")] == ["done"] * 3
+    assert [killed["stages"][name]["status"] for name in ("calibration", "ngram", "post_train")] == ["done"] * 3
 
     resumed = run_cli(*recipe)
     for skipped in ("recipe: ngram already done", "recipe: post_train already done", "fold 0: already complete"):
@@ -93,7 +94,7 @@ def test_the_readme_recipe_plans_its_minutes_and_resumes_after_a_kill(tmp_path):
     record = json.loads((out / "recipe.json").read_text(encoding="utf-8"))
     stages = record["stages"]
     assert record["resumed"] and all(stage["status"] == "done" for stage in stages.values())
-    assert list(stages) == ["ngram", "calibration", "post_train", "fine_tune", "stack"]
+    assert list(stages) == ["calibration", "ngram", "post_train", "fine_tune", "stack"]
     for name in ("ngram", "calibration", "post_train"):  # spent before the kill, not again
         assert stages[name]["seconds"] == killed["stages"][name]["seconds"]
     # each budgeted stage ran on the seconds the plan gave it
@@ -126,14 +127,17 @@ COST = FoldCost(
 
 def test_the_fine_tuning_plan_counts_every_epoch_at_the_measured_costs():
     counts = FoldCounts(folds=5, epochs=6, max_steps=0, choosing_rows=700, predicted_rows=1800)
-    plan = fine_tuning_plan(COST, counts, setup_seconds=20)
+    plan = fine_tuning_plan(COST, counts, setup_seconds=20, budget_seconds=3600)
     # written out: 6 epochs of 30 steps at 0.2 s; 6 evaluations of 700 rows and 1,800 predicted at 1 ms; 6 + 2 saves
     per_fold = 2 + 6 * 30 * 0.2 + (6 * 700 + 1800) * 0.001 + (6 + 2) * 0.5
     assert plan["steps_per_fold"] == 180
     assert plan["fold_seconds"] == pytest.approx(per_fold, abs=0.05)
-    assert plan["seconds"] == pytest.approx((20 + 5 * per_fold) / SAFETY, abs=0.05)
+    assert plan["every_epoch_seconds"] == plan["seconds"] == pytest.approx((20 + 5 * per_fold) / SAFETY, abs=0.05)
+    # where every epoch costs more than FINE_TUNE_SHARE of the budget, the folds are compressed onto that share
+    short = fine_tuning_plan(COST, counts, setup_seconds=20, budget_seconds=300)
+    assert short["seconds"] == pytest.approx(FINE_TUNE_SHARE * 300) and short["every_epoch_seconds"] == plan["seconds"]
     # max_steps replaces the epochs; a partial epoch is evaluated too
-    steps = fine_tuning_plan(COST, FoldCounts(5, 6, 45, 700, 1800), 20)
+    steps = fine_tuning_plan(COST, FoldCounts(5, 6, 45, 700, 1800), 20, 3600)
     assert steps["steps_per_fold"] == 45
     assert steps["fold_seconds"] == pytest.approx(2 + 45 * 0.2 + (2 * 700 + 1800) * 0.001 + 4 * 0.5, abs=0.05)
     assert math.isclose(margin_seconds(3600), 72) and margin_seconds(60) == 5
@@ -171,11 +175,16 @@ def test_the_recipe_refuses_before_any_work(tmp_path):
         result = run_cli("recipe.py", *small, *args, "--output_dir", out, check=False)
         assert result.returncode == 1 and message in result.stderr, (args, result.stderr[-2000:])
         assert not out.exists() or not any(out.iterdir()), args
+    # a budget that fine-tuning alone exceeds: refused once one fold is measured, before anything trains
+    result = run_cli("recipe.py", data, *small, "--minutes", "0.1", "--output_dir", out, check=False)
+    assert result.returncode == 1 and "which leaves post-training" in result.stderr, result.stderr[-2000:]
+    assert not (out / "ngram").exists() and not (out / "post-train").exists()
     # a folder of another request, or of another command
     from nikl_emotion.folders.folder_kind import check_not_a_folders_own_file, mark_folder
 
     mark_folder(str(out), "recipe")
-    (out / "recipe.json").write_text(json.dumps({"request": {"minutes": 30}, "stages": {}}), encoding="utf-8")
+    done = {"ngram": {"status": "done", "seconds": 5}}
+    (out / "recipe.json").write_text(json.dumps({"request": {"minutes": 30}, "stages": done}), encoding="utf-8")
     result = run_cli("recipe.py", data, *small, "--output_dir", out, check=False)
     assert result.returncode == 1 and "holds a recipe asked with other values" in result.stderr
     with pytest.raises(PipelineError, match="recipe.json is a file of"):

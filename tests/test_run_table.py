@@ -48,6 +48,12 @@ def test_the_table_shows_exactly_the_settings_that_differ_sorted_by_oof(three_ru
     # report.py --compare is the same table
     compared = run_cli("report.py", "--compare", *folders[:3], "--gold", SAMPLE_DEV)
     assert compared.stdout == table.read_text(encoding="utf-8")
+    # a run's own report is not the table's place: refused before anything is written
+    report = three_runs / "a" / "report.md"
+    before = report.read_bytes()
+    refused = run_cli("-m", "nikl_emotion", "runs", *folders[:3], "--output", report, check=False)
+    assert refused.returncode == 1 and "--output" in refused.stderr and "report.md is a file of" in refused.stderr
+    assert report.read_bytes() == before and not (three_runs / "a" / "report.csv").exists()
 
 
 def test_a_stack_and_a_search_are_listed_as_what_they_are(three_runs, tmp_path):

@@ -21,7 +21,7 @@ __all__ = [
 
 # a Trainer checkpoint holds the weights and AdamW's two moments: three times the bytes of the weights saved alone
 CHECKPOINT_PER_WEIGHTS = 3
-_TIMED_ROWS = 512  # rows evaluated to time a prediction (after the same rows once untimed: the first call warms up)
+_TIMED_ROWS = 512  # rows evaluated to time a prediction, spread over the lengths (after the same rows once untimed)
 
 
 class EncoderCostMeter(CostMeter):
@@ -38,7 +38,7 @@ class EncoderCostMeter(CostMeter):
             step = measure_step_seconds(trainer)
             accumulation = max(1, trainer.args.gradient_accumulation_steps)
             steps_per_epoch = max(1, len(trainer.get_train_dataloader()) // accumulation)
-            rows = trainer.eval_dataset.select(range(min(len(trainer.eval_dataset), _TIMED_ROWS)))
+            rows = _spread_rows(trainer.eval_dataset, _TIMED_ROWS)
             trainer.evaluate(eval_dataset=rows)
             began = time.perf_counter()
             trainer.evaluate(eval_dataset=rows)
@@ -49,3 +49,9 @@ class EncoderCostMeter(CostMeter):
         finally:
             free_engine(trainer)
         return FoldCost(step, steps_per_epoch, per_row, save, built)
+
+
+def _spread_rows(rows, count: int):
+    """`count` rows spread evenly over `rows` (the choosing rows, in length order): their mix of lengths."""
+    total = len(rows)
+    return rows.select(sorted({i * total // count for i in range(count)}) if total > count else range(total))

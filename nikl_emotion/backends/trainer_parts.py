@@ -5,6 +5,7 @@ step takes on this machine (post-training's time budget, the recipe's plan of a 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import time
 
 import torch
@@ -50,18 +51,18 @@ class LengthListSamplerMixin:
 
 
 def measure_step_seconds(trainer, steps: int = _CALIBRATION_STEPS, warmup: int = _CALIBRATION_WARMUP) -> float:
-    """Seconds per optimizer step of `trainer`'s model on its own training batches (the slowest process's, under
-    `accelerate launch`), measured as the Trainer runs one: `gradient_accumulation_steps` micro-batches, each its
-    trainer's own `compute_loss` (a fold's loss function, R-Drop's second pass) under the accelerator's autocast
-    (bf16/fp16 when set) through the model as the Trainer wraps it (DDP with several processes, gradients
-    synchronised on the last micro-batch only), then the optimizer. The optimizer runs with learning rate 0 and no
-    weight decay: the step costs what a real one does and changes no weight."""
+    """Seconds per optimizer step of `trainer`'s model on its own training batches, spread over an epoch (the
+    slowest process's, under `accelerate launch`), measured as the Trainer runs one: `gradient_accumulation_steps`
+    micro-batches, each its trainer's own `compute_loss` (a fold's loss function, R-Drop's second pass) under the
+    accelerator's autocast (bf16/fp16 when set) through the model as the Trainer wraps it (DDP with several
+    processes, gradients synchronised on the last micro-batch only), then the optimizer. The optimizer runs with
+    learning rate 0 and no weight decay: the step costs what a real one does and changes no weight."""
     model, accelerator = trainer.model, trainer.accelerator
     model.train()
     wrapped = accelerator.prepare_model(model) if accelerator.num_processes > 1 else model
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.0, weight_decay=0.0)
     accumulation = max(1, trainer.args.gradient_accumulation_steps)
-    batches = _cycled(trainer.get_train_dataloader())
+    batches = iter(_spread(trainer.get_train_dataloader(), (warmup + steps) * accumulation))
     marks = []
     for step in range(warmup + steps):
         for micro in range(accumulation):
@@ -82,9 +83,20 @@ def measure_step_seconds(trainer, steps: int = _CALIBRATION_STEPS, warmup: int =
     return float(gathered.max())
 
 
-def _cycled(loader):
-    """The loader's batches over and over (a small data set has fewer batches than the measurement needs)."""
-    if len(loader) == 0:
+def _spread(loader, count: int) -> list:
+    """`count` of the loader's batches spread evenly over one epoch (cycling when it has fewer): the epoch's mix of
+    lengths. A length-grouped loader's first batches hold its longest rows (it puts them first, so that a lack of
+    memory shows at once): its first steps cost more than an epoch's mean step."""
+    total = len(loader)
+    if total == 0:
         raise ValueError("no training batches to measure a step on")
-    while True:
-        yield from loader
+    wanted = [round(i * total / count) % total for i in range(count)] if count <= total else None
+    if wanted is None:
+        return [batch for _, batch in zip(range(count), itertools.cycle(loader))]
+    picked, positions = {}, set(wanted)
+    for position, batch in enumerate(loader):
+        if position in positions:
+            picked[position] = batch
+        if len(picked) == len(positions):
+            break
+    return [picked[position] for position in wanted]

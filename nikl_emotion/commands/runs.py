@@ -27,9 +27,16 @@ def main(argv: list[str]) -> int:
 
 def compare(runs: list[str], gold: str | None, output: str | None) -> int:
     """The table of `runs` printed (and written to `output`); folders that are not runs are named on stderr."""
+    import os
+
     from nikl_emotion.base.errors import PipelineError
+    from nikl_emotion.folders.folder_kind import check_not_a_folders_own_file
     from nikl_emotion.runs.run_table import markdown_table, read_runs, table_records, write_run_table
 
+    if output:  # RUN/report.md is the run's own report: the table and its CSV and plot go elsewhere
+        base = os.path.splitext(output)[0]
+        for path in (output, f"{base}.csv", f"{base}.png"):
+            check_not_a_folders_own_file(path, "--output")
     rows, skipped = read_runs(runs, gold)
     for line in skipped:
         print(line, file=sys.stderr)

@@ -4,12 +4,12 @@ command a user would run (`train.py`, `post_train.py`, `train.py`, `ensemble.py 
 under OUT, on its own clock. recipe_plan.py plans the minutes; OUT/recipe.json keeps the plan and what each stage
 spent, rewritten after every stage.
 
-Order: the n-gram member first (its seconds measured, not planned), then one fold of fine-tuning measured on this
-machine (the calibration), then post-training on the rest of the budget, fine-tuning on the seconds left until the
-end less the stack's, and the stack. A stage whose output exists is skipped, so a rerun resumes: a killed stage
-continues as its command does (post-training from its last checkpoint with the minutes it was given, fine-tuning
-with its finished folds kept), and a resumed recipe's minutes count from the rerun, less what the finished stages
-spent.
+Order: one fold of fine-tuning measured on this machine (the calibration: a budget that fine-tuning alone exceeds
+is refused within a minute), the n-gram member (its seconds measured, not planned), then post-training on the rest
+of the budget, fine-tuning on the seconds left until the end less the stack's, and the stack. A stage whose output
+exists is skipped, so a rerun resumes: a killed stage continues as its command does (post-training from its last
+checkpoint with the minutes it was given, fine-tuning with its finished folds kept), and a resumed recipe's minutes
+count from the rerun, less what the finished stages spent.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from nikl_emotion.folders.folder_kind import check_output_folder, mark_folder
 from nikl_emotion.folders.run_folder import PostTrainFolder, RecipeFolder, RunFolder, StackFolder, read_mapping
 from nikl_emotion.runs.summary import this_machine
 from nikl_emotion.training.recipe_plan import (
+    FINE_TUNE_SHARE,
     FoldCounts,
     fine_tuning_plan,
     margin_seconds,
@@ -171,12 +172,13 @@ def _run_stages(request: RecipeRequest, files: RecipeFiles, settings: dict, ledg
     from nikl_emotion.training.post_training import run_post_training
 
     folder, record = RecipeFolder(request.output_dir), ledger.record
-    ledger.run("ngram", lambda: os.path.isfile(RunFolder(folder.ngram).summary), None, "measured: it runs first")
+    if "fine_tuning_plan" not in record:  # first: a budget fine-tuning alone exceeds is refused within a minute
+        ledger.run("calibration", lambda: False, None, "one fold of fine-tuning measured on this machine")
+        ledger.call("calibration", lambda: _calibrate(settings["calibration"], folder.calibration, ledger))
+    how = "measured: it runs before the plan"
+    ledger.run("ngram", lambda: os.path.isfile(RunFolder(folder.ngram).summary), None, how)
     ngram_settings = _parse_run(stage_commands(request, files, {})["ngram"])
     ledger.call("ngram", lambda: run_training(ngram_settings))
-    if "fine_tuning_plan" not in record:
-        ledger.run("calibration", lambda: False, None, "one fold of fine-tuning measured on this machine")
-        ledger.call("calibration", lambda: _calibrate(settings["calibration"], folder.calibration, record))
     plan = record["fine_tuning_plan"]
     stack = stack_seconds(ledger.seconds_of("ngram", RunFolder(folder.ngram)))
     budgets = record.setdefault("budgets", {})
@@ -187,7 +189,8 @@ def _run_stages(request: RecipeRequest, files: RecipeFiles, settings: dict, ledg
     ledger.call("post_train", lambda: run_post_training(_parse_post_train(request, files, budgets)))
     if "fine_tune" not in budgets and not os.path.isfile(RunFolder(folder.fine_tune).summary):
         budgets["fine_tune"] = _fine_tuning_seconds(ledger, plan["seconds"], stack)
-    how = f"every epoch of every fold at the measured costs ({plan['seconds']:.0f} s planned)"
+    every = plan["every_epoch_seconds"]
+    how = f"every epoch at the measured costs ({every:.0f} s), at most {FINE_TUNE_SHARE:.0%} of the budget"
     ledger.run("fine_tune", lambda: os.path.isfile(RunFolder(folder.fine_tune).summary), budgets.get("fine_tune"), how)
     ledger.call("fine_tune", lambda: run_training(_parse_run(stage_commands(request, files, budgets)["fine_tune"])))
     how = "a share of the n-gram member's seconds"
@@ -275,6 +278,8 @@ def _open_record(folder: RecipeFolder, request: RecipeRequest, files: RecipeFile
     configs = (request.post_train_config, request.fine_tune_config, request.ngram_config)
     asked["sha256"] = {path: file_digest(path) for path in (*configs, *files.texts)}
     record = read_mapping(folder.record)
+    if record and not any(stage.get("status") == "done" for stage in record.get("stages", {}).values()):
+        record = {}  # nothing finished yet (a plan refused, a kill during the calibration): taken over
     if record and record.get("request") != asked:
         old = record.get("request") or {}
         differing = sorted(key for key in set(old) | set(asked) if old.get(key) != asked.get(key))
@@ -335,8 +340,9 @@ def _parse_post_train(request: RecipeRequest, files: RecipeFiles, budgets: dict)
     return parse_post_train_config(stage_commands(request, files, budgets)["post_train"][1:])
 
 
-def _calibrate(settings: RunSettings, scratch: str, record: dict) -> None:
-    """One fold of fine-tuning measured (`CostMeter`) in a scratch folder deleted after: the fine-tuning plan."""
+def _calibrate(settings: RunSettings, scratch: str, ledger: _Ledger) -> None:
+    """One fold of fine-tuning measured (`CostMeter`) in a scratch folder deleted after: the fine-tuning plan, kept
+    in the record once it leaves post-training its share of the budget."""
     from nikl_emotion.training.kfold import KFoldRun
 
     began = time.monotonic()
@@ -358,14 +364,18 @@ def _calibrate(settings: RunSettings, scratch: str, record: dict) -> None:
         choosing_rows=len(data.choosing_rows),
         predicted_rows=len(data.val_index) + test_rows,
     )
-    record["fine_tuning_plan"] = fine_tuning_plan(cost, counts, setup)
+    plan = fine_tuning_plan(cost, counts, setup, ledger.budget)
     logger.info(
-        "recipe: fine-tuning planned at %.0f s: %.3f s per step, %d steps per fold, %.1f ms per predicted row",
-        record["fine_tuning_plan"]["seconds"],
+        "recipe: fine-tuning planned at %.0f s (every epoch: %.0f s): %.3f s per step, %d steps per fold, %.1f ms "
+        "per predicted row",
+        plan["seconds"],
+        plan["every_epoch_seconds"],
         cost.seconds_per_step,
-        record["fine_tuning_plan"]["steps_per_fold"],
+        plan["steps_per_fold"],
         cost.seconds_per_predicted_row * 1000,
     )
+    post_training_seconds(ledger.budget, ledger.spent(), plan["seconds"])  # refused now, not after the n-gram member
+    ledger.record["fine_tuning_plan"] = plan
 
 
 def _stack(folder: RecipeFolder) -> None:

@@ -6,8 +6,11 @@ do).
 - Fine-tuning's cost is counted from one fold's parts measured on this machine (its backend's `CostMeter`: an
   optimizer step, a predicted row, a checkpoint save, the fold's model built) times the fold's counts (its epochs'
   steps, the choosing rows evaluated each epoch, the validation and test rows predicted at its end), plus the run's
-  set-up as the calibration paid it. Every epoch of the config is planned: early stopping can only end a fold sooner.
-  Its `time_budget_minutes` then keeps that cost within its minutes on a machine that slows down.
+  set-up as the calibration paid it. Every epoch of the config is priced (early stopping can only end a fold
+  sooner); fine-tuning is planned at that price, or at `FINE_TUNE_SHARE` of the budget where every epoch costs more:
+  its folds' schedules then run compressed onto their seconds (`time_budget_minutes`), the split of the hour
+  adopted on OOF before (36 of 60 minutes, ~3.9 of 6 epochs: as good as early stopping's 4-6, BENCHMARKS.md issue
+  36). A faster machine fine-tunes every epoch and gives post-training everything else.
 - The stack's cost is a share of the n-gram member's (`STACK_PER_NGRAM`): both fit per-label logistic regressions on
   the same out-of-fold rows and choose a decision rule on them.
 - Post-training gets the rest, less `margin_seconds` (what a plan cannot see: Python's start, a stage's last save).
@@ -26,6 +29,7 @@ __all__ = [
     "MARGIN_SHARE",
     "STACK_PER_NGRAM",
     "MIN_POST_TRAIN_SHARE",
+    "FINE_TUNE_SHARE",
     "FoldCounts",
     "margin_seconds",
     "fine_tuning_plan",
@@ -41,6 +45,8 @@ _MIN_MARGIN_SECONDS = 5.0
 STACK_PER_NGRAM = 0.35
 # post-training's least share of the budget: below it the minutes cannot hold this recipe on this machine
 MIN_POST_TRAIN_SHARE = 0.1
+# fine-tuning's largest share of the budget (its folds compressed onto it when every epoch costs more)
+FINE_TUNE_SHARE = 0.6
 
 
 @dataclass(frozen=True)
@@ -58,10 +64,11 @@ def margin_seconds(budget_seconds: float) -> float:
     return max(MARGIN_SHARE * budget_seconds, _MIN_MARGIN_SECONDS)
 
 
-def fine_tuning_plan(cost: FoldCost, counts: FoldCounts, setup_seconds: float) -> dict:
+def fine_tuning_plan(cost: FoldCost, counts: FoldCounts, setup_seconds: float, budget_seconds: float) -> dict:
     """The fine-tuning run's seconds: its set-up, then each fold built, trained over every epoch, evaluated after
-    each, its checkpoints saved (one per epoch, then best/ and its reload) and its rows predicted; `seconds` is
-    the run's `time_budget_minutes` in seconds (the folds end by SAFETY of them, the summary after)."""
+    each, its checkpoints saved (one per epoch, then best/ and its reload) and its rows predicted, as the run's
+    `time_budget_minutes` in seconds (the folds end by SAFETY of them, the summary after): `every_epoch_seconds`;
+    `seconds`, the plan: that, or FINE_TUNE_SHARE of `budget_seconds` when it is less."""
     steps = counts.max_steps or math.ceil(counts.epochs * cost.steps_per_epoch)
     epochs_begun = math.ceil(steps / cost.steps_per_epoch)
     training = steps * cost.seconds_per_step
@@ -81,7 +88,8 @@ def fine_tuning_plan(cost: FoldCost, counts: FoldCounts, setup_seconds: float) -
             "saving": round(saving, 1),
             "building": round(cost.seconds_to_build, 1),
         },
-        "seconds": round(folds_seconds / SAFETY, 1),
+        "every_epoch_seconds": round(folds_seconds / SAFETY, 1),
+        "seconds": round(min(folds_seconds / SAFETY, FINE_TUNE_SHARE * budget_seconds), 1),
     }
 
 
