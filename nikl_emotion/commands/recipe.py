@@ -7,10 +7,11 @@ DATA_DIR holds train.jsonl (labelled), test.jsonl or dev.jsonl (the file the run
 when both are there, and dev.jsonl is then only text) and any other jsonl files, whose text post-training learns with
 the others' (labels unused). The stages, each the command a user would run, in its own folder under OUT:
 
-  OUT/ngram       train.py NGRAM_CONFIG: the n-gram member, first (its seconds measured)
-                  one fold of fine-tuning measured (a few real steps, a prediction, a save): the fine-tuning plan
+  (.calibration)  one fold of fine-tuning measured (a few real steps, a prediction, a save): the fine-tuning plan
+  OUT/ngram       train.py NGRAM_CONFIG: the n-gram member (its seconds measured)
   OUT/post-train  post_train.py POST_TRAIN_CONFIG --time_budget_minutes <the rest of the budget, less a margin>
-  OUT/fine-tune   train.py FINE_TUNE_CONFIG --model_name_or_path OUT/post-train --time_budget_minutes <its plan>
+  OUT/fine-tune   train.py FINE_TUNE_CONFIG --model_name_or_path OUT/post-train --time_budget_minutes <the seconds
+                  left less the stack's: every epoch's price, or 60% of the budget where that is more>
   OUT/stack       ensemble.py --runs OUT/fine-tune OUT/ngram --strategy stack (serve: inference.py --run OUT/stack)
 
 OUT/recipe.json holds the plan and what each stage spent (printed as a table at the end). A stage whose output

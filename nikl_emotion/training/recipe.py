@@ -36,6 +36,7 @@ from nikl_emotion.folders.run_folder import PostTrainFolder, RecipeFolder, RunFo
 from nikl_emotion.runs.summary import this_machine
 from nikl_emotion.training.recipe_plan import (
     FINE_TUNE_SHARE,
+    STACK_PER_NGRAM,
     FoldCounts,
     fine_tuning_plan,
     margin_seconds,
@@ -193,7 +194,7 @@ def _run_stages(request: RecipeRequest, files: RecipeFiles, settings: dict, ledg
     how = f"every epoch at the measured costs ({every:.0f} s), at most {FINE_TUNE_SHARE:.0%} of the budget"
     ledger.run("fine_tune", lambda: os.path.isfile(RunFolder(folder.fine_tune).summary), budgets.get("fine_tune"), how)
     ledger.call("fine_tune", lambda: run_training(_parse_run(stage_commands(request, files, budgets)["fine_tune"])))
-    how = "a share of the n-gram member's seconds"
+    how = f"{STACK_PER_NGRAM} of the n-gram member's seconds"
     ledger.run("stack", lambda: os.path.isfile(StackFolder(folder.stack).stack), stack, how)
     ledger.call("stack", lambda: _stack(folder))
 
