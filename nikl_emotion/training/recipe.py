@@ -178,8 +178,7 @@ def _run_stages(request: RecipeRequest, files: RecipeFiles, settings: dict, ledg
         ledger.call("calibration", lambda: _calibrate(settings["calibration"], folder.calibration, ledger))
     how = "measured: it runs before the plan"
     ledger.run("ngram", lambda: os.path.isfile(RunFolder(folder.ngram).summary), None, how)
-    ngram_settings = _parse_run(stage_commands(request, files, {})["ngram"])
-    ledger.call("ngram", lambda: run_training(ngram_settings))
+    ledger.call("ngram", lambda: run_training(settings["ngram"]))
     plan = record["fine_tuning_plan"]
     stack = stack_seconds(ledger.seconds_of("ngram", RunFolder(folder.ngram)))
     budgets = record.setdefault("budgets", {})
@@ -326,7 +325,7 @@ def _checked_settings(request: RecipeRequest, files: RecipeFiles) -> dict:
 
     refusal = "{backend} cannot be the recipe's fine-tuning: its folds' costs cannot be measured before they train"
     offered(backend_for(calibration.model.model_name_or_path), "cost_meter", refusal)
-    return {"calibration": calibration}
+    return {"calibration": calibration, "ngram": ngram}
 
 
 def _parse_run(command: list[str]) -> RunSettings:
