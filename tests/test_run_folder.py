@@ -67,10 +67,10 @@ def test_post_training_folder_owns_its_paths(tmp_path):
 
 
 def test_a_key_added_later_reads_as_its_neutral_value_in_an_older_run():
-    from nikl_emotion.base.config import ARGUMENT_CLASSES, field_defaults
+    from nikl_emotion.base.config import PIPELINE_ARGUMENT_CLASSES, field_defaults
     from nikl_emotion.folders.run_folder import config_difference
 
-    defaults = field_defaults(*ARGUMENT_CLASSES[:-1])
+    defaults = field_defaults(*PIPELINE_ARGUMENT_CLASSES)
     old = {"model_name_or_path": "offline:electra-tiny", "max_seq_length": 200}  # written before the key existed
     assert config_difference(old, {**old, "offline_pretokenizer": "none"}, defaults) is None
     assert (
@@ -82,10 +82,10 @@ def test_a_key_added_later_reads_as_its_neutral_value_in_an_older_run():
 
 def test_every_settings_key_left_out_of_an_older_run_reads_as_its_default():
     """Defaults come from the dataclasses themselves, so a key added later needs no table kept by hand."""
-    from nikl_emotion.base.config import ARGUMENT_CLASSES, DistillArguments, MLMArguments, field_defaults
+    from nikl_emotion.base.config import PIPELINE_ARGUMENT_CLASSES, DistillArguments, MLMArguments, field_defaults
     from nikl_emotion.folders.run_folder import config_difference
 
-    defaults = field_defaults(*ARGUMENT_CLASSES[:-1], MLMArguments, DistillArguments)
+    defaults = field_defaults(*PIPELINE_ARGUMENT_CLASSES, MLMArguments, DistillArguments)
     assert {"layerwise_lr_decay", "objective", "max_unknown_rate", "distill_gold_weight"} <= set(defaults)
     at_defaults = dict(defaults)  # a run made with every key at its default
     for key in at_defaults:

@@ -20,7 +20,7 @@ from nikl_emotion.base.labels import LABELS
 from nikl_emotion.runs.prediction import checkpoint_loader
 from nikl_emotion.runs.run_classifier import EmotionClassifier
 from nikl_emotion.serving.app import ServeOptions, create_app
-from nikl_emotion.serving.micro_batching import MicroBatcher
+from nikl_emotion.serving.micro_batching import RETURN_WINDOW_S, MicroBatcher
 from nikl_emotion.serving.requests import Limits
 from nikl_emotion.serving.served_model import ServedModel
 
@@ -150,6 +150,55 @@ def test_micro_batcher_batches_within_its_window_and_survives_a_failed_batch():
         await batcher.close()
 
     asyncio.run(scenario())
+
+
+def test_clients_that_ask_again_when_answered_make_whole_batches_not_alternating_halves():
+    """32 clients, each sending its next one-row request as soon as it has its answer, and a model that takes a
+    while: without waiting for the answered clients, the requests that arrived during a batch form the next one
+    while the others are on their way back, and the batches settle at about half the clients each."""
+    calls = []
+
+    def predict(records):
+        calls.append(len(records))
+        time.sleep(0.01)
+        return np.zeros((len(records), 8), bool), np.zeros((len(records), 8))
+
+    async def client(batcher, index):
+        for _ in range(10):
+            await batcher.predict([{"id": "x", "input": {"form": "a", "target": None}}])
+            # the answer's way back and the next request's way in, some clients slower than others (0.2-1.8 ms)
+            await asyncio.sleep(0.0002 + 0.00005 * index)
+
+    async def scenario():
+        batcher = MicroBatcher(predict, max_batch_size=64, max_wait_ms=0)
+        batcher.start()
+        await asyncio.gather(*[client(batcher, index) for index in range(32)])
+        await batcher.close()
+
+    asyncio.run(scenario())
+    assert sum(calls) == 320
+    assert sum(calls[1:-1]) / len(calls[1:-1]) > 28, calls  # before: [1, 31, 1, 31, ...] or halves of ~16
+
+
+def test_a_lone_client_is_not_kept_waiting_for_others():
+    calls, stamps = [], []
+
+    def predict(records):
+        calls.append(len(records))
+        stamps.append(time.perf_counter())
+        return np.zeros((len(records), 8), bool), np.zeros((len(records), 8))
+
+    async def scenario():
+        batcher = MicroBatcher(predict, max_batch_size=64, max_wait_ms=0)
+        batcher.start()
+        for _ in range(50):
+            await batcher.predict([{"id": "x", "input": {"form": "a", "target": None}}])
+        await batcher.close()
+
+    asyncio.run(scenario())
+    assert calls == [1] * 50
+    # it comes back at once, so the window closes at once: far below RETURN_WINDOW_S per request
+    assert (stamps[-1] - stamps[0]) / 49 < RETURN_WINDOW_S / 2
 
 
 def _free_port() -> int:

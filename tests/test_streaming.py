@@ -157,3 +157,21 @@ def test_a_runs_folds_encode_each_chunk_once(tiny_run, tmp_path, monkeypatch):
     os.remove(tmp_path / "one.jsonl")
     assert (tmp_path / "out.jsonl").read_bytes() == (tiny_run / "submission.jsonl").read_bytes()
     assert os.listdir(tmp_path) == ["out.jsonl"]
+
+
+def test_predicting_does_not_import_what_only_training_needs(tiny_run, tmp_path):
+    """A predicting process (inference.py, serve, a replica of a sharded job) pays its imports at every start:
+    the Trainer's modules (and through them peft and bitsandbytes) and scikit-learn cost it ~4 s of ~14 s on
+    2 cores (BENCHMARKS.md, issue 47), and prediction uses none of them."""
+    argv = ["--run", str(tiny_run), "--input", str(SAMPLE_TEST), "--output", str(tmp_path / "o.jsonl")]
+    script = (
+        "import sys\n"
+        "from nikl_emotion.commands.inference import main\n"
+        f"main({argv!r})\n"
+        "heavy = ('transformers.trainer', 'transformers.training_args', 'peft', 'bitsandbytes', 'sklearn')\n"
+        "print(sorted(name for name in heavy if name in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "o.jsonl").read_bytes() == (tiny_run / "submission.jsonl").read_bytes()
+    assert done.stdout.strip().splitlines()[-1] == "[]"

@@ -28,14 +28,15 @@ from transformers import (
 
 from nikl_emotion.backends.heads import build_classifier
 from nikl_emotion.base.checkpoint_files import POST_TRAIN_FILE
-from nikl_emotion.base.config import ModelLoading
+from nikl_emotion.base.config import ModelArguments, ModelLoading
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.labels import ID2LABEL, LABEL2ID, NUM_LABELS
-from nikl_emotion.base.vocabulary import OFFLINE_ARCHS, OFFLINE_PREFIX
+from nikl_emotion.base.vocabulary import OFFLINE_ARCHS, OFFLINE_PREFIX, is_offline
 from nikl_emotion.folders.run_folder import CONFIG_FILE
 from nikl_emotion.text.encoding import MARKER_TOKENS, add_marker_tokens, hangul_fix, model_input_names, splits_hangul
 
 __all__ = [
+    "backbone_loading",
     "check_model_folder",
     "parse_offline_spec",
     "train_wordpiece_tokenizer",
@@ -427,3 +428,9 @@ def fit_embeddings(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -
     """Grow the input embeddings to a tokenizer that gained tokens (the target markers, a pad token)."""
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
+
+
+def backbone_loading(model_args: ModelArguments) -> ModelLoading:
+    """The model-loading keys for the run's backbone: the settings' for a hub name or folder; none for an offline
+    backbone, which this run built."""
+    return ModelLoading() if is_offline(model_args.model_name_or_path) else model_args.loading

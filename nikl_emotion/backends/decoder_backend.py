@@ -25,6 +25,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import (
@@ -32,7 +33,6 @@ from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
     PreTrainedModel,
-    TrainingArguments,
 )
 from transformers.models.auto.modeling_auto import (
     MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
@@ -66,6 +66,9 @@ from nikl_emotion.base.checkpoint_files import ADAPTER_CONFIG_FILE, ADAPTER_WEIG
 from nikl_emotion.base.config import ModelArguments, ModelLoading, RunSettings
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.vocabulary import is_ngram, is_offline
+
+if TYPE_CHECKING:
+    from transformers import TrainingArguments
 
 __all__ = [
     "new_decoder_model",

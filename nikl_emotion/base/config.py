@@ -20,10 +20,14 @@ import os
 import socket
 import string
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import yaml
 from accelerate.state import AcceleratorState, GradientState, PartialState
-from transformers import HfArgumentParser, TrainingArguments
+from transformers import HfArgumentParser
+
+if TYPE_CHECKING:
+    from transformers import TrainingArguments
 
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.base.labels import NUM_LABELS
@@ -57,7 +61,8 @@ __all__ = [
     "DecisionArguments",
     "LossArguments",
     "TechniqueArguments",
-    "ARGUMENT_CLASSES",
+    "PIPELINE_ARGUMENT_CLASSES",
+    "training_arguments_class",
     "TRAINING_DEFAULTS",
     "PostTrainDataArguments",
     "OBJECTIVES",
@@ -515,7 +520,8 @@ class TechniqueArguments:
         ]
 
 
-ARGUMENT_CLASSES = (
+# train.py parses these, then `TrainingArguments` (training.config_checks.argument_classes)
+PIPELINE_ARGUMENT_CLASSES = (
     ModelArguments,
     DataArguments,
     FoldArguments,
@@ -524,8 +530,17 @@ ARGUMENT_CLASSES = (
     DecisionArguments,
     LossArguments,
     TechniqueArguments,
-    TrainingArguments,
 )
+
+
+def training_arguments_class() -> type:
+    """transformers' `TrainingArguments`, imported when a command parses or builds one: its module imports the
+    Trainer's utilities, and through them peft and bitsandbytes, whose `torch.compile` decorators cost a predicting
+    process ~3 s of its start (BENCHMARKS.md, issue 47) for a class prediction never uses."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments
+
 
 # Defaults this pipeline needs from TrainingArguments; a YAML file or the command line can still change them.
 TRAINING_DEFAULTS: dict[str, object] = {
@@ -780,7 +795,7 @@ class RunSettings:
     training: TrainingArguments
 
     def parts(self) -> tuple:
-        """The dataclasses in the order the parser takes them (ARGUMENT_CLASSES)."""
+        """The dataclasses in the order the parser takes them (PIPELINE_ARGUMENT_CLASSES, then TrainingArguments)."""
         return (
             self.model,
             self.data,
@@ -1122,7 +1137,7 @@ def _trainer_defaults(output_dir: str) -> dict:
     level = quieted.level
     quieted.setLevel(logging.ERROR)
     try:
-        return TrainingArguments(output_dir=output_dir).to_dict()
+        return training_arguments_class()(output_dir=output_dir).to_dict()
     finally:
         quieted.setLevel(level)
         for state, values in zip(states, saved):
@@ -1138,7 +1153,7 @@ def _resolved_config(*args_list) -> dict:
     for args in pipeline_args:
         config.update(dataclasses.asdict(args))
     defaults = _trainer_defaults(training_args.output_dir)
-    init_fields = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+    init_fields = {f.name for f in dataclasses.fields(training_arguments_class()) if f.init}
     for key, value in training_args.to_dict().items():
         if key in init_fields and (value != defaults.get(key) or key in TRAINING_DEFAULTS):
             config[key] = value

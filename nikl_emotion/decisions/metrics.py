@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import f1_score, precision_recall_fscore_support
 
 from nikl_emotion.base.labels import LABELS, NUM_LABELS
 
@@ -37,6 +36,8 @@ def score(gold: np.ndarray, pred: np.ndarray) -> dict:
     pred = np.asarray(pred).astype(int)
     if gold.shape != pred.shape or gold.ndim != 2 or gold.shape[1] != NUM_LABELS:
         raise ValueError(f"gold and pred must both be (N, {NUM_LABELS}); got {gold.shape} and {pred.shape}")
+    from sklearn.metrics import f1_score, precision_recall_fscore_support  # ~1 s: scoring needs it, predicting not
+
     precision, recall, f1, support = precision_recall_fscore_support(gold, pred, average=None, zero_division=0)
     return {
         "micro_f1": float(f1_score(gold, pred, average="micro", zero_division=0)),

@@ -1,6 +1,10 @@
 """Concurrent requests answered together: a request's rows wait at most `max_wait_ms` for others, up to
 `max_batch_size` rows, then one forward pass per checkpoint serves them all. The model runs in one worker thread, so
-the event loop keeps answering (`/health`) while it computes, and requests never run the model at the same time."""
+the event loop keeps answering (`/health`) while it computes, and requests never run the model at the same time.
+
+A batch also waits, briefly (`RETURN_WINDOW_S`), for the clients the last batch answered: a client that sends its
+next request when it gets its answer is back within a round trip, and a batch taken without it splits such clients
+into two halves that alternate (32 clients made batches of ~14-18 rows; BENCHMARKS.md, issue 47)."""
 
 from __future__ import annotations
 
@@ -13,13 +17,20 @@ import numpy as np
 
 __all__ = [
     "MicroBatcher",
+    "RETURN_WINDOW_S",
 ]
+
+
+# Longer than a loopback or LAN round trip of an HTTP client (~1 ms), short beside a forward pass (tens of ms); it
+# ends as soon as every client the last batch answered is back, so a lone client never waits for it.
+RETURN_WINDOW_S = 0.004
 
 
 @dataclass
 class _Waiting:
     records: list[dict]
     answer: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    arrived: float = field(default_factory=lambda: asyncio.get_running_loop().time())
 
 
 class MicroBatcher:
@@ -31,6 +42,7 @@ class MicroBatcher:
         self._held: _Waiting | None = None  # a request that did not fit the last batch: it opens the next
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self._task: asyncio.Task | None = None
+        self._answered, self._answered_at = 0, 0.0  # the last batch's requests and when it answered them
         self.batches = self.rows = 0
 
     def start(self) -> None:
@@ -71,25 +83,35 @@ class MicroBatcher:
                 if not waiting.answer.done():  # the client may have gone
                     waiting.answer.set_result((decisions[start:end], probs[start:end]))
                 start = end
+            self._answered, self._answered_at = len(batch), loop.time()
 
     async def _collect(self, loop) -> list[_Waiting]:
-        """The next batch: the first request waiting, then whoever arrives within the window and still fits."""
+        """The next batch: the first request waiting, then whoever arrives within the window and still fits; the
+        window stays open until the clients the last batch answered are back or `RETURN_WINDOW_S` has passed."""
         first = self._held or await self._queue.get()
         self._held, batch, size = None, [first], len(first.records)
-        deadline = loop.time() + self.max_wait
+        company_until = loop.time() + self.max_wait
+        returned = int(first.arrived >= self._answered_at)
         while size < self.max_batch_size:
             if not self._queue.empty():
                 waiting = self._queue.get_nowait()
-            elif (left := deadline - loop.time()) > 0:
+            elif (left := self._wait_left(loop.time(), company_until, returned)) > 0:
                 try:
                     waiting = await asyncio.wait_for(self._queue.get(), left)
                 except TimeoutError:
                     break
             else:
                 break
+            returned += waiting.arrived >= self._answered_at
             if size + len(waiting.records) > self.max_batch_size:
                 self._held = waiting
                 break
             batch.append(waiting)
             size += len(waiting.records)
         return batch
+
+    def _wait_left(self, now: float, company_until: float, returned: int) -> float:
+        """Seconds the batch may still wait: for company (`max_wait_ms`), and for the last batch's clients while
+        some are not back."""
+        returns_until = self._answered_at + RETURN_WINDOW_S if returned < self._answered else now
+        return max(company_until, returns_until) - now

@@ -17,7 +17,7 @@ from nikl_emotion.backends.losses import LOSSES, loss_arguments_class, loss_name
 from nikl_emotion.backends.precision import HALF_PRECISION_KERNELS, check_autocast_device
 from nikl_emotion.backends.registry import backend_for
 from nikl_emotion.base.config import (
-    ARGUMENT_CLASSES,
+    PIPELINE_ARGUMENT_CLASSES,
     TRAINING_DEFAULTS,
     LossArguments,
     ModelArguments,
@@ -227,8 +227,10 @@ def check_loss_parameters(loss_args: LossArguments) -> None:
 
 
 def argument_classes() -> tuple:
-    """The dataclasses `train.py`'s settings are parsed into (`ARGUMENT_CLASSES`, the losses' keys included)."""
-    return tuple(loss_arguments_class() if cls is LossArguments else cls for cls in ARGUMENT_CLASSES)
+    """The dataclasses `train.py`'s settings are parsed into: the pipeline's (the losses' keys included), then
+    `TrainingArguments`."""
+    pipeline = (loss_arguments_class() if cls is LossArguments else cls for cls in PIPELINE_ARGUMENT_CLASSES)
+    return (*pipeline, TrainingArguments)
 
 
 def check_pretokenizer(backbone: str, pretokenizer: str) -> None:
