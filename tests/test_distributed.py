@@ -28,10 +28,10 @@ ONE_THREAD_EACH = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes on two
 # the wait that follows it: the other rank must wait for the main process however long that takes
 _SLOW_FIRST_SAVE = """import datetime, sys, time
 from torch.distributed import distributed_c10d
-from nikl_emotion.backends import encoder_backend
+from nikl_emotion.backends import encoder_backend, encoder_fold
 from nikl_emotion.commands.train import main
 saved, slowed = encoder_backend.EncoderBackend.save_best, []
-ended, freed = encoder_backend.end_fold_tracking, encoder_backend.free_engine
+ended, freed = encoder_fold.end_fold_tracking, encoder_fold.free_engine
 def slow_save(*args, **kwargs):
     if not slowed:
         slowed.append(time.sleep(12))
@@ -43,7 +43,7 @@ def usual_timeout(*args):  # every rank, right after it
     distributed_c10d._set_pg_timeout(datetime.timedelta(minutes=30))
     freed(*args)
 encoder_backend.EncoderBackend.save_best = slow_save
-encoder_backend.end_fold_tracking, encoder_backend.free_engine = short_timeout, usual_timeout
+encoder_fold.end_fold_tracking, encoder_fold.free_engine = short_timeout, usual_timeout
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -6,7 +6,7 @@ import json
 import pytest
 from conftest import ROOT, SAMPLE_TRAIN, run_cli
 
-from nikl_emotion.backends import encoder_backend, encoder_search
+from nikl_emotion.backends import encoder_fold, encoder_search
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.text.data import load_jsonl
 from nikl_emotion.training.config_checks import parse_config
@@ -30,7 +30,7 @@ def spy_on_the_rows(monkeypatch, module) -> dict:
 
 
 def test_the_epoch_is_chosen_on_training_rows_held_out_and_never_on_the_out_of_fold_rows(tmp_path, monkeypatch):
-    seen = spy_on_the_rows(monkeypatch, encoder_backend)
+    seen = spy_on_the_rows(monkeypatch, encoder_fold)
     out = tmp_path / "run"
     result = run_cli(
         "train.py",
