@@ -20,7 +20,7 @@ from nikl_emotion.base.labels import LABELS
 from nikl_emotion.runs.prediction import checkpoint_loader
 from nikl_emotion.runs.run_classifier import EmotionClassifier
 from nikl_emotion.serving.app import ServeOptions, create_app
-from nikl_emotion.serving.micro_batching import RETURN_WINDOW_S, MicroBatcher
+from nikl_emotion.serving.micro_batching import RETURN_SHARE, MicroBatcher
 from nikl_emotion.serving.requests import Limits
 from nikl_emotion.serving.served_model import ServedModel
 
@@ -181,24 +181,46 @@ def test_clients_that_ask_again_when_answered_make_whole_batches_not_alternating
 
 
 def test_a_lone_client_is_not_kept_waiting_for_others():
-    calls, stamps = [], []
+    """A client alone is back as soon as it has its answer: its batch never waits for anyone else."""
+    calls = []
 
     def predict(records):
         calls.append(len(records))
-        stamps.append(time.perf_counter())
+        time.sleep(0.01)
         return np.zeros((len(records), 8), bool), np.zeros((len(records), 8))
 
     async def scenario():
         batcher = MicroBatcher(predict, max_batch_size=64, max_wait_ms=0)
         batcher.start()
-        for _ in range(50):
+        for _ in range(20):
             await batcher.predict([{"id": "x", "input": {"form": "a", "target": None}}])
         await batcher.close()
+        return batcher.waited_for_returns
 
-    asyncio.run(scenario())
-    assert calls == [1] * 50
-    # it comes back at once, so the window closes at once: far below RETURN_WINDOW_S per request
-    assert (stamps[-1] - stamps[0]) / 49 < RETURN_WINDOW_S / 2
+    waited = asyncio.run(scenario())
+    assert calls == [1] * 20 and waited == 0.0
+
+
+def test_clients_that_do_not_come_back_delay_a_batch_by_a_share_of_the_last_one_at_most():
+    calls = []
+
+    def predict(records):
+        calls.append(len(records))
+        time.sleep(0.04)
+        return np.zeros((len(records), 8), bool), np.zeros((len(records), 8))
+
+    async def scenario():
+        batcher = MicroBatcher(predict, max_batch_size=64, max_wait_ms=0)
+        batcher.start()
+        one = [{"id": "x", "input": {"form": "a", "target": None}}]
+        await asyncio.gather(*[batcher.predict(one) for _ in range(4)])  # 4 callers that never return
+        await batcher.predict(one)  # a newcomer: its batch waits for the 4, then gives up
+        await batcher.close()
+        return batcher.waited_for_returns
+
+    waited = asyncio.run(scenario())
+    assert calls == [1, 3, 1] or calls == [4, 1], calls
+    assert 0 < waited <= RETURN_SHARE * 0.04 * 1.5 + 0.005
 
 
 def _free_port() -> int:

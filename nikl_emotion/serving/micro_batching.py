@@ -2,9 +2,11 @@
 `max_batch_size` rows, then one forward pass per checkpoint serves them all. The model runs in one worker thread, so
 the event loop keeps answering (`/health`) while it computes, and requests never run the model at the same time.
 
-A batch also waits, briefly (`RETURN_WINDOW_S`), for the clients the last batch answered: a client that sends its
-next request when it gets its answer is back within a round trip, and a batch taken without it splits such clients
-into two halves that alternate (32 clients made batches of ~14-18 rows; BENCHMARKS.md, issue 47)."""
+A batch also waits for the clients the last batch answered: a client that sends its next request when it gets its
+answer is back within a round trip, and a batch taken without it splits such clients into two halves that alternate
+(32 clients made batches of ~15 rows; BENCHMARKS.md, issue 47). It waits until all of them are back, never longer
+than `RETURN_SHARE` of the time the last batch took to compute: a lone client is back at once, and clients that do
+not return (independent callers) delay a batch by at most that share."""
 
 from __future__ import annotations
 
@@ -17,13 +19,12 @@ import numpy as np
 
 __all__ = [
     "MicroBatcher",
-    "RETURN_WINDOW_S",
+    "RETURN_SHARE",
 ]
 
 
-# Longer than a loopback or LAN round trip of an HTTP client (~1 ms), short beside a forward pass (tens of ms); it
-# ends as soon as every client the last batch answered is back, so a lone client never waits for it.
-RETURN_WINDOW_S = 0.004
+# 32 clients were all back 15-45 ms after their answers, beside batches of 230-320 ms (2 cores, electra-mini x 5)
+RETURN_SHARE = 0.25
 
 
 @dataclass
@@ -42,8 +43,10 @@ class MicroBatcher:
         self._held: _Waiting | None = None  # a request that did not fit the last batch: it opens the next
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self._task: asyncio.Task | None = None
-        self._answered, self._answered_at = 0, 0.0  # the last batch's requests and when it answered them
+        # the last batch: its requests, when it answered them, how long it computed
+        self._answered, self._answered_at, self._computed = 0, 0.0, 0.0
         self.batches = self.rows = 0
+        self.waited_for_returns = 0.0  # seconds batches waited for the last batch's clients
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._serve())
@@ -69,6 +72,7 @@ class MicroBatcher:
         while True:
             batch = await self._collect(loop)
             records = [dict(r, id=str(i)) for i, r in enumerate(r for w in batch for r in w.records)]
+            started = loop.time()
             try:  # ids by position in the batch: two requests may use the same ids
                 decisions, probs = await loop.run_in_executor(self._executor, self._predict, records)
             except Exception as exc:  # noqa: BLE001 - a failed batch fails its requests, never the service
@@ -84,25 +88,21 @@ class MicroBatcher:
                     waiting.answer.set_result((decisions[start:end], probs[start:end]))
                 start = end
             self._answered, self._answered_at = len(batch), loop.time()
+            self._computed = self._answered_at - started
 
     async def _collect(self, loop) -> list[_Waiting]:
-        """The next batch: the first request waiting, then whoever arrives within the window and still fits; the
-        window stays open until the clients the last batch answered are back or `RETURN_WINDOW_S` has passed."""
+        """The next batch: the first request waiting, then whoever arrives within the window and still fits, and
+        the clients the last batch answered, until they are back."""
         first = self._held or await self._queue.get()
         self._held, batch, size = None, [first], len(first.records)
         company_until = loop.time() + self.max_wait
-        returned = int(first.arrived >= self._answered_at)
+        returns = _Returns(self._answered, self._answered_at, self._answered_at + RETURN_SHARE * self._computed)
+        returns.count(first)
         while size < self.max_batch_size:
-            if not self._queue.empty():
-                waiting = self._queue.get_nowait()
-            elif (left := self._wait_left(loop.time(), company_until, returned)) > 0:
-                try:
-                    waiting = await asyncio.wait_for(self._queue.get(), left)
-                except TimeoutError:
-                    break
-            else:
+            waiting = await self._next(loop, max(company_until, returns.wait_until()), company_until)
+            if waiting is None:
                 break
-            returned += waiting.arrived >= self._answered_at
+            returns.count(waiting)
             if size + len(waiting.records) > self.max_batch_size:
                 self._held = waiting
                 break
@@ -110,8 +110,32 @@ class MicroBatcher:
             size += len(waiting.records)
         return batch
 
-    def _wait_left(self, now: float, company_until: float, returned: int) -> float:
-        """Seconds the batch may still wait: for company (`max_wait_ms`), and for the last batch's clients while
-        some are not back."""
-        returns_until = self._answered_at + RETURN_WINDOW_S if returned < self._answered else now
-        return max(company_until, returns_until) - now
+    async def _next(self, loop, until: float, company_until: float) -> _Waiting | None:
+        """The next request waiting or arriving before `until`; None once it has passed."""
+        if not self._queue.empty():
+            return self._queue.get_nowait()
+        start = loop.time()
+        if until <= start:
+            return None
+        try:
+            return await asyncio.wait_for(self._queue.get(), until - start)
+        except TimeoutError:
+            return None
+        finally:  # the time past `max_wait_ms` is the returning clients'
+            self.waited_for_returns += max(0.0, loop.time() - max(start, company_until))
+
+
+@dataclass
+class _Returns:
+    """The clients the last batch answered, coming back: how many are expected, since when, until when."""
+
+    expected: int
+    since: float
+    cap: float
+    back: int = 0
+
+    def count(self, waiting: _Waiting) -> None:
+        self.back += waiting.arrived >= self.since
+
+    def wait_until(self) -> float:
+        return self.since if self.back >= self.expected else self.cap
