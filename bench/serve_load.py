@@ -126,7 +126,7 @@ def hostile(url: str) -> dict:
 
 def baselines(folder: str, rows_path: str, bodies: list[dict], requests: int) -> dict:
     """The forward passes alone of one row (p50 over `requests` rows, in this process) and `inference.py --run`'s
-    rows/s on the rows file (from its log line, process start excluded)."""
+    rows/s on the rows file (from its log line, process start excluded; `--checkpoint` for a best/)."""
     sys.path.insert(0, str(ROOT / "bench"))
     from predict_overhead import measure
 
@@ -137,8 +137,11 @@ def baselines(folder: str, rows_path: str, bodies: list[dict], requests: int) ->
     served.predict(bodies[:8])
     one_row = measure(served, [[bodies[i % len(bodies)]] for i in range(requests)])
     del served
+    from nikl_emotion.folders.folder_kind import folder_kind
+
+    which = "--checkpoint" if folder_kind(folder) == "checkpoint" else "--run"  # a best/ is no run
     with tempfile.TemporaryDirectory() as scratch:
-        command = [sys.executable, "inference.py", "--run", folder, "--input", rows_path]
+        command = [sys.executable, "inference.py", which, folder, "--input", rows_path]
         command += ["--output", os.path.join(scratch, "out.jsonl")]
         log = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True).stderr
     rate = re.search(r"predicted (\d+) rows .* \((\d+) rows/s", log)
