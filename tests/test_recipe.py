@@ -194,3 +194,12 @@ def test_the_recipe_refuses_before_any_work(tmp_path):
     (run / "config.yaml").write_text("num_folds: 2\n", encoding="utf-8")
     result = run_cli("recipe.py", data, *small, "--output_dir", run, check=False)
     assert result.returncode == 1 and "holds a train.py run, not a recipe.py folder" in result.stderr
+    # a second recipe started on the folder one is running in: refused at once, naming the holder
+    from nikl_emotion.base.locking import exclusive
+    from nikl_emotion.folders.run_folder import RecipeFolder
+
+    busy = tmp_path / "busy"
+    with exclusive(RecipeFolder(str(busy)).lock, str(busy)):
+        result = run_cli("recipe.py", data, *small, "--output_dir", busy, check=False)
+    assert result.returncode == 1 and "is in use by another process" in result.stderr, result.stderr[-2000:]
+    assert sorted(p.name for p in busy.iterdir() if not p.name.startswith(".")) == []
