@@ -152,73 +152,70 @@ def test_micro_batcher_batches_within_its_window_and_survives_a_failed_batch():
     asyncio.run(scenario())
 
 
-def test_clients_that_ask_again_when_answered_make_whole_batches_not_alternating_halves():
-    """32 clients, each sending its next one-row request as soon as it has its answer, and a model that takes a
-    while: without waiting for the answered clients, the requests that arrived during a batch form the next one
-    while the others are on their way back, and the batches settle at about half the clients each."""
-    calls = []
+ONE_ROW = [{"id": "x", "input": {"form": "a", "target": None}}]
+
+
+def slow_model(seconds: float) -> tuple[list[int], object]:
+    """A model that takes `seconds` a batch, and the list of its batches' sizes."""
+    calls: list[int] = []
 
     def predict(records):
         calls.append(len(records))
-        time.sleep(0.01)
+        time.sleep(seconds)
         return np.zeros((len(records), 8), bool), np.zeros((len(records), 8))
 
-    async def client(batcher, index):
-        for _ in range(10):
-            await batcher.predict([{"id": "x", "input": {"form": "a", "target": None}}])
-            # the answer's way back and the next request's way in, some clients slower than others (0.2-1.8 ms)
-            await asyncio.sleep(0.0002 + 0.00005 * index)
+    return calls, predict
+
+
+def serve_with(predict, clients) -> float:
+    """Run `clients(batcher)` against a batcher of `predict`; the seconds its batches waited for returning clients."""
 
     async def scenario():
         batcher = MicroBatcher(predict, max_batch_size=64, max_wait_ms=0)
         batcher.start()
-        await asyncio.gather(*[client(batcher, index) for index in range(32)])
+        await clients(batcher)
         await batcher.close()
+        return batcher.waited_for_returns
 
-    asyncio.run(scenario())
+    return asyncio.run(scenario())
+
+
+def test_clients_that_ask_again_when_answered_make_whole_batches_not_alternating_halves():
+    """32 clients, each sending its next one-row request as soon as it has its answer, and a model that takes a
+    while: without waiting for the answered clients, the requests that arrived during a batch form the next one
+    while the others are on their way back, and the batches settle at about half the clients each."""
+    calls, predict = slow_model(0.01)
+
+    async def client(batcher, index):
+        for _ in range(10):
+            await batcher.predict(ONE_ROW)
+            # the answer's way back and the next request's way in, some clients slower than others (0.2-1.8 ms)
+            await asyncio.sleep(0.0002 + 0.00005 * index)
+
+    serve_with(predict, lambda batcher: asyncio.gather(*[client(batcher, index) for index in range(32)]))
     assert sum(calls) == 320
     assert sum(calls[1:-1]) / len(calls[1:-1]) > 28, calls  # before: [1, 31, 1, 31, ...] or halves of ~16
 
 
 def test_a_lone_client_is_not_kept_waiting_for_others():
     """A client alone is back as soon as it has its answer: its batch never waits for anyone else."""
-    calls = []
+    calls, predict = slow_model(0.01)
 
-    def predict(records):
-        calls.append(len(records))
-        time.sleep(0.01)
-        return np.zeros((len(records), 8), bool), np.zeros((len(records), 8))
-
-    async def scenario():
-        batcher = MicroBatcher(predict, max_batch_size=64, max_wait_ms=0)
-        batcher.start()
+    async def one_client(batcher):
         for _ in range(20):
-            await batcher.predict([{"id": "x", "input": {"form": "a", "target": None}}])
-        await batcher.close()
-        return batcher.waited_for_returns
+            await batcher.predict(ONE_ROW)
 
-    waited = asyncio.run(scenario())
-    assert calls == [1] * 20 and waited == 0.0
+    assert serve_with(predict, one_client) == 0.0 and calls == [1] * 20
 
 
 def test_clients_that_do_not_come_back_delay_a_batch_by_a_share_of_the_last_one_at_most():
-    calls = []
+    calls, predict = slow_model(0.04)
 
-    def predict(records):
-        calls.append(len(records))
-        time.sleep(0.04)
-        return np.zeros((len(records), 8), bool), np.zeros((len(records), 8))
+    async def callers(batcher):
+        await asyncio.gather(*[batcher.predict(ONE_ROW) for _ in range(4)])  # 4 callers that never return
+        await batcher.predict(ONE_ROW)  # a newcomer: its batch waits for the 4, then gives up
 
-    async def scenario():
-        batcher = MicroBatcher(predict, max_batch_size=64, max_wait_ms=0)
-        batcher.start()
-        one = [{"id": "x", "input": {"form": "a", "target": None}}]
-        await asyncio.gather(*[batcher.predict(one) for _ in range(4)])  # 4 callers that never return
-        await batcher.predict(one)  # a newcomer: its batch waits for the 4, then gives up
-        await batcher.close()
-        return batcher.waited_for_returns
-
-    waited = asyncio.run(scenario())
+    waited = serve_with(predict, callers)
     assert calls == [1, 3, 1] or calls == [4, 1], calls
     assert 0 < waited <= RETURN_SHARE * 0.04 * 1.5 + 0.005
 
