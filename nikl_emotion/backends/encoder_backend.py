@@ -88,7 +88,8 @@ class EncoderBackend(FoldBackend):
         return True
 
     def search_trials(self) -> SearchTrials | None:
-        from nikl_emotion.backends.encoder_search import EncoderSearchTrials  # these abilities train: imported then
+        # each ability is imported when asked for: a process that only predicts needs none of them
+        from nikl_emotion.backends.encoder_search import EncoderSearchTrials
 
         return EncoderSearchTrials(self)
 
