@@ -3,7 +3,8 @@
 # the predicted file (so recipe.json scores the stack on it, once, at the end) and the test file's text is only text
 # for post-training, as bench/offline_recipe.sh did with its five commands.
 # Usage: bash bench/recipe_hour.sh [MINUTES] [SEED]   (reads ../shared/data/nikluge-ea-2023 or $NIKL_DATA)
-#   writes outputs/recipe-MINUTESm-sSEED (its recipe.json, the plan table on stdout) and the wall time of the command.
+#   writes outputs/recipe-MINUTESm-sSEED (its recipe.json, the plan table on stdout) and the wall time of the command;
+#   $RECIPE_OUT names another output folder (bench/recipe_under_load.py uses it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${NIKL_DATA:-../shared/data/nikluge-ea-2023}
@@ -14,7 +15,7 @@ mkdir -p "$FOLDER"
 ln -sf "$(realpath "$DATA/train.jsonl")" "$FOLDER/train.jsonl"
 ln -sf "$(realpath "$DATA/dev.jsonl")" "$FOLDER/dev.jsonl"
 ln -sf "$(realpath "$DATA/test.jsonl")" "$FOLDER/test-text.jsonl"   # not test.jsonl: dev is the predicted file
-OUT=outputs/recipe-${MINUTES}m-s$SEED
+OUT=${RECIPE_OUT:-outputs/recipe-${MINUTES}m-s$SEED}
 start=$(date +%s.%N)
 python recipe.py "$FOLDER" --minutes "$MINUTES" --seed "$SEED" --output_dir "$OUT"
 end=$(date +%s.%N)
