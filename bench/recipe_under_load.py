@@ -31,8 +31,8 @@ def stage_status(record_path: str, stage: str) -> str | None:
 
 def hog_stage(recipe: subprocess.Popen, record_path: str, stage: str, args) -> dict | None:
     """Wait for `stage` to run, then hog the CPU while it does; None when the recipe ended first."""
-    while stage_status(record_path, stage) != "running":
-        if recipe.poll() is not None or stage_status(record_path, stage) == "done":
+    while (status := stage_status(record_path, stage)) != "running":
+        if status == "done" or recipe.poll() is not None:
             return None
         time.sleep(1.0)
     began = time.monotonic()
