@@ -117,3 +117,47 @@ def test_a_dtype_that_cannot_apply_to_an_ngram_model_is_said_not_silently_ignore
         "--dtype bf16 does not apply to an n-gram model (no weights in a dtype); ignored for it"
     ]
     np.testing.assert_array_equal(auto, bf16)
+
+
+def test_the_context_view_reads_the_characters_around_the_target(tmp_path):
+    from nikl_emotion.backends.ngram import _CONTEXT_CHARS, _columns
+
+    text = "어제 본 영화가 정말 지루해서 화가 났다 그래도 배우는 좋았다"
+    begin = text.index("영화")
+    rows = [
+        nikl_row("a", form=text, target=("영화", begin, begin + 2), labels=("anger",)),
+        nikl_row("b", form="그냥 그렇다", target=None, labels=("joy",)),
+    ]
+    table = load_jsonl(write_jsonl(tmp_path / "t.jsonl", rows))
+    columns = _columns(table, {"left": None, "right": None})
+    assert columns["left"] == [text[max(0, begin - _CONTEXT_CHARS) : begin], ""]
+    assert columns["right"] == [text[begin + 2 : begin + 2 + _CONTEXT_CHARS], ""]
+    assert columns["target"] == ["영화", ""] and "morphemes" not in columns
+
+
+def test_the_two_views_are_different_models_that_save_and_load(tmp_path):
+    train, dev = load_jsonl(SAMPLE_TRAIN), load_jsonl(SAMPLE_DEV)
+    context = NgramClassifier(features="context").fit(train)
+    assert list(context.vectorizers) == ["text", "left", "right", "target"]
+    probs = context.predict_proba(dev)
+    assert probs.shape == (len(dev), 8) and not np.allclose(probs, NgramClassifier().fit(train).predict_proba(dev))
+    context.save(tmp_path / "best")
+    info = json.loads((tmp_path / "best" / "ngram.json").read_text(encoding="utf-8"))
+    assert info["model"] == "ngram:context"
+    np.testing.assert_array_equal(NgramClassifier.load(tmp_path / "best").predict_proba(dev), probs)
+
+
+def test_a_model_saved_before_the_views_loads_and_predicts_as_it_did(tmp_path):
+    import joblib
+
+    train, dev = load_jsonl(SAMPLE_TRAIN), load_jsonl(SAMPLE_DEV)
+    model = NgramClassifier().fit(train)
+    expected = model.predict_proba(dev)
+    old = NgramClassifier.__new__(NgramClassifier)  # the attributes the class kept before `features`
+    old.__dict__.update({"c": model.c, "max_features": model.max_features, "seed": model.seed, "morphemes": True})
+    old.__dict__.update({f"{name}_features": model.vectorizers[name] for name in ("text", "target")})
+    old.__dict__.update({"morpheme_features": model.vectorizers["morphemes"], "models": model.models})
+    joblib.dump(old, tmp_path / "old.joblib")
+    loaded = joblib.load(tmp_path / "old.joblib")
+    assert loaded.features == "tfidf" and list(loaded.vectorizers) == ["text", "morphemes", "target"]
+    np.testing.assert_array_equal(loaded.predict_proba(dev), expected)

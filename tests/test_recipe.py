@@ -54,6 +54,11 @@ def small_configs(tmp_path) -> list[str]:
     return options
 
 
+def log_tail(log) -> str:
+    log.seek(0)
+    return log.read()[-3000:]
+
+
 def data_dir(tmp_path):
     folder = tmp_path / "data"
     folder.mkdir()
@@ -73,29 +78,35 @@ def test_the_readme_recipe_plans_its_minutes_and_resumes_after_a_kill(tmp_path):
     recipe += small_configs(tmp_path)
 
     # killed once fine-tuning's first fold is done
-    process = subprocess.Popen([sys.executable, *recipe], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = open(tmp_path / "killed.log", "w+", encoding="utf-8")  # not a pipe: one nobody reads fills and blocks it
+    process = subprocess.Popen([sys.executable, *recipe], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
     first_fold = out / "fine-tune" / "fold_0" / "done.json"
     deadline = time.time() + 400
     try:
         while time.time() < deadline and process.poll() is None and not first_fold.exists():
             time.sleep(0.05)
-        assert process.poll() is None, f"the recipe ended before it could be killed: {process.stderr.read()[-3000:]}"
+        assert process.poll() is None, f"the recipe ended before it could be killed: {log_tail(log)}"
         assert first_fold.exists(), "fine-tuning's first fold did not finish in time"
         process.send_signal(signal.SIGKILL)
     finally:
+        process.kill()  # a failed wait above leaves no recipe running
         process.wait(timeout=60)
+        log.close()
     killed = json.loads((out / "recipe.json").read_text(encoding="utf-8"))
     assert killed["stages"]["fine_tune"]["status"] == "running" and not (out / "stack").exists()
-    assert [killed["stages"][name]["status"] for name in ("calibration", "ngram", "post_train")] == ["done"] * 3
+    done_before = ("calibration", "ngram", "ngram_context", "post_train")
+    assert [killed["stages"][name]["status"] for name in done_before] == ["done"] * 4
 
     resumed = run_cli(*recipe)
-    for skipped in ("recipe: ngram already done", "recipe: post_train already done", "fold 0: already complete"):
+    for skipped in ("ngram", "ngram_context", "post_train"):
+        assert f"recipe: {skipped} already done" in resumed.stderr
+    for skipped in ("fold 0: already complete",):
         assert skipped in resumed.stderr
     record = json.loads((out / "recipe.json").read_text(encoding="utf-8"))
     stages = record["stages"]
     assert record["resumed"] and all(stage["status"] == "done" for stage in stages.values())
-    assert list(stages) == ["calibration", "ngram", "post_train", "fine_tune", "stack"]
-    for name in ("ngram", "calibration", "post_train"):  # spent before the kill, not again
+    assert list(stages) == ["calibration", "ngram", "ngram_context", "post_train", "fine_tune", "stack"]
+    for name in done_before:  # spent before the kill, not again
         assert stages[name]["seconds"] == killed["stages"][name]["seconds"]
     # each budgeted stage ran on the seconds the plan gave it
     post_train = json.loads((out / "post-train" / "post_train.json").read_text(encoding="utf-8"))
@@ -110,6 +121,11 @@ def test_the_readme_recipe_plans_its_minutes_and_resumes_after_a_kill(tmp_path):
     assert plan["measured"]["seconds_per_step"] > 0 and plan["seconds"] > 0
     assert "total" in resumed.stdout and "stack: nested OOF micro-F1" in resumed.stdout
     assert record["scores"]["stack_nested_oof"] > 0
+    stack = json.loads((out / "stack" / "stack.json").read_text(encoding="utf-8"))
+    members = [str(out / name) for name in ("fine-tune", "ngram", "ngram-context")]  # both n-gram views
+    assert [name for name in stack["oof_scores"] if name.startswith(str(out))] == members
+    context = out / "ngram-context" / "fold_0" / "best" / "ngram.json"
+    assert json.loads(context.read_text(encoding="utf-8"))["model"] == "ngram:context"
 
     again = run_cli(*recipe)  # rerun = resume: nothing left to do, the figures kept
     assert "recipe: stack already done" in again.stderr

@@ -67,66 +67,89 @@ def is_ngram_folder(folder: str) -> bool:
     return os.path.isfile(os.path.join(folder, NGRAM_MODEL_FILE))
 
 
-class NgramClassifier:
-    """TF-IDF over the text's character 1-4-grams (within word boundaries), over its morpheme 1-2-grams (`form/TAG`
-    from kiwipiepy, `morphemes`) and over the target's character 1-3-grams, then an
-    L2 logistic regression per label. A label absent (or always present) in the training rows gets its constant
-    rate instead of a regression, which cannot be fitted on one class."""
+_CONTEXT_CHARS = 16  # the characters each side of the target that ngram:context's window blocks read
 
-    def __init__(self, c: float = 4.0, max_features: int = 300_000, seed: int = 42, morphemes: bool = True):
+
+def _tfidf(analyzer: str, ngram_range: tuple[int, int], min_df: int = 1, max_features: int | None = None):
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    if analyzer == "word":  # morpheme strings: `form/TAG` tokens split on spaces, tags kept as written
+        return TfidfVectorizer(
+            analyzer="word", token_pattern=r"\S+", lowercase=False, ngram_range=ngram_range, min_df=min_df,
+            sublinear_tf=True, max_features=max_features, dtype=np.float32,
+        )  # fmt: skip
+    return TfidfVectorizer(
+        analyzer=analyzer, ngram_range=ngram_range, min_df=min_df, sublinear_tf=True, max_features=max_features,
+        dtype=np.float32,
+    )  # fmt: skip
+
+
+def _feature_blocks(features: str, max_features: int, morphemes: bool) -> dict:
+    """Each block's vectorizer by the column it reads (`_columns`), in the matrix's order."""
+    if features == "context":  # the text across word boundaries and the words on each side of the target
+        return {
+            "text": _tfidf("char", (2, 5), 2, max_features),
+            "left": _tfidf("char_wb", (1, 3), 2),
+            "right": _tfidf("char_wb", (1, 3), 2),
+            "target": _tfidf("char_wb", (1, 3)),
+        }
+    blocks = {"text": _tfidf("char_wb", (1, 4), 2, max_features)}
+    if morphemes:
+        blocks["morphemes"] = _tfidf("word", (1, 2), 2, max_features)
+    return {**blocks, "target": _tfidf("char_wb", (1, 3))}
+
+
+def _columns(rows: RowTable, names) -> dict[str, list[str]]:
+    """The strings each block reads: the text, its morphemes, the target and the text's `_CONTEXT_CHARS` on its
+    left and right (empty without a target)."""
+    texts, targets = (arrow_column(rows, name).to_pylist() for name in ("text", "target"))
+    columns = {"text": texts, "target": [target or "" for target in targets]}
+    if "morphemes" in names:
+        from nikl_emotion.text.morphemes import morpheme_strings
+
+        columns["morphemes"] = morpheme_strings(texts)
+    if "left" in names or "right" in names:
+        begins, ends = (arrow_column(rows, name).to_pylist() for name in ("target_begin", "target_end"))
+        spans = [(None, None) if b is None else (b, e) for b, e in zip(begins, ends)]
+        columns["left"] = ["" if b is None else t[max(0, b - _CONTEXT_CHARS) : b] for t, (b, _) in zip(texts, spans)]
+        columns["right"] = ["" if e is None else t[e : e + _CONTEXT_CHARS] for t, (_, e) in zip(texts, spans)]
+    return columns
+
+
+class NgramClassifier:
+    """TF-IDF blocks of the cleaned row, then an L2 logistic regression per label. `features` "tfidf": the text's
+    character 1-4-grams (within word boundaries), its morpheme 1-2-grams (`form/TAG` from kiwipiepy, `morphemes`)
+    and the target's character 1-3-grams; "context": the text's character 2-5-grams across word boundaries, the
+    character 1-3-grams of the `_CONTEXT_CHARS` on each side of the target, and the target's (a second view of
+    the row, for a stack). A label absent (or always present) in the training rows gets its constant rate instead
+    of a regression, which cannot be fitted on one class."""
+
+    def __init__(
+        self, c: float = 4.0, max_features: int = 300_000, seed: int = 42, morphemes: bool = True, features="tfidf"
+    ):
         self.c, self.max_features, self.seed, self.morphemes = c, max_features, seed, morphemes
-        self.text_features = self.target_features = self.morpheme_features = None
+        self.features, self.vectorizers = features, {}
         self.models: list = []
 
-    @staticmethod
-    def _columns(rows: RowTable) -> tuple[list[str], list[str]]:
-        texts, targets = (arrow_column(rows, name).to_pylist() for name in ("text", "target"))
-        return texts, [target or "" for target in targets]
+    def __setstate__(self, state: dict) -> None:
+        """Models saved before `features` kept their three vectorizers as attributes: read them as blocks."""
+        if "vectorizers" not in state:
+            named = (("text", "text_features"), ("morphemes", "morpheme_features"), ("target", "target_features"))
+            state["vectorizers"] = {name: state[key] for name, key in named if state.get(key) is not None}
+            state["features"] = "tfidf"
+        self.__dict__.update(state)
 
     def _features(self, rows: RowTable, fit: bool = False):
         """The feature matrix of cleaned rows; with `fit`, the vectorizers are fitted on them first (in one pass)."""
         from scipy.sparse import hstack
-        from sklearn.feature_extraction.text import TfidfVectorizer
 
-        texts, targets = self._columns(rows)
         if fit:
-            self.text_features = TfidfVectorizer(
-                analyzer="char_wb",
-                ngram_range=(1, 4),
-                min_df=2,
-                sublinear_tf=True,
-                max_features=self.max_features,
-                dtype=np.float32,
-            )
-            # data without targets (all null, e.g. KOTE) has no target block
-            self.target_features = (
-                TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 3), sublinear_tf=True, dtype=np.float32)
-                if any(targets)
-                else None
-            )
-            self.morpheme_features = (
-                TfidfVectorizer(
-                    analyzer="word",
-                    token_pattern=r"\S+",
-                    lowercase=False,
-                    ngram_range=(1, 2),
-                    min_df=2,
-                    sublinear_tf=True,
-                    max_features=self.max_features,
-                    dtype=np.float32,
-                )
-                if self.morphemes
-                else None
-            )
+            self.vectorizers = _feature_blocks(self.features, self.max_features, self.morphemes)
+        columns = _columns(rows, self.vectorizers)
+        if fit and not any(columns["target"]):  # data without targets (all null, e.g. KOTE) has no target block
+            self.vectorizers.pop("target")
         transform = "fit_transform" if fit else "transform"
-        blocks = [getattr(self.text_features, transform)(texts)]
-        if getattr(self, "morpheme_features", None) is not None:  # models saved before the morpheme block have none
-            from nikl_emotion.text.morphemes import morpheme_strings
-
-            blocks.append(getattr(self.morpheme_features, transform)(morpheme_strings(texts)))
-        if self.target_features is not None:
-            blocks.append(getattr(self.target_features, transform)(targets))
-        return hstack(blocks).tocsr()
+        return hstack([getattr(v, transform)(columns[name]) for name, v in self.vectorizers.items()]).tocsr()
 
     def fit(self, rows: Dataset) -> NgramClassifier:
         """Fit on cleaned rows (`text`, `target`, `labels`)."""
@@ -155,7 +178,12 @@ class NgramClassifier:
         joblib.dump(self, os.path.join(folder, NGRAM_MODEL_FILE))
         write_json_atomic(
             os.path.join(folder, NGRAM_INFO_FILE),
-            {"model": "ngram:tfidf", "labels": list(LABELS), "c": self.c, "max_features": self.max_features},
+            {
+                "model": NGRAM_PREFIX + self.features,
+                "labels": list(LABELS),
+                "c": self.c,
+                "max_features": self.max_features,
+            },
         )
 
     @classmethod
@@ -186,10 +214,10 @@ class NgramRuntime:
         return self.model.predict_proba(cleaned)
 
 
-def train_ngram(train_rows: Dataset, seed: int) -> tuple[NgramClassifier, float]:
+def train_ngram(train_rows: Dataset, seed: int, features: str = "tfidf") -> tuple[NgramClassifier, float]:
     """(the fitted model, seconds)."""
     start = time.perf_counter()
-    model = NgramClassifier(seed=seed).fit(train_rows)
+    model = NgramClassifier(seed=seed, features=features).fit(train_rows)
     return model, time.perf_counter() - start
 
 
@@ -197,7 +225,8 @@ def train_ngram_fold(settings: RunSettings, data: FoldData, folder: FoldFolder |
     """The n-gram member's fold: fit on the fold's cleaned training rows, predict its validation and test rows, and
     write the same files as an encoder's fold (best/ holds the fitted model)."""
     folder = folder or RunFolder(settings.training.output_dir).fold(data.fold)
-    model, seconds = train_ngram(data.train_rows, settings.training.seed)
+    features = settings.model.model_name_or_path[len(NGRAM_PREFIX) :]
+    model, seconds = train_ngram(data.train_rows, settings.training.seed, features)
     val_rows = data.val_rows
     val_probs = model.predict_proba(val_rows)
     test_probs = model.predict_proba(data.encoded_test) if data.encoded_test is not None else None

@@ -108,7 +108,8 @@ class ModelArguments:
         metadata={
             "help": "Hub name (e.g. beomi/KcELECTRA-base-v2022), local checkpoint, "
             "offline:<bert|electra>-<tiny|mini|small>, "
-            "or ngram:tfidf (char n-gram TF-IDF + logistic regression, no encoder)."
+            "or ngram:tfidf / ngram:context (n-gram TF-IDF + logistic regression, no encoder; context: the "
+            "target's surrounding characters as their own features)."
         },
     )
     offline_vocab_size: int = field(

@@ -48,7 +48,7 @@ DEFAULT_STRATEGY, DEFAULT_VOTE_RULE, DEFAULT_VOTE_TIE, DEFAULT_DECISION_MODE = "
 OFFLINE_PREFIX = "offline:"  # offline:<arch>-<size>: an encoder with a tokenizer trained here on the task's text
 OFFLINE_ARCHS = ("bert", "electra")
 NGRAM_PREFIX = "ngram:"  # ngram:<features>: the features (TF-IDF) and a logistic regression per label, no encoder
-NGRAM_FEATURES = ("tfidf",)
+NGRAM_FEATURES = ("tfidf", "context")  # backends/ngram.py: two views of a row
 
 INPUT_FORMATS = ("pair", "marker", "prompt", "text", "instruction")  # encoding.py: how the target is shown to the model
 # `instruction`: one string from `input_template` (a decoder reads it, then the label comes from its last token)

@@ -319,9 +319,10 @@ class RecipeFolder:
         return os.path.join(self.root, name)
 
     record = property(lambda self: self._path("recipe.json"))  # rewritten after every stage
-    ngram = property(lambda self: self._path("ngram"))  # train.py, the n-gram member
+    ngram = property(lambda self: self._path("ngram"))  # train.py, the n-gram member of --ngram_config
+    ngram_context = property(lambda self: self._path("ngram-context"))  # the same on ngram:context, the other view
     calibration = property(lambda self: self._path(".calibration"))  # a fold's costs measured; deleted after
     post_train = property(lambda self: self._path("post-train"))  # post_train.py's backbone
     fine_tune = property(lambda self: self._path("fine-tune"))  # train.py, the K-fold fine-tuning of it
-    stack = property(lambda self: self._path("stack"))  # ensemble.py --strategy stack of the two runs
+    stack = property(lambda self: self._path("stack"))  # ensemble.py --strategy stack of the three runs
     lock = property(lambda self: self._path(".recipe.lock"))  # one recipe per folder at a time

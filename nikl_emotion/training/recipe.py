@@ -1,11 +1,12 @@
-"""The offline recipe as one command that plans its minutes (`nikl-emotion recipe DATA_DIR --minutes 60`): the n-gram
-member, post-training, K-fold fine-tuning of the post-trained backbone and the stack of the two runs, each stage the
-command a user would run (`train.py`, `post_train.py`, `train.py`, `ensemble.py --strategy stack`) in its own folder
-under OUT, on its own clock. recipe_plan.py plans the minutes; OUT/recipe.json keeps the plan and what each stage
+"""The offline recipe as one command that plans its minutes (`nikl-emotion recipe DATA_DIR --minutes 60`): two n-gram
+members (--ngram_config's, and the same config on `ngram:context`, the row's other view), post-training, K-fold
+fine-tuning of the post-trained backbone and the stack of the three runs, each stage the command a user would run
+(`train.py`, `post_train.py`, `train.py`, `ensemble.py --strategy stack`) in its own folder under OUT, on its own
+clock. recipe_plan.py plans the minutes; OUT/recipe.json keeps the plan and what each stage
 spent, rewritten after every stage.
 
 Order: one fold of fine-tuning measured on this machine (the calibration: a budget that fine-tuning alone exceeds
-is refused within a minute), the n-gram member (its seconds measured, not planned), then post-training on the rest
+is refused within a minute), the n-gram members (their seconds measured, not planned), then post-training on the rest
 of the budget, fine-tuning on the seconds left until the end less the stack's, and the stack. A stage whose output
 exists is skipped, so a rerun resumes: a killed stage continues as its command does (post-training from its last
 checkpoint with the minutes it was given, fine-tuning with its finished folds kept), and a resumed recipe's minutes
@@ -45,6 +46,7 @@ from nikl_emotion.training.recipe_plan import (
 )
 
 __all__ = [
+    "CONTEXT_VIEW",
     "RecipeRequest",
     "RecipeFiles",
     "find_recipe_files",
@@ -53,6 +55,10 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+# the second n-gram member: the row's other view (the target's surroundings), which the stack uses beside the first
+# (BENCHMARKS.md, issue 50: on NIKL the two views stack to nested OOF 0.777 against 0.763 for one, chosen on OOF)
+CONTEXT_VIEW = "ngram:context"
 
 
 @dataclass(frozen=True)
@@ -128,8 +134,10 @@ def stage_commands(request: RecipeRequest, files: RecipeFiles, budgets: dict) ->
             *("train.py", request.fine_tune_config, "--model_name_or_path", folder.post_train, *runs),
             *("--output_dir", folder.fine_tune, "--time_budget_minutes", _minutes(budgets.get("fine_tune", 1.0))),
         ],
-        "stack": ["ensemble.py", "--runs", folder.fine_tune, folder.ngram, "--strategy", "stack"],
+        "stack": ["ensemble.py", "--runs", folder.fine_tune, folder.ngram, folder.ngram_context, "--strategy", "stack"],
     }
+    commands["ngram_context"] = [*commands["ngram"], "--model_name_or_path", CONTEXT_VIEW]
+    commands["ngram_context"][commands["ngram_context"].index(folder.ngram)] = folder.ngram_context
     commands["stack"] += ["--output_dir", folder.stack]
     backbone = budgets.get("backbone")
     if backbone is not None:  # one fold of fine-tuning, on the architecture post-training will save
@@ -177,8 +185,9 @@ def _run_stages(request: RecipeRequest, files: RecipeFiles, settings: dict, ledg
         ledger.run("calibration", lambda: False, None, "one fold of fine-tuning measured on this machine")
         ledger.call("calibration", lambda: _calibrate(settings["calibration"], folder.calibration, ledger))
     how = "measured: it runs before the plan"
-    ledger.run("ngram", lambda: os.path.isfile(RunFolder(folder.ngram).summary), None, how)
-    ledger.call("ngram", lambda: run_training(settings["ngram"]))
+    for name, run in (("ngram", folder.ngram), ("ngram_context", folder.ngram_context)):
+        ledger.run(name, lambda run=run: os.path.isfile(RunFolder(run).summary), None, how)
+        ledger.call(name, lambda name=name: run_training(settings[name]))
     plan = record["fine_tuning_plan"]
     stack = stack_seconds(ledger.seconds_of("ngram", RunFolder(folder.ngram)))
     budgets = record.setdefault("budgets", {})
@@ -193,7 +202,7 @@ def _run_stages(request: RecipeRequest, files: RecipeFiles, settings: dict, ledg
     how = f"every epoch at the measured costs ({every:.0f} s), at most {FINE_TUNE_SHARE:.0%} of the budget"
     ledger.run("fine_tune", lambda: os.path.isfile(RunFolder(folder.fine_tune).summary), budgets.get("fine_tune"), how)
     ledger.call("fine_tune", lambda: run_training(_parse_run(stage_commands(request, files, budgets)["fine_tune"])))
-    how = f"{STACK_PER_NGRAM} of the n-gram member's seconds"
+    how = f"{STACK_PER_NGRAM} of the first n-gram member's seconds"
     ledger.run("stack", lambda: os.path.isfile(StackFolder(folder.stack).stack), stack, how)
     ledger.call("stack", lambda: _stack(folder))
 
@@ -305,6 +314,7 @@ def _checked_settings(request: RecipeRequest, files: RecipeFiles) -> dict:
     backbone["offline_vocab_size"] = post_train.model.offline_vocab_size
     calibration = _parse_run(stage_commands(request, files, {"backbone": backbone})["calibration"])
     ngram = _parse_run(stage_commands(request, files, {})["ngram"])
+    ngram_context = _parse_run(stage_commands(request, files, {})["ngram_context"])
     for field in dataclasses.fields(PreprocessingArguments):
         ours, theirs = getattr(post_train.data, field.name), getattr(calibration.data, field.name)
         if ours != theirs:
@@ -325,7 +335,7 @@ def _checked_settings(request: RecipeRequest, files: RecipeFiles) -> dict:
 
     refusal = "{backend} cannot be the recipe's fine-tuning: its folds' costs cannot be measured before they train"
     offered(backend_for(calibration.model.model_name_or_path), "cost_meter", refusal)
-    return {"calibration": calibration, "ngram": ngram}
+    return {"calibration": calibration, "ngram": ngram, "ngram_context": ngram_context}
 
 
 def _parse_run(command: list[str]) -> RunSettings:
@@ -381,7 +391,8 @@ def _calibrate(settings: RunSettings, scratch: str, ledger: _Ledger) -> None:
 def _stack(folder: RecipeFolder) -> None:
     from nikl_emotion.runs.stack_run import stack_files
 
-    stack_files([folder.fine_tune, folder.ngram], None, DecisionRule(), choose=True, output_dir=folder.stack)
+    runs = [folder.fine_tune, folder.ngram, folder.ngram_context]
+    stack_files(runs, None, DecisionRule(), choose=True, output_dir=folder.stack)
 
 
 def _scores(folder: RecipeFolder, files: RecipeFiles) -> dict:

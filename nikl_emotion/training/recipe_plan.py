@@ -1,8 +1,8 @@
-"""The recipe's plan of its minutes: what fine-tuning, the n-gram member and the stack will cost on this machine, and
+"""The recipe's plan of its minutes: what fine-tuning, the n-gram members and the stack will cost on this machine, and
 post-training given the rest less a stated margin (`recipe.py`; the stages run on their own clocks as their commands
 do).
 
-- The n-gram member runs first: its cost is its seconds, measured, not planned.
+- The n-gram members run first: their cost is their seconds, measured, not planned.
 - Fine-tuning's cost is counted from one fold's parts measured on this machine (its backend's `CostMeter`: an
   optimizer step, a predicted row, a checkpoint save, the fold's model built) times the fold's counts (its epochs'
   steps, the choosing rows evaluated each epoch, the validation and test rows predicted at its end), plus the run's
@@ -11,8 +11,9 @@ do).
   its folds' schedules then run compressed onto their seconds (`time_budget_minutes`), the split of the hour
   adopted on OOF before (36 of 60 minutes, ~3.9 of 6 epochs: as good as early stopping's 4-6, BENCHMARKS.md issue
   36). A faster machine fine-tunes every epoch and gives post-training everything else.
-- The stack's cost is a share of the n-gram member's (`STACK_PER_NGRAM`): both fit per-label logistic regressions on
-  the same out-of-fold rows and choose a decision rule on them.
+- The stack's cost is a share of the first n-gram member's (`STACK_PER_NGRAM`): both fit per-label logistic
+  regressions on the same out-of-fold rows and choose a decision rule on them (a third run adds two inputs to each
+  label's regression, not rows).
 - Post-training gets the rest, less `margin_seconds` (what a plan cannot see: Python's start, a stage's last save).
 """
 
