@@ -18,6 +18,7 @@ from nikl_emotion.backends.budget_clock import SAFETY
 from nikl_emotion.backends.fold_backend import FoldCost
 from nikl_emotion.base.errors import PipelineError
 from nikl_emotion.training.recipe_plan import (
+    EPOCHS_SHARE,
     FINE_TUNE_SHARE,
     FoldCounts,
     fine_tuning_plan,
@@ -148,10 +149,14 @@ def test_the_fine_tuning_plan_counts_every_epoch_at_the_measured_costs():
     per_fold = 2 + 6 * 30 * 0.2 + (6 * 700 + 1800) * 0.001 + (6 + 2) * 0.5
     assert plan["steps_per_fold"] == 180
     assert plan["fold_seconds"] == pytest.approx(per_fold, abs=0.05)
-    assert plan["every_epoch_seconds"] == plan["seconds"] == pytest.approx((20 + 5 * per_fold) / SAFETY, abs=0.05)
-    # where every epoch costs more than FINE_TUNE_SHARE of the budget, the folds are compressed onto that share
+    assert plan["every_epoch_seconds"] == pytest.approx((20 + 5 * per_fold) / SAFETY, abs=0.05)
+    # planned: EPOCHS_SHARE of the schedule (6 * 0.65 = 3.9 epochs: 117 steps, 4 epochs begun), its clock ends it
+    compressed = 2 + 117 * 0.2 + (4 * 700 + 1800) * 0.001 + (4 + 2) * 0.5
+    assert EPOCHS_SHARE == 0.65 and plan["seconds"] == pytest.approx((20 + 5 * compressed) / SAFETY, abs=0.05)
+    # where that costs more than FINE_TUNE_SHARE of the budget, the folds are compressed onto that share
     short = fine_tuning_plan(COST, counts, setup_seconds=20, budget_seconds=300)
-    assert short["seconds"] == pytest.approx(FINE_TUNE_SHARE * 300) and short["every_epoch_seconds"] == plan["seconds"]
+    assert short["seconds"] == pytest.approx(FINE_TUNE_SHARE * 300)
+    assert short["every_epoch_seconds"] == plan["every_epoch_seconds"]
     # max_steps replaces the epochs; a partial epoch is evaluated too
     steps = fine_tuning_plan(COST, FoldCounts(5, 6, 45, 700, 1800), 20, 3600)
     assert steps["steps_per_fold"] == 45

@@ -36,6 +36,7 @@ from nikl_emotion.folders.folder_kind import check_output_folder, mark_folder
 from nikl_emotion.folders.run_folder import PostTrainFolder, RecipeFolder, RunFolder, StackFolder, read_mapping
 from nikl_emotion.runs.summary import this_machine
 from nikl_emotion.training.recipe_plan import (
+    EPOCHS_SHARE,
     FINE_TUNE_SHARE,
     STACK_PER_NGRAM,
     FoldCounts,
@@ -199,7 +200,10 @@ def _run_stages(request: RecipeRequest, files: RecipeFiles, settings: dict, ledg
     if "fine_tune" not in budgets and not os.path.isfile(RunFolder(folder.fine_tune).summary):
         budgets["fine_tune"] = _fine_tuning_seconds(ledger, plan["seconds"], stack)
     every = plan["every_epoch_seconds"]
-    how = f"every epoch at the measured costs ({every:.0f} s), at most {FINE_TUNE_SHARE:.0%} of the budget"
+    how = (
+        f"{EPOCHS_SHARE:.0%} of the schedule at the measured costs (every epoch: {every:.0f} s), at most "
+        f"{FINE_TUNE_SHARE:.0%} of the budget"
+    )
     ledger.run("fine_tune", lambda: os.path.isfile(RunFolder(folder.fine_tune).summary), budgets.get("fine_tune"), how)
     ledger.call("fine_tune", lambda: run_training(_parse_run(stage_commands(request, files, budgets)["fine_tune"])))
     how = f"{STACK_PER_NGRAM} of the first n-gram member's seconds"

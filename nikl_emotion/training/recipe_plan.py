@@ -6,11 +6,12 @@ do).
 - Fine-tuning's cost is counted from one fold's parts measured on this machine (its backend's `CostMeter`: an
   optimizer step, a predicted row, a checkpoint save, the fold's model built) times the fold's counts (its epochs'
   steps, the choosing rows evaluated each epoch, the validation and test rows predicted at its end), plus the run's
-  set-up as the calibration paid it. Every epoch of the config is priced (early stopping can only end a fold
-  sooner); fine-tuning is planned at that price, or at `FINE_TUNE_SHARE` of the budget where every epoch costs more:
-  its folds' schedules then run compressed onto their seconds (`time_budget_minutes`), the split of the hour
-  adopted on OOF before (36 of 60 minutes, ~3.9 of 6 epochs: as good as early stopping's 4-6, BENCHMARKS.md issue
-  36). A faster machine fine-tunes every epoch and gives post-training everything else.
+  set-up as the calibration paid it. Fine-tuning is planned at the price of `EPOCHS_SHARE` of the config's schedule
+  (~3.9 of 6 epochs), or at `FINE_TUNE_SHARE` of the budget where that costs more: its folds' schedules run
+  compressed onto their seconds (`time_budget_minutes`), so their clocks end them, as early stopping would not
+  (it ends a fold whenever its held-out rows stop improving, leaving its seconds unspent after post-training, the
+  stage that could have used them). The split adopted on OOF before: 36 of 60 minutes, ~3.9 of 6 epochs, as good
+  as early stopping's 4-6 (BENCHMARKS.md issue 36). A faster machine gives post-training everything else.
 - The stack's cost is a share of the first n-gram member's (`STACK_PER_NGRAM`): both fit per-label logistic
   regressions on the same out-of-fold rows and choose a decision rule on them (a third run adds two inputs to each
   label's regression, not rows).
@@ -31,6 +32,7 @@ __all__ = [
     "STACK_PER_NGRAM",
     "MIN_POST_TRAIN_SHARE",
     "FINE_TUNE_SHARE",
+    "EPOCHS_SHARE",
     "FoldCounts",
     "margin_seconds",
     "fine_tuning_plan",
@@ -46,8 +48,12 @@ _MIN_MARGIN_SECONDS = 5.0
 STACK_PER_NGRAM = 0.35
 # post-training's least share of the budget: below it the minutes cannot hold this recipe on this machine
 MIN_POST_TRAIN_SHARE = 0.1
-# fine-tuning's largest share of the budget (its folds compressed onto it when every epoch costs more)
+# fine-tuning's largest share of the budget (its folds compressed onto it when EPOCHS_SHARE costs more)
 FINE_TUNE_SHARE = 0.6
+# the share of the fine-tuning config's schedule priced: 6 epochs compressed onto ~3.9 did as well on OOF as early
+# stopping's 4-6 (BENCHMARKS.md, issue 36), and then the folds' clocks end them, not early stopping, which left a
+# fine-tuning priced at every epoch 455 of its 3,318 s unspent at 90 minutes (issue 50)
+EPOCHS_SHARE = 0.65
 
 
 @dataclass(frozen=True)
@@ -65,32 +71,40 @@ def margin_seconds(budget_seconds: float) -> float:
     return max(MARGIN_SHARE * budget_seconds, _MIN_MARGIN_SECONDS)
 
 
-def fine_tuning_plan(cost: FoldCost, counts: FoldCounts, setup_seconds: float, budget_seconds: float) -> dict:
-    """The fine-tuning run's seconds: its set-up, then each fold built, trained over every epoch, evaluated after
-    each, its checkpoints saved (one per epoch, then best/ and its reload) and its rows predicted, as the run's
-    `time_budget_minutes` in seconds (the folds end by SAFETY of them, the summary after): `every_epoch_seconds`;
-    `seconds`, the plan: that, or FINE_TUNE_SHARE of `budget_seconds` when it is less."""
-    steps = counts.max_steps or math.ceil(counts.epochs * cost.steps_per_epoch)
+def _fold_price(cost: FoldCost, counts: FoldCounts, epochs: float) -> dict:
+    """One fold's seconds over `epochs` of its schedule (or max_steps): built, trained, evaluated after each epoch
+    begun, its checkpoints saved (one per epoch, then best/ and its reload) and its rows predicted."""
+    steps = counts.max_steps or math.ceil(round(epochs * cost.steps_per_epoch, 6))  # 0.65 * 6 * 30: 117.00000000000001
     epochs_begun = math.ceil(steps / cost.steps_per_epoch)
-    training = steps * cost.seconds_per_step
-    predicting = (epochs_begun * counts.choosing_rows + counts.predicted_rows) * cost.seconds_per_predicted_row
-    saving = (epochs_begun + 2) * cost.seconds_per_save
-    per_fold = cost.seconds_to_build + training + predicting + saving
-    folds_seconds = setup_seconds + counts.folds * per_fold
+    parts = {
+        "training": steps * cost.seconds_per_step,
+        "evaluating_and_predicting": (epochs_begun * counts.choosing_rows + counts.predicted_rows)
+        * cost.seconds_per_predicted_row,
+        "saving": (epochs_begun + 2) * cost.seconds_per_save,
+        "building": cost.seconds_to_build,
+    }
+    return {"steps": steps, "seconds": sum(parts.values()), "parts": parts}
+
+
+def fine_tuning_plan(cost: FoldCost, counts: FoldCounts, setup_seconds: float, budget_seconds: float) -> dict:
+    """The fine-tuning run's seconds: its set-up, then each fold over every epoch (`_fold_price`), as the run's
+    `time_budget_minutes` in seconds (the folds end by SAFETY of them, the summary after): `every_epoch_seconds`;
+    `seconds`, the plan: the price of EPOCHS_SHARE of the schedule, or FINE_TUNE_SHARE of `budget_seconds` when
+    that is less (max_steps: the steps asked, uncompressed)."""
+    every = _fold_price(cost, counts, counts.epochs)
+    compressed = _fold_price(cost, counts, EPOCHS_SHARE * counts.epochs)
+    every_seconds = (setup_seconds + counts.folds * every["seconds"]) / SAFETY
+    compressed_seconds = (setup_seconds + counts.folds * compressed["seconds"]) / SAFETY
     return {
         "measured": asdict(cost),
         "counts": asdict(counts),
         "setup_seconds": round(setup_seconds, 1),
-        "steps_per_fold": steps,
-        "fold_seconds": round(per_fold, 1),
-        "fold_parts_seconds": {
-            "training": round(training, 1),
-            "evaluating_and_predicting": round(predicting, 1),
-            "saving": round(saving, 1),
-            "building": round(cost.seconds_to_build, 1),
-        },
-        "every_epoch_seconds": round(folds_seconds / SAFETY, 1),
-        "seconds": round(min(folds_seconds / SAFETY, FINE_TUNE_SHARE * budget_seconds), 1),
+        "steps_per_fold": every["steps"],
+        "fold_seconds": round(every["seconds"], 1),
+        "fold_parts_seconds": {name: round(value, 1) for name, value in every["parts"].items()},
+        "every_epoch_seconds": round(every_seconds, 1),
+        "compressed_seconds": round(compressed_seconds, 1),
+        "seconds": round(min(compressed_seconds, FINE_TUNE_SHARE * budget_seconds), 1),
     }
 
 
