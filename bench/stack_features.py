@@ -2,12 +2,13 @@
 
 Today's stacker fits, per label, a logistic regression on each member's logit for that label only. Emotions
 co-occur and exclude each other (joy and sadness, anger and disgust), so a label's regression may gain from every
-label's logits of every member: 16 inputs instead of 2 for the recipe's two members. Both variants run through the
-recipe's own stack stage (`stack_files`, rule chosen on the stack's nested OOF), on the same members, so nested OOF
-and the predicted file's micro-F1 compare side by side. Nothing is written into the recipes' folders.
+label's logits of every member: 16 inputs instead of 2 for two members (24 instead of 3 for three). Both variants
+run through the recipe's own stack stage (`stack_files`, rule chosen on the stack's nested OOF), on the same
+members, so nested OOF and the predicted file's micro-F1 compare side by side. Nothing is written
+into the recipes' folders.
 
 Usage: python bench/stack_features.py RECIPE [RECIPE ...] [--dev outputs/nikl-dev-predicted/dev.jsonl]
-  each RECIPE a finished `recipe.py` output folder (its fine-tune/ and ngram/ runs)
+  each RECIPE a finished `recipe.py` output folder (its fine-tune/, ngram/ and ngram-context/ runs)
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ def stacker_inputs(variant: str):
 
 
 def measure(recipe: str, variant: str, dev: str | None) -> dict:
-    runs = [os.path.join(recipe, "fine-tune"), os.path.join(recipe, "ngram")]
+    names = ("fine-tune", "ngram", "ngram-context")  # a recipe before the second n-gram view has the first two
+    runs = [os.path.join(recipe, name) for name in names if os.path.isdir(os.path.join(recipe, name))]
     with tempfile.TemporaryDirectory() as scratch, stacker_inputs(variant):
         submission = os.path.join(scratch, "submission.jsonl")
         result = stack_files(runs, submission, DecisionRule(), choose=True)
