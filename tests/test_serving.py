@@ -194,7 +194,8 @@ def test_clients_that_ask_again_when_answered_make_whole_batches_not_alternating
 
     serve_with(predict, lambda batcher: asyncio.gather(*[client(batcher, index) for index in range(32)]))
     assert sum(calls) == 320
-    assert sum(calls[1:-1]) / len(calls[1:-1]) > 28, calls  # before: [1, 31, 1, 31, ...] or halves of ~16
+    # before: [1, 31, 1, 31, ...] or halves of ~16 (a mean of 16); whole batches are 24-32 on a loaded CI host
+    assert sum(calls[1:-1]) / len(calls[1:-1]) > 21, calls
 
 
 def test_a_lone_client_is_not_kept_waiting_for_others():

@@ -192,7 +192,7 @@ def table_records(rows: list[RunRow], with_gold: bool = False) -> list[dict]:
         }
         if with_gold:
             record["gold_micro_f1"] = _number(row.gold)
-        record |= {"minutes": "" if row.minutes is None else f"{row.minutes:.1f}", "machine": row.machine or ""}
+        record |= {"minutes": "" if row.minutes is None else f"{row.minutes:.2f}", "machine": row.machine or ""}
         record["note"] = row.note
         records.append(record)
     return records
