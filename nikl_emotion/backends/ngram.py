@@ -73,15 +73,10 @@ _CONTEXT_CHARS = 16  # the characters each side of the target that ngram:context
 def _tfidf(analyzer: str, ngram_range: tuple[int, int], min_df: int = 1, max_features: int | None = None):
     from sklearn.feature_extraction.text import TfidfVectorizer
 
+    options = {"ngram_range": ngram_range, "min_df": min_df, "max_features": max_features}
     if analyzer == "word":  # morpheme strings: `form/TAG` tokens split on spaces, tags kept as written
-        return TfidfVectorizer(
-            analyzer="word", token_pattern=r"\S+", lowercase=False, ngram_range=ngram_range, min_df=min_df,
-            sublinear_tf=True, max_features=max_features, dtype=np.float32,
-        )  # fmt: skip
-    return TfidfVectorizer(
-        analyzer=analyzer, ngram_range=ngram_range, min_df=min_df, sublinear_tf=True, max_features=max_features,
-        dtype=np.float32,
-    )  # fmt: skip
+        options.update(token_pattern=r"\S+", lowercase=False)
+    return TfidfVectorizer(analyzer=analyzer, sublinear_tf=True, dtype=np.float32, **options)
 
 
 def _feature_blocks(features: str, max_features: int, morphemes: bool) -> dict:
@@ -110,9 +105,8 @@ def _columns(rows: RowTable, names) -> dict[str, list[str]]:
         columns["morphemes"] = morpheme_strings(texts)
     if "left" in names or "right" in names:
         begins, ends = (arrow_column(rows, name).to_pylist() for name in ("target_begin", "target_end"))
-        spans = [(None, None) if b is None else (b, e) for b, e in zip(begins, ends)]
-        columns["left"] = ["" if b is None else t[max(0, b - _CONTEXT_CHARS) : b] for t, (b, _) in zip(texts, spans)]
-        columns["right"] = ["" if e is None else t[e : e + _CONTEXT_CHARS] for t, (_, e) in zip(texts, spans)]
+        columns["left"] = ["" if b is None else t[max(0, b - _CONTEXT_CHARS) : b] for t, b in zip(texts, begins)]
+        columns["right"] = ["" if e is None else t[e : e + _CONTEXT_CHARS] for t, e in zip(texts, ends)]
     return columns
 
 

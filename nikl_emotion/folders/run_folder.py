@@ -326,3 +326,8 @@ class RecipeFolder:
     fine_tune = property(lambda self: self._path("fine-tune"))  # train.py, the K-fold fine-tuning of it
     stack = property(lambda self: self._path("stack"))  # ensemble.py --strategy stack of the three runs
     lock = property(lambda self: self._path(".recipe.lock"))  # one recipe per folder at a time
+
+    @property
+    def stacked(self) -> list[str]:
+        """The runs the stack stage stacks, in its order: the fine-tuned run and the two n-gram views."""
+        return [self.fine_tune, self.ngram, self.ngram_context]

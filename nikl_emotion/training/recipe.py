@@ -124,8 +124,10 @@ def stage_commands(request: RecipeRequest, files: RecipeFiles, budgets: dict) ->
     folder = RecipeFolder(request.output_dir)
     seed = [] if request.seed is None else ["--seed", str(request.seed)]
     runs = ["--train_files", files.train, "--test_file", files.predicted, *seed]
+    ngram = ["train.py", request.ngram_config, *runs, "--output_dir"]
     commands = {
-        "ngram": ["train.py", request.ngram_config, *runs, "--output_dir", folder.ngram],
+        "ngram": [*ngram, folder.ngram],
+        "ngram_context": [*ngram, folder.ngram_context, "--model_name_or_path", CONTEXT_VIEW],
         "post_train": [
             *("post_train.py", request.post_train_config, "--train_files", *files.texts),
             *("--output_dir", folder.post_train, *seed),
@@ -135,11 +137,8 @@ def stage_commands(request: RecipeRequest, files: RecipeFiles, budgets: dict) ->
             *("train.py", request.fine_tune_config, "--model_name_or_path", folder.post_train, *runs),
             *("--output_dir", folder.fine_tune, "--time_budget_minutes", _minutes(budgets.get("fine_tune", 1.0))),
         ],
-        "stack": ["ensemble.py", "--runs", folder.fine_tune, folder.ngram, folder.ngram_context, "--strategy", "stack"],
+        "stack": ["ensemble.py", "--runs", *folder.stacked, "--strategy", "stack", "--output_dir", folder.stack],
     }
-    commands["ngram_context"] = [*commands["ngram"], "--model_name_or_path", CONTEXT_VIEW]
-    commands["ngram_context"][commands["ngram_context"].index(folder.ngram)] = folder.ngram_context
-    commands["stack"] += ["--output_dir", folder.stack]
     backbone = budgets.get("backbone")
     if backbone is not None:  # one fold of fine-tuning, on the architecture post-training will save
         model = ["--model_name_or_path", backbone["model_name_or_path"]]
@@ -395,8 +394,7 @@ def _calibrate(settings: RunSettings, scratch: str, ledger: _Ledger) -> None:
 def _stack(folder: RecipeFolder) -> None:
     from nikl_emotion.runs.stack_run import stack_files
 
-    runs = [folder.fine_tune, folder.ngram, folder.ngram_context]
-    stack_files(runs, None, DecisionRule(), choose=True, output_dir=folder.stack)
+    stack_files(folder.stacked, None, DecisionRule(), choose=True, output_dir=folder.stack)
 
 
 def _scores(folder: RecipeFolder, files: RecipeFiles) -> dict:
