@@ -190,6 +190,10 @@ def test_the_recipe_refuses_before_any_work(tmp_path):
     cleansed = yaml.safe_load((ROOT / "configs" / "offline-cpu.yaml").read_text(encoding="utf-8"))
     (tmp_path / "other-cleaning.yaml").write_text(yaml.safe_dump({**cleansed, "cleanse": False}), encoding="utf-8")
     cases.append(([str(data), "--fine_tune_config", str(tmp_path / "other-cleaning.yaml")], "cleanse: "))
+    ngram = yaml.safe_load((ROOT / "configs" / "offline-cpu-ngram.yaml").read_text(encoding="utf-8"))
+    ngram["model_name_or_path"] = "ngram:context"  # the recipe's second view named as its first
+    (tmp_path / "context.yaml").write_text(yaml.safe_dump(ngram), encoding="utf-8")
+    cases.append(([str(data), "--ngram_config", str(tmp_path / "context.yaml")], "the same view twice"))
     small = ["--minutes", "0.5", *small_configs(tmp_path)]  # were a refusal missed, the recipe would end soon
     for args, message in cases:
         result = run_cli("recipe.py", *small, *args, "--output_dir", out, check=False)

@@ -318,6 +318,11 @@ def _checked_settings(request: RecipeRequest, files: RecipeFiles) -> dict:
     calibration = _parse_run(stage_commands(request, files, {"backbone": backbone})["calibration"])
     ngram = _parse_run(stage_commands(request, files, {})["ngram"])
     ngram_context = _parse_run(stage_commands(request, files, {})["ngram_context"])
+    if ngram.model.model_name_or_path == CONTEXT_VIEW:
+        raise PipelineError(
+            f"model_name_or_path: {request.ngram_config} names {CONTEXT_VIEW}, the view the recipe's second n-gram "
+            "member reads; the first must read another (e.g. ngram:tfidf), or the stack gets the same view twice"
+        )
     for field in dataclasses.fields(PreprocessingArguments):
         ours, theirs = getattr(post_train.data, field.name), getattr(calibration.data, field.name)
         if ours != theirs:
