@@ -8,13 +8,16 @@ Usage: python bench/recipe_table.py OUT [OUT ...]   (folders of `recipe.py`, e.g
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
 from collections import defaultdict
 
-MEMBERS = ("fine-tune", "ngram", "ngram-context")
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))  # the package, run from anywhere
+
+from nikl_emotion.folders.run_folder import PostTrainFolder, RecipeFolder, RunFolder, read_mapping
+
+MEMBERS = tuple(os.path.basename(run) for run in RecipeFolder("").stacked)  # the fine-tuned run first
 HEADER = (
     "| recipe | seed | spent | post-training steps (epochs) | fold epochs | "
     + " | ".join(f"{member} OOF at 0.5" for member in MEMBERS)
@@ -22,38 +25,22 @@ HEADER = (
 )
 
 
-def read(path: str) -> dict:
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
-
-
-def fold_epochs(run: str) -> str:
-    epochs = []
-    for name in sorted(os.listdir(run)):
-        metrics = os.path.join(run, name, "metrics.json")
-        if name.startswith("fold_") and os.path.isfile(metrics):
-            epochs.append(read(metrics)["epochs_run"])
-    return "-".join(f"{value:.1f}" for value in epochs) if epochs else "-"
-
-
 def recipe_row(out: str) -> dict:
-    record = read(os.path.join(out, "recipe.json"))
+    """One finished recipe's figures: recipe.json's, post_train.json's and each stacked run's summary.json."""
+    folder = RecipeFolder(out)
+    record = read_mapping(folder.record)
     if "scores" not in record:
-        raise SystemExit(f"{out}: the recipe has not finished (recipe.json has no scores)")
-    scores, minutes = record["scores"], record["request"]["minutes"]
-    post = read(os.path.join(out, "post-train", "post_train.json"))
-    oof = {member: scores["oof_at_0.5"].get(os.path.join(out, member)) for member in MEMBERS}
-    if any(value is None for value in oof.values()):  # recorded under the path the recipe was given
-        by_tail = {path.rstrip("/").rsplit("/", 1)[-1]: value for path, value in scores["oof_at_0.5"].items()}
-        oof = {member: by_tail.get(member) for member in MEMBERS}
+        raise SystemExit(f"{out}: not a finished recipe (no recipe.json with scores)")
+    scores, post = record["scores"], read_mapping(PostTrainFolder(folder.post_train).summary)
+    summaries = {os.path.basename(run): read_mapping(RunFolder(run).summary) for run in folder.stacked}
     return {
         "out": out,
-        "minutes": minutes,
+        "minutes": record["request"]["minutes"],
         "seed": record["request"]["seed"],
         "share": record["share_of_budget"],
         "post_train": f"{post['steps']:,} ({post['time_budget']['carried_out']['epochs']:.1f})",
-        "fold_epochs": fold_epochs(os.path.join(out, "fine-tune")),
-        "oof": oof,
+        "fold_epochs": "-".join(f"{fold['epochs_run']:.1f}" for fold in summaries[MEMBERS[0]]["folds"]),
+        "oof": {member: summaries[member]["oof"]["micro_f1"] for member in MEMBERS},
         "stack": scores["stack_nested_oof"],
         "rule": scores["stack_rule"],
         "predicted": scores.get("predicted_file_micro_f1"),
@@ -80,7 +67,7 @@ def markdown(rows: list[dict]) -> str:
     lines.append("|---|---|---|---|---|---|")
     for minutes, group in sorted(by_minutes.items()):
         mean = {key: statistics.fmean(row[key] for row in group) for key in ("share", "stack")}
-        neural = statistics.fmean(row["oof"]["fine-tune"] for row in group)
+        neural = statistics.fmean(row["oof"][MEMBERS[0]] for row in group)
         predicted = [row["predicted"] for row in group if row["predicted"] is not None]
         shown = number(statistics.fmean(predicted)) if predicted else "-"
         lines.append(

@@ -312,12 +312,12 @@ def _checked_settings(request: RecipeRequest, files: RecipeFiles) -> dict:
     post-training and fine-tuning clean and encode the text alike; the two runs have the same folds."""
     from nikl_emotion.training.post_training import parse_post_train_config
 
-    post_train = parse_post_train_config(stage_commands(request, files, {})["post_train"][1:])
+    commands = stage_commands(request, files, {})
+    post_train = parse_post_train_config(commands["post_train"][1:])
     backbone = {"model_name_or_path": post_train.model.model_name_or_path}
     backbone["offline_vocab_size"] = post_train.model.offline_vocab_size
     calibration = _parse_run(stage_commands(request, files, {"backbone": backbone})["calibration"])
-    ngram = _parse_run(stage_commands(request, files, {})["ngram"])
-    ngram_context = _parse_run(stage_commands(request, files, {})["ngram_context"])
+    ngram, ngram_context = _parse_run(commands["ngram"]), _parse_run(commands["ngram_context"])
     if ngram.model.model_name_or_path == CONTEXT_VIEW:
         raise PipelineError(
             f"model_name_or_path: {request.ngram_config} names {CONTEXT_VIEW}, the view the recipe's second n-gram "
